@@ -1,0 +1,1 @@
+"""patchc: a declarative intervention language and compiler for mechanistic interpretability."""
