@@ -157,8 +157,9 @@ def render_diagnostic(
         text = source.line_text(span.line)
         if text or span.line == 1:
             gutter = str(span.line)
-            width = span.end_col - span.col if span.end_line == span.line else len(text) - span.col + 1
-            width = max(1, width)
+            # A span over several lines is underlined to the end of its first line.
+            end = span.end_col if span.end_line == span.line else len(text) + 1
+            width = max(1, end - span.col)
             out.append(f" {gutter} | {text}")
             out.append(f" {' ' * len(gutter)} | {' ' * (span.col - 1)}{'^' * width}")
     if hint:

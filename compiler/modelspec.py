@@ -6,7 +6,12 @@ the same ModelSpec from a loaded model's config, so the two can never disagree.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from typing import Any
+
+from .errors import CheckError
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,3 +52,208 @@ class ModelSpec:
         if attr == "1":
             return 1
         return int(getattr(self, attr))
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a ModelSpec from an HF config dict (config.json, or `SomeConfig(...).to_dict()`)
+# ---------------------------------------------------------------------------------------------
+
+# Field names in priority order; the first one is the name an E211 error reports.
+_GPT2_NAMES = {
+    "n_layers": ("n_layer", "num_hidden_layers"),
+    "n_heads": ("n_head", "num_attention_heads"),
+    "d_model": ("n_embd", "hidden_size"),
+    "d_mlp": ("n_inner", "intermediate_size"),
+    "n_ctx": ("n_positions", "n_ctx", "max_position_embeddings"),
+}
+_HF_NAMES = {
+    "n_layers": ("num_hidden_layers", "n_layer"),
+    "n_heads": ("num_attention_heads", "n_head"),
+    "d_model": ("hidden_size", "n_embd"),
+    "d_mlp": ("intermediate_size",),
+    "n_ctx": ("max_position_embeddings", "n_positions"),
+}
+# OPT calls its MLP width `ffn_dim`.
+_OPT_NAMES = {**_HF_NAMES, "d_mlp": ("ffn_dim", "intermediate_size")}
+
+
+@dataclass(frozen=True, slots=True)
+class _Family:
+    names: dict[str, tuple[str, ...]]
+    norm: str
+    positional: str
+    gated_mlp: bool
+    parallel_attn: bool
+    mlp_default_4x: bool = False  # GPT-2 and GPT-J write `n_inner: null` for 4 * d_model
+
+
+_RMS_GATED = _Family(_HF_NAMES, "rmsnorm", "rotary", gated_mlp=True, parallel_attn=False)
+
+FAMILIES: dict[str, _Family] = {
+    "gpt2": _Family(_GPT2_NAMES, "layernorm", "learned", False, False, mlp_default_4x=True),
+    # GPT-J: one ln_1 feeds both attention and MLP (parallel block), rotary on part of each head.
+    "gptj": _Family(_GPT2_NAMES, "layernorm", "rotary", False, True, mlp_default_4x=True),
+    # Pythia: parallel unless `use_parallel_residual` is false (read per config below).
+    "gpt_neox": _Family(_HF_NAMES, "layernorm", "rotary", False, True),
+    "llama": _RMS_GATED,
+    # Qwen2: no `head_dim` key (d_model // n_heads); q/k/v carry biases (runtime concern only).
+    "qwen2": _RMS_GATED,
+    # Mistral: `head_dim` may be present but null in config.json; sliding window is shape-neutral.
+    "mistral": _RMS_GATED,
+    # Gemma: explicit `head_dim` (256) so n_heads * d_head can differ from d_model (Gemma-7B:
+    # 16 * 256 = 4096 vs 3072); norm scales are (1 + w) but still RMSNorm.
+    "gemma": _RMS_GATED,
+    # Gemma 2: as Gemma, plus sandwich norms and logit soft-capping (eager still gives a pattern).
+    "gemma2": _RMS_GATED,
+    # Phi-3: fused qkv_proj and gate_up_proj; gated SiLU MLP like Llama.
+    "phi3": _RMS_GATED,
+    # OPT: learned positions (offset by 2 inside the embedding, invisible here); some sizes
+    # (opt-350m) project embeddings from word_embed_proj_dim and use post-LN.
+    "opt": _Family(_OPT_NAMES, "layernorm", "learned", False, False),
+    # Phi-1/Phi-2: one input_layernorm feeds attention and MLP (parallel), partial rotary.
+    "phi": _Family(_HF_NAMES, "layernorm", "rotary", False, True),
+}
+
+# Attention implementations whose kernels never materialize the pattern. "sdpa" and "eager"
+# are fine: the runtime registers its own attention function in their place.
+_FUSED_PREFIX = "flash_attention"
+
+
+def _supported() -> str:
+    return ", ".join(sorted(FAMILIES))
+
+
+def _get(config: dict[str, Any], names: tuple[str, ...], family: str) -> int:
+    for name in names:
+        value = config.get(name)
+        if value is not None:
+            return int(value)
+    raise CheckError("E211", f"{family} config has no '{names[0]}' field, which patchc needs")
+
+
+def _opt_int(config: dict[str, Any], name: str) -> int | None:
+    value = config.get(name)
+    return None if value is None else int(value)
+
+
+def spec_from_config(config: dict[str, Any]) -> ModelSpec:
+    """The ModelSpec of an HF config dict; CheckError E210 (unsupported) or E211 (missing)."""
+    raw_type = config.get("model_type")
+    if not raw_type:
+        raise CheckError("E211", "config has no 'model_type' field, which patchc needs")
+    family = str(raw_type).lower().replace("-", "_")
+    fam = FAMILIES.get(family)
+    if fam is None:
+        raise CheckError(
+            "E210",
+            f"unsupported model_type '{raw_type}'; supported families: {_supported()}",
+        )
+    names = fam.names
+    n_layers = _get(config, names["n_layers"], family)
+    n_heads = _get(config, names["n_heads"], family)
+    d_model = _get(config, names["d_model"], family)
+    if fam.mlp_default_4x:
+        d_mlp = _opt_int(config, names["d_mlp"][0]) or 4 * d_model
+    else:
+        d_mlp = _get(config, names["d_mlp"], family)
+    # Without `num_key_value_heads` (or with it null: older Phi/Llama configs) there is no GQA.
+    n_kv_heads = _opt_int(config, "num_key_value_heads") or n_heads
+    if n_heads % n_kv_heads:
+        raise CheckError(
+            "E211",
+            f"{family} config: num_key_value_heads={n_kv_heads} does not divide "
+            f"{names['n_heads'][0]}={n_heads}",
+        )
+    d_head = _opt_int(config, "head_dim") or d_model // n_heads
+    parallel = fam.parallel_attn
+    if family == "gpt_neox":
+        # HF's GPTNeoXConfig defaults use_parallel_residual to True (all Pythia models).
+        parallel = bool(config.get("use_parallel_residual", True))
+    impl = config.get("_attn_implementation") or config.get("attn_implementation") or ""
+    return ModelSpec(
+        family=family,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        d_model=d_model,
+        d_head=d_head,
+        d_mlp=d_mlp,
+        vocab_size=_get(config, ("vocab_size",), family),
+        n_ctx=_get(config, names["n_ctx"], family),
+        parallel_attn=parallel,
+        gated_mlp=fam.gated_mlp,
+        norm=fam.norm,
+        positional=fam.positional,
+        exposes_pattern=not str(impl).startswith(_FUSED_PREFIX),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the config: a local directory, or a hub id (config.json only, never weights)
+# ---------------------------------------------------------------------------------------------
+
+
+def _looks_local(model_id: str) -> bool:
+    """A path, not a hub id: absolute, ./ or ~ prefixed, backslashes, or more than one '/'."""
+    return (
+        os.path.isabs(model_id)
+        or model_id.startswith((".", "~"))
+        or "\\" in model_id
+        or model_id.count("/") > 1
+    )
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckError("E212", f"could not read model config {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckError("E212", f"model config {path} is not a JSON object")
+    return data
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def load_config(model_id: str, revision: str | None = None, base_dir: str = ".") -> dict[str, Any]:
+    """The config dict of a local model directory or (config.json only) of a hub model."""
+    path = os.path.join(base_dir, os.path.expanduser(model_id))
+    if os.path.isdir(path):
+        config_path = os.path.join(path, "config.json")
+        if not os.path.isfile(config_path):
+            raise CheckError("E212", f"model directory {path} has no config.json")
+        return _read_json(config_path)
+    if os.path.exists(path) or _looks_local(model_id):
+        raise CheckError("E212", f"no model directory at {path} (looked for {path}/config.json)")
+    # Lazy: huggingface_hub is only needed for hub ids, and `patchc check` must start fast.
+    try:
+        from huggingface_hub import hf_hub_download
+
+        local = hf_hub_download(
+            repo_id=model_id,
+            filename="config.json",
+            revision=revision,
+            local_files_only=_offline(),
+        )
+    except Exception as e:  # any hub failure (offline, missing, network) is one user error
+        why = (
+            "could not be resolved offline (HF_HUB_OFFLINE is set and it is not in the cache)"
+            if _offline()
+            else f"was not found on the hub ({type(e).__name__})"
+        )
+        raise CheckError(
+            "E213",
+            f"model '{model_id}' is not a local directory and its hub id {why}",
+            hint="pass a local directory that holds config.json",
+        ) from None
+    return _read_json(local)
+
+
+def load_model_spec(
+    model_id: str, revision: str | None = None, base_dir: str = "."
+) -> ModelSpec:
+    """The ModelSpec of a local model directory or hub id, from its config alone."""
+    return spec_from_config(load_config(model_id, revision, base_dir))

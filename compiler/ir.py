@@ -1,0 +1,276 @@
+"""The IR: a networkx DiGraph of typed, frozen nodes; edges are data dependencies.
+
+Node kinds (DESIGN.md "The IR and the optimizer"):
+  Forward   one model run over one run's inputs, with a set of Writes applied
+  Read      a site's value at some positions, taken from a Forward (edge Forward -> Read)
+  Write     replaces/edits a site's value inside a Forward (edge Write -> Forward); its value
+            comes from Reads and Vectors (edges Read -> Write, Vector -> Write)
+  Vector    a direction in a site's space (edges from the Reads it is computed from)
+  Metric    a scalar per example from a Forward's logits (edge Forward -> Metric)
+  Backward  gradients (or LRP coefficients) of a Metric w.r.t. Reads of its Forward
+  Estimate  a gradient estimate of a swap for one site (edges from Reads and a Backward)
+
+Graph ids are strings (`f0`, `r3`, ...); the node object lives in the `node` attribute.
+Tables (what each operation reports) live in `graph.graph["tables"]`. The unoptimized graph
+from lower.py has one Forward per experiment; passes in compiler/passes/ rewrite it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, TypeVar, Union
+
+import networkx as nx
+
+from .errors import PlanError, Span
+
+# ---------------------------------------------------------------------------------------------
+# Concrete sites and positions (patterns already expanded against the ModelSpec)
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """One concrete activation: `L3.H2.z`, `L0.mlp.post[5:6]`, `embed`."""
+
+    kind: str
+    layer: int | None = None
+    head: int | None = None
+    features: tuple[int, int] | None = None  # half-open slice of the feature axis
+
+    def __str__(self) -> str:
+        parts = []
+        if self.layer is not None:
+            parts.append(f"L{self.layer}")
+        if self.head is not None:
+            parts.append(f"H{self.head}")
+        parts.append(self.kind)
+        text = ".".join(parts)
+        if self.features is not None:
+            lo, hi = self.features
+            text += f"[{lo}]" if hi == lo + 1 else f"[{lo}:{hi}]"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Positions:
+    """Which token positions: `all`, `last`, `index` (lo), `range` (lo..hi inclusive), or
+    `column` (a per-example position from data column `column` = (data, col))."""
+
+    kind: str = "all"
+    lo: int = 0
+    hi: int = 0
+    column: tuple[str, str] | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "all":
+            return "*"
+        if self.kind == "last":
+            return "last"
+        if self.kind == "index":
+            return str(self.lo)
+        if self.kind == "range":
+            return f"{self.lo}..{self.hi}"
+        assert self.column is not None
+        return ".".join(self.column)
+
+
+ALL_POSITIONS = Positions()
+
+# ---------------------------------------------------------------------------------------------
+# Nodes
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A forward pass of `run` (a `run` declaration) with Writes (the graph's in-edges from
+    Write nodes, listed in `writes` in application order). `experiment` distinguishes the
+    forwards of different experiments before dedupe; None for a run's plain forward."""
+
+    run: str
+    writes: tuple[str, ...] = ()
+    experiment: int | None = None
+    samples: int = 1  # noise(..., samples=N) repeats each example N times
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    forward: str
+    site: Site
+    pos: Positions = ALL_POSITIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Edits `site` at `pos` in the Forward it feeds. `mode` says how the new value is made
+    from the current value a_B and the inputs (the `inputs` Read/Vector ids):
+
+      replace    a_B := input[0]                     (swap, backpatch)
+      mean       a_B := mean over examples of input[0]  (ablate with mean(A))
+      resample   a_B := input[0] of a random other example, seeded by `seed`
+      zero       a_B := 0
+      add        a_B := a_B + scale * input[0]       (steer; input is a Vector)
+      mul        a_B := scale * a_B                   (scale)
+      project    a_B := a_B + P(input[0] - a_B), P the projector onto span(inputs[1:])
+      remove     a_B := a_B - P a_B                   (ablate on a subspace)
+      noise      a_B := a_B + N(0, std^2), std = scale * (input[0] if given, else 1)
+      freeze_ln  every normalizer uses the scale read in input[0] (run A's cached scales)
+    """
+
+    site: Site
+    pos: Positions
+    mode: str
+    inputs: tuple[str, ...] = ()
+    scale: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Vector:
+    """A direction, from a vector declaration or inline expression (`expr`), in the space
+    of `site_dim` features. `inputs` are the Reads its `mean(...)` terms use, in order."""
+
+    name: str
+    expr: Any  # ast.VExpr
+    dim: int
+    inputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    forward: str
+    name: str
+    expr: Any  # ast.MExpr with MRef already inlined
+    pos: Positions = Positions("last")
+    reference: str | None = None  # for kl(RUN): the Forward whose distribution is compared
+
+
+@dataclass(frozen=True, slots=True)
+class Backward:
+    """Gradients of `metric` w.r.t. the Reads `wrt` of the same Forward, with `rules`:
+    `grad` (plain autograd), `lrp` (RelP rules), `lrp_ah` (RelP with the attention rule)."""
+
+    metric: str
+    wrt: tuple[str, ...]
+    rules: str = "grad"
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """Estimated effect of swapping `site` from run A into run B: method atp/relp/ig/dla.
+    Inputs: the Read of A, the Read of B, and the Backward (or, for dla, the scale Read)."""
+
+    method: str
+    site: Site
+    pos: Positions
+    inputs: tuple[str, ...]
+    steps: int = 0  # ig interpolation steps
+
+
+Node = Union[Forward, Read, Write, Vector, Metric, Backward, Estimate]
+_PREFIX = {Forward: "f", Read: "r", Write: "w", Vector: "v", Metric: "m", Backward: "b",
+           Estimate: "e"}
+
+# ---------------------------------------------------------------------------------------------
+# Tables: what each operation reports
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One experiment: its sweep-variable values and the Metric (or Estimate) ids that give
+    each measured column. `normalize` maps a column to (target-metric id, source-metric id)."""
+
+    key: tuple[tuple[str, Any], ...]
+    values: tuple[tuple[str, str], ...]
+    normalize: tuple[tuple[str, tuple[str, str | None]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str
+    op: str  # the statement keyword
+    columns: tuple[str, ...]  # sweep-variable columns, then measured columns
+    rows: tuple[Row, ...]
+    span: Span = field(compare=False, default=Span(1, 1, 1, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The graph
+
+
+N = TypeVar("N")
+
+
+class IRGraph:
+    """A thin wrapper over nx.DiGraph that assigns ids and keeps node objects typed."""
+
+    def __init__(self, graph: nx.DiGraph | None = None) -> None:
+        self.g: nx.DiGraph = graph if graph is not None else nx.DiGraph(tables=[])
+        self._counts: dict[str, int] = {}
+        for nid in self.g.nodes:
+            p, n = nid[0], int(nid[1:])
+            self._counts[p] = max(self._counts.get(p, 0), n + 1)
+
+    def add(self, node: Node, deps: tuple[str, ...] | list[str] = ()) -> str:
+        """Add `node`, with edges from each id in `deps` to it; returns its id."""
+        prefix = _PREFIX[type(node)]
+        n = self._counts.get(prefix, 0)
+        self._counts[prefix] = n + 1
+        nid = f"{prefix}{n}"
+        self.g.add_node(nid, node=node)
+        for d in deps:
+            self.g.add_edge(d, nid)
+        return nid
+
+    def node(self, nid: str) -> Node:
+        return self.g.nodes[nid]["node"]
+
+    def of_type(self, cls: type[N]) -> Iterator[tuple[str, N]]:
+        for nid, data in self.g.nodes(data=True):
+            if isinstance(data["node"], cls):
+                yield nid, data["node"]
+
+    @property
+    def tables(self) -> list[Table]:
+        return self.g.graph["tables"]
+
+    def copy(self) -> "IRGraph":
+        return IRGraph(self.g.copy())
+
+    def count(self, cls: type) -> int:
+        return sum(1 for _ in self.of_type(cls))
+
+
+def verify(ir: IRGraph) -> None:
+    """Structural invariants every pass must keep. Raises PlanError naming the broken one."""
+    g = ir.g
+    if not nx.is_directed_acyclic_graph(g):
+        cycle = nx.find_cycle(g)
+        raise PlanError("E501", f"the plan has a cycle: {' -> '.join(a for a, _ in cycle)} "
+                        "(a run reads its own later value)")
+    for nid, data in g.nodes(data=True):
+        node = data.get("node")
+        if node is None or _PREFIX.get(type(node)) != nid[0]:
+            raise PlanError("E502", f"IR node {nid} has no node object of its kind")
+        preds = set(g.predecessors(nid))
+        refs: tuple[str, ...] = ()
+        if isinstance(node, Forward):
+            refs = node.writes
+        elif isinstance(node, Read):
+            refs = (node.forward,)
+        elif isinstance(node, (Write, Vector, Estimate)):
+            refs = node.inputs
+        elif isinstance(node, Metric):
+            refs = (node.forward,) + ((node.reference,) if node.reference else ())
+        elif isinstance(node, Backward):
+            refs = (node.metric,) + node.wrt
+        for r in refs:
+            if r not in g:
+                raise PlanError("E503", f"IR node {nid} refers to missing node {r}")
+            if r not in preds:
+                raise PlanError("E504", f"IR node {nid} uses {r} without an edge from it")
+    for table in ir.tables:
+        for row in table.rows:
+            for _, ref in row.values:
+                if ref not in g:
+                    raise PlanError("E505", f"table {table.name} refers to missing node {ref}")
+

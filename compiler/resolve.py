@@ -1,0 +1,182 @@
+"""Site resolution: expand site patterns against a ModelSpec into concrete sites.
+
+This is where `L*.H$h.z`, `L-1.mlp.post[0:512]` or `all(L9.H6.z, L10.H0.z)` become lists of
+`ir.Site`, each with the values of its sweep columns. check.py calls it to report sites the
+model lacks (with the span of the offending index); lower.py calls it to enumerate
+experiments; `Program` uses it to count table rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import ast as A
+from .errors import CheckError, Span
+from .ir import Positions, Site
+from .modelspec import ModelSpec
+from .sites import SITE_KINDS
+
+# Default result column of an unnamed pattern, per axis (LANGUAGE.md §4).
+DEFAULT_COLUMN = {"layer": "layer", "head": "head", "features": "neuron", "pos": "pos"}
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One concrete choice for a sweep: the sites written jointly, and the column values."""
+
+    sites: tuple[Site, ...]
+    key: tuple[tuple[str, int], ...]
+
+
+def expand_index(
+    idx: A.Index | None, size: int, axis: str, what: str
+) -> list[tuple[int, str | None]]:
+    """Concrete indices of a pattern on an axis of `size`; each with the column it binds
+    (None for a fixed index). Raises CheckError for an index the model lacks."""
+    if idx is None:
+        return [(0, None)]
+    col = DEFAULT_COLUMN[axis]
+    if isinstance(idx, A.Star):
+        return [(i, col) for i in range(size)]
+    if isinstance(idx, A.Capture):
+        return [(i, idx.name) for i in range(size)]
+    if isinstance(idx, A.Idx):
+        return [(_in_range(idx.value, size, what, idx.span), None)]
+    if isinstance(idx, A.IdxRange):
+        lo = _in_range(idx.lo, size, what, idx.span)
+        hi = _in_range(idx.hi, size, what, idx.span)
+        if hi < lo:
+            raise CheckError("E204", f"empty range {idx.lo}..{idx.hi}", idx.span)
+        return [(i, col) for i in range(lo, hi + 1)]
+    if isinstance(idx, A.IdxSet):
+        return [(_in_range(v, size, what, idx.span), col) for v in idx.values]
+    raise AssertionError(idx)
+
+
+def _in_range(value: int, size: int, what: str, span: Span) -> int:
+    resolved = value + size if value < 0 else value
+    if not 0 <= resolved < size:
+        names = {"layer": "layers", "head": "heads", "neuron": "features"}
+        prefix = {"layer": "L", "head": "H"}.get(what, "")
+        raise CheckError(
+            "E201" if what == "layer" else "E202" if what == "head" else "E203",
+            f"model has {size} {names.get(what, what)} ({prefix}0..{prefix}{size - 1}); "
+            f"got {prefix}{value}",
+            span,
+        )
+    return resolved
+
+
+def expand_site(ref: A.SiteRef, model: ModelSpec) -> list[Match]:
+    """Every concrete site a pattern matches, with its sweep-column values.
+
+    Raises CheckError for an unknown kind, a missing or superfluous L/H index, an index out
+    of range, a site the architecture lacks, or a feature index beyond the site's width.
+    """
+    kind = SITE_KINDS.get(ref.kind)
+    if kind is None:
+        raise CheckError("E200", f"unknown site {ref.text!r}", ref.span, hint=_suggest(ref.kind))
+    if kind.layered and ref.layer is None:
+        raise CheckError("E205", f"site {ref.kind} needs a layer, e.g. L0.{ref.kind}", ref.span)
+    if not kind.layered and ref.layer is not None:
+        raise CheckError("E206", f"site {ref.kind} has no layer index", ref.span)
+    if kind.headed and ref.head is None:
+        raise CheckError("E205", f"site {ref.kind} needs a head, e.g. L0.H0.{ref.kind}", ref.span)
+    if not kind.headed and ref.head is not None:
+        raise CheckError("E206", f"site {ref.kind} has no head index", ref.span)
+    if ref.kind == "resid_mid" and model.parallel_attn:
+        raise CheckError("E207", f"{model.family} runs attention and MLP in parallel: "
+                         "resid_mid is not defined", ref.span,
+                         hint="use resid_pre, attn.out and mlp.out instead")
+    if ref.kind in ("pattern", "attn.pattern") and not model.exposes_pattern:
+        raise CheckError("E208", "the model's fused attention kernel cannot expose the "
+                         "attention pattern", ref.span)
+    layers = expand_index(ref.layer, model.n_layers, "layer", "layer") if kind.layered \
+        else [(None, None)]
+    heads = expand_index(ref.head, model.n_heads, "head", "head") if kind.headed \
+        else [(None, None)]
+    width = model.dim_of(kind.dim) if kind.dim != "n_ctx" else model.n_ctx
+    feats = _expand_features(ref.features, width)
+    out = []
+    for layer, lcol in layers:
+        for head, hcol in heads:
+            for feat, fcol in feats:
+                key = tuple((c, v) for c, v in ((lcol, layer), (hcol, head), (fcol, feat))
+                            if c is not None and v is not None)
+                fsel = None if feat is None else (feat, feat + 1)
+                if isinstance(ref.features, A.Slice):
+                    fsel = (ref.features.lo, ref.features.hi)
+                out.append(Match((Site(ref.kind, layer, head, fsel),), key))
+    return out
+
+
+def _expand_features(sel: A.FeatureSel | None, width: int) -> list[tuple[int | None, str | None]]:
+    if sel is None:
+        return [(None, None)]
+    if isinstance(sel, A.Slice):
+        lo, hi = sel.lo, sel.hi
+        if not (0 <= lo < hi <= width):
+            raise CheckError("E203", f"feature slice [{lo}:{hi}] is outside the site's "
+                             f"{width} features", sel.span)
+        return [(None, None)]
+    return [(i, c) for i, c in expand_index(sel, width, "features", "neuron")]
+
+
+def expand_item(item: A.SiteItem, model: ModelSpec) -> list[Match]:
+    """A sweep item: a site pattern (one Match per concrete site) or an `all(...)` group
+    (one Match holding every site of every member)."""
+    if isinstance(item, A.SiteRef):
+        return expand_site(item, model)
+    sites: list[Site] = []
+    for member in item.members:
+        for m in expand_site(member, model):
+            sites.extend(m.sites)
+    return [Match(tuple(dict.fromkeys(sites)), ())]
+
+
+def positions(pos: A.Pos | None, n_tokens: int | None) -> list[tuple[Positions, int | None]]:
+    """Concrete positions of a site's `@ POS`; `@ each` sweeps 0..n_tokens-1 (value in the
+    `pos` column). Raises CheckError for a position outside the tokenized prompts."""
+    if pos is None:
+        return [(Positions("all"), None)]
+    if isinstance(pos, A.PosLast):
+        return [(Positions("last"), None)]
+    if isinstance(pos, A.PosIndex):
+        if pos.value == -1:
+            return [(Positions("last"), None)]
+        return [(Positions("index", _pos_in_range(pos.value, n_tokens, pos.span)), None)]
+    if isinstance(pos, A.PosRange):
+        lo = _pos_in_range(pos.lo, n_tokens, pos.span)
+        hi = _pos_in_range(pos.hi, n_tokens, pos.span)
+        if hi < lo:
+            raise CheckError("E304", f"empty position range {pos.lo}..{pos.hi}", pos.span)
+        return [(Positions("range", lo, hi), None)]
+    if isinstance(pos, A.PosEach):
+        if n_tokens is None:
+            raise CheckError("E305", "@ each needs the run's token count, but its prompts "
+                             "could not be tokenized", pos.span)
+        return [(Positions("index", i), i) for i in range(n_tokens)]
+    if isinstance(pos, A.ColumnRef):
+        return [(Positions("column", column=(pos.data, pos.column)), None)]
+    raise AssertionError(pos)
+
+
+def _pos_in_range(value: int, n_tokens: int | None, span: Span) -> int:
+    if n_tokens is None:
+        if value < 0:
+            raise CheckError("E305", "a negative position needs the run's token count", span)
+        return value
+    resolved = value + n_tokens if value < 0 else value
+    if not 0 <= resolved < n_tokens:
+        raise CheckError("E303", f"prompts have {n_tokens} tokens (positions 0..{n_tokens - 1});"
+                         f" got @ {value}", span)
+    return resolved
+
+
+def _suggest(kind: str) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(kind, list(SITE_KINDS), n=1)
+    if close:
+        return f"did you mean {close[0]}?"
+    return "sites are: " + ", ".join(SITE_KINDS)
