@@ -1,0 +1,77 @@
+"""The JSON form of an IR graph (`patchc compile --emit json`): a pydantic model, because it
+crosses a file/process boundary. AST fragments inside nodes (metric and vector expressions)
+are written as tagged objects; spans are left out (they are for diagnostics, not plans)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pydantic import BaseModel
+
+from .errors import Span
+from .ir import IRGraph
+
+
+class NodeJson(BaseModel):
+    id: str
+    type: str
+    fields: dict[str, Any]
+
+
+class RowJson(BaseModel):
+    key: dict[str, Any]
+    values: dict[str, str]
+    normalize: dict[str, list[str | None]]
+
+
+class TableJson(BaseModel):
+    name: str
+    op: str
+    columns: list[str]
+    rows: list[RowJson]
+
+
+class IRJson(BaseModel):
+    nodes: list[NodeJson]
+    edges: list[tuple[str, str]]
+    tables: list[TableJson]
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses become {"type": ..., field: ...}; tuples become lists; spans vanish."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {"type": type(value).__name__}
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            if not isinstance(v, Span):
+                out[f.name] = _plain(v)
+        return out
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def ir_model(ir: IRGraph) -> IRJson:
+    nodes = []
+    for nid in sorted(ir.g.nodes, key=lambda n: (n[0], int(n[1:]))):
+        node = ir.node(nid)
+        fields = _plain(node)
+        nodes.append(NodeJson(id=nid, type=fields.pop("type"), fields=fields))
+    edges = sorted(ir.g.edges)
+    tables = [
+        TableJson(
+            name=t.name, op=t.op, columns=list(t.columns),
+            rows=[RowJson(key=dict(r.key), values=dict(r.values),
+                          normalize={k: list(v) for k, v in r.normalize})
+                  for r in t.rows],
+        )
+        for t in ir.tables
+    ]
+    return IRJson(nodes=nodes, edges=edges, tables=tables)
+
+
+def ir_to_json(ir: IRGraph) -> str:
+    return ir_model(ir).model_dump_json(indent=2)

@@ -1,0 +1,54 @@
+"""Build examples/models/tiny-gpt2: a small GPT-2 with RANDOM weights and a word-level
+tokenizer over the words of examples/data/. It makes every example spec checkable and
+runnable offline; it has learned nothing (the trained example models come from
+examples/train.py). Deterministic: `python examples/make_tiny_model.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+HERE = Path(__file__).parent
+SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+EXTRA_WORDS = "I think this movie is great good bad very".split()
+
+
+def corpus_words() -> list[str]:
+    words: set[str] = set(EXTRA_WORDS)
+    for path in sorted((HERE / "data").glob("*.jsonl")):
+        for line in path.read_text("utf-8").splitlines():
+            for value in json.loads(line).values():
+                if isinstance(value, str):
+                    words.update(re.findall(r"\w+|[^\w\s]", value))
+    return sorted(words)
+
+
+def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    vocab = {w: i for i, w in enumerate(SPECIALS + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   bos_token="[BOS]", eos_token="[EOS]")
+
+
+def main(out: Path = HERE / "models" / "tiny-gpt2") -> None:
+    tokenizer = build_tokenizer(corpus_words())
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=4,
+                        n_head=4, bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    model = GPT2LMHeadModel(config).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    print(f"wrote {out} (vocab {len(tokenizer)}, {sum(p.numel() for p in model.parameters())} "
+          "parameters)")
+
+
+if __name__ == "__main__":
+    main()

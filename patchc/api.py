@@ -1,0 +1,75 @@
+"""The Python API: `patchc.compile(path_or_source) -> Program`.
+
+A Program is a spec that parsed, checked against the model's shape and lowered to IR; it
+knows its result tables and how many rows (experiments) each will have. Nothing here loads
+weights or imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from patchc.compiler import ast as A
+from patchc.compiler.check import check
+from patchc.compiler.checked import CheckedSpec
+from patchc.compiler.errors import PatchcError
+from patchc.compiler.ir import IRGraph
+from patchc.compiler.lower import lower
+from patchc.compiler.modelspec import ModelSpec
+from patchc.compiler.parse import parse, parse_file
+from patchc.compiler.pipeline import optimize
+
+
+@dataclass(frozen=True)
+class Program:
+    """A compiled spec: its AST, what checking learned, and the IR (unoptimized and
+    optimized)."""
+
+    spec: A.Spec
+    checked: CheckedSpec
+    ir: IRGraph
+    optimized: IRGraph
+
+    @property
+    def tables(self) -> list[str]:
+        return [t.name for t in self.ir.tables]
+
+    @property
+    def experiments(self) -> dict[str, int]:
+        """Rows each result table will have, by table name."""
+        return {t.name: len(t.rows) for t in self.ir.tables}
+
+    @property
+    def warnings(self) -> list[PatchcError]:
+        return list(self.checked.warnings)
+
+
+def load_spec(path_or_source: str | os.PathLike[str]) -> A.Spec:
+    """Parse a spec given as a file path or as spec text.
+
+    A string with no newline that names an existing file (or ends in `.patch`) is a path;
+    anything else is spec text, whose relative paths resolve against the working directory.
+    """
+    if isinstance(path_or_source, os.PathLike):
+        return parse_file(path_or_source)
+    text = str(path_or_source)
+    if "\n" not in text and (text.endswith(".patch") or Path(text).is_file()):
+        return parse_file(text)
+    return parse(text, "<spec>", os.getcwd())
+
+
+def compile(  # noqa: A001 - the public name DESIGN.md asks for
+    path_or_source: str | os.PathLike[str], model_spec: ModelSpec | None = None
+) -> Program:
+    """Parse, check and lower a spec. Raises PatchcError (often SpecErrors, holding every
+    diagnostic) for anything wrong with it. `model_spec` skips reading the model's config."""
+    spec = load_spec(path_or_source)
+    checked = check(spec, model_spec)
+    try:
+        ir = lower(checked)
+        optimized = optimize(ir)
+    except PatchcError as e:
+        raise e.with_source(spec.source) from None
+    return Program(spec, checked, ir, optimized)
