@@ -13,6 +13,15 @@ Node kinds (DESIGN.md "The IR and the optimizer"):
 Graph ids are strings (`f0`, `r3`, ...); the node object lives in the `node` attribute.
 Tables (what each operation reports) live in `graph.graph["tables"]`. The unoptimized graph
 from lower.py has one Forward per experiment; passes in compiler/passes/ rewrite it.
+
+Additions made for lower.py (existing fields unchanged):
+  - `Read.stat`: `"std"` makes the Read a scalar statistic (noise(std=3*std(SITE))).
+  - `Write.inputs`: inputs past a mode's operands span a subspace the write is restricted to
+    (`project`/`remove` are `replace`/`zero` so restricted); see Write.
+  - `Estimate.inputs`: one (A read, B read) pair per site of the experiment (an `all(...)`
+    group has several), then the Backward; for `dla`: site reads, the scale read, the Metric.
+  - `Pair` and `Table.pairs`: which estimate pairs with which exact swap metric (`compare`).
+  - verify() also checks the ids in `Row.normalize` and `Table.pairs`.
 """
 
 from __future__ import annotations
@@ -94,9 +103,14 @@ class Forward:
 
 @dataclass(frozen=True, slots=True)
 class Read:
+    """`site` at `pos` in `forward`. With `stat="std"` the Read is instead one scalar: the
+    standard deviation of those values over examples, positions and features (the `std(SITE)`
+    of `noise(..., std=3*std(SITE))`, read from the run's forward without interventions)."""
+
     forward: str
     site: Site
     pos: Positions = ALL_POSITIONS
+    stat: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +126,15 @@ class Write:
       mul        a_B := scale * a_B                   (scale)
       project    a_B := a_B + P(input[0] - a_B), P the projector onto span(inputs[1:])
       remove     a_B := a_B - P a_B                   (ablate on a subspace)
-      noise      a_B := a_B + N(0, std^2), std = scale * (input[0] if given, else 1)
-      freeze_ln  every normalizer uses the scale read in input[0] (run A's cached scales)
+      noise      a_B := a_B + N(0, std^2), std = scale * (input[0] if given, else 1), drawn
+                 with `seed` (the same draws in every Forward the Write feeds)
+      freeze_ln  the normalizer whose scale is `site` uses input[0] (run A's cached scale)
+
+    Subspaces (`SITE [v, w]`): a mode takes its operands first (replace/mean/resample/add: 1;
+    zero/mul: 0; project: 1; remove: 0); any further inputs are Vectors spanning a subspace,
+    and the write then changes only the component in it: a_B := a_B + P(new - a_B), with
+    `new` what the mode would write. `project` is `replace` so restricted and `remove` is
+    `zero` so restricted (lower.py emits those two names); noise and freeze_ln take none.
     """
 
     site: Site
@@ -126,8 +147,10 @@ class Write:
 
 @dataclass(frozen=True, slots=True)
 class Vector:
-    """A direction, from a vector declaration or inline expression (`expr`), in the space
-    of `site_dim` features. `inputs` are the Reads its `mean(...)` terms use, in order."""
+    """A direction, from a vector declaration or inline expression (`expr`, with every
+    reference to another vector inlined), in the space of `dim` features. `inputs` are the
+    Reads its `mean(...)` terms use, in the order a left-to-right walk of `expr` meets them;
+    `name` is the declared name, or the printed expression for an inline one."""
 
     name: str
     expr: Any  # ast.VExpr
@@ -157,7 +180,14 @@ class Backward:
 @dataclass(frozen=True, slots=True)
 class Estimate:
     """Estimated effect of swapping `site` from run A into run B: method atp/relp/ig/dla.
-    Inputs: the Read of A, the Read of B, and the Backward (or, for dla, the scale Read)."""
+
+    atp/relp/ig inputs: one (Read of A, Read of B) pair per site of the experiment (one for
+    a plain site; an `all(...)` group gives several, estimated jointly), then the Backward.
+    `site`/`pos` are the first pair's. The value is an estimate of m_patched - m_B (a delta),
+    so a `normalized` column is e / (m_A - m_B). `ig` interpolates a_B -> a_A in `steps`
+    steps at run time (the Backward names the metric and rules to differentiate).
+    dla inputs: the site Read(s) of B, the Read of `ln_final.scale` on B (all positions),
+    and the Metric whose direction the contribution is projected on."""
 
     method: str
     site: Site
@@ -185,12 +215,30 @@ class Row:
 
 
 @dataclass(frozen=True, slots=True)
+class Pair:
+    """`compare`: one estimate and the exact swap metric it predicts. `key` is the key of the
+    table row the pair feeds (its `site_kind`, `method`, and `metric` when there are several
+    measures); the runtime correlates (estimate, metric) over every pair of a row into the
+    row's `pearson` and `spearman`. `normalize` is the (target, source) metric ids of a
+    `normalized` measure, else None."""
+
+    key: tuple[tuple[str, Any], ...]
+    estimate: str
+    metric: str
+    normalize: tuple[str, str | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Table:
+    """One operation's result. `compare` tables have rows with no `values` (the runtime
+    computes `pearson`/`spearman` from `pairs`); every other table has `pairs == ()`."""
+
     name: str
     op: str  # the statement keyword
     columns: tuple[str, ...]  # sweep-variable columns, then measured columns
     rows: tuple[Row, ...]
     span: Span = field(compare=False, default=Span(1, 1, 1, 1))
+    pairs: tuple[Pair, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,8 +317,11 @@ def verify(ir: IRGraph) -> None:
             if r not in preds:
                 raise PlanError("E504", f"IR node {nid} uses {r} without an edge from it")
     for table in ir.tables:
-        for row in table.rows:
-            for _, ref in row.values:
-                if ref not in g:
-                    raise PlanError("E505", f"table {table.name} refers to missing node {ref}")
+        refs = [ref for row in table.rows for _, ref in row.values]
+        refs += [r for row in table.rows for _, pair in row.normalize for r in pair if r]
+        for p in table.pairs:
+            refs += [p.estimate, p.metric] + [r for r in p.normalize or () if r]
+        for ref in refs:
+            if ref not in g:
+                raise PlanError("E505", f"table {table.name} refers to missing node {ref}")
 

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
 
 from . import ast as A
 from .errors import ParseError, Source, Span, SpecErrors
@@ -49,6 +55,20 @@ def parse(text: str, filename: str = "<spec>", base_dir: str = ".") -> A.Spec:
     builder = _ToAst(source)
     try:
         statements = builder.transform(tree)
+    except RecursionError:
+        # The tree is built bottom-up by recursion; hundreds of nested `-`s exhaust it.
+        raise ParseError("E111", "expression nested too deeply", None, source) from None
+    except VisitError as e:
+        # Lark wraps what a builder method raises; a ParseError inside is the user's mistake.
+        if isinstance(e.orig_exc, ParseError):
+            raise e.orig_exc.with_source(source) from None
+        if isinstance(e.orig_exc, (OverflowError, ValueError)):
+            # int()/float() of a literal: more than 4300 digits, or an int beyond float range.
+            meta = getattr(e.obj, "meta", None)
+            span = _span(meta) if meta is not None and not meta.empty else None
+            detail = str(e.orig_exc).split(";")[0]
+            raise ParseError("E110", f"number out of range ({detail})", span, source) from None
+        raise
     except ParseError as e:
         raise e.with_source(source) from None
     if builder.errors:
@@ -127,7 +147,11 @@ def _tspan(tok: Token) -> Span:
 
 
 def _string(tok: Token) -> str:
-    return json.loads(tok)
+    try:
+        return json.loads(tok)
+    except json.JSONDecodeError as e:
+        # The STRING terminal admits any backslash pair; JSON does not (`\q`, raw tabs).
+        raise ParseError("E101", f"invalid string literal: {e.msg}", _tspan(tok)) from None
 
 
 @v_args(meta=True)

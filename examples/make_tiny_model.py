@@ -1,4 +1,5 @@
-"""Build examples/models/tiny-gpt2: a small GPT-2 with RANDOM weights and a word-level
+"""Build examples/models/tiny-gpt2: a small GPT-2 (GPT-2-small's 12 layers x 12 heads, width 48)
+with RANDOM weights and a word-level
 tokenizer over the words of examples/data/. It makes every example spec checkable and
 runnable offline; it has learned nothing (the trained example models come from
 examples/train.py). Deterministic: `python examples/make_tiny_model.py`.
@@ -40,8 +41,8 @@ def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
 def main(out: Path = HERE / "models" / "tiny-gpt2") -> None:
     tokenizer = build_tokenizer(corpus_words())
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=4,
-                        n_head=4, bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=48, n_layer=12,
+                        n_head=12, bos_token_id=2, eos_token_id=3, pad_token_id=0)
     model = GPT2LMHeadModel(config).eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

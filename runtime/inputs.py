@@ -1,0 +1,122 @@
+"""Tokenized inputs of a run: left padding, attention mask, position ids, and the mapping
+from a spec's positions (`last`, `3`, `2..5`, a data column) to padded token indices.
+
+Prompts are padded on the left so that the last token sits at the same index in every row;
+position ids count from each row's first real token, so a padded row computes exactly what
+the unpadded prompt would (LANGUAGE.md §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from patchc.compiler.errors import RuntimeInterventionError
+from patchc.compiler.ir import Positions
+
+
+@dataclass
+class Batch:
+    """One run's prompts, ready for the model."""
+
+    input_ids: torch.Tensor  # [n, T]
+    attention_mask: torch.Tensor  # [n, T], 0 on padding
+    position_ids: torch.Tensor  # [n, T]
+    lengths: list[int]  # real tokens per row
+
+    @property
+    def n(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def offset(self, row: int) -> int:
+        """Padded index of the row's first real token."""
+        return self.width - self.lengths[row]
+
+    def repeat(self, times: int) -> "Batch":
+        """Each row repeated `times` times in a row (noise samples)."""
+        if times == 1:
+            return self
+        return Batch(self.input_ids.repeat_interleave(times, 0),
+                     self.attention_mask.repeat_interleave(times, 0),
+                     self.position_ids.repeat_interleave(times, 0),
+                     [n for n in self.lengths for _ in range(times)])
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device),
+                     self.position_ids.to(device), self.lengths)
+
+    def model_kwargs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "position_ids": self.position_ids}
+
+
+def encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt, special tokens (BOS) included as the tokenizer adds them."""
+    return [list(tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts]
+
+
+def make_batch(ids: list[list[int]], pad_id: int) -> Batch:
+    width = max(len(r) for r in ids)
+    n = len(ids)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    pos = torch.zeros((n, width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        off = width - len(row)
+        input_ids[i, off:] = torch.tensor(row, dtype=torch.long)
+        mask[i, off:] = 1
+        pos[i, off:] = torch.arange(len(row))
+    return Batch(input_ids, mask, pos, [len(r) for r in ids])
+
+
+def token_id(tokenizer, text: str) -> int:
+    """The first token of `text` tokenized without special tokens; a leading space is kept
+    as the data gives it (" Mary" is one GPT-2 token)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise RuntimeInterventionError("E420", f"{text!r} tokenizes to no tokens")
+    return int(ids[0])
+
+
+def position_index(batch: Batch, pos: Positions, columns: dict[tuple[str, str], list[int]],
+                   ) -> torch.Tensor:
+    """A [n, k] LongTensor of padded token indices selected by `pos` in each row; k is 1 for
+    last/index/column positions, hi-lo+1 for ranges, T for all positions (padding included:
+    writes at padded indices are harmless, they are masked out)."""
+    n, width = batch.n, batch.width
+    offsets = torch.tensor([batch.offset(i) for i in range(n)], dtype=torch.long)
+    if pos.kind == "all":
+        return torch.arange(width).expand(n, width)
+    if pos.kind == "last":
+        return torch.full((n, 1), width - 1, dtype=torch.long)
+    if pos.kind == "index":
+        idx = offsets + pos.lo
+        _check_inside(batch, pos.lo, pos.lo)
+        return idx[:, None]
+    if pos.kind == "range":
+        _check_inside(batch, pos.lo, pos.hi)
+        return offsets[:, None] + torch.arange(pos.lo, pos.hi + 1)[None, :]
+    assert pos.column is not None
+    values = columns[pos.column]
+    if len(values) != n:
+        values = [v for v in values for _ in range(n // len(values))]  # noise samples
+    for i, v in enumerate(values):
+        if not 0 <= v < batch.lengths[i]:
+            raise RuntimeInterventionError(
+                "E421", f"row {i}: position {'.'.join(pos.column)} = {v} is outside its "
+                f"{batch.lengths[i]} tokens")
+    return (offsets + torch.tensor(values, dtype=torch.long))[:, None]
+
+
+def _check_inside(batch: Batch, lo: int, hi: int) -> None:
+    short = min(batch.lengths)
+    if hi >= short:
+        row = batch.lengths.index(short)
+        raise RuntimeInterventionError(
+            "E421", f"position {hi if lo == hi else f'{lo}..{hi}'} is outside row {row}, which "
+            f"has {short} tokens")

@@ -1,0 +1,88 @@
+"""Loading a model and tokenizer for a spec, and fingerprinting the weights.
+
+A spec never executes code: `trust_remote_code` comes only from the caller (CLI flag or API
+argument). Weights load through transformers, which reads safetensors (or a pickle with
+`weights_only=True`). A hub id works when the network (or the HF cache) has it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from patchc.compiler.checked import Options
+from patchc.compiler.errors import RuntimeInterventionError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object  # a transformers PreTrainedTokenizer(Fast)
+    model_id: str
+    revision: str | None
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeInterventionError("E410", f"set device = {name}, but no CUDA device is "
+                                       "available", hint="use set device = cpu (or auto)")
+    return device
+
+
+def model_location(model_id: str, base_dir: str) -> str:
+    """A local directory (relative to the spec) if there is one, else the hub id as given."""
+    local = Path(base_dir) / model_id
+    if not Path(model_id).is_absolute() and local.is_dir():
+        return str(local)
+    return model_id
+
+
+def load(model_id: str, revision: str | None, options: Options, base_dir: str = ".",
+         trust_remote_code: bool = False) -> LoadedModel:
+    """Load the causal LM and its tokenizer in eval mode on the spec's device and dtype."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = model_location(model_id, base_dir)
+    device = resolve_device(options.device)
+    dtype = DTYPES[options.dtype]
+    kwargs: dict = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if options.device_map:
+        kwargs["device_map"] = options.device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise RuntimeInterventionError(
+            "E411", f"could not load model {model_id!r}: {e}".splitlines()[0],
+            hint="pass a local directory" if offline else None) from None
+    if not options.device_map:
+        model = model.to(device)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        # Padding is masked out, so any id works; the EOS id is the conventional choice.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return LoadedModel(model, tokenizer, model_id, revision, device, dtype)
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer, in name order: pins the exact weights a table
+    was computed with (the manifest records it; `patchc verify` compares it)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
