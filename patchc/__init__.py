@@ -27,12 +27,13 @@ __all__ = [
     "RuntimeInterventionError",
     "SpecErrors",
     "compile",
+    "run",
 ]
 
 
 def __getattr__(name: str):
     # The API pulls in the whole compiler; load it on first use so `import patchc` stays cheap.
-    if name in ("compile", "Program"):
+    if name in ("compile", "Program", "run"):
         from patchc import api
 
         return getattr(api, name)

@@ -1,8 +1,8 @@
-"""The Python API: `patchc.compile(path_or_source) -> Program`.
+"""The Python API: `patchc.compile(path_or_source) -> Program` and `patchc.run(...) -> Results`.
 
 A Program is a spec that parsed, checked against the model's shape and lowered to IR; it
-knows its result tables and how many rows (experiments) each will have. Nothing here loads
-weights or imports torch.
+knows its result tables and how many rows (experiments) each will have. `compile` loads no
+weights and never imports torch; `run` (in patchc/runner.py) does both.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from patchc.compiler import ast as A
 from patchc.compiler.check import check
@@ -20,6 +21,9 @@ from patchc.compiler.lower import lower
 from patchc.compiler.modelspec import ModelSpec
 from patchc.compiler.parse import parse, parse_file
 from patchc.compiler.pipeline import optimize
+
+if TYPE_CHECKING:
+    from patchc.results import Results
 
 
 @dataclass(frozen=True)
@@ -73,3 +77,26 @@ def compile(  # noqa: A001 - the public name DESIGN.md asks for
     except PatchcError as e:
         raise e.with_source(spec.source) from None
     return Program(spec, checked, ir, optimized)
+
+
+def run(
+    path_or_source: str | os.PathLike[str],
+    model: Any = None,
+    tokenizer: Any = None,
+    naive: bool = False,
+    trust_remote_code: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    **overrides: Any,
+) -> "Results":
+    """Compile and execute a spec; returns Results (`results["NAME"]` is a DataFrame).
+
+    `model`/`tokenizer`: an already loaded HF causal LM and its tokenizer (notebook use);
+    otherwise the spec's `model` is loaded. `overrides` replace `set` options (dtype,
+    device, seed, batch_size, memory, device_map). `trust_remote_code` is never read from
+    a spec. `naive=True` runs the reference interpreter (one forward per experiment).
+    """
+    from patchc.runner import execute
+
+    spec = load_spec(path_or_source)
+    return execute(spec, model=model, tokenizer=tokenizer, naive=naive,
+                   trust_remote_code=trust_remote_code, progress=progress, overrides=overrides)

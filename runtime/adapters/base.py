@@ -33,6 +33,7 @@ are built here from the taps in `taps.py`, and patterns come from the attention 
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from typing import Callable, Iterator
 
@@ -58,7 +59,7 @@ KINDS = UNLAYERED | HEADED | LAYERED
 _FLAT_SITES = frozenset({"resid_mid", "ln2.scale", "mlp.pre", "mlp.post", "mlp.out"})
 
 
-class Adapter:
+class Adapter(abc.ABC):
     """Canonical sites of one loaded HF causal LM. Subclasses fill in the module map."""
 
     family: str = ""
@@ -89,43 +90,53 @@ class Adapter:
     def _parallel_attn(self) -> bool:
         return False
 
+    @abc.abstractmethod
     def layers(self) -> nn.ModuleList:
-        raise NotImplementedError
+        ...
 
     def layer(self, layer: int) -> nn.Module:
         return self.layers()[layer]
 
+    @abc.abstractmethod
     def attn(self, layer: int) -> nn.Module:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def mlp(self, layer: int) -> nn.Module:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def ln1(self, layer: int) -> nn.Module:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def ln2(self, layer: int) -> nn.Module:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def ln_final(self) -> nn.Module:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def o_proj(self, layer: int) -> nn.Module:
         """The attention output projection; its input is attn.z."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def qkv(self, layer: int, which: str, head: int | None) -> tuple[nn.Module, Cols | None]:
         """The projection whose output holds q/k/v ('q','k','v') of `head` (a query head for
         q, a kv head for k/v; None: all heads), and the columns of its output to select."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def mlp_pre(self, layer: int) -> tuple[nn.Module, Cols | None]:
         """The module whose output (or these columns of it) is mlp.pre."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def mlp_down(self, layer: int) -> nn.Module:
         """The MLP output projection; its input is mlp.post."""
-        raise NotImplementedError
+        ...
 
     def attn_out_module(self, layer: int) -> nn.Module:
         """The module whose output is added to the residual by the attention block."""

@@ -1,0 +1,45 @@
+"""The manifest of a run (LANGUAGE.md §9): what a paper cites so that others can rerun it.
+
+A pydantic model, because it crosses a file boundary: `patchc run --out DIR` writes it as
+DIR/manifest.json and `patchc verify DIR` reads it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class Manifest(BaseModel):
+    spec_text: str
+    spec_sha256: str
+    spec_file: str
+    model_id: str
+    revision: str | None
+    weights_sha256: str
+    versions: dict[str, str]
+    device: str
+    dtype: str
+    seed: int
+    options: dict[str, Any]
+    tables: dict[str, dict[str, Any]]  # name -> {rows, columns, seconds}
+    plan: dict[str, Any]  # pass counts: forwards, backwards, ...
+    interpreter: str  # "naive" or "optimized"
+    total_seconds: float
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    import patchc
+
+    return {"patchc": patchc.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

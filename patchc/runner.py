@@ -1,0 +1,112 @@
+"""How a run is executed: load the model (or take the caller's), check the spec against the
+loaded model's own shape, lower it, interpret the graph, and assemble Results + manifest.
+
+Until the optimizer lands, both `naive=True` and the default use the reference interpreter
+(runtime/naive.py); the manifest records which one produced the tables.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from patchc.compiler import ast as A
+from patchc.compiler.check import AUTO, check
+from patchc.compiler.checked import CheckedSpec, Options
+from patchc.compiler.errors import PatchcError, RuntimeInterventionError
+from patchc.compiler.ir import Backward, Forward, IRGraph
+from patchc.compiler.lower import lower
+from patchc.manifest import Manifest, sha256_text, versions
+from patchc.results import Results
+
+
+def _options(checked: CheckedSpec, overrides: dict[str, Any]) -> CheckedSpec:
+    if not overrides:
+        return checked
+    try:
+        options = Options(**{**checked.options.model_dump(), **overrides})
+    except Exception as e:  # pydantic's ValidationError: a bad override is the caller's
+        raise RuntimeInterventionError("E412", f"bad option override: {e}".splitlines()[0]) \
+            from None
+    from dataclasses import replace
+
+    return replace(checked, options=options)
+
+
+def _model_decl(spec: A.Spec) -> A.ModelDecl:
+    decl = next((s for s in spec.statements if isinstance(s, A.ModelDecl)), None)
+    if decl is None:
+        raise RuntimeInterventionError("E300", "the spec has no model statement")
+    return decl
+
+
+def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool = False,
+            trust_remote_code: bool = False,
+            progress: Callable[[int, int], None] | None = None,
+            overrides: dict[str, Any] | None = None) -> Results:
+    import torch
+
+    from patchc.runtime.adapters import adapter_for
+    from patchc.runtime.loading import load, resolve_device, weights_hash
+    from patchc.runtime.naive import Interpreter
+
+    start = time.perf_counter()
+    decl = _model_decl(spec)
+    try:
+        # Check first against the config alone: a wrong spec fails before any weight loads.
+        model_spec = adapter_for(model).spec() if model is not None else None
+        checked = check(spec, model_spec, tokenizer=AUTO if tokenizer is None else tokenizer)
+        checked = _options(checked, overrides or {})
+        options = checked.options
+        if model is None:
+            loaded = load(decl.model_id, decl.revision, options, spec.source.base_dir,
+                          trust_remote_code)
+            model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
+        else:
+            if tokenizer is None:
+                raise RuntimeInterventionError("E413", "pass the tokenizer with the model")
+            device = next(model.parameters()).device
+            if options.device != "cpu" or "device" in (overrides or {}):
+                device = resolve_device(options.device)
+                model = model.to(device)
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        adapter = adapter_for(model)
+        torch.manual_seed(options.seed)
+        ir = lower(checked)
+        interp = Interpreter(checked, model, tokenizer, adapter, progress)
+        values, seconds = _timed_run(interp, ir)
+    except PatchcError as e:
+        raise e.with_source(spec.source) from None
+    tables = {t.name: {"rows": len(t.rows), "columns": list(t.columns),
+                       "seconds": round(seconds.get(t.name, 0.0), 4)} for t in ir.tables}
+    manifest = Manifest(
+        spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
+        spec_file=spec.source.filename, model_id=decl.model_id, revision=decl.revision,
+        weights_sha256=weights_hash(model), versions=versions(), device=str(device),
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
+        options=options.model_dump(), tables=tables, plan=_pass_counts(ir),
+        interpreter="naive", total_seconds=round(time.perf_counter() - start, 4))
+    return Results(ir, values, manifest.model_dump())
+
+
+def _timed_run(interp, ir: IRGraph) -> tuple[dict[str, Any], dict[str, float]]:
+    """Run the graph; a table's time is that of every node it depends on (shared nodes,
+    like a clean run read by many swaps, count toward each table that needs them)."""
+    import networkx as nx
+
+    values = interp.run(ir)
+    seconds = {}
+    for table in ir.tables:
+        refs = {nid for row in table.rows for _, nid in row.values}
+        refs |= {p.estimate for p in table.pairs} | {p.metric for p in table.pairs}
+        deps = set(refs)
+        for r in refs:
+            deps |= nx.ancestors(ir.g, r)
+        seconds[table.name] = sum(interp.node_seconds.get(n, 0.0) for n in deps)
+    return values, seconds
+
+
+def _pass_counts(ir: IRGraph) -> dict[str, int]:
+    return {"forwards": ir.count(Forward), "backwards": ir.count(Backward),
+            "nodes": ir.g.number_of_nodes()}

@@ -1,0 +1,261 @@
+"""The reference interpreter: every Forward of the (unoptimized) IR is one plain forward
+pass of the model with hooks installed and removed in a context manager. No caching across
+forwards beyond what the graph's edges carry, no batching of experiments, no skipping.
+
+It is the oracle every optimization is tested against, so it favours the obvious over the
+fast. Nodes are evaluated in topological order; a value is dropped once its last consumer
+has used it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from patchc.compiler import ast as A
+from patchc.compiler.checked import CheckedSpec
+from patchc.compiler.errors import RuntimeInterventionError
+from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Positions, Read, \
+    Vector, Write
+
+from . import metrics as M
+from . import vectors as V
+from .estimates import run_backward, run_estimate
+from .generate import contains_answer
+from .inputs import Batch, encode, make_batch, position_index, token_id
+from .writes import ReadValue, make_reader, make_writer
+
+
+@dataclass
+class RunInputs:
+    """A run's tokenized prompts and the data columns its metrics and positions use."""
+
+    batch: Batch
+    rows: list[dict[str, Any]]
+    data: str | None
+
+
+@dataclass
+class ForwardOutput:
+    """What later nodes need from one forward: logits at metric positions, per-example
+    loss and generation results."""
+
+    batch: Batch
+    samples: int
+    logits: dict[Positions, torch.Tensor] = field(default_factory=dict)  # [N, V] float32
+    loss: torch.Tensor | None = None
+    contains: dict[tuple[int, str, str], torch.Tensor] = field(default_factory=dict)
+
+
+class Interpreter:
+    """Evaluates an IR graph on a loaded model through an adapter."""
+
+    def __init__(self, checked: CheckedSpec, model: torch.nn.Module, tokenizer, adapter,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.checked = checked
+        self.model = model
+        self.tokenizer = tokenizer
+        self.adapter = adapter
+        self.device = next(model.parameters()).device
+        self.seed = checked.options.seed
+        self.base_dir = checked.spec.source.base_dir
+        self.progress = progress
+        self.runs: dict[str, RunInputs] = {}
+        self.values: dict[str, Any] = {}
+        self.node_seconds: dict[str, float] = {}  # wall time of each evaluated node
+        self._token_cache: dict[str, int] = {}
+
+    # ---- inputs -------------------------------------------------------------------------
+    def run_inputs(self, name: str) -> RunInputs:
+        if name not in self.runs:
+            info = self.checked.runs[name]
+            ids = encode(self.tokenizer, list(info.texts))
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            rows = list(self.checked.data[info.data].rows) if info.data else []
+            self.runs[name] = RunInputs(make_batch(ids, pad), rows, info.data)
+        return self.runs[name]
+
+    def columns_for(self, run: str) -> dict[tuple[str, str], list[int]]:
+        """Integer data columns of a run's rows, for per-example positions."""
+        inputs = self.run_inputs(run)
+        out: dict[tuple[str, str], list[int]] = {}
+        for table in self.checked.data.values():
+            if table.name != inputs.data:
+                continue
+            for col in table.columns:
+                vals = [r.get(col) for r in inputs.rows]
+                if all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+                    out[(table.name, col)] = vals
+        return out
+
+    def token_ids(self, run: str, n: int) -> Callable[[A.Tok], torch.Tensor]:
+        rows = self.run_inputs(run).rows
+
+        def ids(tok: A.Tok) -> torch.Tensor:
+            if isinstance(tok, A.TokId):
+                out = [tok.token_id] * len(rows or [0])
+            elif isinstance(tok, A.TokString):
+                out = [self._token(tok.text)] * max(1, len(rows))
+            else:
+                out = [self._token(str(r[tok.column])) for r in rows]
+            t = torch.tensor(out, dtype=torch.long)
+            if len(out) == 1 and n > 1:
+                t = t.expand(n)
+            return t.repeat_interleave(n // len(t)) if len(t) != n else t
+
+        return ids
+
+    def _token(self, text: str) -> int:
+        if text not in self._token_cache:
+            self._token_cache[text] = token_id(self.tokenizer, text)
+        return self._token_cache[text]
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def run(self, ir: IRGraph) -> dict[str, Any]:
+        """Evaluate every node; returns per-example values of Metric and Estimate nodes."""
+        import networkx as nx
+
+        g = ir.g
+        remaining = {nid: g.out_degree(nid) for nid in g.nodes}
+        results: dict[str, Any] = {}
+        order = list(nx.lexicographical_topological_sort(g, key=_node_order))
+        n_forwards = sum(1 for nid in order if isinstance(ir.node(nid), Forward))
+        done = 0
+        for nid in order:
+            node = ir.node(nid)
+            started = time.perf_counter()
+            if isinstance(node, Forward):
+                self.values[nid] = self.forward(ir, nid, node)
+                done += 1
+                if self.progress:
+                    self.progress(done, n_forwards)
+            elif isinstance(node, Vector):
+                means = [self.values[r].value.float().mean(0).squeeze(0) for r in node.inputs]
+                self.values[nid] = self.vector(node, means)
+            elif isinstance(node, Metric):
+                results[nid] = self.values[nid] = self.metric(ir, node)
+            elif isinstance(node, Backward):
+                self.values[nid] = run_backward(self, ir, nid, node)
+            elif isinstance(node, Estimate):
+                results[nid] = self.values[nid] = run_estimate(self, ir, node)
+            # Read and Write nodes get their values while their Forward runs.
+            self.node_seconds[nid] = time.perf_counter() - started
+            if not isinstance(node, Write):  # a Write is used when its Forwards run
+                self._release(g, nid, remaining, results)
+        return results
+
+    def _release(self, g, nid: str, remaining: dict[str, int], keep: dict) -> None:
+        """`nid` has used its inputs: drop each input value whose last consumer this was."""
+        for pred in g.predecessors(nid):
+            remaining[pred] -= 1
+            if remaining[pred] == 0 and pred not in keep:
+                self.values.pop(pred, None)
+                if isinstance(g.nodes[pred]["node"], Write):
+                    self._release(g, pred, remaining, keep)
+
+    def vector(self, node: Vector, means: list[torch.Tensor]) -> torch.Tensor:
+        named = {}
+        v = V.evaluate(node.expr, means, named, self.base_dir)
+        if v.shape[-1] != node.dim:
+            raise RuntimeInterventionError("E443", f"vector {node.name} has {v.shape[-1]} "
+                                           f"features; its site has {node.dim}")
+        return v
+
+    def hooks_for(self, ir: IRGraph, nid: str, node: Forward, batch: Batch,
+                  reads: bool = True) -> list:
+        """(kind, layer, head, fn) hooks: the Forward's writes in order, then its reads."""
+        columns = self.columns_for(node.run)
+        hooks = []
+        for wid in node.writes:
+            write: Write = ir.node(wid)  # type: ignore[assignment]
+            inputs = [self.values[i] for i in write.inputs]
+            fn = make_writer(write, batch, columns, inputs, self.seed)
+            hooks.append((write.site.kind, write.site.layer, write.site.head, fn))
+        for rid in ir.g.successors(nid) if reads else ():
+            read = ir.node(rid)
+            if isinstance(read, Read):
+                fn = make_reader(read, batch, columns,
+                                 lambda v, rid=rid: self.values.__setitem__(rid, v))
+                hooks.append((read.site.kind, read.site.layer, read.site.head, fn))
+        return hooks
+
+    @torch.no_grad()
+    def forward(self, ir: IRGraph, nid: str, node: Forward) -> ForwardOutput:
+        batch = self.run_inputs(node.run).batch.repeat(node.samples)
+        metrics = [ir.node(m) for m in ir.g.successors(nid) if isinstance(ir.node(m), Metric)]
+        out = ForwardOutput(batch, node.samples)
+        hooks = self.hooks_for(ir, nid, node, batch)
+        columns = self.columns_for(node.run)
+        generations: set[tuple[int, str, str]] = set()
+        with self.adapter.hooks(hooks):
+            logits = self.model(**batch.to(self.device).model_kwargs()).logits
+        for m in metrics:
+            if m.pos not in out.logits:
+                idx = position_index(batch, m.pos, columns).to(logits.device)
+                out.logits[m.pos] = logits.gather(
+                    1, idx[..., None].expand(-1, -1, logits.shape[-1]))[:, 0].float()
+            if out.loss is None and any(isinstance(e, A.MLoss) for e in M.walk(m.expr)):
+                ctx = M.MetricContext(out.logits[m.pos], logits.float(), batch,
+                                      self.token_ids(node.run, batch.n))
+                out.loss = M.next_token_loss(ctx)
+            generations |= {(e.n, e.answer.data, e.answer.column) for e in M.walk(m.expr)
+                            if isinstance(e, A.MGenerate)}
+        rows = self.run_inputs(node.run).rows
+        for n_new, data, column in sorted(generations):
+            answers = [str(r[column]) for r in rows]
+            out.contains[(n_new, data, column)] = contains_answer(
+                self, batch, hooks, n_new, answers, node.samples)
+        # Metrics on other forwards may refer to this one's logits (kl): keep them all.
+        return out
+
+    def metric(self, ir: IRGraph, node: Metric) -> torch.Tensor:
+        """Per-example values [n] (noise samples averaged)."""
+        out: ForwardOutput = self.values[node.forward]
+        fwd: Forward = ir.node(node.forward)  # type: ignore[assignment]
+        ref = None
+        if node.reference is not None:
+            ref_out: ForwardOutput = self.values[node.reference]
+            ref = ref_out.logits.get(node.pos)
+            if ref is None:
+                raise RuntimeInterventionError("E434", "kl reference has no logits there")
+            if ref.shape[0] != out.batch.n:
+                ref = ref.repeat_interleave(out.batch.n // ref.shape[0], 0)
+        contains = {}
+        for e in M.walk(node.expr):
+            if isinstance(e, A.MGenerate):
+                contains[id(e)] = out.contains[(e.n, e.answer.data, e.answer.column)]
+        ctx = M.MetricContext(out.logits[node.pos], None, out.batch,
+                              self.token_ids(fwd.run, out.batch.n), ref, contains)
+        if out.loss is not None:
+            ctx.full_logits = None
+        values = _evaluate_with_loss(node.expr, ctx, out.loss)
+        if out.samples > 1:
+            values = values.view(-1, out.samples).mean(1)
+        return values.cpu()
+
+
+def _evaluate_with_loss(expr: A.MExpr, ctx: M.MetricContext, loss: torch.Tensor | None
+                        ) -> torch.Tensor:
+    if loss is None:
+        return M.evaluate(expr, ctx)
+    if isinstance(expr, A.MLoss):
+        return loss
+    if isinstance(expr, A.MBin):
+        a = _evaluate_with_loss(expr.left, ctx, loss)
+        b = _evaluate_with_loss(expr.right, ctx, loss)
+        return {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[expr.op]
+    if isinstance(expr, A.MNeg):
+        return -_evaluate_with_loss(expr.operand, ctx, loss)
+    return M.evaluate(expr, ctx)
+
+
+def _node_order(nid: str) -> tuple[int, int]:
+    """Deterministic evaluation order: base forwards first, by id number."""
+    return (int(nid[1:]), ord(nid[0]))
+
+
+def read_value(interp: Interpreter, rid: str) -> ReadValue:
+    return interp.values[rid]

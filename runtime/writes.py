@@ -1,0 +1,185 @@
+"""Turning IR Write nodes into hook functions, and Reads into captured values.
+
+A hook function receives a site's activation for the whole batch, [N, T, d] (N = examples x
+noise samples), and returns the edited activation. Positions are padded token indices
+(inputs.position_index); a feature slice restricts every edit to those features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from patchc.compiler.errors import RuntimeInterventionError
+from patchc.compiler.ir import Positions, Read, Site, Write
+
+from .inputs import Batch, position_index
+from .vectors import projector
+
+
+@dataclass
+class ReadValue:
+    """A captured Read: the values at its positions, [n, k, d] (k = T for all positions, in
+    padded layout), with the batch it was read from (for lengths and alignment)."""
+
+    value: torch.Tensor
+    batch: Batch
+    pos: Positions
+
+
+def _features(site: Site, act: torch.Tensor) -> slice:
+    if site.features is None:
+        return slice(None)
+    lo, hi = site.features
+    if hi > act.shape[-1]:
+        raise RuntimeInterventionError("E450", f"{site}: features {lo}:{hi} outside the site's "
+                                       f"{act.shape[-1]}")
+    return slice(lo, hi)
+
+
+def gather(act: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """act [N, T, d] at padded indices idx [N, k] -> [N, k, d]."""
+    return act.gather(1, idx[..., None].expand(-1, -1, act.shape[-1]).to(act.device))
+
+
+def scatter(act: torch.Tensor, idx: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """A copy of act with [N, k, d] `value` put at idx [N, k]."""
+    out = act.clone()
+    out.scatter_(1, idx[..., None].expand(-1, -1, act.shape[-1]).to(act.device),
+                 value.to(act.dtype))
+    return out
+
+
+def make_reader(read: Read, batch: Batch, columns, store: Callable[[ReadValue], None]):
+    """A read-only hook that stores the site's value at the Read's positions (or its std)."""
+    idx = position_index(batch, read.pos, columns)
+
+    def fn(act: torch.Tensor) -> None:
+        a = act[..., _features(read.site, act)].detach()
+        if read.stat == "std":
+            mask = batch.attention_mask.to(a.device).bool()
+            store(ReadValue(a[mask].float().std(), batch, read.pos))
+        else:
+            store(ReadValue(gather(a, idx), batch, read.pos))
+        return None
+
+    return fn
+
+
+def _repeat(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows of a read repeated to match a batch of n rows (noise samples repeat examples)."""
+    if t.shape[0] == n:
+        return t
+    if n % t.shape[0]:
+        raise RuntimeInterventionError("E451", f"cannot align {t.shape[0]} examples with {n}")
+    return t.repeat_interleave(n // t.shape[0], 0)
+
+
+def make_writer(write: Write, batch: Batch, columns, inputs: list, seed: int
+                ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The hook that applies `write` in a forward over `batch`. `inputs` are the values of
+    write.inputs: ReadValues, vectors [d] or std scalars."""
+    idx = position_index(batch, write.pos, columns)
+    mode = write.mode
+    n_operands = {"replace": 1, "mean": 1, "resample": 1, "add": 1, "project": 1,
+                  "noise": len(inputs), "freeze_ln": 1}.get(mode, 0)
+    basis = [v for v in inputs[n_operands:]]
+    proj = projector(basis) if basis else None
+    if mode in ("project", "remove") and proj is None:
+        raise RuntimeInterventionError("E452", f"{mode} write on {write.site} has no subspace")
+
+    def fn(act: torch.Tensor) -> torch.Tensor:
+        feats = _features(write.site, act)
+        sub = act[..., feats]
+        cur = gather(sub, idx)  # [N, k, d]
+        new = _new_value(write, mode, cur, inputs, batch, idx, seed)
+        if proj is not None:
+            p = proj.to(cur.device, torch.float32)
+            new = cur + ((new - cur).float() @ p).to(cur.dtype)
+        out = act.clone()
+        out[..., feats] = scatter(sub, idx, new)
+        return out
+
+    return fn
+
+
+def _new_value(write: Write, mode: str, cur: torch.Tensor, inputs: list, batch: Batch,
+               idx: torch.Tensor, seed: int) -> torch.Tensor:
+    n = cur.shape[0]
+    if mode in ("replace", "project", "freeze_ln"):
+        src: ReadValue = inputs[0]
+        value = _repeat(src.value, n)
+        if value.shape[1] != cur.shape[1]:
+            raise RuntimeInterventionError(
+                "E453", f"{write.site}: source has {value.shape[1]} positions, target "
+                f"{cur.shape[1]} (runs swapped between need equal token lengths)")
+        return value.to(cur.device, cur.dtype)
+    if mode in ("zero", "remove"):
+        return torch.zeros_like(cur)
+    if mode == "mul":
+        return cur * write.scale
+    if mode == "add":
+        vec = inputs[0].to(cur.device, torch.float32)
+        return (cur.float() + write.scale * vec).to(cur.dtype)
+    if mode == "noise":
+        std = float(inputs[0].value) if inputs else 1.0
+        gen = torch.Generator().manual_seed(write.seed if write.seed is not None else seed)
+        noise = torch.randn(cur.shape, generator=gen, dtype=torch.float32)
+        return (cur.float() + write.scale * std * noise.to(cur.device)).to(cur.dtype)
+    if mode == "mean":
+        return _mean_value(write, inputs[0], cur, batch, idx)
+    if mode == "resample":
+        return _resample_value(write, inputs[0], cur, batch, seed)
+    raise RuntimeInterventionError("E454", f"unknown write mode {mode!r}")
+
+
+def _mean_value(write: Write, src: ReadValue, cur: torch.Tensor, batch: Batch,
+                idx: torch.Tensor) -> torch.Tensor:
+    """The mean over the source run's examples, per position: for `all` positions aligned
+    by token index from each prompt's start (padding excluded); else per selected slot."""
+    if src.pos.kind != "all":
+        return src.value.float().mean(0, keepdim=True).expand_as(cur).to(cur.dtype)
+    sb = src.batch
+    width = max(sb.lengths)
+    total = torch.zeros(width, cur.shape[-1], device=cur.device)
+    count = torch.zeros(width, 1, device=cur.device)
+    for i, length in enumerate(sb.lengths):
+        total[:length] += src.value[i, sb.offset(i):].float().to(cur.device)
+        count[:length] += 1
+    mean = total / count.clamp(min=1)
+    out = cur.clone()
+    for i in range(cur.shape[0]):  # `batch` is the batch fed: one row per row of cur
+        off, length = batch.offset(i), batch.lengths[i]
+        if length > width:
+            raise RuntimeInterventionError(
+                "E455", f"{write.site}: mean ablation has no example with {length} tokens")
+        for slot, p in enumerate(idx[i].tolist()):
+            if p >= off:
+                out[i, slot] = mean[p - off].to(cur.dtype)
+    return out
+
+
+def _resample_value(write: Write, src: ReadValue, cur: torch.Tensor, batch: Batch,
+                    seed: int) -> torch.Tensor:
+    """Each example takes the value of a random other example of the source run with the
+    same token count (seeded, so reruns agree)."""
+    gen = torch.Generator().manual_seed(write.seed if write.seed is not None else seed)
+    sb = src.batch
+    n_src = src.value.shape[0]
+    samples = batch.n // n_src if batch.n % n_src == 0 else 1
+    choice = []
+    for i in range(batch.n):
+        example = i // samples  # noise samples of one example share its identity
+        pool = [j for j in range(n_src) if j != example and
+                (src.pos.kind != "all" or sb.lengths[j] == batch.lengths[i])]
+        if not pool:
+            raise RuntimeInterventionError(
+                "E456", f"{write.site}: example {i} has no other example with "
+                f"{batch.lengths[i]} tokens to resample from")
+        choice.append(pool[int(torch.randint(len(pool), (1,), generator=gen))])
+    value = src.value[choice]
+    if src.pos.kind == "all" and value.shape[1] != cur.shape[1]:
+        value = value[:, -cur.shape[1]:]
+    return value.to(cur.device, cur.dtype)
