@@ -6,10 +6,12 @@ boundaries (the manifest, worker processes); the rest are plain frozen dataclass
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from . import ast as A
 from .errors import PatchcError
@@ -28,6 +30,36 @@ class Options(BaseModel):
     seed: int = 0
     device_map: str | None = None  # "auto": shard over all GPUs with accelerate
 
+    # Values are checked here, not at run time, so `patchc check` catches `set device = gpu`.
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", v):
+            raise ValueError("device must be cpu, cuda, cuda:N, mps or auto")
+        return v
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", v.strip(),
+                                              re.IGNORECASE):
+            raise ValueError('memory must be a size such as "8GB" or "512MiB"')
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("batch_size must be at least 1")
+        return v
+
+    @field_validator("device_map")
+    @classmethod
+    def _device_map(cls, v: str | None) -> str | None:
+        if v is not None and v not in ("auto", "balanced", "balanced_low_0", "sequential"):
+            raise ValueError("device_map must be auto, balanced, balanced_low_0 or sequential")
+        return v
+
 
 @dataclass(frozen=True, slots=True)
 class DataTable:
@@ -37,6 +69,13 @@ class DataTable:
     columns: tuple[str, ...]
     rows: tuple[dict[str, Any], ...]
     path: str | None = None  # resolved file path, None for inline rows
+    row_lines: tuple[int, ...] | None = None  # line of each row in a .jsonl/.csv file
+
+    def where(self, row: int) -> str:
+        """How a message names a row: `row 2 (line 3 of ioi.jsonl)`."""
+        if self.row_lines and self.path and row < len(self.row_lines):
+            return f"row {row} (line {self.row_lines[row]} of {os.path.basename(self.path)})"
+        return f"row {row}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +99,11 @@ class RunInfo:
             return None
         return self.lengths[0]
 
+    @property
+    def max_tokens(self) -> int | None:
+        """The longest example's token count (`@ each` sweeps 0..max_tokens-1)."""
+        return max(self.lengths) if self.lengths else None
+
 
 @dataclass(frozen=True, slots=True)
 class CheckedSpec:
@@ -71,3 +115,4 @@ class CheckedSpec:
     metrics: dict[str, A.MetricDecl]
     vectors: dict[str, A.VectorDecl]
     warnings: tuple[PatchcError, ...] = field(default=())
+    vector_dims: dict[str, int] = field(default_factory=dict)  # size of each `vector`

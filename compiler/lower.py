@@ -196,6 +196,10 @@ class Lowerer:
     # -- sites, positions, sweeps ---------------------------------------------------------
     def positions(self, pos: A.Pos | None, run: str) -> list[tuple[Positions, int | None]]:
         info = self.checked.runs.get(run)
+        if info is not None and info.n_tokens is None and isinstance(pos, A.PosEach):
+            # Prompts of different lengths: sweep every position of the longest; a shorter
+            # prompt sits out the positions it lacks (docs/language.md, "Positions").
+            return positions(pos, info.max_tokens)
         return positions(pos, info.n_tokens if info else None)
 
     def site_dim(self, site: Site) -> int:

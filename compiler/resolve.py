@@ -134,9 +134,13 @@ def expand_item(item: A.SiteItem, model: ModelSpec) -> list[Match]:
     return [Match(tuple(dict.fromkeys(sites)), ())]
 
 
-def positions(pos: A.Pos | None, n_tokens: int | None) -> list[tuple[Positions, int | None]]:
+def positions(pos: A.Pos | None, n_tokens: int | None,
+              shortest: bool = False) -> list[tuple[Positions, int | None]]:
     """Concrete positions of a site's `@ POS`; `@ each` sweeps 0..n_tokens-1 (value in the
-    `pos` column). Raises CheckError for a position outside the tokenized prompts."""
+    `pos` column). Raises CheckError for a position outside the tokenized prompts.
+
+    `shortest`: the prompts differ in length and `n_tokens` is the shortest one's count
+    (non-negative positions must fit every prompt; messages say so)."""
     if pos is None:
         return [(Positions("all"), None)]
     if isinstance(pos, A.PosLast):
@@ -144,10 +148,10 @@ def positions(pos: A.Pos | None, n_tokens: int | None) -> list[tuple[Positions, 
     if isinstance(pos, A.PosIndex):
         if pos.value == -1:
             return [(Positions("last"), None)]
-        return [(Positions("index", _pos_in_range(pos.value, n_tokens, pos.span)), None)]
+        return [(Positions("index", _pos_in_range(pos.value, n_tokens, pos.span, shortest)), None)]
     if isinstance(pos, A.PosRange):
-        lo = _pos_in_range(pos.lo, n_tokens, pos.span)
-        hi = _pos_in_range(pos.hi, n_tokens, pos.span)
+        lo = _pos_in_range(pos.lo, n_tokens, pos.span, shortest)
+        hi = _pos_in_range(pos.hi, n_tokens, pos.span, shortest)
         if hi < lo:
             raise CheckError("E304", f"empty position range {pos.lo}..{pos.hi}", pos.span)
         return [(Positions("range", lo, hi), None)]
@@ -161,14 +165,15 @@ def positions(pos: A.Pos | None, n_tokens: int | None) -> list[tuple[Positions, 
     raise AssertionError(pos)
 
 
-def _pos_in_range(value: int, n_tokens: int | None, span: Span) -> int:
+def _pos_in_range(value: int, n_tokens: int | None, span: Span, shortest: bool = False) -> int:
     if n_tokens is None:
         if value < 0:
             raise CheckError("E305", "a negative position needs the run's token count", span)
         return value
     resolved = value + n_tokens if value < 0 else value
     if not 0 <= resolved < n_tokens:
-        raise CheckError("E303", f"prompts have {n_tokens} tokens (positions 0..{n_tokens - 1});"
+        who = "the shortest prompt has" if shortest else "prompts have"
+        raise CheckError("E303", f"{who} {n_tokens} tokens (positions 0..{n_tokens - 1});"
                          f" got @ {value}", span)
     return resolved
 

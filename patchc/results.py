@@ -76,7 +76,12 @@ def build_table(table: Table, values: dict[str, torch.Tensor]) -> pd.DataFrame:
             m = means[nid]
             if col in norm:
                 target, source = norm[col]
-                m = _normalized(m, means[target], means[source] if source else None)
+                # Only the examples this experiment has (an `@ each` position beyond a short
+                # prompt is NaN) enter the reference means too.
+                keep = ~torch.isnan(values[nid].float())
+                t = _mean(values[target][keep])
+                s = _mean(values[source][keep]) if source else None
+                m = _normalized(m, t, s)
             rec[col] = m
         records.append(rec)
     return pd.DataFrame.from_records(records, columns=list(table.columns))

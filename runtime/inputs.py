@@ -95,9 +95,10 @@ def position_index(batch: Batch, pos: Positions, columns: dict[tuple[str, str], 
     if pos.kind == "last":
         return torch.full((n, 1), width - 1, dtype=torch.long)
     if pos.kind == "index":
-        idx = offsets + pos.lo
-        _check_inside(batch, pos.lo, pos.lo)
-        return idx[:, None]
+        # A row shorter than the position (an `@ each` sweep over prompts of different
+        # lengths) points at its last token; position_valid() marks it so nothing uses it.
+        lengths = torch.tensor(batch.lengths, dtype=torch.long)
+        return (offsets + torch.minimum(torch.tensor(pos.lo), lengths - 1))[:, None]
     if pos.kind == "range":
         _check_inside(batch, pos.lo, pos.hi)
         return offsets[:, None] + torch.arange(pos.lo, pos.hi + 1)[None, :]
@@ -111,6 +112,15 @@ def position_index(batch: Batch, pos: Positions, columns: dict[tuple[str, str], 
                 "E421", f"row {i}: position {'.'.join(pos.column)} = {v} is outside its "
                 f"{batch.lengths[i]} tokens")
     return (offsets + torch.tensor(values, dtype=torch.long))[:, None]
+
+
+def position_valid(batch: Batch, pos: Positions) -> torch.Tensor:
+    """[n] bool: does each row have the position? Only an index past a row's length (from
+    `@ each` over prompts of different lengths) is missing; that row's experiment result is
+    NaN and it is left out of the table's means."""
+    if pos.kind != "index":
+        return torch.ones(batch.n, dtype=torch.bool)
+    return torch.tensor([pos.lo < n for n in batch.lengths])
 
 
 def _check_inside(batch: Batch, lo: int, hi: int) -> None:

@@ -25,7 +25,7 @@ from . import metrics as M
 from . import vectors as V
 from .estimates import run_backward, run_estimate
 from .generate import contains_answer
-from .inputs import Batch, encode, make_batch, position_index, token_id
+from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
 from .writes import ReadValue, make_reader, make_writer
 
 
@@ -47,6 +47,7 @@ class ForwardOutput:
     samples: int
     logits: dict[Positions, torch.Tensor] = field(default_factory=dict)  # [N, V] float32
     loss: torch.Tensor | None = None
+    valid: torch.Tensor | None = None  # [N] bool: rows that have every written position
     contains: dict[tuple[int, str, str], torch.Tensor] = field(default_factory=dict)
 
 
@@ -187,6 +188,7 @@ class Interpreter:
         batch = self.run_inputs(node.run).batch.repeat(node.samples)
         metrics = [ir.node(m) for m in ir.g.successors(nid) if isinstance(ir.node(m), Metric)]
         out = ForwardOutput(batch, node.samples)
+        out.valid = self.valid_rows(ir, node, batch)
         hooks = self.hooks_for(ir, nid, node, batch)
         columns = self.columns_for(node.run)
         generations: set[tuple[int, str, str]] = set()
@@ -211,6 +213,12 @@ class Interpreter:
         # Metrics on other forwards may refer to this one's logits (kl): keep them all.
         return out
 
+    def valid_rows(self, ir: IRGraph, node: Forward, batch: Batch) -> torch.Tensor:
+        valid = torch.ones(batch.n, dtype=torch.bool)
+        for wid in node.writes:
+            valid &= position_valid(batch, ir.node(wid).pos)  # type: ignore[union-attr]
+        return valid
+
     def metric(self, ir: IRGraph, node: Metric) -> torch.Tensor:
         """Per-example values [n] (noise samples averaged)."""
         out: ForwardOutput = self.values[node.forward]
@@ -232,6 +240,8 @@ class Interpreter:
         if out.loss is not None:
             ctx.full_logits = None
         values = _evaluate_with_loss(node.expr, ctx, out.loss)
+        if out.valid is not None:
+            values = torch.where(out.valid.to(values.device), values, torch.nan)
         if out.samples > 1:
             values = values.view(-1, out.samples).mean(1)
         return values.cpu()

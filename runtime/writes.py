@@ -15,7 +15,7 @@ import torch
 from patchc.compiler.errors import RuntimeInterventionError
 from patchc.compiler.ir import Positions, Read, Site, Write
 
-from .inputs import Batch, position_index
+from .inputs import Batch, position_index, position_valid
 from .vectors import projector
 
 
@@ -82,6 +82,7 @@ def make_writer(write: Write, batch: Batch, columns, inputs: list, seed: int
     """The hook that applies `write` in a forward over `batch`. `inputs` are the values of
     write.inputs: ReadValues, vectors [d] or std scalars."""
     idx = position_index(batch, write.pos, columns)
+    valid = position_valid(batch, write.pos)
     mode = write.mode
     n_operands = {"replace": 1, "mean": 1, "resample": 1, "add": 1, "project": 1,
                   "noise": len(inputs), "freeze_ln": 1}.get(mode, 0)
@@ -98,6 +99,8 @@ def make_writer(write: Write, batch: Batch, columns, inputs: list, seed: int
         if proj is not None:
             p = proj.to(cur.device, torch.float32)
             new = cur + ((new - cur).float() @ p).to(cur.dtype)
+        if not bool(valid.all()):  # rows without this position stay as they are
+            new = torch.where(valid.to(cur.device)[:, None, None], new, cur)
         out = act.clone()
         out[..., feats] = scatter(sub, idx, new)
         return out

@@ -1,0 +1,206 @@
+"""The checker: a parsed Spec + the model's shape -> CheckedSpec, or every error at once.
+
+`check(spec)` reads the model's config (never its weights) and its tokenizer.json, then
+checks the spec statement by statement. It never stops at the first error: each check that
+fails is collected and checking goes on with whatever does not depend on it, so that one run
+of `patchc check` lists every mistake, in line order (SpecErrors).
+
+The work is split by concept:
+  check_names.py    keywords, duplicate names, reference cycles
+  check_context.py  shared state, diagnostics, name lookups with "did you mean"
+  check_runs.py     prompts, token counts, baked interventions, aligned runs
+  check_sites.py    site patterns, positions, captures, `where`, GQA warnings
+  check_vectors.py  vector sizes and files
+  check_metrics.py  metric expressions and answer tokens
+  check_ops.py      operations
+Error codes are listed in docs/errors.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import ast as A
+from .check_context import Context, did_you_mean
+from .check_metrics import check_decl, metric_refs
+from .check_names import declare, find_cycle
+from .check_ops import check_operation
+from .check_runs import check_interventions, resolve_run, run_deps
+from .check_vectors import VectorChecker, vector_deps
+from .checked import CheckedSpec, Options
+from .data import load_data
+from .errors import CheckError, Span, SpecErrors
+from .modelspec import ModelSpec, load_model_spec
+from .tokens import as_tokenizer, load_tokenizer
+
+
+class _Auto:
+    """The default of `check(tokenizer=...)`: read the model's tokenizer.json."""
+
+    def __repr__(self) -> str:
+        return "AUTO"
+
+
+AUTO: Any = _Auto()
+
+_DECL_KIND = {A.DataDecl: "data", A.RunDecl: "run", A.MetricDecl: "metric",
+              A.VectorDecl: "vector"}
+
+
+def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO) -> CheckedSpec:
+    """Check a spec against a model. `model`: its ModelSpec (read from the spec's `model`
+    statement when None). `tokenizer`: AUTO reads the model's tokenizer.json; None skips
+    token-length checks; or anything with `encode(text)` (an HF tokenizer works).
+
+    Raises SpecErrors holding every error, sorted by position."""
+    ctx = Context(spec.source)
+    stmts = spec.statements
+    decl = _model_statement(ctx, stmts)
+    if model is None and decl is not None:
+        with ctx.catch(decl.span):
+            model = load_model_spec(decl.model_id, decl.revision, ctx.base_dir)
+    ctx.model = model
+    if tokenizer is AUTO:
+        tokenizer = None
+        if decl is not None:
+            tokenizer = load_tokenizer(decl.model_id, decl.revision, ctx.base_dir)
+    ctx.tokenizer = as_tokenizer(tokenizer)
+
+    options = _options(ctx, [s for s in stmts if isinstance(s, A.SetDecl)])
+    _declare_all(ctx, stmts)
+    for s in stmts:
+        if isinstance(s, A.DataDecl) and _owns(ctx, s):
+            with ctx.catch(s.span):
+                ctx.data[s.name.value] = load_data(s, ctx.base_dir, ctx.source)
+    runs = [s for s in stmts if isinstance(s, A.RunDecl) and _owns(ctx, s)]
+    for r in runs:
+        info = resolve_run(ctx, r)
+        if info is not None:
+            ctx.runs[r.name.value] = info
+    if ctx.tokenizer is None and runs and decl is not None:
+        ctx.warn("W300", "no tokenizer.json could be read for this model: token counts, "
+                 "positions and answer tokens were not checked", decl.span,
+                 hint="check a local model directory that holds tokenizer.json")
+
+    vectors = VectorChecker(ctx)
+    for s in stmts:
+        if isinstance(s, A.VectorDecl) and _owns(ctx, s):
+            vectors.declared(s)
+        elif isinstance(s, A.MetricDecl) and _owns(ctx, s):
+            check_decl(ctx, s)
+    for r in runs:
+        check_interventions(ctx, r, vectors)
+    for op in spec.operations():
+        check_operation(ctx, op, vectors)
+    _cycles(ctx, runs)
+
+    if ctx.errors:
+        raise SpecErrors(ctx.errors).with_source(spec.source)
+    assert model is not None  # a missing model is an error above
+    return CheckedSpec(spec, model, options, dict(ctx.data), dict(ctx.runs),
+                       dict(ctx.metrics), dict(ctx.vectors), tuple(ctx.warnings),
+                       dict(ctx.vector_dims))
+
+
+def _model_statement(ctx: Context, stmts: tuple[A.Statement, ...]) -> A.ModelDecl | None:
+    """Exactly one `model` statement (E300, E301)."""
+    models = [s for s in stmts if isinstance(s, A.ModelDecl)]
+    if not models:
+        ctx.error("E300", "the spec has no `model` statement", Span(1, 1, 1, 2),
+                  hint='add one line, e.g. `model "gpt2"` or `model "path/to/model"`')
+        return None
+    for extra in models[1:]:
+        ctx.error("E301", f"a spec has exactly one `model` statement; the first is on line "
+                  f"{models[0].span.line}", Span(extra.span.line, extra.span.col,
+                                                 extra.span.line, extra.span.col + 5))
+    return models[0]
+
+
+def _options(ctx: Context, sets: list[A.SetDecl]) -> Options:
+    """`set NAME = VALUE` -> Options; each bad option is its own error (E302, E306, E308)."""
+    fields = list(Options.model_fields)
+    values: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    for s in sets:
+        name, value = s.name.value, s.value
+        if name not in fields:
+            hint = did_you_mean(name, fields)
+            ctx.error("E302", f"unknown option `{name}`; options are {', '.join(fields)}",
+                      s.name.span, hint)
+            continue
+        if name in lines:
+            ctx.error("E308", f"option `{name}` is already set on line {lines[name]}",
+                      s.name.span)
+            continue
+        lines[name] = s.span.line
+        if isinstance(value, bool):  # pydantic would read true as 1
+            ctx.error("E306", f"invalid value for `{name}`: {str(value).lower()}", s.span)
+            continue
+        try:
+            Options(**{name: value})
+        except ValidationError as e:
+            msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+            ctx.error("E306", f"invalid value for `{name}`: {value!r} ({msg})", s.span)
+            continue
+        values[name] = value
+    return Options(**values)
+
+
+def _owns(ctx: Context, s: Any) -> bool:
+    """Is `s` the declaration that owns its name (not a rejected duplicate)?"""
+    return ctx.owners.get(s.name.value) is s
+
+
+def _declare_all(ctx: Context, stmts: tuple[A.Statement, ...]) -> None:
+    """Names of declarations (one namespace) and of result tables (another)."""
+    seen: dict[str, tuple[str, int]] = {}
+    for s in stmts:
+        kind = _DECL_KIND.get(type(s))
+        if kind is None:
+            continue
+        ok = declare(ctx, s.name, kind, seen)  # type: ignore[union-attr]
+        name = s.name.value  # type: ignore[union-attr]
+        if ok:
+            ctx.declared[name] = kind
+            ctx.owners[name] = s
+            if isinstance(s, A.MetricDecl):
+                ctx.metrics[name] = s
+            elif isinstance(s, A.VectorDecl):
+                ctx.vectors[name] = s
+    tables: dict[str, tuple[str, int]] = {}
+    for op in (s for s in stmts if isinstance(s, A.OPERATIONS)):
+        if op.clauses.name is not None:
+            declare(ctx, op.clauses.name, "table", tables)
+        else:
+            tables.setdefault(A.table_name(op), ("table", op.span.line))
+
+
+def _cycles(ctx: Context, runs: list[A.RunDecl]) -> None:
+    """Metrics that refer to themselves (E324); runs and vectors that read each other
+    (E344): a run cannot read its own later value."""
+    metrics = ctx.metrics
+    cycle = find_cycle(list(metrics), lambda n: [r for r in metric_refs(metrics[n].expr)
+                                                 if r in metrics])
+    if cycle:
+        first = metrics[cycle[0]]
+        ctx.error("E324", f"metrics refer to each other in a cycle: {' -> '.join(cycle)}",
+                  first.name.span)
+    decls: dict[tuple[str, str], Any] = {("run", r.name.value): r for r in runs}
+    decls.update({("vector", n): v for n, v in ctx.vectors.items()})
+
+    def deps(node: Any) -> list[tuple[str, str]]:
+        d = decls[node]
+        found = run_deps(d) if node[0] == "run" else vector_deps(d.expr)
+        return [x for x in found if x in decls]
+
+    cycle = find_cycle(list(decls), deps)
+    if cycle:
+        first = decls[cycle[0]]
+        ctx.error("E344", "a run would read its own value: "
+                  + " -> ".join(f"{k} {n}" for k, n in cycle), first.name.span,
+                  hint="a run's baked interventions cannot depend on the run itself")
+
+
+__all__ = ["AUTO", "CheckError", "check"]

@@ -1,0 +1,184 @@
+"""Metric expressions (LANGUAGE.md §5): references, answer tokens, and agreement with the
+run a metric is measured on.
+
+Two levels, so that a mistake inside a `metric` declaration is reported once, not once per
+operation that measures it:
+- `check_expr`: what a metric means on its own (names exist, answer columns hold strings
+  that tokenize, `generate(N)` has N >= 1, token ids are in the vocabulary);
+- `check_measures`: what depends on the operation's target run (per-example columns and
+  `kl(RUN)` runs have as many rows as the run has examples; a metric's `@ POS` fits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+from . import ast as A
+from .check_context import Context
+from .check_sites import check_pos
+from .checked import RunInfo
+from .errors import Span
+
+
+def _children(e: A.MExpr) -> list[A.MExpr]:
+    if isinstance(e, A.MBin):
+        return [e.left, e.right]
+    if isinstance(e, A.MNeg):
+        return [e.operand]
+    return []
+
+
+def walk(e: A.MExpr) -> Iterator[A.MExpr]:
+    """Every node of an expression (not following metric references)."""
+    yield e
+    for c in _children(e):
+        yield from walk(c)
+
+
+def metric_refs(e: A.MExpr) -> list[str]:
+    return [n.name for n in walk(e) if isinstance(n, A.MRef)]
+
+
+def check_decl(ctx: Context, decl: A.MetricDecl) -> None:
+    check_expr(ctx, decl.expr)
+    if isinstance(decl.pos, (A.PosEach, A.PosRange)):
+        ctx.error("E345", "a metric is read at one position (`@ last`, `@ 3` or "
+                  "`@ DATA.column`)", decl.pos.span)
+
+
+def check_expr(ctx: Context, e: A.MExpr) -> None:
+    for node in walk(e):
+        if isinstance(node, A.MRef):
+            ctx.metric(node.name, node.span)
+        elif isinstance(node, A.MCall):
+            _check_tok(ctx, node.tok)
+        elif isinstance(node, A.MKL):
+            ctx.has_run(node.run, _name_span(node.span, "kl(", node.run))
+        elif isinstance(node, A.MGenerate):
+            if node.n < 1:
+                ctx.error("E340", f"generate({node.n}) must generate at least one token",
+                          node.span)
+            values = ctx.column(node.answer)
+            if values is not None:
+                _strings(ctx, node.answer, values, "answer")
+
+
+def _name_span(span: Span, prefix: str, name: str) -> Span:
+    """The span of `name` in `prefix name)` (for `kl(RUN)`)."""
+    col = span.col + len(prefix)
+    return Span(span.line, col, span.line, col + len(name))
+
+
+def _strings(ctx: Context, ref: A.ColumnRef, values: list, use: str) -> bool:
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            ctx.error("E319", f"{use} column `{ref.data}.{ref.column}` must hold strings; "
+                      f"row {i} is {v!r}", ref.span)
+            return False
+    return True
+
+
+def _check_tok(ctx: Context, tok: A.Tok) -> None:
+    if isinstance(tok, A.TokId):
+        vocab = ctx.model.vocab_size if ctx.model else None
+        if vocab is not None and not 0 <= tok.token_id < vocab:
+            ctx.error("E342", f"token id {tok.token_id} is outside the vocabulary "
+                      f"(0..{vocab - 1})", tok.span)
+        return
+    if isinstance(tok, A.ColumnRef):
+        values = ctx.column(tok)
+        if values is None or not _strings(ctx, tok, values, "token"):
+            return
+        label = f"`{tok.data}.{tok.column}`"
+    else:
+        values, label = [tok.text], repr(tok.text)
+    if ctx.tokenizer is None:
+        return
+    for i, text in enumerate(values):
+        n = len(ctx.tokenizer.encode_plain(text))
+        row = f" in row {i}" if isinstance(tok, A.ColumnRef) else ""
+        if n == 0:
+            ctx.error("E341", f"answer {label}{row} ({text!r}) tokenizes to no tokens",
+                      tok.span)
+            return
+        if n > 1:
+            ctx.warn("W301", f"answer {label}{row} ({text!r}) tokenizes to {n} tokens; "
+                     "the first one is used", tok.span, once=f"tok:{tok.span}")
+
+
+def check_measures(ctx: Context, measures: tuple[A.Measure, ...], run: RunInfo | None) -> None:
+    """Check the measures of an operation against its target run."""
+    for m in measures:
+        check_expr(ctx, m.expr)  # inline expressions; references report unknown names
+        _one_position(ctx, m)
+    if run is None:
+        return
+    for m in measures:
+        seen: set[str] = set()
+        kl_runs: dict[str, Span] = {}
+        nodes = list(walk(m.expr))
+        for node in nodes:  # grows while it runs: referenced metrics are appended
+            if isinstance(node, A.MRef) and node.name not in seen:
+                seen.add(node.name)
+                decl = ctx.metrics.get(node.name)
+                if decl is not None:
+                    nodes.extend(walk(decl.expr))
+                    _metric_pos(ctx, decl, run)
+            elif isinstance(node, (A.MCall, A.MGenerate)):
+                ref = node.tok if isinstance(node, A.MCall) else node.answer
+                if isinstance(ref, A.ColumnRef):
+                    _rows_match(ctx, ref, run, m.span)
+            elif isinstance(node, A.MKL):
+                kl_runs.setdefault(node.run, node.span)
+                other = ctx.runs.get(node.run)
+                if other is not None and other.n_examples != run.n_examples:
+                    ctx.error("E321", f"kl({node.run}) compares run `{node.run}` "
+                              f"({other.n_examples} examples) with run `{run.name}` "
+                              f"({run.n_examples} examples); they need the same number",
+                              m.span)
+        if len(kl_runs) > 1:
+            ctx.error("E351", f"one measure compares with one run in kl(...); this one uses "
+                      f"{', '.join(kl_runs)}", m.span)
+
+
+def _pos_key(pos: A.Pos) -> tuple:
+    """A position without its span, to compare where two metrics are read."""
+    return (type(pos).__name__,) + tuple(
+        getattr(pos, f.name) for f in dataclasses.fields(pos) if f.name != "span")
+
+
+def _one_position(ctx: Context, m: A.Measure) -> None:
+    """An expression over metrics is read at one position: the metrics it names must not
+    be declared at different ones (E350)."""
+    if isinstance(m.expr, A.MRef):
+        return
+    where: dict[tuple, str] = {}
+    for node in walk(m.expr):
+        decl = ctx.metrics.get(node.name) if isinstance(node, A.MRef) else None
+        if decl is not None and decl.pos is not None:
+            where.setdefault(_pos_key(decl.pos), decl.name.value)
+    if len(where) > 1:
+        ctx.error("E350", "this expression combines metrics read at different positions ("
+                  + ", ".join(where.values()) + ")", m.span,
+                  hint="declare one metric with a single `@ POS` and measure it")
+
+
+def _rows_match(ctx: Context, ref: A.ColumnRef, run: RunInfo, span: Span) -> None:
+    table = ctx.data.get(ref.data)
+    key = f"rows:{ref.data}:{run.name}:{span}"
+    if table is None or len(table.rows) == run.n_examples or key in ctx.seen:
+        return
+    ctx.seen.add(key)
+    ctx.error("E348", f"the metric reads `{ref.data}.{ref.column}` ({len(table.rows)} rows) "
+              f"on run `{run.name}`, which has {run.n_examples} examples", span,
+              hint="per-example columns need one row per example of the measured run")
+
+
+def _metric_pos(ctx: Context, decl: A.MetricDecl, run: RunInfo) -> None:
+    """A metric's `@ POS` against each run it is measured on (reported once per pair)."""
+    key = f"pos:{decl.name.value}:{run.name}"
+    if decl.pos is None or key in ctx.seen or isinstance(decl.pos, (A.PosEach, A.PosRange)):
+        return
+    ctx.seen.add(key)
+    check_pos(ctx, decl.pos, run)

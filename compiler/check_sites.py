@@ -1,0 +1,241 @@
+"""Sites and positions of one statement, against the model and the run they apply to.
+
+Site patterns are expanded with resolve.py (which raises on the first problem of a pattern,
+with the span of the offending index); here each site item is checked on its own so that
+one bad site does not hide the next. Also: positions against the run's token counts,
+captures (bound once per site, used by `where` only when bound), result columns, subspace
+vectors, and the grouped-query warning for writes of a shared kv head.
+"""
+
+from __future__ import annotations
+
+from . import ast as A
+from . import resolve
+from .check_context import Context
+from .checked import RunInfo
+from .errors import Span
+from .ir import Positions, Site
+from .modelspec import ModelSpec
+from .resolve import Match
+from .sites import SITE_KINDS
+
+# Sites whose value is added to the residual stream: what direct logit attribution splits.
+DLA_KINDS = ("embed", "attn.out", "mlp.out", "out")
+
+
+def site_width(model: ModelSpec, site: Site) -> int:
+    """Features per token of a concrete site (a slice's width if sliced)."""
+    if site.features is not None:
+        return site.features[1] - site.features[0]
+    dim = SITE_KINDS[site.kind].dim
+    return model.n_ctx if dim == "n_ctx" else model.dim_of(dim)
+
+
+def expand(ctx: Context, item: A.SiteItem) -> list[Match] | None:
+    """The matches of a site item, or None (no model, or an error was reported)."""
+    if ctx.model is None:
+        return None
+    with ctx.catch():
+        return resolve.expand_item(item, ctx.model)
+    return None
+
+
+def row_where(ctx: Context, run: RunInfo, row: int) -> str:
+    table = ctx.data.get(run.data) if run.data else None
+    return table.where(row) if table else f"row {row}"
+
+
+def check_pos(ctx: Context, pos: A.Pos | None,
+              run: RunInfo | None) -> list[tuple[Positions, int | None]] | None:
+    """Check `@ POS` against the run's token counts; the concrete positions, or None when
+    they cannot be known (no run, no tokenizer, or an error was reported)."""
+    if pos is None:
+        return [(Positions("all"), None)]
+    if isinstance(pos, A.ColumnRef):
+        return _column_pos(ctx, pos, run)
+    lengths = run.lengths if run is not None else None
+    if not lengths:
+        return None  # no tokenizer (warned once) or an unresolved run (its own error)
+    common = run.n_tokens if run is not None else None
+    negative = (isinstance(pos, A.PosIndex) and pos.value < -1) or (
+        isinstance(pos, A.PosRange) and min(pos.lo, pos.hi) < 0)
+    if common is None and isinstance(pos, A.PosEach):
+        # Sweep the longest prompt's positions; shorter prompts sit out those they lack.
+        return resolve.positions(pos, max(lengths))
+    if common is None and negative:
+        assert run is not None
+        other = next(i for i, n in enumerate(lengths) if n != lengths[0])
+        form = "a negative position"
+        ctx.error("E323", f"{form} needs every example of run `{run.name}` to have the same "
+                  f"token count; {row_where(ctx, run, 0)} has {lengths[0]} tokens but "
+                  f"{row_where(ctx, run, other)} has {lengths[other]}", pos.span,
+                  hint="use @ last, @ each, a non-negative index, or a per-example position "
+                  "column")
+        return None
+    with ctx.catch():
+        if common is not None:
+            return resolve.positions(pos, common)
+        return resolve.positions(pos, min(lengths), shortest=True)
+    return None
+
+
+def _column_pos(ctx: Context, pos: A.ColumnRef, run: RunInfo | None
+                ) -> list[tuple[Positions, int | None]] | None:
+    values = ctx.column(pos)
+    if values is None:
+        return None
+    for i, v in enumerate(values):
+        if not isinstance(v, int) or isinstance(v, bool):
+            ctx.error("E319", f"position column `{pos.data}.{pos.column}` must hold integers; "
+                      f"row {i} is {v!r}", pos.span)
+            return None
+    if run is None:
+        return None
+    if len(values) != run.n_examples:
+        ctx.error("E348", f"position column `{pos.data}.{pos.column}` has {len(values)} rows "
+                  f"but run `{run.name}` has {run.n_examples} examples", pos.span)
+        return None
+    for i, (v, n) in enumerate(zip(values, run.lengths or ())):
+        if not 0 <= v < n:
+            ctx.error("E320", f"{row_where(ctx, run, i)}: position {pos.data}.{pos.column} = "
+                      f"{v} is outside its {n} tokens (positions 0..{n - 1}) in run "
+                      f"`{run.name}`", pos.span,
+                      hint="positions count tokens after tokenization, BOS included")
+            return None
+    return [(Positions("column", column=(pos.data, pos.column)), None)]
+
+
+def item_positions(item: A.SiteItem) -> list[A.Pos]:
+    """Every `@ POS` written on a site item (a group's own and its members')."""
+    if isinstance(item, A.SiteRef):
+        return [item.pos] if item.pos is not None else []
+    return [p for p in [item.pos, *(m.pos for m in item.members)] if p is not None]
+
+
+def captures(ref: A.SiteRef) -> list[A.Capture]:
+    """The `$name` captures of a site, in order (a name may repeat: see check_captures)."""
+    return [i for i in (ref.layer, ref.head, ref.features) if isinstance(i, A.Capture)]
+
+
+def check_captures(ctx: Context, ref: A.SiteRef) -> None:
+    """E326 for a capture name bound twice in one site (`L$i.H$i.z`)."""
+    seen: set[str] = set()
+    for cap in captures(ref):
+        if cap.name in seen:
+            ctx.error("E326", f"capture ${cap.name} is bound twice in {ref.text}", cap.span,
+                      hint="each index of a site needs its own capture name")
+        seen.add(cap.name)
+
+
+def sweep_columns(ctx: Context, item: A.SiteItem) -> list[str]:
+    """The result columns a site item's sweep adds (captures and default names); E327 when
+    one site would fill a column twice (`L$head.H*.z`: the capture and H*'s default)."""
+    cols: list[tuple[str, Span]] = []
+    if isinstance(item, A.SiteRef):
+        for idx, axis in ((item.layer, "layer"), (item.head, "head"), (item.features, "features")):
+            if isinstance(idx, A.Capture):
+                cols.append((idx.name, idx.span))
+            elif isinstance(idx, (A.Star, A.IdxRange, A.IdxSet)):
+                cols.append((resolve.DEFAULT_COLUMN[axis], idx.span))
+    if isinstance(item.pos, A.PosEach):
+        cols.append(("pos", item.pos.span))
+    seen: set[str] = set()
+    for name, span in cols:
+        if name in seen and not _same_capture(item, name):
+            ctx.error("E327", f"{_text(item)} fills the result column `{name}` twice", span,
+                      hint="give the capture a name that no default column has")
+        seen.add(name)
+    return list(dict.fromkeys(c for c, _ in cols))
+
+
+def _same_capture(item: A.SiteItem, name: str) -> bool:
+    """A capture bound twice is E326 (check_captures), not a column clash."""
+    return isinstance(item, A.SiteRef) and sum(c.name == name for c in captures(item)) > 1
+
+
+def _text(item: A.SiteItem) -> str:
+    return item.text if isinstance(item, A.SiteRef) else "all(...)"
+
+
+def check_items(ctx: Context, items: tuple[A.SiteItem, ...], run: RunInfo | None, *,
+                writes: bool) -> list[tuple[A.SiteItem, list[Match]]]:
+    """Check each site item (sites, positions, captures, subspaces, GQA writes); the items
+    that resolved, with their matches."""
+    out = []
+    for item in items:
+        for pos in item_positions(item):
+            check_pos(ctx, pos, run)
+        refs = [item] if isinstance(item, A.SiteRef) else list(item.members)
+        for ref in refs:
+            check_captures(ctx, ref)
+        matches = expand(ctx, item)
+        if matches is None:
+            continue
+        for ref in refs:
+            _check_subspace(ctx, ref)
+        if writes:
+            warn_shared_kv(ctx, item, matches)
+        out.append((item, matches))
+    return out
+
+
+def _check_subspace(ctx: Context, ref: A.SiteRef) -> None:
+    """`SITE [v, w]`: each vector exists and has the site's width."""
+    if not ref.subspace or ctx.model is None:
+        return
+    sites = [s for m in resolve.expand_site(ref, ctx.model) for s in m.sites]
+    width = site_width(ctx.model, sites[0])
+    for name in ref.subspace:
+        if ctx.vector(name, ref.span) is None or name not in ctx.vector_dims:
+            continue
+        dim = ctx.vector_dims[name]
+        if dim != width:
+            ctx.error("E333", f"vector `{name}` has {dim} features but {sites[0]} has "
+                      f"{width}", ref.span, hint="a subspace vector lives in its site's space")
+
+
+def warn_shared_kv(ctx: Context, item: A.SiteItem, matches: list[Match]) -> None:
+    """Writing `k`/`v` of a query head of a grouped-query model writes its kv head, which
+    other query heads read too (LANGUAGE.md §4): legal, but rarely what was meant."""
+    model = ctx.model
+    if model is None or not model.grouped_query:
+        return
+    for m in matches:
+        for site in m.sites:
+            if site.kind in ("k", "v") and site.head is not None:
+                kv = model.kv_head(site.head)
+                shared = [h for h in range(model.n_heads) if model.kv_head(h) == kv]
+                ctx.warn("W302", f"writing {site} writes the shared kv head {kv}, shared by "
+                         f"query heads {', '.join(map(str, shared))}", item.span,
+                         hint=f"the model has {model.n_heads} query heads and "
+                         f"{model.n_kv_heads} kv heads", once=f"kv:{item.span}")
+                return
+
+
+def check_where(ctx: Context, conds: tuple[A.Cond, ...], bound: set[str]) -> None:
+    """`where` may only compare captures bound by the statement's own site patterns."""
+    for cond in conds:
+        names = [(cond.left, cond.span)]
+        if isinstance(cond.right, str):
+            s = cond.span
+            col = s.end_col - len(cond.right) - 1 if s.line == s.end_line else s.col
+            names.append((cond.right, Span(s.end_line, col, s.end_line, s.end_col)))
+        for name, span in names:
+            if name not in bound:
+                if name == cond.left:
+                    span = Span(span.line, span.col, span.line, span.col + len(name) + 1)
+                known = ", ".join(f"${b}" for b in sorted(bound)) or "none"
+                ctx.error("E325", f"`where` uses ${name}, which no site of this statement "
+                          f"binds (bound: {known})", span,
+                          hint="bind it in a site pattern, e.g. L$l.mlp.out")
+
+
+def check_dla(ctx: Context, matches: list[Match], item: A.SiteItem) -> None:
+    """dla splits the logits into what each site adds to the residual stream."""
+    for m in matches:
+        for site in m.sites:
+            if site.kind not in DLA_KINDS:
+                ctx.error("E339", f"dla needs a site that writes to the residual stream; "
+                          f"{site.kind} does not", item.span,
+                          hint="use embed, Ll.attn.out, Ll.mlp.out or Ll.Hh.out")
+                return

@@ -1,0 +1,154 @@
+"""A light tokenizer for `check`: the model's `tokenizer.json`, read with the `tokenizers`
+library alone (no transformers, which takes seconds to import).
+
+`check` needs token counts (positions and equal lengths of swapped runs are about tokens) and
+the first token of metric answers. `encode(text)` gives what HF's
+`AutoTokenizer.from_pretrained(model)(text, add_special_tokens=True)` gives: the
+tokenizer.json post-processor adds BOS where the model uses one. transformers rebuilds that
+post-processor when `tokenizer_config.json` sets `add_bos_token`/`add_eos_token` explicitly
+(Llama, Gemma), so we do the same. `encode_plain(text)` is the tokenization without special
+tokens (how a metric's answer is read).
+
+If no tokenizer.json can be found (a hub id that is not in the offline cache, a directory with
+only slow-tokenizer files), `load_tokenizer` returns None and check skips token-length checks
+with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from typing import Any, Protocol
+
+from .modelspec import _looks_local
+
+
+class TokenizerLike(Protocol):
+    """What check needs from a tokenizer."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_plain(self, text: str) -> list[int]: ...
+
+
+class LightTokenizer:
+    """A `tokenizers.Tokenizer` with HF's special-token behaviour."""
+
+    def __init__(self, tok: Any, prefix: list[int] | None = None,
+                 suffix: list[int] | None = None) -> None:
+        self.tok = tok
+        # None: trust the tokenizer.json post-processor; a list: the explicit template.
+        self._prefix = prefix
+        self._suffix = suffix
+
+    def encode(self, text: str) -> list[int]:
+        if self._prefix is None:
+            return list(self.tok.encode(text, add_special_tokens=True).ids)
+        return self._prefix + self.encode_plain(text) + (self._suffix or [])
+
+    def encode_plain(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False).ids)
+
+
+class _Wrapped:
+    """Adapts an HF tokenizer (or anything with `encode(text, add_special_tokens=...)`)."""
+
+    def __init__(self, tok: Any) -> None:
+        self.tok = tok
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text))
+
+    def encode_plain(self, text: str) -> list[int]:
+        try:
+            return list(self.tok.encode(text, add_special_tokens=False))
+        except TypeError:
+            return list(self.tok.encode(text))
+
+
+def as_tokenizer(tok: Any) -> TokenizerLike | None:
+    """A TokenizerLike from what a caller passed to `check(..., tokenizer=...)`."""
+    if tok is None or (hasattr(tok, "encode") and hasattr(tok, "encode_plain")):
+        return tok
+    return _Wrapped(tok)
+
+
+def load_tokenizer(model_id: str, revision: str | None = None,
+                   base_dir: str = ".") -> LightTokenizer | None:
+    """The tokenizer of a local model directory or (offline cache only) a hub id; None if it
+    has no tokenizer.json that can be read."""
+    path = os.path.join(base_dir, os.path.expanduser(model_id))
+    if os.path.isdir(path):
+        return _load_files(os.path.join(path, "tokenizer.json"),
+                           os.path.join(path, "tokenizer_config.json"))
+    if os.path.exists(path) or _looks_local(model_id):
+        return None
+    try:
+        # Lazy: only hub ids need it. The cache only: check never downloads tokenizers.
+        from huggingface_hub import hf_hub_download
+
+        tj = hf_hub_download(model_id, "tokenizer.json", revision=revision,
+                             local_files_only=True)
+    except Exception:
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        tc = hf_hub_download(model_id, "tokenizer_config.json", revision=revision,
+                             local_files_only=True)
+    except Exception:
+        tc = ""
+    return _load_files(tj, tc)
+
+
+def _load_files(tokenizer_json: str, tokenizer_config: str) -> LightTokenizer | None:
+    if not os.path.isfile(tokenizer_json):
+        return None
+    # Keyed on modification times too: a long-lived process sees a rewritten tokenizer.
+    return _load_cached(tokenizer_json, tokenizer_config, _mtime(tokenizer_json),
+                        _mtime(tokenizer_config))
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path) if path else 0.0
+    except OSError:
+        return 0.0
+
+
+@lru_cache(maxsize=16)
+def _load_cached(tokenizer_json: str, tokenizer_config: str, _m1: float,
+                 _m2: float) -> LightTokenizer | None:
+    try:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(tokenizer_json)
+    except Exception:  # a tokenizer.json this version of tokenizers cannot read
+        return None
+    config: dict[str, Any] = {}
+    if tokenizer_config and os.path.isfile(tokenizer_config):
+        try:
+            with open(tokenizer_config, encoding="utf-8") as f:
+                loaded = json.load(f)
+            config = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            config = {}
+    prefix = suffix = None
+    # transformers rebuilds the template from these flags when the config sets either one
+    # (tokenization_utils_tokenizers.update_post_processor); otherwise tokenizer.json rules.
+    if "add_bos_token" in config or "add_eos_token" in config:
+        bos = _token_id(tok, config.get("bos_token"))
+        eos = _token_id(tok, config.get("eos_token"))
+        prefix = [bos] if config.get("add_bos_token") and bos is not None else []
+        suffix = [eos] if config.get("add_eos_token") and eos is not None else []
+    return LightTokenizer(tok, prefix, suffix)
+
+
+def _token_id(tok: Any, token: Any) -> int | None:
+    """The id of a special token given as a string or an AddedToken dict."""
+    if isinstance(token, dict):
+        token = token.get("content")
+    if not isinstance(token, str):
+        return None
+    return tok.token_to_id(token)
