@@ -1,6 +1,8 @@
 """The JSON form of an IR graph (`patchc compile --emit json`): a pydantic model, because it
 crosses a file/process boundary. AST fragments inside nodes (metric and vector expressions)
-are written as tagged objects; spans are left out (they are for diagnostics, not plans)."""
+are written as tagged objects; spans are left out (they are for diagnostics, not plans).
+A `compare` table's `pairs` (which estimate predicts which exact swap metric) are included:
+without them the table's rows, which have no `values`, could not be computed."""
 
 from __future__ import annotations
 
@@ -25,11 +27,19 @@ class RowJson(BaseModel):
     normalize: dict[str, list[str | None]]
 
 
+class PairJson(BaseModel):
+    key: dict[str, Any]
+    estimate: str
+    metric: str
+    normalize: list[str | None] | None = None
+
+
 class TableJson(BaseModel):
     name: str
     op: str
     columns: list[str]
     rows: list[RowJson]
+    pairs: list[PairJson] = []
 
 
 class IRJson(BaseModel):
@@ -67,6 +77,9 @@ def ir_model(ir: IRGraph) -> IRJson:
             rows=[RowJson(key=dict(r.key), values=dict(r.values),
                           normalize={k: list(v) for k, v in r.normalize})
                   for r in t.rows],
+            pairs=[PairJson(key=dict(p.key), estimate=p.estimate, metric=p.metric,
+                            normalize=list(p.normalize) if p.normalize is not None else None)
+                   for p in t.pairs],
         )
         for t in ir.tables
     ]

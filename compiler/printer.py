@@ -1,17 +1,13 @@
-"""The one printer: a deterministic text form for every stage (DESIGN.md, "Conventions").
+"""The canonical `.patch` printer: AST nodes back to source text (DESIGN.md, "Conventions").
 
-AST section (this file so far):
+- `format_spec(spec)` writes canonical `.patch` source. Parsing its output gives the same AST
+  (spans aside), and formatting is idempotent.
+- `statement`, `site`, `mexpr`, `vexpr`, `method`, ... print one node; lower.py names inline
+  expressions and table rows with them, and dump.py prints IR fields with them.
 
-- `format_spec(spec)` writes canonical `.patch` source, what `patchc fmt` writes. Parsing its
-  output gives the same AST (spans aside), and formatting is idempotent.
-- `dump_ast(spec)` writes an indented tree of the AST with spans, for `patchc compile --emit
-  ast` and the golden tests under tests/fixtures/ast/.
-
-Comments are NOT preserved: the AST does not keep them, so `format_spec` drops every `#`
-comment of the source. `has_comments(text)` lets the CLI warn before `patchc fmt` rewrites a
-file that has some.
-
-IR and Plan printing belong in their own sections below the AST ones, one per stage.
+Comments are not in the AST, so `format_spec` drops them; `patchc fmt` uses
+fmt.format_source, which puts them back. The debugging dumps of the AST and the IR (`patchc
+compile --emit ast|ir`) are in dump.py.
 """
 
 from __future__ import annotations
@@ -19,24 +15,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import fields, is_dataclass
 from typing import Any
 
 from . import ast as A
-from .errors import Span
 
 INDENT = "    "
 
 # ---------------------------------------------------------------------------------------------
 # Leaves: numbers, strings, names
-
-
-_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"')  # the grammar's STRING terminal
-
-
-def has_comments(text: str) -> bool:
-    """Does spec text contain a `#` comment (a `#` outside a string literal)?"""
-    return "#" in _STRING.sub("", text)
 
 
 def _float(v: float) -> str:
@@ -46,14 +32,15 @@ def _float(v: float) -> str:
     return repr(v)
 
 
-def _num(v: float | int) -> str:
+def num(v: float | int) -> str:
     """A number the AST stores as float but the user most likely wrote as an int: `4`, `0.5`."""
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e16:
         return str(int(v))
     return _float(v) if isinstance(v, float) else str(v)
 
 
-def _str(s: str) -> str:
+def string(s: str) -> str:
+    """A JSON-escaped string literal (non-ASCII kept as is)."""
     return json.dumps(s, ensure_ascii=False)
 
 
@@ -70,18 +57,18 @@ def _value(v: Any) -> str:
     if isinstance(v, float):
         return _float(v)
     if isinstance(v, A.StdOf):
-        return f"{_num(v.factor)} * std({site(v.site)})"
+        return f"{num(v.factor)} * std({site(v.site)})"
     if isinstance(v, str) and _BARE.match(v) and v not in ("true", "false"):
         return v
-    return _str(v)
+    return string(v)
 
 
-def _json(v: Any) -> str:
+def json_value(v: Any) -> str:
     """One JSON value on one line (floats via `_float`, so they re-parse to the same value)."""
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{_str(k)}: {_json(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join(f"{string(k)}: {json_value(x)}" for k, x in v.items()) + "}"
     if isinstance(v, list):
-        return "[" + ", ".join(_json(x) for x in v) + "]"
+        return "[" + ", ".join(json_value(x) for x in v) + "]"
     if v is None or isinstance(v, (bool, str)):
         return json.dumps(v, ensure_ascii=False)
     return _float(v) if isinstance(v, float) else str(v)
@@ -107,6 +94,11 @@ def index(i: A.FeatureSel | A.Pos) -> str:
     if isinstance(i, A.ColumnRef):
         return column(i)
     return {A.Star: "*", A.PosLast: "last", A.PosEach: "each"}[type(i)]
+
+
+def pos(p: A.Pos) -> str:
+    """A position: `last`, `3`, `2..5`, `each`, `data.column`."""
+    return index(p)
 
 
 def _at(p: A.Pos | None) -> str:
@@ -159,7 +151,7 @@ def mexpr(e: A.MExpr) -> str:
         inner = mexpr(e.operand)
         return f"-({inner})" if isinstance(e.operand, A.MBin) else f"-{inner}"
     if isinstance(e, A.MNum):
-        return _num(e.value)
+        return num(e.value)
     if isinstance(e, A.MRef):
         return e.name
     if isinstance(e, A.MCall):
@@ -174,7 +166,7 @@ def mexpr(e: A.MExpr) -> str:
 
 def tok(t: A.Tok) -> str:
     if isinstance(t, A.TokString):
-        return _str(t.text)
+        return string(t.text)
     if isinstance(t, A.TokId):
         return f"id({t.token_id})"
     return column(t)
@@ -182,8 +174,8 @@ def tok(t: A.Tok) -> str:
 
 def scalar(s: A.ScalarLike) -> str:
     if isinstance(s, A.ScalarSweep):
-        return "{" + ", ".join(_num(v) for v in s.values) + "}"
-    return _num(s.value)
+        return "{" + ", ".join(num(v) for v in s.values) + "}"
+    return num(s.value)
 
 
 def vexpr(e: A.VExpr) -> str:
@@ -199,11 +191,11 @@ def vexpr(e: A.VExpr) -> str:
     if isinstance(e, A.VRef):
         return e.name
     if isinstance(e, A.VLoad):
-        return f"load({_str(e.path)}, key={_str(e.key)})"
+        return f"load({string(e.path)}, key={string(e.key)})"
     if isinstance(e, A.VMean):
         return f"mean({site(e.of.site, prefix=e.of.run + '.')})"
     if isinstance(e, A.VSae):
-        return f"sae({_str(e.path)}, feature={e.feature})"
+        return f"sae({string(e.path)}, feature={e.feature})"
     assert isinstance(e, A.VNormalize)
     return f"normalize({vexpr(e.arg)})"
 
@@ -252,22 +244,22 @@ def _text(t: A.TextSource) -> str:
     if isinstance(t, A.ColumnRef):
         return column(t)
     if t.is_list:
-        return "[" + ", ".join(_str(s) for s in t.texts) + "]"
-    return _str(t.texts[0])
+        return "[" + ", ".join(string(s) for s in t.texts) + "]"
+    return string(t.texts[0])
 
 
 def _declaration(s: A.Statement) -> str:
     if isinstance(s, A.ModelDecl):
-        rev = f" revision {_str(s.revision)}" if s.revision is not None else ""
-        return f"model {_str(s.model_id)}{rev}"
+        rev = f" revision {string(s.revision)}" if s.revision is not None else ""
+        return f"model {string(s.model_id)}{rev}"
     if isinstance(s, A.SetDecl):
         return f"set {s.name.value} = {_value(s.value)}"
     if isinstance(s, A.DataDecl):
         if s.rows is None:
-            return f"data {s.name.value} = {_str(s.path or '')}"
+            return f"data {s.name.value} = {string(s.path or '')}"
         if not s.rows:
             return f"data {s.name.value} = []"
-        rows = ",\n".join(INDENT + _json(r) for r in s.rows)
+        rows = ",\n".join(INDENT + json_value(r) for r in s.rows)
         return f"data {s.name.value} = [\n{rows}\n]"
     if isinstance(s, A.RunDecl):
         out = f"run {s.name.value} = {_text(s.text)}"
@@ -283,7 +275,8 @@ def _declaration(s: A.Statement) -> str:
 def _backpatch_sites(op: A.Backpatch) -> str:
     """`SRC -> DST @ POS` when both sides share a position (the parser copies a trailing one
     onto SRC), else each side with its own."""
-    if op.src.pos is not None and op.dst.pos is not None and _same(op.src.pos, op.dst.pos):
+    # Positions print one way each, so equal text is equal positions (spans aside).
+    if op.src.pos is not None and op.dst.pos is not None and pos(op.src.pos) == pos(op.dst.pos):
         return f"{site(op.src, with_pos=False)} -> {site(op.dst)}"
     return f"{site(op.src)} -> {site(op.dst)}"
 
@@ -327,100 +320,25 @@ def _clauses(c: A.Clauses) -> list[str]:
 
 
 def statement(s: A.Statement) -> str:
+    """One statement; an operation's clauses follow on indented lines."""
     if isinstance(s, A.OPERATIONS):
         return "\n".join([_operation_head(s), *_clauses(s.clauses)])
     return _declaration(s)
 
 
+def blank_before(prev: A.Statement | None, s: A.Statement) -> bool:
+    """The layout rule: a blank line before each operation and between groups of
+    declarations of one kind (fmt.py follows it too, so both agree)."""
+    return prev is not None and (isinstance(s, A.OPERATIONS) or type(s) is not type(prev))
+
+
 def format_spec(spec: A.Spec) -> str:
-    """Canonical source for a spec (comments are dropped: see the module docstring)."""
+    """Canonical source for a spec, without its comments (fmt.format_source keeps them)."""
     chunks: list[str] = []
     prev: A.Statement | None = None
     for s in spec.statements:
-        is_op = isinstance(s, A.OPERATIONS)
-        if prev is not None and (is_op or type(s) is not type(prev)):
-            chunks.append("")  # a blank line before each operation and between groups
+        if blank_before(prev, s):
+            chunks.append("")
         chunks.append(statement(s))
         prev = s
     return "\n".join(chunks) + "\n" if chunks else ""
-
-
-# ---------------------------------------------------------------------------------------------
-# AST dump: one node per line, `Type @line:col-end_line:end_col field=leaf ...`; fields that
-# hold nodes (or long tuples, like inline data rows) follow on indented lines, in field order.
-
-
-def _span_text(s: Span) -> str:
-    return f"@{s.line}:{s.col}-{s.end_line}:{s.end_col}"
-
-
-def _fields(node: Any) -> list[tuple[str, Any]]:
-    return [(f.name, getattr(node, f.name)) for f in fields(node)
-            if f.name != "span" and f.compare]
-
-
-def _is_leaf(v: Any) -> bool:
-    if isinstance(v, tuple):
-        return all(_is_leaf(x) for x in v)
-    return not is_dataclass(v)
-
-
-def _leaf(v: Any) -> str:
-    if isinstance(v, tuple):
-        return "(" + ", ".join(_leaf(x) for x in v) + ("," if len(v) == 1 else "") + ")"
-    if isinstance(v, str):
-        return _str(v)
-    if isinstance(v, (dict, list)):
-        return _json(v)
-    return repr(v)
-
-
-def _inline(v: Any) -> bool:
-    return _is_leaf(v) and not (isinstance(v, tuple) and len(_leaf(v)) > 60)
-
-
-def _dump(node: Any, depth: int, label: str, out: list[str]) -> None:
-    pad = "  " * depth
-    if not is_dataclass(node):
-        out.append(f"{pad}{label}{_leaf(node)}")
-        return
-    span = getattr(node, "span", None)
-    head = [type(node).__name__] + ([_span_text(span)] if isinstance(span, Span) else [])
-    fs = _fields(node)
-    head += [f"{k}={_leaf(v)}" for k, v in fs if _inline(v)]
-    out.append(pad + label + " ".join(head))
-    for k, v in fs:
-        if _inline(v):
-            continue
-        if isinstance(v, tuple):
-            out.append(f"{pad}  {k}:")
-            for i, item in enumerate(v):
-                _dump(item, depth + 2, f"[{i}] ", out)
-        else:
-            _dump(v, depth + 1, f"{k}: ", out)
-
-
-def dump_ast(spec: A.Spec | Any) -> str:
-    """An indented tree of an AST (a Spec or any node), deterministic, spans included."""
-    out: list[str] = []
-    _dump(spec, 0, "", out)
-    return "\n".join(out) + "\n"
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Structural equality ignoring spans."""
-    return strip_spans(a) == strip_spans(b)
-
-
-def strip_spans(node: Any) -> Any:
-    """A copy of an AST node with every span set to (0, 0, 0, 0), for comparing shapes."""
-    if isinstance(node, tuple):
-        return tuple(strip_spans(x) for x in node)
-    if not is_dataclass(node) or isinstance(node, Span):
-        return node
-    kwargs = {f.name: (_ZERO if f.name == "span" and getattr(node, f.name) is not None
-                       else strip_spans(getattr(node, f.name))) for f in fields(node)}
-    return type(node)(**kwargs)
-
-
-_ZERO = Span(0, 0, 0, 0)

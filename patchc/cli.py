@@ -1,23 +1,41 @@
 """The `patchc` command line: check, compile, fmt.
 
-Exit codes: 0 ok, 1 a mistake in the spec or its inputs (printed as located diagnostics,
-never a traceback), 2 an internal error (a bug in patchc: set PATCHC_DEBUG=1 for the
-traceback). `check`, `compile` and `fmt` never import torch, so they start fast.
+    patchc check SPEC                              warnings, then one `ok` line
+    patchc compile SPEC --emit ast|ir|json [--optimized]
+    patchc fmt SPEC [--check | --stdout]           canonical layout, comments kept
+    patchc --version
+
+Exit codes: 0 ok, 1 a mistake in the spec, its inputs or the command line (printed as located
+diagnostics, never a traceback), 2 an internal error (a bug in patchc: one line and a hint;
+PATCHC_DEBUG=1 prints the traceback). `check`, `compile` and `fmt` never import torch, so
+they start fast and run anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
+from patchc import __version__
 from patchc.compiler.errors import PatchcError
 
 EXIT_OK, EXIT_USER, EXIT_INTERNAL = 0, 1, 2
+
+
+class _UsageError(Exception):
+    """A bad command line: a user error (exit 1), not argparse's default exit 2, which this
+    CLI keeps for internal errors."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{self.format_usage().rstrip()}\n{self.prog}: error: {message}")
 
 
 def _print_warnings(program) -> None:
@@ -33,17 +51,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     counts = program.experiments
     total = sum(counts.values())
     tables = ", ".join(f"{name} ({n} rows)" for name, n in counts.items()) or "no tables"
-    print(f"{args.spec}: ok: {len(counts)} table(s), {total} experiment(s): {tables}")
+    n_warn = len(program.warnings)
+    warned = f", {n_warn} warning{'s' * (n_warn != 1)}" if n_warn else ""
+    print(f"{args.spec}: ok: {len(counts)} table(s), {total} experiment(s){warned}: {tables}")
     return EXIT_OK
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from patchc.compiler import printer
+    from patchc.compiler import dump
 
     if args.emit == "ast":
         from patchc.api import load_spec
 
-        print(printer.dump_ast(load_spec(args.spec)), end="")
+        if args.optimized:
+            raise _UsageError("patchc compile: error: --optimized applies to --emit ir|json")
+        print(dump.dump_ast(load_spec(args.spec)), end="")
         return EXIT_OK
     from patchc.api import compile as compile_spec
 
@@ -51,7 +73,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     _print_warnings(program)
     graph = program.optimized if args.optimized else program.ir
     if args.emit == "ir":
-        print(printer.dump_ir(graph), end="")
+        print(dump.dump_ir(graph), end="")
     else:
         from patchc.compiler.ir_json import ir_to_json
 
@@ -60,44 +82,69 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_fmt(args: argparse.Namespace) -> int:
-    from patchc.api import load_spec
-    from patchc.compiler.printer import format_spec
+    from patchc.compiler.dump import strip_spans
+    from patchc.compiler.fmt import format_source
+    from patchc.compiler.parse import parse, parse_file
 
     path = Path(args.spec)
-    original = path.read_text("utf-8") if path.is_file() else None
-    if original is None:
-        raise PatchcError("E001", f"spec file not found: {path}")
-    formatted = format_spec(load_spec(path))
+    # parse_file raises the located E001/E002 for a missing or non-UTF-8 file; the text that
+    # is formatted is the text that was parsed (read once), and nothing is written unless it
+    # parsed: a syntax error leaves the file as it was.
+    spec = parse_file(path)
+    original = spec.source.text
+    formatted = format_source(spec)
+    # A formatter bug must not cost the user their spec: check that the output means the same
+    # and is a fixed point before writing it (an internal error, exit 2, if not).
+    again = parse(formatted, str(path), str(path.parent))
+    if strip_spans(again) != strip_spans(spec) or format_source(again) != formatted:
+        raise RuntimeError(f"fmt would change the meaning of {path} or is not idempotent")
     if args.check:
         if formatted != original:
             print(f"{path}: would be reformatted", file=sys.stderr)
             return EXIT_USER
+        print(f"{path}: already formatted")
         return EXIT_OK
     if args.stdout:
-        print(formatted, end="")
+        sys.stdout.write(formatted)
         return EXIT_OK
-    if formatted != original:
+    if formatted == original:
+        print(f"{path}: already formatted")
+        return EXIT_OK
+    try:
         _atomic_write(path, formatted)
-        print(f"{path}: formatted")
+    except OSError as e:
+        print(f"{path}: error: cannot write the formatted spec: {e.strerror or e}",
+              file=sys.stderr)
+        return EXIT_USER
+    print(f"{path}: formatted")
     return EXIT_OK
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a failure never leaves a half-written spec."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write via a temporary file in the same folder and rename it over the spec, so that a
+    failure never leaves a half-written spec. The rename goes to the symlink's target (a
+    link stays a link) and the new file keeps the old one's permission bits (mkstemp makes
+    0600 files)."""
+    target = path.resolve()
+    mode = stat.S_IMODE(target.stat().st_mode)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
-        os.replace(tmp, path)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="patchc", description="Check, compile and run .patch intervention specs.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(
+        prog="patchc", description="Check, compile and format .patch intervention specs.")
+    parser.add_argument("--version", action="version", version=f"patchc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("check", help="parse and check a spec against the model's shape")
     p.add_argument("spec")
@@ -118,9 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return func(args)
     except PatchcError as e:
@@ -129,16 +174,46 @@ def main(argv: list[str] | None = None) -> int:
         if n > 1:
             print(f"{n} errors", file=sys.stderr)
         return EXIT_USER
+    except _UsageError as e:
+        print(e, file=sys.stderr)
+        return EXIT_USER
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        return 130  # the shell's convention for SIGINT
+    except BrokenPipeError:
+        # `patchc compile ... | head`: the reader left. Not an error; silence the flush at exit.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_OK
+    except OSError as e:
+        # A file the user named cannot be read or written (a folder, no permission): their
+        # environment, not a bug in patchc.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"patchc: error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USER
     except Exception as e:  # a bug in patchc, not in the spec
         if os.environ.get("PATCHC_DEBUG"):
             traceback.print_exc()
-        print(f"patchc: internal error: {type(e).__name__}: {e}\n"
-              "This is a bug in patchc; rerun with PATCHC_DEBUG=1 for the traceback.",
+        first = (str(e).splitlines() or [""])[0]
+        print(f"patchc: internal error: {type(e).__name__}: {first}\n"
+              "  hint: this is a bug in patchc; rerun with PATCHC_DEBUG=1 for the traceback",
               file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (also for --help, --version and usage
+    errors, so that tests can call it in-process)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as e:
+        print(e, file=sys.stderr)
+        return EXIT_USER
+    except SystemExit as e:  # --help and --version print, then exit 0
+        return e.code if isinstance(e.code, int) else EXIT_OK
+    return _run(args.func, args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 from patchc.compiler.errors import PatchcError  # noqa: E402
 from patchc.compiler.parse import parse  # noqa: E402
-from patchc.compiler.printer import format_spec, strip_spans  # noqa: E402
+from patchc.compiler.dump import strip_spans  # noqa: E402
+from patchc.compiler.printer import format_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_TEXTS = [p.read_text("utf-8") for p in sorted(

@@ -1,4 +1,4 @@
-"""The AST printer: golden files, round trips, canonical spelling.
+"""The AST printer and the AST dump: golden files, round trips, canonical spelling.
 
 Golden files live in tests/fixtures/ast/<spec>.txt (dump_ast) and tests/fixtures/fmt/<spec>.patch
 (format_spec), for every spec in examples/language/ and tests/fixtures/specs/. Regenerate them
@@ -15,7 +15,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from patchc.compiler.parse import parse, parse_file  # noqa: E402
-from patchc.compiler.printer import dump_ast, format_spec, has_comments, strip_spans  # noqa: E402
+from patchc.compiler.dump import dump_ast, strip_spans  # noqa: E402
+from patchc.compiler.fmt import has_comments  # noqa: E402
+from patchc.compiler.printer import format_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -184,7 +186,7 @@ def test_empty_spec():
     assert fmt("# only a comment\n\n") == ""
 
 
-def test_comments_are_dropped_and_detected():
+def test_format_spec_drops_comments_and_they_are_detected():
     src = '# header\nmodel "m"  # trailing\nrun r = "a # not a comment"\n'
     out = fmt(src)
     assert "#" not in out.replace('"a # not a comment"', "")
@@ -194,7 +196,7 @@ def test_comments_are_dropped_and_detected():
     assert has_comments('run r = "a \\" b" # c\n')
 
 
-def test_examples_have_comments_and_fmt_warns_about_them():
+def test_examples_have_comments():
     assert any(has_comments(p.read_text("utf-8")) for p in SPECS)
 
 
