@@ -13,6 +13,10 @@ the statement they belong to:
   are printed as indented comment lines right after the statement;
 - comments after the last statement stay at the end, after one blank line.
 
+A result table without `as NAME` is called `op_LINE` after its statement's line. When the
+layout moves such a statement to another line, fmt writes `as op_LINE` with the old line, so
+that reformatting never renames a result table (the CSV files a run writes).
+
 Every comment of the input is in the output, in the same order, and formatting is idempotent:
 the output puts each comment where the rules above find it again. A formatter must never lose
 what the user wrote.
@@ -21,6 +25,7 @@ what the user wrote.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -128,6 +133,8 @@ def format_source(spec: A.Spec) -> str:
             out.append("")
         if i in at.leading:
             out += at.leading[i].render()
+        if isinstance(s, A.OPERATIONS) and s.clauses.name is None and len(out) + 1 != s.span.line:
+            s = named(s)
         lines = printer.statement(s).split("\n")
         if i in at.first_line:
             lines[0] += "  " + at.first_line[i]
@@ -139,3 +146,17 @@ def format_source(spec: A.Spec) -> str:
             out.append("")
         out += at.footer.render()
     return "\n".join(out) + "\n" if out else ""
+
+
+def named(op: A.Operation) -> A.Operation:
+    """The operation with its default table name `op_LINE` written out."""
+    name = A.Name(A.table_name(op), op.span)
+    return dataclasses.replace(op, clauses=dataclasses.replace(op.clauses, name=name))
+
+
+def name_tables(spec: A.Spec) -> A.Spec:
+    """The spec with every default table name written out (to compare a spec with its
+    formatted text: same statements, same table names)."""
+    stmts = tuple(named(s) if isinstance(s, A.OPERATIONS) and s.clauses.name is None else s
+                  for s in spec.statements)
+    return dataclasses.replace(spec, statements=stmts)

@@ -1,6 +1,7 @@
-"""The `patchc` command line: check, compile, fmt.
+"""The `patchc` command line: check, compile, fmt, run.
 
     patchc check SPEC                              warnings, then one `ok` line
+    patchc run SPEC [--out DIR] [--naive] [--set KEY=VALUE ...]
     patchc compile SPEC --emit ast|ir|json [--optimized]
     patchc fmt SPEC [--check | --stdout]           canonical layout, comments kept
     patchc --version
@@ -8,7 +9,7 @@
 Exit codes: 0 ok, 1 a mistake in the spec, its inputs or the command line (printed as located
 diagnostics, never a traceback), 2 an internal error (a bug in patchc: one line and a hint;
 PATCHC_DEBUG=1 prints the traceback). `check`, `compile` and `fmt` never import torch, so
-they start fast and run anywhere.
+they start fast and run anywhere; `run` loads the model.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def cmd_fmt(args: argparse.Namespace) -> int:
     from patchc.compiler.dump import strip_spans
-    from patchc.compiler.fmt import format_source
+    from patchc.compiler.fmt import format_source, name_tables
     from patchc.compiler.parse import parse, parse_file
 
     path = Path(args.spec)
@@ -96,7 +97,8 @@ def cmd_fmt(args: argparse.Namespace) -> int:
     # A formatter bug must not cost the user their spec: check that the output means the same
     # and is a fixed point before writing it (an internal error, exit 2, if not).
     again = parse(formatted, str(path), str(path.parent))
-    if strip_spans(again) != strip_spans(spec) or format_source(again) != formatted:
+    same = strip_spans(name_tables(again)) == strip_spans(name_tables(spec))
+    if not same or format_source(again) != formatted:
         raise RuntimeError(f"fmt would change the meaning of {path} or is not idempotent")
     if args.check:
         if formatted != original:
@@ -140,6 +142,45 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def _overrides(pairs: list[str]) -> dict[str, object]:
+    """`--set dtype=bfloat16 --set seed=3` -> {"dtype": "bfloat16", "seed": 3}."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise _UsageError(f"patchc run: error: --set takes KEY=VALUE, got {pair!r}")
+        out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from patchc.api import run
+
+    overrides = _overrides(args.set or [])
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), transient=True, disable=args.quiet,
+                  console=None) as bar:
+        task = bar.add_task("forward passes", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        results = run(args.spec, naive=args.naive, trust_remote_code=args.trust_remote_code,
+                      progress=progress, **overrides)
+    for name, df in results.tables.items():
+        seconds = results.manifest["tables"][name]["seconds"]
+        print(f"== {name}: {len(df)} rows ({seconds:.2f} s)")
+        print(df.head(args.rows).to_string(index=False))
+        if len(df) > args.rows:
+            print(f"... {len(df) - args.rows} more rows")
+    if args.out:
+        written = results.save(args.out)
+        print(f"wrote {', '.join(str(p) for p in written)}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="patchc", description="Check, compile and format .patch intervention specs.")
@@ -155,6 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emit", choices=["ast", "ir", "json"], default="ir")
     p.add_argument("--optimized", action="store_true", help="emit the IR after the passes")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="run a spec on its model and print/write its tables")
+    p.add_argument("spec")
+    p.add_argument("--out", help="write NAME.csv per table and manifest.json here")
+    p.add_argument("--naive", action="store_true",
+                   help="use the reference interpreter (one forward per experiment)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a `set` option (dtype, device, seed, batch_size, memory)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model's own code from the hub (never taken from a spec)")
+    p.add_argument("--rows", type=int, default=20, help="rows of each table to print")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("fmt", help="rewrite a spec in the one canonical layout")
     p.add_argument("spec")

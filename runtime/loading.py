@@ -52,7 +52,9 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
          trust_remote_code: bool = False) -> LoadedModel:
     """Load the causal LM and its tokenizer in eval mode on the spec's device and dtype."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # patchc shows its own progress; keep output clean
     where = model_location(model_id, base_dir)
     device = resolve_device(options.device)
     dtype = DTYPES[options.dtype]
