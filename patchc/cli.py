@@ -176,8 +176,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         if len(df) > args.rows:
             print(f"... {len(df) - args.rows} more rows")
     if args.out:
+        from patchc.plots import plot_dir
+
         written = results.save(args.out)
+        if not args.no_plots:
+            written += plot_dir(args.out)
         print(f"wrote {', '.join(str(p) for p in written)}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from patchc.verify import verify_dir
+
+    result = verify_dir(args.dir, atol=args.atol, rtol=args.rtol, spec_dir=args.spec_dir)
+    print(f"{'ok  ' if result.weights_ok else 'FAIL'} weights hash "
+          f"{'matches' if result.weights_ok else 'differs from'} the manifest")
+    for t in result.tables:
+        note = f" ({t.note})" if t.note else ""
+        print(f"{'ok  ' if t.ok else 'FAIL'} {t.name}: max |diff| = {t.max_abs_diff:.3g}{note}")
+    print("verified" if result.ok else "verification FAILED")
+    return EXIT_OK if result.ok else EXIT_USER
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from patchc.plots import plot_dir
+
+    written = plot_dir(args.dir)
+    print(f"wrote {', '.join(str(p) for p in written)}" if written else "nothing to plot")
     return EXIT_OK
 
 
@@ -208,7 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow the model's own code from the hub (never taken from a spec)")
     p.add_argument("--rows", type=int, default=20, help="rows of each table to print")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-plots", action="store_true", help="write no PNGs")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("verify", help="rerun the spec of a result folder and compare tables")
+    p.add_argument("dir")
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--spec-dir", help="where the spec's relative paths resolve (default: "
+                   "the recorded spec file's folder)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("plot", help="redraw the plots of a `patchc run --out` folder")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("fmt", help="rewrite a spec in the one canonical layout")
     p.add_argument("spec")

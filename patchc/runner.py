@@ -78,7 +78,7 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
         values, seconds = _timed_run(interp, ir)
     except PatchcError as e:
         raise e.with_source(spec.source) from None
-    tables = {t.name: {"rows": len(t.rows), "columns": list(t.columns),
+    tables = {t.name: {"rows": len(t.rows), "columns": list(t.columns), "keys": _keys(t),
                        "seconds": round(seconds.get(t.name, 0.0), 4)} for t in ir.tables}
     manifest = Manifest(
         spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
@@ -105,6 +105,14 @@ def _timed_run(interp, ir: IRGraph) -> tuple[dict[str, Any], dict[str, float]]:
             deps |= nx.ancestors(ir.g, r)
         seconds[table.name] = sum(interp.node_seconds.get(n, 0.0) for n in deps)
     return values, seconds
+
+
+def _keys(table) -> list[str]:
+    """The sweep-variable columns of a table (what its plot's axes are)."""
+    keys: list[str] = []
+    for row in table.rows:
+        keys += [k for k, _ in row.key if k not in keys]
+    return keys
 
 
 def _pass_counts(ir: IRGraph) -> dict[str, int]:
