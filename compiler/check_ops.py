@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from . import ast as A
+from . import printer
 from .check_context import Context, did_you_mean
 from .check_metrics import check_measures
 from .check_runs import check_vector_fits, no_subspace, require_aligned
@@ -128,10 +129,19 @@ def _check_columns(ctx: Context, columns: list[tuple[str, Span]],
                    measures: tuple[A.Measure, ...]) -> None:
     """A result table's columns must have distinct names: sweep columns vs measured ones."""
     sweep = {c for c, _ in columns}
+    measured: set[str] = set()
     for m in measures:
         if isinstance(m.expr, A.MRef) and m.expr.name in sweep:
             ctx.error("E327", f"the result column `{m.expr.name}` is both a sweep column and "
                       "a measured metric", m.span, hint="rename the capture or the metric")
+        # A column is named after its metric (or the expression's text), whether or not it
+        # is `normalized`: measuring one twice would give two columns of one name.
+        name = m.expr.name if isinstance(m.expr, A.MRef) else printer.mexpr(m.expr)
+        if name in measured:
+            ctx.error("E327", f"the result column `{name}` is measured twice", m.span,
+                      hint="declare a second metric (`metric ld2 = ld`) to measure it both "
+                      "ways")
+        measured.add(name)
 
 
 def check_method(ctx: Context, method: A.Method) -> None:

@@ -47,7 +47,18 @@ def resolve_run(ctx: Context, decl: A.RunDecl) -> RunInfo | None:
                 ctx.error("E346", f"{row_where(ctx, info, i)} of run `{name}` has {n} tokens;"
                           f" the model takes at most {ctx.model.n_ctx}", decl.text.span)
                 break
-    return RunInfo(name, texts, lengths, data)
+    return RunInfo(name, texts, lengths, data, _samples(decl))
+
+
+def _samples(decl: A.RunDecl) -> int:
+    """How many noised copies of each example the run makes (`noise(..., samples=N)`)."""
+    n = 1
+    for iv in decl.interventions:
+        if isinstance(iv, A.INoise):
+            for kw in iv.kwargs:
+                if kw.name == "samples" and isinstance(kw.value, int) and kw.value >= 1:
+                    n = max(n, kw.value)
+    return n
 
 
 def require_aligned(ctx: Context, src: RunInfo, dst: RunInfo, span: Span, why: str) -> None:
@@ -57,6 +68,14 @@ def require_aligned(ctx: Context, src: RunInfo, dst: RunInfo, span: Span, why: s
         ctx.error("E321", f"{why}: run `{src.name}` has {src.n_examples} examples but "
                   f"`{dst.name}` has {dst.n_examples}", span,
                   hint="runs swapped between need the same examples, one for one")
+        return
+    if src.samples > 1 and src.samples != dst.samples:
+        # A noised run has `samples` copies of each example; only a run with the same copies
+        # can take its values one for one.
+        ctx.error("E352", f"{why}: run `{src.name}` is noised with {src.samples} samples per "
+                  f"example, `{dst.name}` with {dst.samples}", span,
+                  hint="copy values from the clean run into the noised one (trace/swap from "
+                  "clean into noisy)")
         return
     if src.lengths is None or dst.lengths is None or src.name == dst.name:
         return

@@ -87,6 +87,7 @@ class RunInfo:
     texts: tuple[str, ...]
     lengths: tuple[int, ...] | None
     data: str | None = None  # the data table its prompts come from, if any
+    samples: int = 1  # noise(..., samples=N): each example is run N times
 
     @property
     def n_examples(self) -> int:

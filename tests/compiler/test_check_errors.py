@@ -39,6 +39,12 @@ LONG = " ".join(["the"] * 70)
 
 # (id, head, body, code, line, col, message fragment)
 CASES = [
+    ("measured_twice", "gpt2", "swap L0.mlp.out from clean into corrupt  measure ld, ld normalized",
+     "E327", 6, 54, "the result column `ld` is measured twice"),
+    ("swap_from_noised_run", "gpt2",
+     "run noisy = ioi.clean with noise(embed @ 1, std=0.1, samples=3, seed=1)\n"
+     "swap L0.mlp.out from noisy into clean  measure ld",
+     "E352", 7, 22, "run `noisy` is noised with 3 samples per example, `clean` with 1"),
     ("layer_out_of_range", "gpt2", "swap L12.H0.z from clean into corrupt  measure ld",
      "E201", 6, 7, "model has 4 layers (L0..L3); got L12"),
     ("head_out_of_range", "gpt2", "swap L1.H9.z from clean into corrupt  measure ld",
