@@ -1,5 +1,9 @@
 """The AST of a `.patch` spec: frozen dataclasses, each carrying the Span it was parsed from.
 
+This module is the AST's one namespace (`from patchc.compiler import ast as A`): sites and
+positions live in ast_sites.py and expressions in ast_exprs.py, and are re-exported here;
+declarations, interventions and operations are defined below.
+
 The parser (parse.py) builds these; the checker (check.py) reads them against a ModelSpec;
 the printer (printer.py) turns them back into canonical text; lower.py turns them into IR.
 Nothing here knows about models or torch.
@@ -10,323 +14,54 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from .ast_sites import (  # noqa: F401 - re-exported: the AST is one namespace
+    Idx,
+    Star,
+    IdxRange,
+    IdxSet,
+    Capture,
+    Slice,
+    Index,
+    FeatureSel,
+    PosLast,
+    PosEach,
+    PosIndex,
+    PosRange,
+    ColumnRef,
+    Pos,
+    SiteRef,
+    Group,
+    SiteItem,
+    RunSite,
+)
+from .ast_exprs import (  # noqa: F401 - re-exported: the AST is one namespace
+    TokString,
+    TokId,
+    Tok,
+    MNum,
+    MRef,
+    MCall,
+    MKL,
+    MLoss,
+    MGenerate,
+    MBin,
+    MNeg,
+    MExpr,
+    Measure,
+    Scalar,
+    ScalarSweep,
+    ScalarLike,
+    VRef,
+    VLoad,
+    VMean,
+    VSae,
+    VNormalize,
+    VScale,
+    VBin,
+    VNeg,
+    VExpr,
+)
 from .errors import Source, Span
-
-# ---------------------------------------------------------------------------------------------
-# Index patterns: the `12`, `*`, `0..3`, `{1,5,7}`, `-1`, `$l` of `L12`, `H*`, `[0:512]`, ...
-
-
-@dataclass(frozen=True, slots=True)
-class Idx:
-    """One index; negative counts from the end (`L-1` is the last layer)."""
-
-    value: int
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class Star:
-    """`*`: every index (a sweep, unless inside `all(...)`)."""
-
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class IdxRange:
-    """`a..b`, inclusive on both ends."""
-
-    lo: int
-    hi: int
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class IdxSet:
-    """`{1,5,7}`."""
-
-    values: tuple[int, ...]
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class Capture:
-    """`$name`: every index, bound to a result column called `name`."""
-
-    name: str
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class Slice:
-    """`[a:b]` on features: a half-open slice taken jointly (not a sweep)."""
-
-    lo: int
-    hi: int
-    span: Span
-
-
-Index = Union[Idx, Star, IdxRange, IdxSet, Capture]
-FeatureSel = Union[Idx, Star, IdxRange, IdxSet, Capture, Slice]
-
-# ---------------------------------------------------------------------------------------------
-# Positions: what follows `@`.
-
-
-@dataclass(frozen=True, slots=True)
-class PosLast:
-    """`@ last` (also written `@ -1`, which parses as PosIndex(-1))."""
-
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class PosEach:
-    """`@ each`: sweep over token positions (result column `pos`)."""
-
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class PosIndex:
-    value: int
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class PosRange:
-    """`@ a..b`, inclusive; a joint intervention on those positions."""
-
-    lo: int
-    hi: int
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class ColumnRef:
-    """`data.column`: a column of a `data` table (also used for per-example positions)."""
-
-    data: str
-    column: str
-    span: Span
-
-
-Pos = Union[PosLast, PosEach, PosIndex, PosRange, ColumnRef]
-
-# ---------------------------------------------------------------------------------------------
-# Sites
-
-
-@dataclass(frozen=True, slots=True)
-class SiteRef:
-    """One site pattern as written, e.g. `L$l.H*.z @ last` or `L3.mlp.post[0:512][v]`.
-
-    `kind` is the canonical site kind after alias resolution (`resid_pre`, `mlp.post`, `z`,
-    `attn.z`, `embed`, ...); whether the model has it is decided by check.py. `text` keeps the
-    path as the user wrote it, for messages and the printer.
-    """
-
-    text: str
-    kind: str
-    layer: Index | None
-    head: Index | None
-    features: FeatureSel | None
-    subspace: tuple[str, ...]
-    pos: Pos | None
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    """`all(SITE, SITE, ...)`: one joint intervention over every match of every member."""
-
-    members: tuple[SiteRef, ...]
-    pos: Pos | None
-    span: Span
-
-
-SiteItem = Union[SiteRef, Group]
-
-
-@dataclass(frozen=True, slots=True)
-class RunSite:
-    """`run.SITE @ POS`: a site read from a named run (used by vector `mean(...)`)."""
-
-    run: str
-    site: SiteRef
-    span: Span
-
-
-# ---------------------------------------------------------------------------------------------
-# Metric expressions
-
-
-@dataclass(frozen=True, slots=True)
-class TokString:
-    text: str
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class TokId:
-    token_id: int
-    span: Span
-
-
-Tok = Union[ColumnRef, TokString, TokId]
-
-
-@dataclass(frozen=True, slots=True)
-class MNum:
-    value: float
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class MRef:
-    """A reference to another `metric` by name."""
-
-    name: str
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class MCall:
-    """`logit(TOK)`, `logprob(TOK)`, `prob(TOK)` or `rank(TOK)`."""
-
-    fn: str
-    tok: Tok
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class MKL:
-    """`kl(RUN)`: KL(RUN's next-token distribution || this run's), same position."""
-
-    run: str
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class MLoss:
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class MGenerate:
-    """`generate(N) contains DATA.column`: 1 if greedy generation contains the answer."""
-
-    n: int
-    answer: ColumnRef
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class MBin:
-    op: str  # one of + - * /
-    left: "MExpr"
-    right: "MExpr"
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class MNeg:
-    operand: "MExpr"
-    span: Span
-
-
-MExpr = Union[MNum, MRef, MCall, MKL, MLoss, MGenerate, MBin, MNeg]
-
-
-@dataclass(frozen=True, slots=True)
-class Measure:
-    """One item of a `measure` clause: an expression, optionally `normalized`."""
-
-    expr: MExpr
-    normalized: bool
-    span: Span
-
-
-# ---------------------------------------------------------------------------------------------
-# Vector expressions and scalars
-
-
-@dataclass(frozen=True, slots=True)
-class Scalar:
-    value: float
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class ScalarSweep:
-    """`{1, 4, 8}`: a sweep over scalar values (result column `scale`)."""
-
-    values: tuple[float, ...]
-    span: Span
-
-
-ScalarLike = Union[Scalar, ScalarSweep]
-
-
-@dataclass(frozen=True, slots=True)
-class VRef:
-    name: str
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class VLoad:
-    """`load("FILE.safetensors", key="name")`."""
-
-    path: str
-    key: str
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class VMean:
-    """`mean(run.SITE @ POS)`: the site's mean over the run's examples."""
-
-    of: RunSite
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class VSae:
-    """`sae("FILE.safetensors", feature=N)`: a decoder row."""
-
-    path: str
-    feature: int
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class VNormalize:
-    arg: "VExpr"
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class VScale:
-    factor: ScalarLike
-    vec: "VExpr"
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class VBin:
-    op: str  # + or -
-    left: "VExpr"
-    right: "VExpr"
-    span: Span
-
-
-@dataclass(frozen=True, slots=True)
-class VNeg:
-    operand: "VExpr"
-    span: Span
-
-
-VExpr = Union[VRef, VLoad, VMean, VSae, VNormalize, VScale, VBin, VNeg]
 
 # ---------------------------------------------------------------------------------------------
 # Keyword arguments (noise(...), ig(steps=N), relp(ah=true))

@@ -1,0 +1,154 @@
+"""AST leaves: index patterns, positions and site references (see ast.py, which
+re-exports every name here; import them from there)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from .errors import Span
+
+# ---------------------------------------------------------------------------------------------
+# Index patterns: the `12`, `*`, `0..3`, `{1,5,7}`, `-1`, `$l` of `L12`, `H*`, `[0:512]`, ...
+
+
+@dataclass(frozen=True, slots=True)
+class Idx:
+    """One index; negative counts from the end (`L-1` is the last layer)."""
+
+    value: int
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Star:
+    """`*`: every index (a sweep, unless inside `all(...)`)."""
+
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class IdxRange:
+    """`a..b`, inclusive on both ends."""
+
+    lo: int
+    hi: int
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class IdxSet:
+    """`{1,5,7}`."""
+
+    values: tuple[int, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """`$name`: every index, bound to a result column called `name`."""
+
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """`[a:b]` on features: a half-open slice taken jointly (not a sweep)."""
+
+    lo: int
+    hi: int
+    span: Span
+
+
+Index = Union[Idx, Star, IdxRange, IdxSet, Capture]
+FeatureSel = Union[Idx, Star, IdxRange, IdxSet, Capture, Slice]
+
+# ---------------------------------------------------------------------------------------------
+# Positions: what follows `@`.
+
+
+@dataclass(frozen=True, slots=True)
+class PosLast:
+    """`@ last` (also written `@ -1`, which parses as PosIndex(-1))."""
+
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class PosEach:
+    """`@ each`: sweep over token positions (result column `pos`)."""
+
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class PosIndex:
+    value: int
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class PosRange:
+    """`@ a..b`, inclusive; a joint intervention on those positions."""
+
+    lo: int
+    hi: int
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnRef:
+    """`data.column`: a column of a `data` table (also used for per-example positions)."""
+
+    data: str
+    column: str
+    span: Span
+
+
+Pos = Union[PosLast, PosEach, PosIndex, PosRange, ColumnRef]
+
+# ---------------------------------------------------------------------------------------------
+# Sites
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRef:
+    """One site pattern as written, e.g. `L$l.H*.z @ last` or `L3.mlp.post[0:512][v]`.
+
+    `kind` is the canonical site kind after alias resolution (`resid_pre`, `mlp.post`, `z`,
+    `attn.z`, `embed`, ...); whether the model has it is decided by check.py. `text` keeps the
+    path as the user wrote it, for messages and the printer.
+    """
+
+    text: str
+    kind: str
+    layer: Index | None
+    head: Index | None
+    features: FeatureSel | None
+    subspace: tuple[str, ...]
+    pos: Pos | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """`all(SITE, SITE, ...)`: one joint intervention over every match of every member."""
+
+    members: tuple[SiteRef, ...]
+    pos: Pos | None
+    span: Span
+
+
+SiteItem = Union[SiteRef, Group]
+
+
+@dataclass(frozen=True, slots=True)
+class RunSite:
+    """`run.SITE @ POS`: a site read from a named run (used by vector `mean(...)`)."""
+
+    run: str
+    site: SiteRef
+    span: Span
+
+

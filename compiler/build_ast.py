@@ -1,0 +1,427 @@
+"""Lark tree -> AST: `AstBuilder` makes the frozen dataclasses of ast.py, with the Span of
+every node, from the tree that the grammar (grammar/patch.lark) gives. One method per
+grammar rule or alias, named after it. parse.py drives it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lark import Token, Transformer, v_args
+
+from . import ast as A
+from .errors import ParseError, Source, Span
+from .sites import parse_site_path
+
+
+def span_of(meta: Any) -> Span:
+    return Span(meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _tspan(tok: Token) -> Span:
+    return Span(tok.line, tok.column, tok.end_line or tok.line,
+                tok.end_column or tok.column + len(tok))
+
+
+def _string(tok: Token) -> str:
+    try:
+        return json.loads(tok)
+    except json.JSONDecodeError as e:
+        # The STRING terminal admits any backslash pair; JSON does not (`\q`, raw tabs).
+        raise ParseError("E101", f"invalid string literal: {e.msg}", _tspan(tok)) from None
+
+
+@v_args(meta=True)
+class AstBuilder(Transformer):
+    """Builds AST nodes bottom-up. Malformed pieces are collected in `errors` so that one
+    parse reports every bad site path, not only the first."""
+
+    def __init__(self, source: Source) -> None:
+        super().__init__()
+        self.source = source
+        self.errors: list[ParseError] = []
+
+    # -- small things --------------------------------------------------------------------
+    def start(self, meta, items):
+        return [i for i in items if not isinstance(i, Token)]
+
+    def name(self, meta, items):
+        tok = items[0]
+        if "." in tok or not (tok[0].isalpha() or tok[0] == "_"):
+            self.errors.append(ParseError("E105", f"expected a plain name, got {str(tok)!r}",
+                                          _tspan(tok)))
+        return A.Name(str(tok), _tspan(tok))
+
+    def number(self, meta, items):
+        text = "".join(str(t) for t in items)
+        return float(text) if any(c in text for c in ".eE") else int(text)
+
+    def unumber(self, meta, items):
+        return self.number(meta, items)
+
+    def signed_int(self, meta, items):
+        return int("".join(str(t) for t in items))
+
+    def string(self, meta, items):
+        return _string(items[0])
+
+    def true(self, meta, items):
+        return True
+
+    def false(self, meta, items):
+        return False
+
+    def null(self, meta, items):
+        return None
+
+    def bare(self, meta, items):
+        return str(items[0])
+
+    def tokfn(self, meta, items):
+        return str(items[0])
+
+    def column(self, meta, items):
+        tok = items[0]
+        parts = str(tok).split(".")
+        if len(parts) != 2:
+            self.errors.append(ParseError(
+                "E106", f"expected DATA.column, got {str(tok)!r}", _tspan(tok)))
+            parts = (parts + ["?"])[:2]
+        return A.ColumnRef(parts[0], parts[1], _tspan(tok))
+
+    # -- json ------------------------------------------------------------------------------
+    def json_array(self, meta, items):
+        return list(items)
+
+    def json_object(self, meta, items):
+        return dict(items)
+
+    def json_pair(self, meta, items):
+        return (_string(items[0]), items[1])
+
+    # -- declarations ----------------------------------------------------------------------
+    def model_stmt(self, meta, items):
+        rev = _string(items[1]) if len(items) > 1 else None
+        return A.ModelDecl(_string(items[0]), rev, span_of(meta))
+
+    def set_stmt(self, meta, items):
+        value = items[1]
+        return A.SetDecl(items[0], value, span_of(meta))
+
+    def data_stmt(self, meta, items):
+        name, src = items
+        if isinstance(src, Token):
+            return A.DataDecl(name, _string(src), None, span_of(meta))
+        bad = [r for r in src if not isinstance(r, dict)]
+        if bad:
+            self.errors.append(ParseError("E107", "inline data rows must be JSON objects {...}",
+                                          span_of(meta)))
+        return A.DataDecl(name, None, tuple(r for r in src if isinstance(r, dict)), span_of(meta))
+
+    def text_string(self, meta, items):
+        return A.TextLiteral((_string(items[0]),), False, span_of(meta))
+
+    def text_list(self, meta, items):
+        return A.TextLiteral(tuple(_string(t) for t in items), True, span_of(meta))
+
+    def run_stmt(self, meta, items):
+        return A.RunDecl(items[0], items[1], tuple(items[2:]), span_of(meta))
+
+    def metric_stmt(self, meta, items):
+        pos = items[2] if len(items) > 2 else None
+        return A.MetricDecl(items[0], items[1], pos, span_of(meta))
+
+    def vector_stmt(self, meta, items):
+        return A.VectorDecl(items[0], items[1], span_of(meta))
+
+    # -- interventions ---------------------------------------------------------------------
+    def i_noise(self, meta, items):
+        return A.INoise(items[0], tuple(items[1:]), span_of(meta))
+
+    def i_ablate(self, meta, items):
+        how = items[1] if len(items) > 1 else A.Ablation("zero", None, span_of(meta))
+        return A.IAblate((items[0],), how, span_of(meta))
+
+    def i_steer(self, meta, items):
+        return A.ISteer((items[0],), items[1], span_of(meta))
+
+    def i_scale(self, meta, items):
+        return A.IScale((items[0],), items[1], span_of(meta))
+
+    def i_swap(self, meta, items):
+        return A.ISwap((items[0],), items[1].value, span_of(meta))
+
+    def i_freeze_ln(self, meta, items):
+        return A.IFreezeLn(items[0].value, span_of(meta))
+
+    def abl_zero(self, meta, items):
+        return A.Ablation("zero", None, span_of(meta))
+
+    def abl_mean(self, meta, items):
+        return A.Ablation("mean", items[0].value, span_of(meta))
+
+    def abl_resample(self, meta, items):
+        return A.Ablation("resample", items[0].value, span_of(meta))
+
+    # -- operations ------------------------------------------------------------------------
+    def swap_op(self, meta, items):
+        sites, src, dst, clauses = items
+        return A.Swap(sites, src, dst, clauses, span_of(meta))
+
+    def ablate_op(self, meta, items):
+        sites, target = items[0], items[1]
+        how = items[2] if len(items) == 4 else A.Ablation("zero", None, target.span)
+        return A.Ablate(sites, target, how, items[-1], span_of(meta))
+
+    def backpatch_op(self, meta, items):
+        src, dst, target = items[0], items[1], items[2]
+        source = items[3] if len(items) == 5 else None
+        if src.pos is None and dst.pos is not None:
+            # A trailing `@ POS` applies to both sides (LANGUAGE.md §6).
+            src = _with_pos(src, dst.pos)
+        return A.Backpatch(src, dst, target, source, items[-1], span_of(meta))
+
+    def steer_op(self, meta, items):
+        sites, target, by, clauses = items
+        return A.Steer(sites, target, by, clauses, span_of(meta))
+
+    def scale_op(self, meta, items):
+        sites, target, by, clauses = items
+        return A.Scale(sites, target, by, clauses, span_of(meta))
+
+    def attribute_op(self, meta, items):
+        sites, src, dst, method, clauses = items
+        return A.Attribute(sites, src, dst, method, clauses, span_of(meta))
+
+    def compare_op(self, meta, items):
+        methods = tuple(i for i in items if isinstance(i, A.Method))
+        sites, src, dst, clauses = items[len(methods):]
+        return A.Compare(methods, sites, src, dst, clauses, span_of(meta))
+
+    def trace_op(self, meta, items):
+        sites, src, dst, clauses = items
+        return A.Trace(sites, src, dst, clauses, span_of(meta))
+
+    def dla_op(self, meta, items):
+        sites, target, clauses = items
+        return A.Dla(sites, target, clauses, span_of(meta))
+
+    def method(self, meta, items):
+        tok = items[0]
+        return A.Method(str(tok), tuple(items[1:]), span_of(meta))
+
+    # -- clauses ---------------------------------------------------------------------------
+    def clauses(self, meta, items):
+        measures: list[A.Measure] = []
+        name = None
+        where: list[A.Cond] = []
+        for kind, value in items:
+            if kind == "measure":
+                measures.extend(value)
+            elif kind == "as":
+                if name is not None:
+                    self.errors.append(ParseError("E108", "a statement has one `as NAME`",
+                                                  value.span))
+                name = value
+            else:
+                where.extend(value)
+        return A.Clauses(tuple(measures), name, tuple(where))
+
+    def measure_clause(self, meta, items):
+        return ("measure", items)
+
+    def measure_item(self, meta, items):
+        return A.Measure(items[0], len(items) > 1, span_of(meta))
+
+    def as_clause(self, meta, items):
+        return ("as", items[0])
+
+    def where_clause(self, meta, items):
+        return ("where", items)
+
+    def cond(self, meta, items):
+        left, op, right = items
+        r = right[1:] if isinstance(right, Token) else right
+        return A.Cond(str(left)[1:], str(op), r, span_of(meta))
+
+    # -- sites -----------------------------------------------------------------------------
+    def sites(self, meta, items):
+        return tuple(items)
+
+    def group(self, meta, items):
+        pos = items[-1] if not isinstance(items[-1], A.SiteRef) else None
+        members = tuple(i for i in items if isinstance(i, A.SiteRef))
+        return A.Group(members, pos, span_of(meta))
+
+    def site(self, meta, items):
+        tok = items[0]
+        features = subspace = pos = None
+        for it in items[1:]:
+            if isinstance(it, tuple) and it[0] == "features":
+                features = it[1]
+            elif isinstance(it, tuple) and it[0] == "subspace":
+                subspace = it[1]
+            else:
+                pos = it
+        span = _tspan(tok)
+        try:
+            parsed = parse_site_path(str(tok), span)
+        except ParseError as e:
+            self.errors.append(e)
+            return A.SiteRef(str(tok), "?", None, None, features, subspace or (), pos,
+                             span_of(meta))
+        return A.SiteRef(str(tok), parsed.kind, parsed.layer, parsed.head, features,
+                         subspace or (), pos, span_of(meta))
+
+    def feature_sel(self, meta, items):
+        return ("features", items[0])
+
+    def subspace(self, meta, items):
+        return ("subspace", tuple(n.value for n in items))
+
+    def slice(self, meta, items):
+        return A.Slice(items[0], items[1], span_of(meta))
+
+    def idx(self, meta, items):
+        return A.Idx(items[0], span_of(meta))
+
+    def star(self, meta, items):
+        return A.Star(span_of(meta))
+
+    def idx_range(self, meta, items):
+        return A.IdxRange(items[0], items[1], span_of(meta))
+
+    def idx_set(self, meta, items):
+        return A.IdxSet(tuple(items), span_of(meta))
+
+    def capture(self, meta, items):
+        return A.Capture(str(items[0])[1:], span_of(meta))
+
+    def at_pos(self, meta, items):
+        return items[0]
+
+    def pos_last(self, meta, items):
+        return A.PosLast(span_of(meta))
+
+    def pos_each(self, meta, items):
+        return A.PosEach(span_of(meta))
+
+    def pos_index(self, meta, items):
+        return A.PosIndex(items[0], span_of(meta))
+
+    def pos_range(self, meta, items):
+        return A.PosRange(items[0], items[1], span_of(meta))
+
+    def pos_column(self, meta, items):
+        return items[0]
+
+    # -- metric expressions ----------------------------------------------------------------
+    def m_num(self, meta, items):
+        return A.MNum(float(items[0]), span_of(meta))
+
+    def m_neg(self, meta, items):
+        return A.MNeg(items[0], span_of(meta))
+
+    def _m_bin(self, op: str, meta, items):
+        return A.MBin(op, items[0], items[1], span_of(meta))
+
+    def m_add(self, meta, items):
+        return self._m_bin("+", meta, items)
+
+    def m_sub(self, meta, items):
+        return self._m_bin("-", meta, items)
+
+    def m_mul(self, meta, items):
+        return self._m_bin("*", meta, items)
+
+    def m_div(self, meta, items):
+        return self._m_bin("/", meta, items)
+
+    def m_call(self, meta, items):
+        return A.MCall(items[0], items[1], span_of(meta))
+
+    def m_kl(self, meta, items):
+        return A.MKL(items[0].value, span_of(meta))
+
+    def m_loss(self, meta, items):
+        return A.MLoss(span_of(meta))
+
+    def m_generate(self, meta, items):
+        return A.MGenerate(int(items[0]), items[1], span_of(meta))
+
+    def m_ref(self, meta, items):
+        return A.MRef(items[0].value, span_of(meta))
+
+    def tok_string(self, meta, items):
+        return A.TokString(_string(items[0]), span_of(meta))
+
+    def tok_id(self, meta, items):
+        return A.TokId(int(items[0]), span_of(meta))
+
+    # -- vector expressions ----------------------------------------------------------------
+    def v_ref(self, meta, items):
+        return A.VRef(items[0].value, span_of(meta))
+
+    def v_neg(self, meta, items):
+        return A.VNeg(items[0], span_of(meta))
+
+    def v_add(self, meta, items):
+        return A.VBin("+", items[0], items[1], span_of(meta))
+
+    def v_sub(self, meta, items):
+        return A.VBin("-", items[0], items[1], span_of(meta))
+
+    def v_scale(self, meta, items):
+        return A.VScale(items[0], items[1], span_of(meta))
+
+    def v_load(self, meta, items):
+        return A.VLoad(_string(items[0]), _string(items[1]), span_of(meta))
+
+    def v_mean(self, meta, items):
+        site: A.SiteRef = items[0]
+        run, _, rest = site.text.partition(".")
+        if not rest:
+            self.errors.append(ParseError(
+                "E109", f"mean(...) needs RUN.SITE @ POS, got {site.text!r}", site.span))
+            return A.VMean(A.RunSite("?", site, site.span), span_of(meta))
+        s = site.span
+        inner_span = Span(s.line, s.col + len(run) + 1, s.end_line, s.end_col)
+        try:
+            parsed = parse_site_path(rest, inner_span)
+        except ParseError as e:
+            self.errors.append(e)
+            parsed = None
+        inner = A.SiteRef(rest, parsed.kind if parsed else "?", parsed.layer if parsed else None,
+                          parsed.head if parsed else None, site.features, site.subspace,
+                          site.pos, inner_span.to(site.span))
+        return A.VMean(A.RunSite(run, inner, site.span), span_of(meta))
+
+    def v_sae(self, meta, items):
+        return A.VSae(_string(items[0]), int(items[1]), span_of(meta))
+
+    def v_normalize(self, meta, items):
+        return A.VNormalize(items[0], span_of(meta))
+
+    def scalar_one(self, meta, items):
+        return A.Scalar(float(items[0]), span_of(meta))
+
+    def scalar_sweep(self, meta, items):
+        return A.ScalarSweep(tuple(float(v) for v in items), span_of(meta))
+
+    # -- keyword arguments -----------------------------------------------------------------
+    def kwarg(self, meta, items):
+        return A.KwArg(items[0].value, items[1], span_of(meta))
+
+    def std_of(self, meta, items):
+        return A.StdOf(float(items[0]), items[1], span_of(meta))
+
+    def __default__(self, data, children, meta):
+        # Every rule has a method above; reaching here means the grammar grew without one.
+        raise ParseError("E199", f"internal: no AST builder for grammar rule {data!r}",
+                         span_of(meta) if meta and not meta.empty else None)
+
+
+def _with_pos(site: A.SiteRef, pos: A.Pos) -> A.SiteRef:
+    return A.SiteRef(site.text, site.kind, site.layer, site.head, site.features, site.subspace,
+                     pos, site.span)
