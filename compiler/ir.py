@@ -22,6 +22,23 @@ Additions made for lower.py (existing fields unchanged):
     group has several), then the Backward; for `dla`: site reads, the scale read, the Metric.
   - `Pair` and `Table.pairs`: which estimate pairs with which exact swap metric (`compare`).
   - verify() also checks the ids in `Row.normalize` and `Table.pairs`.
+
+Additions made for the optimizer (compiler/passes/; all optional, defaults keep the meaning
+of the unoptimized graph, so the naive interpreter can still run an optimized graph):
+  - `Forward.twin`: a Forward of the same run whose writes are a prefix of this one's, all at
+    layers before `start_layer` (edge twin -> Forward). It is computed in full first.
+  - `Forward.start_layer` / `Forward.start`: the forward skips layers < start_layer and
+    starts from `start`, a Read of the twin's `resid_pre` at start_layer (edge Read ->
+    Forward). The skipped blocks are stubbed at run time; the model's own forward runs.
+  - `Forward.narrow`: in a causal model, positions before the earliest position the forward
+    writes, reads or measures are the twin's: the runtime reuses the twin's keys/values for
+    them and computes only the later positions.
+  - `Forward.group`: forwards with the same group id are stacked along the batch dimension
+    (the schedule splits a group into chunks under the memory budget).
+  - `Forward.logit_positions` / `Forward.logit_tokens`: unembed only at these positions (None:
+    every position; (): none at all), and when logit_tokens, only the token ids the metrics
+    name (all metrics on the forward are `logit(...)` arithmetic).
+  - verify() checks that `start` is a Read of `twin` and that a twin is a plain forward.
 """
 
 from __future__ import annotations
@@ -99,6 +116,14 @@ class Forward:
     writes: tuple[str, ...] = ()
     experiment: int | None = None
     samples: int = 1  # noise(..., samples=N) repeats each example N times
+    # Set by the optimizer passes (see the module docstring):
+    twin: str | None = None  # share_prefix: the unpatched forward this one reuses
+    start_layer: int = 0  # share_prefix: layers below this one are not recomputed
+    start: str | None = None  # share_prefix: Read of the twin's resid_pre(start_layer)
+    narrow: bool = False  # narrow_positions: compute only positions after the first written
+    group: int | None = None  # batch: forwards stacked along the batch dimension
+    logit_positions: tuple[Positions, ...] | None = None  # trim_logits: None = all positions
+    logit_tokens: bool = False  # trim_logits: only the token ids the metrics name
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +208,9 @@ class Estimate:
 
     atp/relp/ig inputs: one (Read of A, Read of B) pair per site of the experiment (one for
     a plain site; an `all(...)` group gives several, estimated jointly), then the Backward.
-    `site`/`pos` are the first pair's. The value is an estimate of m_patched - m_B (a delta),
-    so a `normalized` column is e / (m_A - m_B). `ig` interpolates a_B -> a_A in `steps`
+    `site`/`pos` are the first pair's. The value is an estimate of what the swap would
+    measure, m_B + sum (a_A - a_B) * g, so it normalizes like the swap's own metric:
+    (e - m_B) / (m_A - m_B). `ig` interpolates a_B -> a_A in `steps`
     steps at run time (the Backward names the metric and rules to differentiate).
     dla inputs: the site Read(s) of B, the Read of `ln_final.scale` on B (all positions),
     and the Metric whose direction the contribution is projected on."""
@@ -302,7 +328,8 @@ def verify(ir: IRGraph) -> None:
         preds = set(g.predecessors(nid))
         refs: tuple[str, ...] = ()
         if isinstance(node, Forward):
-            refs = node.writes
+            refs = node.writes + tuple(r for r in (node.twin, node.start) if r)
+            _verify_forward(ir, nid, node)
         elif isinstance(node, Read):
             refs = (node.forward,)
         elif isinstance(node, (Write, Vector, Estimate)):
@@ -325,3 +352,29 @@ def verify(ir: IRGraph) -> None:
             if ref not in g:
                 raise PlanError("E505", f"table {table.name} refers to missing node {ref}")
 
+
+
+def _verify_forward(ir: IRGraph, nid: str, node: Forward) -> None:
+    """The optimizer's fields of a Forward are consistent (see the module docstring)."""
+    g = ir.g
+    if node.start is not None:
+        read = g.nodes[node.start]["node"] if node.start in g else None
+        if not isinstance(read, Read) or node.twin is None or read.forward != node.twin:
+            raise PlanError("E506", f"IR node {nid} starts from {node.start}, which is not a "
+                            "Read of its twin")
+        if node.start_layer < 1:
+            raise PlanError("E506", f"IR node {nid} has a start state but start layer "
+                            f"{node.start_layer}")
+    elif node.start_layer:
+        raise PlanError("E506", f"IR node {nid} starts at layer {node.start_layer} without a "
+                        "start state")
+    if node.twin is not None:
+        twin = g.nodes[node.twin]["node"] if node.twin in g else None
+        if not isinstance(twin, Forward) or twin.run != node.run or \
+                twin.writes != node.writes[:len(twin.writes)]:
+            raise PlanError("E507", f"IR node {nid}: twin {node.twin} is not a forward of "
+                            "the same run with a prefix of its writes")
+        if twin.twin is not None or twin.narrow:
+            raise PlanError("E507", f"IR node {nid}: twin {node.twin} is not computed in full")
+    if node.narrow and node.twin is None:
+        raise PlanError("E508", f"IR node {nid} is narrowed without a twin")

@@ -2,7 +2,7 @@
 
     patchc check SPEC                              warnings, then one `ok` line
     patchc run SPEC [--out DIR] [--naive] [--set KEY=VALUE ...]
-    patchc compile SPEC --emit ast|ir|json [--optimized]
+    patchc compile SPEC --emit ast|ir|json|plan|dot [--optimized]
     patchc fmt SPEC [--check | --stdout]           canonical layout, comments kept
     patchc --version
 
@@ -75,6 +75,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
     graph = program.optimized if args.optimized else program.ir
     if args.emit == "ir":
         print(dump.dump_ir(graph), end="")
+    elif args.emit == "plan":  # the optimized graph's schedule beside the naive plan's
+        from patchc.compiler.dump_plan import emit_plan
+
+        print(emit_plan(program.checked, program.ir, program.optimized), end="")
+    elif args.emit == "dot":
+        from patchc.compiler.dump_plan import ir_dot
+
+        print(ir_dot(graph), end="")
     else:
         from patchc.compiler.ir_json import ir_to_json
 
@@ -218,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="print the AST, the IR or its JSON form")
     p.add_argument("spec")
-    p.add_argument("--emit", choices=["ast", "ir", "json"], default="ir")
+    p.add_argument("--emit", choices=["ast", "ir", "json", "plan", "dot"], default="ir")
     p.add_argument("--optimized", action="store_true", help="emit the IR after the passes")
     p.set_defaults(func=cmd_compile)
 

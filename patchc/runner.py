@@ -1,13 +1,16 @@
 """How a run is executed: load the model (or take the caller's), check the spec against the
 loaded model's own shape, lower it, interpret the graph, and assemble Results + manifest.
 
-Until the optimizer lands, both `naive=True` and the default use the reference interpreter
-(runtime/naive.py); the manifest records which one produced the tables.
+By default the graph is optimized (compiler/pipeline.py), scheduled for the real token counts
+and memory budget (compiler/schedule.py) and run by the plan interpreter (runtime/execute.py);
+`naive=True` runs the unoptimized graph through the reference interpreter (runtime/naive.py).
+The manifest records which one produced the tables, and the plan's pass counts.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any, Callable
 
 from patchc.compiler import ast as A
@@ -47,7 +50,7 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
     import torch
 
     from patchc.runtime.adapters import adapter_for
-    from patchc.runtime.loading import load, resolve_device, weights_hash
+    from patchc.runtime.loading import load, resolve_device
     from patchc.runtime.naive import Interpreter
 
     start = time.perf_counter()
@@ -74,8 +77,16 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
         adapter = adapter_for(model)
         torch.manual_seed(options.seed)
         ir = lower(checked)
-        interp = Interpreter(checked, model, tokenizer, adapter, progress)
-        values, seconds = _timed_run(interp, ir)
+        plan = None
+        if naive:
+            interp = Interpreter(checked, model, tokenizer, adapter, progress)
+        else:
+            from patchc.compiler.pipeline import optimize
+            from patchc.runtime.execute import Executor
+
+            interp = Executor(checked, model, tokenizer, adapter, progress)
+            ir, plan = interp.prepare(optimize(ir))
+        values, seconds = _timed_run(interp, ir, plan)
     except PatchcError as e:
         raise e.with_source(spec.source) from None
     tables = {t.name: {"rows": len(t.rows), "columns": list(t.columns), "keys": _keys(t),
@@ -83,19 +94,20 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
     manifest = Manifest(
         spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
         spec_file=spec.source.filename, model_id=decl.model_id, revision=decl.revision,
-        weights_sha256=weights_hash(model), versions=versions(), device=str(device),
+        weights_sha256=_weights_hash(model), versions=versions(), device=str(device),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
-        options=options.model_dump(), tables=tables, plan=_pass_counts(ir),
-        interpreter="naive", total_seconds=round(time.perf_counter() - start, 4))
+        options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan),
+        interpreter="naive" if naive else "optimized",
+        total_seconds=round(time.perf_counter() - start, 4))
     return Results(ir, values, manifest.model_dump())
 
 
-def _timed_run(interp, ir: IRGraph) -> tuple[dict[str, Any], dict[str, float]]:
+def _timed_run(interp, ir: IRGraph, plan=None) -> tuple[dict[str, Any], dict[str, float]]:
     """Run the graph; a table's time is that of every node it depends on (shared nodes,
     like a clean run read by many swaps, count toward each table that needs them)."""
     import networkx as nx
 
-    values = interp.run(ir)
+    values = interp.run(ir) if plan is None else interp.run(ir, plan)
     seconds = {}
     for table in ir.tables:
         refs = {nid for row in table.rows for _, nid in row.values}
@@ -115,6 +127,28 @@ def _keys(table) -> list[str]:
     return keys
 
 
-def _pass_counts(ir: IRGraph) -> dict[str, int]:
-    return {"forwards": ir.count(Forward), "backwards": ir.count(Backward),
-            "nodes": ir.g.number_of_nodes()}
+_HASHES: "weakref.WeakKeyDictionary[Any, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def _weights_hash(model: Any) -> str:
+    """runtime.loading.weights_hash, remembered per model object while no tensor of it has
+    changed (same storage, same version counter): hashing every weight costs more than a
+    fast sweep of a small model, and a notebook runs many specs on one loaded model."""
+    from patchc.runtime.loading import weights_hash
+
+    stamp = tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape))
+                  for name, t in model.state_dict(keep_vars=True).items())
+    cached = _HASHES.get(model)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    digest = weights_hash(model)
+    _HASHES[model] = (stamp, digest)
+    return digest
+
+
+def _pass_counts(ir: IRGraph, plan=None) -> dict[str, int]:
+    counts = {"forwards": ir.count(Forward), "backwards": ir.count(Backward),
+              "nodes": ir.g.number_of_nodes()}
+    if plan is not None:  # model passes actually run (a batched chunk is one)
+        counts["passes"] = plan.optimized.forwards
+    return counts

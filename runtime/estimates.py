@@ -1,21 +1,27 @@
 """Gradient estimates of a swap: Backward nodes (gradients of a metric at sites of run B)
-and Estimate nodes (attribution patching, integrated gradients).
+and Estimate nodes (attribution patching, RelP, integrated gradients; dla in dla.py).
 
 An Estimate's value per example is m_B + sum over its sites, positions and features of
 (a_A - a_B) * g: an estimate of what `swap` would measure, so it normalizes like the swap.
+g is the total derivative at each site (a zero is added there, so paths through the other
+sites stay open): plain autograd for atp and ig, RelP's LRP rules (lrp.py) for relp. One
+Backward is one forward+backward, whatever the number of sites it serves.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from patchc.compiler.errors import RuntimeInterventionError
 from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Site
 
-from .inputs import position_index
-from .writes import ReadValue, _features, gather
+from . import dla, lrp
+from .inputs import position_index, position_valid
+from .writes import ReadValue, _features, gather, scatter
+
+IG_ROWS = 64  # rows (examples x steps) per batched ig pass unless `set batch_size` says
 
 if TYPE_CHECKING:
     from .naive import Interpreter
@@ -35,19 +41,19 @@ def _metric_values(interp: "Interpreter", ir: IRGraph, metric: Metric, logits: t
 
 
 def gradients(interp: "Interpreter", ir: IRGraph, metric_id: str, reads: list[str],
-              rules: str = "grad", replace: dict[Site, torch.Tensor] | None = None
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              rules: str = "grad", replace: dict[Site, Callable] | None = None,
+              repeat: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-example metric values [n] and d(metric)/d(site) at each Read's positions
     ([n, k, d] per read id), from one forward+backward of the metric's Forward.
 
-    `replace` puts a full activation [n, T, d] at a site first (ig's interpolation points).
+    `rules`: `grad` (autograd), `lrp`/`lrp_ah` (RelP's rules, runtime/lrp.py: the same
+    forward values, LRP's local backward). `replace[site](act)` edits a site's activation
+    first (ig's interpolation points); `repeat` runs each row that many times in a row (ig's
+    steps batched: the activations then have n * repeat rows, and so do the results).
     """
-    if rules != "grad":
-        raise RuntimeInterventionError(
-            "E460", f"backward rules {rules!r} (RelP) are not available in this runtime yet")
     metric: Metric = ir.node(metric_id)  # type: ignore[assignment]
     fwd: Forward = ir.node(metric.forward)  # type: ignore[assignment]
-    batch = interp.run_inputs(fwd.run).batch.repeat(fwd.samples)
+    batch = interp.run_inputs(fwd.run).batch.repeat(fwd.samples * repeat)
     columns = interp.columns_for(fwd.run)
     hooks = interp.hooks_for(ir, metric.forward, fwd, batch, reads=False)
     leaves: dict[Site, torch.Tensor] = {}
@@ -59,25 +65,39 @@ def gradients(interp: "Interpreter", ir: IRGraph, metric_id: str, reads: list[st
     def make_leaf(site: Site):
         def fn(act: torch.Tensor) -> torch.Tensor:
             if replace and site in replace:
-                act = replace[site].to(act.device, act.dtype)
-            leaf = act.detach().requires_grad_(True)
+                act = replace[site](act)
+            # A zero added at the site, not a detached copy of it: the zero's gradient is
+            # the total derivative, with the paths through the other sites' leaves (a
+            # later layer's input, a later MLP) still open.
+            leaf = torch.zeros_like(act, requires_grad=True)
             leaves[site] = leaf
-            return leaf
+            return act + leaf
         return fn
 
     grad_hooks = [(s.kind, s.layer, s.head, make_leaf(s)) for s in sites]
-    with torch.enable_grad(), interp.adapter.hooks(hooks + grad_hooks):
+    # The rules go in first: writes and leaves then see the model's own (unchanged) values.
+    with torch.enable_grad(), lrp.rules_for(interp.adapter, rules), \
+            interp.adapter.hooks(hooks + grad_hooks):
         logits = interp.model(**batch.to(interp.device).model_kwargs()).logits
         values = _metric_values(interp, ir, metric, logits, batch)
-        values.sum().backward()
+        # Only the leaves' gradients: no weight gradients computed, no `.grad` left behind
+        # on the model's parameters.
+        made = list(leaves.values())
+        found = torch.autograd.grad(values.sum(), made, allow_unused=True) \
+            if made and values.requires_grad else [None] * len(made)
+        grads = {id(leaf): g for leaf, g in zip(made, found)}
     out: dict[str, torch.Tensor] = {}
     for site, rids in sites.items():
         leaf = leaves.get(site)
-        if leaf is None or leaf.grad is None:
+        if leaf is None:
             raise RuntimeInterventionError("E461", f"no gradient reached {site}")
+        # No gradient at all: the metric does not depend on the site (a query under the
+        # AH-rule, whose pattern is detached).
+        grad = grads.get(id(leaf))
+        grad = grad if grad is not None else torch.zeros_like(leaf)
         for rid in rids:
             read = ir.node(rid)
-            g = leaf.grad[..., _features(read.site, leaf.grad)]
+            g = grad[..., _features(read.site, grad)]
             out[rid] = gather(g, position_index(batch, read.pos, columns)).detach()
     return values.detach(), out
 
@@ -90,49 +110,97 @@ def run_backward(interp: "Interpreter", ir: IRGraph, nid: str, node: Backward
 def run_estimate(interp: "Interpreter", ir: IRGraph, node: Estimate) -> torch.Tensor:
     """Per-example estimate of the swapped metric [n]."""
     if node.method == "dla":
-        raise RuntimeInterventionError(
-            "E462", "dla is not available in this runtime yet")
+        return dla.run_dla(interp, ir, node)
     *pairs_flat, bid = node.inputs
     pairs = list(zip(pairs_flat[0::2], pairs_flat[1::2]))
     backward: Backward = ir.node(bid)  # type: ignore[assignment]
     if node.method in ("atp", "relp"):
         m_b, grads = interp.values[bid]
     elif node.method == "ig":
-        m_b, grads = _integrated_gradients(interp, ir, backward, pairs, node.steps)
+        m_b, grads = _integrated_gradients(interp, ir, bid, pairs, node.steps)
     else:
         raise RuntimeInterventionError("E463", f"unknown estimator {node.method!r}")
     delta = torch.zeros_like(m_b)
+    valid = torch.ones(m_b.shape[0], dtype=torch.bool)
     for ra, rb in pairs:
         a: ReadValue = interp.values[ra]
         b: ReadValue = interp.values[rb]
-        diff = (a.value.float() - b.value.float()).to(grads[rb].device)
+        av, bv = a.value.float(), b.value.float()
+        if av.shape[0] != bv.shape[0]:  # A without noise samples, B with: align rows
+            av = av.repeat_interleave(bv.shape[0] // av.shape[0], 0)
+        diff = (av - bv).to(grads[rb].device)
         if diff.shape[0] != grads[rb].shape[0]:
             diff = diff.repeat_interleave(grads[rb].shape[0] // diff.shape[0], 0)
         delta = delta + (diff * grads[rb].float()).flatten(1).sum(1).cpu()
-    return (m_b.cpu() + delta)
+        read: Read = ir.node(rb)  # type: ignore[assignment]
+        batch = b.batch if b.batch.n == m_b.shape[0] else b.batch.repeat(
+            m_b.shape[0] // b.batch.n)
+        valid &= position_valid(batch, read.pos)  # `@ each` past a short prompt: NaN
+    est = torch.where(valid, m_b.cpu() + delta, torch.nan)
+    samples = ir.node(ir.node(backward.metric).forward).samples  # type: ignore[union-attr]
+    return est.view(-1, samples).mean(1) if samples > 1 else est
 
 
-def _integrated_gradients(interp: "Interpreter", ir: IRGraph, backward: Backward,
+def _ig_chunk(interp: "Interpreter", ir: IRGraph, backward: Backward, steps: int) -> int:
+    """How many of ig's steps share one batched forward+backward. A run with noise draws
+    noise by the batch's shape, so its steps run one at a time (the same draws as B's)."""
+    fwd: Forward = ir.node(ir.node(backward.metric).forward)  # type: ignore[union-attr]
+    if any(ir.node(w).mode == "noise" for w in fwd.writes):  # type: ignore[union-attr]
+        return 1
+    n = interp.run_inputs(fwd.run).batch.n * fwd.samples
+    rows = interp.checked.options.batch_size or IG_ROWS
+    return max(1, min(steps, rows // max(n, 1)))
+
+
+def _integrated_gradients(interp: "Interpreter", ir: IRGraph, bid: str,
                           pairs: list[tuple[str, str]], steps: int
                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Gradients averaged over `steps` midpoints on the straight line a_B -> a_A at the
-    estimated sites (all positions the reads cover), and m_B."""
-    m_b, _ = gradients(interp, ir, backward.metric, [rb for _, rb in pairs])
+    estimated sites (at the positions and features the reads cover; the rest of each site
+    keeps B's value), and m_B. The steps run batched: each forward+backward stacks up to
+    _ig_chunk of them along the batch."""
+    backward: Backward = ir.node(bid)  # type: ignore[assignment]
+    m_b, _ = interp.values[bid]
+    fwd: Forward = ir.node(ir.node(backward.metric).forward)  # type: ignore[union-attr]
+    columns = interp.columns_for(fwd.run)
+    rb_ids = [rb for _, rb in pairs]
+    ends: dict[Site, list[tuple[Read, torch.Tensor, torch.Tensor]]] = {}
+    for ra, rb in pairs:
+        read: Read = ir.node(rb)  # type: ignore[assignment]
+        a, b = interp.values[ra].value, interp.values[rb].value
+        if a.shape[0] != b.shape[0]:  # noise samples of one run: align rows
+            a = a.repeat_interleave(b.shape[0] // a.shape[0], 0)
+        site = Site(read.site.kind, read.site.layer, read.site.head)
+        ends.setdefault(site, []).append((read, b, a - b))
+    chunk = _ig_chunk(interp, ir, backward, steps)
     total: dict[str, torch.Tensor] = {}
-    for k in range(steps):
-        alpha = (k + 0.5) / steps
-        replace = {}
-        for ra, rb in pairs:
-            read: Read = ir.node(rb)  # type: ignore[assignment]
-            if read.pos.kind != "all" or read.site.features is not None:
-                raise RuntimeInterventionError(
-                    "E464", "ig interpolates whole sites; use it without @ or [features]")
-            a: ReadValue = interp.values[ra]
-            b: ReadValue = interp.values[rb]
-            site = Site(read.site.kind, read.site.layer, read.site.head)
-            replace[site] = b.value + alpha * (a.value - b.value)
-        _, grads = gradients(interp, ir, backward.metric, [rb for _, rb in pairs],
-                             replace=replace)
+    for first in range(0, steps, chunk):
+        alphas = [(j + 0.5) / steps for j in range(first, min(steps, first + chunk))]
+        k = len(alphas)
+        batch = interp.run_inputs(fwd.run).batch.repeat(fwd.samples * k)
+        replace = {site: _shift(batch, columns, diffs, alphas) for site, diffs in ends.items()}
+        _, grads = gradients(interp, ir, backward.metric, rb_ids, replace=replace, repeat=k)
         for rid, g in grads.items():
-            total[rid] = total.get(rid, 0) + g / steps
+            g = g.view(-1, k, *g.shape[1:]).sum(1) / steps
+            total[rid] = total.get(rid, 0) + g
     return m_b, total
+
+
+def _shift(batch, columns, ends: list[tuple[Read, torch.Tensor, torch.Tensor]],
+           alphas: list[float]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The edit that puts a_B + alpha (a_A - a_B) at each read's positions and features of a
+    site, in a forward of B whose rows repeat once per alpha. Those entries are constants,
+    like a swap's (a site upstream in the same group does not move them); the others stay."""
+    def fn(act: torch.Tensor) -> torch.Tensor:
+        k = len(alphas)
+        al = torch.tensor(alphas, device=act.device, dtype=act.dtype).view(1, k, 1, 1)
+        new, mask = act.detach().clone(), torch.zeros_like(act)
+        for read, b, diff in ends:
+            feats = _features(read.site, act)
+            b, diff = b.to(act.device, act.dtype), diff.to(act.device, act.dtype)
+            point = (b[:, None] + al * diff[:, None]).flatten(0, 1)  # row i, step j
+            idx = position_index(batch, read.pos, columns)
+            new[..., feats] = scatter(new[..., feats], idx, point)
+            mask[..., feats] = scatter(mask[..., feats], idx, torch.ones_like(point))
+        return torch.where(mask > 0, new, act)
+    return fn

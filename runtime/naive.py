@@ -121,6 +121,10 @@ class Interpreter:
 
         g = ir.g
         remaining = {nid: g.out_degree(nid) for nid in g.nodes}
+        reruns = _reruns(ir)
+        for writes in reruns.values():  # a rerun applies its Forward's Writes once more
+            for w in writes:
+                remaining[w] += 1
         results: dict[str, Any] = {}
         order = list(nx.lexicographical_topological_sort(g, key=_node_order))
         n_forwards = sum(1 for nid in order if isinstance(ir.node(nid), Forward))
@@ -146,6 +150,10 @@ class Interpreter:
             self.node_seconds[nid] = time.perf_counter() - started
             if not isinstance(node, Write):  # a Write is used when its Forwards run
                 self._release(g, nid, remaining, results)
+            for w in reruns.get(nid, ()):
+                remaining[w] -= 1
+                if remaining[w] == 0:
+                    self._release(g, w, remaining, results)
         return results
 
     def _release(self, g, nid: str, remaining: dict[str, int], keep: dict) -> None:
@@ -229,8 +237,16 @@ class Interpreter:
             ref = ref_out.logits.get(node.pos)
             if ref is None:
                 raise RuntimeInterventionError("E434", "kl reference has no logits there")
-            if ref.shape[0] != out.batch.n:
+            if ref.shape[0] < out.batch.n:
                 ref = ref.repeat_interleave(out.batch.n // ref.shape[0], 0)
+        if ref is not None and ref.shape[0] > out.batch.n:
+            # kl(RUN) against a run with noise samples, from one without: the KL from each
+            # sample's distribution, averaged over the samples.
+            if out.samples != 1 or ref.shape[0] % out.batch.n:
+                raise RuntimeInterventionError(
+                    "E435", f"kl: cannot align {ref.shape[0]} reference rows with "
+                    f"{out.batch.n}")
+            return self._sampled_reference(node, fwd, out, ref)
         contains = {}
         for e in M.walk(node.expr):
             if isinstance(e, A.MGenerate):
@@ -246,6 +262,26 @@ class Interpreter:
             values = values.view(-1, out.samples).mean(1)
         return values.cpu()
 
+    def _sampled_reference(self, node: Metric, fwd: Forward, out: ForwardOutput,
+                           ref: torch.Tensor) -> torch.Tensor:
+        """A metric whose kl(RUN) reference has k noise samples per example: evaluated once
+        per sample (this run's values repeated k times), then averaged over the samples."""
+        k = ref.shape[0] // out.batch.n
+        batch = out.batch.repeat(k)
+        contains = {}
+        for e in M.walk(node.expr):
+            if isinstance(e, A.MGenerate):
+                c = out.contains[(e.n, e.answer.data, e.answer.column)]
+                contains[id(e)] = c.repeat_interleave(k, 0)
+        ctx = M.MetricContext(out.logits[node.pos].repeat_interleave(k, 0), None, batch,
+                              self.token_ids(fwd.run, batch.n), ref, contains)
+        loss = out.loss.repeat_interleave(k, 0) if out.loss is not None else None
+        values = _evaluate_with_loss(node.expr, ctx, loss)
+        if out.valid is not None:
+            values = torch.where(out.valid.repeat_interleave(k, 0).to(values.device), values,
+                                 torch.nan)
+        return values.view(-1, k).mean(1).cpu()
+
 
 def _evaluate_with_loss(expr: A.MExpr, ctx: M.MetricContext, loss: torch.Tensor | None
                         ) -> torch.Tensor:
@@ -260,6 +296,20 @@ def _evaluate_with_loss(expr: A.MExpr, ctx: M.MetricContext, loss: torch.Tensor 
     if isinstance(expr, A.MNeg):
         return -_evaluate_with_loss(expr.operand, ctx, loss)
     return M.evaluate(expr, ctx)
+
+
+def _reruns(ir: IRGraph) -> dict[str, tuple[str, ...]]:
+    """Nodes that run their metric's Forward again with grad (a Backward; an ig Estimate at
+    each step), with that Forward's Writes: their inputs must live until these are done."""
+    out = {}
+    for nid, node in ir.g.nodes(data="node"):
+        back = node if isinstance(node, Backward) else None
+        if isinstance(node, Estimate) and node.method == "ig":
+            back = ir.node(node.inputs[-1])  # type: ignore[assignment]
+        if back is not None:
+            fwd: Forward = ir.node(ir.node(back.metric).forward)  # type: ignore[union-attr]
+            out[nid] = fwd.writes
+    return out
 
 
 def _node_order(nid: str) -> tuple[int, int]:

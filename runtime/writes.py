@@ -143,7 +143,14 @@ def _mean_value(write: Write, src: ReadValue, cur: torch.Tensor, batch: Batch,
     """The mean over the source run's examples, per position: for `all` positions aligned
     by token index from each prompt's start (padding excluded); else per selected slot."""
     if src.pos.kind != "all":
-        return src.value.float().mean(0, keepdim=True).expand_as(cur).to(cur.dtype)
+        # Only the examples that have the position (`@ each` past a short prompt reads a
+        # stand-in token there) enter the mean.
+        have = position_valid(src.batch, src.pos)
+        if not bool(have.any()):
+            raise RuntimeInterventionError(
+                "E455", f"{write.site}: mean ablation has no example with position {src.pos}")
+        mean = src.value[have.to(src.value.device)].float().mean(0, keepdim=True)
+        return mean.expand_as(cur).to(cur.dtype)
     sb = src.batch
     width = max(sb.lengths)
     total = torch.zeros(width, cur.shape[-1], device=cur.device)
@@ -172,15 +179,23 @@ def _resample_value(write: Write, src: ReadValue, cur: torch.Tensor, batch: Batc
     sb = src.batch
     n_src = src.value.shape[0]
     samples = batch.n // n_src if batch.n % n_src == 0 else 1
+    # `@ each` past a short prompt: only examples that have the position are drawn from,
+    # and a row without it keeps its own value (the writer leaves that row unchanged).
+    have = position_valid(sb, src.pos).tolist()
+    needs = position_valid(batch, src.pos).tolist()
     choice = []
     for i in range(batch.n):
         example = i // samples  # noise samples of one example share its identity
-        pool = [j for j in range(n_src) if j != example and
+        pool = [j for j in range(n_src) if j != example and have[j] and
                 (src.pos.kind != "all" or sb.lengths[j] == batch.lengths[i])]
+        if not needs[i]:
+            pool = pool or [min(example, n_src - 1)]
         if not pool:
+            what = f"position {src.pos}" if src.pos.kind == "index" else \
+                f"{batch.lengths[i]} tokens"
             raise RuntimeInterventionError(
-                "E456", f"{write.site}: example {i} has no other example with "
-                f"{batch.lengths[i]} tokens to resample from")
+                "E456", f"{write.site}: example {i} has no other example with {what} to "
+                "resample from")
         choice.append(pool[int(torch.randint(len(pool), (1,), generator=gen))])
     value = src.value[choice]
     if src.pos.kind == "all" and value.shape[1] != cur.shape[1]:

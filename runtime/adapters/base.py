@@ -159,6 +159,31 @@ class Adapter(abc.ABC):
         """Final residual -> logits: final norm, unembedding (and family extras)."""
         return self.model.get_output_embeddings()(self.ln_final()(resid))
 
+    def unembed_rows(self, tokens: Tensor) -> Tensor:
+        """[k, d_model] rows u_t such that logit(t) = normed_resid @ u_t + (a bias): the
+        unembedding after the final norm, for direct logit attribution. None of the families'
+        extras between the norm and the unembedding may be nonlinear (see final_softcap)."""
+        return self.model.get_output_embeddings().weight[tokens]
+
+    def final_softcap(self) -> float | None:
+        """A tanh soft-cap on the final logits (Gemma-2), which makes them nonlinear."""
+        return None
+
+    # ---- where RelP's LRP rules apply (runtime/lrp.py installs them) ---------------------
+    def act_fn(self, layer: int) -> nn.Module:
+        """The MLP's elementwise activation module: its input is mlp.pre (the gate's
+        pre-activation), its output act(mlp.pre)."""
+        return self.mlp(layer).act
+
+    def gate_up(self, layer: int) -> tuple[nn.Module, Cols | None] | None:
+        """Gated MLPs, act(gate) * up: the module whose output (these columns of it) is `up`;
+        the product is mlp_down's input. None for an un-gated MLP."""
+        return None
+
+    def extra_norms(self) -> list[nn.Module]:
+        """Normalizers without a scale site (Gemma-2's post-norms); the LN-rule covers them."""
+        return []
+
     # ---- derived facts ------------------------------------------------------------------
     def kv_head(self, head: int) -> int:
         return head // (self.n_heads // self.n_kv_heads)

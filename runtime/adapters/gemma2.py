@@ -28,6 +28,13 @@ class Gemma2Adapter(GemmaAdapter):
     def mlp_out_module(self, layer: int) -> nn.Module:
         return self.layer(layer).post_feedforward_layernorm
 
+    def extra_norms(self) -> list[nn.Module]:
+        return [m for i in range(self.n_layers)
+                for m in (self.attn_out_module(i), self.mlp_out_module(i))]
+
+    def final_softcap(self) -> float | None:
+        return getattr(self.config, "final_logit_softcapping", None)
+
     def unembed(self, resid: Tensor) -> Tensor:
         logits = super().unembed(resid)
         cap = getattr(self.config, "final_logit_softcapping", None)

@@ -50,6 +50,12 @@ class LlamaLikeAdapter(Adapter):
     def mlp_down(self, layer: int) -> nn.Module:
         return self.mlp(layer).down_proj
 
+    def act_fn(self, layer: int) -> nn.Module:
+        return self.mlp(layer).act_fn
+
+    def gate_up(self, layer: int) -> tuple[nn.Module, Cols | None] | None:
+        return self.mlp(layer).up_proj, None
+
 
 class LlamaAdapter(LlamaLikeAdapter):
     family = "llama"

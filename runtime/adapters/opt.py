@@ -65,6 +65,14 @@ class OPTAdapter(Adapter):
     def mlp_down(self, layer: int) -> nn.Module:
         return self.layer(layer).fc2
 
+    def act_fn(self, layer: int) -> nn.Module:
+        return self.layer(layer).activation_fn
+
+    def unembed_rows(self, tokens: Tensor) -> Tensor:
+        rows = super().unembed_rows(tokens)
+        proj = self.base.decoder.project_out  # a linear map without bias (or None)
+        return rows if proj is None else rows @ proj.weight
+
     def unembed(self, resid: Tensor) -> Tensor:
         x = self.ln_final()(resid)
         if self.base.decoder.project_out is not None:

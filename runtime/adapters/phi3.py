@@ -23,3 +23,9 @@ class Phi3Adapter(LlamaLikeAdapter):
 
     def mlp_pre(self, layer: int) -> tuple[nn.Module, Cols | None]:
         return self.mlp(layer).gate_up_proj, Cols(0, self.d_mlp)
+
+    def act_fn(self, layer: int) -> nn.Module:
+        return self.mlp(layer).activation_fn
+
+    def gate_up(self, layer: int) -> tuple[nn.Module, Cols | None] | None:
+        return self.mlp(layer).gate_up_proj, Cols(self.d_mlp, 2 * self.d_mlp)

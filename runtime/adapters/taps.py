@@ -178,6 +178,7 @@ def tap_norm_scale(
     eps: float,
     weight: Callable[[], Tensor | None],
     lead: Lead = None,
+    prepend: bool = False,
 ) -> RemovableHandle:
     """A normalizer's 1/sigma per token, shape [..., 1], float32: rsqrt(var + eps) for
     LayerNorm (centered), rsqrt(mean(x^2) + eps) for RMSNorm. A write s' turns the output into
@@ -200,7 +201,7 @@ def tap_norm_scale(
             delta = delta * w.float()
         return out + delta.to(out.dtype)
 
-    return module.register_forward_hook(post)
+    return module.register_forward_hook(post, prepend=prepend)
 
 
 def tap_head_out(

@@ -1,0 +1,229 @@
+"""The schedule's cost model: FLOPs and bytes of a (batched, narrowed, trimmed) forward, the
+sizes of cached values, and where a forward's positions start (the narrowing boundary).
+
+Counts are for the matrix multiplications that dominate a decoder (2 FLOPs per multiply-add):
+q/k/v/o projections, attention scores and their weighted sum, the MLP and the unembedding.
+Norms, embeddings and elementwise work are left out. Memory is a conservative estimate of the
+activations a forward holds at once (one layer's, plus the key/value cache it keeps, plus its
+logits), per batch row. Torch-free: `patchc compile --emit plan` uses it without a model, the
+runtime with the real token counts. `GraphSizes` applies it to the nodes of one IR graph.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from .ir import Backward, Forward, IRGraph, Metric, Positions, Read, Site, Vector
+from .modelspec import ModelSpec
+from .sites import SITE_KINDS
+
+SAFETY = 1.25  # activation estimates are multiplied by this
+FLOAT32 = 4
+# Held back from every budget: allocator slack, Python objects, the run's small tensors.
+RESERVE_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What the schedule knows of a run's prompts: token count per example, and the integer
+    data columns that per-example positions (`@ DATA.column`) read."""
+
+    lengths: tuple[int, ...]
+    columns: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return max(self.lengths)
+
+    @property
+    def n(self) -> int:
+        return len(self.lengths)
+
+
+def parse_bytes(text: str) -> int:
+    """`"8GB"`, `"512MiB"`, `"1.5 GB"` -> bytes (GB = 10^9, GiB = 2^30)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"not a size: {text!r}")
+    power = " KMGT".index(m.group(2).upper() or " ")
+    base = 1024 if m.group(3) else 1000
+    return int(float(m.group(1)) * base ** power)
+
+
+def first_index(pos: Positions, shape: RunShape, samples: int = 1) -> int:
+    """The smallest padded token index `pos` selects in any row (left padding: a row of
+    length n starts at width - n). Mirrors runtime/inputs.position_index."""
+    width = shape.width
+    offsets = [width - n for n in shape.lengths]
+    if pos.kind == "all":
+        return 0
+    if pos.kind == "last":
+        return width - 1
+    if pos.kind == "index":
+        return min(o + min(pos.lo, n - 1) for o, n in zip(offsets, shape.lengths))
+    if pos.kind == "range":
+        return min(offsets) + pos.lo
+    assert pos.column is not None
+    values = shape.columns.get(pos.column)
+    if not values:
+        return 0
+    return min(o + v for o, v in zip(offsets, values))
+
+
+def n_positions(pos: Positions, shape: RunShape) -> int:
+    """How many token slots a Read at `pos` holds per row."""
+    if pos.kind == "all":
+        return shape.width
+    if pos.kind == "range":
+        return pos.hi - pos.lo + 1
+    return 1
+
+
+def site_dim(site: Site, model: ModelSpec, width: int) -> int:
+    if site.features is not None:
+        return site.features[1] - site.features[0]
+    dim = SITE_KINDS[site.kind].dim
+    if dim == "n_ctx":
+        return width
+    return model.dim_of(dim)
+
+
+@dataclass(frozen=True)
+class ForwardShape:
+    """One forward pass as the cost model sees it."""
+
+    rows: int  # batch rows (examples x samples x batched forwards)
+    width: int  # padded prompt width
+    p0: int = 0  # first position computed (narrowing); keys before it come from a cache
+    start_layer: int = 0
+    logit_positions: int | None = None  # None: every computed position
+    vocab: int | None = None  # unembedding rows computed (None: the whole vocabulary)
+    cache: bool = False  # keeps a key/value cache (a twin others narrow from, or narrowed)
+
+
+def layer_flops(model: ModelSpec, positions: int, keys_total: float) -> float:
+    """FLOPs of one decoder layer for `positions` query tokens of one row, attending to
+    `keys_total` keys summed over those queries."""
+    d, da, dkv, dm = model.d_model, model.d_attn, model.d_kv, model.d_mlp
+    proj = 2 * d * (da + 2 * dkv) + 2 * da * d
+    mlp = 2 * d * dm * (3 if model.gated_mlp else 2)
+    return positions * (proj + mlp) + 2 * 2 * model.d_head * model.n_heads * keys_total
+
+
+def forward_flops(model: ModelSpec, f: ForwardShape) -> float:
+    positions = f.width - f.p0
+    keys = sum(q + 1 for q in range(f.p0, f.width))  # causal: query q sees q + 1 keys
+    layers = model.n_layers - f.start_layer
+    per_row = layers * layer_flops(model, positions, keys)
+    logit_pos = positions if f.logit_positions is None else f.logit_positions
+    per_row += 2 * model.d_model * (f.vocab or model.vocab_size) * logit_pos
+    return f.rows * per_row
+
+
+def forward_bytes(model: ModelSpec, f: ForwardShape, dtype_bytes: int) -> int:
+    """Activation bytes a forward holds at its peak (weights and cached values excluded)."""
+    s = f.width - f.p0
+    d, da, dkv, dm = model.d_model, model.d_attn, model.d_kv, model.d_mlp
+    # Hidden states, norms and q/k/v with their head-major copies, and the MLP's hidden layer
+    # with the temporaries of its activation function (tanh-GELU makes about five).
+    per_row = s * (8 * d + 2 * da + 2 * dkv + 6 * dm) * dtype_bytes
+    per_row += 2 * model.n_heads * s * f.width * FLOAT32  # scores and softmax
+    if f.cache:  # the key/value cache of every layer run, kept to the end of the forward
+        per_row += (model.n_layers - f.start_layer) * 2 * f.width * dkv * dtype_bytes
+    logit_pos = s if f.logit_positions is None else f.logit_positions
+    per_row += 3 * logit_pos * (f.vocab or model.vocab_size) * FLOAT32  # logits, softmaxes
+    return math.ceil(SAFETY * f.rows * per_row)
+
+
+def kv_bytes(model: ModelSpec, rows: int, width: int, dtype_bytes: int) -> int:
+    return model.n_layers * 2 * rows * width * model.d_kv * dtype_bytes
+
+
+def weights_bytes(model: ModelSpec, dtype_bytes: int) -> int:
+    """The parameter bytes of a model of this shape (embeddings tied or not: counted twice
+    is the conservative choice)."""
+    d, da, dkv, dm = model.d_model, model.d_attn, model.d_kv, model.d_mlp
+    layer = d * (da + 2 * dkv) + da * d + d * dm * (3 if model.gated_mlp else 2) + 4 * d
+    return (model.n_layers * layer + 2 * model.vocab_size * d) * dtype_bytes
+
+
+class GraphSizes:
+    """Sizes of cached values and shapes of forwards, for one graph."""
+
+    def __init__(self, ir: IRGraph, model: ModelSpec, runs: dict[str, RunShape],
+                 dtype_bytes: int, naive: bool) -> None:
+        self.ir, self.model, self.runs, self.b, self.naive = ir, model, runs, dtype_bytes, naive
+
+    def fwd(self, fid: str) -> Forward:
+        return self.ir.node(fid)  # type: ignore[return-value]
+
+    def rows(self, fid: str) -> int:
+        f = self.fwd(fid)
+        return self.runs[f.run].n * f.samples
+
+    def vocab(self, fid: str) -> int | None:
+        f = self.fwd(fid)
+        if self.naive or not f.logit_tokens:
+            return None
+        return min(self.model.vocab_size, 2 * self.runs[f.run].n)  # distinct ids: a guess
+
+    def logit_positions(self, fid: str) -> int | None:
+        f = self.fwd(fid)
+        return None if self.naive or f.logit_positions is None else len(f.logit_positions)
+
+    def value(self, vid: str) -> int:
+        """Bytes of a cached value: a Read, a forward's logits, a vector, a cache."""
+        if vid.startswith("kv:"):
+            fid = vid[3:]
+            return kv_bytes(self.model, self.rows(fid), self.runs[self.fwd(fid).run].width,
+                              self.b)
+        node = self.ir.node(vid)
+        if isinstance(node, Read):
+            if node.stat:
+                return FLOAT32
+            shape = self.runs[self.fwd(node.forward).run]
+            dim = site_dim(node.site, self.model, shape.width)
+            return self.rows(node.forward) * n_positions(node.pos, shape) * dim * self.b
+        if isinstance(node, Forward):
+            width = self.runs[node.run].width
+            k = self.logit_positions(vid)
+            k = width if k is None else k
+            return k * self.rows(vid) * (self.vocab(vid) or self.model.vocab_size) * FLOAT32
+        if isinstance(node, Vector):
+            return node.dim * FLOAT32
+        if isinstance(node, Backward):
+            return sum(self.value(r) for r in node.wrt) * FLOAT32 // self.b
+        return 0
+
+    def p0(self, fid: str) -> int:
+        """The first position forward `fid` needs computed (0 unless narrowed)."""
+        f = self.fwd(fid)
+        if self.naive or not f.narrow or f.twin is None:
+            return 0
+        shape = self.runs[f.run]
+        twin = self.fwd(f.twin)
+        positions = [self.ir.node(w).pos for w in f.writes[len(twin.writes):]]  # type: ignore[union-attr]
+        for c in self.ir.g.successors(fid):
+            node = self.ir.node(c)
+            if isinstance(node, (Read, Metric)):
+                positions.append(node.pos)
+        return min(first_index(p, shape) for p in positions) if positions else 0
+
+    def shape(self, members: list[str], p0: int) -> ForwardShape:
+        fid = members[0]
+        f = self.fwd(fid)
+        vocab = [self.vocab(m) for m in members]
+        logits = [self.logit_positions(m) for m in members]
+        return ForwardShape(
+            rows=sum(self.rows(m) for m in members), width=self.runs[f.run].width, p0=p0,
+            start_layer=0 if self.naive else f.start_layer,
+            logit_positions=None if None in logits else max(logits),  # type: ignore[type-var]
+            vocab=None if None in vocab else sum(vocab),  # type: ignore[arg-type]
+            cache=p0 > 0)
+
+    def full_flops(self, fid: str) -> float:
+        f = self.fwd(fid)
+        return forward_flops(self.model, ForwardShape(self.rows(fid),
+                                                         self.runs[f.run].width))

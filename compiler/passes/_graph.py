@@ -1,0 +1,236 @@
+"""Helpers the optimization passes share: node references, rebuilding a graph from nodes,
+and the facts about sites and metrics the passes decide on.
+
+Every edge of an IR graph is a reference held in a node's fields (ir.verify checks that each
+reference has its edge, and lowering adds no other edges), so a pass works on a plain
+`{id: node}` dict and `rebuild` derives the edges again. Passes never mutate their input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping
+
+import networkx as nx
+
+from patchc.compiler import ast as A
+from patchc.compiler.ir import (
+    Backward,
+    Estimate,
+    Forward,
+    IRGraph,
+    Metric,
+    Node,
+    Pair,
+    Read,
+    Row,
+    Site,
+    Table,
+    Vector,
+    Write,
+)
+
+# The fields of each node kind that hold node ids (a str, None, or a tuple of str).
+REF_FIELDS: dict[type, tuple[str, ...]] = {
+    Forward: ("writes", "twin", "start"),
+    Read: ("forward",),
+    Write: ("inputs",),
+    Vector: ("inputs",),
+    Metric: ("forward", "reference"),
+    Backward: ("metric", "wrt"),
+    Estimate: ("inputs",),
+}
+
+# Site kinds computed after every decoder block: they belong to no layer a forward can skip.
+POST_SITES = frozenset({"ln_final.scale", "logits"})
+
+
+def refs(node: Node) -> tuple[str, ...]:
+    """The ids `node` refers to, in field order (these are exactly its in-edges)."""
+    out: list[str] = []
+    for name in REF_FIELDS[type(node)]:
+        v = getattr(node, name)
+        if isinstance(v, tuple):
+            out += v
+        elif v is not None:
+            out.append(v)
+    return tuple(dict.fromkeys(out))
+
+
+def remap(node: Node, m: Mapping[str, str]) -> Node:
+    """`node` with every referenced id replaced through `m` (ids not in `m` stay)."""
+    changes: dict[str, Any] = {}
+    for name in REF_FIELDS[type(node)]:
+        v = getattr(node, name)
+        if isinstance(v, tuple):
+            # No deduplication: a forward may apply one write twice, and an estimate's
+            # inputs are positional (A, B) pairs.
+            new = tuple(m.get(x, x) for x in v)
+            if new != v:
+                changes[name] = new
+        elif v is not None and m.get(v, v) != v:
+            changes[name] = m[v]
+    return dataclasses.replace(node, **changes) if changes else node
+
+
+def remap_tables(tables: Iterable[Table], m: Mapping[str, str]) -> list[Table]:
+    def r(x: str | None) -> str | None:
+        return m.get(x, x) if x is not None else None
+
+    out = []
+    for t in tables:
+        rows = tuple(Row(row.key, tuple((c, r(v)) for c, v in row.values),  # type: ignore[misc]
+                         tuple((c, (r(a), r(b))) for c, (a, b) in row.normalize))  # type: ignore[misc]
+                     for row in t.rows)
+        pairs = tuple(Pair(p.key, r(p.estimate), r(p.metric),  # type: ignore[arg-type]
+                           (r(p.normalize[0]), r(p.normalize[1])) if p.normalize else None)  # type: ignore[arg-type]
+                      for p in t.pairs)
+        out.append(dataclasses.replace(t, rows=rows, pairs=pairs))
+    return out
+
+
+def nodes_of(ir: IRGraph) -> dict[str, Node]:
+    """The graph's nodes by id, in the graph's insertion order."""
+    return {nid: data["node"] for nid, data in ir.g.nodes(data=True)}
+
+
+def rebuild(nodes: Mapping[str, Node], tables: list[Table]) -> IRGraph:
+    """A new IRGraph holding `nodes` (ids kept) with the edges their references imply."""
+    g = nx.DiGraph(tables=list(tables))
+    for nid, node in nodes.items():
+        g.add_node(nid, node=node)
+    for nid, node in nodes.items():
+        for r in refs(node):
+            g.add_edge(r, nid)
+    return IRGraph(g)
+
+
+def id_order(nid: str) -> tuple[int, int]:
+    """The deterministic order the interpreters evaluate in: by id number, then kind."""
+    return (int(nid[1:]), ord(nid[0]))
+
+
+def topo(ir: IRGraph) -> list[str]:
+    return list(nx.lexicographical_topological_sort(ir.g, key=id_order))
+
+
+def new_id(nodes: Mapping[str, Node], node: Node) -> str:
+    """A fresh id for `node` (one past the largest of its kind)."""
+    prefix = {Forward: "f", Read: "r", Write: "w", Vector: "v", Metric: "m", Backward: "b",
+              Estimate: "e"}[type(node)]
+    n = max((int(k[1:]) for k in nodes if k[0] == prefix), default=-1) + 1
+    return f"{prefix}{n}"
+
+
+class Finder:
+    """Finds a node equal to a given one in a `{id: node}` dict, or adds it under a fresh id
+    (an index over the dict, kept up to date by `find_or_add`)."""
+
+    def __init__(self, nodes: dict[str, Node]) -> None:
+        self.nodes = nodes
+        self.index: dict[Node, str] = {}
+        self.next: dict[str, int] = {}
+        for nid, n in nodes.items():
+            if isinstance(n, (Forward, Read, Write)):  # the kinds passes add
+                self.index.setdefault(n, nid)
+            self.next[nid[0]] = max(self.next.get(nid[0], 0), int(nid[1:]) + 1)
+
+    def find_or_add(self, node: Node) -> str:
+        nid = self.index.get(node)
+        if nid is not None and self.nodes.get(nid) == node:
+            return nid
+        prefix = new_id({}, node)[0]
+        nid = f"{prefix}{self.next.get(prefix, 0)}"
+        self.next[prefix] = self.next.get(prefix, 0) + 1
+        self.nodes[nid] = node
+        self.index[node] = nid
+        return nid
+
+
+def consumers(nodes: Mapping[str, Node]) -> dict[str, list[str]]:
+    """id -> the ids of the nodes that refer to it."""
+    out: dict[str, list[str]] = {nid: [] for nid in nodes}
+    for nid, node in nodes.items():
+        for r in refs(node):
+            out.setdefault(r, []).append(nid)
+    return out
+
+
+def table_refs(tables: Iterable[Table]) -> set[str]:
+    out: set[str] = set()
+    for t in tables:
+        for row in t.rows:
+            out |= {v for _, v in row.values}
+            out |= {x for _, pair in row.normalize for x in pair if x}
+        for p in t.pairs:
+            out |= {p.estimate, p.metric} | {x for x in p.normalize or () if x}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sites and metrics
+
+
+def site_layer(site: Site) -> int | None:
+    """The first decoder block whose computation a write at `site` changes: `embed` is 0;
+    the sites after the last block (final norm scale, logits) are None."""
+    if site.kind in POST_SITES:
+        return None
+    if site.kind == "embed":
+        return 0
+    return site.layer
+
+
+def before_layer(site: Site, layer: int) -> bool:
+    """Is everything at `site` computed before block `layer` starts (its input included)?"""
+    at = site_layer(site)
+    if at is None:
+        return False
+    if site.kind == "embed":
+        return layer >= 1
+    return at < layer
+
+
+def metric_parts(expr: A.MExpr) -> Iterable[A.MExpr]:
+    """Every node of a metric expression."""
+    yield expr
+    if isinstance(expr, A.MBin):
+        yield from metric_parts(expr.left)
+        yield from metric_parts(expr.right)
+    elif isinstance(expr, A.MNeg):
+        yield from metric_parts(expr.operand)
+
+
+def needs(expr: A.MExpr, kind: type) -> bool:
+    return any(isinstance(e, kind) for e in metric_parts(expr))
+
+
+def logits_only(expr: A.MExpr) -> bool:
+    """Does the metric read nothing but `logit(TOK)` values (no softmax over the vocabulary)?"""
+    for e in metric_parts(expr):
+        if isinstance(e, A.MCall) and e.fn != "logit":
+            return False
+        if isinstance(e, (A.MKL, A.MLoss, A.MGenerate, A.MRef)):
+            return False
+    return True
+
+
+def forward_metrics(nodes: Mapping[str, Node], cons: Mapping[str, list[str]], fid: str
+                    ) -> list[Metric]:
+    """Metrics evaluated on forward `fid` (not those that only use it as a kl reference)."""
+    return [m for c in cons.get(fid, []) if isinstance(m := nodes[c], Metric)
+            and m.forward == fid]
+
+
+def generates(nodes: Mapping[str, Node], cons: Mapping[str, list[str]], fid: str) -> bool:
+    """Does a metric on `fid` generate text (the forward then runs as the naive one does)?"""
+    return any(needs(m.expr, A.MGenerate) for m in forward_metrics(nodes, cons, fid))
+
+
+def differentiated(nodes: Mapping[str, Node], cons: Mapping[str, list[str]], fid: str) -> bool:
+    """Is a metric of `fid` differentiated by a Backward (its reads are then gradient sites)?"""
+    for m in cons.get(fid, []):
+        if isinstance(nodes[m], Metric) and any(isinstance(nodes[b], Backward)
+                                                for b in cons.get(m, [])):
+            return True
+    return False

@@ -1,0 +1,52 @@
+"""batch: forwards that start at the same layer over the same inputs are stacked along the
+batch dimension.
+
+Forwards get one `group` id when they share the run, noise samples, twin, start layer and
+start state and narrowing, and none depends on another (they sit at the same
+depth of the forward-to-forward dependencies, so a group never waits for one of its own
+members). At run time each member's writes apply only to its block of rows, so a batched
+member computes what it would alone. The schedule (compiler/schedule.py) orders the groups
+and splits each into chunks that fit the memory budget; a group of one forward gets no id.
+
+Twins (whose full run and key/value cache others reuse) and forwards that generate text run
+alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from patchc.compiler.ir import Forward, IRGraph
+
+from ._graph import consumers, generates, nodes_of, rebuild, topo
+
+
+def _depths(ir: IRGraph) -> dict[str, int]:
+    """Per node, the most forwards on a dependency path ending at it (itself included)."""
+    depth: dict[str, int] = {}
+    for nid in topo(ir):
+        d = max((depth[p] for p in ir.g.predecessors(nid)), default=0)
+        depth[nid] = d + (1 if isinstance(ir.node(nid), Forward) else 0)
+    return depth
+
+
+def batch(ir: IRGraph) -> IRGraph:
+    nodes = nodes_of(ir)
+    cons = consumers(nodes)
+    twins = {f.twin for f in nodes.values() if isinstance(f, Forward) and f.twin}
+    depth = _depths(ir)
+    groups: dict[tuple, list[str]] = {}
+    for fid in sorted(nodes, key=lambda x: (x[0], int(x[1:]))):
+        f = nodes[fid]
+        if not isinstance(f, Forward) or fid in twins or generates(nodes, cons, fid):
+            continue
+        key = (f.run, f.samples, f.twin, f.start_layer, f.start, f.narrow, depth[fid])
+        groups.setdefault(key, []).append(fid)
+    n = 0
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        for fid in members:
+            nodes[fid] = dataclasses.replace(nodes[fid], group=n)  # type: ignore[arg-type]
+        n += 1
+    return rebuild(nodes, list(ir.tables))

@@ -1,0 +1,128 @@
+"""share_prefix: a forward whose earliest own write is at layer l starts from its twin's
+cached residual stream at layer l instead of recomputing layers < l.
+
+The twin of a forward F is a forward T of the same run (and noise samples) whose writes are a
+proper prefix of F's, all of them finished before block l starts, where l is the first layer
+that F's remaining ("own") writes touch. Up to block l the two runs compute the same values,
+so F can start from T's `resid_pre(l)`: the pass adds that Read on T and sets F.start to it
+(F.start_layer = l). At run time the skipped blocks are stubbed with modules that hand the
+cached state on, and the model's own forward runs (masks and rotary embeddings are built as
+usual). Reads of F inside the skipped layers are moved to T, where they have the same value.
+
+When no forward of the run has the shared writes (a sweep over a run nothing else measures),
+one is added if at least two forwards would start from it. A twin is always computed in
+full. A forward whose own writes start at the embedding (layer 0) keeps a twin without
+writes when its positions could be narrowed: narrow_positions reuses the twin's keys/values.
+
+Forwards whose metric generates text or is differentiated run as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from patchc.compiler.ir import ALL_POSITIONS, Forward, IRGraph, Node, Read, Site, Write
+
+from ._graph import (
+    Finder,
+    before_layer,
+    consumers,
+    differentiated,
+    generates,
+    nodes_of,
+    rebuild,
+    remap,
+    remap_tables,
+    site_layer,
+)
+
+
+def _split(nodes: dict[str, Node], writes: tuple[str, ...], k: int) -> int | None:
+    """The start layer if a forward's first k writes are shared with its twin: the first layer
+    of the remaining writes, provided every shared write is finished before it. None when
+    the split gains nothing or is not exact."""
+    own = [nodes[w] for w in writes[k:]]
+    known = [x for w in own if (x := site_layer(w.site)) is not None]  # type: ignore[union-attr]
+    if not own or not known:
+        return None
+    start = min(known)
+    if any(not before_layer(nodes[w].site, start) for w in writes[:k]):  # type: ignore[union-attr]
+        return None
+    if start == 0 and (k or not _narrowable(nodes, writes[k:])):
+        return None  # nothing to skip and nothing narrow_positions could use
+    return start
+
+
+def _narrowable(nodes: dict[str, Node], writes: tuple[str, ...]) -> bool:
+    """Could positions be narrowed for these own writes (none at every position)?"""
+    for wid in writes:
+        w = nodes[wid]
+        assert isinstance(w, Write)
+        if w.pos.kind == "all" or w.site.kind == "attn.pattern":
+            return False
+    return True
+
+
+def share_prefix(ir: IRGraph) -> IRGraph:
+    nodes = nodes_of(ir)
+    cons = consumers(nodes)
+    forwards = {nid: n for nid, n in nodes.items() if isinstance(n, Forward)}
+    fixed = {nid for nid in forwards
+             if generates(nodes, cons, nid) or differentiated(nodes, cons, nid)}
+    by_writes: dict[tuple, str] = {}
+    for nid in sorted(forwards, key=lambda x: int(x[1:])):
+        f = forwards[nid]
+        if nid not in fixed:
+            by_writes.setdefault((f.run, f.samples, f.writes), nid)
+
+    # 1. The best existing twin of each forward: the longest shared prefix of its writes.
+    # 2. Else the longest prefix that would do, made once two forwards would start from it.
+    chosen: dict[str, tuple[str, int]] = {}
+    wanted: dict[tuple, list[str]] = {}
+    for fid, f in forwards.items():
+        if fid in fixed or not f.writes:
+            continue
+        first_valid = None
+        for k in range(len(f.writes) - 1, -1, -1):
+            start = _split(nodes, f.writes, k)
+            if start is None:
+                continue
+            tid = by_writes.get((f.run, f.samples, f.writes[:k]))
+            if tid is not None and tid != fid:
+                chosen[fid] = (tid, start)
+                break
+            if first_valid is None:
+                first_valid = k
+        if fid not in chosen and first_valid is not None:
+            wanted.setdefault((f.run, f.samples, f.writes[:first_valid]), []).append(fid)
+    finder = Finder(nodes)
+    for (run, samples, prefix), fids in wanted.items():
+        if len(fids) < 2:
+            continue
+        tid = finder.find_or_add(Forward(run, prefix, None, samples))
+        for fid in fids:
+            start = _split(nodes, forwards[fid].writes, len(prefix))
+            assert start is not None
+            chosen[fid] = (tid, start)
+
+    # 3. A twin is computed in full: it does not start from another forward itself.
+    twins = {t for t, _ in chosen.values()}
+    chosen = {f: v for f, v in chosen.items() if f not in twins}
+
+    moved: dict[str, str] = {}
+    for fid, (tid, start) in chosen.items():
+        f = forwards[fid]
+        start_read = None
+        if start >= 1:
+            start_read = finder.find_or_add(Read(tid, Site("resid_pre", start), ALL_POSITIONS))
+            # Reads inside the skipped layers have the twin's values: read them there.
+            for rid in cons.get(fid, []):
+                r = nodes[rid]
+                if isinstance(r, Read) and r.forward == fid and before_layer(r.site, start):
+                    moved[rid] = finder.find_or_add(dataclasses.replace(r, forward=tid))
+        nodes[fid] = dataclasses.replace(f, twin=tid, start_layer=start if start_read else 0,
+                                         start=start_read)
+    for rid in moved:
+        del nodes[rid]
+    nodes = {nid: remap(n, moved) for nid, n in nodes.items()}
+    return rebuild(nodes, remap_tables(ir.tables, moved))

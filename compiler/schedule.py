@@ -1,0 +1,374 @@
+"""IR -> Plan: the ordered steps that run an (optimized) IR graph under a memory budget.
+
+A Plan is a list of steps in dependency order:
+  - `forward`: one model pass over a chunk of a batch group (compiler/passes/batch.py), or a
+    single forward: its members stacked along the batch dimension in the listed order, the
+    layers it computes (from `start_layer`), the first position it computes (`p0`, from
+    narrow_positions), the logits it produces, and whether it keeps its key/value cache for
+    forwards that narrow from it;
+  - `vector`, `metric`, `backward`, `estimate`: one node each.
+Each step lists the values it caches (Reads it captures) and frees (values whose last use it
+is; `kv:F` is forward F's key/value cache). A group is split into chunks so that weights +
+cached values + the chunk's activations stay under the budget, and, for narrowed forwards,
+so that the positions computed pay for the extra passes (a small dynamic program over the
+members' first positions). FLOPs and peak memory come from compiler/costs.py; the naive plan
+(one full forward per Forward of the unoptimized graph) is summarized beside it.
+
+The Plan is a pydantic model: `--emit plan` prints it (compiler/dump_plan.py), its JSON is
+what a worker process would receive, and runtime/execute.py runs it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+import networkx as nx
+from pydantic import BaseModel, Field
+
+from . import costs as C
+from .ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Vector
+from .modelspec import ModelSpec
+
+# A pass costs this much beyond its arithmetic (Python, kernel launches), in FLOPs per layer
+# run: what makes a chunk of narrowed forwards worth merging with its neighbours.
+OVERHEAD_FLOPS_PER_LAYER = 2e7
+
+
+class ForwardStep(BaseModel):
+    kind: Literal["forward"] = "forward"
+    members: list[str]
+    run: str
+    samples: int = 1
+    rows: int  # batch rows: members x examples x samples
+    width: int  # padded prompt width
+    p0: int = 0  # first position computed; earlier keys/values come from the twin's cache
+    start_layer: int = 0
+    start: str | None = None  # the Read holding the twin's resid_pre(start_layer)
+    twin: str | None = None
+    keep_kv: bool = False  # others narrow from this forward: keep its key/value cache
+    logit_positions: int | None = None  # per row (None: every position computed)
+    logit_tokens: bool = False
+    generate: bool = False  # a metric generates text: run as the naive interpreter does
+    flops: float = 0.0
+    bytes: int = 0  # activation estimate of the pass
+    caches: list[str] = []
+    frees: list[str] = []
+
+
+class NodeStep(BaseModel):
+    kind: Literal["vector", "metric", "backward", "estimate"]
+    node: str
+    flops: float = 0.0
+    frees: list[str] = []
+
+
+Step = Annotated[Union[ForwardStep, NodeStep], Field(discriminator="kind")]
+
+
+class PlanSummary(BaseModel):
+    forwards: int  # model passes (a batched chunk is one)
+    experiments: int  # Forward nodes computed
+    backwards: int
+    flops: float
+    peak_bytes: int
+
+
+class Plan(BaseModel):
+    steps: list[Step]
+    budget_bytes: int | None  # None: unbounded
+    batch_size: int | None = None  # rows per pass cap (`set batch_size`)
+    weights_bytes: int
+    dtype_bytes: int = 4
+    passes: list[str] = []
+    optimized: PlanSummary
+    naive: PlanSummary | None = None
+    over_budget: list[int] = []  # steps that could not be made to fit (one forward each)
+
+    def forward_steps(self) -> list[ForwardStep]:
+        return [s for s in self.steps if isinstance(s, ForwardStep)]
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _write_inputs(ir: IRGraph, fid: str) -> list[str]:
+    f: Forward = ir.node(fid)  # type: ignore[assignment]
+    return [i for w in f.writes for i in ir.node(w).inputs]  # type: ignore[union-attr]
+
+
+def _uses(ir: IRGraph, nid: str) -> list[str]:
+    """The values a node's step needs (Writes are looked through to their inputs)."""
+    node = ir.node(nid)
+    if isinstance(node, Forward):
+        out = _write_inputs(ir, nid) + ([node.start] if node.start else [])
+        return out + ([f"kv:{node.twin}"] if node.narrow and node.twin else [])
+    if isinstance(node, Metric):
+        return [node.forward] + ([node.reference] if node.reference else [])
+    if isinstance(node, Vector):
+        return list(node.inputs)
+    if isinstance(node, Backward):
+        metric: Metric = ir.node(node.metric)  # type: ignore[assignment]
+        return list(node.wrt) + _write_inputs(ir, metric.forward)
+    if isinstance(node, Estimate):
+        out = [i for i in node.inputs if not isinstance(ir.node(i), Metric)]
+        back = ir.node(node.inputs[-1])
+        if isinstance(back, Backward):
+            out += _write_inputs(ir, ir.node(back.metric).forward)  # type: ignore[union-attr]
+        return out
+    return []
+
+
+def _units(ir: IRGraph, naive: bool) -> list[tuple[str, list[str]]]:
+    """Evaluation units in dependency order: ("forward", members) or (kind, [node])."""
+    unit: dict[str, tuple] = {}
+    for nid, node in ir.of_type(Forward):
+        unit[nid] = ("g", node.group) if node.group is not None and not naive else ("f", nid)
+    for nid, data in ir.g.nodes(data=True):
+        node = data["node"]
+        if isinstance(node, Read):
+            unit[nid] = unit[node.forward]
+        elif not isinstance(node, Forward):
+            unit[nid] = ("n", nid)
+    cg = nx.DiGraph()
+    members: dict[tuple, list[str]] = {}
+    for nid in sorted(ir.g.nodes, key=lambda x: (int(x[1:]), x[0])):
+        cg.add_node(unit[nid])
+        if isinstance(ir.node(nid), Forward):
+            members.setdefault(unit[nid], []).append(nid)
+    for u, v in ir.g.edges:
+        if unit[u] != unit[v]:
+            cg.add_edge(unit[u], unit[v])
+
+    def first(u: tuple) -> tuple[int, int]:
+        ids = members.get(u) or [u[1]]
+        # Naive: evaluation order by id; optimized: cheap consumers first (frees values early).
+        cheap = 0 if u[0] == "n" and not naive else 1
+        return (cheap, min(int(i[1:]) for i in ids))
+
+    out = []
+    for u in nx.lexicographical_topological_sort(cg, key=first):
+        if u in members:
+            out.append(("forward", members[u]))
+        else:
+            node = ir.node(u[1])
+            kind = type(node).__name__.lower()
+            if kind in ("vector", "metric", "backward", "estimate"):
+                out.append((kind, [u[1]]))
+    return out
+
+
+def _chunks(sz: C.GraphSizes, members: list[str], cap_bytes: int | None,
+            batch_size: int | None) -> list[tuple[list[str], int]]:
+    """Split a group into (members, p0) chunks: by first position, then under the caps."""
+    model = sz.model
+    first = {m: sz.p0(m) for m in members}
+    ordered = sorted(members, key=lambda m: (first[m], int(m[1:])))
+    buckets: list[tuple[int, list[str]]] = []
+    for m in ordered:
+        p = first[m]
+        if buckets and buckets[-1][0] == p:
+            buckets[-1][1].append(m)
+        else:
+            buckets.append((p, [m]))
+    per_member_rows = sz.rows(members[0])
+
+    memo: dict[int, tuple[int, float]] = {}
+
+    def per_pass(p0: int) -> tuple[int, float]:
+        """(most members in one pass from position p0, FLOPs of one member's rows)."""
+        if p0 not in memo:
+            most = len(members)
+            if batch_size is not None:
+                most = min(most, max(1, batch_size // per_member_rows))
+            one = sz.shape(members[:1], p0)
+            if cap_bytes is not None:
+                bytes_one = C.forward_bytes(model, one, sz.b)
+                most = min(most, max(1, cap_bytes // max(bytes_one, 1)))
+            memo[p0] = (most, C.forward_flops(model, one))
+        return memo[p0]
+
+    def cap(p0: int) -> int:
+        return per_pass(p0)[0]
+
+    layers = model.n_layers - sz.fwd(members[0]).start_layer
+    overhead = OVERHEAD_FLOPS_PER_LAYER * (layers + 2)
+
+    def cost(a: int, b: int) -> tuple[float, int]:
+        p0 = buckets[a][0]
+        n = counts[b] - counts[a]
+        most, per = per_pass(p0)
+        passes = math.ceil(n / most)
+        return passes * overhead + n * per, passes
+
+    counts = [0]
+    for _, ms in buckets:
+        counts.append(counts[-1] + len(ms))
+    best: list[tuple[float, int]] = [(0.0, 0)] + [(math.inf, 0)] * len(buckets)
+    for b in range(1, len(buckets) + 1):
+        for a in range(b):
+            c = best[a][0] + cost(a, b)[0]
+            if c < best[b][0]:
+                best[b] = (c, a)
+    spans = []
+    b = len(buckets)
+    while b:
+        a = best[b][1]
+        spans.append((a, b))
+        b = a
+    out = []
+    for a, b in reversed(spans):
+        p0 = buckets[a][0]
+        ms = [m for i in range(a, b) for m in buckets[i][1]]
+        k = cap(p0)
+        out += [(ms[i:i + k], p0) for i in range(0, len(ms), k)]
+    return out
+
+
+def _produces(ir: IRGraph, members: list[str], keep_kv: bool) -> list[str]:
+    out = []
+    for m in members:
+        out.append(m)
+        out += [r for r in ir.g.successors(m) if isinstance(ir.node(r), Read)]
+        if keep_kv:
+            out.append(f"kv:{m}")
+    return out
+
+
+def _generates(ir: IRGraph, fid: str) -> bool:
+    from .passes._graph import generates
+
+    nodes = {n: ir.node(n) for n in [fid, *ir.g.successors(fid)]}
+    return generates(nodes, {fid: list(ir.g.successors(fid))}, fid)
+
+
+def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: int | None,
+          batch_size: int | None, dtype_bytes: int, weights: int, naive: bool
+          ) -> tuple[list[ForwardStep | NodeStep], PlanSummary, list[int]]:
+    sz = C.GraphSizes(ir, model, runs, dtype_bytes, naive)
+    narrowed_from = set() if naive else {f.twin for _, f in ir.of_type(Forward)
+                                         if f.narrow and f.twin}
+    units = _units(ir, naive)
+
+    # Values alive before each unit, with groups unsplit: what a chunk must leave room for.
+    def unit_uses(kind: str, ids: list[str]) -> set[str]:
+        return {u for i in ids for u in _uses(ir, i)}
+
+    last: dict[str, int] = {}
+    for k, (kind, ids) in enumerate(units):
+        for u in unit_uses(kind, ids):
+            last[u] = k
+    live: dict[str, int] = {}
+    live_before: list[int] = []
+    for k, (kind, ids) in enumerate(units):
+        live_before.append(sum(live.values()))
+        made = _produces(ir, ids, any(i in narrowed_from for i in ids)) \
+            if kind == "forward" else ids
+        for v in made:
+            live[v] = sz.value(v)
+        for v in [v for v in live if last.get(v, k) <= k]:
+            del live[v]
+
+    steps: list[ForwardStep | NodeStep] = []
+    for k, (kind, ids) in enumerate(units):
+        if kind != "forward":
+            node = ir.node(ids[0])
+            flops = 0.0
+            if isinstance(node, Backward):
+                flops = 3 * sz.full_flops(ir.node(node.metric).forward)  # type: ignore[union-attr]
+            elif isinstance(node, Estimate) and node.method == "ig":
+                back = ir.node(node.inputs[-1])
+                fid = ir.node(back.metric).forward  # type: ignore[union-attr]
+                flops = 3 * (node.steps + 1) * sz.full_flops(fid)
+            steps.append(NodeStep(kind=kind, node=ids[0], flops=flops))  # type: ignore[arg-type]
+            continue
+        cap = None
+        if budget is not None:
+            made = sum(sz.value(v) for v in _produces(ir, ids, False))
+            cap = budget - weights - C.RESERVE_BYTES - live_before[k] - made
+        if len(ids) > 1:
+            chunks = _chunks(sz, ids, cap, batch_size)
+        else:
+            chunks = [(ids, sz.p0(ids[0]))]
+        for members, p0 in chunks:
+            f = sz.fwd(members[0])
+            shape = sz.shape(members, p0)
+            keep = any(m in narrowed_from for m in members)
+            steps.append(ForwardStep(
+                members=members, run=f.run, samples=f.samples, rows=shape.rows,
+                width=shape.width, p0=p0, start_layer=shape.start_layer,
+                start=None if naive else f.start, twin=None if naive else f.twin,
+                keep_kv=keep, logit_positions=shape.logit_positions,
+                logit_tokens=shape.vocab is not None, generate=_generates(ir, members[0]),
+                flops=C.forward_flops(model, shape),
+                bytes=C.forward_bytes(model, C.ForwardShape(**{**shape.__dict__,
+                                                               "cache": p0 > 0 or keep}),
+                                      dtype_bytes),
+                caches=[r for m in members for r in ir.g.successors(m)
+                        if isinstance(ir.node(r), Read)]))
+
+    # Frees: each value after its last use (or right away when nothing uses it).
+    step_last: dict[str, int] = {}
+    for k, s in enumerate(steps):
+        ids = s.members if isinstance(s, ForwardStep) else [s.node]
+        for u in {u for i in ids for u in _uses(ir, i)}:
+            step_last[u] = k
+    live = {}
+    peak, over = weights + C.RESERVE_BYTES, []
+    results = {nid for nid, _ in ir.of_type(Metric)} | {nid for nid, _ in ir.of_type(Estimate)}
+    for k, s in enumerate(steps):
+        if isinstance(s, ForwardStep):
+            made = _produces(ir, s.members, s.keep_kv)
+            transient = s.bytes
+        else:
+            made, transient = [s.node], 0
+        for v in made:
+            live[v] = sz.value(v)
+        now = weights + C.RESERVE_BYTES + sum(live.values()) + transient
+        peak = max(peak, now)
+        if budget is not None and now > budget and isinstance(s, ForwardStep):
+            over.append(k)
+        gone = sorted((v for v in live if step_last.get(v, k) <= k and v not in results),
+                      key=lambda v: (v[:3] == "kv:", v))
+        s.frees = gone
+        for v in gone:
+            del live[v]
+    fsteps = [s for s in steps if isinstance(s, ForwardStep)]
+    summary = PlanSummary(
+        forwards=len(fsteps), experiments=sum(len(s.members) for s in fsteps),
+        backwards=sum(1 for s in steps if s.kind == "backward"),
+        flops=sum(s.flops for s in steps), peak_bytes=peak)
+    return steps, summary, over
+
+
+def schedule(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape],
+             budget_bytes: int | None = None, batch_size: int | None = None,
+             dtype_bytes: int = 4, weights_bytes: int | None = None,
+             naive_ir: IRGraph | None = None, passes: tuple[str, ...] = ()) -> Plan:
+    """The Plan of an optimized graph (and, given `naive_ir`, the naive plan's summary).
+    `runs` gives every run's token counts; `budget_bytes` None plans without a memory cap."""
+    weights = C.weights_bytes(model, dtype_bytes) if weights_bytes is None else weights_bytes
+    steps, summary, over = _plan(ir, model, runs, budget_bytes, batch_size, dtype_bytes,
+                                 weights, naive=False)
+    naive = None
+    if naive_ir is not None:
+        naive = _plan(naive_ir, model, runs, None, None, dtype_bytes, weights, naive=True)[1]
+    return Plan(steps=steps, budget_bytes=budget_bytes, batch_size=batch_size,
+                weights_bytes=weights, dtype_bytes=dtype_bytes, passes=list(passes),
+                optimized=summary, naive=naive, over_budget=over)
+
+
+def run_shapes(checked, default_tokens: int = 16) -> dict[str, C.RunShape]:
+    """RunShapes from what `check` learned (token counts when a tokenizer was at hand, else
+    `default_tokens` per prompt) and the spec's data tables."""
+    out = {}
+    for name, info in checked.runs.items():
+        lengths = tuple(info.lengths) if info.lengths else (default_tokens,) * info.n_examples
+        columns = {}
+        if info.data:
+            table = checked.data[info.data]
+            for col in table.columns:
+                vals = [r.get(col) for r in table.rows]
+                if all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+                    columns[(table.name, col)] = tuple(vals)
+        out[name] = C.RunShape(lengths, columns)
+    return out

@@ -1,0 +1,290 @@
+"""The plan interpreter: runs an optimized IR graph step by step as compiler/schedule.py
+ordered it, with the same results as runtime/naive.py (its oracle).
+
+A forward step stacks its member forwards along the batch dimension (member-major: rows
+[i*N, (i+1)*N) are member i, N = examples x noise samples). Every member's writes and reads
+are built exactly as the naive interpreter builds them, for the member's own batch, and see
+only the member's rows, so batching changes nothing a member computes. Hooks of one site
+are merged into one hook. Then, around the model's own forward (runtime/prefix.py):
+  - start_layer > 0: blocks below it are stubbed and the twin's cached resid_pre is fed in;
+  - p0 > 0: only positions p0.. are fed, after a copy of the twin's key/value cache;
+  - logits are computed only where (and for the token ids that) metrics read.
+Values are released as the plan's `frees` say. Forwards whose metrics generate text run as
+in the naive interpreter; Vector, Metric, Backward and Estimate nodes are evaluated by the
+naive interpreter's code (runtime/estimates.py receives this interpreter as its `interp`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import torch
+
+from patchc.compiler import ast as A
+from patchc.compiler.costs import RunShape, parse_bytes
+from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Positions, \
+    Read, Vector, Write
+from patchc.compiler.passes._graph import metric_parts
+from patchc.compiler.schedule import ForwardStep, Plan, schedule
+
+from . import metrics as M
+from .estimates import run_backward, run_estimate
+from .inputs import Batch, position_index
+from .naive import ForwardOutput, Interpreter
+from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
+from .writes import make_reader, make_writer
+
+
+def memory_budget(memory: str | None, device: torch.device, weights: int) -> int:
+    """`set memory`, else weights + half of the memory free now (a conservative budget)."""
+    if memory is not None:
+        return parse_bytes(memory)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = _available_ram()
+    return weights + free // 2
+
+
+def _available_ram() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return 4 << 30
+
+
+class Executor(Interpreter):
+    """Evaluates an optimized IR graph through its Plan."""
+
+    def __init__(self, checked, model: torch.nn.Module, tokenizer, adapter,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        super().__init__(checked, model, tokenizer, adapter, progress)
+        self.kv: dict[str, Any] = {}
+        self.plan: Plan | None = None
+        self._remap: torch.Tensor | None = None
+
+    # ---- planning -----------------------------------------------------------------------
+    def prepare(self, ir: IRGraph, naive_ir: IRGraph | None = None) -> tuple[IRGraph, Plan]:
+        """The graph as this model can run it, and its Plan for the real token counts."""
+        if not narrowable(self.model.config):  # sliding-window caches cannot be cut
+            ir = _without_narrowing(ir)
+        runs = {}
+        for name in {f.run for _, f in ir.of_type(Forward)}:
+            batch = self.run_inputs(name).batch
+            cols = {k: tuple(v) for k, v in self.columns_for(name).items()}
+            runs[name] = RunShape(tuple(batch.lengths), cols)
+        param = next(self.model.parameters())
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        options = self.checked.options
+        budget = memory_budget(options.memory, self.device, weights)
+        plan = schedule(ir, self.checked.model, runs, budget, options.batch_size,
+                        param.element_size(), weights, naive_ir)
+        return ir, plan
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def run(self, ir: IRGraph, plan: Plan | None = None) -> dict[str, Any]:
+        if plan is None:
+            ir, plan = self.prepare(ir)
+        self.plan = plan
+        results: dict[str, Any] = {}
+        total = sum(len(s.members) for s in plan.forward_steps())
+        done = 0
+        for step in plan.steps:
+            started = time.perf_counter()
+            if isinstance(step, ForwardStep):
+                self.forward_step(ir, step)
+                spent = (time.perf_counter() - started) / len(step.members)
+                for m in step.members:
+                    self.node_seconds[m] = spent
+                done += len(step.members)
+                if self.progress:
+                    self.progress(done, total)
+            else:
+                nid, node = step.node, ir.node(step.node)
+                if isinstance(node, Vector):
+                    means = [self.values[r].value.float().mean(0).squeeze(0)
+                             for r in node.inputs]
+                    self.values[nid] = self.vector(node, means)
+                elif isinstance(node, Metric):
+                    results[nid] = self.values[nid] = self.metric(ir, node)
+                elif isinstance(node, Backward):
+                    self.values[nid] = run_backward(self, ir, nid, node)
+                elif isinstance(node, Estimate):
+                    results[nid] = self.values[nid] = run_estimate(self, ir, node)
+                self.node_seconds[nid] = time.perf_counter() - started
+            for v in step.frees:
+                if v.startswith("kv:"):
+                    self.kv.pop(v[3:], None)
+                elif v not in results:
+                    self.values.pop(v, None)
+        return results
+
+    def token_ids(self, run: str, n: int):
+        ids = super().token_ids(run, n)
+        remap = self._remap
+        if remap is None:
+            return ids
+        return lambda tok: remap[ids(tok)]
+
+    def metric(self, ir: IRGraph, node: Metric) -> torch.Tensor:
+        """As the naive interpreter; logits trimmed to token ids are indexed through the map
+        from token id to column."""
+        out = self.values[node.forward]
+        self._remap = getattr(out, "token_map", None)
+        try:
+            return super().metric(ir, node)
+        finally:
+            self._remap = None
+
+    # ---- forwards -----------------------------------------------------------------------
+    @torch.no_grad()
+    def forward_step(self, ir: IRGraph, step: ForwardStep) -> None:
+        if step.generate:
+            for fid in step.members:
+                self.values[fid] = self.forward(ir, fid, ir.node(fid))  # type: ignore[arg-type]
+            return
+        members: list[Forward] = [ir.node(m) for m in step.members]  # type: ignore[misc]
+        first = members[0]
+        batch = self.run_inputs(first.run).batch.repeat(first.samples)
+        columns = self.columns_for(first.run)
+        n, p0, width = batch.n, step.p0, batch.width
+        blocks = [slice(i * n, (i + 1) * n) for i in range(len(members))]
+        whole = len(members) == 1
+
+        writes: dict[tuple, list] = {}
+        reads: list = []
+        for rows, fid, f in zip(blocks, step.members, members):
+            shared = len(ir.node(f.twin).writes) if f.start else 0  # type: ignore[union-attr]
+            for wid in f.writes[shared:]:  # shared writes are in the start state already
+                w: Write = ir.node(wid)  # type: ignore[assignment]
+                fn = make_writer(w, batch, columns, [self.values[i] for i in w.inputs],
+                                 self.seed)
+                key = (w.site.kind, w.site.layer, w.site.head)
+                writes.setdefault(key, []).append((rows, widen(fn, p0, width)))
+            for rid in ir.g.successors(fid):
+                r = ir.node(rid)
+                if isinstance(r, Read):
+                    fn = make_reader(r, batch, columns,
+                                     lambda v, rid=rid: self.values.__setitem__(rid, v))
+                    reads.append((r.site.kind, r.site.layer, r.site.head,
+                                  _on_rows(rows, widen(fn, p0, width), whole)))
+        hooks = [(*key, _merged(entries, whole)) for key, entries in writes.items()] + reads
+
+        feed = batch.to(self.device)
+        k = len(members)
+        kwargs: dict[str, Any] = {
+            "input_ids": feed.input_ids[:, p0:].repeat(k, 1),
+            "attention_mask": feed.attention_mask.repeat(k, 1),
+            "position_ids": feed.position_ids[:, p0:].repeat(k, 1),
+            "use_cache": bool(p0) or step.keep_kv}
+        if p0:
+            kwargs["past_key_values"] = prefix_cache(self.kv[step.twin], p0, k,
+                                                     step.start_layer)
+        state = None
+        if step.start is not None:
+            state = self.values[step.start].value[:, p0:].repeat(k, 1, 1).to(self.device)
+        slots, index, tokens, remap = self._logit_plan(ir, step, members, batch, columns)
+        head = self.model.get_output_embeddings()
+        with self.adapter.hooks(hooks), \
+                skip_layers(self.adapter.layers(), step.start_layer, state), \
+                trimmed_logits(head, index, tokens):
+            out = self.model(**kwargs)
+        if step.keep_kv:
+            self.kv[step.members[0]] = out.past_key_values
+        logits = out.logits
+        del out, kwargs, state
+        for rows, fid, f in zip(blocks, step.members, members):
+            self.values[fid] = self._output(ir, fid, f, batch, columns, logits[rows], slots,
+                                            p0, remap)
+
+    def _logit_plan(self, ir: IRGraph, step: ForwardStep, members: list[Forward],
+                    batch: Batch, columns) -> tuple:
+        """Which logits to compute: (slot per position or None for all, the [B, K] gather
+        index or None, token ids or None, token id -> column map or None)."""
+        if any(f.logit_positions is None for f in members):
+            return None, None, None, None
+        positions = list(dict.fromkeys(p for f in members for p in f.logit_positions or ()))
+        slots = {p: j for j, p in enumerate(positions)}
+        if positions:
+            cols = [position_index(batch, p, columns)[:, :1] for p in positions]
+            index = (torch.cat(cols, 1) - step.p0).repeat(len(members), 1)
+        else:
+            index = torch.zeros(batch.n * len(members), 0, dtype=torch.long)
+        if not all(f.logit_tokens for f in members):
+            return slots, index, None, None
+        ids: set[int] = set()
+        for fid in step.members:
+            for m in ir.g.successors(fid):
+                node = ir.node(m)
+                if isinstance(node, Metric) and node.forward == fid:
+                    lookup = super().token_ids(ir.node(fid).run, batch.n)  # type: ignore[union-attr]
+                    for e in metric_parts(node.expr):
+                        if isinstance(e, A.MCall):
+                            ids |= set(lookup(e.tok).tolist())
+        tokens = torch.tensor(sorted(ids), dtype=torch.long)
+        remap = torch.full((self.adapter.vocab_size,), -1, dtype=torch.long)
+        remap[tokens] = torch.arange(len(tokens))
+        return slots, index, tokens, remap
+
+    def _output(self, ir: IRGraph, fid: str, f: Forward, batch: Batch, columns,
+                logits: torch.Tensor, slots: dict[Positions, int] | None, p0: int,
+                remap: torch.Tensor | None) -> ForwardOutput:
+        out = ForwardOutput(batch, f.samples)
+        out.valid = self.valid_rows(ir, f, batch)
+        out.token_map = remap  # type: ignore[attr-defined]
+        metrics = [m for m in (ir.node(x) for x in ir.g.successors(fid))
+                   if isinstance(m, Metric)]
+        for m in metrics:
+            if m.pos in out.logits:
+                pass  # another metric at this position has them (loss is checked below)
+            elif slots is not None:
+                out.logits[m.pos] = logits[:, slots[m.pos]].float()
+            else:
+                idx = (position_index(batch, m.pos, columns) - p0).to(logits.device)
+                out.logits[m.pos] = logits.gather(
+                    1, idx[..., None].expand(-1, -1, logits.shape[-1]))[:, 0].float()
+            if out.loss is None and m.forward == fid and \
+                    any(isinstance(e, A.MLoss) for e in M.walk(m.expr)):
+                ctx = M.MetricContext(out.logits[m.pos], logits.float(), batch,
+                                      self.token_ids(f.run, batch.n))
+                out.loss = M.next_token_loss(ctx)
+        return out
+
+
+def _on_rows(rows: slice, fn: Callable, whole: bool) -> Callable:
+    if whole:
+        return fn
+    return lambda act: fn(act[rows])
+
+
+def _merged(entries: list, whole: bool) -> Callable:
+    """One hook for every write at a site: each edits its own block of rows, in order."""
+    if whole and len(entries) == 1:
+        return entries[0][1]
+
+    def fn(act: torch.Tensor) -> torch.Tensor:
+        out = act.clone()
+        for rows, write in entries:
+            new = write(out[rows])
+            if new is not None:
+                out[rows] = new
+        return out
+
+    return fn
+
+
+def _without_narrowing(ir: IRGraph) -> IRGraph:
+    out = ir.copy()
+    for nid, f in list(out.of_type(Forward)):
+        if f.narrow:
+            out.g.nodes[nid]["node"] = dataclasses.replace(f, narrow=False)
+    out.g.graph["tables"] = list(ir.tables)
+    return out

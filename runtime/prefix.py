@@ -1,0 +1,138 @@
+"""The runtime tricks behind the optimizer's passes, as context managers around one model call:
+
+- `skip_layers`: share_prefix. Decoder blocks below the start layer are replaced by stubs;
+  the first returns the cached residual stream, the others hand it on. The model's own
+  forward still runs, so masks, position ids and rotary embeddings are built as usual
+  (calling a block directly would skip them: a GPT-2 block alone attends bidirectionally).
+- `prefix_cache`: narrow_positions. A DynamicCache holding the twin's keys/values for the
+  first p0 positions, copied once per batched forward; the model is then fed positions p0..
+- `trimmed_logits`: trim_logits. A pre-hook on the LM head gathers only the positions that
+  metrics read; with token ids given, the head's matrix product is skipped and only those
+  rows of the unembedding are applied (family extras such as soft-capping still run after).
+- `widen`: hook functions written for full-width activations run on a narrowed one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+
+class _Start(nn.Module):
+    """Stands in for block 0: returns the cached residual stream at the start layer."""
+
+    def __init__(self, state: Tensor) -> None:
+        super().__init__()
+        self.state = state
+
+    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor:
+        return self.state.to(hidden_states.dtype)
+
+
+class _Pass(nn.Module):
+    """Stands in for a skipped block after the first: hands the state on unchanged."""
+
+    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor:
+        return hidden_states
+
+
+@contextlib.contextmanager
+def skip_layers(layers: nn.ModuleList, start_layer: int, state: Tensor | None
+                ) -> Iterator[None]:
+    """Blocks [0, start_layer) return `state` (the input of block start_layer) instead of
+    computing. Enter it after the adapter's hooks: installing hooks looks modules up."""
+    if not start_layer:
+        yield
+        return
+    assert state is not None
+    saved = [layers[i] for i in range(start_layer)]
+    try:
+        layers[0] = _Start(state)
+        for i in range(1, start_layer):
+            layers[i] = _Pass()
+        yield
+    finally:
+        for i, block in enumerate(saved):
+            layers[i] = block
+
+
+def narrowable(config) -> bool:
+    """Can keys/values be cut at a position? Only for caches of plain (full) layers: a
+    sliding-window layer keeps the last window, not a prefix."""
+    try:
+        cache = DynamicCache(config=config)
+    except Exception:
+        return False
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def prefix_cache(cache: DynamicCache, p0: int, repeats: int, start_layer: int) -> DynamicCache:
+    """A new cache with the first p0 positions of `cache`, each row block repeated `repeats`
+    times (member-major: rows [i*N, (i+1)*N) are forward i). Layers below start_layer are
+    stubbed: they only need a length (the mask is sized from layer 0)."""
+    data = []
+    for i, layer in enumerate(cache.layers):
+        k, v = layer.keys, layer.values
+        if i < start_layer:
+            k, v = k[:1, :1, :p0, :1], v[:1, :1, :p0, :1]
+        else:
+            k = k[:, :, :p0].repeat(repeats, 1, 1, 1)
+            v = v[:, :, :p0].repeat(repeats, 1, 1, 1)
+        data.append((k, v))
+    return DynamicCache(ddp_cache_data=data)
+
+
+def widen(fn: Callable[[Tensor], Tensor | None], p0: int, width: int
+          ) -> Callable[[Tensor], Tensor | None]:
+    """A hook for full-width activations [B, width, ...] that runs on positions p0.. only:
+    the missing positions are zero-filled for it and cut off its result (nothing it reads or
+    writes lies before p0: narrow_positions chose p0 so)."""
+    if not p0:
+        return fn
+
+    def wide(act: Tensor) -> Tensor | None:
+        pad = act.new_zeros((act.shape[0], width - act.shape[1]) + tuple(act.shape[2:]))
+        out = fn(torch.cat([pad, act], 1))
+        return None if out is None else out[:, p0:]
+
+    return wide
+
+
+@contextlib.contextmanager
+def trimmed_logits(head: nn.Module, index: Tensor | None, tokens: Tensor | None
+                   ) -> Iterator[None]:
+    """The LM head computes logits only at `index` ([B, K] positions of its input; None:
+    all) and, given `tokens` ([U] ids), only for those ids: logits come out [B, K, U]."""
+    if index is None and tokens is None:
+        yield
+        return
+    kept: list[Tensor] = []
+
+    def pre(_mod: nn.Module, args: tuple) -> tuple:
+        h = args[0]
+        if index is not None:
+            h = h.gather(1, index[..., None].expand(-1, -1, h.shape[-1]).to(h.device))
+        if tokens is None:
+            return (h, *args[1:])
+        kept.append(h)
+        return (h[:, :0], *args[1:])  # the full product is skipped
+
+    def post(_mod: nn.Module, _args: tuple, out: Tensor) -> Tensor | None:
+        if tokens is None:
+            return None
+        h = kept.pop()
+        ids = tokens.to(h.device)
+        bias = getattr(head, "bias", None)
+        return nn.functional.linear(h, head.weight[ids],
+                                    bias[ids] if bias is not None else None)
+
+    handles = [head.register_forward_pre_hook(pre), head.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
