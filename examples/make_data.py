@@ -264,7 +264,7 @@ def lm_words() -> list[str]:
 
 CONSONANTS = "bdfgklmnprstvz"
 VOWELS = "aeiou"
-# 200 pseudo-words "bada", "bade", ...: one token each, no meaning, no order.
+# 200 pseudo-words ("bada", "mopi", "zene", ...): one token each, no meaning, no order.
 INDUCTION_WORDS = sorted(c1 + v1 + c2 + v2 for c1, v1, c2, v2 in
                          product(CONSONANTS, VOWELS, CONSONANTS, VOWELS))[::24][:200]
 INDUCTION_LEN = 40
