@@ -81,10 +81,6 @@ def next_token_loss(ctx: MetricContext) -> torch.Tensor:
     return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-def needs_full_logits(expr: A.MExpr) -> bool:
-    return any(isinstance(e, A.MLoss) for e in walk(expr))
-
-
 def walk(expr: A.MExpr):
     """Every node of a metric expression, depth first."""
     yield expr

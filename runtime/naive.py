@@ -26,7 +26,7 @@ from . import vectors as V
 from .estimates import run_backward, run_estimate
 from .generate import contains_answer
 from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
-from .writes import ReadValue, make_reader, make_writer
+from .writes import make_reader, make_writer
 
 
 @dataclass
@@ -316,6 +316,3 @@ def _node_order(nid: str) -> tuple[int, int]:
     """Deterministic evaluation order: base forwards first, by id number."""
     return (int(nid[1:]), ord(nid[0]))
 
-
-def read_value(interp: Interpreter, rid: str) -> ReadValue:
-    return interp.values[rid]
