@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import ast as A
+from . import device_map
 from .check_context import Context, did_you_mean
 from .check_metrics import check_decl, metric_refs
 from .check_names import declare, find_cycle
@@ -144,6 +145,12 @@ def _options(ctx: Context, sets: list[A.SetDecl]) -> Options:
             msg = e.errors()[0]["msg"].removeprefix("Value error, ")
             ctx.error("E306", f"invalid value for `{name}`: {value!r} ({msg})", s.span)
             continue
+        if name == "device_map":
+            try:  # a map file is read now: a bad one fails before any weight loads
+                device_map.resolve(value, ctx.base_dir)
+            except ValueError as e:
+                ctx.error("E353", str(e), s.span, "see `set device_map` in docs/scaling.md")
+                continue
         values[name] = value
     return Options(**values)
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from . import ast as A
+from .device_map import valid_value
 from .errors import PatchcError
 from .modelspec import ModelSpec
 
@@ -28,7 +29,9 @@ class Options(BaseModel):
     batch_size: int | None = None  # examples per pass; None: as many as memory allows
     memory: str | None = None  # budget the scheduler plans under, e.g. "8GB"
     seed: int = 0
-    device_map: str | None = None  # "auto": shard over all GPUs with accelerate
+    # "auto" (or another accelerate strategy), a .json map file, or (API) a dict; see
+    # compiler/device_map.py
+    device_map: str | dict[str, int | str] | None = None
 
     # Values are checked here, not at run time, so `patchc check` catches `set device = gpu`.
     @field_validator("device")
@@ -55,9 +58,10 @@ class Options(BaseModel):
 
     @field_validator("device_map")
     @classmethod
-    def _device_map(cls, v: str | None) -> str | None:
-        if v is not None and v not in ("auto", "balanced", "balanced_low_0", "sequential"):
-            raise ValueError("device_map must be auto, balanced, balanced_low_0 or sequential")
+    def _device_map(cls, v: str | dict | None) -> str | dict | None:
+        problem = None if v is None else valid_value(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
 

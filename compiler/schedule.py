@@ -372,3 +372,16 @@ def run_shapes(checked, default_tokens: int = 16) -> dict[str, C.RunShape]:
                     columns[(table.name, col)] = tuple(vals)
         out[name] = C.RunShape(lengths, columns)
     return out
+
+
+def step_uses(ir: IRGraph, step: ForwardStep | NodeStep) -> set[str]:
+    """The values a step reads (its members' write inputs, start states, key/value caches)."""
+    ids = step.members if isinstance(step, ForwardStep) else [step.node]
+    return {u for i in ids for u in _uses(ir, i)}
+
+
+def step_produces(ir: IRGraph, step: ForwardStep | NodeStep) -> list[str]:
+    """The values a step makes: forwards, their Reads and kept caches; or its node."""
+    if isinstance(step, ForwardStep):
+        return _produces(ir, step.members, step.keep_kv)
+    return [step.node]

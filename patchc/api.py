@@ -86,17 +86,22 @@ def run(
     naive: bool = False,
     trust_remote_code: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    workers: int | str = 1,
     **overrides: Any,
-) -> "Results":
+) -> "Results | None":
     """Compile and execute a spec; returns Results (`results["NAME"]` is a DataFrame).
 
     `model`/`tokenizer`: an already loaded HF causal LM and its tokenizer (notebook use);
     otherwise the spec's `model` is loaded. `overrides` replace `set` options (dtype,
     device, seed, batch_size, memory, device_map). `trust_remote_code` is never read from
     a spec. `naive=True` runs the reference interpreter (one forward per experiment).
+    `workers=N` shards the plan over N processes (this one and N-1 it starts);
+    `workers="torchrun"` uses the processes torchrun started, and returns Results on rank 0
+    only (None elsewhere). See docs/scaling.md.
     """
     from patchc.runner import execute
 
     spec = load_spec(path_or_source)
     return execute(spec, model=model, tokenizer=tokenizer, naive=naive,
-                   trust_remote_code=trust_remote_code, progress=progress, overrides=overrides)
+                   trust_remote_code=trust_remote_code, progress=progress, overrides=overrides,
+                   workers=workers)

@@ -166,7 +166,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from patchc.api import run
 
+    from patchc.workers import launched_by_torchrun
+
     overrides = _overrides(args.set or [])
+    if args.device_map:
+        overrides["device_map"] = args.device_map
+    workers: int | str = "torchrun" if launched_by_torchrun() else args.workers
+    if workers != "torchrun" and workers < 1:
+        raise _UsageError(f"patchc run: error: --workers must be at least 1, got {workers}")
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), transient=True, disable=args.quiet,
                   console=None) as bar:
@@ -176,7 +183,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             bar.update(task, completed=done, total=total)
 
         results = run(args.spec, naive=args.naive, trust_remote_code=args.trust_remote_code,
-                      progress=progress, **overrides)
+                      progress=progress, workers=workers, **overrides)
+    if results is None:  # a torchrun worker other than rank 0: rank 0 reports and writes
+        return EXIT_OK
     for name, df in results.tables.items():
         seconds = results.manifest["tables"][name]["seconds"]
         print(f"== {name}: {len(df)} rows ({seconds:.2f} s)")
@@ -236,9 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--naive", action="store_true",
                    help="use the reference interpreter (one forward per experiment)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a `set` option (dtype, device, seed, batch_size, memory)")
+                   help="override a `set` option (dtype, device, seed, batch_size, memory, "
+                   "device_map)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model's own code from the hub (never taken from a spec)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="shard the plan's passes over N processes (docs/scaling.md); under "
+                   "torchrun the processes torchrun started are used")
+    p.add_argument("--device-map", metavar="MAP",
+                   help="spread the model over devices: auto, balanced, balanced_low_0, "
+                   "sequential or a .json map (as `set device_map`)")
     p.add_argument("--rows", type=int, default=20, help="rows of each table to print")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="write no PNGs")

@@ -21,7 +21,9 @@ class Manifest(BaseModel):
     revision: str | None
     weights_sha256: str
     versions: dict[str, str]
-    device: str
+    device: str  # where inputs went (with a device map: the embedding's device)
+    device_map: dict[str, Any] | None = None  # module -> device, as accelerate placed it
+    workers: int = 1  # processes the plan was sharded over (`--workers`)
     dtype: str
     seed: int
     options: dict[str, Any]
@@ -37,8 +39,15 @@ def versions() -> dict[str, str]:
 
     import patchc
 
-    return {"patchc": patchc.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version()}
+    out = {"patchc": patchc.__version__, "torch": torch.__version__,
+           "transformers": transformers.__version__, "python": platform.python_version()}
+    try:  # only needed for `set device_map`
+        import accelerate
+
+        out["accelerate"] = accelerate.__version__
+    except ImportError:
+        pass
+    return out
 
 
 def sha256_text(text: str) -> str:

@@ -46,68 +46,124 @@ def _model_decl(spec: A.Spec) -> A.ModelDecl:
 def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool = False,
             trust_remote_code: bool = False,
             progress: Callable[[int, int], None] | None = None,
-            overrides: dict[str, Any] | None = None) -> Results:
-    import torch
+            overrides: dict[str, Any] | None = None,
+            workers: int | str = 1, group: Any = None) -> Results | None:
+    """Run a spec. `workers` N > 1 spawns N-1 worker processes (patchc/workers.py);
+    "torchrun" joins the processes torchrun started. `group` is the worker group this
+    process already belongs to. With workers, only rank 0 returns Results (others None)."""
+    if group is None and workers != 1:
+        from patchc import workers as W
 
-    from patchc.runtime.adapters import adapter_for
-    from patchc.runtime.loading import load, resolve_device
-    from patchc.runtime.naive import Interpreter
-
+        if workers == "torchrun":
+            group = W.join_torchrun()
+        else:
+            return W.spawn(spec, int(workers), model, tokenizer, naive, trust_remote_code,
+                           progress, overrides)
     start = time.perf_counter()
     decl = _model_decl(spec)
     try:
-        # Check first against the config alone: a wrong spec fails before any weight loads.
-        model_spec = adapter_for(model).spec() if model is not None else None
-        checked = check(spec, model_spec, tokenizer=AUTO if tokenizer is None else tokenizer)
-        checked = _options(checked, overrides or {})
-        options = checked.options
-        if model is None:
-            loaded = load(decl.model_id, decl.revision, options, spec.source.base_dir,
-                          trust_remote_code)
-            model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
-        else:
-            if tokenizer is None:
-                raise RuntimeInterventionError("E413", "pass the tokenizer with the model")
-            device = next(model.parameters()).device
-            if options.device != "cpu" or "device" in (overrides or {}):
-                device = resolve_device(options.device)
-                model = model.to(device)
-            if tokenizer.pad_token_id is None:
-                tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        adapter = adapter_for(model)
-        torch.manual_seed(options.seed)
-        ir = lower(checked)
-        plan = None
-        if naive:
-            interp = Interpreter(checked, model, tokenizer, adapter, progress)
-        else:
-            from patchc.compiler.pipeline import optimize
-            from patchc.runtime.execute import Executor
-
-            interp = Executor(checked, model, tokenizer, adapter, progress)
-            ir, plan = interp.prepare(optimize(ir))
-        values, seconds = _timed_run(interp, ir, plan)
+        checked, model, tokenizer, device = prepare(spec, model, tokenizer, trust_remote_code,
+                                                    overrides, group)
+        values, seconds, ir, plan = _evaluate(checked, model, tokenizer, naive, progress,
+                                              group)
     except PatchcError as e:
         raise e.with_source(spec.source) from None
+    if values is None:  # a worker other than rank 0: its values went to rank 0
+        return None
+    return _results(spec, decl, checked, model, device, ir, plan, values, seconds, naive,
+                    time.perf_counter() - start, group)
+
+
+def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
+            overrides: dict[str, Any] | None, group: Any = None) -> tuple:
+    """Check the spec (against the config alone: a wrong spec fails before any weight
+    loads), then load the model or place the caller's: (checked, model, tokenizer, device)."""
+    from patchc.runtime.adapters import adapter_for
+    from patchc.runtime.loading import input_device, is_dispatched, load, resolve_device
+
+    overrides = dict(overrides or {})
+    model_spec = adapter_for(model).spec() if model is not None else None
+    checked = check(spec, model_spec, tokenizer=AUTO if tokenizer is None else tokenizer)
+    if group is not None:  # each worker on its own GPU, when there are GPUs
+        overrides.update(group.placement(checked.options))
+    checked = _options(checked, overrides)
+    options = checked.options
+    if model is None:
+        decl = _model_decl(spec)
+        loaded = load(decl.model_id, decl.revision, options, spec.source.base_dir,
+                      trust_remote_code)
+        return checked, loaded.model, loaded.tokenizer, loaded.device
+    if tokenizer is None:
+        raise RuntimeInterventionError("E413", "pass the tokenizer with the model")
+    device = input_device(model)
+    if not is_dispatched(model) and (options.device != "cpu" or "device" in overrides):
+        device = resolve_device(options.device)
+        model = model.to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return checked, model, tokenizer, device
+
+
+def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
+              progress: Callable[[int, int], None] | None, group: Any = None) -> tuple:
+    """Lower, optimize, schedule and run: (values, seconds per table, ir, plan). With a
+    worker group, each worker runs its shard; values is None except on rank 0."""
+    import torch
+
+    from patchc.runtime.adapters import adapter_for
+    from patchc.runtime.naive import Interpreter
+
+    adapter = adapter_for(model)
+    torch.manual_seed(checked.options.seed)
+    ir = lower(checked)
+    if naive:
+        if group is not None:
+            raise RuntimeInterventionError(
+                "E416", "the naive interpreter runs in one process",
+                hint="drop --naive, or --workers (the naive run is the reference oracle)")
+        interp = Interpreter(checked, model, tokenizer, adapter, progress)
+        values = interp.run(ir)
+        return values, _table_seconds(ir, interp.node_seconds), ir, None
+    from patchc.compiler.pipeline import optimize
+    from patchc.runtime.execute import Executor
+
+    interp = Executor(checked, model, tokenizer, adapter, progress)
+    ir, plan = interp.prepare(optimize(ir))
+    if group is None:
+        values = interp.run(ir, plan)
+        return values, _table_seconds(ir, interp.node_seconds), ir, plan
+    plan = group.same_plan(ir, plan)
+    gathered = group.run(interp, ir, plan)
+    if gathered is None:
+        return None, {}, ir, plan
+    values, node_seconds = gathered
+    return values, _table_seconds(ir, node_seconds), ir, plan
+
+
+def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any, device: Any,
+             ir: IRGraph, plan: Any, values: dict[str, Any], seconds: dict[str, float],
+             naive: bool, total: float, group: Any = None) -> Results:
+    options = checked.options
     tables = {t.name: {"rows": len(t.rows), "columns": list(t.columns), "keys": _keys(t),
                        "seconds": round(seconds.get(t.name, 0.0), 4)} for t in ir.tables}
+    hf_map = getattr(model, "hf_device_map", None)
     manifest = Manifest(
         spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
         spec_file=spec.source.filename, model_id=decl.model_id, revision=decl.revision,
         weights_sha256=_weights_hash(model), versions=versions(), device=str(device),
+        device_map={str(k): v for k, v in hf_map.items()} if hf_map else None,
+        workers=group.world if group is not None else 1,
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
         options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan),
-        interpreter="naive" if naive else "optimized",
-        total_seconds=round(time.perf_counter() - start, 4))
+        interpreter="naive" if naive else "optimized", total_seconds=round(total, 4))
     return Results(ir, values, manifest.model_dump())
 
 
-def _timed_run(interp, ir: IRGraph, plan=None) -> tuple[dict[str, Any], dict[str, float]]:
-    """Run the graph; a table's time is that of every node it depends on (shared nodes,
-    like a clean run read by many swaps, count toward each table that needs them)."""
+def _table_seconds(ir: IRGraph, node_seconds: dict[str, float]) -> dict[str, float]:
+    """A table's time is that of every node it depends on (shared nodes, like a clean run
+    read by many swaps, count toward each table that needs them)."""
     import networkx as nx
 
-    values = interp.run(ir) if plan is None else interp.run(ir, plan)
     seconds = {}
     for table in ir.tables:
         refs = {nid for row in table.rows for _, nid in row.values}
@@ -115,8 +171,8 @@ def _timed_run(interp, ir: IRGraph, plan=None) -> tuple[dict[str, Any], dict[str
         deps = set(refs)
         for r in refs:
             deps |= nx.ancestors(ir.g, r)
-        seconds[table.name] = sum(interp.node_seconds.get(n, 0.0) for n in deps)
-    return values, seconds
+        seconds[table.name] = sum(node_seconds.get(n, 0.0) for n in deps)
+    return seconds
 
 
 def _keys(table) -> list[str]:

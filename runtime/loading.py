@@ -7,8 +7,11 @@ argument). Weights load through transformers, which reads safetensors (or a pick
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +43,38 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's inputs go: the device its embedding computes on (with a device map,
+    accelerate's hooks move every later value to the device of the module that uses it)."""
+    embed = model.get_input_embeddings()
+    hook = getattr(embed, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    return embed.weight.device
+
+
+def is_dispatched(model: torch.nn.Module) -> bool:
+    """Placed by a device map (accelerate's hooks): `.to(device)` would break it."""
+    return getattr(model, "hf_device_map", None) is not None
+
+
+def _device_map(value: str | dict, base_dir: str) -> str | dict:
+    from patchc.compiler import device_map
+
+    try:
+        return device_map.resolve(value, base_dir)
+    except ValueError as e:  # an API/CLI override (a spec's own map file was checked)
+        raise RuntimeInterventionError("E414", str(e)) from None
+
+
+def _offload_folder() -> str:
+    """Where accelerate may offload weights to disk (a map's "disk", or `auto` for a model
+    larger than GPU and CPU memory); removed when the process ends."""
+    folder = tempfile.mkdtemp(prefix="patchc-offload-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 def model_location(model_id: str, base_dir: str) -> str:
     """A local directory (relative to the spec) if there is one, else the hub id as given."""
     local = Path(base_dir) / model_id
@@ -59,17 +94,21 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
     device = resolve_device(options.device)
     dtype = DTYPES[options.dtype]
     kwargs: dict = {"revision": revision, "trust_remote_code": trust_remote_code}
+    placement: dict = {}
     if options.device_map:
-        kwargs["device_map"] = options.device_map
+        placement = {"device_map": _device_map(options.device_map, base_dir),
+                     "offload_folder": _offload_folder()}
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs, **placement)
     except OSError as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise RuntimeInterventionError(
             "E411", f"could not load model {model_id!r}: {e}".splitlines()[0],
             hint="pass a local directory" if offline else None) from None
-    if not options.device_map:
+    if options.device_map:
+        device = input_device(model)
+    else:
         model = model.to(device)
     model.eval()
     if tokenizer.pad_token_id is None:
@@ -82,9 +121,21 @@ def weights_hash(model: torch.nn.Module) -> str:
     """sha256 over every parameter and buffer, in name order: pins the exact weights a table
     was computed with (the manifest records it; `patchc verify` compares it)."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(_state_dict(model).items()):
         h.update(name.encode())
         t = tensor.detach().to("cpu").contiguous()
         h.update(str(t.dtype).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights; for a model with modules offloaded by accelerate (their
+    parameters sit on the meta device between calls), read back one module at a time."""
+    state = model.state_dict()
+    if any(t.device.type == "meta" for t in state.values()):
+        from accelerate.utils.modeling import get_state_dict_offloaded_model
+
+        offloaded = get_state_dict_offloaded_model(model)
+        state = {k: offloaded.get(k, t) for k, t in state.items()}
+    return state

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from .offload import param
+
 
 class _Start(nn.Module):
     """Stands in for block 0: returns the cached residual stream at the start layer."""
@@ -126,8 +128,8 @@ def trimmed_logits(head: nn.Module, index: Tensor | None, tokens: Tensor | None
             return None
         h = kept.pop()
         ids = tokens.to(h.device)
-        bias = getattr(head, "bias", None)
-        return nn.functional.linear(h, head.weight[ids],
+        bias = param(head, "bias")
+        return nn.functional.linear(h, param(head)[ids],
                                     bias[ids] if bias is not None else None)
 
     handles = [head.register_forward_pre_hook(pre), head.register_forward_hook(post)]

@@ -40,6 +40,7 @@ from typing import Callable, Iterator
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from patchc.runtime.offload import param
 from patchc.compiler.errors import RuntimeInterventionError
 from patchc.compiler.modelspec import ModelSpec, spec_from_config
 
@@ -152,7 +153,7 @@ class Adapter(abc.ABC):
 
     def w_out(self, layer: int, head: int) -> Tensor:
         """W_O[head] as [d_head, d_model], so that z_h @ W_O[head] is the head's output."""
-        w = self.o_proj(layer).weight  # nn.Linear: [d_model, n_heads * d_head]
+        w = param(self.o_proj(layer))  # nn.Linear: [d_model, n_heads * d_head]
         return w[:, head * self.d_head : (head + 1) * self.d_head].T
 
     def unembed(self, resid: Tensor) -> Tensor:
@@ -163,7 +164,7 @@ class Adapter(abc.ABC):
         """[k, d_model] rows u_t such that logit(t) = normed_resid @ u_t + (a bias): the
         unembedding after the final norm, for direct logit attribution. None of the families'
         extras between the norm and the unembedding may be nonlinear (see final_softcap)."""
-        return self.model.get_output_embeddings().weight[tokens]
+        return param(self.model.get_output_embeddings())[tokens]
 
     def final_softcap(self) -> float | None:
         """A tanh soft-cap on the final logits (Gemma-2), which makes them nonlinear."""
@@ -190,7 +191,7 @@ class Adapter(abc.ABC):
 
     def norm_weight(self, module: nn.Module) -> Tensor | None:
         """The normalizer's effective elementwise weight (None: no affine weight)."""
-        w = getattr(module, "weight", None)
+        w = param(module)
         if w is None:
             return None
         return w + self.rms_offset if self.rms_offset else w

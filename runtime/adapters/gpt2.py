@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from patchc.runtime.offload import param
+
 from .base import Adapter
 from .taps import Cols
 
@@ -52,4 +54,4 @@ class GPT2Adapter(Adapter):
 
     def w_out(self, layer: int, head: int) -> Tensor:
         # Conv1D computes x @ weight + bias with weight [n_heads * d_head, d_model].
-        return self.o_proj(layer).weight[head * self.d_head : (head + 1) * self.d_head]
+        return param(self.o_proj(layer))[head * self.d_head : (head + 1) * self.d_head]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from patchc.compiler.errors import RuntimeInterventionError
+from patchc.runtime.offload import param
 
 from .base import Adapter
 from .taps import Cols
@@ -71,7 +72,7 @@ class OPTAdapter(Adapter):
     def unembed_rows(self, tokens: Tensor) -> Tensor:
         rows = super().unembed_rows(tokens)
         proj = self.base.decoder.project_out  # a linear map without bias (or None)
-        return rows if proj is None else rows @ proj.weight
+        return rows if proj is None else rows @ param(proj)
 
     def unembed(self, resid: Tensor) -> Tensor:
         x = self.ln_final()(resid)
