@@ -103,10 +103,25 @@ def dump_plan(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def emit_plan(checked, ir: IRGraph, optimized: IRGraph, memory: str | None = None) -> str:
-    """`patchc compile SPEC --emit plan`: the optimized graph's Plan beside the naive one.
-    The budget is `memory`, else the spec's `set memory`, else unbounded (the runtime reads
-    free memory instead)."""
+def dump_shards(shards: list) -> str:
+    """How a plan divides over workers (compiler/shard.py): per worker its share of the
+    FLOPs, the results it reports, then its steps as dump_plan prints them."""
+    total = sum(sh.flops for sh in shards) or 1.0
+    lines = [f"workers: {len(shards)}, together {_flops(total)} "
+             f"(the busiest {max(sh.flops for sh in shards) / total:.0%} of it)"]
+    for w, sh in enumerate(shards):
+        lines.append(f"worker {w}: {len(sh.plan.steps)} steps, {_flops(sh.flops)} "
+                     f"({sh.flops / total:.0%}), reports {_ids(list(sh.owns))}")
+        lines += ["  " + line for line in dump_plan(sh.plan).splitlines()
+                  if line[:1] == " " or line[:1].isdigit()]
+    return "\n".join(lines) + "\n"
+
+
+def emit_plan(checked, ir: IRGraph, optimized: IRGraph, memory: str | None = None,
+              workers: int = 1) -> str:
+    """`patchc compile SPEC --emit plan [--workers N]`: the optimized graph's Plan beside the
+    naive one, and with N > 1 how it divides over N workers. The budget is `memory`, else
+    the spec's `set memory`, else unbounded (the runtime reads free memory instead)."""
     from .costs import parse_bytes
     from .pipeline import PASSES
 
@@ -116,6 +131,10 @@ def emit_plan(checked, ir: IRGraph, optimized: IRGraph, memory: str | None = Non
     plan = schedule(optimized, checked.model, run_shapes(checked), budget,
                     checked.options.batch_size, dtype_bytes, naive_ir=ir,
                     passes=tuple(p.__name__ for p in PASSES))
+    if workers > 1:
+        from .shard import shard
+
+        return dump_plan(plan) + dump_shards(shard(optimized, plan, workers))
     return dump_plan(plan)
 
 

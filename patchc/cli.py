@@ -47,6 +47,11 @@ def _print_warnings(program) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from patchc.api import compile as compile_spec
 
+    if args.workers != 1 and args.emit != "plan":
+        raise _UsageError("patchc compile: error: --workers applies to --emit plan")
+    if args.workers < 1:
+        raise _UsageError(f"patchc compile: error: --workers must be at least 1, got "
+                          f"{args.workers}")
     program = compile_spec(args.spec)
     _print_warnings(program)
     counts = program.experiments
@@ -70,6 +75,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return EXIT_OK
     from patchc.api import compile as compile_spec
 
+    if args.workers != 1 and args.emit != "plan":
+        raise _UsageError("patchc compile: error: --workers applies to --emit plan")
+    if args.workers < 1:
+        raise _UsageError(f"patchc compile: error: --workers must be at least 1, got "
+                          f"{args.workers}")
     program = compile_spec(args.spec)
     _print_warnings(program)
     graph = program.optimized if args.optimized else program.ir
@@ -78,7 +88,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     elif args.emit == "plan":  # the optimized graph's schedule beside the naive plan's
         from patchc.compiler.dump_plan import emit_plan
 
-        print(emit_plan(program.checked, program.ir, program.optimized), end="")
+        print(emit_plan(program.checked, program.ir, program.optimized,
+                        workers=args.workers), end="")
     elif args.emit == "dot":
         from patchc.compiler.dump_plan import ir_dot
 
@@ -237,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--emit", choices=["ast", "ir", "json", "plan", "dot"], default="ir")
     p.add_argument("--optimized", action="store_true", help="emit the IR after the passes")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="with --emit plan: show how the plan divides over N workers")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run a spec on its model and print/write its tables")

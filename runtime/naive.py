@@ -26,6 +26,7 @@ from . import vectors as V
 from .estimates import run_backward, run_estimate
 from .generate import contains_answer
 from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
+from .loading import input_device
 from .writes import make_reader, make_writer
 
 
@@ -60,7 +61,7 @@ class Interpreter:
         self.model = model
         self.tokenizer = tokenizer
         self.adapter = adapter
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)  # with a device map: where the embedding runs
         self.seed = checked.options.seed
         self.base_dir = checked.spec.source.base_dir
         self.progress = progress
