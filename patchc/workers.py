@@ -1,31 +1,34 @@
 """How a run is spread over processes: `patchc run SPEC --workers N`, or under torchrun.
 
-Every worker checks the spec, holds the model and plans the run; rank 0's Plan is broadcast
-so that all shard the same one (the memory budget, read from free memory, can differ per
-process). Each worker runs its shard (compiler/shard.py) and sends the results it owns to
-rank 0 over torch.distributed (gloo: results are small, and gloo runs on every machine),
-where the tables are built exactly as in one process.
+Every worker checks the spec, holds the model and lowers the same graph; all run rank 0's
+Plan (the memory budget, read from free memory, can differ per process), each its own shard
+of it (compiler/shard.py). The results each worker owns go to rank 0 over torch.distributed
+(gloo: results are small, and gloo runs on every machine), where the tables are built
+exactly as in one process.
 
 Two ways to start the workers:
-  - `spawn`: patchc starts N-1 processes beside the caller, which becomes rank 0. The model
-    the caller loaded is handed to them through torch.multiprocessing, so on the CPU its
-    weights are shared, not copied. With GPUs, worker r computes on GPU r (mod the count).
-  - `join_torchrun`: `torchrun --nproc-per-node N -m patchc.cli run SPEC`; each process
-    loads the model itself, on GPU LOCAL_RANK when there are GPUs.
+  - spawned (`--workers N`): the caller is rank 0. It plans first, then starts N-1 processes
+    and hands them the plan and the model it loaded (through torch.multiprocessing: on the
+    CPU the weights are shared, not copied). It computes its own shard while they start
+    (importing torch takes seconds); they join the group only to send their results.
+    With GPUs, worker r computes on GPU r (mod the count).
+  - torchrun (`torchrun --nproc-per-node N -m patchc.cli run SPEC`): the processes start
+    together and join at once; rank 0 broadcasts its plan. Each loads the model itself, on
+    GPU LOCAL_RANK when there are GPUs.
 
-A worker that fails prints its error (spawned: into a file rank 0 reads) and exits; gloo then
-breaks rank 0's wait at once ("connection closed"), and rank 0 reports the worker's error.
+A spawned worker that fails writes its error to a file and exits; rank 0 notices (the
+process is gone, or gloo reports the closed connection) and reports that worker's error.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import os
 import shutil
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -45,19 +48,16 @@ TIMEOUT = datetime.timedelta(hours=24)
 
 
 class Group:
-    """This process's place among the workers of one run."""
+    """This process's place among the workers of one run (torchrun: already connected)."""
 
-    def __init__(self, rank: int, world: int, local_rank: int | None = None,
-                 errors_dir: Path | None = None) -> None:
+    def __init__(self, rank: int, world: int, local_rank: int | None = None) -> None:
         self.rank, self.world = rank, world
         self.local_rank = rank if local_rank is None else local_rank
-        self.errors_dir = errors_dir  # spawned workers write their errors here
 
     def placement(self, options: Options) -> dict[str, Any]:
         """Option overrides for this worker: its own GPU when the run is on GPUs."""
         check_options(options)
-        gpu = options.device.startswith("cuda") or (
-            options.device == "auto" and torch.cuda.is_available())
+        gpu = options.device.startswith("cuda") or options.device == "auto"
         if not gpu or not torch.cuda.is_available():
             return {}
         return {"device": f"cuda:{self.local_rank % torch.cuda.device_count()}"}
@@ -66,12 +66,7 @@ class Group:
         """Rank 0's plan, on every worker (after checking they lowered the same graph)."""
         box = [(fingerprint(ir), plan.model_dump_json())] if self.rank == 0 else [None]
         self._collective(dist.broadcast_object_list, box, src=0)
-        theirs, text = box[0]  # type: ignore[misc]
-        if theirs != fingerprint(ir):
-            raise RuntimeInterventionError(
-                "E418", f"worker {self.rank} lowered another graph than rank 0",
-                hint="give every worker the same spec, data files and patchc version")
-        return Plan.model_validate_json(text)
+        return _checked_plan(ir, *box[0], self.rank)  # type: ignore[misc]
 
     def run(self, interp: Any, ir: IRGraph, plan: Plan
             ) -> tuple[dict[str, Any], dict[str, float]] | None:
@@ -79,6 +74,7 @@ class Group:
         mine = shard(ir, plan, self.world)[self.rank]
         values = interp.run(ir, mine.plan)
         sent = ({n: _to_cpu(values[n]) for n in mine.owns}, dict(interp.node_seconds))
+        self.connect()
         box: list | None = [None] * self.world if self.rank == 0 else None
         self._collective(dist.gather_object, sent, box, dst=0)
         if box is None:
@@ -91,27 +87,60 @@ class Group:
                 seconds[n] = max(seconds.get(n, 0.0), t)
         return merged, seconds
 
+    def connect(self) -> None:
+        """Join the process group (torchrun's workers joined at start)."""
+
     def _collective(self, fn: Callable, *args: Any, **kwargs: Any) -> None:
         try:
             fn(*args, **kwargs)
         except RuntimeError as e:  # a peer died: say which, with its own error
             raise RuntimeInterventionError(
-                "E415", self._failure() or f"a worker stopped: {str(e).splitlines()[0]}",
+                "E415", self.failure() or f"a worker stopped: {str(e).splitlines()[0]}",
                 hint="the worker's error is above; rerun without --workers to see it alone") \
                 from None
 
-    def _failure(self) -> str | None:
-        if self.errors_dir is None:
-            return None
-        for f in sorted(self.errors_dir.glob("worker-*.err")):
+    def failure(self) -> str | None:
+        """A failed worker's own error, when it could leave one."""
+        return None
+
+
+class Spawned(Group):
+    """A group patchc started itself. Rank 0 (the caller) holds the worker processes."""
+
+    def __init__(self, rank: int, world: int, root: Path, plan_json: str | None = None,
+                 start: Callable[[str, str], list] | None = None) -> None:
+        super().__init__(rank, world)
+        self.root = root  # the rendezvous file, workers' error files and ready marks
+        self.plan_json = plan_json  # rank 0's plan, as a worker received it
+        self.start = start  # rank 0: starts the workers with (fingerprint, plan JSON)
+        self.procs: list = []
+
+    def same_plan(self, ir: IRGraph, plan: Plan) -> Plan:
+        if self.rank == 0:  # the plan is made: now start the workers with it
+            self.procs = self.start(fingerprint(ir), plan.model_dump_json())  # type: ignore[misc]
+            return plan
+        return _checked_plan(ir, *self.plan_json, self.rank)  # type: ignore[misc]
+
+    def connect(self) -> None:
+        if self.rank:
+            (self.root / f"worker-{self.rank}.ready").touch()
+        else:  # wait until every worker is ready, or one is gone
+            while not all((self.root / f"worker-{r}.ready").exists()
+                          for r in range(1, self.world)):
+                if any(p.exitcode is not None for p in self.procs):
+                    time.sleep(0.2)  # its error file is written before it exits
+                    raise RuntimeInterventionError("E415", self.failure() or
+                                                   "a worker stopped without a message")
+                time.sleep(0.02)
+        dist.init_process_group("gloo", init_method=f"file://{self.root / 'store'}",
+                                rank=self.rank, world_size=self.world, timeout=TIMEOUT)
+
+    def failure(self) -> str | None:
+        for f in sorted(self.root.glob("worker-*.err")):
             text = f.read_text().strip()
             if text:
                 return f"{f.stem.replace('-', ' ')} failed: {text.splitlines()[0]}"
         return None
-
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def check_options(options: Options) -> None:
@@ -133,8 +162,21 @@ def fingerprint(ir: IRGraph) -> str:
     return h.hexdigest()
 
 
+def _checked_plan(ir: IRGraph, theirs: str, plan_json: str, rank: int) -> Plan:
+    if theirs != fingerprint(ir):
+        raise RuntimeInterventionError(
+            "E418", f"worker {rank} lowered another graph than rank 0",
+            hint="give every worker the same spec, data files and patchc version")
+    return Plan.model_validate_json(plan_json)
+
+
 def _to_cpu(value: Any) -> Any:
     return value.detach().cpu() if isinstance(value, torch.Tensor) else value
+
+
+def close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # ---- torchrun -------------------------------------------------------------------------------
@@ -156,7 +198,7 @@ def join_torchrun() -> Group:
 def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, naive: bool,
           trust_remote_code: bool, progress: Callable[[int, int], None] | None,
           overrides: dict[str, Any] | None) -> Any:
-    """Start workers-1 processes, run as rank 0 among them, return rank 0's Results."""
+    """Run as rank 0 of `workers` processes (starting the others once the plan is made)."""
     from patchc import runner
 
     if workers < 1:
@@ -178,54 +220,50 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, naive: bool,
         raise e.with_source(spec.source) from None
     threads = max(1, torch.get_num_threads() // workers)  # the cores, divided
     root = Path(tempfile.mkdtemp(prefix="patchc-workers-"))
-    store = f"file://{root / 'store'}"
     ctx = torch.multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, daemon=True,
-                         args=(rank, workers, store, root, threads, spec, model, tokenizer,
-                               overrides))
-             for rank in range(1, workers)]
-    saved = torch.get_num_threads()
-    group = None
-    try:
+
+    def start(digest: str, plan_json: str) -> list:
+        procs = [ctx.Process(target=_worker, daemon=True,
+                             args=(rank, workers, root, (digest, plan_json), threads, spec,
+                                   model, tokenizer, overrides))
+                 for rank in range(1, workers)]
         for p in procs:
             p.start()
-        dist.init_process_group("gloo", init_method=store, rank=0, world_size=workers,
-                                timeout=TIMEOUT)
-        group = Group(0, workers, errors_dir=root)
-        torch.set_num_threads(threads)
+        return procs
+
+    group = Spawned(0, workers, root, start=start)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
         return runner.execute(spec, model, tokenizer, False, trust_remote_code, progress,
                               overrides, group=group)
+    except BaseException:  # rank 0 failed or was interrupted: the workers' results are moot
+        for p in group.procs:
+            p.terminate()
+        raise
     finally:
         torch.set_num_threads(saved)
-        if group is not None:
-            group.close()
-        for p in procs:
+        close()
+        for p in group.procs:
             p.join(timeout=60)
             if p.is_alive():
                 p.terminate()
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _worker(rank: int, world: int, store: str, root: Path, threads: int, spec: Any,
-            model: Any, tokenizer: Any, overrides: dict[str, Any] | None) -> None:
-    """A spawned worker: join the group, run its shard, send its results to rank 0."""
+def _worker(rank: int, world: int, root: Path, plan: tuple[str, str], threads: int,
+            spec: Any, model: Any, tokenizer: Any, overrides: dict[str, Any] | None) -> None:
+    """A spawned worker: run its shard of rank 0's plan, send its results to rank 0."""
     from patchc import runner
 
     torch.set_num_threads(threads)
-    group = None
     try:
-        dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world,
-                                timeout=TIMEOUT)
-        group = Group(rank, world, errors_dir=root)
+        group = Spawned(rank, world, root, plan_json=plan)  # type: ignore[arg-type]
         runner.execute(spec, model, tokenizer, False, False, None, overrides, group=group)
+        close()
     except BaseException as e:  # noqa: BLE001 - reported to rank 0, then this process ends
         text = e.render() if isinstance(e, PatchcError) else \
             f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
         (root / f"worker-{rank}.err").write_text(text)
-        print(f"patchc worker {rank}: {text}", file=sys.stderr)
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
+        print(f"patchc worker {rank}: {text}", file=sys.stderr, flush=True)
         os._exit(1)  # skip gloo's teardown: rank 0 must see the connection close now
-    finally:
-        if group is not None:
-            group.close()

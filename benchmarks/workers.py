@@ -1,0 +1,123 @@
+"""`--workers 2` vs one process on a GPT-2-small-sized model (random weights: 12 layers,
+12 heads, d_model 768, vocab 50257), 8 prompts of 16 tokens, fp32, on this machine's CPU:
+
+    python benchmarks/workers.py [--repeats 2] [--sweep heads_all] [--workers 2]
+
+Contenders, taking turns after a warm-up round (min and median reported):
+- 1 process, all threads   patchc.run(spec, model=..., tokenizer=...)
+- 1 process, 1 thread      the same with torch.set_num_threads(1)
+- N workers                patchc.run(..., workers=N): N processes with threads/N threads
+                           each; includes starting the N-1 processes (imports, ~3 s)
+Also prints how the plan divides (compiler/shard.py): each worker's share of the FLOPs, and
+the FLOPs run twice (prerequisites both workers need). Checks the tables are identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+import transformers as tf
+from bench_common import WORDS, summary, timings
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+import patchc
+from patchc.compiler.shard import shard
+from patchc.runtime.adapters import adapter_for
+from patchc.runtime.execute import Executor
+
+SWEEPS = {
+    "heads_all": "swap L*.H*.z from clean into corrupt  measure ld normalized  as t",
+    "heads_last": "swap L*.H*.z @ last from clean into corrupt  measure ld normalized  as t",
+    "resid_each": "swap L*.resid_pre @ each from clean into corrupt  measure ld normalized  "
+                  "as t",
+}
+CONFIG = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=64,
+              bos_token_id=2, eos_token_id=3, pad_token_id=0)
+
+
+def build(path: Path):
+    torch.manual_seed(0)
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(**CONFIG)).eval()
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<bos>", "<eos>"] + WORDS)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = tf.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>",
+                                     bos_token="<bos>", eos_token="<eos>")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model, tok
+
+
+def make_spec(path: Path, body: str) -> str:
+    from bench_common import prompts
+
+    rows = [{"clean": c, "corrupt": k, "answer": "w1", "distractor": "w2"}
+            for c, k in zip(prompts(1), prompts(2))]
+    data = "[" + ", ".join(str(r).replace("'", '"') for r in rows) + "]"
+    return (f'model "{path}"\ndata d = {data}\nrun clean = d.clean\nrun corrupt = d.corrupt\n'
+            f"metric ld = logit(d.answer) - logit(d.distractor)\n{body}\n")
+
+
+def division(text: str, model, tok, workers: int) -> str:
+    """Each worker's share of the plan's FLOPs and the FLOPs run on more than one."""
+    from patchc.api import compile as compile_spec
+
+    program = compile_spec(text)
+    interp = Executor(program.checked, model, tok, adapter_for(model))
+    ir, plan = interp.prepare(program.optimized)
+    shards = shard(ir, plan, workers)
+    total = sum(s.flops for s in plan.steps)
+    loads = [sh.plan.steps and sum(s.flops for s in sh.plan.steps) for sh in shards]
+    shares = ", ".join(f"{x / total:.0%}" for x in loads)
+    return (f"plan {total / 1e9:.1f} GFLOP in {plan.optimized.forwards} passes; worker "
+            f"shares {shares}; run twice: {(sum(loads) - total) / total:.1%}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--sweep", choices=list(SWEEPS), default="heads_all")
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as d:
+        model, tok = build(Path(d))
+        text = make_spec(Path(d), SWEEPS[args.sweep])
+        results: dict[str, pd.DataFrame] = {}
+
+        def one(n_threads: int, name: str):
+            def fn():
+                saved = torch.get_num_threads()
+                torch.set_num_threads(n_threads)
+                try:
+                    results[name] = patchc.run(text, model=model, tokenizer=tok)["t"]
+                finally:
+                    torch.set_num_threads(saved)
+            return fn
+
+        def sharded():
+            results["workers"] = patchc.run(text, model=model, tokenizer=tok,
+                                            workers=args.workers)["t"]
+
+        cases = {f"1 process, {threads} threads": one(threads, "all"),
+                 "1 process, 1 thread": one(1, "one"),
+                 f"{args.workers} workers": sharded}
+        times = timings(cases, args.repeats)
+        print(f"sweep {args.sweep}: {SWEEPS[args.sweep]}")
+        print(division(text, model, tok, args.workers))
+        print("\n| contender | min s | median s | speed-up of workers (min) |")
+        print("|---|---|---|---|")
+        best = summary(times[f"{args.workers} workers"])[0]
+        for name, ts in times.items():
+            lo, med = summary(ts)
+            print(f"| {name} | {lo:.2f} | {med:.2f} | {lo / best:.2f}x |")
+        same = all(results["workers"].equals(results[k]) for k in ("all", "one"))
+        print(f"\ntables identical: {same}")
+
+
+if __name__ == "__main__":
+    main()
