@@ -1,7 +1,9 @@
-"""`--workers 2` vs one process on a GPT-2-small-sized model (random weights: 12 layers,
-12 heads, d_model 768, vocab 50257), 8 prompts of 16 tokens, fp32, on this machine's CPU:
+"""`--workers 2` vs one process, on a random GPT-2 (`--model gpt2-small`: 12 layers, 12
+heads, d_model 768; `--model small`: the sweep benchmark's 6 layers, 8 heads, d_model 256;
+vocab 50257 both), 8 prompts of 16 tokens, fp32, on this machine's CPU:
 
-    python benchmarks/workers.py [--repeats 2] [--sweep heads_all] [--workers 2]
+    python benchmarks/workers.py [--repeats 2] [--model gpt2-small] [--sweep heads_all]
+                                 [--workers 2]
 
 Contenders, taking turns after a warm-up round (min and median reported):
 - 1 process, all threads   patchc.run(spec, model=..., tokenizer=...)
@@ -35,13 +37,14 @@ SWEEPS = {
     "resid_each": "swap L*.resid_pre @ each from clean into corrupt  measure ld normalized  "
                   "as t",
 }
-CONFIG = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=64,
-              bos_token_id=2, eos_token_id=3, pad_token_id=0)
+MODELS = {"gpt2-small": dict(n_layer=12, n_head=12, n_embd=768),
+          "small": dict(n_layer=6, n_head=8, n_embd=256)}
+COMMON = dict(vocab_size=50257, n_positions=64, bos_token_id=2, eos_token_id=3, pad_token_id=0)
 
 
-def build(path: Path):
+def build(path: Path, size: str):
     torch.manual_seed(0)
-    model = tf.GPT2LMHeadModel(tf.GPT2Config(**CONFIG)).eval()
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(**MODELS[size], **COMMON)).eval()
     vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<bos>", "<eos>"] + WORDS)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -82,10 +85,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sweep", choices=list(SWEEPS), default="heads_all")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--model", choices=list(MODELS), default="gpt2-small")
     args = ap.parse_args()
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as d:
-        model, tok = build(Path(d))
+        model, tok = build(Path(d), args.model)
         text = make_spec(Path(d), SWEEPS[args.sweep])
         results: dict[str, pd.DataFrame] = {}
 
@@ -107,7 +111,7 @@ def main() -> None:
                  "1 process, 1 thread": one(1, "one"),
                  f"{args.workers} workers": sharded}
         times = timings(cases, args.repeats)
-        print(f"sweep {args.sweep}: {SWEEPS[args.sweep]}")
+        print(f"model {args.model}, sweep {args.sweep}: {SWEEPS[args.sweep]}")
         print(division(text, model, tok, args.workers))
         print("\n| contender | min s | median s | speed-up of workers (min) |")
         print("|---|---|---|---|")

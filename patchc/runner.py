@@ -128,7 +128,8 @@ def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
     from patchc.runtime.execute import Executor
 
     interp = Executor(checked, model, tokenizer, adapter, progress)
-    ir, plan = interp.prepare(optimize(ir))
+    share = group.sharing(interp.device) if group is not None else 1
+    ir, plan = interp.prepare(optimize(ir), share=share)
     if group is None:
         values = interp.run(ir, plan)
         return values, _table_seconds(ir, interp.node_seconds), ir, plan

@@ -62,6 +62,14 @@ class Group:
             return {}
         return {"device": f"cuda:{self.local_rank % torch.cuda.device_count()}"}
 
+    def sharing(self, device: torch.device) -> int:
+        """How many workers of this machine compute on `device` (they split its memory;
+        rank 0 plans for its share, and every worker runs that plan)."""
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        if device.type == "cuda":
+            return -(-local // torch.cuda.device_count())
+        return local
+
     def same_plan(self, ir: IRGraph, plan: Plan) -> Plan:
         """Rank 0's plan, on every worker (after checking they lowered the same graph)."""
         box = [(fingerprint(ir), plan.model_dump_json())] if self.rank == 0 else [None]

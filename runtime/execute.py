@@ -37,15 +37,17 @@ from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
 from .writes import make_reader, make_writer
 
 
-def memory_budget(memory: str | None, device: torch.device, weights: int) -> int:
-    """`set memory`, else weights + half of the memory free now (a conservative budget)."""
+def memory_budget(memory: str | None, device: torch.device, weights: int, share: int = 1
+                  ) -> int:
+    """`set memory`, else weights + half of the memory free now (a conservative budget),
+    divided among the `share` worker processes that compute on this device."""
     if memory is not None:
         return parse_bytes(memory)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
         free = _available_ram()
-    return weights + free // 2
+    return weights + free // 2 // share
 
 
 def _available_ram() -> int:
@@ -72,8 +74,10 @@ class Executor(Interpreter):
         self._remap: torch.Tensor | None = None
 
     # ---- planning -----------------------------------------------------------------------
-    def prepare(self, ir: IRGraph, naive_ir: IRGraph | None = None) -> tuple[IRGraph, Plan]:
-        """The graph as this model can run it, and its Plan for the real token counts."""
+    def prepare(self, ir: IRGraph, naive_ir: IRGraph | None = None, share: int = 1
+                ) -> tuple[IRGraph, Plan]:
+        """The graph as this model can run it, and its Plan for the real token counts;
+        `share`: how many worker processes compute on this device (they split its memory)."""
         if not narrowable(self.model.config):  # sliding-window caches cannot be cut
             ir = _without_narrowing(ir)
         runs = {}
@@ -84,7 +88,7 @@ class Executor(Interpreter):
         param = next(self.model.parameters())
         weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
         options = self.checked.options
-        budget = memory_budget(options.memory, self.device, weights)
+        budget = memory_budget(options.memory, self.device, weights, share)
         plan = schedule(ir, self.checked.model, runs, budget, options.batch_size,
                         param.element_size(), weights, naive_ir)
         return ir, plan
