@@ -47,11 +47,6 @@ def _print_warnings(program) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from patchc.api import compile as compile_spec
 
-    if args.workers != 1 and args.emit != "plan":
-        raise _UsageError("patchc compile: error: --workers applies to --emit plan")
-    if args.workers < 1:
-        raise _UsageError(f"patchc compile: error: --workers must be at least 1, got "
-                          f"{args.workers}")
     program = compile_spec(args.spec)
     _print_warnings(program)
     counts = program.experiments

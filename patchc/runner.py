@@ -13,6 +13,8 @@ import time
 import weakref
 from typing import Any, Callable
 
+from pydantic import ValidationError
+
 from patchc.compiler import ast as A
 from patchc.compiler.check import AUTO, check
 from patchc.compiler.checked import CheckedSpec, Options
@@ -28,9 +30,14 @@ def _options(checked: CheckedSpec, overrides: dict[str, Any]) -> CheckedSpec:
         return checked
     try:
         options = Options(**{**checked.options.model_dump(), **overrides})
-    except Exception as e:  # pydantic's ValidationError: a bad override is the caller's
-        raise RuntimeInterventionError("E412", f"bad option override: {e}".splitlines()[0]) \
-            from None
+    except ValidationError as e:  # a bad override is the caller's: say which and why
+        err = e.errors()[0]
+        name = ".".join(str(p) for p in err["loc"][:1])
+        why = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            why = f"no such option (options are {', '.join(Options.model_fields)})"
+        raise RuntimeInterventionError(
+            "E412", f"bad option override {name}={overrides.get(name)!r}: {why}") from None
     from dataclasses import replace
 
     return replace(checked, options=options)
