@@ -25,16 +25,20 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import pickle
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
+from multiprocessing.reduction import ForkingPickler  # torch registers its tensor reductions
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing  # noqa: F401 - registers the reductions that share tensors
 
 from patchc.compiler.checked import Options
 from patchc.compiler.errors import PatchcError, RuntimeInterventionError
@@ -122,6 +126,8 @@ class Spawned(Group):
         self.plan_json = plan_json  # rank 0's plan, as a worker received it
         self.start = start  # rank 0: starts the workers with (fingerprint, plan JSON)
         self.procs: list = []
+        self.starter: threading.Thread | None = None  # rank 0: starts the workers
+        self.start_error: str | None = None
 
     def same_plan(self, ir: IRGraph, plan: Plan) -> Plan:
         if self.rank == 0:  # the plan is made: now start the workers with it
@@ -133,6 +139,11 @@ class Spawned(Group):
         if self.rank:
             (self.root / f"worker-{self.rank}.ready").touch()
         else:  # wait until every worker is ready, or one is gone
+            if self.starter is not None:
+                self.starter.join()
+            if self.start_error:
+                raise RuntimeInterventionError(
+                    "E415", f"could not start the worker processes: {self.start_error}")
             while not all((self.root / f"worker-{r}.ready").exists()
                           for r in range(1, self.world)):
                 if any(p.exitcode is not None for p in self.procs):
@@ -218,6 +229,7 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, naive: bool,
         raise RuntimeInterventionError(
             "E416", "the naive interpreter runs in one process",
             hint="drop --naive, or --workers (the naive run is the reference oracle)")
+    ctx = _context()  # before loading: the fork server imports torch meanwhile
     # Load once here: a bad spec or a missing model fails before any process starts, and
     # the workers get these weights (shared memory on the CPU) instead of reading them again.
     try:
@@ -228,15 +240,28 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, naive: bool,
         raise e.with_source(spec.source) from None
     threads = max(1, torch.get_num_threads() // workers)  # the cores, divided
     root = Path(tempfile.mkdtemp(prefix="patchc-workers-"))
-    ctx = torch.multiprocessing.get_context("spawn")
 
     def start(digest: str, plan_json: str) -> list:
+        # Starting waits for the fork server's imports: it happens beside rank 0's own shard.
+        # The model is pickled first, here, and once per worker (a shared tensor's handle
+        # is good for one receiver): not while rank 0 computes with it and hooks are on it.
+        # On the CPU its weights move to shared memory (once; a later run finds them there).
+        if model.device.type == "cpu":
+            model.share_memory()
         procs = [ctx.Process(target=_worker, daemon=True,
-                             args=(rank, workers, root, (digest, plan_json), threads, spec,
-                                   model, tokenizer, overrides))
+                             args=(rank, workers, root, (digest, plan_json), threads,
+                                   bytes(ForkingPickler.dumps((spec, model, tokenizer))),
+                                   overrides))
                  for rank in range(1, workers)]
-        for p in procs:
-            p.start()
+        def start_all() -> None:
+            try:
+                for p in procs:
+                    p.start()
+            except Exception as e:  # noqa: BLE001 - rank 0 reports it when it connects
+                group.start_error = f"{type(e).__name__}: {e}"
+
+        group.starter = threading.Thread(target=start_all, daemon=True)
+        group.starter.start()
         return procs
 
     group = Spawned(0, workers, root, start=start)
@@ -246,26 +271,55 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, naive: bool,
         return runner.execute(spec, model, tokenizer, False, trust_remote_code, progress,
                               overrides, group=group)
     except BaseException:  # rank 0 failed or was interrupted: the workers' results are moot
-        for p in group.procs:
-            p.terminate()
+        _stop(group, 0)
         raise
     finally:
         torch.set_num_threads(saved)
         close()
-        for p in group.procs:
-            p.join(timeout=60)
-            if p.is_alive():
-                p.terminate()
+        _stop(group, 60)
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _stop(group: Spawned, wait: float) -> None:
+    """Join the workers (they end after sending their results); end any still running."""
+    if group.starter is not None:
+        group.starter.join()
+    for p in group.procs:
+        if p.pid is None:  # never started
+            continue
+        p.join(timeout=wait)
+        if p.is_alive():
+            p.terminate()
+            p.join(timeout=5)
+
+
+def _context():
+    """Workers are forked from a fork server that has imported torch, transformers and the
+    runtime but never computed (fork after OpenMP ran hangs the child), so a worker starts in
+    a fraction of a second instead of the seconds of a fresh import. It starts now, in the
+    background, and lives as long as this process (a notebook's later runs reuse it). Where
+    there is no fork server (Windows), workers are spawned fresh."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return torch.multiprocessing.get_context("spawn")
+    ctx = torch.multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "transformers", "patchc.runner",
+                                "patchc.runtime.execute", "patchc.runtime.adapters"])
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+    return ctx
+
+
 def _worker(rank: int, world: int, root: Path, plan: tuple[str, str], threads: int,
-            spec: Any, model: Any, tokenizer: Any, overrides: dict[str, Any] | None) -> None:
+            payload: bytes, overrides: dict[str, Any] | None) -> None:
     """A spawned worker: run its shard of rank 0's plan, send its results to rank 0."""
     from patchc import runner
 
     torch.set_num_threads(threads)
     try:
+        spec, model, tokenizer = pickle.loads(payload)
         group = Spawned(rank, world, root, plan_json=plan)  # type: ignore[arg-type]
         runner.execute(spec, model, tokenizer, False, False, None, overrides, group=group)
         close()
