@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from transformers import AutoTokenizer, GPT2LMHeadModel  # noqa: E402
 
 import patchc  # noqa: E402
@@ -60,8 +61,18 @@ def spec_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Workers get this process's threads divided among them (here 1 each); a reduction can
+    # round differently with another thread count, so the single run uses 1 thread too.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="module")
-def single(spec_file: Path) -> patchc.Results:
+def single(spec_file: Path, one_thread) -> patchc.Results:
     return patchc.run(spec_file)
 
 
