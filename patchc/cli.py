@@ -2,7 +2,8 @@
 
     patchc check SPEC                              warnings, then one `ok` line
     patchc run SPEC [--out DIR] [--naive] [--set KEY=VALUE ...]
-    patchc compile SPEC --emit ast|ir|json|plan|dot [--optimized]
+                    [--workers N] [--device-map MAP]   (docs/scaling.md; also under torchrun)
+    patchc compile SPEC --emit ast|ir|json|plan|dot [--optimized] [--workers N]
     patchc fmt SPEC [--check | --stdout]           canonical layout, comments kept
     patchc --version
 
@@ -178,6 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.device_map:
         overrides["device_map"] = args.device_map
     workers: int | str = "torchrun" if launched_by_torchrun() else args.workers
+    if workers == "torchrun" and os.environ.get("RANK", "0") != "0":
+        args.quiet = True  # one progress bar: rank 0's
     if workers != "torchrun" and workers < 1:
         raise _UsageError(f"patchc run: error: --workers must be at least 1, got {workers}")
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
