@@ -292,3 +292,16 @@ def test_compile_emit_plan_and_dot(capsys):
     code, out, err = cli(capsys, "compile", IOI, "--emit", "dot", "--optimized")
     assert code == 0, err
     assert out.startswith("digraph patchc {") and "subgraph cluster_0" in out
+
+
+def test_compile_emit_plan_for_workers(capsys):
+    code, out, err = cli(capsys, "compile", IOI, "--emit", "plan", "--workers", "3")
+    assert code == 0, err
+    assert "\nworkers: 3, together " in out
+    shares = [line for line in out.splitlines() if line.startswith("worker ")]
+    assert [s.split(":")[0] for s in shares] == ["worker 0", "worker 1", "worker 2"]
+    assert all("%), reports m" in s for s in shares)
+    code, _, err = cli(capsys, "compile", IOI, "--emit", "ir", "--workers", "2")
+    assert code == 1 and "--workers applies to --emit plan" in err
+    code, _, err = cli(capsys, "compile", IOI, "--emit", "plan", "--workers", "0")
+    assert code == 1 and "at least 1" in err
