@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from patchc.compiler import ast as A
 from patchc.compiler.check import AUTO, check
 from patchc.compiler.checked import CheckedSpec, Options
-from patchc.compiler.errors import PatchcError, RuntimeInterventionError
+from patchc.compiler.errors import NO_SPAN, PatchcError, RuntimeInterventionError
 from patchc.compiler.ir import Backward, Forward, IRGraph
 from patchc.compiler.lower import lower
 from patchc.manifest import Manifest, sha256_text, versions
@@ -97,8 +97,13 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
     options = checked.options
     if model is None:
         decl = _model_decl(spec)
-        loaded = load(decl.model_id, decl.revision, options, spec.source.base_dir,
-                      trust_remote_code)
+        try:
+            loaded = load(decl.model_id, decl.revision, options, spec.source.base_dir,
+                          trust_remote_code)
+        except PatchcError as e:  # a failed load points at the `model` statement
+            if e.span == NO_SPAN:
+                e.span = decl.span
+            raise
         return checked, loaded.model, loaded.tokenizer, loaded.device
     if tokenizer is None:
         raise RuntimeInterventionError("E413", "pass the tokenizer with the model")
