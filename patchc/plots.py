@@ -50,15 +50,43 @@ def plot_table(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path) -> l
 
 
 def _draw(plt, name: str, df: pd.DataFrame, keys: list[str], col: str):
-    title = f"{name}: {col}"
+    """One figure for one measured column: a heatmap (two sweep variables), bars or a line
+    (one), a single bar (none). A `site` column (several site items in one operation) gets
+    one panel per site item, each drawn over the remaining variables."""
+    if "site" in keys and len(keys) > 1:
+        rest = [k for k in keys if k != "site"]
+        if len(rest) > 2:
+            return None
+        sites = list(dict.fromkeys(df["site"]))
+        w, h = _size(df[df["site"] == sites[0]], rest)
+        fig, axes = plt.subplots(len(sites), 1, figsize=(w, h * len(sites)), squeeze=False)
+        lim = _limit(df[col].tolist())
+        for ax, site in zip(axes[:, 0], sites):
+            _panel(fig, ax, df[df["site"] == site], rest, col, lim, f"{name}: {col} ({site})")
+        fig.tight_layout()
+        return fig
+    if len(keys) > 2:
+        return None  # three or more sweep variables: no single picture; the CSV has it all
+    fig, ax = plt.subplots(figsize=_size(df, keys))
+    _panel(fig, ax, df, keys, col, _limit(df[col].tolist()), f"{name}: {col}")
+    return fig
+
+
+def _size(df: pd.DataFrame, keys: list[str]) -> tuple[float, float]:
+    if len(keys) == 2:
+        n_cols, n_rows = df[keys[1]].nunique(), df[keys[0]].nunique()
+        return (max(4.0, min(16.0, 0.45 * n_cols + 2.5)), max(3.0, min(12.0, 0.4 * n_rows + 1.5)))
+    if len(keys) == 1:
+        return max(4.0, min(14.0, 0.35 * len(df) + 2)), 3.5
+    return 3.5, 3.5
+
+
+def _panel(fig, ax, df: pd.DataFrame, keys: list[str], col: str, lim: float, title: str
+           ) -> None:
     if len(keys) == 2:
         rows, cols = keys
         grid = df.pivot_table(index=rows, columns=cols, values=col, aggfunc="mean",
                               sort=True)
-        lim = _limit(grid.to_numpy().ravel().tolist())
-        width = max(4.0, min(16.0, 0.45 * grid.shape[1] + 2.5))
-        height = max(3.0, min(12.0, 0.4 * grid.shape[0] + 1.5))
-        fig, ax = plt.subplots(figsize=(width, height))
         im = ax.imshow(grid.to_numpy(dtype=float), cmap="RdBu_r", vmin=-lim, vmax=lim,
                        aspect="auto", interpolation="nearest")
         ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns],
@@ -67,34 +95,25 @@ def _draw(plt, name: str, df: pd.DataFrame, keys: list[str], col: str):
         ax.set_xlabel(cols)
         ax.set_ylabel(rows)
         fig.colorbar(im, ax=ax, label=col)
-        ax.set_title(title)
-        return fig
-    if len(keys) == 1:
+    elif len(keys) == 1:
         (key,) = keys
         data = df.sort_values(key) if pd.api.types.is_numeric_dtype(df[key]) else df
         values = data[col].astype(float).tolist()
-        labels = [str(v) for v in data[key]]
-        fig, ax = plt.subplots(figsize=(max(4.0, min(14.0, 0.35 * len(values) + 2)), 3.5))
         if pd.api.types.is_numeric_dtype(df[key]) and len(values) > 12:
             ax.plot(data[key], values, marker="o", color="#2166ac")
         else:
             colors = ["#b2182b" if v < 0 else "#2166ac" for v in values]
-            ax.bar(labels, values, color=colors)
+            ax.bar([str(v) for v in data[key]], values, color=colors)
             ax.tick_params(axis="x", rotation=90 if len(values) > 12 else 0)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xlabel(key)
         ax.set_ylabel(col)
-        ax.set_title(title)
-        return fig
-    if not keys and len(df) >= 1:
-        fig, ax = plt.subplots(figsize=(3.5, 3.5))
+    else:
         v = float(df[col].iloc[0])
         ax.bar([col], [v], color="#b2182b" if v < 0 else "#2166ac")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_ylabel(col)
-        ax.set_title(title)
-        return fig
-    return None  # three or more sweep variables: no single picture; the CSV has it all
+    ax.set_title(title)
 
 
 def plot_dir(out_dir: str | Path) -> list[Path]:
