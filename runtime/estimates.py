@@ -120,7 +120,7 @@ def run_estimate(interp: "Interpreter", ir: IRGraph, node: Estimate) -> torch.Te
         m_b, grads = _integrated_gradients(interp, ir, bid, pairs, node.steps)
     else:
         raise RuntimeInterventionError("E463", f"unknown estimator {node.method!r}")
-    delta = torch.zeros_like(m_b)
+    delta = torch.zeros_like(m_b, device="cpu")  # the products are summed on the CPU
     valid = torch.ones(m_b.shape[0], dtype=torch.bool)
     for ra, rb in pairs:
         a: ReadValue = interp.values[ra]

@@ -32,7 +32,7 @@ class MetricContext:
 def evaluate(expr: A.MExpr, ctx: MetricContext) -> torch.Tensor:
     """Per-example values [n] (float32)."""
     if isinstance(expr, A.MNum):
-        return torch.full((ctx.logits.shape[0],), float(expr.value))
+        return torch.full((ctx.logits.shape[0],), float(expr.value), device=ctx.logits.device)
     if isinstance(expr, A.MBin):
         a, b = evaluate(expr.left, ctx), evaluate(expr.right, ctx)
         return {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[expr.op]

@@ -32,16 +32,17 @@ def mean_terms(expr: A.VExpr) -> Iterator[A.VMean]:
 
 def evaluate(expr: A.VExpr, means: list[torch.Tensor], named: dict[str, torch.Tensor],
              base_dir: str, scale: float | None = None) -> torch.Tensor:
-    """The vector [d] (float32). `means` holds each mean(...) term's value in order;
-    `named` the already evaluated `vector` declarations; `scale` the value of a scalar
-    sweep `{...}` for this experiment."""
+    """The vector [d] (float32, on the CPU; a write moves it to its site's device).
+    `means` holds each mean(...) term's value in order; `named` the already evaluated
+    `vector` declarations; `scale` the value of a scalar sweep `{...}` for this
+    experiment."""
     it = iter(means)
 
     def ev(e: A.VExpr) -> torch.Tensor:
         if isinstance(e, A.VRef):
             return named[e.name]
-        if isinstance(e, A.VMean):
-            return next(it).float()
+        if isinstance(e, A.VMean):  # on the CPU: means of sites on different devices mix
+            return next(it).float().cpu()
         if isinstance(e, A.VLoad):
             return _load(base_dir, e.path, e.key).float()
         if isinstance(e, A.VSae):
@@ -82,7 +83,7 @@ def _load(base_dir: str, path: str, key: str) -> torch.Tensor:
 
 def projector(vectors: list[torch.Tensor]) -> torch.Tensor:
     """The orthogonal projector [d, d] onto span(vectors)."""
-    basis = torch.stack([v.float() for v in vectors], dim=1)  # [d, k]
+    basis = torch.stack([v.float().cpu() for v in vectors], dim=1)  # [d, k]
     q, r = torch.linalg.qr(basis)
     # Drop directions of (numerically) dependent vectors so P stays a projector.
     keep = r.diagonal().abs() > 1e-6 * r.diagonal().abs().max().clamp(min=1e-30)
