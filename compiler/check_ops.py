@@ -8,6 +8,7 @@ from . import ast as A
 from . import printer
 from .check_context import Context, did_you_mean
 from .check_metrics import check_measures
+from .linear import NonLinear, linear_terms, nonlinear_message
 from .check_runs import check_vector_fits, no_subspace, require_aligned
 from .check_sites import (
     captures,
@@ -57,6 +58,18 @@ def check_operation(ctx: Context, op: A.Operation, vectors: VectorChecker) -> No
                   op.span.line, op.span.col + len(kw)), hint="add `measure METRIC`, e.g. "
                   "`measure ld normalized`")
     check_measures(ctx, op.clauses.measures, target)
+    if isinstance(op, A.Dla):
+        _linear_measures(ctx, op.clauses.measures)
+
+
+def _linear_measures(ctx: Context, measures: tuple[A.Measure, ...]) -> None:
+    """`dla` splits only metrics linear in the logits (compiler/linear.py)."""
+    for m in measures:
+        try:
+            linear_terms(m.expr, ctx.metrics)
+        except NonLinear as e:
+            ctx.error("E465", nonlinear_message(str(e)), m.span,
+                      "measure logit(...) terms, e.g. logit(d.answer) - logit(d.distractor)")
 
 
 def _sites(ctx: Context, op: A.Operation, target: RunInfo | None

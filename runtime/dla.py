@@ -28,46 +28,22 @@ from patchc.compiler import ast as A
 from patchc.compiler.errors import RuntimeInterventionError
 from patchc.compiler.ir import Estimate, Forward, IRGraph, Metric, Read
 
+from patchc.compiler.linear import NonLinear, Terms, nonlinear_message
+from patchc.compiler.linear import linear_terms as _linear_terms
+
 from .inputs import position_index, position_valid
 from .writes import ReadValue, gather
 
 if TYPE_CHECKING:
     from .naive import Interpreter
 
-Terms = list[tuple[float, A.Tok]]
-
-
-def _nonlinear(what: str) -> RuntimeInterventionError:
-    return RuntimeInterventionError(
-        "E465", f"dla splits a metric that is linear in the logits (logit(...) terms, their "
-        f"sums, differences and multiples by numbers); {what} is not")
-
-
 def linear_terms(expr: A.MExpr) -> tuple[Terms, float]:
-    """(coefficient, token) of each logit term of a metric linear in the logits, and its
-    constant. Raises E465 for anything else."""
-    if isinstance(expr, A.MNum):
-        return [], float(expr.value)
-    if isinstance(expr, A.MNeg):
-        terms, c = linear_terms(expr.operand)
-        return [(-k, t) for k, t in terms], -c
-    if isinstance(expr, A.MCall):
-        if expr.fn != "logit":
-            raise _nonlinear(f"{expr.fn}(...)")
-        return [(1.0, expr.tok)], 0.0
-    if isinstance(expr, A.MBin):
-        (lt, lc), (rt, rc) = linear_terms(expr.left), linear_terms(expr.right)
-        if expr.op in "+-":
-            sign = 1.0 if expr.op == "+" else -1.0
-            return lt + [(sign * k, t) for k, t in rt], lc + sign * rc
-        if expr.op == "*" and not (lt and rt):
-            factor, terms = (lc, rt) if not lt else (rc, lt)
-            return [(factor * k, t) for k, t in terms], lc * rc
-        if expr.op == "/" and not rt:
-            return [(k / rc, t) for k, t in lt], lc / rc
-        raise _nonlinear(f"a {'product' if expr.op == '*' else 'quotient'} of logit terms")
-    name = {A.MKL: "kl(...)", A.MLoss: "loss", A.MGenerate: "generate(...)"}.get(type(expr))
-    raise _nonlinear(name or type(expr).__name__)
+    """compiler/linear.py's terms; E465 if the metric is not linear (check reports it
+    first; this guards a graph built without check)."""
+    try:
+        return _linear_terms(expr)
+    except NonLinear as e:
+        raise RuntimeInterventionError("E465", nonlinear_message(str(e))) from None
 
 
 def _at_metric(value: ReadValue, read: Read, mpos: torch.Tensor, columns) -> torch.Tensor:

@@ -17,7 +17,9 @@ from adapter_models import FAMILIES, build, no_hooks_left
 from conftest import Fam, inline, logit_diff, make_tokenizer
 
 import patchc
-from patchc.compiler.errors import RuntimeInterventionError
+from patchc.compiler import ast as A
+from patchc.compiler.errors import NO_SPAN, PatchcError, RuntimeInterventionError
+from patchc.runtime import dla
 from patchc.compiler.ir import Backward
 from patchc.runtime import lrp
 from patchc.runtime.adapters import adapter_for
@@ -384,5 +386,7 @@ def _dla_row(res, site: str) -> torch.Tensor:
 
 
 def test_dla_rejects_a_nonlinear_metric(gpt2: Fam) -> None:
-    with pytest.raises(RuntimeInterventionError, match="E465"):
+    with pytest.raises(PatchcError, match="E465"):  # `check` finds it before any forward
         gpt2.run(HEAD + "dla L*.mlp.out in corrupt measure logprob(d.answer)\n")
+    with pytest.raises(RuntimeInterventionError, match="E465"):  # the runtime's guard
+        dla.linear_terms(A.MCall("rank", A.ColumnRef("d", "answer", NO_SPAN), NO_SPAN))
