@@ -88,7 +88,7 @@ def run_dla(interp: "Interpreter", ir: IRGraph, node: Estimate) -> torch.Tensor:
     total = torch.zeros(batch.n, device=x.device)
     with torch.no_grad():
         for coef, tok in terms:
-            rows = ad.unembed_rows(token_ids(tok).to(x.device)).float()  # [n, d]
+            rows = ad.unembed_rows(token_ids(tok)).float().to(x.device)  # [n, d]
             total += coef * (x * rows).sum(-1)
     out = torch.where(valid, total.cpu(), torch.nan)
     return out.view(-1, fwd.samples).mean(1) if fwd.samples > 1 else out

@@ -128,7 +128,8 @@ def run_estimate(interp: "Interpreter", ir: IRGraph, node: Estimate) -> torch.Te
         av, bv = a.value.float(), b.value.float()
         if av.shape[0] != bv.shape[0]:  # A without noise samples, B with: align rows
             av = av.repeat_interleave(bv.shape[0] // av.shape[0], 0)
-        diff = (av - bv).to(grads[rb].device)
+        g = grads[rb]  # reads of one site in two forwards may sit on different devices
+        diff = av.to(g.device) - bv.to(g.device)
         if diff.shape[0] != grads[rb].shape[0]:
             diff = diff.repeat_interleave(grads[rb].shape[0] // diff.shape[0], 0)
         delta = delta + (diff * grads[rb].float()).flatten(1).sum(1).cpu()
@@ -171,7 +172,7 @@ def _integrated_gradients(interp: "Interpreter", ir: IRGraph, bid: str,
         if a.shape[0] != b.shape[0]:  # noise samples of one run: align rows
             a = a.repeat_interleave(b.shape[0] // a.shape[0], 0)
         site = Site(read.site.kind, read.site.layer, read.site.head)
-        ends.setdefault(site, []).append((read, b, a - b))
+        ends.setdefault(site, []).append((read, b, a.to(b.device) - b))
     chunk = _ig_chunk(interp, ir, backward, steps)
     total: dict[str, torch.Tensor] = {}
     for first in range(0, steps, chunk):

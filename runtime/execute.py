@@ -194,7 +194,9 @@ class Executor(Interpreter):
                                                      step.start_layer)
         state = None
         if step.start is not None:
-            state = self.values[step.start].value[:, p0:].repeat(k, 1, 1).to(self.device)
+            # Left where the twin read it: the start layer's own device (with a device map,
+            # accelerate's hook on that layer moves it if needed).
+            state = self.values[step.start].value[:, p0:].repeat(k, 1, 1)
         slots, index, tokens, remap = self._logit_plan(ir, step, members, batch, columns)
         head = self.model.get_output_embeddings()
         with self.adapter.hooks(hooks), \

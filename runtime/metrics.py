@@ -55,7 +55,7 @@ def evaluate(expr: A.MExpr, ctx: MetricContext) -> torch.Tensor:
     if isinstance(expr, A.MKL):
         if ctx.reference is None:
             raise RuntimeInterventionError("E430", f"kl({expr.run}) has no reference logits")
-        p_log = torch.log_softmax(ctx.reference, -1)
+        p_log = torch.log_softmax(ctx.reference.to(ctx.logits.device), -1)
         q_log = torch.log_softmax(ctx.logits, -1)
         return (p_log.exp() * (p_log - q_log)).sum(-1)
     if isinstance(expr, A.MLoss):
@@ -63,7 +63,7 @@ def evaluate(expr: A.MExpr, ctx: MetricContext) -> torch.Tensor:
     if isinstance(expr, A.MGenerate):
         if id(expr) not in ctx.contains:
             raise RuntimeInterventionError("E431", "generate(...) was not run for this metric")
-        return ctx.contains[id(expr)]
+        return ctx.contains[id(expr)].to(ctx.logits.device)  # scored on the CPU
     if isinstance(expr, A.MRef):
         raise RuntimeInterventionError("E432", f"metric {expr.name} was not inlined")
     raise AssertionError(expr)

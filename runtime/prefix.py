@@ -127,9 +127,11 @@ def trimmed_logits(head: nn.Module, index: Tensor | None, tokens: Tensor | None
         if tokens is None:
             return None
         h = kept.pop()
-        ids = tokens.to(h.device)
-        bias = param(head, "bias")
-        return nn.functional.linear(h, param(head)[ids],
+        # With a device map, `h` is where the final norm ran and the head's weight may be
+        # elsewhere (tied to the embedding, or offloaded): compute where the weight is.
+        w, bias = param(head), param(head, "bias")
+        ids = tokens.to(w.device)
+        return nn.functional.linear(h.to(w.device), w[ids],
                                     bias[ids] if bias is not None else None)
 
     handles = [head.register_forward_pre_hook(pre), head.register_forward_hook(post)]

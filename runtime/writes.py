@@ -150,7 +150,7 @@ def _mean_value(write: Write, src: ReadValue, cur: torch.Tensor, batch: Batch,
             raise RuntimeInterventionError(
                 "E455", f"{write.site}: mean ablation has no example with position {src.pos}")
         mean = src.value[have.to(src.value.device)].float().mean(0, keepdim=True)
-        return mean.expand_as(cur).to(cur.dtype)
+        return mean.expand_as(cur).to(cur.device, cur.dtype)
     sb = src.batch
     width = max(sb.lengths)
     total = torch.zeros(width, cur.shape[-1], device=cur.device)

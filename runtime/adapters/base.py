@@ -164,7 +164,8 @@ class Adapter(abc.ABC):
         """[k, d_model] rows u_t such that logit(t) = normed_resid @ u_t + (a bias): the
         unembedding after the final norm, for direct logit attribution. None of the families'
         extras between the norm and the unembedding may be nonlinear (see final_softcap)."""
-        return param(self.model.get_output_embeddings())[tokens]
+        w = param(self.model.get_output_embeddings())
+        return w[tokens.to(w.device)]
 
     def final_softcap(self) -> float | None:
         """A tanh soft-cap on the final logits (Gemma-2), which makes them nonlinear."""

@@ -185,7 +185,9 @@ def tap_norm_scale(
     centered(x) * s' * w (+ b), computed as out + centered(x) * (s' - s) * w."""
 
     def post(_mod: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
-        x = _first(args, {})
+        # The input as the hook sees it is where it came from; with a device map the norm
+        # (its weight, its output) may compute elsewhere.
+        x = _first(args, {}).to(out.device)
         xf = x.float()
         xc = xf - xf.mean(-1, keepdim=True) if centered else xf
         scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
@@ -198,7 +200,7 @@ def tap_norm_scale(
         delta = xc * (res - scale)
         w = weight()
         if w is not None:
-            delta = delta * w.float()
+            delta = delta * w.float().to(delta.device)
         return out + delta.to(out.dtype)
 
     return module.register_forward_hook(post, prepend=prepend)
@@ -210,7 +212,8 @@ def tap_head_out(
     """Head h's contribution z_h @ W_O[h] (no bias), w_head() giving W_O[h] as [d_head, d_model]."""
 
     def post(_mod: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
-        contrib = cols.read(_first(args, {})) @ w_head()
+        z = _first(args, {}).to(out.device)  # where o_proj computes (see tap_norm_scale)
+        contrib = cols.read(z) @ w_head().to(out.device)
         res = fn(contrib)
         if res is None:
             return None
