@@ -176,9 +176,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from patchc.workers import launched_by_torchrun
 
     overrides = _overrides(args.set or [])
-    if args.device_map:  # a map file named on the command line is relative to the cwd
-        dm = args.device_map
-        overrides["device_map"] = str(Path(dm).resolve()) if dm.endswith(".json") else dm
+    if args.device_map:
+        overrides["device_map"] = args.device_map
+    dm = overrides.get("device_map")
+    if isinstance(dm, str) and dm.endswith(".json"):  # named on the command line: from the cwd
+        overrides["device_map"] = str(Path(dm).resolve())
     workers: int | str = "torchrun" if launched_by_torchrun() else args.workers
     if workers == "torchrun" and os.environ.get("RANK", "0") != "0":
         args.quiet = True  # one progress bar: rank 0's
