@@ -54,9 +54,11 @@ TIMEOUT = datetime.timedelta(hours=24)
 class Group:
     """This process's place among the workers of one run (torchrun: already connected)."""
 
-    def __init__(self, rank: int, world: int, local_rank: int | None = None) -> None:
+    def __init__(self, rank: int, world: int, local_rank: int | None = None,
+                 owns: bool = True) -> None:
         self.rank, self.world = rank, world
         self.local_rank = rank if local_rank is None else local_rank
+        self.owns = owns  # patchc created the process group (and so ends it)
 
     def placement(self, options: Options) -> dict[str, Any]:
         """Option overrides for this worker: its own GPU when the run is on GPUs."""
@@ -89,6 +91,7 @@ class Group:
         self.connect()
         box: list | None = [None] * self.world if self.rank == 0 else None
         self._collective(dist.gather_object, sent, box, dst=0)
+        self._finish()
         if box is None:
             return None
         merged: dict[str, Any] = {}
@@ -101,6 +104,13 @@ class Group:
 
     def connect(self) -> None:
         """Join the process group (torchrun's workers joined at start)."""
+
+    def _finish(self) -> None:
+        """End the group once every worker is done with it: a gloo group left for the
+        interpreter's exit to tear down can abort the process (std::terminate)."""
+        if self.owns:
+            self._collective(dist.barrier)
+            close()
 
     def _collective(self, fn: Callable, *args: Any, **kwargs: Any) -> None:
         try:
@@ -206,10 +216,11 @@ def launched_by_torchrun() -> bool:
 
 def join_torchrun() -> Group:
     """The group torchrun's environment describes (RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()  # a script may have joined it already
+    if owns:
         dist.init_process_group("gloo", timeout=TIMEOUT)
     return Group(dist.get_rank(), dist.get_world_size(),
-                 int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+                 int(os.environ.get("LOCAL_RANK", dist.get_rank())), owns=owns)
 
 
 # ---- spawned workers ------------------------------------------------------------------------
