@@ -172,7 +172,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from patchc.api import run
-
     from patchc.workers import launched_by_torchrun
 
     overrides = _overrides(args.set or [])
@@ -196,8 +195,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         results = run(args.spec, naive=args.naive, trust_remote_code=args.trust_remote_code,
                       progress=progress, workers=workers, **overrides)
-    if results is None:  # a torchrun worker other than rank 0: rank 0 reports and writes
-        return EXIT_OK
+    if results is not None:
+        _report(results, args)
+    if workers == "torchrun":
+        # torch.distributed's C++ threads can abort the interpreter's teardown
+        # (std::terminate), and torchrun then reports a failed worker. Everything is written
+        # and flushed: leave without the teardown, as multiprocessing's workers do.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_OK)
+    return EXIT_OK
+
+
+def _report(results, args: argparse.Namespace) -> None:
+    """Print each table's head; with --out, write the tables, manifest and plots."""
     for name, df in results.tables.items():
         seconds = results.manifest["tables"][name]["seconds"]
         print(f"== {name}: {len(df)} rows ({seconds:.2f} s)")
@@ -211,7 +222,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.no_plots:
             written += plot_dir(args.out)
         print(f"wrote {', '.join(str(p) for p in written)}")
-    return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
