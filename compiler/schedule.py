@@ -257,16 +257,17 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
     for k, (kind, ids) in enumerate(units):
         for u in unit_uses(kind, ids):
             last[u] = k
-    live: dict[str, int] = {}
+    # (Running totals and a due list per unit: sweeps have thousands of units.)
+    live_bytes, due = 0, {}  # due: unit -> [(value, bytes)] it releases
     live_before: list[int] = []
     for k, (kind, ids) in enumerate(units):
-        live_before.append(sum(live.values()))
+        live_before.append(live_bytes)
         made = _produces(ir, ids, any(i in narrowed_from for i in ids)) \
             if kind == "forward" else ids
         for v in made:
-            live[v] = sz.value(v)
-        for v in [v for v in live if last.get(v, k) <= k]:
-            del live[v]
+            live_bytes += sz.value(v)
+            due.setdefault(max(k, last.get(v, k)), []).append(sz.value(v))
+        live_bytes -= sum(due.pop(k, ()))
 
     steps: list[ForwardStep | NodeStep] = []
     for k, (kind, ids) in enumerate(units):
@@ -312,9 +313,9 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
         ids = s.members if isinstance(s, ForwardStep) else [s.node]
         for u in {u for i in ids for u in _uses(ir, i)}:
             step_last[u] = k
-    live = {}
     peak, over = weights + C.RESERVE_BYTES, []
     results = {nid for nid, _ in ir.of_type(Metric)} | {nid for nid, _ in ir.of_type(Estimate)}
+    live_bytes, freeable, due = 0, {}, {}  # results stay live; others are due at last use
     for k, s in enumerate(steps):
         if isinstance(s, ForwardStep):
             made = _produces(ir, s.members, s.keep_kv)
@@ -322,16 +323,18 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
         else:
             made, transient = [s.node], 0
         for v in made:
-            live[v] = sz.value(v)
-        now = weights + C.RESERVE_BYTES + sum(live.values()) + transient
+            live_bytes += sz.value(v)
+            if v not in results:
+                freeable[v] = sz.value(v)
+                due.setdefault(max(k, step_last.get(v, k)), []).append(v)
+        now = weights + C.RESERVE_BYTES + live_bytes + transient
         peak = max(peak, now)
         if budget is not None and now > budget and isinstance(s, ForwardStep):
             over.append(k)
-        gone = sorted((v for v in live if step_last.get(v, k) <= k and v not in results),
-                      key=lambda v: (v[:3] == "kv:", v))
+        gone = sorted(due.pop(k, ()), key=lambda v: (v[:3] == "kv:", v))
         s.frees = gone
         for v in gone:
-            del live[v]
+            live_bytes -= freeable.pop(v)
     fsteps = [s for s in steps if isinstance(s, ForwardStep)]
     summary = PlanSummary(
         forwards=len(fsteps), experiments=sum(len(s.members) for s in fsteps),

@@ -82,21 +82,23 @@ def split_chunks(ir: IRGraph, steps: list[Step], workers: int) -> list[Step]:
         return steps
     share = sum(_cost(s) for s in steps) / workers
     while True:
-        leaves = [k for k, s in enumerate(steps) if _splittable(ir, steps, k)]
+        users: dict[str, list[Step]] = {}  # value -> the steps that use it
+        for s in steps:
+            for u in step_uses(ir, s):
+                users.setdefault(u, []).append(s)
+        leaves = [k for k, s in enumerate(steps) if _splittable(ir, s, users)]
         k = max(leaves, key=lambda k: (_cost(steps[k]), -k), default=None)
         if k is None or _cost(steps[k]) <= share:
             return steps
         steps = steps[:k] + _halves(ir, steps[k]) + steps[k + 1:]  # type: ignore[arg-type]
 
 
-def _splittable(ir: IRGraph, steps: list[Step], k: int) -> bool:
+def _splittable(ir: IRGraph, s: Step, users: dict[str, list[Step]]) -> bool:
     """A chunk of 2+ experiments whose products only its own metrics use."""
-    s = steps[k]
     if not isinstance(s, ForwardStep) or len(s.members) < 2 or s.keep_kv or s.generate:
         return False
-    made = set(step_produces(ir, s))
     return all(isinstance(o, NodeStep) and o.kind == "metric"
-               for o in steps if o is not s and step_uses(ir, o) & made)
+               for v in step_produces(ir, s) for o in users.get(v, ()))
 
 
 def _halves(ir: IRGraph, s: ForwardStep) -> list[ForwardStep]:
@@ -142,11 +144,12 @@ def _with_frees(ir: IRGraph, steps: list[Step], results: set[str]) -> list[Step]
     for k, s in enumerate(steps):
         for u in step_uses(ir, s):
             last[u] = k
-    live: list[str] = []
+    due: dict[int, list[str]] = {}  # step -> the values whose last use it is
     out = []
     for k, s in enumerate(steps):
-        live += step_produces(ir, s)
-        gone = [v for v in live if last.get(v, k) <= k and v not in results]
-        live = [v for v in live if v not in gone]
-        out.append(s.model_copy(update={"frees": sorted(gone, key=lambda v: (v[:3] == "kv:", v))}))
+        for v in step_produces(ir, s):
+            if v not in results:
+                due.setdefault(max(k, last.get(v, k)), []).append(v)
+        gone = sorted(due.pop(k, ()), key=lambda v: (v[:3] == "kv:", v))
+        out.append(s.model_copy(update={"frees": gone}))
     return out
