@@ -24,9 +24,11 @@ CONFIG = dict(n_layer=6, n_head=8, n_embd=256, vocab_size=50257, n_positions=64,
               bos_token_id=2, eos_token_id=3, pad_token_id=0)
 
 
-def build(path: Path) -> tuple[torch.nn.Module, tf.PreTrainedTokenizerFast]:
+def build(path: Path, **sizes: int) -> tuple[torch.nn.Module, tf.PreTrainedTokenizerFast]:
+    """The random GPT-2 (CONFIG, with `sizes` such as n_layer=12 replacing its values) and
+    the word-level tokenizer, saved to `path`."""
     torch.manual_seed(0)
-    model = tf.GPT2LMHeadModel(tf.GPT2Config(**CONFIG)).eval()
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(**{**CONFIG, **sizes})).eval()
     vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<bos>", "<eos>"] + WORDS)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()

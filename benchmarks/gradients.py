@@ -33,44 +33,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import transformers as tf  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from bench_common import N_PROMPTS, N_TOKENS, build, prompts, spec  # noqa: E402
 
 import patchc  # noqa: E402
 
-N_PROMPTS, N_TOKENS = 8, 16
-WORDS = [f"w{i}" for i in range(200)]
-
-
-def build(path: Path) -> tuple[torch.nn.Module, tf.PreTrainedTokenizerFast]:
-    torch.manual_seed(0)
-    config = tf.GPT2Config(n_layer=6, n_head=8, n_embd=256, vocab_size=50257, n_positions=64,
-                           bos_token_id=2, eos_token_id=3, pad_token_id=0)
-    model = tf.GPT2LMHeadModel(config).eval()
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<bos>", "<eos>"] + WORDS)}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = tf.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>",
-                                     bos_token="<bos>", eos_token="<eos>")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return model, tok
-
-
-def prompts(seed: int) -> list[str]:
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(WORDS), (N_PROMPTS, N_TOKENS), generator=g)
-    return [" ".join(WORDS[int(i)] for i in row) for row in idx]
-
-
-def spec(path: Path, method: str, each: bool) -> str:
-    rows = [{"clean": c, "corrupt": k, "answer": "w1", "distractor": "w2"}
-            for c, k in zip(prompts(1), prompts(2))]
-    data = "[" + ", ".join(str(r).replace("'", '"') for r in rows) + "]"
+def attribution_spec(path: Path, method: str, each: bool) -> str:
     at = " @ each" if each else ""
     sites = ", ".join(f"L*.{k}{at}" for k in ("mlp.out", "attn.out", "resid_pre"))
-    return (f'model "{path}"\ndata d = {data}\nrun clean = d.clean\nrun corrupt = d.corrupt\n'
-            "metric ld = logit(d.answer) - logit(d.distractor)\n"
-            f"attribute {sites} from clean into corrupt using {method} measure ld as est\n")
+    return spec(path, f"attribute {sites} from clean into corrupt using {method} measure ld "
+                      "as est")
 
 
 def timings(cases: dict[str, Callable[[], object]], repeats: int
@@ -125,7 +96,7 @@ def main() -> None:
         }
         for method in ("atp", "relp"):
             for each in (True, False):
-                text = spec(path, method, each)
+                text = attribution_spec(path, method, each)
                 kw = dict(model=model, tokenizer=tok, device=args.device, naive=args.naive)
                 n = len(patchc.run(text, **kw)["est"])
                 what = "every (layer, kind, position)" if each else "every (layer, kind)"

@@ -22,9 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import transformers as tf
-from bench_common import WORDS, summary, timings
-from tokenizers import Tokenizer, models, pre_tokenizers
+from bench_common import build, spec, summary, timings
 
 import patchc
 from patchc.compiler.shard import shard
@@ -39,30 +37,6 @@ SWEEPS = {
 }
 MODELS = {"gpt2-small": dict(n_layer=12, n_head=12, n_embd=768),
           "small": dict(n_layer=6, n_head=8, n_embd=256)}
-COMMON = dict(vocab_size=50257, n_positions=64, bos_token_id=2, eos_token_id=3, pad_token_id=0)
-
-
-def build(path: Path, size: str):
-    torch.manual_seed(0)
-    model = tf.GPT2LMHeadModel(tf.GPT2Config(**MODELS[size], **COMMON)).eval()
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<bos>", "<eos>"] + WORDS)}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = tf.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>",
-                                     bos_token="<bos>", eos_token="<eos>")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return model, tok
-
-
-def make_spec(path: Path, body: str) -> str:
-    from bench_common import prompts
-
-    rows = [{"clean": c, "corrupt": k, "answer": "w1", "distractor": "w2"}
-            for c, k in zip(prompts(1), prompts(2))]
-    data = "[" + ", ".join(str(r).replace("'", '"') for r in rows) + "]"
-    return (f'model "{path}"\ndata d = {data}\nrun clean = d.clean\nrun corrupt = d.corrupt\n'
-            f"metric ld = logit(d.answer) - logit(d.distractor)\n{body}\n")
 
 
 def division(text: str, model, tok, workers: int) -> str:
@@ -89,8 +63,8 @@ def main() -> None:
     args = ap.parse_args()
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as d:
-        model, tok = build(Path(d), args.model)
-        text = make_spec(Path(d), SWEEPS[args.sweep])
+        model, tok = build(Path(d), **MODELS[args.model])
+        text = spec(Path(d), SWEEPS[args.sweep])
         results: dict[str, pd.DataFrame] = {}
 
         def one(n_threads: int, name: str):
