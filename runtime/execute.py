@@ -24,13 +24,11 @@ import torch
 
 from patchc.compiler import ast as A
 from patchc.compiler.costs import RunShape, parse_bytes
-from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Positions, \
-    Read, Vector, Write
+from patchc.compiler.ir import Forward, IRGraph, Metric, Positions, Read, Write
 from patchc.compiler.passes._graph import metric_parts
 from patchc.compiler.schedule import ForwardStep, Plan, schedule
 
 from . import metrics as M
-from .estimates import run_backward, run_estimate
 from .inputs import Batch, position_index
 from .naive import ForwardOutput, Interpreter
 from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
@@ -112,18 +110,8 @@ class Executor(Interpreter):
                 if self.progress:
                     self.progress(done, total)
             else:
-                nid, node = step.node, ir.node(step.node)
-                if isinstance(node, Vector):
-                    means = [self.values[r].value.float().mean(0).squeeze(0)
-                             for r in node.inputs]
-                    self.values[nid] = self.vector(node, means)
-                elif isinstance(node, Metric):
-                    results[nid] = self.values[nid] = self.metric(ir, node)
-                elif isinstance(node, Backward):
-                    self.values[nid] = run_backward(self, ir, nid, node)
-                elif isinstance(node, Estimate):
-                    results[nid] = self.values[nid] = run_estimate(self, ir, node)
-                self.node_seconds[nid] = time.perf_counter() - started
+                self.evaluate(ir, step.node, ir.node(step.node), results)
+                self.node_seconds[step.node] = time.perf_counter() - started
             for v in step.frees:
                 if v.startswith("kv:"):
                     self.kv.pop(v[3:], None)

@@ -138,15 +138,8 @@ class Interpreter:
                 done += 1
                 if self.progress:
                     self.progress(done, n_forwards)
-            elif isinstance(node, Vector):
-                means = [self.values[r].value.float().mean(0).squeeze(0) for r in node.inputs]
-                self.values[nid] = self.vector(node, means)
-            elif isinstance(node, Metric):
-                results[nid] = self.values[nid] = self.metric(ir, node)
-            elif isinstance(node, Backward):
-                self.values[nid] = run_backward(self, ir, nid, node)
-            elif isinstance(node, Estimate):
-                results[nid] = self.values[nid] = run_estimate(self, ir, node)
+            else:
+                self.evaluate(ir, nid, node, results)
             # Read and Write nodes get their values while their Forward runs.
             self.node_seconds[nid] = time.perf_counter() - started
             if not isinstance(node, Write):  # a Write is used when its Forwards run
@@ -156,6 +149,19 @@ class Interpreter:
                 if remaining[w] == 0:
                     self._release(g, w, remaining, results)
         return results
+
+    def evaluate(self, ir: IRGraph, nid: str, node: Any, results: dict[str, Any]) -> None:
+        """A Vector, Metric, Backward or Estimate node (both interpreters evaluate these
+        here); Metric and Estimate values also go to `results`."""
+        if isinstance(node, Vector):
+            means = [self.values[r].value.float().mean(0).squeeze(0) for r in node.inputs]
+            self.values[nid] = self.vector(node, means)
+        elif isinstance(node, Metric):
+            results[nid] = self.values[nid] = self.metric(ir, node)
+        elif isinstance(node, Backward):
+            self.values[nid] = run_backward(self, ir, nid, node)
+        elif isinstance(node, Estimate):
+            results[nid] = self.values[nid] = run_estimate(self, ir, node)
 
     def _release(self, g, nid: str, remaining: dict[str, int], keep: dict) -> None:
         """`nid` has used its inputs: drop each input value whose last consumer this was."""
