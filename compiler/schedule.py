@@ -307,34 +307,17 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
                 caches=[r for m in members for r in ir.g.successors(m)
                         if isinstance(ir.node(r), Read)]))
 
-    # Frees: each value after its last use (or right away when nothing uses it).
-    step_last: dict[str, int] = {}
-    for k, s in enumerate(steps):
-        ids = s.members if isinstance(s, ForwardStep) else [s.node]
-        for u in {u for i in ids for u in _uses(ir, i)}:
-            step_last[u] = k
     peak, over = weights + C.RESERVE_BYTES, []
-    results = {nid for nid, _ in ir.of_type(Metric)} | {nid for nid, _ in ir.of_type(Estimate)}
-    live_bytes, freeable, due = 0, {}, {}  # results stay live; others are due at last use
-    for k, s in enumerate(steps):
-        if isinstance(s, ForwardStep):
-            made = _produces(ir, s.members, s.keep_kv)
-            transient = s.bytes
-        else:
-            made, transient = [s.node], 0
-        for v in made:
-            live_bytes += sz.value(v)
-            if v not in results:
-                freeable[v] = sz.value(v)
-                due.setdefault(max(k, step_last.get(v, k)), []).append(v)
-        now = weights + C.RESERVE_BYTES + live_bytes + transient
+    live_bytes = 0
+    for k, (s, gone) in enumerate(zip(steps, frees(ir, steps, result_nodes(ir)))):
+        live_bytes += sum(sz.value(v) for v in step_produces(ir, s))
+        now = weights + C.RESERVE_BYTES + live_bytes + (s.bytes if isinstance(s, ForwardStep)
+                                                          else 0)
         peak = max(peak, now)
         if budget is not None and now > budget and isinstance(s, ForwardStep):
             over.append(k)
-        gone = sorted(due.pop(k, ()), key=lambda v: (v[:3] == "kv:", v))
         s.frees = gone
-        for v in gone:
-            live_bytes -= freeable.pop(v)
+        live_bytes -= sum(sz.value(v) for v in gone)
     fsteps = [s for s in steps if isinstance(s, ForwardStep)]
     summary = PlanSummary(
         forwards=len(fsteps), experiments=sum(len(s.members) for s in fsteps),
@@ -388,3 +371,26 @@ def step_produces(ir: IRGraph, step: ForwardStep | NodeStep) -> list[str]:
     if isinstance(step, ForwardStep):
         return _produces(ir, step.members, step.keep_kv)
     return [step.node]
+
+
+def result_nodes(ir: IRGraph) -> set[str]:
+    """The nodes whose values are results (Metric, Estimate): never freed."""
+    return {n for n, _ in ir.of_type(Metric)} | {n for n, _ in ir.of_type(Estimate)}
+
+
+def frees(ir: IRGraph, steps: list, keep: set[str]) -> list[list[str]]:
+    """For each step, the values to release after it: each value after its last use among
+    `steps` (right after it is made, when none of them uses it); `keep` never. Due lists
+    keep this linear: sweeps have thousands of steps."""
+    last: dict[str, int] = {}
+    for k, s in enumerate(steps):
+        for u in step_uses(ir, s):
+            last[u] = k
+    due: dict[int, list[str]] = {}
+    out = []
+    for k, s in enumerate(steps):
+        for v in step_produces(ir, s):
+            if v not in keep:
+                due.setdefault(max(k, last.get(v, k)), []).append(v)
+        out.append(sorted(due.pop(k, ()), key=lambda v: (v[:3] == "kv:", v)))
+    return out

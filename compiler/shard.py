@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .ir import Estimate, IRGraph, Metric, Read
-from .schedule import ForwardStep, NodeStep, Plan, step_produces, step_uses
+from .ir import IRGraph, Read
+from .schedule import ForwardStep, NodeStep, Plan, frees, result_nodes, step_produces, step_uses
 
 Step = ForwardStep | NodeStep
 
@@ -65,7 +65,7 @@ def shard(ir: IRGraph, plan: Plan, workers: int) -> list[Shard]:
         have[w] |= need[key]
         load[w] += extra[w]
         owned[w] += [key, *bundles[key]]
-    results = _results(ir)
+    results = result_nodes(ir)
     out = []
     for w in range(workers):
         mine = [steps[k] for k in sorted(have[w])]
@@ -128,10 +128,6 @@ def _bundles(ir: IRGraph, steps: list[Step], producer: dict[str, int]) -> dict[i
     return out
 
 
-def _results(ir: IRGraph) -> set[str]:
-    return {n for n, _ in ir.of_type(Metric)} | {n for n, _ in ir.of_type(Estimate)}
-
-
 def _cost(s: Step) -> float:
     # Every step costs something (a metric's Python, a pass's launch): without the floor a
     # worker would take a bundle of free metrics over an idle one.
@@ -140,16 +136,5 @@ def _cost(s: Step) -> float:
 
 def _with_frees(ir: IRGraph, steps: list[Step], results: set[str]) -> list[Step]:
     """Copies of the steps whose frees release each value after its last use among them."""
-    last: dict[str, int] = {}
-    for k, s in enumerate(steps):
-        for u in step_uses(ir, s):
-            last[u] = k
-    due: dict[int, list[str]] = {}  # step -> the values whose last use it is
-    out = []
-    for k, s in enumerate(steps):
-        for v in step_produces(ir, s):
-            if v not in results:
-                due.setdefault(max(k, last.get(v, k)), []).append(v)
-        gone = sorted(due.pop(k, ()), key=lambda v: (v[:3] == "kv:", v))
-        out.append(s.model_copy(update={"frees": gone}))
-    return out
+    return [s.model_copy(update={"frees": gone})
+            for s, gone in zip(steps, frees(ir, steps, results))]
