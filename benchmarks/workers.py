@@ -48,7 +48,7 @@ def division(text: str, model, tok, workers: int) -> str:
     ir, plan = interp.prepare(program.optimized)
     shards = shard(ir, plan, workers)
     total = sum(s.flops for s in plan.steps)
-    loads = [sh.plan.steps and sum(s.flops for s in sh.plan.steps) for sh in shards]
+    loads = [sum(s.flops for s in sh.plan.steps) for sh in shards]
     shares = ", ".join(f"{x / total:.0%}" for x in loads)
     return (f"plan {total / 1e9:.1f} GFLOP in {plan.optimized.forwards} passes; worker "
             f"shares {shares}; run twice: {(sum(loads) - total) / total:.1%}")

@@ -61,11 +61,17 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
     if group is None and workers != 1:
         from patchc import workers as W
 
+        if naive or (workers != "torchrun" and int(workers) < 1):
+            raise RuntimeInterventionError(
+                "E416", f"--workers {workers} with --naive: the naive interpreter (the "
+                "reference oracle) runs in one process" if naive else
+                f"--workers must be at least 1, not {workers}",
+                hint="drop --naive or --workers" if naive else None).with_source(spec.source)
         if workers == "torchrun":
             group = W.join_torchrun()
         else:
-            return W.spawn(spec, int(workers), model, tokenizer, naive, trust_remote_code,
-                           progress, overrides)
+            return W.spawn(spec, int(workers), model, tokenizer, trust_remote_code, progress,
+                           overrides)
     start = time.perf_counter()
     decl = _model_decl(spec)
     try:
@@ -129,10 +135,6 @@ def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
     torch.manual_seed(checked.options.seed)
     ir = lower(checked)
     if naive:
-        if group is not None:
-            raise RuntimeInterventionError(
-                "E416", "the naive interpreter runs in one process",
-                hint="drop --naive, or --workers (the naive run is the reference oracle)")
         interp = Interpreter(checked, model, tokenizer, adapter, progress)
         values = interp.run(ir)
         return values, _table_seconds(ir, interp.node_seconds), ir, None

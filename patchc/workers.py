@@ -225,21 +225,13 @@ def join_torchrun() -> Group:
 
 # ---- spawned workers ------------------------------------------------------------------------
 
-def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, naive: bool,
-          trust_remote_code: bool, progress: Callable[[int, int], None] | None,
-          overrides: dict[str, Any] | None) -> Any:
-    """Run as rank 0 of `workers` processes (starting the others once the plan is made)."""
+def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, trust_remote_code: bool,
+          progress: Callable[[int, int], None] | None, overrides: dict[str, Any] | None
+          ) -> Any:
+    """Run as rank 0 of `workers` (> 1) processes, starting the others once the plan is
+    made (runner.execute has refused --naive and counts below 2)."""
     from patchc import runner
 
-    if workers < 1:
-        raise RuntimeInterventionError("E416", f"--workers must be at least 1, not {workers}")
-    if workers == 1:
-        return runner.execute(spec, model, tokenizer, naive, trust_remote_code, progress,
-                              overrides)
-    if naive:
-        raise RuntimeInterventionError(
-            "E416", "the naive interpreter runs in one process",
-            hint="drop --naive, or --workers (the naive run is the reference oracle)")
     ctx = _context()  # before loading: the fork server imports torch meanwhile
     # Load once here: a bad spec or a missing model fails before any process starts, and
     # the workers get these weights (shared memory on the CPU) instead of reading them again.
