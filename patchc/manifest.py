@@ -7,7 +7,9 @@ DIR/manifest.json and `patchc verify DIR` reads it back.
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -52,3 +54,14 @@ def versions() -> dict[str, str]:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_manifest(out_dir: "str | Path") -> dict[str, Any]:
+    """DIR/manifest.json of a `patchc run --out DIR` folder (E601 if there is none)."""
+    from patchc.compiler.errors import PatchcError
+
+    path = Path(out_dir) / "manifest.json"
+    if not path.is_file():
+        raise PatchcError("E601", f"{out_dir} has no manifest.json (is it a `patchc run "
+                          "--out` folder?)")
+    return json.loads(path.read_text("utf-8"))

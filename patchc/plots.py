@@ -8,7 +8,6 @@ and manifest.json alone.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -119,13 +118,10 @@ def _panel(fig, ax, df: pd.DataFrame, keys: list[str], col: str, lim: float, tit
 def plot_dir(out_dir: str | Path) -> list[Path]:
     """Redraw every table of a result folder from its CSVs and manifest.json."""
     from patchc.compiler.errors import PatchcError
+    from patchc.manifest import read_manifest
 
     d = Path(out_dir)
-    manifest_path = d / "manifest.json"
-    if not manifest_path.is_file():
-        raise PatchcError("E601", f"{d} has no manifest.json (is it a `patchc run --out` "
-                          "folder?)")
-    manifest = json.loads(manifest_path.read_text("utf-8"))
+    manifest = read_manifest(d)
     written: list[Path] = []
     for name, info in manifest.get("tables", {}).items():
         csv = d / f"{name}.csv"

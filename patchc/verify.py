@@ -8,7 +8,6 @@ before any table is compared. Each table passes when every numeric cell is withi
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,14 +59,11 @@ def compare_frames(old: pd.DataFrame, new: pd.DataFrame, atol: float, rtol: floa
 def verify_dir(out_dir: str | Path, atol: float = 1e-5, rtol: float = 1e-4,
                spec_dir: str | None = None, **run_kwargs) -> Verification:
     from patchc.compiler.parse import parse
+    from patchc.manifest import read_manifest
     from patchc.runner import execute
 
     d = Path(out_dir)
-    path = d / "manifest.json"
-    if not path.is_file():
-        raise PatchcError("E601", f"{d} has no manifest.json (is it a `patchc run --out` "
-                          "folder?)")
-    manifest = json.loads(path.read_text("utf-8"))
+    manifest = read_manifest(d)
     base = Path(spec_dir) if spec_dir else Path(manifest["spec_file"]).parent
     if not base.is_dir():
         raise PatchcError("E603", f"the spec's folder {base} is not here; relative paths in "
