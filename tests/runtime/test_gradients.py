@@ -15,28 +15,16 @@ import torch
 import transformers as tf
 from adapter_models import FAMILIES, build, no_hooks_left
 from conftest import Fam, inline, logit_diff, make_tokenizer
+from ops_common import CLEAN, CORRUPT, ROWS, T
 
 import patchc
 from patchc.compiler import ast as A
 from patchc.compiler.errors import NO_SPAN, PatchcError, RuntimeInterventionError
-from patchc.runtime import dla
 from patchc.compiler.ir import Backward
-from patchc.runtime import lrp
+from patchc.runtime import dla, lrp
 from patchc.runtime.adapters import adapter_for
 
-ROWS = [
-    {"clean": "when Mary and John went to", "corrupt": "when Anna and Bob went to",
-     "answer": "Mary", "distractor": "John"},
-    {"clean": "the cat sat on the mat", "corrupt": "the dog sat on the tree",
-     "answer": "mat", "distractor": "tree"},
-    {"clean": "Mary gave the red ball to", "corrupt": "John gave the blue ball to",
-     "answer": "John", "distractor": "Mary"},
-    {"clean": "a bird was on the tree", "corrupt": "a fish was on the mat",
-     "answer": "bird", "distractor": "fish"},
-]
-CLEAN = [r["clean"] for r in ROWS]
-CORRUPT = [r["corrupt"] for r in ROWS]
-T, D, LAYERS = 6, 32, 3
+D, LAYERS = 32, 3
 HEAD = f"""
 data d = {inline(ROWS)}
 run clean = d.clean
