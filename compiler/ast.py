@@ -47,6 +47,7 @@ from .ast_exprs import (  # noqa: F401 - re-exported: the AST is one namespace
     MBin,
     MNeg,
     MExpr,
+    metric_nodes,
     Measure,
     Scalar,
     ScalarSweep,

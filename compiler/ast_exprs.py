@@ -4,7 +4,7 @@ ast.py, which re-exports every name here; import them from there)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Iterator, Union
 
 from .ast_sites import ColumnRef, RunSite
 from .errors import Span
@@ -88,6 +88,16 @@ class MNeg:
 
 
 MExpr = Union[MNum, MRef, MCall, MKL, MLoss, MGenerate, MBin, MNeg]
+
+
+def metric_nodes(expr: MExpr) -> Iterator[MExpr]:
+    """Every node of a metric expression, depth first (not following metric references)."""
+    yield expr
+    if isinstance(expr, MBin):
+        yield from metric_nodes(expr.left)
+        yield from metric_nodes(expr.right)
+    elif isinstance(expr, MNeg):
+        yield from metric_nodes(expr.operand)
 
 
 @dataclass(frozen=True, slots=True)

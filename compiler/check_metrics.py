@@ -12,7 +12,6 @@ operation that measures it:
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
 
 from . import ast as A
 from .check_context import Context
@@ -21,23 +20,8 @@ from .checked import RunInfo
 from .errors import Span
 
 
-def _children(e: A.MExpr) -> list[A.MExpr]:
-    if isinstance(e, A.MBin):
-        return [e.left, e.right]
-    if isinstance(e, A.MNeg):
-        return [e.operand]
-    return []
-
-
-def walk(e: A.MExpr) -> Iterator[A.MExpr]:
-    """Every node of an expression (not following metric references)."""
-    yield e
-    for c in _children(e):
-        yield from walk(c)
-
-
 def metric_refs(e: A.MExpr) -> list[str]:
-    return [n.name for n in walk(e) if isinstance(n, A.MRef)]
+    return [n.name for n in A.metric_nodes(e) if isinstance(n, A.MRef)]
 
 
 def check_decl(ctx: Context, decl: A.MetricDecl) -> None:
@@ -48,7 +32,7 @@ def check_decl(ctx: Context, decl: A.MetricDecl) -> None:
 
 
 def check_expr(ctx: Context, e: A.MExpr) -> None:
-    for node in walk(e):
+    for node in A.metric_nodes(e):
         if isinstance(node, A.MRef):
             ctx.metric(node.name, node.span)
         elif isinstance(node, A.MCall):
@@ -117,13 +101,13 @@ def check_measures(ctx: Context, measures: tuple[A.Measure, ...], run: RunInfo |
     for m in measures:
         seen: set[str] = set()
         kl_runs: dict[str, Span] = {}
-        nodes = list(walk(m.expr))
+        nodes = list(A.metric_nodes(m.expr))
         for node in nodes:  # grows while it runs: referenced metrics are appended
             if isinstance(node, A.MRef) and node.name not in seen:
                 seen.add(node.name)
                 decl = ctx.metrics.get(node.name)
                 if decl is not None:
-                    nodes.extend(walk(decl.expr))
+                    nodes.extend(A.metric_nodes(decl.expr))
                     _metric_pos(ctx, decl, run)
             elif isinstance(node, (A.MCall, A.MGenerate)):
                 ref = node.tok if isinstance(node, A.MCall) else node.answer
@@ -154,7 +138,7 @@ def _one_position(ctx: Context, m: A.Measure) -> None:
     if isinstance(m.expr, A.MRef):
         return
     where: dict[tuple, str] = {}
-    for node in walk(m.expr):
+    for node in A.metric_nodes(m.expr):
         decl = ctx.metrics.get(node.name) if isinstance(node, A.MRef) else None
         if decl is not None and decl.pos is not None:
             where.setdefault(_pos_key(decl.pos), decl.name.value)

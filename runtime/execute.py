@@ -25,7 +25,6 @@ import torch
 from patchc.compiler import ast as A
 from patchc.compiler.costs import RunShape, parse_bytes
 from patchc.compiler.ir import Forward, IRGraph, Metric, Positions, Read, Write
-from patchc.compiler.passes._graph import metric_parts
 from patchc.compiler.schedule import ForwardStep, Plan, schedule
 
 from . import metrics as M
@@ -220,7 +219,7 @@ class Executor(Interpreter):
                 node = ir.node(m)
                 if isinstance(node, Metric) and node.forward == fid:
                     lookup = super().token_ids(ir.node(fid).run, batch.n)  # type: ignore[union-attr]
-                    for e in metric_parts(node.expr):
+                    for e in A.metric_nodes(node.expr):
                         if isinstance(e, A.MCall):
                             ids |= set(lookup(e.tok).tolist())
         tokens = torch.tensor(sorted(ids), dtype=torch.long)
@@ -246,7 +245,7 @@ class Executor(Interpreter):
                 out.logits[m.pos] = logits.gather(
                     1, idx[..., None].expand(-1, -1, logits.shape[-1]))[:, 0].float()
             if out.loss is None and m.forward == fid and \
-                    any(isinstance(e, A.MLoss) for e in M.walk(m.expr)):
+                    any(isinstance(e, A.MLoss) for e in A.metric_nodes(m.expr)):
                 ctx = M.MetricContext(out.logits[m.pos], logits.float(), batch,
                                       self.token_ids(f.run, batch.n))
                 out.loss = M.next_token_loss(ctx)

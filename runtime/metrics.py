@@ -80,12 +80,3 @@ def next_token_loss(ctx: MetricContext) -> torch.Tensor:
     nll = -torch.log_softmax(logits, -1).gather(2, target[..., None])[..., 0]
     return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
 
-
-def walk(expr: A.MExpr):
-    """Every node of a metric expression, depth first."""
-    yield expr
-    if isinstance(expr, A.MBin):
-        yield from walk(expr.left)
-        yield from walk(expr.right)
-    elif isinstance(expr, A.MNeg):
-        yield from walk(expr.operand)

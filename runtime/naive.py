@@ -214,11 +214,11 @@ class Interpreter:
                 idx = position_index(batch, m.pos, columns).to(logits.device)
                 out.logits[m.pos] = logits.gather(
                     1, idx[..., None].expand(-1, -1, logits.shape[-1]))[:, 0].float()
-            if out.loss is None and any(isinstance(e, A.MLoss) for e in M.walk(m.expr)):
+            if out.loss is None and any(isinstance(e, A.MLoss) for e in A.metric_nodes(m.expr)):
                 ctx = M.MetricContext(out.logits[m.pos], logits.float(), batch,
                                       self.token_ids(node.run, batch.n))
                 out.loss = M.next_token_loss(ctx)
-            generations |= {(e.n, e.answer.data, e.answer.column) for e in M.walk(m.expr)
+            generations |= {(e.n, e.answer.data, e.answer.column) for e in A.metric_nodes(m.expr)
                             if isinstance(e, A.MGenerate)}
         rows = self.run_inputs(node.run).rows
         for n_new, data, column in sorted(generations):
@@ -255,7 +255,7 @@ class Interpreter:
                     f"{out.batch.n}")
             return self._sampled_reference(node, fwd, out, ref)
         contains = {}
-        for e in M.walk(node.expr):
+        for e in A.metric_nodes(node.expr):
             if isinstance(e, A.MGenerate):
                 contains[id(e)] = out.contains[(e.n, e.answer.data, e.answer.column)]
         ctx = M.MetricContext(out.logits[node.pos], None, out.batch,
@@ -276,7 +276,7 @@ class Interpreter:
         k = ref.shape[0] // out.batch.n
         batch = out.batch.repeat(k)
         contains = {}
-        for e in M.walk(node.expr):
+        for e in A.metric_nodes(node.expr):
             if isinstance(e, A.MGenerate):
                 c = out.contains[(e.n, e.answer.data, e.answer.column)]
                 contains[id(e)] = c.repeat_interleave(k, 0)

@@ -191,23 +191,13 @@ def before_layer(site: Site, layer: int) -> bool:
     return at < layer
 
 
-def metric_parts(expr: A.MExpr) -> Iterable[A.MExpr]:
-    """Every node of a metric expression."""
-    yield expr
-    if isinstance(expr, A.MBin):
-        yield from metric_parts(expr.left)
-        yield from metric_parts(expr.right)
-    elif isinstance(expr, A.MNeg):
-        yield from metric_parts(expr.operand)
-
-
 def needs(expr: A.MExpr, kind: type) -> bool:
-    return any(isinstance(e, kind) for e in metric_parts(expr))
+    return any(isinstance(e, kind) for e in A.metric_nodes(expr))
 
 
 def logits_only(expr: A.MExpr) -> bool:
     """Does the metric read nothing but `logit(TOK)` values (no softmax over the vocabulary)?"""
-    for e in metric_parts(expr):
+    for e in A.metric_nodes(expr):
         if isinstance(e, A.MCall) and e.fn != "logit":
             return False
         if isinstance(e, (A.MKL, A.MLoss, A.MGenerate, A.MRef)):
