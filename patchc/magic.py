@@ -74,7 +74,7 @@ def run_cell(line: str, cell: str, namespace: dict[str, Any] | None = None):
     return results
 
 
-def load_ipython_extension(ipython) -> None:  # pragma: no cover - needs IPython
+def load_ipython_extension(ipython) -> None:
     from patchc.compiler.errors import PatchcError
 
     def patch(line: str, cell: str):
