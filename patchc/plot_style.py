@@ -95,12 +95,14 @@ def thin(n: int, limit: int = MAX_TICKS) -> list[int]:
 
 
 def set_ticks(ax, axis: str, labels: list[str]) -> None:
-    """Label the categories 0..n-1 of one axis, thinned, rotated when crowded (x only)."""
+    """Label the categories 0..n-1 of one axis, thinned; x labels turn upright only when
+    they would not fit side by side in the axes' width."""
     keep = thin(len(labels))
     shown = [text(labels[i]) for i in keep]
     if axis == "x":
-        long = max((len(s) for s in shown), default=0)
-        ax.set_xticks(keep, shown, rotation=90 if len(keep) * max(long, 2) > 40 else 0)
+        slot_in = ax.get_position().width * ax.figure.get_figwidth() / max(1, len(keep))
+        need_in = (max((len(s) for s in shown), default=0) + 1) * 0.08  # ~0.08 in a char
+        ax.set_xticks(keep, shown, rotation=90 if need_in > slot_in else 0)
     else:
         ax.set_yticks(keep, shown)
 
@@ -138,7 +140,7 @@ def title(info: dict[str, Any], col: str | None, name: str, width: float = 6.0) 
     wrapped to a figure `width` inches wide (a title is never clipped)."""
     import textwrap
 
-    chars = max(30, int(width * 9))
+    chars = max(30, int(width * 9.5))
     head = info.get("title") or name
     lines = textwrap.wrap(head, chars) or [name]
     if col is not None:
@@ -157,8 +159,8 @@ def category_labels(key: str, values: list[Any], info: dict[str, Any]) -> tuple[
             isinstance(v, (int, float)) and 0 <= int(v) < len(tokens) for v in values):
         labels = [token_text(tokens[int(v)]) for v in values]
         varies = any(str(tokens[int(v)]).endswith("*") for v in values)
-        note = "; * differs between prompts, example 0 shown" if varies else ""
-        return labels, f"position (tokens of {positions.get('run', 'the run')}{note})"
+        note = "; * varies across prompts" if varies else ""
+        return labels, f"position ({positions.get('run', 'the run')} tokens{note})"
     return [_label(v) for v in values], key_title(key, info)
 
 
@@ -168,6 +170,8 @@ def key_title(key: str, info: dict[str, Any]) -> str:
 
 
 def _label(v: Any) -> str:
+    """A sweep value as a tick label: `2` not `2.0`, and a true minus sign (as matplotlib's
+    own numeric ticks have)."""
     if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
+        v = int(v)
+    return str(v).replace("-", "\u2212", 1) if isinstance(v, (int, float)) else str(v)

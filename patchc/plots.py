@@ -165,10 +165,10 @@ def _facets(name: str, df: pd.DataFrame, vary: list[str], col: str, info: dict[s
     values = list(dict.fromkeys(df[facet]))
     if pd.api.types.is_numeric_dtype(df[facet]):
         values.sort()
-    pw, ph = _heat_size(df[cols].nunique(), df[rows].nunique())
-    ncols = max(1, min(len(values), int(16 // pw)))
+    pw, ph = _heat_size(df[cols].nunique(), df[rows].nunique(), margin=1.2)
+    ncols = max(1, min(len(values), int(14 // pw)))
     nrows = math.ceil(len(values) / ncols)
-    fig = S.new_figure(pw * ncols + 1.0, ph * nrows + 0.6)
+    fig = S.new_figure(pw * ncols + 1.2, ph * nrows + 0.8)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     im = None
     for ax, v in zip(axes, values):
@@ -176,6 +176,12 @@ def _facets(name: str, df: pd.DataFrame, vary: list[str], col: str, info: dict[s
         ax.set_title(S.text(f"{facet} {v}" if facet != "site" else v))
     for ax in axes[len(values):]:
         ax.set_visible(False)
+    # The panels share their axes' meaning: name each axis once for the figure.
+    fig.supxlabel(axes[0].get_xlabel(), fontsize="medium")
+    fig.supylabel(axes[0].get_ylabel(), fontsize="medium")
+    for ax in axes:
+        ax.set_xlabel("")
+        ax.set_ylabel("")
     fig.colorbar(im, ax=axes[:len(values)].tolist(),
                  label=S.text(S.value_label(col, _cinfo(info, col))))
     fig.suptitle(S.title(info, col, name, fig.get_figwidth()))
@@ -186,8 +192,9 @@ def _bar_size(n: int) -> tuple[float, float]:
     return max(4.5, min(16.0, 0.3 * min(n, S.MAX_TICKS) + 2.5)), 3.8
 
 
-def _heat_size(n_cols: int, n_rows: int) -> tuple[float, float]:
-    return (max(4.5, min(16.0, 0.32 * min(n_cols, S.MAX_TOKEN_TICKS) + 3.0)),
+def _heat_size(n_cols: int, n_rows: int, margin: float = 3.0) -> tuple[float, float]:
+    """A heatmap's size in inches; `margin` is the room for labels and a colorbar."""
+    return (max(1.5 + margin, min(16.0, 0.32 * min(n_cols, S.MAX_TOKEN_TICKS) + margin)),
             max(3.0, min(12.0, 0.32 * min(n_rows, S.MAX_TICKS) + 1.8)))
 
 

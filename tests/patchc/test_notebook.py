@@ -6,6 +6,7 @@ already holds. Runs the bundled tiny GPT-2 (random weights) on two prompts."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -124,7 +125,9 @@ def test_compare_points_are_the_swaps_and_the_folder_redraws_them(results, tmp_p
     assert tmp_path / "agree.pairs.csv" in written
     from patchc.plots import plot_dir
 
-    pngs = {p.name for p in plot_dir(tmp_path)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # drawing never warns
+        pngs = {p.name for p in plot_dir(tmp_path)}
     assert pngs == {"resid.png", "heads.png", "agree.png", "gain_prob_d_answer_.png",
                     "gain_rank_d_answer_.png", "one_prompt.png"}
     fig = results.plot("agree")

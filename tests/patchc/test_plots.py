@@ -90,7 +90,7 @@ def test_position_axis_shows_the_prompt_tokens_across():
     # `$` escaped (never mathtext), a glyph the font lacks spelled out, whitespace shown.
     assert labels[:4] == ["When", "Mary*", "and", r"\$5"]
     assert labels[4] in ("東", "\\u6771") and labels[5] == "\\n"
-    assert ax.get_xlabel().startswith("position (tokens of corrupt; * differs")
+    assert ax.get_xlabel() == "position (corrupt tokens; * varies across prompts)"
     assert ax.get_ylabel() == "layer"
 
 
@@ -136,8 +136,7 @@ def test_three_sweep_variables_are_faceted_on_one_colour_scale():
     assert len(images) == 3  # one panel per layer (its fewest values; pos stays an axis)
     assert {im.get_clim() for im in images} == {(-6.0, 6.0)}
     assert [im.axes.get_title() for im in images] == ["layer 0", "layer 1", "layer 2"]
-    assert all(im.axes.get_xlabel() == "pos" and im.axes.get_ylabel() == "head"
-               for im in images)
+    assert fig.get_supxlabel() == "pos" and fig.get_supylabel() == "head"
     assert len([ax for ax in fig.axes if ax.get_label() == "<colorbar>"]) == 1
     assert fig.get_suptitle().startswith("swap L*.H*.z clean → corrupt")
 
@@ -183,6 +182,7 @@ def test_numeric_sweeps_are_lines_against_the_coefficient_with_error_bars():
     lines = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     assert len(lines) == 2
     assert list(lines[0].lines[0].get_xdata()) == [-1, 0, 0.5, 2]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["\u22121", "0", "0.5", "2"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["site=x", "site=y"]
     assert ax.get_xlabel() == "scale"
 
