@@ -29,7 +29,7 @@ def _se(df: pd.DataFrame, col: str) -> np.ndarray | None:
 def reference_lines(ax, cinfo: dict[str, Any], scale: str, horizontal: bool = True) -> None:
     """0 for a signed quantity; for a normalized one also 1 (the other baseline)."""
     line = ax.axhline if horizontal else ax.axvline
-    if scale in ("signed", "correlation"):
+    if scale in ("signed", "correlation", "ratio"):
         line(0, color="black", linewidth=0.8)
     if "one" in cinfo or "ratio_to" in cinfo:
         line(1, color="grey", linewidth=0.8, linestyle=":")
@@ -41,8 +41,8 @@ def bars(ax, df: pd.DataFrame, key: str, col: str, info: dict[str, Any], scale: 
     data = df.sort_values(key) if pd.api.types.is_numeric_dtype(df[key]) else df
     values = data[col].to_numpy(dtype=float)
     labels, axis_title = S.category_labels(key, data[key].tolist(), info)
-    signed = scale in ("signed", "correlation")
-    colors = [NEGATIVE if signed and v < 0 else POSITIVE if signed else BAR for v in values]
+    mid = S.centre(scale)  # diverging: colour by the side of the centre a bar ends on
+    colors = [BAR if mid is None else NEGATIVE if v < mid else POSITIVE for v in values]
     x = np.arange(len(values))
     se = _se(data, col)
     ax.bar(x, np.nan_to_num(values, nan=0.0), color=colors, yerr=se,
@@ -129,7 +129,7 @@ def scatter(fig, pairs: pd.DataFrame, info: dict[str, Any], name: str) -> None:
     nrows = math.ceil(len(panels) / ncols)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     methods = list(dict.fromkeys(pairs["method"]))
-    measure = next(iter(info.get("columns", {})), None)
+    measure = (info.get("measures") or [None])[0]
     for ax, (fkey, part) in zip(axes, panels):
         fkey = fkey if isinstance(fkey, tuple) else (fkey,)
         exact_all = part["exact"].to_numpy(dtype=float)
@@ -150,12 +150,15 @@ def scatter(fig, pairs: pd.DataFrame, info: dict[str, Any], name: str) -> None:
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_aspect("equal")
         ax.set_title(S.text(" / ".join(str(k) for k in fkey)))
-        ax.set_xlabel(S.text(f"exact swap ({fkey[-1] if len(fkey) > 1 else measure})"))
+        col = fkey[-1] if len(fkey) > 1 else measure
+        label = S.value_label(col, info.get("columns", {}).get(col, {})) if col else ""
+        ax.set_xlabel(S.text(f"exact swap: {label}" if label else "exact swap"))
         ax.set_ylabel("estimate")
         ax.legend(fontsize="small")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(S.title(info, measure, name, fig.get_figwidth()))
+    several = "metric" in pairs.columns  # each panel names its own measure
+    fig.suptitle(S.title(info, None if several else measure, name, fig.get_figwidth()))
 
 
 def table_figure(fig, df: pd.DataFrame, keys: list[str], columns: list[str],

@@ -5,6 +5,8 @@ Colour scales (the `scale` of a column, decided by patchc/plotinfo.py at run tim
 
   signed       an effect whose sign matters (a normalized measure, a logit difference, a
                direct logit attribution): diverging `RdBu_r`, centred at 0, symmetric limits
+  ratio        a measure normalized as m / m_target (zero ablation, steer, scale without a
+               source run): 1 is no effect, so diverging `RdBu_r` centred at 1
   correlation  Pearson/Spearman r: diverging `RdBu_r`, fixed at -1..1
   probability  probabilities and 0/1 outcomes averaged over examples (accuracy, `contains`):
                sequential `viridis` from 0
@@ -21,7 +23,7 @@ import math
 from functools import lru_cache
 from typing import Any, Iterable
 
-CMAPS = {"signed": "RdBu_r", "correlation": "RdBu_r", "probability": "viridis",
+CMAPS = {"signed": "RdBu_r", "ratio": "RdBu_r", "correlation": "RdBu_r", "probability": "viridis",
          "rank": "viridis_r", "nonneg": "viridis", "level": "viridis"}
 
 MAX_TICKS = 40  # more labels than this on one axis are thinned to about this many
@@ -78,6 +80,9 @@ def limits(scale: str, values: Iterable[Any]) -> tuple[str, float, float, str]:
         scale = "signed"
     if scale == "correlation":
         return scale, -1.0, 1.0, CMAPS[scale]
+    if scale == "ratio":
+        lim = max(abs(lo - 1), abs(hi - 1)) or 1.0
+        return scale, 1 - lim, 1 + lim, CMAPS[scale]
     if scale == "signed" or scale not in CMAPS:
         lim = max(abs(lo), abs(hi)) or 1.0
         return "signed", -lim, lim, CMAPS["signed"]
@@ -105,6 +110,11 @@ def set_ticks(ax, axis: str, labels: list[str]) -> None:
         ax.set_xticks(keep, shown, rotation=90 if need_in > slot_in else 0)
     else:
         ax.set_yticks(keep, shown)
+
+
+def centre(scale: str) -> float | None:
+    """The value a diverging scale is centred on (None for a sequential one)."""
+    return 1.0 if scale == "ratio" else 0.0 if scale in ("signed", "correlation") else None
 
 
 def numeric_keys(keys: list[str], info: dict[str, Any]) -> list[str]:

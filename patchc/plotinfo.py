@@ -6,6 +6,8 @@ the folder alone:
   columns       per measured column: its colour `scale` (patchc/plot_style.py); for a
                 normalized one the runs that map to 0 and 1 (`zero`, `one`), or `ratio_to`
                 for m / m_target, and each run's baseline mean (`baselines`)
+  measures      for `compare`: the measured columns its scatter plots (their normalization
+                is under `columns` like any other)
   positions     for a table with a `pos` column: the run whose positions they are and a label
                 per position: its token when the run has one prompt or every prompt has the
                 same length and most positions hold the same token (a token that differs
@@ -22,7 +24,7 @@ from typing import Any
 
 from patchc.compiler import ast as A
 from patchc.compiler.checked import CheckedSpec
-from patchc.compiler.ir import Backward, Estimate, IRGraph, Metric, Table
+from patchc.compiler.ir import Backward, Estimate, IRGraph, Metric, Row, Table
 
 _RUNS = re.compile(r" from (\S+) into (\S+)")
 
@@ -45,6 +47,16 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
             info["columns"][col] = _column(ir, row, col, values)
         elif col in ("pearson", "spearman"):
             info["columns"][col] = {"scale": "correlation"}
+    if table.pairs:  # compare: what the scatter's axes measure (the swap's own metric)
+        measures = dict.fromkeys(dict(p.key).get("metric") for p in table.pairs)
+        names = _measure_names(op, checked)
+        for p in table.pairs:
+            col = dict(p.key).get("metric") or (names[0] if names else "metric")
+            if col not in info["columns"]:
+                row = Row((), ((col, p.metric),),
+                          ((col, p.normalize),) if p.normalize else ())
+                info["columns"][col] = _column(ir, row, col, values)
+        info["measures"] = [m or (names[0] if names else "metric") for m in measures]
     if table.op in ("steer", "scale"):
         info["numeric_keys"] = ["scale"]
         info["key_labels"] = {"scale": "steering coefficient" if table.op == "steer"
@@ -56,6 +68,14 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
             if labels is not None:
                 info["positions"] = {"run": run, "tokens": labels}
     return info
+
+
+def _measure_names(op: Any, checked: CheckedSpec) -> list[str]:
+    """The column names of an operation's `measure` clause (as lowering names them)."""
+    from patchc.compiler.lower_exprs import metric_parts
+
+    measures = getattr(getattr(op, "clauses", None), "measures", ())
+    return [metric_parts(m.expr, checked.metrics)[0] for m in measures]
 
 
 def _title(table: Table, op: Any) -> str:
@@ -78,8 +98,8 @@ def _column(ir: IRGraph, row: Any, col: str, values: dict[str, Any]) -> dict[str
     target, source = norm[col]
     t_run = _run_of(ir, target)
     out: dict[str, Any] = {"scale": "signed", "baselines": {t_run: _mean(values.get(target))}}
-    if source is None:  # m / m_target
-        out["ratio_to"] = t_run
+    if source is None:  # m / m_target: 1 is no effect
+        out["ratio_to"], out["scale"] = t_run, "ratio"
     else:
         s_run = _run_of(ir, source)
         out["zero"], out["one"] = t_run, s_run

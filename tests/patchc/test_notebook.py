@@ -133,6 +133,10 @@ def test_compare_points_are_the_swaps_and_the_folder_redraws_them(results, tmp_p
     fig = results.plot("agree")
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend == [f"atp (r = {r:.2f})"]
+    info = results.manifest["tables"]["agree"]["plot"]
+    assert info["measures"] == ["ld"] and info["columns"]["ld"]["zero"] == "corrupt"
+    assert fig.axes[0].get_xlabel().startswith("exact swap: ld normalized:\n0 = corrupt (")
+    assert fig.get_suptitle().endswith("ld normalized: 0 = corrupt, 1 = clean")
 
 
 def test_results_render_as_html_tables(results):

@@ -231,3 +231,21 @@ def test_an_index_sweep_is_bars_with_signed_colours():
     assert colours[0] != colours[1] and colours[0] == colours[2]
     lines = fig.axes[0].get_lines()
     assert {tuple(line.get_ydata()) for line in lines} >= {(0, 0), (1, 1)}  # 0 and 1 marked
+
+
+def test_a_ratio_to_the_unpatched_run_is_centred_at_one_where_nothing_changed():
+    df = pd.DataFrame([{"layer": lyr, "head": h, "ld": 1 - 0.2 * h + 0.05 * lyr}
+                       for lyr in range(2) for h in range(4)])
+    info = {"title": "ablate L*.H*.z in clean",
+            "columns": {"ld": {"scale": "ratio", "ratio_to": "clean",
+                               "baselines": {"clean": 9.59}}}}
+    fig = figure("zero_heads", df, ["layer", "head"], info)
+    _draw(fig)
+    (im,) = _images(fig)
+    assert im.get_cmap().name == "RdBu_r"
+    assert im.get_clim() == (pytest.approx(0.4), pytest.approx(1.6))
+    assert im.axes.get_title().endswith("ld normalized: ld / ld(clean), 1 = clean")
+    bars = figure("b", df[df.layer == 0].drop(columns="layer"), ["head"], info)
+    (container,) = bars.axes[0].containers
+    colours = [b.get_facecolor() for b in container]
+    assert colours[0] != colours[1] and colours[1] == colours[2] == colours[3]  # 1.0 vs < 1
