@@ -249,3 +249,16 @@ def test_a_ratio_to_the_unpatched_run_is_centred_at_one_where_nothing_changed():
     (container,) = bars.axes[0].containers
     colours = [b.get_facecolor() for b in container]
     assert colours[0] != colours[1] and colours[1] == colours[2] == colours[3]  # 1.0 vs < 1
+
+
+def test_missing_values_draw_without_warnings():
+    # `@ each` beyond a short prompt gives NaN cells; an all-NaN column still draws.
+    df = pd.DataFrame([{"layer": lyr, "pos": p, "ld": math.nan if p > 2 else p - 1.0,
+                        "gone": math.nan} for lyr in range(2) for p in range(5)])
+    found = figures("resid", df, ["layer", "pos"], {"columns": {"gone": {"scale": "rank"}}})
+    assert [s for s, _ in found] == ["_ld", "_gone"]
+    for _, fig in found:
+        _draw(fig)
+    bars = figure("b", df[df.layer == 0].drop(columns="layer"), ["pos"], {}, column="ld")
+    _draw(bars)
+    assert len(bars.axes[0].containers[0]) == 5
