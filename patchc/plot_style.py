@@ -9,12 +9,15 @@ Colour scales (the `scale` of a column, decided by patchc/plotinfo.py at run tim
                source run): 1 is no effect, so diverging `RdBu_r` centred at 1
   correlation  Pearson/Spearman r: diverging `RdBu_r`, fixed at -1..1
   probability  probabilities and 0/1 outcomes averaged over examples (accuracy, `contains`):
-               sequential `viridis` from 0
-  rank         a token's rank (0 is the top): sequential `viridis_r` from 0 (bright = good)
-  nonneg       KL, loss: sequential `viridis` from 0
-  level        a raw logit or log-probability: sequential `viridis` over the data's range
+               sequential `viridis`
+  rank         a token's rank (0 is the top): sequential `viridis_r` (bright = good)
+  nonneg       KL, loss: sequential `viridis`
+  level        a raw logit or log-probability: sequential `viridis`
 
-A sequential scale whose data go negative (an estimate can overshoot) falls back to signed.
+Sequential scales span the data's range, so that a trace whose probabilities all lie in
+0.26..0.98 (or in 0.011..0.013 on a random model) shows its structure; the colorbar says
+where it starts. One whose data go negative (an estimate can overshoot) falls back to
+signed.
 """
 
 from __future__ import annotations
@@ -86,11 +89,9 @@ def limits(scale: str, values: Iterable[Any]) -> tuple[str, float, float, str]:
     if scale == "signed" or scale not in CMAPS:
         lim = max(abs(lo), abs(hi)) or 1.0
         return "signed", -lim, lim, CMAPS["signed"]
-    if scale == "level":
-        if hi <= lo:
-            lo, hi = lo - 0.5, hi + 0.5
-        return scale, lo, hi, CMAPS[scale]
-    return scale, 0.0, hi if hi > 0 else 1.0, CMAPS[scale]
+    if hi <= lo:  # one value: a unit-wide range around it
+        lo, hi = lo - 0.5, hi + 0.5
+    return scale, lo, hi, CMAPS[scale]
 
 
 def thin(n: int, limit: int = MAX_TICKS) -> list[int]:
