@@ -32,7 +32,7 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 # How the listing names a width that is not a config field.
-_DIM_NAMES = {"n_ctx": "key positions (the prompt's length, at most n_ctx)", "1": "scalar"}
+_DIM_NAMES = {"n_ctx": "key positions", "1": "scalar"}
 
 
 def _doc(kind: str, model: ModelSpec) -> str:
@@ -104,13 +104,19 @@ def _summary(model: ModelSpec) -> list[str]:
     if model.grouped_query:
         mapping = "; ".join(f"kv{kv} <- " + ",".join(f"H{h}" for h in heads)
                             for kv, heads in kv_groups(model))
-        lines.append(f"grouped-query attention: {mapping} (H*.k and H*.v of a query head are "
-                     "its kv head's; writing them writes the shared kv head)")
+        lines += [f"grouped-query attention: {mapping}",
+                  "  (a query head's H*.k and H*.v are its kv head's; writing them writes "
+                  "the shared kv head)"]
     return lines
 
 
 def _shape(r: SiteRow) -> str:
-    return "[pos, pos]" if r.dim == _DIM_NAMES["n_ctx"] else f"[pos, {r.width}]"
+    """`[pos, d_model 128]`; a pattern is `[pos, pos]` (query x key positions)."""
+    if r.dim == _DIM_NAMES["n_ctx"]:
+        return "[pos, pos]"
+    if r.dim == _DIM_NAMES["1"]:
+        return "[pos, 1]"
+    return f"[pos, {r.dim} {r.width}]"
 
 
 def render(model_id: str, model: ModelSpec) -> str:
@@ -126,8 +132,10 @@ def render(model_id: str, model: ModelSpec) -> str:
             if r.absent:
                 lines.append(f"  {r.pattern:<{wide}}  {'-':<{shape_w}}  absent: {r.absent}")
             else:
-                lines.append(f"  {r.pattern:<{wide}}  {shape:<{shape_w}}  {r.dim}: {r.doc}")
+                lines.append(f"  {r.pattern:<{wide}}  {shape:<{shape_w}}  {r.doc}")
         lines.append("")
+    lines.append(f"pattern widths are key positions: the prompt's length (at most n_ctx "
+                 f"{model.n_ctx}).")
     lines.append("Any site takes `@ POS`; feature slices `[i]`, `[a:b]` and `[*]` index its "
                  "last axis.")
     return "\n".join(lines) + "\n"

@@ -38,8 +38,9 @@ def test_gpt2_listing_groups_sites_with_their_widths(capsys):
                            "attention heads (per layer and head)", "MLP (per layer)",
                            "normalizers", "output"]
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  L")}
-    assert "[pos, 32]" in lines["L*.H*.z"] and "d_head" in lines["L*.H*.z"]
-    assert "[pos, 512]" in lines["L*.mlp.post"] and "[pos, pos]" in lines["L*.H*.pattern"]
+    assert "[pos, d_head 32]" in lines["L*.H*.z"]
+    assert "[pos, d_mlp 512]" in lines["L*.mlp.post"] and "[pos, pos]" in lines["L*.H*.pattern"]
+    assert max(len(line) for line in out.splitlines()) <= 100  # fits a terminal
 
 
 def test_sites_never_imports_torch():
