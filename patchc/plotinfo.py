@@ -48,15 +48,15 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
         elif col in ("pearson", "spearman"):
             info["columns"][col] = {"scale": "correlation"}
     if table.pairs:  # compare: what the scatter's axes measure (the swap's own metric)
-        measures = dict.fromkeys(dict(p.key).get("metric") for p in table.pairs)
-        names = _measure_names(op, checked)
+        only = (_measure_names(op, checked) or ["metric"])[0]  # the key names it if several
         for p in table.pairs:
-            col = dict(p.key).get("metric") or (names[0] if names else "metric")
+            col = dict(p.key).get("metric", only)
             if col not in info["columns"]:
-                row = Row((), ((col, p.metric),),
-                          ((col, p.normalize),) if p.normalize else ())
-                info["columns"][col] = _column(ir, row, col, values)
-        info["measures"] = [m or (names[0] if names else "metric") for m in measures]
+                norm = ((col, p.normalize),) if p.normalize else ()
+                info["columns"][col] = _column(ir, Row((), ((col, p.metric),), norm), col,
+                                               values)
+        info["measures"] = list(dict.fromkeys(dict(p.key).get("metric", only)
+                                              for p in table.pairs))
     if table.op in ("steer", "scale"):
         info["numeric_keys"] = ["scale"]
         info["key_labels"] = {"scale": "steering coefficient" if table.op == "steer"
