@@ -96,7 +96,9 @@ def sweep_lines(ax, df: pd.DataFrame, x_key: str, group_keys: list[str], col: st
     for i, (gkey, part) in enumerate(groups):
         part = part.sort_values(x_key)
         gkey = gkey if isinstance(gkey, tuple) else (gkey,)
-        label = ", ".join(f"{k}={v}" for k, v in zip(group_keys, gkey)) or None
+        # a site item names itself; other columns as `layer=2`
+        label = ", ".join(str(v) if k == "site" else f"{k}={v}"
+                          for k, v in zip(group_keys, gkey)) or None
         ax.errorbar(part[x_key].to_numpy(dtype=float), part[col].to_numpy(dtype=float),
                     yerr=_se(part, col), marker="o", markersize=4, capsize=3,
                     color=f"C{i % 10}", label=S.text(label) if label else None)

@@ -142,7 +142,7 @@ def value_label(col: str, cinfo: dict[str, Any], baselines: bool = True) -> str:
         return f"{col} normalized:\n0 = {run(cinfo['zero'])}, 1 = {run(cinfo['one'])}"
     if "ratio_to" in cinfo:
         r = cinfo["ratio_to"]
-        return f"{col} normalized:\n{col} / {col}({r}), 1 = {run(r)}"
+        return f"{col} normalized:\n0 = zero, 1 = {run(r)}"  # m / m_target
     return col
 
 

@@ -182,7 +182,7 @@ def test_numeric_sweeps_are_lines_against_the_coefficient_with_error_bars():
     assert len(lines) == 2
     assert list(lines[0].lines[0].get_xdata()) == [-1, 0, 0.5, 2]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["\u22121", "0", "0.5", "2"]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["site=x", "site=y"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["x", "y"]
     assert ax.get_xlabel() == "scale"
 
 
@@ -243,7 +243,7 @@ def test_a_ratio_to_the_unpatched_run_is_centred_at_one_where_nothing_changed():
     (im,) = _images(fig)
     assert im.get_cmap().name == "RdBu_r"
     assert im.get_clim() == (pytest.approx(0.4), pytest.approx(1.6))
-    assert im.axes.get_title().endswith("ld normalized: ld / ld(clean), 1 = clean")
+    assert im.axes.get_title().endswith("ld normalized: 0 = zero, 1 = clean")
     bars = figure("b", df[df.layer == 0].drop(columns="layer"), ["head"], info)
     (container,) = bars.axes[0].containers
     colours = [b.get_facecolor() for b in container]
