@@ -152,13 +152,20 @@ class Results:
 
     def _repr_html_(self) -> str:
         """Jupyter: each table as an HTML table under its name (long tables: head and tail,
-        as pandas shows them)."""
+        as pandas shows them), with the baselines of its normalized columns."""
         import html
+
+        from patchc.plot_style import value_label
 
         parts = []
         for name, df in self.tables.items():
             parts.append(f"<h4>{html.escape(name)} <small>({len(df)} rows)</small></h4>")
             parts.append(df.to_html(index=False, max_rows=20, notebook=True))
+            info = self.manifest.get("tables", {}).get(name, {}).get("plot", {})
+            for col, cinfo in info.get("columns", {}).items():  # what 0 and 1 mean
+                if cinfo.get("baselines") and col in df.columns:
+                    label = value_label(col, cinfo).replace("\n", " ")
+                    parts.append(f"<p><small>{html.escape(label)}</small></p>")
         return "\n".join(parts) or "<p>Results: no tables</p>"
 
     def pairs(self, name: str) -> pd.DataFrame:

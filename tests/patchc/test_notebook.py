@@ -143,6 +143,7 @@ def test_results_render_as_html_tables(results):
     html = results._repr_html_()
     assert html.count("<table") == len(results)
     assert "<h4>resid <small>(28 rows)</small></h4>" in html
+    assert html.count("<small>ld normalized: 0 = corrupt (") == 2  # resid, heads
 
 
 def test_plot_of_a_chosen_column_and_bad_names_say_so(results):

@@ -261,3 +261,16 @@ def test_missing_values_draw_without_warnings():
     bars = figure("b", df[df.layer == 0].drop(columns="layer"), ["pos"], {}, column="ld")
     _draw(bars)
     assert len(bars.axes[0].containers[0]) == 5
+
+
+def test_a_folder_from_before_plot_facts_still_redraws(tmp_path):
+    import json
+
+    from patchc.plots import plot_dir
+
+    _heads().to_csv(tmp_path / "heads.csv", index=False)
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"tables": {"heads": {"rows": 12, "columns": ["layer", "head", "ld"],
+                              "keys": ["layer", "head"]}}}))
+    (png,) = plot_dir(tmp_path)
+    assert png.name == "heads.png" and png.read_bytes()[:4] == b"\x89PNG"
