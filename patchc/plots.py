@@ -225,12 +225,16 @@ def plot_dir(out_dir: str | Path) -> list[Path]:
     d = Path(out_dir)
     manifest = read_manifest(d)
     written: list[Path] = []
-    for name, entry in manifest.get("tables", {}).items():
+    for name, info in manifest.get("tables", {}).items():
         csv = d / f"{name}.csv"
         if not csv.is_file():
             raise PatchcError("E602", f"{csv} is missing")
-        pairs_csv = d / f"{name}.pairs.csv"
-        pairs = pd.read_csv(pairs_csv) if pairs_csv.is_file() else None
-        written += plot_table(name, pd.read_csv(csv), list(entry.get("keys", [])), d,
-                              entry.get("plot"), pairs)
+        written += plot_table(name, pd.read_csv(csv), list(info.get("keys", [])), d,
+                              info.get("plot"), _pairs(d, name))
     return written
+
+
+def _pairs(d: Path, name: str) -> pd.DataFrame | None:
+    """A `compare` table's points (NAME.pairs.csv), if the folder has them."""
+    path = d / f"{name}.pairs.csv"
+    return pd.read_csv(path) if path.is_file() else None
