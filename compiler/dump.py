@@ -50,7 +50,8 @@ def _span_text(s: Span) -> str:
 
 def _fields(node: Any) -> list[tuple[str, Any]]:
     return [(f.name, getattr(node, f.name)) for f in fields(node)
-            if f.name != "span" and f.compare]
+            if f.name != "span" and f.compare
+            and not (f.metadata.get("optional") and getattr(node, f.name) is None)]
 
 
 def _is_leaf(v: Any) -> bool:
