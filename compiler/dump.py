@@ -158,6 +158,7 @@ def _node_line(nid: str, node: Any) -> str:
                 f" := {expr}")
     if isinstance(node, Metric):
         ref = f" ref {node.reference}" if node.reference else ""
+        ref += f" lens {node.lens}" if node.lens else ""
         return (f"{nid} = metric {_name(node.name)} @ {node.pos} <- {node.forward}{ref}"
                 f" := {printer.mexpr(node.expr)}")
     if isinstance(node, Backward):
