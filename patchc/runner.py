@@ -196,6 +196,7 @@ def _observations(results: Results, spec: A.Spec, checked: CheckedSpec, tokenize
             texts = list(checked.runs[op.target.value].texts)
             results._tokens[name] = [tokenizer.convert_ids_to_tokens(ids)
                                      for ids in encode(tokenizer, texts)]
+            info["tokens"] = results._tokens[name][0]  # plot labels (example 0)
 
 
 def _table_seconds(ir: IRGraph, node_seconds: dict[str, float]) -> dict[str, float]:
