@@ -70,7 +70,8 @@ def check_observation(ctx: Context, op: A.ReadSites | A.Lens | A.MeasureRun) -> 
 
 
 def _check_sites(ctx: Context, op: A.Operation, item: A.SiteItem, matches) -> None:
-    assert isinstance(item, A.SiteRef)
+    if not isinstance(item, A.SiteRef):
+        return  # a group: reported (E363) above
     if item.kind == "attn.pattern":
         ctx.error("E363", "read each head's pattern (`L1.H*.pattern`), not `attn.pattern`",
                   item.span)
