@@ -1,5 +1,5 @@
-"""The attention figure of a `read` of patterns: one panel per head, query tokens down, key
-tokens across, each axis labelled with the prompt's tokens (example 0 of the run, padding
+"""The attention figure of a `read` of patterns (at every position): one panel per head,
+query tokens down, key tokens across, each axis labelled with the prompt's tokens (example 0 of the run, padding
 removed). One colour scale, 0 to 1, for every panel: the probabilities are comparable.
 
 `patchc run --out DIR` draws NAME.png next to NAME.safetensors; `patchc plot DIR` redraws it
@@ -36,8 +36,11 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
     has no pattern."""
     from patchc.plots import _pyplot
 
+    # Patterns read at every position: the query axis is then the prompt's tokens too (a read
+    # at some positions keeps only its numbers: NAME.safetensors).
     heads = {k: patterns[k] for k in sorted(patterns, key=_natural)
-             if k.endswith("pattern") and patterns[k].dim() == 3}
+             if k.endswith("pattern") and patterns[k].dim() == 3
+             and patterns[k].shape[1] == patterns[k].shape[2]}
     if not heads:
         return []
     plt = _pyplot()
@@ -45,7 +48,8 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
     cols = min(4, n)
     rows = math.ceil(n / cols)
     size = max(3.0, min(6.0, 0.28 * len(tokens) + 1.5))
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False,
+                             layout="constrained")
     image = None
     for k, (ax, (site, t)) in enumerate(zip(axes.flat, heads.items())):
         grid = t[example].float()
@@ -64,7 +68,7 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
         ax.axis("off")
     if image is not None:
         fig.colorbar(image, ax=list(axes.flat), shrink=0.8, label="attention probability")
-    fig.suptitle(f"{name}: attention patterns (read), example {example}", y=1.0)
+    fig.suptitle(f"{name}: attention patterns (read), example {example}")
     path = out_dir / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

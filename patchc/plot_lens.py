@@ -51,14 +51,21 @@ def _lines(plt, name: str, df: pd.DataFrame, keys: list[str], col: str, baseline
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     groups = [("", df)] if "site" not in keys else list(df.groupby("site", sort=False))
     for label, part in groups:
-        x = part["layer"] if "layer" in part and part["layer"].notna().any() else \
-            pd.Series(range(len(part)))
+        if "layer" in part and part["layer"].notna().all():
+            x = part["layer"]
+        elif "layer" in part and part["layer"].isna().all() and len(part) == 1:
+            x = pd.Series([-1])  # `embed`: before layer 0
+        else:
+            x = pd.Series(range(len(part)))
         se = part.get(f"{col}_se")
         ax.errorbar(x.tolist(), part[col].astype(float).tolist(),
                     yerr=None if se is None else se.fillna(0).tolist(), marker="o",
                     capsize=3, label=str(label) or None)
     if "site" in keys:
         ax.legend(fontsize=8)
+    ticks = sorted({int(v) for v in ax.get_xticks() if v == int(v)})
+    if any(t < 0 for t in ticks):
+        ax.set_xticks(ticks, ["embed" if t == -1 else str(t) for t in ticks])
     ax.set_xlabel("layer")
     ax.set_ylabel(_label(col, baselines))
     ax.set_title(f"{name}: logit lens, {col} decoded at each layer (mean ± s.e.)")
@@ -70,8 +77,10 @@ def _heatmap(plt, name: str, df: pd.DataFrame, col: str, tokens: list[str],
              baselines: dict):
     grid = df.pivot_table(index="layer", columns="pos", values=col, aggfunc="mean")
     values = grid.to_numpy(dtype=float)
-    sequential = any(s in col for s in SEQUENTIAL)
     finite = [abs(v) for v in values.flat if math.isfinite(v)]
+    # Probabilities, ranks, accuracies: one-sided; a colormap centred at 0 would waste half.
+    sequential = any(s in col for s in SEQUENTIAL) or all(
+        0 <= v <= 1 for v in values.flat if math.isfinite(v))
     lim = max(finite) if finite and max(finite) > 0 else 1.0
     kw = dict(cmap="viridis") if sequential else dict(cmap="RdBu_r", vmin=-lim, vmax=lim)
     fig, ax = plt.subplots(figsize=(max(5.0, min(16.0, 0.45 * grid.shape[1] + 3)),
