@@ -73,3 +73,22 @@ def test_reported_reads_survive_prune_and_are_never_freed() -> None:
     assert prune_reads(ir) is ir
     reads = {nid for nid, _ in ir.of_type(Read)}
     assert reads and reads <= result_nodes(ir)
+
+
+CONTINUED = """
+swap L{1,2}.H0.z @ last from clean into corrupt
+    measure s = seqlogprob(d.answer), t = text(2)
+    as continued
+"""
+
+
+def test_text_and_seqlogprob_forwards_run_whole() -> None:
+    """A forward whose metric continues past the prompt runs as the naive one does: not
+    batched, narrowed or trimmed (the golden shows the whole pipeline's output)."""
+    ir = lowered(CONTINUED)
+    after = optimize(ir)
+    golden("reading_continued", ir, after)
+    swept = [f for _, f in after.of_type(Forward) if f.experiment is not None]
+    assert len(swept) == 2
+    for f in swept:
+        assert f.group is None and not f.narrow and f.logit_positions is None
