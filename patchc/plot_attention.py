@@ -1,6 +1,7 @@
 """The attention figure of a `read` of patterns (at every position): one panel per head,
-query tokens down, key tokens across, each axis labelled with the prompt's tokens (example 0 of the run, padding
-removed). One colour scale, 0 to 1, for every panel: the probabilities are comparable.
+query tokens down, key tokens across, each axis labelled with the prompt's tokens (example 0
+of the run, padding removed). One colour scale, 0 to 1, for every panel: the probabilities
+are comparable.
 
 `patchc run --out DIR` draws NAME.png next to NAME.safetensors; `patchc plot DIR` redraws it
 from those files alone (the tokens are in the safetensors metadata).

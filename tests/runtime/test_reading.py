@@ -200,7 +200,8 @@ def _seqlogprob(fam: Fam, texts: list[str], answers: list[str]) -> torch.Tensor:
 def test_measure_in_run(fam_name: str, get_family) -> None:
     fam: Fam = get_family(fam_name)
     res = fam.run(HEAD + "measure ld, acc = rank(d.answer) == 0, pos = ld > 0, "
-                  "s = seqlogprob(d.two), t = text(3) in clean as base\n")
+                  "s = seqlogprob(d.two), s2 = seqlogprob(\"the mat\"), t = text(3) in clean "
+                  "as base\n")
     logits = fam.forward(fam.ids(CLEAN))[0]
     ld = ld_of(fam, logits)
     answers = torch.tensor([fam.tid(r["answer"]) for r in ROWS])
@@ -210,6 +211,7 @@ def test_measure_in_run(fam_name: str, get_family) -> None:
     close(per_example(res, "base", "acc"), acc)
     close(per_example(res, "base", "pos"), (ld > 0).float())
     close(per_example(res, "base", "s"), _seqlogprob(fam, CLEAN, TWO))
+    close(per_example(res, "base", "s2"), _seqlogprob(fam, CLEAN, ["the mat"] * 4))
     texts = res.per_example("base").sort_values("example")["t"].tolist()
     assert texts == _greedy(fam, CLEAN, 3)
     table = res["base"]
