@@ -51,3 +51,22 @@ def test_run_out_writes_and_prints_everything(tmp_path: Path, capsys) -> None:
         (out / png).unlink()
     assert main(["plot", str(out)]) == 0
     assert (out / "attention.png").is_file() and (out / "lens_pos.png").is_file()
+
+
+def test_language_reading_spec_runs_as_written() -> None:
+    """examples/language/reading.patch: the §11-12 forms exactly as the reference writes
+    them (`@ {1, 3, 9}`, `@ facts.subj_start..facts.subj_end`, `rank(...) == 0`, ...)."""
+    import patchc
+
+    res = patchc.run(ROOT / "examples" / "language" / "reading.patch")
+    acts = res.activations("patterns")
+    assert list(acts)[:3] == ["L1.H0.pattern", "L1.H1.pattern", "L1.H2.pattern"]
+    assert tuple(acts["L1.H2.pattern"].shape) == (16, 14, 14)
+    assert tuple(res.activations("names")["L0.resid_post"].shape) == (16, 3, 48)
+    assert list(res["base"].columns) == ["ld", "ld_se", "acc", "acc_se",
+                                         "seqlogprob(ioi.answer)", "seqlogprob(ioi.answer)_se"]
+    assert res["lensed"]["layer"].tolist() == list(range(12))
+    assert res.baselines("mlps")["ld"]["0"]["run"] == "corrupt"
+    texts = res.per_example("base")["text(3)"]
+    assert len(texts) == 16 and all(isinstance(t, str) for t in texts)
+    assert len(res["noisy_base"]) == 1
