@@ -1,8 +1,8 @@
 """The figure of a `lens` table: each measured column against the layer (a line with
 standard-error bars; one line per site item when the statement lists several), or, for a
-lens swept over positions (`@ each`), a layer x position heatmap whose position axis is
-labelled with the prompt's tokens (example 0). Sequential colours for probabilities and
-ranks, diverging ones (centred at 0) otherwise.
+lens swept over positions (`@ each`) or heads (`L*.H*.out`), a layer x position (x head)
+heatmap; a position axis is labelled with the prompt's tokens (example 0). Sequential
+colours for probabilities and ranks, diverging ones (centred at 0) otherwise.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ def plot_lens(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
                 and pd.api.types.is_numeric_dtype(df[c])]
     written = []
     for col in measured:
-        if "layer" in keys and "pos" in keys:
-            fig = _heatmap(plt, name, df, col, tokens or [], baselines)
+        if "layer" in keys and ("pos" in keys or "head" in keys):
+            across = "pos" if "pos" in keys else "head"
+            fig = _heatmap(plt, name, df, col, across, tokens or [], baselines)
         else:
             fig = _lines(plt, name, df, keys, col, baselines)
         suffix = "" if len(measured) == 1 else "_" + "".join(
@@ -73,9 +74,9 @@ def _lines(plt, name: str, df: pd.DataFrame, keys: list[str], col: str, baseline
     return fig
 
 
-def _heatmap(plt, name: str, df: pd.DataFrame, col: str, tokens: list[str],
+def _heatmap(plt, name: str, df: pd.DataFrame, col: str, across: str, tokens: list[str],
              baselines: dict):
-    grid = df.pivot_table(index="layer", columns="pos", values=col, aggfunc="mean")
+    grid = df.pivot_table(index="layer", columns=across, values=col, aggfunc="mean")
     values = grid.to_numpy(dtype=float)
     finite = [abs(v) for v in values.flat if math.isfinite(v)]
     # Probabilities, ranks, accuracies: one-sided; a colormap centred at 0 would waste half.
@@ -86,12 +87,17 @@ def _heatmap(plt, name: str, df: pd.DataFrame, col: str, tokens: list[str],
     fig, ax = plt.subplots(figsize=(max(5.0, min(16.0, 0.45 * grid.shape[1] + 3)),
                                     max(3.0, min(10.0, 0.4 * grid.shape[0] + 1.5))))
     im = ax.imshow(values, aspect="auto", interpolation="nearest", **kw)
-    labels = [tokens[p] if p < len(tokens) else str(p) for p in grid.columns]
+    if across == "pos":
+        labels = [tokens[p] if p < len(tokens) else str(p) for p in grid.columns]
+    else:
+        labels = [str(h) for h in grid.columns]
     step = max(1, math.ceil(len(labels) / 40))
-    ax.set_xticks(range(0, len(labels), step), labels[::step], rotation=90)
+    ax.set_xticks(range(0, len(labels), step), labels[::step],
+                  rotation=90 if across == "pos" else 0)
     ax.set_yticks(range(grid.shape[0]), [str(v) for v in grid.index])
-    ax.set_xlabel("position (token)")
+    ax.set_xlabel("position (token)" if across == "pos" else "head")
     ax.set_ylabel("layer")
     fig.colorbar(im, ax=ax, label=_label(col, baselines))
-    ax.set_title(f"{name}: logit lens, {col} by layer and position")
+    what = "position" if across == "pos" else "head"
+    ax.set_title(f"{name}: logit lens, {col} by layer and {what}")
     return fig
