@@ -316,7 +316,9 @@ def _op_dla(lw: Lowerer, op: A.Dla) -> None:
             t0 = e.targets[0]
             values.append((col, lw.ir.add(Estimate("dla", t0.site, t0.pos, inputs), inputs)))
             if m.normalized:
-                norm.append((col, (metric, None)))
+                # bare: m / m_B (B's own metric); `between R1 and R2`: those runs' values
+                norm.append((col, lw.norm_refs(m, target, None) if m.between else
+                             (metric, None)))
         rows.append(Row(e.key, tuple(values), tuple(norm)))
     lw.table(op, rows)
 
