@@ -32,16 +32,19 @@ def _ticks(tokens: list[str], n: int) -> tuple[list[int], list[str]]:
 
 
 def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str],
-                  out_dir: Path, example: int = 0) -> list[Path]:
+                  out_dir: Path, example: int = 0,
+                  positions: dict[str, list[int]] | None = None) -> list[Path]:
     """NAME.png: every `...pattern` tensor of a read, example `example`; [] when the read
-    has no pattern."""
+    has no pattern. `positions`: the query positions of each site in example 0 (a read at
+    some positions); without them only patterns read at every position are drawn."""
+    positions = positions or {}
     from patchc.plots import _pyplot
 
-    # Patterns read at every position: the query axis is then the prompt's tokens too (a read
-    # at some positions keeps only its numbers: NAME.safetensors).
+    # The query axis is labelled with the tokens at the read's positions: known for a read
+    # at every position, or from `positions`.
     heads = {k: patterns[k] for k in sorted(patterns, key=_natural)
              if k.endswith("pattern") and patterns[k].dim() == 3
-             and patterns[k].shape[1] == patterns[k].shape[2]}
+             and (k in positions or patterns[k].shape[1] == patterns[k].shape[2])}
     if not heads:
         return []
     plt = _pyplot()
@@ -49,17 +52,24 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
     cols = min(4, n)
     rows = math.ceil(n / cols)
     size = max(3.0, min(6.0, 0.28 * len(tokens) + 1.5))
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False,
+    # A read at a few query positions gets short panels, not stretched cells.
+    n_query = max(t.shape[1] for t in heads.values())
+    height = size if n_query >= len(tokens) else max(1.8, min(size, 0.3 * n_query + 1.6))
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, height * rows), squeeze=False,
                              layout="constrained")
     image = None
     for k, (ax, (site, t)) in enumerate(zip(axes.flat, heads.items())):
         grid = t[example].float()
         keep = ~torch.isnan(grid).all(1)  # query rows past a short prompt's end
-        grid = grid[keep][:, : int(keep.sum())] if not bool(keep.all()) else grid
+        grid = grid[keep] if not bool(keep.all()) else grid
+        grid = grid[:, : len(tokens)] if tokens else grid  # key slots past its end
         image = ax.imshow(grid.numpy(), cmap="viridis", vmin=0.0, vmax=1.0,
-                          interpolation="nearest")
-        q = list(range(grid.shape[0]))
-        ax.set_yticks(*_ticks(tokens, len(q)))
+                          interpolation="nearest",
+                          aspect="equal" if grid.shape[0] == grid.shape[1] else "auto")
+        query = positions.get(site, list(range(grid.shape[0])))[: grid.shape[0]]
+        labels = [tokens[p] if p < len(tokens) else str(p) for p in query]
+        step = max(1, math.ceil(len(labels) / MAX_LABELS))
+        ax.set_yticks(range(0, len(labels), step), labels[::step])
         ax.set_xticks(*_ticks(tokens, grid.shape[1]), rotation=90)
         ax.set_title(site, fontsize=10)
         if k % cols == 0:
@@ -89,4 +99,6 @@ def plot_read_dir(name: str, out_dir: Path) -> list[Path]:
         for k in f.keys():
             tensors[k] = f.get_tensor(k)
     tokens = json.loads(meta.get("tokens", "[]"))
-    return plot_patterns(name, tensors, tokens[0] if tokens else [], out_dir)
+    positions = json.loads(meta.get("positions", "{}"))
+    return plot_patterns(name, tensors, tokens[0] if tokens else [], out_dir,
+                         positions=positions)

@@ -228,6 +228,7 @@ class Results:
         self._values = values
         self.manifest = manifest
         self._tokens: dict[str, list[list[str]]] = dict(tokens or {})
+        self._positions: dict[str, dict[str, list[int]]] = {}  # read -> site -> positions
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         if name not in self.tables:
@@ -296,8 +297,10 @@ class Results:
 
     def _stage_tensors(self, out: Path, name: str) -> str:
         """NAME.safetensors: one tensor per site; the metadata holds each example's tokens
-        (JSON), for plots drawn from the folder alone."""
-        meta = {"tokens": json.dumps(self.tokens(name))}
+        and each site's positions in the first example (JSON), for plots drawn from the
+        folder alone."""
+        meta = {"tokens": json.dumps(self.tokens(name)),
+                "positions": json.dumps(self._positions.get(name, {}))}
         return _stage_tensors_file(out, self.activations(name), meta)
 
 

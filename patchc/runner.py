@@ -197,6 +197,35 @@ def _observations(results: Results, spec: A.Spec, checked: CheckedSpec, tokenize
             results._tokens[name] = [tokenizer.convert_ids_to_tokens(ids)
                                      for ids in encode(tokenizer, texts)]
             info["tokens"] = results._tokens[name][0]  # plot labels (example 0)
+        if isinstance(op, A.ReadSites):
+            results._positions[name] = _read_positions(results, name, checked, op)
+
+
+def _read_positions(results: Results, name: str, checked: CheckedSpec, op: A.ReadSites
+                    ) -> dict[str, list[int]]:
+    """Which token positions each site of a `read` holds, for its first example (the
+    query axis of an attention figure)."""
+    n0 = len(results.tokens(name)[0])
+    info = checked.runs[op.target.value]
+    row0 = checked.data[info.data].rows[0] if info.data else {}
+    out = {}
+    for row in results._table(name).rows:
+        pos = results._ir.node(row.values[0][1]).pos  # type: ignore[union-attr]
+        if pos.kind == "all":
+            picked = list(range(n0))
+        elif pos.kind == "last":
+            picked = [n0 - 1]
+        elif pos.kind in ("index", "range"):
+            picked = list(range(pos.lo, (pos.hi if pos.kind == "range" else pos.lo) + 1))
+        elif pos.kind == "set":
+            picked = list(pos.values)
+        elif pos.kind == "column":
+            picked = [int(row0[pos.column[1]])]  # type: ignore[index]
+        else:  # span
+            picked = list(range(int(row0[pos.column[1]]),  # type: ignore[index]
+                                int(row0[pos.end[1]]) + 1))  # type: ignore[index]
+        out[dict(row.key)["site"]] = picked
+    return out
 
 
 def _table_seconds(ir: IRGraph, node_seconds: dict[str, float]) -> dict[str, float]:

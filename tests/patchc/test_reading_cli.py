@@ -22,6 +22,7 @@ run clean = ioi.clean
 run corrupt = ioi.corrupt
 metric ld = logit(ioi.answer) - logit(ioi.distractor)
 read L0.H{{0,1}}.pattern in clean as attention
+read L0.H0.pattern @ last in clean as from_last
 lens L{{0,1}}.resid_post @ each in clean measure p = prob(ioi.answer) as lens_pos
 measure ld, says = text(2) in clean as base
 swap L{{0,1}}.mlp.out from clean into corrupt
@@ -43,6 +44,7 @@ def test_run_out_writes_and_prints_everything(tmp_path: Path, capsys) -> None:
     assert manifest["tables"]["attention"]["op"] == "read"
     names = {p.name for p in out.iterdir()}
     assert {"attention.safetensors", "attention.csv", "attention.png", "lens_pos.png",
+            "from_last.png",
             "base.examples.csv", "mlps.examples.csv"} <= names
     assert "base.png" not in names  # a one-row table draws nothing
     says = pd.read_csv(out / "base.examples.csv")["says"]
