@@ -300,3 +300,26 @@ def test_outputs_written(gpt2: Fam, tmp_path) -> None:
     examples = pd.read_csv(tmp_path / "base.examples.csv")
     assert list(examples.columns) == ["example", "ld", "t"] and len(examples) == 4
     assert list(pd.read_csv(tmp_path / "base.csv").columns) == ["ld", "ld_se"]
+
+
+def test_read_of_a_padded_run_and_of_noise_samples(gpt2: Fam) -> None:
+    """Prompts of different lengths: positions count from each prompt's first token, NaN
+    past its end. Noise samples: rows are examples x samples, samples consecutive."""
+    texts = ["the cat sat", "a bird was on the tree"]
+    res = gpt2.run(f'run r = {inline(texts).replace("{", "").replace("}", "")}\n'
+                   "run noisy = \"the cat sat\" with noise(embed @ 1, std=1, samples=3, seed=2)\n"
+                   "read L1.resid_post, L0.mlp.out @ last in r as acts\n"
+                   "read embed in noisy as noisy_embed\n")
+    acts = res.activations("acts")
+    assert acts["L1.resid_post"].shape == (2, 6, 32)
+    for i, t in enumerate(texts):
+        alone = gpt2.read([t], "L1.resid_post", "L0.mlp.out")
+        n = len(t.split())
+        close(acts["L1.resid_post"][i, :n], alone["L1.resid_post"][0])
+        close(acts["L0.mlp.out"][i, 0], alone["L0.mlp.out"][0, -1])
+    assert torch.isnan(acts["L1.resid_post"][0, 3:]).all()
+    noisy = res.activations("noisy_embed")["embed"]
+    assert noisy.shape == (3, 3, 32)
+    clean = gpt2.read(["the cat sat"], "embed")["embed"][0]
+    _same(noisy[:, 0], clean[None, 0].expand(3, -1))  # position 0 is not noised
+    assert not torch.equal(noisy[0, 1], noisy[1, 1])  # each sample its own draw
