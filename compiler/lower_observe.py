@@ -19,10 +19,12 @@ from .lower_exprs import metric_parts
 READ_SUMMARY = ("shape", "mean", "std", "norm", "min", "max")
 
 
-def _site_text(t, texts: dict[str, int]) -> str:
+def _site_text(t, texts: dict[str, int], swept: bool) -> str:
+    """The key of a site in results.activations: its text, with `@ POS` when an `@ each`
+    sweep or another item reads the same site elsewhere."""
     text = str(t.site)
     texts[text] = texts.get(text, 0) + 1
-    return text if texts[text] == 1 else f"{text} @ {t.pos}"
+    return text if texts[text] == 1 and not swept else f"{text} @ {t.pos}"
 
 
 def op_read(lw: Lowerer, op: A.ReadSites, exps) -> None:
@@ -31,7 +33,9 @@ def op_read(lw: Lowerer, op: A.ReadSites, exps) -> None:
     rows, texts = [], {}
     for e in exps:
         (t,) = e.targets
-        key = (("site", _site_text(t, texts)),) + tuple(kv for kv in e.key if kv[0] != "site")
+        swept = any(c == "pos" for c, _ in e.key)
+        key = (("site", _site_text(t, texts, swept)),) + tuple(kv for kv in e.key
+                                                               if kv[0] != "site")
         rows.append(Row(key, (("value", lw.read(fwd, t.site, t.pos)),)))
     sweep = tuple(dict.fromkeys(c for r in rows for c, _ in r.key))
     lw.table(op, rows, sweep + READ_SUMMARY)
