@@ -194,18 +194,21 @@ def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[s
     "1": {...}}`), the means over every example of the runs' unpatched values. Without a
     source run (`m / m_target`), 0 is the value 0 and 1 the target run's value."""
     out: dict[str, Any] = {}
-    for row in table.rows:
-        for col, (target, source) in row.normalize:
-            if col in out:
-                continue
-            t_run = ir.node(target).forward  # type: ignore[union-attr]
-            zero = {"run": ir.node(t_run).run, "value": _mean(values[target])}  # type: ignore
-            if source is None:
-                out[col] = {"0": {"run": None, "value": 0.0}, "1": zero}
-                continue
-            s_run = ir.node(source).forward  # type: ignore[union-attr]
-            out[col] = {"0": zero, "1": {"run": ir.node(s_run).run,  # type: ignore
-                                         "value": _mean(values[source])}}
+    norms = [(col, ts) for row in table.rows for col, ts in row.normalize]
+    # compare: every pair of a normalized measure holds its (target, source) metrics
+    norms += [(dict(p.key).get("metric", "normalized"), p.normalize) for p in table.pairs
+              if p.normalize is not None]
+    for col, (target, source) in norms:
+        if col in out:
+            continue
+        t_run = ir.node(target).forward  # type: ignore[union-attr]
+        zero = {"run": ir.node(t_run).run, "value": _mean(values[target])}  # type: ignore
+        if source is None:
+            out[col] = {"0": {"run": None, "value": 0.0}, "1": zero}
+            continue
+        s_run = ir.node(source).forward  # type: ignore[union-attr]
+        out[col] = {"0": zero, "1": {"run": ir.node(s_run).run,  # type: ignore
+                                     "value": _mean(values[source])}}
     return out
 
 
