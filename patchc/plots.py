@@ -33,6 +33,17 @@ from patchc import plot_charts as C
 from patchc import plot_style as S
 
 
+def _pyplot():
+    """pyplot on Agg, for the figures of `read` and `lens` (plot_attention.py, plot_lens.py),
+    which manage their figures through pyplot; the table plots here never touch it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display here or on CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def measured_columns(df: pd.DataFrame, keys: list[str]) -> list[str]:
     """The numeric columns a table measures: not a sweep column, not `n`, not a standard
     error (`<col>_se`) of another column."""
@@ -229,6 +240,20 @@ def plot_dir(out_dir: str | Path) -> list[Path]:
         csv = d / f"{name}.csv"
         if not csv.is_file():
             raise PatchcError("E602", f"{csv} is missing")
+        op = info.get("op")
+        if op == "measure":  # one row, no sweep: the table says it all
+            continue
+        if op == "read":  # the statements of §11 draw their own figures
+            from patchc.plot_attention import plot_read_dir
+
+            written += plot_read_dir(name, d)
+            continue
+        if op == "lens":
+            from patchc.plot_lens import plot_lens
+
+            written += plot_lens(name, pd.read_csv(csv), list(info.get("keys", [])), d,
+                                 info.get("tokens"), info.get("baselines"))
+            continue
         written += plot_table(name, pd.read_csv(csv), list(info.get("keys", [])), d,
                               info.get("plot"), _pairs(d, name))
     return written

@@ -274,3 +274,19 @@ def test_a_folder_from_before_plot_facts_still_redraws(tmp_path):
                               "keys": ["layer", "head"]}}}))
     (png,) = plot_dir(tmp_path)
     assert png.name == "heads.png" and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_read_and_lens_figures_take_dollar_tokens_as_text(tmp_path):
+    import torch
+
+    from patchc.plot_attention import plot_patterns
+    from patchc.plot_lens import plot_lens
+
+    tokens = [" $", "5", " 東", "$x"]  # an unmatched `$` would make mathtext raise
+    pattern = torch.softmax(torch.randn(1, 4, 4), -1)
+    (png,) = plot_patterns("att", {"L0.H0.pattern": pattern}, tokens, tmp_path)
+    assert png.is_file()
+    lens = pd.DataFrame([{"layer": lyr, "pos": p, "cost $": lyr + p} for lyr in range(2)
+                         for p in range(4)])
+    (png,) = plot_lens("lens", lens, ["layer", "pos"], tmp_path, tokens)
+    assert png.is_file()
