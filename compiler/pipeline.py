@@ -24,7 +24,8 @@ from .passes.trim_logits import trim_logits
 
 Pass = Callable[[IRGraph], IRGraph]
 
-# In the order docs/architecture.md explains. Each pass's docstring says what it changes and why results stay equal.
+# In the order docs/architecture.md explains. Each pass's docstring says what it changes
+# and why results stay equal.
 PASSES: tuple[Pass, ...] = (dedupe, prune_reads, share_prefix, narrow_positions, batch,
                             fuse_attribution, trim_logits)
 

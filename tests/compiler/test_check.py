@@ -1,5 +1,5 @@
-"""The checker on valid specs: every worked example of docs/language.md (adapted to tiny models), what a
-CheckedSpec holds, warnings, and the light tokenizer."""
+"""The checker on valid specs: every worked example of docs/language.md (adapted to tiny
+models), what a CheckedSpec holds, warnings, and the light tokenizer."""
 
 import os
 
