@@ -5,9 +5,10 @@ The grammar ignores a newline followed by indentation anywhere inside a statemen
 `_CONT` terminal), so a line may break at any space outside a string literal and still
 parse to the same AST. Where it breaks is chosen for people, deterministically:
 
-- only at a space outside a string, never right after `@` or `=` or after a word that introduces
-  what follows (`from`, `into`, `with`, `measure`, ...), never right before an operator
-  (`@`, `=`, `-`, `*`, `>`, ...), so that a continuation line never starts with one;
+- only at a space outside a string and a site path (`L{1, 5}.mlp.out`); never right after
+  `@` or `=` or a word that introduces what follows (`from`, `into`, `with`, `measure`, ...);
+  never right before an operator (`@`, `=`, `-`, `*`, `>`, ...), so that a continuation line
+  never starts with one;
 - among the breaks that keep the line within WIDTH: the least nested (outside parentheses,
   brackets and braces first), then one right after a comma (a list of sites, measures or
   interventions breaks between its items), then the rightmost;
@@ -50,6 +51,9 @@ def _breaks(text: str) -> list[tuple[int, int, int]]:
         if ch == '"':
             m = _STRING.match(text, i)
             i = m.end() if m else len(text)
+            continue
+        if ch == "{" and i > 0 and text[i - 1] in "LH":  # a set inside a site path: one token
+            i = text.find("}", i) + 1 or len(text)
             continue
         if ch in "([{":
             depth += 1
