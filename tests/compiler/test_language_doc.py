@@ -6,7 +6,8 @@ otherwise:
 
 - `standalone`: the block is a whole spec (it has its own `model` line);
 - `model=NAME`: the prelude with `examples/models/NAME` (`neox-parallel`: the bundled GPT-NeoX
-  model switched to parallel attention and MLP, where `resid_mid` does not exist);
+  model switched to parallel attention and MLP, where `resid_mid` does not exist, with the
+  induction data its tokenizer knows);
 - `error=E###`: checking must fail with exactly that code; `warn=W###`: it must warn exactly
   that;
 - `golden=NAME`: a worked example that is also `examples/language/NAME.patch`: it is read after
@@ -101,8 +102,11 @@ def source(block: Block, neox: Path) -> tuple[str, str]:
         return "\n".join(head) + "\n" + block.text, str(path.parent)
     prelude = PRELUDE.text
     model = block.attrs.get("model")
-    if model:
-        where = neox if model == "neox-parallel" else ROOT / "examples" / "models" / model
+    if model == "neox-parallel":  # its tokenizer knows the induction data's words, not IOI's
+        prelude = (prelude.replace('"examples/models/ioi-gpt2"', json.dumps(str(neox)))
+                   .replace("examples/data/ioi.jsonl", "examples/data/induction.jsonl"))
+    elif model:
+        where = ROOT / "examples" / "models" / model
         assert where.is_dir(), where
         prelude = prelude.replace('"examples/models/ioi-gpt2"', json.dumps(str(where)))
     return prelude + block.text, str(ROOT)
