@@ -5,11 +5,12 @@
                     [--workers N] [--device-map MAP]   (docs/scaling.md; also under torchrun)
     patchc compile SPEC --emit ast|ir|json|plan|dot [--optimized] [--workers N]
     patchc fmt SPEC|DIR ... [--check | --stdout]   canonical layout, comments kept
+    patchc sites MODEL [--json]                    a model's sites and shapes (config only)
     patchc --version
 
 Exit codes: 0 ok, 1 a mistake in the spec, its inputs or the command line (printed as located
 diagnostics, never a traceback), 2 an internal error (a bug in patchc: one line and a hint;
-PATCHC_DEBUG=1 prints the traceback). `check`, `compile` and `fmt` never import torch, so
+PATCHC_DEBUG=1 prints the traceback). `check`, `compile`, `fmt` and `sites` never import torch, so
 they start fast and run anywhere; `run` loads the model.
 """
 
@@ -275,6 +276,25 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sites(args: argparse.Namespace) -> int:
+    from patchc import sitelist
+    from patchc.compiler.errors import CheckError
+
+    try:
+        model = sitelist.load(args.model, args.revision)
+    except CheckError as e:  # no spec to point into: name the model instead
+        hint = f"\n  hint: {e.hint}" if e.hint else ""
+        print(f"{args.model}: error[{e.code}]: {e.message}{hint}", file=sys.stderr)
+        return EXIT_USER
+    if args.json:
+        import json
+
+        print(json.dumps(sitelist.as_json(args.model, model), indent=2))
+    else:
+        print(sitelist.render(args.model, model), end="")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="patchc", description="Check, compile and format .patch intervention specs.")
@@ -325,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="redraw the plots of a `patchc run --out` folder")
     p.add_argument("dir")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("sites", help="list a model's sites and shapes (from its config only)")
+    p.add_argument("model", help="a local model directory or a hub id")
+    p.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    p.add_argument("--json", action="store_true", help="print the listing as JSON")
+    p.set_defaults(func=cmd_sites)
 
     p = sub.add_parser("fmt", help="rewrite specs in the one canonical layout")
     p.add_argument("spec", nargs="+", help="spec files, or folders (every *.patch under them)")

@@ -84,7 +84,7 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
     if values is None:  # a worker other than rank 0: its values went to rank 0
         return None
     results = _results(spec, decl, checked, model, device, ir, plan, values, seconds, naive,
-                       time.perf_counter() - start, group)
+                       time.perf_counter() - start, group, tokenizer)
     _observations(results, spec, checked, tokenizer)
     return results
 
@@ -159,10 +159,14 @@ def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
 
 def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any, device: Any,
              ir: IRGraph, plan: Any, values: dict[str, Any], seconds: dict[str, float],
-             naive: bool, total: float, group: Any = None) -> Results:
+             naive: bool, total: float, group: Any = None, tokenizer: Any = None) -> Results:
+    from patchc.plotinfo import describe_tables
+
     options = checked.options
+    plot = describe_tables(ir, checked, tokenizer, values)  # titles, scales, tokens
     tables = {t.name: {"rows": len(t.rows), "columns": list(t.columns), "keys": _keys(t),
-                       "seconds": round(seconds.get(t.name, 0.0), 4)} for t in ir.tables}
+                       "seconds": round(seconds.get(t.name, 0.0), 4), "plot": plot[t.name]}
+              for t in ir.tables}
     hf_map = getattr(model, "hf_device_map", None)
     manifest = Manifest(
         spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
