@@ -38,8 +38,7 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
     has no pattern. `positions`: the query positions of each site in example 0 (a read at
     some positions); without them only patterns read at every position are drawn."""
     positions = positions or {}
-    from patchc.plot_style import text, token_text
-    from patchc.plots import _pyplot
+    from patchc.plot_style import new_figure, text, token_text
 
     tokens = [text(token_text(t)) for t in tokens]  # `$` is not mathtext; missing glyphs
 
@@ -50,7 +49,6 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
              and (k in positions or patterns[k].shape[1] == patterns[k].shape[2])}
     if not heads:
         return []
-    plt = _pyplot()
     n = len(heads)
     cols = min(4, n)
     rows = math.ceil(n / cols)
@@ -58,8 +56,8 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
     # A read at a few query positions gets short panels, not stretched cells.
     n_query = max(t.shape[1] for t in heads.values())
     height = size if n_query >= len(tokens) else max(1.8, min(size, 0.3 * n_query + 1.6))
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, height * rows), squeeze=False,
-                             layout="constrained")
+    fig = new_figure(size * cols, height * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
     image = None
     for k, (ax, (site, t)) in enumerate(zip(axes.flat, heads.items())):
         grid = t[example].float()
@@ -85,7 +83,6 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
     fig.suptitle(f"{name}: attention patterns (read), example {example}")
     path = out_dir / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return [path]
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from patchc.plot_style import new_figure, text, token_text
+
 SEQUENTIAL = ("prob", "rank", "==", "!=", "<", ">")
 
 
 def _label(col: str, baselines: dict) -> str:
-    from patchc.plot_style import text
-
     b = baselines.get(col)
     if not b:
         return text(col)
@@ -26,18 +26,8 @@ def _label(col: str, baselines: dict) -> str:
     return text(f"{col} (normalized: {baseline_label(b)})")
 
 
-def _title(s: str) -> str:
-    from patchc.plot_style import text
-
-    return text(s)
-
-
 def plot_lens(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
               tokens: list[str] | None = None, baselines: dict | None = None) -> list[Path]:
-    from patchc.plot_style import text, token_text
-    from patchc.plots import _pyplot
-
-    plt = _pyplot()
     baselines = baselines or {}
     tokens = [text(token_text(t)) for t in tokens or []]  # `$` is not mathtext
     measured = [c for c in df.columns if c not in keys and not c.endswith("_se")
@@ -46,20 +36,20 @@ def plot_lens(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
     for col in measured:
         if "layer" in keys and ("pos" in keys or "head" in keys):
             across = "pos" if "pos" in keys else "head"
-            fig = _heatmap(plt, name, df, col, across, tokens or [], baselines)
+            fig = _heatmap(name, df, col, across, tokens or [], baselines)
         else:
-            fig = _lines(plt, name, df, keys, col, baselines)
+            fig = _lines(name, df, keys, col, baselines)
         suffix = "" if len(measured) == 1 else "_" + "".join(
             ch if ch.isalnum() or ch in "_-" else "_" for ch in col)
         path = out_dir / f"{name}{suffix}.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
         written.append(path)
     return written
 
 
-def _lines(plt, name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: dict):
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+def _lines(name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: dict):
+    fig = new_figure(6.5, 3.8)
+    ax = fig.subplots()
     groups = [("", df)] if "site" not in keys else list(df.groupby("site", sort=False))
     for label, part in groups:
         if "layer" in part and part["layer"].notna().all():
@@ -71,7 +61,7 @@ def _lines(plt, name: str, df: pd.DataFrame, keys: list[str], col: str, baseline
         se = part.get(f"{col}_se")
         ax.errorbar(x.tolist(), part[col].astype(float).tolist(),
                     yerr=None if se is None else se.fillna(0).tolist(), marker="o",
-                    capsize=3, label=str(label) or None)
+                    capsize=3, label=text(str(label)) or None)
     if "site" in keys:
         ax.legend(fontsize=8)
     ticks = sorted({int(v) for v in ax.get_xticks() if v == int(v)})
@@ -79,12 +69,12 @@ def _lines(plt, name: str, df: pd.DataFrame, keys: list[str], col: str, baseline
         ax.set_xticks(ticks, ["embed" if t == -1 else str(t) for t in ticks])
     ax.set_xlabel("layer")
     ax.set_ylabel(_label(col, baselines))
-    ax.set_title(_title(f"{name}: logit lens, {col} decoded at each layer (mean ± s.e.)"))
+    ax.set_title(text(f"{name}: logit lens, {col} decoded at each layer (mean ± s.e.)"))
     ax.grid(alpha=0.3)
     return fig
 
 
-def _heatmap(plt, name: str, df: pd.DataFrame, col: str, across: str, tokens: list[str],
+def _heatmap(name: str, df: pd.DataFrame, col: str, across: str, tokens: list[str],
              baselines: dict):
     grid = df.pivot_table(index="layer", columns=across, values=col, aggfunc="mean")
     values = grid.to_numpy(dtype=float)
@@ -94,8 +84,9 @@ def _heatmap(plt, name: str, df: pd.DataFrame, col: str, across: str, tokens: li
         0 <= v <= 1 for v in values.flat if math.isfinite(v))
     lim = max(finite) if finite and max(finite) > 0 else 1.0
     kw = dict(cmap="viridis") if sequential else dict(cmap="RdBu_r", vmin=-lim, vmax=lim)
-    fig, ax = plt.subplots(figsize=(max(5.0, min(16.0, 0.45 * grid.shape[1] + 3)),
-                                    max(3.0, min(10.0, 0.4 * grid.shape[0] + 1.5))))
+    fig = new_figure(max(5.0, min(16.0, 0.45 * grid.shape[1] + 3)),
+                     max(3.0, min(10.0, 0.4 * grid.shape[0] + 1.5)))
+    ax = fig.subplots()
     im = ax.imshow(values, aspect="auto", interpolation="nearest", **kw)
     if across == "pos":
         labels = [tokens[p] if p < len(tokens) else str(p) for p in grid.columns]
@@ -109,5 +100,5 @@ def _heatmap(plt, name: str, df: pd.DataFrame, col: str, across: str, tokens: li
     ax.set_ylabel("layer")
     fig.colorbar(im, ax=ax, label=_label(col, baselines))
     what = "position" if across == "pos" else "head"
-    ax.set_title(_title(f"{name}: logit lens, {col} by layer and {what}"))
+    ax.set_title(text(f"{name}: logit lens, {col} by layer and {what}"))
     return fig

@@ -33,17 +33,6 @@ from patchc import plot_charts as C
 from patchc import plot_style as S
 
 
-def _pyplot():
-    """pyplot on Agg, for the figures of `read` and `lens` (plot_attention.py, plot_lens.py),
-    which manage their figures through pyplot; the table plots here never touch it."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display here or on CI
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def measured_columns(df: pd.DataFrame, keys: list[str]) -> list[str]:
     """The numeric columns a table measures: not a sweep column, not `n`, not a standard
     error (`<col>_se`) of another column."""
@@ -243,7 +232,7 @@ def plot_dir(out_dir: str | Path) -> list[Path]:
         op = info.get("op")
         if op == "measure":  # one row, no sweep: the table says it all
             continue
-        if op == "read":  # the statements of §11 draw their own figures
+        if op == "read":  # attention patterns, from NAME.safetensors
             from patchc.plot_attention import plot_read_dir
 
             written += plot_read_dir(name, d)

@@ -8,10 +8,10 @@ strings: they are in the per-example output only. `Results.per_example(name)` ha
 per-example values, `activations(name)` the tensors of a `read`, `baselines(name)` the
 values a normalized table maps to 0 and 1, `pairs(name)` the estimate/exact points of a
 `compare` table. In Jupyter a Results shows as HTML tables; `Results.plot(name)` gives a
-Figure. `save(dir)` writes `NAME.csv` per table, `NAME.examples.csv` (one row per
-experiment and example), `NAME.safetensors` per `read`, `NAME.pairs.csv` per `compare`,
-and `manifest.json`, all through temporary files renamed at the end, so a failed run
-leaves no half-written table.
+Figure. `save(dir)` writes `NAME.csv` per table, `NAME.examples.csv` (one row per experiment
+and example), `NAME.safetensors` per `read`, `NAME.pairs.csv` per `compare`, and
+`manifest.json`, all through temporary files renamed at the end, so a failed run leaves no
+half-written table.
 """
 
 from __future__ import annotations

@@ -290,3 +290,6 @@ def test_read_and_lens_figures_take_dollar_tokens_as_text(tmp_path):
                          for p in range(4)])
     (png,) = plot_lens("lens", lens, ["layer", "pos"], tmp_path, tokens)
     assert png.is_file()
+    by_site = pd.DataFrame([{"site": "L$l.H$h.out", "layer": lyr, "ld": lyr} for lyr in range(3)])
+    (png,) = plot_lens("lines", by_site, ["site", "layer"], tmp_path)
+    assert png.is_file()
