@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from . import ast as A
 from . import device_map
 from .check_context import Context, did_you_mean
+from .check_limits import check_chains
 from .check_metrics import check_decl, metric_refs
 from .check_names import declare, find_cycle
 from .check_ops import check_operation
@@ -95,7 +96,8 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO) -
         check_interventions(ctx, r, vectors)
     for op in spec.operations():
         check_operation(ctx, op, vectors)
-    _cycles(ctx, runs)
+    if not _cycles(ctx, runs):
+        check_chains(ctx, runs)
 
     if ctx.errors:
         raise SpecErrors(ctx.errors).with_source(spec.source)
@@ -143,7 +145,7 @@ def _options(ctx: Context, sets: list[A.SetDecl]) -> Options:
             Options(**{name: value})
         except ValidationError as e:
             msg = e.errors()[0]["msg"].removeprefix("Value error, ")
-            ctx.error("E306", f"invalid value for `{name}`: {value!r} ({msg})", s.span)
+            ctx.error("E306", f"invalid value for `{name}`: {repr(value)[:60]} ({msg})", s.span)
             continue
         if name == "device_map":
             try:  # a map file is read now: a bad one fails before any weight loads
@@ -184,30 +186,40 @@ def _declare_all(ctx: Context, stmts: tuple[A.Statement, ...]) -> None:
             tables.setdefault(A.table_name(op), ("table", op.span.line))
 
 
-def _cycles(ctx: Context, runs: list[A.RunDecl]) -> None:
+def _cycles(ctx: Context, runs: list[A.RunDecl]) -> bool:
     """Metrics that refer to themselves (E324); runs and vectors that read each other
-    (E344): a run cannot read its own later value."""
+    (E344): a run cannot read its own later value. True if there is a cycle."""
     metrics = ctx.metrics
     cycle = find_cycle(list(metrics), lambda n: [r for r in metric_refs(metrics[n].expr)
                                                  if r in metrics])
+    found = bool(cycle)
     if cycle:
         first = metrics[cycle[0]]
-        ctx.error("E324", f"metrics refer to each other in a cycle: {' -> '.join(cycle)}",
+        ctx.error("E324", f"metrics refer to each other in a cycle: {_chain(cycle)}",
                   first.name.span)
     decls: dict[tuple[str, str], Any] = {("run", r.name.value): r for r in runs}
     decls.update({("vector", n): v for n, v in ctx.vectors.items()})
 
     def deps(node: Any) -> list[tuple[str, str]]:
         d = decls[node]
-        found = run_deps(d) if node[0] == "run" else vector_deps(d.expr)
-        return [x for x in found if x in decls]
+        reads = run_deps(d) if node[0] == "run" else vector_deps(d.expr)
+        return [x for x in reads if x in decls]
 
     cycle = find_cycle(list(decls), deps)
     if cycle:
         first = decls[cycle[0]]
         ctx.error("E344", "a run would read its own value: "
-                  + " -> ".join(f"{k} {n}" for k, n in cycle), first.name.span,
+                  + _chain([f"{k} {n}" for k, n in cycle]), first.name.span,
                   hint="a run's baked interventions cannot depend on the run itself")
+    return found or bool(cycle)
+
+
+def _chain(names: list) -> str:
+    """`a -> b -> a`; a cycle of thousands is named by its first and last few."""
+    if len(names) <= 10:
+        return " -> ".join(map(str, names))
+    return (" -> ".join(map(str, names[:4])) + f" -> ... ({len(names) - 7} more) -> "
+            + " -> ".join(map(str, names[-3:])))
 
 
 __all__ = ["AUTO", "CheckError", "check"]

@@ -113,6 +113,8 @@ def check_measures(ctx: Context, measures: tuple[A.Measure, ...], run: RunInfo |
                 ref = node.tok if isinstance(node, A.MCall) else node.answer
                 if isinstance(ref, A.ColumnRef):
                     _rows_match(ctx, ref, run, m.span)
+                if isinstance(node, A.MGenerate):
+                    _fits_context(ctx, node, run, m.span)
             elif isinstance(node, A.MKL):
                 kl_runs.setdefault(node.run, node.span)
                 other = ctx.runs.get(node.run)
@@ -124,6 +126,19 @@ def check_measures(ctx: Context, measures: tuple[A.Measure, ...], run: RunInfo |
         if len(kl_runs) > 1:
             ctx.error("E351", f"one measure compares with one run in kl(...); this one uses "
                       f"{', '.join(kl_runs)}", m.span)
+
+
+def _fits_context(ctx: Context, node: A.MGenerate, run: RunInfo, span: Span) -> None:
+    """generate(N) after the run's longest prompt stays within the model's positions (E340);
+    past them, the position embedding has no row for the next token."""
+    if ctx.model is None or run.max_tokens is None or node.n < 1:
+        return
+    need = run.max_tokens + node.n - 1  # the last generated token is never fed back
+    if need > ctx.model.n_ctx:
+        ctx.error("E340", f"generate({node.n}) after the {run.max_tokens}-token prompts of run "
+                  f"`{run.name}` needs {need} positions; the model has {ctx.model.n_ctx}",
+                  node.span, hint=f"generate at most {ctx.model.n_ctx - run.max_tokens + 1} "
+                  "tokens")
 
 
 def _pos_key(pos: A.Pos) -> tuple:

@@ -214,10 +214,6 @@ def _read_json(path: str) -> dict[str, Any]:
     return data
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def load_config(model_id: str, revision: str | None = None, base_dir: str = ".") -> dict[str, Any]:
     """The config dict of a local model directory or (config.json only) of a hub model."""
     path = os.path.join(base_dir, os.path.expanduser(model_id))
@@ -229,26 +225,9 @@ def load_config(model_id: str, revision: str | None = None, base_dir: str = ".")
     if os.path.exists(path) or _looks_local(model_id):
         raise CheckError("E212", f"no model directory at {path} (looked for {path}/config.json)")
     # Lazy: huggingface_hub is only needed for hub ids, and `patchc check` must start fast.
-    try:
-        from huggingface_hub import hf_hub_download
+    from .hub import fetch
 
-        local = hf_hub_download(
-            repo_id=model_id,
-            filename="config.json",
-            revision=revision,
-            local_files_only=_offline(),
-        )
-    except Exception as e:  # any hub failure (offline, missing, network) is one user error
-        why = (
-            "could not be resolved offline (HF_HUB_OFFLINE is set and it is not in the cache)"
-            if _offline()
-            else f"was not found on the hub ({type(e).__name__})"
-        )
-        raise CheckError(
-            "E213",
-            f"model '{model_id}' is not a local directory and its hub id {why}",
-            hint="pass a local directory that holds config.json",
-        ) from None
+    local = fetch(model_id, "config.json", revision)
     return _read_json(local)
 
 

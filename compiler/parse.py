@@ -21,6 +21,7 @@ from lark.exceptions import (
 )
 
 from . import ast as A
+from .limits import MAX_NESTING
 from .errors import ParseError, Source, Span, SpecErrors
 from .build_ast import POSITION_FORMS, AstBuilder, span_of
 
@@ -81,13 +82,9 @@ def parse(text: str, filename: str = "<spec>", base_dir: str = ".") -> A.Spec:
     return A.Spec(tuple(statements), source)
 
 
-# How deep a statement's tree may nest: `-(-(-(...)))` or a sum of many terms (`a + b + ...`
-# nests one level per term). Far above what a person writes, far below the recursion limit.
-MAX_NESTING = 200
-
-
 def _too_deep(tree: Tree) -> Span | None:
-    """The span of the first subtree nested deeper than MAX_NESTING, or None (iterative)."""
+    """The span of the first subtree nested deeper than MAX_NESTING, or None (iterative).
+    `-(-(-(...)))` nests, and so does a long sum (`a + b + ...`, one level per term)."""
     stack: list[tuple[Tree, int, Span]] = [(tree, 0, Span.point(1, 1))]
     while stack:
         node, depth, span = stack.pop()

@@ -56,7 +56,45 @@ def cmd_check(args: argparse.Namespace) -> int:
     n_warn = len(program.warnings)
     warned = f", {n_warn} warning{'s' * (n_warn != 1)}" if n_warn else ""
     print(f"{args.spec}: ok: {len(counts)} table(s), {total} experiment(s){warned}: {tables}")
+    note = long_run_note(program)
+    if note:
+        print(note)
     return EXIT_OK
+
+
+# What a run's FLOPs are divided by to guess its time: a few CPU cores, one mid-range GPU.
+# Deliberately rough: it tells a one-minute run from a one-day run, no more.
+ASSUMED_FLOPS = {"cpu": 1e10, "gpu": 1e13}
+LONG_RUN_SECONDS = 60.0
+
+
+def long_run_note(program, min_seconds: float = LONG_RUN_SECONDS) -> str | None:
+    """One line for `check` when the run will be long: experiments, model passes, FLOPs and
+    an estimated time (compiler/costs.py through the schedule); None for a short run."""
+    from patchc.compiler.pipeline import PASSES
+    from patchc.compiler.schedule import run_shapes, schedule
+
+    checked = program.checked
+    dtype_bytes = 2 if checked.options.dtype in ("bfloat16", "float16") else 4
+    plan = schedule(program.optimized, checked.model, run_shapes(checked), None,
+                    checked.options.batch_size, dtype_bytes,
+                    passes=tuple(p.__name__ for p in PASSES))
+    o = plan.optimized
+    where = "cpu" if checked.options.device == "cpu" else "gpu"
+    seconds = o.flops / ASSUMED_FLOPS[where]
+    if seconds < min_seconds:
+        return None
+    return (f"note: a long run: {sum(program.experiments.values())} experiments in "
+            f"{o.forwards} model passes, {o.flops:.3g} FLOPs: about {_duration(seconds)} at "
+            f"{ASSUMED_FLOPS[where]:.0e} FLOP/s on {where} "
+            "(`patchc compile --emit plan` shows the plan)")
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
