@@ -1,7 +1,7 @@
 """The chain limits of `check`: how deep and how large metrics and vectors grow once the
-declarations they name are written out (E354), how long a chain of runs reading runs may be (E355). Lowering
-inlines these by recursion; beyond the limits it would hit Python's recursion limit. The
-limits themselves are in limits.py.
+declarations they name are written out (E354), and how long a chain of runs reading runs may
+be (E355). Lowering inlines these by recursion; beyond the limits it would meet Python's
+recursion limit or build exponentially large expressions. The limits are in limits.py.
 """
 
 from __future__ import annotations
