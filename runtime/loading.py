@@ -38,8 +38,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeInterventionError("E410", f"set device = {name}, but no CUDA device is "
-                                       "available", hint="use set device = cpu (or auto)")
+        raise RuntimeInterventionError("E410", f"device {name} was asked for, but no CUDA "
+                                       "device is available", hint="use cpu (or auto)")
     return device
 
 
