@@ -18,6 +18,7 @@ Error codes are listed in docs/errors.md.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,7 +36,7 @@ from .checked import CheckedSpec, Options
 from .data import load_data
 from .errors import CheckError, Span, SpecErrors
 from .modelspec import ModelSpec, load_model_spec
-from .tokens import as_tokenizer, load_tokenizer
+from .tokens import LightTokenizer, as_tokenizer, load_tokenizer
 
 
 class _Auto:
@@ -68,6 +69,7 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO) -
         tokenizer = None
         if decl is not None:
             tokenizer = load_tokenizer(decl.model_id, decl.revision, ctx.base_dir)
+            _tokenizer_fits(ctx, decl, tokenizer)
     ctx.tokenizer = as_tokenizer(tokenizer)
 
     options = _options(ctx, [s for s in stmts if isinstance(s, A.SetDecl)])
@@ -119,6 +121,25 @@ def _model_statement(ctx: Context, stmts: tuple[A.Statement, ...]) -> A.ModelDec
                   f"{models[0].span.line}", Span(extra.span.line, extra.span.col,
                                                  extra.span.line, extra.span.col + 5))
     return models[0]
+
+
+def _tokenizer_fits(ctx: Context, decl: A.ModelDecl, tokenizer: LightTokenizer | None) -> None:
+    """The model folder's tokenizer.json is readable and has no id past the model's
+    vocabulary (the embedding has no row for it) (E215)."""
+    if tokenizer is None:
+        path = os.path.join(ctx.base_dir, os.path.expanduser(decl.model_id), "tokenizer.json")
+        if os.path.isfile(path):
+            ctx.error("E215", f"the model's tokenizer.json cannot be read: {path}", decl.span,
+                      hint="save the tokenizer again (tokenizer.save_pretrained)")
+        return
+    if ctx.model is None:
+        return
+    ids = tokenizer.tok.get_vocab(with_added_tokens=True).values()
+    top = max(ids, default=-1)
+    if top >= ctx.model.vocab_size:
+        ctx.error("E215", f"the model's tokenizer has token ids up to {top}, but its config "
+                  f"has vocab_size {ctx.model.vocab_size}", decl.span,
+                  hint="use the tokenizer saved with these weights")
 
 
 def _options(ctx: Context, sets: list[A.SetDecl]) -> Options:

@@ -127,13 +127,28 @@ def _get(config: dict[str, Any], names: tuple[str, ...], family: str) -> int:
     for name in names:
         value = config.get(name)
         if value is not None:
-            return int(value)
+            return _valid_size(value, name, family)
     raise CheckError("E211", f"{family} config has no '{names[0]}' field, which patchc needs")
 
 
-def _opt_int(config: dict[str, Any], name: str) -> int | None:
+def _opt_int(config: dict[str, Any], name: str, family: str = "model") -> int | None:
     value = config.get(name)
-    return None if value is None else int(value)
+    return None if value is None else _valid_size(value, name, family)
+
+
+# Far above any real model; a config beyond it is corrupt (and would make check's tables huge).
+_MAX_SIZE = 1 << 24
+
+
+def _valid_size(value: Any, name: str, family: str) -> int:
+    """A count or size from the config: a whole number from 1 up. `"four"`, `0`, `-2`, `1.5`
+    or `true` is a corrupt config (E214), not a reason for check to crash later."""
+    ok = isinstance(value, int) and not isinstance(value, bool) or (
+        isinstance(value, float) and value.is_integer())
+    if not ok or not 1 <= value <= _MAX_SIZE:
+        raise CheckError("E214", f"{family} config: '{name}' must be a whole number from 1 to "
+                         f"{_MAX_SIZE}; got {json.dumps(value)[:40]}")
+    return int(value)
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -153,18 +168,21 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
     n_heads = _get(config, names["n_heads"], family)
     d_model = _get(config, names["d_model"], family)
     if fam.mlp_default_4x:
-        d_mlp = _opt_int(config, names["d_mlp"][0]) or 4 * d_model
+        d_mlp = _opt_int(config, names["d_mlp"][0], family) or 4 * d_model
     else:
         d_mlp = _get(config, names["d_mlp"], family)
     # Without `num_key_value_heads` (or with it null: older Phi/Llama configs) there is no GQA.
-    n_kv_heads = _opt_int(config, "num_key_value_heads") or n_heads
+    n_kv_heads = _opt_int(config, "num_key_value_heads", family) or n_heads
     if n_heads % n_kv_heads:
         raise CheckError(
             "E211",
             f"{family} config: num_key_value_heads={n_kv_heads} does not divide "
             f"{names['n_heads'][0]}={n_heads}",
         )
-    d_head = _opt_int(config, "head_dim") or d_model // n_heads
+    d_head = _opt_int(config, "head_dim", family) or d_model // n_heads
+    if d_head < 1:
+        raise CheckError("E214", f"{family} config: {n_heads} heads of a {d_model}-wide model "
+                         "leave no width per head")
     parallel = fam.parallel_attn
     if family == "gpt_neox":
         # HF's GPTNeoXConfig defaults use_parallel_residual to True (all Pythia models).
