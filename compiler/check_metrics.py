@@ -76,19 +76,19 @@ def _check_tok(ctx: Context, tok: A.Tok) -> None:
             return
         label = f"`{tok.data}.{tok.column}`"
     else:
-        values, label = [tok.text], repr(tok.text)
+        values, label = [tok.text], ""
     if ctx.tokenizer is None:
         return
     for i, text in enumerate(values):
         n = len(ctx.tokenizer.encode_plain(text))
-        row = f" in row {i}" if isinstance(tok, A.ColumnRef) else ""
+        # A literal is named once by its text; a column by its name, row and text.
+        what = f"{label} in row {i} ({text!r})" if label else repr(text)
         if n == 0:
-            ctx.error("E341", f"answer {label}{row} ({text!r}) tokenizes to no tokens",
-                      tok.span)
+            ctx.error("E341", f"answer {what} tokenizes to no tokens", tok.span)
             return
         if n > 1:
-            ctx.warn("W301", f"answer {label}{row} ({text!r}) tokenizes to {n} tokens; "
-                     "the first one is used", tok.span, once=f"tok:{tok.span}")
+            ctx.warn("W301", f"answer {what} tokenizes to {n} tokens; the first one is used",
+                     tok.span, once=f"tok:{tok.span}")
 
 
 def check_measures(ctx: Context, measures: tuple[A.Measure, ...], run: RunInfo | None) -> None:

@@ -12,7 +12,8 @@ working directory.
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Any, TextIO
 
 
 def run_cell(line: str, cell: str, namespace: dict[str, Any] | None = None):
@@ -26,8 +27,22 @@ def run_cell(line: str, cell: str, namespace: dict[str, Any] | None = None):
     return results
 
 
+def cell_magic(line: str, cell: str, namespace: dict[str, Any] | None = None,
+               stream: TextIO | None = None):
+    """The magic itself: run_cell, but a mistake in the spec is printed as its located
+    diagnostic (as `patchc check` prints it), not raised into a notebook traceback."""
+    from patchc.compiler.errors import PatchcError
+
+    try:
+        return run_cell(line, cell, namespace)
+    except PatchcError as e:
+        n = len(e.errors)
+        print(e.render() + (f"\n{n} errors" if n > 1 else ""), file=stream or sys.stderr)
+        return None
+
+
 def load_ipython_extension(ipython) -> None:  # pragma: no cover - needs IPython
     def patch(line: str, cell: str):
-        return run_cell(line, cell, ipython.user_ns)
+        return cell_magic(line, cell, ipython.user_ns)
 
     ipython.register_magic_function(patch, magic_kind="cell", magic_name="patch")
