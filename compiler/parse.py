@@ -142,8 +142,8 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
     width = max(1, len(str(tok)))
     span = Span(tok.line, tok.column, tok.line, tok.column + width)
     found = "end of line" if tok.type == "_NL" else repr(str(tok))
-    if tok.type == "_NL":
-        span = Span.point(tok.line, tok.column)
+    if tok.type == "_NL":  # at the line's end (a comment may end in the \r of a CRLF)
+        span = Span.point(tok.line, min(tok.column, len(source.line_text(tok.line)) + 1))
     expected = _expected(e.expected)
     hint = None
     if tok.type != "_NL" and tok.column == 1 and "_NL" not in e.expected:
