@@ -168,8 +168,9 @@ def render_diagnostic(
     """Format one diagnostic: location header, the source line and a caret under the span.
     A diagnostic at NO_SPAN has no place in the spec and prints `FILE: error[...]` alone."""
     filename = source.filename if source else "<spec>"
-    if span == NO_SPAN:
-        return _with_hint(f"{filename}: {kind}[{code}]: {_clip(message)}", hint)
+    if span == NO_SPAN:  # about no spec at all (a result folder, say): named as patchc's own
+        who = source.filename if source else "patchc"
+        return _with_hint(f"{who}: {kind}[{code}]: {_clip(message)}", hint)
     out = [f"{filename}:{span.line}:{span.col}: {kind}[{code}]: {_clip(message)}"]
     if source is not None:
         text = source.line_text(span.line)

@@ -108,6 +108,7 @@ def test_unlocated_errors_print_no_line_or_column(tmp_path: Path):
     out = info.value.render()
     assert info.value.code == "E002" and out.startswith(f"{tmp_path / 'latin.patch'}: error")
     assert render_diagnostic("E416", "m", NO_SPAN, Source("x")) == "<spec>: error[E416]: m"
+    assert render_diagnostic("E601", "m", NO_SPAN, None) == "patchc: error[E601]: m"
 
 
 def test_an_indented_statement_gets_an_indentation_hint():
