@@ -43,7 +43,7 @@ def _options(checked: CheckedSpec, overrides: dict[str, Any]) -> CheckedSpec:
     return replace(checked, options=options)
 
 
-def _set_span(spec: A.Spec, option: str, overrides: dict[str, Any]):
+def set_span(spec: A.Spec, option: str, overrides: dict[str, Any]):
     """The span of `set OPTION = ...`, or NO_SPAN when an override gave the value."""
     if option in overrides:
         return NO_SPAN
@@ -116,7 +116,7 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
                           trust_remote_code)
         except PatchcError as e:  # a failed load points at the `model` statement
             if e.span == NO_SPAN:  # (no CUDA: at `set device`, unless an override asked)
-                e.span = _set_span(spec, "device", overrides) if e.code == "E410" else \
+                e.span = set_span(spec, "device", overrides) if e.code == "E410" else \
                     decl.span
             raise
         return checked, loaded.model, loaded.tokenizer, loaded.device

@@ -256,6 +256,8 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, trust_remote_code
                                                       trust_remote_code, overrides)
         check_options(checked.options)
     except PatchcError as e:
+        if e.code == "E417":  # at `set device_map`, unless --device-map/an override gave it
+            e.span = runner.set_span(spec, "device_map", overrides or {})
         raise e.with_source(spec.source) from None
     threads = max(1, torch.get_num_threads() // workers)  # the cores, divided
     root = Path(tempfile.mkdtemp(prefix="patchc-workers-"))

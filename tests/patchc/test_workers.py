@@ -181,5 +181,6 @@ def test_refused_combinations(spec_file: Path, tmp_path: Path, capsys) -> None:
     mapped = tmp_path / "mapped.patch"
     mapped.write_text(SPEC.replace("data ioi", 'set device_map = "auto"\ndata ioi', 1))
     assert main(["run", str(mapped), "--workers", "2", "--quiet"]) == 1
-    assert "error[E417]" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{mapped}:2:1: error[E417]" in err and 'set device_map = "auto"' in err
 
