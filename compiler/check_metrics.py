@@ -43,6 +43,9 @@ def check_expr(ctx: Context, e: A.MExpr) -> None:
             if node.n < 1:
                 ctx.error("E340", f"generate({node.n}) must generate at least one token",
                           node.span)
+            elif ctx.model is not None and node.n > ctx.model.n_ctx:  # whatever the prompts
+                ctx.error("E340", f"generate({node.n}) needs more positions than the model "
+                          f"has ({ctx.model.n_ctx})", node.span)
             values = ctx.column(node.answer)
             if values is not None:
                 _strings(ctx, node.answer, values, "answer")

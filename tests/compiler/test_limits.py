@@ -137,3 +137,12 @@ def test_unreachable_hub_fails_fast(monkeypatch):
     assert info.value.code == "E213" and "unreachable" in info.value.message
     assert "not found" not in info.value.message
     assert not hub.reachable("https://patchc-unreachable.invalid", timeout=0.5)
+
+
+def test_generate_beyond_the_context_without_a_tokenizer():
+    spec = parse(HEAD + "metric g = generate(65) contains ioi.answer\n", "case.patch",
+                 build().spec_dir())
+    with pytest.raises(SpecErrors) as info:
+        check(spec, tokenizer=None)
+    (e,) = info.value.errors
+    assert e.code == "E340" and "more positions than the model has (64)" in e.message
