@@ -12,6 +12,7 @@ The codes are listed in docs/errors.md. `patchc.PatchcError` re-exports the root
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable
 
 
@@ -48,13 +49,19 @@ class Source:
 
     def line_text(self, line: int) -> str:
         """Line `line` (1-based) as the parser counts lines: only `\\n` ends one."""
-        lines = split_lines(self.text)
+        lines = _lines(self.text)
         return lines[line - 1] if 1 <= line <= len(lines) else ""
 
     def last_position(self) -> tuple[int, int]:
         """(line, col) just past the last character that is not a line break or blank."""
         lines = split_lines(self.text.rstrip())
         return len(lines), len(lines[-1]) + 1
+
+
+@lru_cache(maxsize=4)
+def _lines(text: str) -> tuple[str, ...]:
+    """split_lines, once per text: a spec with many errors renders each against it."""
+    return tuple(split_lines(text))
 
 
 def split_lines(text: str) -> list[str]:
