@@ -120,7 +120,13 @@ class AstBuilder(Transformer):
         return list(items)
 
     def json_object(self, meta, items):
-        return dict(items)
+        out = dict(items)
+        if len(out) != len(items):  # `{"p": 1, "p": 2}` would silently keep the last
+            keys = [k for k, _ in items]
+            dup = next(k for i, k in enumerate(keys) if k in keys[:i])
+            self.errors.append(ParseError("E107", f"an inline object names the key {dup!r} "
+                                          "twice", span_of(meta)))
+        return out
 
     def json_pair(self, meta, items):
         return (_string(items[0]), items[1])

@@ -76,11 +76,27 @@ def path_span(decl: A.DataDecl, source: Source | None) -> Span:
     return Span(decl.span.line, start + 1, decl.span.line, min(end, len(line)) + 2)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of a data file; `{"p": 1, "p": 2}` would silently keep the last value."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
 def _loads(text: str, where: str, span: Span) -> Any:
     """json.loads, with the ways a file can defeat it turned into E316: invalid JSON, nesting
     deeper than the parser's recursion, a lone surrogate escape (`"\\ud800"`)."""
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as e:
+        raise CheckError("E316", f"{where} names the key {e.args[0]!r} twice in one object",
+                         span) from None
     except json.JSONDecodeError as e:
         at = f"line {e.lineno}, column {e.colno}" if e.lineno > 1 else f"column {e.colno}"
         raise CheckError("E316", f"{where} is not valid JSON: {e.msg} ({at})", span) from None
@@ -127,7 +143,7 @@ def _read_json(text: str, short: str, span: Span) -> tuple[list[dict[str, Any]],
 
 def _read_csv(text: str, short: str, span: Span) -> tuple[list[dict[str, Any]], list[int]]:
     # The reader sees the text whole: a quoted cell may hold a line break.
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # no unclosed quote
     try:
         records = [(reader.line_num, r) for r in reader if r]
     except csv.Error as e:

@@ -145,3 +145,23 @@ def test_inline_surrogate_is_a_syntax_error(tmp_path: Path):
         parse('data d = [{"p": "\\ud800"}]')
     assert info.value.code == "E101" and "lone surrogate U+D800" in info.value.message
     assert (info.value.span.line, info.value.span.col) == (1, 17)
+
+
+@pytest.mark.parametrize("name,content,fragment", [
+    ("a.jsonl", '{"p": "a", "p": "b"}\n', "line 1 of a.jsonl names the key 'p' twice"),
+    ("a.json", '[{"p": "a", "q": {"r": 1, "r": 2}}]', "a.json names the key 'r' twice"),
+    ("a.csv", 'p\n"unterminated\n', "a.csv is not valid CSV"),
+])
+def test_silent_data_mistakes_are_errors(tmp_path: Path, name: str, content: str, fragment: str):
+    (tmp_path / name).write_text(content, "utf-8")
+    e = error(tmp_path, f'data d = "{name}"')
+    assert e.code == "E316" and fragment in e.message, e.message
+
+
+def test_inline_duplicate_key_is_an_error():
+    from patchc.compiler.errors import PatchcError
+
+    with pytest.raises(PatchcError) as info:
+        parse('data d = [{"p": "x", "q": 1, "p": "y"}]')
+    assert info.value.code == "E107" and "names the key 'p' twice" in info.value.message
+    assert (info.value.span.line, info.value.span.col) == (1, 11)
