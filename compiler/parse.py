@@ -38,8 +38,7 @@ def parse_file(path: str | Path) -> A.Spec:
     try:
         text = p.read_text("utf-8")
     except FileNotFoundError:
-        raise ParseError("E001", f"spec file not found: {p}", None, Source("", str(p))) \
-            from None
+        raise ParseError("E001", "spec file not found", None, Source("", str(p))) from None
     except UnicodeDecodeError as e:
         raise ParseError("E002", f"spec file is not UTF-8 ({e.reason} at byte {e.start})", None,
                          Source("", str(p)), hint="save it as UTF-8") from None
@@ -176,5 +175,6 @@ def _statement_starts() -> frozenset[str]:
     try:
         _parser().parse("@")
     except UnexpectedToken as e:
-        return frozenset(t for t in e.expected if t.isupper() and t.isidentifier())
+        accepts = getattr(e, "accepts", None) or e.expected
+        return frozenset(t for t in accepts if t.isupper() and t.isidentifier())
     return frozenset()
