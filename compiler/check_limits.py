@@ -18,8 +18,8 @@ from .limits import MAX_EXPANDED, MAX_NESTING, MAX_RUN_CHAIN
 
 
 def check_chains(ctx: Context, runs: list[A.RunDecl]) -> None:
-    """Expanded metrics and vectors at most MAX_NESTING deep (E354); run chains at most
-    MAX_RUN_CHAIN long (E355). Call only when there is no cycle (E324/E344). One error per
+    """Expanded metrics and vectors at most MAX_NESTING deep and MAX_EXPANDED large (E354);
+    run chains at most MAX_RUN_CHAIN long (E355). Call only when there is no cycle (E324/E344). One error per
     kind: the first declaration, in line order, past the limit (later ones build on it)."""
     _nesting(ctx, "metric", ctx.metrics, A.MRef)
     _nesting(ctx, "vector", ctx.vectors, A.VRef)
@@ -31,7 +31,7 @@ def check_chains(ctx: Context, runs: list[A.RunDecl]) -> None:
         found = run_deps(d) if node[0] == "run" else vector_deps(d.expr)  # type: ignore
         return [x for x in found if x in decls]
 
-    length = _longest(list(decls), deps, lambda node, values: 1 + max(
+    length = _bottom_up(list(decls), deps, lambda node, values: 1 + max(
         (values.get(s, 0) for s in deps(node)), default=0))
     over = [k for k in decls if k[0] == "run" and length[k] > MAX_RUN_CHAIN]
     if over:
@@ -56,8 +56,8 @@ def _nesting(ctx: Context, kind: str, decls: dict[str, Any], ref: type) -> None:
         return sum(1 + (below.get(n.name, 0) if isinstance(n, ref) else 0)
                    for n in _nodes(decls[name].expr))
 
-    levels = _longest(list(decls), deps, depth)
-    sizes = _longest(list(decls), deps, size)
+    levels = _bottom_up(list(decls), deps, depth)
+    sizes = _bottom_up(list(decls), deps, size)
     over = [d for n, d in decls.items() if levels[n] > MAX_NESTING or sizes[n] > MAX_EXPANDED]
     if over:
         first = min(over, key=lambda d: d.span.line)
@@ -71,7 +71,7 @@ def _nesting(ctx: Context, kind: str, decls: dict[str, Any], ref: type) -> None:
                   hint=f"name fewer {kind}s in a chain")
 
 
-def _longest(nodes: list[Hashable], edges: Callable[[Hashable], Iterable[Hashable]],
+def _bottom_up(nodes: list[Hashable], edges: Callable[[Hashable], Iterable[Hashable]],
              combine: Callable[[Hashable, dict], int]) -> dict[Hashable, int]:
     """A value per node of an acyclic graph, `combine(node, values)`, computed after its
     successors' values (post-order, iteratively: chains may be long)."""
