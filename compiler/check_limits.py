@@ -19,8 +19,9 @@ from .limits import MAX_EXPANDED, MAX_NESTING, MAX_RUN_CHAIN
 
 def check_chains(ctx: Context, runs: list[A.RunDecl]) -> None:
     """Expanded metrics and vectors at most MAX_NESTING deep and MAX_EXPANDED large (E354);
-    run chains at most MAX_RUN_CHAIN long (E355). Call only when there is no cycle (E324/E344). One error per
-    kind: the first declaration, in line order, past the limit (later ones build on it)."""
+    run chains at most MAX_RUN_CHAIN long (E355). Call only when there is no cycle
+    (E324/E344). One error per kind: the first declaration, in line order, past the limit
+    (later ones build on it)."""
     _nesting(ctx, "metric", ctx.metrics, A.MRef)
     _nesting(ctx, "vector", ctx.vectors, A.VRef)
     decls: dict[tuple[str, str], Any] = {("run", r.name.value): r for r in runs}
