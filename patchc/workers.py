@@ -146,10 +146,12 @@ class Group:
 class Spawned(Group):
     """A group patchc started itself. Rank 0 (the caller) holds the worker processes."""
 
-    def __init__(self, rank: int, world: int, root: Path, plan_json: str | None = None,
+    def __init__(self, rank: int, world: int, root: Path | None, plan_json: str | None = None,
                  start: Callable[[str, str], list] | None = None) -> None:
         super().__init__(rank, world)
-        self.root = root  # the rendezvous file, workers' error files and ready marks
+        # The rendezvous file, workers' error files and ready marks (rank 0 makes it when it
+        # starts the workers, which remove it should rank 0 die).
+        self.root: Path = root  # type: ignore[assignment]
         self.plan_json = plan_json  # rank 0's plan, as a worker received it
         self.start = start  # rank 0: starts the workers with (fingerprint, plan JSON)
         self.procs: list = []
@@ -260,7 +262,6 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, trust_remote_code
             e.span = runner.set_span(spec, "device_map", overrides or {})
         raise e.with_source(spec.source) from None
     threads = max(1, torch.get_num_threads() // workers)  # the cores, divided
-    root = Path(tempfile.mkdtemp(prefix="patchc-workers-"))
 
     def start(digest: str, plan_json: str) -> list:
         # Starting waits for the fork server's imports: it happens beside rank 0's own shard.
@@ -269,6 +270,9 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, trust_remote_code
         # On the CPU its weights move to shared memory (once; a later run finds them there).
         if model.device.type == "cpu":
             model.share_memory()
+        # Made only now, with the workers that remove it should rank 0 be killed: planning
+        # can take long, and a folder made before it would outlive a kill -9 during it.
+        root = group.root = Path(tempfile.mkdtemp(prefix="patchc-workers-"))
         procs = [ctx.Process(target=_worker, daemon=True,
                              args=(rank, workers, root, (digest, plan_json), threads,
                                    bytes(ForkingPickler.dumps((spec, model, tokenizer))),
@@ -285,7 +289,7 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, trust_remote_code
         group.starter.start()
         return procs
 
-    group = Spawned(0, workers, root, start=start)
+    group = Spawned(0, workers, None, start=start)
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -298,7 +302,8 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, trust_remote_code
         torch.set_num_threads(saved)
         close()
         _stop(group, 60)
-        shutil.rmtree(root, ignore_errors=True)
+        if group.root is not None:
+            shutil.rmtree(group.root, ignore_errors=True)
 
 
 def _stop(group: Spawned, wait: float) -> None:
