@@ -141,13 +141,16 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
     width = max(1, len(str(tok)))
     span = Span(tok.line, tok.column, tok.line, tok.column + width)
     found = "end of line" if tok.type == "_NL" else repr(str(tok))
+    hint = None
     if tok.type == "_NL":  # at the line's end (a comment may end in the \r of a CRLF)
         span = Span.point(tok.line, min(tok.column, len(source.line_text(tok.line)) + 1))
+        if source.line_text(tok.line).startswith("measure") and "IN" in e.expected:
+            hint = ("a `measure` clause that continues a statement must be indented; a "
+                    "`measure ... in RUN` statement names its run")
     expected = _expected(e.expected)
-    hint = None
-    if tok.type != "_NL" and tok.column == 1 and "_NL" not in e.expected:
+    if hint is None and tok.type != "_NL" and tok.column == 1 and "_NL" not in e.expected:
         hint = "clauses that continue a statement must be indented"
-    elif tok.type in _statement_starts() and tok.column > 1 \
+    elif hint is None and tok.type in _statement_starts() and tok.column > 1 \
             and not source.line_text(tok.line)[:tok.column - 1].strip():
         hint = (f"`{tok}` starts a statement, which begins in column 1; an indented line "
                 "continues the statement above it")

@@ -112,10 +112,21 @@ def test_api_raises_only_located_patchc_errors(text: str):
         assert_located(w, text)
 
 
+@pytest.fixture(scope="module")
+def lang_dir(tmp_path_factory) -> Path:
+    """A folder beside links to the examples' models and data, where a spec that names
+    `../models/...` resolves as in examples/language (nothing is written into the repo)."""
+    root = tmp_path_factory.mktemp("fuzz")
+    for name in ("models", "data"):
+        (root / name).symlink_to(ROOT / "examples" / name)
+    (root / "language").mkdir()
+    return root / "language"
+
+
 @settings(SETTINGS, max_examples=40 * SCALE)
-@given(mutated())
-def test_cli_check_exits_0_or_1_with_located_errors(text: str):
-    path = BASE / ".fuzz.patch"
+@given(text=mutated())
+def test_cli_check_exits_0_or_1_with_located_errors(lang_dir: Path, text: str):
+    path = lang_dir / "fuzz.patch"
     try:
         path.write_bytes(text.encode("utf-8", "surrogatepass"))
         import contextlib
