@@ -7,6 +7,7 @@ frozen AST dataclasses with spans; Lark's exceptions become located ParseErrors 
 from __future__ import annotations
 
 import difflib
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -155,7 +156,9 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
         hint = (f"`{tok}` starts a statement, which begins in column 1; an indented line "
                 "continues the statement above it")
     accepts = set(getattr(e, "accepts", None) or e.expected)  # keywords included
-    if {"LAST", "EACH"} <= accepts:  # right after `@`
+    before = source.line_text(tok.line)[:tok.column - 1]
+    # Right after `@`, or inside a position set `@ {...`.
+    if {"LAST", "EACH"} <= accepts or re.search(r"@\s*\{[^}@]*$", before):
         return ParseError("E100", f"unexpected {found} where a position belongs", span, source,
                           POSITION_FORMS)
     close = _close_keyword(str(tok), accepts) if tok.type == "PATH" else None

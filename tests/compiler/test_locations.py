@@ -129,7 +129,8 @@ def test_misspelt_keyword_gets_did_you_mean(text: str, word: str):
 
 @pytest.mark.parametrize("text,col,code", [
     ("swap L0.mlp.out @ first from a into b measure m\n", 19, "E112"),
-    ("swap L0.mlp.out @ {} from a into b measure m\n", 19, "E100"),
+    ("swap L0.mlp.out @ {} from a into b measure m\n", 20, "E100"),
+    ("swap L0.mlp.out @ {1, last} from a into b measure m\n", 23, "E100"),
     ("swap L0.mlp.out @ \"x\" from a into b measure m\n", 19, "E100"),
 ])
 def test_invalid_positions_say_what_positions_may_be(text: str, col: int, code: str):
