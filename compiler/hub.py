@@ -24,10 +24,18 @@ def endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
+def _proxy() -> str | None:
+    """Behind a proxy the hub is reached through it: the proxy is what must answer."""
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
 def reachable(url: str | None = None, timeout: float = REACH_TIMEOUT_S) -> bool:
-    """Can a TCP connection to the hub's host be opened within `timeout`? (A thread bounds
-    the name lookup too, which has no timeout of its own.)"""
-    parsed = urlparse(url or endpoint())
+    """Can a TCP connection to the hub's host (or the proxy to it) be opened within
+    `timeout`? (A thread bounds the name lookup too, which has no timeout of its own.)"""
+    parsed = urlparse(url or _proxy() or endpoint())
     host = parsed.hostname or ""
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     ok: list[bool] = []
