@@ -128,6 +128,8 @@ def test_unreachable_hub_fails_fast(monkeypatch):
     from patchc.compiler.modelspec import load_config
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "https://patchc-unreachable.invalid")
     monkeypatch.setenv("HF_HUB_CACHE", str(build().root / "empty-cache"))
     start = time.perf_counter()
