@@ -51,17 +51,20 @@ def test_layer_by_head_heatmap_is_diverging_at_zero_and_says_what_it_measures():
     assert "0 = corrupt (-0.68), 1 = clean (7.12)" in colorbar
 
 
-@pytest.mark.parametrize("scale,cmap", [("probability", "viridis"), ("rank", "viridis_r"),
-                                        ("level", "viridis")])
-def test_probabilities_and_ranks_are_sequential_over_the_data(scale, cmap):
+@pytest.mark.parametrize("scale,cmap,shift,low", [
+    ("probability", "viridis", 0.8, 0.0),  # 0.5..1.0: not above half the top, from 0
+    ("rank", "viridis_r", 0.8, 0.0), ("level", "viridis", 0.8, 0.5),
+    ("probability", "viridis", 1.5, 1.2),  # 1.2..1.7: every value above half the top
+    ("rank", "viridis_r", 1.5, 1.2), ("level", "viridis", 0.4, 0.1)])
+def test_probabilities_and_ranks_are_sequential(scale, cmap, shift, low):
     df = _heads()
-    df["ld"] = df["ld"] + 0.8  # 0.5 .. 1.0: all positive
+    df["ld"] = df["ld"] + shift  # shift - 0.3 .. shift + 0.2: all positive
     info = {"columns": {"ld": {"scale": scale}}}
     fig = figure("heads", df, ["layer", "head"], info)
     _draw(fig)
     (im,) = _images(fig)
     assert im.get_cmap().name == cmap
-    assert im.get_clim() == (pytest.approx(0.5), pytest.approx(1.0))
+    assert im.get_clim() == (pytest.approx(low), pytest.approx(shift + 0.2))
 
 
 def test_a_sequential_scale_with_negative_values_falls_back_to_diverging():
