@@ -52,10 +52,10 @@ def test_layer_by_head_heatmap_is_diverging_at_zero_and_says_what_it_measures():
 
 
 @pytest.mark.parametrize("scale,cmap,shift,low", [
-    ("probability", "viridis", 0.8, 0.0),  # 0.5..1.0: not above half the top, from 0
+    ("probability", "viridis", 0.8, 0.0),  # 0.5..1.0: from 0
     ("rank", "viridis_r", 0.8, 0.0), ("level", "viridis", 0.8, 0.5),
-    ("probability", "viridis", 1.5, 1.2),  # 1.2..1.7: every value above half the top
-    ("rank", "viridis_r", 1.5, 1.2), ("level", "viridis", 0.4, 0.1)])
+    ("probability", "viridis", 3.0, 2.7),  # 2.7..3.2: all within 20% of the top
+    ("rank", "viridis_r", 3.0, 2.7), ("level", "viridis", 0.4, 0.1)])
 def test_probabilities_and_ranks_are_sequential(scale, cmap, shift, low):
     df = _heads()
     df["ld"] = df["ld"] + shift  # shift - 0.3 .. shift + 0.2: all positive
