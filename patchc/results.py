@@ -2,22 +2,24 @@
 
 A table has one row per experiment: its sweep columns, then one column per measure (the
 mean over examples; `normalized` applied to the means). `Results.per_example(name)` has
-the raw per-example values. `save(dir)` writes `NAME.csv` per table and `manifest.json`,
-all through temporary files renamed at the end, so a failed run leaves no half-written table.
+the raw per-example values. `save(dir)` writes the result folder (patchc/outputs.py: one
+CSV per table and manifest.json, staged and moved into place at once).
+
+`normalized` divides by the gap between two baselines; where they are equal the column is NaN
+and `Results.warnings` holds a W470 that names the table and both values.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
+from patchc.compiler.errors import PatchcError, Warning_
 from patchc.compiler.ir import IRGraph, Table
 
 
@@ -63,11 +65,48 @@ def spearman(x: list[float], y: list[float]) -> float:
     return pearson(_ranks(x), _ranks(y))
 
 
-def build_table(table: Table, values: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """One DataFrame from a lowered table and the per-example values of its nodes."""
+class _ZeroGaps:
+    """The baselines of `normalized` columns whose gap was zero, for one warning a table."""
+
+    def __init__(self) -> None:
+        self.cases: dict[str, list[tuple[float, float | None]]] = {}
+
+    def check(self, col: str, target: float, source: float | None) -> None:
+        gap = target if source is None else source - target
+        if gap == 0:
+            self.cases.setdefault(col, []).append((target, source))
+
+    def warning(self, table: Table) -> PatchcError | None:
+        if not self.cases:
+            return None
+        parts = []
+        for col, cases in self.cases.items():
+            t, s = cases[0]
+            both = (f"the unpatched run's {col} is {t:g} (it divides)" if s is None else
+                    f"both baselines are {t:g} (target run) and {s:g} (source run)")
+            parts.append(f"`{col} normalized` is NaN in {len(cases)} row(s): {both}")
+        return Warning_("W470", f"table `{table.name}`: " + "; ".join(parts) + ", so "
+                        "there is nothing to normalize by", table.span,
+                        hint="the runs being compared give the same value (identical runs, "
+                        "or an ablation with the run's own mean): drop `normalized`")
+
+
+def build_table(table: Table, values: dict[str, torch.Tensor],
+                warnings: list[PatchcError] | None = None) -> pd.DataFrame:
+    """One DataFrame from a lowered table and the per-example values of its nodes.
+    A warning about the table (W470) is appended to `warnings`."""
     means = {nid: _mean(v) for nid, v in values.items()}
-    if table.pairs:
-        return _compare_table(table, means)
+    gaps = _ZeroGaps()
+    df = (_compare_table(table, means, gaps) if table.pairs
+          else _rows_table(table, values, means, gaps))
+    w = gaps.warning(table)
+    if w is not None and warnings is not None:
+        warnings.append(w)
+    return df
+
+
+def _rows_table(table: Table, values: dict[str, torch.Tensor], means: dict[str, float],
+                gaps: _ZeroGaps) -> pd.DataFrame:
     records = []
     for row in table.rows:
         rec: dict[str, Any] = dict(row.key)
@@ -81,19 +120,21 @@ def build_table(table: Table, values: dict[str, torch.Tensor]) -> pd.DataFrame:
                 keep = ~torch.isnan(values[nid].float())
                 t = _mean(values[target][keep])
                 s = _mean(values[source][keep]) if source else None
+                gaps.check(col, t, s)
                 m = _normalized(m, t, s)
             rec[col] = m
         records.append(rec)
     return pd.DataFrame.from_records(records, columns=list(table.columns))
 
 
-def _compare_table(table: Table, means: dict[str, float]) -> pd.DataFrame:
+def _compare_table(table: Table, means: dict[str, float], gaps: _ZeroGaps) -> pd.DataFrame:
     groups: dict[tuple, tuple[list[float], list[float]]] = {}
     for p in table.pairs:
         est, exact = means[p.estimate], means[p.metric]
         if p.normalize:
             target, source = p.normalize
             t, s = means[target], means[source] if source else None
+            gaps.check("compare", t, s)
             est, exact = _normalized(est, t, s), _normalized(exact, t, s)
         xs, ys = groups.setdefault(p.key, ([], []))
         xs.append(est)
@@ -125,9 +166,11 @@ def per_example_table(table: Table, values: dict[str, torch.Tensor]) -> pd.DataF
 class Results:
     """Tables by name (`results["heads"]` is a DataFrame), per-example values, manifest."""
 
-    def __init__(self, ir: IRGraph, values: dict[str, torch.Tensor], manifest: dict[str, Any]
-                 ) -> None:
-        self.tables: dict[str, pd.DataFrame] = {t.name: build_table(t, values)
+    def __init__(self, ir: IRGraph, values: dict[str, torch.Tensor], manifest: dict[str, Any],
+                 warnings: list[PatchcError] | None = None) -> None:
+        # Warnings of the whole run: check's, the runner's, and the tables' own (W470).
+        self.warnings: list[PatchcError] = list(warnings or [])
+        self.tables: dict[str, pd.DataFrame] = {t.name: build_table(t, values, self.warnings)
                                                 for t in ir.tables}
         self._ir = ir
         self._values = values
@@ -153,28 +196,19 @@ class Results:
             raise KeyError(f"no table {name!r}")
         return per_example_table(table, self._values)
 
-    def save(self, out_dir: str | os.PathLike[str]) -> list[Path]:
-        """Write NAME.csv per table and manifest.json into out_dir. Every file is written
-        to a temporary name first and renamed only once all of them are complete."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        staged: list[tuple[str, Path]] = []
-        try:
-            for name, df in self.tables.items():
-                staged.append((_stage(out, df.to_csv(index=False)), out / f"{name}.csv"))
-            text = json.dumps(self.manifest, indent=2, sort_keys=True, default=str)
-            staged.append((_stage(out, text + "\n"), out / "manifest.json"))
-        except BaseException:
-            for tmp, _ in staged:
-                Path(tmp).unlink(missing_ok=True)
-            raise
-        for tmp, final in staged:
-            os.replace(tmp, final)
-        return [final for _, final in staged]
+    def write_files(self, staging) -> None:
+        """Write every output file of the run (not the manifest) into a staging folder
+        (patchc/outputs.Staging): one NAME.csv per table. An output other than a table
+        goes here too, through `staging.path(NAME)` or `staging.write_text(NAME, text)`,
+        so that it is moved into place with the rest and `verify` compares it."""
+        for name, df in self.tables.items():
+            staging.write_text(f"{name}.csv", df.to_csv(index=False))
 
+    def save(self, out_dir: str | os.PathLike[str], force: bool = False,
+             plots: bool = False) -> list[Path]:
+        """Write the result folder out_dir (one CSV per table, manifest.json, and the PNGs
+        with `plots`), all at once: see patchc/outputs.py. Refuses a folder that holds
+        other files unless `force`."""
+        from patchc.outputs import save_result
 
-def _stage(directory: Path, text: str) -> str:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".patchc-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    return tmp
+        return save_result(self, out_dir, force=force, plots=plots)
