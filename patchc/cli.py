@@ -246,10 +246,12 @@ def _report(results, args: argparse.Namespace, lock=None) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from patchc.verify import render, verify_dir
+    from patchc.verify import tolerance_line, verdict, verify_dir
 
-    result = verify_dir(args.dir, atol=args.atol, rtol=args.rtol, spec_dir=args.spec_dir)
-    print(render(result))
+    print(tolerance_line(args.atol, args.rtol), flush=True)
+    result = verify_dir(args.dir, atol=args.atol, rtol=args.rtol, spec_dir=args.spec_dir,
+                        echo=lambda line: print(line, flush=True))
+    print(verdict(result))
     return EXIT_OK if result.ok else EXIT_USER
 
 

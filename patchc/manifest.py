@@ -40,6 +40,7 @@ class Manifest(BaseModel):
     device: str  # where inputs went (with a device map: the embedding's device)
     device_map: dict[str, Any] | None = None  # module -> device, as accelerate placed it
     workers: int = 1  # processes the plan was sharded over (`--workers`)
+    threads: int  # torch's intra-op threads: float sums depend on how they are split
     dtype: str
     seed: int
     options: dict[str, Any]

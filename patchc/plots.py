@@ -36,7 +36,11 @@ def plot_table(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path) -> l
     for col in measured:
         if not pd.api.types.is_numeric_dtype(df[col]) or df.empty:
             continue
-        fig = _draw(plt, name, df, keys, col)
+        finite = df[col].astype(float).map(math.isfinite)
+        if not finite.any():
+            continue  # nothing to draw (all NaN/inf): a blank figure would only mislead
+        # inf/NaN cells are left blank (matplotlib warns on non-finite heights and limits)
+        fig = _draw(plt, name, df.assign(**{col: df[col].where(finite)}), keys, col)
         if fig is None:
             continue
         suffix = "" if len(measured) == 1 else "_" + "".join(
@@ -86,8 +90,10 @@ def _panel(fig, ax, df: pd.DataFrame, keys: list[str], col: str, lim: float, tit
         rows, cols = keys
         grid = df.pivot_table(index=rows, columns=cols, values=col, aggfunc="mean",
                               sort=True)
-        im = ax.imshow(grid.to_numpy(dtype=float), cmap="RdBu_r", vmin=-lim, vmax=lim,
-                       aspect="auto", interpolation="nearest")
+        import numpy as np
+
+        im = ax.imshow(np.ma.masked_invalid(grid.to_numpy(dtype=float)), cmap="RdBu_r",
+                       vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
         ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns],
                       rotation=90 if grid.shape[1] > 12 else 0)
         ax.set_yticks(range(grid.shape[0]), [str(r) for r in grid.index])
@@ -120,10 +126,17 @@ def plot_dir(out_dir: str | Path) -> list[Path]:
     from patchc.compiler.errors import PatchcError
     from patchc.manifest import read_manifest
 
+    from patchc.outputs import check_file_name
+
     d = Path(out_dir)
     manifest = read_manifest(d)
+    tables = manifest.get("tables", {})
+    if not isinstance(tables, dict) or not all(isinstance(i, dict) for i in tables.values()):
+        raise PatchcError("E604", f"{d / 'manifest.json'}: `tables` must map names to objects")
+    for name in tables:  # names come from a file: never read or write outside the folder
+        check_file_name(f"{name}.csv")
     written: list[Path] = []
-    for name, info in manifest.get("tables", {}).items():
+    for name, info in tables.items():
         csv = d / f"{name}.csv"
         if not csv.is_file():
             raise PatchcError("E602", f"{csv} is missing")

@@ -182,11 +182,17 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
         tokenizer_sha256=ran.tokenizer_sha256, inputs=inputs or {},
         versions=versions(), device=str(device),
         device_map={str(k): v for k, v in hf_map.items()} if hf_map else None,
-        workers=group.world if group is not None else 1,
+        workers=group.world if group is not None else 1, threads=_threads(),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
         options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan),
         interpreter="naive" if naive else "optimized", total_seconds=round(total, 4))
     return Results(ir, values, manifest.model_dump(), [*checked.warnings, *ran.warnings])
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _table_seconds(ir: IRGraph, node_seconds: dict[str, float]) -> dict[str, float]:

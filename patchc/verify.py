@@ -11,9 +11,10 @@ In order, so that the first FAIL says what changed:
    atol + rtol * |recorded| (inf equals inf of its sign; NaN matches NaN at the same place);
    other cells and files must be equal. PNGs are drawn from the CSVs and are not compared.
 
-The default tolerance is exact (atol = rtol = 0): on the same machine, software and options a
-rerun is deterministic, bit for bit, and the CSVs round-trip float64 exactly. Comparing across
-machines (other BLAS, other GPU) needs a tolerance given with --atol/--rtol.
+The default tolerance is exact (atol = rtol = 0): on the same machine, software, options and
+thread count (the rerun uses the recorded `threads`) a rerun is deterministic, bit for bit,
+and the CSVs round-trip float64 exactly. Comparing across machines (another BLAS, another
+GPU) needs a tolerance given with --atol/--rtol.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -42,6 +43,7 @@ class Verification:
     atol: float
     rtol: float
     checks: list[Check] = field(default_factory=list)
+    echo: Callable[[str], None] | None = None  # called with each check's line as it is made
 
     @property
     def ok(self) -> bool:
@@ -53,6 +55,25 @@ class Verification:
 
     def add(self, what: str, ok: bool, detail: str = "") -> None:
         self.checks.append(Check(what, ok, detail))
+        if self.echo is not None:
+            self.echo(line(self.checks[-1]))
+
+
+def line(c: Check) -> str:
+    return f"{'ok  ' if c.ok else 'FAIL'} {c.what}: {c.detail}"
+
+
+def tolerance_line(atol: float, rtol: float) -> str:
+    exact = " (exact)" if atol == 0 and rtol == 0 else ""
+    return (f"tolerance: |recorded - rerun| <= atol + rtol * |recorded|, atol = {atol:g}, "
+            f"rtol = {rtol:g}{exact}; NaN matches NaN, inf matches inf")
+
+
+def verdict(v: Verification) -> str:
+    first = v.first_failure
+    return ("verified" if v.ok else
+            f"verification FAILED: first difference: {first.what}" if first else
+            "verification FAILED: nothing was compared")
 
 
 def _close(x: float, y: float, atol: float, rtol: float) -> bool:
@@ -138,14 +159,17 @@ def _listed(manifest: Any) -> set[str]:
 
 
 def verify_dir(out_dir: str | Path, atol: float = 0.0, rtol: float = 0.0,
-               spec_dir: str | None = None, **run_kwargs) -> Verification:
+               spec_dir: str | None = None, echo: Callable[[str], None] | None = None,
+               **run_kwargs) -> Verification:
+    """Verify a result folder (see the module docstring); `echo` gets each check's line as
+    it is made, so the hash checks show even when the rerun then fails."""
     from patchc.compiler.parse import parse
     from patchc.manifest import hash_inputs, load_manifest, sha256_text, spec_files
     from patchc.runner import execute
 
     d = Path(out_dir)
     m = load_manifest(d)
-    v = Verification(atol, rtol)
+    v = Verification(atol, rtol, echo=echo)
     ok = sha256_text(m.spec_text) == m.spec_sha256
     v.add("spec", ok, "spec_text matches spec_sha256" if ok else
           "spec_text does not match spec_sha256: the recorded spec was edited")
@@ -170,7 +194,7 @@ def verify_dir(out_dir: str | Path, atol: float = 0.0, rtol: float = 0.0,
     overrides = {k: m.options[k] for k in ("dtype", "device", "seed", "batch_size")
                  if m.options.get(k) is not None}
     run_kwargs.setdefault("naive", m.interpreter == "naive")
-    results = execute(spec, overrides=overrides, **run_kwargs)
+    results = _rerun(execute, spec, overrides, m.threads, run_kwargs)
     for what in ("weights", "tokenizer"):
         old, new = getattr(m, f"{what}_sha256"), results.manifest[f"{what}_sha256"]
         v.add(what, old == new, "sha256 matches" if old == new else
@@ -184,6 +208,19 @@ def verify_dir(out_dir: str | Path, atol: float = 0.0, rtol: float = 0.0,
                       f"rerun's {new}")
     _compare_outputs(v, d, m, results)
     return v
+
+
+def _rerun(execute: Any, spec: Any, overrides: dict, threads: int, run_kwargs: dict) -> Any:
+    """The rerun, on as many threads as the run had: torch splits float sums over its
+    threads, so another count changes the last bits of a result."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return execute(spec, overrides=overrides, **run_kwargs)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _compare_outputs(v: Verification, d: Path, m: Any, results: Any) -> None:
@@ -209,13 +246,4 @@ def _compare_outputs(v: Verification, d: Path, m: Any, results: Any) -> None:
 
 def render(v: Verification) -> str:
     """The report `patchc verify` prints: the tolerance, one line per check, the verdict."""
-    exact = " (exact)" if v.atol == 0 and v.rtol == 0 else ""
-    lines = [f"tolerance: |recorded - rerun| <= atol + rtol * |recorded|, atol = {v.atol:g}, "
-             f"rtol = {v.rtol:g}{exact}; NaN matches NaN, inf matches inf"]
-    for c in v.checks:
-        lines.append(f"{'ok  ' if c.ok else 'FAIL'} {c.what}: {c.detail}")
-    first = v.first_failure
-    lines.append("verified" if v.ok else
-                 f"verification FAILED: first difference: {first.what}" if first else
-                 "verification FAILED: nothing was compared")
-    return "\n".join(lines)
+    return "\n".join([tolerance_line(v.atol, v.rtol), *map(line, v.checks), verdict(v)])

@@ -86,6 +86,7 @@ def model_location(model_id: str, base_dir: str) -> str:
 def load(model_id: str, revision: str | None, options: Options, base_dir: str = ".",
          trust_remote_code: bool = False) -> LoadedModel:
     """Load the causal LM and its tokenizer in eval mode on the spec's device and dtype."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -101,7 +102,7 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs, **placement)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # missing, unreadable or corrupt weights
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise RuntimeInterventionError(
             "E411", f"could not load model {model_id!r}: {e}".splitlines()[0],
