@@ -186,7 +186,10 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
         options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan),
         interpreter="naive" if naive else "optimized", total_seconds=round(total, 4))
-    return Results(ir, values, manifest.model_dump(), [*checked.warnings, *ran.warnings])
+    results = Results(ir, values, manifest.model_dump(), [*checked.warnings, *ran.warnings])
+    for w in results.warnings:  # the tables' own warnings point into the spec too
+        w.with_source(spec.source)
+    return results
 
 
 def _threads() -> int:
