@@ -256,9 +256,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from patchc.plots import plot_dir
+    from patchc.outputs import redraw_plots
 
-    written = plot_dir(args.dir)
+    written = redraw_plots(args.dir)
     print(f"wrote {', '.join(str(p) for p in written)}" if written else "nothing to plot")
     return EXIT_OK
 

@@ -323,3 +323,28 @@ def save_result(results: Any, out: str | os.PathLike[str], force: bool = False,
 
 def _json(manifest: dict[str, Any]) -> str:
     return json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def redraw_plots(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """`patchc plot DIR`: redraw the PNGs of a result folder from its CSVs and manifest, and
+    put them in place like a run does (staged, under the lock, the manifest's `files`
+    updated), so that a redraw is never half-written nor mixed with a run's."""
+    from patchc.manifest import read_manifest
+    from patchc.plots import plot_dir
+
+    path = resolve_out(out_dir)
+    manifest = read_manifest(path)  # E601/E604 before anything is locked or written
+    with OutputLock(path):
+        staging = Staging(path)
+        try:
+            for name in sorted(recorded_files(manifest)):
+                if not name.endswith(".png") and (path / name).is_file():
+                    shutil.copyfile(path / name, staging.path(name))
+            pngs = [staging.path(p.name) for p in plot_dir(staging.dir)]
+            manifest["files"] = sorted(n for n in staging.names if n != MANIFEST)
+            staging.write_text(MANIFEST, _json(manifest))
+            staging.commit(force=True)  # the user's own files there, if any, are kept
+        except BaseException:
+            staging.discard()
+            raise
+    return [path / p.name for p in pngs]

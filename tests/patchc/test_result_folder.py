@@ -223,3 +223,19 @@ def test_two_runs_into_one_folder_one_is_refused(forker, tmp_path):
     assert sorted(os.listdir(out)) == ["heads.csv", "heads.png", "manifest.json", "mlps.csv",
                                        "mlps.png"]
     assert leftovers(out) == []
+
+
+def test_plot_redraws_through_the_staging_folder_and_lists_its_pngs(tmp_path, capsys):
+    spec = write(tmp_path / "s.patch", spec_text())
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out), "--quiet", "--no-plots"]) == 0
+    csv = (out / "heads.csv").read_bytes()
+    assert main(["plot", str(out)]) == 0
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert files == ["heads.csv", "heads.png", "mlps.csv", "mlps.png"]
+    assert (out / "heads.csv").read_bytes() == csv and leftovers(out) == []
+    with OutputLock(out):  # a run is writing the folder: the redraw waits its turn
+        assert main(["plot", str(out)]) == 1
+    assert "error[E607]" in capsys.readouterr().err
+    # the folder is still a result folder: a rerun into it is not refused
+    assert main(["run", str(spec), "--out", str(out), "--quiet", "--no-plots"]) == 0

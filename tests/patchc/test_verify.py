@@ -257,3 +257,20 @@ def test_plot_refuses_table_names_that_leave_the_folder(recorded, tmp_path, caps
         assert main(["plot", str(out)]) == 1
         assert "error[E608]" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png")) and victim.read_text() == "layer,ld\n0,1\n"
+
+
+def test_every_file_the_spec_reads_is_hashed(tmp_path):
+    from patchc.compiler.parse import parse
+    from patchc.manifest import hash_inputs, spec_files
+
+    text = ('model "m"\nset device_map = "split.json"\ndata d = "d.jsonl"\n'
+            'vector v = load("dirs.safetensors", key="love")\n'
+            'vector w = 0.5 * v + sae("sae.safetensors", feature=3)\n'
+            "run r = d.clean with steer L0.resid_post by load(\"more.safetensors\", key=\"x\")\n")
+    spec = parse(text, "s.patch", str(tmp_path))
+    files = spec_files(spec, device_map="/abs/cli_map.json")
+    assert files == ["split.json", "d.jsonl", "dirs.safetensors", "sae.safetensors",
+                     "more.safetensors", "/abs/cli_map.json"]
+    (tmp_path / "d.jsonl").write_text("{}\n")
+    hashes = hash_inputs(files, str(tmp_path))
+    assert len(hashes["d.jsonl"]) == 64 and hashes["split.json"] == "missing"
