@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -175,6 +175,10 @@ class Results:
         self._ir = ir
         self._values = values
         self.manifest = manifest
+        # Output files besides the tables' CSVs: file name -> a function writing it at the
+        # path it is given (e.g. `lambda p: save_file(tensors, str(p))`). They are staged
+        # and moved into place with the rest, listed in the manifest, compared by verify.
+        self.outputs: dict[str, Callable[[Path], None]] = {}
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         if name not in self.tables:
@@ -197,12 +201,13 @@ class Results:
         return per_example_table(table, self._values)
 
     def write_files(self, staging) -> None:
-        """Write every output file of the run (not the manifest) into a staging folder
-        (patchc/outputs.Staging): one NAME.csv per table. An output other than a table
-        goes here too, through `staging.path(NAME)` or `staging.write_text(NAME, text)`,
-        so that it is moved into place with the rest and `verify` compares it."""
+        """Write every output file of the run (not the manifest) into a folder
+        (patchc/outputs.Folder: a run's staging folder, or verify's rerun folder): one
+        NAME.csv per table, then each of `self.outputs`."""
         for name, df in self.tables.items():
             staging.write_text(f"{name}.csv", df.to_csv(index=False))
+        for name, write in self.outputs.items():
+            write(staging.path(name))
 
     def save(self, out_dir: str | os.PathLike[str], force: bool = False,
              plots: bool = False) -> list[Path]:

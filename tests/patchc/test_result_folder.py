@@ -239,3 +239,25 @@ def test_plot_redraws_through_the_staging_folder_and_lists_its_pngs(tmp_path, ca
     assert "error[E607]" in capsys.readouterr().err
     # the folder is still a result folder: a rerun into it is not refused
     assert main(["run", str(spec), "--out", str(out), "--quiet", "--no-plots"]) == 0
+
+
+def test_other_outputs_go_through_the_staging_folder_and_verify_compares_them(tmp_path,
+                                                                                capsys):
+    """How a statement adds an output file (a tensor file here): `Results.outputs`."""
+    import torch
+    from safetensors.torch import save_file
+
+    from patchc.verify import verify_dir
+
+    spec = write(tmp_path / "s.patch", spec_text())
+    results = patchc.api.run(str(spec))
+    results.outputs["heads.safetensors"] = lambda p: save_file(
+        {"ld": torch.tensor(results["heads"]["ld"].to_numpy())}, str(p))
+    out = tmp_path / "out"
+    results.save(out)
+    assert json.loads((out / "manifest.json").read_text())["files"] == [
+        "heads.csv", "heads.safetensors", "mlps.csv"]
+    # verify reruns the spec; this rerun has no such output: the file is reported, not lost
+    v = verify_dir(out)
+    assert not v.ok and v.first_failure.what == "heads.safetensors"
+    assert "the rerun writes no such file" in v.first_failure.detail
