@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -153,11 +154,17 @@ class OutputLock:
 
 
 def _owner(path: Path) -> str:
-    try:
-        pid = path.read_text().strip()
-    except OSError:
-        return ""
-    return f" (pid {pid})" if pid.isdigit() else ""
+    """" (pid N)" of the lock's holder (it writes its pid right after locking: wait a moment
+    for it)."""
+    for _ in range(50):
+        try:
+            pid = path.read_text().strip()
+        except OSError:
+            return ""
+        if pid.isdigit():
+            return f" (pid {pid})"
+        time.sleep(0.01)
+    return ""
 
 
 def _sweep(out: Path) -> None:
