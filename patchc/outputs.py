@@ -39,7 +39,9 @@ class OutputError(PatchcError):
 
 
 def resolve_out(out: str | os.PathLike[str]) -> Path:
-    return Path(os.path.abspath(os.path.expanduser(os.fspath(out))))
+    """The absolute folder; through symlinks, so that a link to a result folder stays a link
+    (its target is what gets replaced)."""
+    return Path(os.path.realpath(os.path.expanduser(os.fspath(out))))
 
 
 def check_out(out: str | os.PathLike[str], force: bool = False) -> Path:

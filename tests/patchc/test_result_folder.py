@@ -261,3 +261,15 @@ def test_other_outputs_go_through_the_staging_folder_and_verify_compares_them(tm
     v = verify_dir(out)
     assert not v.ok and v.first_failure.what == "heads.safetensors"
     assert "the rerun writes no such file" in v.first_failure.detail
+
+
+def test_a_symlinked_out_folder_stays_a_link(tmp_path):
+    spec = write(tmp_path / "s.patch", spec_text(heads=False))
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for _ in range(2):  # the second run replaces a result through the link
+        assert main(["run", str(spec), "--out", str(tmp_path / "link"), "--quiet",
+                     "--no-plots"]) == 0
+    assert (tmp_path / "link").is_symlink()
+    assert sorted(os.listdir(tmp_path / "real")) == ["manifest.json", "mlps.csv"]
+    assert leftovers(tmp_path / "real") == [] and leftovers(tmp_path / "link") == []
