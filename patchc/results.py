@@ -1,9 +1,15 @@
 """Results: the tidy tables of a run, per-example values, and the manifest; saving them.
 
-A table has one row per experiment: its sweep columns, then one column per measure (the
-mean over examples; `normalized` applied to the means). `Results.per_example(name)` has
-the raw per-example values. `save(dir)` writes the result folder (patchc/outputs.py: one
-CSV per table and manifest.json, staged and moved into place at once).
+A table has one row per experiment: its sweep columns, then for each measure the mean over
+examples (`normalized` applied to the means) and `<measure>_se`, the standard error of that
+mean over the examples (sample standard deviation / sqrt(n); for a normalized column, that
+divided by |baseline 1 - baseline 0|, the baselines taken as fixed). `text(N)` columns are
+strings: they are in the per-example output only. `Results.per_example(name)` has the raw
+per-example values, `activations(name)` the tensors of a `read`, `baselines(name)` the
+values a normalized table maps to 0 and 1. `save(dir)` writes the result folder
+(patchc/outputs.py, staged and moved into place at once): `NAME.csv` per table,
+`NAME.examples.csv` (one row per experiment and example), `NAME.safetensors` per `read`,
+any file of `Results.outputs`, and `manifest.json`.
 
 `normalized` divides by the gap between two baselines; where they are equal the column is NaN
 and `Results.warnings` holds a W470 that names the table and both values.
@@ -11,6 +17,7 @@ and `Results.warnings` holds a W470 that names the table and both values.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -23,10 +30,30 @@ from patchc.compiler.errors import PatchcError, Warning_
 from patchc.compiler.ir import IRGraph, Table
 
 
-def _mean(values: torch.Tensor) -> float:
+def _mean(values: Any) -> float:
+    if not isinstance(values, torch.Tensor):
+        return math.nan  # text(N): strings have no mean
     v = values.float()
     v = v[~torch.isnan(v)]
     return float(v.mean()) if v.numel() else math.nan
+
+
+def _se(values: Any) -> float:
+    """Standard error of the mean over the examples (NaN rows left out; NaN below 2)."""
+    if not isinstance(values, torch.Tensor):
+        return math.nan
+    v = values.float()
+    v = v[~torch.isnan(v)]
+    return float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else math.nan
+
+
+def se_column(col: str) -> str:
+    """The uncertainty column of a measured column."""
+    return f"{col}_se"
+
+
+def _is_text(values: Any) -> bool:
+    return isinstance(values, list)
 
 
 def _normalized(m: float, target: float, source: float | None) -> float:
@@ -91,10 +118,12 @@ class _ZeroGaps:
                         "or an ablation with the run's own mean): drop `normalized`")
 
 
-def build_table(table: Table, values: dict[str, torch.Tensor],
+def build_table(table: Table, values: dict[str, Any],
                 warnings: list[PatchcError] | None = None) -> pd.DataFrame:
     """One DataFrame from a lowered table and the per-example values of its nodes.
     A warning about the table (W470) is appended to `warnings`."""
+    if table.op == "read":
+        return _read_table(table, values)
     means = {nid: _mean(v) for nid, v in values.items()}
     gaps = _ZeroGaps()
     df = (_compare_table(table, means, gaps) if table.pairs
@@ -105,14 +134,18 @@ def build_table(table: Table, values: dict[str, torch.Tensor],
     return df
 
 
-def _rows_table(table: Table, values: dict[str, torch.Tensor], means: dict[str, float],
+def _rows_table(table: Table, values: dict[str, Any], means: dict[str, float],
                 gaps: _ZeroGaps) -> pd.DataFrame:
     records = []
+    texts: set[str] = set()
     for row in table.rows:
         rec: dict[str, Any] = dict(row.key)
         norm = dict(row.normalize)
         for col, nid in row.values:
-            m = means[nid]
+            if _is_text(values[nid]):
+                texts.add(col)
+                continue
+            m, se = means[nid], _se(values[nid])
             if col in norm:
                 target, source = norm[col]
                 # Only the examples this experiment has (an `@ each` position beyond a short
@@ -122,8 +155,39 @@ def _rows_table(table: Table, values: dict[str, torch.Tensor], means: dict[str, 
                 s = _mean(values[source][keep]) if source else None
                 gaps.check(col, t, s)
                 m = _normalized(m, t, s)
+                scale = abs(s - t) if s is not None else abs(t)
+                se = se / scale if scale else math.nan
             rec[col] = m
+            rec[se_column(col)] = se
         records.append(rec)
+    columns = []
+    keys = {c for row in table.rows for c, _ in row.key}
+    for c in table.columns:
+        if c in texts:
+            continue
+        columns.append(c)
+        if c not in keys:
+            columns.append(se_column(c))
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def _read_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
+    """A `read` table: per site, the tensor's shape and summary statistics (NaN padding
+    left out); `norm` is the mean L2 norm of the width-axis vectors."""
+    records = []
+    for row in table.rows:
+        (_, nid), = row.values
+        t = values[nid].float()
+        finite = t[~torch.isnan(t)]
+        vectors = t.reshape(-1, t.shape[-1]) if t.numel() else t
+        vectors = vectors[~torch.isnan(vectors).any(-1)] if t.numel() else vectors
+        stats = dict(shape="x".join(map(str, t.shape)),
+                     mean=float(finite.mean()) if finite.numel() else math.nan,
+                     std=float(finite.std()) if finite.numel() > 1 else math.nan,
+                     norm=float(vectors.norm(dim=-1).mean()) if vectors.numel() else math.nan,
+                     min=float(finite.min()) if finite.numel() else math.nan,
+                     max=float(finite.max()) if finite.numel() else math.nan)
+        records.append({**dict(row.key), **stats})
     return pd.DataFrame.from_records(records, columns=list(table.columns))
 
 
@@ -147,9 +211,12 @@ def _compare_table(table: Table, means: dict[str, float], gaps: _ZeroGaps) -> pd
     return pd.DataFrame.from_records(records)
 
 
-def per_example_table(table: Table, values: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """Long form: one record per (experiment, example) with the raw measured values."""
+def per_example_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
+    """Long form: one record per (experiment, example) with the raw measured values
+    (text(N) as strings); normalized columns are raw, the baselines say how to map them."""
     records = []
+    if table.op == "read":
+        return pd.DataFrame()
     for row in table.rows:
         cols = list(row.values)
         if not cols:
@@ -158,15 +225,48 @@ def per_example_table(table: Table, values: dict[str, torch.Tensor]) -> pd.DataF
         for i in range(n):
             rec: dict[str, Any] = {**dict(row.key), "example": i}
             for col, nid in cols:
-                rec[col] = float(values[nid][i])
+                v = values[nid][i]
+                rec[col] = v if _is_text(values[nid]) else float(v)
             records.append(rec)
     return pd.DataFrame.from_records(records)
+
+
+def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[str, Any]:
+    """For each normalized column: what 0 and 1 mean (`{"0": {"run": .., "value": ..},
+    "1": {...}}`), the means over every example of the runs' unpatched values. Without a
+    source run (`m / m_target`), 0 is the value 0 and 1 the target run's value."""
+    out: dict[str, Any] = {}
+    norms = [(col, ts) for row in table.rows for col, ts in row.normalize]
+    # compare: every pair of a normalized measure holds its (target, source) metrics
+    norms += [(dict(p.key).get("metric", "normalized"), p.normalize) for p in table.pairs
+              if p.normalize is not None]
+    for col, (target, source) in norms:
+        if col in out:
+            continue
+        t_run = ir.node(target).forward  # type: ignore[union-attr]
+        zero = {"run": ir.node(t_run).run, "value": _mean(values[target])}  # type: ignore
+        if source is None:
+            out[col] = {"0": {"run": None, "value": 0.0}, "1": zero}
+            continue
+        s_run = ir.node(source).forward  # type: ignore[union-attr]
+        out[col] = {"0": zero, "1": {"run": ir.node(s_run).run,  # type: ignore
+                                     "value": _mean(values[source])}}
+    return out
+
+
+def baseline_label(b: dict[str, Any]) -> str:
+    """`0 = corrupt (-0.68), 1 = clean (7.12)` for a column's baselines."""
+    def side(k: str) -> str:
+        run, v = b[k]["run"], b[k]["value"]
+        return f"{k} = {run} ({v:.4g})" if run else f"{k} = zero"
+    return f"{side('0')}, {side('1')}"
 
 
 class Results:
     """Tables by name (`results["heads"]` is a DataFrame), per-example values, manifest."""
 
-    def __init__(self, ir: IRGraph, values: dict[str, torch.Tensor], manifest: dict[str, Any],
+    def __init__(self, ir: IRGraph, values: dict[str, Any], manifest: dict[str, Any],
+                 tokens: dict[str, list[list[str]]] | None = None,
                  warnings: list[PatchcError] | None = None) -> None:
         # Warnings of the whole run: check's, the runner's, and the tables' own (W470).
         self.warnings: list[PatchcError] = list(warnings or [])
@@ -175,10 +275,12 @@ class Results:
         self._ir = ir
         self._values = values
         self.manifest = manifest
-        # Output files besides the tables' CSVs: file name -> a function writing it at the
+        # Output files besides the tables' own: file name -> a function writing it at the
         # path it is given (e.g. `lambda p: save_file(tensors, str(p))`). They are staged
         # and moved into place with the rest, listed in the manifest, compared by verify.
         self.outputs: dict[str, Callable[[Path], None]] = {}
+        self._tokens: dict[str, list[list[str]]] = dict(tokens or {})
+        self._positions: dict[str, dict[str, list[int]]] = {}  # read -> site -> positions
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         if name not in self.tables:
@@ -194,26 +296,62 @@ class Results:
     def __repr__(self) -> str:
         return f"Results({', '.join(f'{k}: {len(v)} rows' for k, v in self.tables.items())})"
 
-    def per_example(self, name: str) -> pd.DataFrame:
+    def _table(self, name: str) -> Table:
         table = next((t for t in self._ir.tables if t.name == name), None)
         if table is None:
-            raise KeyError(f"no table {name!r}")
-        return per_example_table(table, self._values)
+            raise KeyError(f"no table {name!r}; tables: {', '.join(self.tables)}")
+        return table
 
-    def write_files(self, staging) -> None:
+    def per_example(self, name: str) -> pd.DataFrame:
+        return per_example_table(self._table(name), self._values)
+
+    def baselines(self, name: str) -> dict[str, Any]:
+        """What 0 and 1 mean in each normalized column of table `name` (table_baselines)."""
+        return table_baselines(self._ir, self._table(name), self._values)
+
+    def activations(self, name: str) -> dict[str, torch.Tensor]:
+        """The tensors of `read ... as NAME`, by concrete site (runtime/reading.py says
+        their layout)."""
+        table = self._table(name)
+        if table.op != "read":
+            raise KeyError(f"table {name!r} is not a `read`")
+        return {dict(row.key)["site"]: self._values[row.values[0][1]] for row in table.rows}
+
+    def tokens(self, name: str) -> list[list[str]]:
+        """The tokens of each example of the run a `read` or `lens` table looked at."""
+        return self._tokens.get(name, [])
+
+    def write_files(self, folder) -> None:
         """Write every output file of the run (not the manifest) into a folder
-        (patchc/outputs.Folder: a run's staging folder, or verify's rerun folder): one
-        NAME.csv per table, then each of `self.outputs`."""
+        (patchc/outputs.Folder: a run's staging folder, or verify's rerun folder): per
+        table NAME.csv, NAME.examples.csv, NAME.safetensors for a `read`; then each of
+        `self.outputs`."""
         for name, df in self.tables.items():
-            staging.write_text(f"{name}.csv", df.to_csv(index=False))
+            folder.write_text(f"{name}.csv", df.to_csv(index=False))
+            examples = self.per_example(name)
+            if not examples.empty:
+                folder.write_text(f"{name}.examples.csv", examples.to_csv(index=False))
+            if self._table(name).op == "read":
+                self._write_tensors(folder.path(f"{name}.safetensors"), name)
         for name, write in self.outputs.items():
-            write(staging.path(name))
+            write(folder.path(name))
 
     def save(self, out_dir: str | os.PathLike[str], force: bool = False,
              plots: bool = False) -> list[Path]:
-        """Write the result folder out_dir (one CSV per table, manifest.json, and the PNGs
-        with `plots`), all at once: see patchc/outputs.py. Refuses a folder that holds
-        other files unless `force`."""
+        """Write the result folder out_dir (write_files, manifest.json, and the PNGs with
+        `plots`), all at once: see patchc/outputs.py. Refuses a folder that holds other
+        files unless `force`."""
         from patchc.outputs import save_result
 
         return save_result(self, out_dir, force=force, plots=plots)
+
+    def _write_tensors(self, path: Path, name: str) -> None:
+        """NAME.safetensors: one tensor per site; the metadata holds each example's tokens
+        and each site's positions in the first example (JSON), for plots drawn from the
+        folder alone."""
+        from safetensors.torch import save_file
+
+        meta = {"tokens": json.dumps(self.tokens(name)),
+                "positions": json.dumps(self._positions.get(name, {}))}
+        tensors = {k: v.contiguous() for k, v in self.activations(name).items()}
+        save_file(tensors, str(path), metadata=meta)

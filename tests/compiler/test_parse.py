@@ -156,7 +156,8 @@ def error(text: str) -> PatchcError:
 @pytest.mark.parametrize("text, code, line, col", [
     # unexpected token: points at the token
     ('model "m"\nswap L1.H2.z from clean corrupt\n', "E100", 2, 25),
-    ('model "m"\nswap L1.H2.z from clean into corrupt\nmeasure ld\n', "E100", 3, 1),
+    # an unindented `measure` starts a `measure ... in RUN` statement (which lacks `in`)
+    ('model "m"\nswap L1.H2.z from clean into corrupt\nmeasure ld\n', "E100", 3, 11),
     ('run a = x.y\nmetric m = logit(x.y) +* 2\n', "E100", 2, 24),
     # bad characters and unterminated strings
     ('model "abc\n', "E101", 1, 7),

@@ -80,8 +80,8 @@ def test_swap_head_sweep_and_each(gpt2: Fam) -> None:
                    "swap L*.resid_pre @ each from clean into corrupt measure ld as rp\n"
                    "swap L0.resid_pre from clean into corrupt measure ld as everything\n")
     heads, rp = res["heads"], res["rp"]
-    assert list(heads.columns) == ["l", "h", "ld"] and len(heads) == 12
-    assert list(rp.columns) == ["layer", "pos", "ld"] and len(rp) == 3 * T
+    assert list(heads.columns) == ["l", "h", "ld", "ld_se"] and len(heads) == 12
+    assert list(rp.columns) == ["layer", "pos", "ld", "ld_se"] and len(rp) == 3 * T
     for layer in range(3):
         for h in range(4):
             site = f"L{layer}.H{h}.z"
