@@ -45,6 +45,13 @@ def spec_text(rows: int = 2, heads: bool = True) -> str:
             f"{op}ablate L0..1.mlp.out in clean  measure ld  as mlps\n")
 
 
+def files(*tables: str, plots: bool = False, extra: tuple[str, ...] = ()) -> list[str]:
+    """The files of a result with these tables (NAME.csv, NAME.examples.csv, NAME.png)."""
+    names = [f"{t}{ext}" for t in tables
+             for ext in (".csv", ".examples.csv") + ((".png",) if plots else ())]
+    return sorted([*names, *extra])
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text, "utf-8")
     return path
@@ -87,7 +94,8 @@ def test_a_folder_of_other_files_is_refused_unless_force(tmp_path, capsys):
     assert main(["run", str(spec), "--out", str(out), "--quiet", "--no-plots", "--force"]) == 0
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "mlps.csv").read_text().startswith("layer,ld")
-    assert sorted(os.listdir(out)) == ["heads.csv", "manifest.json", "mlps.csv", "notes.txt"]
+    assert sorted(os.listdir(out)) == files("heads", "mlps",
+                                            extra=("manifest.json", "notes.txt"))
     assert leftovers(out) == []
 
 
@@ -98,8 +106,8 @@ def test_a_rerun_replaces_the_earlier_result_and_its_stale_tables(tmp_path):
     assert {"heads.csv", "heads.png", "mlps.csv", "mlps.png"} <= set(os.listdir(out))
     spec = write(tmp_path / "s.patch", spec_text(heads=False))
     assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
-    assert sorted(os.listdir(out)) == ["manifest.json", "mlps.csv", "mlps.png"]
-    assert json.loads((out / "manifest.json").read_text())["files"] == ["mlps.csv", "mlps.png"]
+    assert sorted(os.listdir(out)) == files("mlps", plots=True, extra=("manifest.json",))
+    assert json.loads((out / "manifest.json").read_text())["files"] == files("mlps", plots=True)
     assert leftovers(out) == []
 
 
@@ -220,8 +228,8 @@ def test_two_runs_into_one_folder_one_is_refused(forker, tmp_path):
     loser = rcs.index(1)
     err = (tmp_path / f"log{loser}.err").read_text()
     assert "error[E607]" in err and f"(pid {pids[1 - loser]})" in err
-    assert sorted(os.listdir(out)) == ["heads.csv", "heads.png", "manifest.json", "mlps.csv",
-                                       "mlps.png"]
+    assert sorted(os.listdir(out)) == files("heads", "mlps", plots=True,
+                                            extra=("manifest.json",))
     assert leftovers(out) == []
 
 
@@ -231,8 +239,8 @@ def test_plot_redraws_through_the_staging_folder_and_lists_its_pngs(tmp_path, ca
     assert main(["run", str(spec), "--out", str(out), "--quiet", "--no-plots"]) == 0
     csv = (out / "heads.csv").read_bytes()
     assert main(["plot", str(out)]) == 0
-    files = json.loads((out / "manifest.json").read_text())["files"]
-    assert files == ["heads.csv", "heads.png", "mlps.csv", "mlps.png"]
+    listed = json.loads((out / "manifest.json").read_text())["files"]
+    assert listed == files("heads", "mlps", plots=True)
     assert (out / "heads.csv").read_bytes() == csv and leftovers(out) == []
     with OutputLock(out):  # a run is writing the folder: the redraw waits its turn
         assert main(["plot", str(out)]) == 1
@@ -255,8 +263,8 @@ def test_other_outputs_go_through_the_staging_folder_and_verify_compares_them(tm
         {"ld": torch.tensor(results["heads"]["ld"].to_numpy())}, str(p))
     out = tmp_path / "out"
     results.save(out)
-    assert json.loads((out / "manifest.json").read_text())["files"] == [
-        "heads.csv", "heads.safetensors", "mlps.csv"]
+    assert json.loads((out / "manifest.json").read_text())["files"] == files(
+        "heads", "mlps", extra=("heads.safetensors",))
     # verify reruns the spec; this rerun has no such output: the file is reported, not lost
     v = verify_dir(out)
     assert not v.ok and v.first_failure.what == "heads.safetensors"
@@ -271,5 +279,5 @@ def test_a_symlinked_out_folder_stays_a_link(tmp_path):
         assert main(["run", str(spec), "--out", str(tmp_path / "link"), "--quiet",
                      "--no-plots"]) == 0
     assert (tmp_path / "link").is_symlink()
-    assert sorted(os.listdir(tmp_path / "real")) == ["manifest.json", "mlps.csv"]
+    assert sorted(os.listdir(tmp_path / "real")) == files("mlps", extra=("manifest.json",))
     assert leftovers(tmp_path / "real") == [] and leftovers(tmp_path / "link") == []

@@ -83,7 +83,8 @@ def test_an_untouched_result_verifies_exactly_from_another_folder(recorded, tmp_
     manifest = json.loads((out / "manifest.json").read_text())
     assert Path(manifest["spec_file"]).is_absolute() and Path(manifest["spec_dir"]).is_dir()
     assert set(manifest["inputs"]) == {"d.jsonl"} and len(manifest["tokenizer_sha256"]) == 64
-    assert manifest["files"] == ["heads.csv", "mlps.csv"]
+    assert manifest["files"] == ["heads.csv", "heads.examples.csv", "mlps.csv",
+                                 "mlps.examples.csv"]
     monkeypatch.chdir(tmp_path)  # the recorded paths are absolute: no --spec-dir needed
     assert main(["verify", str(out)]) == 0
     text = capsys.readouterr().out
@@ -126,6 +127,7 @@ def _set(key, value):
 def _drop_table(m: dict) -> None:
     del m["tables"]["mlps"]
     m["files"].remove("mlps.csv")
+    m["files"].remove("mlps.examples.csv")
 
 
 TAMPERINGS = {
