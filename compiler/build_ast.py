@@ -178,7 +178,7 @@ class AstBuilder(Transformer):
         src, dst, target = items[0], items[1], items[2]
         source = items[3] if len(items) == 5 else None
         if src.pos is None and dst.pos is not None:
-            # A trailing `@ POS` applies to both sides (LANGUAGE.md §6).
+            # A trailing `@ POS` applies to both sides (docs/language.md §8, backpatch).
             src = _with_pos(src, dst.pos)
         return A.Backpatch(src, dst, target, source, items[-1], span_of(meta))
 

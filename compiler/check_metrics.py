@@ -1,4 +1,4 @@
-"""Metric expressions (LANGUAGE.md §5): references, answer tokens, and agreement with the
+"""Metric expressions (docs/language.md §7): references, answer tokens, and agreement with the
 run a metric is measured on.
 
 Two levels, so that a mistake inside a `metric` declaration is reported once, not once per

@@ -1,4 +1,4 @@
-"""Operations (LANGUAGE.md §6): the runs they read and write, their sites, methods,
+"""Operations (docs/language.md §8): the runs they read and write, their sites, methods,
 `where` conditions, result columns, and what they measure.
 """
 

@@ -222,7 +222,7 @@ def _check_subspace(ctx: Context, ref: A.SiteRef) -> None:
 
 def warn_shared_kv(ctx: Context, item: A.SiteItem, matches: list[Match]) -> None:
     """Writing `k`/`v` of a query head of a grouped-query model writes its kv head, which
-    other query heads read too (LANGUAGE.md §4): legal, but rarely what was meant."""
+    other query heads read too (docs/language.md §5): legal, but rarely what was meant."""
     model = ctx.model
     if model is None or not model.grouped_query:
         return

@@ -1,6 +1,6 @@
 """The IR: a networkx DiGraph of typed, frozen nodes; edges are data dependencies.
 
-Node kinds (DESIGN.md "The IR and the optimizer"):
+Node kinds (docs/architecture.md, "The IR"):
   Forward   one model run over one run's inputs, with a set of Writes applied
   Read      a site's value at some positions, taken from a Forward (edge Forward -> Read)
   Write     replaces/edits a site's value inside a Forward (edge Write -> Forward); its value

@@ -1,5 +1,5 @@
-"""Checked AST -> the UNOPTIMIZED IR graph: one Forward per experiment (DESIGN.md, "The IR
-and the optimizer"). The naive runtime interpreter executes this graph as it is, so every
+"""Checked AST -> the UNOPTIMIZED IR graph: one Forward per experiment (docs/architecture.md,
+"The IR"). The naive runtime interpreter executes this graph as it is, so every
 quantity a table reports is a node; the passes in compiler/passes/ make it fast.
 
 What becomes what:

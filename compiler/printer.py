@@ -1,7 +1,7 @@
-"""The canonical `.patch` printer: AST nodes back to source text (DESIGN.md, "Conventions").
+"""The canonical `.patch` printer: AST nodes back to source text (docs/architecture.md).
 
 - `format_spec(spec)` writes canonical `.patch` source. Parsing its output gives the same AST
-  (spans aside), and formatting is idempotent.
+  (spans aside), and formatting is idempotent. Lines are wrapped at 100 columns (wrap.py).
 - `statement`, `site`, `mexpr`, `vexpr`, `method`, ... print one node; lower.py names inline
   expressions and table rows with them, and dump.py prints IR fields with them.
 
@@ -18,8 +18,7 @@ import re
 from typing import Any
 
 from . import ast as A
-
-INDENT = "    "
+from .wrap import INDENT, wrap
 
 # ---------------------------------------------------------------------------------------------
 # Leaves: numbers, strings, names
@@ -342,11 +341,12 @@ def _clauses(c: A.Clauses, measures: bool = True) -> list[str]:
 
 
 def statement(s: A.Statement) -> str:
-    """One statement; an operation's clauses follow on indented lines."""
+    """One statement; an operation's clauses follow on indented lines, and a line longer
+    than wrap.WIDTH columns continues on more indented lines (wrap.py)."""
     if isinstance(s, A.OPERATIONS):
         own = not isinstance(s, A.MeasureRun)  # its measures are in its head
-        return "\n".join([_operation_head(s), *_clauses(s.clauses, own)])
-    return _declaration(s)
+        return wrap("\n".join([_operation_head(s), *_clauses(s.clauses, own)]))
+    return wrap(_declaration(s))
 
 
 def blank_before(prev: A.Statement | None, s: A.Statement) -> bool:

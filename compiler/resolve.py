@@ -16,7 +16,7 @@ from .ir import Positions, Site
 from .modelspec import ModelSpec
 from .sites import SITE_KINDS
 
-# Default result column of an unnamed pattern, per axis (LANGUAGE.md §4).
+# Default result column of an unnamed pattern, per axis (docs/language.md §5).
 DEFAULT_COLUMN = {"layer": "layer", "head": "head", "features": "neuron", "pos": "pos"}
 
 

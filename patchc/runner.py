@@ -172,9 +172,13 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
              tokenizer: Any, device: Any, ir: IRGraph, plan: Any, values: dict[str, Any],
              seconds: dict[str, float], naive: bool, total: float, group: Any = None,
              inputs: dict[str, str] | None = None, given: bool = False) -> Results:
+    from patchc.plotinfo import describe_tables
+
     options = checked.options
+    plot = describe_tables(ir, checked, tokenizer, values)  # titles, scales, tokens
     tables = {t.name: {"rows": len(t.rows), "columns": list(t.columns), "keys": _keys(t),
-                       "seconds": round(seconds.get(t.name, 0.0), 4)} for t in ir.tables}
+                       "seconds": round(seconds.get(t.name, 0.0), 4), "plot": plot[t.name]}
+              for t in ir.tables}
     hf_map = getattr(model, "hf_device_map", None)
     ran = what_ran(spec, decl, model, tokenizer, given)
     manifest = Manifest(

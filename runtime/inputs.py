@@ -3,7 +3,7 @@ from a spec's positions (`last`, `3`, `2..5`, a data column) to padded token ind
 
 Prompts are padded on the left so that the last token sits at the same index in every row;
 position ids count from each row's first real token, so a padded row computes exactly what
-the unpadded prompt would (LANGUAGE.md §3).
+the unpadded prompt would (docs/language.md §3, `run`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Metric evaluation: an AST metric expression -> one value per example (LANGUAGE.md §5).
+"""Metric evaluation: an AST metric expression -> one value per example (docs/language.md §7).
 
 Everything is computed in float32 from the run's logits at the metric's position, whatever
 dtype the model runs in, so that bf16 runs compare against fp32 ones on the same scale.

@@ -1,4 +1,5 @@
-"""The parser on the LANGUAGE.md examples (examples/language/) and on malformed specs."""
+"""The parser on the worked examples (examples/language/, docs/language.md §17) and on
+malformed specs."""
 
 import os
 

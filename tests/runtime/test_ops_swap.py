@@ -3,7 +3,7 @@
 Each test runs a spec through `patchc.run` on a tiny random model and recomputes what the
 table must hold with plain torch hooks on the HF modules (conftest.Fam.forward), never through
 runtime/adapters or runtime/writes: swap at every kind of site and position, the metrics of
-LANGUAGE.md §5, ablate (zero/mean/resample), and swap/ablate restricted to subspaces.
+docs/language.md §8, ablate (zero/mean/resample), and swap/ablate restricted to subspaces.
 Shared rows and helpers: ops_common.py; the other operations: test_ops_steer.py and
 test_ops_runs.py.
 """
