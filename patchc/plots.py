@@ -54,7 +54,11 @@ def figures(name: str, df: pd.DataFrame, keys: list[str], info: dict[str, Any] |
     cols = measured_columns(df, keys)
     out = []
     for col in cols:
-        fig = draw_column(name, df, keys, col, info)
+        finite = df[col].astype(float).map(math.isfinite)
+        if not finite.any():
+            continue  # nothing to draw (all NaN/inf): a blank figure would only mislead
+        # inf cells are left blank like NaN ones (matplotlib warns on non-finite values)
+        fig = draw_column(name, df.assign(**{col: df[col].where(finite)}), keys, col, info)
         if fig is not None:
             suffix = "" if len(cols) == 1 else "_" + "".join(
                 ch if ch.isalnum() or ch in "_-" else "_" for ch in col)
