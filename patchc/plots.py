@@ -54,10 +54,8 @@ def figures(name: str, df: pd.DataFrame, keys: list[str], info: dict[str, Any] |
     cols = measured_columns(df, keys)
     out = []
     for col in cols:
+        # inf cells are left blank like NaN ones (matplotlib warns on infinite values)
         finite = df[col].astype(float).map(math.isfinite)
-        if not finite.any():
-            continue  # nothing to draw (all NaN/inf): a blank figure would only mislead
-        # inf cells are left blank like NaN ones (matplotlib warns on non-finite values)
         fig = draw_column(name, df.assign(**{col: df[col].where(finite)}), keys, col, info)
         if fig is not None:
             suffix = "" if len(cols) == 1 else "_" + "".join(
