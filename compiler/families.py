@@ -43,7 +43,6 @@ class Family:
     parallel_key: str | None = None  # a config flag that decides `parallel` (default above)
     names: tuple[tuple[str, tuple[str, ...]], ...] = ()  # config field names, overriding NAMES
     mlp_default_4x: bool = False  # a missing/null MLP width means 4 * d_model
-    mlp_ratio: str | None = None  # config key: the MLP width is this times d_model (MPT)
     n_ctx_default: int = 0  # for models without a maximum length (ALiBi)
     kv: str = "gqa"  # gqa (num_key_value_heads) | multi_query | falcon
     # Runtime facts: how q/k/v sit in a fused projection ("blocked" [q|k|v], "grouped" per kv
@@ -55,6 +54,7 @@ class Family:
     flat_mlp: bool = False
     eps: float | None = None
     residual_multiplier: bool = False  # Granite: residual + out * m
+    residual_inside: tuple[str, ...] = ()  # "attn"/"mlp": the sub-block adds the residual itself
     logit_scale: str | None = None  # config key: logits * value (Cohere)
     logit_div: str | None = None  # config key: logits / value (Granite)
     moe: str | None = None  # a mixture-of-experts MLP: its router scheme (see runtime/adapters/moe.py)
@@ -108,7 +108,7 @@ FAMILIES: dict[str, Family] = {
     "smollm3": Family(note="no rotary on some layers"),
     "hunyuan_v1_dense": Family(note="QK-norm"),
     "glm": Family(note="fused gate_up, partial rotary"),
-    "glm4": Family(post_norms=True, note="fused gate_up, post-norms"),
+    "glm4": Family(note="fused gate_up, post-norms after attention and MLP"),
     "olmo": Family(norm="layernorm", eps=1e-5, note="non-parametric LayerNorm"),
     "olmo2": Family(post_norms=True, unavailable=_POST_ONLY, note="post-norms only, QK-norm"),
     "olmo3": Family(post_norms=True, unavailable=_POST_ONLY,
@@ -148,9 +148,11 @@ FAMILIES: dict[str, Family] = {
                   names=(("d_mlp", ("ffn_dim",)),), note="MLP on the block, [batch*pos, d]"),
     "biogpt": Family(**_LN, **_PLAIN, positional="learned"),
     "xglm": Family(**_LN, **_PLAIN, positional="sinusoidal",
-                   names=(("d_mlp", ("ffn_dim",)),), unavailable=_no_pattern("XGLMAttention")),
+                   names=(("d_mlp", ("ffn_dim",)), ("n_heads", ("attention_heads",)),
+                          ("n_layers", ("num_layers",))), unavailable=_no_pattern("XGLMAttention")),
     # -- ALiBi and multi-query ------------------------------------------------------------
     "bloom": Family(**_LN, **_PLAIN, positional="alibi", qkv="grouped", mlp_default_4x=True,
+                    residual_inside=("attn", "mlp"),
                     n_ctx_default=2048, names=(("n_layers", ("n_layer",)),
                                                ("n_heads", ("n_head",))),
                     unavailable=_no_pattern("BloomAttention")),
@@ -158,8 +160,8 @@ FAMILIES: dict[str, Family] = {
                      qkv="grouped", mlp_default_4x=True, n_ctx_default=2048,
                      unavailable=_no_pattern("FalconAttention"),
                      note="multi-query or grouped attention, rotary or ALiBi"),
-    "mpt": Family(**_LN, **_PLAIN, positional="alibi", n_ctx_default=2048,
-                  mlp_ratio="expansion_ratio",
+    "mpt": Family(**_LN, **_PLAIN, positional="alibi", n_ctx_default=2048, mlp_default_4x=True,
+                  names=(("d_mlp", ()),), residual_inside=("mlp",),
                   unavailable=_no_pattern("MptAttention")),
     # -- mixtures of experts --------------------------------------------------------------
     "mixtral": Family(moe="softmax_topk"),
@@ -168,9 +170,6 @@ FAMILIES: dict[str, Family] = {
     "qwen3_moe": Family(moe="softmax_topk", moe_names=("num_experts", "moe_intermediate_size")),
     "olmoe": Family(moe="softmax_topk", moe_names=("num_experts", "intermediate_size")),
     "gpt_oss": Family(moe="topk_softmax", note="attention sinks"),
-    "phimoe": Family(**_LN, moe="sparsemixer"),
-    "granitemoe": Family(moe="topk_softmax", residual_multiplier=True,
-                         logit_div="logits_scaling"),
 }
 
 # Why common model types that are not decoder-only transformers are refused.
@@ -193,6 +192,9 @@ UNSUPPORTED: dict[str, str] = {
     "deepseek_v3": "multi-head latent attention (compressed q/k/v) has no per-head q/k/v sites",
     "youtu": "multi-head latent attention (compressed q/k/v) has no per-head q/k/v sites",
     "codegen": "its fused qkv_proj interleaves heads in model-parallel groups",
+    "phimoe": "its sparsemixer router (jittered top-2 selection) cannot be re-routed from logits",
+    "granitemoe": "its residual multiplier scales the experts' sum after the experts run, so "
+                  "expert contributions are not what the block adds",
 }
 
 

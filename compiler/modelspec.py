@@ -97,8 +97,6 @@ def _n_kv_heads(config: dict[str, Any], fam: Family, n_heads: int) -> int:
 
 
 def _d_mlp(config: dict[str, Any], fam: Family, family: str, d_model: int) -> int:
-    if fam.mlp_ratio:
-        return int(config.get(fam.mlp_ratio) or 4) * d_model
     names = fam.names_for("d_mlp")
     if fam.mlp_default_4x:
         return next((int(config[n]) for n in names if config.get(n) is not None), 4 * d_model)

@@ -56,7 +56,8 @@ class Parts:
         self.d_mlp, self.vocab_size, self.n_ctx = spec.d_mlp, spec.vocab_size, spec.n_ctx
         self.n_experts, self.top_k = spec.n_experts, spec.top_k
         self.parallel_attn: bool = spec.parallel_attn
-        self.s: Structure = find_structure(self.base, self.fam, self.n_layers)
+        self.s: Structure = find_structure(self.base, self.fam, self.n_layers,
+                                          self.parallel_attn)
 
     def spec(self) -> ModelSpec:
         """The compiler's ModelSpec of this model, from the same config (`check` agrees)."""

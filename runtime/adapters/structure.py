@@ -26,7 +26,7 @@ LN1 = ("input_layernorm", "ln_1", "ln_attn", "norm_1", "self_attn_layer_norm",
        "attention_layernorm")
 LN2 = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2", "ln_mlp", "norm_2",
        "final_layer_norm", "feedforward_layernorm")
-POST_ATTN = ("post_attention_layernorm", "post_self_attn_layernorm")
+POST_ATTN = ("post_self_attn_layernorm",)  # (and post_attention_layernorm in post-norm families)
 POST_MLP = ("post_feedforward_layernorm", "post_mlp_layernorm")
 SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"),)
 FUSED_QKV = ("qkv_proj", "c_attn", "query_key_value", "Wqkv")
@@ -91,7 +91,7 @@ def _children(module: nn.Module) -> str:
     return ", ".join(n for n, _ in module.named_children()) or "none"
 
 
-def find_structure(base: nn.Module, fam: Family, n_layers: int) -> Structure:
+def find_structure(base: nn.Module, fam: Family, n_layers: int, parallel: bool) -> Structure:
     """The structure of a decoder stack `base` (the model's base_model)."""
     layers = _first(base, LAYER_LISTS)
     if layers is None or not isinstance(get(base, layers), nn.ModuleList):
@@ -124,20 +124,24 @@ def find_structure(base: nn.Module, fam: Family, n_layers: int) -> Structure:
         if parts["qkv"] is None:
             why = f"no q/k/v projection found in {type(get(block, attn)).__name__}"
             problems.update({k: why for k in ("q", "k", "v", "attn.q", "attn.k", "attn.v")})
-    _find_norms(block, fam, parts)
+    _find_norms(block, fam, parts, parallel)
     _find_mlp(block, fam, parts, problems)
     return Structure(**parts, problems=problems)  # type: ignore[arg-type]
 
 
-def _find_norms(block: nn.Module, fam: Family, parts: dict) -> None:
+def _find_norms(block: nn.Module, fam: Family, parts: dict, parallel: bool) -> None:
     parts["ln1"] = _first(block, LN1)
-    if fam.post_norms:
-        parts["post_attn"] = _first(block, POST_ATTN)
-        parts["post_mlp"] = _first(block, POST_MLP)
-        parts["ln2"] = _first(block, tuple(n for n in LN2 if n not in POST_ATTN))
+    parts["post_mlp"] = _first(block, POST_MLP)
+    if fam.post_norms:  # post_attention_layernorm normalizes the attention output (Gemma 2)
+        parts["post_attn"] = _first(block, ("post_attention_layernorm", *POST_ATTN))
+        parts["ln2"] = _first(block, tuple(n for n in LN2 if n != "post_attention_layernorm"))
     else:
+        parts["post_attn"] = _first(block, POST_ATTN)
         parts["ln2"] = _first(block, LN2)
-    if parts["ln2"] is None and parts["ln1"] is not None and fam.parallel:
+    if fam.residual_inside:  # the sub-blocks add the residual themselves (Bloom, MPT)
+        parts["post_attn"] = parts["post_attn"] or (parts["o_proj"] if "attn" in
+                                                    fam.residual_inside else None)
+    if parts["ln2"] is None and parts["ln1"] is not None and parallel:
         parts["ln2"] = parts["ln1"]  # one norm feeds both (GPT-J, Phi, Cohere, Falcon-7B)
 
 
@@ -162,7 +166,9 @@ def _find_mlp(block: nn.Module, fam: Family, parts: dict, problems: dict) -> Non
         parts["up"] = _first(block, ("up_proj",), prefix)
     else:
         parts["up"] = _first(block, UP, prefix)
-    if mlp is None:  # the MLP's parts sit on the block: its down projection's output is added
+    if mlp is None or "mlp" in fam.residual_inside:
+        # The MLP's parts sit on the block (OPT), or the MLP adds the residual itself (Bloom,
+        # MPT): its contribution is the down projection's output.
         parts["mlp_out"] = parts["down"] or ""
     if parts["down"] is None or not (parts.get("up") or parts.get("gate_up")):
         why = f"no MLP projections found in {type(get(block, prefix) or block).__name__}"
