@@ -55,6 +55,7 @@ class Family:
     eps: float | None = None
     residual_multiplier: bool = False  # Granite: residual + out * m
     residual_inside: tuple[str, ...] = ()  # "attn"/"mlp": the sub-block adds the residual itself
+    tuple_blocks: bool = False  # blocks return a tuple (hidden, ...) rather than a tensor
     logit_scale: str | None = None  # config key: logits * value (Cohere)
     logit_div: str | None = None  # config key: logits / value (Granite)
     moe: str | None = None  # a mixture-of-experts MLP: its router scheme (see runtime/adapters/moe.py)
@@ -152,16 +153,16 @@ FAMILIES: dict[str, Family] = {
                           ("n_layers", ("num_layers",))), unavailable=_no_pattern("XGLMAttention")),
     # -- ALiBi and multi-query ------------------------------------------------------------
     "bloom": Family(**_LN, **_PLAIN, positional="alibi", qkv="grouped", mlp_default_4x=True,
-                    residual_inside=("attn", "mlp"),
+                    residual_inside=("attn", "mlp"), tuple_blocks=True,
                     n_ctx_default=2048, names=(("n_layers", ("n_layer",)),
                                                ("n_heads", ("n_head",))),
                     unavailable=_no_pattern("BloomAttention")),
     "falcon": Family(**_LN, **_PLAIN, parallel=True, parallel_key="parallel_attn", kv="falcon",
                      qkv="grouped", mlp_default_4x=True, n_ctx_default=2048,
-                     unavailable=_no_pattern("FalconAttention"),
+                     unavailable=_no_pattern("FalconAttention"), tuple_blocks=True,
                      note="multi-query or grouped attention, rotary or ALiBi"),
     "mpt": Family(**_LN, **_PLAIN, positional="alibi", n_ctx_default=2048, mlp_default_4x=True,
-                  names=(("d_mlp", ()),), residual_inside=("mlp",),
+                  names=(("d_mlp", ()),), residual_inside=("mlp",), tuple_blocks=True,
                   unavailable=_no_pattern("MptAttention")),
     # -- mixtures of experts --------------------------------------------------------------
     "mixtral": Family(moe="softmax_topk"),

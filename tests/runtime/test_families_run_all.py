@@ -1,0 +1,82 @@
+"""Every family of the table through the whole pipeline: the optimized plan and the naive
+interpreter give the same tables (head sweep, position sweep, and expert and router sweeps on
+mixtures of experts); a swap of a run into itself reproduces the model's own forward.
+
+And the tokenizer follows its own files: a word-level tokenizer saved beside a qwen2 model is
+the one patchc loads (transformers would otherwise pick Qwen2Tokenizer from the model_type).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from conftest import VOCAB, inline, logit_diff, make_tokenizer
+from family_configs import FAMILY_NAMES, build
+
+import patchc
+from patchc.compiler.families import FAMILIES
+from patchc.compiler.modelspec import spec_from_config
+from patchc.runtime.loading import load_tokenizer
+
+ROWS = [
+    {"clean": "when Mary and John went to", "corrupt": "when Anna and Bob went to",
+     "answer": "Mary", "distractor": "John"},
+    {"clean": "the cat sat on the mat", "corrupt": "the dog sat on the tree",
+     "answer": "mat", "distractor": "tree"},
+]
+BODY = f"""
+data d = {inline(ROWS)}
+run clean = d.clean
+run corrupt = d.corrupt
+metric ld = logit(d.answer) - logit(d.distractor)
+swap L*.H*.z from clean into corrupt measure ld as heads
+swap L1.resid_pre @ each from clean into corrupt measure ld as resid
+swap L0.resid_pre @ 0 from corrupt into corrupt measure ld as self
+"""
+MOE = """swap L*.E*.out from clean into corrupt measure ld as experts
+swap L*.router @ last from clean into corrupt measure ld as route
+"""
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer(False)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_optimized_equals_naive(family: str, tok, tmp_path) -> None:
+    model = build(family)
+    model.config.save_pretrained(tmp_path)  # check reads the config and tokenizer only
+    tok.save_pretrained(tmp_path)
+    spec = f'model "{tmp_path}"\n' + BODY + (MOE if FAMILIES[family].moe else "")
+    res = patchc.run(spec, model=model, tokenizer=tok)
+    naive = patchc.run(spec, model=model, tokenizer=tok, naive=True)
+    for table in res:
+        pd.testing.assert_frame_equal(res.per_example(table), naive.per_example(table),
+                                      check_exact=False, atol=1e-5, rtol=1e-5)
+    shape = spec_from_config(model.config.to_dict())
+    assert len(res["heads"]) == shape.n_layers * shape.n_heads
+    if FAMILIES[family].moe:
+        assert list(res["experts"].columns[:2]) == ["layer", "expert"]
+    ids = torch.tensor([tok(r["corrupt"])["input_ids"] for r in ROWS])
+    with torch.no_grad():
+        logits = model(ids).logits
+    want = logit_diff(logits, [VOCAB[r["answer"]] for r in ROWS],
+                      [VOCAB[r["distractor"]] for r in ROWS])
+    got = naive.per_example("self").sort_values("example")["ld"].to_numpy()
+    assert torch.allclose(torch.tensor(got, dtype=torch.float32), want, atol=1e-6, rtol=0)
+
+
+def test_tokenizer_follows_its_files_not_the_model_type(tmp_path) -> None:
+    tok = make_tokenizer(False)
+    model = build("qwen2")
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path))
+    for text in ("Vic", " Mary", "the cat sat"):
+        assert loaded(text, add_special_tokens=False)["input_ids"] == \
+            tok(text, add_special_tokens=False)["input_ids"]
+    spec = f'model "{tmp_path}"\n' + BODY
+    res = patchc.run(spec)  # patchc loads model and tokenizer itself
+    assert len(res["resid"]) > 0
