@@ -55,11 +55,12 @@ class Family:
     eps: float | None = None
     residual_multiplier: bool = False  # Granite: residual + out * m
     residual_inside: tuple[str, ...] = ()  # "attn"/"mlp": the sub-block adds the residual itself
+    single_norm: bool = False  # one norm feeds attention and MLP (no ln2.scale of its own)
     tuple_blocks: bool = False  # blocks return a tuple (hidden, ...) rather than a tensor
     logit_scale: str | None = None  # config key: logits * value (Cohere)
     logit_div: str | None = None  # config key: logits / value (Granite)
-    moe: str | None = None  # a mixture-of-experts MLP: its router scheme (see runtime/adapters/moe.py)
-    moe_names: tuple[str, str] = ("num_local_experts", "intermediate_size")  # experts, width
+    moe: str | None = None  # a mixture-of-experts MLP: its routing rule (runtime/adapters/moe.py)
+    moe_names: tuple[str, str] = ("num_local_experts", "intermediate_size")  # count, width
     shared_expert: bool = False
     unavailable: tuple[tuple[str, str], ...] = ()  # site kind -> why the model lacks it
     note: str = ""
@@ -78,6 +79,8 @@ class Family:
                 out.setdefault(kind, "the model has no mixture-of-experts MLP")
         if not self.shared_expert:
             out.setdefault("shared.out", "the model has no shared expert")
+        if self.single_norm:
+            out.setdefault(*SINGLE_NORM)
         return out
 
 
@@ -89,6 +92,7 @@ def _no_pattern(module: str) -> tuple[tuple[str, str], ...]:
 
 _LN = dict(norm="layernorm")
 _PLAIN = dict(gated=False)
+SINGLE_NORM = ("ln2.scale", "one norm feeds both attention and MLP: its scale is ln1.scale")
 _POST_ONLY = (("ln1.scale", "the block has no pre-attention norm (norms come after each "
                "sub-block)"),
               ("ln2.scale", "the block has no pre-MLP norm (norms come after each sub-block)"))
@@ -124,9 +128,9 @@ FAMILIES: dict[str, Family] = {
     "vaultgemma": Family(**_GEMMA),
     "phi3": Family(note="fused qkv_proj and gate_up_proj"),
     "bitnet": Family(note="sub-norms inside attention and MLP"),
-    "cohere": Family(**_LN, parallel=True, logit_scale="logit_scale",
+    "cohere": Family(**_LN, parallel=True, single_norm=True, logit_scale="logit_scale",
                      note="parallel block, one LayerNorm, scaled logits"),
-    "cohere2": Family(**_LN, parallel=True, logit_scale="logit_scale",
+    "cohere2": Family(**_LN, parallel=True, single_norm=True, logit_scale="logit_scale",
                       note="parallel block, sliding/global layers"),
     "stablelm": Family(**_LN, parallel_key="use_parallel_residual",
                        note="partial rotary, optional parallel block"),
@@ -140,11 +144,12 @@ FAMILIES: dict[str, Family] = {
     "gpt2": Family(**_LN, **_PLAIN, positional="learned", names=_GPT2_NAMES, mlp_default_4x=True),
     "gpt_bigcode": Family(**_LN, **_PLAIN, positional="learned", names=_GPT2_NAMES,
                           mlp_default_4x=True, kv="multi_query", note="multi-query attention"),
-    "gptj": Family(**_LN, **_PLAIN, parallel=True, names=_GPT2_NAMES, mlp_default_4x=True,
-                   note="parallel block, partial rotary"),
+    "gptj": Family(**_LN, **_PLAIN, parallel=True, single_norm=True, names=_GPT2_NAMES,
+                   mlp_default_4x=True, note="parallel block, partial rotary"),
     "gpt_neox": Family(**_LN, **_PLAIN, parallel=True, parallel_key="use_parallel_residual",
                        qkv="grouped", note="fused grouped qkv, partial rotary"),
-    "phi": Family(**_LN, **_PLAIN, parallel=True, note="parallel block, partial rotary"),
+    "phi": Family(**_LN, **_PLAIN, parallel=True, single_norm=True,
+                  note="parallel block, partial rotary"),
     "opt": Family(**_LN, **_PLAIN, positional="learned", flat_mlp=True,
                   names=(("d_mlp", ("ffn_dim",)),), note="MLP on the block, [batch*pos, d]"),
     "biogpt": Family(**_LN, **_PLAIN, positional="learned"),

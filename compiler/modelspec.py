@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CheckError
-from .families import FAMILIES, Family, lookup, normalize, why_unsupported
+from .families import SINGLE_NORM, Family, lookup, normalize, why_unsupported
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +147,11 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
     else:
         n_ctx = _get(config, n_ctx_names, family)
     n_experts, top_k, d_expert = _moe(config, fam, family)
+    missing = fam.missing()
+    if family == "falcon" and _parallel(config, fam) and not (
+            config.get("new_decoder_architecture")
+            and (config.get("num_ln_in_parallel_attn") or 2) == 2):
+        missing.setdefault(*SINGLE_NORM)  # Falcon-7B style: one input_layernorm
     positional = fam.positional
     if family == "falcon" and config.get("alibi"):
         positional = "alibi"
@@ -167,7 +172,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
         exposes_pattern=not str(impl).startswith(_FUSED_PREFIX),
         n_experts=n_experts,
         top_k=top_k,
-        unavailable=tuple(sorted(fam.missing().items())),
+        unavailable=tuple(sorted(missing.items())),
     )
 
 

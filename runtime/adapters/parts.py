@@ -158,6 +158,11 @@ class Parts:
 
     def act_fn(self, layer: int) -> nn.Module:
         """The MLP's elementwise activation: input mlp.pre, output act(mlp.pre)."""
+        if self.s.act is None:
+            what = "a mixture of experts" if self.n_experts else "no activation module"
+            raise RuntimeInterventionError(
+                "E403", f"{self.family}: the MLP has {what}, so RelP's MLP rules have no "
+                        "activation to apply to")
         return self._at(layer, self.s.act)
 
     def gate_up(self, layer: int) -> tuple[nn.Module, Cols | None] | None:

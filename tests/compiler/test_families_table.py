@@ -136,3 +136,32 @@ def test_dense_model_has_no_router() -> None:
         _check("swap L0.router from A into B measure m\n", llama)
     assert any(e.code == "E209" and "no mixture-of-experts" in e.message
                for e in ei.value.errors)
+
+
+def test_one_norm_blocks_have_no_ln2_scale() -> None:
+    phi = spec_from_config(T.PhiConfig(num_hidden_layers=2, hidden_size=32,
+                                       num_attention_heads=4).to_dict())
+    assert "ln1.scale" in (phi.missing("ln2.scale") or "")
+    falcon = T.FalconConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                            num_kv_heads=2).to_dict()
+    assert spec_from_config({**falcon, "new_decoder_architecture": False}).missing("ln2.scale")
+    assert spec_from_config({**falcon, "new_decoder_architecture": True}).missing(
+        "ln2.scale") is None
+    assert spec_from_config({**falcon, "parallel_attn": False}).missing("ln2.scale") is None
+    olmo2 = spec_from_config(T.Olmo2Config(num_hidden_layers=2, hidden_size=32,
+                                           num_attention_heads=4).to_dict())
+    from patchc.compiler.lower_ops import norm_sites
+
+    assert {s.kind for s in norm_sites(olmo2)} == {"ln_final.scale"}
+    assert {s.kind for s in norm_sites(phi)} == {"ln1.scale", "ln_final.scale"}
+
+
+def test_models_doc_lists_every_family() -> None:
+    """docs/models.md is generated from this table (tools/gen_models_doc.py): in sync."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "models.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip() for line in doc.splitlines()
+            if line.startswith("| ") and "|" in line[2:]}
+    assert set(FAMILIES) <= rows
+    assert "**failed" not in doc
