@@ -13,9 +13,12 @@ import copy
 
 import pytest
 import torch
+import transformers as tf
 from adapter_models import EXPERT, KINDS, PATTERN_KINDS, all_sites, no_hooks_left, run
 from family_configs import FAMILY_NAMES, build
 
+from patchc.compiler.errors import CheckError, RuntimeInterventionError
+from patchc.compiler.modelspec import spec_from_config
 from patchc.runtime.adapters import Adapter, adapter_for
 
 BATCH, SEQ = 2, 6
@@ -204,3 +207,25 @@ def test_expert_write_and_gradient(ad: Adapter, ids: torch.Tensor) -> None:
     out[:, -1].logsumexp(-1).sum().backward()
     assert leaf[0].grad is not None and leaf[0].grad.abs().sum() > 0
     assert no_hooks_left(ad.model)
+
+
+@pytest.mark.parametrize(("model", "words"), [
+    (lambda: tf.MambaForCausalLM(tf.MambaConfig(num_hidden_layers=1, hidden_size=16,
+                                                vocab_size=64, state_size=4)),
+     ["mamba", "state-space", "no attention heads"]),
+    (lambda: tf.BertLMHeadModel(tf.BertConfig(num_hidden_layers=1, hidden_size=16,
+                                              num_attention_heads=2, intermediate_size=32,
+                                              vocab_size=64, is_decoder=True)),
+     ["bert", "encoder"]),
+])
+def test_runtime_refuses_what_check_refuses(model, words: list[str]) -> None:
+    """The runtime's E401 carries check's E210 reason (one table, one message)."""
+    m = model()
+    with pytest.raises(RuntimeInterventionError) as err:
+        adapter_for(m)
+    with pytest.raises(CheckError) as chk:
+        spec_from_config(m.config.to_dict())
+    assert err.value.code == "E401" and chk.value.code == "E210"
+    assert err.value.message == chk.value.message
+    for w in words:
+        assert w in err.value.message

@@ -36,6 +36,8 @@ swap L0.resid_pre @ 0 from corrupt into corrupt measure ld as self
 """
 MOE = """swap L*.E*.out from clean into corrupt measure ld as experts
 swap L*.router @ last from clean into corrupt measure ld as route
+attribute L*.E*.out from clean into corrupt using atp measure ld as experts_atp
+attribute L*.router @ last from clean into corrupt using atp measure ld as route_atp
 """
 
 
@@ -59,6 +61,8 @@ def test_optimized_equals_naive(family: str, tok, tmp_path) -> None:
     assert len(res["heads"]) == shape.n_layers * shape.n_heads
     if FAMILIES[family].moe:
         assert list(res["experts"].columns[:2]) == ["layer", "expert"]
+        assert len(res["experts_atp"]) == len(res["experts"])
+        _check_router_gradient(model, tok, res.per_example("route_atp"))
     ids = torch.tensor([tok(r["corrupt"])["input_ids"] for r in ROWS])
     with torch.no_grad():
         logits = model(ids).logits
@@ -66,6 +70,44 @@ def test_optimized_equals_naive(family: str, tok, tmp_path) -> None:
                       [VOCAB[r["distractor"]] for r in ROWS])
     got = naive.per_example("self").sort_values("example")["ld"].to_numpy()
     assert torch.allclose(torch.tensor(got, dtype=torch.float32), want, atol=1e-6, rtol=0)
+
+
+def _check_router_gradient(model, tok, atp: pd.DataFrame) -> None:
+    """Attribution through the router, by hand: the corrupt metric plus (r_clean - r_corrupt)
+    . d ld / d r at the last position of each layer's router logits (plain torch hooks)."""
+    from patchc.runtime.adapters import adapter_for
+
+    ad = adapter_for(model)
+
+    def ids(col: str) -> torch.Tensor:
+        return torch.tensor([tok(r[col])["input_ids"] for r in ROWS])
+
+    answers = [VOCAB[r["answer"]] for r in ROWS]
+    distractors = [VOCAB[r["distractor"]] for r in ROWS]
+    for layer in range(ad.n_layers):
+        router = ad._at(layer, ad.s.router)
+        seen: dict = {}
+        handle = router.register_forward_hook(lambda m, a, out, seen=seen: seen.update(r=out[0]))
+        try:
+            with torch.no_grad():
+                model(ids("clean"))
+            clean = seen["r"].view(len(ROWS), -1, ad.n_experts)[:, -1]
+            leaf: list = []
+
+            def grab(act: torch.Tensor, leaf: list = leaf) -> torch.Tensor:
+                leaf.append(act.detach().requires_grad_())
+                return leaf[0]
+
+            with ad.hook("router", layer, None, grab):
+                logits = model(ids("corrupt")).logits
+            base = logit_diff(logits, answers, distractors)
+            base.sum().backward()
+        finally:
+            handle.remove()
+        delta = ((clean - leaf[0][:, -1]) * leaf[0].grad[:, -1]).sum(-1)
+        want = (base + delta).detach()
+        got = atp[atp["layer"] == layer].sort_values("example")["ld"].to_numpy()
+        assert torch.allclose(torch.tensor(got, dtype=torch.float32), want, atol=1e-5), layer
 
 
 def test_tokenizer_follows_its_files_not_the_model_type(tmp_path) -> None:
