@@ -110,6 +110,10 @@ def render(results: dict[str, dict[str, str]] | None) -> str:
             passed = [c for c in CHECKS.values() if got.get(c) == "passed"]
             failed = [c for c in CHECKS.values() if got.get(c) == "failed"]
             tested = ", ".join(passed) + (f" **failed: {', '.join(failed)}**" if failed else "")
+            variants = sorted(v for v in results if v.startswith(f"{name}-"))
+            for v in variants:  # other layouts of the family (tests/runtime/family_configs.py)
+                bad = [c for c, st in results[v].items() if st == "failed"]
+                tested += f"; {v}: " + (f"**failed: {', '.join(bad)}**" if bad else "passed")
         lines.append(f"| {name} | {_features(fam)} | {why or '—'} | {tested} |")
     lines += ["", "Sites every family has unless listed: "
               + ", ".join(f"`{k}`" for k in SITE_KINDS

@@ -49,19 +49,29 @@ EXTRA: dict[str, dict] = {
     "olmoe": dict(norm_topk_prob=False),
     "mpt": dict(expansion_ratio=2),
 }
-# Families whose config or model cannot be built tiny here (none expected; kept explicit).
-FAMILY_NAMES = sorted(FAMILIES)
+# Other layouts of one family: name -> (model_type, settings over EXTRA's).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "falcon-mq": ("falcon", dict(new_decoder_architecture=False, multi_query=True)),
+    "falcon-alibi-seq": ("falcon", dict(new_decoder_architecture=False, multi_query=False,
+                                        alibi=True, parallel_attn=False, num_kv_heads=HEADS)),
+    "gpt_neox-seq": ("gpt_neox", dict(use_parallel_residual=False)),
+    "stablelm-seq": ("stablelm", dict(use_parallel_residual=False, qk_layernorm=False)),
+    "gpt_bigcode-mha": ("gpt_bigcode", dict(multi_query=False)),
+}
+FAMILY_NAMES = sorted(FAMILIES) + sorted(VARIANTS)
 
 
-def config(family: str) -> tf.PretrainedConfig:
+def config(name: str) -> tf.PretrainedConfig:
+    family, variant = VARIANTS.get(name, (name, {}))
+    extra = {**EXTRA.get(family, {}), **variant}
     cls = type(AutoConfig.for_model(family))
     default = cls()
     kwargs = {}
-    for key, value in {**SIZES, **EXTRA.get(family, {})}.items():
+    for key, value in {**SIZES, **extra}.items():
         attr = getattr(type(default), key, None)
         if isinstance(attr, property) and attr.fset is None:
             continue
-        if hasattr(default, key) or key in EXTRA.get(family, {}):
+        if hasattr(default, key) or key in extra:
             kwargs[key] = value
     cfg = cls(**kwargs)
     if FAMILIES[family].moe:

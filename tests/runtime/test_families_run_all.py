@@ -51,7 +51,8 @@ def test_optimized_equals_naive(family: str, tok, tmp_path) -> None:
     model = build(family)
     model.config.save_pretrained(tmp_path)  # check reads the config and tokenizer only
     tok.save_pretrained(tmp_path)
-    spec = f'model "{tmp_path}"\n' + BODY + (MOE if FAMILIES[family].moe else "")
+    moe = FAMILIES[model.config.model_type].moe
+    spec = f'model "{tmp_path}"\n' + BODY + (MOE if moe else "")
     res = patchc.run(spec, model=model, tokenizer=tok)
     naive = patchc.run(spec, model=model, tokenizer=tok, naive=True)
     for table in res:
@@ -59,7 +60,7 @@ def test_optimized_equals_naive(family: str, tok, tmp_path) -> None:
                                       check_exact=False, atol=1e-5, rtol=1e-5)
     shape = spec_from_config(model.config.to_dict())
     assert len(res["heads"]) == shape.n_layers * shape.n_heads
-    if FAMILIES[family].moe:
+    if moe:
         assert list(res["experts"].columns[:2]) == ["layer", "expert"]
         assert len(res["experts_atp"]) == len(res["experts"])
         _check_router_gradient(model, tok, res.per_example("route_atp"))
