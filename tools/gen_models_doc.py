@@ -36,7 +36,7 @@ CHECKS = {
     "test_expert_write_and_gradient": "expert-grad",
     "test_optimized_equals_naive": "opt=naive",
 }
-_CASE = re.compile(r"^(test_\w+)\[(\w+)\]$")
+_CASE = re.compile(r"^(test_\w+)\[([\w-]+)\]$")
 
 
 def run_tests() -> dict[str, dict[str, str]]:

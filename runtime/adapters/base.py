@@ -17,9 +17,11 @@ read of a derived site (a head's slice, a scale) need not be in it.
 What the sites are, in every family: `embed` and `resid_pre` are a block's input, `resid_post`
 its output, `attn.out`/`mlp.out` what each sub-block adds to the residual (biases included),
 `attn.z`/`z` the input of the attention output projection, `q`/`k`/`v` the projection outputs
-before QK-norm and rotary (k/v of a query head are its kv head's), `out` is z_h @ W_O[h] without the bias,
-`*.scale` the normalizer's 1/sigma, `mlp.pre` the (gate) pre-activation, `mlp.post` the input
-of the MLP output projection. `resid_mid` is written in place (the block keeps that tensor as
+before QK-norm and rotary (k/v of a query head are its kv head's), `out` is z_h @ W_O[h]
+without the bias, `*.scale` the normalizer's 1/sigma, `mlp.pre` the (gate) pre-activation,
+`mlp.post` the input of the MLP output projection. Where a block normalizes a sub-block's
+output (Gemma 2/3, OLMo 2) or scales it (Granite), `attn.out`/`mlp.out` are after that, and the
+heads' `out` sum to the output projection before it. `resid_mid` is written in place (the block keeps that tensor as
 its residual): a hook that keeps the tensor it read there must clone it if a later hook writes
 the same site in the same forward.
 
