@@ -21,9 +21,9 @@ before QK-norm and rotary (k/v of a query head are its kv head's), `out` is z_h 
 without the bias, `*.scale` the normalizer's 1/sigma, `mlp.pre` the (gate) pre-activation,
 `mlp.post` the input of the MLP output projection. Where a block normalizes a sub-block's
 output (Gemma 2/3, OLMo 2) or scales it (Granite), `attn.out`/`mlp.out` are after that, and the
-heads' `out` sum to the output projection before it. `resid_mid` is written in place (the block keeps that tensor as
-its residual): a hook that keeps the tensor it read there must clone it if a later hook writes
-the same site in the same forward.
+heads' `out` sum to the output projection before it. `resid_mid` is written in place (the
+block keeps that tensor as its residual): a hook that keeps the tensor it read there must clone
+it if a later hook writes the same site in the same forward.
 
 Errors (RuntimeInterventionError): E401 unsupported model, E402 resid_mid of a parallel block,
 E403 a site this model lacks, E404 a hook returned something of the wrong shape.
