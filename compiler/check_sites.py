@@ -20,7 +20,8 @@ from .resolve import Match
 from .sites import SITE_KINDS
 
 # Sites whose value is added to the residual stream: what direct logit attribution splits.
-DLA_KINDS = ("embed", "attn.out", "mlp.out", "out")
+# Expert and shared-expert outputs are summands of mlp.out, so they reach the residual too.
+DLA_KINDS = ("embed", "attn.out", "mlp.out", "out", "expert.out", "shared.out")
 
 
 def site_width(model: ModelSpec, site: Site) -> int:

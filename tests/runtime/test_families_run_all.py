@@ -38,7 +38,12 @@ MOE = """swap L*.E*.out from clean into corrupt measure ld as experts
 swap L*.router @ last from clean into corrupt measure ld as route
 attribute L*.E*.out from clean into corrupt using atp measure ld as experts_atp
 attribute L*.router @ last from clean into corrupt using atp measure ld as route_atp
+ablate L*.E*.out in corrupt with mean(clean) measure ld as expert_mean
+scale L0.router @ last in corrupt by 2 measure ld as router_scaled
+dla L*.E*.out in corrupt measure ld as expert_dla
+dla L*.mlp.out in corrupt measure ld as mlp_dla
 """
+SHARED = "dla L*.shared.out in corrupt measure ld as shared_dla\n"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,8 @@ def test_optimized_equals_naive(family: str, tok, tmp_path) -> None:
     model.config.save_pretrained(tmp_path)  # check reads the config and tokenizer only
     tok.save_pretrained(tmp_path)
     moe = FAMILIES[model.config.model_type].moe
-    spec = f'model "{tmp_path}"\n' + BODY + (MOE if moe else "")
+    shared = moe and FAMILIES[model.config.model_type].shared_expert
+    spec = f'model "{tmp_path}"\n' + BODY + (MOE if moe else "") + (SHARED if shared else "")
     res = patchc.run(spec, model=model, tokenizer=tok)
     naive = patchc.run(spec, model=model, tokenizer=tok, naive=True)
     for table in res:
@@ -64,6 +70,14 @@ def test_optimized_equals_naive(family: str, tok, tmp_path) -> None:
         assert list(res["experts"].columns[:2]) == ["layer", "expert"]
         assert len(res["experts_atp"]) == len(res["experts"])
         _check_router_gradient(model, tok, res.per_example("route_atp"))
+        # direct logit attribution is linear: the experts' (and shared expert's) parts sum to
+        # the MLP's
+        parts = res.per_example("expert_dla").groupby(["layer", "example"])["ld"].sum()
+        if shared:
+            parts = parts + res.per_example("shared_dla").set_index(["layer", "example"])["ld"]
+        whole = res.per_example("mlp_dla").set_index(["layer", "example"])["ld"]
+        pd.testing.assert_series_equal(parts.sort_index(), whole.sort_index(),
+                                       check_exact=False, atol=1e-5, check_names=False)
     ids = torch.tensor([tok(r["corrupt"])["input_ids"] for r in ROWS])
     with torch.no_grad():
         logits = model(ids).logits
