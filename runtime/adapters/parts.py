@@ -8,6 +8,8 @@ uses), its family row (compiler/families.py) and the structure found in its modu
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
@@ -60,8 +62,12 @@ class Parts:
                                           self.parallel_attn)
 
     def spec(self) -> ModelSpec:
-        """The compiler's ModelSpec of this model, from the same config (`check` agrees)."""
-        return self._spec
+        """The compiler's ModelSpec of this model, from the same config (`check` agrees); a
+        part the module tree lacks makes its sites unavailable here too."""
+        if not self.s.problems:
+            return self._spec
+        merged = {**dict(self.s.problems), **dict(self._spec.unavailable)}
+        return replace(self._spec, unavailable=tuple(sorted(merged.items())))
 
     def missing(self, kind: str) -> str | None:
         """Why this model lacks a site kind (the table's reason, or a part not found)."""

@@ -229,3 +229,21 @@ def test_runtime_refuses_what_check_refuses(model, words: list[str]) -> None:
     assert err.value.message == chk.value.message
     for w in words:
         assert w in err.value.message
+
+
+def test_a_part_not_found_is_named_by_check() -> None:
+    """A module the structure search cannot find makes its sites unavailable, by name."""
+    from patchc.compiler.check import check
+    from patchc.compiler.parse import parse
+
+    model = build("llama")
+    for block in model.model.layers:  # a renamed down projection: no known MLP layout
+        block.mlp.proj_out = block.mlp.down_proj
+        del block.mlp.down_proj
+    spec = adapter_for(model).spec()
+    assert "no MLP projections found in LlamaMLP" in (spec.missing("mlp.post") or "")
+    text = ('model "m"\ndata d = [{"a": "x", "b": "y"}]\nrun A = d.a\nrun B = d.b\n'
+            "metric m = logit(\"x\")\nswap L0.mlp.post from A into B measure m\n")
+    with pytest.raises(Exception) as err:
+        check(parse(text, "x.patch"), spec, tokenizer=None)
+    assert "E209" in str(err.value) and "LlamaMLP" in str(err.value)
