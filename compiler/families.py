@@ -197,6 +197,9 @@ UNSUPPORTED: dict[str, str] = {
     "deepseek_v2": "multi-head latent attention (compressed q/k/v) has no per-head q/k/v sites",
     "deepseek_v3": "multi-head latent attention (compressed q/k/v) has no per-head q/k/v sites",
     "youtu": "multi-head latent attention (compressed q/k/v) has no per-head q/k/v sites",
+    "gemma3": "a multimodal model: its text model (model_type gemma3_text) is supported",
+    "llama4": "a multimodal mixture of experts whose layers interleave chunked and global "
+              "attention without position encoding; not in the family table",
     "codegen": "its fused qkv_proj interleaves heads in model-parallel groups",
     "phimoe": "its sparsemixer router (jittered top-2 selection) cannot be re-routed from logits",
     "granitemoe": "its residual multiplier scales the experts' sum after the experts run, so "

@@ -34,6 +34,7 @@ CHECKS = {
     "test_experts_sum_to_the_mlp_output": "experts",
     "test_router_write_reroutes": "router",
     "test_expert_write_and_gradient": "expert-grad",
+    "test_sliding_and_global_layers": "sliding",
     "test_optimized_equals_naive": "opt=naive",
 }
 _CASE = re.compile(r"^(test_\w+)\[([\w-]+)\]$")
@@ -92,7 +93,8 @@ def render(results: dict[str, dict[str, str]] | None) -> str:
         "bit; pattern = identity pattern writes equal eager attention; residual = resid_pre + "
         "attn.out + mlp.out = resid_post; heads = per-head outputs sum to the output "
         "projection; gqa = q/k/v heads map onto their kv heads; sizes = the config's sizes "
-        "match the modules; experts / router / expert-grad = expert contributions sum to "
+        "match the modules; sliding = sliding layers mask beyond the window, global "
+        "layers do not; experts / router / expert-grad = expert contributions sum to "
         "mlp.out, a router write re-routes, gradients reach the router; opt=naive = the "
         "optimized plan equals the naive interpreter.",
         "",

@@ -247,3 +247,20 @@ def test_a_part_not_found_is_named_by_check() -> None:
     with pytest.raises(Exception) as err:
         check(parse(text, "x.patch"), spec, tokenizer=None)
     assert "E209" in str(err.value) and "LlamaMLP" in str(err.value)
+
+
+def test_sliding_and_global_layers(ad: Adapter, ids: torch.Tensor) -> None:
+    """Per-layer attention types (Gemma 3, Cohere 2, OLMo 3): a sliding layer's pattern is zero
+    beyond the window, a global layer's is not."""
+    types_ = getattr(ad.config, "layer_types", None)
+    window = getattr(ad.config, "sliding_window", None)
+    if ad.missing("pattern") or not types_ or not window or "full_attention" not in types_ \
+            or "sliding_attention" not in types_:
+        pytest.skip("no mix of sliding and global layers")
+    keys = [("attn.pattern", i, None) for i in range(ad.n_layers)]
+    _, got = run(ad, ids, reads=keys)
+    pos = torch.arange(SEQ)
+    far = (pos[:, None] - pos[None, :]) >= window
+    for i, kind in enumerate(types_[: ad.n_layers]):
+        beyond = got[("attn.pattern", i, None)][..., far]
+        assert bool((beyond == 0).all()) == (kind == "sliding_attention"), (i, kind)
