@@ -152,7 +152,7 @@ class Parts:
 
     def attn_out_module(self, layer: int) -> nn.Module:
         """The module whose output the block adds as the attention's contribution."""
-        return self._at(layer, self.s.post_attn or self.s.attn)
+        return self._at(layer, self.s.post_attn or self.s.attn_out or self.s.attn)
 
     def mlp_out_module(self, layer: int) -> nn.Module:
         """The module whose output the block adds as the MLP's contribution."""

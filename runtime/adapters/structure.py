@@ -61,6 +61,7 @@ class Structure:
     ln1: str | None = None
     ln2: str | None = None
     post_attn: str | None = None
+    attn_out: str | None = None  # what the block adds, where it is not attn/post_attn (Bloom)
     post_mlp: str | None = None
     router: str | None = None  # mixture of experts
     experts: str | None = None
@@ -138,9 +139,8 @@ def _find_norms(block: nn.Module, fam: Family, parts: dict, parallel: bool) -> N
     else:
         parts["post_attn"] = _first(block, POST_ATTN)
         parts["ln2"] = _first(block, LN2)
-    if fam.residual_inside:  # the sub-blocks add the residual themselves (Bloom, MPT)
-        parts["post_attn"] = parts["post_attn"] or (parts["o_proj"] if "attn" in
-                                                    fam.residual_inside else None)
+    if "attn" in fam.residual_inside:  # attention adds the residual itself (Bloom)
+        parts["attn_out"] = parts["o_proj"]
     if parts["ln2"] is None and parts["ln1"] is not None and parallel:
         parts["ln2"] = parts["ln1"]  # one norm feeds both (GPT-J, Phi, Cohere, Falcon-7B)
 

@@ -43,6 +43,9 @@ scale L0.router @ last in corrupt by 2 measure ld as router_scaled
 dla L*.E*.out in corrupt measure ld as expert_dla
 dla L*.mlp.out in corrupt measure ld as mlp_dla
 """
+DENSE = """attribute L*.mlp.out @ last from clean into corrupt using relp measure ld as relp
+attribute L*.H*.z @ last from clean into corrupt using atp measure ld as atp
+"""
 SHARED = "dla L*.shared.out in corrupt measure ld as shared_dla\n"
 
 
@@ -58,7 +61,7 @@ def test_optimized_equals_naive(family: str, tok, tmp_path) -> None:
     tok.save_pretrained(tmp_path)
     moe = FAMILIES[model.config.model_type].moe
     shared = moe and FAMILIES[model.config.model_type].shared_expert
-    spec = f'model "{tmp_path}"\n' + BODY + (MOE if moe else "") + (SHARED if shared else "")
+    spec = f'model "{tmp_path}"\n' + BODY + (MOE if moe else DENSE) + (SHARED if shared else "")
     res = patchc.run(spec, model=model, tokenizer=tok)
     naive = patchc.run(spec, model=model, tokenizer=tok, naive=True)
     for table in res:
