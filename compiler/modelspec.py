@@ -99,7 +99,8 @@ def _n_kv_heads(config: dict[str, Any], fam: Family, n_heads: int) -> int:
 def _d_mlp(config: dict[str, Any], fam: Family, family: str, d_model: int) -> int:
     names = fam.names_for("d_mlp")
     if fam.mlp_default_4x:
-        return next((int(config[n]) for n in names if config.get(n) is not None), 4 * d_model)
+        given = [v for v in (_opt_int(config, n) for n in names) if v is not None]
+        return given[0] if given else 4 * d_model
     return _get(config, names, family)
 
 
@@ -128,6 +129,10 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
     fam = lookup(family)
     if fam is None:
         raise CheckError("E210", why_unsupported(raw_type, config))
+    if fam.moe and (config.get("mlp_only_layers") or (config.get("decoder_sparse_step") or 1) != 1):
+        raise CheckError("E210", f"{family} with dense MLP layers among the expert layers "
+                         "(mlp_only_layers / decoder_sparse_step) is not supported: patchc's "
+                         "sites assume every layer has the same MLP")
     n_layers = _get(config, fam.names_for("n_layers"), family)
     n_heads = _get(config, fam.names_for("n_heads"), family)
     d_model = _get(config, fam.names_for("d_model"), family)

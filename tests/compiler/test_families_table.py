@@ -165,3 +165,11 @@ def test_models_doc_lists_every_family() -> None:
             if line.startswith("| ") and "|" in line[2:]}
     assert set(FAMILIES) <= rows
     assert "**failed" not in doc
+
+
+def test_moe_with_dense_layers_is_refused() -> None:
+    cfg = T.Qwen2MoeConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                           num_key_value_heads=2, mlp_only_layers=[1]).to_dict()
+    with pytest.raises(CheckError) as ei:
+        spec_from_config(cfg)
+    assert ei.value.code == "E210" and "mlp_only_layers" in ei.value.message
