@@ -69,6 +69,8 @@ class Family:
         return dict(self.names).get(what, NAMES[what])
 
     def missing(self) -> dict[str, str]:
+        """The site kinds this family never has, each with why (config-dependent ones are
+        added by modelspec.spec_from_config)."""
         out = dict(self.unavailable)
         if self.moe:
             for kind in MLP_SITES:
