@@ -1,6 +1,7 @@
 """Every family of the table through the whole pipeline: the optimized plan and the naive
-interpreter give the same tables (head sweep, position sweep, and expert and router sweeps on
-mixtures of experts); a swap of a run into itself reproduces the model's own forward.
+interpreter give the same tables (head sweep, position sweep, attribution, and expert, router,
+ablation, scaling and DLA tables on mixtures of experts); a swap of a run into itself reproduces
+the model's own forward bit for bit; attribution through the router matches a hand gradient.
 
 And the tokenizer follows its own files: a word-level tokenizer saved beside a qwen2 model is
 the one patchc loads (transformers would otherwise pick Qwen2Tokenizer from the model_type).
@@ -86,8 +87,10 @@ def test_optimized_equals_naive(family: str, tok, tmp_path) -> None:
         logits = model(ids).logits
     want = logit_diff(logits, [VOCAB[r["answer"]] for r in ROWS],
                       [VOCAB[r["distractor"]] for r in ROWS])
+    # The naive interpreter's run written with its own value is the model's own forward, bit
+    # for bit (the optimized plan batches experiments: equal up to float rounding, above).
     got = naive.per_example("self").sort_values("example")["ld"].to_numpy()
-    assert torch.allclose(torch.tensor(got, dtype=torch.float32), want, atol=1e-6, rtol=0)
+    assert torch.equal(torch.tensor(got, dtype=torch.float32), want), (got, want)
 
 
 def _check_router_gradient(model, tok, atp: pd.DataFrame) -> None:
