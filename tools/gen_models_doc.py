@@ -122,6 +122,13 @@ def render(results: dict[str, dict[str, str]] | None) -> str:
                           if k not in ("router", "expert.out", "expert.post", "shared.out"))
               + ". Mixture-of-experts families add `Ll.router`, `Ll.Ee.out`, `Ll.Ee.post` "
               "(and `Ll.shared.out` with a shared expert) and have no `mlp.pre`/`mlp.post`.",
+              "", "## Adding a family", "",
+              "A decoder-only model whose parts carry the usual transformers names needs one "
+              "row in `FAMILIES` (compiler/families.py): an empty `Family()` for a Llama-like "
+              "block, or the few exceptions (norm kind, fused q/k/v layout, parallel block, "
+              "post-norms, logit scaling, a mixture of experts' routing rule). The module map is "
+              "found from the module tree; tests/runtime/family_configs.py builds its tiny "
+              "model for the identity and differential tests, and this script adds its row.",
               "", "## Refused, and why", "", "| model_type | why |", "|---|---|"]
     for name, why in sorted(UNSUPPORTED.items()):
         lines.append(f"| {name} | {why} |")
