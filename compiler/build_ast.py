@@ -178,7 +178,7 @@ class AstBuilder(Transformer):
         src, dst, target = items[0], items[1], items[2]
         source = items[3] if len(items) == 5 else None
         if src.pos is None and dst.pos is not None:
-            # A trailing `@ POS` applies to both sides (LANGUAGE.md §6).
+            # A trailing `@ POS` applies to both sides (docs/language.md §8, backpatch).
             src = _with_pos(src, dst.pos)
         return A.Backpatch(src, dst, target, source, items[-1], span_of(meta))
 
@@ -207,6 +207,19 @@ class AstBuilder(Transformer):
         sites, target, clauses = items
         return A.Dla(sites, target, clauses, span_of(meta))
 
+    def read_op(self, meta, items):
+        sites, target, clauses = items
+        return A.ReadSites(sites, target, clauses, span_of(meta))
+
+    def lens_op(self, meta, items):
+        sites, target, clauses = items
+        return A.Lens(sites, target, clauses, span_of(meta))
+
+    def measure_op(self, meta, items):
+        *measures, target, clauses = items
+        own = A.Clauses(tuple(measures) + clauses.measures, clauses.name, clauses.where)
+        return A.MeasureRun(target, own, span_of(meta))
+
     def method(self, meta, items):
         tok = items[0]
         return A.Method(str(tok), tuple(items[1:]), span_of(meta))
@@ -232,7 +245,13 @@ class AstBuilder(Transformer):
         return ("measure", items)
 
     def measure_item(self, meta, items):
-        return A.Measure(items[0], len(items) > 1, span_of(meta))
+        name = items.pop(0) if isinstance(items[0], A.Name) else None
+        norm = items[1] if len(items) > 1 else None
+        between = norm[1] if norm is not None else None
+        return A.Measure(items[0], norm is not None, span_of(meta), between, name)
+
+    def normalization(self, meta, items):
+        return ("normalized", (items[1], items[2]) if len(items) == 3 else None)
 
     def as_clause(self, meta, items):
         return ("as", items[0])
@@ -316,6 +335,12 @@ class AstBuilder(Transformer):
     def pos_column(self, meta, items):
         return items[0]
 
+    def pos_set(self, meta, items):
+        return A.PosSet(tuple(items), span_of(meta))
+
+    def pos_span(self, meta, items):
+        return A.PosSpan(items[0], items[1], span_of(meta))
+
     # -- metric expressions ----------------------------------------------------------------
     def m_num(self, meta, items):
         return A.MNum(float(items[0]), span_of(meta))
@@ -337,6 +362,15 @@ class AstBuilder(Transformer):
 
     def m_div(self, meta, items):
         return self._m_bin("/", meta, items)
+
+    def m_cmp(self, meta, items):
+        return A.MBin(str(items[1]), items[0], items[2], span_of(meta))
+
+    def m_text(self, meta, items):
+        return A.MText(int(items[0]), span_of(meta))
+
+    def m_seqlogprob(self, meta, items):
+        return A.MSeqLogProb(items[0], span_of(meta))
 
     def m_call(self, meta, items):
         return A.MCall(items[0], items[1], span_of(meta))

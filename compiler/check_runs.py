@@ -125,7 +125,7 @@ def check_interventions(ctx: Context, decl: A.RunDecl, vectors: VectorChecker) -
 
 
 def no_subspace(ctx: Context, items: tuple[A.SiteItem, ...], what: str) -> None:
-    """A subspace `[v]` restricts a replacement (swap) or a zero-ablation (LANGUAGE.md §8);
+    """A subspace `[v]` restricts a replacement (swap) or a zero-ablation (docs/language.md §11);
     other writes have no projected form (E343)."""
     for item in items:
         for ref in [item] if isinstance(item, A.SiteRef) else item.members:

@@ -20,7 +20,7 @@ from .modelspec import ModelSpec
 
 
 class Options(BaseModel):
-    """The `set` options of a spec (LANGUAGE.md §3), validated."""
+    """The `set` options of a spec (docs/language.md §4), validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

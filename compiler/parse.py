@@ -122,10 +122,14 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
     width = max(1, len(str(tok)))
     span = Span(tok.line, tok.column, tok.line, tok.column + width)
     found = "end of line" if tok.type == "_NL" else repr(str(tok))
+    hint = None
     if tok.type == "_NL":
         span = Span.point(tok.line, tok.column)
-    hint = None
-    if tok.type != "_NL" and tok.column == 1 and "_NL" not in e.expected:
+        line_text = source.text.splitlines()[tok.line - 1] if tok.line else ""
+        if line_text.startswith("measure") and "IN" in e.expected:
+            hint = ("a `measure` clause that continues a statement must be indented; a "
+                    "`measure ... in RUN` statement names its run")
+    if hint is None and tok.type != "_NL" and tok.column == 1 and "_NL" not in e.expected:
         hint = "clauses that continue a statement must be indented"
     return ParseError("E100", f"unexpected {found}; expected {_expected(e.expected)}", span,
                       source, hint)

@@ -4,7 +4,7 @@
     patchc run SPEC [--out DIR] [--naive] [--set KEY=VALUE ...]
                     [--workers N] [--device-map MAP]   (docs/scaling.md; also under torchrun)
     patchc compile SPEC --emit ast|ir|json|plan|dot [--optimized] [--workers N]
-    patchc fmt SPEC [--check | --stdout]           canonical layout, comments kept
+    patchc fmt SPEC|DIR ... [--check | --stdout]   canonical layout, comments kept
     patchc --version
 
 Exit codes: 0 ok, 1 a mistake in the spec, its inputs or the command line (printed as located
@@ -98,11 +98,34 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_fmt(args: argparse.Namespace) -> int:
+    """Format each spec named, and every `*.patch` under each folder named."""
+    status = EXIT_OK
+    for path in _spec_files(args.spec):
+        status = max(status, _fmt_one(path, args.check, args.stdout))
+    return status
+
+
+def _spec_files(names: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.patch") if p.is_file())
+            if not found:
+                raise _UsageError(f"patchc fmt: error: no .patch files under {path}")
+            paths += found
+        else:
+            paths.append(path)
+    return paths
+
+
+def _fmt_one(path: Path, check: bool, stdout: bool) -> int:
+    import difflib
+
     from patchc.compiler.dump import strip_spans
     from patchc.compiler.fmt import format_source, name_tables
     from patchc.compiler.parse import parse, parse_file
 
-    path = Path(args.spec)
     # parse_file raises the located E001/E002 for a missing or non-UTF-8 file; the text that
     # is formatted is the text that was parsed (read once), and nothing is written unless it
     # parsed: a syntax error leaves the file as it was.
@@ -115,13 +138,16 @@ def cmd_fmt(args: argparse.Namespace) -> int:
     same = strip_spans(name_tables(again)) == strip_spans(name_tables(spec))
     if not same or format_source(again) != formatted:
         raise RuntimeError(f"fmt would change the meaning of {path} or is not idempotent")
-    if args.check:
+    if check:
         if formatted != original:
+            sys.stdout.writelines(difflib.unified_diff(
+                original.splitlines(keepends=True), formatted.splitlines(keepends=True),
+                f"{path}", f"{path} (formatted)"))
             print(f"{path}: would be reformatted", file=sys.stderr)
             return EXIT_USER
         print(f"{path}: already formatted")
         return EXIT_OK
-    if args.stdout:
+    if stdout:
         sys.stdout.write(formatted)
         return EXIT_OK
     if formatted == original:
@@ -215,6 +241,10 @@ def _report(results, args: argparse.Namespace) -> None:
         print(df.head(args.rows).to_string(index=False))
         if len(df) > args.rows:
             print(f"... {len(df) - args.rows} more rows")
+        from patchc.results import baseline_label
+
+        for col, b in results.baselines(name).items():
+            print(f"   {col} normalized: {baseline_label(b)}")
     if args.out:
         from patchc.plots import plot_dir
 
@@ -296,10 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("fmt", help="rewrite a spec in the one canonical layout")
-    p.add_argument("spec")
+    p = sub.add_parser("fmt", help="rewrite specs in the one canonical layout")
+    p.add_argument("spec", nargs="+", help="spec files, or folders (every *.patch under them)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--check", action="store_true", help="exit 1 if the file is not formatted")
+    g.add_argument("--check", action="store_true",
+                   help="print a diff of what would change; exit 1 if a file is not formatted")
     g.add_argument("--stdout", action="store_true", help="print instead of rewriting")
     p.set_defaults(func=cmd_fmt)
     return parser

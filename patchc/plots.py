@@ -31,7 +31,9 @@ def _limit(values) -> float:
 def plot_table(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
     """Draw every measured column of one table; returns the PNG paths written."""
     plt = _pyplot()
-    measured = [c for c in df.columns if c not in keys and c not in ("n",)]
+    # `<col>_se` columns are the error bars of `<col>`, not plots of their own.
+    measured = [c for c in df.columns if c not in keys and c not in ("n",)
+                and not (c.endswith("_se") and c[:-3] in df.columns)]
     written: list[Path] = []
     for col in measured:
         if not pd.api.types.is_numeric_dtype(df[col]) or df.empty:
@@ -98,11 +100,12 @@ def _panel(fig, ax, df: pd.DataFrame, keys: list[str], col: str, lim: float, tit
         (key,) = keys
         data = df.sort_values(key) if pd.api.types.is_numeric_dtype(df[key]) else df
         values = data[col].astype(float).tolist()
+        se = data[f"{col}_se"].fillna(0).tolist() if f"{col}_se" in data else None
         if pd.api.types.is_numeric_dtype(df[key]) and len(values) > 12:
-            ax.plot(data[key], values, marker="o", color="#2166ac")
+            ax.errorbar(data[key], values, yerr=se, marker="o", color="#2166ac", capsize=2)
         else:
             colors = ["#b2182b" if v < 0 else "#2166ac" for v in values]
-            ax.bar([str(v) for v in data[key]], values, color=colors)
+            ax.bar([str(v) for v in data[key]], values, color=colors, yerr=se, capsize=2)
             ax.tick_params(axis="x", rotation=90 if len(values) > 12 else 0)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xlabel(key)
@@ -127,5 +130,19 @@ def plot_dir(out_dir: str | Path) -> list[Path]:
         csv = d / f"{name}.csv"
         if not csv.is_file():
             raise PatchcError("E602", f"{csv} is missing")
+        op = info.get("op")
+        if op == "measure":  # one row, no sweep: the table says it all
+            continue
+        if op == "read":  # the statements of §11 draw their own figures
+            from patchc.plot_attention import plot_read_dir
+
+            written += plot_read_dir(name, d)
+            continue
+        if op == "lens":
+            from patchc.plot_lens import plot_lens
+
+            written += plot_lens(name, pd.read_csv(csv), list(info.get("keys", [])), d,
+                                 info.get("tokens"), info.get("baselines"))
+            continue
         written += plot_table(name, pd.read_csv(csv), list(info.get("keys", [])), d)
     return written

@@ -1,5 +1,5 @@
-"""The checker on valid specs: every LANGUAGE.md example (adapted to tiny models), what a
-CheckedSpec holds, warnings, and the light tokenizer."""
+"""The checker on valid specs: every worked example of docs/language.md (adapted to tiny
+models), what a CheckedSpec holds, warnings, and the light tokenizer."""
 
 import os
 
@@ -28,7 +28,7 @@ run corrupt = ioi.corrupt
 metric ld = logit(ioi.answer) - logit(ioi.distractor)
 '''
 
-# LANGUAGE.md §1 and §10, with layers that exist in a 4-layer model (L9 -> L3, L6 -> L2).
+# docs/language.md §1 and §17, with layers that exist in a 4-layer model (L9 -> L3, L6 -> L2).
 EXAMPLES = {
     "ioi_heads": IOI + '''
 swap L*.H*.z from clean into corrupt

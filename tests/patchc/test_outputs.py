@@ -49,8 +49,11 @@ def out_dir(tmp_path_factory) -> Path:
 
 def test_run_writes_tables_manifest_and_plots(out_dir: Path):
     heads = pd.read_csv(out_dir / "heads.csv")
-    assert list(heads.columns) == ["layer", "head", "ld"] and len(heads) == 6
-    assert list(pd.read_csv(out_dir / "mlps.csv").columns) == ["layer", "ld"]
+    # every mean with its standard error (docs/reading.md)
+    assert list(heads.columns) == ["layer", "head", "ld", "ld_se"] and len(heads) == 6
+    assert list(pd.read_csv(out_dir / "mlps.csv").columns) == ["layer", "ld", "ld_se"]
+    examples = pd.read_csv(out_dir / "heads.examples.csv")
+    assert list(examples.columns)[:3] == ["layer", "head", "example"]
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["spec_text"] == SPEC and len(manifest["spec_sha256"]) == 64
     assert len(manifest["weights_sha256"]) == 64
