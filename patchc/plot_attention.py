@@ -38,7 +38,7 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
     has no pattern. `positions`: the query positions of each site in example 0 (a read at
     some positions); without them only patterns read at every position are drawn."""
     positions = positions or {}
-    from patchc.plots import _pyplot
+    from patchc.plot_style import new_figure
 
     # The query axis is labelled with the tokens at the read's positions: known for a read
     # at every position, or from `positions`.
@@ -47,7 +47,6 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
              and (k in positions or patterns[k].shape[1] == patterns[k].shape[2])}
     if not heads:
         return []
-    plt = _pyplot()
     n = len(heads)
     cols = min(4, n)
     rows = math.ceil(n / cols)
@@ -55,8 +54,8 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
     # A read at a few query positions gets short panels, not stretched cells.
     n_query = max(t.shape[1] for t in heads.values())
     height = size if n_query >= len(tokens) else max(1.8, min(size, 0.3 * n_query + 1.6))
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, height * rows), squeeze=False,
-                             layout="constrained")
+    fig = new_figure(size * cols, height * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
     image = None
     for k, (ax, (site, t)) in enumerate(zip(axes.flat, heads.items())):
         grid = t[example].float()
@@ -82,7 +81,6 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
     fig.suptitle(f"{name}: attention patterns (read), example {example}")
     path = out_dir / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return [path]
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from patchc.plot_style import new_figure
+
 SEQUENTIAL = ("prob", "rank", "==", "!=", "<", ">")
 
 
@@ -26,9 +28,6 @@ def _label(col: str, baselines: dict) -> str:
 
 def plot_lens(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
               tokens: list[str] | None = None, baselines: dict | None = None) -> list[Path]:
-    from patchc.plots import _pyplot
-
-    plt = _pyplot()
     baselines = baselines or {}
     measured = [c for c in df.columns if c not in keys and not c.endswith("_se")
                 and pd.api.types.is_numeric_dtype(df[c])]
@@ -36,20 +35,20 @@ def plot_lens(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
     for col in measured:
         if "layer" in keys and ("pos" in keys or "head" in keys):
             across = "pos" if "pos" in keys else "head"
-            fig = _heatmap(plt, name, df, col, across, tokens or [], baselines)
+            fig = _heatmap(name, df, col, across, tokens or [], baselines)
         else:
-            fig = _lines(plt, name, df, keys, col, baselines)
+            fig = _lines(name, df, keys, col, baselines)
         suffix = "" if len(measured) == 1 else "_" + "".join(
             ch if ch.isalnum() or ch in "_-" else "_" for ch in col)
         path = out_dir / f"{name}{suffix}.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
         written.append(path)
     return written
 
 
-def _lines(plt, name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: dict):
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+def _lines(name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: dict):
+    fig = new_figure(6.5, 3.8)
+    ax = fig.subplots()
     groups = [("", df)] if "site" not in keys else list(df.groupby("site", sort=False))
     for label, part in groups:
         if "layer" in part and part["layer"].notna().all():
@@ -74,7 +73,7 @@ def _lines(plt, name: str, df: pd.DataFrame, keys: list[str], col: str, baseline
     return fig
 
 
-def _heatmap(plt, name: str, df: pd.DataFrame, col: str, across: str, tokens: list[str],
+def _heatmap(name: str, df: pd.DataFrame, col: str, across: str, tokens: list[str],
              baselines: dict):
     grid = df.pivot_table(index="layer", columns=across, values=col, aggfunc="mean")
     values = grid.to_numpy(dtype=float)
@@ -84,8 +83,9 @@ def _heatmap(plt, name: str, df: pd.DataFrame, col: str, across: str, tokens: li
         0 <= v <= 1 for v in values.flat if math.isfinite(v))
     lim = max(finite) if finite and max(finite) > 0 else 1.0
     kw = dict(cmap="viridis") if sequential else dict(cmap="RdBu_r", vmin=-lim, vmax=lim)
-    fig, ax = plt.subplots(figsize=(max(5.0, min(16.0, 0.45 * grid.shape[1] + 3)),
-                                    max(3.0, min(10.0, 0.4 * grid.shape[0] + 1.5))))
+    fig = new_figure(max(5.0, min(16.0, 0.45 * grid.shape[1] + 3)),
+                     max(3.0, min(10.0, 0.4 * grid.shape[0] + 1.5)))
+    ax = fig.subplots()
     im = ax.imshow(values, aspect="auto", interpolation="nearest", **kw)
     if across == "pos":
         labels = [tokens[p] if p < len(tokens) else str(p) for p in grid.columns]

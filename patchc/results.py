@@ -6,10 +6,12 @@ mean over the examples (sample standard deviation / sqrt(n); for a normalized co
 divided by |baseline 1 - baseline 0|, the baselines taken as fixed). `text(N)` columns are
 strings: they are in the per-example output only. `Results.per_example(name)` has the raw
 per-example values, `activations(name)` the tensors of a `read`, `baselines(name)` the
-values a normalized table maps to 0 and 1. `save(dir)` writes `NAME.csv` per table,
-`NAME.examples.csv` (one row per experiment and example), `NAME.safetensors` per `read`,
-and `manifest.json`, all through temporary files renamed at the end, so a failed run
-leaves no half-written table.
+values a normalized table maps to 0 and 1, `pairs(name)` the estimate/exact points of a
+`compare` table. In Jupyter a Results shows as HTML tables; `Results.plot(name)` gives a
+Figure. `save(dir)` writes `NAME.csv` per table, `NAME.examples.csv` (one row per experiment
+and example), `NAME.safetensors` per `read`, `NAME.pairs.csv` per `compare`, and
+`manifest.json`, all through temporary files renamed at the end, so a failed run leaves no
+half-written table.
 """
 
 from __future__ import annotations
@@ -247,6 +249,52 @@ class Results:
     def __repr__(self) -> str:
         return f"Results({', '.join(f'{k}: {len(v)} rows' for k, v in self.tables.items())})"
 
+    def _repr_html_(self) -> str:
+        """Jupyter: each table as an HTML table under its name (long tables: head and tail,
+        as pandas shows them), with the baselines of its normalized columns."""
+        import html
+
+        from patchc.plot_style import value_label
+
+        parts = []
+        for name, df in self.tables.items():
+            parts.append(f"<h4>{html.escape(name)} <small>({len(df)} rows)</small></h4>")
+            parts.append(df.to_html(index=False, max_rows=20, notebook=True))
+            info = self.manifest.get("tables", {}).get(name, {}).get("plot", {})
+            for col, cinfo in info.get("columns", {}).items():  # what 0 and 1 mean
+                if cinfo.get("baselines") and col in df.columns:
+                    label = value_label(col, cinfo).replace("\n", " ")
+                    parts.append(f"<p><small>{html.escape(label)}</small></p>")
+        return "\n".join(parts) or "<p>Results: no tables</p>"
+
+    def pairs(self, name: str) -> pd.DataFrame:
+        """A `compare` table's points: one row per (site, method[, metric]) with the estimate
+        and the exact swap's value (normalized as the table is); empty for other tables."""
+        table = self._table(name)
+        means = {nid: _mean(v) for nid, v in self._values.items()}
+        records = []
+        for p in table.pairs:
+            est, exact = means[p.estimate], means[p.metric]
+            if p.normalize:
+                target, source = p.normalize
+                t, s = means[target], means[source] if source else None
+                est, exact = _normalized(est, t, s), _normalized(exact, t, s)
+            node = self._ir.node(p.estimate)
+            site = str(node.site) + ("" if str(node.pos) == "*" else f" @ {node.pos}")
+            records.append({**dict(p.key), "site": site, "estimate": est, "exact": exact})
+        return pd.DataFrame.from_records(records)
+
+    def plot(self, name: str, column: str | None = None):
+        """A matplotlib Figure of table `name` (of `column`, default its first measured
+        one), as `patchc run --out` draws it; a one-row table as a small annotated table."""
+        from patchc.plots import figure
+
+        self._table(name)
+        entry = self.manifest.get("tables", {}).get(name, {})
+        pairs = self.pairs(name)
+        return figure(name, self.tables[name], list(entry.get("keys", [])),
+                      entry.get("plot"), pairs if not pairs.empty else None, column)
+
     def _table(self, name: str) -> Table:
         table = next((t for t in self._ir.tables if t.name == name), None)
         if table is None:
@@ -288,6 +336,10 @@ class Results:
                 if self._table(name).op == "read":
                     staged.append((self._stage_tensors(out, name),
                                    out / f"{name}.safetensors"))
+                pairs = self.pairs(name)  # compare: the points of its scatter plot
+                if not pairs.empty:
+                    staged.append((_stage(out, pairs.to_csv(index=False)),
+                                   out / f"{name}.pairs.csv"))
             text = json.dumps(self.manifest, indent=2, sort_keys=True, default=str)
             staged.append((_stage(out, text + "\n"), out / "manifest.json"))
         except BaseException:

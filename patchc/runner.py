@@ -43,6 +43,14 @@ def _options(checked: CheckedSpec, overrides: dict[str, Any]) -> CheckedSpec:
     return replace(checked, options=options)
 
 
+def set_span(spec: A.Spec, option: str, overrides: dict[str, Any]):
+    """The span of `set OPTION = ...`, or NO_SPAN when an override gave the value."""
+    if option in overrides:
+        return NO_SPAN
+    found = [s for s in spec.statements if isinstance(s, A.SetDecl) and s.name.value == option]
+    return found[0].span if found else NO_SPAN
+
+
 def _model_decl(spec: A.Spec) -> A.ModelDecl:
     decl = next((s for s in spec.statements if isinstance(s, A.ModelDecl)), None)
     if decl is None:
@@ -84,7 +92,7 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
     if values is None:  # a worker other than rank 0: its values went to rank 0
         return None
     results = _results(spec, decl, checked, model, device, ir, plan, values, seconds, naive,
-                       time.perf_counter() - start, group)
+                       time.perf_counter() - start, group, tokenizer)
     _observations(results, spec, checked, tokenizer)
     return results
 
@@ -109,8 +117,9 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
             loaded = load(decl.model_id, decl.revision, options, spec.source.base_dir,
                           trust_remote_code)
         except PatchcError as e:  # a failed load points at the `model` statement
-            if e.span == NO_SPAN:
-                e.span = decl.span
+            if e.span == NO_SPAN:  # (no CUDA: at `set device`, unless an override asked)
+                e.span = set_span(spec, "device", overrides) if e.code == "E410" else \
+                    decl.span
             raise
         return checked, loaded.model, loaded.tokenizer, loaded.device
     if tokenizer is None:
@@ -159,10 +168,14 @@ def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
 
 def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any, device: Any,
              ir: IRGraph, plan: Any, values: dict[str, Any], seconds: dict[str, float],
-             naive: bool, total: float, group: Any = None) -> Results:
+             naive: bool, total: float, group: Any = None, tokenizer: Any = None) -> Results:
+    from patchc.plotinfo import describe_tables
+
     options = checked.options
+    plot = describe_tables(ir, checked, tokenizer, values)  # titles, scales, tokens
     tables = {t.name: {"rows": len(t.rows), "columns": list(t.columns), "keys": _keys(t),
-                       "seconds": round(seconds.get(t.name, 0.0), 4)} for t in ir.tables}
+                       "seconds": round(seconds.get(t.name, 0.0), 4), "plot": plot[t.name]}
+              for t in ir.tables}
     hf_map = getattr(model, "hf_device_map", None)
     manifest = Manifest(
         spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
