@@ -143,3 +143,14 @@ def test_tokenizer_follows_its_files_not_the_model_type(tmp_path) -> None:
     spec = f'model "{tmp_path}"\n' + BODY
     res = patchc.run(spec)  # patchc loads model and tokenizer itself
     assert len(res["resid"]) > 0
+
+
+def test_sites_listing_shows_experts(tmp_path) -> None:
+    """`patchc sites` lists the expert sites of a mixture of experts, and none on a dense
+    model."""
+    from patchc.sitelist import render
+
+    for family, has in (("mixtral", True), ("llama", False)):
+        text = render(family, spec_from_config(build(family).config.to_dict()))
+        assert ("L*.E*.out" in text and "L*.router" in text) == has, family
+        assert max(len(line) for line in text.splitlines()[:6]) <= 100
