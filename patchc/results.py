@@ -338,8 +338,17 @@ class Results:
         one), as `patchc run --out` draws it; a one-row table as a small annotated table."""
         from patchc.plots import figure
 
-        self._table(name)
+        table = self._table(name)
         entry = self.manifest.get("tables", {}).get(name, {})
+        if table.op == "lens":  # the lens figure `patchc run --out` writes
+            from patchc.plot_lens import lens_figures
+
+            figs = lens_figures(name, self.tables[name], list(entry.get("keys", [])),
+                                entry.get("tokens"), entry.get("baselines"))
+            chosen = [f for col, _, f in figs if column in (None, col)]
+            if not chosen:
+                raise KeyError(f"table {name!r} has no measured column {column!r}")
+            return chosen[0]
         pairs = self.pairs(name)
         return figure(name, self.tables[name], list(entry.get("keys", [])),
                       entry.get("plot"), pairs if not pairs.empty else None, column)
