@@ -119,25 +119,26 @@ class HookLoop:
             for h in handles:
                 h.remove()
 
-    def _cache(self, ids: Tensor, kind: str) -> list[Tensor]:
-        got: dict[int, Tensor] = {}
-        keep = lambda i: lambda act: got.__setitem__(i, act.detach().clone())  # noqa: E731
-        self._run(ids, [(kind, i, keep(i)) for i in range(self.t.n_layers)])
-        return [got[i] for i in range(self.t.n_layers)]
+    def _cache(self, ids: Tensor, kinds: tuple[str, ...]) -> dict[tuple[str, int], Tensor]:
+        """Every layer's activation of each kind, from one forward."""
+        got: dict[tuple[str, int], Tensor] = {}
+        keep = lambda s: lambda act: got.__setitem__(s, act.detach().clone())  # noqa: E731
+        self._run(ids, [(k, i, keep((k, i))) for k in kinds for i in range(self.t.n_layers)])
+        return got
 
     @torch.no_grad()
     def heads(self, last: bool) -> Tensor:
         t, dh = self.t, self.t.d_head
-        src = self._cache(t.clean, "z")
+        src = self._cache(t.clean, ("z",))
         out = []
         for layer in range(t.n_layers):
             for h in range(t.n_heads):
                 cols = slice(h * dh, (h + 1) * dh)
                 pos = slice(-1, None) if last else slice(None)
 
-                def patch(act, layer=layer, cols=cols, pos=pos):
+                def patch(act, cols=cols, pos=pos, src=src["z", layer]):
                     act = act.clone()
-                    act[:, pos, cols] = src[layer][:, pos, cols]
+                    act[:, pos, cols] = src[:, pos, cols]
                     return act
                 out.append(self._run(t.corrupt, [("z", layer, patch)]).mean())
         return _vec(out)
@@ -146,11 +147,11 @@ class HookLoop:
     def positions(self, kinds: tuple[str, ...]) -> Tensor:
         t = self.t
         out = []
+        src = self._cache(t.clean, kinds)
         for kind in kinds:
-            src = self._cache(t.clean, kind)
             for layer in range(t.n_layers):
                 for p in range(t.width):
-                    def patch(act, p=p, src=src[layer]):
+                    def patch(act, p=p, src=src[kind, layer]):
                         act = act.clone()
                         act[:, p] = src[:, p]
                         return act
@@ -161,7 +162,7 @@ class HookLoop:
         t = self.t
         sites = [(k, layer) for k in KINDS for layer in range(t.n_layers)]
         with torch.no_grad():
-            clean = {k: self._cache(t.clean, k) for k in KINDS}
+            clean = self._cache(t.clean, KINDS)
         acts: dict[tuple[str, int], Tensor] = {}
         zeros: dict[tuple[str, int], Tensor] = {}
 
@@ -176,7 +177,7 @@ class HookLoop:
         with torch.enable_grad():
             m_b = self._run(t.corrupt, [(k, layer, keep((k, layer))) for k, layer in sites])
             grads = torch.autograd.grad(m_b.sum(), [zeros[s] for s in sites])
-        return _estimates(t, m_b.detach(), [clean[k][layer] for k, layer in sites],
+        return _estimates(t, m_b.detach(), [clean[s] for s in sites],
                           [acts[s] for s in sites], list(grads))
 
     @torch.no_grad()
@@ -184,9 +185,10 @@ class HookLoop:
         t = self.t
         out = [self._run(t.clean, [("mlp.out", layer, torch.zeros_like)]).mean()
                for layer in range(t.n_layers)]
-        means = [a.mean(0, keepdim=True) for a in self._cache(t.corrupt, "attn.out")]
+        src = self._cache(t.corrupt, ("attn.out",))
         for layer in range(t.n_layers):
-            fill = lambda act, m=means[layer]: m.expand_as(act).clone()  # noqa: E731
+            mean = src["attn.out", layer].mean(0, keepdim=True)
+            fill = lambda act, m=mean: m.expand_as(act).clone()  # noqa: E731
             out.append(self._run(t.clean, [("attn.out", layer, fill)]).mean())
         return _vec(out)
 
@@ -227,25 +229,25 @@ class TLens:
     def _ld(self, ids: Tensor, hooks: list) -> Tensor:
         return self.t.ld(self.b.run_with_hooks(ids, fwd_hooks=hooks))
 
-    def _cache(self, ids: Tensor, kind: str) -> list[Tensor]:
-        names = [self._name(kind, i) for i in range(self.t.n_layers)]
+    def _cache(self, ids: Tensor, kinds: tuple[str, ...]) -> dict[tuple[str, int], Tensor]:
+        names = {self._name(k, i): (k, i) for k in kinds for i in range(self.t.n_layers)}
         _, cache = self.b.run_with_cache(ids, names_filter=lambda n: n in names)
-        return [cache[n] for n in names]
+        return {site: cache[n] for n, site in names.items()}
 
     @torch.no_grad()
     def heads(self, last: bool) -> Tensor:
         t, dh = self.t, self.t.d_head
-        src = self._cache(t.clean, "z")
+        src = self._cache(t.clean, ("z",))
         pos = slice(-1, None) if last else slice(None)
         out = []
         for layer in range(t.n_layers):
             for h in range(t.n_heads):
-                def patch(z, hook, layer=layer, h=h):
+                def patch(z, hook, h=h, src=src["z", layer]):
                     z = z.clone()
                     if z.dim() == 4:  # [batch, pos, head, d_head]
-                        z[:, pos, h] = src[layer][:, pos, h]
+                        z[:, pos, h] = src[:, pos, h]
                     else:
-                        z[:, pos, h * dh:(h + 1) * dh] = src[layer][:, pos, h * dh:(h + 1) * dh]
+                        z[:, pos, h * dh:(h + 1) * dh] = src[:, pos, h * dh:(h + 1) * dh]
                     return z
                 out.append(self._ld(t.corrupt, [(self._name("z", layer), patch)]).mean())
         return _vec(out)
@@ -254,11 +256,11 @@ class TLens:
     def positions(self, kinds: tuple[str, ...]) -> Tensor:
         t = self.t
         out = []
+        src = self._cache(t.clean, kinds)
         for kind in kinds:
-            src = self._cache(t.clean, kind)
             for layer in range(t.n_layers):
                 for p in range(t.width):
-                    def patch(act, hook, p=p, src=src[layer]):
+                    def patch(act, hook, p=p, src=src[kind, layer]):
                         act = act.clone()
                         act[:, p] = src[:, p]
                         return act
@@ -297,9 +299,10 @@ class TLens:
         zero = lambda act, hook: torch.zeros_like(act)  # noqa: E731
         out = [self._ld(t.clean, [(self._name("mlp.out", layer), zero)]).mean()
                for layer in range(t.n_layers)]
-        means = [a.mean(0, keepdim=True) for a in self._cache(t.corrupt, "attn.out")]
+        src = self._cache(t.corrupt, ("attn.out",))
         for layer in range(t.n_layers):
-            fill = lambda act, hook, m=means[layer]: m.expand_as(act).clone()  # noqa: E731
+            mean = src["attn.out", layer].mean(0, keepdim=True)
+            fill = lambda act, hook, m=mean: m.expand_as(act).clone()  # noqa: E731
             out.append(self._ld(t.clean, [(self._name("attn.out", layer), fill)]).mean())
         return _vec(out)
 

@@ -10,7 +10,8 @@ Backward is one forward+backward, whatever the number of sites it serves.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import contextlib
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
@@ -40,9 +41,26 @@ def _metric_values(interp: "Interpreter", ir: IRGraph, metric: Metric, logits: t
     return M.evaluate(metric.expr, ctx)
 
 
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """Parameters without requires_grad for the duration (restored after, also on error):
+    the forward then records no weight-gradient paths and saves nothing for them."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
 def gradients(interp: "Interpreter", ir: IRGraph, metric_id: str, reads: list[str],
               rules: str = "grad", replace: dict[Site, Callable] | None = None,
-              repeat: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              repeat: int = 1, forward_reads: bool = False,
+              logits_out: Callable[[torch.Tensor], None] | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-example metric values [n] and d(metric)/d(site) at each Read's positions
     ([n, k, d] per read id), from one forward+backward of the metric's Forward.
 
@@ -50,12 +68,15 @@ def gradients(interp: "Interpreter", ir: IRGraph, metric_id: str, reads: list[st
     forward values, LRP's local backward). `replace[site](act)` edits a site's activation
     first (ig's interpolation points); `repeat` runs each row that many times in a row (ig's
     steps batched: the activations then have n * repeat rows, and so do the results).
+    `forward_reads`: the pass also stores every Read of the Forward (as its own forward
+    would), and `logits_out` receives its logits (detached): the Forward's pass and the
+    backward's are then one (runtime/execute.py).
     """
     metric: Metric = ir.node(metric_id)  # type: ignore[assignment]
     fwd: Forward = ir.node(metric.forward)  # type: ignore[assignment]
     batch = interp.run_inputs(fwd.run).batch.repeat(fwd.samples * repeat)
     columns = interp.columns_for(fwd.run)
-    hooks = interp.hooks_for(ir, metric.forward, fwd, batch, reads=False)
+    hooks = interp.hooks_for(ir, metric.forward, fwd, batch, reads=forward_reads)
     leaves: dict[Site, torch.Tensor] = {}
     sites = {}
     for rid in reads:
@@ -76,9 +97,11 @@ def gradients(interp: "Interpreter", ir: IRGraph, metric_id: str, reads: list[st
 
     grad_hooks = [(s.kind, s.layer, s.head, make_leaf(s)) for s in sites]
     # The rules go in first: writes and leaves then see the model's own (unchanged) values.
-    with torch.enable_grad(), lrp.rules_for(interp.adapter, rules), \
+    with torch.enable_grad(), frozen(interp.model), lrp.rules_for(interp.adapter, rules), \
             interp.adapter.hooks(hooks + grad_hooks):
         logits = interp.model(**batch.to(interp.device).model_kwargs()).logits
+        if logits_out is not None:
+            logits_out(logits.detach())
         values = _metric_values(interp, ir, metric, logits, batch)
         # Only the leaves' gradients: no weight gradients computed, no `.grad` left behind
         # on the model's parameters.
