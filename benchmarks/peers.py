@@ -254,13 +254,14 @@ def bench(model: str, args: argparse.Namespace) -> tuple[str, dict, dict]:
     diffs = differences(values)
     tols = {e: tolerance(values, e, dtype) for e in exps}
     names = [n for n in TOOLS if n in ts]
+    only = "".join(f" --only {e}" for e in args.only or ())
     shape = f"{task.n_layers} layers, {task.n_heads} heads, d {task.model.config.n_embd}"
     head = (f"{model} ({shape}; {task.clean.shape[0]} prompts x {task.width} tokens), "
             f"{args.device}, {args.dtype}, {torch.get_num_threads()} thread(s), torch "
             f"{torch.__version__}, transformers {tf.__version__}; minimum of {args.repeats} "
             f"interleaved round(s), seconds (± spread); max abs diff against the plain hooks "
             f"over every tool and number. Command: `python benchmarks/peers.py --model {model} "
-            f"--repeats {args.repeats}`.")
+            f"--repeats {args.repeats}{only}`.")
     return head + "\n\n" + table(seconds, diffs, bounds, names), diffs, tols
 
 
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
         text, diffs, tols = bench(model, args)
         print(text + "\n", flush=True)
         if args.write if args.write is not None else not args.quick:
-            write_doc(f"{model}:{args.device}:{args.dtype}", text)
+            subset = ":" + ",".join(args.only) if args.only else ""
+            write_doc(f"{model}:{args.device}:{args.dtype}{subset}", text)
         bad = [(e, t, d) for e, by in diffs.items() for t, d in by.items()
                if not d <= tols[e]]
         for e, t, d in bad:

@@ -28,7 +28,7 @@ from patchc.compiler.ir import Backward, Forward, IRGraph, Metric, Positions, Re
 from patchc.compiler.schedule import ForwardStep, Plan, schedule
 
 from . import metrics as M
-from .estimates import gradients
+from .estimates import Trim, chained, gradients
 from .inputs import Batch, position_index
 from .naive import ForwardOutput, Interpreter
 from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
@@ -103,7 +103,7 @@ class Executor(Interpreter):
         for step in plan.steps:
             started = time.perf_counter()
             if isinstance(step, ForwardStep) and step.members[0] in fused:
-                self.forward_backward(ir, step.members[0], fused[step.members[0]])
+                self.forward_backward(ir, step, fused[step.members[0]])
                 self.node_seconds[step.members[0]] = time.perf_counter() - started
                 done += 1
                 if self.progress:
@@ -144,20 +144,24 @@ class Executor(Interpreter):
             self._remap = None
 
     # ---- forwards -----------------------------------------------------------------------
-    def forward_backward(self, ir: IRGraph, fid: str, bid: str) -> None:
-        """Forward `fid` and the Backward `bid` of its metric in one pass with gradients:
-        the pass stores the Forward's Reads and output as its own step would, and the
-        Backward's value; its step later finds it done (2 forwards + 1 backward for an
-        attribution, not 3 + 1)."""
+    def forward_backward(self, ir: IRGraph, step: ForwardStep, bid: str) -> None:
+        """The step's one Forward and the Backward `bid` of its metric in one pass with
+        gradients: the pass stores the Forward's Reads and output as its own step would,
+        and the Backward's value; its step later finds it done (2 forwards + 1 backward
+        for an attribution, not 3 + 1). Logits are trimmed as in a plain step."""
+        fid = step.members[0]
         f: Forward = ir.node(fid)  # type: ignore[assignment]
         node: Backward = ir.node(bid)  # type: ignore[assignment]
+        batch = self.run_inputs(f.run).batch.repeat(f.samples)
+        columns = self.columns_for(f.run)
+        slots, index, tokens, remap = self._logit_plan(ir, step, [f], batch, columns)
+        trim = Trim(slots, index, tokens, remap) if slots is not None else None
         got: dict[str, torch.Tensor] = {}
         self.values[bid] = gradients(self, ir, node.metric, list(node.wrt), node.rules,
-                                     forward_reads=True,
+                                     forward_reads=True, trim=trim,
                                      logits_out=lambda t: got.__setitem__("logits", t))
-        batch = self.run_inputs(f.run).batch.repeat(f.samples)
-        self.values[fid] = self._output(ir, fid, f, batch, self.columns_for(f.run),
-                                        got["logits"], None, 0, None)
+        self.values[fid] = self._output(ir, fid, f, batch, columns, got["logits"], slots, 0,
+                                        remap)
 
     @torch.no_grad()
     def forward_step(self, ir: IRGraph, step: ForwardStep) -> None:
@@ -190,7 +194,8 @@ class Executor(Interpreter):
                                      lambda v, rid=rid: self.values.__setitem__(rid, v))
                     reads.append((r.site.kind, r.site.layer, r.site.head,
                                   _on_rows(rows, widen(fn, p0, width), whole)))
-        hooks = [(*key, _merged(entries, whole)) for key, entries in writes.items()] + reads
+        hooks = [(*key, _merged(entries, whole)) for key, entries in writes.items()] + \
+            chained(reads)
 
         feed = batch.to(self.device)
         k = len(members)

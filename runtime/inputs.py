@@ -89,7 +89,7 @@ def position_index(batch: Batch, pos: Positions, columns: dict[tuple[str, str], 
     last/index/column positions, hi-lo+1 for ranges, T for all positions (padding included:
     writes at padded indices are harmless, they are masked out)."""
     n, width = batch.n, batch.width
-    offsets = torch.tensor([batch.offset(i) for i in range(n)], dtype=torch.long)
+    offsets = width - torch.tensor(batch.lengths, dtype=torch.long)  # batch.offset(i)
     if pos.kind == "all":
         return torch.arange(width).expand(n, width)
     if pos.kind == "last":

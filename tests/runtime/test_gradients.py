@@ -397,14 +397,23 @@ def test_attribution_is_two_forwards_and_one_backward(any_family) -> None:
         if torch.is_grad_enabled():
             seen_param_grads.append(any(p.requires_grad for p in fam.model.parameters()))
     h2 = fam.model.register_forward_hook(watch)
+    head_shapes = []
+    h3 = fam.model.get_output_embeddings().register_forward_hook(
+        lambda m, a, out: head_shapes.append(tuple(out.shape)) if torch.is_grad_enabled()
+        else None)
     try:
         res = fam.run(HEAD + "attribute L*.mlp.out @ each, L*.resid_pre @ each "
                       "from clean into corrupt using atp measure ld as atp\n")
     finally:
         handle.remove()
         h2.remove()
+        h3.remove()
     assert sorted(calls) == [False, True], calls  # one plain forward, one with gradients
     assert seen_param_grads == [False]
+    # The gradient pass unembeds only the last position, for the answer and distractor ids.
+    vocab = fam.model.config.vocab_size
+    assert len(head_shapes) == 1 and head_shapes[0][1] == 1 and head_shapes[0][2] < vocab, \
+        head_shapes
     assert [p.requires_grad for p in fam.model.parameters()] == flags
     assert all(p.grad is None for p in fam.model.parameters())
     for p, flag in zip(fam.model.parameters(), before):
