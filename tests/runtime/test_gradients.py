@@ -410,10 +410,9 @@ def test_attribution_is_two_forwards_and_one_backward(any_family) -> None:
         h3.remove()
     assert sorted(calls) == [False, True], calls  # one plain forward, one with gradients
     assert seen_param_grads == [False]
-    # The gradient pass unembeds only the last position, for the answer and distractor ids.
-    vocab = fam.model.config.vocab_size
-    assert len(head_shapes) == 1 and head_shapes[0][1] == 1 and head_shapes[0][2] < vocab, \
-        head_shapes
+    # In the gradient pass the head's own product is skipped (it sees no positions): only
+    # the answer and distractor rows of the unembedding are applied, at the last position.
+    assert len(head_shapes) == 1 and head_shapes[0][1] == 0, head_shapes
     assert [p.requires_grad for p in fam.model.parameters()] == flags
     assert all(p.grad is None for p in fam.model.parameters())
     for p, flag in zip(fam.model.parameters(), before):
