@@ -306,13 +306,16 @@ def _fused_backwards(ir: IRGraph, plan: Plan) -> dict[str, str]:
     """Forward id -> Backward id, for each Backward whose metric's Forward can be run with
     gradients in its own step: a plain full pass of that Forward alone (not batched, no
     start layer or narrowing, no cache kept for others, no generation), with a metric that
-    compares with no other forward. One Backward per Forward (others run on their own)."""
+    compares with no other forward. One Backward per Forward (others run on their own);
+    both in this plan (a worker's share may hold only one of them)."""
     steps = {s.members[0]: s for s in plan.forward_steps() if len(s.members) == 1}
+    mine = {s.node for s in plan.steps if not isinstance(s, ForwardStep)}
     out: dict[str, str] = {}
     for bid, node in ir.of_type(Backward):
         metric: Metric = ir.node(node.metric)  # type: ignore[assignment]
         step = steps.get(metric.forward)
-        if step is None or metric.forward in out or metric.reference is not None:
+        if step is None or bid not in mine or metric.forward in out or \
+                metric.reference is not None:
             continue
         if step.p0 or step.start_layer or step.start or step.keep_kv or step.generate:
             continue
