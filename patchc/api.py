@@ -64,7 +64,7 @@ def load_spec(path_or_source: str | os.PathLike[str]) -> A.Spec:
     return parse(text, "<spec>", os.getcwd())
 
 
-def compile(  # noqa: A001 - the public name DESIGN.md asks for
+def compile(  # noqa: A001 - the public name (docs/language.md §12)
     path_or_source: str | os.PathLike[str], model_spec: ModelSpec | None = None
 ) -> Program:
     """Parse, check and lower a spec. Raises PatchcError (often SpecErrors, holding every

@@ -1,4 +1,4 @@
-"""The manifest of a run (LANGUAGE.md §9): what a paper cites so that others can rerun it.
+"""The manifest of a run (docs/language.md §12): what a paper cites so that others can rerun it.
 
 A pydantic model, because it crosses a file boundary: `patchc run --out DIR` writes it as
 DIR/manifest.json and `patchc verify DIR` reads it back.

@@ -43,6 +43,14 @@ def _options(checked: CheckedSpec, overrides: dict[str, Any]) -> CheckedSpec:
     return replace(checked, options=options)
 
 
+def set_span(spec: A.Spec, option: str, overrides: dict[str, Any]):
+    """The span of `set OPTION = ...`, or NO_SPAN when an override gave the value."""
+    if option in overrides:
+        return NO_SPAN
+    found = [s for s in spec.statements if isinstance(s, A.SetDecl) and s.name.value == option]
+    return found[0].span if found else NO_SPAN
+
+
 def _model_decl(spec: A.Spec) -> A.ModelDecl:
     decl = next((s for s in spec.statements if isinstance(s, A.ModelDecl)), None)
     if decl is None:
@@ -83,8 +91,10 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
         raise e.with_source(spec.source) from None
     if values is None:  # a worker other than rank 0: its values went to rank 0
         return None
-    return _results(spec, decl, checked, model, device, ir, plan, values, seconds, naive,
-                    time.perf_counter() - start, group)
+    results = _results(spec, decl, checked, model, device, ir, plan, values, seconds, naive,
+                       time.perf_counter() - start, group, tokenizer)
+    _observations(results, spec, checked, tokenizer)
+    return results
 
 
 def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
@@ -107,8 +117,9 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
             loaded = load(decl.model_id, decl.revision, options, spec.source.base_dir,
                           trust_remote_code)
         except PatchcError as e:  # a failed load points at the `model` statement
-            if e.span == NO_SPAN:
-                e.span = decl.span
+            if e.span == NO_SPAN:  # (no CUDA: at `set device`, unless an override asked)
+                e.span = set_span(spec, "device", overrides) if e.code == "E410" else \
+                    decl.span
             raise
         return checked, loaded.model, loaded.tokenizer, loaded.device
     if tokenizer is None:
@@ -157,10 +168,14 @@ def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
 
 def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any, device: Any,
              ir: IRGraph, plan: Any, values: dict[str, Any], seconds: dict[str, float],
-             naive: bool, total: float, group: Any = None) -> Results:
+             naive: bool, total: float, group: Any = None, tokenizer: Any = None) -> Results:
+    from patchc.plotinfo import describe_tables
+
     options = checked.options
+    plot = describe_tables(ir, checked, tokenizer, values)  # titles, scales, tokens
     tables = {t.name: {"rows": len(t.rows), "columns": list(t.columns), "keys": _keys(t),
-                       "seconds": round(seconds.get(t.name, 0.0), 4)} for t in ir.tables}
+                       "seconds": round(seconds.get(t.name, 0.0), 4), "plot": plot[t.name]}
+              for t in ir.tables}
     hf_map = getattr(model, "hf_device_map", None)
     manifest = Manifest(
         spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
@@ -172,6 +187,58 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any, 
         options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan),
         interpreter="naive" if naive else "optimized", total_seconds=round(total, 4))
     return Results(ir, values, manifest.model_dump())
+
+
+def _observations(results: Results, spec: A.Spec, checked: CheckedSpec, tokenizer: Any
+                  ) -> None:
+    """What the statements of §11 add to Results and the manifest: each table's operation
+    and the baselines of its normalized columns (printed with it, labelled in its plot), and
+    the tokens of the run a `read` or `lens` looked at (plot axes)."""
+    from patchc.runtime.inputs import encode
+
+    for op in spec.operations():
+        name = A.table_name(op)
+        info = results.manifest["tables"].get(name)
+        if info is None:
+            continue
+        info["op"] = A.op_keyword(op)
+        baselines = results.baselines(name)
+        if baselines:
+            info["baselines"] = baselines
+        if isinstance(op, (A.ReadSites, A.Lens)):
+            texts = list(checked.runs[op.target.value].texts)
+            results._tokens[name] = [tokenizer.convert_ids_to_tokens(ids)
+                                     for ids in encode(tokenizer, texts)]
+            info["tokens"] = results._tokens[name][0]  # plot labels (example 0)
+        if isinstance(op, A.ReadSites):
+            results._positions[name] = _read_positions(results, name, checked, op)
+
+
+def _read_positions(results: Results, name: str, checked: CheckedSpec, op: A.ReadSites
+                    ) -> dict[str, list[int]]:
+    """Which token positions each site of a `read` holds, for its first example (the
+    query axis of an attention figure)."""
+    n0 = len(results.tokens(name)[0])
+    info = checked.runs[op.target.value]
+    row0 = checked.data[info.data].rows[0] if info.data else {}
+    out = {}
+    for row in results._table(name).rows:
+        pos = results._ir.node(row.values[0][1]).pos  # type: ignore[union-attr]
+        if pos.kind == "all":
+            picked = list(range(n0))
+        elif pos.kind == "last":
+            picked = [n0 - 1]
+        elif pos.kind in ("index", "range"):
+            picked = list(range(pos.lo, (pos.hi if pos.kind == "range" else pos.lo) + 1))
+        elif pos.kind == "set":
+            picked = list(pos.values)
+        elif pos.kind == "column":
+            picked = [int(row0[pos.column[1]])]  # type: ignore[index]
+        else:  # span
+            picked = list(range(int(row0[pos.column[1]]),  # type: ignore[index]
+                                int(row0[pos.end[1]]) + 1))  # type: ignore[index]
+        out[dict(row.key)["site"]] = picked
+    return out
 
 
 def _table_seconds(ir: IRGraph, node_seconds: dict[str, float]) -> dict[str, float]:
