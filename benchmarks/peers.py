@@ -259,6 +259,8 @@ def bench(model: str, args: argparse.Namespace) -> tuple[str, dict, dict]:
     tols = {e: tolerance(values, e, dtype) for e in exps}
     names = [n for n in TOOLS if n in ts]
     only = "".join(f" --only {e}" for e in args.only or ())
+    if set(TOOLS) - set(args.tools):
+        only += f' --tools "{",".join(args.tools)}"'
     shape = f"{task.n_layers} layers, {task.n_heads} heads, d {task.model.config.n_embd}"
     head = (f"{model} ({shape}; {task.clean.shape[0]} prompts x {task.width} tokens), "
             f"{args.device}, {args.dtype}, {torch.get_num_threads()} thread(s), torch "
