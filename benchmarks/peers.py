@@ -18,7 +18,8 @@ seeded, built from GPT2Config and saved to a temporary directory with a word-lev
 Tools (each skipped if not installed): patchc (`patchc.run` of the spec, with the loaded
 model: check, lowering, passes, schedule and run are all timed), the plain hook loop (torch
 forward hooks on the HF modules, one forward per experiment: the reference every other tool is
-checked against), TransformerLens, nnsight, pyvene (benchmarks/peer_tools.py).
+checked against), TransformerLens, nnsight, pyvene (benchmarks/peer_tools.py and
+peer_tools_more.py).
 
 Timing: one intra-op thread (`--threads`), a warm-up call of every tool first, then `--repeats`
 rounds in which the tools take turns on each experiment; the minimum is reported, with the
@@ -45,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import transformers as tf  # noqa: E402
 from bench_common import build, prompts  # noqa: E402
-from peer_tools import EXPERIMENTS, HookLoop, NNsightTool, PyveneTool, Task, TLens  # noqa: E402
+from peer_tools import EXPERIMENTS, HookLoop, Task, TLens  # noqa: E402
+from peer_tools_more import NNsightTool, PyveneTool  # noqa: E402
 
 import patchc  # noqa: E402
 from patchc.compiler.schedule import run_shapes, schedule  # noqa: E402
