@@ -270,15 +270,16 @@ def _read_positions(results: Results, name: str, checked: CheckedSpec, op: A.Rea
 def _table_seconds(ir: IRGraph, node_seconds: dict[str, float]) -> dict[str, float]:
     """A table's time is that of every node it depends on (shared nodes, like a clean run
     read by many swaps, count toward each table that needs them)."""
-    import networkx as nx
-
     seconds = {}
     for table in ir.tables:
         refs = {nid for row in table.rows for _, nid in row.values}
         refs |= {p.estimate for p in table.pairs} | {p.metric for p in table.pairs}
-        deps = set(refs)
-        for r in refs:
-            deps |= nx.ancestors(ir.g, r)
+        deps, todo = set(refs), list(refs)  # refs and their ancestors: one walk, not one
+        while todo:                          # per ref (168 refs: 0.3 s of a 1 s run)
+            for pred in ir.g.predecessors(todo.pop()):
+                if pred not in deps:
+                    deps.add(pred)
+                    todo.append(pred)
         seconds[table.name] = sum(node_seconds.get(n, 0.0) for n in deps)
     return seconds
 
