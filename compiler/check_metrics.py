@@ -47,6 +47,9 @@ def check_expr(ctx: Context, e: A.MExpr) -> None:
             if node.n < 1:
                 ctx.error("E340", f"generate({node.n}) must generate at least one token",
                           node.span)
+            elif ctx.model is not None and node.n > ctx.model.n_ctx:  # whatever the prompts
+                ctx.error("E340", f"generate({node.n}) needs more positions than the model "
+                          f"has ({ctx.model.n_ctx})", node.span)
             values = ctx.column(node.answer)
             if values is not None:
                 _strings(ctx, node.answer, values, "answer")
@@ -87,19 +90,19 @@ def _check_tok(ctx: Context, tok: A.Tok, whole: bool = False) -> None:
             return
         label = f"`{tok.data}.{tok.column}`"
     else:
-        values, label = [tok.text], repr(tok.text)
+        values, label = [tok.text], ""
     if ctx.tokenizer is None:
         return
     for i, text in enumerate(values):
         n = len(ctx.tokenizer.encode_plain(text))
-        row = f" in row {i}" if isinstance(tok, A.ColumnRef) else ""
+        # A literal is named once by its text; a column by its name, row and text.
+        what = f"{label} in row {i} ({text!r})" if label else repr(text)
         if n == 0:
-            ctx.error("E341", f"answer {label}{row} ({text!r}) tokenizes to no tokens",
-                      tok.span)
+            ctx.error("E341", f"answer {what} tokenizes to no tokens", tok.span)
             return
         if n > 1 and not whole:  # seqlogprob (whole) scores every token
-            ctx.warn("W301", f"answer {label}{row} ({text!r}) tokenizes to {n} tokens; "
-                     "the first one is used", tok.span, once=f"tok:{tok.span}")
+            ctx.warn("W301", f"answer {what} tokenizes to {n} tokens; the first one is used",
+                     tok.span, once=f"tok:{tok.span}")
 
 
 def inlined(ctx: Context, e: A.MExpr) -> list[A.MExpr]:
@@ -151,6 +154,8 @@ def check_measures(ctx: Context, measures: tuple[A.Measure, ...], run: RunInfo |
                 ref = node.tok if isinstance(node, A.MCall) else node.answer
                 if isinstance(ref, A.ColumnRef):
                     _rows_match(ctx, ref, run, m.span)
+                if isinstance(node, A.MGenerate):
+                    _fits_context(ctx, node, run, m.span)
             elif isinstance(node, A.MKL):
                 kl_runs.setdefault(node.run, node.span)
                 other = ctx.runs.get(node.run)
@@ -162,6 +167,19 @@ def check_measures(ctx: Context, measures: tuple[A.Measure, ...], run: RunInfo |
         if len(kl_runs) > 1:
             ctx.error("E351", f"one measure compares with one run in kl(...); this one uses "
                       f"{', '.join(kl_runs)}", m.span)
+
+
+def _fits_context(ctx: Context, node: A.MGenerate, run: RunInfo, span: Span) -> None:
+    """generate(N) after the run's longest prompt stays within the model's positions (E340);
+    past them, the position embedding has no row for the next token."""
+    if ctx.model is None or run.max_tokens is None or node.n < 1:
+        return
+    need = run.max_tokens + node.n - 1  # the last generated token is never fed back
+    if need > ctx.model.n_ctx:
+        ctx.error("E340", f"generate({node.n}) after the {run.max_tokens}-token prompts of run "
+                  f"`{run.name}` needs {need} positions; the model has {ctx.model.n_ctx}",
+                  node.span, hint=f"generate at most {ctx.model.n_ctx - run.max_tokens + 1} "
+                  "tokens")
 
 
 def _check_version1(ctx: Context, m: A.Measure, run: RunInfo | None) -> None:

@@ -22,6 +22,7 @@ from .check_sites import (
 from .check_vectors import VectorChecker, sweeps
 from .checked import RunInfo
 from .errors import Span
+from .limits import MAX_IG_STEPS
 
 # Estimators of `attribute`/`compare`: method -> {argument: the value it takes}.
 # (`ig` interpolates in 32 steps unless `steps` says otherwise; lower.py applies defaults.)
@@ -202,6 +203,7 @@ def check_method(ctx: Context, method: A.Method) -> None:
         if want == "bool" and not isinstance(v, bool):
             ctx.error("E335", f"{method.name}({kw.name}=...) must be true or false; got {v!r}",
                       kw.span)
-        elif want == "int>=1" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            ctx.error("E335", f"{method.name}({kw.name}=...) must be an integer >= 1; "
-                      f"got {v!r}", kw.span)
+        elif want == "int>=1" and (isinstance(v, bool) or not isinstance(v, int) or
+                                   not 1 <= v <= MAX_IG_STEPS):
+            ctx.error("E335", f"{method.name}({kw.name}=...) must be an integer from 1 to "
+                      f"{MAX_IG_STEPS}; got {str(v)[:40]}", kw.span)

@@ -57,7 +57,45 @@ def cmd_check(args: argparse.Namespace) -> int:
     n_warn = len(program.warnings)
     warned = f", {n_warn} warning{'s' * (n_warn != 1)}" if n_warn else ""
     print(f"{args.spec}: ok: {len(counts)} table(s), {total} experiment(s){warned}: {tables}")
+    note = long_run_note(program)
+    if note:
+        print(note)
     return EXIT_OK
+
+
+# What a run's FLOPs are divided by to guess its time: a few CPU cores, one mid-range GPU.
+# Deliberately rough: it tells a one-minute run from a one-day run, no more.
+ASSUMED_FLOPS = {"cpu": 1e10, "gpu": 1e13}
+LONG_RUN_SECONDS = 60.0
+
+
+def long_run_note(program, min_seconds: float | None = None) -> str | None:
+    """One line for `check` when the run will be long: experiments, model passes, FLOPs and
+    an estimated time (compiler/costs.py through the schedule); None for a short run."""
+    from patchc.compiler.pipeline import PASSES
+    from patchc.compiler.schedule import run_shapes, schedule
+
+    checked = program.checked
+    dtype_bytes = 2 if checked.options.dtype in ("bfloat16", "float16") else 4
+    plan = schedule(program.optimized, checked.model, run_shapes(checked), None,
+                    checked.options.batch_size, dtype_bytes,
+                    passes=tuple(p.__name__ for p in PASSES))
+    o = plan.optimized
+    where = "cpu" if checked.options.device == "cpu" else "gpu"
+    seconds = o.flops / ASSUMED_FLOPS[where]
+    if seconds < (LONG_RUN_SECONDS if min_seconds is None else min_seconds):
+        return None
+    return (f"note: a long run: {sum(program.experiments.values())} experiment(s) in "
+            f"{o.forwards} model pass(es), {o.flops:.3g} FLOPs: about {_duration(seconds)} at "
+            f"{ASSUMED_FLOPS[where]:.0e} FLOP/s on {where} "
+            "(`patchc compile --emit plan` shows the plan)")
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -184,15 +222,63 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+# run() parameters that have their own flag: `--set` must not reach them as options.
+_RUN_FLAGS = {"naive": "--naive", "workers": "--workers N", "progress": "--quiet",
+              "trust_remote_code": "--trust-remote-code", "model": "the spec's `model` line",
+              "tokenizer": "the spec's `model` line", "path_or_source": "the SPEC argument"}
+
+
 def _overrides(pairs: list[str]) -> dict[str, object]:
-    """`--set dtype=bfloat16 --set seed=3` -> {"dtype": "bfloat16", "seed": 3}."""
+    """`--set dtype=bfloat16 --set seed=3` -> {"dtype": "bfloat16", "seed": 3}, each
+    validated here, so that a bad one is reported as the flag it is (not as line 1 of the
+    spec) before anything loads."""
+    from pydantic import ValidationError
+
+    from patchc.compiler.checked import Options
+
     out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        key, value = key.strip(), value.strip()
         if not sep or not key:
             raise _UsageError(f"patchc run: error: --set takes KEY=VALUE, got {pair!r}")
-        out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+        flag = f"patchc run: error: --set {key}={value}"
+        if key in _RUN_FLAGS:
+            raise _UsageError(f"{flag}: `{key}` is not a `set` option; use "
+                              f"{_RUN_FLAGS[key]}")
+        if key not in Options.model_fields:
+            raise _UsageError(f"{flag}: no such option (options are "
+                              f"{', '.join(Options.model_fields)})")
+        parsed: object = int(value) if value.lstrip("-").isdigit() else value
+        try:
+            Options(**{key: parsed})
+        except ValidationError as e:
+            why = e.errors()[0]["msg"].removeprefix("Value error, ")
+            raise _UsageError(f"{flag}: {why}") from None
+        out[key] = parsed
     return out
+
+
+def _check_placement(overrides: dict[str, object]) -> None:
+    """A `--set device=cuda` without CUDA, or a device map that cannot be read, is the
+    flag's mistake: say so before the model loads."""
+    import torch
+
+    device = overrides.get("device")
+    if isinstance(device, str) and device.startswith("cuda") and not torch.cuda.is_available():
+        raise _UsageError(f"patchc run: error: --set device={device}: no CUDA device is "
+                          "available (use cpu or auto)")
+    dm = overrides.get("device_map")
+    if isinstance(dm, str):
+        from patchc.compiler import device_map
+
+        try:
+            problem = device_map.valid_value(dm)
+            if problem:
+                raise ValueError(problem)
+            device_map.resolve(dm, os.getcwd())
+        except ValueError as e:
+            raise _UsageError(f"patchc run: error: --device-map {dm}: {e}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -207,6 +293,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     dm = overrides.get("device_map")
     if isinstance(dm, str) and dm.endswith(".json"):  # named on the command line: from the cwd
         overrides["device_map"] = str(Path(dm).resolve())
+    _check_placement(overrides)
     workers: int | str = "torchrun" if launched_by_torchrun() else args.workers
     if workers == "torchrun" and os.environ.get("RANK", "0") != "0":
         args.quiet = True  # one progress bar: rank 0's

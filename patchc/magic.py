@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shlex
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 
 class MagicUsageError(ValueError):
@@ -74,14 +74,25 @@ def run_cell(line: str, cell: str, namespace: dict[str, Any] | None = None):
     return results
 
 
-def load_ipython_extension(ipython) -> None:
+def cell_magic(line: str, cell: str, namespace: dict[str, Any] | None = None,
+               stream: TextIO | None = None):
+    """The magic itself: run_cell, but a mistake in the spec or the `%%patch` line is printed
+    as its located diagnostic (as `patchc check` prints it), not raised into a traceback."""
     from patchc.compiler.errors import PatchcError
 
+    try:
+        return run_cell(line, cell, namespace)
+    except PatchcError as e:
+        n = len(e.errors)
+        print(e.render() + (f"\n{n} errors" if n > 1 else ""), file=stream or sys.stderr)
+        return None
+    except MagicUsageError as e:
+        print(e, file=stream or sys.stderr)
+        return None
+
+
+def load_ipython_extension(ipython) -> None:  # pragma: no cover - needs IPython
     def patch(line: str, cell: str):
-        try:
-            return run_cell(line, cell, ipython.user_ns)
-        except (PatchcError, MagicUsageError) as e:  # the user's mistake: no traceback
-            print(e.render() if isinstance(e, PatchcError) else e, file=sys.stderr)
-            return None
+        return cell_magic(line, cell, ipython.user_ns)
 
     ipython.register_magic_function(patch, magic_kind="cell", magic_name="patch")

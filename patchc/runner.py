@@ -43,6 +43,14 @@ def _options(checked: CheckedSpec, overrides: dict[str, Any]) -> CheckedSpec:
     return replace(checked, options=options)
 
 
+def set_span(spec: A.Spec, option: str, overrides: dict[str, Any]):
+    """The span of `set OPTION = ...`, or NO_SPAN when an override gave the value."""
+    if option in overrides:
+        return NO_SPAN
+    found = [s for s in spec.statements if isinstance(s, A.SetDecl) and s.name.value == option]
+    return found[0].span if found else NO_SPAN
+
+
 def _model_decl(spec: A.Spec) -> A.ModelDecl:
     decl = next((s for s in spec.statements if isinstance(s, A.ModelDecl)), None)
     if decl is None:
@@ -109,8 +117,9 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
             loaded = load(decl.model_id, decl.revision, options, spec.source.base_dir,
                           trust_remote_code)
         except PatchcError as e:  # a failed load points at the `model` statement
-            if e.span == NO_SPAN:
-                e.span = decl.span
+            if e.span == NO_SPAN:  # (no CUDA: at `set device`, unless an override asked)
+                e.span = set_span(spec, "device", overrides) if e.code == "E410" else \
+                    decl.span
             raise
         return checked, loaded.model, loaded.tokenizer, loaded.device
     if tokenizer is None:

@@ -199,6 +199,10 @@ ablate L0.mlp.out in r  measure logit(m.answer), logit(" New York")
 ''')
     assert [w.code for w in c.warnings] == ["W301", "W301"]
     assert "tokenizes to 2 tokens; the first one is used" in c.warnings[0].message
+    # Each names its answer once: a column by name, row and text, a literal by its text.
+    assert c.warnings[0].message.startswith("answer `m.answer` in row 0 (' New York') ")
+    assert c.warnings[1].message.startswith("answer ' New York' tokenizes")
+    assert c.warnings[1].message.count("New York") == 1
 
 
 def test_without_tokenizer_token_checks_are_skipped(models: Models):

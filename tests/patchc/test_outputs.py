@@ -110,6 +110,20 @@ def test_lexer_has_no_error_tokens_on_the_examples():
         assert not [t for t in tokens if t[0] is Error], path
 
 
+def test_magic_prints_a_spec_error_without_a_traceback():
+    import io
+
+    from patchc.magic import cell_magic
+
+    out = io.StringIO()
+    ns: dict = {}
+    bad = SPEC.replace("measure", "measur", 1)
+    assert cell_magic("res", bad, ns, stream=out) is None and "res" not in ns
+    text = out.getvalue()
+    assert "error[E100]" in text and "did you mean `measure`?" in text
+    assert "Traceback" not in text
+
+
 def test_magic_returns_results_and_binds_a_name():
     ns: dict = {}
     results = run_cell("res", SPEC, ns)
