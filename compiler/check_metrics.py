@@ -93,16 +93,46 @@ def _check_tok(ctx: Context, tok: A.Tok, whole: bool = False) -> None:
         values, label = [tok.text], ""
     if ctx.tokenizer is None:
         return
+    unk = getattr(ctx.tokenizer, "unk_id", None)
+    unknown: list[int] = []
     for i, text in enumerate(values):
-        n = len(ctx.tokenizer.encode_plain(text))
+        ids = ctx.tokenizer.encode_plain(text)
+        n = len(ids)
         # A literal is named once by its text; a column by its name, row and text.
         what = f"{label} in row {i} ({text!r})" if label else repr(text)
         if n == 0:
             ctx.error("E341", f"answer {what} tokenizes to no tokens", tok.span)
             return
-        if n > 1 and not whole:  # seqlogprob (whole) scores every token
+        # the token(s) read: the first, or every one for seqlogprob (whole)
+        if unk is not None and unk in (ids if whole else ids[:1]):
+            unknown.append(i)
+        elif n > 1 and not whole:  # seqlogprob (whole) scores every token
             ctx.warn("W301", f"answer {what} tokenizes to {n} tokens; the first one is used",
                      tok.span, once=f"tok:{tok.span}")
+    if unknown:
+        _unknown_answers(ctx, tok, label, values, unknown)
+
+
+def _unknown_answers(ctx: Context, tok: A.Tok, label: str, values: list, rows: list[int]
+                     ) -> None:
+    """Answers outside the tokenizer's vocabulary read the logit of its unknown-word token:
+    an error when every answer is unknown, else a warning naming the rows."""
+    if not isinstance(tok, A.ColumnRef):
+        ctx.error("E380", f"answer {values[0]!r} is not in the tokenizer's vocabulary (it "
+                  "would read the unknown-word token)", tok.span, hint="check the spelling")
+        return
+    table = ctx.data.get(tok.data)
+    where = table.where if table is not None else (lambda i: f"row {i}")
+    named = ", ".join(f"{where(i)} ({values[i]!r})" for i in rows[:5])
+    more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+    if len(rows) == len(values):
+        ctx.error("E380", f"no answer in {label} is in the tokenizer's vocabulary: {named}"
+                  f"{more} would all read the unknown-word token", tok.span,
+                  hint="is this the tokenizer of the model the data was written for?")
+        return
+    ctx.warn("W380", f"{len(rows)} answer(s) in {label} are not in the tokenizer's "
+             f"vocabulary and read the unknown-word token: {named}{more}", tok.span,
+             hint="fix their spelling, or drop those rows", once=f"unk:{tok.span}")
 
 
 def inlined(ctx: Context, e: A.MExpr) -> list[A.MExpr]:

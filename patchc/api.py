@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from patchc.results import Results
 
 
+class PatchcWarning(UserWarning):
+    """A patchc warning (W###) raised through Python's warnings by `run`; the diagnostic
+    itself is in `Results.warnings`."""
+
+
 @dataclass(frozen=True)
 class Program:
     """A compiled spec: its AST, what checking learned, and the IR (unoptimized and
@@ -101,7 +106,12 @@ def run(
     """
     from patchc.runner import execute
 
+    import warnings
+
     spec = load_spec(path_or_source)
-    return execute(spec, model=model, tokenizer=tokenizer, naive=naive,
-                   trust_remote_code=trust_remote_code, progress=progress, overrides=overrides,
-                   workers=workers)
+    results = execute(spec, model=model, tokenizer=tokenizer, naive=naive,
+                      trust_remote_code=trust_remote_code, progress=progress,
+                      overrides=overrides, workers=workers)
+    for w in results.warnings if results is not None else []:
+        warnings.warn(w.render(), PatchcWarning, stacklevel=2)
+    return results

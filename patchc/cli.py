@@ -282,9 +282,6 @@ def _check_placement(overrides: dict[str, object]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from patchc.api import run
     from patchc.workers import launched_by_torchrun
 
     overrides = _overrides(args.set or [])
@@ -299,18 +296,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.quiet = True  # one progress bar: rank 0's
     if workers != "torchrun" and workers < 1:
         raise _UsageError(f"patchc run: error: --workers must be at least 1, got {workers}")
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), transient=True, disable=args.quiet,
-                  console=None) as bar:
-        task = bar.add_task("forward passes", total=None)
+    lock = None
+    if args.out and os.environ.get("RANK", "0") == "0":  # only rank 0 writes
+        from patchc.outputs import OutputLock, check_out
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        results = run(args.spec, naive=args.naive, trust_remote_code=args.trust_remote_code,
-                      progress=progress, workers=workers, **overrides)
-    if results is not None:
-        _report(results, args)
+        # A bad --out fails before anything is computed; the lock is held until the new
+        # result is in place, so a second run into the same folder is refused at once.
+        lock = OutputLock(check_out(args.out, args.force)).acquire()
+    try:
+        results = _run_with_bar(args, workers, overrides)
+        if results is not None:
+            _report(results, args, lock)
+    finally:
+        if lock is not None:
+            lock.release()
     if workers == "torchrun":
         # torch.distributed's C++ threads can abort the interpreter's teardown
         # (std::terminate), and torchrun then reports a failed worker. Everything is written
@@ -321,8 +320,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report(results, args: argparse.Namespace) -> None:
-    """Print each table's head; with --out, write the tables, manifest and plots."""
+def _run_with_bar(args: argparse.Namespace, workers: int | str, overrides: dict):
+    import warnings
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from patchc.api import PatchcWarning, run
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), transient=True, disable=args.quiet,
+                  console=None) as bar:
+        task = bar.add_task("forward passes", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        with warnings.catch_warnings():  # printed below as diagnostics, once
+            warnings.simplefilter("ignore", PatchcWarning)
+            return run(args.spec, naive=args.naive, trust_remote_code=args.trust_remote_code,
+                       progress=progress, workers=workers, **overrides)
+
+
+def _report(results, args: argparse.Namespace, lock=None) -> None:
+    """Print the warnings and each table's head; with --out, write the result folder."""
+    for w in results.warnings:
+        print(w.render(), file=sys.stderr)
     for name, df in results.tables.items():
         seconds = results.manifest["tables"][name]["seconds"]
         print(f"== {name}: {len(df)} rows ({seconds:.2f} s)")
@@ -334,31 +356,27 @@ def _report(results, args: argparse.Namespace) -> None:
         for col, b in results.baselines(name).items():
             print(f"   {col} normalized: {baseline_label(b)}")
     if args.out:
-        from patchc.plots import plot_dir
+        from patchc.outputs import save_result
 
-        written = results.save(args.out)
-        if not args.no_plots:
-            written += plot_dir(args.out)
+        written = save_result(results, args.out, force=args.force, plots=not args.no_plots,
+                              lock=lock)
         print(f"wrote {', '.join(str(p) for p in written)}")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from patchc.verify import verify_dir
+    from patchc.verify import tolerance_line, verdict, verify_dir
 
-    result = verify_dir(args.dir, atol=args.atol, rtol=args.rtol, spec_dir=args.spec_dir)
-    print(f"{'ok  ' if result.weights_ok else 'FAIL'} weights hash "
-          f"{'matches' if result.weights_ok else 'differs from'} the manifest")
-    for t in result.tables:
-        note = f" ({t.note})" if t.note else ""
-        print(f"{'ok  ' if t.ok else 'FAIL'} {t.name}: max |diff| = {t.max_abs_diff:.3g}{note}")
-    print("verified" if result.ok else "verification FAILED")
+    print(tolerance_line(args.atol, args.rtol), flush=True)
+    result = verify_dir(args.dir, atol=args.atol, rtol=args.rtol, spec_dir=args.spec_dir,
+                        echo=lambda line: print(line, flush=True))
+    print(verdict(result))
     return EXIT_OK if result.ok else EXIT_USER
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from patchc.plots import plot_dir
+    from patchc.outputs import redraw_plots
 
-    written = plot_dir(args.dir)
+    written = redraw_plots(args.dir)
     print(f"wrote {', '.join(str(p) for p in written)}" if written else "nothing to plot")
     return EXIT_OK
 
@@ -419,12 +437,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=20, help="rows of each table to print")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="write no PNGs")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out folder that holds other files (they are kept; "
+                   "same-named ones are replaced)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("verify", help="rerun the spec of a result folder and compare tables")
     p.add_argument("dir")
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--atol", type=float, default=0.0,
+                   help="absolute tolerance (default 0: a rerun on the same machine is exact)")
+    p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default 0)")
     p.add_argument("--spec-dir", help="where the spec's relative paths resolve (default: "
                    "the recorded spec file's folder)")
     p.set_defaults(func=cmd_verify)

@@ -54,7 +54,9 @@ def figures(name: str, df: pd.DataFrame, keys: list[str], info: dict[str, Any] |
     cols = measured_columns(df, keys)
     out = []
     for col in cols:
-        fig = draw_column(name, df, keys, col, info)
+        # inf cells are left blank like NaN ones (matplotlib warns on infinite values)
+        finite = df[col].astype(float).map(math.isfinite)
+        fig = draw_column(name, df.assign(**{col: df[col].where(finite)}), keys, col, info)
         if fig is not None:
             suffix = "" if len(cols) == 1 else "_" + "".join(
                 ch if ch.isalnum() or ch in "_-" else "_" for ch in col)
@@ -221,11 +223,17 @@ def plot_dir(out_dir: str | Path) -> list[Path]:
     """Redraw every table of a result folder from its CSVs and manifest.json."""
     from patchc.compiler.errors import PatchcError
     from patchc.manifest import read_manifest
+    from patchc.outputs import check_file_name
 
     d = Path(out_dir)
     manifest = read_manifest(d)
+    tables = manifest.get("tables", {})
+    if not isinstance(tables, dict) or not all(isinstance(i, dict) for i in tables.values()):
+        raise PatchcError("E604", f"{d / 'manifest.json'}: `tables` must map names to objects")
+    for name in tables:  # names come from a file: never read or write outside the folder
+        check_file_name(f"{name}.csv")
     written: list[Path] = []
-    for name, info in manifest.get("tables", {}).items():
+    for name, info in tables.items():
         csv = d / f"{name}.csv"
         if not csv.is_file():
             raise PatchcError("E602", f"{csv} is missing")

@@ -8,10 +8,13 @@ strings: they are in the per-example output only. `Results.per_example(name)` ha
 per-example values, `activations(name)` the tensors of a `read`, `baselines(name)` the
 values a normalized table maps to 0 and 1, `pairs(name)` the estimate/exact points of a
 `compare` table. In Jupyter a Results shows as HTML tables; `Results.plot(name)` gives a
-Figure. `save(dir)` writes `NAME.csv` per table, `NAME.examples.csv` (one row per experiment
-and example), `NAME.safetensors` per `read`, `NAME.pairs.csv` per `compare`, and
-`manifest.json`, all through temporary files renamed at the end, so a failed run leaves no
-half-written table.
+Figure. `save(dir)` writes the result folder (patchc/outputs.py, staged and moved into place
+at once): `NAME.csv` per table, `NAME.examples.csv` (one row per experiment and example),
+`NAME.safetensors` per `read`, `NAME.pairs.csv` per `compare`, any file of
+`Results.outputs`, and `manifest.json`.
+
+`normalized` divides by the gap between two baselines; where they are equal the column is NaN
+and `Results.warnings` holds a W470 that names the table and both values.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
 
+from patchc.compiler.errors import PatchcError, Warning_
 from patchc.compiler.ir import IRGraph, Table
 
 
@@ -91,13 +94,50 @@ def spearman(x: list[float], y: list[float]) -> float:
     return pearson(_ranks(x), _ranks(y))
 
 
-def build_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
-    """One DataFrame from a lowered table and the per-example values of its nodes."""
+class _ZeroGaps:
+    """The baselines of `normalized` columns whose gap was zero, for one warning a table."""
+
+    def __init__(self) -> None:
+        self.cases: dict[str, list[tuple[float, float | None]]] = {}
+
+    def check(self, col: str, target: float, source: float | None) -> None:
+        gap = target if source is None else source - target
+        if gap == 0:
+            self.cases.setdefault(col, []).append((target, source))
+
+    def warning(self, table: Table) -> PatchcError | None:
+        if not self.cases:
+            return None
+        parts = []
+        for col, cases in self.cases.items():
+            t, s = cases[0]
+            both = (f"the unpatched run's {col} is {t:g} (it divides)" if s is None else
+                    f"both baselines are {t:g} (target run) and {s:g} (source run)")
+            parts.append(f"`{col} normalized` is NaN in {len(cases)} row(s): {both}")
+        return Warning_("W470", f"table `{table.name}`: " + "; ".join(parts) + ", so "
+                        "there is nothing to normalize by", table.span,
+                        hint="the runs being compared give the same value (identical runs, "
+                        "or an ablation with the run's own mean): drop `normalized`")
+
+
+def build_table(table: Table, values: dict[str, Any],
+                warnings: list[PatchcError] | None = None) -> pd.DataFrame:
+    """One DataFrame from a lowered table and the per-example values of its nodes.
+    A warning about the table (W470) is appended to `warnings`."""
     if table.op == "read":
         return _read_table(table, values)
     means = {nid: _mean(v) for nid, v in values.items()}
-    if table.pairs:
-        return _compare_table(table, means)
+    gaps = _ZeroGaps()
+    df = (_compare_table(table, means, gaps) if table.pairs
+          else _rows_table(table, values, means, gaps))
+    w = gaps.warning(table)
+    if w is not None and warnings is not None:
+        warnings.append(w)
+    return df
+
+
+def _rows_table(table: Table, values: dict[str, Any], means: dict[str, float],
+                gaps: _ZeroGaps) -> pd.DataFrame:
     records = []
     texts: set[str] = set()
     for row in table.rows:
@@ -115,6 +155,7 @@ def build_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
                 keep = ~torch.isnan(values[nid].float())
                 t = _mean(values[target][keep])
                 s = _mean(values[source][keep]) if source else None
+                gaps.check(col, t, s)
                 m = _normalized(m, t, s)
                 scale = abs(s - t) if s is not None else abs(t)
                 se = se / scale if scale else math.nan
@@ -152,13 +193,14 @@ def _read_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=list(table.columns))
 
 
-def _compare_table(table: Table, means: dict[str, float]) -> pd.DataFrame:
+def _compare_table(table: Table, means: dict[str, float], gaps: _ZeroGaps) -> pd.DataFrame:
     groups: dict[tuple, tuple[list[float], list[float]]] = {}
     for p in table.pairs:
         est, exact = means[p.estimate], means[p.metric]
         if p.normalize:
             target, source = p.normalize
             t, s = means[target], means[source] if source else None
+            gaps.check("compare", t, s)
             est, exact = _normalized(est, t, s), _normalized(exact, t, s)
         xs, ys = groups.setdefault(p.key, ([], []))
         xs.append(est)
@@ -226,12 +268,19 @@ class Results:
     """Tables by name (`results["heads"]` is a DataFrame), per-example values, manifest."""
 
     def __init__(self, ir: IRGraph, values: dict[str, Any], manifest: dict[str, Any],
-                 tokens: dict[str, list[list[str]]] | None = None) -> None:
-        self.tables: dict[str, pd.DataFrame] = {t.name: build_table(t, values)
+                 tokens: dict[str, list[list[str]]] | None = None,
+                 warnings: list[PatchcError] | None = None) -> None:
+        # Warnings of the whole run: check's, the runner's, and the tables' own (W470).
+        self.warnings: list[PatchcError] = list(warnings or [])
+        self.tables: dict[str, pd.DataFrame] = {t.name: build_table(t, values, self.warnings)
                                                 for t in ir.tables}
         self._ir = ir
         self._values = values
         self.manifest = manifest
+        # Output files besides the tables' own: file name -> a function writing it at the
+        # path it is given (e.g. `lambda p: save_file(tensors, str(p))`). They are staged
+        # and moved into place with the rest, listed in the manifest, compared by verify.
+        self.outputs: dict[str, Callable[[Path], None]] = {}
         self._tokens: dict[str, list[list[str]]] = dict(tokens or {})
         self._positions: dict[str, dict[str, list[int]]] = {}  # read -> site -> positions
 
@@ -320,57 +369,40 @@ class Results:
         """The tokens of each example of the run a `read` or `lens` table looked at."""
         return self._tokens.get(name, [])
 
-    def save(self, out_dir: str | os.PathLike[str]) -> list[Path]:
-        """Write NAME.csv per table and manifest.json into out_dir. Every file is written
-        to a temporary name first and renamed only once all of them are complete."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        staged: list[tuple[str, Path]] = []
-        try:
-            for name, df in self.tables.items():
-                staged.append((_stage(out, df.to_csv(index=False)), out / f"{name}.csv"))
-                examples = self.per_example(name)
-                if not examples.empty:
-                    staged.append((_stage(out, examples.to_csv(index=False)),
-                                   out / f"{name}.examples.csv"))
-                if self._table(name).op == "read":
-                    staged.append((self._stage_tensors(out, name),
-                                   out / f"{name}.safetensors"))
-                pairs = self.pairs(name)  # compare: the points of its scatter plot
-                if not pairs.empty:
-                    staged.append((_stage(out, pairs.to_csv(index=False)),
-                                   out / f"{name}.pairs.csv"))
-            text = json.dumps(self.manifest, indent=2, sort_keys=True, default=str)
-            staged.append((_stage(out, text + "\n"), out / "manifest.json"))
-        except BaseException:
-            for tmp, _ in staged:
-                Path(tmp).unlink(missing_ok=True)
-            raise
-        for tmp, final in staged:
-            os.replace(tmp, final)
-        return [final for _, final in staged]
+    def write_files(self, folder) -> None:
+        """Write every output file of the run (not the manifest) into a folder
+        (patchc/outputs.Folder: a run's staging folder, or verify's rerun folder): per
+        table NAME.csv, NAME.examples.csv, NAME.safetensors for a `read`, NAME.pairs.csv
+        for a `compare`; then each of `self.outputs`."""
+        for name, df in self.tables.items():
+            folder.write_text(f"{name}.csv", df.to_csv(index=False))
+            examples = self.per_example(name)
+            if not examples.empty:
+                folder.write_text(f"{name}.examples.csv", examples.to_csv(index=False))
+            if self._table(name).op == "read":
+                self._write_tensors(folder.path(f"{name}.safetensors"), name)
+            pairs = self.pairs(name)  # compare: the points of its scatter plot
+            if not pairs.empty:
+                folder.write_text(f"{name}.pairs.csv", pairs.to_csv(index=False))
+        for name, write in self.outputs.items():
+            write(folder.path(name))
 
-    def _stage_tensors(self, out: Path, name: str) -> str:
+    def save(self, out_dir: str | os.PathLike[str], force: bool = False,
+             plots: bool = False) -> list[Path]:
+        """Write the result folder out_dir (write_files, manifest.json, and the PNGs with
+        `plots`), all at once: see patchc/outputs.py. Refuses a folder that holds other
+        files unless `force`."""
+        from patchc.outputs import save_result
+
+        return save_result(self, out_dir, force=force, plots=plots)
+
+    def _write_tensors(self, path: Path, name: str) -> None:
         """NAME.safetensors: one tensor per site; the metadata holds each example's tokens
         and each site's positions in the first example (JSON), for plots drawn from the
         folder alone."""
+        from safetensors.torch import save_file
+
         meta = {"tokens": json.dumps(self.tokens(name)),
                 "positions": json.dumps(self._positions.get(name, {}))}
-        return _stage_tensors_file(out, self.activations(name), meta)
-
-
-def _stage_tensors_file(directory: Path, tensors: dict[str, torch.Tensor],
-                        metadata: dict[str, str]) -> str:
-    from safetensors.torch import save_file
-
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".patchc-", suffix=".tmp")
-    os.close(fd)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-    return tmp
-
-
-def _stage(directory: Path, text: str) -> str:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".patchc-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    return tmp
+        tensors = {k: v.contiguous() for k, v in self.activations(name).items()}
+        save_file(tensors, str(path), metadata=meta)

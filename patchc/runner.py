@@ -22,6 +22,7 @@ from patchc.compiler.errors import NO_SPAN, PatchcError, RuntimeInterventionErro
 from patchc.compiler.ir import Backward, Forward, IRGraph
 from patchc.compiler.lower import lower
 from patchc.manifest import Manifest, sha256_text, versions
+from patchc.run_record import what_ran
 from patchc.results import Results
 
 
@@ -82,6 +83,8 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
                            overrides)
     start = time.perf_counter()
     decl = _model_decl(spec)
+    inputs = _hash_inputs(spec, overrides)
+    given = model is not None  # the caller's model, not the spec's `model` line, runs
     try:
         checked, model, tokenizer, device = prepare(spec, model, tokenizer, trust_remote_code,
                                                     overrides, group)
@@ -91,8 +94,8 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
         raise e.with_source(spec.source) from None
     if values is None:  # a worker other than rank 0: its values went to rank 0
         return None
-    results = _results(spec, decl, checked, model, device, ir, plan, values, seconds, naive,
-                       time.perf_counter() - start, group, tokenizer)
+    results = _results(spec, decl, checked, model, tokenizer, device, ir, plan, values,
+                       seconds, naive, time.perf_counter() - start, group, inputs, given)
     _observations(results, spec, checked, tokenizer)
     return results
 
@@ -166,9 +169,18 @@ def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
     return values, _table_seconds(ir, node_seconds), ir, plan
 
 
-def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any, device: Any,
-             ir: IRGraph, plan: Any, values: dict[str, Any], seconds: dict[str, float],
-             naive: bool, total: float, group: Any = None, tokenizer: Any = None) -> Results:
+def _hash_inputs(spec: A.Spec, overrides: dict[str, Any] | None) -> dict[str, str]:
+    """The sha256 of every file the spec reads, taken before they are read."""
+    from patchc.manifest import hash_inputs, spec_files
+
+    dm = (overrides or {}).get("device_map")
+    return hash_inputs(spec_files(spec, dm), spec.source.base_dir)
+
+
+def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
+             tokenizer: Any, device: Any, ir: IRGraph, plan: Any, values: dict[str, Any],
+             seconds: dict[str, float], naive: bool, total: float, group: Any = None,
+             inputs: dict[str, str] | None = None, given: bool = False) -> Results:
     from patchc.plotinfo import describe_tables
 
     options = checked.options
@@ -177,16 +189,29 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any, 
                        "seconds": round(seconds.get(t.name, 0.0), 4), "plot": plot[t.name]}
               for t in ir.tables}
     hf_map = getattr(model, "hf_device_map", None)
+    ran = what_ran(spec, decl, model, tokenizer, given)
     manifest = Manifest(
         spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
-        spec_file=spec.source.filename, model_id=decl.model_id, revision=decl.revision,
-        weights_sha256=_weights_hash(model), versions=versions(), device=str(device),
+        spec_file=ran.spec_file, spec_dir=ran.spec_dir, model_id=decl.model_id,
+        model_path=ran.model_path, revision=decl.revision, weights_sha256=_weights_hash(model),
+        tokenizer_sha256=ran.tokenizer_sha256, inputs=inputs or {},
+        versions=versions(), device=str(device),
         device_map={str(k): v for k, v in hf_map.items()} if hf_map else None,
-        workers=group.world if group is not None else 1,
+        workers=group.world if group is not None else 1, threads=_threads(),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
         options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan),
         interpreter="naive" if naive else "optimized", total_seconds=round(total, 4))
-    return Results(ir, values, manifest.model_dump())
+    results = Results(ir, values, manifest.model_dump(),
+                      warnings=[*checked.warnings, *ran.warnings])
+    for w in results.warnings:  # the tables' own warnings point into the spec too
+        w.with_source(spec.source)
+    return results
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _observations(results: Results, spec: A.Spec, checked: CheckedSpec, tokenizer: Any

@@ -38,6 +38,8 @@ ODD = SEPARATORS + [
     "-(" * 300, " " * 3000, "é", "\U0001f600", "# c\f\u2028", "@ first", "@ {}", "@ {1,3,9}",
     "measur", "normalised", "  swap", "\n  ", "samples=100000000", "steps=100000000",
     "generate(99999)", "set seed = 99999999999999999999\n", '"\\u0000"', "L99999999999.z",
+    "@ ioi.a..ioi.b", " normalized between clean and corrupt", "seqlogprob(ioi.answer)",
+    "text(3)", "read L0.resid_post @ last in clean\n", "lens L*.resid_post in clean\n",
 ]
 
 # Words that keep a spec well-formed but wrong (check's errors rather than the parser's).
