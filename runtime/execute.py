@@ -190,7 +190,8 @@ class Executor(Interpreter):
         slots, index, tokens, remap = self._logit_plan(ir, step, members, batch, columns)
         head = self.model.get_output_embeddings()
         with self.adapter.hooks(hooks), \
-                skip_layers(self.adapter.layers(), step.start_layer, state), \
+                skip_layers(self.adapter.layers(), step.start_layer, state,
+                            self.adapter.fam.tuple_blocks), \
                 trimmed_logits(head, index, tokens):
             out = self.model(**kwargs)
         if step.keep_kv:
