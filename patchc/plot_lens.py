@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from patchc.plot_style import new_figure, text, token_text
+from patchc.plot_style import baseline_label, new_figure, text, token_text
 
 SEQUENTIAL = ("prob", "rank", "==", "!=", "<", ">")
 
@@ -21,8 +21,6 @@ def _label(col: str, baselines: dict) -> str:
     b = baselines.get(col)
     if not b:
         return text(col)
-    from patchc.results import baseline_label
-
     return text(f"{col} (normalized: {baseline_label(b)})")
 
 

@@ -256,14 +256,6 @@ def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[s
     return out
 
 
-def baseline_label(b: dict[str, Any]) -> str:
-    """`0 = corrupt (-0.68), 1 = clean (7.12)` for a column's baselines."""
-    def side(k: str) -> str:
-        run, v = b[k]["run"], b[k]["value"]
-        return f"{k} = {run} ({v:.4g})" if run else f"{k} = zero"
-    return f"{side('0')}, {side('1')}"
-
-
 class Results:
     """Tables by name (`results["heads"]` is a DataFrame), per-example values, manifest."""
 

@@ -27,10 +27,10 @@ from .writes import ReadValue, _features, gather, scatter
 IG_ROWS = 64  # rows (examples x steps) per batched ig pass unless `set batch_size` says
 
 if TYPE_CHECKING:
-    from .naive import Interpreter
+    from .context import RunContext
 
 
-def _metric_values(interp: "Interpreter", ir: IRGraph, metric: Metric, logits: torch.Tensor,
+def _metric_values(interp: "RunContext", ir: IRGraph, metric: Metric, logits: torch.Tensor,
                    batch, trim: "Trim | None" = None) -> torch.Tensor:
     """Differentiable per-example metric values from full logits [N, T, V], or from logits
     trimmed as `trim` says ([N, K, U]: the metric's slot among K positions, U token ids)."""
@@ -100,7 +100,7 @@ def _chain(fns: list[Callable]) -> Callable:
     return fn
 
 
-def gradients(interp: "Interpreter", ir: IRGraph, metric_id: str, reads: list[str],
+def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str],
               rules: str = "grad", replace: dict[Site, Callable] | None = None,
               repeat: int = 1, forward_reads: bool = False,
               logits_out: Callable[[torch.Tensor], None] | None = None,
@@ -175,12 +175,12 @@ def gradients(interp: "Interpreter", ir: IRGraph, metric_id: str, reads: list[st
     return values.detach(), out
 
 
-def run_backward(interp: "Interpreter", ir: IRGraph, nid: str, node: Backward
+def run_backward(interp: "RunContext", ir: IRGraph, nid: str, node: Backward
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return gradients(interp, ir, node.metric, list(node.wrt), node.rules)
 
 
-def run_estimate(interp: "Interpreter", ir: IRGraph, node: Estimate) -> torch.Tensor:
+def run_estimate(interp: "RunContext", ir: IRGraph, node: Estimate) -> torch.Tensor:
     """Per-example estimate of the swapped metric [n]."""
     if node.method == "dla":
         return dla.run_dla(interp, ir, node)
@@ -215,7 +215,7 @@ def run_estimate(interp: "Interpreter", ir: IRGraph, node: Estimate) -> torch.Te
     return est.view(-1, samples).mean(1) if samples > 1 else est
 
 
-def _ig_chunk(interp: "Interpreter", ir: IRGraph, backward: Backward, steps: int) -> int:
+def _ig_chunk(interp: "RunContext", ir: IRGraph, backward: Backward, steps: int) -> int:
     """How many of ig's steps share one batched forward+backward. A run with noise draws
     noise by the batch's shape, so its steps run one at a time (the same draws as B's)."""
     fwd: Forward = ir.node(ir.node(backward.metric).forward)  # type: ignore[union-attr]
@@ -226,7 +226,7 @@ def _ig_chunk(interp: "Interpreter", ir: IRGraph, backward: Backward, steps: int
     return max(1, min(steps, rows // max(n, 1)))
 
 
-def _integrated_gradients(interp: "Interpreter", ir: IRGraph, bid: str,
+def _integrated_gradients(interp: "RunContext", ir: IRGraph, bid: str,
                           pairs: list[tuple[str, str]], steps: int
                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Gradients averaged over `steps` midpoints on the straight line a_B -> a_A at the
