@@ -124,14 +124,16 @@ def new_id(nodes: Mapping[str, Node], node: Node) -> str:
 
 class Finder:
     """Finds a node equal to a given one in a `{id: node}` dict, or adds it under a fresh id
-    (an index over the dict, kept up to date by `find_or_add`)."""
+    (an index over the dict, kept up to date by `find_or_add`). Nodes in `exclude` are never
+    found: an equal node is added beside them."""
 
-    def __init__(self, nodes: dict[str, Node]) -> None:
+    def __init__(self, nodes: dict[str, Node], exclude: frozenset[str] = frozenset()) -> None:
         self.nodes = nodes
         self.index: dict[Node, str] = {}
         self.next: dict[str, int] = {}
         for nid, n in nodes.items():
-            if isinstance(n, (Forward, Read, Write)):  # the kinds passes add
+            # (Forward, Read, Write: the kinds passes add.)
+            if isinstance(n, (Forward, Read, Write)) and nid not in exclude:
                 self.index.setdefault(n, nid)
             self.next[nid[0]] = max(self.next.get(nid[0], 0), int(nid[1:]) + 1)
 

@@ -87,6 +87,11 @@ def _close(what: str, x: np.ndarray, y: np.ndarray) -> None:
     assert diff <= TOL * scale, f"{what} differs by {diff} (scale {scale})"
 
 
+def _array(value) -> np.ndarray:
+    """A node's value as an array: a tensor, or text (a list of strings per example)."""
+    return value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=object)
+
+
 def _refs(results: patchc.Results, name: str) -> list[tuple[str, str]]:
     """(label, node id) of every value a table is computed from, in table order: measured
     columns and the reference metrics that `normalized` divides by."""
@@ -110,8 +115,8 @@ def assert_same(family: str, body: str, tokenizer, **overrides) -> patchc.Result
         ra, rb = _refs(naive, name), _refs(fast, name)
         assert [label for label, _ in ra] == [label for label, _ in rb], name
         for (label, a), (_, b) in zip(ra, rb):
-            _close(f"{family}: {name} {label}\n{body}", naive._values[a].numpy(),
-                   fast._values[b].numpy())
+            _close(f"{family}: {name} {label}\n{body}", _array(naive._values[a]),
+                   _array(fast._values[b]))
         ta, tb = naive[name], fast[name]
         assert list(ta.columns) == list(tb.columns) and ta.shape == tb.shape, name
         plain = [c for c in ta.columns if ta[c].dtype.kind != "f" or not _normalized(body, c)]
@@ -248,6 +253,20 @@ backpatch L$j.resid_post -> L$i.resid_post @ last in clean
     where $j > $i
     measure generate(3) contains d.answer
 """, tokenizer)
+
+
+@pytest.mark.parametrize("body", [
+    "measure text(2) in clean  as g\nablate L0.H*.z @ last in clean  measure ld  as t\n",
+    "measure seqlogprob(d.answer) in corrupt  as g\n"
+    "swap L*.H*.z @ last from clean into corrupt  measure ld  as t\n",
+    "measure generate(2) contains d.answer in clean  as g\n"
+    "scale L1.H*.z @ last in clean by 0.5  measure ld  as t\n",
+])
+def test_generation_beside_last_token_sweep_matches_naive(body: str, tokenizer) -> None:
+    """A generating (or whole-sequence) forward of a run is never the twin whose key/value
+    cache a narrowed `@ last` sweep of that run reuses: it keeps no cache."""
+    fast = assert_same("gpt2", body, tokenizer)
+    assert set(fast.tables) == {"g", "t"}
 
 
 def test_tight_memory_budget_splits_and_matches(tokenizer) -> None:
