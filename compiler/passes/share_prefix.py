@@ -14,8 +14,8 @@ one is added if at least two forwards would start from it. A twin is always comp
 full. A forward whose own writes start at the embedding (layer 0) keeps a twin without
 writes when its positions could be narrowed: narrow_positions reuses the twin's keys/values.
 
-Forwards whose metric generates text or is differentiated run as they are, and are never a
-twin (another forward of the same writes is added to be one).
+Forwards whose metric generates text or is differentiated run as they are; one that generates is
+never a twin (another forward of the same writes is added to be one).
 """
 
 from __future__ import annotations
@@ -96,10 +96,9 @@ def share_prefix(ir: IRGraph) -> IRGraph:
                 first_valid = k
         if fid not in chosen and first_valid is not None:
             wanted.setdefault((f.run, f.samples, f.writes[:first_valid]), []).append(fid)
-    # A forward that generates or is differentiated runs apart (generation or a backward
-    # pass): it keeps no cache and no Reads for others, so it is never a twin. A twin with
-    # the same writes is added beside it.
-    finder = Finder(nodes, exclude=frozenset(fixed))
+    # A forward that generates runs apart (token by token): it keeps no key/value cache for
+    # narrowed forwards, so it is never a twin; an equal twin is added beside it.
+    finder = Finder(nodes, exclude=frozenset(f for f in fixed if generates(nodes, cons, f)))
     for (run, samples, prefix), fids in wanted.items():
         if len(fids) < 2:
             continue
