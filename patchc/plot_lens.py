@@ -8,6 +8,7 @@ colours for probabilities and ranks, diverging ones (centred at 0) otherwise.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -30,15 +31,21 @@ def lens_figures(name: str, df: pd.DataFrame, keys: list[str],
     """(measured column, file-name suffix, Figure) for each measured column of a lens table."""
     baselines = baselines or {}
     tokens = [text(token_text(t)) for t in tokens or []]  # `$` is not mathtext
+    df = _int_keys(df, keys)
     measured = [c for c in df.columns if c not in keys and not c.endswith("_se")
                 and pd.api.types.is_numeric_dtype(df[c])]
     out = []
     for col in measured:
-        if "layer" in keys and ("pos" in keys or "head" in keys):
-            across = "pos" if "pos" in keys else "head"
-            fig = _heatmap(name, df, col, across, tokens, baselines)
-        else:
-            fig = _lines(name, df, keys, col, baselines)
+        try:
+            if "layer" in keys and ("pos" in keys or "head" in keys):
+                across = "pos" if "pos" in keys else "head"
+                fig = _heatmap(name, df, col, across, tokens, baselines)
+            else:
+                fig = _lines(name, df, keys, col, baselines)
+        except Exception as e:  # one figure that cannot be drawn must not cost the others
+            print(f"patchc: warning: no figure for {name}.{col}: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            continue
         suffix = "" if len(measured) == 1 else "_" + "".join(
             ch if ch.isalnum() or ch in "_-" else "_" for ch in col)
         out.append((col, suffix, fig))
@@ -83,8 +90,22 @@ def _lines(name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: di
     return fig
 
 
+def _int_keys(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Numeric sweep columns as nullable integers: a CSV read back gives floats (and NaN for
+    an `embed` row) where the table had ints."""
+    df = df.copy()
+    for k in keys:
+        if k in df and pd.api.types.is_numeric_dtype(df[k]):
+            vals = df[k].dropna()
+            if (vals == vals.round()).all():
+                df[k] = df[k].astype("Int64")
+    return df
+
+
 def _heatmap(name: str, df: pd.DataFrame, col: str, across: str, tokens: list[str],
              baselines: dict):
+    # `embed` (no layer) is the row before layer 0; a row at no position/head has no cell.
+    df = df.assign(layer=df["layer"].fillna(-1)).dropna(subset=[across])
     grid = df.pivot_table(index="layer", columns=across, values=col, aggfunc="mean")
     values = grid.to_numpy(dtype=float)
     finite = [abs(v) for v in values.flat if math.isfinite(v)]
@@ -98,13 +119,14 @@ def _heatmap(name: str, df: pd.DataFrame, col: str, across: str, tokens: list[st
     ax = fig.subplots()
     im = ax.imshow(values, aspect="auto", interpolation="nearest", **kw)
     if across == "pos":
-        labels = [tokens[p] if p < len(tokens) else str(p) for p in grid.columns]
+        labels = [tokens[int(p)] if 0 <= int(p) < len(tokens) else str(p)
+                  for p in grid.columns]
     else:
         labels = [str(h) for h in grid.columns]
     step = max(1, math.ceil(len(labels) / 40))
     ax.set_xticks(range(0, len(labels), step), labels[::step],
                   rotation=90 if across == "pos" else 0)
-    ax.set_yticks(range(grid.shape[0]), [str(v) for v in grid.index])
+    ax.set_yticks(range(grid.shape[0]), ["embed" if v == -1 else str(v) for v in grid.index])
     ax.set_xlabel("position (token)" if across == "pos" else "head")
     ax.set_ylabel("layer")
     fig.colorbar(im, ax=ax, label=_label(col, baselines))

@@ -125,7 +125,7 @@ def build_table(table: Table, values: dict[str, Any],
     """One DataFrame from a lowered table and the per-example values of its nodes.
     A warning about the table (W470) is appended to `warnings`."""
     if table.op == "read":
-        return _read_table(table, values)
+        return _int_keys(_read_table(table, values), table)
     means = {nid: _mean(v) for nid, v in values.items()}
     gaps = _ZeroGaps()
     df = (_compare_table(table, means, gaps) if table.pairs
@@ -133,6 +133,19 @@ def build_table(table: Table, values: dict[str, Any],
     w = gaps.warning(table)
     if w is not None and warnings is not None:
         warnings.append(w)
+    return _int_keys(df, table)
+
+
+def _int_keys(df: pd.DataFrame, table: Table) -> pd.DataFrame:
+    """Integer sweep columns (layer, head, pos, ...) as pandas nullable integers: a table
+    mixing site items (`embed` has no layer) would otherwise turn them into floats, printed
+    and written as 0.0 and NaN; Int64 prints and writes ints, and an empty cell for none."""
+    keys = {c for row in table.rows for c, _ in row.key}
+    for c in keys & set(df.columns):
+        vals = [v for v in df[c] if v is not None and not pd.isna(v)]
+        if vals and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and float(v).is_integer() for v in vals):
+            df[c] = df[c].astype("Int64")
     return df
 
 
@@ -230,7 +243,7 @@ def per_example_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
                 v = values[nid][i]
                 rec[col] = v if _is_text(values[nid]) else float(v)
             records.append(rec)
-    return pd.DataFrame.from_records(records)
+    return _int_keys(pd.DataFrame.from_records(records), table)
 
 
 def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[str, Any]:

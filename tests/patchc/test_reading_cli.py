@@ -72,3 +72,49 @@ def test_language_reading_spec_runs_as_written() -> None:
     texts = res.per_example("base")["text(3)"]
     assert len(texts) == 16 and all(isinstance(t, str) for t in texts)
     assert len(res["noisy_base"]) == 1
+
+
+MIXED = SPEC.split("read L0")[0] + '''\
+lens embed, L{0,1}.resid_post @ each in clean measure ld, p = prob(ioi.answer) as l
+dla L{0,1}.H*.out, embed in clean measure ld as d
+'''
+
+
+def test_mixed_site_items_keep_integer_columns(tmp_path: Path, capsys) -> None:
+    """`embed` has no layer: the sweep columns stay integers (empty for none) in the table,
+    the CSVs, and the lens heatmap drawn from them, by `run --out` and by `patchc plot`."""
+    spec = tmp_path / "mixed.patch"
+    spec.write_text(MIXED, "utf-8")
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert " 0.0 " not in printed and "NaN" not in printed
+    for name, key in (("l", "pos"), ("d", "head")):
+        for csv in (f"{name}.csv", f"{name}.examples.csv"):
+            cells = pd.read_csv(out / csv, dtype=str, keep_default_na=False)
+            assert (cells[cells["site"] == "embed"]["layer"] == "").all(), csv
+            assert set(cells["layer"]) == {"", "0", "1"}, csv
+            assert all(c == "" or c.isdigit() for c in cells[key]), csv
+    assert {"l_ld.png", "l_p.png", "d.png"} <= {p.name for p in out.iterdir()}
+    for png in ("l_ld.png", "l_p.png"):
+        (out / png).unlink()
+    assert main(["plot", str(out)]) == 0
+    assert (out / "l_ld.png").is_file() and (out / "l_p.png").is_file()
+
+
+def test_lens_figure_failure_keeps_the_other_columns(monkeypatch, capsys) -> None:
+    from patchc import plot_lens
+
+    real = plot_lens._heatmap
+
+    def broken(name, df, col, *args):
+        if col == "a":
+            raise ValueError("boom")
+        return real(name, df, col, *args)
+
+    monkeypatch.setattr(plot_lens, "_heatmap", broken)
+    df = pd.DataFrame({"layer": [0.0, 0.0, 1.0, 1.0], "pos": [0.0, 1.0, 0.0, 1.0],
+                       "a": [1.0, 2, 3, 4], "b": [0.1, 0.2, 0.3, 0.4]})
+    figs = plot_lens.lens_figures("t", df, ["layer", "pos"], ["x", "y"])
+    assert [col for col, _, _ in figs] == ["b"]
+    assert "no figure for t.a" in capsys.readouterr().err
