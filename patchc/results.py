@@ -252,9 +252,10 @@ def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[s
     source run (`m / m_target`), 0 is the value 0 and 1 the target run's value."""
     out: dict[str, Any] = {}
     norms = [(col, ts) for row in table.rows for col, ts in row.normalize]
-    # compare: every pair of a normalized measure holds its (target, source) metrics
-    norms += [(dict(p.key).get("metric", "normalized"), p.normalize) for p in table.pairs
-              if p.normalize is not None]
+    # compare: every pair of a normalized measure holds its (target, source) metrics; keyed
+    # by the measure's name (`ld`), as a row table's normalized column is
+    norms += [(dict(p.key).get("metric") or ir.node(p.metric).name,  # type: ignore[union-attr]
+               p.normalize) for p in table.pairs if p.normalize is not None]
     for col, (target, source) in norms:
         if col in out:
             continue

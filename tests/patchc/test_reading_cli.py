@@ -118,3 +118,19 @@ def test_lens_figure_failure_keeps_the_other_columns(monkeypatch, capsys) -> Non
     figs = plot_lens.lens_figures("t", df, ["layer", "pos"], ["x", "y"])
     assert [col for col, _, _ in figs] == ["b"]
     assert "no figure for t.a" in capsys.readouterr().err
+
+
+def test_compare_baselines_are_keyed_by_the_metric(tmp_path: Path, capsys) -> None:
+    spec = tmp_path / "cmp.patch"
+    spec.write_text(SPEC.split("read L0")[0] + """\
+compare atp against swap on L{0,1}.mlp.out from clean into corrupt
+    measure ld normalized
+    as cmp
+""", "utf-8")
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    b = json.loads((out / "manifest.json").read_text())["tables"]["cmp"]["baselines"]
+    assert list(b) == ["ld"] and b["ld"]["0"]["run"] == "corrupt"
+    assert "   ld normalized: 0 = corrupt (" in printed
+    assert "normalized normalized" not in printed
