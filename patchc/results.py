@@ -65,7 +65,12 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 def build_table(table: Table, values: dict[str, torch.Tensor]) -> pd.DataFrame:
     """One DataFrame from a lowered table and the per-example values of its nodes."""
-    means = {nid: _mean(v) for nid, v in values.items()}
+    # The means of this table's own nodes only: every table averaging every value of the
+    # run made result assembly quadratic in the number of tables.
+    used = [nid for row in table.rows for _, nid in row.values]
+    used += [nid for p in table.pairs for nid in (p.estimate, p.metric, *(p.normalize or ()))
+             if nid]
+    means = {nid: _mean(values[nid]) for nid in dict.fromkeys(used)}
     if table.pairs:
         return _compare_table(table, means)
     records = []

@@ -175,18 +175,25 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any, 
 
 
 def _table_seconds(ir: IRGraph, node_seconds: dict[str, float]) -> dict[str, float]:
-    """A table's time is that of every node it depends on (shared nodes, like a clean run
-    read by many swaps, count toward each table that needs them)."""
-    import networkx as nx
-
+    """Where the run's time went, by table: each node's seconds are charged once, to the
+    first table (in spec order) that depends on it, so the tables' seconds add up to the
+    nodes' (a clean run read by many swaps counts toward the first). One walk up the graph
+    from all tables together: every node and edge is visited once (linear in the graph)."""
+    seen: set[str] = set()
     seconds = {}
     for table in ir.tables:
-        refs = {nid for row in table.rows for _, nid in row.values}
-        refs |= {p.estimate for p in table.pairs} | {p.metric for p in table.pairs}
-        deps = set(refs)
-        for r in refs:
-            deps |= nx.ancestors(ir.g, r)
-        seconds[table.name] = sum(node_seconds.get(n, 0.0) for n in deps)
+        stack = [nid for row in table.rows for _, nid in row.values]
+        stack += [r for row in table.rows for _, pair in row.normalize for r in pair if r]
+        stack += [n for p in table.pairs for n in (p.estimate, p.metric)]
+        total = 0.0
+        while stack:
+            nid = stack.pop()
+            if nid in seen:
+                continue
+            seen.add(nid)
+            total += node_seconds.get(nid, 0.0)
+            stack.extend(p for p in ir.g.predecessors(nid) if p not in seen)
+        seconds[table.name] = total
     return seconds
 
 

@@ -41,7 +41,10 @@ def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     return x[:, :, None, :, :].expand(b, kv, n_rep, s, d).reshape(b, kv * n_rep, s, d)
 
 
-def _apply_pattern_hooks(p: Tensor, hooks: list[tuple[int | None, HookFn]]) -> Tensor:
+def _apply_pattern_hooks(p: Tensor, hooks: list[tuple[int | None, HookFn]]
+                         ) -> tuple[Tensor, bool]:
+    """The pattern after the hooks, and whether any of them replaced it."""
+    changed = False
     for head, fn in list(hooks):
         act = p if head is None else p[:, head]
         what = "attn.pattern" if head is None else f"H{head}.pattern"
@@ -49,12 +52,13 @@ def _apply_pattern_hooks(p: Tensor, hooks: list[tuple[int | None, HookFn]]) -> T
         if res is None:
             continue
         res = conform(res, act, what)
+        changed = True
         if head is None:
             p = res
         else:
             p = p.clone()
             p[:, head] = res
-    return p
+    return p, changed
 
 
 def explicit_attention(
@@ -67,11 +71,14 @@ def explicit_attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     softcap: float | None = None,
+    own: Callable[[], tuple[Tensor, Tensor | None]] | None = None,
     **kwargs: Any,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor | None]:
     """softmax(q k^T * scaling [softcap] + mask) v with the pattern exposed to `hooks`.
 
-    query [b, h, q, d]; key/value [b, kv, k, d]; returns ([b, q, h, d], pattern [b, h, q, k])."""
+    query [b, h, q, d]; key/value [b, kv, k, d]; returns ([b, q, h, d], pattern [b, h, q, k]).
+    `own()` is the model's own attention: where the hooks only read the pattern, it computes
+    the output, so that reading a pattern changes no other value of the forward."""
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     n_rep = query.shape[1] // key.shape[1]
@@ -98,7 +105,9 @@ def explicit_attention(
     else:
         weights = weights + attention_mask[..., : key.shape[2]]
     pattern = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    pattern = _apply_pattern_hooks(pattern, hooks)
+    pattern, changed = _apply_pattern_hooks(pattern, hooks)
+    if not changed and own is not None:
+        return own()
     pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)
     out = torch.matmul(pattern, value).transpose(1, 2).contiguous()
     return out, pattern
@@ -115,12 +124,18 @@ def patchc_attention(
 ) -> tuple[Tensor, Tensor | None]:
     """The registered attention function: explicit where a pattern hook is on, else fallback."""
     hooks = getattr(module, _HOOKS, None)
-    if not hooks:
-        fallback: Callable = getattr(module, _FALLBACK, None) or ALL_ATTENTION_FUNCTIONS["sdpa"]
+    fallback: Callable = getattr(module, _FALLBACK, None) or ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def own() -> tuple[Tensor, Tensor | None]:
         return fallback(module, query, key, value, attention_mask, *args, **kwargs)
+
+    if not hooks:
+        return own()
+    explicit = kwargs
     if args:  # the transformers convention passes everything after the mask by keyword
-        kwargs = {**dict(zip(("scaling", "dropout"), args)), **kwargs}
-    return explicit_attention(module, query, key, value, attention_mask, hooks, **kwargs)
+        explicit = {**dict(zip(("scaling", "dropout"), args)), **kwargs}
+    return explicit_attention(module, query, key, value, attention_mask, hooks, own=own,
+                              **explicit)
 
 
 def _register() -> None:
