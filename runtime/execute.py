@@ -30,6 +30,7 @@ from patchc.compiler.schedule import ForwardStep, Plan, schedule
 from . import metrics as M
 from .inputs import Batch, position_index
 from .naive import ForwardOutput, Interpreter
+from .compat import output_cache, with_cache
 from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
 from .writes import make_reader, make_writer
 
@@ -177,8 +178,8 @@ class Executor(Interpreter):
             "position_ids": feed.position_ids[:, p0:].repeat(k, 1),
             "use_cache": bool(p0) or step.keep_kv}
         if p0:
-            kwargs["past_key_values"] = prefix_cache(self.kv[step.twin], p0, k,
-                                                     step.start_layer)
+            kwargs = with_cache(self.model, kwargs, prefix_cache(self.kv[step.twin], p0, k,
+                                                                 step.start_layer))
         state = None
         if step.start is not None:
             # Left where the twin read it: the start layer's own device (with a device map,
@@ -191,7 +192,7 @@ class Executor(Interpreter):
                 trimmed_logits(head, index, tokens):
             out = self.model(**kwargs)
         if step.keep_kv:
-            self.kv[step.members[0]] = out.past_key_values
+            self.kv[step.members[0]] = output_cache(out)
         logits = out.logits
         del out, kwargs, state
         for rows, fid, f in zip(blocks, step.members, members):

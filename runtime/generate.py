@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .compat import output_cache, with_cache
 from .inputs import Batch
 
 
@@ -20,7 +21,7 @@ def contains_answer(interp, batch: Batch, hooks: list, n_new: int, answers: list
     kwargs = batch.to(device).model_kwargs()
     with interp.adapter.hooks(hooks):
         out = model(**kwargs, use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     mask = kwargs["attention_mask"]
     pos = kwargs["position_ids"][:, -1:]
     token = out.logits[:, -1].argmax(-1, keepdim=True)
@@ -28,9 +29,10 @@ def contains_answer(interp, batch: Batch, hooks: list, n_new: int, answers: list
     for _ in range(n_new - 1):
         mask = torch.cat([mask, torch.ones_like(token)], dim=1)
         pos = pos + 1
-        out = model(input_ids=token, attention_mask=mask, position_ids=pos,
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        step = {"input_ids": token, "attention_mask": mask, "position_ids": pos,
+                "use_cache": True}
+        out = model(**with_cache(model, step, cache))
+        cache = output_cache(out)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         generated.append(token)
     ids = torch.cat(generated, dim=1).cpu()
