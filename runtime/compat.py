@@ -6,14 +6,20 @@ The runtime speaks to transformers through these few functions wherever an API m
   name warns that it will be removed);
 - building a DynamicCache from per-layer keys/values, and reading them back (its layers
   became objects with `.keys`/`.values` in 4.56; before, two lists);
-- whether a config's cache is made of plain, cuttable layers (no sliding window).
+- whether a config's cache is made of plain, cuttable layers (no sliding window);
+- the dtype argument of `from_pretrained` (`torch_dtype` before 4.56, then `dtype`);
+- whether decoder blocks return a tuple (`(hidden_states, ...)`, read as `outputs[0]`) or
+  the hidden states alone: it changed per family between 4.5x and 5.0.
 """
 
 from __future__ import annotations
 
 import inspect
+import weakref
 from typing import Any
 
+import torch
+import transformers
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 
@@ -23,6 +29,8 @@ except ImportError:  # pragma: no cover - older releases
     DynamicLayer = None  # type: ignore[assignment,misc]
 
 _CACHE_ARG: dict[type, str] = {}
+VERSION = tuple(int(p) for p in transformers.__version__.split(".")[:2])
+DTYPE_ARG = "dtype" if VERSION >= (4, 56) else "torch_dtype"
 
 
 def cache_arg(model: nn.Module) -> str:
@@ -45,8 +53,10 @@ def output_cache(out: Any) -> Any:
     return cache if cache is not None else out["past_key_values"]
 
 
-def layer_kv(cache: DynamicCache) -> list[tuple[Tensor, Tensor]]:
+def layer_kv(cache: Any) -> list[tuple[Tensor, Tensor]]:
     """(keys, values) [batch, kv_heads, positions, d_head] of each layer."""
+    if isinstance(cache, (tuple, list)):  # the legacy format some 4.x models still return
+        return [(layer[0], layer[1]) for layer in cache]
     if hasattr(cache, "layers"):
         return [(layer.keys, layer.values) for layer in cache.layers]
     return list(zip(cache.key_cache, cache.value_cache))
@@ -74,3 +84,25 @@ def plain_cache(config: Any) -> bool:
     except Exception:
         return False
     return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+_TUPLES: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def blocks_return_tuples(adapter: Any) -> bool:
+    """Do the model's decoder blocks return tuples? Asked once per model, of a one-token
+    forward (cheap next to the forwards that skip blocks, the only ones that need it)."""
+    model = adapter.model
+    if model not in _TUPLES:
+        seen: list[bool] = []
+        handle = adapter.layer(0).register_forward_hook(
+            lambda _m, _a, out: seen.append(isinstance(out, tuple)))
+        try:
+            param = next(model.parameters())
+            ids = torch.zeros(1, 1, dtype=torch.long, device=param.device)
+            with torch.no_grad():
+                model(input_ids=ids, use_cache=False)
+        finally:
+            handle.remove()
+        _TUPLES[model] = bool(seen and seen[0])
+    return _TUPLES[model]

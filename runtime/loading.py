@@ -89,6 +89,8 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from .compat import DTYPE_ARG
+
     hf_logging.disable_progress_bar()  # patchc shows its own progress; keep output clean
     where = model_location(model_id, base_dir)
     device = resolve_device(options.device)
@@ -100,7 +102,8 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
                      "offload_folder": _offload_folder()}
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs, **placement)
+        model = AutoModelForCausalLM.from_pretrained(where, **{DTYPE_ARG: dtype}, **kwargs,
+                                                     **placement)
     except OSError as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise RuntimeInterventionError(

@@ -26,37 +26,44 @@ from .offload import param
 
 
 class _Start(nn.Module):
-    """Stands in for block 0: returns the cached residual stream at the start layer."""
+    """Stands in for block 0: returns the cached residual stream at the start layer (as a
+    1-tuple where the model's blocks return tuples)."""
 
-    def __init__(self, state: Tensor) -> None:
+    def __init__(self, state: Tensor, as_tuple: bool) -> None:
         super().__init__()
-        self.state = state
+        self.state, self.as_tuple = state, as_tuple
 
-    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor:
-        return self.state.to(hidden_states.dtype)
+    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor | tuple[Tensor]:
+        out = self.state.to(hidden_states.dtype)
+        return (out,) if self.as_tuple else out
 
 
 class _Pass(nn.Module):
     """Stands in for a skipped block after the first: hands the state on unchanged."""
 
-    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor:
-        return hidden_states
+    def __init__(self, as_tuple: bool) -> None:
+        super().__init__()
+        self.as_tuple = as_tuple
+
+    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor | tuple[Tensor]:
+        return (hidden_states,) if self.as_tuple else hidden_states
 
 
 @contextlib.contextmanager
-def skip_layers(layers: nn.ModuleList, start_layer: int, state: Tensor | None
-                ) -> Iterator[None]:
+def skip_layers(layers: nn.ModuleList, start_layer: int, state: Tensor | None,
+                as_tuple: bool = False) -> Iterator[None]:
     """Blocks [0, start_layer) return `state` (the input of block start_layer) instead of
-    computing. Enter it after the adapter's hooks: installing hooks looks modules up."""
+    computing; `as_tuple`: the model's blocks return tuples (compat.blocks_return_tuples).
+    Enter it after the adapter's hooks: installing hooks looks modules up."""
     if not start_layer:
         yield
         return
     assert state is not None
     saved = [layers[i] for i in range(start_layer)]
     try:
-        layers[0] = _Start(state)
+        layers[0] = _Start(state, as_tuple)
         for i in range(1, start_layer):
-            layers[i] = _Pass()
+            layers[i] = _Pass(as_tuple)
         yield
     finally:
         for i, block in enumerate(saved):

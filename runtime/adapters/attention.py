@@ -22,8 +22,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+try:  # 4.53+: masks are built per attention implementation, from a registry
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+except ImportError:  # before: the model builds an additive float mask for any other name
+    AttentionMaskInterface = None  # type: ignore[assignment,misc]
 
 from .taps import HookFn, conform
 
@@ -141,8 +145,9 @@ def patchc_attention(
 def _register() -> None:
     AttentionInterface.register(SDPA_NAME, patchc_attention)
     AttentionInterface.register(EAGER_NAME, patchc_attention)
-    AttentionMaskInterface.register(SDPA_NAME, sdpa_mask)
-    AttentionMaskInterface.register(EAGER_NAME, eager_mask)
+    if AttentionMaskInterface is not None:
+        AttentionMaskInterface.register(SDPA_NAME, sdpa_mask)
+        AttentionMaskInterface.register(EAGER_NAME, eager_mask)
 
 
 _register()
