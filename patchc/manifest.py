@@ -33,6 +33,10 @@ class Manifest(BaseModel):
     plan: dict[str, Any]  # pass counts: forwards, backwards, ...
     interpreter: str  # "naive" or "optimized"
     total_seconds: float
+    # Seconds per phase (load, plan, execute, assemble), in model passes (model), and the
+    # overhead: everything but the load and the model passes (patchc/runner.py Clock).
+    timings: dict[str, float] = {}
+    threads: int | None = None  # CPU threads torch computed with (`set threads`)
 
 
 def versions() -> dict[str, str]:

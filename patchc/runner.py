@@ -9,9 +9,10 @@ The manifest records which one produced the tables, and the plan's pass counts.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
@@ -72,19 +73,51 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
         else:
             return W.spawn(spec, int(workers), model, tokenizer, trust_remote_code, progress,
                            overrides)
-    start = time.perf_counter()
+    clock = Clock()
     decl = _model_decl(spec)
     try:
-        checked, model, tokenizer, device = prepare(spec, model, tokenizer, trust_remote_code,
-                                                    overrides, group)
+        with clock("load"):
+            checked, model, tokenizer, device = prepare(spec, model, tokenizer,
+                                                        trust_remote_code, overrides, group)
         values, seconds, ir, plan = _evaluate(checked, model, tokenizer, naive, progress,
-                                              group)
+                                              group, clock)
     except PatchcError as e:
         raise e.with_source(spec.source) from None
     if values is None:  # a worker other than rank 0: its values went to rank 0
         return None
     return _results(spec, decl, checked, model, device, ir, plan, values, seconds, naive,
-                    time.perf_counter() - start, group)
+                    clock, group)
+
+
+class Clock:
+    """Wall time per phase of a run: `load` (check the spec, load or place the model), `plan`
+    (lower, optimize, schedule), `execute` (interpret the graph; `model` of it inside model
+    passes), `assemble` (tables and manifest). The overhead is everything that is not a
+    model pass or the load: planning, hook installation, bookkeeping, result assembly."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self.model = 0.0
+        self.threads: int | None = None  # torch's CPU threads for the run
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
+    def timings(self) -> dict[str, float]:
+        total = time.perf_counter() - self.start
+        phases = {k: self.seconds.get(k, 0.0) for k in ("load", "plan", "execute", "assemble")}
+        overhead = phases["plan"] + phases["execute"] - self.model + phases["assemble"]
+        run = overhead + self.model  # the run without the load
+        return {**{k: round(v, 4) for k, v in phases.items()}, "model": round(self.model, 4),
+                "overhead": round(overhead, 4),
+                "overhead_share": round(overhead / run, 4) if run > 0 else 0.0,
+                "total": round(total, 4)}
 
 
 def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
@@ -123,32 +156,54 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
 
 
 def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
-              progress: Callable[[int, int], None] | None, group: Any = None) -> tuple:
+              progress: Callable[[int, int], None] | None, group: Any = None,
+              clock: Clock | None = None) -> tuple:
     """Lower, optimize, schedule and run: (values, seconds per table, ir, plan). With a
-    worker group, each worker runs its shard; values is None except on rank 0."""
+    worker group, each worker runs its shard; values is None except on rank 0. torch
+    computes with `set threads` CPU threads, else runtime/threads.py's choice."""
+    from patchc.runtime.adapters import adapter_for
+    from patchc.runtime.threads import default_threads, using_threads
+
+    clock = clock or Clock()
+    adapter = adapter_for(model)
+    threads = checked.options.threads or default_threads(adapter.d_model)
+    clock.threads = threads
+    with using_threads(threads):
+        return _evaluate_on(checked, model, tokenizer, adapter, naive, progress, group, clock)
+
+
+def _evaluate_on(checked: CheckedSpec, model: Any, tokenizer: Any, adapter: Any, naive: bool,
+                 progress: Callable[[int, int], None] | None, group: Any, clock: Clock
+                 ) -> tuple:
     import torch
 
-    from patchc.runtime.adapters import adapter_for
     from patchc.runtime.naive import Interpreter
 
-    adapter = adapter_for(model)
     torch.manual_seed(checked.options.seed)
-    ir = lower(checked)
+    with clock("plan"):
+        ir = lower(checked)
     if naive:
         interp = Interpreter(checked, model, tokenizer, adapter, progress)
-        values = interp.run(ir)
+        with clock("execute"):
+            values = interp.run(ir)
+        clock.model = interp.model_seconds
         return values, _table_seconds(ir, interp.node_seconds), ir, None
     from patchc.compiler.pipeline import optimize
     from patchc.runtime.execute import Executor
 
     interp = Executor(checked, model, tokenizer, adapter, progress)
     share = group.sharing(interp.device) if group is not None else 1
-    ir, plan = interp.prepare(optimize(ir), share=share)
+    with clock("plan"):
+        ir, plan = interp.prepare(optimize(ir), share=share)
     if group is None:
-        values = interp.run(ir, plan)
+        with clock("execute"):
+            values = interp.run(ir, plan)
+        clock.model = interp.model_seconds
         return values, _table_seconds(ir, interp.node_seconds), ir, plan
     plan = group.same_plan(ir, plan)
-    gathered = group.run(interp, ir, plan)
+    with clock("execute"):
+        gathered = group.run(interp, ir, plan)
+    clock.model = interp.model_seconds  # this process's own model passes
     if gathered is None:
         return None, {}, ir, plan
     values, node_seconds = gathered
@@ -157,8 +212,9 @@ def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
 
 def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any, device: Any,
              ir: IRGraph, plan: Any, values: dict[str, Any], seconds: dict[str, float],
-             naive: bool, total: float, group: Any = None) -> Results:
+             naive: bool, clock: Clock, group: Any = None) -> Results:
     options = checked.options
+    assembling = time.perf_counter()
     tables = {t.name: {"rows": len(t.rows), "columns": list(t.columns), "keys": _keys(t),
                        "seconds": round(seconds.get(t.name, 0.0), 4)} for t in ir.tables}
     hf_map = getattr(model, "hf_device_map", None)
@@ -170,8 +226,13 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any, 
         workers=group.world if group is not None else 1,
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
         options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan),
-        interpreter="naive" if naive else "optimized", total_seconds=round(total, 4))
-    return Results(ir, values, manifest.model_dump())
+        interpreter="naive" if naive else "optimized", total_seconds=0.0)
+    results = Results(ir, values, manifest.model_dump())
+    clock.seconds["assemble"] = time.perf_counter() - assembling
+    results.manifest["timings"] = timings = clock.timings()
+    results.manifest["total_seconds"] = timings["total"]
+    results.manifest["threads"] = clock.threads
+    return results
 
 
 def _table_seconds(ir: IRGraph, node_seconds: dict[str, float]) -> dict[str, float]:

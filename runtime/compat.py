@@ -98,10 +98,11 @@ def blocks_return_tuples(adapter: Any) -> bool:
         handle = adapter.layer(0).register_forward_hook(
             lambda _m, _a, out: seen.append(isinstance(out, tuple)))
         try:
-            param = next(model.parameters())
-            ids = torch.zeros(1, 1, dtype=torch.long, device=param.device)
+            from .loading import input_device  # where the embedding runs (device maps)
+
+            ids = torch.zeros(1, 1, dtype=torch.long, device=input_device(model))
             with torch.no_grad():
-                model(input_ids=ids, use_cache=False)
+                model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
         finally:
             handle.remove()
         _TUPLES[model] = bool(seen and seen[0])

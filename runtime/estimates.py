@@ -78,7 +78,7 @@ def gradients(interp: "Interpreter", ir: IRGraph, metric_id: str, reads: list[st
     grad_hooks = [(s.kind, s.layer, s.head, make_leaf(s)) for s in sites]
     # The rules go in first: writes and leaves then see the model's own (unchanged) values.
     with torch.enable_grad(), lrp.rules_for(interp.adapter, rules), \
-            interp.adapter.hooks(hooks + grad_hooks):
+            interp.adapter.hooks(hooks + grad_hooks), interp.model_pass():
         logits = interp.model(**batch.to(interp.device).model_kwargs()).logits
         values = _metric_values(interp, ir, metric, logits, batch)
         # Only the leaves' gradients: no weight gradients computed, no `.grad` left behind

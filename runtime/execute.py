@@ -191,7 +191,7 @@ class Executor(Interpreter):
         as_tuple = step.start_layer > 0 and blocks_return_tuples(self.adapter)
         with self.adapter.hooks(hooks), \
                 skip_layers(self.adapter.layers(), step.start_layer, state, as_tuple), \
-                trimmed_logits(head, index, tokens):
+                trimmed_logits(head, index, tokens), self.model_pass():
             out = self.model(**kwargs)
         if step.keep_kv:
             self.kv[step.members[0]] = output_cache(out)

@@ -19,7 +19,7 @@ def contains_answer(interp, batch: Batch, hooks: list, n_new: int, answers: list
     """1.0 where the greedy continuation's text contains the row's answer, else 0.0 [N]."""
     model, device = interp.model, interp.device
     kwargs = batch.to(device).model_kwargs()
-    with interp.adapter.hooks(hooks):
+    with interp.adapter.hooks(hooks), interp.model_pass():
         out = model(**kwargs, use_cache=True)
     cache = output_cache(out)
     mask = kwargs["attention_mask"]
@@ -31,7 +31,8 @@ def contains_answer(interp, batch: Batch, hooks: list, n_new: int, answers: list
         pos = pos + 1
         step = {"input_ids": token, "attention_mask": mask, "position_ids": pos,
                 "use_cache": True}
-        out = model(**with_cache(model, step, cache))
+        with interp.model_pass():
+            out = model(**with_cache(model, step, cache))
         cache = output_cache(out)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         generated.append(token)

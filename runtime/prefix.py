@@ -64,6 +64,9 @@ def skip_layers(layers: nn.ModuleList, start_layer: int, state: Tensor | None,
         layers[0] = _Start(state, as_tuple)
         for i in range(1, start_layer):
             layers[i] = _Pass(as_tuple)
+        for i, block in enumerate(saved):  # what the model's loop asks of a block (4.5x)
+            if hasattr(block, "attention_type"):
+                layers[i].attention_type = block.attention_type
         yield
     finally:
         for i, block in enumerate(saved):
