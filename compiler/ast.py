@@ -28,6 +28,8 @@ from .ast_sites import (  # noqa: F401 - re-exported: the AST is one namespace
     PosIndex,
     PosRange,
     ColumnRef,
+    PosSet,
+    PosSpan,
     Pos,
     SiteRef,
     Group,
@@ -44,6 +46,10 @@ from .ast_exprs import (  # noqa: F401 - re-exported: the AST is one namespace
     MKL,
     MLoss,
     MGenerate,
+    MText,
+    MSeqLogProb,
+    GENERATING,
+    COMPARISONS,
     MBin,
     MNeg,
     MExpr,
@@ -332,9 +338,45 @@ class Dla:
     span: Span
 
 
-Operation = Union[Swap, Ablate, Backpatch, Steer, Scale, Attribute, Compare, Trace, Dla]
+@dataclass(frozen=True, slots=True)
+class ReadSites:
+    """`read SITES in RUN`: cache the sites' values (results.activations(NAME))."""
+
+    sites: tuple[SiteItem, ...]
+    target: Name
+    clauses: Clauses
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Lens:
+    """`lens SITES in RUN measure M`: decode each residual-shaped site through the final
+    norm and unembedding, and evaluate the metrics on those logits."""
+
+    sites: tuple[SiteItem, ...]
+    target: Name
+    clauses: Clauses
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureRun:
+    """`measure M, M2 in RUN`: the metrics on a run as it is (a one-row table); the
+    metrics are in `clauses.measures`."""
+
+    target: Name
+    clauses: Clauses
+    span: Span
+
+
+Operation = Union[Swap, Ablate, Backpatch, Steer, Scale, Attribute, Compare, Trace, Dla,
+                  ReadSites, Lens, MeasureRun]
 Statement = Union[ModelDecl, SetDecl, DataDecl, RunDecl, MetricDecl, VectorDecl, Operation]
-OPERATIONS = (Swap, Ablate, Backpatch, Steer, Scale, Attribute, Compare, Trace, Dla)
+OPERATIONS = (Swap, Ablate, Backpatch, Steer, Scale, Attribute, Compare, Trace, Dla,
+              ReadSites, Lens, MeasureRun)
+# Statements that only look at a run (no write): §11 of the language.
+OBSERVATIONS = (ReadSites, Lens, MeasureRun)
+_KEYWORD = {ReadSites: "read", MeasureRun: "measure"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +392,7 @@ class Spec:
 
 def op_keyword(op: Operation) -> str:
     """The statement keyword of an operation (`swap`, `ablate`, ...)."""
-    return type(op).__name__.lower()
+    return _KEYWORD.get(type(op)) or type(op).__name__.lower()
 
 
 def table_name(op: Operation) -> str:

@@ -3,8 +3,8 @@ ast.py, which re-exports every name here; import them from there)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Union
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Union
 
 from .ast_sites import ColumnRef, RunSite
 from .errors import Span
@@ -74,8 +74,30 @@ class MGenerate:
 
 
 @dataclass(frozen=True, slots=True)
+class MText:
+    """`text(N)`: the greedy continuation of N tokens, a string per example."""
+
+    n: int
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class MSeqLogProb:
+    """`seqlogprob(TOK)`: summed log-probability of every token of TOK, teacher-forced
+    after the measured position."""
+
+    tok: "Tok"
+    span: Span
+
+
+# Metrics that run the model past the prompt (a continuation pass after the prompt's).
+GENERATING = (MGenerate, MText, MSeqLogProb)
+COMPARISONS = ("==", "!=", "<", "<=", ">", ">=")
+
+
+@dataclass(frozen=True, slots=True)
 class MBin:
-    op: str  # one of + - * /
+    op: str  # one of + - * /, or a comparison (== != < <= > >=: 1 or 0 per example)
     left: "MExpr"
     right: "MExpr"
     span: Span
@@ -87,7 +109,7 @@ class MNeg:
     span: Span
 
 
-MExpr = Union[MNum, MRef, MCall, MKL, MLoss, MGenerate, MBin, MNeg]
+MExpr = Union[MNum, MRef, MCall, MKL, MLoss, MGenerate, MText, MSeqLogProb, MBin, MNeg]
 
 
 def metric_nodes(expr: MExpr) -> Iterator[MExpr]:
@@ -102,11 +124,16 @@ def metric_nodes(expr: MExpr) -> Iterator[MExpr]:
 
 @dataclass(frozen=True, slots=True)
 class Measure:
-    """One item of a `measure` clause: an expression, optionally `normalized`."""
+    """One item of a `measure` clause: `[NAME =] EXPR [normalized [between R1 and R2]]`.
+    `between` holds the names (R1, R2) of the runs mapped to 0 and 1; `name` names the
+    column of an inline expression."""
 
     expr: MExpr
     normalized: bool
     span: Span
+    # Additions of the language's version 1; dumps leave them out while they are None.
+    between: "tuple[Any, Any] | None" = field(default=None, metadata={"optional": True})
+    name: "Any | None" = field(default=None, metadata={"optional": True})  # Name
 
 
 # ---------------------------------------------------------------------------------------------

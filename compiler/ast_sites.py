@@ -106,7 +106,24 @@ class ColumnRef:
     span: Span
 
 
-Pos = Union[PosLast, PosEach, PosIndex, PosRange, ColumnRef]
+@dataclass(frozen=True, slots=True)
+class PosSet:
+    """`@ {1, 3, 9}`: that set of positions, jointly (like a range)."""
+
+    values: tuple[int, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class PosSpan:
+    """`@ DATA.a..DATA.b`: a per-example inclusive range from two int columns."""
+
+    lo: ColumnRef
+    hi: ColumnRef
+    span: Span
+
+
+Pos = Union[PosLast, PosEach, PosIndex, PosRange, ColumnRef, PosSet, PosSpan]
 
 # ---------------------------------------------------------------------------------------------
 # Sites

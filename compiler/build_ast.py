@@ -6,6 +6,7 @@ grammar rule or alias, named after it. parse.py drives it.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from lark import Token, Transformer, v_args
@@ -13,6 +14,12 @@ from lark import Token, Transformer, v_args
 from . import ast as A
 from .errors import ParseError, Source, Span
 from .sites import parse_site_path
+
+
+# What may follow `@`: the hint of every error about a position.
+POSITION_FORMS = ("a position is `last`, `each`, a token index (`3`, `-1`), a range (`2..5`), "
+                  "a set (`{1, 3, 9}`), a per-example column (`DATA.column`) or a range "
+                  "between two columns (`DATA.a..DATA.b`)")
 
 
 def span_of(meta: Any) -> Span:
@@ -26,10 +33,22 @@ def _tspan(tok: Token) -> Span:
 
 def _string(tok: Token) -> str:
     try:
-        return json.loads(tok)
+        value = json.loads(tok)
     except json.JSONDecodeError as e:
         # The STRING terminal admits any backslash pair; JSON does not (`\q`, raw tabs).
         raise ParseError("E101", f"invalid string literal: {e.msg}", _tspan(tok)) from None
+    bad = first_surrogate(value)
+    if bad is not None:
+        # JSON lets `"\ud800"` through; no tokenizer or file system takes half a character.
+        raise ParseError("E101", f"invalid string literal: a lone surrogate U+{ord(bad):04X} is "
+                         "not a character", _tspan(tok),
+                         hint="write the character itself, or a \\uXXXX\\uXXXX pair")
+    return value
+
+
+def first_surrogate(text: str) -> str | None:
+    """The first lone surrogate code point in `text` (not valid Unicode text), or None."""
+    return next((c for c in text if 0xD800 <= ord(c) <= 0xDFFF), None)
 
 
 @v_args(meta=True)
@@ -55,7 +74,13 @@ class AstBuilder(Transformer):
 
     def number(self, meta, items):
         text = "".join(str(t) for t in items)
-        return float(text) if any(c in text for c in ".eE") else int(text)
+        if not any(c in text for c in ".eE"):
+            return int(text)
+        value = float(text)
+        if math.isinf(value):  # `1e999999`: would run as inf and fill tables with NaN
+            raise ParseError("E110", f"number out of range: {text} is beyond a 64-bit float",
+                             span_of(meta))
+        return value
 
     def unumber(self, meta, items):
         return self.number(meta, items)
@@ -95,7 +120,13 @@ class AstBuilder(Transformer):
         return list(items)
 
     def json_object(self, meta, items):
-        return dict(items)
+        out = dict(items)
+        if len(out) != len(items):  # `{"p": 1, "p": 2}` would silently keep the last
+            keys = [k for k, _ in items]
+            dup = next(k for i, k in enumerate(keys) if k in keys[:i])
+            self.errors.append(ParseError("E107", f"an inline object names the key {dup!r} "
+                                          "twice", span_of(meta)))
+        return out
 
     def json_pair(self, meta, items):
         return (_string(items[0]), items[1])
@@ -178,7 +209,7 @@ class AstBuilder(Transformer):
         src, dst, target = items[0], items[1], items[2]
         source = items[3] if len(items) == 5 else None
         if src.pos is None and dst.pos is not None:
-            # A trailing `@ POS` applies to both sides (LANGUAGE.md §6).
+            # A trailing `@ POS` applies to both sides (docs/language.md §8, backpatch).
             src = _with_pos(src, dst.pos)
         return A.Backpatch(src, dst, target, source, items[-1], span_of(meta))
 
@@ -207,6 +238,19 @@ class AstBuilder(Transformer):
         sites, target, clauses = items
         return A.Dla(sites, target, clauses, span_of(meta))
 
+    def read_op(self, meta, items):
+        sites, target, clauses = items
+        return A.ReadSites(sites, target, clauses, span_of(meta))
+
+    def lens_op(self, meta, items):
+        sites, target, clauses = items
+        return A.Lens(sites, target, clauses, span_of(meta))
+
+    def measure_op(self, meta, items):
+        *measures, target, clauses = items
+        own = A.Clauses(tuple(measures) + clauses.measures, clauses.name, clauses.where)
+        return A.MeasureRun(target, own, span_of(meta))
+
     def method(self, meta, items):
         tok = items[0]
         return A.Method(str(tok), tuple(items[1:]), span_of(meta))
@@ -232,7 +276,13 @@ class AstBuilder(Transformer):
         return ("measure", items)
 
     def measure_item(self, meta, items):
-        return A.Measure(items[0], len(items) > 1, span_of(meta))
+        name = items.pop(0) if isinstance(items[0], A.Name) else None
+        norm = items[1] if len(items) > 1 else None
+        between = norm[1] if norm is not None else None
+        return A.Measure(items[0], norm is not None, span_of(meta), between, name)
+
+    def normalization(self, meta, items):
+        return ("normalized", (items[1], items[2]) if len(items) == 3 else None)
 
     def as_clause(self, meta, items):
         return ("as", items[0])
@@ -314,7 +364,21 @@ class AstBuilder(Transformer):
         return A.PosRange(items[0], items[1], span_of(meta))
 
     def pos_column(self, meta, items):
-        return items[0]
+        ref = items[0]
+        last = self.errors[-1] if self.errors else None
+        if last is not None and last.code == "E106" and last.span == ref.span:
+            # `@ first`: not a column reference gone wrong, but an unknown kind of position.
+            s = ref.span
+            word = self.source.line_text(s.line)[s.col - 1:s.end_col - 1]
+            self.errors[-1] = ParseError("E112", f"`{word}` is not a position", s,
+                                         hint=POSITION_FORMS)
+        return ref
+
+    def pos_set(self, meta, items):
+        return A.PosSet(tuple(items), span_of(meta))
+
+    def pos_span(self, meta, items):
+        return A.PosSpan(items[0], items[1], span_of(meta))
 
     # -- metric expressions ----------------------------------------------------------------
     def m_num(self, meta, items):
@@ -337,6 +401,15 @@ class AstBuilder(Transformer):
 
     def m_div(self, meta, items):
         return self._m_bin("/", meta, items)
+
+    def m_cmp(self, meta, items):
+        return A.MBin(str(items[1]), items[0], items[2], span_of(meta))
+
+    def m_text(self, meta, items):
+        return A.MText(int(items[0]), span_of(meta))
+
+    def m_seqlogprob(self, meta, items):
+        return A.MSeqLogProb(items[0], span_of(meta))
 
     def m_call(self, meta, items):
         return A.MCall(items[0], items[1], span_of(meta))

@@ -18,6 +18,7 @@ Error codes are listed in docs/errors.md.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 from . import ast as A
 from . import device_map
 from .check_context import Context, did_you_mean
+from .check_limits import check_chains
 from .check_metrics import check_decl, metric_refs
 from .check_names import declare, find_cycle
 from .check_ops import check_operation
@@ -34,7 +36,7 @@ from .checked import CheckedSpec, Options
 from .data import load_data
 from .errors import CheckError, Span, SpecErrors
 from .modelspec import ModelSpec, load_model_spec
-from .tokens import as_tokenizer, load_tokenizer
+from .tokens import LightTokenizer, as_tokenizer, load_tokenizer
 
 
 class _Auto:
@@ -67,6 +69,7 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO) -
         tokenizer = None
         if decl is not None:
             tokenizer = load_tokenizer(decl.model_id, decl.revision, ctx.base_dir)
+            _tokenizer_fits(ctx, decl, tokenizer)
     ctx.tokenizer = as_tokenizer(tokenizer)
 
     options = _options(ctx, [s for s in stmts if isinstance(s, A.SetDecl)])
@@ -95,7 +98,8 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO) -
         check_interventions(ctx, r, vectors)
     for op in spec.operations():
         check_operation(ctx, op, vectors)
-    _cycles(ctx, runs)
+    if not _cycles(ctx, runs):
+        check_chains(ctx, runs)
 
     if ctx.errors:
         raise SpecErrors(ctx.errors).with_source(spec.source)
@@ -117,6 +121,25 @@ def _model_statement(ctx: Context, stmts: tuple[A.Statement, ...]) -> A.ModelDec
                   f"{models[0].span.line}", Span(extra.span.line, extra.span.col,
                                                  extra.span.line, extra.span.col + 5))
     return models[0]
+
+
+def _tokenizer_fits(ctx: Context, decl: A.ModelDecl, tokenizer: LightTokenizer | None) -> None:
+    """The model folder's tokenizer.json is readable and has no id past the model's
+    vocabulary (the embedding has no row for it) (E215)."""
+    if tokenizer is None:
+        path = os.path.join(ctx.base_dir, os.path.expanduser(decl.model_id), "tokenizer.json")
+        if os.path.isfile(path):
+            ctx.error("E215", f"the model's tokenizer.json cannot be read: {path}", decl.span,
+                      hint="save the tokenizer again (tokenizer.save_pretrained)")
+        return
+    if ctx.model is None:
+        return
+    ids = tokenizer.tok.get_vocab(with_added_tokens=True).values()
+    top = max(ids, default=-1)
+    if top >= ctx.model.vocab_size:
+        ctx.error("E215", f"the model's tokenizer has token ids up to {top}, but its config "
+                  f"has vocab_size {ctx.model.vocab_size}", decl.span,
+                  hint="use the tokenizer saved with these weights")
 
 
 def _options(ctx: Context, sets: list[A.SetDecl]) -> Options:
@@ -143,7 +166,7 @@ def _options(ctx: Context, sets: list[A.SetDecl]) -> Options:
             Options(**{name: value})
         except ValidationError as e:
             msg = e.errors()[0]["msg"].removeprefix("Value error, ")
-            ctx.error("E306", f"invalid value for `{name}`: {value!r} ({msg})", s.span)
+            ctx.error("E306", f"invalid value for `{name}`: {repr(value)[:60]} ({msg})", s.span)
             continue
         if name == "device_map":
             try:  # a map file is read now: a bad one fails before any weight loads
@@ -184,30 +207,40 @@ def _declare_all(ctx: Context, stmts: tuple[A.Statement, ...]) -> None:
             tables.setdefault(A.table_name(op), ("table", op.span.line))
 
 
-def _cycles(ctx: Context, runs: list[A.RunDecl]) -> None:
+def _cycles(ctx: Context, runs: list[A.RunDecl]) -> bool:
     """Metrics that refer to themselves (E324); runs and vectors that read each other
-    (E344): a run cannot read its own later value."""
+    (E344): a run cannot read its own later value. True if there is a cycle."""
     metrics = ctx.metrics
     cycle = find_cycle(list(metrics), lambda n: [r for r in metric_refs(metrics[n].expr)
                                                  if r in metrics])
+    found = bool(cycle)
     if cycle:
         first = metrics[cycle[0]]
-        ctx.error("E324", f"metrics refer to each other in a cycle: {' -> '.join(cycle)}",
+        ctx.error("E324", f"metrics refer to each other in a cycle: {_chain(cycle)}",
                   first.name.span)
     decls: dict[tuple[str, str], Any] = {("run", r.name.value): r for r in runs}
     decls.update({("vector", n): v for n, v in ctx.vectors.items()})
 
     def deps(node: Any) -> list[tuple[str, str]]:
         d = decls[node]
-        found = run_deps(d) if node[0] == "run" else vector_deps(d.expr)
-        return [x for x in found if x in decls]
+        reads = run_deps(d) if node[0] == "run" else vector_deps(d.expr)
+        return [x for x in reads if x in decls]
 
     cycle = find_cycle(list(decls), deps)
     if cycle:
         first = decls[cycle[0]]
         ctx.error("E344", "a run would read its own value: "
-                  + " -> ".join(f"{k} {n}" for k, n in cycle), first.name.span,
+                  + _chain([f"{k} {n}" for k, n in cycle]), first.name.span,
                   hint="a run's baked interventions cannot depend on the run itself")
+    return found or bool(cycle)
+
+
+def _chain(names: list) -> str:
+    """`a -> b -> a`; a cycle of thousands is named by its first and last few."""
+    if len(names) <= 10:
+        return " -> ".join(map(str, names))
+    return (" -> ".join(map(str, names[:4])) + f" -> ... ({len(names) - 7} more) -> "
+            + " -> ".join(map(str, names[-3:])))
 
 
 __all__ = ["AUTO", "CheckError", "check"]

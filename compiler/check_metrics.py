@@ -1,4 +1,4 @@
-"""Metric expressions (LANGUAGE.md §5): references, answer tokens, and agreement with the
+"""Metric expressions (docs/language.md §7): references, answer tokens, and agreement with the
 run a metric is measured on.
 
 Two levels, so that a mistake inside a `metric` declaration is reported once, not once per
@@ -20,13 +20,17 @@ from .checked import RunInfo
 from .errors import Span
 
 
+# Positions that are not one position per example: a metric cannot be read there.
+_MULTI = (A.PosEach, A.PosRange, A.PosSet, A.PosSpan)
+
+
 def metric_refs(e: A.MExpr) -> list[str]:
     return [n.name for n in A.metric_nodes(e) if isinstance(n, A.MRef)]
 
 
 def check_decl(ctx: Context, decl: A.MetricDecl) -> None:
     check_expr(ctx, decl.expr)
-    if isinstance(decl.pos, (A.PosEach, A.PosRange)):
+    if isinstance(decl.pos, _MULTI):
         ctx.error("E345", "a metric is read at one position (`@ last`, `@ 3` or "
                   "`@ DATA.column`)", decl.pos.span)
 
@@ -43,9 +47,19 @@ def check_expr(ctx: Context, e: A.MExpr) -> None:
             if node.n < 1:
                 ctx.error("E340", f"generate({node.n}) must generate at least one token",
                           node.span)
+            elif ctx.model is not None and node.n > ctx.model.n_ctx:  # whatever the prompts
+                ctx.error("E340", f"generate({node.n}) needs more positions than the model "
+                          f"has ({ctx.model.n_ctx})", node.span)
             values = ctx.column(node.answer)
             if values is not None:
                 _strings(ctx, node.answer, values, "answer")
+        elif isinstance(node, A.MText) and node.n < 1:
+            ctx.error("E340", f"text({node.n}) must generate at least one token", node.span)
+        elif isinstance(node, A.MSeqLogProb):
+            _check_tok(ctx, node.tok, whole=True)
+    if not isinstance(e, A.MText) and any(isinstance(n, A.MText) for n in A.metric_nodes(e)):
+        ctx.error("E366", "text(N) is a string per example: it is a measure (or metric) of "
+                  "its own, not part of an expression", e.span)
 
 
 def _name_span(span: Span, prefix: str, name: str) -> Span:
@@ -63,7 +77,7 @@ def _strings(ctx: Context, ref: A.ColumnRef, values: list, use: str) -> bool:
     return True
 
 
-def _check_tok(ctx: Context, tok: A.Tok) -> None:
+def _check_tok(ctx: Context, tok: A.Tok, whole: bool = False) -> None:
     if isinstance(tok, A.TokId):
         vocab = ctx.model.vocab_size if ctx.model else None
         if vocab is not None and not 0 <= tok.token_id < vocab:
@@ -76,19 +90,75 @@ def _check_tok(ctx: Context, tok: A.Tok) -> None:
             return
         label = f"`{tok.data}.{tok.column}`"
     else:
-        values, label = [tok.text], repr(tok.text)
+        values, label = [tok.text], ""
     if ctx.tokenizer is None:
         return
+    unk = getattr(ctx.tokenizer, "unk_id", None)
+    unknown: list[int] = []
     for i, text in enumerate(values):
-        n = len(ctx.tokenizer.encode_plain(text))
-        row = f" in row {i}" if isinstance(tok, A.ColumnRef) else ""
+        ids = ctx.tokenizer.encode_plain(text)
+        n = len(ids)
+        # A literal is named once by its text; a column by its name, row and text.
+        what = f"{label} in row {i} ({text!r})" if label else repr(text)
         if n == 0:
-            ctx.error("E341", f"answer {label}{row} ({text!r}) tokenizes to no tokens",
-                      tok.span)
+            ctx.error("E341", f"answer {what} tokenizes to no tokens", tok.span)
             return
-        if n > 1:
-            ctx.warn("W301", f"answer {label}{row} ({text!r}) tokenizes to {n} tokens; "
-                     "the first one is used", tok.span, once=f"tok:{tok.span}")
+        # the token(s) read: the first, or every one for seqlogprob (whole)
+        if unk is not None and unk in (ids if whole else ids[:1]):
+            unknown.append(i)
+        elif n > 1 and not whole:  # seqlogprob (whole) scores every token
+            ctx.warn("W301", f"answer {what} tokenizes to {n} tokens; the first one is used",
+                     tok.span, once=f"tok:{tok.span}")
+    if unknown:
+        _unknown_answers(ctx, tok, label, values, unknown)
+
+
+def _unknown_answers(ctx: Context, tok: A.Tok, label: str, values: list, rows: list[int]
+                     ) -> None:
+    """Answers outside the tokenizer's vocabulary read the logit of its unknown-word token:
+    an error when every answer is unknown, else a warning naming the rows."""
+    if not isinstance(tok, A.ColumnRef):
+        ctx.error("E380", f"answer {values[0]!r} is not in the tokenizer's vocabulary (it "
+                  "would read the unknown-word token)", tok.span, hint="check the spelling")
+        return
+    table = ctx.data.get(tok.data)
+    where = table.where if table is not None else (lambda i: f"row {i}")
+    named = ", ".join(f"{where(i)} ({values[i]!r})" for i in rows[:5])
+    more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+    if len(rows) == len(values):
+        ctx.error("E380", f"no answer in {label} is in the tokenizer's vocabulary: {named}"
+                  f"{more} would all read the unknown-word token", tok.span,
+                  hint="is this the tokenizer of the model the data was written for?")
+        return
+    ctx.warn("W380", f"{len(rows)} answer(s) in {label} are not in the tokenizer's "
+             f"vocabulary and read the unknown-word token: {named}{more}", tok.span,
+             hint="fix their spelling, or drop those rows", once=f"unk:{tok.span}")
+
+
+def inlined(ctx: Context, e: A.MExpr) -> list[A.MExpr]:
+    """Every node of an expression, following references to declared metrics."""
+    seen: set[str] = set()
+    nodes = list(A.metric_nodes(e))
+    for node in nodes:  # grows while it runs
+        if isinstance(node, A.MRef) and node.name not in seen:
+            seen.add(node.name)
+            decl = ctx.metrics.get(node.name)
+            if decl is not None:
+                nodes.extend(A.metric_nodes(decl.expr))
+    return nodes
+
+
+def _is_text(ctx: Context, e: A.MExpr) -> bool:
+    return any(isinstance(n, A.MText) for n in inlined(ctx, e))
+
+
+def _measure_pos(ctx: Context, e: A.MExpr) -> A.Pos | None:
+    """Where a measured expression is read: its metrics' declared position, else None."""
+    for node in A.metric_nodes(e):
+        decl = ctx.metrics.get(node.name) if isinstance(node, A.MRef) else None
+        if decl is not None and decl.pos is not None:
+            return decl.pos
+    return None
 
 
 def check_measures(ctx: Context, measures: tuple[A.Measure, ...], run: RunInfo | None) -> None:
@@ -96,6 +166,7 @@ def check_measures(ctx: Context, measures: tuple[A.Measure, ...], run: RunInfo |
     for m in measures:
         check_expr(ctx, m.expr)  # inline expressions; references report unknown names
         _one_position(ctx, m)
+        _check_version1(ctx, m, run)
     if run is None:
         return
     for m in measures:
@@ -113,6 +184,8 @@ def check_measures(ctx: Context, measures: tuple[A.Measure, ...], run: RunInfo |
                 ref = node.tok if isinstance(node, A.MCall) else node.answer
                 if isinstance(ref, A.ColumnRef):
                     _rows_match(ctx, ref, run, m.span)
+                if isinstance(node, A.MGenerate):
+                    _fits_context(ctx, node, run, m.span)
             elif isinstance(node, A.MKL):
                 kl_runs.setdefault(node.run, node.span)
                 other = ctx.runs.get(node.run)
@@ -124,6 +197,49 @@ def check_measures(ctx: Context, measures: tuple[A.Measure, ...], run: RunInfo |
         if len(kl_runs) > 1:
             ctx.error("E351", f"one measure compares with one run in kl(...); this one uses "
                       f"{', '.join(kl_runs)}", m.span)
+
+
+def _fits_context(ctx: Context, node: A.MGenerate, run: RunInfo, span: Span) -> None:
+    """generate(N) after the run's longest prompt stays within the model's positions (E340);
+    past them, the position embedding has no row for the next token."""
+    if ctx.model is None or run.max_tokens is None or node.n < 1:
+        return
+    need = run.max_tokens + node.n - 1  # the last generated token is never fed back
+    if need > ctx.model.n_ctx:
+        ctx.error("E340", f"generate({node.n}) after the {run.max_tokens}-token prompts of run "
+                  f"`{run.name}` needs {need} positions; the model has {ctx.model.n_ctx}",
+                  node.span, hint=f"generate at most {ctx.model.n_ctx - run.max_tokens + 1} "
+                  "tokens")
+
+
+def _check_version1(ctx: Context, m: A.Measure, run: RunInfo | None) -> None:
+    """`normalized between R1 and R2`, text(N) as a whole measure, seqlogprob at the last
+    position."""
+    if _is_text(ctx, m.expr) and m.normalized:
+        ctx.error("E366", "text(N) cannot be normalized: it is a string per example", m.span)
+    if any(isinstance(n, A.MSeqLogProb) for n in inlined(ctx, m.expr)):
+        pos = _measure_pos(ctx, m.expr)
+        if pos is not None and not isinstance(pos, A.PosLast) and not (
+                isinstance(pos, A.PosIndex) and pos.value == -1):
+            ctx.error("E367", "seqlogprob(...) scores the answer after the prompt: it is "
+                      "measured at the last position", m.span)
+    if m.between is None:
+        return
+    for name in m.between:
+        other = ctx.run(name.value, name.span)
+        if other is None or run is None:
+            continue
+        if other.n_examples != run.n_examples:
+            ctx.error("E365", f"normalized between: run `{other.name}` has "
+                      f"{other.n_examples} examples, the measured run `{run.name}` "
+                      f"{run.n_examples}", name.span,
+                      hint="the baselines are measured example by example on the same "
+                      "prompts' rows")
+            continue
+        for node in inlined(ctx, m.expr):
+            ref = getattr(node, "tok", None) or getattr(node, "answer", None)
+            if isinstance(ref, A.ColumnRef):
+                _rows_match(ctx, ref, other, m.span)
 
 
 def _pos_key(pos: A.Pos) -> tuple:
@@ -162,7 +278,7 @@ def _rows_match(ctx: Context, ref: A.ColumnRef, run: RunInfo, span: Span) -> Non
 def _metric_pos(ctx: Context, decl: A.MetricDecl, run: RunInfo) -> None:
     """A metric's `@ POS` against each run it is measured on (reported once per pair)."""
     key = f"pos:{decl.name.value}:{run.name}"
-    if decl.pos is None or key in ctx.seen or isinstance(decl.pos, (A.PosEach, A.PosRange)):
+    if decl.pos is None or key in ctx.seen or isinstance(decl.pos, _MULTI):
         return
     ctx.seen.add(key)
     check_pos(ctx, decl.pos, run)

@@ -1,4 +1,4 @@
-"""Operations (LANGUAGE.md §6): the runs they read and write, their sites, methods,
+"""Operations (docs/language.md §8): the runs they read and write, their sites, methods,
 `where` conditions, result columns, and what they measure.
 """
 
@@ -22,6 +22,7 @@ from .check_sites import (
 from .check_vectors import VectorChecker, sweeps
 from .checked import RunInfo
 from .errors import Span
+from .limits import MAX_IG_STEPS
 
 # Estimators of `attribute`/`compare`: method -> {argument: the value it takes}.
 # (`ig` interpolates in 32 steps unless `steps` says otherwise; lower.py applies defaults.)
@@ -38,6 +39,11 @@ Resolved = list  # [(site item, [Match])] from check_sites.check_items
 
 
 def check_operation(ctx: Context, op: A.Operation, vectors: VectorChecker) -> None:
+    if isinstance(op, A.OBSERVATIONS):
+        from .check_observe import check_observation
+
+        check_observation(ctx, op)
+        return
     kw = A.op_keyword(op)
     target = ctx.run(op.target.value, op.target.span)
     source_name: A.Name | None = getattr(op, "source", None)
@@ -58,8 +64,21 @@ def check_operation(ctx: Context, op: A.Operation, vectors: VectorChecker) -> No
                   op.span.line, op.span.col + len(kw)), hint="add `measure METRIC`, e.g. "
                   "`measure ld normalized`")
     check_measures(ctx, op.clauses.measures, target)
+    if isinstance(op, (A.Attribute, A.Compare, A.Dla)):
+        _scalar_measures(ctx, op)
     if isinstance(op, A.Dla):
         _linear_measures(ctx, op.clauses.measures)
+
+
+def _scalar_measures(ctx: Context, op: A.Attribute | A.Compare | A.Dla) -> None:
+    """Estimators differentiate (or split) the metric on the run's own logits: no
+    continuation past the prompt (text, seqlogprob, generate)."""
+    from .check_metrics import inlined
+
+    for m in op.clauses.measures:
+        if any(isinstance(n, (A.MText, A.MSeqLogProb)) for n in inlined(ctx, m.expr)):
+            ctx.error("E366", f"`{A.op_keyword(op)}` estimates a metric of the prompt's "
+                      "logits; text(N) and seqlogprob(...) run past the prompt", m.span)
 
 
 def _linear_measures(ctx: Context, measures: tuple[A.Measure, ...]) -> None:
@@ -150,6 +169,11 @@ def _check_columns(ctx: Context, columns: list[tuple[str, Span]],
         # A column is named after its metric (or the expression's text), whether or not it
         # is `normalized`: measuring one twice would give two columns of one name.
         name = m.expr.name if isinstance(m.expr, A.MRef) else printer.mexpr(m.expr)
+        if m.name is not None:
+            name = m.name.value
+            if name in sweep:
+                ctx.error("E327", f"the result column `{name}` is both a sweep column and "
+                          "a measured one", m.name.span)
         if name in measured:
             ctx.error("E327", f"the result column `{name}` is measured twice", m.span,
                       hint="declare a second metric (`metric ld2 = ld`) to measure it both "
@@ -179,6 +203,7 @@ def check_method(ctx: Context, method: A.Method) -> None:
         if want == "bool" and not isinstance(v, bool):
             ctx.error("E335", f"{method.name}({kw.name}=...) must be true or false; got {v!r}",
                       kw.span)
-        elif want == "int>=1" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            ctx.error("E335", f"{method.name}({kw.name}=...) must be an integer >= 1; "
-                      f"got {v!r}", kw.span)
+        elif want == "int>=1" and (isinstance(v, bool) or not isinstance(v, int) or
+                                   not 1 <= v <= MAX_IG_STEPS):
+            ctx.error("E335", f"{method.name}({kw.name}=...) must be an integer from 1 to "
+                      f"{MAX_IG_STEPS}; got {str(v)[:40]}", kw.span)

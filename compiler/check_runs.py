@@ -16,6 +16,7 @@ from .check_sites import PATTERN_KINDS, check_items, check_pos, expand, no_vecto
 from .check_vectors import VectorChecker, one_site_width, vector_deps
 from .checked import RunInfo
 from .errors import Span
+from .limits import MAX_SAMPLES, SEED_RANGE
 
 NOISE_KWARGS = ("std", "samples", "seed")
 
@@ -126,7 +127,7 @@ def check_interventions(ctx: Context, decl: A.RunDecl, vectors: VectorChecker) -
 
 
 def no_subspace(ctx: Context, items: tuple[A.SiteItem, ...], what: str) -> None:
-    """A subspace `[v]` restricts a replacement (swap) or a zero-ablation (LANGUAGE.md §8);
+    """A subspace `[v]` restricts a replacement (swap) or a zero-ablation (docs/language.md §11);
     other writes have no projected form (E343)."""
     for item in items:
         for ref in [item] if isinstance(item, A.SiteRef) else item.members:
@@ -189,10 +190,13 @@ def _check_noise(ctx: Context, iv: A.INoise, run: RunInfo | None) -> None:
             elif isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                 ctx.error("E336", f"noise std must be a positive number or a multiple of "
                           f"std(SITE); got {v!r}", kw.span)
-        elif isinstance(v, bool) or not isinstance(v, int) or \
-                (kw.name == "samples" and v < 1):
-            need = "an integer >= 1" if kw.name == "samples" else "an integer"
-            ctx.error("E336", f"noise {kw.name} must be {need}; got {v!r}", kw.span)
+        elif isinstance(v, bool) or not isinstance(v, int) or (
+                kw.name == "samples" and not 1 <= v <= MAX_SAMPLES) or (
+                kw.name == "seed" and not SEED_RANGE[0] <= v <= SEED_RANGE[1]):
+            need = f"an integer from 1 to {MAX_SAMPLES}" if kw.name == "samples" else \
+                "a 64-bit integer"
+            ctx.error("E336", f"noise {kw.name} must be {need}; got {str(v)[:40]}",
+                      kw.span)
     if "std" not in given:
         ctx.error("E336", "noise needs std=X or std=K*std(SITE)", iv.span)
 

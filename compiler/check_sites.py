@@ -66,12 +66,15 @@ def check_pos(ctx: Context, pos: A.Pos | None,
         return [(Positions("all"), None)]
     if isinstance(pos, A.ColumnRef):
         return _column_pos(ctx, pos, run)
+    if isinstance(pos, A.PosSpan):
+        return _span_pos(ctx, pos, run)
     lengths = run.lengths if run is not None else None
     if not lengths:
         return None  # no tokenizer (warned once) or an unresolved run (its own error)
     common = run.n_tokens if run is not None else None
     negative = (isinstance(pos, A.PosIndex) and pos.value < -1) or (
-        isinstance(pos, A.PosRange) and min(pos.lo, pos.hi) < 0)
+        isinstance(pos, A.PosRange) and min(pos.lo, pos.hi) < 0) or (
+        isinstance(pos, A.PosSet) and min(pos.values) < 0)
     if common is None and isinstance(pos, A.PosEach):
         # Sweep the longest prompt's positions; shorter prompts sit out those they lack.
         return resolve.positions(pos, max(lengths))
@@ -116,6 +119,29 @@ def _column_pos(ctx: Context, pos: A.ColumnRef, run: RunInfo | None
                       hint="positions count tokens after tokenization, BOS included")
             return None
     return [(Positions("column", column=(pos.data, pos.column)), None)]
+
+
+def _span_pos(ctx: Context, pos: A.PosSpan, run: RunInfo | None
+              ) -> list[tuple[Positions, int | None]] | None:
+    """`@ d.a..d.b`: both ends are per-example positions of one data table, a <= b."""
+    ends = [_column_pos(ctx, end, run) for end in (pos.lo, pos.hi)]
+    if pos.lo.data != pos.hi.data:
+        ctx.error("E368", f"a position span takes both ends from one data table; got "
+                  f"`{pos.lo.data}` and `{pos.hi.data}`", pos.span)
+        return None
+    if any(e is None for e in ends):
+        return None
+    los, his = ctx.column(pos.lo) or [], ctx.column(pos.hi) or []
+    for i, (lo, hi) in enumerate(zip(los, his)):
+        if lo > hi:
+            where = row_where(ctx, run, i) if run is not None else f"row {i}"
+            ctx.error("E368", f"{where}: empty position span {pos.lo.column} = {lo} .. "
+                      f"{pos.hi.column} = {hi}", pos.span,
+                      hint="the span is inclusive and runs from the first column's "
+                      "position to the second's")
+            return None
+    return [(Positions("span", column=(pos.lo.data, pos.lo.column),
+                       end=(pos.hi.data, pos.hi.column)), None)]
 
 
 def item_positions(item: A.SiteItem) -> list[A.Pos]:
@@ -215,7 +241,7 @@ def _check_subspace_widths(ctx: Context, ref: A.SiteRef, sites: list[Site]) -> N
 
 def warn_shared_kv(ctx: Context, item: A.SiteItem, matches: list[Match]) -> None:
     """Writing `k`/`v` of a query head of a grouped-query model writes its kv head, which
-    other query heads read too (LANGUAGE.md §4): legal, but rarely what was meant."""
+    other query heads read too (docs/language.md §5): legal, but rarely what was meant."""
     model = ctx.model
     if model is None or not model.grouped_query:
         return

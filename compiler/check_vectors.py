@@ -1,4 +1,4 @@
-"""Vector expressions (LANGUAGE.md §7): references, files, and sizes.
+"""Vector expressions (docs/language.md §10): references, files, and sizes.
 
 A vector's size must equal the size of the site it is added to or projects in, so every
 vector expression gets a dimension here (None where it cannot be known because of an error

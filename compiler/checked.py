@@ -16,11 +16,12 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from . import ast as A
 from .device_map import valid_value
 from .errors import PatchcError
+from .limits import MAX_MEMORY_BYTES, SEED_RANGE
 from .modelspec import ModelSpec
 
 
 class Options(BaseModel):
-    """The `set` options of a spec (LANGUAGE.md §3), validated."""
+    """The `set` options of a spec (docs/language.md §4), validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -50,6 +51,26 @@ class Options(BaseModel):
         if v is not None and not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", v.strip(),
                                               re.IGNORECASE):
             raise ValueError('memory must be a size such as "8GB" or "512MiB"')
+        return v
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_bound(cls, v: str | None) -> str | None:
+        from .costs import parse_bytes
+
+        try:
+            too_big = v is not None and parse_bytes(v) > MAX_MEMORY_BYTES
+        except OverflowError:  # 400 digits: beyond a float
+            too_big = True
+        if too_big:
+            raise ValueError("memory must be at most 1 EiB")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int) -> int:
+        if not SEED_RANGE[0] <= v <= SEED_RANGE[1]:
+            raise ValueError("seed must be a 64-bit integer (-2^63 to 2^63-1)")
         return v
 
     @field_validator("batch_size")

@@ -69,6 +69,8 @@ def first_index(pos: Positions, shape: RunShape, samples: int = 1) -> int:
         return min(o + min(pos.lo, n - 1) for o, n in zip(offsets, shape.lengths))
     if pos.kind == "range":
         return min(offsets) + pos.lo
+    if pos.kind == "set":
+        return min(offsets) + min(pos.values)
     assert pos.column is not None
     values = shape.columns.get(pos.column)
     if not values:
@@ -82,6 +84,13 @@ def n_positions(pos: Positions, shape: RunShape) -> int:
         return shape.width
     if pos.kind == "range":
         return pos.hi - pos.lo + 1
+    if pos.kind == "set":
+        return len(pos.values)
+    if pos.kind == "span" and pos.column is not None and pos.end is not None:
+        los, his = shape.columns.get(pos.column), shape.columns.get(pos.end)
+        if los and his:
+            return max(h - lo + 1 for lo, h in zip(los, his))
+        return shape.width
     return 1
 
 

@@ -14,6 +14,7 @@ Write text that looks like a number (an answer "1984") in a .jsonl file to keep 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from typing import Any
 
 from . import ast as A
 from .checked import DataTable
-from .errors import CheckError, Source, Span
+from .errors import CheckError, Source, Span, split_lines
 
 SUPPORTED = (".jsonl", ".csv", ".json")
 _INT_RE = re.compile(r"[-+]?\d+")
@@ -75,17 +76,51 @@ def path_span(decl: A.DataDecl, source: Source | None) -> Span:
     return Span(decl.span.line, start + 1, decl.span.line, min(end, len(line)) + 2)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of a data file; `{"p": 1, "p": 2}` would silently keep the last value."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
+def _loads(text: str, where: str, span: Span) -> Any:
+    """json.loads, with the ways a file can defeat it turned into E316: invalid JSON, nesting
+    deeper than the parser's recursion, a lone surrogate escape (`"\\ud800"`)."""
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as e:
+        raise CheckError("E316", f"{where} names the key {e.args[0]!r} twice in one object",
+                         span) from None
+    except json.JSONDecodeError as e:
+        at = f"line {e.lineno}, column {e.colno}" if e.lineno > 1 else f"column {e.colno}"
+        raise CheckError("E316", f"{where} is not valid JSON: {e.msg} ({at})", span) from None
+    except RecursionError:
+        raise CheckError("E316", f"{where} nests too deeply to read", span) from None
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise CheckError("E316", f"{where} holds a lone surrogate U+{ord(e.object[e.start]):04X}"
+                         " (an escape like \\ud800 that is half a character)", span) from None
+    except RecursionError:  # deep, yet within what loads could read
+        raise CheckError("E316", f"{where} nests too deeply to read", span) from None
+    return obj
+
+
 def _read_jsonl(text: str, short: str, span: Span) -> tuple[list[dict[str, Any]], list[int]]:
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    # Only \n ends a JSON Lines record: a raw U+2028 or form feed inside a string is text
+    # (str.splitlines() would cut the record there).
+    for lineno, raw in enumerate(split_lines(text), start=1):
         if not raw.strip():
             continue  # blank lines (a trailing newline, say) are not rows
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise CheckError("E316", f"line {lineno} of {short} is not valid JSON: {e.msg} "
-                             f"(column {e.colno})", span) from None
+        obj = _loads(raw, f"line {lineno} of {short}", span)
         if not isinstance(obj, dict):
             raise CheckError("E316", f"line {lineno} of {short} is a JSON "
                              f"{type(obj).__name__}, not an object {{...}}", span)
@@ -95,11 +130,7 @@ def _read_jsonl(text: str, short: str, span: Span) -> tuple[list[dict[str, Any]]
 
 
 def _read_json(text: str, short: str, span: Span) -> tuple[list[dict[str, Any]], list[int]]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CheckError("E316", f"{short} is not valid JSON: {e.msg} (line {e.lineno}, "
-                         f"column {e.colno})", span) from None
+    data = _loads(text, short, span)
     if not isinstance(data, list):
         raise CheckError("E316", f"{short} must hold a JSON list of objects, not a "
                          f"{type(data).__name__}", span)
@@ -111,7 +142,8 @@ def _read_json(text: str, short: str, span: Span) -> tuple[list[dict[str, Any]],
 
 
 def _read_csv(text: str, short: str, span: Span) -> tuple[list[dict[str, Any]], list[int]]:
-    reader = csv.reader(text.splitlines())
+    # The reader sees the text whole: a quoted cell may hold a line break.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # no unclosed quote
     try:
         records = [(reader.line_num, r) for r in reader if r]
     except csv.Error as e:
@@ -119,6 +151,10 @@ def _read_csv(text: str, short: str, span: Span) -> tuple[list[dict[str, Any]], 
     if not records:
         return [], []
     (_, header), body = records[0], records[1:]
+    dup = next((c for i, c in enumerate(header) if c in header[:i]), None)
+    if dup is not None:
+        raise CheckError("E317", f"column {dup!r} appears twice in the header of {short}", span,
+                         hint="give every column its own name")
     rows: list[dict[str, Any]] = []
     for lineno, rec in body:
         if len(rec) != len(header):

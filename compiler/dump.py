@@ -50,7 +50,8 @@ def _span_text(s: Span) -> str:
 
 def _fields(node: Any) -> list[tuple[str, Any]]:
     return [(f.name, getattr(node, f.name)) for f in fields(node)
-            if f.name != "span" and f.compare]
+            if f.name != "span" and f.compare
+            and not (f.metadata.get("optional") and getattr(node, f.name) is None)]
 
 
 def _is_leaf(v: Any) -> bool:
@@ -157,6 +158,7 @@ def _node_line(nid: str, node: Any) -> str:
                 f" := {expr}")
     if isinstance(node, Metric):
         ref = f" ref {node.reference}" if node.reference else ""
+        ref += f" lens {node.lens}" if node.lens else ""
         return (f"{nid} = metric {_name(node.name)} @ {node.pos} <- {node.forward}{ref}"
                 f" := {printer.mexpr(node.expr)}")
     if isinstance(node, Backward):

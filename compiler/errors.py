@@ -12,6 +12,7 @@ The codes are listed in docs/errors.md. `patchc.PatchcError` re-exports the root
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable
 
 
@@ -33,6 +34,8 @@ class Span:
         return Span(self.line, self.col, other.end_line, other.end_col)
 
 
+# A diagnostic without a place in the spec (a missing file, a command-line flag): printed as
+# `FILE: error[...]` with no line, column or source excerpt. Real spans are never empty.
 NO_SPAN = Span(1, 1, 1, 1)
 
 
@@ -45,8 +48,27 @@ class Source:
     base_dir: str = "."
 
     def line_text(self, line: int) -> str:
-        lines = self.text.splitlines()
+        """Line `line` (1-based) as the parser counts lines: only `\\n` ends one."""
+        lines = _lines(self.text)
         return lines[line - 1] if 1 <= line <= len(lines) else ""
+
+    def last_position(self) -> tuple[int, int]:
+        """(line, col) just past the last character that is not a line break or blank."""
+        lines = split_lines(self.text.rstrip())
+        return len(lines), len(lines[-1]) + 1
+
+
+@lru_cache(maxsize=4)
+def _lines(text: str) -> tuple[str, ...]:
+    """split_lines, once per text: a spec with many errors renders each against it."""
+    return tuple(split_lines(text))
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of `text` as Lark counts them: split at `\\n` only (a form feed, NEL or
+    U+2028 inside a comment does not start a line; `str.splitlines()` would say it does).
+    A `\\r` before the `\\n` is dropped. Every line number in patchc is counted this way."""
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
 
 
 class PatchcError(Exception):
@@ -150,18 +172,59 @@ def render_diagnostic(
     hint: str | None = None,
     kind: str = "error",
 ) -> str:
-    """Format one diagnostic: location header, the source line and a caret under the span."""
+    """Format one diagnostic: location header, the source line and a caret under the span.
+    A diagnostic at NO_SPAN has no place in the spec and prints `FILE: error[...]` alone."""
     filename = source.filename if source else "<spec>"
-    out = [f"{filename}:{span.line}:{span.col}: {kind}[{code}]: {message}"]
+    if span == NO_SPAN:  # about no spec at all (a result folder, say): named as patchc's own
+        who = source.filename if source else "patchc"
+        return _with_hint(f"{who}: {kind}[{code}]: {_clip(message)}", hint)
+    out = [f"{filename}:{span.line}:{span.col}: {kind}[{code}]: {_clip(message)}"]
     if source is not None:
         text = source.line_text(span.line)
-        if text or span.line == 1:
-            gutter = str(span.line)
+        if text.strip() or span.line == 1:
             # A span over several lines is underlined to the end of its first line.
             end = span.end_col if span.end_line == span.line else len(text) + 1
-            width = max(1, end - span.col)
-            out.append(f" {gutter} | {text}")
-            out.append(f" {' ' * len(gutter)} | {' ' * (span.col - 1)}{'^' * width}")
-    if hint:
-        out.append(f"   = hint: {hint}")
-    return "\n".join(out)
+            shown, col, width = _excerpt(text, span.col, max(1, end - span.col))
+            gutter = str(span.line)
+            out.append(f" {gutter} | {shown}")
+            out.append(f" {' ' * len(gutter)} | {' ' * (col - 1)}{'^' * width}")
+    return _with_hint("\n".join(out), hint)
+
+
+def _with_hint(text: str, hint: str | None) -> str:
+    return f"{text}\n   = hint: {_clip(hint)}" if hint else text
+
+
+# How much of a source line and of a message a diagnostic shows: a 1 MB line or a message
+# naming thousands of things is cut to a window around the caret / its start.
+EXCERPT_WIDTH = 100
+MESSAGE_WIDTH = 400
+
+
+def _clip(message: str) -> str:
+    message = _printable(message, keep_newlines=True)
+    if len(message) <= MESSAGE_WIDTH:
+        return message
+    return f"{message[:MESSAGE_WIDTH]}... ({len(message) - MESSAGE_WIDTH} more characters)"
+
+
+def _printable(text: str, keep_newlines: bool = False) -> str:
+    """Control and separator characters (a form feed, NEL, U+2028, a lone surrogate) would
+    break the line or the terminal's encoding: each becomes one U+FFFD, so that the caret's
+    column stays right."""
+    keep = "\t\n" if keep_newlines else "\t"
+    return "".join(c if (c.isprintable() or c in keep) and not 0xD800 <= ord(c) <= 0xDFFF
+                   else "\ufffd" for c in text)
+
+
+def _excerpt(text: str, col: int, width: int) -> tuple[str, int, int]:
+    """The part of `text` to show around columns col..col+width, the caret's column in that
+    part, and the caret's width (both clipped to the window)."""
+    width = min(width, EXCERPT_WIDTH)
+    if len(text) <= EXCERPT_WIDTH:
+        return _printable(text), col, width
+    start = max(0, min(col - 1 - EXCERPT_WIDTH // 3, len(text) - EXCERPT_WIDTH))
+    window = text[start:start + EXCERPT_WIDTH]
+    prefix = "..." if start > 0 else ""
+    suffix = "..." if start + EXCERPT_WIDTH < len(text) else ""
+    return prefix + _printable(window) + suffix, col - start + len(prefix), width

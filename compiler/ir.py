@@ -1,6 +1,6 @@
 """The IR: a networkx DiGraph of typed, frozen nodes; edges are data dependencies.
 
-Node kinds (DESIGN.md "The IR and the optimizer"):
+Node kinds (docs/architecture.md, "The IR"):
   Forward   one model run over one run's inputs, with a set of Writes applied
   Read      a site's value at some positions, taken from a Forward (edge Forward -> Read)
   Write     replaces/edits a site's value inside a Forward (edge Write -> Forward); its value
@@ -79,13 +79,17 @@ class Site:
 
 @dataclass(frozen=True, slots=True)
 class Positions:
-    """Which token positions: `all`, `last`, `index` (lo), `range` (lo..hi inclusive), or
-    `column` (a per-example position from data column `column` = (data, col))."""
+    """Which token positions: `all`, `last`, `index` (lo), `range` (lo..hi inclusive),
+    `column` (a per-example position from data column `column` = (data, col)), `set`
+    (`values`, jointly) or `span` (per example, from column `column` to column `end`,
+    inclusive)."""
 
     kind: str = "all"
     lo: int = 0
     hi: int = 0
     column: tuple[str, str] | None = None
+    values: tuple[int, ...] = ()
+    end: tuple[str, str] | None = None
 
     def __str__(self) -> str:
         if self.kind == "all":
@@ -96,7 +100,12 @@ class Positions:
             return str(self.lo)
         if self.kind == "range":
             return f"{self.lo}..{self.hi}"
+        if self.kind == "set":
+            return "{" + ", ".join(map(str, self.values)) + "}"
         assert self.column is not None
+        if self.kind == "span":
+            assert self.end is not None
+            return ".".join(self.column) + ".." + ".".join(self.end)
         return ".".join(self.column)
 
 
@@ -185,11 +194,16 @@ class Vector:
 
 @dataclass(frozen=True, slots=True)
 class Metric:
+    """A scalar per example from `forward`'s logits at `pos`. With `lens` (a Read of a
+    residual-shaped site of `forward` at `pos`), the logits are instead that value decoded
+    through the model's final norm and unembedding (`lens` statements)."""
+
     forward: str
     name: str
     expr: Any  # ast.MExpr with MRef already inlined
     pos: Positions = Positions("last")
     reference: str | None = None  # for kl(RUN): the Forward whose distribution is compared
+    lens: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +349,7 @@ def verify(ir: IRGraph) -> None:
         elif isinstance(node, (Write, Vector, Estimate)):
             refs = node.inputs
         elif isinstance(node, Metric):
-            refs = (node.forward,) + ((node.reference,) if node.reference else ())
+            refs = (node.forward,) + tuple(r for r in (node.reference, node.lens) if r)
         elif isinstance(node, Backward):
             refs = (node.metric,) + node.wrt
         for r in refs:

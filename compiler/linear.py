@@ -35,6 +35,8 @@ def linear_terms(expr: A.MExpr, metrics: Mapping[str, A.MetricDecl] | None = Non
         if expr.fn != "logit":
             raise NonLinear(f"{expr.fn}(...)")
         return [(1.0, expr.tok)], 0.0
+    if isinstance(expr, A.MBin) and expr.op in A.COMPARISONS:
+        raise NonLinear(f"a comparison ({expr.op})")
     if isinstance(expr, A.MBin):
         (lt, lc), (rt, rc) = linear_terms(expr.left, metrics), linear_terms(expr.right, metrics)
         if expr.op in "+-":
@@ -46,7 +48,8 @@ def linear_terms(expr: A.MExpr, metrics: Mapping[str, A.MetricDecl] | None = Non
         if expr.op == "/" and not rt:
             return [(k / rc, t) for k, t in lt], lc / rc
         raise NonLinear(f"a {'product' if expr.op == '*' else 'quotient'} of logit terms")
-    name = {A.MKL: "kl(...)", A.MLoss: "loss", A.MGenerate: "generate(...)"}.get(type(expr))
+    name = {A.MKL: "kl(...)", A.MLoss: "loss", A.MGenerate: "generate(...)",
+            A.MText: "text(...)", A.MSeqLogProb: "seqlogprob(...)"}.get(type(expr))
     raise NonLinear(name or type(expr).__name__)
 
 

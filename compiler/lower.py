@@ -1,5 +1,5 @@
-"""Checked AST -> the UNOPTIMIZED IR graph: one Forward per experiment (DESIGN.md, "The IR
-and the optimizer"). The naive runtime interpreter executes this graph as it is, so every
+"""Checked AST -> the UNOPTIMIZED IR graph: one Forward per experiment (docs/architecture.md,
+"The IR"). The naive runtime interpreter executes this graph as it is, so every
 quantity a table reports is a node; the passes in compiler/passes/ make it fast.
 
 What becomes what:
@@ -172,21 +172,25 @@ class Lowerer:
     def subspace(self, names: tuple[str, ...], dim: int) -> tuple[str, ...]:
         return tuple(self.vector(A.VRef(n, NO_SPAN), dim) for n in names)
 
-    def metric(self, forward: str, run: str, expr: A.MExpr) -> str:
-        """The Metric of a measured expression on `forward` (a Forward of `run`)."""
+    def metric(self, forward: str, run: str, expr: A.MExpr, at: Positions | None = None,
+               lens: Site | None = None) -> str:
+        """The Metric of a measured expression on `forward` (a Forward of `run`); `at`
+        overrides its position; with `lens`, it decodes that site's value (read at the
+        position) instead of the forward's logits."""
         name, body, pos = metric_parts(expr, self.checked.metrics)
-        if isinstance(pos, A.PosEach):
+        if isinstance(pos, A.PosEach) and at is None:
             raise PlanError("E518", "a metric is evaluated at one position, not `@ each`",
                             pos.span)
-        p = LAST if pos is None else self.positions(pos, run)[0][0]
+        p = at if at is not None else LAST if pos is None else self.positions(pos, run)[0][0]
         runs = kl_runs(body)
         if len(runs) > 1:
             raise PlanError("E519", "one metric may compare with one run in kl(...)",
                             expr.span)
         ref = self.base(runs[0]) if runs else None
-        node = Metric(forward, name, body, p, ref)
-        deps = (forward,) + ((ref,) if ref else ())
-        key = ("metric", forward, name, printer.mexpr(body), p, ref)
+        decoded = self.read(forward, lens, p) if lens is not None else None
+        node = Metric(forward, name, body, p, ref, decoded)
+        deps = (forward,) + tuple(r for r in (ref, decoded) if r)
+        key = ("metric", forward, name, printer.mexpr(body), p, ref, decoded)
         return self._cached(key, lambda: self.ir.add(node, deps))
 
     def backward(self, metric: str, wrt: tuple[str, ...], rules: str) -> str:
@@ -246,7 +250,8 @@ class Lowerer:
     # -- tables ---------------------------------------------------------------------------
     def measures(self, op: A.Operation) -> list[tuple[str, A.Measure]]:
         """(column name, measure) of an operation's `measure` clause."""
-        return [(metric_parts(m.expr, self.checked.metrics)[0], m) for m in op.clauses.measures]
+        return [(m.name.value if m.name is not None else
+                 metric_parts(m.expr, self.checked.metrics)[0], m) for m in op.clauses.measures]
 
     def row(self, key: Key, forward: str, op: A.Operation, target: str,
             source: str | None) -> Row:
@@ -259,7 +264,10 @@ class Lowerer:
         return Row(key, tuple(values), tuple(norm))
 
     def norm_refs(self, m: A.Measure, target: str, source: str | None) -> tuple[str, str | None]:
-        """(metric on the target's base Forward, on the source's, or None without source)."""
+        """(metric on the target's base Forward, on the source's, or None without source);
+        `normalized between R1 and R2`: on R1's and R2's base Forwards (0 and 1)."""
+        if m.between is not None:
+            target, source = m.between[0].value, m.between[1].value
         t = self.metric(self.base(target), target, m.expr)
         s = self.metric(self.base(source), source, m.expr) if source else None
         return t, s

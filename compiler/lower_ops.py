@@ -151,6 +151,8 @@ def _compare_key(e: Exp, method: A.Method, col: str, multi: bool) -> Key:
 
 def rows_of(lw: Lowerer, op: A.Operation) -> int:
     """How many rows `op`'s table has, without building nodes."""
+    if isinstance(op, A.MeasureRun):
+        return 1
     if isinstance(op, A.Backpatch):
         return len(_backpatch_pairs(lw, op, bake=False))
     exps = _exps(lw, op, op.target.value, bake=False)
@@ -314,15 +316,37 @@ def _op_dla(lw: Lowerer, op: A.Dla) -> None:
             t0 = e.targets[0]
             values.append((col, lw.ir.add(Estimate("dla", t0.site, t0.pos, inputs), inputs)))
             if m.normalized:
-                norm.append((col, (metric, None)))
+                # bare: m / m_B (B's own metric); `between R1 and R2`: those runs' values
+                norm.append((col, lw.norm_refs(m, target, None) if m.between else
+                             (metric, None)))
         rows.append(Row(e.key, tuple(values), tuple(norm)))
     lw.table(op, rows)
+
+
+def _op_read(lw: Lowerer, op: A.ReadSites) -> None:
+    from .lower_observe import op_read
+
+    op_read(lw, op, _exps(lw, op, op.target.value))
+
+
+def _op_lens(lw: Lowerer, op: A.Lens) -> None:
+    from .lower_observe import op_lens
+
+    op_lens(lw, op, _exps(lw, op, op.target.value))
+
+
+def _op_measure(lw: Lowerer, op: A.MeasureRun) -> None:
+    from .lower_observe import op_measure
+
+    lw.bake(op.target.value)
+    op_measure(lw, op)
 
 
 _LOWER: dict[type, Callable[[Lowerer, Any], None]] = {
     A.Swap: _op_swap, A.Trace: _op_swap, A.Ablate: _op_ablate, A.Steer: _op_steer,
     A.Scale: _op_scale, A.Backpatch: _op_backpatch, A.Attribute: _op_attribute,
-    A.Compare: _op_compare, A.Dla: _op_dla,
+    A.Compare: _op_compare, A.Dla: _op_dla, A.ReadSites: _op_read, A.Lens: _op_lens,
+    A.MeasureRun: _op_measure,
 }
 
 

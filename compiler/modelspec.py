@@ -127,13 +127,28 @@ def _get(config: dict[str, Any], names: tuple[str, ...], family: str) -> int:
     for name in names:
         value = config.get(name)
         if value is not None:
-            return int(value)
+            return _valid_size(value, name, family)
     raise CheckError("E211", f"{family} config has no '{names[0]}' field, which patchc needs")
 
 
-def _opt_int(config: dict[str, Any], name: str) -> int | None:
+def _opt_int(config: dict[str, Any], name: str, family: str = "model") -> int | None:
     value = config.get(name)
-    return None if value is None else int(value)
+    return None if value is None else _valid_size(value, name, family)
+
+
+# Far above any real model; a config beyond it is corrupt (and would make check's tables huge).
+_MAX_SIZE = 1 << 24
+
+
+def _valid_size(value: Any, name: str, family: str) -> int:
+    """A count or size from the config: a whole number from 1 up. `"four"`, `0`, `-2`, `1.5`
+    or `true` is a corrupt config (E214), not a reason for check to crash later."""
+    ok = isinstance(value, int) and not isinstance(value, bool) or (
+        isinstance(value, float) and value.is_integer())
+    if not ok or not 1 <= value <= _MAX_SIZE:
+        raise CheckError("E214", f"{family} config: '{name}' must be a whole number from 1 to "
+                         f"{_MAX_SIZE}; got {json.dumps(value)[:40]}")
+    return int(value)
 
 
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
@@ -153,18 +168,21 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
     n_heads = _get(config, names["n_heads"], family)
     d_model = _get(config, names["d_model"], family)
     if fam.mlp_default_4x:
-        d_mlp = _opt_int(config, names["d_mlp"][0]) or 4 * d_model
+        d_mlp = _opt_int(config, names["d_mlp"][0], family) or 4 * d_model
     else:
         d_mlp = _get(config, names["d_mlp"], family)
     # Without `num_key_value_heads` (or with it null: older Phi/Llama configs) there is no GQA.
-    n_kv_heads = _opt_int(config, "num_key_value_heads") or n_heads
+    n_kv_heads = _opt_int(config, "num_key_value_heads", family) or n_heads
     if n_heads % n_kv_heads:
         raise CheckError(
             "E211",
             f"{family} config: num_key_value_heads={n_kv_heads} does not divide "
             f"{names['n_heads'][0]}={n_heads}",
         )
-    d_head = _opt_int(config, "head_dim") or d_model // n_heads
+    d_head = _opt_int(config, "head_dim", family) or d_model // n_heads
+    if d_head < 1:
+        raise CheckError("E214", f"{family} config: {n_heads} heads of a {d_model}-wide model "
+                         "leave no width per head")
     parallel = fam.parallel_attn
     if family == "gpt_neox":
         # HF's GPTNeoXConfig defaults use_parallel_residual to True (all Pythia models).
@@ -214,10 +232,6 @@ def _read_json(path: str) -> dict[str, Any]:
     return data
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def load_config(model_id: str, revision: str | None = None, base_dir: str = ".") -> dict[str, Any]:
     """The config dict of a local model directory or (config.json only) of a hub model."""
     path = os.path.join(base_dir, os.path.expanduser(model_id))
@@ -229,26 +243,9 @@ def load_config(model_id: str, revision: str | None = None, base_dir: str = ".")
     if os.path.exists(path) or _looks_local(model_id):
         raise CheckError("E212", f"no model directory at {path} (looked for {path}/config.json)")
     # Lazy: huggingface_hub is only needed for hub ids, and `patchc check` must start fast.
-    try:
-        from huggingface_hub import hf_hub_download
+    from .hub import fetch
 
-        local = hf_hub_download(
-            repo_id=model_id,
-            filename="config.json",
-            revision=revision,
-            local_files_only=_offline(),
-        )
-    except Exception as e:  # any hub failure (offline, missing, network) is one user error
-        why = (
-            "could not be resolved offline (HF_HUB_OFFLINE is set and it is not in the cache)"
-            if _offline()
-            else f"was not found on the hub ({type(e).__name__})"
-        )
-        raise CheckError(
-            "E213",
-            f"model '{model_id}' is not a local directory and its hub id {why}",
-            hint="pass a local directory that holds config.json",
-        ) from None
+    local = fetch(model_id, "config.json", revision)
     return _read_json(local)
 
 

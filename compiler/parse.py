@@ -6,11 +6,13 @@ frozen AST dataclasses with spans; Lark's exceptions become located ParseErrors 
 
 from __future__ import annotations
 
+import difflib
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from lark import Lark
+from lark import Lark, Tree
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
@@ -20,8 +22,9 @@ from lark.exceptions import (
 )
 
 from . import ast as A
+from .limits import MAX_NESTING
 from .errors import ParseError, Source, Span, SpecErrors
-from .build_ast import AstBuilder, span_of
+from .build_ast import POSITION_FORMS, AstBuilder, span_of
 
 
 @lru_cache(maxsize=1)
@@ -36,26 +39,31 @@ def parse_file(path: str | Path) -> A.Spec:
     try:
         text = p.read_text("utf-8")
     except FileNotFoundError:
-        raise ParseError("E001", f"spec file not found: {p}") from None
+        raise ParseError("E001", "spec file not found", None, Source("", str(p))) from None
     except UnicodeDecodeError as e:
-        raise ParseError("E002", f"spec file is not UTF-8: {p} ({e.reason} at byte {e.start})")\
-            from None
+        raise ParseError("E002", f"spec file is not UTF-8 ({e.reason} at byte {e.start})", None,
+                         Source("", str(p)), hint="save it as UTF-8") from None
     return parse(text, str(p), str(p.parent))
 
 
 def parse(text: str, filename: str = "<spec>", base_dir: str = ".") -> A.Spec:
     """Parse spec text into an AST. Raises ParseError (or SpecErrors) with spans."""
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
     source = Source(text, filename, base_dir)
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as e:
         raise _syntax_error(e, source) from None
+    deep = _too_deep(tree)
+    if deep is not None:
+        # The AST is built, checked, lowered and printed by recursion: bound the nesting
+        # here, where its place is known, rather than meet Python's recursion limit later.
+        raise ParseError("E111", f"expression nested too deeply (more than {MAX_NESTING} "
+                         "levels)", deep, source,
+                         hint="split it into named metrics or vectors") from None
     builder = AstBuilder(source)
     try:
         statements = builder.transform(tree)
-    except RecursionError:
-        # The tree is built bottom-up by recursion; hundreds of nested `-`s exhaust it.
-        raise ParseError("E111", "expression nested too deeply", None, source) from None
     except VisitError as e:
         # Lark wraps what a builder method raises; a ParseError inside is the user's mistake.
         if isinstance(e.orig_exc, ParseError):
@@ -72,6 +80,20 @@ def parse(text: str, filename: str = "<spec>", base_dir: str = ".") -> A.Spec:
     if builder.errors:
         raise SpecErrors(builder.errors).with_source(source)
     return A.Spec(tuple(statements), source)
+
+
+def _too_deep(tree: Tree) -> Span | None:
+    """The span of the first subtree nested deeper than MAX_NESTING, or None (iterative).
+    `-(-(-(...)))` nests, and so does a long sum (`a + b + ...`, one level per term)."""
+    stack: list[tuple[Tree, int, Span]] = [(tree, 0, Span.point(1, 1))]
+    while stack:
+        node, depth, span = stack.pop()
+        if not node.meta.empty:
+            span = Span.point(node.meta.line, node.meta.column)
+        if depth > MAX_NESTING:
+            return span
+        stack.extend((c, depth + 1, span) for c in node.children if isinstance(c, Tree))
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,24 +130,57 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
             msg += "; strings use double quotes"
         return ParseError("E101", msg, Span.point(line, col), source)
     if isinstance(e, UnexpectedEOF):
-        lines = source.text.splitlines() or [""]
-        span = Span.point(len(lines), len(lines[-1]) + 1)
+        span = Span.point(*source.last_position())
         return ParseError("E104", f"unexpected end of file; expected {_expected(e.expected)}",
                           span, source)
     assert isinstance(e, UnexpectedToken)
     tok = e.token
     if tok.type == "$END":
-        lines = source.text.splitlines() or [""]
-        span = Span.point(len(lines), len(lines[-1]) + 1)
+        span = Span.point(*source.last_position())
         return ParseError("E104", f"unexpected end of file; expected {_expected(e.expected)}",
                           span, source)
     width = max(1, len(str(tok)))
     span = Span(tok.line, tok.column, tok.line, tok.column + width)
     found = "end of line" if tok.type == "_NL" else repr(str(tok))
-    if tok.type == "_NL":
-        span = Span.point(tok.line, tok.column)
     hint = None
-    if tok.type != "_NL" and tok.column == 1 and "_NL" not in e.expected:
+    if tok.type == "_NL":  # at the line's end (a comment may end in the \r of a CRLF)
+        span = Span.point(tok.line, min(tok.column, len(source.line_text(tok.line)) + 1))
+        if source.line_text(tok.line).startswith("measure") and "IN" in e.expected:
+            hint = ("a `measure` clause that continues a statement must be indented; a "
+                    "`measure ... in RUN` statement names its run")
+    expected = _expected(e.expected)
+    if hint is None and tok.type != "_NL" and tok.column == 1 and "_NL" not in e.expected:
         hint = "clauses that continue a statement must be indented"
-    return ParseError("E100", f"unexpected {found}; expected {_expected(e.expected)}", span,
-                      source, hint)
+    elif hint is None and tok.type in _statement_starts() and tok.column > 1 \
+            and not source.line_text(tok.line)[:tok.column - 1].strip():
+        hint = (f"`{tok}` starts a statement, which begins in column 1; an indented line "
+                "continues the statement above it")
+    accepts = set(getattr(e, "accepts", None) or e.expected)  # keywords included
+    before = source.line_text(tok.line)[:tok.column - 1]
+    # Right after `@`, or inside a position set `@ {...`.
+    if {"LAST", "EACH"} <= accepts or re.search(r"@\s*\{[^}@]*$", before):
+        return ParseError("E100", f"unexpected {found} where a position belongs", span, source,
+                          POSITION_FORMS)
+    close = _close_keyword(str(tok), accepts) if tok.type == "PATH" else None
+    if close:
+        hint = f"did you mean `{close}`?"
+    return ParseError("E100", f"unexpected {found}; expected {expected}", span, source, hint)
+
+
+def _close_keyword(word: str, expected: set[str]) -> str | None:
+    """The keyword among the expected terminals that `word` misspells, if one is close."""
+    words = [t.lower() for t in expected if t.isupper() and t.isidentifier()]
+    close = difflib.get_close_matches(word.lower(), words, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+@lru_cache(maxsize=1)
+def _statement_starts() -> frozenset[str]:
+    """The terminals that may begin a statement (`model`, `swap`, ...), read from the parser:
+    what it expects where a statement begins."""
+    try:
+        _parser().parse("@")
+    except UnexpectedToken as e:
+        accepts = getattr(e, "accepts", None) or e.expected
+        return frozenset(t for t in accepts if t.isupper() and t.isidentifier())
+    return frozenset()

@@ -1,5 +1,5 @@
-"""The optimizer pipeline: the ordered optimization passes over the IR (DESIGN.md, "The IR
-and the optimizer"), each a pure function IRGraph -> IRGraph in compiler/passes/<name>.py.
+"""The optimizer pipeline: the ordered optimization passes over the IR (docs/architecture.md,
+"The optimizer"), each a pure function IRGraph -> IRGraph in compiler/passes/<name>.py.
 
 `optimize` verifies the graph before the first pass and after every pass, so a pass that
 breaks an invariant is named in the error. `experiment_counts` gives the rows each result
@@ -24,7 +24,8 @@ from .passes.trim_logits import trim_logits
 
 Pass = Callable[[IRGraph], IRGraph]
 
-# In DESIGN.md order. Each pass's docstring says what it changes and why results stay equal.
+# In the order docs/architecture.md explains. Each pass's docstring says what it changes
+# and why results stay equal.
 PASSES: tuple[Pass, ...] = (dedupe, prune_reads, share_prefix, narrow_positions, batch,
                             fuse_attribution, trim_logits)
 

@@ -1,7 +1,7 @@
-"""The canonical `.patch` printer: AST nodes back to source text (DESIGN.md, "Conventions").
+"""The canonical `.patch` printer: AST nodes back to source text (docs/architecture.md).
 
 - `format_spec(spec)` writes canonical `.patch` source. Parsing its output gives the same AST
-  (spans aside), and formatting is idempotent.
+  (spans aside), and formatting is idempotent. Lines are wrapped at 100 columns (wrap.py).
 - `statement`, `site`, `mexpr`, `vexpr`, `method`, ... print one node; lower.py names inline
   expressions and table rows with them, and dump.py prints IR fields with them.
 
@@ -18,8 +18,7 @@ import re
 from typing import Any
 
 from . import ast as A
-
-INDENT = "    "
+from .wrap import INDENT, wrap
 
 # ---------------------------------------------------------------------------------------------
 # Leaves: numbers, strings, names
@@ -93,6 +92,10 @@ def index(i: A.FeatureSel | A.Pos) -> str:
         return f"{i.lo}:{i.hi}"
     if isinstance(i, A.ColumnRef):
         return column(i)
+    if isinstance(i, A.PosSet):
+        return "{" + ", ".join(map(str, i.values)) + "}"
+    if isinstance(i, A.PosSpan):
+        return f"{column(i.lo)}..{column(i.hi)}"
     return {A.Star: "*", A.PosLast: "last", A.PosEach: "each"}[type(i)]
 
 
@@ -131,7 +134,7 @@ def sites(items: tuple[A.SiteItem, ...]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Expressions. Parentheses only where precedence or left-associativity needs them.
 
-_MPREC = {"+": 1, "-": 1, "*": 2, "/": 2}
+_MPREC = {"+": 1, "-": 1, "*": 2, "/": 2, **{c: 0 for c in A.COMPARISONS}}
 
 
 def _mprec(e: A.MExpr) -> int:
@@ -143,6 +146,8 @@ def mexpr(e: A.MExpr) -> str:
         p = _MPREC[e.op]
         left, right = mexpr(e.left), mexpr(e.right)
         if _mprec(e.left) < p:
+            left = f"({left})"
+        if p == 0 and _mprec(e.left) == 0:  # comparisons do not chain
             left = f"({left})"
         if _mprec(e.right) <= p:  # same level on the right: `a - (b - c)`
             right = f"({right})"
@@ -160,6 +165,10 @@ def mexpr(e: A.MExpr) -> str:
         return f"kl({e.run})"
     if isinstance(e, A.MLoss):
         return "loss"
+    if isinstance(e, A.MText):
+        return f"text({e.n})"
+    if isinstance(e, A.MSeqLogProb):
+        return f"seqlogprob({tok(e.tok)})"
     assert isinstance(e, A.MGenerate)
     return f"generate({e.n}) contains {column(e.answer)}"
 
@@ -205,7 +214,12 @@ def _vfactor(e: A.VExpr) -> str:
 
 
 def measure(m: A.Measure) -> str:
-    return mexpr(m.expr) + (" normalized" if m.normalized else "")
+    out = (f"{m.name.value} = " if m.name is not None else "") + mexpr(m.expr)
+    if m.normalized:
+        out += " normalized"
+        if m.between is not None:
+            out += f" between {m.between[0].value} and {m.between[1].value}"
+    return out
 
 
 def _kwargs(kwargs: tuple[A.KwArg, ...]) -> str:
@@ -301,18 +315,25 @@ def _operation_head(op: A.Operation) -> str:
                 f"{sites(op.sites)} from {op.source.value} into {op.target.value}")
     if isinstance(op, A.Trace):
         return f"trace {sites(op.sites)} from {op.source.value} into {op.target.value}"
+    if isinstance(op, A.ReadSites):
+        return f"read {sites(op.sites)} in {op.target.value}"
+    if isinstance(op, A.Lens):
+        return f"lens {sites(op.sites)} in {op.target.value}"
+    if isinstance(op, A.MeasureRun):
+        return ("measure " + ", ".join(measure(m) for m in op.clauses.measures)
+                + f" in {op.target.value}")
     assert isinstance(op, A.Dla)
     return f"dla {sites(op.sites)} in {op.target.value}"
 
 
-def _clauses(c: A.Clauses) -> list[str]:
+def _clauses(c: A.Clauses, measures: bool = True) -> list[str]:
     out = []
     if c.where:
         conds = " and ".join(
             f"${w.left} {w.op} {'$' + w.right if isinstance(w.right, str) else w.right}"
             for w in c.where)
         out.append(f"where {conds}")
-    if c.measures:
+    if c.measures and measures:
         out.append("measure " + ", ".join(measure(m) for m in c.measures))
     if c.name is not None:
         out.append(f"as {c.name.value}")
@@ -320,10 +341,12 @@ def _clauses(c: A.Clauses) -> list[str]:
 
 
 def statement(s: A.Statement) -> str:
-    """One statement; an operation's clauses follow on indented lines."""
+    """One statement; an operation's clauses follow on indented lines, and a line longer
+    than wrap.WIDTH columns continues on more indented lines (wrap.py)."""
     if isinstance(s, A.OPERATIONS):
-        return "\n".join([_operation_head(s), *_clauses(s.clauses)])
-    return _declaration(s)
+        own = not isinstance(s, A.MeasureRun)  # its measures are in its head
+        return wrap("\n".join([_operation_head(s), *_clauses(s.clauses, own)]))
+    return wrap(_declaration(s))
 
 
 def blank_before(prev: A.Statement | None, s: A.Statement) -> bool:

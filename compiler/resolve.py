@@ -16,7 +16,7 @@ from .ir import Positions, Site
 from .modelspec import ModelSpec
 from .sites import SITE_KINDS
 
-# Default result column of an unnamed pattern, per axis (LANGUAGE.md §4).
+# Default result column of an unnamed pattern, per axis (docs/language.md §5).
 DEFAULT_COLUMN = {"layer": "layer", "head": "head", "features": "neuron", "pos": "pos"}
 
 
@@ -162,6 +162,13 @@ def positions(pos: A.Pos | None, n_tokens: int | None,
         return [(Positions("index", i), i) for i in range(n_tokens)]
     if isinstance(pos, A.ColumnRef):
         return [(Positions("column", column=(pos.data, pos.column)), None)]
+    if isinstance(pos, A.PosSet):
+        values = tuple(dict.fromkeys(_pos_in_range(v, n_tokens, pos.span, shortest)
+                                     for v in pos.values))
+        return [(Positions("set", values=tuple(sorted(values))), None)]
+    if isinstance(pos, A.PosSpan):
+        return [(Positions("span", column=(pos.lo.data, pos.lo.column),
+                           end=(pos.hi.data, pos.hi.column)), None)]
     raise AssertionError(pos)
 
 

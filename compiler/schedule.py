@@ -103,7 +103,7 @@ def _uses(ir: IRGraph, nid: str) -> list[str]:
         out = _write_inputs(ir, nid) + ([node.start] if node.start else [])
         return out + ([f"kv:{node.twin}"] if node.narrow and node.twin else [])
     if isinstance(node, Metric):
-        return [node.forward] + ([node.reference] if node.reference else [])
+        return [node.forward] + [r for r in (node.reference, node.lens) if r]
     if isinstance(node, Vector):
         return list(node.inputs)
     if isinstance(node, Backward):
@@ -374,8 +374,11 @@ def step_produces(ir: IRGraph, step: ForwardStep | NodeStep) -> list[str]:
 
 
 def result_nodes(ir: IRGraph) -> set[str]:
-    """The nodes whose values are results (Metric, Estimate): never freed."""
-    return {n for n, _ in ir.of_type(Metric)} | {n for n, _ in ir.of_type(Estimate)}
+    """The nodes whose values are results (Metric, Estimate, and the Reads that `read`
+    tables report): never freed."""
+    reads = {nid for t in ir.tables for row in t.rows for _, nid in row.values
+             if nid in ir.g and isinstance(ir.node(nid), Read)}
+    return {n for n, _ in ir.of_type(Metric)} | {n for n, _ in ir.of_type(Estimate)} | reads
 
 
 def frees(ir: IRGraph, steps: list, keep: set[str]) -> list[list[str]]:

@@ -7,7 +7,8 @@ the first token of metric answers. `encode(text)` gives what HF's
 tokenizer.json post-processor adds BOS where the model uses one. transformers rebuilds that
 post-processor when `tokenizer_config.json` sets `add_bos_token`/`add_eos_token` explicitly
 (Llama, Gemma), so we do the same. `encode_plain(text)` is the tokenization without special
-tokens (how a metric's answer is read).
+tokens (how a metric's answer is read); `unk_id` is the token a word outside the vocabulary
+becomes (None for a tokenizer that has none), so that check can say which answers are unknown.
 
 If no tokenizer.json can be found (a hub id that is not in the offline cache, a directory with
 only slow-tokenizer files), `load_tokenizer` returns None and check skips token-length checks
@@ -50,6 +51,12 @@ class LightTokenizer:
     def encode_plain(self, text: str) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=False).ids)
 
+    @property
+    def unk_id(self) -> int | None:
+        """The id of the unknown-word token (WordLevel/WordPiece/BPE with one), else None."""
+        unk = getattr(self.tok.model, "unk_token", None)
+        return self.tok.token_to_id(unk) if isinstance(unk, str) else None
+
 
 class _Wrapped:
     """Adapts an HF tokenizer (or anything with `encode(text, add_special_tokens=...)`)."""
@@ -65,6 +72,11 @@ class _Wrapped:
             return list(self.tok.encode(text, add_special_tokens=False))
         except TypeError:
             return list(self.tok.encode(text))
+
+    @property
+    def unk_id(self) -> int | None:
+        unk = getattr(self.tok, "unk_token_id", None)
+        return unk if isinstance(unk, int) else None
 
 
 def as_tokenizer(tok: Any) -> TokenizerLike | None:

@@ -114,7 +114,7 @@ NEUTRAL_VERBS = ["saw", "watched", "tried", "found"]
 POS_ADJ = ["great", "wonderful", "good", "excellent"]
 NEG_ADJ = ["terrible", "awful", "bad", "horrible"]
 
-# Words the golden specs of LANGUAGE.md use (examples/language/), so that they also tokenize
+# Words the worked examples of docs/language.md use (examples/language/), so that they also tokenize
 # without [UNK] on the trained models.
 EXTRA_WORDS = "I think this movie is great good bad very What a delight disaster".split()
 

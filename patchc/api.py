@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from patchc.results import Results
 
 
+class PatchcWarning(UserWarning):
+    """A patchc warning (W###) raised through Python's warnings by `run`; the diagnostic
+    itself is in `Results.warnings`."""
+
+
 @dataclass(frozen=True)
 class Program:
     """A compiled spec: its AST, what checking learned, and the IR (unoptimized and
@@ -64,7 +69,7 @@ def load_spec(path_or_source: str | os.PathLike[str]) -> A.Spec:
     return parse(text, "<spec>", os.getcwd())
 
 
-def compile(  # noqa: A001 - the public name DESIGN.md asks for
+def compile(  # noqa: A001 - the public name (docs/language.md §12)
     path_or_source: str | os.PathLike[str], model_spec: ModelSpec | None = None
 ) -> Program:
     """Parse, check and lower a spec. Raises PatchcError (often SpecErrors, holding every
@@ -101,7 +106,12 @@ def run(
     """
     from patchc.runner import execute
 
+    import warnings
+
     spec = load_spec(path_or_source)
-    return execute(spec, model=model, tokenizer=tokenizer, naive=naive,
-                   trust_remote_code=trust_remote_code, progress=progress, overrides=overrides,
-                   workers=workers)
+    results = execute(spec, model=model, tokenizer=tokenizer, naive=naive,
+                      trust_remote_code=trust_remote_code, progress=progress,
+                      overrides=overrides, workers=workers)
+    for w in results.warnings if results is not None else []:
+        warnings.warn(w.render(), PatchcWarning, stacklevel=2)
+    return results

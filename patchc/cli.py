@@ -4,12 +4,13 @@
     patchc run SPEC [--out DIR] [--naive] [--set KEY=VALUE ...]
                     [--workers N] [--device-map MAP]   (docs/scaling.md; also under torchrun)
     patchc compile SPEC --emit ast|ir|json|plan|dot [--optimized] [--workers N]
-    patchc fmt SPEC [--check | --stdout]           canonical layout, comments kept
+    patchc fmt SPEC|DIR ... [--check | --stdout]   canonical layout, comments kept
+    patchc sites MODEL [--json]                    a model's sites and shapes (config only)
     patchc --version
 
 Exit codes: 0 ok, 1 a mistake in the spec, its inputs or the command line (printed as located
 diagnostics, never a traceback), 2 an internal error (a bug in patchc: one line and a hint;
-PATCHC_DEBUG=1 prints the traceback). `check`, `compile` and `fmt` never import torch, so
+PATCHC_DEBUG=1 prints the traceback). `check`, `compile`, `fmt` and `sites` never import torch, so
 they start fast and run anywhere; `run` loads the model.
 """
 
@@ -56,7 +57,45 @@ def cmd_check(args: argparse.Namespace) -> int:
     n_warn = len(program.warnings)
     warned = f", {n_warn} warning{'s' * (n_warn != 1)}" if n_warn else ""
     print(f"{args.spec}: ok: {len(counts)} table(s), {total} experiment(s){warned}: {tables}")
+    note = long_run_note(program)
+    if note:
+        print(note)
     return EXIT_OK
+
+
+# What a run's FLOPs are divided by to guess its time: a few CPU cores, one mid-range GPU.
+# Deliberately rough: it tells a one-minute run from a one-day run, no more.
+ASSUMED_FLOPS = {"cpu": 1e10, "gpu": 1e13}
+LONG_RUN_SECONDS = 60.0
+
+
+def long_run_note(program, min_seconds: float | None = None) -> str | None:
+    """One line for `check` when the run will be long: experiments, model passes, FLOPs and
+    an estimated time (compiler/costs.py through the schedule); None for a short run."""
+    from patchc.compiler.pipeline import PASSES
+    from patchc.compiler.schedule import run_shapes, schedule
+
+    checked = program.checked
+    dtype_bytes = 2 if checked.options.dtype in ("bfloat16", "float16") else 4
+    plan = schedule(program.optimized, checked.model, run_shapes(checked), None,
+                    checked.options.batch_size, dtype_bytes,
+                    passes=tuple(p.__name__ for p in PASSES))
+    o = plan.optimized
+    where = "cpu" if checked.options.device == "cpu" else "gpu"
+    seconds = o.flops / ASSUMED_FLOPS[where]
+    if seconds < (LONG_RUN_SECONDS if min_seconds is None else min_seconds):
+        return None
+    return (f"note: a long run: {sum(program.experiments.values())} experiment(s) in "
+            f"{o.forwards} model pass(es), {o.flops:.3g} FLOPs: about {_duration(seconds)} at "
+            f"{ASSUMED_FLOPS[where]:.0e} FLOP/s on {where} "
+            "(`patchc compile --emit plan` shows the plan)")
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -98,11 +137,34 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_fmt(args: argparse.Namespace) -> int:
+    """Format each spec named, and every `*.patch` under each folder named."""
+    status = EXIT_OK
+    for path in _spec_files(args.spec):
+        status = max(status, _fmt_one(path, args.check, args.stdout))
+    return status
+
+
+def _spec_files(names: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.patch") if p.is_file())
+            if not found:
+                raise _UsageError(f"patchc fmt: error: no .patch files under {path}")
+            paths += found
+        else:
+            paths.append(path)
+    return paths
+
+
+def _fmt_one(path: Path, check: bool, stdout: bool) -> int:
+    import difflib
+
     from patchc.compiler.dump import strip_spans
     from patchc.compiler.fmt import format_source, name_tables
     from patchc.compiler.parse import parse, parse_file
 
-    path = Path(args.spec)
     # parse_file raises the located E001/E002 for a missing or non-UTF-8 file; the text that
     # is formatted is the text that was parsed (read once), and nothing is written unless it
     # parsed: a syntax error leaves the file as it was.
@@ -115,13 +177,16 @@ def cmd_fmt(args: argparse.Namespace) -> int:
     same = strip_spans(name_tables(again)) == strip_spans(name_tables(spec))
     if not same or format_source(again) != formatted:
         raise RuntimeError(f"fmt would change the meaning of {path} or is not idempotent")
-    if args.check:
+    if check:
         if formatted != original:
+            sys.stdout.writelines(difflib.unified_diff(
+                original.splitlines(keepends=True), formatted.splitlines(keepends=True),
+                f"{path}", f"{path} (formatted)"))
             print(f"{path}: would be reformatted", file=sys.stderr)
             return EXIT_USER
         print(f"{path}: already formatted")
         return EXIT_OK
-    if args.stdout:
+    if stdout:
         sys.stdout.write(formatted)
         return EXIT_OK
     if formatted == original:
@@ -157,21 +222,66 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+# run() parameters that have their own flag: `--set` must not reach them as options.
+_RUN_FLAGS = {"naive": "--naive", "workers": "--workers N", "progress": "--quiet",
+              "trust_remote_code": "--trust-remote-code", "model": "the spec's `model` line",
+              "tokenizer": "the spec's `model` line", "path_or_source": "the SPEC argument"}
+
+
 def _overrides(pairs: list[str]) -> dict[str, object]:
-    """`--set dtype=bfloat16 --set seed=3` -> {"dtype": "bfloat16", "seed": 3}."""
+    """`--set dtype=bfloat16 --set seed=3` -> {"dtype": "bfloat16", "seed": 3}, each
+    validated here, so that a bad one is reported as the flag it is (not as line 1 of the
+    spec) before anything loads."""
+    from pydantic import ValidationError
+
+    from patchc.compiler.checked import Options
+
     out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        key, value = key.strip(), value.strip()
         if not sep or not key:
             raise _UsageError(f"patchc run: error: --set takes KEY=VALUE, got {pair!r}")
-        out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+        flag = f"patchc run: error: --set {key}={value}"
+        if key in _RUN_FLAGS:
+            raise _UsageError(f"{flag}: `{key}` is not a `set` option; use "
+                              f"{_RUN_FLAGS[key]}")
+        if key not in Options.model_fields:
+            raise _UsageError(f"{flag}: no such option (options are "
+                              f"{', '.join(Options.model_fields)})")
+        parsed: object = int(value) if value.lstrip("-").isdigit() else value
+        try:
+            Options(**{key: parsed})
+        except ValidationError as e:
+            why = e.errors()[0]["msg"].removeprefix("Value error, ")
+            raise _UsageError(f"{flag}: {why}") from None
+        out[key] = parsed
     return out
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+def _check_placement(overrides: dict[str, object]) -> None:
+    """A `--set device=cuda` without CUDA, or a device map that cannot be read, is the
+    flag's mistake: say so before the model loads."""
+    import torch
 
-    from patchc.api import run
+    device = overrides.get("device")
+    if isinstance(device, str) and device.startswith("cuda") and not torch.cuda.is_available():
+        raise _UsageError(f"patchc run: error: --set device={device}: no CUDA device is "
+                          "available (use cpu or auto)")
+    dm = overrides.get("device_map")
+    if isinstance(dm, str):
+        from patchc.compiler import device_map
+
+        try:
+            problem = device_map.valid_value(dm)
+            if problem:
+                raise ValueError(problem)
+            device_map.resolve(dm, os.getcwd())
+        except ValueError as e:
+            raise _UsageError(f"patchc run: error: --device-map {dm}: {e}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from patchc.workers import launched_by_torchrun
 
     overrides = _overrides(args.set or [])
@@ -185,23 +295,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     dm = overrides.get("device_map")
     if isinstance(dm, str) and dm.endswith(".json"):  # named on the command line: from the cwd
         overrides["device_map"] = str(Path(dm).resolve())
+    _check_placement(overrides)
     workers: int | str = "torchrun" if launched_by_torchrun() else args.workers
     if workers == "torchrun" and os.environ.get("RANK", "0") != "0":
         args.quiet = True  # one progress bar: rank 0's
     if workers != "torchrun" and workers < 1:
         raise _UsageError(f"patchc run: error: --workers must be at least 1, got {workers}")
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), transient=True, disable=args.quiet,
-                  console=None) as bar:
-        task = bar.add_task("forward passes", total=None)
+    lock = None
+    if args.out and os.environ.get("RANK", "0") == "0":  # only rank 0 writes
+        from patchc.outputs import OutputLock, check_out
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        results = run(args.spec, naive=args.naive, trust_remote_code=args.trust_remote_code,
-                      progress=progress, workers=workers, **overrides)
-    if results is not None:
-        _report(results, args)
+        # A bad --out fails before anything is computed; the lock is held until the new
+        # result is in place, so a second run into the same folder is refused at once.
+        lock = OutputLock(check_out(args.out, args.force)).acquire()
+    try:
+        results = _run_with_bar(args, workers, overrides)
+        if results is not None:
+            _report(results, args, lock)
+    finally:
+        if lock is not None:
+            lock.release()
     if workers == "torchrun":
         # torch.distributed's C++ threads can abort the interpreter's teardown
         # (std::terminate), and torchrun then reports a failed worker. Everything is written
@@ -212,41 +325,83 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report(results, args: argparse.Namespace) -> None:
-    """Print each table's head; with --out, write the tables, manifest and plots."""
+def _run_with_bar(args: argparse.Namespace, workers: int | str, overrides: dict):
+    import warnings
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from patchc.api import PatchcWarning, run
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), transient=True, disable=args.quiet,
+                  console=None) as bar:
+        task = bar.add_task("forward passes", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        with warnings.catch_warnings():  # printed below as diagnostics, once
+            warnings.simplefilter("ignore", PatchcWarning)
+            return run(args.spec, naive=args.naive, trust_remote_code=args.trust_remote_code,
+                       progress=progress, workers=workers, **overrides)
+
+
+def _report(results, args: argparse.Namespace, lock=None) -> None:
+    """Print the warnings and each table's head; with --out, write the result folder."""
+    for w in results.warnings:
+        print(w.render(), file=sys.stderr)
     for name, df in results.tables.items():
         seconds = results.manifest["tables"][name]["seconds"]
         print(f"== {name}: {len(df)} rows ({seconds:.2f} s)")
         print(df.head(args.rows).to_string(index=False))
         if len(df) > args.rows:
             print(f"... {len(df) - args.rows} more rows")
-    if args.out:
-        from patchc.plots import plot_dir
+        from patchc.results import baseline_label
 
-        written = results.save(args.out)
-        if not args.no_plots:
-            written += plot_dir(args.out)
+        for col, b in results.baselines(name).items():
+            print(f"   {col} normalized: {baseline_label(b)}")
+    if args.out:
+        from patchc.outputs import save_result
+
+        written = save_result(results, args.out, force=args.force, plots=not args.no_plots,
+                              lock=lock)
         print(f"wrote {', '.join(str(p) for p in written)}")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from patchc.verify import verify_dir
+    from patchc.verify import tolerance_line, verdict, verify_dir
 
-    result = verify_dir(args.dir, atol=args.atol, rtol=args.rtol, spec_dir=args.spec_dir)
-    print(f"{'ok  ' if result.weights_ok else 'FAIL'} weights hash "
-          f"{'matches' if result.weights_ok else 'differs from'} the manifest")
-    for t in result.tables:
-        note = f" ({t.note})" if t.note else ""
-        print(f"{'ok  ' if t.ok else 'FAIL'} {t.name}: max |diff| = {t.max_abs_diff:.3g}{note}")
-    print("verified" if result.ok else "verification FAILED")
+    print(tolerance_line(args.atol, args.rtol), flush=True)
+    result = verify_dir(args.dir, atol=args.atol, rtol=args.rtol, spec_dir=args.spec_dir,
+                        echo=lambda line: print(line, flush=True))
+    print(verdict(result))
     return EXIT_OK if result.ok else EXIT_USER
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from patchc.plots import plot_dir
+    from patchc.outputs import redraw_plots
 
-    written = plot_dir(args.dir)
+    written = redraw_plots(args.dir)
     print(f"wrote {', '.join(str(p) for p in written)}" if written else "nothing to plot")
+    return EXIT_OK
+
+
+def cmd_sites(args: argparse.Namespace) -> int:
+    from patchc import sitelist
+    from patchc.compiler.errors import CheckError
+
+    try:
+        model = sitelist.load(args.model, args.revision)
+    except CheckError as e:  # no spec to point into: name the model instead
+        hint = f"\n  hint: {e.hint}" if e.hint else ""
+        print(f"{args.model}: error[{e.code}]: {e.message}{hint}", file=sys.stderr)
+        return EXIT_USER
+    if args.json:
+        import json
+
+        print(json.dumps(sitelist.as_json(args.model, model), indent=2))
+    else:
+        print(sitelist.render(args.model, model), end="")
     return EXIT_OK
 
 
@@ -290,12 +445,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=20, help="rows of each table to print")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="write no PNGs")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out folder that holds other files (they are kept; "
+                   "same-named ones are replaced)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("verify", help="rerun the spec of a result folder and compare tables")
     p.add_argument("dir")
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--atol", type=float, default=0.0,
+                   help="absolute tolerance (default 0: a rerun on the same machine is exact)")
+    p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default 0)")
     p.add_argument("--spec-dir", help="where the spec's relative paths resolve (default: "
                    "the recorded spec file's folder)")
     p.set_defaults(func=cmd_verify)
@@ -304,10 +463,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("fmt", help="rewrite a spec in the one canonical layout")
-    p.add_argument("spec")
+    p = sub.add_parser("sites", help="list a model's sites and shapes (from its config only)")
+    p.add_argument("model", help="a local model directory or a hub id")
+    p.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    p.add_argument("--json", action="store_true", help="print the listing as JSON")
+    p.set_defaults(func=cmd_sites)
+
+    p = sub.add_parser("fmt", help="rewrite specs in the one canonical layout")
+    p.add_argument("spec", nargs="+", help="spec files, or folders (every *.patch under them)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--check", action="store_true", help="exit 1 if the file is not formatted")
+    g.add_argument("--check", action="store_true",
+                   help="print a diff of what would change; exit 1 if a file is not formatted")
     g.add_argument("--stdout", action="store_true", help="print instead of rewriting")
     p.set_defaults(func=cmd_fmt)
     return parser

@@ -1,31 +1,46 @@
-"""The manifest of a run (LANGUAGE.md §9): what a paper cites so that others can rerun it.
+"""The manifest of a run (docs/language.md §12): what a paper cites so that others can rerun it.
 
 A pydantic model, because it crosses a file boundary: `patchc run --out DIR` writes it as
-DIR/manifest.json and `patchc verify DIR` reads it back.
+DIR/manifest.json and `patchc verify DIR` reads it back (`load_manifest`, which refuses a
+malformed one with a clear E604 rather than failing half-way through a rerun).
+
+Every input of the run is pinned by a sha256: the spec's text, each file the spec reads
+(data, vector and SAE files, a device map: `spec_inputs`), the weights and the tokenizer.
+`model_path` is what actually ran (an API caller may pass another model than the spec's
+`model` line names).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+from patchc.compiler.errors import PatchcError
 
 
 class Manifest(BaseModel):
     spec_text: str
     spec_sha256: str
-    spec_file: str
-    model_id: str
+    spec_file: str  # absolute path of the spec file ("<spec>" for spec text)
+    spec_dir: str  # absolute folder the spec's relative paths resolve against
+    model_id: str  # the spec's `model` line
+    model_path: str  # what ran: a local folder (absolute), a hub id, or the API model's name
     revision: str | None
     weights_sha256: str
+    tokenizer_sha256: str
+    inputs: dict[str, str]  # each file the spec reads, as written in it -> sha256
     versions: dict[str, str]
     device: str  # where inputs went (with a device map: the embedding's device)
     device_map: dict[str, Any] | None = None  # module -> device, as accelerate placed it
     workers: int = 1  # processes the plan was sharded over (`--workers`)
+    threads: int  # torch's intra-op threads: float sums depend on how they are split
     dtype: str
     seed: int
     options: dict[str, Any]
@@ -36,7 +51,7 @@ class Manifest(BaseModel):
     # Seconds per phase (load, plan, execute, assemble), in model passes (model), and the
     # overhead: everything but the load and the model passes (patchc/runner.py Clock).
     timings: dict[str, float] = {}
-    threads: int | None = None  # CPU threads torch computed with (`set threads`)
+    files: list[str] = []  # every file of the result folder but manifest.json (outputs.py)
 
 
 def versions() -> dict[str, str]:
@@ -60,12 +75,97 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_manifest(out_dir: "str | Path") -> dict[str, Any]:
-    """DIR/manifest.json of a `patchc run --out DIR` folder (E601 if there is none)."""
-    from patchc.compiler.errors import PatchcError
+def sha256_file(path: "str | Path") -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
+
+def spec_files(spec: Any, device_map: Any = None) -> list[str]:
+    """The files a spec reads, as written in it: `data` files, `load(...)`/`sae(...)` vector
+    files wherever they appear, and a device map file. Walks the AST generically, so a new
+    statement that reads a file through these nodes is covered too."""
+    from patchc.compiler import ast as A
+
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, (A.DataDecl, A.VLoad, A.VSae)) and node.path:
+            found.append(node.path)
+        if (isinstance(node, A.SetDecl) and node.name.value == "device_map"
+                and str(node.value).endswith(".json")):
+            found.append(str(node.value))
+        if dataclasses.is_dataclass(node) and not isinstance(node, type):
+            for f in dataclasses.fields(node):
+                if f.name not in ("span", "rows"):
+                    walk(getattr(node, f.name))
+        elif isinstance(node, (tuple, list)):
+            for x in node:
+                walk(x)
+
+    walk(spec.statements)
+    if isinstance(device_map, str) and device_map.endswith(".json"):
+        found.append(device_map)
+    return list(dict.fromkeys(found))
+
+
+def input_path(written: str, base_dir: str) -> Path:
+    return Path(base_dir) / os.path.expanduser(written)
+
+
+def hash_inputs(files: list[str], base_dir: str) -> dict[str, str]:
+    """sha256 of each input file ("missing" for one that is not there)."""
+    out = {}
+    for written in files:
+        path = input_path(written, base_dir)
+        out[written] = sha256_file(path) if path.is_file() else "missing"
+    return out
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """sha256 of what the tokenizer does: its full serialized form for a fast tokenizer
+    (vocabulary, merges, normalizer, templates), else its vocabulary; and its special
+    tokens."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode("utf-8"))
+    else:
+        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+        h.update(json.dumps(sorted(vocab.items())).encode("utf-8"))
+    special = getattr(tokenizer, "special_tokens_map", {})
+    h.update(json.dumps(special, sort_keys=True, default=str).encode("utf-8"))
+    return h.hexdigest()
+
+
+def read_manifest(out_dir: "str | Path") -> dict[str, Any]:
+    """DIR/manifest.json of a `patchc run --out DIR` folder: E601 if there is none, E604 if
+    it is not a JSON object."""
     path = Path(out_dir) / "manifest.json"
     if not path.is_file():
         raise PatchcError("E601", f"{out_dir} has no manifest.json (is it a `patchc run "
                           "--out` folder?)")
-    return json.loads(path.read_text("utf-8"))
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise PatchcError("E604", f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise PatchcError("E604", f"{path} is not a JSON object")
+    return data
+
+
+def load_manifest(out_dir: "str | Path") -> Manifest:
+    """The manifest, every field present and of its type (E604 names the first that is
+    not)."""
+    data = read_manifest(out_dir)
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        why = ("is missing (written by an older patchc?)" if err["type"] == "missing"
+               else f"is not valid: {err['msg']}")
+        raise PatchcError("E604", f"{Path(out_dir) / 'manifest.json'}: `{field}` {why}"
+                          ) from None

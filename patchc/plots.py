@@ -1,131 +1,262 @@
-"""Plots of result tables: a heatmap for a table swept over two variables (layer x head,
-layer x pos), a line or bar chart for one variable. Diverging colormap centred at 0, so the
-sign of an effect reads at a glance; labelled axes; one PNG per measured column.
+"""Plots of result tables, one figure per measured column, chosen by the table's shape:
 
-`patchc run --out DIR` draws them next to the CSVs; `patchc plot DIR` redraws from the CSVs
-and manifest.json alone.
+  one sweep variable         bars (an index: layer, head, position, site), with error bars
+                             from a `<column>_se` column when there is one
+  a numeric sweep            lines against the value (the `scale` of `steer`/`scale`)
+  two variables              a heatmap (positions always across, labelled with tokens)
+  a site column + one more   grouped bars: one colour per site item of the operation
+  three variables            one heatmap panel per value of the variable with the fewest
+                             values (the site item when there is one), on one colour scale
+  `compare`                  estimate against exact swap per site, one panel per site kind,
+                             Pearson r per method in the legend (plot_charts.scatter)
+  one row                    no PNG: the value is in the printed table and the CSV, and a
+                             lone bar says nothing more. `Results.plot(name)` in a notebook
+                             draws it as a small annotated table instead.
+
+Colour scales follow what a column measures (plot_style.py: diverging at 0 for signed
+effects, sequential for probabilities and ranks); titles name the operation and what a
+normalized column's 0 and 1 are. The run-time facts a plot needs beyond the CSV (title,
+scales, baselines, tokens) are in the manifest (plotinfo.py), so `patchc plot DIR` redraws
+the same figures. Figures are drawn on Agg without pyplot.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display here or on CI
-    import matplotlib.pyplot as plt
-
-    return plt
+from patchc import plot_charts as C
+from patchc import plot_style as S
 
 
-def _limit(values) -> float:
-    finite = [abs(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return max(finite) if finite and max(finite) > 0 else 1.0
+def measured_columns(df: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The numeric columns a table measures: not a sweep column, not `n`, not a standard
+    error (`<col>_se`) of another column."""
+    return [c for c in df.columns
+            if c not in keys and c != "n" and pd.api.types.is_numeric_dtype(df[c])
+            and not (c.endswith("_se") and c[:-3] in df.columns)]
 
 
-def plot_table(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path) -> list[Path]:
-    """Draw every measured column of one table; returns the PNG paths written."""
-    plt = _pyplot()
-    measured = [c for c in df.columns if c not in keys and c not in ("n",)]
-    written: list[Path] = []
-    for col in measured:
-        if not pd.api.types.is_numeric_dtype(df[col]) or df.empty:
-            continue
-        fig = _draw(plt, name, df, keys, col)
-        if fig is None:
-            continue
-        suffix = "" if len(measured) == 1 else "_" + "".join(
-            ch if ch.isalnum() or ch in "_-" else "_" for ch in col)
-        path = out_dir / f"{name}{suffix}.png"
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-    return written
+def figures(name: str, df: pd.DataFrame, keys: list[str], info: dict[str, Any] | None = None,
+            pairs: pd.DataFrame | None = None) -> list[tuple[str, Any]]:
+    """(file-name suffix, Figure) for every plot of one table; none for a one-row table."""
+    info = info or {}
+    if pairs is not None and not pairs.empty:
+        fig = S.new_figure(*_scatter_size(pairs))
+        C.scatter(fig, pairs, info, name)
+        return [("", fig)]
+    if df.empty or len(df) == 1:
+        return []
+    cols = measured_columns(df, keys)
+    out = []
+    for col in cols:
+        # inf cells are left blank like NaN ones (matplotlib warns on infinite values)
+        finite = df[col].astype(float).map(math.isfinite)
+        fig = draw_column(name, df.assign(**{col: df[col].where(finite)}), keys, col, info)
+        if fig is not None:
+            suffix = "" if len(cols) == 1 else "_" + "".join(
+                ch if ch.isalnum() or ch in "_-" else "_" for ch in col)
+            out.append((suffix, fig))
+    return out
 
 
-def _draw(plt, name: str, df: pd.DataFrame, keys: list[str], col: str):
-    """One figure for one measured column: a heatmap (two sweep variables), bars or a line
-    (one), a single bar (none). A `site` column (several site items in one operation) gets
-    one panel per site item, each drawn over the remaining variables."""
-    if "site" in keys and len(keys) > 1:
-        rest = [k for k in keys if k != "site"]
-        if len(rest) > 2:
-            return None
-        sites = list(dict.fromkeys(df["site"]))
-        w, h = _size(df[df["site"] == sites[0]], rest)
-        fig, axes = plt.subplots(len(sites), 1, figsize=(w, h * len(sites)), squeeze=False)
-        lim = _limit(df[col].tolist())
-        for ax, site in zip(axes[:, 0], sites):
-            _panel(fig, ax, df[df["site"] == site], rest, col, lim, f"{name}: {col} ({site})")
-        fig.tight_layout()
-        return fig
-    if len(keys) > 2:
-        return None  # three or more sweep variables: no single picture; the CSV has it all
-    fig, ax = plt.subplots(figsize=_size(df, keys))
-    _panel(fig, ax, df, keys, col, _limit(df[col].tolist()), f"{name}: {col}")
+def figure(name: str, df: pd.DataFrame, keys: list[str], info: dict[str, Any] | None = None,
+           pairs: pd.DataFrame | None = None, column: str | None = None):
+    """One Figure for a notebook: the plot of `column` (default: the first measured one);
+    a one-row table as a small annotated table."""
+    info = info or {}
+    cols = measured_columns(df, keys)
+    if column is not None and column not in cols:
+        raise KeyError(f"table {name!r} has no measured column {column!r}; it has "
+                       f"{', '.join(cols) or 'none'}")
+    if pairs is not None and not pairs.empty and column is None:
+        return figures(name, df, keys, info, pairs)[0][1]
+    fig = None if len(df) <= 1 else draw_column(name, df, keys, column or cols[0], info)
+    if fig is None:
+        fig = S.new_figure(max(4.0, 1.6 * (len(cols) + len(keys))), 1.8)
+        C.table_figure(fig, df, keys, [column] if column else cols, info, name)
     return fig
 
 
-def _size(df: pd.DataFrame, keys: list[str]) -> tuple[float, float]:
-    if len(keys) == 2:
-        n_cols, n_rows = df[keys[1]].nunique(), df[keys[0]].nunique()
-        return (max(4.0, min(16.0, 0.45 * n_cols + 2.5)), max(3.0, min(12.0, 0.4 * n_rows + 1.5)))
-    if len(keys) == 1:
-        return max(4.0, min(14.0, 0.35 * len(df) + 2)), 3.5
-    return 3.5, 3.5
+def draw_column(name: str, df: pd.DataFrame, keys: list[str], col: str,
+                info: dict[str, Any]):
+    """One figure for one measured column, or None when the table has more than three
+    varying sweep columns (the CSV has it all; no single picture does)."""
+    vary = [k for k in keys if k in df.columns and df[k].nunique(dropna=False) > 1]
+    scale, lo, hi, cmap = S.limits(info.get("columns", {}).get(col, {}).get("scale", "signed"),
+                                   df[col].tolist())
+    numeric = S.numeric_keys(vary, info)
+    if numeric:
+        fig = S.new_figure(6.0, 4.0)
+        ax = fig.subplots()
+        C.sweep_lines(ax, df, numeric[0], [k for k in vary if k != numeric[0]], col, info,
+                      scale)
+        ax.set_title(S.title(info, col, name, fig.get_figwidth()))
+        return fig
+    if len(vary) == 1:
+        fig = S.new_figure(*_bar_size(df[vary[0]].nunique()))
+        ax = fig.subplots()
+        C.bars(ax, df, vary[0], col, info, scale)
+        ax.set_title(S.title(info, col, name, fig.get_figwidth()))
+        return fig
+    if len(vary) == 2 and "site" in vary:  # site items side by side, one colour each
+        (other,) = [k for k in vary if k != "site"]
+        n = df[other].nunique(dropna=False) * max(1, df["site"].nunique() // 2)
+        fig = S.new_figure(*_bar_size(n))
+        ax = fig.subplots()
+        C.grouped_bars(ax, df, other, "site", col, info, scale)
+        ax.set_title(S.title(info, col, name, fig.get_figwidth()))
+        return fig
+    if len(vary) == 2:
+        rows, cols = _axes(vary)
+        fig = S.new_figure(*_heat_size(df[cols].nunique(), df[rows].nunique()))
+        ax = fig.subplots()
+        im = _heatmap(ax, df, rows, cols, col, info, (lo, hi, cmap))
+        fig.colorbar(im, ax=ax, label=S.text(S.value_label(col, _cinfo(info, col))))
+        ax.set_title(S.title(info, col, name, fig.get_figwidth()))
+        return fig
+    if len(vary) == 3:
+        return _facets(name, df, vary, col, info, (lo, hi, cmap))
+    return None
 
 
-def _panel(fig, ax, df: pd.DataFrame, keys: list[str], col: str, lim: float, title: str
-           ) -> None:
-    if len(keys) == 2:
-        rows, cols = keys
-        grid = df.pivot_table(index=rows, columns=cols, values=col, aggfunc="mean",
-                              sort=True)
-        im = ax.imshow(grid.to_numpy(dtype=float), cmap="RdBu_r", vmin=-lim, vmax=lim,
-                       aspect="auto", interpolation="nearest")
-        ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns],
-                      rotation=90 if grid.shape[1] > 12 else 0)
-        ax.set_yticks(range(grid.shape[0]), [str(r) for r in grid.index])
-        ax.set_xlabel(cols)
-        ax.set_ylabel(rows)
-        fig.colorbar(im, ax=ax, label=col)
-    elif len(keys) == 1:
-        (key,) = keys
-        data = df.sort_values(key) if pd.api.types.is_numeric_dtype(df[key]) else df
-        values = data[col].astype(float).tolist()
-        if pd.api.types.is_numeric_dtype(df[key]) and len(values) > 12:
-            ax.plot(data[key], values, marker="o", color="#2166ac")
-        else:
-            colors = ["#b2182b" if v < 0 else "#2166ac" for v in values]
-            ax.bar([str(v) for v in data[key]], values, color=colors)
-            ax.tick_params(axis="x", rotation=90 if len(values) > 12 else 0)
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xlabel(key)
-        ax.set_ylabel(col)
-    else:
-        v = float(df[col].iloc[0])
-        ax.bar([col], [v], color="#b2182b" if v < 0 else "#2166ac")
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_ylabel(col)
-    ax.set_title(title)
+def _cinfo(info: dict[str, Any], col: str) -> dict[str, Any]:
+    return info.get("columns", {}).get(col, {})
+
+
+def _axes(two: list[str]) -> tuple[str, str]:
+    """(rows, columns) of a heatmap: positions go across, else the table's order."""
+    a, b = two
+    return (b, a) if a == "pos" else (a, b)
+
+
+def _heatmap(ax, df: pd.DataFrame, rows: str, cols: str, col: str, info: dict[str, Any],
+             scale: tuple[float, float, str]):
+    lo, hi, cmap = scale
+    grid = df.pivot_table(index=rows, columns=cols, values=col, aggfunc="mean", sort=True,
+                          dropna=False)
+    values = grid.to_numpy(dtype=float)
+    im = ax.imshow(values, cmap=cmap, vmin=lo, vmax=hi, aspect="auto",
+                   interpolation="nearest")
+    xl, xt = S.category_labels(cols, grid.columns.tolist(), info)
+    yl, yt = S.category_labels(rows, grid.index.tolist(), info)
+    S.set_ticks(ax, "x", xl)
+    S.set_ticks(ax, "y", yl)
+    ax.set_xlabel(S.text(xt))
+    ax.set_ylabel(S.text(yt))
+    if values.size <= 64 and values.shape[1] <= 10:  # small grids: print each value
+        for (i, j), v in np.ndenumerate(values):
+            if math.isfinite(v):
+                r, g, b, _ = im.cmap(im.norm(v))
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+                ax.text(j, i, f"{v:.2f}".replace("-0.00", "0.00"), ha="center", va="center",
+                        fontsize="x-small", color="white" if dark else "black")
+    return im
+
+
+def _facets(name: str, df: pd.DataFrame, vary: list[str], col: str, info: dict[str, Any],
+            scale: tuple[float, float, str]):
+    """One heatmap per value of the facet variable, all on the one colour scale."""
+    facet = "site" if "site" in vary else min(
+        [k for k in vary if k != "pos"] or vary, key=lambda k: df[k].nunique())
+    rows, cols = _axes([k for k in vary if k != facet])
+    values = list(dict.fromkeys(df[facet]))
+    if pd.api.types.is_numeric_dtype(df[facet]):
+        values.sort()
+    pw, ph = _heat_size(df[cols].nunique(), df[rows].nunique(), margin=1.2)
+    ncols = max(1, min(len(values), int(14 // pw)))
+    nrows = math.ceil(len(values) / ncols)
+    fig = S.new_figure(pw * ncols + 1.2, ph * nrows + 0.8)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    im = None
+    for ax, v in zip(axes, values):
+        im = _heatmap(ax, df[df[facet] == v], rows, cols, col, info, scale)
+        ax.set_title(S.text(f"{facet} {v}" if facet != "site" else v))
+    for ax in axes[len(values):]:
+        ax.set_visible(False)
+    # The panels share their axes' meaning: name each axis once for the figure.
+    fig.supxlabel(axes[0].get_xlabel(), fontsize="medium")
+    fig.supylabel(axes[0].get_ylabel(), fontsize="medium")
+    for ax in axes:
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+    fig.colorbar(im, ax=axes[:len(values)].tolist(),
+                 label=S.text(S.value_label(col, _cinfo(info, col))))
+    fig.suptitle(S.title(info, col, name, fig.get_figwidth()))
+    return fig
+
+
+def _bar_size(n: int) -> tuple[float, float]:
+    return max(4.5, min(16.0, 0.3 * min(n, S.MAX_TICKS) + 2.5)), 3.8
+
+
+def _heat_size(n_cols: int, n_rows: int, margin: float = 3.0) -> tuple[float, float]:
+    """A heatmap's size in inches; `margin` is the room for labels and a colorbar."""
+    return (max(1.5 + margin, min(16.0, 0.32 * min(n_cols, S.MAX_TOKEN_TICKS) + margin)),
+            max(3.0, min(12.0, 0.32 * min(n_rows, S.MAX_TICKS) + 1.8)))
+
+
+def _scatter_size(pairs: pd.DataFrame) -> tuple[float, float]:
+    facet = ["site_kind"] + (["metric"] if "metric" in pairs.columns else [])
+    n = pairs.groupby(facet).ngroups
+    ncols = min(n, 3)
+    return 4.2 * ncols + 0.4, 4.4 * math.ceil(n / ncols) + 0.6
+
+
+def plot_table(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
+               info: dict[str, Any] | None = None, pairs: pd.DataFrame | None = None
+               ) -> list[Path]:
+    """Write every plot of one table as NAME[_COLUMN].png; returns the paths written."""
+    written = []
+    for suffix, fig in figures(name, df, keys, info, pairs):
+        path = Path(out_dir) / f"{name}{suffix}.png"
+        fig.savefig(path, dpi=130)
+        written.append(path)
+    return written
 
 
 def plot_dir(out_dir: str | Path) -> list[Path]:
     """Redraw every table of a result folder from its CSVs and manifest.json."""
     from patchc.compiler.errors import PatchcError
     from patchc.manifest import read_manifest
+    from patchc.outputs import check_file_name
 
     d = Path(out_dir)
     manifest = read_manifest(d)
+    tables = manifest.get("tables", {})
+    if not isinstance(tables, dict) or not all(isinstance(i, dict) for i in tables.values()):
+        raise PatchcError("E604", f"{d / 'manifest.json'}: `tables` must map names to objects")
+    for name in tables:  # names come from a file: never read or write outside the folder
+        check_file_name(f"{name}.csv")
     written: list[Path] = []
-    for name, info in manifest.get("tables", {}).items():
+    for name, info in tables.items():
         csv = d / f"{name}.csv"
         if not csv.is_file():
             raise PatchcError("E602", f"{csv} is missing")
-        written += plot_table(name, pd.read_csv(csv), list(info.get("keys", [])), d)
+        op = info.get("op")
+        if op == "measure":  # one row, no sweep: the table says it all
+            continue
+        if op == "read":  # attention patterns, from NAME.safetensors
+            from patchc.plot_attention import plot_read_dir
+
+            written += plot_read_dir(name, d)
+            continue
+        if op == "lens":
+            from patchc.plot_lens import plot_lens
+
+            written += plot_lens(name, pd.read_csv(csv), list(info.get("keys", [])), d,
+                                 info.get("tokens"), info.get("baselines"))
+            continue
+        written += plot_table(name, pd.read_csv(csv), list(info.get("keys", [])), d,
+                              info.get("plot"), _pairs(d, name))
     return written
+
+
+def _pairs(d: Path, name: str) -> pd.DataFrame | None:
+    """A `compare` table's points (NAME.pairs.csv), if the folder has them."""
+    path = d / f"{name}.pairs.csv"
+    return pd.read_csv(path) if path.is_file() else None

@@ -1,6 +1,12 @@
 """A Pygments lexer for `.patch` specs, for highlighted specs in docs, papers (minted) and
-notebooks. Registered as the entry point `patch` (pygments.lexers), so
-`pygmentize -l patch spec.patch` and `\\begin{minted}{patch}` work once patchc is installed.
+notebooks. Registered as the entry point `patchc` (pygments.lexers), so
+`pygmentize -l patchc spec.patch` and `\\begin{minted}{patchc}` work once patchc is installed.
+
+It claims no file name and no content (it never guesses): `*.patch` is the name of diff
+files (`git format-patch`; Pygments' DiffLexer claims it), and a plugin that claimed it too
+would highlight diffs as specs. Nor does it take the alias `patch`, which readers take to
+mean a diff. Pick it by alias (`-l patchc`), or, without installing patchc, by class:
+`pygmentize -l patchc/pygments_lexer.py:PatchcLexer -x spec.patch`.
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ BUILTINS = ("logit", "logprob", "prob", "rank", "kl", "loss", "generate", "id", 
             "true", "false", "null", "key", "feature")
 
 
-class PatchLexer(RegexLexer):
-    name = "patch"
-    aliases = ["patch", "patchc"]
-    filenames = ["*.patch"]
+class PatchcLexer(RegexLexer):
+    name = "patchc"
+    aliases = ["patchc"]
+    filenames: list[str] = []  # `*.patch` is diff's (see the module docstring)
     mimetypes = ["text/x-patchc"]
 
     tokens = {
@@ -42,3 +48,7 @@ class PatchLexer(RegexLexer):
             (r"\s+", Text),
         ]
     }
+
+
+# The class's former name, for code that imported it.
+PatchLexer = PatchcLexer

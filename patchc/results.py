@@ -1,9 +1,20 @@
 """Results: the tidy tables of a run, per-example values, and the manifest; saving them.
 
-A table has one row per experiment: its sweep columns, then one column per measure (the
-mean over examples; `normalized` applied to the means). `Results.per_example(name)` has
-the raw per-example values. `save(dir)` writes `NAME.csv` per table and `manifest.json`,
-all through temporary files renamed at the end, so a failed run leaves no half-written table.
+A table has one row per experiment: its sweep columns, then for each measure the mean over
+examples (`normalized` applied to the means) and `<measure>_se`, the standard error of that
+mean over the examples (sample standard deviation / sqrt(n); for a normalized column, that
+divided by |baseline 1 - baseline 0|, the baselines taken as fixed). `text(N)` columns are
+strings: they are in the per-example output only. `Results.per_example(name)` has the raw
+per-example values, `activations(name)` the tensors of a `read`, `baselines(name)` the
+values a normalized table maps to 0 and 1, `pairs(name)` the estimate/exact points of a
+`compare` table. In Jupyter a Results shows as HTML tables; `Results.plot(name)` gives a
+Figure. `save(dir)` writes the result folder (patchc/outputs.py, staged and moved into place
+at once): `NAME.csv` per table, `NAME.examples.csv` (one row per experiment and example),
+`NAME.safetensors` per `read`, `NAME.pairs.csv` per `compare`, any file of
+`Results.outputs`, and `manifest.json`.
+
+`normalized` divides by the gap between two baselines; where they are equal the column is NaN
+and `Results.warnings` holds a W470 that names the table and both values.
 """
 
 from __future__ import annotations
@@ -11,20 +22,40 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
 
+from patchc.compiler.errors import PatchcError, Warning_
 from patchc.compiler.ir import IRGraph, Table
 
 
-def _mean(values: torch.Tensor) -> float:
+def _mean(values: Any) -> float:
+    if not isinstance(values, torch.Tensor):
+        return math.nan  # text(N): strings have no mean
     v = values.float()
     v = v[~torch.isnan(v)]
     return float(v.mean()) if v.numel() else math.nan
+
+
+def _se(values: Any) -> float:
+    """Standard error of the mean over the examples (NaN rows left out; NaN below 2)."""
+    if not isinstance(values, torch.Tensor):
+        return math.nan
+    v = values.float()
+    v = v[~torch.isnan(v)]
+    return float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else math.nan
+
+
+def se_column(col: str) -> str:
+    """The uncertainty column of a measured column."""
+    return f"{col}_se"
+
+
+def _is_text(values: Any) -> bool:
+    return isinstance(values, list)
 
 
 def _normalized(m: float, target: float, source: float | None) -> float:
@@ -63,22 +94,65 @@ def spearman(x: list[float], y: list[float]) -> float:
     return pearson(_ranks(x), _ranks(y))
 
 
-def build_table(table: Table, values: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """One DataFrame from a lowered table and the per-example values of its nodes."""
+class _ZeroGaps:
+    """The baselines of `normalized` columns whose gap was zero, for one warning a table."""
+
+    def __init__(self) -> None:
+        self.cases: dict[str, list[tuple[float, float | None]]] = {}
+
+    def check(self, col: str, target: float, source: float | None) -> None:
+        gap = target if source is None else source - target
+        if gap == 0:
+            self.cases.setdefault(col, []).append((target, source))
+
+    def warning(self, table: Table) -> PatchcError | None:
+        if not self.cases:
+            return None
+        parts = []
+        for col, cases in self.cases.items():
+            t, s = cases[0]
+            both = (f"the unpatched run's {col} is {t:g} (it divides)" if s is None else
+                    f"both baselines are {t:g} (target run) and {s:g} (source run)")
+            parts.append(f"`{col} normalized` is NaN in {len(cases)} row(s): {both}")
+        return Warning_("W470", f"table `{table.name}`: " + "; ".join(parts) + ", so "
+                        "there is nothing to normalize by", table.span,
+                        hint="the runs being compared give the same value (identical runs, "
+                        "or an ablation with the run's own mean): drop `normalized`")
+
+
+def build_table(table: Table, values: dict[str, Any],
+                warnings: list[PatchcError] | None = None) -> pd.DataFrame:
+    """One DataFrame from a lowered table and the per-example values of its nodes.
+    A warning about the table (W470) is appended to `warnings`."""
+    if table.op == "read":
+        return _read_table(table, values)
     # The means of this table's own nodes only: every table averaging every value of the
     # run made result assembly quadratic in the number of tables.
     used = [nid for row in table.rows for _, nid in row.values]
     used += [nid for p in table.pairs for nid in (p.estimate, p.metric, *(p.normalize or ()))
              if nid]
     means = {nid: _mean(values[nid]) for nid in dict.fromkeys(used)}
-    if table.pairs:
-        return _compare_table(table, means)
+    gaps = _ZeroGaps()
+    df = (_compare_table(table, means, gaps) if table.pairs
+          else _rows_table(table, values, means, gaps))
+    w = gaps.warning(table)
+    if w is not None and warnings is not None:
+        warnings.append(w)
+    return df
+
+
+def _rows_table(table: Table, values: dict[str, Any], means: dict[str, float],
+                gaps: _ZeroGaps) -> pd.DataFrame:
     records = []
+    texts: set[str] = set()
     for row in table.rows:
         rec: dict[str, Any] = dict(row.key)
         norm = dict(row.normalize)
         for col, nid in row.values:
-            m = means[nid]
+            if _is_text(values[nid]):
+                texts.add(col)
+                continue
+            m, se = means[nid], _se(values[nid])
             if col in norm:
                 target, source = norm[col]
                 # Only the examples this experiment has (an `@ each` position beyond a short
@@ -86,19 +160,52 @@ def build_table(table: Table, values: dict[str, torch.Tensor]) -> pd.DataFrame:
                 keep = ~torch.isnan(values[nid].float())
                 t = _mean(values[target][keep])
                 s = _mean(values[source][keep]) if source else None
+                gaps.check(col, t, s)
                 m = _normalized(m, t, s)
+                scale = abs(s - t) if s is not None else abs(t)
+                se = se / scale if scale else math.nan
             rec[col] = m
+            rec[se_column(col)] = se
         records.append(rec)
+    columns = []
+    keys = {c for row in table.rows for c, _ in row.key}
+    for c in table.columns:
+        if c in texts:
+            continue
+        columns.append(c)
+        if c not in keys:
+            columns.append(se_column(c))
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def _read_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
+    """A `read` table: per site, the tensor's shape and summary statistics (NaN padding
+    left out); `norm` is the mean L2 norm of the width-axis vectors."""
+    records = []
+    for row in table.rows:
+        (_, nid), = row.values
+        t = values[nid].float()
+        finite = t[~torch.isnan(t)]
+        vectors = t.reshape(-1, t.shape[-1]) if t.numel() else t
+        vectors = vectors[~torch.isnan(vectors).any(-1)] if t.numel() else vectors
+        stats = dict(shape="x".join(map(str, t.shape)),
+                     mean=float(finite.mean()) if finite.numel() else math.nan,
+                     std=float(finite.std()) if finite.numel() > 1 else math.nan,
+                     norm=float(vectors.norm(dim=-1).mean()) if vectors.numel() else math.nan,
+                     min=float(finite.min()) if finite.numel() else math.nan,
+                     max=float(finite.max()) if finite.numel() else math.nan)
+        records.append({**dict(row.key), **stats})
     return pd.DataFrame.from_records(records, columns=list(table.columns))
 
 
-def _compare_table(table: Table, means: dict[str, float]) -> pd.DataFrame:
+def _compare_table(table: Table, means: dict[str, float], gaps: _ZeroGaps) -> pd.DataFrame:
     groups: dict[tuple, tuple[list[float], list[float]]] = {}
     for p in table.pairs:
         est, exact = means[p.estimate], means[p.metric]
         if p.normalize:
             target, source = p.normalize
             t, s = means[target], means[source] if source else None
+            gaps.check("compare", t, s)
             est, exact = _normalized(est, t, s), _normalized(exact, t, s)
         xs, ys = groups.setdefault(p.key, ([], []))
         xs.append(est)
@@ -111,9 +218,12 @@ def _compare_table(table: Table, means: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def per_example_table(table: Table, values: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """Long form: one record per (experiment, example) with the raw measured values."""
+def per_example_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
+    """Long form: one record per (experiment, example) with the raw measured values
+    (text(N) as strings); normalized columns are raw, the baselines say how to map them."""
     records = []
+    if table.op == "read":
+        return pd.DataFrame()
     for row in table.rows:
         cols = list(row.values)
         if not cols:
@@ -122,21 +232,62 @@ def per_example_table(table: Table, values: dict[str, torch.Tensor]) -> pd.DataF
         for i in range(n):
             rec: dict[str, Any] = {**dict(row.key), "example": i}
             for col, nid in cols:
-                rec[col] = float(values[nid][i])
+                v = values[nid][i]
+                rec[col] = v if _is_text(values[nid]) else float(v)
             records.append(rec)
     return pd.DataFrame.from_records(records)
+
+
+def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[str, Any]:
+    """For each normalized column: what 0 and 1 mean (`{"0": {"run": .., "value": ..},
+    "1": {...}}`), the means over every example of the runs' unpatched values. Without a
+    source run (`m / m_target`), 0 is the value 0 and 1 the target run's value."""
+    out: dict[str, Any] = {}
+    norms = [(col, ts) for row in table.rows for col, ts in row.normalize]
+    # compare: every pair of a normalized measure holds its (target, source) metrics
+    norms += [(dict(p.key).get("metric", "normalized"), p.normalize) for p in table.pairs
+              if p.normalize is not None]
+    for col, (target, source) in norms:
+        if col in out:
+            continue
+        t_run = ir.node(target).forward  # type: ignore[union-attr]
+        zero = {"run": ir.node(t_run).run, "value": _mean(values[target])}  # type: ignore
+        if source is None:
+            out[col] = {"0": {"run": None, "value": 0.0}, "1": zero}
+            continue
+        s_run = ir.node(source).forward  # type: ignore[union-attr]
+        out[col] = {"0": zero, "1": {"run": ir.node(s_run).run,  # type: ignore
+                                     "value": _mean(values[source])}}
+    return out
+
+
+def baseline_label(b: dict[str, Any]) -> str:
+    """`0 = corrupt (-0.68), 1 = clean (7.12)` for a column's baselines."""
+    def side(k: str) -> str:
+        run, v = b[k]["run"], b[k]["value"]
+        return f"{k} = {run} ({v:.4g})" if run else f"{k} = zero"
+    return f"{side('0')}, {side('1')}"
 
 
 class Results:
     """Tables by name (`results["heads"]` is a DataFrame), per-example values, manifest."""
 
-    def __init__(self, ir: IRGraph, values: dict[str, torch.Tensor], manifest: dict[str, Any]
-                 ) -> None:
-        self.tables: dict[str, pd.DataFrame] = {t.name: build_table(t, values)
+    def __init__(self, ir: IRGraph, values: dict[str, Any], manifest: dict[str, Any],
+                 tokens: dict[str, list[list[str]]] | None = None,
+                 warnings: list[PatchcError] | None = None) -> None:
+        # Warnings of the whole run: check's, the runner's, and the tables' own (W470).
+        self.warnings: list[PatchcError] = list(warnings or [])
+        self.tables: dict[str, pd.DataFrame] = {t.name: build_table(t, values, self.warnings)
                                                 for t in ir.tables}
         self._ir = ir
         self._values = values
         self.manifest = manifest
+        # Output files besides the tables' own: file name -> a function writing it at the
+        # path it is given (e.g. `lambda p: save_file(tensors, str(p))`). They are staged
+        # and moved into place with the rest, listed in the manifest, compared by verify.
+        self.outputs: dict[str, Callable[[Path], None]] = {}
+        self._tokens: dict[str, list[list[str]]] = dict(tokens or {})
+        self._positions: dict[str, dict[str, list[int]]] = {}  # read -> site -> positions
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         if name not in self.tables:
@@ -152,34 +303,111 @@ class Results:
     def __repr__(self) -> str:
         return f"Results({', '.join(f'{k}: {len(v)} rows' for k, v in self.tables.items())})"
 
-    def per_example(self, name: str) -> pd.DataFrame:
+    def _repr_html_(self) -> str:
+        """Jupyter: each table as an HTML table under its name (long tables: head and tail,
+        as pandas shows them), with the baselines of its normalized columns."""
+        import html
+
+        from patchc.plot_style import value_label
+
+        parts = []
+        for name, df in self.tables.items():
+            parts.append(f"<h4>{html.escape(name)} <small>({len(df)} rows)</small></h4>")
+            parts.append(df.to_html(index=False, max_rows=20, notebook=True))
+            info = self.manifest.get("tables", {}).get(name, {}).get("plot", {})
+            for col, cinfo in info.get("columns", {}).items():  # what 0 and 1 mean
+                if cinfo.get("baselines") and col in df.columns:
+                    label = value_label(col, cinfo).replace("\n", " ")
+                    parts.append(f"<p><small>{html.escape(label)}</small></p>")
+        return "\n".join(parts) or "<p>Results: no tables</p>"
+
+    def pairs(self, name: str) -> pd.DataFrame:
+        """A `compare` table's points: one row per (site, method[, metric]) with the estimate
+        and the exact swap's value (normalized as the table is); empty for other tables."""
+        table = self._table(name)
+        means = {nid: _mean(v) for nid, v in self._values.items()}
+        records = []
+        for p in table.pairs:
+            est, exact = means[p.estimate], means[p.metric]
+            if p.normalize:
+                target, source = p.normalize
+                t, s = means[target], means[source] if source else None
+                est, exact = _normalized(est, t, s), _normalized(exact, t, s)
+            node = self._ir.node(p.estimate)
+            site = str(node.site) + ("" if str(node.pos) == "*" else f" @ {node.pos}")
+            records.append({**dict(p.key), "site": site, "estimate": est, "exact": exact})
+        return pd.DataFrame.from_records(records)
+
+    def plot(self, name: str, column: str | None = None):
+        """A matplotlib Figure of table `name` (of `column`, default its first measured
+        one), as `patchc run --out` draws it; a one-row table as a small annotated table."""
+        from patchc.plots import figure
+
+        self._table(name)
+        entry = self.manifest.get("tables", {}).get(name, {})
+        pairs = self.pairs(name)
+        return figure(name, self.tables[name], list(entry.get("keys", [])),
+                      entry.get("plot"), pairs if not pairs.empty else None, column)
+
+    def _table(self, name: str) -> Table:
         table = next((t for t in self._ir.tables if t.name == name), None)
         if table is None:
-            raise KeyError(f"no table {name!r}")
-        return per_example_table(table, self._values)
+            raise KeyError(f"no table {name!r}; tables: {', '.join(self.tables)}")
+        return table
 
-    def save(self, out_dir: str | os.PathLike[str]) -> list[Path]:
-        """Write NAME.csv per table and manifest.json into out_dir. Every file is written
-        to a temporary name first and renamed only once all of them are complete."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        staged: list[tuple[str, Path]] = []
-        try:
-            for name, df in self.tables.items():
-                staged.append((_stage(out, df.to_csv(index=False)), out / f"{name}.csv"))
-            text = json.dumps(self.manifest, indent=2, sort_keys=True, default=str)
-            staged.append((_stage(out, text + "\n"), out / "manifest.json"))
-        except BaseException:
-            for tmp, _ in staged:
-                Path(tmp).unlink(missing_ok=True)
-            raise
-        for tmp, final in staged:
-            os.replace(tmp, final)
-        return [final for _, final in staged]
+    def per_example(self, name: str) -> pd.DataFrame:
+        return per_example_table(self._table(name), self._values)
 
+    def baselines(self, name: str) -> dict[str, Any]:
+        """What 0 and 1 mean in each normalized column of table `name` (table_baselines)."""
+        return table_baselines(self._ir, self._table(name), self._values)
 
-def _stage(directory: Path, text: str) -> str:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".patchc-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    return tmp
+    def activations(self, name: str) -> dict[str, torch.Tensor]:
+        """The tensors of `read ... as NAME`, by concrete site (runtime/reading.py says
+        their layout)."""
+        table = self._table(name)
+        if table.op != "read":
+            raise KeyError(f"table {name!r} is not a `read`")
+        return {dict(row.key)["site"]: self._values[row.values[0][1]] for row in table.rows}
+
+    def tokens(self, name: str) -> list[list[str]]:
+        """The tokens of each example of the run a `read` or `lens` table looked at."""
+        return self._tokens.get(name, [])
+
+    def write_files(self, folder) -> None:
+        """Write every output file of the run (not the manifest) into a folder
+        (patchc/outputs.Folder: a run's staging folder, or verify's rerun folder): per
+        table NAME.csv, NAME.examples.csv, NAME.safetensors for a `read`, NAME.pairs.csv
+        for a `compare`; then each of `self.outputs`."""
+        for name, df in self.tables.items():
+            folder.write_text(f"{name}.csv", df.to_csv(index=False))
+            examples = self.per_example(name)
+            if not examples.empty:
+                folder.write_text(f"{name}.examples.csv", examples.to_csv(index=False))
+            if self._table(name).op == "read":
+                self._write_tensors(folder.path(f"{name}.safetensors"), name)
+            pairs = self.pairs(name)  # compare: the points of its scatter plot
+            if not pairs.empty:
+                folder.write_text(f"{name}.pairs.csv", pairs.to_csv(index=False))
+        for name, write in self.outputs.items():
+            write(folder.path(name))
+
+    def save(self, out_dir: str | os.PathLike[str], force: bool = False,
+             plots: bool = False) -> list[Path]:
+        """Write the result folder out_dir (write_files, manifest.json, and the PNGs with
+        `plots`), all at once: see patchc/outputs.py. Refuses a folder that holds other
+        files unless `force`."""
+        from patchc.outputs import save_result
+
+        return save_result(self, out_dir, force=force, plots=plots)
+
+    def _write_tensors(self, path: Path, name: str) -> None:
+        """NAME.safetensors: one tensor per site; the metadata holds each example's tokens
+        and each site's positions in the first example (JSON), for plots drawn from the
+        folder alone."""
+        from safetensors.torch import save_file
+
+        meta = {"tokens": json.dumps(self.tokens(name)),
+                "positions": json.dumps(self._positions.get(name, {}))}
+        tensors = {k: v.contiguous() for k, v in self.activations(name).items()}
+        save_file(tensors, str(path), metadata=meta)

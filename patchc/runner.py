@@ -23,6 +23,7 @@ from patchc.compiler.errors import NO_SPAN, PatchcError, RuntimeInterventionErro
 from patchc.compiler.ir import Backward, Forward, IRGraph
 from patchc.compiler.lower import lower
 from patchc.manifest import Manifest, sha256_text, versions
+from patchc.run_record import what_ran
 from patchc.results import Results
 
 
@@ -42,6 +43,14 @@ def _options(checked: CheckedSpec, overrides: dict[str, Any]) -> CheckedSpec:
     from dataclasses import replace
 
     return replace(checked, options=options)
+
+
+def set_span(spec: A.Spec, option: str, overrides: dict[str, Any]):
+    """The span of `set OPTION = ...`, or NO_SPAN when an override gave the value."""
+    if option in overrides:
+        return NO_SPAN
+    found = [s for s in spec.statements if isinstance(s, A.SetDecl) and s.name.value == option]
+    return found[0].span if found else NO_SPAN
 
 
 def _model_decl(spec: A.Spec) -> A.ModelDecl:
@@ -75,6 +84,8 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
                            overrides)
     clock = Clock()
     decl = _model_decl(spec)
+    inputs = _hash_inputs(spec, overrides)
+    given = model is not None  # the caller's model, not the spec's `model` line, runs
     try:
         with clock("load"):
             checked, model, tokenizer, device = prepare(spec, model, tokenizer,
@@ -85,8 +96,10 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
         raise e.with_source(spec.source) from None
     if values is None:  # a worker other than rank 0: its values went to rank 0
         return None
-    return _results(spec, decl, checked, model, device, ir, plan, values, seconds, naive,
-                    clock, group)
+    results = _results(spec, decl, checked, model, tokenizer, device, ir, plan, values,
+                       seconds, naive, clock, group, inputs, given)
+    _observations(results, spec, checked, tokenizer)
+    return results
 
 
 class Clock:
@@ -140,8 +153,9 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
             loaded = load(decl.model_id, decl.revision, options, spec.source.base_dir,
                           trust_remote_code)
         except PatchcError as e:  # a failed load points at the `model` statement
-            if e.span == NO_SPAN:
-                e.span = decl.span
+            if e.span == NO_SPAN:  # (no CUDA: at `set device`, unless an override asked)
+                e.span = set_span(spec, "device", overrides) if e.code == "E410" else \
+                    decl.span
             raise
         return checked, loaded.model, loaded.tokenizer, loaded.device
     if tokenizer is None:
@@ -210,29 +224,106 @@ def _evaluate_on(checked: CheckedSpec, model: Any, tokenizer: Any, adapter: Any,
     return values, _table_seconds(ir, node_seconds), ir, plan
 
 
-def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any, device: Any,
-             ir: IRGraph, plan: Any, values: dict[str, Any], seconds: dict[str, float],
-             naive: bool, clock: Clock, group: Any = None) -> Results:
+def _hash_inputs(spec: A.Spec, overrides: dict[str, Any] | None) -> dict[str, str]:
+    """The sha256 of every file the spec reads, taken before they are read."""
+    from patchc.manifest import hash_inputs, spec_files
+
+    dm = (overrides or {}).get("device_map")
+    return hash_inputs(spec_files(spec, dm), spec.source.base_dir)
+
+
+def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
+             tokenizer: Any, device: Any, ir: IRGraph, plan: Any, values: dict[str, Any],
+             seconds: dict[str, float], naive: bool, clock: Clock, group: Any = None,
+             inputs: dict[str, str] | None = None, given: bool = False) -> Results:
+    from patchc.plotinfo import describe_tables
+
     options = checked.options
     assembling = time.perf_counter()
+    plot = describe_tables(ir, checked, tokenizer, values)  # titles, scales, tokens
     tables = {t.name: {"rows": len(t.rows), "columns": list(t.columns), "keys": _keys(t),
-                       "seconds": round(seconds.get(t.name, 0.0), 4)} for t in ir.tables}
+                       "seconds": round(seconds.get(t.name, 0.0), 4), "plot": plot[t.name]}
+              for t in ir.tables}
     hf_map = getattr(model, "hf_device_map", None)
+    ran = what_ran(spec, decl, model, tokenizer, given)
     manifest = Manifest(
         spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
-        spec_file=spec.source.filename, model_id=decl.model_id, revision=decl.revision,
-        weights_sha256=_weights_hash(model), versions=versions(), device=str(device),
+        spec_file=ran.spec_file, spec_dir=ran.spec_dir, model_id=decl.model_id,
+        model_path=ran.model_path, revision=decl.revision, weights_sha256=_weights_hash(model),
+        tokenizer_sha256=ran.tokenizer_sha256, inputs=inputs or {},
+        versions=versions(), device=str(device),
         device_map={str(k): v for k, v in hf_map.items()} if hf_map else None,
-        workers=group.world if group is not None else 1,
+        workers=group.world if group is not None else 1, threads=_threads(clock),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
         options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan),
         interpreter="naive" if naive else "optimized", total_seconds=0.0)
-    results = Results(ir, values, manifest.model_dump())
+    results = Results(ir, values, manifest.model_dump(),
+                      warnings=[*checked.warnings, *ran.warnings])
+    for w in results.warnings:  # the tables' own warnings point into the spec too
+        w.with_source(spec.source)
     clock.seconds["assemble"] = time.perf_counter() - assembling
     results.manifest["timings"] = timings = clock.timings()
     results.manifest["total_seconds"] = timings["total"]
-    results.manifest["threads"] = clock.threads
     return results
+
+
+def _threads(clock: Clock) -> int:
+    """The threads torch computed with (runtime/threads.py restores its own setting after)."""
+    import torch
+
+    return clock.threads or torch.get_num_threads()
+
+
+def _observations(results: Results, spec: A.Spec, checked: CheckedSpec, tokenizer: Any
+                  ) -> None:
+    """What the statements of §11 add to Results and the manifest: each table's operation
+    and the baselines of its normalized columns (printed with it, labelled in its plot), and
+    the tokens of the run a `read` or `lens` looked at (plot axes)."""
+    from patchc.runtime.inputs import encode
+
+    for op in spec.operations():
+        name = A.table_name(op)
+        info = results.manifest["tables"].get(name)
+        if info is None:
+            continue
+        info["op"] = A.op_keyword(op)
+        baselines = results.baselines(name)
+        if baselines:
+            info["baselines"] = baselines
+        if isinstance(op, (A.ReadSites, A.Lens)):
+            texts = list(checked.runs[op.target.value].texts)
+            results._tokens[name] = [tokenizer.convert_ids_to_tokens(ids)
+                                     for ids in encode(tokenizer, texts)]
+            info["tokens"] = results._tokens[name][0]  # plot labels (example 0)
+        if isinstance(op, A.ReadSites):
+            results._positions[name] = _read_positions(results, name, checked, op)
+
+
+def _read_positions(results: Results, name: str, checked: CheckedSpec, op: A.ReadSites
+                    ) -> dict[str, list[int]]:
+    """Which token positions each site of a `read` holds, for its first example (the
+    query axis of an attention figure)."""
+    n0 = len(results.tokens(name)[0])
+    info = checked.runs[op.target.value]
+    row0 = checked.data[info.data].rows[0] if info.data else {}
+    out = {}
+    for row in results._table(name).rows:
+        pos = results._ir.node(row.values[0][1]).pos  # type: ignore[union-attr]
+        if pos.kind == "all":
+            picked = list(range(n0))
+        elif pos.kind == "last":
+            picked = [n0 - 1]
+        elif pos.kind in ("index", "range"):
+            picked = list(range(pos.lo, (pos.hi if pos.kind == "range" else pos.lo) + 1))
+        elif pos.kind == "set":
+            picked = list(pos.values)
+        elif pos.kind == "column":
+            picked = [int(row0[pos.column[1]])]  # type: ignore[index]
+        else:  # span
+            picked = list(range(int(row0[pos.column[1]]),  # type: ignore[index]
+                                int(row0[pos.end[1]]) + 1))  # type: ignore[index]
+        out[dict(row.key)["site"]] = picked
+    return out
 
 
 def _table_seconds(ir: IRGraph, node_seconds: dict[str, float]) -> dict[str, float]:

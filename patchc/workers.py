@@ -17,7 +17,10 @@ Two ways to start the workers:
     GPU LOCAL_RANK when there are GPUs.
 
 A spawned worker that fails writes its error to a file and exits; rank 0 notices (the
-process is gone, or gloo reports the closed connection) and reports that worker's error.
+process is gone, or gloo reports the closed connection) and reports that worker's error: a
+mistake (a PatchcError) or a worker that died without a word as E415, a bug in patchc as
+WorkerCrashed (the CLI's internal error, exit 2). A worker whose rank 0 dies (kill -9) exits
+within a second and removes the run's temporary folder.
 """
 
 from __future__ import annotations
@@ -27,14 +30,13 @@ import hashlib
 import os
 import pickle
 import shutil
-import sys
 import tempfile
 import threading
 import time
 import traceback
 from multiprocessing.reduction import ForkingPickler  # torch registers its tensor reductions
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -49,6 +51,14 @@ from patchc.compiler.shard import shard
 # How long rank 0 waits for the slowest worker's results. A worker that dies is noticed at
 # once (its connection closes), so this only bounds a worker that hangs.
 TIMEOUT = datetime.timedelta(hours=24)
+
+
+class WorkerCrashed(RuntimeError):
+    """A worker hit an internal error (a bug in patchc, not a mistake in the spec)."""
+
+
+# How often a spawned worker looks whether rank 0 is still there.
+PARENT_POLL_S = 0.5
 
 
 class Group:
@@ -116,23 +126,32 @@ class Group:
         try:
             fn(*args, **kwargs)
         except RuntimeError as e:  # a peer died: say which, with its own error
-            raise RuntimeInterventionError(
-                "E415", self.failure() or f"a worker stopped: {str(e).splitlines()[0]}",
-                hint="the worker's error is above; rerun without --workers to see it alone") \
-                from None
+            self.fail(f"a worker stopped: {(str(e).splitlines() or [''])[0]}")
 
-    def failure(self) -> str | None:
-        """A failed worker's own error, when it could leave one."""
+    def fail(self, fallback: str) -> NoReturn:
+        """Raise a failed worker's own error: WorkerCrashed for a bug, E415 for a mistake it
+        reported or a worker gone without a word (`fallback`)."""
+        found = self.failure()
+        if found is not None and found[0] == "internal":
+            raise WorkerCrashed(found[1])
+        raise RuntimeInterventionError(
+            "E415", found[1] if found else fallback,
+            hint="rerun without --workers to see the error alone")
+
+    def failure(self) -> tuple[str, str] | None:
+        """("internal" or "user", message) of a failed worker, when it could leave one."""
         return None
 
 
 class Spawned(Group):
     """A group patchc started itself. Rank 0 (the caller) holds the worker processes."""
 
-    def __init__(self, rank: int, world: int, root: Path, plan_json: str | None = None,
+    def __init__(self, rank: int, world: int, root: Path | None, plan_json: str | None = None,
                  start: Callable[[str, str], list] | None = None) -> None:
         super().__init__(rank, world)
-        self.root = root  # the rendezvous file, workers' error files and ready marks
+        # The rendezvous file, workers' error files and ready marks (rank 0 makes it when it
+        # starts the workers, which remove it should rank 0 die).
+        self.root: Path = root  # type: ignore[assignment]
         self.plan_json = plan_json  # rank 0's plan, as a worker received it
         self.start = start  # rank 0: starts the workers with (fingerprint, plan JSON)
         self.procs: list = []
@@ -158,17 +177,16 @@ class Spawned(Group):
                           for r in range(1, self.world)):
                 if any(p.exitcode is not None for p in self.procs):
                     time.sleep(0.2)  # its error file is written before it exits
-                    raise RuntimeInterventionError("E415", self.failure() or
-                                                   "a worker stopped without a message")
+                    self.fail("a worker stopped without a message")
                 time.sleep(0.02)
         dist.init_process_group("gloo", init_method=f"file://{self.root / 'store'}",
                                 rank=self.rank, world_size=self.world, timeout=TIMEOUT)
 
-    def failure(self) -> str | None:
+    def failure(self) -> tuple[str, str] | None:
         for f in sorted(self.root.glob("worker-*.err")):
-            text = f.read_text().strip()
+            kind, _, text = f.read_text().strip().partition("\n")
             if text:
-                return f"{f.stem.replace('-', ' ')} failed: {text.splitlines()[0]}"
+                return kind, f"{f.stem.replace('-', ' ')} failed: {text.splitlines()[0]}"
         return None
 
 
@@ -240,9 +258,10 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, trust_remote_code
                                                       trust_remote_code, overrides)
         check_options(checked.options)
     except PatchcError as e:
+        if e.code == "E417":  # at `set device_map`, unless --device-map/an override gave it
+            e.span = runner.set_span(spec, "device_map", overrides or {})
         raise e.with_source(spec.source) from None
     threads = max(1, torch.get_num_threads() // workers)  # the cores, divided
-    root = Path(tempfile.mkdtemp(prefix="patchc-workers-"))
 
     def start(digest: str, plan_json: str) -> list:
         # Starting waits for the fork server's imports: it happens beside rank 0's own shard.
@@ -251,10 +270,13 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, trust_remote_code
         # On the CPU its weights move to shared memory (once; a later run finds them there).
         if model.device.type == "cpu":
             model.share_memory()
+        # Made only now, with the workers that remove it should rank 0 be killed: planning
+        # can take long, and a folder made before it would outlive a kill -9 during it.
+        root = group.root = Path(tempfile.mkdtemp(prefix="patchc-workers-"))
         procs = [ctx.Process(target=_worker, daemon=True,
                              args=(rank, workers, root, (digest, plan_json), threads,
                                    bytes(ForkingPickler.dumps((spec, model, tokenizer))),
-                                   overrides))
+                                   overrides, os.getpid()))
                  for rank in range(1, workers)]
         def start_all() -> None:
             try:
@@ -267,7 +289,7 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, trust_remote_code
         group.starter.start()
         return procs
 
-    group = Spawned(0, workers, root, start=start)
+    group = Spawned(0, workers, None, start=start)
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -280,7 +302,8 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, trust_remote_code
         torch.set_num_threads(saved)
         close()
         _stop(group, 60)
-        shutil.rmtree(root, ignore_errors=True)
+        if group.root is not None:
+            shutil.rmtree(group.root, ignore_errors=True)
 
 
 def _stop(group: Spawned, wait: float) -> None:
@@ -316,10 +339,11 @@ def _context():
 
 
 def _worker(rank: int, world: int, root: Path, plan: tuple[str, str], threads: int,
-            payload: bytes, overrides: dict[str, Any] | None) -> None:
+            payload: bytes, overrides: dict[str, Any] | None, parent: int) -> None:
     """A spawned worker: run its shard of rank 0's plan, send its results to rank 0."""
     from patchc import runner
 
+    _watch_parent(parent, root)
     torch.set_num_threads(threads)
     try:
         spec, model, tokenizer = pickle.loads(payload)
@@ -327,8 +351,43 @@ def _worker(rank: int, world: int, root: Path, plan: tuple[str, str], threads: i
         runner.execute(spec, model, tokenizer, False, False, None, overrides, group=group)
         close()
     except BaseException as e:  # noqa: BLE001 - reported to rank 0, then this process ends
-        text = e.render() if isinstance(e, PatchcError) else \
-            f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
-        (root / f"worker-{rank}.err").write_text(text)
-        print(f"patchc worker {rank}: {text}", file=sys.stderr, flush=True)
+        # Rank 0 reports it, in one line: a mistake as E415, anything else as a bug.
+        user = isinstance(e, (PatchcError, KeyboardInterrupt))
+        first = (str(e).strip().splitlines() or [""])[0]
+        text = e.render() if isinstance(e, PatchcError) else f"{type(e).__name__}: {first}"
+        (root / f"worker-{rank}.err").write_text(f"{'user' if user else 'internal'}\n{text}")
+        if os.environ.get("PATCHC_DEBUG"):
+            traceback.print_exc()
         os._exit(1)  # skip gloo's teardown: rank 0 must see the connection close now
+
+
+def _watch_parent(parent: int, root: Path) -> None:
+    """End this worker when rank 0 is gone (killed: it cannot stop its workers, and gloo
+    would wait a day for it), and remove the run's temporary folder it can no longer
+    remove itself. A worker's parent is the fork server, so rank 0 is watched by its pid."""
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if not _alive(parent):
+                shutil.rmtree(root, ignore_errors=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="patchc-parent-watch").start()
+
+
+def _alive(pid: int) -> bool:
+    """Is process `pid` running (not gone, not a zombie waiting to be reaped)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): ask the kernel
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -31,6 +31,7 @@ from . import metrics as M
 from .inputs import Batch, position_index
 from .naive import ForwardOutput, Interpreter
 from .compat import blocks_return_tuples, output_cache, with_cache
+from .reading import collect_reads
 from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
 from .writes import make_reader, make_writer
 
@@ -117,6 +118,7 @@ class Executor(Interpreter):
                     self.kv.pop(v[3:], None)
                 elif v not in results:
                     self.values.pop(v, None)
+        collect_reads(ir, self.values, results)
         return results
 
     def token_ids(self, run: str, n: int):
@@ -130,7 +132,8 @@ class Executor(Interpreter):
         """As the naive interpreter; logits trimmed to token ids are indexed through the map
         from token id to column."""
         out = self.values[node.forward]
-        self._remap = getattr(out, "token_map", None)
+        # A lens metric decodes a Read over the whole vocabulary: no trimmed columns.
+        self._remap = getattr(out, "token_map", None) if node.lens is None else None
         try:
             return super().metric(ir, node)
         finally:
@@ -237,7 +240,7 @@ class Executor(Interpreter):
         out.valid = self.valid_rows(ir, f, batch)
         out.token_map = remap  # type: ignore[attr-defined]
         metrics = [m for m in (ir.node(x) for x in ir.g.successors(fid))
-                   if isinstance(m, Metric)]
+                   if isinstance(m, Metric) and (m.lens is None or m.reference == fid)]
         for m in metrics:
             if m.pos in out.logits:
                 pass  # another metric at this position has them (loss is checked below)

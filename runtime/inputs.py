@@ -3,7 +3,7 @@ from a spec's positions (`last`, `3`, `2..5`, a data column) to padded token ind
 
 Prompts are padded on the left so that the last token sits at the same index in every row;
 position ids count from each row's first real token, so a padded row computes exactly what
-the unpadded prompt would (LANGUAGE.md §3).
+the unpadded prompt would (docs/language.md §3, `run`).
 """
 
 from __future__ import annotations
@@ -102,16 +102,61 @@ def position_index(batch: Batch, pos: Positions, columns: dict[tuple[str, str], 
     if pos.kind == "range":
         _check_inside(batch, pos.lo, pos.hi)
         return offsets[:, None] + torch.arange(pos.lo, pos.hi + 1)[None, :]
+    if pos.kind == "set":
+        _check_inside(batch, min(pos.values), max(pos.values))
+        return offsets[:, None] + torch.tensor(pos.values, dtype=torch.long)[None, :]
+    if pos.kind == "span":
+        return _span_index(batch, pos, columns)
     assert pos.column is not None
-    values = columns[pos.column]
-    if len(values) != n:
-        values = [v for v in values for _ in range(n // len(values))]  # noise samples
+    values = _column(columns, pos.column, n)
     for i, v in enumerate(values):
         if not 0 <= v < batch.lengths[i]:
             raise RuntimeInterventionError(
                 "E421", f"row {i}: position {'.'.join(pos.column)} = {v} is outside its "
                 f"{batch.lengths[i]} tokens")
     return (offsets + torch.tensor(values, dtype=torch.long))[:, None]
+
+
+def _column(columns: dict[tuple[str, str], list[int]], column: tuple[str, str], n: int
+            ) -> list[int]:
+    values = columns[column]
+    if len(values) != n:
+        values = [v for v in values for _ in range(n // len(values))]  # noise samples
+    return values
+
+
+def span_bounds(batch: Batch, pos: Positions, columns) -> tuple[list[int], list[int]]:
+    """Each row's first and last position of an `@ d.a..d.b` span (checked inside it)."""
+    assert pos.column is not None and pos.end is not None
+    los, his = _column(columns, pos.column, batch.n), _column(columns, pos.end, batch.n)
+    for i, (lo, hi) in enumerate(zip(los, his)):
+        if not 0 <= lo <= hi < batch.lengths[i]:
+            raise RuntimeInterventionError(
+                "E421", f"row {i}: positions {lo}..{hi} ({pos}) are not a span inside its "
+                f"{batch.lengths[i]} tokens")
+    return los, his
+
+
+def _span_index(batch: Batch, pos: Positions, columns) -> torch.Tensor:
+    """[n, k] with k the longest span; a shorter row repeats its last position in the
+    slots past its span (slot_mask marks them; writers copy that slot's new value)."""
+    los, his = span_bounds(batch, pos, columns)
+    k = max(h - lo + 1 for lo, h in zip(los, his))
+    out = torch.empty(batch.n, k, dtype=torch.long)
+    for i, (lo, hi) in enumerate(zip(los, his)):
+        out[i] = batch.offset(i) + torch.clamp(torch.arange(lo, lo + k), max=hi)
+    return out
+
+
+def slot_mask(batch: Batch, pos: Positions, columns) -> torch.Tensor | None:
+    """[n, k] bool: which slots of position_index are a row's own positions; None when all
+    are (only per-example spans of different lengths have repeated slots)."""
+    if pos.kind != "span":
+        return None
+    los, his = span_bounds(batch, pos, columns)
+    k = max(h - lo + 1 for lo, h in zip(los, his))
+    mask = torch.arange(k)[None, :] <= torch.tensor([h - lo for lo, h in zip(los, his)])[:, None]
+    return None if bool(mask.all()) else mask
 
 
 def position_valid(batch: Batch, pos: Positions) -> torch.Tensor:

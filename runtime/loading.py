@@ -38,8 +38,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeInterventionError("E410", f"set device = {name}, but no CUDA device is "
-                                       "available", hint="use set device = cpu (or auto)")
+        raise RuntimeInterventionError("E410", f"device {name} was asked for, but no CUDA "
+                                       "device is available", hint="use cpu (or auto)")
     return device
 
 
@@ -102,13 +102,22 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
                      "offload_folder": _offload_folder()}
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, **{DTYPE_ARG: dtype}, **kwargs,
-                                                     **placement)
+    except Exception as e:  # whatever a broken tokenizer folder raises: the folder's fault
+        raise RuntimeInterventionError(
+            "E419", f"could not load the tokenizer of model {model_id!r}: {_why(e)}",
+            hint="check tokenizer.json / tokenizer_config.json of the model") from None
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            where, **{DTYPE_ARG: dtype}, output_loading_info=True, **kwargs, **placement)
     except OSError as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise RuntimeInterventionError(
             "E411", f"could not load model {model_id!r}: {e}".splitlines()[0],
             hint="pass a local directory" if offline else None) from None
+    except Exception as e:  # a corrupt, truncated or hostile weights file, or wrong shapes
+        raise RuntimeInterventionError(
+            "E411", f"could not load the weights of model {model_id!r}: {_why(e)}") from None
+    _check_loaded(model_id, model, tokenizer, info)
     if options.device_map:
         device = input_device(model)
     else:
@@ -118,6 +127,39 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
         # Padding is masked out, so any id works; the EOS id is the conventional choice.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return LoadedModel(model, tokenizer, model_id, revision, device, dtype)
+
+
+def _why(e: Exception) -> str:
+    """What went wrong in a model folder, in one line."""
+    kind = type(e).__name__
+    text = (str(e).strip().splitlines() or [""])[0]
+    if kind == "UnpicklingError":
+        return ("its pickle holds more than tensors; patchc loads pickled weights only with "
+                "torch.load(weights_only=True) and never runs code from one (convert it to "
+                "safetensors)")
+    if "ignore_mismatched_sizes" in text:
+        return "its weights have other shapes than its config.json says"
+    if kind == "SafetensorError":
+        return f"its safetensors file is corrupt ({text[:160]})"
+    if "PytorchStreamReader" in text or kind == "EOFError":
+        return "its pickled weights file is truncated or corrupt"
+    return f"{kind}: {text[:200]}"
+
+
+def _check_loaded(model_id: str, model: torch.nn.Module, tokenizer, info: dict) -> None:
+    """A checkpoint that lacks weights would run with random ones; a tokenizer with ids past
+    the embedding would crash in it: both are the model folder's mistakes (E411, E419)."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise RuntimeInterventionError(
+            "E411", f"the weights of model {model_id!r} lack {len(missing)} tensor(s) "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); they would be "
+            "random")
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise RuntimeInterventionError(
+            "E419", f"the tokenizer of model {model_id!r} has {len(tokenizer)} tokens but the "
+            f"model embeds only {rows}", hint="use the tokenizer saved with these weights")
 
 
 def weights_hash(model: torch.nn.Module) -> str:

@@ -1,4 +1,4 @@
-"""Metric evaluation: an AST metric expression -> one value per example (LANGUAGE.md §5).
+"""Metric evaluation: an AST metric expression -> one value per example (docs/language.md §7).
 
 Everything is computed in float32 from the run's logits at the metric's position, whatever
 dtype the model runs in, so that bf16 runs compare against fp32 ones on the same scale.
@@ -26,7 +26,17 @@ class MetricContext:
     batch: Batch
     token_ids: Callable[[A.Tok], torch.Tensor]  # per-example token ids [n]
     reference: torch.Tensor | None = None  # [n, V] logits of kl(RUN)'s run
-    contains: dict[int, torch.Tensor] = field(default_factory=dict)  # id(MGenerate) -> [n]
+    # id(MGenerate) or id(MSeqLogProb) -> [n]: computed by a continuation of the forward
+    contains: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def binary(op: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Arithmetic, or a comparison as 1.0/0.0 (NaN stays NaN: an invalid row stays out)."""
+    if op in A.COMPARISONS:
+        hit = {"==": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b,
+               ">=": a >= b}[op]
+        return torch.where(torch.isnan(a) | torch.isnan(b), torch.nan, hit.float())
+    return {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[op]
 
 
 def evaluate(expr: A.MExpr, ctx: MetricContext) -> torch.Tensor:
@@ -34,8 +44,7 @@ def evaluate(expr: A.MExpr, ctx: MetricContext) -> torch.Tensor:
     if isinstance(expr, A.MNum):
         return torch.full((ctx.logits.shape[0],), float(expr.value), device=ctx.logits.device)
     if isinstance(expr, A.MBin):
-        a, b = evaluate(expr.left, ctx), evaluate(expr.right, ctx)
-        return {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[expr.op]
+        return binary(expr.op, evaluate(expr.left, ctx), evaluate(expr.right, ctx))
     if isinstance(expr, A.MNeg):
         return -evaluate(expr.operand, ctx)
     if isinstance(expr, A.MCall):
@@ -60,9 +69,10 @@ def evaluate(expr: A.MExpr, ctx: MetricContext) -> torch.Tensor:
         return (p_log.exp() * (p_log - q_log)).sum(-1)
     if isinstance(expr, A.MLoss):
         return next_token_loss(ctx)
-    if isinstance(expr, A.MGenerate):
+    if isinstance(expr, (A.MGenerate, A.MSeqLogProb)):
         if id(expr) not in ctx.contains:
-            raise RuntimeInterventionError("E431", "generate(...) was not run for this metric")
+            raise RuntimeInterventionError("E431", f"{type(expr).__name__} was not run for "
+                                           "this metric")
         return ctx.contains[id(expr)].to(ctx.logits.device)  # scored on the CPU
     if isinstance(expr, A.MRef):
         raise RuntimeInterventionError("E432", f"metric {expr.name} was not inlined")

@@ -25,8 +25,9 @@ from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Pos
 from . import metrics as M
 from . import vectors as V
 from .estimates import run_backward, run_estimate
-from .generate import contains_answer
+from .generate import contains_answer, greedy, sequence_logprob
 from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
+from .reading import collect_reads, lens_logits, table_reads
 from .loading import input_device
 from .writes import make_reader, make_writer
 
@@ -51,6 +52,8 @@ class ForwardOutput:
     loss: torch.Tensor | None = None
     valid: torch.Tensor | None = None  # [N] bool: rows that have every written position
     contains: dict[tuple[int, str, str], torch.Tensor] = field(default_factory=dict)
+    texts: dict[int, list[str]] = field(default_factory=dict)  # text(N): N -> [N rows]
+    seqlogprob: dict[str, torch.Tensor] = field(default_factory=dict)  # printed TOK -> [N]
 
 
 class Interpreter:
@@ -71,6 +74,7 @@ class Interpreter:
         self.node_seconds: dict[str, float] = {}  # wall time of each evaluated node
         self.model_seconds = 0.0  # wall time inside model passes (forward, backward)
         self._token_cache: dict[str, int] = {}
+        self._reported: set[str] = set()
 
     # ---- inputs -------------------------------------------------------------------------
     def run_inputs(self, name: str) -> RunInputs:
@@ -138,6 +142,7 @@ class Interpreter:
             for w in writes:
                 remaining[w] += 1
         results: dict[str, Any] = {}
+        self._reported = set(table_reads(ir))  # `read` values: kept for the results
         order = list(nx.lexicographical_topological_sort(g, key=_node_order))
         n_forwards = sum(1 for nid in order if isinstance(ir.node(nid), Forward))
         done = 0
@@ -159,6 +164,7 @@ class Interpreter:
                 remaining[w] -= 1
                 if remaining[w] == 0:
                     self._release(g, w, remaining, results)
+        collect_reads(ir, self.values, results)
         return results
 
     def evaluate(self, ir: IRGraph, nid: str, node: Any, results: dict[str, Any]) -> None:
@@ -178,7 +184,7 @@ class Interpreter:
         """`nid` has used its inputs: drop each input value whose last consumer this was."""
         for pred in g.predecessors(nid):
             remaining[pred] -= 1
-            if remaining[pred] == 0 and pred not in keep:
+            if remaining[pred] == 0 and pred not in keep and pred not in self._reported:
                 self.values.pop(pred, None)
                 if isinstance(g.nodes[pred]["node"], Write):
                     self._release(g, pred, remaining, keep)
@@ -236,8 +242,40 @@ class Interpreter:
             answers = [str(r[column]) for r in rows]
             out.contains[(n_new, data, column)] = contains_answer(
                 self, batch, hooks, n_new, answers, node.samples)
+        self._continuations(nid, node, metrics, batch, hooks, out)
         # Metrics on other forwards may refer to this one's logits (kl): keep them all.
         return out
+
+    def _continuations(self, nid: str, node: Forward, metrics: list, batch: Batch,
+                       hooks: list, out: ForwardOutput) -> None:
+        """text(N) and seqlogprob(TOK) of the metrics on this forward (generate.py)."""
+        from patchc.compiler import printer
+
+        rows = self.run_inputs(node.run).rows
+        for m in metrics:
+            if m.forward != nid or m.lens is not None:
+                continue
+            for e in A.metric_nodes(m.expr):
+                if isinstance(e, A.MText) and e.n not in out.texts:
+                    out.texts[e.n] = greedy(self, batch, hooks, e.n)
+                elif isinstance(e, A.MSeqLogProb) and printer.tok(e.tok) not in out.seqlogprob:
+                    if isinstance(e.tok, A.TokId):
+                        texts = None
+                    elif isinstance(e.tok, A.TokString):
+                        texts = [e.tok.text] * max(1, len(rows))
+                    else:
+                        texts = [str(r[e.tok.column]) for r in rows]
+                    answers = ([[e.tok.token_id]] * batch.n if texts is None else
+                               [self._answer_ids(t) for t in texts for _ in range(
+                                   batch.n // len(texts))])
+                    out.seqlogprob[printer.tok(e.tok)] = sequence_logprob(
+                        self, batch, hooks, answers)
+
+    def _answer_ids(self, text: str) -> list[int]:
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if not ids:
+            raise RuntimeInterventionError("E420", f"{text!r} tokenizes to no tokens")
+        return ids
 
     def valid_rows(self, ir: IRGraph, node: Forward, batch: Batch) -> torch.Tensor:
         valid = torch.ones(batch.n, dtype=torch.bool)
@@ -245,10 +283,23 @@ class Interpreter:
             valid &= position_valid(batch, ir.node(wid).pos)  # type: ignore[union-attr]
         return valid
 
-    def metric(self, ir: IRGraph, node: Metric) -> torch.Tensor:
-        """Per-example values [n] (noise samples averaged)."""
+    def metric(self, ir: IRGraph, node: Metric) -> Any:
+        """Per-example values [n] (noise samples averaged); for text(N), a list of n
+        strings (each example's first noise sample; None where the row is invalid)."""
         out: ForwardOutput = self.values[node.forward]
         fwd: Forward = ir.node(node.forward)  # type: ignore[assignment]
+        if isinstance(node.expr, A.MText):
+            texts = out.texts[node.expr.n][::out.samples]
+            valid = out.valid[::out.samples] if out.valid is not None else None
+            return [t if valid is None or bool(valid[i]) else None
+                    for i, t in enumerate(texts)]
+        logits = out.logits.get(node.pos)
+        valid_rows = out.valid
+        if node.lens is not None:
+            rv = self.values[node.lens]
+            logits = lens_logits(self.adapter, rv)
+            have = position_valid(rv.batch, rv.pos)
+            valid_rows = have if valid_rows is None else valid_rows & have
         ref = None
         if node.reference is not None:
             ref_out: ForwardOutput = self.values[node.reference]
@@ -265,17 +316,14 @@ class Interpreter:
                     "E435", f"kl: cannot align {ref.shape[0]} reference rows with "
                     f"{out.batch.n}")
             return self._sampled_reference(node, fwd, out, ref)
-        contains = {}
-        for e in A.metric_nodes(node.expr):
-            if isinstance(e, A.MGenerate):
-                contains[id(e)] = out.contains[(e.n, e.answer.data, e.answer.column)]
-        ctx = M.MetricContext(out.logits[node.pos], None, out.batch,
+        contains = _continued(node.expr, out)
+        ctx = M.MetricContext(logits, None, out.batch,
                               self.token_ids(fwd.run, out.batch.n), ref, contains)
         if out.loss is not None:
             ctx.full_logits = None
         values = _evaluate_with_loss(node.expr, ctx, out.loss)
-        if out.valid is not None:
-            values = torch.where(out.valid.to(values.device), values, torch.nan)
+        if valid_rows is not None:
+            values = torch.where(valid_rows.to(values.device), values, torch.nan)
         if out.samples > 1:
             values = values.view(-1, out.samples).mean(1)
         return values.cpu()
@@ -286,11 +334,8 @@ class Interpreter:
         per sample (this run's values repeated k times), then averaged over the samples."""
         k = ref.shape[0] // out.batch.n
         batch = out.batch.repeat(k)
-        contains = {}
-        for e in A.metric_nodes(node.expr):
-            if isinstance(e, A.MGenerate):
-                c = out.contains[(e.n, e.answer.data, e.answer.column)]
-                contains[id(e)] = c.repeat_interleave(k, 0)
+        contains = {key: c.repeat_interleave(k, 0)
+                    for key, c in _continued(node.expr, out).items()}
         ctx = M.MetricContext(out.logits[node.pos].repeat_interleave(k, 0), None, batch,
                               self.token_ids(fwd.run, batch.n), ref, contains)
         loss = out.loss.repeat_interleave(k, 0) if out.loss is not None else None
@@ -299,6 +344,20 @@ class Interpreter:
             values = torch.where(out.valid.repeat_interleave(k, 0).to(values.device), values,
                                  torch.nan)
         return values.view(-1, k).mean(1).cpu()
+
+
+def _continued(expr: A.MExpr, out: ForwardOutput) -> dict[int, torch.Tensor]:
+    """The per-row values of the expression's generate(...) and seqlogprob(...) terms,
+    computed when the forward ran, by id of the term."""
+    from patchc.compiler import printer
+
+    found = {}
+    for e in A.metric_nodes(expr):
+        if isinstance(e, A.MGenerate):
+            found[id(e)] = out.contains[(e.n, e.answer.data, e.answer.column)]
+        elif isinstance(e, A.MSeqLogProb):
+            found[id(e)] = out.seqlogprob[printer.tok(e.tok)]
+    return found
 
 
 def _evaluate_with_loss(expr: A.MExpr, ctx: M.MetricContext, loss: torch.Tensor | None
@@ -310,7 +369,7 @@ def _evaluate_with_loss(expr: A.MExpr, ctx: M.MetricContext, loss: torch.Tensor 
     if isinstance(expr, A.MBin):
         a = _evaluate_with_loss(expr.left, ctx, loss)
         b = _evaluate_with_loss(expr.right, ctx, loss)
-        return {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[expr.op]
+        return M.binary(expr.op, a, b)
     if isinstance(expr, A.MNeg):
         return -_evaluate_with_loss(expr.operand, ctx, loss)
     return M.evaluate(expr, ctx)

@@ -1,4 +1,4 @@
-"""Vector expressions (LANGUAGE.md §7) -> tensors; and the subspace projector of §8.
+"""Vector expressions (docs/language.md §10) -> tensors; and the subspace projector of §11.
 
 `mean(run.SITE @ POS)` terms get their values from Reads the lowering attached to the Vector
 node, in the order the terms appear in the expression (depth first, left to right).

@@ -20,7 +20,7 @@ import torch
 from patchc.compiler.errors import RuntimeInterventionError
 from patchc.compiler.ir import Positions, Read, Site, Write
 
-from .inputs import Batch, position_index, position_valid
+from .inputs import Batch, position_index, position_valid, slot_mask
 from .vectors import projector
 
 
@@ -32,6 +32,9 @@ class ReadValue:
     value: torch.Tensor
     batch: Batch
     pos: Positions
+    # [n, k] bool for per-example spans of different lengths: False on a row's repeated
+    # slots past its own span (inputs.slot_mask); None when every slot is the row's own.
+    mask: torch.Tensor | None = None
 
 
 def _features(site: Site, act: torch.Tensor) -> slice:
@@ -84,6 +87,7 @@ def scatter(act: torch.Tensor, idx: torch.Tensor, value: torch.Tensor) -> torch.
 def make_reader(read: Read, batch: Batch, columns, store: Callable[[ReadValue], None]):
     """A read-only hook that stores the site's value at the Read's positions (or its std)."""
     idx = position_index(batch, read.pos, columns)
+    slots = slot_mask(batch, read.pos, columns)
 
     @position_major_for(read.site)
     def fn(act: torch.Tensor) -> None:
@@ -92,7 +96,7 @@ def make_reader(read: Read, batch: Batch, columns, store: Callable[[ReadValue], 
             mask = batch.attention_mask.to(a.device).bool()
             store(ReadValue(a[mask].float().std(), batch, read.pos))
         else:
-            store(ReadValue(gather(a, idx), batch, read.pos))
+            store(ReadValue(gather(a, idx), batch, read.pos, slots))
         return None
 
     return fn
@@ -113,6 +117,10 @@ def make_writer(write: Write, batch: Batch, columns, inputs: list, seed: int
     write.inputs: ReadValues, vectors [d] or std scalars."""
     idx = position_index(batch, write.pos, columns)
     valid = position_valid(batch, write.pos)
+    slots = slot_mask(batch, write.pos, columns)
+    # A repeated slot (a span shorter than the longest) takes its row's last own slot's new
+    # value, so that the scatter writes one value per position.
+    own = None if slots is None else (slots.long().cumsum(1) - 1).clamp(min=0)
     mode = write.mode
     n_operands = {"replace": 1, "mean": 1, "resample": 1, "add": 1, "project": 1,
                   "noise": len(inputs), "freeze_ln": 1}.get(mode, 0)
@@ -127,6 +135,8 @@ def make_writer(write: Write, batch: Batch, columns, inputs: list, seed: int
         sub = act[..., feats]
         cur = gather(sub, idx)  # [N, k, d]
         new = _new_value(write, mode, cur, inputs, batch, idx, seed)
+        if own is not None:
+            new = new.gather(1, own[..., None].expand(-1, -1, new.shape[-1]).to(new.device))
         if proj is not None:
             p = proj.to(cur.device, torch.float32)
             new = cur + ((new - cur).float() @ p).to(cur.dtype)
@@ -181,6 +191,10 @@ def _mean_value(write: Write, src: ReadValue, cur: torch.Tensor, batch: Batch,
         if not bool(have.any()):
             raise RuntimeInterventionError(
                 "E455", f"{write.site}: mean ablation has no example with position {src.pos}")
+        if src.mask is not None:  # per-example spans: each slot over the rows that have it
+            w = (src.mask & have[:, None]).to(src.value.device, torch.float32)[..., None]
+            mean = (src.value.float() * w).sum(0, keepdim=True) / w.sum(0, keepdim=True)
+            return mean.expand_as(cur).to(cur.device, cur.dtype)
         mean = src.value[have.to(src.value.device)].float().mean(0, keepdim=True)
         return mean.expand_as(cur).to(cur.device, cur.dtype)
     sb = src.batch

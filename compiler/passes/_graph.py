@@ -36,7 +36,7 @@ REF_FIELDS: dict[type, tuple[str, ...]] = {
     Read: ("forward",),
     Write: ("inputs",),
     Vector: ("inputs",),
-    Metric: ("forward", "reference"),
+    Metric: ("forward", "reference", "lens"),
     Backward: ("metric", "wrt"),
     Estimate: ("inputs",),
 }
@@ -200,21 +200,25 @@ def logits_only(expr: A.MExpr) -> bool:
     for e in A.metric_nodes(expr):
         if isinstance(e, A.MCall) and e.fn != "logit":
             return False
-        if isinstance(e, (A.MKL, A.MLoss, A.MGenerate, A.MRef)):
+        if isinstance(e, (A.MKL, A.MLoss, A.MRef) + A.GENERATING):
             return False
+        if isinstance(e, A.MBin) and e.op in A.COMPARISONS:
+            continue
     return True
 
 
 def forward_metrics(nodes: Mapping[str, Node], cons: Mapping[str, list[str]], fid: str
                     ) -> list[Metric]:
-    """Metrics evaluated on forward `fid` (not those that only use it as a kl reference)."""
+    """Metrics evaluated on forward `fid`'s logits (not those that only use it as a kl
+    reference, nor lens metrics, which decode a Read of it)."""
     return [m for c in cons.get(fid, []) if isinstance(m := nodes[c], Metric)
-            and m.forward == fid]
+            and m.forward == fid and m.lens is None]
 
 
 def generates(nodes: Mapping[str, Node], cons: Mapping[str, list[str]], fid: str) -> bool:
     """Does a metric on `fid` generate text (the forward then runs as the naive one does)?"""
-    return any(needs(m.expr, A.MGenerate) for m in forward_metrics(nodes, cons, fid))
+    return any(any(needs(m.expr, k) for k in A.GENERATING)
+               for m in forward_metrics(nodes, cons, fid))
 
 
 def differentiated(nodes: Mapping[str, Node], cons: Mapping[str, list[str]], fid: str) -> bool:

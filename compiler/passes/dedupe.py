@@ -25,7 +25,7 @@ def _key(node: Node) -> Hashable:
     if isinstance(node, Metric):
         # AST expressions carry spans: compare their printed form, as lowering does.
         return ("metric", node.forward, node.name, printer.mexpr(node.expr), node.pos,
-                node.reference)
+                node.reference, node.lens)
     if isinstance(node, Vector):
         return ("vector", node.name, printer.vexpr(node.expr), node.dim, node.inputs)
     return node

@@ -38,7 +38,7 @@ def narrow_positions(ir: IRGraph) -> IRGraph:
         if any(isinstance(u, Read) and (u.pos.kind == "all" or u.site.kind == "attn.pattern")
                for u in users):
             continue
-        if any(isinstance(u, Metric) and (needs(u.expr, A.MLoss) or needs(u.expr, A.MGenerate))
+        if any(isinstance(u, Metric) and any(needs(u.expr, k) for k in (A.MLoss,) + A.GENERATING)
                for u in users):
             continue
         nodes[fid] = dataclasses.replace(f, narrow=True)

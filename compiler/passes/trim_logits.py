@@ -28,9 +28,11 @@ def trim_logits(ir: IRGraph) -> IRGraph:
         if not isinstance(f, Forward):
             continue
         users = [nodes[c] for c in cons.get(fid, [])]
-        metrics = [u for u in users if isinstance(u, Metric)]
+        # Lens metrics decode a Read, not this forward's logits (unless kl compares with it).
+        metrics = [u for u in users if isinstance(u, Metric)
+                   and ((u.forward == fid and u.lens is None) or u.reference == fid)]
         own = [m for m in metrics if m.forward == fid]
-        full = any(needs(m.expr, A.MLoss) or needs(m.expr, A.MGenerate) for m in own)
+        full = any(needs(m.expr, k) for m in own for k in (A.MLoss,) + A.GENERATING)
         full |= any(isinstance(u, Read) and u.site.kind == "logits" for u in users)
         full |= any(nodes[w].site.kind == "logits" for w in f.writes  # type: ignore[union-attr]
                     if isinstance(nodes[w], Write))

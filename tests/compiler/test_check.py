@@ -1,5 +1,5 @@
-"""The checker on valid specs: every LANGUAGE.md example (adapted to tiny models), what a
-CheckedSpec holds, warnings, and the light tokenizer."""
+"""The checker on valid specs: every worked example of docs/language.md (adapted to tiny
+models), what a CheckedSpec holds, warnings, and the light tokenizer."""
 
 import os
 
@@ -28,7 +28,7 @@ run corrupt = ioi.corrupt
 metric ld = logit(ioi.answer) - logit(ioi.distractor)
 '''
 
-# LANGUAGE.md §1 and §10, with layers that exist in a 4-layer model (L9 -> L3, L6 -> L2).
+# docs/language.md §1 and §17, with layers that exist in a 4-layer model (L9 -> L3, L6 -> L2).
 EXAMPLES = {
     "ioi_heads": IOI + '''
 swap L*.H*.z from clean into corrupt
@@ -199,6 +199,10 @@ ablate L0.mlp.out in r  measure logit(m.answer), logit(" New York")
 ''')
     assert [w.code for w in c.warnings] == ["W301", "W301"]
     assert "tokenizes to 2 tokens; the first one is used" in c.warnings[0].message
+    # Each names its answer once: a column by name, row and text, a literal by its text.
+    assert c.warnings[0].message.startswith("answer `m.answer` in row 0 (' New York') ")
+    assert c.warnings[1].message.startswith("answer ' New York' tokenizes")
+    assert c.warnings[1].message.count("New York") == 1
 
 
 def test_without_tokenizer_token_checks_are_skipped(models: Models):

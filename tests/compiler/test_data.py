@@ -107,3 +107,61 @@ def test_errors(tmp_path: Path, files: dict, text: str, code: str, fragment: str
     assert e.span.line == 1
     # File errors point at the file string; inline-row errors at the statement.
     assert e.span.col == (10 if '"' in text.split("=")[1][:3] else 1)
+
+
+def test_jsonl_record_may_hold_line_separators(tmp_path: Path):
+    # A raw U+2028 or NEL inside a string is text; only \n ends a record.
+    (tmp_path / "a.jsonl").write_text('{"p": "a\u2028b\x85c"}\r\n{"p": "e"}\n', "utf-8")
+    t = load(tmp_path, 'data d = "a.jsonl"')
+    assert t.rows == ({"p": "a\u2028b\x85c"}, {"p": "e"}) and t.row_lines == (1, 2)
+
+
+def test_csv_quoted_newline_is_kept(tmp_path: Path):
+    (tmp_path / "a.csv").write_text('p,q\n"two\nlines",x\nthree,y\n', "utf-8")
+    t = load(tmp_path, 'data d = "a.csv"')
+    assert t.rows == ({"p": "two\nlines", "q": "x"}, {"p": "three", "q": "y"})
+
+
+@pytest.mark.parametrize("files,fragment", [
+    ({"a.csv": "p,q,p\n1,2,3\n"}, "column 'p' appears twice in the header of a.csv"),
+    ({"a.jsonl": '{"p": "\\ud800"}\n'}, "line 1 of a.jsonl holds a lone surrogate U+D800"),
+    ({"a.jsonl": '{"\\udfff": "x"}\n'}, "holds a lone surrogate U+DFFF"),
+    ({"a.json": '[{"p": "x\\ud800"}]'}, "a.json holds a lone surrogate"),
+    ({"a.jsonl": '{"p": ' + "[" * 100_000 + "]" * 100_000 + "}\n"},
+     "line 1 of a.jsonl nests too deeply"),
+])
+def test_data_mistakes_are_located(tmp_path: Path, files: dict, fragment: str):
+    for name, content in files.items():
+        (tmp_path / name).write_text(content, "utf-8")
+    e = error(tmp_path, f'data d = "{next(iter(files))}"')
+    assert e.code in ("E316", "E317") and fragment in e.message, e.message
+    assert (e.span.line, e.span.col) == (1, 10)
+
+
+def test_inline_surrogate_is_a_syntax_error(tmp_path: Path):
+    from patchc.compiler.errors import ParseError
+
+    with pytest.raises(ParseError) as info:
+        parse('data d = [{"p": "\\ud800"}]')
+    assert info.value.code == "E101" and "lone surrogate U+D800" in info.value.message
+    assert (info.value.span.line, info.value.span.col) == (1, 17)
+
+
+@pytest.mark.parametrize("name,content,fragment", [
+    ("a.jsonl", '{"p": "a", "p": "b"}\n', "line 1 of a.jsonl names the key 'p' twice"),
+    ("a.json", '[{"p": "a", "q": {"r": 1, "r": 2}}]', "a.json names the key 'r' twice"),
+    ("a.csv", 'p\n"unterminated\n', "a.csv is not valid CSV"),
+])
+def test_silent_data_mistakes_are_errors(tmp_path: Path, name: str, content: str, fragment: str):
+    (tmp_path / name).write_text(content, "utf-8")
+    e = error(tmp_path, f'data d = "{name}"')
+    assert e.code == "E316" and fragment in e.message, e.message
+
+
+def test_inline_duplicate_key_is_an_error():
+    from patchc.compiler.errors import PatchcError
+
+    with pytest.raises(PatchcError) as info:
+        parse('data d = [{"p": "x", "q": 1, "p": "y"}]')
+    assert info.value.code == "E107" and "names the key 'p' twice" in info.value.message
+    assert (info.value.span.line, info.value.span.col) == (1, 11)

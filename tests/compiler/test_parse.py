@@ -1,4 +1,5 @@
-"""The parser on the LANGUAGE.md examples (examples/language/) and on malformed specs."""
+"""The parser on the worked examples (examples/language/, docs/language.md §17) and on
+malformed specs."""
 
 import os
 
@@ -156,7 +157,8 @@ def error(text: str) -> PatchcError:
 @pytest.mark.parametrize("text, code, line, col", [
     # unexpected token: points at the token
     ('model "m"\nswap L1.H2.z from clean corrupt\n', "E100", 2, 25),
-    ('model "m"\nswap L1.H2.z from clean into corrupt\nmeasure ld\n', "E100", 3, 1),
+    # an unindented `measure` starts a `measure ... in RUN` statement (which lacks `in`)
+    ('model "m"\nswap L1.H2.z from clean into corrupt\nmeasure ld\n', "E100", 3, 11),
     ('run a = x.y\nmetric m = logit(x.y) +* 2\n', "E100", 2, 24),
     # bad characters and unterminated strings
     ('model "abc\n', "E101", 1, 7),

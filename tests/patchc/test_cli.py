@@ -190,11 +190,12 @@ def test_fmt_rewrites_and_keeps_comments(capsys, tmp_path: Path):
 
 def test_fmt_check_exit_codes(capsys, tmp_path: Path):
     formatted = write(tmp_path, format_source(parse_file(IOI)), "a.patch")
-    messy = write(tmp_path, IOI.read_text("utf-8"), "b.patch")
+    messy_text = IOI.read_text("utf-8").replace("run clean = ", "run clean   = ")
+    messy = write(tmp_path, messy_text, "b.patch")
     assert cli(capsys, "fmt", "--check", formatted)[0] == 0
     code, _, err = cli(capsys, "fmt", "--check", messy)
     assert code == 1 and f"{messy}: would be reformatted" in err
-    assert messy.read_text("utf-8") == IOI.read_text("utf-8")  # --check never writes
+    assert messy.read_text("utf-8") == messy_text  # --check never writes
 
 
 def test_fmt_stdout_does_not_write(capsys, tmp_path: Path):

@@ -49,8 +49,11 @@ def out_dir(tmp_path_factory) -> Path:
 
 def test_run_writes_tables_manifest_and_plots(out_dir: Path):
     heads = pd.read_csv(out_dir / "heads.csv")
-    assert list(heads.columns) == ["layer", "head", "ld"] and len(heads) == 6
-    assert list(pd.read_csv(out_dir / "mlps.csv").columns) == ["layer", "ld"]
+    # every mean with its standard error (docs/reading.md)
+    assert list(heads.columns) == ["layer", "head", "ld", "ld_se"] and len(heads) == 6
+    assert list(pd.read_csv(out_dir / "mlps.csv").columns) == ["layer", "ld", "ld_se"]
+    examples = pd.read_csv(out_dir / "heads.examples.csv")
+    assert list(examples.columns)[:3] == ["layer", "head", "example"]
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["spec_text"] == SPEC and len(manifest["spec_sha256"]) == 64
     assert len(manifest["weights_sha256"]) == 64
@@ -82,24 +85,6 @@ def test_plot_redraws(out_dir: Path, capsys):
     assert (out_dir / "heads.png").is_file()
 
 
-def test_a_table_with_a_site_column_gets_one_panel_per_site(tmp_path: Path):
-    from PIL import Image
-
-    from patchc.plots import plot_table
-
-    rows = [{"site": s, "layer": i, "pos": p, "ld": (i - p) / 4 * (1 if s == "a" else -1)}
-            for s in ("a", "b") for i in range(3) for p in range(4)]
-    df = pd.DataFrame(rows)
-    (png,) = plot_table("blocks", df, ["site", "layer", "pos"], tmp_path)
-    assert png.name == "blocks.png"
-    one = plot_table("one", df[df.site == "a"].drop(columns="site"), ["layer", "pos"],
-                     tmp_path)[0]
-    # Two panels stacked: about twice the height of the one-site heatmap.
-    assert Image.open(png).height > 1.7 * Image.open(one).height
-    three = pd.DataFrame([{**r, "head": 0} for r in rows])
-    assert plot_table("t", three, ["site", "layer", "pos", "head"], tmp_path) == []
-
-
 def test_plot_of_a_folder_without_manifest_is_a_user_error(tmp_path: Path, capsys):
     assert main(["plot", str(tmp_path)]) == 1
     assert "E601" in capsys.readouterr().err
@@ -123,6 +108,20 @@ def test_lexer_has_no_error_tokens_on_the_examples():
     for path in sorted((ROOT / "examples").rglob("*.patch")):
         tokens = list(lexer.get_tokens(path.read_text("utf-8")))
         assert not [t for t in tokens if t[0] is Error], path
+
+
+def test_magic_prints_a_spec_error_without_a_traceback():
+    import io
+
+    from patchc.magic import cell_magic
+
+    out = io.StringIO()
+    ns: dict = {}
+    bad = SPEC.replace("measure", "measur", 1)
+    assert cell_magic("res", bad, ns, stream=out) is None and "res" not in ns
+    text = out.getvalue()
+    assert "error[E100]" in text and "did you mean `measure`?" in text
+    assert "Traceback" not in text
 
 
 def test_magic_returns_results_and_binds_a_name():

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -129,15 +130,47 @@ class BrokenInWorkers(GPT2LMHeadModel):
         return super().forward(*args, **kwargs)
 
 
-def test_a_failing_worker_is_reported(spec_file: Path) -> None:
+def test_a_failing_worker_is_reported(spec_file: Path, capfd) -> None:
+    """A worker's internal error is rank 0's internal error (the CLI's exit 2), in one line:
+    no traceback from the worker."""
+    from patchc.workers import WorkerCrashed
+
     path = EX / "models" / "ioi-gpt2"
     model = BrokenInWorkers.from_pretrained(path).eval()
     model.config.built_in = os.getpid()
     tok = AutoTokenizer.from_pretrained(path)
-    with pytest.raises(PatchcError) as e:
+    capfd.readouterr()
+    with pytest.raises(WorkerCrashed) as e:
         patchc.run(spec_file, model=model, tokenizer=tok, workers=2)
-    assert e.value.code == "E415"
-    assert "worker 1 failed: RuntimeError: out of memory (simulated)" in str(e.value)
+    assert not isinstance(e.value, PatchcError)
+    assert str(e.value) == "worker 1 failed: RuntimeError: out of memory (simulated)"
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_rank_0_killed_leaves_no_worker_and_no_folder(spec_file: Path, tmp_path: Path) -> None:
+    import psutil
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "patchc.cli", "run", str(spec_file),
+                             "--workers", "3", "--quiet", "--no-plots"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("patchc-workers-*/worker-*")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        family = psutil.Process(proc.pid).children(recursive=True)
+        workers = [p for p in family if "forkserver" not in " ".join(p.cmdline())]
+        assert workers
+        proc.kill()
+        proc.wait()
+        gone, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive, [p.cmdline() for p in alive]
+        assert not list(tmp_path.glob("patchc-workers-*"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_refused_combinations(spec_file: Path, tmp_path: Path, capsys) -> None:
@@ -148,5 +181,6 @@ def test_refused_combinations(spec_file: Path, tmp_path: Path, capsys) -> None:
     mapped = tmp_path / "mapped.patch"
     mapped.write_text(SPEC.replace("data ioi", 'set device_map = "auto"\ndata ioi', 1))
     assert main(["run", str(mapped), "--workers", "2", "--quiet"]) == 1
-    assert "error[E417]" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{mapped}:2:1: error[E417]" in err and 'set device_map = "auto"' in err
 

@@ -54,8 +54,10 @@ def test_family_runs_naive_and_default_alike(name: str, any_family) -> None:
                                       atol=1e-5, rtol=1e-5)
         pd.testing.assert_frame_equal(res.per_example(table), naive.per_example(table),
                                       check_exact=False, atol=1e-5, rtol=1e-5)
-    assert list(res["heads"].columns) == ["layer", "head", "ld"] and len(res["heads"]) == 12
-    assert list(res["resid"].columns) == ["layer", "pos", "ld"] and len(res["resid"]) == 18
+    assert list(res["heads"].columns) == ["layer", "head", "ld", "ld_se"]
+    assert len(res["heads"]) == 12
+    assert list(res["resid"].columns) == ["layer", "pos", "ld", "ld_se"]
+    assert len(res["resid"]) == 18
 
     base = _ld(fam, [r["corrupt"] for r in ROWS])
     for table, r in [(t, r) for t in ("self_heads", "self_resid") for r in (res, naive)]:

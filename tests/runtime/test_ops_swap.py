@@ -3,7 +3,7 @@
 Each test runs a spec through `patchc.run` on a tiny random model and recomputes what the
 table must hold with plain torch hooks on the HF modules (conftest.Fam.forward), never through
 runtime/adapters or runtime/writes: swap at every kind of site and position, the metrics of
-LANGUAGE.md §5, ablate (zero/mean/resample), and swap/ablate restricted to subspaces.
+docs/language.md §8, ablate (zero/mean/resample), and swap/ablate restricted to subspaces.
 Shared rows and helpers: ops_common.py; the other operations: test_ops_steer.py and
 test_ops_runs.py.
 """
@@ -80,8 +80,8 @@ def test_swap_head_sweep_and_each(gpt2: Fam) -> None:
                    "swap L*.resid_pre @ each from clean into corrupt measure ld as rp\n"
                    "swap L0.resid_pre from clean into corrupt measure ld as everything\n")
     heads, rp = res["heads"], res["rp"]
-    assert list(heads.columns) == ["l", "h", "ld"] and len(heads) == 12
-    assert list(rp.columns) == ["layer", "pos", "ld"] and len(rp) == 3 * T
+    assert list(heads.columns) == ["l", "h", "ld", "ld_se"] and len(heads) == 12
+    assert list(rp.columns) == ["layer", "pos", "ld", "ld_se"] and len(rp) == 3 * T
     for layer in range(3):
         for h in range(4):
             site = f"L{layer}.H{h}.z"

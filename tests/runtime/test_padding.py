@@ -1,4 +1,4 @@
-"""Left padding (LANGUAGE.md §3): a run whose prompts differ in length must give every example
+"""Left padding (docs/language.md §3): a run whose prompts differ in length must give every example
 the numbers it gets alone. Each spec runs once over all rows (padded) and once per row (a
 one-row inline data set: no padding), on GPT-2, Llama with grouped-query attention and NeoX
 with a parallel residual; a few are also recomputed by hand on the unpadded prompt. With a

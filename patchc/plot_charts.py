@@ -1,0 +1,185 @@
+"""The charts that are not heatmaps: bars over one index variable, lines against a numeric
+sweep (steering coefficients, scale factors), the estimate-vs-exact scatter of `compare`,
+and the small annotated table of a one-row result (drawn only on request, see plots.py).
+
+Error bars come from a `<column>_se` column (a standard error) when the table has one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from patchc import plot_style as S
+
+BAR = "#4c72b0"
+POSITIVE, NEGATIVE = "#b2182b", "#2166ac"  # the ends of RdBu_r
+
+
+def _se(df: pd.DataFrame, col: str) -> np.ndarray | None:
+    se = df.get(f"{col}_se")
+    if se is None or not pd.api.types.is_numeric_dtype(se):
+        return None
+    return np.nan_to_num(se.to_numpy(dtype=float), nan=0.0)
+
+
+def reference_lines(ax, cinfo: dict[str, Any], scale: str, horizontal: bool = True) -> None:
+    """0 for a signed quantity; for a normalized one also 1 (the other baseline)."""
+    line = ax.axhline if horizontal else ax.axvline
+    if scale in ("signed", "correlation", "ratio"):
+        line(0, color="black", linewidth=0.8)
+    if "one" in cinfo or "ratio_to" in cinfo:
+        line(1, color="grey", linewidth=0.8, linestyle=":")
+
+
+def bars(ax, df: pd.DataFrame, key: str, col: str, info: dict[str, Any], scale: str) -> None:
+    """One bar per value of `key` (an index: layer, head, position, site), in table order
+    (numeric keys sorted)."""
+    data = df.sort_values(key) if pd.api.types.is_numeric_dtype(df[key]) else df
+    values = data[col].to_numpy(dtype=float)
+    labels, axis_title = S.category_labels(key, data[key].tolist(), info)
+    mid = S.centre(scale)  # diverging: colour by the side of the centre a bar ends on
+    colors = [BAR if mid is None else NEGATIVE if v < mid else POSITIVE for v in values]
+    x = np.arange(len(values))
+    se = _se(data, col)
+    ax.bar(x, np.nan_to_num(values, nan=0.0), color=colors, yerr=se,
+           error_kw={"elinewidth": 0.8, "capsize": 2 if len(values) <= 40 else 0})
+    cinfo = info.get("columns", {}).get(col, {})
+    reference_lines(ax, cinfo, scale)
+    S.set_ticks(ax, "x", labels)
+    ax.set_xlim(-0.6, len(values) - 0.4)
+    ax.set_xlabel(S.text(axis_title))
+    ax.set_ylabel(S.text(S.value_label(col, cinfo)))
+
+
+def grouped_bars(ax, df: pd.DataFrame, key: str, group: str, col: str, info: dict[str, Any],
+                 scale: str) -> None:
+    """Bars over `key` with one colour per value of `group` (the site items of one
+    operation: `embed`, `L*.attn.out`, `L*.mlp.out` side by side per layer). A site item
+    without that index (`embed` has no layer) gets its own category, `-`, first."""
+    keys = df[key].drop_duplicates().tolist()
+    present = [k for k in keys if not (isinstance(k, float) and math.isnan(k))]
+    present = sorted(present) if pd.api.types.is_numeric_dtype(df[key]) else present
+    cats = (["-"] if len(present) < len(keys) else []) + present
+    labels, axis_title = S.category_labels(key, present, info)
+    labels = (["-"] if cats and cats[0] == "-" else []) + labels
+    groups = list(dict.fromkeys(df[group]))
+    width = 0.8 / len(groups)
+    for i, g in enumerate(groups):
+        part = df[df[group] == g]
+        x, y, err = [], [], []
+        se = _se(part, col)
+        for j, (k, v) in enumerate(zip(part[key], part[col])):
+            nan_key = isinstance(k, float) and math.isnan(k)
+            x.append(cats.index("-" if nan_key else k) - 0.4 + width * (i + 0.5))
+            y.append(float(v) if math.isfinite(float(v)) else 0.0)
+            err.append(se[j] if se is not None else 0.0)
+        ax.bar(x, y, width=width * 0.95, color=f"C{i % 10}", label=S.text(g),
+               yerr=err if se is not None else None, error_kw={"elinewidth": 0.8})
+    cinfo = info.get("columns", {}).get(col, {})
+    reference_lines(ax, cinfo, scale)
+    S.set_ticks(ax, "x", labels)
+    ax.set_xlim(-0.6, len(cats) - 0.4)
+    ax.set_xlabel(S.text(axis_title))
+    ax.set_ylabel(S.text(S.value_label(col, cinfo)))
+    ax.legend(fontsize="small")
+
+
+def sweep_lines(ax, df: pd.DataFrame, x_key: str, group_keys: list[str], col: str,
+                info: dict[str, Any], scale: str) -> None:
+    """The measure against a numeric sweep value, one line per combination of the other
+    sweep columns (a legend names each)."""
+    groups = (list(df.groupby(group_keys, sort=False)) if group_keys else [((), df)])
+    for i, (gkey, part) in enumerate(groups):
+        part = part.sort_values(x_key)
+        gkey = gkey if isinstance(gkey, tuple) else (gkey,)
+        # a site item names itself; other columns as `layer=2`
+        label = ", ".join(str(v) if k == "site" else f"{k}={v}"
+                          for k, v in zip(group_keys, gkey)) or None
+        ax.errorbar(part[x_key].to_numpy(dtype=float), part[col].to_numpy(dtype=float),
+                    yerr=_se(part, col), marker="o", markersize=4, capsize=3,
+                    color=f"C{i % 10}", label=S.text(label) if label else None)
+    xs = sorted(df[x_key].unique().tolist())
+    if len(xs) <= 12:
+        ax.set_xticks(xs, [S._label(v) for v in xs])
+    cinfo = info.get("columns", {}).get(col, {})
+    reference_lines(ax, cinfo, scale)
+    ax.set_xlabel(S.text(S.key_title(x_key, info)))
+    ax.set_ylabel(S.text(S.value_label(col, cinfo)))
+    if len(groups) > 1:
+        ax.legend(fontsize="small")
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 2 or x.std() == 0 or y.std() == 0:
+        return math.nan
+    return float(((x - x.mean()) * (y - y.mean())).mean() / (x.std() * y.std()))
+
+
+def scatter(fig, pairs: pd.DataFrame, info: dict[str, Any], name: str) -> None:
+    """`compare`: each site's estimate against the exact swap, one panel per site kind (and
+    measure), one colour per method with its Pearson r in the legend; the diagonal is a
+    perfect estimate."""
+    facet = ["site_kind"] + (["metric"] if "metric" in pairs.columns else [])
+    panels = list(pairs.groupby(facet, sort=False))
+    ncols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / ncols)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    methods = list(dict.fromkeys(pairs["method"]))
+    measure = (info.get("measures") or [None])[0]
+    for ax, (fkey, part) in zip(axes, panels):
+        fkey = fkey if isinstance(fkey, tuple) else (fkey,)
+        exact_all = part["exact"].to_numpy(dtype=float)
+        for i, method in enumerate(methods):
+            rows = part[part["method"] == method]
+            x, y = rows["exact"].to_numpy(dtype=float), rows["estimate"].to_numpy(dtype=float)
+            r = pearson(x, y)
+            ax.scatter(x, y, s=14, alpha=0.8, color=f"C{i % 10}",
+                       label=S.text(f"{method} (r = {r:.2f})" if math.isfinite(r)
+                                    else f"{method} (r undefined)"))
+        both = np.concatenate([exact_all, part["estimate"].to_numpy(dtype=float)])
+        both = both[np.isfinite(both)]
+        lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", linewidth=0.8,
+                linestyle="--")
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_aspect("equal")
+        ax.set_title(S.text(" / ".join(str(k) for k in fkey)))
+        col = fkey[-1] if len(fkey) > 1 else measure
+        label = S.value_label(col, info.get("columns", {}).get(col, {})) if col else ""
+        ax.set_xlabel(S.text(f"exact swap: {label}" if label else "exact swap"))
+        ax.set_ylabel("estimate")
+        ax.legend(fontsize="small")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    several = "metric" in pairs.columns  # each panel names its own measure
+    fig.suptitle(S.title(info, None if several else measure, name, fig.get_figwidth()))
+
+
+def table_figure(fig, df: pd.DataFrame, keys: list[str], columns: list[str],
+                 info: dict[str, Any], name: str) -> None:
+    """A one-row table as a small annotated table: each column's value (± its standard
+    error when the table has one), the sweep columns first."""
+    row = df.iloc[0]
+    labels, cells = [], []
+    for c in [k for k in keys if k in df.columns] + columns:
+        v = row[c]
+        cell = S._num(v) if isinstance(v, (int, float, np.floating)) else str(v)
+        se = row.get(f"{c}_se") if c in columns else None
+        if se is not None and isinstance(se, (int, float, np.floating)) and math.isfinite(se):
+            cell += f" ± {float(se):.2g}"
+        labels.append(S.text(c))
+        cells.append(S.text(cell))
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.table(cellText=[cells], colLabels=labels, loc="center", cellLoc="center")
+    notes = [S.value_label(c, info.get("columns", {}).get(c, {})).replace("\n", " ")
+             for c in columns if info.get("columns", {}).get(c, {}).get("baselines")]
+    ax.set_title(S.text("\n".join([info.get("title") or name, *notes])), fontsize="medium")

@@ -1,0 +1,103 @@
+"""The figure of a `lens` table: each measured column against the layer (a line with
+standard-error bars; one line per site item when the statement lists several), or, for a
+lens swept over positions (`@ each`) or heads (`L*.H*.out`), a layer x position (x head)
+heatmap; a position axis is labelled with the prompt's tokens (example 0). Sequential
+colours for probabilities and ranks, diverging ones (centred at 0) otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from patchc.plot_style import new_figure
+
+SEQUENTIAL = ("prob", "rank", "==", "!=", "<", ">")
+
+
+def _label(col: str, baselines: dict) -> str:
+    b = baselines.get(col)
+    if not b:
+        return col
+    from patchc.results import baseline_label
+
+    return f"{col} (normalized: {baseline_label(b)})"
+
+
+def plot_lens(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
+              tokens: list[str] | None = None, baselines: dict | None = None) -> list[Path]:
+    baselines = baselines or {}
+    measured = [c for c in df.columns if c not in keys and not c.endswith("_se")
+                and pd.api.types.is_numeric_dtype(df[c])]
+    written = []
+    for col in measured:
+        if "layer" in keys and ("pos" in keys or "head" in keys):
+            across = "pos" if "pos" in keys else "head"
+            fig = _heatmap(name, df, col, across, tokens or [], baselines)
+        else:
+            fig = _lines(name, df, keys, col, baselines)
+        suffix = "" if len(measured) == 1 else "_" + "".join(
+            ch if ch.isalnum() or ch in "_-" else "_" for ch in col)
+        path = out_dir / f"{name}{suffix}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        written.append(path)
+    return written
+
+
+def _lines(name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: dict):
+    fig = new_figure(6.5, 3.8)
+    ax = fig.subplots()
+    groups = [("", df)] if "site" not in keys else list(df.groupby("site", sort=False))
+    for label, part in groups:
+        if "layer" in part and part["layer"].notna().all():
+            x = part["layer"]
+        elif "layer" in part and part["layer"].isna().all() and len(part) == 1:
+            x = pd.Series([-1])  # `embed`: before layer 0
+        else:
+            x = pd.Series(range(len(part)))
+        se = part.get(f"{col}_se")
+        ax.errorbar(x.tolist(), part[col].astype(float).tolist(),
+                    yerr=None if se is None else se.fillna(0).tolist(), marker="o",
+                    capsize=3, label=str(label) or None)
+    if "site" in keys:
+        ax.legend(fontsize=8)
+    ticks = sorted({int(v) for v in ax.get_xticks() if v == int(v)})
+    if any(t < 0 for t in ticks):
+        ax.set_xticks(ticks, ["embed" if t == -1 else str(t) for t in ticks])
+    ax.set_xlabel("layer")
+    ax.set_ylabel(_label(col, baselines))
+    ax.set_title(f"{name}: logit lens, {col} decoded at each layer (mean ± s.e.)")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _heatmap(name: str, df: pd.DataFrame, col: str, across: str, tokens: list[str],
+             baselines: dict):
+    grid = df.pivot_table(index="layer", columns=across, values=col, aggfunc="mean")
+    values = grid.to_numpy(dtype=float)
+    finite = [abs(v) for v in values.flat if math.isfinite(v)]
+    # Probabilities, ranks, accuracies: one-sided; a colormap centred at 0 would waste half.
+    sequential = any(s in col for s in SEQUENTIAL) or all(
+        0 <= v <= 1 for v in values.flat if math.isfinite(v))
+    lim = max(finite) if finite and max(finite) > 0 else 1.0
+    kw = dict(cmap="viridis") if sequential else dict(cmap="RdBu_r", vmin=-lim, vmax=lim)
+    fig = new_figure(max(5.0, min(16.0, 0.45 * grid.shape[1] + 3)),
+                     max(3.0, min(10.0, 0.4 * grid.shape[0] + 1.5)))
+    ax = fig.subplots()
+    im = ax.imshow(values, aspect="auto", interpolation="nearest", **kw)
+    if across == "pos":
+        labels = [tokens[p] if p < len(tokens) else str(p) for p in grid.columns]
+    else:
+        labels = [str(h) for h in grid.columns]
+    step = max(1, math.ceil(len(labels) / 40))
+    ax.set_xticks(range(0, len(labels), step), labels[::step],
+                  rotation=90 if across == "pos" else 0)
+    ax.set_yticks(range(grid.shape[0]), [str(v) for v in grid.index])
+    ax.set_xlabel("position (token)" if across == "pos" else "head")
+    ax.set_ylabel("layer")
+    fig.colorbar(im, ax=ax, label=_label(col, baselines))
+    what = "position" if across == "pos" else "head"
+    ax.set_title(f"{name}: logit lens, {col} by layer and {what}")
+    return fig

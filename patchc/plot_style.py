@@ -1,0 +1,188 @@
+"""How the plots look: colour scales by what a column measures, text that never turns into
+mathtext, tick labels that never smear, and figures drawn on Agg without pyplot.
+
+Colour scales (the `scale` of a column, decided by patchc/plotinfo.py at run time):
+
+  signed       an effect whose sign matters (a normalized measure, a logit difference, a
+               direct logit attribution): diverging `RdBu_r`, centred at 0, symmetric limits
+  ratio        a measure normalized as m / m_target (zero ablation, steer, scale without a
+               source run): 1 is no effect, so diverging `RdBu_r` centred at 1
+  correlation  Pearson/Spearman r: diverging `RdBu_r`, fixed at -1..1
+  probability  probabilities and 0/1 outcomes averaged over examples (accuracy, `contains`):
+               sequential `viridis`
+  rank         a token's rank (0 is the top): sequential `viridis_r` (bright = good)
+  nonneg       KL, loss: sequential `viridis`
+  level        a raw logit or log-probability: sequential `viridis`
+
+Sequential scales span the data's range, so that a trace whose probabilities all lie in
+0.26..0.98 (or in 0.011..0.013 on a random model) shows its structure; the colorbar says
+where it starts. One whose data go negative (an estimate can overshoot) falls back to
+signed.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any, Iterable
+
+CMAPS = {"signed": "RdBu_r", "ratio": "RdBu_r", "correlation": "RdBu_r", "probability": "viridis",
+         "rank": "viridis_r", "nonneg": "viridis", "level": "viridis"}
+
+MAX_TICKS = 40  # more labels than this on one axis are thinned to about this many
+MAX_TOKEN_TICKS = 80  # beyond this many positions, token labels give way to numbers
+
+
+def new_figure(width: float, height: float):
+    """A Figure on the Agg canvas, never through pyplot: no global state, no GUI, and a
+    notebook's own backend is left alone (a returned Figure still displays inline)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def text(s: Any) -> str:
+    """Text as written: `$` would start mathtext (and an unmatched one raises)."""
+    return str(s).replace("$", r"\$")
+
+
+@lru_cache(maxsize=1)
+def _charmap() -> frozenset[int]:
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    font = FT2Font(font_manager.findfont(font_manager.FontProperties()))
+    return frozenset(font.get_charmap())
+
+
+def token_text(tok: str) -> str:
+    """A token as a tick label: whitespace and control characters spelled out, characters
+    the plotting font lacks as `\\uXXXX` (a missing glyph is a matplotlib warning)."""
+    shown = tok.strip() or tok.replace(" ", "\u2423") or "''"  # a blank token: ␣
+    have = _charmap()
+    out = []
+    for ch in shown:
+        if not ch.isprintable():
+            out.append(repr(ch)[1:-1])
+        elif ord(ch) in have:
+            out.append(ch)
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
+
+
+def limits(scale: str, values: Iterable[Any]) -> tuple[str, float, float, str]:
+    """(scale actually used, vmin, vmax, colormap name) for values drawn on one scale."""
+    finite = [float(v) for v in values
+              if isinstance(v, (int, float)) and math.isfinite(float(v))]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    if scale in ("probability", "rank", "nonneg") and lo < 0:
+        scale = "signed"
+    if scale == "correlation":
+        return scale, -1.0, 1.0, CMAPS[scale]
+    if scale == "ratio":
+        lim = max(abs(lo - 1), abs(hi - 1)) or 1.0
+        return scale, 1 - lim, 1 + lim, CMAPS[scale]
+    if scale == "signed" or scale not in CMAPS:
+        lim = max(abs(lo), abs(hi)) or 1.0
+        return "signed", -lim, lim, CMAPS["signed"]
+    if hi <= lo:  # one value: a unit-wide range around it
+        lo, hi = lo - 0.5, hi + 0.5
+    return scale, lo, hi, CMAPS[scale]
+
+
+def thin(n: int, limit: int = MAX_TICKS) -> list[int]:
+    """Which of n tick positions to label: all up to `limit`, else every k-th."""
+    step = max(1, math.ceil(n / limit))
+    return list(range(0, n, step))
+
+
+def set_ticks(ax, axis: str, labels: list[str]) -> None:
+    """Label the categories 0..n-1 of one axis, thinned; x labels turn upright only when
+    they would not fit side by side in the axes' width."""
+    keep = thin(len(labels))
+    shown = [text(labels[i]) for i in keep]
+    if axis == "x":
+        slot_in = ax.get_position().width * ax.figure.get_figwidth() / max(1, len(keep))
+        need_in = (max((len(s) for s in shown), default=0) + 1) * 0.08  # ~0.08 in a char
+        ax.set_xticks(keep, shown, rotation=90 if need_in > slot_in else 0)
+    else:
+        ax.set_yticks(keep, shown)
+
+
+def centre(scale: str) -> float | None:
+    """The value a diverging scale is centred on (None for a sequential one)."""
+    return 1.0 if scale == "ratio" else 0.0 if scale in ("signed", "correlation") else None
+
+
+def numeric_keys(keys: list[str], info: dict[str, Any]) -> list[str]:
+    """The sweep columns that are numbers on a scale (a steering coefficient, a scale
+    factor: the `scale` column), drawn as lines against the value itself. Layers, heads,
+    positions and neurons are indices: categories."""
+    named = info.get("numeric_keys", ["scale"])
+    return [k for k in keys if k in named]
+
+
+def _num(x: Any) -> str:
+    return f"{float(x):.3g}" if isinstance(x, (int, float)) else str(x)
+
+
+def value_label(col: str, cinfo: dict[str, Any], baselines: bool = True) -> str:
+    """What a column's numbers mean, for a colorbar or a y axis:
+    `ld normalized: 0 = corrupt (-0.68), 1 = clean (7.12)`."""
+    base = cinfo.get("baselines", {})
+
+    def run(r: str) -> str:
+        return f"{r} ({_num(base[r])})" if baselines and r in base else r
+
+    if "zero" in cinfo and "one" in cinfo:
+        return f"{col} normalized:\n0 = {run(cinfo['zero'])}, 1 = {run(cinfo['one'])}"
+    if "ratio_to" in cinfo:
+        r = cinfo["ratio_to"]
+        return f"{col} normalized:\n0 = zero, 1 = {run(r)}"  # m / m_target
+    return col
+
+
+def title(info: dict[str, Any], col: str | None, name: str, width: float = 6.0) -> str:
+    """The operation, then what the column measures (normalization without baselines),
+    wrapped to a figure `width` inches wide (a title is never clipped)."""
+    import textwrap
+
+    chars = max(30, int(width * 9.5))
+    head = info.get("title") or name
+    lines = textwrap.wrap(head, chars) or [name]
+    if col is not None:
+        cinfo = info.get("columns", {}).get(col, {})
+        lines += textwrap.wrap(value_label(col, cinfo, baselines=False).replace("\n", " "),
+                               chars)
+    return text("\n".join(lines))
+
+
+def category_labels(key: str, values: list[Any], info: dict[str, Any]) -> tuple[list[str], str]:
+    """Tick labels for the values of one sweep column, and the axis title. Positions get
+    their tokens (when the run's prompts line up and the axis is not too long to read)."""
+    positions = info.get("positions") or {}
+    tokens = positions.get("tokens")
+    if key == "pos" and tokens and len(values) <= MAX_TOKEN_TICKS and all(
+            isinstance(v, (int, float)) and 0 <= int(v) < len(tokens) for v in values):
+        labels = [token_text(tokens[int(v)]) for v in values]
+        varies = any(str(tokens[int(v)]).endswith("*") for v in values)
+        note = "; * varies across prompts" if varies else ""
+        return labels, f"position ({positions.get('run', 'the run')} tokens{note})"
+    return [_label(v) for v in values], key_title(key, info)
+
+
+def key_title(key: str, info: dict[str, Any]) -> str:
+    """An axis title for a sweep column (`steering coefficient` for steer's `scale`)."""
+    return info.get("key_labels", {}).get(key, key)
+
+
+def _label(v: Any) -> str:
+    """A sweep value as a tick label: `2` not `2.0`, and a true minus sign (as matplotlib's
+    own numeric ticks have)."""
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v).replace("-", "\u2212", 1) if isinstance(v, (int, float)) else str(v)

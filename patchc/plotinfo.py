@@ -1,0 +1,175 @@
+"""What a table's plots need to know beyond its CSV, worked out once at run time and kept in
+the manifest (`tables.NAME.plot`), so that `patchc plot DIR` redraws the same figures from
+the folder alone:
+
+  title         the operation as written, runs as `A → B`: `swap L*.H*.z clean → corrupt`
+  columns       per measured column: its colour `scale` (patchc/plot_style.py); for a
+                normalized one the runs that map to 0 and 1 (`zero`, `one`), or `ratio_to`
+                for m / m_target, and each run's baseline mean (`baselines`)
+  measures      for `compare`: the measured columns its scatter plots (their normalization
+                is under `columns` like any other)
+  positions     for a table with a `pos` column: the run whose positions they are and a label
+                per position: its token when the run has one prompt or every prompt has the
+                same length and most positions hold the same token (a token that differs
+                between prompts is example 0's, marked `*`); absent otherwise
+  numeric_keys  sweep columns that are values on a scale (the coefficient of `steer` and
+                `scale`), drawn as lines against the value; `key_labels` names their axes
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from patchc.compiler import ast as A
+from patchc.compiler.checked import CheckedSpec
+from patchc.compiler.ir import Backward, Estimate, IRGraph, Metric, Row, Table
+
+_RUNS = re.compile(r" from (\S+) into (\S+)")
+
+
+def describe_tables(ir: IRGraph, checked: CheckedSpec, tokenizer: Any,
+                    values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`{table name: plot info}` for every table of a run."""
+    ops = {A.table_name(s): s for s in checked.spec.statements
+           if isinstance(s, A.OPERATIONS)}
+    return {t.name: describe(ir, t, ops.get(t.name), checked, tokenizer, values)
+            for t in ir.tables}
+
+
+def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer: Any,
+             values: dict[str, Any]) -> dict[str, Any]:
+    info: dict[str, Any] = {"title": _title(table, op), "columns": {}}
+    for col in table.columns:
+        row = next((r for r in table.rows if col in dict(r.values)), None)
+        if row is not None:
+            info["columns"][col] = _column(ir, row, col, values)
+        elif col in ("pearson", "spearman"):
+            info["columns"][col] = {"scale": "correlation"}
+    if table.pairs:  # compare: what the scatter's axes measure (the swap's own metric)
+        only = (_measure_names(op, checked) or ["metric"])[0]  # the key names it if several
+        for p in table.pairs:
+            col = dict(p.key).get("metric", only)
+            if col not in info["columns"]:
+                norm = ((col, p.normalize),) if p.normalize else ()
+                info["columns"][col] = _column(ir, Row((), ((col, p.metric),), norm), col,
+                                               values)
+        info["measures"] = list(dict.fromkeys(dict(p.key).get("metric", only)
+                                              for p in table.pairs))
+    if table.op in ("steer", "scale"):
+        info["numeric_keys"] = ["scale"]
+        info["key_labels"] = {"scale": "steering coefficient" if table.op == "steer"
+                              else "scale factor"}
+    if any(k == "pos" for r in table.rows for k, _ in r.key):
+        run = _target_run(ir, table, op)
+        if run in checked.runs and tokenizer is not None:
+            labels = position_labels(tokenizer, list(checked.runs[run].texts))
+            if labels is not None:
+                info["positions"] = {"run": run, "tokens": labels}
+    return info
+
+
+def _measure_names(op: Any, checked: CheckedSpec) -> list[str]:
+    """The column names of an operation's `measure` clause (as lowering names them)."""
+    from patchc.compiler.lower_exprs import metric_parts
+
+    measures = getattr(getattr(op, "clauses", None), "measures", ())
+    return [metric_parts(m.expr, checked.metrics)[0] for m in measures]
+
+
+def _title(table: Table, op: Any) -> str:
+    if op is None:
+        return f"{table.op} ({table.name})"
+    from patchc.compiler import printer
+
+    try:
+        head = printer.statement(op).splitlines()[0]
+    except (AssertionError, AttributeError, TypeError):  # a statement the printer lacks
+        return f"{table.op} ({table.name})"
+    return _RUNS.sub(r" \1 → \2", head)
+
+
+def _column(ir: IRGraph, row: Any, col: str, values: dict[str, Any]) -> dict[str, Any]:
+    norm = dict(row.normalize)
+    nid = dict(row.values)[col]
+    if col not in norm:
+        return {"scale": _node_scale(ir, nid)}
+    target, source = norm[col]
+    t_run = _run_of(ir, target)
+    out: dict[str, Any] = {"scale": "signed", "baselines": {t_run: _mean(values.get(target))}}
+    if source is None:  # m / m_target: 1 is no effect
+        out["ratio_to"], out["scale"] = t_run, "ratio"
+    else:
+        s_run = _run_of(ir, source)
+        out["zero"], out["one"] = t_run, s_run
+        out["baselines"][s_run] = _mean(values.get(source))
+    return out
+
+
+def _node_scale(ir: IRGraph, nid: str) -> str:
+    node = ir.node(nid)
+    if isinstance(node, Estimate):
+        if node.method == "dla":
+            return "signed"  # a contribution: either sign
+        # attribution estimates what the swap would measure: the metric's own scale
+        back = next((ir.node(i) for i in node.inputs if isinstance(ir.node(i), Backward)), None)
+        return _node_scale(ir, back.metric) if back is not None else "signed"
+    if isinstance(node, Metric):
+        return metric_scale(node.expr)
+    return "signed"
+
+
+def metric_scale(expr: Any) -> str:
+    """The colour scale of a metric expression (MRef already inlined)."""
+    if isinstance(expr, A.MCall):
+        return {"prob": "probability", "rank": "rank"}.get(expr.fn, "level")
+    if isinstance(expr, A.MGenerate):
+        return "probability"  # a fraction of examples
+    if isinstance(expr, (A.MKL, A.MLoss)):
+        return "nonneg"
+    if getattr(expr, "op", None) in ("==", "!=", "<", "<=", ">", ">="):
+        return "probability"  # a comparison: 0/1 per example, a fraction in the table
+    return "signed"
+
+
+def _run_of(ir: IRGraph, metric_id: str) -> str:
+    node = ir.node(metric_id)
+    return ir.node(node.forward).run if isinstance(node, Metric) else "?"
+
+
+def _target_run(ir: IRGraph, table: Table, op: Any) -> str | None:
+    target = getattr(op, "target", None) or getattr(op, "run", None)
+    if target is not None:
+        return getattr(target, "value", target)
+    for row in table.rows:
+        for _, nid in row.values:
+            node = ir.node(nid)
+            if isinstance(node, Metric):
+                return ir.node(node.forward).run
+    return None
+
+
+def _mean(v: Any) -> float:
+    if v is None:
+        return math.nan
+    v = v.float()
+    v = v[~v.isnan()]
+    return round(float(v.mean()), 6) if v.numel() else math.nan
+
+
+def position_labels(tokenizer: Any, texts: list[str]) -> list[str] | None:
+    """A label per token position of a run's prompts (see the module docstring), or None
+    when the prompts do not line up."""
+    from patchc.runtime.inputs import encode
+
+    if not texts:
+        return None
+    ids = encode(tokenizer, texts)
+    if len({len(r) for r in ids}) != 1:
+        return None
+    first = [tokenizer.decode([i]) for i in ids[0]]
+    same = [all(r[p] == ids[0][p] for r in ids) for p in range(len(ids[0]))]
+    if len(ids) > 1 and sum(same) * 2 < len(same):
+        return None
+    return [tok if s else tok.strip() + "*" for tok, s in zip(first, same)]

@@ -1,0 +1,64 @@
+"""What a run actually ran, for its manifest: the spec's file and folder as absolute paths (so
+`patchc verify` works from any working directory), the model that computed the tables and
+its tokenizer's hash.
+
+A caller of `patchc.run(spec, model=m)` may pass another model than the spec's `model` line
+names: the manifest then records `m` (its name or path; the weights hash pins it exactly) and
+the run warns (W471), since a rerun of the spec would load the other one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from patchc.compiler import ast as A
+from patchc.compiler.errors import PatchcError, Warning_
+from patchc.manifest import tokenizer_hash
+
+
+@dataclass
+class Ran:
+    spec_file: str
+    spec_dir: str
+    model_path: str
+    tokenizer_sha256: str
+    warnings: list[PatchcError] = field(default_factory=list)
+
+
+def _where(model_id: str, base_dir: str) -> str:
+    """A local folder (absolute, relative ones from `base_dir`) or the hub id as given."""
+    path = Path(base_dir) / os.path.expanduser(model_id)
+    return str(path.resolve()) if path.is_dir() else model_id
+
+
+def _model_name(model: Any) -> str:
+    name = getattr(model, "name_or_path", None)
+    if not name:
+        name = getattr(getattr(model, "config", None), "_name_or_path", None)
+    return str(name) if name else ""
+
+
+def what_ran(spec: A.Spec, decl: A.ModelDecl, model: Any, tokenizer: Any, given: bool
+             ) -> Ran:
+    src = spec.source
+    spec_dir = str(Path(src.base_dir).resolve())
+    spec_file = src.filename if src.filename.startswith("<") else \
+        str(Path(src.filename).resolve())
+    named = _where(decl.model_id, src.base_dir)
+    ran = Ran(spec_file, spec_dir, named, tokenizer_hash(tokenizer))
+    if not given:
+        return ran
+    name = _model_name(model)
+    # HF keeps the path given to from_pretrained (relative to the cwd of that call).
+    passed = _where(name, os.getcwd()) if name else ""
+    ran.model_path = passed or "(a model object without a name)"
+    if passed and passed != named:
+        ran.warnings.append(Warning_(
+            "W471", f"the spec names model {decl.model_id!r} but the model passed in is "
+            f"{name!r}; the manifest records the one that ran (and its weights hash)",
+            decl.span, src, hint="a rerun of this spec (`patchc verify`) loads the spec's "
+            "model: make the `model` line name the one you pass"))
+    return ran

@@ -1,0 +1,90 @@
+"""Mistakes on the command line are reported as the flag they are (exit 1), never as line 1
+of the spec or an internal error; `check` notes a long run's cost."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+import patchc.cli  # noqa: E402
+from patchc.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAD = f'''model "{ROOT / 'examples' / 'models' / 'tiny-gpt2'}"
+data ioi = "{ROOT / 'examples' / 'data' / 'ioi.jsonl'}"
+run clean = ioi.clean
+run corrupt = ioi.corrupt
+metric ld = logit(ioi.answer) - logit(ioi.distractor)
+'''
+BODY = "swap L0.mlp.out from clean into corrupt  measure ld\n"
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> Path:
+    p = tmp_path / "spec.patch"
+    p.write_text(HEAD + BODY, "utf-8")
+    return p
+
+
+@pytest.mark.parametrize("pair,fragment", [
+    ("naive=1", "`naive` is not a `set` option; use --naive"),
+    ("workers=2", "use --workers N"),
+    ("progress=0", "use --quiet"),
+    ("model=gpt2", "use the spec's `model` line"),
+    ("tokenizer=x", "use the spec's `model` line"),
+    ("trust_remote_code=1", "use --trust-remote-code"),
+    ("seed=abc", "valid integer"),
+    ("seed=99999999999999999999", "64-bit integer"),
+    ("batch_size=0", "at least 1"),
+    ("device=gpu", "device must be"),
+    ("memory=lots", "memory must be a size"),
+    ("colour=red", "no such option"),
+    ("novalue", "takes KEY=VALUE"),
+])
+def test_set_mistakes_name_the_flag(capsys, spec: Path, pair: str, fragment: str):
+    code, out, err = cli(capsys, "run", spec, "--quiet", "--set", pair)
+    assert code == 1, err
+    assert err.startswith("patchc run: error: --set") and fragment in err, err
+    assert "spec.patch:" not in err and "Traceback" not in err and "internal" not in err
+
+
+def test_device_map_mistake_names_the_flag(capsys, spec: Path):
+    code, _, err = cli(capsys, "run", spec, "--quiet", "--device-map", "nope.json")
+    assert code == 1 and err.startswith("patchc run: error: --device-map") and "not found" in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without "
+                    "CUDA")
+def test_no_cuda(capsys, spec: Path, tmp_path: Path):
+    code, _, err = cli(capsys, "run", spec, "--quiet", "--set", "device=cuda")
+    assert code == 1 and "--set device=cuda: no CUDA device" in err
+    p = tmp_path / "cuda.patch"
+    p.write_text(HEAD + 'set device = "cuda"\n' + BODY, "utf-8")
+    code, _, err = cli(capsys, "run", p, "--quiet")
+    assert code == 1 and f"{p}:6:1: error[E410]" in err, err  # the `set` line
+    assert err.splitlines()[1].endswith('set device = "cuda"')
+
+
+def test_unlocated_errors_print_no_line(capsys, spec: Path):
+    code, _, err = cli(capsys, "run", spec, "--quiet", "--naive", "--workers", "2")
+    assert code == 1 and err.startswith(f"{spec}: error[E416]: "), err
+
+
+def test_check_notes_a_long_run(capsys, spec: Path, monkeypatch):
+    code, out, _ = cli(capsys, "check", spec)
+    assert code == 0 and "long run" not in out
+    monkeypatch.setattr(patchc.cli, "LONG_RUN_SECONDS", 0.0)
+    code, out, _ = cli(capsys, "check", spec)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 2, out
+    assert lines[1].startswith("note: a long run: 1 experiment(s) in 2 model pass(es), ")
+    assert "FLOPs: about" in lines[1] and "FLOP/s on cpu" in lines[1]
