@@ -77,8 +77,9 @@ def sequence_logprob(interp, batch: Batch, hooks: list, answers: list[list[int]]
                           torch.ones(n, k, dtype=kwargs["attention_mask"].dtype,
                                      device=kwargs["attention_mask"].device)], dim=1)
         pos = kwargs["position_ids"][:, -1:] + 1 + torch.arange(k, device=mask.device)[None]
-        more = interp.model(input_ids=ids.to(mask.device), attention_mask=mask,
-                            position_ids=pos, past_key_values=out.past_key_values)
+        step = {"input_ids": ids.to(mask.device), "attention_mask": mask, "position_ids": pos}
+        with interp.model_pass():
+            more = interp.model(**with_cache(interp.model, step, output_cache(out)))
         lp = torch.log_softmax(more.logits[:, :-1].float(), -1).to(device)
         picked = lp.gather(2, ids[:, 1:, None].to(device))[..., 0]
         total = total + (picked * real[:, 1:].to(device)).sum(1)

@@ -55,3 +55,13 @@ def test_the_cli_prints_no_library_warning(tmp_path):
          "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
+
+
+def test_seqlogprob_warns_nothing(models_dir):
+    fam = family("gpt2", models_dir)
+    body = HEAD + "swap L1.resid_post @ last from clean into corrupt\n" \
+        "    measure seqlogprob(\"the cat\")\n"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = fam.run(body)
+    assert len(res) == 1
