@@ -1,7 +1,7 @@
 """The whole site table, through every operation `check` accepts on it.
 
 Every site kind of compiler/sites.py (and every TransformerLens alias, and feature slices) is
-swapped, ablated (zero, mean, resample), steered, scaled and attributed (atp), at every
+swapped, ablated (zero, mean, resample), steered, scaled, attributed (atp) and read, at every
 position form (all, `@ last`, `@ each`, `@ 2`), on tiny GPT-2, Llama (grouped-query) and
 GPT-NeoX (parallel blocks) models. The optimized plan and the naive interpreter must give the
 same tables; a site swapped with its own value must leave the metric as the plain forward has
@@ -77,6 +77,11 @@ def walk_spec(fam: str) -> tuple[str, dict[str, tuple[str, str, str]]]:
                 name = f"t{s}_{p}_{op}"
                 tables[name] = (site, pos, op)
                 lines.append(f"{stmt.format(i=s)}\n    measure ld\n    as {name}")
+        for p, pos in enumerate(POSITIONS[:2] + POSITIONS[3:]):  # `read` takes fixed positions
+            if "attn.pattern" in site:  # read per head (E363, below)
+                continue
+            tables[f"r{s}_{p}"] = (site, pos, "read")
+            lines.append(f"read {site}{pos} in clean as r{s}_{p}")
     for a, (alias, canon) in enumerate(ALIASES.items()):
         if has_site(fam, canon):
             for op in ("swap", "zero"):
@@ -101,6 +106,13 @@ def walked(models_dir):
 def test_every_site_and_operation_runs_and_agrees(walked, name):
     fam, tables, opt, naive = walked[name]
     for table, what in tables.items():
+        if what[2] == "read":
+            x, y = opt.activations(table), naive.activations(table)
+            assert list(x) == list(y) and len(x) == 1, what
+            for k in x:
+                assert x[k].shape == y[k].shape and x[k].shape[0] == len(ROWS), what
+                assert torch.allclose(x[k].float(), y[k].float(), atol=1e-5), what
+            continue
         a, b = opt[table], naive[table]
         assert list(a.columns) == list(b.columns) and len(a) == len(b) > 0, what
         assert len(a) == (len(fam.ids(CLEAN)[0]) if "each" in what[1] else 1), what
@@ -157,6 +169,12 @@ def test_a_vector_from_a_pattern_is_a_located_check_error(models_dir):
     with pytest.raises(PatchcError) as err:
         fam.run(body)
     assert "E333" in str(err.value) and "attention pattern" in str(err.value)
+
+
+def test_reading_all_heads_patterns_is_a_located_check_error(models_dir):
+    fam = family("gpt2", models_dir)
+    with pytest.raises(PatchcError, match=r":\d+:6: error\[E363\]"):
+        fam.run(HEAD + "read L1.attn.pattern @ last in clean as r\n")
 
 
 def test_resid_mid_of_a_parallel_block_is_refused_by_check(models_dir):
