@@ -20,7 +20,8 @@ from .resolve import Match
 from .sites import SITE_KINDS
 
 # Sites whose value is added to the residual stream: what direct logit attribution splits.
-DLA_KINDS = ("embed", "attn.out", "mlp.out", "out")
+# Expert and shared-expert outputs are summands of mlp.out, so they reach the residual too.
+DLA_KINDS = ("embed", "attn.out", "mlp.out", "out", "expert.out", "shared.out")
 
 
 def site_width(model: ModelSpec, site: Site) -> int:
@@ -171,7 +172,8 @@ def sweep_columns(ctx: Context, item: A.SiteItem) -> list[str]:
     one site would fill a column twice (`L$head.H*.z`: the capture and H*'s default)."""
     cols: list[tuple[str, Span]] = []
     if isinstance(item, A.SiteRef):
-        for idx, axis in ((item.layer, "layer"), (item.head, "head"), (item.features, "features")):
+        second = "expert" if item.kind.startswith("expert.") else "head"
+        for idx, axis in ((item.layer, "layer"), (item.head, second), (item.features, "features")):
             if isinstance(idx, A.Capture):
                 cols.append((idx.name, idx.span))
             elif isinstance(idx, (A.Star, A.IdxRange, A.IdxSet)):

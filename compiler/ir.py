@@ -67,9 +67,12 @@ class Site:
         parts = []
         if self.layer is not None:
             parts.append(f"L{self.layer}")
-        if self.head is not None:
-            parts.append(f"H{self.head}")
-        parts.append(self.kind)
+        if self.kind.startswith("expert."):  # L3.E5.out
+            parts += [f"E{self.head}", self.kind.split(".", 1)[1]]
+        else:
+            if self.head is not None:
+                parts.append(f"H{self.head}")
+            parts.append(self.kind)
         text = ".".join(parts)
         if self.features is not None:
             lo, hi = self.features

@@ -26,9 +26,9 @@ DEFAULT_IG_STEPS = 32
 
 def norm_sites(model: ModelSpec) -> list[Site]:
     """Every normalizer-scale site: what `freeze ln from A` freezes."""
-    # GPT-J and Phi run attention and MLP off one shared normalizer per block: no ln2.
-    single = model.parallel_attn and model.family in ("gptj", "phi")
-    kinds = ("ln1.scale",) if single else ("ln1.scale", "ln2.scale")
+    # GPT-J, Phi, Cohere run attention and MLP off one shared normalizer per block: no ln2;
+    # post-norm-only blocks (OLMo 2) have neither.
+    kinds = tuple(k for k in ("ln1.scale", "ln2.scale") if model.missing(k) is None)
     return [Site(k, layer) for layer in range(model.n_layers) for k in kinds] + \
         [Site("ln_final.scale")]
 

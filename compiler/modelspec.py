@@ -1,7 +1,8 @@
 """ModelSpec: the shape of a model, read from its HF config alone (no weights, no torch).
 
 `check.py` validates sites against it before anything is loaded; the runtime adapters build
-the same ModelSpec from a loaded model's config, so the two can never disagree.
+the same ModelSpec from a loaded model's config, and both read the one family table in
+families.py, so the two can never disagree.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CheckError
+from .families import SINGLE_NORM, Family, lookup, normalize, why_unsupported
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    family: str  # normalized model_type: gpt2, gpt_neox, llama, qwen2, mistral, gemma, ...
+    family: str  # normalized model_type: a key of families.FAMILIES
     n_layers: int
     n_heads: int
     n_kv_heads: int  # == n_heads without grouped-query attention
@@ -30,6 +32,13 @@ class ModelSpec:
     norm: str  # "layernorm" or "rmsnorm"
     positional: str  # "learned" or "rotary"
     exposes_pattern: bool = True  # False under a fused kernel forced by the config
+    n_experts: int = 0  # a mixture-of-experts MLP: its experts (d_mlp is one expert's width)
+    top_k: int = 0  # experts per token
+    unavailable: tuple[tuple[str, str], ...] = ()  # (site kind, why this model lacks it)
+
+    def missing(self, kind: str) -> str | None:
+        """Why this model has no `kind` site (None: it has one)."""
+        return dict(self.unavailable).get(kind)
 
     @property
     def d_attn(self) -> int:
@@ -58,69 +67,9 @@ class ModelSpec:
 # Building a ModelSpec from an HF config dict (config.json, or `SomeConfig(...).to_dict()`)
 # ---------------------------------------------------------------------------------------------
 
-# Field names in priority order; the first one is the name an E211 error reports.
-_GPT2_NAMES = {
-    "n_layers": ("n_layer", "num_hidden_layers"),
-    "n_heads": ("n_head", "num_attention_heads"),
-    "d_model": ("n_embd", "hidden_size"),
-    "d_mlp": ("n_inner", "intermediate_size"),
-    "n_ctx": ("n_positions", "n_ctx", "max_position_embeddings"),
-}
-_HF_NAMES = {
-    "n_layers": ("num_hidden_layers", "n_layer"),
-    "n_heads": ("num_attention_heads", "n_head"),
-    "d_model": ("hidden_size", "n_embd"),
-    "d_mlp": ("intermediate_size",),
-    "n_ctx": ("max_position_embeddings", "n_positions"),
-}
-# OPT calls its MLP width `ffn_dim`.
-_OPT_NAMES = {**_HF_NAMES, "d_mlp": ("ffn_dim", "intermediate_size")}
-
-
-@dataclass(frozen=True, slots=True)
-class _Family:
-    names: dict[str, tuple[str, ...]]
-    norm: str
-    positional: str
-    gated_mlp: bool
-    parallel_attn: bool
-    mlp_default_4x: bool = False  # GPT-2 and GPT-J write `n_inner: null` for 4 * d_model
-
-
-_RMS_GATED = _Family(_HF_NAMES, "rmsnorm", "rotary", gated_mlp=True, parallel_attn=False)
-
-FAMILIES: dict[str, _Family] = {
-    "gpt2": _Family(_GPT2_NAMES, "layernorm", "learned", False, False, mlp_default_4x=True),
-    # GPT-J: one ln_1 feeds both attention and MLP (parallel block), rotary on part of each head.
-    "gptj": _Family(_GPT2_NAMES, "layernorm", "rotary", False, True, mlp_default_4x=True),
-    # Pythia: parallel unless `use_parallel_residual` is false (read per config below).
-    "gpt_neox": _Family(_HF_NAMES, "layernorm", "rotary", False, True),
-    "llama": _RMS_GATED,
-    # Qwen2: no `head_dim` key (d_model // n_heads); q/k/v carry biases (runtime concern only).
-    "qwen2": _RMS_GATED,
-    # Mistral: `head_dim` may be present but null in config.json; sliding window is shape-neutral.
-    "mistral": _RMS_GATED,
-    # Gemma: explicit `head_dim` (256) so n_heads * d_head can differ from d_model (Gemma-7B:
-    # 16 * 256 = 4096 vs 3072); norm scales are (1 + w) but still RMSNorm.
-    "gemma": _RMS_GATED,
-    # Gemma 2: as Gemma, plus sandwich norms and logit soft-capping (eager still gives a pattern).
-    "gemma2": _RMS_GATED,
-    # Phi-3: fused qkv_proj and gate_up_proj; gated SiLU MLP like Llama.
-    "phi3": _RMS_GATED,
-    # OPT: learned positions (offset by 2 inside the embedding, invisible here); some sizes
-    # (opt-350m) project embeddings from word_embed_proj_dim and use post-LN.
-    "opt": _Family(_OPT_NAMES, "layernorm", "learned", False, False),
-    # Phi-1/Phi-2: one input_layernorm feeds attention and MLP (parallel), partial rotary.
-    "phi": _Family(_HF_NAMES, "layernorm", "rotary", False, True),
-}
-
 # Attention implementations whose kernels never materialize the pattern. "sdpa" and "eager"
 # are fine: the runtime registers its own attention function in their place.
 _FUSED_PREFIX = "flash_attention"
-
-
-def _supported() -> str:
-    return ", ".join(sorted(FAMILIES))
 
 
 def _get(config: dict[str, Any], names: tuple[str, ...], family: str) -> int:
@@ -151,43 +100,84 @@ def _valid_size(value: Any, name: str, family: str) -> int:
     return int(value)
 
 
+def _n_kv_heads(config: dict[str, Any], fam: Family, family: str, n_heads: int) -> int:
+    if fam.kv == "multi_query":
+        return 1 if config.get("multi_query", True) else n_heads
+    if fam.kv == "falcon":
+        if config.get("new_decoder_architecture"):
+            return _opt_int(config, "num_kv_heads", family) or n_heads
+        return 1 if config.get("multi_query", True) else n_heads
+    # Without `num_key_value_heads` (or with it null: older Phi/Llama configs) there is no GQA.
+    return _opt_int(config, "num_key_value_heads", family) or n_heads
+
+
+def _d_mlp(config: dict[str, Any], fam: Family, family: str, d_model: int) -> int:
+    names = fam.names_for("d_mlp")
+    if fam.mlp_default_4x:
+        given = [v for v in (_opt_int(config, n, family) for n in names) if v is not None]
+        return given[0] if given else 4 * d_model
+    return _get(config, names, family)
+
+
+def _parallel(config: dict[str, Any], fam: Family) -> bool:
+    if fam.parallel_key is None:
+        return fam.parallel
+    return bool(config.get(fam.parallel_key, fam.parallel))
+
+
+def _moe(config: dict[str, Any], fam: Family, family: str) -> tuple[int, int, int]:
+    """(experts, experts per token, expert width) of a mixture-of-experts family."""
+    if not fam.moe:
+        return 0, 0, 0
+    n_key, width_key = fam.moe_names
+    return (_get(config, (n_key, "num_experts", "num_local_experts"), family),
+            _get(config, ("num_experts_per_tok", "top_k"), family),
+            _get(config, (width_key, "intermediate_size"), family))
+
+
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
     """The ModelSpec of an HF config dict; CheckError E210 (unsupported) or E211 (missing)."""
     raw_type = config.get("model_type")
     if not raw_type:
         raise CheckError("E211", "config has no 'model_type' field, which patchc needs")
-    family = str(raw_type).lower().replace("-", "_")
-    fam = FAMILIES.get(family)
+    family = normalize(raw_type)
+    fam = lookup(family)
     if fam is None:
-        raise CheckError(
-            "E210",
-            f"unsupported model_type '{raw_type}'; supported families: {_supported()}",
-        )
-    names = fam.names
-    n_layers = _get(config, names["n_layers"], family)
-    n_heads = _get(config, names["n_heads"], family)
-    d_model = _get(config, names["d_model"], family)
-    if fam.mlp_default_4x:
-        d_mlp = _opt_int(config, names["d_mlp"][0], family) or 4 * d_model
-    else:
-        d_mlp = _get(config, names["d_mlp"], family)
-    # Without `num_key_value_heads` (or with it null: older Phi/Llama configs) there is no GQA.
-    n_kv_heads = _opt_int(config, "num_key_value_heads", family) or n_heads
+        raise CheckError("E210", why_unsupported(raw_type, config))
+    if fam.moe and (config.get("mlp_only_layers") or (config.get("decoder_sparse_step") or 1) != 1):
+        raise CheckError("E210", f"{family} with dense MLP layers among the expert layers "
+                         "(mlp_only_layers / decoder_sparse_step) is not supported: patchc's "
+                         "sites assume every layer has the same MLP")
+    n_layers = _get(config, fam.names_for("n_layers"), family)
+    n_heads = _get(config, fam.names_for("n_heads"), family)
+    d_model = _get(config, fam.names_for("d_model"), family)
+    d_mlp = _d_mlp(config, fam, family, d_model)
+    n_kv_heads = _n_kv_heads(config, fam, family, n_heads)
     if n_heads % n_kv_heads:
         raise CheckError(
             "E211",
             f"{family} config: num_key_value_heads={n_kv_heads} does not divide "
-            f"{names['n_heads'][0]}={n_heads}",
+            f"{fam.names_for('n_heads')[0]}={n_heads}",
         )
     d_head = _opt_int(config, "head_dim", family) or d_model // n_heads
     if d_head < 1:
         raise CheckError("E214", f"{family} config: {n_heads} heads of a {d_model}-wide model "
                          "leave no width per head")
-    parallel = fam.parallel_attn
-    if family == "gpt_neox":
-        # HF's GPTNeoXConfig defaults use_parallel_residual to True (all Pythia models).
-        parallel = bool(config.get("use_parallel_residual", True))
     impl = config.get("_attn_implementation") or config.get("attn_implementation") or ""
+    n_ctx_names = fam.names_for("n_ctx")
+    if fam.n_ctx_default and not any(config.get(n) for n in n_ctx_names):
+        n_ctx = fam.n_ctx_default
+    else:
+        n_ctx = _get(config, n_ctx_names, family)
+    n_experts, top_k, d_expert = _moe(config, fam, family)
+    missing = fam.missing()
+    if family == "falcon" and _parallel(config, fam) and not (
+            config.get("new_decoder_architecture")
+            and (config.get("num_ln_in_parallel_attn") or 2) == 2):
+        missing.setdefault(*SINGLE_NORM)  # Falcon-7B style: one input_layernorm
+    positional = fam.positional
+    if family == "falcon" and config.get("alibi"):
+        positional = "alibi"
     return ModelSpec(
         family=family,
         n_layers=n_layers,
@@ -195,14 +185,17 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
         n_kv_heads=n_kv_heads,
         d_model=d_model,
         d_head=d_head,
-        d_mlp=d_mlp,
+        d_mlp=d_expert if fam.moe else d_mlp,
         vocab_size=_get(config, ("vocab_size",), family),
-        n_ctx=_get(config, names["n_ctx"], family),
-        parallel_attn=parallel,
-        gated_mlp=fam.gated_mlp,
+        n_ctx=n_ctx,
+        parallel_attn=_parallel(config, fam),
+        gated_mlp=fam.gated,
         norm=fam.norm,
-        positional=fam.positional,
+        positional=positional,
         exposes_pattern=not str(impl).startswith(_FUSED_PREFIX),
+        n_experts=n_experts,
+        top_k=top_k,
+        unavailable=tuple(sorted(missing.items())),
     )
 
 

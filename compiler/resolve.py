@@ -17,7 +17,8 @@ from .modelspec import ModelSpec
 from .sites import SITE_KINDS
 
 # Default result column of an unnamed pattern, per axis (docs/language.md §5).
-DEFAULT_COLUMN = {"layer": "layer", "head": "head", "features": "neuron", "pos": "pos"}
+DEFAULT_COLUMN = {"layer": "layer", "head": "head", "expert": "expert", "features": "neuron",
+                  "pos": "pos"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +57,10 @@ def expand_index(
 def _in_range(value: int, size: int, what: str, span: Span) -> int:
     resolved = value + size if value < 0 else value
     if not 0 <= resolved < size:
-        names = {"layer": "layers", "head": "heads", "neuron": "features"}
-        prefix = {"layer": "L", "head": "H"}.get(what, "")
+        names = {"layer": "layers", "head": "heads", "expert": "experts", "neuron": "features"}
+        prefix = {"layer": "L", "head": "H", "expert": "E"}.get(what, "")
         raise CheckError(
-            "E201" if what == "layer" else "E202" if what == "head" else "E203",
+            "E201" if what == "layer" else "E202" if what in ("head", "expert") else "E203",
             f"model has {size} {names.get(what, what)} ({prefix}0..{prefix}{size - 1}); "
             f"got {prefix}{value}",
             span,
@@ -80,10 +81,15 @@ def expand_site(ref: A.SiteRef, model: ModelSpec) -> list[Match]:
         raise CheckError("E205", f"site {ref.kind} needs a layer, e.g. L0.{ref.kind}", ref.span)
     if not kind.layered and ref.layer is not None:
         raise CheckError("E206", f"site {ref.kind} has no layer index", ref.span)
+    if kind.expert and ref.head is None:
+        raise CheckError("E205", f"site {ref.text} needs an expert, e.g. L0.E0.out", ref.span)
     if kind.headed and ref.head is None:
         raise CheckError("E205", f"site {ref.kind} needs a head, e.g. L0.H0.{ref.kind}", ref.span)
     if not kind.headed and ref.head is not None:
         raise CheckError("E206", f"site {ref.kind} has no head index", ref.span)
+    why = model.missing(ref.kind)
+    if why is not None:
+        raise CheckError("E209", f"{model.family} has no {ref.kind} site: {why}", ref.span)
     if ref.kind == "resid_mid" and model.parallel_attn:
         raise CheckError("E207", f"{model.family} runs attention and MLP in parallel: "
                          "resid_mid is not defined", ref.span,
@@ -93,8 +99,8 @@ def expand_site(ref: A.SiteRef, model: ModelSpec) -> list[Match]:
                          "attention pattern", ref.span)
     layers = expand_index(ref.layer, model.n_layers, "layer", "layer") if kind.layered \
         else [(None, None)]
-    heads = expand_index(ref.head, model.n_heads, "head", "head") if kind.headed \
-        else [(None, None)]
+    axis, count = ("expert", model.n_experts) if kind.expert else ("head", model.n_heads)
+    heads = expand_index(ref.head, count, axis, axis) if kind.headed else [(None, None)]
     width = model.dim_of(kind.dim) if kind.dim != "n_ctx" else model.n_ctx
     feats = _expand_features(ref.features, width)
     out = []

@@ -21,9 +21,10 @@ class SiteKind:
 
     name: str
     layered: bool  # takes `Ll.`
-    headed: bool  # takes `Hh.` (per-head sites)
+    headed: bool  # takes `Hh.` (per-head sites), or `Ee.` for expert sites
     dim: str  # the ModelSpec attribute giving its size per token (or "n_ctx"/"vocab_size")
     doc: str
+    expert: bool = False  # the second index is an expert (`Ll.Ee.out`), column `expert`
 
 
 SITE_KINDS: dict[str, SiteKind] = {
@@ -50,6 +51,12 @@ SITE_KINDS: dict[str, SiteKind] = {
         SiteKind("v", True, True, "d_head", "head's value"),
         SiteKind("pattern", True, True, "n_ctx", "head's attention probabilities"),
         SiteKind("out", True, True, "d_model", "head's contribution to the residual"),
+        SiteKind("router", True, False, "n_experts", "router logits, one per expert"),
+        SiteKind("expert.out", True, True, "d_model", "expert's weighted contribution to "
+                 "mlp.out (zero where not routed)", expert=True),
+        SiteKind("expert.post", True, True, "d_mlp", "expert's neurons (zero where not routed)",
+                 expert=True),
+        SiteKind("shared.out", True, False, "d_model", "shared expert's contribution"),
         SiteKind("ln_final.scale", False, False, "1", "final normalizer's 1/sigma per token"),
         SiteKind("logits", False, False, "vocab_size", "final logits"),
     ]
@@ -76,8 +83,8 @@ TL_ALIASES: dict[str, str] = {
 }
 
 _INDEX_RE = r"\*|\$[A-Za-z_]\w*|\{[^}]*\}|-?\d+(?:\.\.-?\d+)?"
-_LH_RE = re.compile(rf"([LH])({_INDEX_RE})$")
-_SEG_RE = re.compile(rf"[LH](?:{_INDEX_RE})|[A-Za-z_]\w*|{_INDEX_RE}")
+_LH_RE = re.compile(rf"([LHE])({_INDEX_RE})$")
+_SEG_RE = re.compile(rf"[LHE](?:{_INDEX_RE})|[A-Za-z_]\w*|{_INDEX_RE}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +161,16 @@ def parse_site_path(text: str, span: Span) -> ParsedPath:
         if m and m.group(1) == "L":
             layer = parse_index(m.group(2), _shift(rest[0][1], 1))
             rest = rest[1:]
+    expert = False
     if rest:
         m = _LH_RE.match(rest[0][0])
-        if m and m.group(1) == "H":
+        if m and m.group(1) in "HE" and len(rest) > 1:
             head = parse_index(m.group(2), _shift(rest[0][1], 1))
+            expert = m.group(1) == "E"
             rest = rest[1:]
     tail = ".".join(s for s, _ in rest)
+    if expert:  # `Ll.Ee.out` -> kind expert.out, the expert index in the head slot
+        return ParsedPath(f"expert.{tail}", layer, head)
     return ParsedPath(TL_ALIASES.get(tail, tail), layer, head)
 
 

@@ -38,7 +38,9 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
     has no pattern. `positions`: the query positions of each site in example 0 (a read at
     some positions); without them only patterns read at every position are drawn."""
     positions = positions or {}
-    from patchc.plot_style import new_figure
+    from patchc.plot_style import new_figure, text, token_text
+
+    tokens = [text(token_text(t)) for t in tokens]  # `$` is not mathtext; missing glyphs
 
     # The query axis is labelled with the tokens at the read's positions: known for a read
     # at every position, or from `positions`.

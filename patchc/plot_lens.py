@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from patchc.plot_style import new_figure
+from patchc.plot_style import new_figure, text, token_text
 
 SEQUENTIAL = ("prob", "rank", "==", "!=", "<", ">")
 
@@ -20,15 +20,16 @@ SEQUENTIAL = ("prob", "rank", "==", "!=", "<", ">")
 def _label(col: str, baselines: dict) -> str:
     b = baselines.get(col)
     if not b:
-        return col
+        return text(col)
     from patchc.results import baseline_label
 
-    return f"{col} (normalized: {baseline_label(b)})"
+    return text(f"{col} (normalized: {baseline_label(b)})")
 
 
 def plot_lens(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
               tokens: list[str] | None = None, baselines: dict | None = None) -> list[Path]:
     baselines = baselines or {}
+    tokens = [text(token_text(t)) for t in tokens or []]  # `$` is not mathtext
     measured = [c for c in df.columns if c not in keys and not c.endswith("_se")
                 and pd.api.types.is_numeric_dtype(df[c])]
     written = []
@@ -60,7 +61,7 @@ def _lines(name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: di
         se = part.get(f"{col}_se")
         ax.errorbar(x.tolist(), part[col].astype(float).tolist(),
                     yerr=None if se is None else se.fillna(0).tolist(), marker="o",
-                    capsize=3, label=str(label) or None)
+                    capsize=3, label=text(str(label)) or None)
     if "site" in keys:
         ax.legend(fontsize=8)
     ticks = sorted({int(v) for v in ax.get_xticks() if v == int(v)})
@@ -68,7 +69,7 @@ def _lines(name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: di
         ax.set_xticks(ticks, ["embed" if t == -1 else str(t) for t in ticks])
     ax.set_xlabel("layer")
     ax.set_ylabel(_label(col, baselines))
-    ax.set_title(f"{name}: logit lens, {col} decoded at each layer (mean ± s.e.)")
+    ax.set_title(text(f"{name}: logit lens, {col} decoded at each layer (mean ± s.e.)"))
     ax.grid(alpha=0.3)
     return fig
 
@@ -99,5 +100,5 @@ def _heatmap(name: str, df: pd.DataFrame, col: str, across: str, tokens: list[st
     ax.set_ylabel("layer")
     fig.colorbar(im, ax=ax, label=_label(col, baselines))
     what = "position" if across == "pos" else "head"
-    ax.set_title(f"{name}: logit lens, {col} by layer and {what}")
+    ax.set_title(text(f"{name}: logit lens, {col} by layer and {what}"))
     return fig

@@ -14,10 +14,10 @@ Colour scales (the `scale` of a column, decided by patchc/plotinfo.py at run tim
   nonneg       KL, loss: sequential `viridis`
   level        a raw logit or log-probability: sequential `viridis`
 
-Sequential scales span the data's range, so that a trace whose probabilities all lie in
-0.26..0.98 (or in 0.011..0.013 on a random model) shows its structure; the colorbar says
-where it starts. One whose data go negative (an estimate can overshoot) falls back to
-signed.
+Probabilities, ranks and KL start at their natural 0, unless every value lies within 20%
+of the largest (0.011..0.013 on a random model): then the scale spans the data, or it would
+show one flat colour; the colorbar says where it starts. Levels always span the data. A
+sequential scale whose data go negative (an estimate can overshoot) falls back to signed.
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ def limits(scale: str, values: Iterable[Any]) -> tuple[str, float, float, str]:
     if scale == "signed" or scale not in CMAPS:
         lim = max(abs(lo), abs(hi)) or 1.0
         return "signed", -lim, lim, CMAPS["signed"]
+    if scale != "level" and lo <= 0.8 * hi:
+        lo = 0.0  # a natural zero, close enough to the data to keep
     if hi <= lo:  # one value: a unit-wide range around it
         lo, hi = lo - 0.5, hi + 0.5
     return scale, lo, hi, CMAPS[scale]

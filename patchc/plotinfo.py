@@ -18,13 +18,12 @@ the folder alone:
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
 from patchc.compiler import ast as A
 from patchc.compiler.checked import CheckedSpec
-from patchc.compiler.ir import Backward, Estimate, IRGraph, Metric, Row, Table
+from patchc.compiler.ir import Backward, Estimate, IRGraph, Metric, Table
 
 _RUNS = re.compile(r" from (\S+) into (\S+)")
 
@@ -40,21 +39,23 @@ def describe_tables(ir: IRGraph, checked: CheckedSpec, tokenizer: Any,
 
 def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer: Any,
              values: dict[str, Any]) -> dict[str, Any]:
+    from patchc.results import table_baselines
+
     info: dict[str, Any] = {"title": _title(table, op), "columns": {}}
+    base = table_baselines(ir, table, values)  # the values printed and in the manifest
     for col in table.columns:
         row = next((r for r in table.rows if col in dict(r.values)), None)
         if row is not None:
-            info["columns"][col] = _column(ir, row, col, values)
+            info["columns"][col] = _column(ir, dict(row.values)[col], base.get(col))
         elif col in ("pearson", "spearman"):
             info["columns"][col] = {"scale": "correlation"}
     if table.pairs:  # compare: what the scatter's axes measure (the swap's own metric)
         only = (_measure_names(op, checked) or ["metric"])[0]  # the key names it if several
         for p in table.pairs:
             col = dict(p.key).get("metric", only)
-            if col not in info["columns"]:
-                norm = ((col, p.normalize),) if p.normalize else ()
-                info["columns"][col] = _column(ir, Row((), ((col, p.metric),), norm), col,
-                                               values)
+            if col not in info["columns"]:  # table_baselines names a lone measure `normalized`
+                b = base.get(col, base.get("normalized")) if p.normalize else None
+                info["columns"][col] = _column(ir, p.metric, b)
         info["measures"] = list(dict.fromkeys(dict(p.key).get("metric", only)
                                               for p in table.pairs))
     if table.op in ("steer", "scale"):
@@ -90,20 +91,18 @@ def _title(table: Table, op: Any) -> str:
     return _RUNS.sub(r" \1 → \2", head)
 
 
-def _column(ir: IRGraph, row: Any, col: str, values: dict[str, Any]) -> dict[str, Any]:
-    norm = dict(row.normalize)
-    nid = dict(row.values)[col]
-    if col not in norm:
+def _column(ir: IRGraph, nid: str, baselines: dict[str, Any] | None) -> dict[str, Any]:
+    """A column's colour scale; for a normalized one (`baselines` from
+    results.table_baselines) the runs that map to 0 and 1 and their values."""
+    if baselines is None:
         return {"scale": _node_scale(ir, nid)}
-    target, source = norm[col]
-    t_run = _run_of(ir, target)
-    out: dict[str, Any] = {"scale": "signed", "baselines": {t_run: _mean(values.get(target))}}
-    if source is None:  # m / m_target: 1 is no effect
-        out["ratio_to"], out["scale"] = t_run, "ratio"
+    zero, one = baselines["0"], baselines["1"]
+    out: dict[str, Any] = {"scale": "signed", "baselines": {one["run"]: one["value"]}}
+    if zero["run"] is None:  # m / m_target: 0 is zero, 1 (no effect) the target's value
+        out["ratio_to"], out["scale"] = one["run"], "ratio"
     else:
-        s_run = _run_of(ir, source)
-        out["zero"], out["one"] = t_run, s_run
-        out["baselines"][s_run] = _mean(values.get(source))
+        out["zero"], out["one"] = zero["run"], one["run"]
+        out["baselines"][zero["run"]] = zero["value"]
     return out
 
 
@@ -133,11 +132,6 @@ def metric_scale(expr: Any) -> str:
     return "signed"
 
 
-def _run_of(ir: IRGraph, metric_id: str) -> str:
-    node = ir.node(metric_id)
-    return ir.node(node.forward).run if isinstance(node, Metric) else "?"
-
-
 def _target_run(ir: IRGraph, table: Table, op: Any) -> str | None:
     target = getattr(op, "target", None) or getattr(op, "run", None)
     if target is not None:
@@ -148,14 +142,6 @@ def _target_run(ir: IRGraph, table: Table, op: Any) -> str | None:
             if isinstance(node, Metric):
                 return ir.node(node.forward).run
     return None
-
-
-def _mean(v: Any) -> float:
-    if v is None:
-        return math.nan
-    v = v.float()
-    v = v[~v.isnan()]
-    return round(float(v.mean()), 6) if v.numel() else math.nan
 
 
 def position_labels(tokenizer: Any, texts: list[str]) -> list[str] | None:

@@ -36,8 +36,8 @@ class PatchcLexer(RegexLexer):
             (words(STATEMENTS, prefix=r"(?<![\w.$])", suffix=r"\b"), Keyword.Declaration),
             (words(CLAUSES, prefix=r"(?<![\w.$])", suffix=r"\b"), Keyword),
             (words(BUILTINS, prefix=r"(?<![\w.$])", suffix=r"\b"), Name.Builtin),
-            # Sites: L12.H3.z, L*.mlp.out, L$l.resid_post, blocks.3.attn.hook_z
-            (r"([LH])(\*|\$[A-Za-z_]\w*|\{[-\d,\s]*\}|-?\d+(?:\.\.-?\d+)?)(?=[.\s\[@,)]|$)",
+            # Sites: L12.H3.z, L*.mlp.out, L$l.resid_post, L3.E*.out, blocks.3.attn.hook_z
+            (r"([LHE])(\*|\$[A-Za-z_]\w*|\{[-\d,\s]*\}|-?\d+(?:\.\.-?\d+)?)(?=[.\s\[@,)]|$)",
              bygroups(Name.Tag, Number)),
             (r"\$[A-Za-z_]\w*", Name.Variable),
             (r"\d+\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+", Number.Float),

@@ -26,6 +26,8 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("attention (per layer)", ("attn.q", "attn.k", "attn.v", "attn.z", "attn.pattern")),
     ("attention heads (per layer and head)", ("q", "k", "v", "z", "pattern", "out")),
     ("MLP (per layer)", ("mlp.pre", "mlp.post")),
+    ("mixture of experts (per layer and expert)", ("router", "expert.out", "expert.post",
+                                                  "shared.out")),
     ("normalizers", ("ln1.scale", "ln2.scale", "ln_final.scale")),
     ("output", ("logits",)),
 )
@@ -50,8 +52,13 @@ class SiteRow:
     absent: str | None = None  # the checker's reason when the model lacks this site
 
 
+_MOE = ("router", "expert.out", "expert.post", "shared.out")
+
+
 def _pattern(kind: str) -> str:
     k = SITE_KINDS[kind]
+    if k.expert:  # expert.out -> L*.E*.out
+        return "L*.E*." + kind.split(".", 1)[1]
     return ("L*." if k.layered else "") + ("H*." if k.headed else "") + kind
 
 
@@ -79,9 +86,13 @@ def site_groups(model: ModelSpec) -> list[tuple[str, list[SiteRow]]]:
         for kind in kinds:
             k = SITE_KINDS[kind]
             width = model.n_ctx if k.dim == "n_ctx" else model.dim_of(k.dim)
+            absent = _absent(kind, model)
+            if kind in _MOE and absent:  # expert sites: listed only where the model has them
+                continue
             rows.append(SiteRow(_pattern(kind), width, _DIM_NAMES.get(k.dim, k.dim),
-                                _doc(kind, model), _absent(kind, model)))
-        out.append((title, rows))
+                                _doc(kind, model), absent))
+        if rows:
+            out.append((title, rows))
     return out
 
 
@@ -95,6 +106,8 @@ def _summary(model: ModelSpec) -> list[str]:
     block = ("parallel block (attention and MLP read the same residual)"
              if model.parallel_attn else "sequential block")
     mlp = "gated MLP" if model.gated_mlp else "MLP"
+    if model.n_experts:  # d_mlp is then one expert's width
+        mlp = f"{model.n_experts} experts ({model.top_k} per token), each a {mlp}"
     lines = [f"{model.family}: {model.n_layers} layers (L0..L{model.n_layers - 1}), "
              f"d_model {model.d_model}, vocab {model.vocab_size}, n_ctx {model.n_ctx}",
              f"attention: {model.n_heads} heads (H0..H{model.n_heads - 1}) x d_head "

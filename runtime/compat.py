@@ -7,18 +7,14 @@ The runtime speaks to transformers through these few functions wherever an API m
 - building a DynamicCache from per-layer keys/values, and reading them back (its layers
   became objects with `.keys`/`.values` in 4.56; before, two lists);
 - whether a config's cache is made of plain, cuttable layers (no sliding window);
-- the dtype argument of `from_pretrained` (`torch_dtype` before 4.56, then `dtype`);
-- whether decoder blocks return a tuple (`(hidden_states, ...)`, read as `outputs[0]`) or
-  the hidden states alone: it changed per family between 4.5x and 5.0.
+- the dtype argument of `from_pretrained` (`torch_dtype` before 4.56, then `dtype`).
 """
 
 from __future__ import annotations
 
 import inspect
-import weakref
 from typing import Any
 
-import torch
 import transformers
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
@@ -85,25 +81,3 @@ def plain_cache(config: Any) -> bool:
         return False
     return all(type(layer) is DynamicLayer for layer in cache.layers)
 
-
-_TUPLES: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
-
-
-def blocks_return_tuples(adapter: Any) -> bool:
-    """Do the model's decoder blocks return tuples? Asked once per model, of a one-token
-    forward (cheap next to the forwards that skip blocks, the only ones that need it)."""
-    model = adapter.model
-    if model not in _TUPLES:
-        seen: list[bool] = []
-        handle = adapter.layer(0).register_forward_hook(
-            lambda _m, _a, out: seen.append(isinstance(out, tuple)))
-        try:
-            from .loading import input_device  # where the embedding runs (device maps)
-
-            ids = torch.zeros(1, 1, dtype=torch.long, device=input_device(model))
-            with torch.no_grad():
-                model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-        finally:
-            handle.remove()
-        _TUPLES[model] = bool(seen and seen[0])
-    return _TUPLES[model]

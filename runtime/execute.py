@@ -30,7 +30,7 @@ from patchc.compiler.schedule import ForwardStep, Plan, schedule
 from . import metrics as M
 from .inputs import Batch, position_index
 from .naive import ForwardOutput, Interpreter
-from .compat import blocks_return_tuples, output_cache, with_cache
+from .compat import output_cache, with_cache
 from .reading import collect_reads
 from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
 from .writes import make_reader, make_writer
@@ -190,10 +190,9 @@ class Executor(Interpreter):
             state = self.values[step.start].value[:, p0:].repeat(k, 1, 1)
         slots, index, tokens, remap = self._logit_plan(ir, step, members, batch, columns)
         head = self.model.get_output_embeddings()
-        # (Asked before any hook is on: the answer comes from a forward of its own.)
-        as_tuple = step.start_layer > 0 and blocks_return_tuples(self.adapter)
         with self.adapter.hooks(hooks), \
-                skip_layers(self.adapter.layers(), step.start_layer, state, as_tuple), \
+                skip_layers(self.adapter.layers(), step.start_layer, state,
+                            self.adapter.fam.tuple_blocks), \
                 trimmed_logits(head, index, tokens), self.model_pass():
             out = self.model(**kwargs)
         if step.keep_kv:

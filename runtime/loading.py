@@ -86,7 +86,7 @@ def model_location(model_id: str, base_dir: str) -> str:
 def load(model_id: str, revision: str | None, options: Options, base_dir: str = ".",
          trust_remote_code: bool = False) -> LoadedModel:
     """Load the causal LM and its tokenizer in eval mode on the spec's device and dtype."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from .compat import DTYPE_ARG
@@ -101,7 +101,7 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
         placement = {"device_map": _device_map(options.device_map, base_dir),
                      "offload_folder": _offload_folder()}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        tokenizer = load_tokenizer(where, **kwargs)
     except Exception as e:  # whatever a broken tokenizer folder raises: the folder's fault
         raise RuntimeInterventionError(
             "E419", f"could not load the tokenizer of model {model_id!r}: {_why(e)}",
@@ -127,6 +127,27 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
         # Padding is masked out, so any id works; the EOS id is the conventional choice.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return LoadedModel(model, tokenizer, model_id, revision, device, dtype)
+
+
+# tokenizer_config.json classes that only say "the tokenizer.json beside me": transformers 5
+# then picks a class from the *model's* type (Qwen2Tokenizer for qwen2), which rebuilds a
+# different tokenizer. The tokenizer must follow its own files, never the model_type.
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(where: str, **kwargs):
+    """The tokenizer of a model directory or hub id, as its own files describe it."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
+
+    try:
+        declared = get_tokenizer_config(where, revision=kwargs.get("revision")).get(
+            "tokenizer_class")
+    except Exception:  # no tokenizer_config.json: let AutoTokenizer decide
+        declared = None
+    if declared in _GENERIC_TOKENIZERS:
+        return PreTrainedTokenizerFast.from_pretrained(where, **kwargs)
+    return AutoTokenizer.from_pretrained(where, **kwargs)
 
 
 def _why(e: Exception) -> str:

@@ -55,8 +55,8 @@ def _detach(t: Tensor) -> Tensor:
 
 
 def _norm_sites(ad: Adapter) -> list[tuple[str, int | None]]:
-    single = ad.parallel_attn and ad.ln1(0) is ad.ln2(0)  # one shared norm per block
-    kinds = ("ln1.scale",) if single else ("ln1.scale", "ln2.scale")
+    # One shared norm per block (GPT-J, Phi): ln1 only; post-norm-only blocks: neither.
+    kinds = tuple(k for k in ("ln1.scale", "ln2.scale") if ad.missing(k) is None)
     return [(k, layer) for layer in range(ad.n_layers) for k in kinds] + \
         [("ln_final.scale", None)]
 

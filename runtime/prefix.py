@@ -27,13 +27,14 @@ from .offload import param
 
 class _Start(nn.Module):
     """Stands in for block 0: returns the cached residual stream at the start layer (as a
-    1-tuple where the model's blocks return tuples)."""
+    1-tuple where the family's blocks return tuples: Bloom, Falcon, MPT)."""
 
-    def __init__(self, state: Tensor, as_tuple: bool) -> None:
+    def __init__(self, state: Tensor, as_tuple: bool = False) -> None:
         super().__init__()
-        self.state, self.as_tuple = state, as_tuple
+        self.state = state
+        self.as_tuple = as_tuple
 
-    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor | tuple[Tensor]:
+    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor | tuple:
         out = self.state.to(hidden_states.dtype)
         return (out,) if self.as_tuple else out
 
@@ -41,11 +42,11 @@ class _Start(nn.Module):
 class _Pass(nn.Module):
     """Stands in for a skipped block after the first: hands the state on unchanged."""
 
-    def __init__(self, as_tuple: bool) -> None:
+    def __init__(self, as_tuple: bool = False) -> None:
         super().__init__()
         self.as_tuple = as_tuple
 
-    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor | tuple[Tensor]:
+    def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor | tuple:
         return (hidden_states,) if self.as_tuple else hidden_states
 
 
@@ -53,7 +54,7 @@ class _Pass(nn.Module):
 def skip_layers(layers: nn.ModuleList, start_layer: int, state: Tensor | None,
                 as_tuple: bool = False) -> Iterator[None]:
     """Blocks [0, start_layer) return `state` (the input of block start_layer) instead of
-    computing; `as_tuple`: the model's blocks return tuples (compat.blocks_return_tuples).
+    computing; `as_tuple`: the family's blocks return tuples (Family.tuple_blocks).
     Enter it after the adapter's hooks: installing hooks looks modules up."""
     if not start_layer:
         yield
@@ -64,9 +65,6 @@ def skip_layers(layers: nn.ModuleList, start_layer: int, state: Tensor | None,
         layers[0] = _Start(state, as_tuple)
         for i in range(1, start_layer):
             layers[i] = _Pass(as_tuple)
-        for i, block in enumerate(saved):  # what the model's loop asks of a block (4.5x)
-            if hasattr(block, "attention_type"):
-                layers[i].attention_type = block.attention_type
         yield
     finally:
         for i, block in enumerate(saved):

@@ -96,6 +96,9 @@ def explicit_attention(
     key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
 
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    sinks = kwargs.get("s_aux")
+    if sinks is not None:  # attention sinks (GPT-OSS): a learned logit per head, dropped after
+        return _with_sinks(module, weights, attention_mask, sinks, value, hooks, dropout)
     if softcap is not None:
         weights = weights / softcap
         weights = torch.tanh(weights)
@@ -114,6 +117,26 @@ def explicit_attention(
         return own()
     pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)
     out = torch.matmul(pattern, value).transpose(1, 2).contiguous()
+    return out, pattern
+
+
+def _with_sinks(module: nn.Module, weights: Tensor, attention_mask: Tensor | None, sinks: Tensor,
+                value: Tensor, hooks: list, dropout: float) -> tuple[Tensor, Tensor]:
+    """The GPT-OSS eager attention: each row's softmax also covers the head's sink logit, which
+    is then dropped (so a row of the pattern sums to less than 1)."""
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
+        else:
+            weights = weights + attention_mask[..., : value.shape[2]]
+    b, _, q_len, _ = weights.shape
+    sink = sinks.reshape(1, -1, 1, 1).expand(b, -1, q_len, -1)
+    combined = torch.cat([weights, sink], dim=-1)
+    combined = combined - combined.max(dim=-1, keepdim=True).values
+    pattern = nn.functional.softmax(combined, dim=-1, dtype=combined.dtype)[..., :-1]
+    pattern = _apply_pattern_hooks(pattern, hooks)
+    pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)
+    out = torch.matmul(pattern.to(value.dtype), value).transpose(1, 2).contiguous()
     return out, pattern
 
 

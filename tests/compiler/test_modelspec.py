@@ -14,6 +14,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from patchc.compiler.errors import CheckError  # noqa: E402
+from patchc.compiler.families import FAMILIES  # noqa: E402
 from patchc.compiler.modelspec import (  # noqa: E402
     ModelSpec,
     load_config,
@@ -25,8 +26,11 @@ TINY = dict(vocab_size=101)
 
 
 def spec(**kw: object) -> ModelSpec:
-    """A ModelSpec with defaults for the fields a case does not care about."""
-    base = dict(n_kv_heads=kw.get("n_heads"), exposes_pattern=True)
+    """A ModelSpec with defaults for the fields a case does not care about (the sites a
+    family lacks come from the family table)."""
+    missing = FAMILIES[str(kw["family"])].missing()
+    base = dict(n_kv_heads=kw.get("n_heads"), exposes_pattern=True,
+                unavailable=tuple(sorted(missing.items())))
     return ModelSpec(**{**base, **kw})  # type: ignore[arg-type]
 
 

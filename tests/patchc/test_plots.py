@@ -51,17 +51,20 @@ def test_layer_by_head_heatmap_is_diverging_at_zero_and_says_what_it_measures():
     assert "0 = corrupt (-0.68), 1 = clean (7.12)" in colorbar
 
 
-@pytest.mark.parametrize("scale,cmap", [("probability", "viridis"), ("rank", "viridis_r"),
-                                        ("level", "viridis")])
-def test_probabilities_and_ranks_are_sequential_over_the_data(scale, cmap):
+@pytest.mark.parametrize("scale,cmap,shift,low", [
+    ("probability", "viridis", 0.8, 0.0),  # 0.5..1.0: from 0
+    ("rank", "viridis_r", 0.8, 0.0), ("level", "viridis", 0.8, 0.5),
+    ("probability", "viridis", 3.0, 2.7),  # 2.7..3.2: all within 20% of the top
+    ("rank", "viridis_r", 3.0, 2.7), ("level", "viridis", 0.4, 0.1)])
+def test_probabilities_and_ranks_are_sequential(scale, cmap, shift, low):
     df = _heads()
-    df["ld"] = df["ld"] + 0.8  # 0.5 .. 1.0: all positive
+    df["ld"] = df["ld"] + shift  # shift - 0.3 .. shift + 0.2: all positive
     info = {"columns": {"ld": {"scale": scale}}}
     fig = figure("heads", df, ["layer", "head"], info)
     _draw(fig)
     (im,) = _images(fig)
     assert im.get_cmap().name == cmap
-    assert im.get_clim() == (pytest.approx(0.5), pytest.approx(1.0))
+    assert im.get_clim() == (pytest.approx(low), pytest.approx(shift + 0.2))
 
 
 def test_a_sequential_scale_with_negative_values_falls_back_to_diverging():
@@ -274,3 +277,22 @@ def test_a_folder_from_before_plot_facts_still_redraws(tmp_path):
                               "keys": ["layer", "head"]}}}))
     (png,) = plot_dir(tmp_path)
     assert png.name == "heads.png" and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_read_and_lens_figures_take_dollar_tokens_as_text(tmp_path):
+    import torch
+
+    from patchc.plot_attention import plot_patterns
+    from patchc.plot_lens import plot_lens
+
+    tokens = [" $", "5", " 東", "$x"]  # an unmatched `$` would make mathtext raise
+    pattern = torch.softmax(torch.randn(1, 4, 4), -1)
+    (png,) = plot_patterns("att", {"L0.H0.pattern": pattern}, tokens, tmp_path)
+    assert png.is_file()
+    lens = pd.DataFrame([{"layer": lyr, "pos": p, "cost $": lyr + p} for lyr in range(2)
+                         for p in range(4)])
+    (png,) = plot_lens("lens", lens, ["layer", "pos"], tmp_path, tokens)
+    assert png.is_file()
+    by_site = pd.DataFrame([{"site": "L$l.H$h.out", "layer": lyr, "ld": lyr} for lyr in range(3)])
+    (png,) = plot_lens("lines", by_site, ["site", "layer"], tmp_path)
+    assert png.is_file()

@@ -18,6 +18,7 @@ import torch  # noqa: E402
 import transformers as tf  # noqa: E402
 
 from patchc.runtime.adapters import (  # noqa: E402
+    EXPERT,
     HEADED,
     KINDS,
     UNLAYERED,
@@ -98,13 +99,14 @@ def run(ad: Adapter, ids: torch.Tensor, reads=(), writes=()) -> tuple[torch.Tens
 def all_sites(ad: Adapter, kinds=KINDS) -> list[tuple[str, int | None, int | None]]:
     sites = []
     for kind in sorted(kinds):
-        if kind == "resid_mid" and ad.parallel_attn:
+        if (kind == "resid_mid" and ad.parallel_attn) or ad.missing(kind):
             continue
         if kind in UNLAYERED:
             sites.append((kind, None, None))
         else:
             for layer in range(ad.n_layers):
                 heads = range(ad.n_heads) if kind in HEADED else [None]
+                heads = range(ad.n_experts) if kind in EXPERT else heads
                 sites += [(kind, layer, h) for h in heads]
     return sites
 

@@ -1,0 +1,207 @@
+"""Mixture-of-experts sites: `router`, `expert.out` / `expert.post` of expert e, `shared.out`.
+
+transformers (5.x) keeps a sparse MLP as a router module returning (logits, weights, indices),
+an experts module holding every expert's weights as 3-D tensors, and optionally a shared
+expert. The sites:
+
+- `router`: the router's logits, [batch, pos, experts]. A write re-routes: the weights and the
+  chosen experts are recomputed from the written logits with the family's routing rule
+  (`softmax_topk`: softmax, top-k, optional renormalization; `topk_softmax`: top-k logits,
+  softmax over them), so gradients flow from the metric into the router logits.
+- `expert.post` (Ll.Ee.post): expert e's neurons, [batch, pos, d_expert], zero at tokens not
+  routed to e (a write there has no effect: the routing weight is zero).
+- `expert.out` (Ll.Ee.out): expert e's weighted contribution to mlp.out, [batch, pos, d_model],
+  zero at tokens not routed to e; a write adds what it returns instead (so a swap from a run
+  where e was chosen brings e's contribution along).
+- `shared.out`: the shared expert's gated contribution (Qwen2-MoE).
+
+While an expert site is hooked, that layer's experts run an explicit per-expert loop with the
+operations of transformers' eager experts function (bit-exact with `experts_implementation=
+"eager"`; within float noise of the fused grouped kernels that are the default); unhooked layers
+run the model's own function.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from patchc.compiler.errors import RuntimeInterventionError
+
+from . import taps
+from .taps import HookFn
+
+if TYPE_CHECKING:
+    from .base import Adapter
+
+_HOOKS = "_patchc_expert_hooks"  # on an experts module: {(what, e): [fn, ...]}
+_LEAD = "_patchc_expert_lead"  # on an experts module: () -> (batch, pos)
+
+
+def install(ad: "Adapter", kind: str, layer: int, e: int | None, fn: HookFn, what: str,
+            add: Callable) -> None:
+    mlp = ad.mlp(layer)
+    lead, handle = taps.tap_lead(ad.layer(layer))
+    add(handle)
+    if kind == "router":
+        router = ad._at(layer, ad.s.router)
+        add(router.register_forward_hook(_router_hook(ad, router, fn, what, lead)))
+    elif kind == "shared.out":
+        add(_hook_shared(mlp, fn, what, lead))
+    else:
+        assert e is not None
+        experts = ad._at(layer, ad.s.experts)
+        add(_hook_expert(experts, kind.split(".")[1], e, fn, lead))
+
+
+# ---- the router ------------------------------------------------------------------------------
+
+
+def _router_hook(ad: "Adapter", router: nn.Module, fn: HookFn, what: str, lead) -> Callable:
+    scheme = ad.fam.moe
+
+    def post(_mod: nn.Module, _args: tuple, out: tuple) -> tuple | None:
+        logits = out[0]
+        new = taps._apply(logits, fn, None, lead, what)
+        if new is None:
+            return None
+        weights, index = reroute(router, scheme, new, out[1].dtype)
+        return (new, weights, index, *out[3:])
+
+    return post
+
+
+def reroute(router: nn.Module, scheme: str | None, logits: Tensor,
+            dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The routing weights and chosen experts for `logits`, by the family's rule."""
+    k = int(router.top_k)
+    if scheme == "softmax_topk":
+        probs = F.softmax(logits, dtype=torch.float, dim=-1)
+        top, index = torch.topk(probs, k, dim=-1)
+        if getattr(router, "norm_topk_prob", True):
+            top = top / top.sum(dim=-1, keepdim=True)
+        return top.to(dtype), index
+    if scheme == "topk_softmax":
+        top, index = torch.topk(logits, k, dim=-1)
+        return F.softmax(top, dim=-1, dtype=top.dtype).to(dtype), index
+    raise RuntimeInterventionError("E403", f"cannot re-route a '{scheme}' router")
+
+
+# ---- experts -----------------------------------------------------------------------------------
+
+
+def _hook_expert(experts: nn.Module, what: str, e: int, fn: HookFn, lead) -> Callable[[], None]:
+    hooks: dict = experts.__dict__.setdefault(_HOOKS, {})
+    if "forward" not in experts.__dict__:
+        experts.forward = types.MethodType(_explicit_forward, experts)  # type: ignore[method-assign]
+    experts.__dict__[_LEAD] = lead
+    hooks.setdefault((what, e), []).append(fn)
+
+    def remove() -> None:
+        fns = hooks.get((what, e), [])
+        if fn in fns:
+            fns.remove(fn)
+        if not fns:
+            hooks.pop((what, e), None)
+        if not hooks:
+            for key in (_HOOKS, _LEAD, "forward"):
+                experts.__dict__.pop(key, None)
+
+    return remove
+
+
+def _run(fns: list[HookFn], act: Tensor, what: str) -> Tensor | None:
+    changed = None
+    for f in list(fns):
+        res = f(act)
+        if res is not None:
+            act = changed = taps.conform(res, act, what)
+    return changed
+
+
+def _dense(lead, rows: Tensor, index: Tensor, n: int) -> Tensor:
+    """[batch, pos, w] with `rows` at token indices `index`, zero elsewhere."""
+    full = rows.new_zeros((n, rows.shape[-1]))
+    full[index] = rows
+    return full.view(*lead(), rows.shape[-1])
+
+
+def _linear(x: Tensor, w: Tensor, bias: Tensor | None, transposed: bool) -> Tensor:
+    if transposed:
+        out = x @ w
+        return out if bias is None else out + bias
+    return F.linear(x, w, bias)
+
+
+def _explicit_forward(self: nn.Module, hidden: Tensor, top_k_index: Tensor,
+                      top_k_weights: Tensor) -> Tensor:
+    """transformers' eager experts loop, with expert e's neurons and weighted output exposed."""
+    hooks: dict = self.__dict__.get(_HOOKS, {})
+    lead = self.__dict__[_LEAD]
+    n_exp = int(self.num_experts)
+    up_w, down_w = self.gate_up_proj, self.down_proj
+    transposed = bool(getattr(self, "is_transposed", False))  # set by transformers' decorator
+    up_b = getattr(self, "gate_up_proj_bias", None)
+    down_b = getattr(self, "down_proj_bias", None)
+    final = torch.zeros_like(hidden)
+    n = hidden.shape[0]
+    with torch.no_grad():
+        mask = F.one_hot(top_k_index, num_classes=n_exp + 1).permute(2, 1, 0)
+        hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero()[:, 0].tolist()
+    hooked = {e for _, e in hooks}
+    for e in sorted((set(hit) | hooked) - {n_exp}):
+        top_k_pos, token_idx = torch.where(mask[e])
+        x = hidden[token_idx]
+        h = self._apply_gate(_linear(x, up_w[e], None if up_b is None else up_b[e], transposed))
+        fns = hooks.get(("post", e))
+        if fns:
+            new = _run(fns, _dense(lead, h, token_idx, n), f"E{e}.post")
+            if new is not None:
+                h = new.reshape(n, -1)[token_idx]
+        y = _linear(h, down_w[e], None if down_b is None else down_b[e], transposed)
+        y = y * top_k_weights[token_idx, top_k_pos, None]
+        fns = hooks.get(("out", e))
+        dense = None
+        if fns:
+            new = _run(fns, _dense(lead, y.to(final.dtype), token_idx, n), f"E{e}.out")
+            dense = None if new is None else new.reshape(n, -1)
+        if dense is None:
+            final.index_add_(0, token_idx, y.to(final.dtype))
+        else:
+            final = final + dense
+    return final
+
+
+# ---- the shared expert (Qwen2-MoE) ------------------------------------------------------------
+
+
+def _hook_shared(block: nn.Module, fn: HookFn, what: str, lead) -> Callable[[], None]:
+    """Run the sparse block's own forward, with the gated shared contribution exposed."""
+    fns: list = block.__dict__.setdefault(_HOOKS, [])
+    fns.append(fn)
+
+    def forward(self: nn.Module, hidden_states: Tensor) -> Tensor:
+        batch, seq, dim = hidden_states.shape
+        flat = hidden_states.view(-1, dim)
+        shared = self.shared_expert(flat)
+        _, weights, chosen = self.gate(flat)
+        out = self.experts(flat, chosen, weights)
+        shared = F.sigmoid(self.shared_expert_gate(flat)) * shared
+        new = _run(fns, shared.view(batch, seq, dim), what)
+        out = out + (shared if new is None else new.reshape(shared.shape))
+        return out.reshape(batch, seq, dim)
+
+    block.forward = types.MethodType(forward, block)  # type: ignore[method-assign]
+
+    def remove() -> None:
+        if fn in fns:
+            fns.remove(fn)
+        if not fns:
+            block.__dict__.pop(_HOOKS, None)
+            block.__dict__.pop("forward", None)
+
+    return remove

@@ -1,0 +1,175 @@
+"""The one family table: check reads it from the config alone, the runtime from the same rows.
+
+Unsupported kinds of model fail with a message naming what they lack; sites a family lacks are
+E209 with the reason; expert sites parse, resolve and sweep over the `expert` column.
+"""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import transformers as T  # noqa: E402
+
+from patchc.compiler.errors import CheckError  # noqa: E402
+from patchc.compiler.families import FAMILIES  # noqa: E402
+from patchc.compiler.modelspec import spec_from_config  # noqa: E402
+from patchc.runtime.adapters import SUPPORTED_FAMILIES  # noqa: E402
+
+
+def test_check_and_runtime_share_one_table() -> None:
+    assert SUPPORTED_FAMILIES == tuple(sorted(FAMILIES))
+    assert len(FAMILIES) >= 40
+
+
+@pytest.mark.parametrize(("config", "words"), [
+    (T.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4),
+     ["bert", "encoder", "not a decoder-only"]),
+    (T.MambaConfig(num_hidden_layers=2, hidden_size=32), ["mamba", "state-space",
+                                                          "no attention heads"]),
+    (T.T5Config(num_layers=2, d_model=32), ["t5", "encoder-decoder"]),
+])
+def test_unsupported_models_say_what_is_missing(config: T.PretrainedConfig,
+                                                words: list[str]) -> None:
+    with pytest.raises(CheckError) as ei:
+        spec_from_config(config.to_dict())
+    assert ei.value.code == "E210"
+    for w in words:
+        assert w in ei.value.message
+    assert "llama" in ei.value.message  # the supported families are listed
+
+
+def test_config_names_differ_per_family() -> None:
+    """n_embd (GPT-2), hidden_size (Llama), d_model (MPT) give the same d_model."""
+    gpt2 = spec_from_config(T.GPT2Config(n_layer=2, n_head=4, n_embd=32).to_dict())
+    mpt = spec_from_config(T.MptConfig(n_layers=2, n_heads=4, d_model=32).to_dict())
+    xglm = spec_from_config(T.XGLMConfig(num_layers=2, attention_heads=4, d_model=32,
+                                         ffn_dim=64).to_dict())
+    assert gpt2.d_model == mpt.d_model == xglm.d_model == 32
+    assert (mpt.n_layers, mpt.n_heads, mpt.d_mlp, mpt.positional) == (2, 4, 128, "alibi")
+    assert (xglm.n_layers, xglm.n_heads, xglm.d_mlp) == (2, 4, 64)
+
+
+def test_multi_query_and_falcon_kv_heads() -> None:
+    big = T.GPTBigCodeConfig(n_layer=2, n_head=4, n_embd=32, multi_query=True).to_dict()
+    assert spec_from_config(big).n_kv_heads == 1
+    falcon = dict(T.FalconConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                                 num_kv_heads=2).to_dict())
+    assert spec_from_config({**falcon, "multi_query": True}).n_kv_heads == 1
+    assert spec_from_config({**falcon, "multi_query": False}).n_kv_heads == 4
+    assert spec_from_config({**falcon, "new_decoder_architecture": True}).n_kv_heads == 2
+    assert spec_from_config({**falcon, "alibi": True}).positional == "alibi"
+
+
+def test_moe_spec() -> None:
+    cfg = T.Qwen2MoeConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                           num_key_value_heads=2,
+                           num_experts=6, num_experts_per_tok=2, moe_intermediate_size=16)
+    s = spec_from_config(cfg.to_dict())
+    assert (s.n_experts, s.top_k, s.d_mlp) == (6, 2, 16)
+    assert s.missing("router") is None and s.missing("shared.out") is None
+    assert "mixture of experts" in (s.missing("mlp.post") or "")
+    dense = spec_from_config(T.LlamaConfig(num_hidden_layers=2, hidden_size=32,
+                                           num_attention_heads=4).to_dict())
+    assert dense.n_experts == 0 and "no mixture-of-experts" in (dense.missing("router") or "")
+
+
+def test_every_row_builds_a_spec_from_its_default_config() -> None:
+    for family in FAMILIES:
+        cfg = T.AutoConfig.for_model(family)
+        s = spec_from_config(cfg.to_dict())
+        assert s.family == family and s.n_layers > 0 and s.d_head > 0
+
+
+# ---- expert sites through check ---------------------------------------------------------------
+
+SPEC = """model "m"
+data d = [{"a": "x y z", "b": "x y w", "ans": "z"}]
+run A = d.a
+run B = d.b
+metric m = logit(d.ans)
+"""
+
+
+def _check(body: str, config: T.PretrainedConfig):
+    from patchc.compiler.check import check
+    from patchc.compiler.parse import parse
+
+    return check(parse(SPEC + body, "moe.patch"), spec_from_config(config.to_dict()),
+                 tokenizer=None)
+
+
+MIXTRAL = T.MixtralConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=16, num_local_experts=4,
+                          num_experts_per_tok=2)
+
+
+def test_expert_sites_sweep_the_expert_column() -> None:
+    checked = _check("swap L*.E*.out from A into B measure m as ex\n"
+                     "ablate L1.E$e.post in B measure m as post\n"
+                     "swap L0.router @ last from A into B measure m as route\n", MIXTRAL)
+    from patchc.compiler.dump import dump_ir
+    from patchc.compiler.lower import lower
+
+    text = dump_ir(lower(checked))
+    assert "L1.E3.out" in text and "L0.router" in text and "L1.E0.post" in text
+
+
+@pytest.mark.parametrize(("body", "code", "words"), [
+    ("swap L0.E4.out from A into B measure m", "E202", "4 experts (E0..E3)"),
+    ("swap L0.mlp.post from A into B measure m", "E209", "mixture of experts"),
+    ("swap L0.shared.out from A into B measure m", "E209", "no shared expert"),
+])
+def test_expert_site_errors(body: str, code: str, words: str) -> None:
+    from patchc.compiler.errors import SpecErrors
+
+    with pytest.raises(SpecErrors) as ei:
+        _check(body + "\n", MIXTRAL)
+    assert any(e.code == code and words in e.message for e in ei.value.errors), ei.value
+
+
+def test_dense_model_has_no_router() -> None:
+    from patchc.compiler.errors import SpecErrors
+
+    llama = T.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4)
+    with pytest.raises(SpecErrors) as ei:
+        _check("swap L0.router from A into B measure m\n", llama)
+    assert any(e.code == "E209" and "no mixture-of-experts" in e.message
+               for e in ei.value.errors)
+
+
+def test_one_norm_blocks_have_no_ln2_scale() -> None:
+    phi = spec_from_config(T.PhiConfig(num_hidden_layers=2, hidden_size=32,
+                                       num_attention_heads=4).to_dict())
+    assert "ln1.scale" in (phi.missing("ln2.scale") or "")
+    falcon = T.FalconConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                            num_kv_heads=2).to_dict()
+    assert spec_from_config({**falcon, "new_decoder_architecture": False}).missing("ln2.scale")
+    assert spec_from_config({**falcon, "new_decoder_architecture": True}).missing(
+        "ln2.scale") is None
+    assert spec_from_config({**falcon, "parallel_attn": False}).missing("ln2.scale") is None
+    olmo2 = spec_from_config(T.Olmo2Config(num_hidden_layers=2, hidden_size=32,
+                                           num_attention_heads=4).to_dict())
+    from patchc.compiler.lower_ops import norm_sites
+
+    assert {s.kind for s in norm_sites(olmo2)} == {"ln_final.scale"}
+    assert {s.kind for s in norm_sites(phi)} == {"ln1.scale", "ln_final.scale"}
+
+
+def test_models_doc_lists_every_family() -> None:
+    """docs/models.md is generated from this table (tools/gen_models_doc.py): in sync."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "models.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip() for line in doc.splitlines()
+            if line.startswith("| ") and "|" in line[2:]}
+    assert set(FAMILIES) <= rows
+    assert "**failed" not in doc
+
+
+def test_moe_with_dense_layers_is_refused() -> None:
+    cfg = T.Qwen2MoeConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                           num_key_value_heads=2, mlp_only_layers=[1]).to_dict()
+    with pytest.raises(CheckError) as ei:
+        spec_from_config(cfg)
+    assert ei.value.code == "E210" and "mlp_only_layers" in ei.value.message
