@@ -98,7 +98,7 @@ def explicit_attention(
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     sinks = kwargs.get("s_aux")
     if sinks is not None:  # attention sinks (GPT-OSS): a learned logit per head, dropped after
-        return _with_sinks(module, weights, attention_mask, sinks, value, hooks, dropout)
+        return _with_sinks(module, weights, attention_mask, sinks, value, hooks, dropout, own)
     if softcap is not None:
         weights = weights / softcap
         weights = torch.tanh(weights)
@@ -121,7 +121,9 @@ def explicit_attention(
 
 
 def _with_sinks(module: nn.Module, weights: Tensor, attention_mask: Tensor | None, sinks: Tensor,
-                value: Tensor, hooks: list, dropout: float) -> tuple[Tensor, Tensor]:
+                value: Tensor, hooks: list, dropout: float,
+                own: Callable[[], tuple[Tensor, Tensor | None]] | None = None
+                ) -> tuple[Tensor, Tensor | None]:
     """The GPT-OSS eager attention: each row's softmax also covers the head's sink logit, which
     is then dropped (so a row of the pattern sums to less than 1)."""
     if attention_mask is not None:
@@ -134,7 +136,9 @@ def _with_sinks(module: nn.Module, weights: Tensor, attention_mask: Tensor | Non
     combined = torch.cat([weights, sink], dim=-1)
     combined = combined - combined.max(dim=-1, keepdim=True).values
     pattern = nn.functional.softmax(combined, dim=-1, dtype=combined.dtype)[..., :-1]
-    pattern = _apply_pattern_hooks(pattern, hooks)
+    pattern, changed = _apply_pattern_hooks(pattern, hooks)
+    if not changed and own is not None:  # reads only: the model's own attention (see above)
+        return own()
     pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)
     out = torch.matmul(pattern.to(value.dtype), value).transpose(1, 2).contiguous()
     return out, pattern

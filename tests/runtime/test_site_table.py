@@ -61,7 +61,14 @@ def operations(site: str) -> dict[str, str]:
     return ops
 
 
+# Sites of mixture-of-experts MLPs: the dense models here lack them (E209); the MoE families'
+# own tests (test_families.py) walk them.
+MOE = {k for k in SITE_KINDS if k == "router" or k.startswith(("expert.", "shared."))}
+
+
 def has_site(fam: str, site: str) -> bool:
+    if site.split(" @")[0].split("[")[0].split("L1.")[-1].split("H1.")[-1] in MOE:
+        return False
     return not (fam == "neox" and "resid_mid" in site)
 
 
