@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import ast as A
 from .ir import Positions, Row
-from .lower import LAST, Lowerer
+from .lowerer import LAST, Lowerer
 from .lower_exprs import metric_parts
 
 # The columns of a `read` table: one row per site, a summary of its values.

@@ -14,8 +14,9 @@ from . import ast as A
 from . import printer
 from .errors import PlanError
 from .ir import ALL_POSITIONS, Estimate, Pair, Row, Site
-from .lower import Exp, Key, Lowerer, Target, check_where, keep
+from .lowerer import Exp, Key, Lowerer, Target, check_where, keep
 from .lower_exprs import split_sweep
+from .lower_observe import op_lens, op_measure, op_read
 from .modelspec import ModelSpec
 
 DEFAULT_IG_STEPS = 32
@@ -324,20 +325,14 @@ def _op_dla(lw: Lowerer, op: A.Dla) -> None:
 
 
 def _op_read(lw: Lowerer, op: A.ReadSites) -> None:
-    from .lower_observe import op_read
-
     op_read(lw, op, _exps(lw, op, op.target.value))
 
 
 def _op_lens(lw: Lowerer, op: A.Lens) -> None:
-    from .lower_observe import op_lens
-
     op_lens(lw, op, _exps(lw, op, op.target.value))
 
 
 def _op_measure(lw: Lowerer, op: A.MeasureRun) -> None:
-    from .lower_observe import op_measure
-
     lw.bake(op.target.value)
     op_measure(lw, op)
 

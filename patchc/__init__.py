@@ -16,9 +16,10 @@ from patchc.compiler.errors import (
     SpecErrors,
 )
 
-__version__ = "0.1.0"
+from patchc.version import __version__
 
 __all__ = [
+    "__version__",
     "CheckError",
     "ParseError",
     "PatchcError",

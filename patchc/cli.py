@@ -356,7 +356,7 @@ def _report(results, args: argparse.Namespace, lock=None) -> None:
         print(df.head(args.rows).to_string(index=False))
         if len(df) > args.rows:
             print(f"... {len(df) - args.rows} more rows")
-        from patchc.results import baseline_label
+        from patchc.plot_style import baseline_label
 
         for col, b in results.baselines(name).items():
             print(f"   {col} normalized: {baseline_label(b)}")

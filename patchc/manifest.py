@@ -58,9 +58,9 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    import patchc
+    from patchc.version import __version__
 
-    out = {"patchc": patchc.__version__, "torch": torch.__version__,
+    out = {"patchc": __version__, "torch": torch.__version__,
            "transformers": transformers.__version__, "python": platform.python_version()}
     try:  # only needed for `set device_map`
         import accelerate
@@ -138,6 +138,15 @@ def tokenizer_hash(tokenizer: Any) -> str:
     special = getattr(tokenizer, "special_tokens_map", {})
     h.update(json.dumps(special, sort_keys=True, default=str).encode("utf-8"))
     return h.hexdigest()
+
+
+def check_file_name(name: str) -> None:
+    """An output or table file name (from a manifest, which anyone can edit) must stay
+    inside its result folder: E608."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or name.startswith(".") or os.path.isabs(name)):
+        raise PatchcError("E608", f"{name!r} is not a plain file name inside the result "
+                          "folder")
 
 
 def read_manifest(out_dir: "str | Path") -> dict[str, Any]:

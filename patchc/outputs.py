@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from patchc.compiler.errors import PatchcError
+from patchc.manifest import check_file_name
 
 MANIFEST = "manifest.json"
 
@@ -280,14 +281,6 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     raise OSError(err, os.strerror(err), str(b))
-
-
-def check_file_name(name: str) -> None:
-    """An output or table file name must stay inside its folder."""
-    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
-            or name.startswith(".") or os.path.isabs(name)):
-        raise OutputError("E608", f"{name!r} is not a plain file name inside the result "
-                          "folder")
 
 
 Writer = Callable[[Staging], None]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from patchc.plot_style import new_figure, text, token_text
+from patchc.plot_style import baseline_label, new_figure, text, token_text
 
 SEQUENTIAL = ("prob", "rank", "==", "!=", "<", ">")
 
@@ -21,26 +21,35 @@ def _label(col: str, baselines: dict) -> str:
     b = baselines.get(col)
     if not b:
         return text(col)
-    from patchc.results import baseline_label
-
     return text(f"{col} (normalized: {baseline_label(b)})")
 
 
-def plot_lens(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
-              tokens: list[str] | None = None, baselines: dict | None = None) -> list[Path]:
+def lens_figures(name: str, df: pd.DataFrame, keys: list[str],
+                 tokens: list[str] | None = None, baselines: dict | None = None
+                 ) -> list[tuple[str, str, object]]:
+    """(measured column, file-name suffix, Figure) for each measured column of a lens table."""
     baselines = baselines or {}
     tokens = [text(token_text(t)) for t in tokens or []]  # `$` is not mathtext
     measured = [c for c in df.columns if c not in keys and not c.endswith("_se")
                 and pd.api.types.is_numeric_dtype(df[c])]
-    written = []
+    out = []
     for col in measured:
         if "layer" in keys and ("pos" in keys or "head" in keys):
             across = "pos" if "pos" in keys else "head"
-            fig = _heatmap(name, df, col, across, tokens or [], baselines)
+            fig = _heatmap(name, df, col, across, tokens, baselines)
         else:
             fig = _lines(name, df, keys, col, baselines)
         suffix = "" if len(measured) == 1 else "_" + "".join(
             ch if ch.isalnum() or ch in "_-" else "_" for ch in col)
+        out.append((col, suffix, fig))
+    return out
+
+
+def plot_lens(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
+              tokens: list[str] | None = None, baselines: dict | None = None) -> list[Path]:
+    """Write NAME[_col].png for each measured column of a lens table."""
+    written = []
+    for _, suffix, fig in lens_figures(name, df, keys, tokens, baselines):
         path = out_dir / f"{name}{suffix}.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         written.append(path)

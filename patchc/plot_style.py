@@ -33,6 +33,14 @@ MAX_TICKS = 40  # more labels than this on one axis are thinned to about this ma
 MAX_TOKEN_TICKS = 80  # beyond this many positions, token labels give way to numbers
 
 
+def baseline_label(b: dict[str, Any]) -> str:
+    """`0 = corrupt (-0.68), 1 = clean (7.12)` for a column's baselines."""
+    def side(k: str) -> str:
+        run, v = b[k]["run"], b[k]["value"]
+        return f"{k} = {run} ({v:.4g})" if run else f"{k} = zero"
+    return f"{side('0')}, {side('1')}"
+
+
 def new_figure(width: float, height: float):
     """A Figure on the Agg canvas, never through pyplot: no global state, no GUI, and a
     notebook's own backend is left alone (a returned Figure still displays inline)."""

@@ -222,8 +222,7 @@ def plot_table(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
 def plot_dir(out_dir: str | Path) -> list[Path]:
     """Redraw every table of a result folder from its CSVs and manifest.json."""
     from patchc.compiler.errors import PatchcError
-    from patchc.manifest import read_manifest
-    from patchc.outputs import check_file_name
+    from patchc.manifest import check_file_name, read_manifest
 
     d = Path(out_dir)
     manifest = read_manifest(d)

@@ -261,14 +261,6 @@ def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[s
     return out
 
 
-def baseline_label(b: dict[str, Any]) -> str:
-    """`0 = corrupt (-0.68), 1 = clean (7.12)` for a column's baselines."""
-    def side(k: str) -> str:
-        run, v = b[k]["run"], b[k]["value"]
-        return f"{k} = {run} ({v:.4g})" if run else f"{k} = zero"
-    return f"{side('0')}, {side('1')}"
-
-
 class Results:
     """Tables by name (`results["heads"]` is a DataFrame), per-example values, manifest."""
 
@@ -343,8 +335,17 @@ class Results:
         one), as `patchc run --out` draws it; a one-row table as a small annotated table."""
         from patchc.plots import figure
 
-        self._table(name)
+        table = self._table(name)
         entry = self.manifest.get("tables", {}).get(name, {})
+        if table.op == "lens":  # the lens figure `patchc run --out` writes
+            from patchc.plot_lens import lens_figures
+
+            figs = lens_figures(name, self.tables[name], list(entry.get("keys", [])),
+                                entry.get("tokens"), entry.get("baselines"))
+            chosen = [f for col, _, f in figs if column in (None, col)]
+            if not chosen:
+                raise KeyError(f"table {name!r} has no measured column {column!r}")
+            return chosen[0]
         pairs = self.pairs(name)
         return figure(name, self.tables[name], list(entry.get("keys", [])),
                       entry.get("plot"), pairs if not pairs.empty else None, column)

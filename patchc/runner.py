@@ -292,7 +292,8 @@ def _observations(results: Results, spec: A.Spec, checked: CheckedSpec, tokenize
             info["baselines"] = baselines
         if isinstance(op, (A.ReadSites, A.Lens)):
             texts = list(checked.runs[op.target.value].texts)
-            results._tokens[name] = [tokenizer.convert_ids_to_tokens(ids)
+            # Each token as text (a BPE tokenizer's "ĠMary" reads " Mary"): axis labels.
+            results._tokens[name] = [[tokenizer.decode([i]) for i in ids]
                                      for ids in encode(tokenizer, texts)]
             info["tokens"] = results._tokens[name][0]  # plot labels (example 0)
         if isinstance(op, A.ReadSites):

@@ -35,7 +35,7 @@ from .inputs import position_index, position_valid
 from .writes import ReadValue, gather
 
 if TYPE_CHECKING:
-    from .naive import Interpreter
+    from .context import RunContext
 
 def linear_terms(expr: A.MExpr) -> tuple[Terms, float]:
     """compiler/linear.py's terms; E465 if the metric is not linear (check reports it
@@ -54,7 +54,7 @@ def _at_metric(value: ReadValue, read: Read, mpos: torch.Tensor, columns) -> tor
     return (value.value.float() * hit[..., None]).sum(1)
 
 
-def run_dla(interp: "Interpreter", ir: IRGraph, node: Estimate) -> torch.Tensor:
+def run_dla(interp: "RunContext", ir: IRGraph, node: Estimate) -> torch.Tensor:
     """Per-example direct logit attribution [n] of the Estimate's sites to its metric."""
     *site_ids, scale_id, metric_id = node.inputs
     metric: Metric = ir.node(metric_id)  # type: ignore[assignment]

@@ -10,7 +10,9 @@ Backward is one forward+backward, whatever the number of sites it serves.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
@@ -19,30 +21,90 @@ from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Rea
 
 from . import dla, lrp
 from .inputs import position_index, position_valid
+from .prefix import trimmed_logits
 from .writes import ReadValue, _features, gather, position_major_for, scatter
 
 IG_ROWS = 64  # rows (examples x steps) per batched ig pass unless `set batch_size` says
 
 if TYPE_CHECKING:
-    from .naive import Interpreter
+    from .context import RunContext
 
 
-def _metric_values(interp: "Interpreter", ir: IRGraph, metric: Metric, logits: torch.Tensor,
-                   batch) -> torch.Tensor:
-    """Differentiable per-example metric values from full logits [N, T, V]."""
+def _metric_values(interp: "RunContext", ir: IRGraph, metric: Metric, logits: torch.Tensor,
+                   batch, trim: "Trim | None" = None) -> torch.Tensor:
+    """Differentiable per-example metric values from full logits [N, T, V], or from logits
+    trimmed as `trim` says ([N, K, U]: the metric's slot among K positions, U token ids)."""
     from . import metrics as M
 
     fwd: Forward = ir.node(metric.forward)  # type: ignore[assignment]
-    columns = interp.columns_for(fwd.run)
-    idx = position_index(batch, metric.pos, columns).to(logits.device)
-    at = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))[:, 0].float()
-    ctx = M.MetricContext(at, logits.float(), batch, interp.token_ids(fwd.run, batch.n))
-    return M.evaluate(metric.expr, ctx)
+    ids = interp.token_ids(fwd.run, batch.n)
+    if trim is not None:
+        at, full = logits[:, trim.slots[metric.pos]].float(), None
+        if trim.remap is not None:
+            ids = lambda tok, ids=ids, remap=trim.remap: remap[ids(tok)]  # noqa: E731
+    else:
+        idx = position_index(batch, metric.pos, interp.columns_for(fwd.run)).to(logits.device)
+        at = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))[:, 0].float()
+        full = logits.float()
+    return M.evaluate(metric.expr, M.MetricContext(at, full, batch, ids))
 
 
-def gradients(interp: "Interpreter", ir: IRGraph, metric_id: str, reads: list[str],
+@dataclass
+class Trim:
+    """Logits computed only where (and for the token ids that) the metrics read them:
+    runtime/prefix.trimmed_logits's `index` and `tokens`, each metric position's slot, and
+    the token id -> column map (None: every id)."""
+
+    slots: dict
+    index: torch.Tensor | None
+    tokens: torch.Tensor | None
+    remap: torch.Tensor | None
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """Parameters without requires_grad for the duration (restored after, also on error):
+    the forward then records no weight-gradient paths and saves nothing for them."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def chained(hooks: list) -> list:
+    """(kind, layer, head, fn) hooks with each run of consecutive hooks at one site made one
+    hook that calls them in order (what the adapter's chain of hooks computes, with one
+    module hook instead of many: an `@ each` sweep reads one site at every position)."""
+    out: list = []
+    for kind, layer, head, fn in hooks:
+        if out and out[-1][:3] == (kind, layer, head):
+            out[-1][3].append(fn)
+        else:
+            out.append((kind, layer, head, [fn]))
+    return [(k, layer, h, fns[0] if len(fns) == 1 else _chain(fns)) for k, layer, h, fns in out]
+
+
+def _chain(fns: list[Callable]) -> Callable:
+    def fn(act: torch.Tensor) -> torch.Tensor | None:
+        changed = False
+        for f in fns:
+            new = f(act)
+            if new is not None:
+                act, changed = new, True
+        return act if changed else None
+    return fn
+
+
+def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str],
               rules: str = "grad", replace: dict[Site, Callable] | None = None,
-              repeat: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              repeat: int = 1, forward_reads: bool = False,
+              logits_out: Callable[[torch.Tensor], None] | None = None,
+              trim: Trim | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-example metric values [n] and d(metric)/d(site) at each Read's positions
     ([n, k, d] per read id), from one forward+backward of the metric's Forward.
 
@@ -50,12 +112,16 @@ def gradients(interp: "Interpreter", ir: IRGraph, metric_id: str, reads: list[st
     forward values, LRP's local backward). `replace[site](act)` edits a site's activation
     first (ig's interpolation points); `repeat` runs each row that many times in a row (ig's
     steps batched: the activations then have n * repeat rows, and so do the results).
+    `forward_reads`: the pass also stores every Read of the Forward (as its own forward
+    would), and `logits_out` receives its logits (detached): the Forward's pass and the
+    backward's are then one (runtime/execute.py). `trim`: compute only the logits the
+    metric reads (neither the forward nor the backward then pays for the unembedding).
     """
     metric: Metric = ir.node(metric_id)  # type: ignore[assignment]
     fwd: Forward = ir.node(metric.forward)  # type: ignore[assignment]
     batch = interp.run_inputs(fwd.run).batch.repeat(fwd.samples * repeat)
     columns = interp.columns_for(fwd.run)
-    hooks = interp.hooks_for(ir, metric.forward, fwd, batch, reads=False)
+    hooks = interp.hooks_for(ir, metric.forward, fwd, batch, reads=forward_reads)
     leaves: dict[Site, torch.Tensor] = {}
     sites = {}
     for rid in reads:
@@ -77,10 +143,15 @@ def gradients(interp: "Interpreter", ir: IRGraph, metric_id: str, reads: list[st
 
     grad_hooks = [(s.kind, s.layer, s.head, make_leaf(s)) for s in sites]
     # The rules go in first: writes and leaves then see the model's own (unchanged) values.
-    with torch.enable_grad(), lrp.rules_for(interp.adapter, rules), \
-            interp.adapter.hooks(hooks + grad_hooks), interp.model_pass():
+    head = interp.model.get_output_embeddings()
+    with torch.enable_grad(), frozen(interp.model), lrp.rules_for(interp.adapter, rules), \
+            interp.adapter.hooks(chained(hooks + grad_hooks)), \
+            trimmed_logits(head, *(trim.index, trim.tokens) if trim else (None, None)), \
+            interp.model_pass():
         logits = interp.model(**batch.to(interp.device).model_kwargs()).logits
-        values = _metric_values(interp, ir, metric, logits, batch)
+        if logits_out is not None:
+            logits_out(logits.detach())
+        values = _metric_values(interp, ir, metric, logits, batch, trim)
         # Only the leaves' gradients: no weight gradients computed, no `.grad` left behind
         # on the model's parameters.
         made = list(leaves.values())
@@ -88,6 +159,7 @@ def gradients(interp: "Interpreter", ir: IRGraph, metric_id: str, reads: list[st
             if made and values.requires_grad else [None] * len(made)
         grads = {id(leaf): g for leaf, g in zip(made, found)}
     out: dict[str, torch.Tensor] = {}
+    index: dict = {}  # position -> [n, k] indices, shared by the sites read there
     for site, rids in sites.items():
         leaf = leaves.get(site)
         if leaf is None:
@@ -99,16 +171,18 @@ def gradients(interp: "Interpreter", ir: IRGraph, metric_id: str, reads: list[st
         for rid in rids:
             read = ir.node(rid)
             g = grad[..., _features(read.site, grad)]
-            out[rid] = gather(g, position_index(batch, read.pos, columns)).detach()
+            if read.pos not in index:
+                index[read.pos] = position_index(batch, read.pos, columns)
+            out[rid] = gather(g, index[read.pos]).detach()
     return values.detach(), out
 
 
-def run_backward(interp: "Interpreter", ir: IRGraph, nid: str, node: Backward
+def run_backward(interp: "RunContext", ir: IRGraph, nid: str, node: Backward
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return gradients(interp, ir, node.metric, list(node.wrt), node.rules)
 
 
-def run_estimate(interp: "Interpreter", ir: IRGraph, node: Estimate) -> torch.Tensor:
+def run_estimate(interp: "RunContext", ir: IRGraph, node: Estimate) -> torch.Tensor:
     """Per-example estimate of the swapped metric [n]."""
     if node.method == "dla":
         return dla.run_dla(interp, ir, node)
@@ -143,7 +217,7 @@ def run_estimate(interp: "Interpreter", ir: IRGraph, node: Estimate) -> torch.Te
     return est.view(-1, samples).mean(1) if samples > 1 else est
 
 
-def _ig_chunk(interp: "Interpreter", ir: IRGraph, backward: Backward, steps: int) -> int:
+def _ig_chunk(interp: "RunContext", ir: IRGraph, backward: Backward, steps: int) -> int:
     """How many of ig's steps share one batched forward+backward. A run with noise draws
     noise by the batch's shape, so its steps run one at a time (the same draws as B's)."""
     fwd: Forward = ir.node(ir.node(backward.metric).forward)  # type: ignore[union-attr]
@@ -154,7 +228,7 @@ def _ig_chunk(interp: "Interpreter", ir: IRGraph, backward: Backward, steps: int
     return max(1, min(steps, rows // max(n, 1)))
 
 
-def _integrated_gradients(interp: "Interpreter", ir: IRGraph, bid: str,
+def _integrated_gradients(interp: "RunContext", ir: IRGraph, bid: str,
                           pairs: list[tuple[str, str]], steps: int
                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Gradients averaged over `steps` midpoints on the straight line a_B -> a_A at the

@@ -24,10 +24,11 @@ import torch
 
 from patchc.compiler import ast as A
 from patchc.compiler.costs import RunShape, parse_bytes
-from patchc.compiler.ir import Forward, IRGraph, Metric, Positions, Read, Write
+from patchc.compiler.ir import Backward, Forward, IRGraph, Metric, Positions, Read, Write
 from patchc.compiler.schedule import ForwardStep, Plan, schedule
 
 from . import metrics as M
+from .estimates import Trim, chained, gradients
 from .inputs import Batch, position_index
 from .naive import ForwardOutput, Interpreter
 from .compat import output_cache, with_cache
@@ -100,9 +101,16 @@ class Executor(Interpreter):
         results: dict[str, Any] = {}
         total = sum(len(s.members) for s in plan.forward_steps())
         done = 0
+        fused = _fused_backwards(ir, plan)
         for step in plan.steps:
             started = time.perf_counter()
-            if isinstance(step, ForwardStep):
+            if isinstance(step, ForwardStep) and step.members[0] in fused:
+                self.forward_backward(ir, step, fused[step.members[0]])
+                self.node_seconds[step.members[0]] = time.perf_counter() - started
+                done += 1
+                if self.progress:
+                    self.progress(done, total)
+            elif isinstance(step, ForwardStep):
                 self.forward_step(ir, step)
                 spent = (time.perf_counter() - started) / len(step.members)
                 for m in step.members:
@@ -110,7 +118,7 @@ class Executor(Interpreter):
                 done += len(step.members)
                 if self.progress:
                     self.progress(done, total)
-            else:
+            elif step.node not in self.values:  # else a Backward taken in its forward's pass
                 self.evaluate(ir, step.node, ir.node(step.node), results)
                 self.node_seconds[step.node] = time.perf_counter() - started
             for v in step.frees:
@@ -140,6 +148,25 @@ class Executor(Interpreter):
             self._remap = None
 
     # ---- forwards -----------------------------------------------------------------------
+    def forward_backward(self, ir: IRGraph, step: ForwardStep, bid: str) -> None:
+        """The step's one Forward and the Backward `bid` of its metric in one pass with
+        gradients: the pass stores the Forward's Reads and output as its own step would,
+        and the Backward's value; its step later finds it done (2 forwards + 1 backward
+        for an attribution, not 3 + 1). Logits are trimmed as in a plain step."""
+        fid = step.members[0]
+        f: Forward = ir.node(fid)  # type: ignore[assignment]
+        node: Backward = ir.node(bid)  # type: ignore[assignment]
+        batch = self.run_inputs(f.run).batch.repeat(f.samples)
+        columns = self.columns_for(f.run)
+        slots, index, tokens, remap = self._logit_plan(ir, step, [f], batch, columns)
+        trim = Trim(slots, index, tokens, remap) if slots is not None else None
+        got: dict[str, torch.Tensor] = {}
+        self.values[bid] = gradients(self, ir, node.metric, list(node.wrt), node.rules,
+                                     forward_reads=True, trim=trim,
+                                     logits_out=lambda t: got.__setitem__("logits", t))
+        self.values[fid] = self._output(ir, fid, f, batch, columns, got["logits"], slots, 0,
+                                        remap)
+
     @torch.no_grad()
     def forward_step(self, ir: IRGraph, step: ForwardStep) -> None:
         if step.generate:
@@ -171,7 +198,8 @@ class Executor(Interpreter):
                                      lambda v, rid=rid: self.values.__setitem__(rid, v))
                     reads.append((r.site.kind, r.site.layer, r.site.head,
                                   _on_rows(rows, widen(fn, p0, width), whole)))
-        hooks = [(*key, _merged(entries, whole)) for key, entries in writes.items()] + reads
+        hooks = [(*key, _merged(entries, whole)) for key, entries in writes.items()] + \
+            chained(reads)
 
         feed = batch.to(self.device)
         k = len(members)
@@ -277,6 +305,27 @@ def _merged(entries: list, whole: bool) -> Callable:
         return out
 
     return fn
+
+
+def _fused_backwards(ir: IRGraph, plan: Plan) -> dict[str, str]:
+    """Forward id -> Backward id, for each Backward whose metric's Forward can be run with
+    gradients in its own step: a plain full pass of that Forward alone (not batched, no
+    start layer or narrowing, no cache kept for others, no generation), with a metric that
+    compares with no other forward. One Backward per Forward (others run on their own);
+    both in this plan (a worker's share may hold only one of them)."""
+    steps = {s.members[0]: s for s in plan.forward_steps() if len(s.members) == 1}
+    mine = {s.node for s in plan.steps if not isinstance(s, ForwardStep)}
+    out: dict[str, str] = {}
+    for bid, node in ir.of_type(Backward):
+        metric: Metric = ir.node(node.metric)  # type: ignore[assignment]
+        step = steps.get(metric.forward)
+        if step is None or bid not in mine or metric.forward in out or \
+                metric.reference is not None:
+            continue
+        if step.p0 or step.start_layer or step.start or step.keep_kv or step.generate:
+            continue
+        out[metric.forward] = bid
+    return out
 
 
 def _without_narrowing(ir: IRGraph) -> IRGraph:

@@ -8,7 +8,7 @@ the unpadded prompt would (docs/language.md §3, `run`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +24,9 @@ class Batch:
     attention_mask: torch.Tensor  # [n, T], 0 on padding
     position_ids: torch.Tensor  # [n, T]
     lengths: list[int]  # real tokens per row
+    # position_index results by position (not data-column ones): a sweep `@ each` asks for
+    # the same few positions at every site. Read-only tensors; a new Batch starts empty.
+    _index: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -87,9 +90,19 @@ def position_index(batch: Batch, pos: Positions, columns: dict[tuple[str, str], 
                    ) -> torch.Tensor:
     """A [n, k] LongTensor of padded token indices selected by `pos` in each row; k is 1 for
     last/index/column positions, hi-lo+1 for ranges, T for all positions (padding included:
-    writes at padded indices are harmless, they are masked out)."""
+    writes at padded indices are harmless, they are masked out). Callers must not write
+    into the result (it is cached on the batch)."""
+    if pos.kind == "column":
+        return _position_index(batch, pos, columns)
+    if pos not in batch._index:
+        batch._index[pos] = _position_index(batch, pos, columns)
+    return batch._index[pos]
+
+
+def _position_index(batch: Batch, pos: Positions, columns: dict[tuple[str, str], list[int]],
+                    ) -> torch.Tensor:
     n, width = batch.n, batch.width
-    offsets = torch.tensor([batch.offset(i) for i in range(n)], dtype=torch.long)
+    offsets = width - torch.tensor(batch.lengths, dtype=torch.long)  # batch.offset(i)
     if pos.kind == "all":
         return torch.arange(width).expand(n, width)
     if pos.kind == "last":

@@ -194,3 +194,20 @@ def test_a_spec_error_in_a_cell_prints_the_located_diagnostic_only(capsys):
     assert "Traceback" not in err
     assert cell("--nope", SPEC) is None
     assert "unknown option --nope" in capsys.readouterr().err
+
+
+def test_lens_figure_and_token_text(loaded):
+    """Results.plot of a lens table is the lens figure (metric against the layer), and the
+    tokens a read/lens records are text as it reads (a BPE tokenizer's 'Ġ' decoded)."""
+    model, tok = loaded
+    spec = SPEC.split("swap ")[0] + "lens L*.resid_post in clean\n    measure ld\n    as lensed\n"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = patchc.run(spec, model=model, tokenizer=tok)
+        fig = res.plot("lensed")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "layer" and "logit lens" in ax.get_title()
+    with pytest.raises(KeyError):
+        res.plot("lensed", "nope")
+    ids = tok(CLEAN[0])["input_ids"]
+    assert res.tokens("lensed")[0] == [tok.decode([i]) for i in ids]

@@ -378,3 +378,57 @@ def test_dla_rejects_a_nonlinear_metric(gpt2: Fam) -> None:
         gpt2.run(HEAD + "dla L*.mlp.out in corrupt measure logprob(d.answer)\n")
     with pytest.raises(RuntimeInterventionError, match="E465"):  # the runtime's guard
         dla.linear_terms(A.MCall("rank", A.ColumnRef("d", "answer", NO_SPAN), NO_SPAN))
+
+
+def test_attribution_is_two_forwards_and_one_backward(any_family) -> None:
+    """Attribution patching costs 2 forwards (clean, corrupt) + 1 backward: the corrupt
+    forward is the one the gradients are taken in; no weight gradient is made, and every
+    parameter's requires_grad is as before. The estimates are the hand-computed ones."""
+    fam: Fam = any_family("gpt2")
+    fam.model.zero_grad(set_to_none=True)  # hand gradients of other tests may be left there
+    calls = []
+    handle = fam.model.register_forward_pre_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    before = [p.requires_grad for p in fam.model.parameters()]
+    fam.model.get_input_embeddings().weight.requires_grad_(False)  # a frozen one stays frozen
+    flags = [p.requires_grad for p in fam.model.parameters()]
+    seen_param_grads = []
+
+    def watch(mod, args, out):  # during the backward's pass no weight asks for a gradient
+        if torch.is_grad_enabled():
+            seen_param_grads.append(any(p.requires_grad for p in fam.model.parameters()))
+    h2 = fam.model.register_forward_hook(watch)
+    head_shapes = []
+    h3 = fam.model.get_output_embeddings().register_forward_hook(
+        lambda m, a, out: head_shapes.append(tuple(out.shape)) if torch.is_grad_enabled()
+        else None)
+    try:
+        res = fam.run(HEAD + "attribute L*.mlp.out @ each, L*.resid_pre @ each "
+                      "from clean into corrupt using atp measure ld as atp\n")
+    finally:
+        handle.remove()
+        h2.remove()
+        h3.remove()
+    assert sorted(calls) == [False, True], calls  # one plain forward, one with gradients
+    assert seen_param_grads == [False]
+    # In the gradient pass the head's own product is skipped (it sees no positions): only
+    # the answer and distractor rows of the unembedding are applied, at the last position.
+    assert len(head_shapes) == 1 and head_shapes[0][1] == 0, head_shapes
+    assert [p.requires_grad for p in fam.model.parameters()] == flags
+    assert all(p.grad is None for p in fam.model.parameters())
+    for p, flag in zip(fam.model.parameters(), before):
+        p.requires_grad_(flag)
+    sites = [f"L{layer}.{k}" for k in ("mlp.out", "resid_pre") for layer in range(LAYERS)]
+    got = res["atp"]
+    assert len(got) == len(sites) * T
+    # Summed over positions, the `@ each` estimates minus their baselines are the whole-site
+    # estimate's: check them against the hand gradients.
+    want = hand_estimate(fam, sites, relp=False)
+    df = res.per_example("atp")
+    m_b = ld_of(fam, fam.forward(fam.ids(CORRUPT))[0])
+    for site in sites:
+        layer, kind = int(site.split(".")[0][1:]), site.split(".", 1)[1]
+        part = df[(df["layer"] == layer) & df["site"].str.contains(kind)]
+        summed = torch.zeros(len(ROWS))
+        for _, row in part.iterrows():
+            summed[int(row["example"])] += row["ld"] - float(m_b[int(row["example"])])
+        close(m_b + summed, want[site], atol=1e-4)
