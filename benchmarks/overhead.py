@@ -6,7 +6,7 @@
 of bench_common with 6 layers and d_mlp 5000 (6 x 5000 neurons), 8 prompts of 16 tokens,
 fp32, plus the same sweep through `attribute ... using atp` (30,000 estimates from two
 forwards and one backward, so nearly all of it is bookkeeping). For each, the manifest's
-timings (patchc/runner.py Clock): plan (lower, optimize, schedule), model (inside model
+timings (patchc/execution.py Clock): plan (lower, optimize, schedule), model (inside model
 passes), overhead (plan + execution outside model passes + result assembly) and its share
 of the run (the load excluded). Prints a markdown table: min and median over the repeats.
 """

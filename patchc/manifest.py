@@ -49,7 +49,7 @@ class Manifest(BaseModel):
     interpreter: str  # "naive" or "optimized"
     total_seconds: float
     # Seconds per phase (load, plan, execute, assemble), in model passes (model), and the
-    # overhead: everything but the load and the model passes (patchc/runner.py Clock).
+    # overhead: everything but the load and the model passes (patchc/execution.py Clock).
     timings: dict[str, float] = {}
     files: list[str] = []  # every file of the result folder but manifest.json (outputs.py)
 

@@ -67,7 +67,7 @@ def test_the_manifest_times_model_passes_and_overhead(models_dir):
 
 def test_table_seconds_charge_each_node_once():
     from patchc.compiler.ir import IRGraph, Row, Table
-    from patchc.runner import _table_seconds
+    from patchc.execution import _table_seconds
 
     ir = IRGraph()
     for n in ("f1", "m1", "m2"):
