@@ -13,7 +13,7 @@ from . import ast as A
 from . import resolve
 from .check_context import Context
 from .checked import RunInfo
-from .errors import Span
+from .errors import CheckError, Span
 from .ir import Positions, Site
 from .modelspec import ModelSpec
 from .resolve import Match
@@ -30,6 +30,19 @@ def site_width(model: ModelSpec, site: Site) -> int:
         return site.features[1] - site.features[0]
     dim = SITE_KINDS[site.kind].dim
     return model.n_ctx if dim == "n_ctx" else model.dim_of(dim)
+
+
+PATTERN_KINDS = frozenset({"pattern", "attn.pattern"})
+
+
+def no_vector_on_pattern(site: Site, span: Span) -> None:
+    """A pattern's features are key positions, as many as the prompt has tokens: no vector
+    (steered, averaged from a run, spanning a subspace) has a fixed width there (E333)."""
+    if site.kind in PATTERN_KINDS:
+        raise CheckError("E333", f"{site} is an attention pattern: its width is the prompt's "
+                         "length, so no vector fits it", span,
+                         hint="steer, mean(...) and subspaces apply to vector sites such as "
+                         "z, attn.out or resid_post; ablate, scale or swap the pattern")
 
 
 def expand(ctx: Context, item: A.SiteItem) -> list[Match] | None:
@@ -212,6 +225,12 @@ def _check_subspace(ctx: Context, ref: A.SiteRef) -> None:
     if not ref.subspace or ctx.model is None:
         return
     sites = [s for m in resolve.expand_site(ref, ctx.model) for s in m.sites]
+    with ctx.catch():
+        no_vector_on_pattern(sites[0], ref.span)
+        return _check_subspace_widths(ctx, ref, sites)
+
+
+def _check_subspace_widths(ctx: Context, ref: A.SiteRef, sites: list[Site]) -> None:
     width = site_width(ctx.model, sites[0])
     for name in ref.subspace:
         if ctx.vector(name, ref.span) is None or name not in ctx.vector_dims:

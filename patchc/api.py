@@ -2,7 +2,7 @@
 
 A Program is a spec that parsed, checked against the model's shape and lowered to IR; it
 knows its result tables and how many rows (experiments) each will have. `compile` loads no
-weights and never imports torch; `run` (in patchc/runner.py) does both.
+weights and never imports torch; `run` (patchc/runner.py, execution.py) does both.
 """
 
 from __future__ import annotations
