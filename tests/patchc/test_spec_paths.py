@@ -22,8 +22,8 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("sub", [["check"], ["compile", "--emit", "ast"], ["compile", "--emit", "ir"],
-                                 ["run"], ["fmt"]])
+@pytest.mark.parametrize("sub", [["check"], ["compile", "--emit", "ast"],
+                                 ["compile", "--emit", "ir"], ["run"], ["fmt"]])
 def test_mistyped_path_is_e001_with_near_name(folder, capsys, sub):
     code = main([*sub, str(folder / "ioi_head")])
     err = capsys.readouterr().err
