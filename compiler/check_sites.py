@@ -9,6 +9,8 @@ vectors, and the grouped-query warning for writes of a shared kv head.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from . import ast as A
 from . import resolve
 from .check_context import Context
@@ -65,6 +67,8 @@ def check_pos(ctx: Context, pos: A.Pos | None,
     they cannot be known (no run, no tokenizer, or an error was reported)."""
     if pos is None:
         return [(Positions("all"), None)]
+    if isinstance(pos, A.PosSet):
+        _warn_repeats(ctx, pos)
     if isinstance(pos, A.ColumnRef):
         return _column_pos(ctx, pos, run)
     if isinstance(pos, A.PosSpan):
@@ -94,6 +98,22 @@ def check_pos(ctx: Context, pos: A.Pos | None,
             return resolve.positions(pos, common)
         return resolve.positions(pos, min(lengths), shortest=True)
     return None
+
+
+def _warn_repeats(ctx: Context, pos: A.PosSet) -> None:
+    """W303: a position written twice in `@ {...}` counts once; say so rather than drop it
+    silently (a typo for another position is the likelier intent)."""
+    counts = Counter(pos.values)
+    repeats = [str(v) for v, n in counts.items() if n > 1]
+    if repeats:
+        def written(values) -> str:
+            return "{" + ", ".join(str(v) for v in values) + "}"
+
+        ctx.warn("W303", f"position {' and '.join(repeats)} repeated in "
+                 f"{written(pos.values)}: each position counts once, so the set is "
+                 f"{written(sorted(counts))}", pos.span,
+                 hint="write each position once (or did you mean another position?)",
+                 once=f"W303@{pos.span}")
 
 
 def _column_pos(ctx: Context, pos: A.ColumnRef, run: RunInfo | None
