@@ -23,6 +23,7 @@ the same figures. Figures are drawn on Agg without pyplot.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -236,23 +237,32 @@ def plot_dir(out_dir: str | Path) -> list[Path]:
         csv = d / f"{name}.csv"
         if not csv.is_file():
             raise PatchcError("E602", f"{csv} is missing")
-        op = info.get("op")
-        if op == "measure":  # one row, no sweep: the table says it all
-            continue
-        if op == "read":  # attention patterns, from NAME.safetensors
-            from patchc.plot_attention import plot_read_dir
-
-            written += plot_read_dir(name, d)
-            continue
-        if op == "lens":
-            from patchc.plot_lens import plot_lens
-
-            written += plot_lens(name, pd.read_csv(csv), list(info.get("keys", [])), d,
-                                 info.get("tokens"), info.get("baselines"))
-            continue
-        written += plot_table(name, pd.read_csv(csv), list(info.get("keys", [])), d,
-                              info.get("plot"), _pairs(d, name))
+        try:
+            written += _plot_one(d, name, info, csv)
+        except Exception as e:  # noqa: BLE001 - a figure must never cost the tables
+            # The tables and the other figures are the result; a figure that fails (a bug
+            # in patchc) is reported and left out.
+            print(f"patchc: warning: no figure for table {name}: {type(e).__name__}: {e}",
+                  file=sys.stderr)
     return written
+
+
+def _plot_one(d: Path, name: str, info: dict[str, Any], csv: Path) -> list[Path]:
+    """The PNGs of one table of a result folder."""
+    op = info.get("op")
+    if op == "measure":  # one row, no sweep: the table says it all
+        return []
+    if op == "read":  # attention patterns, from NAME.safetensors
+        from patchc.plot_attention import plot_read_dir
+
+        return plot_read_dir(name, d)
+    if op == "lens":
+        from patchc.plot_lens import plot_lens
+
+        return plot_lens(name, pd.read_csv(csv), list(info.get("keys", [])), d,
+                         info.get("tokens"), info.get("baselines"))
+    return plot_table(name, pd.read_csv(csv), list(info.get("keys", [])), d,
+                      info.get("plot"), _pairs(d, name))
 
 
 def _pairs(d: Path, name: str) -> pd.DataFrame | None:

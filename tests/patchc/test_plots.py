@@ -296,3 +296,28 @@ def test_read_and_lens_figures_take_dollar_tokens_as_text(tmp_path):
     by_site = pd.DataFrame([{"site": "L$l.H$h.out", "layer": lyr, "ld": lyr} for lyr in range(3)])
     (png,) = plot_lens("lines", by_site, ["site", "layer"], tmp_path)
     assert png.is_file()
+
+
+def test_a_figure_that_fails_costs_only_itself(tmp_path, monkeypatch, capsys):
+    """A table whose figure raises (a bug) is reported on stderr; the other tables of the
+    folder still get theirs."""
+    import json
+
+    import patchc.plots as P
+
+    for name in ("bad", "good"):
+        _heads().to_csv(tmp_path / f"{name}.csv", index=False)
+    (tmp_path / "manifest.json").write_text(json.dumps({"tables": {
+        name: {"rows": 12, "columns": ["layer", "head", "ld"], "keys": ["layer", "head"]}
+        for name in ("bad", "good")}}))
+    real = P.plot_table
+
+    def flaky(name, *args, **kwargs):
+        if name == "bad":
+            raise TypeError("list indices must be integers")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(P, "plot_table", flaky)
+    (png,) = P.plot_dir(tmp_path)
+    assert png.name == "good.png"
+    assert "no figure for table bad: TypeError" in capsys.readouterr().err
