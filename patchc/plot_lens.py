@@ -1,8 +1,9 @@
 """The figure of a `lens` table: each measured column against the layer (a line with
 standard-error bars; one line per site item when the statement lists several), or, for a
 lens swept over positions (`@ each`) or heads (`L*.H*.out`), a layer x position (x head)
-heatmap; a position axis is labelled with the prompt's tokens (example 0). Sequential
-colours for probabilities and ranks, diverging ones (centred at 0) otherwise.
+heatmap; a position axis carries the prompts' tokens when they line up (one length, a `*`
+where they differ), else position numbers. A normalized column's baselines go in the title.
+Sequential colours for probabilities and ranks, diverging ones (centred at 0) otherwise.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from patchc.plot_style import baseline_label, new_figure, site_name, text, token
 SEQUENTIAL = ("prob", "rank", "==", "!=", "<", ">")
 
 
-def _title(head: str, col: str, baselines: dict) -> str:
-    """The title; a normalized column's baselines on a second line (an axis label that long
-    would run past the figure)."""
+def _title(head: str, col: str, baselines: dict, width: float) -> str:
+    """The title wrapped to a figure `width` inches wide; a normalized column's baselines on
+    a line of their own (an axis label that long would run past the figure)."""
     b = baselines.get(col)
-    lines = wrap(head, 70)
+    lines = wrap(head, max(30, int(width * 10.5)))  # ~10.5 characters an inch at `medium`
     if b:
         lines.append(f"{col} normalized: {baseline_label(b)}")
     return text("\n".join(lines))
@@ -91,7 +92,7 @@ def _lines(name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: di
     ax.set_xlabel("layer")
     ax.set_ylabel(text(col))
     ax.set_title(_title(f"{name}: logit lens, {col} decoded at each layer (mean ± s.e.)", col,
-                        baselines), fontsize="medium")
+                        baselines, fig.get_figwidth()), fontsize="medium")
     ax.grid(alpha=0.3)
     return fig
 
@@ -110,8 +111,8 @@ def _heatmap(name: str, df: pd.DataFrame, col: str, across: str, tokens: list[st
                      max(3.0, min(10.0, 0.4 * grid.shape[0] + 1.5)))
     ax = fig.subplots()
     im = ax.imshow(values, aspect="auto", interpolation="nearest", **kw)
-    # Tokens only when every position has one (prompts of one length); otherwise numbers
-    # for all, and each cell is the mean over the prompts long enough to have it.
+    # Tokens only when the prompts line up (`positions`) and every position has one;
+    # otherwise numbers for all, and each cell is the mean over the prompts that have it.
     tokened = across == "pos" and bool(tokens) and all(0 <= int(p) < len(tokens)
                                                        for p in grid.columns)
     labels = ([tokens[int(p)] for p in grid.columns] if tokened
@@ -128,6 +129,7 @@ def _heatmap(name: str, df: pd.DataFrame, col: str, across: str, tokens: list[st
     what = "position" if across == "pos" else "head"
     head = f"{name}: logit lens, {col} by layer and {what}"
     if across == "pos" and not tokened:
-        head += " (prompts differ in length: mean over prompts that have the position)"
-    ax.set_title(_title(head, col, baselines), fontsize="medium")
+        head += (" (positions numbered: the prompts' tokens differ; mean over prompts that"
+                 " have the position)")
+    ax.set_title(_title(head, col, baselines, fig.get_figwidth()), fontsize="medium")
     return fig
