@@ -146,11 +146,13 @@ def scatter(fig, pairs: pd.DataFrame, info: dict[str, Any], name: str) -> None:
         both = both[np.isfinite(both)]
         lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
         pad = 0.05 * (hi - lo or 1.0)
-        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", linewidth=0.8,
-                linestyle="--")
-        ax.set_xlim(lo - pad, hi + pad)
-        ax.set_ylim(lo - pad, hi + pad)
-        ax.set_aspect("equal")
+        ax.axline((lo, lo), slope=1, color="grey", linewidth=0.8, linestyle="--")
+        ax.update_datalim([(lo - pad, lo - pad), (hi + pad, hi + pad)])  # same span on both
+        ax.margins(0)
+        ax.autoscale_view()
+        # One unit is as long on both axes, by widening a limit rather than shrinking the
+        # box: a shrunk box left constrained layout too little room for the x label.
+        ax.set_aspect("equal", adjustable="datalim")
         ax.set_title(S.text(" / ".join(str(k) for k in fkey)))
         col = fkey[-1] if len(fkey) > 1 else measure
         label = S.value_label(col, info.get("columns", {}).get(col, {})) if col else ""

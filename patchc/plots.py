@@ -178,7 +178,8 @@ def _facets(name: str, df: pd.DataFrame, vary: list[str], col: str, info: dict[s
     pw, ph = _heat_size(df[cols].nunique(), df[rows].nunique(), margin=1.2)
     ncols = max(1, min(len(values), int(14 // pw)))
     nrows = math.ceil(len(values) / ncols)
-    fig = S.new_figure(pw * ncols + 1.2, ph * nrows + 0.8)
+    # room for a scalar item's line in the title (`embedding: embed: ld = -0.0155 ± 0.014`)
+    fig = S.new_figure(max(pw * ncols + 1.2, 5.0 if scalars else 0.0), ph * nrows + 0.8)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     im = None
     for ax, v in zip(axes, values):
@@ -226,7 +227,7 @@ def _scatter_size(pairs: pd.DataFrame) -> tuple[float, float]:
     ncols = min(n, 3)
     # Square panels (equal aspect) a little taller than wide: the room above and below
     # holds the title and the two-line x label (a square slot clipped the label).
-    return 4.2 * ncols + 0.4, 4.8 * math.ceil(n / ncols) + 0.6
+    return 4.2 * ncols + 0.4, 4.4 * math.ceil(n / ncols) + 0.6
 
 
 def plot_table(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
