@@ -161,7 +161,8 @@ def wrap(s: str, chars: int) -> list[str]:
     needs, but each about as long as the others, so no word is left alone on a line."""
     import textwrap
 
-    s = s.replace("@ ", "@\u00a0")  # `@ last` stays together (textwrap splits ASCII space only)
+    # `L*.attn.out @ last` stays on one line (textwrap splits at ASCII spaces only)
+    s = s.replace(" @ ", "\u00a0@\u00a0")
 
     def lines_of(w: int) -> list[str]:
         return [line.replace("\u00a0", " ") for line in textwrap.wrap(s, w)]

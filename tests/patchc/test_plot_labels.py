@@ -124,7 +124,10 @@ def test_titles_wrap_in_balanced_lines_never_one_word_alone():
     for width in (chars - 3, chars):
         lines = wrap(head, width)
         assert len(lines) == 2 and all(len(line.split()) > 2 for line in lines)
-        assert not any(line.endswith("@") for line in lines)  # `@ last` stays whole
+        # `L*.mlp.out @ each` stays whole
+        assert not any(line.endswith("@") or line.startswith("@") for line in lines)
+    dla = wrap("dla embed @ last, L*.attn.out @ last, L*.mlp.out @ last in clean", 38)
+    assert all(not line.startswith("@") and not line.endswith("@") for line in dla)
     t = title({"title": head}, "ld", "x", width=8.0)
     assert all(len(line.split()) > 1 for line in t.split("\n"))
 
