@@ -137,3 +137,33 @@ def test_site_names_are_readable_and_keep_the_pattern():
     assert site_name("L*.H*.out") == "head outputs: L*.H*.out"
     assert site_name("L2.mlp.out @ last") == "MLP outputs: L2.mlp.out @ last"
     assert site_name("a") == "a"  # not a site: as written
+
+
+def test_patchc_plot_labels_lens_positions_from_the_plot_facts_not_example_0(tmp_path,
+                                                                          monkeypatch):
+    import json
+
+    import patchc.plot_lens as L
+    from patchc.plots import plot_dir
+
+    drawn: list = []
+    real = L.lens_figures
+
+    def keep(*args, **kwargs):  # the figures plot_dir writes, kept to look at
+        drawn.extend(real(*args, **kwargs))
+        return drawn
+
+    monkeypatch.setattr(L, "lens_figures", keep)
+    _lens_pos(4).to_csv(tmp_path / "lens_pos.csv", index=False)
+    table = {"op": "lens", "rows": 8, "columns": ["layer", "pos", "p"], "keys": ["layer", "pos"],
+             "tokens": ["When", " Mary", " and", " John"]}  # example 0's
+    for plot, want in (({}, ["0", "1", "2", "3"]),  # the prompts do not line up
+                       ({"positions": {"run": "clean",
+                                       "tokens": ["When", " Mary*", " and", " John*"]}},
+                        ["When", "Mary*", "and", "John*"])):
+        drawn.clear()
+        (tmp_path / "manifest.json").write_text(json.dumps(
+            {"tables": {"lens_pos": {**table, "plot": plot}}}))
+        (png,) = plot_dir(tmp_path)
+        ((_, _, fig),) = drawn
+        assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == want
