@@ -307,28 +307,30 @@ class AstBuilder(Transformer):
     def site(self, meta, items):
         tok = items[0]
         features = subspace = pos = None
+        span = _tspan(tok)
+        # The site's span is its path and any `[...]` selections, not `@ POS` (which has its
+        # own): an error about the site underlines the site only.
+        whole = span
         for it in items[1:]:
             if isinstance(it, tuple) and it[0] == "features":
-                features = it[1]
+                features, whole = it[1], span.to(it[2])
             elif isinstance(it, tuple) and it[0] == "subspace":
-                subspace = it[1]
+                subspace, whole = it[1], span.to(it[2])
             else:
                 pos = it
-        span = _tspan(tok)
         try:
             parsed = parse_site_path(str(tok), span)
         except ParseError as e:
             self.errors.append(e)
-            return A.SiteRef(str(tok), "?", None, None, features, subspace or (), pos,
-                             span_of(meta))
+            return A.SiteRef(str(tok), "?", None, None, features, subspace or (), pos, whole)
         return A.SiteRef(str(tok), parsed.kind, parsed.layer, parsed.head, features,
-                         subspace or (), pos, span_of(meta))
+                         subspace or (), pos, whole)
 
     def feature_sel(self, meta, items):
-        return ("features", items[0])
+        return ("features", items[0], span_of(meta))
 
     def subspace(self, meta, items):
-        return ("subspace", tuple(n.value for n in items))
+        return ("subspace", tuple(n.value for n in items), span_of(meta))
 
     def slice(self, meta, items):
         return A.Slice(items[0], items[1], span_of(meta))

@@ -282,3 +282,17 @@ def _metric_pos(ctx: Context, decl: A.MetricDecl, run: RunInfo) -> None:
         return
     ctx.seen.add(key)
     check_pos(ctx, decl.pos, run)
+
+
+def name_column_hint(m: A.Measure, taken: set[str]) -> str:
+    """The hint of E327 for a column measured twice: the same item with a column name of
+    its own (`NAME = EXPR ...` names a measured column), spelled out so it can be pasted."""
+    from . import printer
+
+    base = m.expr.name if isinstance(m.expr, A.MRef) else "value"
+    stem = f"{base}_norm" if m.normalized else f"{base}_2"
+    name, i = stem, 2
+    while name in taken:
+        name, i = f"{stem}{i}", i + 1
+    item = printer.measure(dataclasses.replace(m, name=None))
+    return f"give this column its own name: `{name} = {item}`"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import ast as A
 from .check_context import Context
-from .check_metrics import check_measures, inlined
+from .check_metrics import check_measures, inlined, name_column_hint
 from .check_sites import captures, check_items, check_where, sweep_columns
 from .errors import Span
 
@@ -96,5 +96,6 @@ def _columns(ctx: Context, op: A.Lens | A.MeasureRun) -> None:
         name = m.name.value if m.name is not None else (
             m.expr.name if isinstance(m.expr, A.MRef) else printer.mexpr(m.expr))
         if name in seen:
-            ctx.error("E327", f"the result column `{name}` is measured twice", m.span)
+            ctx.error("E327", f"the result column `{name}` is measured twice", m.span,
+                      hint=name_column_hint(m, seen))
         seen.add(name)

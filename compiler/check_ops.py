@@ -7,7 +7,7 @@ from __future__ import annotations
 from . import ast as A
 from . import printer
 from .check_context import Context, did_you_mean
-from .check_metrics import check_measures
+from .check_metrics import check_measures, name_column_hint
 from .linear import NonLinear, linear_terms, nonlinear_message
 from .check_runs import check_vector_fits, no_subspace, require_aligned
 from .check_sites import (
@@ -176,8 +176,7 @@ def _check_columns(ctx: Context, columns: list[tuple[str, Span]],
                           "a measured one", m.name.span)
         if name in measured:
             ctx.error("E327", f"the result column `{name}` is measured twice", m.span,
-                      hint="declare a second metric (`metric ld2 = ld`) to measure it both "
-                      "ways")
+                      hint=name_column_hint(m, measured | sweep))
         measured.add(name)
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from . import ast as A
 from .check_context import Context
-from .check_sites import check_items, check_pos, expand, row_where, site_width
+from .check_sites import PATTERN_KINDS, check_items, check_pos, expand, no_vector_on_pattern, \
+    row_where, site_width
 from .check_vectors import VectorChecker, one_site_width, vector_deps
 from .checked import RunInfo
 from .errors import Span
@@ -152,6 +153,10 @@ def check_vector_fits(ctx: Context, dim: int | None, resolved: list, span: Span)
     for _item, matches in resolved:
         for m in matches:
             for site in m.sites:
+                if site.kind in PATTERN_KINDS:
+                    with ctx.catch():
+                        no_vector_on_pattern(site, span)
+                    return
                 width = site_width(ctx.model, site)
                 if width != dim:
                     ctx.error("E333", f"the vector has {dim} features but {site} has {width}",

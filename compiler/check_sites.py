@@ -9,11 +9,13 @@ vectors, and the grouped-query warning for writes of a shared kv head.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from . import ast as A
 from . import resolve
 from .check_context import Context
 from .checked import RunInfo
-from .errors import Span
+from .errors import CheckError, Span
 from .ir import Positions, Site
 from .modelspec import ModelSpec
 from .resolve import Match
@@ -30,6 +32,19 @@ def site_width(model: ModelSpec, site: Site) -> int:
         return site.features[1] - site.features[0]
     dim = SITE_KINDS[site.kind].dim
     return model.n_ctx if dim == "n_ctx" else model.dim_of(dim)
+
+
+PATTERN_KINDS = frozenset({"pattern", "attn.pattern"})
+
+
+def no_vector_on_pattern(site: Site, span: Span) -> None:
+    """A pattern's features are key positions, as many as the prompt has tokens: no vector
+    (steered, averaged from a run, spanning a subspace) has a fixed width there (E333)."""
+    if site.kind in PATTERN_KINDS:
+        raise CheckError("E333", f"{site} is an attention pattern: its width is the prompt's "
+                         "length, so no vector fits it", span,
+                         hint="steer, mean(...) and subspaces apply to vector sites such as "
+                         "z, attn.out or resid_post; ablate, scale or swap the pattern")
 
 
 def expand(ctx: Context, item: A.SiteItem) -> list[Match] | None:
@@ -52,6 +67,8 @@ def check_pos(ctx: Context, pos: A.Pos | None,
     they cannot be known (no run, no tokenizer, or an error was reported)."""
     if pos is None:
         return [(Positions("all"), None)]
+    if isinstance(pos, A.PosSet):
+        _warn_repeats(ctx, pos)
     if isinstance(pos, A.ColumnRef):
         return _column_pos(ctx, pos, run)
     if isinstance(pos, A.PosSpan):
@@ -81,6 +98,22 @@ def check_pos(ctx: Context, pos: A.Pos | None,
             return resolve.positions(pos, common)
         return resolve.positions(pos, min(lengths), shortest=True)
     return None
+
+
+def _warn_repeats(ctx: Context, pos: A.PosSet) -> None:
+    """W303: a position written twice in `@ {...}` counts once; say so rather than drop it
+    silently (a typo for another position is the likelier intent)."""
+    counts = Counter(pos.values)
+    repeats = [str(v) for v, n in counts.items() if n > 1]
+    if repeats:
+        def written(values) -> str:
+            return "{" + ", ".join(str(v) for v in values) + "}"
+
+        ctx.warn("W303", f"position {' and '.join(repeats)} repeated in "
+                 f"{written(pos.values)}: each position counts once, so the set is "
+                 f"{written(sorted(counts))}", pos.span,
+                 hint="write each position once (or did you mean another position?)",
+                 once=f"W303@{pos.span}")
 
 
 def _column_pos(ctx: Context, pos: A.ColumnRef, run: RunInfo | None
@@ -212,6 +245,12 @@ def _check_subspace(ctx: Context, ref: A.SiteRef) -> None:
     if not ref.subspace or ctx.model is None:
         return
     sites = [s for m in resolve.expand_site(ref, ctx.model) for s in m.sites]
+    with ctx.catch():
+        no_vector_on_pattern(sites[0], ref.span)
+        return _check_subspace_widths(ctx, ref, sites)
+
+
+def _check_subspace_widths(ctx: Context, ref: A.SiteRef, sites: list[Site]) -> None:
     width = site_width(ctx.model, sites[0])
     for name in ref.subspace:
         if ctx.vector(name, ref.span) is None or name not in ctx.vector_dims:

@@ -19,7 +19,7 @@ from functools import lru_cache
 from . import ast as A
 from . import resolve
 from .check_context import Context, did_you_mean
-from .check_sites import check_pos, site_width
+from .check_sites import check_pos, no_vector_on_pattern, site_width
 from .errors import CheckError, Span
 
 SAE_DECODER_KEY = "W_dec"
@@ -157,6 +157,7 @@ def one_site_width(ctx: Context, site: A.SiteRef, what: str) -> int | None:
             raise CheckError("E332", f"{what} needs exactly one site; {site.text} matches "
                              f"{len(sites)}", site.span, hint="write a concrete site, e.g. "
                              "L6.resid_post")
+        no_vector_on_pattern(sites[0], site.span)
         return site_width(ctx.model, sites[0])
     return None
 

@@ -33,6 +33,9 @@ class Options(BaseModel):
     # "auto" (or another accelerate strategy), a .json map file, or (API) a dict; see
     # compiler/device_map.py
     device_map: str | dict[str, int | str] | None = None
+    # CPU threads torch computes with (torch.set_num_threads); None: runtime/threads.py
+    # chooses from the machine and the model's size
+    threads: int | None = None
 
     # Values are checked here, not at run time, so `patchc check` catches `set device = gpu`.
     @field_validator("device")
@@ -75,6 +78,13 @@ class Options(BaseModel):
     def _batch_size(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
             raise ValueError("batch_size must be at least 1")
+        return v
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("threads must be at least 1")
         return v
 
     @field_validator("device_map")

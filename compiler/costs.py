@@ -20,6 +20,10 @@ from .modelspec import ModelSpec
 from .sites import SITE_KINDS
 
 SAFETY = 1.25  # activation estimates are multiplied by this
+# Seconds of overhead (lowering, passes, scheduling, hook installation, bookkeeping, result
+# assembly: everything but model passes) per node of the lowered graph, as measured on the
+# project's shared 2-core CPU (benchmarks/overhead.py; docs/performance.md).
+OVERHEAD_PER_NODE = 1.0e-3
 FLOAT32 = 4
 # Held back from every budget: allocator slack, Python objects, the run's small tensors.
 RESERVE_BYTES = 32 << 20
@@ -236,3 +240,8 @@ class GraphSizes:
         f = self.fwd(fid)
         return forward_flops(self.model, ForwardShape(self.rows(fid),
                                                          self.runs[f.run].width))
+
+
+def overhead_seconds(lowered_nodes: int) -> float:
+    """The estimated overhead of a run whose lowered (naive) graph has this many nodes."""
+    return OVERHEAD_PER_NODE * lowered_nodes

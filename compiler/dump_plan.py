@@ -122,7 +122,7 @@ def emit_plan(checked, ir: IRGraph, optimized: IRGraph, memory: str | None = Non
     """`patchc compile SPEC --emit plan [--workers N]`: the optimized graph's Plan beside the
     naive one, and with N > 1 how it divides over N workers. The budget is `memory`, else
     the spec's `set memory`, else unbounded (the runtime reads free memory instead)."""
-    from .costs import parse_bytes
+    from .costs import overhead_seconds, parse_bytes
     from .pipeline import PASSES
 
     memory = memory or checked.options.memory
@@ -131,11 +131,14 @@ def emit_plan(checked, ir: IRGraph, optimized: IRGraph, memory: str | None = Non
     plan = schedule(optimized, checked.model, run_shapes(checked), budget,
                     checked.options.batch_size, dtype_bytes, naive_ir=ir,
                     passes=tuple(p.__name__ for p in PASSES))
+    nodes = ir.g.number_of_nodes()
+    overhead = (f"overhead: ~{overhead_seconds(nodes):.1f} s estimated for {nodes} graph nodes "
+                "(planning, hooks, bookkeeping, results; not model passes)\n")
     if workers > 1:
         from .shard import shard
 
-        return dump_plan(plan) + dump_shards(shard(optimized, plan, workers))
-    return dump_plan(plan)
+        return dump_plan(plan) + overhead + dump_shards(shard(optimized, plan, workers))
+    return dump_plan(plan) + overhead
 
 
 def optimizer_fields(ir: IRGraph) -> list[str]:

@@ -34,16 +34,48 @@ def _parser() -> Lark:
                 maybe_placeholders=False)
 
 
+def looks_like_path(text: str) -> bool:
+    """Whether an argument that may be a path or spec text names a file: one line that ends
+    in `.patch`, names something on disk, or has no whitespace (every statement has a
+    space, so such a string cannot be a spec). The CLI and the Python API share this rule."""
+    if "\n" in text or not text.strip():
+        return False
+    return text.endswith(".patch") or not any(c.isspace() for c in text) or Path(text).exists()
+
+
 def parse_file(path: str | Path) -> A.Spec:
     p = Path(path)
+    if p.is_dir():
+        inside = sorted(q.name for q in p.glob("*.patch"))[:3]
+        hint = f"name a spec file in it, e.g. {p / inside[0]}" if inside else None
+        raise ParseError("E001", "spec path is a directory, not a spec file", None,
+                         Source("", str(p)), hint=hint)
     try:
         text = p.read_text("utf-8")
     except FileNotFoundError:
-        raise ParseError("E001", "spec file not found", None, Source("", str(p))) from None
+        raise ParseError("E001", "spec file not found", None, Source("", str(p)),
+                         hint=_near_file(p)) from None
     except UnicodeDecodeError as e:
         raise ParseError("E002", f"spec file is not UTF-8 ({e.reason} at byte {e.start})", None,
                          Source("", str(p)), hint="save it as UTF-8") from None
     return parse(text, str(p), str(p.parent))
+
+
+def _near_file(p: Path) -> str | None:
+    """`did you mean X?` for a missing spec path whose folder holds a similar name (the
+    `.patch` suffix left off, a letter missing)."""
+    folder = p.parent
+    try:
+        names = [q.name for q in folder.iterdir() if q.is_file() or q.suffix == ".patch"]
+    except OSError:
+        return None
+    if p.suffix != ".patch" and (p.name + ".patch") in names:
+        return f"did you mean {folder / (p.name + '.patch')}?"
+    stems = {Path(n).stem: n for n in names if n.endswith(".patch")}
+    close = (difflib.get_close_matches(p.name, names, n=1, cutoff=0.7)
+             or [stems[s] for s in difflib.get_close_matches(p.stem, list(stems), n=1,
+                                                             cutoff=0.7)])
+    return f"did you mean {folder / close[0]}?" if close else None
 
 
 def parse(text: str, filename: str = "<spec>", base_dir: str = ".") -> A.Spec:

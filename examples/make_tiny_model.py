@@ -38,6 +38,17 @@ def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
                                    bos_token="[BOS]", eos_token="[EOS]")
 
 
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out: Path) -> None:
+    """Save it under the class name every supported transformers knows (5.x would write
+    its own `TokenizersBackend`, which 4.x cannot load)."""
+    tokenizer.save_pretrained(out)
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text("utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config.pop("backend", None)
+    path.write_text(json.dumps(config, indent=2) + "\n", "utf-8")
+
+
 def main(out: Path = HERE / "models" / "tiny-gpt2") -> None:
     tokenizer = build_tokenizer(corpus_words())
     torch.manual_seed(0)
@@ -46,7 +57,7 @@ def main(out: Path = HERE / "models" / "tiny-gpt2") -> None:
     model = GPT2LMHeadModel(config).eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     print(f"wrote {out} (vocab {len(tokenizer)}, {sum(p.numel() for p in model.parameters())} "
           "parameters)")
 

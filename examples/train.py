@@ -41,6 +41,7 @@ from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXFor
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import make_data as D  # noqa: E402
+from make_tiny_model import save_tokenizer  # noqa: E402
 
 SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
 PAD = 0
@@ -139,7 +140,7 @@ def tid(tok, word: str) -> int:
 def save(model, tok, out: Path, info: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    tok.save_pretrained(out)
+    save_tokenizer(tok, out)
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n", "utf-8")
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"wrote {out} ({size / 1e6:.2f} MB, {sum(p.numel() for p in model.parameters())} "

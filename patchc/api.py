@@ -2,14 +2,13 @@
 
 A Program is a spec that parsed, checked against the model's shape and lowered to IR; it
 knows its result tables and how many rows (experiments) each will have. `compile` loads no
-weights and never imports torch; `run` (in patchc/runner.py) does both.
+weights and never imports torch; `run` (patchc/runner.py, execution.py) does both.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from patchc.compiler import ast as A
@@ -19,7 +18,7 @@ from patchc.compiler.errors import PatchcError
 from patchc.compiler.ir import IRGraph
 from patchc.compiler.lower import lower
 from patchc.compiler.modelspec import ModelSpec
-from patchc.compiler.parse import parse, parse_file
+from patchc.compiler.parse import looks_like_path, parse, parse_file
 from patchc.compiler.pipeline import optimize
 
 if TYPE_CHECKING:
@@ -58,13 +57,14 @@ class Program:
 def load_spec(path_or_source: str | os.PathLike[str]) -> A.Spec:
     """Parse a spec given as a file path or as spec text.
 
-    A string with no newline that names an existing file (or ends in `.patch`) is a path;
-    anything else is spec text, whose relative paths resolve against the working directory.
+    A one-line string that ends in `.patch`, names something on disk or has no whitespace
+    is a path (`looks_like_path`); anything else is spec text, whose relative paths resolve
+    against the working directory.
     """
     if isinstance(path_or_source, os.PathLike):
         return parse_file(path_or_source)
     text = str(path_or_source)
-    if "\n" not in text and (text.endswith(".patch") or Path(text).is_file()):
+    if looks_like_path(text):
         return parse_file(text)
     return parse(text, "<spec>", os.getcwd())
 

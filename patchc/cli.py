@@ -287,6 +287,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = _overrides(args.set or [])
     if args.device_map:
         overrides["device_map"] = args.device_map
+    if args.threads is not None:
+        if args.threads < 1:
+            raise _UsageError(f"patchc run: error: --threads must be at least 1, got "
+                              f"{args.threads}")
+        overrides["threads"] = args.threads
     dm = overrides.get("device_map")
     if isinstance(dm, str) and dm.endswith(".json"):  # named on the command line: from the cwd
         overrides["device_map"] = str(Path(dm).resolve())
@@ -425,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the reference interpreter (one forward per experiment)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a `set` option (dtype, device, seed, batch_size, memory, "
-                   "device_map)")
+                   "device_map, threads)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model's own code from the hub (never taken from a spec)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
@@ -434,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-map", metavar="MAP",
                    help="spread the model over devices: auto, balanced, balanced_low_0, "
                    "sequential or a .json map (as `set device_map`)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (as `set threads`; default: chosen from the "
+                   "machine and the model's size)")
     p.add_argument("--rows", type=int, default=20, help="rows of each table to print")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="write no PNGs")

@@ -48,6 +48,9 @@ class Manifest(BaseModel):
     plan: dict[str, Any]  # pass counts: forwards, backwards, ...
     interpreter: str  # "naive" or "optimized"
     total_seconds: float
+    # Seconds per phase (load, plan, execute, assemble), in model passes (model), and the
+    # overhead: everything but the load and the model passes (patchc/execution.py Clock).
+    timings: dict[str, float] = {}
     files: list[str] = []  # every file of the result folder but manifest.json (outputs.py)
 
 

@@ -126,7 +126,12 @@ def build_table(table: Table, values: dict[str, Any],
     A warning about the table (W470) is appended to `warnings`."""
     if table.op == "read":
         return _read_table(table, values)
-    means = {nid: _mean(v) for nid, v in values.items()}
+    # The means of this table's own nodes only: every table averaging every value of the
+    # run made result assembly quadratic in the number of tables.
+    used = [nid for row in table.rows for _, nid in row.values]
+    used += [nid for p in table.pairs for nid in (p.estimate, p.metric, *(p.normalize or ()))
+             if nid]
+    means = {nid: _mean(values[nid]) for nid in dict.fromkeys(used)}
     gaps = _ZeroGaps()
     df = (_compare_table(table, means, gaps) if table.pairs
           else _rows_table(table, values, means, gaps))

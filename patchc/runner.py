@@ -1,319 +1,42 @@
-"""How a run is executed: load the model (or take the caller's), check the spec against the
-loaded model's own shape, lower it, interpret the graph, and assemble Results + manifest.
+"""How a run is executed: in this process, or sharded over worker processes.
 
-By default the graph is optimized (compiler/pipeline.py), scheduled for the real token counts
-and memory budget (compiler/schedule.py) and run by the plan interpreter (runtime/execute.py);
-`naive=True` runs the unoptimized graph through the reference interpreter (runtime/naive.py).
-The manifest records which one produced the tables, and the plan's pass counts.
+`execute` is the entry point of patchc.run and `patchc run`. It refuses what cannot run over
+workers, then hands one process's run to patchc/execution.py, or starts the workers through
+patchc/workers.py (which calls execution.py in each of them). Imports point one way:
+runner.py -> workers.py -> execution.py.
 """
 
 from __future__ import annotations
 
-import time
-import weakref
 from typing import Any, Callable
 
-from pydantic import ValidationError
-
 from patchc.compiler import ast as A
-from patchc.compiler.check import AUTO, check
-from patchc.compiler.checked import CheckedSpec, Options
-from patchc.compiler.errors import NO_SPAN, PatchcError, RuntimeInterventionError
-from patchc.compiler.ir import Backward, Forward, IRGraph
-from patchc.compiler.lower import lower
-from patchc.manifest import Manifest, sha256_text, versions
-from patchc.run_record import what_ran
+from patchc.compiler.errors import RuntimeInterventionError
+from patchc.execution import run_process
 from patchc.results import Results
-
-
-def _options(checked: CheckedSpec, overrides: dict[str, Any]) -> CheckedSpec:
-    if not overrides:
-        return checked
-    try:
-        options = Options(**{**checked.options.model_dump(), **overrides})
-    except ValidationError as e:  # a bad override is the caller's: say which and why
-        err = e.errors()[0]
-        name = ".".join(str(p) for p in err["loc"][:1])
-        why = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            why = f"no such option (options are {', '.join(Options.model_fields)})"
-        raise RuntimeInterventionError(
-            "E412", f"bad option override {name}={overrides.get(name)!r}: {why}") from None
-    from dataclasses import replace
-
-    return replace(checked, options=options)
-
-
-def set_span(spec: A.Spec, option: str, overrides: dict[str, Any]):
-    """The span of `set OPTION = ...`, or NO_SPAN when an override gave the value."""
-    if option in overrides:
-        return NO_SPAN
-    found = [s for s in spec.statements if isinstance(s, A.SetDecl) and s.name.value == option]
-    return found[0].span if found else NO_SPAN
-
-
-def _model_decl(spec: A.Spec) -> A.ModelDecl:
-    decl = next((s for s in spec.statements if isinstance(s, A.ModelDecl)), None)
-    if decl is None:
-        raise RuntimeInterventionError("E300", "the spec has no model statement")
-    return decl
 
 
 def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool = False,
             trust_remote_code: bool = False,
             progress: Callable[[int, int], None] | None = None,
             overrides: dict[str, Any] | None = None,
-            workers: int | str = 1, group: Any = None) -> Results | None:
+            workers: int | str = 1) -> Results | None:
     """Run a spec. `workers` N > 1 spawns N-1 worker processes (patchc/workers.py);
-    "torchrun" joins the processes torchrun started. `group` is the worker group this
-    process already belongs to. With workers, only rank 0 returns Results (others None)."""
-    if group is None and workers != 1:
-        from patchc import workers as W
-
-        if naive or (workers != "torchrun" and int(workers) < 1):
-            raise RuntimeInterventionError(
-                "E416", f"--workers {workers} with --naive: the naive interpreter (the "
-                "reference oracle) runs in one process" if naive else
-                f"--workers must be at least 1, not {workers}",
-                hint="drop --naive or --workers" if naive else None).with_source(spec.source)
-        if workers == "torchrun":
-            group = W.join_torchrun()
-        else:
-            return W.spawn(spec, int(workers), model, tokenizer, trust_remote_code, progress,
+    "torchrun" joins the processes torchrun started. With workers, only rank 0 returns
+    Results (the others None)."""
+    if workers == 1:
+        return run_process(spec, model, tokenizer, naive, trust_remote_code, progress,
                            overrides)
-    start = time.perf_counter()
-    decl = _model_decl(spec)
-    inputs = _hash_inputs(spec, overrides)
-    given = model is not None  # the caller's model, not the spec's `model` line, runs
-    try:
-        checked, model, tokenizer, device = prepare(spec, model, tokenizer, trust_remote_code,
-                                                    overrides, group)
-        values, seconds, ir, plan = _evaluate(checked, model, tokenizer, naive, progress,
-                                              group)
-    except PatchcError as e:
-        raise e.with_source(spec.source) from None
-    if values is None:  # a worker other than rank 0: its values went to rank 0
-        return None
-    results = _results(spec, decl, checked, model, tokenizer, device, ir, plan, values,
-                       seconds, naive, time.perf_counter() - start, group, inputs, given)
-    _observations(results, spec, checked, tokenizer)
-    return results
+    from patchc import workers as W  # torch.distributed: only when workers are asked for
 
-
-def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
-            overrides: dict[str, Any] | None, group: Any = None) -> tuple:
-    """Check the spec (against the config alone: a wrong spec fails before any weight
-    loads), then load the model or place the caller's: (checked, model, tokenizer, device)."""
-    from patchc.runtime.adapters import adapter_for
-    from patchc.runtime.loading import input_device, is_dispatched, load, resolve_device
-
-    overrides = dict(overrides or {})
-    model_spec = adapter_for(model).spec() if model is not None else None
-    checked = check(spec, model_spec, tokenizer=AUTO if tokenizer is None else tokenizer)
-    if group is not None:  # each worker on its own GPU, when there are GPUs
-        overrides.update(group.placement(checked.options))
-    checked = _options(checked, overrides)
-    options = checked.options
-    if model is None:
-        decl = _model_decl(spec)
-        try:
-            loaded = load(decl.model_id, decl.revision, options, spec.source.base_dir,
-                          trust_remote_code)
-        except PatchcError as e:  # a failed load points at the `model` statement
-            if e.span == NO_SPAN:  # (no CUDA: at `set device`, unless an override asked)
-                e.span = set_span(spec, "device", overrides) if e.code == "E410" else \
-                    decl.span
-            raise
-        return checked, loaded.model, loaded.tokenizer, loaded.device
-    if tokenizer is None:
-        raise RuntimeInterventionError("E413", "pass the tokenizer with the model")
-    device = input_device(model)
-    if not is_dispatched(model) and (options.device != "cpu" or "device" in overrides):
-        device = resolve_device(options.device)
-        model = model.to(device)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return checked, model, tokenizer, device
-
-
-def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
-              progress: Callable[[int, int], None] | None, group: Any = None) -> tuple:
-    """Lower, optimize, schedule and run: (values, seconds per table, ir, plan). With a
-    worker group, each worker runs its shard; values is None except on rank 0."""
-    import torch
-
-    from patchc.runtime.adapters import adapter_for
-    from patchc.runtime.naive import Interpreter
-
-    adapter = adapter_for(model)
-    torch.manual_seed(checked.options.seed)
-    ir = lower(checked)
-    if naive:
-        interp = Interpreter(checked, model, tokenizer, adapter, progress)
-        values = interp.run(ir)
-        return values, _table_seconds(ir, interp.node_seconds), ir, None
-    from patchc.compiler.pipeline import optimize
-    from patchc.runtime.execute import Executor
-
-    interp = Executor(checked, model, tokenizer, adapter, progress)
-    share = group.sharing(interp.device) if group is not None else 1
-    ir, plan = interp.prepare(optimize(ir), share=share)
-    if group is None:
-        values = interp.run(ir, plan)
-        return values, _table_seconds(ir, interp.node_seconds), ir, plan
-    plan = group.same_plan(ir, plan)
-    gathered = group.run(interp, ir, plan)
-    if gathered is None:
-        return None, {}, ir, plan
-    values, node_seconds = gathered
-    return values, _table_seconds(ir, node_seconds), ir, plan
-
-
-def _hash_inputs(spec: A.Spec, overrides: dict[str, Any] | None) -> dict[str, str]:
-    """The sha256 of every file the spec reads, taken before they are read."""
-    from patchc.manifest import hash_inputs, spec_files
-
-    dm = (overrides or {}).get("device_map")
-    return hash_inputs(spec_files(spec, dm), spec.source.base_dir)
-
-
-def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
-             tokenizer: Any, device: Any, ir: IRGraph, plan: Any, values: dict[str, Any],
-             seconds: dict[str, float], naive: bool, total: float, group: Any = None,
-             inputs: dict[str, str] | None = None, given: bool = False) -> Results:
-    from patchc.plotinfo import describe_tables
-
-    options = checked.options
-    plot = describe_tables(ir, checked, tokenizer, values)  # titles, scales, tokens
-    tables = {t.name: {"rows": len(t.rows), "columns": list(t.columns), "keys": _keys(t),
-                       "seconds": round(seconds.get(t.name, 0.0), 4), "plot": plot[t.name]}
-              for t in ir.tables}
-    hf_map = getattr(model, "hf_device_map", None)
-    ran = what_ran(spec, decl, model, tokenizer, given)
-    manifest = Manifest(
-        spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
-        spec_file=ran.spec_file, spec_dir=ran.spec_dir, model_id=decl.model_id,
-        model_path=ran.model_path, revision=decl.revision, weights_sha256=_weights_hash(model),
-        tokenizer_sha256=ran.tokenizer_sha256, inputs=inputs or {},
-        versions=versions(), device=str(device),
-        device_map={str(k): v for k, v in hf_map.items()} if hf_map else None,
-        workers=group.world if group is not None else 1, threads=_threads(),
-        dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
-        options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan),
-        interpreter="naive" if naive else "optimized", total_seconds=round(total, 4))
-    results = Results(ir, values, manifest.model_dump(),
-                      warnings=[*checked.warnings, *ran.warnings])
-    for w in results.warnings:  # the tables' own warnings point into the spec too
-        w.with_source(spec.source)
-    return results
-
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def _observations(results: Results, spec: A.Spec, checked: CheckedSpec, tokenizer: Any
-                  ) -> None:
-    """What the statements of §11 add to Results and the manifest: each table's operation
-    and the baselines of its normalized columns (printed with it, labelled in its plot), and
-    the tokens of the run a `read` or `lens` looked at (plot axes)."""
-    from patchc.runtime.inputs import encode
-
-    for op in spec.operations():
-        name = A.table_name(op)
-        info = results.manifest["tables"].get(name)
-        if info is None:
-            continue
-        info["op"] = A.op_keyword(op)
-        baselines = results.baselines(name)
-        if baselines:
-            info["baselines"] = baselines
-        if isinstance(op, (A.ReadSites, A.Lens)):
-            texts = list(checked.runs[op.target.value].texts)
-            # Each token as text (a BPE tokenizer's "ĠMary" reads " Mary"): axis labels.
-            results._tokens[name] = [[tokenizer.decode([i]) for i in ids]
-                                     for ids in encode(tokenizer, texts)]
-            info["tokens"] = results._tokens[name][0]  # plot labels (example 0)
-        if isinstance(op, A.ReadSites):
-            results._positions[name] = _read_positions(results, name, checked, op)
-
-
-def _read_positions(results: Results, name: str, checked: CheckedSpec, op: A.ReadSites
-                    ) -> dict[str, list[int]]:
-    """Which token positions each site of a `read` holds, for its first example (the
-    query axis of an attention figure)."""
-    n0 = len(results.tokens(name)[0])
-    info = checked.runs[op.target.value]
-    row0 = checked.data[info.data].rows[0] if info.data else {}
-    out = {}
-    for row in results._table(name).rows:
-        pos = results._ir.node(row.values[0][1]).pos  # type: ignore[union-attr]
-        if pos.kind == "all":
-            picked = list(range(n0))
-        elif pos.kind == "last":
-            picked = [n0 - 1]
-        elif pos.kind in ("index", "range"):
-            picked = list(range(pos.lo, (pos.hi if pos.kind == "range" else pos.lo) + 1))
-        elif pos.kind == "set":
-            picked = list(pos.values)
-        elif pos.kind == "column":
-            picked = [int(row0[pos.column[1]])]  # type: ignore[index]
-        else:  # span
-            picked = list(range(int(row0[pos.column[1]]),  # type: ignore[index]
-                                int(row0[pos.end[1]]) + 1))  # type: ignore[index]
-        out[dict(row.key)["site"]] = picked
-    return out
-
-
-def _table_seconds(ir: IRGraph, node_seconds: dict[str, float]) -> dict[str, float]:
-    """A table's time is that of every node it depends on (shared nodes, like a clean run
-    read by many swaps, count toward each table that needs them)."""
-    seconds = {}
-    for table in ir.tables:
-        refs = {nid for row in table.rows for _, nid in row.values}
-        refs |= {p.estimate for p in table.pairs} | {p.metric for p in table.pairs}
-        deps, todo = set(refs), list(refs)  # refs and their ancestors: one walk, not one
-        while todo:                          # per ref (168 refs: 0.3 s of a 1 s run)
-            for pred in ir.g.predecessors(todo.pop()):
-                if pred not in deps:
-                    deps.add(pred)
-                    todo.append(pred)
-        seconds[table.name] = sum(node_seconds.get(n, 0.0) for n in deps)
-    return seconds
-
-
-def _keys(table) -> list[str]:
-    """The sweep-variable columns of a table (what its plot's axes are)."""
-    keys: list[str] = []
-    for row in table.rows:
-        keys += [k for k, _ in row.key if k not in keys]
-    return keys
-
-
-_HASHES: "weakref.WeakKeyDictionary[Any, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
-
-
-def _weights_hash(model: Any) -> str:
-    """runtime.loading.weights_hash, remembered per model object while no tensor of it has
-    changed (same storage, same version counter): hashing every weight costs more than a
-    fast sweep of a small model, and a notebook runs many specs on one loaded model."""
-    from patchc.runtime.loading import weights_hash
-
-    stamp = tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape))
-                  for name, t in model.state_dict(keep_vars=True).items())
-    cached = _HASHES.get(model)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    digest = weights_hash(model)
-    _HASHES[model] = (stamp, digest)
-    return digest
-
-
-def _pass_counts(ir: IRGraph, plan=None) -> dict[str, int]:
-    counts = {"forwards": ir.count(Forward), "backwards": ir.count(Backward),
-              "nodes": ir.g.number_of_nodes()}
-    if plan is not None:  # model passes actually run (a batched chunk is one)
-        counts["passes"] = plan.optimized.forwards
-    return counts
+    if naive or (workers != "torchrun" and int(workers) < 1):
+        raise RuntimeInterventionError(
+            "E416", f"--workers {workers} with --naive: the naive interpreter (the "
+            "reference oracle) runs in one process" if naive else
+            f"--workers must be at least 1, not {workers}",
+            hint="drop --naive or --workers" if naive else None).with_source(spec.source)
+    if workers == "torchrun":
+        return run_process(spec, model, tokenizer, False, trust_remote_code, progress,
+                           overrides, group=W.join_torchrun())
+    return W.spawn(spec, int(workers), model, tokenizer, trust_remote_code, progress,
+                   overrides)

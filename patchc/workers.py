@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing  # noqa: F401 - registers the reductions that share tensors
 
+from patchc import execution
 from patchc.compiler.checked import Options
 from patchc.compiler.errors import PatchcError, RuntimeInterventionError
 from patchc.compiler.ir import IRGraph
@@ -248,18 +249,16 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, trust_remote_code
           ) -> Any:
     """Run as rank 0 of `workers` (> 1) processes, starting the others once the plan is
     made (runner.execute has refused --naive and counts below 2)."""
-    from patchc import runner
-
     ctx = _context()  # before loading: the fork server imports torch meanwhile
     # Load once here: a bad spec or a missing model fails before any process starts, and
     # the workers get these weights (shared memory on the CPU) instead of reading them again.
     try:
-        checked, model, tokenizer, _ = runner.prepare(spec, model, tokenizer,
+        checked, model, tokenizer, _ = execution.prepare(spec, model, tokenizer,
                                                       trust_remote_code, overrides)
         check_options(checked.options)
     except PatchcError as e:
         if e.code == "E417":  # at `set device_map`, unless --device-map/an override gave it
-            e.span = runner.set_span(spec, "device_map", overrides or {})
+            e.span = execution.set_span(spec, "device_map", overrides or {})
         raise e.with_source(spec.source) from None
     threads = max(1, torch.get_num_threads() // workers)  # the cores, divided
 
@@ -293,8 +292,8 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, trust_remote_code
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return runner.execute(spec, model, tokenizer, False, trust_remote_code, progress,
-                              overrides, group=group)
+        return execution.run_process(spec, model, tokenizer, False, trust_remote_code,
+                                     progress, overrides, group=group)
     except BaseException:  # rank 0 failed or was interrupted: the workers' results are moot
         _stop(group, 0)
         raise
@@ -330,7 +329,7 @@ def _context():
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return torch.multiprocessing.get_context("spawn")
     ctx = torch.multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "transformers", "patchc.runner",
+    ctx.set_forkserver_preload(["torch", "transformers", "patchc.execution",
                                 "patchc.runtime.execute", "patchc.runtime.adapters"])
     from multiprocessing import forkserver
 
@@ -341,14 +340,13 @@ def _context():
 def _worker(rank: int, world: int, root: Path, plan: tuple[str, str], threads: int,
             payload: bytes, overrides: dict[str, Any] | None, parent: int) -> None:
     """A spawned worker: run its shard of rank 0's plan, send its results to rank 0."""
-    from patchc import runner
-
     _watch_parent(parent, root)
     torch.set_num_threads(threads)
     try:
         spec, model, tokenizer = pickle.loads(payload)
         group = Spawned(rank, world, root, plan_json=plan)  # type: ignore[arg-type]
-        runner.execute(spec, model, tokenizer, False, False, None, overrides, group=group)
+        execution.run_process(spec, model, tokenizer, False, False, None, overrides,
+                              group=group)
         close()
     except BaseException as e:  # noqa: BLE001 - reported to rank 0, then this process ends
         # Rank 0 reports it, in one line: a mistake as E415, anything else as a bug.

@@ -8,6 +8,7 @@ one way: naive.py -> estimates.py / dla.py -> context.py.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
@@ -42,3 +43,6 @@ class RunContext(Protocol):
     def hooks_for(self, ir: IRGraph, nid: str, node: Forward, batch: Batch,
                   reads: bool = True) -> list:
         """(kind, layer, head, fn) hooks: the Forward's writes in order, then its reads."""
+
+    def model_pass(self) -> contextlib.AbstractContextManager[None]:
+        """A context whose time counts as model compute (the run's timings)."""

@@ -22,7 +22,7 @@ from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Rea
 from . import dla, lrp
 from .inputs import position_index, position_valid
 from .prefix import trimmed_logits
-from .writes import ReadValue, _features, gather, scatter
+from .writes import ReadValue, _features, gather, position_major_for, scatter
 
 IG_ROWS = 64  # rows (examples x steps) per batched ig pass unless `set batch_size` says
 
@@ -129,6 +129,7 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
         sites.setdefault(Site(read.site.kind, read.site.layer, read.site.head), []).append(rid)
 
     def make_leaf(site: Site):
+        @position_major_for(site)  # the leaf, its gradient and `replace` see [N, T, ...]
         def fn(act: torch.Tensor) -> torch.Tensor:
             if replace and site in replace:
                 act = replace[site](act)
@@ -145,7 +146,8 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
     head = interp.model.get_output_embeddings()
     with torch.enable_grad(), frozen(interp.model), lrp.rules_for(interp.adapter, rules), \
             interp.adapter.hooks(chained(hooks + grad_hooks)), \
-            trimmed_logits(head, *(trim.index, trim.tokens) if trim else (None, None)):
+            trimmed_logits(head, *(trim.index, trim.tokens) if trim else (None, None)), \
+            interp.model_pass():
         logits = interp.model(**batch.to(interp.device).model_kwargs()).logits
         if logits_out is not None:
             logits_out(logits.detach())
@@ -267,9 +269,10 @@ def _shift(batch, columns, ends: list[tuple[Read, torch.Tensor, torch.Tensor]],
     like a swap's (a site upstream in the same group does not move them); the others stay."""
     def fn(act: torch.Tensor) -> torch.Tensor:
         k = len(alphas)
-        al = torch.tensor(alphas, device=act.device, dtype=act.dtype).view(1, k, 1, 1)
         new, mask = act.detach().clone(), torch.zeros_like(act)
         for read, b, diff in ends:
+            al = torch.tensor(alphas, device=act.device, dtype=act.dtype)
+            al = al.view(1, k, *([1] * (b.dim() - 1)))
             feats = _features(read.site, act)
             b, diff = b.to(act.device, act.dtype), diff.to(act.device, act.dtype)
             point = (b[:, None] + al * diff[:, None]).flatten(0, 1)  # row i, step j

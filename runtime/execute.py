@@ -31,6 +31,7 @@ from . import metrics as M
 from .estimates import Trim, chained, gradients
 from .inputs import Batch, position_index
 from .naive import ForwardOutput, Interpreter
+from .compat import output_cache, with_cache
 from .reading import collect_reads
 from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
 from .writes import make_reader, make_writer
@@ -208,8 +209,8 @@ class Executor(Interpreter):
             "position_ids": feed.position_ids[:, p0:].repeat(k, 1),
             "use_cache": bool(p0) or step.keep_kv}
         if p0:
-            kwargs["past_key_values"] = prefix_cache(self.kv[step.twin], p0, k,
-                                                     step.start_layer)
+            kwargs = with_cache(self.model, kwargs, prefix_cache(self.kv[step.twin], p0, k,
+                                                                 step.start_layer))
         state = None
         if step.start is not None:
             # Left where the twin read it: the start layer's own device (with a device map,
@@ -220,10 +221,10 @@ class Executor(Interpreter):
         with self.adapter.hooks(hooks), \
                 skip_layers(self.adapter.layers(), step.start_layer, state,
                             self.adapter.fam.tuple_blocks), \
-                trimmed_logits(head, index, tokens):
+                trimmed_logits(head, index, tokens), self.model_pass():
             out = self.model(**kwargs)
         if step.keep_kv:
-            self.kv[step.members[0]] = out.past_key_values
+            self.kv[step.members[0]] = output_cache(out)
         logits = out.logits
         del out, kwargs, state
         for rows, fid, f in zip(blocks, step.members, members):

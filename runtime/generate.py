@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from .compat import output_cache, with_cache
 from .inputs import Batch
 
 
 def _prompt(interp, batch: Batch, hooks: list):
     """The prompt pass with the forward's hooks: (output, model kwargs)."""
     kwargs = batch.to(interp.device).model_kwargs()
-    with interp.adapter.hooks(hooks):
+    with interp.adapter.hooks(hooks), interp.model_pass():
         out = interp.model(**kwargs, use_cache=True)
     return out, kwargs
 
@@ -26,7 +27,7 @@ def greedy(interp, batch: Batch, hooks: list, n_new: int) -> list[str]:
     """The greedy continuation of every row, n_new tokens, decoded to text."""
     model = interp.model
     out, kwargs = _prompt(interp, batch, hooks)
-    cache = out.past_key_values
+    cache = output_cache(out)
     mask = kwargs["attention_mask"]
     pos = kwargs["position_ids"][:, -1:]
     token = out.logits[:, -1].argmax(-1, keepdim=True)
@@ -34,9 +35,11 @@ def greedy(interp, batch: Batch, hooks: list, n_new: int) -> list[str]:
     for _ in range(n_new - 1):
         mask = torch.cat([mask, torch.ones_like(token)], dim=1)
         pos = pos + 1
-        out = model(input_ids=token, attention_mask=mask, position_ids=pos,
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        step = {"input_ids": token, "attention_mask": mask, "position_ids": pos,
+                "use_cache": True}
+        with interp.model_pass():
+            out = model(**with_cache(model, step, cache))
+        cache = output_cache(out)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         generated.append(token)
     ids = torch.cat(generated, dim=1).cpu()
@@ -74,8 +77,9 @@ def sequence_logprob(interp, batch: Batch, hooks: list, answers: list[list[int]]
                           torch.ones(n, k, dtype=kwargs["attention_mask"].dtype,
                                      device=kwargs["attention_mask"].device)], dim=1)
         pos = kwargs["position_ids"][:, -1:] + 1 + torch.arange(k, device=mask.device)[None]
-        more = interp.model(input_ids=ids.to(mask.device), attention_mask=mask,
-                            position_ids=pos, past_key_values=out.past_key_values)
+        step = {"input_ids": ids.to(mask.device), "attention_mask": mask, "position_ids": pos}
+        with interp.model_pass():
+            more = interp.model(**with_cache(interp.model, step, output_cache(out)))
         lp = torch.log_softmax(more.logits[:, :-1].float(), -1).to(device)
         picked = lp.gather(2, ids[:, 1:, None].to(device))[..., 0]
         total = total + (picked * real[:, 1:].to(device)).sum(1)

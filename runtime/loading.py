@@ -89,6 +89,8 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from .compat import DTYPE_ARG
+
     hf_logging.disable_progress_bar()  # patchc shows its own progress; keep output clean
     where = model_location(model_id, base_dir)
     device = resolve_device(options.device)
@@ -106,7 +108,7 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
             hint="check tokenizer.json / tokenizer_config.json of the model") from None
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
-            where, dtype=dtype, output_loading_info=True, **kwargs, **placement)
+            where, **{DTYPE_ARG: dtype}, output_loading_info=True, **kwargs, **placement)
     except OSError as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise RuntimeInterventionError(

@@ -9,9 +9,10 @@ has used it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -71,6 +72,7 @@ class Interpreter:
         self.runs: dict[str, RunInputs] = {}
         self.values: dict[str, Any] = {}
         self.node_seconds: dict[str, float] = {}  # wall time of each evaluated node
+        self.model_seconds = 0.0  # wall time inside model passes (forward, backward)
         self._token_cache: dict[str, int] = {}
         self._reported: set[str] = set()
 
@@ -118,6 +120,15 @@ class Interpreter:
         if text not in self._token_cache:
             self._token_cache[text] = token_id(self.tokenizer, text)
         return self._token_cache[text]
+
+    @contextlib.contextmanager
+    def model_pass(self) -> Iterator[None]:
+        """Count the time inside as model compute (what is not is the run's overhead)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.model_seconds += time.perf_counter() - started
 
     # ---- evaluation ---------------------------------------------------------------------
     def run(self, ir: IRGraph) -> dict[str, Any]:
@@ -213,7 +224,7 @@ class Interpreter:
         hooks = self.hooks_for(ir, nid, node, batch)
         columns = self.columns_for(node.run)
         generations: set[tuple[int, str, str]] = set()
-        with self.adapter.hooks(hooks):
+        with self.adapter.hooks(hooks), self.model_pass():
             logits = self.model(**batch.to(self.device).model_kwargs()).logits
         for m in metrics:
             if m.pos not in out.logits:

@@ -19,8 +19,9 @@ from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache
 
+from .compat import layer_kv, make_cache, plain_cache
 from .offload import param
 
 
@@ -53,7 +54,8 @@ class _Pass(nn.Module):
 def skip_layers(layers: nn.ModuleList, start_layer: int, state: Tensor | None,
                 as_tuple: bool = False) -> Iterator[None]:
     """Blocks [0, start_layer) return `state` (the input of block start_layer) instead of
-    computing. Enter it after the adapter's hooks: installing hooks looks modules up."""
+    computing; `as_tuple`: the family's blocks return tuples (Family.tuple_blocks).
+    Enter it after the adapter's hooks: installing hooks looks modules up."""
     if not start_layer:
         yield
         return
@@ -72,11 +74,7 @@ def skip_layers(layers: nn.ModuleList, start_layer: int, state: Tensor | None,
 def narrowable(config) -> bool:
     """Can keys/values be cut at a position? Only for caches of plain (full) layers: a
     sliding-window layer keeps the last window, not a prefix."""
-    try:
-        cache = DynamicCache(config=config)
-    except Exception:
-        return False
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
+    return plain_cache(config)
 
 
 def prefix_cache(cache: DynamicCache, p0: int, repeats: int, start_layer: int) -> DynamicCache:
@@ -84,15 +82,14 @@ def prefix_cache(cache: DynamicCache, p0: int, repeats: int, start_layer: int) -
     times (member-major: rows [i*N, (i+1)*N) are forward i). Layers below start_layer are
     stubbed: they only need a length (the mask is sized from layer 0)."""
     data = []
-    for i, layer in enumerate(cache.layers):
-        k, v = layer.keys, layer.values
+    for i, (k, v) in enumerate(layer_kv(cache)):
         if i < start_layer:
             k, v = k[:1, :1, :p0, :1], v[:1, :1, :p0, :1]
         else:
             k = k[:, :, :p0].repeat(repeats, 1, 1, 1)
             v = v[:, :, :p0].repeat(repeats, 1, 1, 1)
         data.append((k, v))
-    return DynamicCache(ddp_cache_data=data)
+    return make_cache(data)
 
 
 def widen(fn: Callable[[Tensor], Tensor | None], p0: int, width: int

@@ -3,6 +3,11 @@
 A hook function receives a site's activation for the whole batch, [N, T, d] (N = examples x
 noise samples), and returns the edited activation. Positions are padded token indices
 (inputs.position_index); a feature slice restricts every edit to those features.
+
+`attn.pattern` is the one site whose positions are not axis 1: the adapter hands it over as
+[N, heads, q, k]. `position_major` turns it into [N, q, heads, k] for the hook functions here,
+so everything below sees positions on axis 1 and any number of feature axes after them (a
+feature slice then cuts the last axis, the keys).
 """
 
 from __future__ import annotations
@@ -42,16 +47,40 @@ def _features(site: Site, act: torch.Tensor) -> slice:
     return slice(lo, hi)
 
 
+def position_major(kind: str, fn: Callable[[torch.Tensor], torch.Tensor | None]
+                   ) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    """A hook for position-major activations [N, T, ...] made fit for site `kind`: only
+    `attn.pattern` ([N, heads, q, k]) needs its head and query axes swapped both ways."""
+    if kind != "attn.pattern":
+        return fn
+
+    def swapped(act: torch.Tensor) -> torch.Tensor | None:
+        out = fn(act.transpose(1, 2))
+        return None if out is None else out.transpose(1, 2)
+
+    return swapped
+
+
+def position_major_for(site: Site):
+    """`position_major` as a decorator for hooks on `site`."""
+    return lambda fn: position_major(site.kind, fn)
+
+
+def _index(idx: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """idx [N, k] expanded over act's feature axes: [N, k, *act.shape[2:]]."""
+    shape = (-1, -1, *act.shape[2:])
+    return idx.view(*idx.shape, *([1] * (act.dim() - 2))).expand(shape).to(act.device)
+
+
 def gather(act: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """act [N, T, d] at padded indices idx [N, k] -> [N, k, d]."""
-    return act.gather(1, idx[..., None].expand(-1, -1, act.shape[-1]).to(act.device))
+    """act [N, T, ...] at padded indices idx [N, k] -> [N, k, ...]."""
+    return act.gather(1, _index(idx, act))
 
 
 def scatter(act: torch.Tensor, idx: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """A copy of act with [N, k, d] `value` put at idx [N, k]."""
+    """A copy of act with [N, k, ...] `value` put at idx [N, k]."""
     out = act.clone()
-    out.scatter_(1, idx[..., None].expand(-1, -1, act.shape[-1]).to(act.device),
-                 value.to(act.dtype))
+    out.scatter_(1, _index(idx, act), value.to(act.dtype))
     return out
 
 
@@ -60,6 +89,7 @@ def make_reader(read: Read, batch: Batch, columns, store: Callable[[ReadValue], 
     idx = position_index(batch, read.pos, columns)
     slots = slot_mask(batch, read.pos, columns)
 
+    @position_major_for(read.site)
     def fn(act: torch.Tensor) -> None:
         a = act[..., _features(read.site, act)].detach()
         if read.stat == "std":
@@ -99,6 +129,7 @@ def make_writer(write: Write, batch: Batch, columns, inputs: list, seed: int
     if mode in ("project", "remove") and proj is None:
         raise RuntimeInterventionError("E452", f"{mode} write on {write.site} has no subspace")
 
+    @position_major_for(write.site)
     def fn(act: torch.Tensor) -> torch.Tensor:
         feats = _features(write.site, act)
         sub = act[..., feats]
@@ -110,7 +141,8 @@ def make_writer(write: Write, batch: Batch, columns, inputs: list, seed: int
             p = proj.to(cur.device, torch.float32)
             new = cur + ((new - cur).float() @ p).to(cur.dtype)
         if not bool(valid.all()):  # rows without this position stay as they are
-            new = torch.where(valid.to(cur.device)[:, None, None], new, cur)
+            keep = valid.to(cur.device).view(-1, *([1] * (cur.dim() - 1)))
+            new = torch.where(keep, new, cur)
         out = act.clone()
         out[..., feats] = scatter(sub, idx, new)
         return out
@@ -167,8 +199,8 @@ def _mean_value(write: Write, src: ReadValue, cur: torch.Tensor, batch: Batch,
         return mean.expand_as(cur).to(cur.device, cur.dtype)
     sb = src.batch
     width = max(sb.lengths)
-    total = torch.zeros(width, cur.shape[-1], device=cur.device)
-    count = torch.zeros(width, 1, device=cur.device)
+    total = torch.zeros(width, *cur.shape[2:], device=cur.device)
+    count = torch.zeros(width, *([1] * (cur.dim() - 2)), device=cur.device)
     for i, length in enumerate(sb.lengths):
         total[:length] += src.value[i, sb.offset(i):].float().to(cur.device)
         count[:length] += 1

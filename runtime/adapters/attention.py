@@ -22,8 +22,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+try:  # 4.53+: masks are built per attention implementation, from a registry
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+except ImportError:  # before: the model builds an additive float mask for any other name
+    AttentionMaskInterface = None  # type: ignore[assignment,misc]
 
 from .taps import HookFn, conform
 
@@ -41,7 +45,10 @@ def _repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     return x[:, :, None, :, :].expand(b, kv, n_rep, s, d).reshape(b, kv * n_rep, s, d)
 
 
-def _apply_pattern_hooks(p: Tensor, hooks: list[tuple[int | None, HookFn]]) -> Tensor:
+def _apply_pattern_hooks(p: Tensor, hooks: list[tuple[int | None, HookFn]]
+                         ) -> tuple[Tensor, bool]:
+    """The pattern after the hooks, and whether any of them replaced it."""
+    changed = False
     for head, fn in list(hooks):
         act = p if head is None else p[:, head]
         what = "attn.pattern" if head is None else f"H{head}.pattern"
@@ -49,12 +56,13 @@ def _apply_pattern_hooks(p: Tensor, hooks: list[tuple[int | None, HookFn]]) -> T
         if res is None:
             continue
         res = conform(res, act, what)
+        changed = True
         if head is None:
             p = res
         else:
             p = p.clone()
             p[:, head] = res
-    return p
+    return p, changed
 
 
 def explicit_attention(
@@ -67,11 +75,14 @@ def explicit_attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     softcap: float | None = None,
+    own: Callable[[], tuple[Tensor, Tensor | None]] | None = None,
     **kwargs: Any,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor | None]:
     """softmax(q k^T * scaling [softcap] + mask) v with the pattern exposed to `hooks`.
 
-    query [b, h, q, d]; key/value [b, kv, k, d]; returns ([b, q, h, d], pattern [b, h, q, k])."""
+    query [b, h, q, d]; key/value [b, kv, k, d]; returns ([b, q, h, d], pattern [b, h, q, k]).
+    `own()` is the model's own attention: where the hooks only read the pattern, it computes
+    the output, so that reading a pattern changes no other value of the forward."""
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     n_rep = query.shape[1] // key.shape[1]
@@ -87,7 +98,7 @@ def explicit_attention(
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     sinks = kwargs.get("s_aux")
     if sinks is not None:  # attention sinks (GPT-OSS): a learned logit per head, dropped after
-        return _with_sinks(module, weights, attention_mask, sinks, value, hooks, dropout)
+        return _with_sinks(module, weights, attention_mask, sinks, value, hooks, dropout, own)
     if softcap is not None:
         weights = weights / softcap
         weights = torch.tanh(weights)
@@ -101,14 +112,18 @@ def explicit_attention(
     else:
         weights = weights + attention_mask[..., : key.shape[2]]
     pattern = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    pattern = _apply_pattern_hooks(pattern, hooks)
+    pattern, changed = _apply_pattern_hooks(pattern, hooks)
+    if not changed and own is not None:
+        return own()
     pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)
     out = torch.matmul(pattern, value).transpose(1, 2).contiguous()
     return out, pattern
 
 
 def _with_sinks(module: nn.Module, weights: Tensor, attention_mask: Tensor | None, sinks: Tensor,
-                value: Tensor, hooks: list, dropout: float) -> tuple[Tensor, Tensor]:
+                value: Tensor, hooks: list, dropout: float,
+                own: Callable[[], tuple[Tensor, Tensor | None]] | None = None
+                ) -> tuple[Tensor, Tensor | None]:
     """The GPT-OSS eager attention: each row's softmax also covers the head's sink logit, which
     is then dropped (so a row of the pattern sums to less than 1)."""
     if attention_mask is not None:
@@ -121,7 +136,9 @@ def _with_sinks(module: nn.Module, weights: Tensor, attention_mask: Tensor | Non
     combined = torch.cat([weights, sink], dim=-1)
     combined = combined - combined.max(dim=-1, keepdim=True).values
     pattern = nn.functional.softmax(combined, dim=-1, dtype=combined.dtype)[..., :-1]
-    pattern = _apply_pattern_hooks(pattern, hooks)
+    pattern, changed = _apply_pattern_hooks(pattern, hooks)
+    if not changed and own is not None:  # reads only: the model's own attention (see above)
+        return own()
     pattern = nn.functional.dropout(pattern, p=dropout, training=module.training)
     out = torch.matmul(pattern.to(value.dtype), value).transpose(1, 2).contiguous()
     return out, pattern
@@ -138,19 +155,26 @@ def patchc_attention(
 ) -> tuple[Tensor, Tensor | None]:
     """The registered attention function: explicit where a pattern hook is on, else fallback."""
     hooks = getattr(module, _HOOKS, None)
-    if not hooks:
-        fallback: Callable = getattr(module, _FALLBACK, None) or ALL_ATTENTION_FUNCTIONS["sdpa"]
+    fallback: Callable = getattr(module, _FALLBACK, None) or ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def own() -> tuple[Tensor, Tensor | None]:
         return fallback(module, query, key, value, attention_mask, *args, **kwargs)
+
+    if not hooks:
+        return own()
+    explicit = kwargs
     if args:  # the transformers convention passes everything after the mask by keyword
-        kwargs = {**dict(zip(("scaling", "dropout"), args)), **kwargs}
-    return explicit_attention(module, query, key, value, attention_mask, hooks, **kwargs)
+        explicit = {**dict(zip(("scaling", "dropout"), args)), **kwargs}
+    return explicit_attention(module, query, key, value, attention_mask, hooks, own=own,
+                              **explicit)
 
 
 def _register() -> None:
     AttentionInterface.register(SDPA_NAME, patchc_attention)
     AttentionInterface.register(EAGER_NAME, patchc_attention)
-    AttentionMaskInterface.register(SDPA_NAME, sdpa_mask)
-    AttentionMaskInterface.register(EAGER_NAME, eager_mask)
+    if AttentionMaskInterface is not None:
+        AttentionMaskInterface.register(SDPA_NAME, sdpa_mask)
+        AttentionMaskInterface.register(EAGER_NAME, eager_mask)
 
 
 _register()

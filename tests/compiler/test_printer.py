@@ -207,7 +207,7 @@ def test_dump_ast_shape():
         "  statements:",
         "    [0] Swap @1:1-2:9",
         "      sites:",
-        '        [0] SiteRef @1:6-1:20 text="L1.H*.z" kind="z" features=None subspace=()',
+        '        [0] SiteRef @1:6-1:13 text="L1.H*.z" kind="z" features=None subspace=()',
         "          layer: Idx @1:7-1:8 value=1",
         "          head: Star @1:10-1:11",
         "          pos: PosLast @1:16-1:20",

@@ -1,0 +1,371 @@
+"""How one process executes a run: load the model (or take the caller's), check the spec
+against the loaded model's own shape, lower it, interpret the graph, and assemble Results +
+manifest. patchc/runner.py decides how many processes run (and calls this once per process,
+through patchc/workers.py when there are several).
+
+By default the graph is optimized (compiler/pipeline.py), scheduled for the real token counts
+and memory budget (compiler/schedule.py) and run by the plan interpreter (runtime/execute.py);
+`naive=True` runs the unoptimized graph through the reference interpreter (runtime/naive.py).
+The manifest records which one produced the tables, and the plan's pass counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import weakref
+from typing import Any, Callable, Iterator
+
+from pydantic import ValidationError
+
+from patchc.compiler import ast as A
+from patchc.compiler.check import AUTO, check
+from patchc.compiler.checked import CheckedSpec, Options
+from patchc.compiler.errors import NO_SPAN, PatchcError, RuntimeInterventionError
+from patchc.compiler.ir import Backward, Forward, IRGraph
+from patchc.compiler.lower import lower
+from patchc.manifest import Manifest, sha256_text, versions
+from patchc.run_record import what_ran
+from patchc.results import Results
+
+
+def _options(checked: CheckedSpec, overrides: dict[str, Any]) -> CheckedSpec:
+    if not overrides:
+        return checked
+    try:
+        options = Options(**{**checked.options.model_dump(), **overrides})
+    except ValidationError as e:  # a bad override is the caller's: say which and why
+        err = e.errors()[0]
+        name = ".".join(str(p) for p in err["loc"][:1])
+        why = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            why = f"no such option (options are {', '.join(Options.model_fields)})"
+        raise RuntimeInterventionError(
+            "E412", f"bad option override {name}={overrides.get(name)!r}: {why}") from None
+    from dataclasses import replace
+
+    return replace(checked, options=options)
+
+
+def set_span(spec: A.Spec, option: str, overrides: dict[str, Any]):
+    """The span of `set OPTION = ...`, or NO_SPAN when an override gave the value."""
+    if option in overrides:
+        return NO_SPAN
+    found = [s for s in spec.statements if isinstance(s, A.SetDecl) and s.name.value == option]
+    return found[0].span if found else NO_SPAN
+
+
+def _model_decl(spec: A.Spec) -> A.ModelDecl:
+    decl = next((s for s in spec.statements if isinstance(s, A.ModelDecl)), None)
+    if decl is None:
+        raise RuntimeInterventionError("E300", "the spec has no model statement")
+    return decl
+
+
+def run_process(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool = False,
+                trust_remote_code: bool = False,
+                progress: Callable[[int, int], None] | None = None,
+                overrides: dict[str, Any] | None = None, group: Any = None) -> Results | None:
+    """This process's part of a run. `group` is the worker group it belongs to (None: it
+    runs alone); in a group only rank 0 returns Results (the others None)."""
+    clock = Clock()
+    decl = _model_decl(spec)
+    inputs = _hash_inputs(spec, overrides)
+    given = model is not None  # the caller's model, not the spec's `model` line, runs
+    try:
+        with clock("load"):
+            checked, model, tokenizer, device = prepare(spec, model, tokenizer,
+                                                        trust_remote_code, overrides, group)
+        values, seconds, ir, plan = _evaluate(checked, model, tokenizer, naive, progress,
+                                              group, clock)
+    except PatchcError as e:
+        raise e.with_source(spec.source) from None
+    if values is None:  # a worker other than rank 0: its values went to rank 0
+        return None
+    results = _results(spec, decl, checked, model, tokenizer, device, ir, plan, values,
+                       seconds, naive, clock, group, inputs, given)
+    _observations(results, spec, checked, tokenizer)
+    return results
+
+
+class Clock:
+    """Wall time per phase of a run: `load` (check the spec, load or place the model), `plan`
+    (lower, optimize, schedule), `execute` (interpret the graph; `model` of it inside model
+    passes), `assemble` (tables and manifest). The overhead is everything that is not a
+    model pass or the load: planning, hook installation, bookkeeping, result assembly."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self.model = 0.0
+        self.threads: int | None = None  # torch's CPU threads for the run
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
+    def timings(self) -> dict[str, float]:
+        total = time.perf_counter() - self.start
+        phases = {k: self.seconds.get(k, 0.0) for k in ("load", "plan", "execute", "assemble")}
+        overhead = phases["plan"] + phases["execute"] - self.model + phases["assemble"]
+        run = overhead + self.model  # the run without the load
+        return {**{k: round(v, 4) for k, v in phases.items()}, "model": round(self.model, 4),
+                "overhead": round(overhead, 4),
+                "overhead_share": round(overhead / run, 4) if run > 0 else 0.0,
+                "total": round(total, 4)}
+
+
+def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
+            overrides: dict[str, Any] | None, group: Any = None) -> tuple:
+    """Check the spec (against the config alone: a wrong spec fails before any weight
+    loads), then load the model or place the caller's: (checked, model, tokenizer, device)."""
+    from patchc.runtime.adapters import adapter_for
+    from patchc.runtime.loading import input_device, is_dispatched, load, resolve_device
+
+    overrides = dict(overrides or {})
+    model_spec = adapter_for(model).spec() if model is not None else None
+    checked = check(spec, model_spec, tokenizer=AUTO if tokenizer is None else tokenizer)
+    if group is not None:  # each worker on its own GPU, when there are GPUs
+        overrides.update(group.placement(checked.options))
+    checked = _options(checked, overrides)
+    options = checked.options
+    if model is None:
+        decl = _model_decl(spec)
+        try:
+            loaded = load(decl.model_id, decl.revision, options, spec.source.base_dir,
+                          trust_remote_code)
+        except PatchcError as e:  # a failed load points at the `model` statement
+            if e.span == NO_SPAN:  # (no CUDA: at `set device`, unless an override asked)
+                e.span = set_span(spec, "device", overrides) if e.code == "E410" else \
+                    decl.span
+            raise
+        return checked, loaded.model, loaded.tokenizer, loaded.device
+    if tokenizer is None:
+        raise RuntimeInterventionError("E413", "pass the tokenizer with the model")
+    device = input_device(model)
+    if not is_dispatched(model) and (options.device != "cpu" or "device" in overrides):
+        device = resolve_device(options.device)
+        model = model.to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return checked, model, tokenizer, device
+
+
+def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
+              progress: Callable[[int, int], None] | None, group: Any = None,
+              clock: Clock | None = None) -> tuple:
+    """Lower, optimize, schedule and run: (values, seconds per table, ir, plan). With a
+    worker group, each worker runs its shard; values is None except on rank 0. torch
+    computes with `set threads` CPU threads, else runtime/threads.py's choice."""
+    from patchc.runtime.adapters import adapter_for
+    from patchc.runtime.threads import default_threads, using_threads
+
+    clock = clock or Clock()
+    adapter = adapter_for(model)
+    threads = checked.options.threads or default_threads(adapter.d_model)
+    clock.threads = threads
+    with using_threads(threads):
+        return _evaluate_on(checked, model, tokenizer, adapter, naive, progress, group, clock)
+
+
+def _evaluate_on(checked: CheckedSpec, model: Any, tokenizer: Any, adapter: Any, naive: bool,
+                 progress: Callable[[int, int], None] | None, group: Any, clock: Clock
+                 ) -> tuple:
+    import torch
+
+    from patchc.runtime.naive import Interpreter
+
+    torch.manual_seed(checked.options.seed)
+    with clock("plan"):
+        ir = lower(checked)
+    if naive:
+        interp = Interpreter(checked, model, tokenizer, adapter, progress)
+        with clock("execute"):
+            values = interp.run(ir)
+        clock.model = interp.model_seconds
+        return values, _table_seconds(ir, interp.node_seconds), ir, None
+    from patchc.compiler.pipeline import optimize
+    from patchc.runtime.execute import Executor
+
+    interp = Executor(checked, model, tokenizer, adapter, progress)
+    share = group.sharing(interp.device) if group is not None else 1
+    with clock("plan"):
+        ir, plan = interp.prepare(optimize(ir), share=share)
+    if group is None:
+        with clock("execute"):
+            values = interp.run(ir, plan)
+        clock.model = interp.model_seconds
+        return values, _table_seconds(ir, interp.node_seconds), ir, plan
+    plan = group.same_plan(ir, plan)
+    with clock("execute"):
+        gathered = group.run(interp, ir, plan)
+    clock.model = interp.model_seconds  # this process's own model passes
+    if gathered is None:
+        return None, {}, ir, plan
+    values, node_seconds = gathered
+    return values, _table_seconds(ir, node_seconds), ir, plan
+
+
+def _hash_inputs(spec: A.Spec, overrides: dict[str, Any] | None) -> dict[str, str]:
+    """The sha256 of every file the spec reads, taken before they are read."""
+    from patchc.manifest import hash_inputs, spec_files
+
+    dm = (overrides or {}).get("device_map")
+    return hash_inputs(spec_files(spec, dm), spec.source.base_dir)
+
+
+def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
+             tokenizer: Any, device: Any, ir: IRGraph, plan: Any, values: dict[str, Any],
+             seconds: dict[str, float], naive: bool, clock: Clock, group: Any = None,
+             inputs: dict[str, str] | None = None, given: bool = False) -> Results:
+    from patchc.plotinfo import describe_tables
+
+    options = checked.options
+    assembling = time.perf_counter()
+    plot = describe_tables(ir, checked, tokenizer, values)  # titles, scales, tokens
+    tables = {t.name: {"rows": len(t.rows), "columns": list(t.columns), "keys": _keys(t),
+                       "seconds": round(seconds.get(t.name, 0.0), 4), "plot": plot[t.name]}
+              for t in ir.tables}
+    hf_map = getattr(model, "hf_device_map", None)
+    ran = what_ran(spec, decl, model, tokenizer, given)
+    manifest = Manifest(
+        spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
+        spec_file=ran.spec_file, spec_dir=ran.spec_dir, model_id=decl.model_id,
+        model_path=ran.model_path, revision=decl.revision, weights_sha256=_weights_hash(model),
+        tokenizer_sha256=ran.tokenizer_sha256, inputs=inputs or {},
+        versions=versions(), device=str(device),
+        device_map={str(k): v for k, v in hf_map.items()} if hf_map else None,
+        workers=group.world if group is not None else 1, threads=_threads(clock),
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
+        options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan),
+        interpreter="naive" if naive else "optimized", total_seconds=0.0)
+    results = Results(ir, values, manifest.model_dump(),
+                      warnings=[*checked.warnings, *ran.warnings])
+    for w in results.warnings:  # the tables' own warnings point into the spec too
+        w.with_source(spec.source)
+    clock.seconds["assemble"] = time.perf_counter() - assembling
+    results.manifest["timings"] = timings = clock.timings()
+    results.manifest["total_seconds"] = timings["total"]
+    return results
+
+
+def _threads(clock: Clock) -> int:
+    """The threads torch computed with (runtime/threads.py restores its own setting after)."""
+    import torch
+
+    return clock.threads or torch.get_num_threads()
+
+
+def _observations(results: Results, spec: A.Spec, checked: CheckedSpec, tokenizer: Any
+                  ) -> None:
+    """What the statements of §11 add to Results and the manifest: each table's operation
+    and the baselines of its normalized columns (printed with it, labelled in its plot), and
+    the tokens of the run a `read` or `lens` looked at (plot axes)."""
+    from patchc.runtime.inputs import encode
+
+    for op in spec.operations():
+        name = A.table_name(op)
+        info = results.manifest["tables"].get(name)
+        if info is None:
+            continue
+        info["op"] = A.op_keyword(op)
+        baselines = results.baselines(name)
+        if baselines:
+            info["baselines"] = baselines
+        if isinstance(op, (A.ReadSites, A.Lens)):
+            texts = list(checked.runs[op.target.value].texts)
+            # Each token as text (a BPE tokenizer's "ĠMary" reads " Mary"): axis labels.
+            results._tokens[name] = [[tokenizer.decode([i]) for i in ids]
+                                     for ids in encode(tokenizer, texts)]
+            info["tokens"] = results._tokens[name][0]  # plot labels (example 0)
+        if isinstance(op, A.ReadSites):
+            results._positions[name] = _read_positions(results, name, checked, op)
+
+
+def _read_positions(results: Results, name: str, checked: CheckedSpec, op: A.ReadSites
+                    ) -> dict[str, list[int]]:
+    """Which token positions each site of a `read` holds, for its first example (the
+    query axis of an attention figure)."""
+    n0 = len(results.tokens(name)[0])
+    info = checked.runs[op.target.value]
+    row0 = checked.data[info.data].rows[0] if info.data else {}
+    out = {}
+    for row in results._table(name).rows:
+        pos = results._ir.node(row.values[0][1]).pos  # type: ignore[union-attr]
+        if pos.kind == "all":
+            picked = list(range(n0))
+        elif pos.kind == "last":
+            picked = [n0 - 1]
+        elif pos.kind in ("index", "range"):
+            picked = list(range(pos.lo, (pos.hi if pos.kind == "range" else pos.lo) + 1))
+        elif pos.kind == "set":
+            picked = list(pos.values)
+        elif pos.kind == "column":
+            picked = [int(row0[pos.column[1]])]  # type: ignore[index]
+        else:  # span
+            picked = list(range(int(row0[pos.column[1]]),  # type: ignore[index]
+                                int(row0[pos.end[1]]) + 1))  # type: ignore[index]
+        out[dict(row.key)["site"]] = picked
+    return out
+
+
+def _table_seconds(ir: IRGraph, node_seconds: dict[str, float]) -> dict[str, float]:
+    """Where the run's time went, by table: each node's seconds are charged once, to the
+    first table (in spec order) that depends on it, so the tables' seconds add up to the
+    nodes' (a clean run read by many swaps counts toward the first). One walk up the graph
+    from all tables together: every node and edge is visited once (linear in the graph)."""
+    seen: set[str] = set()
+    seconds = {}
+    for table in ir.tables:
+        stack = [nid for row in table.rows for _, nid in row.values]
+        stack += [r for row in table.rows for _, pair in row.normalize for r in pair if r]
+        stack += [n for p in table.pairs for n in (p.estimate, p.metric)]
+        total = 0.0
+        while stack:
+            nid = stack.pop()
+            if nid in seen:
+                continue
+            seen.add(nid)
+            total += node_seconds.get(nid, 0.0)
+            stack.extend(p for p in ir.g.predecessors(nid) if p not in seen)
+        seconds[table.name] = total
+    return seconds
+
+
+def _keys(table) -> list[str]:
+    """The sweep-variable columns of a table (what its plot's axes are)."""
+    keys: list[str] = []
+    for row in table.rows:
+        keys += [k for k, _ in row.key if k not in keys]
+    return keys
+
+
+_HASHES: "weakref.WeakKeyDictionary[Any, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def _weights_hash(model: Any) -> str:
+    """runtime.loading.weights_hash, remembered per model object while no tensor of it has
+    changed (same storage, same version counter): hashing every weight costs more than a
+    fast sweep of a small model, and a notebook runs many specs on one loaded model."""
+    from patchc.runtime.loading import weights_hash
+
+    stamp = tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape))
+                  for name, t in model.state_dict(keep_vars=True).items())
+    cached = _HASHES.get(model)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    digest = weights_hash(model)
+    _HASHES[model] = (stamp, digest)
+    return digest
+
+
+def _pass_counts(ir: IRGraph, plan=None) -> dict[str, int]:
+    counts = {"forwards": ir.count(Forward), "backwards": ir.count(Backward),
+              "nodes": ir.g.number_of_nodes()}
+    if plan is not None:  # model passes actually run (a batched chunk is one)
+        counts["passes"] = plan.optimized.forwards
+    return counts
