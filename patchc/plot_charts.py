@@ -77,7 +77,7 @@ def grouped_bars(ax, df: pd.DataFrame, key: str, group: str, col: str, info: dic
             x.append(cats.index("-" if nan_key else k) - 0.4 + width * (i + 0.5))
             y.append(float(v) if math.isfinite(float(v)) else 0.0)
             err.append(se[j] if se is not None else 0.0)
-        ax.bar(x, y, width=width * 0.95, color=f"C{i % 10}", label=S.text(g),
+        ax.bar(x, y, width=width * 0.95, color=f"C{i % 10}", label=S.text(S.site_name(g)),
                yerr=err if se is not None else None, error_kw={"elinewidth": 0.8})
     cinfo = info.get("columns", {}).get(col, {})
     reference_lines(ax, cinfo, scale)
@@ -97,7 +97,7 @@ def sweep_lines(ax, df: pd.DataFrame, x_key: str, group_keys: list[str], col: st
         part = part.sort_values(x_key)
         gkey = gkey if isinstance(gkey, tuple) else (gkey,)
         # a site item names itself; other columns as `layer=2`
-        label = ", ".join(str(v) if k == "site" else f"{k}={v}"
+        label = ", ".join(S.site_name(v) if k == "site" else f"{k}={v}"
                           for k, v in zip(group_keys, gkey)) or None
         ax.errorbar(part[x_key].to_numpy(dtype=float), part[col].to_numpy(dtype=float),
                     yerr=_se(part, col), marker="o", markersize=4, capsize=3,
@@ -146,11 +146,13 @@ def scatter(fig, pairs: pd.DataFrame, info: dict[str, Any], name: str) -> None:
         both = both[np.isfinite(both)]
         lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
         pad = 0.05 * (hi - lo or 1.0)
-        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", linewidth=0.8,
-                linestyle="--")
-        ax.set_xlim(lo - pad, hi + pad)
-        ax.set_ylim(lo - pad, hi + pad)
-        ax.set_aspect("equal")
+        ax.axline((lo, lo), slope=1, color="grey", linewidth=0.8, linestyle="--")
+        ax.update_datalim([(lo - pad, lo - pad), (hi + pad, hi + pad)])  # same span on both
+        ax.margins(0)
+        ax.autoscale_view()
+        # One unit is as long on both axes, by widening a limit rather than shrinking the
+        # box: a shrunk box left constrained layout too little room for the x label.
+        ax.set_aspect("equal", adjustable="datalim")
         ax.set_title(S.text(" / ".join(str(k) for k in fkey)))
         col = fkey[-1] if len(fkey) > 1 else measure
         label = S.value_label(col, info.get("columns", {}).get(col, {})) if col else ""

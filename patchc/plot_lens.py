@@ -1,8 +1,9 @@
 """The figure of a `lens` table: each measured column against the layer (a line with
 standard-error bars; one line per site item when the statement lists several), or, for a
 lens swept over positions (`@ each`) or heads (`L*.H*.out`), a layer x position (x head)
-heatmap; a position axis is labelled with the prompt's tokens (example 0). Sequential
-colours for probabilities and ranks, diverging ones (centred at 0) otherwise.
+heatmap; a position axis carries the prompts' tokens when they line up (one length, a `*`
+where they differ), else position numbers. A normalized column's baselines go in the title.
+Sequential colours for probabilities and ranks, diverging ones (centred at 0) otherwise.
 """
 
 from __future__ import annotations
@@ -13,24 +14,33 @@ from pathlib import Path
 
 import pandas as pd
 
-from patchc.plot_style import baseline_label, new_figure, text, token_text
+from patchc.plot_style import baseline_label, new_figure, site_name, text, token_text, wrap
 
 SEQUENTIAL = ("prob", "rank", "==", "!=", "<", ">")
 
 
-def _label(col: str, baselines: dict) -> str:
+def _title(head: str, col: str, baselines: dict, width: float) -> str:
+    """The title wrapped to a figure `width` inches wide; a normalized column's baselines on
+    a line of their own (an axis label that long would run past the figure)."""
     b = baselines.get(col)
-    if not b:
-        return text(col)
-    return text(f"{col} (normalized: {baseline_label(b)})")
+    lines = wrap(head, max(30, int(width * 10.5)))  # ~10.5 characters an inch at `medium`
+    if b:
+        lines.append(f"{col} normalized: {baseline_label(b)}")
+    return text("\n".join(lines))
 
 
 def lens_figures(name: str, df: pd.DataFrame, keys: list[str],
-                 tokens: list[str] | None = None, baselines: dict | None = None
-                 ) -> list[tuple[str, str, object]]:
-    """(measured column, file-name suffix, Figure) for each measured column of a lens table."""
+                 tokens: list[str] | None = None, baselines: dict | None = None,
+                 positions: dict | None = None) -> list[tuple[str, str, object]]:
+    """(measured column, file-name suffix, Figure) for each measured column of a lens table.
+
+    `tokens` are example 0's; `positions` is the manifest's `plot.positions`, present only
+    when the run's prompts line up (one length; a `*` token varies across prompts). When a
+    caller passes `positions`, a position axis carries tokens only where it has them."""
     baselines = baselines or {}
-    tokens = [text(token_text(t)) for t in tokens or []]  # `$` is not mathtext
+    if positions is not None or tokens is None:
+        tokens = (positions or {}).get("tokens") or []
+    tokens = [text(token_text(t)) for t in tokens]  # `$` is not mathtext
     df = _int_keys(df, keys)
     measured = [c for c in df.columns if c not in keys and not c.endswith("_se")
                 and pd.api.types.is_numeric_dtype(df[c])]
@@ -53,10 +63,11 @@ def lens_figures(name: str, df: pd.DataFrame, keys: list[str],
 
 
 def plot_lens(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
-              tokens: list[str] | None = None, baselines: dict | None = None) -> list[Path]:
+              tokens: list[str] | None = None, baselines: dict | None = None,
+              positions: dict | None = None) -> list[Path]:
     """Write NAME[_col].png for each measured column of a lens table."""
     written = []
-    for _, suffix, fig in lens_figures(name, df, keys, tokens, baselines):
+    for _, suffix, fig in lens_figures(name, df, keys, tokens, baselines, positions):
         path = out_dir / f"{name}{suffix}.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         written.append(path)
@@ -67,6 +78,7 @@ def _lines(name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: di
     fig = new_figure(6.5, 3.8)
     ax = fig.subplots()
     groups = [("", df)] if "site" not in keys else list(df.groupby("site", sort=False))
+    xs: set[int] = set()
     for label, part in groups:
         if "layer" in part and part["layer"].notna().all():
             x = part["layer"]
@@ -77,15 +89,17 @@ def _lines(name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: di
         se = part.get(f"{col}_se")
         ax.errorbar(x.tolist(), part[col].astype(float).tolist(),
                     yerr=None if se is None else se.fillna(0).tolist(), marker="o",
-                    capsize=3, label=text(str(label)) or None)
+                    capsize=3, label=text(site_name(label)) if str(label) else None)
+        xs.update(int(v) for v in x)
     if "site" in keys:
         ax.legend(fontsize=8)
-    ticks = sorted({int(v) for v in ax.get_xticks() if v == int(v)})
-    if any(t < 0 for t in ticks):
-        ax.set_xticks(ticks, ["embed" if t == -1 else str(t) for t in ticks])
+    # Layers are whole numbers: a tick at each (thinned when many), never 0.5.
+    ticks = sorted(xs)[::max(1, math.ceil(len(xs) / 40))]
+    ax.set_xticks(ticks, ["embed" if t == -1 else str(t) for t in ticks])
     ax.set_xlabel("layer")
-    ax.set_ylabel(_label(col, baselines))
-    ax.set_title(text(f"{name}: logit lens, {col} decoded at each layer (mean ± s.e.)"))
+    ax.set_ylabel(text(col))
+    ax.set_title(_title(f"{name}: logit lens, {col} decoded at each layer (mean ± s.e.)", col,
+                        baselines, fig.get_figwidth()), fontsize="medium")
     ax.grid(alpha=0.3)
     return fig
 
@@ -118,18 +132,25 @@ def _heatmap(name: str, df: pd.DataFrame, col: str, across: str, tokens: list[st
                      max(3.0, min(10.0, 0.4 * grid.shape[0] + 1.5)))
     ax = fig.subplots()
     im = ax.imshow(values, aspect="auto", interpolation="nearest", **kw)
-    if across == "pos":
-        labels = [tokens[int(p)] if 0 <= int(p) < len(tokens) else str(p)
-                  for p in grid.columns]
-    else:
-        labels = [str(h) for h in grid.columns]
+    # Tokens only when the prompts line up (`positions`) and every position has one;
+    # otherwise numbers for all, and each cell is the mean over the prompts that have it.
+    tokened = across == "pos" and bool(tokens) and all(0 <= int(p) < len(tokens)
+                                                       for p in grid.columns)
+    labels = ([tokens[int(p)] for p in grid.columns] if tokened
+              else [str(int(p)) if float(p).is_integer() else str(p) for p in grid.columns])
     step = max(1, math.ceil(len(labels) / 40))
     ax.set_xticks(range(0, len(labels), step), labels[::step],
                   rotation=90 if across == "pos" else 0)
     ax.set_yticks(range(grid.shape[0]), ["embed" if v == -1 else str(v) for v in grid.index])
-    ax.set_xlabel("position (token)" if across == "pos" else "head")
+    varies = tokened and any(t.endswith("*") for t in labels)
+    ax.set_xlabel("head" if across != "pos" else "position" if not tokened else
+                  "position (token" + ("; * varies across prompts)" if varies else ")"))
     ax.set_ylabel("layer")
-    fig.colorbar(im, ax=ax, label=_label(col, baselines))
+    fig.colorbar(im, ax=ax, label=text(col))
     what = "position" if across == "pos" else "head"
-    ax.set_title(text(f"{name}: logit lens, {col} by layer and {what}"))
+    head = f"{name}: logit lens, {col} by layer and {what}"
+    if across == "pos" and not tokened:
+        head += (" (positions numbered: the prompts' tokens differ; mean over prompts that"
+                 " have the position)")
+    ax.set_title(_title(head, col, baselines, fig.get_figwidth()), fontsize="medium")
     return fig

@@ -156,19 +156,65 @@ def value_label(col: str, cinfo: dict[str, Any], baselines: bool = True) -> str:
     return col
 
 
+def wrap(s: str, chars: int) -> list[str]:
+    """`s` in lines of at most `chars` characters, balanced: as few lines as a greedy wrap
+    needs, but each about as long as the others, so no word is left alone on a line."""
+    import textwrap
+
+    # `L*.attn.out @ last` stays on one line (textwrap splits at ASCII spaces only)
+    s = s.replace(" @ ", "\u00a0@\u00a0")
+
+    def lines_of(w: int) -> list[str]:
+        return [line.replace("\u00a0", " ") for line in textwrap.wrap(s, w)]
+
+    lines = lines_of(chars)
+    if len(lines) <= 1:
+        return lines
+    for w in range(math.ceil(len(s) / len(lines)), chars + 1):
+        balanced = lines_of(w)
+        if len(balanced) == len(lines):
+            return balanced
+    return lines
+
+
 def title(info: dict[str, Any], col: str | None, name: str, width: float = 6.0) -> str:
     """The operation, then what the column measures (normalization without baselines),
     wrapped to a figure `width` inches wide (a title is never clipped)."""
-    import textwrap
-
     chars = max(30, int(width * 9.5))
     head = info.get("title") or name
-    lines = textwrap.wrap(head, chars) or [name]
+    lines = wrap(head, chars) or [name]
     if col is not None:
         cinfo = info.get("columns", {}).get(col, {})
-        lines += textwrap.wrap(value_label(col, cinfo, baselines=False).replace("\n", " "),
-                               chars)
+        what = value_label(col, cinfo, baselines=False).replace("\n", " ")
+        # a bare column name would be one word on a line of its own: say what it is
+        lines += wrap(what if what != col else f"measured: {col}", chars)
     return text("\n".join(lines))
+
+
+# Readable names of the site kinds a legend or panel title shows, the pattern after them.
+_SITE_NAMES = {
+    "embed": "embedding", "resid_pre": "residual stream (pre)",
+    "resid_mid": "residual stream (mid)", "resid_post": "residual stream (post)",
+    "attn.out": "attention outputs", "mlp.out": "MLP outputs", "mlp.pre": "MLP pre-activations",
+    "mlp.post": "MLP activations", "attn.z": "attention z", "out": "head outputs",
+    "z": "head z", "q": "head queries", "k": "head keys", "v": "head values",
+    "pattern": "head patterns", "expert.out": "expert outputs", "shared.out": "shared expert",
+    "logits": "logits",
+}
+
+
+def site_name(item: Any) -> str:
+    """A site item as a legend entry or panel title: `residual stream (post): L*.resid_post`;
+    a site the table names otherwise (or a kind without a name here) as written."""
+    s = str(item)
+    parts = s.split(" @")[0].split(".")
+    while parts and (parts[0][:1] in ("L", "H", "E") and parts[0][1:2] in ("*", "{", "$")
+                     or parts[0][:1] in ("L", "H", "E") and parts[0][1:].isdigit()):
+        parts = parts[1:]
+    name = _SITE_NAMES.get(".".join(parts))
+    if name is None or name == s:
+        return s
+    return f"{name}: {s}"
 
 
 def category_labels(key: str, values: list[Any], info: dict[str, Any]) -> tuple[list[str], str]:

@@ -168,15 +168,24 @@ def _facets(name: str, df: pd.DataFrame, vary: list[str], col: str, info: dict[s
     values = list(dict.fromkeys(df[facet]))
     if pd.api.types.is_numeric_dtype(df[facet]):
         values.sort()
+    # A site item without these indices (`embed` beside `L*.H*.out`) is one number: it goes
+    # in the title, not in a 1x1 panel with `nan` ticks.
+    scalars = [v for v in values if facet == "site"
+               and df.loc[df[facet] == v, [rows, cols]].isna().all(axis=None)]
+    if len(scalars) < len(values):
+        values = [v for v in values if v not in scalars]
+    else:  # nothing but single values: draw them after all
+        scalars = []
     pw, ph = _heat_size(df[cols].nunique(), df[rows].nunique(), margin=1.2)
     ncols = max(1, min(len(values), int(14 // pw)))
     nrows = math.ceil(len(values) / ncols)
-    fig = S.new_figure(pw * ncols + 1.2, ph * nrows + 0.8)
+    # room for a scalar item's line in the title (`embedding: embed: ld = -0.0155 ± 0.014`)
+    fig = S.new_figure(max(pw * ncols + 1.2, 5.0 if scalars else 0.0), ph * nrows + 0.8)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     im = None
     for ax, v in zip(axes, values):
         im = _heatmap(ax, df[df[facet] == v], rows, cols, col, info, scale)
-        ax.set_title(S.text(f"{facet} {v}" if facet != "site" else v))
+        ax.set_title(S.text(f"{facet} {v}" if facet != "site" else S.site_name(v)))
     for ax in axes[len(values):]:
         ax.set_visible(False)
     # The panels share their axes' meaning: name each axis once for the figure.
@@ -187,8 +196,20 @@ def _facets(name: str, df: pd.DataFrame, vary: list[str], col: str, info: dict[s
         ax.set_ylabel("")
     fig.colorbar(im, ax=axes[:len(values)].tolist(),
                  label=S.text(S.value_label(col, _cinfo(info, col))))
-    fig.suptitle(S.title(info, col, name, fig.get_figwidth()))
+    chars = max(30, int(fig.get_figwidth() * 9.5))
+    notes = [S.text(line) for v in scalars
+             for line in S.wrap(_scalar_note(df[df[facet] == v], v, col), chars)]
+    fig.suptitle("\n".join([S.title(info, col, name, fig.get_figwidth()), *notes]))
     return fig
+
+
+def _scalar_note(part: pd.DataFrame, item: Any, col: str) -> str:
+    """`embedding: embed: ld = -0.0155 ± 0.014`: a site item with no layer or head."""
+    v = float(part[col].iloc[0])
+    se = part.get(f"{col}_se")
+    err = (f" ± {float(se.iloc[0]):.2g}" if se is not None and math.isfinite(float(se.iloc[0]))
+           else "")
+    return f"{S.site_name(item)}: {col} = {v:.3g}{err}"
 
 
 def _bar_size(n: int) -> tuple[float, float]:
@@ -205,6 +226,8 @@ def _scatter_size(pairs: pd.DataFrame) -> tuple[float, float]:
     facet = ["site_kind"] + (["metric"] if "metric" in pairs.columns else [])
     n = pairs.groupby(facet).ngroups
     ncols = min(n, 3)
+    # Square panels (equal aspect) a little taller than wide: the room above and below
+    # holds the title and the two-line x label (a square slot clipped the label).
     return 4.2 * ncols + 0.4, 4.4 * math.ceil(n / ncols) + 0.6
 
 
@@ -215,7 +238,7 @@ def plot_table(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
     written = []
     for suffix, fig in figures(name, df, keys, info, pairs):
         path = Path(out_dir) / f"{name}{suffix}.png"
-        fig.savefig(path, dpi=130)
+        fig.savefig(path, dpi=130, bbox_inches="tight", pad_inches=0.1)  # no label cut off
         written.append(path)
     return written
 
@@ -260,7 +283,8 @@ def _plot_one(d: Path, name: str, info: dict[str, Any], csv: Path) -> list[Path]
         from patchc.plot_lens import plot_lens
 
         return plot_lens(name, pd.read_csv(csv), list(info.get("keys", [])), d,
-                         info.get("tokens"), info.get("baselines"))
+                         info.get("tokens"), info.get("baselines"),
+                         positions=(info.get("plot") or {}).get("positions") or {})
     return plot_table(name, pd.read_csv(csv), list(info.get("keys", [])), d,
                       info.get("plot"), _pairs(d, name))
 

@@ -355,7 +355,8 @@ class Results:
             from patchc.plot_lens import lens_figures
 
             figs = lens_figures(name, self.tables[name], list(entry.get("keys", [])),
-                                entry.get("tokens"), entry.get("baselines"))
+                                entry.get("tokens"), entry.get("baselines"),
+                                positions=(entry.get("plot") or {}).get("positions") or {})
             chosen = [f for col, _, f in figs if column in (None, col)]
             if not chosen:
                 raise KeyError(f"table {name!r} has no measured column {column!r}")

@@ -124,9 +124,10 @@ def _summary(model: ModelSpec) -> list[str]:
 
 
 def _shape(r: SiteRow) -> str:
-    """`[pos, d_model 128]`; a pattern is `[pos, pos]` (query x key positions)."""
+    """`[pos, d_model 128]`; a head's pattern is `[pos, pos]` (query x key positions) and
+    `attn.pattern` holds every head's: the runtime reads it as [heads, query, key]."""
     if r.dim == _DIM_NAMES["n_ctx"]:
-        return "[pos, pos]"
+        return "[heads, pos, pos]" if r.pattern.endswith("attn.pattern") else "[pos, pos]"
     if r.dim == _DIM_NAMES["1"]:
         return "[pos, 1]"
     return f"[pos, {r.dim} {r.width}]"

@@ -164,8 +164,8 @@ def test_site_items_over_one_index_are_grouped_bars_and_a_layerless_site_stands_
     _draw(fig)
     (ax,) = fig.axes
     assert [t.get_text() for t in ax.get_xticklabels()] == ["-", "0", "1", "2"]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["embed @ last", "attn",
-                                                                  "mlp"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["embedding: embed @ last", "attn", "mlp"]
     heights = [[b.get_height() for b in c] for c in ax.containers]
     assert heights == [[-0.5], [0, 1, 2], [1, 2, 3]]
     assert [round(b.get_x() + b.get_width() / 2) for b in ax.containers[2]] == [1, 2, 3]

@@ -40,6 +40,8 @@ def test_gpt2_listing_groups_sites_with_their_widths(capsys):
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  L")}
     assert "[pos, d_head 32]" in lines["L*.H*.z"]
     assert "[pos, d_mlp 512]" in lines["L*.mlp.post"] and "[pos, pos]" in lines["L*.H*.pattern"]
+    # attn.pattern is every head's pattern at once: [batch, heads, query, key] at run time
+    assert "[heads, pos, pos]" in lines["L*.attn.pattern"]
     assert max(len(line) for line in out.splitlines()) <= 100  # fits a terminal
 
 
