@@ -12,45 +12,30 @@ Exit codes: 0 ok, 1 a mistake in the spec, its inputs or the command line (print
 diagnostics, never a traceback), 2 an internal error (a bug in patchc: one line and a hint;
 PATCHC_DEBUG=1 prints the traceback). `check`, `compile`, `fmt` and `sites` never import torch, so
 they start fast and run anywhere; `run` loads the model.
+
+This module holds the parser and the small commands; `run` is in cli_run.py, `fmt` in
+cli_fmt.py, what they share (exit codes, the usage error) in cli_common.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import stat
 import sys
-import tempfile
 import traceback
-from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Callable
 
 from patchc import __version__
+from patchc.cli_common import EXIT_INTERNAL, EXIT_OK, EXIT_USER, Parser, UsageError, print_warnings
+from patchc.cli_fmt import cmd_fmt
+from patchc.cli_run import cmd_run
 from patchc.compiler.errors import PatchcError
-
-EXIT_OK, EXIT_USER, EXIT_INTERNAL = 0, 1, 2
-
-
-class _UsageError(Exception):
-    """A bad command line: a user error (exit 1), not argparse's default exit 2, which this
-    CLI keeps for internal errors."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(f"{self.format_usage().rstrip()}\n{self.prog}: error: {message}")
-
-
-def _print_warnings(program) -> None:
-    for w in program.warnings:
-        print(w.render(), file=sys.stderr)
-
 
 def cmd_check(args: argparse.Namespace) -> int:
     from patchc.api import compile as compile_spec
 
     program = compile_spec(args.spec)
-    _print_warnings(program)
+    print_warnings(program)
     counts = program.experiments
     total = sum(counts.values())
     tables = ", ".join(f"{name} ({n} rows)" for name, n in counts.items()) or "no tables"
@@ -105,18 +90,18 @@ def cmd_compile(args: argparse.Namespace) -> int:
         from patchc.api import load_spec
 
         if args.optimized:
-            raise _UsageError("patchc compile: error: --optimized applies to --emit ir|json")
+            raise UsageError("patchc compile: error: --optimized applies to --emit ir|json")
         print(dump.dump_ast(load_spec(args.spec)), end="")
         return EXIT_OK
     from patchc.api import compile as compile_spec
 
     if args.workers != 1 and args.emit != "plan":
-        raise _UsageError("patchc compile: error: --workers applies to --emit plan")
+        raise UsageError("patchc compile: error: --workers applies to --emit plan")
     if args.workers < 1:
-        raise _UsageError(f"patchc compile: error: --workers must be at least 1, got "
+        raise UsageError(f"patchc compile: error: --workers must be at least 1, got "
                           f"{args.workers}")
     program = compile_spec(args.spec)
-    _print_warnings(program)
+    print_warnings(program)
     graph = program.optimized if args.optimized else program.ir
     if args.emit == "ir":
         print(dump.dump_ir(graph), end="")
@@ -134,238 +119,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
         print(ir_to_json(graph))
     return EXIT_OK
-
-
-def cmd_fmt(args: argparse.Namespace) -> int:
-    """Format each spec named, and every `*.patch` under each folder named."""
-    status = EXIT_OK
-    for path in _spec_files(args.spec):
-        status = max(status, _fmt_one(path, args.check, args.stdout))
-    return status
-
-
-def _spec_files(names: list[str]) -> list[Path]:
-    paths: list[Path] = []
-    for name in names:
-        path = Path(name)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*.patch") if p.is_file())
-            if not found:
-                raise _UsageError(f"patchc fmt: error: no .patch files under {path}")
-            paths += found
-        else:
-            paths.append(path)
-    return paths
-
-
-def _fmt_one(path: Path, check: bool, stdout: bool) -> int:
-    import difflib
-
-    from patchc.compiler.dump import strip_spans
-    from patchc.compiler.fmt import format_source, name_tables
-    from patchc.compiler.parse import parse, parse_file
-
-    # parse_file raises the located E001/E002 for a missing or non-UTF-8 file; the text that
-    # is formatted is the text that was parsed (read once), and nothing is written unless it
-    # parsed: a syntax error leaves the file as it was.
-    spec = parse_file(path)
-    original = spec.source.text
-    formatted = format_source(spec)
-    # A formatter bug must not cost the user their spec: check that the output means the same
-    # and is a fixed point before writing it (an internal error, exit 2, if not).
-    again = parse(formatted, str(path), str(path.parent))
-    same = strip_spans(name_tables(again)) == strip_spans(name_tables(spec))
-    if not same or format_source(again) != formatted:
-        raise RuntimeError(f"fmt would change the meaning of {path} or is not idempotent")
-    if check:
-        if formatted != original:
-            sys.stdout.writelines(difflib.unified_diff(
-                original.splitlines(keepends=True), formatted.splitlines(keepends=True),
-                f"{path}", f"{path} (formatted)"))
-            print(f"{path}: would be reformatted", file=sys.stderr)
-            return EXIT_USER
-        print(f"{path}: already formatted")
-        return EXIT_OK
-    if stdout:
-        sys.stdout.write(formatted)
-        return EXIT_OK
-    if formatted == original:
-        print(f"{path}: already formatted")
-        return EXIT_OK
-    try:
-        _atomic_write(path, formatted)
-    except OSError as e:
-        print(f"{path}: error: cannot write the formatted spec: {e.strerror or e}",
-              file=sys.stderr)
-        return EXIT_USER
-    print(f"{path}: formatted")
-    return EXIT_OK
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename it over the spec, so that a
-    failure never leaves a half-written spec. The rename goes to the symlink's target (a
-    link stays a link) and the new file keeps the old one's permission bits (mkstemp makes
-    0600 files)."""
-    target = path.resolve()
-    mode = stat.S_IMODE(target.stat().st_mode)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# run() parameters that have their own flag: `--set` must not reach them as options.
-_RUN_FLAGS = {"naive": "--naive", "workers": "--workers N", "progress": "--quiet",
-              "trust_remote_code": "--trust-remote-code", "model": "the spec's `model` line",
-              "tokenizer": "the spec's `model` line", "path_or_source": "the SPEC argument"}
-
-
-def _overrides(pairs: list[str]) -> dict[str, object]:
-    """`--set dtype=bfloat16 --set seed=3` -> {"dtype": "bfloat16", "seed": 3}, each
-    validated here, so that a bad one is reported as the flag it is (not as line 1 of the
-    spec) before anything loads."""
-    from pydantic import ValidationError
-
-    from patchc.compiler.checked import Options
-
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key:
-            raise _UsageError(f"patchc run: error: --set takes KEY=VALUE, got {pair!r}")
-        flag = f"patchc run: error: --set {key}={value}"
-        if key in _RUN_FLAGS:
-            raise _UsageError(f"{flag}: `{key}` is not a `set` option; use "
-                              f"{_RUN_FLAGS[key]}")
-        if key not in Options.model_fields:
-            raise _UsageError(f"{flag}: no such option (options are "
-                              f"{', '.join(Options.model_fields)})")
-        parsed: object = int(value) if value.lstrip("-").isdigit() else value
-        try:
-            Options(**{key: parsed})
-        except ValidationError as e:
-            why = e.errors()[0]["msg"].removeprefix("Value error, ")
-            raise _UsageError(f"{flag}: {why}") from None
-        out[key] = parsed
-    return out
-
-
-def _check_placement(overrides: dict[str, object]) -> None:
-    """A `--set device=cuda` without CUDA, or a device map that cannot be read, is the
-    flag's mistake: say so before the model loads."""
-    import torch
-
-    device = overrides.get("device")
-    if isinstance(device, str) and device.startswith("cuda") and not torch.cuda.is_available():
-        raise _UsageError(f"patchc run: error: --set device={device}: no CUDA device is "
-                          "available (use cpu or auto)")
-    dm = overrides.get("device_map")
-    if isinstance(dm, str):
-        from patchc.compiler import device_map
-
-        try:
-            problem = device_map.valid_value(dm)
-            if problem:
-                raise ValueError(problem)
-            device_map.resolve(dm, os.getcwd())
-        except ValueError as e:
-            raise _UsageError(f"patchc run: error: --device-map {dm}: {e}") from None
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from patchc.workers import launched_by_torchrun
-
-    overrides = _overrides(args.set or [])
-    if args.device_map:
-        overrides["device_map"] = args.device_map
-    if args.threads is not None:
-        if args.threads < 1:
-            raise _UsageError(f"patchc run: error: --threads must be at least 1, got "
-                              f"{args.threads}")
-        overrides["threads"] = args.threads
-    dm = overrides.get("device_map")
-    if isinstance(dm, str) and dm.endswith(".json"):  # named on the command line: from the cwd
-        overrides["device_map"] = str(Path(dm).resolve())
-    _check_placement(overrides)
-    workers: int | str = "torchrun" if launched_by_torchrun() else args.workers
-    if workers == "torchrun" and os.environ.get("RANK", "0") != "0":
-        args.quiet = True  # one progress bar: rank 0's
-    if workers != "torchrun" and workers < 1:
-        raise _UsageError(f"patchc run: error: --workers must be at least 1, got {workers}")
-    lock = None
-    if args.out and os.environ.get("RANK", "0") == "0":  # only rank 0 writes
-        from patchc.outputs import OutputLock, check_out
-
-        # A bad --out fails before anything is computed; the lock is held until the new
-        # result is in place, so a second run into the same folder is refused at once.
-        lock = OutputLock(check_out(args.out, args.force)).acquire()
-    try:
-        results = _run_with_bar(args, workers, overrides)
-        if results is not None:
-            _report(results, args, lock)
-    finally:
-        if lock is not None:
-            lock.release()
-    if workers == "torchrun":
-        # torch.distributed's C++ threads can abort the interpreter's teardown
-        # (std::terminate), and torchrun then reports a failed worker. Everything is written
-        # and flushed: leave without the teardown, as multiprocessing's workers do.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_OK)
-    return EXIT_OK
-
-
-def _run_with_bar(args: argparse.Namespace, workers: int | str, overrides: dict):
-    import warnings
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from patchc.api import PatchcWarning, run
-
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), transient=True, disable=args.quiet,
-                  console=None) as bar:
-        task = bar.add_task("forward passes", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        with warnings.catch_warnings():  # printed below as diagnostics, once
-            warnings.simplefilter("ignore", PatchcWarning)
-            return run(args.spec, naive=args.naive, trust_remote_code=args.trust_remote_code,
-                       progress=progress, workers=workers, **overrides)
-
-
-def _report(results, args: argparse.Namespace, lock=None) -> None:
-    """Print the warnings and each table's head; with --out, write the result folder."""
-    for w in results.warnings:
-        print(w.render(), file=sys.stderr)
-    for name, df in results.tables.items():
-        seconds = results.manifest["tables"][name]["seconds"]
-        print(f"== {name}: {len(df)} rows ({seconds:.2f} s)")
-        print(df.head(args.rows).to_string(index=False))
-        if len(df) > args.rows:
-            print(f"... {len(df) - args.rows} more rows")
-        from patchc.plot_style import baseline_label
-
-        for col, b in results.baselines(name).items():
-            print(f"   {col} normalized: {baseline_label(b)}")
-    if args.out:
-        from patchc.outputs import save_result
-
-        written = save_result(results, args.out, force=args.force, plots=not args.no_plots,
-                              lock=lock)
-        print(f"wrote {', '.join(str(p) for p in written)}")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -406,10 +159,10 @@ def cmd_sites(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="patchc", description="Check, compile and format .patch intervention specs.")
     parser.add_argument("--version", action="version", version=f"patchc {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("check", help="parse and check a spec against the model's shape")
     p.add_argument("spec")
@@ -488,7 +241,7 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) ->
         if n > 1:
             print(f"{n} errors", file=sys.stderr)
         return EXIT_USER
-    except _UsageError as e:
+    except UsageError as e:
         print(e, file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
@@ -522,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     errors, so that tests can call it in-process)."""
     try:
         args = build_parser().parse_args(argv)
-    except _UsageError as e:
+    except UsageError as e:
         print(e, file=sys.stderr)
         return EXIT_USER
     except SystemExit as e:  # --help and --version print, then exit 0
