@@ -213,14 +213,43 @@ def normalize(model_type: str) -> str:
     return str(model_type).lower().replace("-", "_")
 
 
+# Families patchc maps only from a transformers release on: before it, the module computes
+# attention its own way and no head can be tapped. (model_type: (release, why))
+SINCE: dict[str, tuple[tuple[int, int], str]] = {
+    "gptj": ((5, 24), "before transformers 5.24, GPT-J computes attention in its own `_attn`, "
+                      "not through transformers' attention functions, so its heads cannot be "
+                      "tapped; upgrade transformers"),
+}
+
+
+def installed_transformers() -> tuple[int, int]:
+    """(major, minor) of the installed transformers, read from its metadata (no import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (version("transformers").split(".") + ["0"])[:2]
+        return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+    except (PackageNotFoundError, ValueError):
+        return (0, 0)
+
+
+def _too_old(model_type: str) -> str | None:
+    since = SINCE.get(normalize(model_type))
+    return since[1] if since and installed_transformers() < since[0] else None
+
+
 def lookup(model_type: str) -> Family | None:
+    """The family row of a model_type; None if it is not supported (here, or with the
+    installed transformers)."""
+    if _too_old(model_type):
+        return None
     return FAMILIES.get(normalize(model_type))
 
 
 def why_unsupported(model_type: str, config: dict | None = None) -> str:
     """The reason a model_type is refused, for E210/E401: one message for check and runtime."""
     raw = str(model_type)
-    reason = UNSUPPORTED.get(raw) or UNSUPPORTED.get(normalize(raw))
+    reason = UNSUPPORTED.get(raw) or UNSUPPORTED.get(normalize(raw)) or _too_old(raw)
     cfg = config or {}
     if reason is None and cfg.get("is_encoder_decoder"):
         reason = "an encoder-decoder model, not a decoder-only causal LM"
@@ -234,5 +263,5 @@ def why_unsupported(model_type: str, config: dict | None = None) -> str:
     return f"{what}; supported families: {', '.join(sorted(FAMILIES))}"
 
 
-__all__ = ["FAMILIES", "NAMES", "UNSUPPORTED", "Family", "lookup", "normalize",
-           "why_unsupported"]
+__all__ = ["FAMILIES", "NAMES", "SINCE", "UNSUPPORTED", "Family", "installed_transformers",
+           "lookup", "normalize", "why_unsupported"]
