@@ -260,7 +260,8 @@ def why_unsupported(model_type: str, config: dict | None = None) -> str:
         what += f": {reason}"
     else:
         what += " (not in patchc's family table: its module layout has not been verified)"
-    return f"{what}; supported families: {', '.join(sorted(FAMILIES))}"
+    here = sorted(f for f in FAMILIES if not _too_old(f))
+    return f"{what}; supported families: {', '.join(here)}"
 
 
 __all__ = ["FAMILIES", "NAMES", "SINCE", "UNSUPPORTED", "Family", "installed_transformers",

@@ -135,6 +135,10 @@ CASES = [
 
 @pytest.mark.parametrize(("config", "expected"), CASES, ids=lambda x: getattr(x, "family", ""))
 def test_families(config: T.PretrainedConfig, expected: ModelSpec) -> None:
+    from patchc.compiler.families import lookup
+
+    if lookup(expected.family) is None:  # needs a newer transformers (families.SINCE)
+        pytest.skip(f"{expected.family} needs a newer transformers than the one installed")
     got = spec_from_config(config.to_dict())
     assert got == expected
     # the dict that config.json holds gives the same spec
