@@ -15,6 +15,7 @@ separate q/k/v projections, a gated MLP, sequential residual adds).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 # Config field names, in priority order (the first is the name an E211 error reports).
 NAMES: dict[str, tuple[str, ...]] = {
@@ -222,8 +223,10 @@ SINCE: dict[str, tuple[tuple[int, int], str]] = {
 }
 
 
+@lru_cache(maxsize=1)
 def installed_transformers() -> tuple[int, int]:
-    """(major, minor) of the installed transformers, read from its metadata (no import)."""
+    """(major, minor) of the installed transformers, read from its metadata (no import), once
+    per process: every family lookup asks."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
