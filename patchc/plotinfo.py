@@ -39,7 +39,7 @@ def describe_tables(ir: IRGraph, checked: CheckedSpec, tokenizer: Any,
 
 def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer: Any,
              values: dict[str, Any]) -> dict[str, Any]:
-    from patchc.results import table_baselines
+    from patchc.tables import table_baselines
 
     info: dict[str, Any] = {"title": _title(table, op), "columns": {}}
     base = table_baselines(ir, table, values)  # the values printed and in the manifest
@@ -93,7 +93,7 @@ def _title(table: Table, op: Any) -> str:
 
 def _column(ir: IRGraph, nid: str, baselines: dict[str, Any] | None) -> dict[str, Any]:
     """A column's colour scale; for a normalized one (`baselines` from
-    results.table_baselines) the runs that map to 0 and 1 and their values."""
+    tables.table_baselines) the runs that map to 0 and 1 and their values."""
     if baselines is None:
         return {"scale": _node_scale(ir, nid)}
     zero, one = baselines["0"], baselines["1"]

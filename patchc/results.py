@@ -1,11 +1,7 @@
-"""Results: the tidy tables of a run, per-example values, and the manifest; saving them.
-
-A table has one row per experiment: its sweep columns, then for each measure the mean over
-examples (`normalized` applied to the means) and `<measure>_se`, the standard error of that
-mean over the examples (sample standard deviation / sqrt(n); for a normalized column, that
-divided by |baseline 1 - baseline 0|, the baselines taken as fixed). `text(N)` columns are
-strings: they are in the per-example output only. `Results.per_example(name)` has the raw
-per-example values, `activations(name)` the tensors of a `read`, `baselines(name)` the
+"""Results: the tidy tables of a run (built by patchc/tables.py), per-example values, and the
+manifest; saving them. `text(N)` columns are strings: they are in the per-example output
+only. `Results.per_example(name)` has the raw per-example values, `activations(name)` the
+tensors of a `read`, `baselines(name)` the
 values a normalized table maps to 0 and 1, `pairs(name)` the estimate/exact points of a
 `compare` table. In Jupyter a Results shows as HTML tables; `Results.plot(name)` gives a
 Figure. `save(dir)` writes the result folder (patchc/outputs.py, staged and moved into place
@@ -13,14 +9,13 @@ at once): `NAME.csv` per table, `NAME.examples.csv` (one row per experiment and 
 `NAME.safetensors` per `read`, `NAME.pairs.csv` per `compare`, any file of
 `Results.outputs`, and `manifest.json`.
 
-`normalized` divides by the gap between two baselines; where they are equal the column is NaN
-and `Results.warnings` holds a W470 that names the table and both values.
+A normalized column whose two baselines are equal is NaN, and `Results.warnings` holds the
+W470 that names the table and both values.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -28,251 +23,10 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from patchc.compiler.errors import PatchcError, Warning_
+from patchc.compiler.errors import PatchcError
 from patchc.compiler.ir import IRGraph, Table
-
-
-def _mean(values: Any) -> float:
-    if not isinstance(values, torch.Tensor):
-        return math.nan  # text(N): strings have no mean
-    v = values.float()
-    v = v[~torch.isnan(v)]
-    return float(v.mean()) if v.numel() else math.nan
-
-
-def _se(values: Any) -> float:
-    """Standard error of the mean over the examples (NaN rows left out; NaN below 2)."""
-    if not isinstance(values, torch.Tensor):
-        return math.nan
-    v = values.float()
-    v = v[~torch.isnan(v)]
-    return float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else math.nan
-
-
-def se_column(col: str) -> str:
-    """The uncertainty column of a measured column."""
-    return f"{col}_se"
-
-
-def _is_text(values: Any) -> bool:
-    return isinstance(values, list)
-
-
-def _normalized(m: float, target: float, source: float | None) -> float:
-    if source is None:
-        return m / target if target != 0 else math.nan
-    denom = source - target
-    return (m - target) / denom if denom != 0 else math.nan
-
-
-def _ranks(x: list[float]) -> list[float]:
-    order = sorted(range(len(x)), key=lambda i: x[i])
-    ranks = [0.0] * len(x)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2  # ties share their mean rank
-        i = j + 1
-    return ranks
-
-
-def pearson(x: list[float], y: list[float]) -> float:
-    n = len(x)
-    if n < 2:
-        return math.nan
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    return pearson(_ranks(x), _ranks(y))
-
-
-class _ZeroGaps:
-    """The baselines of `normalized` columns whose gap was zero, for one warning a table."""
-
-    def __init__(self) -> None:
-        self.cases: dict[str, list[tuple[float, float | None]]] = {}
-
-    def check(self, col: str, target: float, source: float | None) -> None:
-        gap = target if source is None else source - target
-        if gap == 0:
-            self.cases.setdefault(col, []).append((target, source))
-
-    def warning(self, table: Table) -> PatchcError | None:
-        if not self.cases:
-            return None
-        parts = []
-        for col, cases in self.cases.items():
-            t, s = cases[0]
-            both = (f"the unpatched run's {col} is {t:g} (it divides)" if s is None else
-                    f"both baselines are {t:g} (target run) and {s:g} (source run)")
-            parts.append(f"`{col} normalized` is NaN in {len(cases)} row(s): {both}")
-        return Warning_("W470", f"table `{table.name}`: " + "; ".join(parts) + ", so "
-                        "there is nothing to normalize by", table.span,
-                        hint="the runs being compared give the same value (identical runs, "
-                        "or an ablation with the run's own mean): drop `normalized`")
-
-
-def build_table(table: Table, values: dict[str, Any],
-                warnings: list[PatchcError] | None = None) -> pd.DataFrame:
-    """One DataFrame from a lowered table and the per-example values of its nodes.
-    A warning about the table (W470) is appended to `warnings`."""
-    if table.op == "read":
-        return _int_keys(_read_table(table, values), table)
-    # The means of this table's own nodes only: every table averaging every value of the
-    # run made result assembly quadratic in the number of tables.
-    used = [nid for row in table.rows for _, nid in row.values]
-    used += [nid for p in table.pairs for nid in (p.estimate, p.metric, *(p.normalize or ()))
-             if nid]
-    means = {nid: _mean(values[nid]) for nid in dict.fromkeys(used)}
-    gaps = _ZeroGaps()
-    df = (_compare_table(table, means, gaps) if table.pairs
-          else _rows_table(table, values, means, gaps))
-    w = gaps.warning(table)
-    if w is not None and warnings is not None:
-        warnings.append(w)
-    return _int_keys(df, table)
-
-
-def _int_keys(df: pd.DataFrame, table: Table) -> pd.DataFrame:
-    """Integer sweep columns (layer, head, pos, ...) as pandas nullable integers: a table
-    mixing site items (`embed` has no layer) would otherwise turn them into floats, printed
-    and written as 0.0 and NaN; Int64 prints and writes ints, and an empty cell for none."""
-    keys = {c for row in table.rows for c, _ in row.key}
-    for c in keys & set(df.columns):
-        vals = [v for v in df[c] if v is not None and not pd.isna(v)]
-        if vals and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                        and float(v).is_integer() for v in vals):
-            df[c] = df[c].astype("Int64")
-    return df
-
-
-def _rows_table(table: Table, values: dict[str, Any], means: dict[str, float],
-                gaps: _ZeroGaps) -> pd.DataFrame:
-    records = []
-    texts: set[str] = set()
-    for row in table.rows:
-        rec: dict[str, Any] = dict(row.key)
-        norm = dict(row.normalize)
-        for col, nid in row.values:
-            if _is_text(values[nid]):
-                texts.add(col)
-                continue
-            m, se = means[nid], _se(values[nid])
-            if col in norm:
-                target, source = norm[col]
-                # Only the examples this experiment has (an `@ each` position beyond a short
-                # prompt is NaN) enter the reference means too.
-                keep = ~torch.isnan(values[nid].float())
-                t = _mean(values[target][keep])
-                s = _mean(values[source][keep]) if source else None
-                gaps.check(col, t, s)
-                m = _normalized(m, t, s)
-                scale = abs(s - t) if s is not None else abs(t)
-                se = se / scale if scale else math.nan
-            rec[col] = m
-            rec[se_column(col)] = se
-        records.append(rec)
-    columns = []
-    keys = {c for row in table.rows for c, _ in row.key}
-    for c in table.columns:
-        if c in texts:
-            continue
-        columns.append(c)
-        if c not in keys:
-            columns.append(se_column(c))
-    return pd.DataFrame.from_records(records, columns=columns)
-
-
-def _read_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
-    """A `read` table: per site, the tensor's shape and summary statistics (NaN padding
-    left out); `norm` is the mean L2 norm of the width-axis vectors."""
-    records = []
-    for row in table.rows:
-        (_, nid), = row.values
-        t = values[nid].float()
-        finite = t[~torch.isnan(t)]
-        vectors = t.reshape(-1, t.shape[-1]) if t.numel() else t
-        vectors = vectors[~torch.isnan(vectors).any(-1)] if t.numel() else vectors
-        stats = dict(shape="x".join(map(str, t.shape)),
-                     mean=float(finite.mean()) if finite.numel() else math.nan,
-                     std=float(finite.std()) if finite.numel() > 1 else math.nan,
-                     norm=float(vectors.norm(dim=-1).mean()) if vectors.numel() else math.nan,
-                     min=float(finite.min()) if finite.numel() else math.nan,
-                     max=float(finite.max()) if finite.numel() else math.nan)
-        records.append({**dict(row.key), **stats})
-    return pd.DataFrame.from_records(records, columns=list(table.columns))
-
-
-def _compare_table(table: Table, means: dict[str, float], gaps: _ZeroGaps) -> pd.DataFrame:
-    groups: dict[tuple, tuple[list[float], list[float]]] = {}
-    for p in table.pairs:
-        est, exact = means[p.estimate], means[p.metric]
-        if p.normalize:
-            target, source = p.normalize
-            t, s = means[target], means[source] if source else None
-            gaps.check("compare", t, s)
-            est, exact = _normalized(est, t, s), _normalized(exact, t, s)
-        xs, ys = groups.setdefault(p.key, ([], []))
-        xs.append(est)
-        ys.append(exact)
-    records = []
-    for row in table.rows:
-        xs, ys = groups.get(row.key, ([], []))
-        records.append({**dict(row.key), "n": len(xs), "pearson": pearson(xs, ys),
-                        "spearman": spearman(xs, ys)})
-    return pd.DataFrame.from_records(records)
-
-
-def per_example_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
-    """Long form: one record per (experiment, example) with the raw measured values
-    (text(N) as strings); normalized columns are raw, the baselines say how to map them."""
-    records = []
-    if table.op == "read":
-        return pd.DataFrame()
-    for row in table.rows:
-        cols = list(row.values)
-        if not cols:
-            continue
-        n = len(values[cols[0][1]])
-        for i in range(n):
-            rec: dict[str, Any] = {**dict(row.key), "example": i}
-            for col, nid in cols:
-                v = values[nid][i]
-                rec[col] = v if _is_text(values[nid]) else float(v)
-            records.append(rec)
-    return _int_keys(pd.DataFrame.from_records(records), table)
-
-
-def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[str, Any]:
-    """For each normalized column: what 0 and 1 mean (`{"0": {"run": .., "value": ..},
-    "1": {...}}`), the means over every example of the runs' unpatched values. Without a
-    source run (`m / m_target`), 0 is the value 0 and 1 the target run's value."""
-    out: dict[str, Any] = {}
-    norms = [(col, ts) for row in table.rows for col, ts in row.normalize]
-    # compare: every pair of a normalized measure holds its (target, source) metrics; keyed
-    # by the measure's name (`ld`), as a row table's normalized column is
-    norms += [(dict(p.key).get("metric") or ir.node(p.metric).name,  # type: ignore[union-attr]
-               p.normalize) for p in table.pairs if p.normalize is not None]
-    for col, (target, source) in norms:
-        if col in out:
-            continue
-        t_run = ir.node(target).forward  # type: ignore[union-attr]
-        zero = {"run": ir.node(t_run).run, "value": _mean(values[target])}  # type: ignore
-        if source is None:
-            out[col] = {"0": {"run": None, "value": 0.0}, "1": zero}
-            continue
-        s_run = ir.node(source).forward  # type: ignore[union-attr]
-        out[col] = {"0": zero, "1": {"run": ir.node(s_run).run,  # type: ignore
-                                     "value": _mean(values[source])}}
-    return out
+from patchc.tables import (build_table, example_mean, normalized_value, per_example_table,
+                           table_baselines)
 
 
 class Results:
@@ -331,14 +85,14 @@ class Results:
         """A `compare` table's points: one row per (site, method[, metric]) with the estimate
         and the exact swap's value (normalized as the table is); empty for other tables."""
         table = self._table(name)
-        means = {nid: _mean(v) for nid, v in self._values.items()}
+        means = {nid: example_mean(v) for nid, v in self._values.items()}
         records = []
         for p in table.pairs:
             est, exact = means[p.estimate], means[p.metric]
             if p.normalize:
                 target, source = p.normalize
                 t, s = means[target], means[source] if source else None
-                est, exact = _normalized(est, t, s), _normalized(exact, t, s)
+                est, exact = normalized_value(est, t, s), normalized_value(exact, t, s)
             node = self._ir.node(p.estimate)
             site = str(node.site) + ("" if str(node.pos) == "*" else f" @ {node.pos}")
             records.append({**dict(p.key), "site": site, "estimate": est, "exact": exact})
