@@ -199,6 +199,8 @@ class GraphSizes:
             shape = self.runs[self.fwd(node.forward).run]
             dim = site_dim(node.site, self.model, shape.width)
             return self.rows(node.forward) * n_positions(node.pos, shape) * dim * self.b
+        if isinstance(node, Forward) and node.sweep is not None:
+            return 0  # its chunks' logits are measured and dropped inside their pass
         if isinstance(node, Forward):
             width = self.runs[node.run].width
             k = self.logit_positions(vid)
@@ -208,6 +210,10 @@ class GraphSizes:
             return node.dim * FLOAT32
         if isinstance(node, Backward):
             return sum(self.value(r) for r in node.wrt) * FLOAT32 // self.b
+        if isinstance(node, Metric):  # per example and member of a sweep
+            f = self.fwd(node.forward)
+            return (len(f.sweep) if f.sweep is not None else 1) * self.rows(node.forward) * \
+                FLOAT32
         return 0
 
     def p0(self, fid: str) -> int:

@@ -25,6 +25,7 @@ import networkx as nx
 
 from . import printer
 from .errors import Span
+from .ir_sweep import SweepRows, describe
 from .ir import (
     Backward,
     Estimate,
@@ -144,6 +145,9 @@ def _node_line(nid: str, node: Any) -> str:
     if isinstance(node, Forward):
         exp = f" exp={node.experiment}" if node.experiment is not None else ""
         samples = f" samples={node.samples}" if node.samples != 1 else ""
+        if node.sweep is not None:  # one node for every member (compiler/ir_sweep.py)
+            return (f"{nid} = forward {node.run}{exp}{samples} {describe(node.sweep)}"
+                    f"{_deps(node.writes + node.inputs)}")
         return f"{nid} = forward {node.run}{exp}{samples}{_deps(node.writes)}"
     if isinstance(node, Read):
         stat = f" {node.stat}" if node.stat else ""
@@ -220,11 +224,21 @@ def _pair(p: Pair) -> str:
     return f"pair {_key(p.key)}: {p.estimate} ~ {p.metric}{norm}"
 
 
+def _sweep_rows(b: SweepRows) -> str:
+    out = f"{b.count} member{'s' * (b.count != 1)} of {b.forward}"
+    if b.values:
+        out += " -> " + ", ".join(f"{col}={ref}" for col, ref in b.values)
+    if b.normalize:
+        out += " normalize " + ", ".join(f"{col}={_norm(r)}" for col, r in b.normalize)
+    return out
+
+
 def _table(t: Table) -> list[str]:
-    rows = len(t.rows)
+    rows = t.n_rows()
     head = (f"table {t.name} = {t.op} line {t.span.line}: {rows} row{'s' * (rows != 1)},"
             f" columns {', '.join(t.columns) or '-'}")
-    return [head] + [f"  {_row(r)}" for r in t.rows] + [f"  {_pair(p)}" for p in t.pairs]
+    return [head] + [f"  {_row(r)}" for r in t.rows] + [f"  {_pair(p)}" for p in t.pairs] + \
+        [f"  {_sweep_rows(b)}" for b in t.sweeps]
 
 
 def _plural(n: int, word: str) -> str:
@@ -234,7 +248,7 @@ def _plural(n: int, word: str) -> str:
 def summary(ir: IRGraph) -> str:
     """`16 forwards, 17 reads, ...; 2 tables, 13 rows`: counts per node kind (all kinds)."""
     kinds = ", ".join(_plural(ir.count(cls), word) for cls, word in _KINDS)
-    rows = sum(len(t.rows) for t in ir.tables)
+    rows = sum(t.n_rows() for t in ir.tables)
     return f"{kinds}; {_plural(len(ir.tables), 'table')}, {_plural(rows, 'row')}"
 
 

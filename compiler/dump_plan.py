@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .dump import dump_ir
 from .ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Vector, Write
+from .ir_sweep import describe
 from .schedule import ForwardStep, Plan, run_shapes, schedule
 
 
@@ -51,8 +52,9 @@ def _step(k: int, s) -> str:
             logits = f"logits {s.logit_positions} pos" + (" tokens" if s.logit_tokens else "")
         extra = [f"from {s.start}" if s.start else "", "keep kv" if s.keep_kv else "",
                  "generate" if s.generate else ""]
-        line = (f"{k:>4}  forward {_ids(s.members)}  {s.run} x{s.rows}  {layers}, {positions},"
-                f" {logits}  {_flops(s.flops)}  {_bytes(s.bytes)}"
+        chunk = f" members {s.sweep[0]}..{s.sweep[1] - 1}" if s.sweep else ""
+        line = (f"{k:>4}  forward {_ids(s.members)}{chunk}  {s.run} x{s.rows}  {layers},"
+                f" {positions}, {logits}  {_flops(s.flops)}  {_bytes(s.bytes)}"
                 + "".join(f"  {e}" for e in extra if e))
         if s.caches:
             line += f"  caches {_ids(s.caches, 4)}"
@@ -176,6 +178,8 @@ _SHAPES = {Forward: "box", Read: "ellipse", Write: "invhouse", Vector: "diamond"
 def _label(nid: str, node) -> str:
     if isinstance(node, Forward):
         text = f"{nid} forward {node.run}"
+        if node.sweep is not None:
+            text += f"\\n{describe(node.sweep)}"
         if node.start:
             text += f"\\nfrom L{node.start_layer}"
         if node.narrow:

@@ -136,6 +136,10 @@ class Forward:
     group: int | None = None  # batch: forwards stacked along the batch dimension
     logit_positions: tuple[Positions, ...] | None = None  # trim_logits: None = all positions
     logit_tokens: bool = False  # trim_logits: only the token ids the metrics name
+    # A compact sweep (compiler/ir_sweep.py): this Forward stands for many experiments, the
+    # run's writes then one member write each; `inputs` are the Reads/Vectors they use.
+    sweep: Any = None  # ir_sweep.SweepSpec
+    inputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +286,11 @@ class Table:
     rows: tuple[Row, ...]
     span: Span = field(compare=False, default=Span(1, 1, 1, 1))
     pairs: tuple[Pair, ...] = ()
+    sweeps: tuple[Any, ...] = ()  # ir_sweep.SweepRows: rows that are a sweep's members
+
+    def n_rows(self) -> int:
+        """Rows of the table: its Rows and every sweep member."""
+        return len(self.rows) + sum(s.count for s in self.sweeps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,7 +354,7 @@ def verify(ir: IRGraph) -> None:
         preds = set(g.predecessors(nid))
         refs: tuple[str, ...] = ()
         if isinstance(node, Forward):
-            refs = node.writes + tuple(r for r in (node.twin, node.start) if r)
+            refs = node.writes + node.inputs + tuple(r for r in (node.twin, node.start) if r)
             _verify_forward(ir, nid, node)
         elif isinstance(node, Read):
             refs = (node.forward,)
@@ -363,6 +372,9 @@ def verify(ir: IRGraph) -> None:
     for table in ir.tables:
         refs = [ref for row in table.rows for _, ref in row.values]
         refs += [r for row in table.rows for _, pair in row.normalize for r in pair if r]
+        for block in table.sweeps:
+            refs += [ref for _, ref in block.values]  # (its forward: pruned if unmeasured)
+            refs += [r for _, pair in block.normalize for r in pair if r]
         for p in table.pairs:
             refs += [p.estimate, p.metric] + [r for r in p.normalize or () if r]
         for ref in refs:
@@ -391,7 +403,7 @@ def _verify_forward(ir: IRGraph, nid: str, node: Forward) -> None:
                 twin.writes != node.writes[:len(twin.writes)]:
             raise PlanError("E507", f"IR node {nid}: twin {node.twin} is not a forward of "
                             "the same run with a prefix of its writes")
-        if twin.twin is not None or twin.narrow:
+        if twin.twin is not None or twin.narrow or twin.sweep is not None:
             raise PlanError("E507", f"IR node {nid}: twin {node.twin} is not computed in full")
     if node.narrow and node.twin is None:
         raise PlanError("E508", f"IR node {nid} is narrowed without a twin")

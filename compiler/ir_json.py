@@ -34,12 +34,22 @@ class PairJson(BaseModel):
     normalize: list[str | None] | None = None
 
 
+class SweepRowsJson(BaseModel):
+    """The rows that are a sweep Forward's members (their keys: that node's `sweep`)."""
+
+    forward: str
+    count: int
+    values: dict[str, str]
+    normalize: dict[str, list[str | None]]
+
+
 class TableJson(BaseModel):
     name: str
     op: str
     columns: list[str]
     rows: list[RowJson]
     pairs: list[PairJson] = []
+    sweeps: list[SweepRowsJson] = []
 
 
 class IRJson(BaseModel):
@@ -80,6 +90,9 @@ def ir_model(ir: IRGraph) -> IRJson:
             pairs=[PairJson(key=dict(p.key), estimate=p.estimate, metric=p.metric,
                             normalize=list(p.normalize) if p.normalize is not None else None)
                    for p in t.pairs],
+            sweeps=[SweepRowsJson(forward=b.forward, count=b.count, values=dict(b.values),
+                                  normalize={k: list(v) for k, v in b.normalize})
+                    for b in t.sweeps],
         )
         for t in ir.tables
     ]

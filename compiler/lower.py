@@ -28,10 +28,12 @@ from .lower_ops import baked_writes, lower_op, rows_of
 from .lowerer import Lowerer
 
 
-def lower(checked: CheckedSpec) -> IRGraph:
-    """The unoptimized IR of a checked spec: one Forward per experiment, plus the base
-    Forwards of the runs they read from, and one Table per operation."""
-    lw = Lowerer(checked, baked_writes)
+def lower(checked: CheckedSpec, compact: bool = True) -> IRGraph:
+    """The unoptimized IR of a checked spec: one Forward per experiment (or, for the
+    statements lower_sweep.compact_form picks, one sweep Forward per layer), plus the base
+    Forwards of the runs they read from, and one Table per operation. `compact=False`
+    lowers every statement per experiment (the tests compare the two)."""
+    lw = Lowerer(checked, baked_writes, compact)
     for op in checked.spec.operations():
         lower_op(lw, op)
     return lw.ir

@@ -17,6 +17,7 @@ from .ir import ALL_POSITIONS, Estimate, Pair, Row, Site
 from .lowerer import Exp, Key, Lowerer, Target, check_where, keep
 from .lower_exprs import split_sweep
 from .lower_observe import op_lens, op_measure, op_read
+from .lower_sweep import compact_form, compact_rows, lower_compact
 from .modelspec import ModelSpec
 
 DEFAULT_IG_STEPS = 32
@@ -156,6 +157,8 @@ def rows_of(lw: Lowerer, op: A.Operation) -> int:
         return 1
     if isinstance(op, A.Backpatch):
         return len(_backpatch_pairs(lw, op, bake=False))
+    if lw.compact and compact_form(lw, op):
+        return compact_rows(lw, op)
     exps = _exps(lw, op, op.target.value, bake=False)
     if isinstance(op, A.Steer):
         return len(exps) * len(split_sweep(op.by))
@@ -346,4 +349,7 @@ _LOWER: dict[type, Callable[[Lowerer, Any], None]] = {
 
 
 def lower_op(lw: Lowerer, op: A.Operation) -> None:
-    _LOWER[type(op)](lw, op)
+    if lw.compact and compact_form(lw, op):
+        lower_compact(lw, op)
+    else:
+        _LOWER[type(op)](lw, op)

@@ -64,8 +64,8 @@ class Lowerer:
     """Lowering state: the graph being built and caches that make shared things one node."""
 
     def __init__(self, checked: CheckedSpec,
-                 bake_writes: Callable[[Lowerer, A.RunDecl], tuple[tuple[str, ...], int]]
-                 ) -> None:
+                 bake_writes: Callable[[Lowerer, A.RunDecl], tuple[tuple[str, ...], int]],
+                 compact: bool = True) -> None:
         self.checked = checked
         self._bake_writes = bake_writes  # lower_ops.baked_writes, injected by lower.py
         self.model: ModelSpec = checked.model
@@ -80,6 +80,7 @@ class Lowerer:
         self._busy: list[str] = []
         self._cache: dict[tuple[Any, ...], str] = {}
         self.n_experiments = 0
+        self.compact = compact  # compact sweeps where lower_sweep.compact_form allows
 
     # -- runs and forwards ----------------------------------------------------------------
     def base(self, run: str) -> str:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from . import costs as C
 from .ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Vector
 from .modelspec import ModelSpec
+from .schedule_sweep import sweep_chunks, sweep_shape
 
 # A pass costs this much beyond its arithmetic (Python, kernel launches), in FLOPs per layer
 # run: what makes a chunk of narrowed forwards worth merging with its neighbours.
@@ -54,6 +55,13 @@ class ForwardStep(BaseModel):
     bytes: int = 0  # activation estimate of the pass
     caches: list[str] = []
     frees: list[str] = []
+    # A chunk of a compact sweep (members == [the sweep Forward]): the range of its
+    # execution order this pass runs (compiler/schedule_sweep.py).
+    sweep: tuple[int, int] | None = None
+    passes: int = 1  # model passes (the naive plan runs a sweep's members one pass each)
+
+    def experiments(self) -> int:
+        return self.sweep[1] - self.sweep[0] if self.sweep else len(self.members)
 
 
 class NodeStep(BaseModel):
@@ -100,7 +108,7 @@ def _uses(ir: IRGraph, nid: str) -> list[str]:
     """The values a node's step needs (Writes are looked through to their inputs)."""
     node = ir.node(nid)
     if isinstance(node, Forward):
-        out = _write_inputs(ir, nid) + ([node.start] if node.start else [])
+        out = _write_inputs(ir, nid) + list(node.inputs) + ([node.start] if node.start else [])
         return out + ([f"kv:{node.twin}"] if node.narrow and node.twin else [])
     if isinstance(node, Metric):
         return [node.forward] + [r for r in (node.reference, node.lens) if r]
@@ -286,6 +294,10 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
         if budget is not None:
             made = sum(sz.value(v) for v in _produces(ir, ids, False))
             cap = budget - weights - C.RESERVE_BYTES - live_before[k] - made
+        f = sz.fwd(ids[0])
+        if f.sweep is not None:
+            steps += _sweep_steps(ir, sz, ids[0], cap, batch_size, naive, narrowed_from)
+            continue
         if len(ids) > 1:
             chunks = _chunks(sz, ids, cap, batch_size)
         else:
@@ -320,10 +332,34 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
         live_bytes -= sum(sz.value(v) for v in gone)
     fsteps = [s for s in steps if isinstance(s, ForwardStep)]
     summary = PlanSummary(
-        forwards=len(fsteps), experiments=sum(len(s.members) for s in fsteps),
+        forwards=sum(s.passes for s in fsteps), experiments=sum(s.experiments() for s in fsteps),
         backwards=sum(1 for s in steps if s.kind == "backward"),
         flops=sum(s.flops for s in steps), peak_bytes=peak)
     return steps, summary, over
+
+
+def _sweep_steps(ir: IRGraph, sz: C.GraphSizes, fid: str, cap: int | None,
+                 batch_size: int | None, naive: bool, narrowed_from: set) -> list[ForwardStep]:
+    """The chunks of a compact sweep, one pass each."""
+    f = sz.fwd(fid)
+    if naive:  # one full pass per member: summarized as one step of that many passes
+        k = len(f.sweep)
+        shape = sweep_shape(sz, fid, 1, 0)
+        return [ForwardStep(members=[fid], run=f.run, rows=shape.rows, width=shape.width,
+                            flops=k * C.forward_flops(sz.model, shape),
+                            bytes=C.forward_bytes(sz.model, shape, sz.b), sweep=(0, k),
+                            passes=k)]
+    out = []
+    for lo, hi, p0 in sweep_chunks(sz, fid, cap, batch_size, OVERHEAD_FLOPS_PER_LAYER):
+        shape = sweep_shape(sz, fid, hi - lo, p0)
+        out.append(ForwardStep(
+            members=[fid], run=f.run, samples=f.samples, rows=shape.rows, width=shape.width,
+            p0=p0, start_layer=shape.start_layer, start=None if naive else f.start,
+            twin=None if naive else f.twin, keep_kv=False,
+            logit_positions=shape.logit_positions, logit_tokens=shape.vocab is not None,
+            generate=False, flops=C.forward_flops(sz.model, shape),
+            bytes=C.forward_bytes(sz.model, shape, sz.b), sweep=(lo, hi)))
+    return out
 
 
 def schedule(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape],

@@ -44,6 +44,14 @@ def shard(ir: IRGraph, plan: Plan, workers: int) -> list[Shard]:
     steps = split_chunks(ir, list(plan.steps), workers)
     producer = {v: k for k, s in enumerate(steps) for v in step_produces(ir, s)}
     deps = [{producer[u] for u in step_uses(ir, s) if u in producer} for s in steps]
+    # The chunks of a compact sweep fill one [members, examples] value per metric: they
+    # stay together, on one worker (each needs the one before).
+    last_chunk: dict[str, int] = {}
+    for k, s in enumerate(steps):
+        if isinstance(s, ForwardStep) and s.sweep is not None:
+            if s.members[0] in last_chunk:
+                deps[k].add(last_chunk[s.members[0]])
+            last_chunk[s.members[0]] = k
     bundles = _bundles(ir, steps, producer)
 
     def closure(k: int) -> set[int]:

@@ -47,7 +47,7 @@ class Program:
     @property
     def experiments(self) -> dict[str, int]:
         """Rows each result table will have, by table name."""
-        return {t.name: len(t.rows) for t in self.ir.tables}
+        return {t.name: t.n_rows() for t in self.ir.tables}
 
     @property
     def warnings(self) -> list[PatchcError]:

@@ -23,6 +23,7 @@ from patchc.compiler.check import AUTO, check
 from patchc.compiler.checked import CheckedSpec, Options
 from patchc.compiler.errors import NO_SPAN, PatchcError, RuntimeInterventionError
 from patchc.compiler.ir import Backward, Forward, IRGraph
+from patchc.compiler.ir_sweep import bound_columns
 from patchc.compiler.lower import lower
 from patchc.manifest import Manifest, sha256_text, versions
 from patchc.run_record import what_ran
@@ -227,7 +228,7 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
     options = checked.options
     assembling = time.perf_counter()
     plot = describe_tables(ir, checked, tokenizer, values)  # titles, scales, tokens
-    tables = {t.name: {"rows": len(t.rows), "columns": list(t.columns), "keys": _keys(t),
+    tables = {t.name: {"rows": t.n_rows(), "columns": list(t.columns), "keys": _keys(t),
                        "seconds": round(seconds.get(t.name, 0.0), 4), "plot": plot[t.name]}
               for t in ir.tables}
     hf_map = getattr(model, "hf_device_map", None)
@@ -324,6 +325,8 @@ def _table_seconds(ir: IRGraph, node_seconds: dict[str, float]) -> dict[str, flo
         stack = [nid for row in table.rows for _, nid in row.values]
         stack += [r for row in table.rows for _, pair in row.normalize for r in pair if r]
         stack += [n for p in table.pairs for n in (p.estimate, p.metric)]
+        stack += [n for b in table.sweeps for _, n in b.values]
+        stack += [r for b in table.sweeps for _, pair in b.normalize for r in pair if r]
         total = 0.0
         while stack:
             nid = stack.pop()
@@ -341,6 +344,8 @@ def _keys(table) -> list[str]:
     keys: list[str] = []
     for row in table.rows:
         keys += [k for k, _ in row.key if k not in keys]
+    for block in table.sweeps:  # compact sweeps: the columns their index sets bind
+        keys += [k for k in bound_columns(block.space) if k not in keys]
     return keys
 
 

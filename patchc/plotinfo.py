@@ -44,9 +44,10 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
     info: dict[str, Any] = {"title": _title(table, op), "columns": {}}
     base = table_baselines(ir, table, values)  # the values printed and in the manifest
     for col in table.columns:
-        row = next((r for r in table.rows if col in dict(r.values)), None)
+        row = next((dict(r.values) for r in [*table.rows, *table.sweeps]
+                    if col in dict(r.values)), None)
         if row is not None:
-            info["columns"][col] = _column(ir, dict(row.values)[col], base.get(col))
+            info["columns"][col] = _column(ir, row[col], base.get(col))
         elif col in ("pearson", "spearman"):
             info["columns"][col] = {"scale": "correlation"}
     if table.pairs:  # compare: what the scatter's axes measure (the swap's own metric)
@@ -62,7 +63,8 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
         info["numeric_keys"] = ["scale"]
         info["key_labels"] = {"scale": "steering coefficient" if table.op == "steer"
                               else "scale factor"}
-    if any(k == "pos" for r in table.rows for k, _ in r.key):
+    if any(k == "pos" for r in table.rows for k, _ in r.key) or \
+            any(b.space.pos_keys[0] is not None for b in table.sweeps):
         run = _target_run(ir, table, op)
         if run in checked.runs and tokenizer is not None:
             labels = position_labels(tokenizer, list(checked.runs[run].texts))
@@ -136,7 +138,7 @@ def _target_run(ir: IRGraph, table: Table, op: Any) -> str | None:
     target = getattr(op, "target", None) or getattr(op, "run", None)
     if target is not None:
         return getattr(target, "value", target)
-    for row in table.rows:
+    for row in [*table.rows, *table.sweeps]:
         for _, nid in row.values:
             node = ir.node(nid)
             if isinstance(node, Metric):

@@ -20,11 +20,13 @@ import torch
 from patchc.compiler.errors import PatchcError, Warning_
 from patchc.compiler.ir import IRGraph, Table
 
+from .sweep_tables import sweep_examples, sweep_frame, sweep_key_names
+
 
 def example_mean(values: Any) -> float:
     if not isinstance(values, torch.Tensor):
         return math.nan  # text(N): strings have no mean
-    v = values.float()
+    v = values.double()  # float64: a normalized mean divides by a small difference of means
     v = v[~torch.isnan(v)]
     return float(v.mean()) if v.numel() else math.nan
 
@@ -33,7 +35,7 @@ def _se(values: Any) -> float:
     """Standard error of the mean over the examples (NaN rows left out; NaN below 2)."""
     if not isinstance(values, torch.Tensor):
         return math.nan
-    v = values.float()
+    v = values.double()
     v = v[~torch.isnan(v)]
     return float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else math.nan
 
@@ -124,6 +126,10 @@ def build_table(table: Table, values: dict[str, Any],
     gaps = _ZeroGaps()
     df = (_compare_table(table, means, gaps) if table.pairs
           else _rows_table(table, values, means, gaps))
+    if table.sweeps:  # compact sweeps' rows, assembled as arrays
+        sweep = sweep_frame(table, values, gaps.check)
+        df = pd.concat([df, sweep], ignore_index=True)[list(df.columns)] if table.rows \
+            else sweep.reindex(columns=df.columns)
     w = gaps.warning(table)
     if w is not None and warnings is not None:
         warnings.append(w)
@@ -134,7 +140,7 @@ def _int_keys(df: pd.DataFrame, table: Table) -> pd.DataFrame:
     """Integer sweep columns (layer, head, pos, ...) as pandas nullable integers: a table
     mixing site items (`embed` has no layer) would otherwise turn them into floats, printed
     and written as 0.0 and NaN; Int64 prints and writes ints, and an empty cell for none."""
-    keys = {c for row in table.rows for c, _ in row.key}
+    keys = {c for row in table.rows for c, _ in row.key} | sweep_key_names(table)
     for c in keys & set(df.columns):
         vals = [v for v in df[c] if v is not None and not pd.isna(v)]
         if vals and all(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -170,7 +176,7 @@ def _rows_table(table: Table, values: dict[str, Any], means: dict[str, float],
             rec[se_column(col)] = se
         records.append(rec)
     columns = []
-    keys = {c for row in table.rows for c, _ in row.key}
+    keys = {c for row in table.rows for c, _ in row.key} | sweep_key_names(table)
     for c in table.columns:
         if c in texts:
             continue
@@ -237,7 +243,11 @@ def per_example_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
                 v = values[nid][i]
                 rec[col] = v if _is_text(values[nid]) else float(v)
             records.append(rec)
-    return _int_keys(pd.DataFrame.from_records(records), table)
+    df = pd.DataFrame.from_records(records)
+    if table.sweeps:
+        df = pd.concat([df, sweep_examples(table, values)], ignore_index=True) if records \
+            else sweep_examples(table, values)
+    return _int_keys(df, table)
 
 
 def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[str, Any]:
@@ -246,6 +256,7 @@ def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[s
     source run (`m / m_target`), 0 is the value 0 and 1 the target run's value."""
     out: dict[str, Any] = {}
     norms = [(col, ts) for row in table.rows for col, ts in row.normalize]
+    norms += [(col, ts) for block in table.sweeps for col, ts in block.normalize]
     # compare: every pair of a normalized measure holds its (target, source) metrics; keyed
     # by the measure's name (`ld`), as a row table's normalized column is
     norms += [(dict(p.key).get("metric") or ir.node(p.metric).name,  # type: ignore[union-attr]

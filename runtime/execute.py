@@ -34,6 +34,7 @@ from .naive import ForwardOutput, Interpreter
 from .compat import output_cache, with_cache
 from .reading import collect_reads
 from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
+from .sweeps import run_chunk
 from .writes import make_reader, make_writer
 
 
@@ -99,7 +100,7 @@ class Executor(Interpreter):
             ir, plan = self.prepare(ir)
         self.plan = plan
         results: dict[str, Any] = {}
-        total = sum(len(s.members) for s in plan.forward_steps())
+        total = sum(s.experiments() for s in plan.forward_steps())
         done = 0
         fused = _fused_backwards(ir, plan)
         for step in plan.steps:
@@ -114,8 +115,8 @@ class Executor(Interpreter):
                 self.forward_step(ir, step)
                 spent = (time.perf_counter() - started) / len(step.members)
                 for m in step.members:
-                    self.node_seconds[m] = spent
-                done += len(step.members)
+                    self.node_seconds[m] = self.node_seconds.get(m, 0.0) + spent
+                done += step.experiments()
                 if self.progress:
                     self.progress(done, total)
             elif step.node not in self.values:  # else a Backward taken in its forward's pass
@@ -169,6 +170,8 @@ class Executor(Interpreter):
 
     @torch.no_grad()
     def forward_step(self, ir: IRGraph, step: ForwardStep) -> None:
+        if step.sweep is not None:  # a chunk of a compact sweep: batched index edits
+            return run_chunk(self, ir, step)
         if step.generate:
             for fid in step.members:
                 self.values[fid] = self.forward(ir, fid, ir.node(fid))  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ import torch
 from patchc.compiler import ast as A
 from patchc.compiler.checked import CheckedSpec
 from patchc.compiler.errors import RuntimeInterventionError
+from patchc.compiler.ir_sweep import member_write, members, split
 from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Positions, Read, \
     Vector, Write
 
@@ -28,6 +29,7 @@ from .estimates import run_backward, run_estimate
 from .generate import contains_answer, greedy, sequence_logprob
 from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
 from .reading import collect_reads, lens_logits, table_reads
+from .sweep_members import member_value
 from .loading import input_device
 from .writes import make_reader, make_writer
 
@@ -74,6 +76,8 @@ class Interpreter:
         self.node_seconds: dict[str, float] = {}  # wall time of each evaluated node
         self.model_seconds = 0.0  # wall time inside model passes (forward, backward)
         self._token_cache: dict[str, int] = {}
+        # Metric values of compact sweeps ([members, n]), made while their Forward runs.
+        self.sweep_values: dict[str, torch.Tensor] = {}
         self._reported: set[str] = set()
 
     # ---- inputs -------------------------------------------------------------------------
@@ -174,7 +178,9 @@ class Interpreter:
             means = [self.values[r].value.float().mean(0).squeeze(0) for r in node.inputs]
             self.values[nid] = self.vector(node, means)
         elif isinstance(node, Metric):
-            results[nid] = self.values[nid] = self.metric(ir, node)
+            value = self.sweep_values.pop(nid, None)
+            results[nid] = self.values[nid] = value if value is not None else \
+                self.metric(ir, node)
         elif isinstance(node, Backward):
             self.values[nid] = run_backward(self, ir, nid, node)
         elif isinstance(node, Estimate):
@@ -217,6 +223,8 @@ class Interpreter:
 
     @torch.no_grad()
     def forward(self, ir: IRGraph, nid: str, node: Forward) -> ForwardOutput:
+        if node.sweep is not None:
+            return self._sweep(ir, nid, node)
         batch = self.run_inputs(node.run).batch.repeat(node.samples)
         metrics = [ir.node(m) for m in ir.g.successors(nid) if isinstance(ir.node(m), Metric)]
         out = ForwardOutput(batch, node.samples)
@@ -245,6 +253,39 @@ class Interpreter:
         self._continuations(nid, node, metrics, batch, hooks, out)
         # Metrics on other forwards may refer to this one's logits (kl): keep them all.
         return out
+
+    def _sweep(self, ir: IRGraph, nid: str, node: Forward) -> ForwardOutput:
+        """A compact sweep (compiler/ir_sweep.py): one plain forward per member, with the
+        run's writes and then the member's own (runtime/sweep_members.py); its metrics' values
+        [members, n] go to `sweep_values`."""
+        spec = node.sweep
+        batch = self.run_inputs(node.run).batch
+        columns = self.columns_for(node.run)
+        base_hooks = self.hooks_for(ir, nid, node, batch, reads=False)
+        base_valid = self.valid_rows(ir, node, batch)
+        metrics = [(m, ir.node(m)) for m in ir.g.successors(nid)
+                   if isinstance(ir.node(m), Metric)]
+        s_idx, p_idx, v_idx = split(spec.space, members(spec.space))
+        bufs = {mid: torch.full((len(s_idx), batch.n), torch.nan) for mid, _ in metrics}
+        for j, (s, p, v) in enumerate(zip(s_idx.tolist(), p_idx.tolist(), v_idx.tolist())):
+            write = member_write(spec, s, p, v)
+            fn = make_writer(write, batch, columns, member_value(self, ir, node, s, p, v),
+                             self.seed)
+            hooks = base_hooks + [(write.site.kind, write.site.layer, write.site.head, fn)]
+            with self.adapter.hooks(hooks), self.model_pass():
+                logits = self.model(**batch.to(self.device).model_kwargs()).logits
+            out = ForwardOutput(batch, 1)
+            out.valid = base_valid & position_valid(batch, write.pos)
+            for _, m in metrics:
+                if m.pos not in out.logits:
+                    idx = position_index(batch, m.pos, columns).to(logits.device)
+                    out.logits[m.pos] = logits.gather(
+                        1, idx[..., None].expand(-1, -1, logits.shape[-1]))[:, 0].float()
+            self.values[nid] = out
+            for mid, m in metrics:
+                bufs[mid][j] = self.metric(ir, m)  # type: ignore[arg-type]
+        self.sweep_values.update(bufs)
+        return ForwardOutput(batch, 1)
 
     def _continuations(self, nid: str, node: Forward, metrics: list, batch: Batch,
                        hooks: list, out: ForwardOutput) -> None:

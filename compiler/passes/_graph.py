@@ -32,7 +32,7 @@ from patchc.compiler.ir import (
 
 # The fields of each node kind that hold node ids (a str, None, or a tuple of str).
 REF_FIELDS: dict[type, tuple[str, ...]] = {
-    Forward: ("writes", "twin", "start"),
+    Forward: ("writes", "inputs", "twin", "start"),
     Read: ("forward",),
     Write: ("inputs",),
     Vector: ("inputs",),
@@ -85,7 +85,11 @@ def remap_tables(tables: Iterable[Table], m: Mapping[str, str]) -> list[Table]:
         pairs = tuple(Pair(p.key, r(p.estimate), r(p.metric),  # type: ignore[arg-type]
                            (r(p.normalize[0]), r(p.normalize[1])) if p.normalize else None)  # type: ignore[arg-type]
                       for p in t.pairs)
-        out.append(dataclasses.replace(t, rows=rows, pairs=pairs))
+        sweeps = tuple(dataclasses.replace(
+            s, forward=r(s.forward), values=tuple((c, r(v)) for c, v in s.values),
+            normalize=tuple((c, (r(a), r(b))) for c, (a, b) in s.normalize))
+            for s in t.sweeps)
+        out.append(dataclasses.replace(t, rows=rows, pairs=pairs, sweeps=sweeps))
     return out
 
 
@@ -166,6 +170,9 @@ def table_refs(tables: Iterable[Table]) -> set[str]:
             out |= {x for _, pair in row.normalize for x in pair if x}
         for p in t.pairs:
             out |= {p.estimate, p.metric} | {x for x in p.normalize or () if x}
+        for s in t.sweeps:
+            out |= {v for _, v in s.values}
+            out |= {x for _, pair in s.normalize for x in pair if x}
     return out
 
 

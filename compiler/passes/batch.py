@@ -38,7 +38,9 @@ def batch(ir: IRGraph) -> IRGraph:
     groups: dict[tuple, list[str]] = {}
     for fid in sorted(nodes, key=lambda x: (x[0], int(x[1:]))):
         f = nodes[fid]
-        if not isinstance(f, Forward) or fid in twins or generates(nodes, cons, fid):
+        # A sweep (compiler/ir_sweep.py) is its own batch: the schedule cuts it into chunks.
+        if not isinstance(f, Forward) or fid in twins or f.sweep is not None or \
+                generates(nodes, cons, fid):
             continue
         key = (f.run, f.samples, f.twin, f.start_layer, f.start, f.narrow, depth[fid])
         groups.setdefault(key, []).append(fid)

@@ -31,8 +31,11 @@ def narrow_positions(ir: IRGraph) -> IRGraph:
         twin = nodes[f.twin]
         assert isinstance(twin, Forward)
         own = [nodes[w] for w in f.writes[len(twin.writes):]]
-        if not own or any(not isinstance(w, Write) or w.pos.kind == "all"
-                          or w.site.kind == "attn.pattern" for w in own):
+        if f.sweep is not None:  # a sweep's own writes are its members', one position each
+            if any(p.kind == "all" for p in f.sweep.space.positions):
+                continue
+        elif not own or any(not isinstance(w, Write) or w.pos.kind == "all"
+                            or w.site.kind == "attn.pattern" for w in own):
             continue
         users = [nodes[c] for c in cons.get(fid, [])]
         if any(isinstance(u, Read) and (u.pos.kind == "all" or u.site.kind == "attn.pattern")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 
 from patchc.compiler.ir import ALL_POSITIONS, Forward, IRGraph, Node, Read, Site, Write
+from patchc.compiler.ir_sweep import layer_of
 
 from ._graph import (
     Finder,
@@ -64,6 +65,19 @@ def _narrowable(nodes: dict[str, Node], writes: tuple[str, ...]) -> bool:
     return True
 
 
+def _sweep_split(nodes: dict[str, Node], f: Forward) -> int | None:
+    """The start layer of a sweep Forward (compiler/ir_sweep.py) whose twin has all its
+    writes (the run's): its members' first layer, when every shared write is finished
+    before it; None when that gains nothing."""
+    start = layer_of(f.sweep)
+    if start is None or any(not before_layer(nodes[w].site, start)  # type: ignore[union-attr]
+                            for w in f.writes):
+        return None
+    if start == 0 and (f.writes or any(p.kind == "all" for p in f.sweep.space.positions)):
+        return None
+    return start
+
+
 def share_prefix(ir: IRGraph) -> IRGraph:
     nodes = nodes_of(ir)
     cons = consumers(nodes)
@@ -73,7 +87,7 @@ def share_prefix(ir: IRGraph) -> IRGraph:
     by_writes: dict[tuple, str] = {}
     for nid in sorted(forwards, key=lambda x: int(x[1:])):
         f = forwards[nid]
-        if nid not in fixed:
+        if nid not in fixed and f.sweep is None:  # a sweep stands for many: never a twin
             by_writes.setdefault((f.run, f.samples, f.writes), nid)
 
     # 1. The best existing twin of each forward: the longest shared prefix of its writes.
@@ -81,7 +95,19 @@ def share_prefix(ir: IRGraph) -> IRGraph:
     chosen: dict[str, tuple[str, int]] = {}
     wanted: dict[tuple, list[str]] = {}
     for fid, f in forwards.items():
-        if fid in fixed or not f.writes:
+        if fid in fixed:
+            continue
+        if f.sweep is not None:  # its own writes are its members': the twin has the rest
+            start = _sweep_split(nodes, f)
+            if start is None:
+                continue
+            tid = by_writes.get((f.run, f.samples, f.writes))
+            if tid is not None:
+                chosen[fid] = (tid, start)
+            else:
+                wanted.setdefault((f.run, f.samples, f.writes), []).append(fid)
+            continue
+        if not f.writes:
             continue
         first_valid = None
         for k in range(len(f.writes) - 1, -1, -1):
@@ -100,11 +126,13 @@ def share_prefix(ir: IRGraph) -> IRGraph:
     # narrowed forwards, so it is never a twin; an equal twin is added beside it.
     finder = Finder(nodes, exclude=frozenset(f for f in fixed if generates(nodes, cons, f)))
     for (run, samples, prefix), fids in wanted.items():
-        if len(fids) < 2:
-            continue
+        if len(fids) < 2 and forwards[fids[0]].sweep is None:
+            continue  # (a sweep alone is many forwards: its twin pays)
         tid = finder.find_or_add(Forward(run, prefix, None, samples))
         for fid in fids:
-            start = _split(nodes, forwards[fid].writes, len(prefix))
+            f = forwards[fid]
+            start = _sweep_split(nodes, f) if f.sweep is not None else \
+                _split(nodes, f.writes, len(prefix))
             assert start is not None
             chosen[fid] = (tid, start)
 

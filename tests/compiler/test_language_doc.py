@@ -132,7 +132,7 @@ def summary(block: Block, neox: Path) -> str:
     lines = [head]
     lines += [f"warning {w.code}: {w.message}" for w in checked.warnings]
     for t in lower(checked).tables:
-        lines.append(f"{t.name} [{len(t.rows)} rows]: {', '.join(t.columns)}")
+        lines.append(f"{t.name} [{t.n_rows()} rows]: {', '.join(t.columns)}")
     return "\n".join(lines)
 
 

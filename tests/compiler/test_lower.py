@@ -88,7 +88,7 @@ def checked(src: str, ntok: int = NTOK, options: Options | None = None,
 
 
 def low(body: str, **kw: object) -> IRGraph:
-    ir = lower(checked(HEADER + body, **kw))
+    ir = lower(checked(HEADER + body, **kw), compact=False)  # test_lower_sweep.py: compact
     verify(ir)
     return ir
 
@@ -172,7 +172,7 @@ def test_group_is_one_experiment():
 
 def test_resample_uses_the_seed_option():
     ir = lower(checked(HEADER + "ablate L0.mlp.out in clean with resample(corrupt) measure ld\n",
-                       options=Options(seed=7)))
+                       options=Options(seed=7)), compact=False)
     (w,) = [w for _, w in ir.of_type(Write)]
     assert w.mode == "resample" and w.seed == 7
 
@@ -421,7 +421,7 @@ def test_examples_lower_verify_and_are_deterministic(name, src, base_dir):
     assert dict(a.g.nodes(data="node")) == dict(b.g.nodes(data="node"))
     assert list(a.g.nodes) == list(b.g.nodes) and sorted(a.g.edges) == sorted(b.g.edges)
     assert a.tables == b.tables
-    assert experiment_counts(c) == {t.name: len(t.rows) for t in a.tables}
+    assert experiment_counts(c) == {t.name: t.n_rows() for t in a.tables}
     assert optimize(a) is a or PASSES
 
 

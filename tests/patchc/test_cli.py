@@ -134,9 +134,11 @@ def test_compile_emit_ir(capsys, optimized: list[str]):
     lines = out.splitlines()
     assert lines[0] == "f0 = forward clean"
     assert "table heads = swap line 11: 144 rows, columns layer, head, ld" in lines
-    # The optimizer adds the 11 resid_pre reads that layers 1..11 start from (share_prefix).
+    # One compact sweep per layer (12 heads each), each reading its layer's 12 heads of the
+    # clean run; the optimizer adds the 11 resid_pre reads layers 1..11 start from.
+    assert sum("sweep 12 x replace z L" in line for line in lines) == 12
     reads = 155 if optimized else 144
-    assert lines[-1].startswith(f"146 forwards, {reads} reads, 0 vectors, 144 writes, ")
+    assert lines[-1].startswith(f"14 forwards, {reads} reads, 0 vectors, 0 writes, 14 metrics")
 
 
 @pytest.mark.parametrize("optimized", [[], ["--optimized"]])
@@ -146,8 +148,10 @@ def test_compile_emit_json(capsys, optimized: list[str]):
     data = json.loads(out)
     assert {"nodes", "edges", "tables"} <= set(data)
     (table,) = data["tables"]
-    assert table["name"] == "heads" and len(table["rows"]) == 144 and table["pairs"] == []
-    assert {n["type"] for n in data["nodes"]} == {"Forward", "Read", "Write", "Metric"}
+    assert table["name"] == "heads" and table["rows"] == [] and table["pairs"] == []
+    # compact sweeps: one per layer, 12 heads each (the keys: its Forward's `sweep`)
+    assert [b["count"] for b in table["sweeps"]] == [12] * 12
+    assert {n["type"] for n in data["nodes"]} == {"Forward", "Read", "Metric"}
 
 
 def test_compile_json_of_compare_has_pairs(capsys):
@@ -292,7 +296,7 @@ def test_compile_emit_plan_and_dot(capsys):
     assert "steps:" in out and "from r144" in out
     code, out, err = cli(capsys, "compile", IOI, "--emit", "dot", "--optimized")
     assert code == 0, err
-    assert out.startswith("digraph patchc {") and "subgraph cluster_0" in out
+    assert out.startswith("digraph patchc {") and "sweep 12 x replace z L1 H0..11" in out
 
 
 def test_compile_emit_plan_for_workers(capsys):

@@ -101,6 +101,9 @@ def _refs(results: patchc.Results, name: str) -> list[tuple[str, str]]:
         out += [(f"row {i} {col}", nid) for col, nid in row.values]
         out += [(f"row {i} {col} ref", r) for col, pair in row.normalize for r in pair if r]
     out += [(f"pair {i}", r) for i, p in enumerate(table.pairs) for r in (p.estimate, p.metric)]
+    for i, block in enumerate(table.sweeps):  # compact sweeps: [members, examples] values
+        out += [(f"sweep {i} {col}", nid) for col, nid in block.values]
+        out += [(f"sweep {i} {col} ref", r) for col, pair in block.normalize for r in pair if r]
     return out
 
 
@@ -335,3 +338,61 @@ swap L1.mlp.out @ d.p, L2.resid_pre @ d.p from clean into corrupt
 """, tokenizer)
     per = fast.per_example("each_pos")
     assert per["ld"].isna().sum() == 2 * ((11 - 9) + (11 - 7))  # 2 heads x missing positions
+
+
+COMPACT = """
+swap L$l.mlp.post[{1,5,9}] @ each from clean into corrupt
+    where $l >= 1
+    measure ld normalized
+    as neurons
+ablate L*.H*.z @ {1, 3} in corrupt with mean(clean)
+    measure ld normalized
+    as mean_heads
+ablate L1.resid_pre @ last in corrupt with resample(clean)
+    measure logprob(d.answer)
+    as resampled
+ablate L*.attn.out @ 1..2 in corrupt
+    measure ld
+    as zeroed
+scale L$l.mlp.out @ d.p in clean by {0, 2}
+    where $l != 1
+    measure ld
+    as scaled
+steer L*.resid_pre @ last in clean by {1, -1} * v
+    measure prob(d.answer), rank(d.answer)
+    as steered
+"""
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compact_sweeps_match_naive_and_per_experiment_lowering(family: str, tokenizer
+                                                                ) -> None:
+    """Every form that lowers to compact sweeps (compiler/lower_sweep.py): the batched
+    runtime (runtime/sweeps.py) equals the naive interpreter's member-by-member expansion,
+    and both equal the per-experiment lowering run by the naive interpreter."""
+    from patchc.compiler.check import check
+    from patchc.compiler.lower import lower
+    from patchc.compiler.parse import parse
+    from patchc.results import Results
+    from patchc.runtime.adapters import adapter_for
+    from patchc.runtime.naive import Interpreter
+
+    assert_same(family, COMPACT, tokenizer)
+    m = model(family)
+    checked = check(parse(HEAD + COMPACT, "<spec>", str(ROOT)), adapter_for(m).spec(),
+                    tokenizer=tokenizer)
+    tables = {}
+    for compact in (True, False):
+        ir = lower(checked, compact=compact)
+        assert all(bool(t.sweeps) == compact and bool(t.rows) != compact for t in ir.tables)
+        values = Interpreter(checked, m, tokenizer, adapter_for(m)).run(ir)
+        tables[compact] = Results(ir, values, {})
+    new, old = tables[True], tables[False]
+    for name in old.tables:  # the same forwards: equal to float64 rounding of the means
+        for a, b in ((old[name], new[name]), (old.per_example(name), new.per_example(name))):
+            assert list(a.columns) == list(b.columns) and a.shape == b.shape, name
+            for col in a.columns:
+                x, y = a[col].to_numpy(dtype=float), b[col].to_numpy(dtype=float)
+                assert (np.isnan(x) == np.isnan(y)).all(), (family, name, col)
+                np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-9,
+                                           err_msg=f"{family}: {name}.{col}")

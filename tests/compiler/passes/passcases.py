@@ -39,14 +39,17 @@ metric ld = logit(d.answer) - logit(d.distractor)
 """  # noqa: E501
 
 
-def lowered(body: str) -> IRGraph:
+def lowered(body: str, compact: bool = False) -> IRGraph:
+    """The spec lowered one Forward per experiment (the per-pass goldens' form), or with
+    compact sweeps (compiler/lower_sweep.py; test_pass_sweeps.py)."""
     spec = parse(HEAD + body, "<spec>", str(ROOT))
-    return lower(check(spec))
+    return lower(check(spec), compact=compact)
 
 
-def before_after(body: str, p: Callable[[IRGraph], IRGraph]) -> tuple[IRGraph, IRGraph]:
+def before_after(body: str, p: Callable[[IRGraph], IRGraph], compact: bool = False
+                 ) -> tuple[IRGraph, IRGraph]:
     """The pass's input (the spec lowered, then the passes before `p`) and its output."""
-    ir = lowered(body)
+    ir = lowered(body, compact)
     before = optimize(ir, PASSES[:PASSES.index(p)])
     text = ir_text(before)
     after = p(before)

@@ -1,0 +1,156 @@
+"""Lowering a statement to compact sweeps (compiler/ir_sweep.py) instead of one Forward per
+experiment.
+
+`compact_form` is the one place that decides which statements lower compactly: a swap,
+ablation (zero, mean, resample), scale or steer over ONE site pattern whose activation is
+[batch, positions, features] (residual stream, block outputs, MLP neurons, q/k/v/z, a head's
+output), at any positions but per-example spans, with scalar sweeps and `where` filters, on
+a run without noise samples, measured by metrics of logits at one position (no kl, loss or
+generation). Everything else (backpatch pairs, `all(...)` groups, subspaces, noise samples,
+attribute/compare/dla) keeps one Forward per experiment (lower_ops.py).
+
+A compact statement becomes one sweep Forward per run of consecutive sites in the same layer
+(so share_prefix starts each at its layer), each with the Reads its members gather from, one
+Metric per measure (valued [members, examples]) and a SweepRows block of its table.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from . import ast as A
+from .ir import ALL_POSITIONS, Forward
+from .ir_sweep import READ_MODES, Space, SweepRows, SweepSpec, bound_columns, count, members, \
+    split, whole_site
+from .lower_exprs import metric_parts, split_sweep
+from .lowerer import Lowerer, check_where
+from .resolve import expand_site
+
+# Sites whose activation is [batch, positions, features]: a member edits one slice of it.
+COMPACT_KINDS = frozenset({
+    "embed", "resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out", "mlp.pre",
+    "mlp.post", "attn.z", "attn.q", "attn.k", "attn.v", "z", "q", "k", "v", "out"})
+_POSITION_KINDS = frozenset({"all", "last", "index", "range", "set", "column"})
+_NOT_COMPACT_METRICS = (A.MKL, A.MLoss) + A.GENERATING
+
+
+def compact_form(lw: Lowerer, op: A.Operation) -> bool:
+    """Does `op` lower to compact sweeps? (See the module docstring for which forms do.)"""
+    if not isinstance(op, (A.Swap, A.Trace, A.Ablate, A.Scale, A.Steer)):
+        return False
+    if len(op.sites) != 1 or not isinstance(op.sites[0], A.SiteRef):
+        return False
+    item = op.sites[0]
+    if item.subspace or item.kind not in COMPACT_KINDS:
+        return False
+    target = op.target.value
+    lw.bake(target)
+    if lw.samples[target] != 1:
+        return False
+    kinds = {p.kind for p, _ in lw.positions(item.pos, target)}
+    if not kinds <= _POSITION_KINDS:
+        return False
+    if isinstance(op, A.Ablate) and op.how.kind == "mean" and "all" in kinds:
+        return False  # the token-aligned mean over prompts of every length: per experiment
+    for _, m in lw.measures(op):
+        _, body, _ = metric_parts(m.expr, lw.checked.metrics)
+        if any(isinstance(e, _NOT_COMPACT_METRICS) for e in A.metric_nodes(body)):
+            return False
+    return True
+
+
+def _variants(op: A.Operation) -> list[tuple[float | None, float, A.VExpr | None]]:
+    """(scale column value, the write's scale, steering vector) per scalar variant."""
+    if isinstance(op, A.Steer):
+        return [(v, s, vec) for v, s, vec in split_sweep(op.by)]
+    if isinstance(op, A.Scale):
+        if isinstance(op.by, A.ScalarSweep):
+            return [(v, v, None) for v in op.by.values]
+        return [(None, op.by.value, None)]
+    return [(None, 1.0, None)]
+
+
+def _space(lw: Lowerer, op: Any) -> Space:
+    """The whole statement's index set (every layer)."""
+    item = op.sites[0]
+    matches = expand_site(item, lw.model)
+    poss = lw.positions(item.pos, op.target.value)
+    variants = _variants(op)
+    return Space(tuple(m.sites[0] for m in matches), tuple(m.key for m in matches),
+                 tuple(p for p, _ in poss), tuple(i for _, i in poss),
+                 tuple(v for v, _, _ in variants), (), tuple(op.clauses.where))
+
+
+def compact_rows(lw: Lowerer, op: Any) -> int:
+    """Rows of a compact statement's table, from its index set alone."""
+    space = _space(lw, op)
+    check_where(op.clauses.where, [tuple((c, None) for c in bound_columns(space))])
+    return count(space)
+
+
+def _mode(op: Any) -> tuple[str, str | None]:
+    """(template mode, the run its Reads come from)."""
+    if isinstance(op, (A.Swap, A.Trace)):
+        return "replace", op.source.value
+    if isinstance(op, A.Ablate):
+        mode = {"zero": "zero", "mean": "mean", "resample": "resample"}[op.how.kind]
+        return mode, op.how.run
+    if isinstance(op, A.Scale):
+        return "mul", None
+    return "add", None
+
+
+def lower_compact(lw: Lowerer, op: Any) -> None:
+    """`op` as sweep Forwards, one per run of consecutive sites of one layer, and its Table."""
+    target = op.target.value
+    baked = lw.bake(target)
+    space = _space(lw, op)
+    check_where(op.clauses.where, [tuple((c, None) for c in bound_columns(space))])
+    mode, read_run = _mode(op)
+    variants = _variants(op)
+    seed = lw.options.seed if mode == "resample" else None
+    # The normalization source: the swap's source run; an ablation's baseline has none.
+    source = op.source.value if isinstance(op, (A.Swap, A.Trace)) else None
+    if isinstance(op, A.Ablate) and op.how.kind != "zero":
+        source = op.how.run
+    if isinstance(op, (A.Scale, A.Steer)):
+        source = None
+    blocks = []
+    order = range(len(space.sites))
+    for _, group in itertools.groupby(order, key=lambda i: space.sites[i].layer):
+        ids = list(group)
+        part = Space(tuple(space.sites[i] for i in ids), tuple(space.site_keys[i] for i in ids),
+                     space.positions, space.pos_keys, space.variants, space.prefix,
+                     space.where)
+        n = count(part)
+        if n == 0:
+            continue
+        if part.where:  # only the sites `where` keeps a member of (and read only those)
+            used = sorted(set(split(part, members(part))[0].tolist()))
+            if len(used) < len(part.sites):
+                part = Space(tuple(part.sites[i] for i in used),
+                             tuple(part.site_keys[i] for i in used), part.positions,
+                             part.pos_keys, part.variants, part.prefix, part.where)
+        whole: tuple = ()
+        inputs: tuple[str, ...] = ()
+        if mode in READ_MODES:
+            assert read_run is not None
+            src = lw.base(read_run)
+            whole = tuple(dict.fromkeys(whole_site(s) for s in part.sites))
+            inputs = tuple(lw.read(src, w, ALL_POSITIONS) for w in whole)
+        elif mode == "add":
+            inputs = tuple(lw.vector(vec, lw.site_dim(part.sites[0]))
+                           for _, _, vec in variants)  # type: ignore[arg-type]
+        spec = SweepSpec(part, mode, tuple(s for _, s, _ in variants), seed, whole)
+        fid = lw.ir.add(Forward(target, baked, lw.n_experiments, 1, sweep=spec,
+                                inputs=inputs), baked + inputs)
+        lw.n_experiments += n
+        values, norm = [], []
+        for col, m in lw.measures(op):
+            values.append((col, lw.metric(fid, target, m.expr)))
+            if m.normalized:
+                norm.append((col, lw.norm_refs(m, target, source)))
+        blocks.append(SweepRows(fid, tuple(values), tuple(norm), n, part))
+    columns = bound_columns(space) + tuple(dict.fromkeys(c for c, _ in lw.measures(op)))
+    lw.table(op, [], columns, sweeps=tuple(blocks))

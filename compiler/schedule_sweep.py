@@ -1,0 +1,107 @@
+"""Cutting a compact sweep (compiler/ir_sweep.py) into chunks under the memory budget.
+
+A sweep Forward's members run in *execution order*: by position variant, then row order
+(`ir_sweep.execution_order`), so that the members of one `@ each` position are neighbours and
+a chunk of them can start at that position (narrow_positions). A chunk is a range [lo, hi)
+of that order and its first computed position p0. As for a batch group of per-experiment
+forwards (schedule._chunks), a small dynamic program over the position variants decides
+which to merge: merging variants that start at different positions wastes positions,
+splitting costs a pass. Work is linear in the position variants, not the members.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import costs as C
+from .ir import Metric
+from .ir_sweep import members, split
+
+
+def variant_counts(space) -> np.ndarray:
+    """Members per position variant (after `where`), in variant order."""
+    _, p_idx, _ = split(space, members(space))
+    return np.bincount(p_idx, minlength=len(space.positions))
+
+
+def sweep_shape(sz: C.GraphSizes, fid: str, k: int, p0: int) -> C.ForwardShape:
+    """The pass of k members of sweep `fid` from position p0."""
+    f = sz.fwd(fid)
+    vocab = sz.vocab(fid)
+    return C.ForwardShape(
+        rows=k * sz.rows(fid), width=sz.runs[f.run].width, p0=p0,
+        start_layer=0 if sz.naive else f.start_layer,
+        logit_positions=sz.logit_positions(fid), vocab=None if vocab is None else k * vocab,
+        cache=p0 > 0)
+
+
+def _firsts(sz: C.GraphSizes, fid: str) -> list[int]:
+    """The first position a pass of each position variant must compute (0 unless narrowed):
+    the variant's own, or an earlier one a metric reads."""
+    f = sz.fwd(fid)
+    space = f.sweep.space
+    if sz.naive or not f.narrow or f.twin is None:
+        return [0] * len(space.positions)
+    shape = sz.runs[f.run]
+    metric_first = min((C.first_index(m.pos, shape) for m in
+                        (sz.ir.node(c) for c in sz.ir.g.successors(fid))
+                        if isinstance(m, Metric)), default=shape.width)
+    return [min(C.first_index(p, shape), metric_first) for p in space.positions]
+
+
+def sweep_chunks(sz: C.GraphSizes, fid: str, cap_bytes: int | None, batch_size: int | None,
+                 overhead_per_layer: float) -> list[tuple[int, int, int]]:
+    """(lo, hi, p0) chunks of the sweep's execution order."""
+    f = sz.fwd(fid)
+    counts = variant_counts(f.sweep.space)
+    firsts = _firsts(sz, fid)
+    buckets = [(firsts[p], int(c)) for p, c in enumerate(counts) if c]
+    if not buckets:
+        return []
+    per_member = sz.rows(fid)
+    memo: dict[int, tuple[int, float]] = {}
+
+    def per_pass(p0: int) -> tuple[int, float]:
+        if p0 not in memo:
+            most = sum(c for _, c in buckets)
+            if batch_size is not None:
+                most = min(most, max(1, batch_size // per_member))
+            one = sweep_shape(sz, fid, 1, p0)
+            if cap_bytes is not None:
+                most = min(most, max(1, cap_bytes // max(C.forward_bytes(sz.model, one,
+                                                                         sz.b), 1)))
+            memo[p0] = (most, C.forward_flops(sz.model, one))
+        return memo[p0]
+
+    overhead = overhead_per_layer * (sz.model.n_layers - f.start_layer + 2)
+    starts = [0]
+    for _, c in buckets:
+        starts.append(starts[-1] + c)
+
+    def cost(a: int, b: int) -> float:
+        p0 = min(p for p, _ in buckets[a:b])
+        most, per = per_pass(p0)
+        n = starts[b] - starts[a]
+        return math.ceil(n / most) * overhead + n * per
+
+    # Merging is only worth it between neighbouring variants: consider spans of up to 8.
+    best: list[tuple[float, int]] = [(0.0, 0)] + [(math.inf, 0)] * len(buckets)
+    for b in range(1, len(buckets) + 1):
+        for a in range(max(0, b - 8), b):
+            c = best[a][0] + cost(a, b)
+            if c < best[b][0]:
+                best[b] = (c, a)
+    spans = []
+    b = len(buckets)
+    while b:
+        a = best[b][1]
+        spans.append((a, b))
+        b = a
+    out = []
+    for a, b in reversed(spans):
+        p0 = min(p for p, _ in buckets[a:b])
+        most = per_pass(p0)[0]
+        out += [(lo, min(lo + most, starts[b]), p0) for lo in range(starts[a], starts[b], most)]
+    return out

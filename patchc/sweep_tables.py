@@ -1,0 +1,95 @@
+"""The rows of a table that are a compact sweep's members (compiler/ir_sweep.py), assembled as
+arrays: each block's key columns come from its index set, each measured column from the
+block's [members, examples] Metric values, with what patchc/tables.py computes per row (the
+mean over examples, NaN examples left out; its standard error; `normalized` against the
+baselines' means over the same examples).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from patchc.compiler.ir import Table
+from patchc.compiler.ir_sweep import bound_columns, key_columns
+
+
+def _mean_se(v: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Per row of v [m, n]: mean and standard error over the non-NaN entries; the mask."""
+    keep = ~torch.isnan(v)
+    count = keep.sum(1)
+    x = torch.where(keep, v, torch.zeros((), dtype=v.dtype))
+    mean = x.sum(1) / count
+    dev = torch.where(keep, v - mean[:, None], torch.zeros((), dtype=v.dtype))
+    var = (dev * dev).sum(1) / (count - 1)
+    se = torch.where(count > 1, var.sqrt() / count.to(v.dtype).sqrt(),
+                     torch.full_like(mean, float("nan")))
+    mean = torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
+    return mean.numpy(), se.numpy(), keep
+
+
+def _masked_mean(base: torch.Tensor, keep: torch.Tensor) -> np.ndarray:
+    """Per member, the mean of base [n] over the member's examples (and base's own non-NaN)."""
+    mask = keep & ~torch.isnan(base)[None, :]
+    x = torch.where(mask, base[None, :].expand_as(mask), torch.zeros((), dtype=base.dtype))
+    count = mask.sum(1)
+    out = x.sum(1) / count
+    return torch.where(count > 0, out, torch.full_like(out, float("nan"))).numpy()
+
+
+def sweep_frame(table: Table, values: dict[str, Any],
+                zero_gap: Callable[[str, float, float | None], None]) -> pd.DataFrame:
+    """The DataFrame of every sweep block of `table`, in order (columns as table.columns
+    with `<measure>_se` after each measure). `zero_gap(col, t, s)` is told each row whose
+    normalization baselines coincide."""
+    frames = []
+    for block in table.sweeps:
+        cols: dict[str, Any] = dict(key_columns(block.space))
+        norm = dict(block.normalize)
+        for col, nid in block.values:
+            v = values[nid].double()
+            mean, se, keep = _mean_se(v)
+            if col in norm:
+                target, source = norm[col]
+                t = _masked_mean(values[target].double(), keep)
+                if source:
+                    s = _masked_mean(values[source].double(), keep)
+                    gap = s - t
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        mean = np.where(gap != 0, (mean - t) / gap, np.nan)
+                        se = np.where(gap != 0, se / np.abs(gap), np.nan)
+                else:
+                    s, gap = None, t
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        mean = np.where(t != 0, mean / t, np.nan)
+                        se = np.where(t != 0, se / np.abs(t), np.nan)
+                for i in np.flatnonzero(gap == 0):
+                    zero_gap(col, float(t[i]), None if s is None else float(s[i]))
+            cols[col] = mean.astype(float)
+            cols[f"{col}_se"] = se.astype(float)
+        frames.append(pd.DataFrame(cols))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def sweep_key_names(table: Table) -> set[str]:
+    """The sweep columns the blocks' keys bind."""
+    return {c for block in table.sweeps for c in bound_columns(block.space)}
+
+
+def sweep_examples(table: Table, values: dict[str, Any]) -> pd.DataFrame:
+    """The long form of the sweep blocks: one record per (member, example), raw values."""
+    frames = []
+    for block in table.sweeps:
+        if not block.values:
+            continue
+        first = values[block.values[0][1]]
+        m, n = first.shape
+        cols: dict[str, Any] = {c: np.repeat(a, n) for c, a in key_columns(block.space).items()}
+        cols["example"] = np.tile(np.arange(n), m)
+        for col, nid in block.values:
+            cols[col] = values[nid].float().reshape(-1).numpy().astype(float)
+        frames.append(pd.DataFrame(cols))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,75 @@
+"""Every pass on compact sweeps (compiler/ir_sweep.py): a golden before/after per pass, and
+what each pass must decide for a sweep Forward (one node for all its members)."""
+
+import pytest
+from passcases import before_after, golden, lowered
+
+from patchc.compiler.ir import Forward, verify
+from patchc.compiler.passes.batch import batch
+from patchc.compiler.passes.dedupe import dedupe
+from patchc.compiler.passes.narrow_positions import narrow_positions
+from patchc.compiler.passes.prune_reads import prune_reads
+from patchc.compiler.passes.share_prefix import share_prefix
+from patchc.compiler.passes.trim_logits import trim_logits
+from patchc.compiler.pipeline import optimize
+
+SPEC = """
+swap L{1,3}.mlp.post[{0,7}] @ each from clean into corrupt
+    measure ld normalized
+    as neurons
+swap L{1,3}.mlp.post[{0,7}] @ each from clean into corrupt
+    measure ld normalized
+    as again
+ablate L{0,2}.H$h.z @ last in corrupt with mean(clean)
+    where $h <= 1 and $h != 1
+    measure ld
+    as heads
+scale L0.resid_post in clean by {0, 2}
+    measure prob(d.answer)
+    as scaled
+"""
+
+PASSES = [dedupe, prune_reads, share_prefix, narrow_positions, batch, trim_logits]
+
+
+def sweeps(ir) -> dict[str, Forward]:
+    return {nid: f for nid, f in ir.of_type(Forward) if f.sweep is not None}
+
+
+@pytest.mark.parametrize("p", PASSES, ids=lambda p: p.__name__)
+def test_pass_golden_with_sweeps(p) -> None:
+    before, after = before_after(SPEC, p, compact=True)
+    golden(f"{p.__name__}_sweep", before, after)
+    assert sum(len(f.sweep) for f in sweeps(after).values()) <= \
+        sum(len(f.sweep) for f in sweeps(before).values())
+
+
+def test_lowering_makes_one_sweep_per_layer() -> None:
+    ir = lowered(SPEC, compact=True)
+    verify(ir)
+    found = sorted((f.sweep.mode, f.sweep.space.sites[0].kind, f.sweep.space.sites[0].layer,
+                    len(f.sweep)) for f in sweeps(ir).values())
+    # neurons: 2 per layer x 11 positions (the longest prompt), twice; heads: 2 layers, head 0
+    # only (`where`); scale: one site, two values
+    assert found == sorted([("replace", "mlp.post", 1, 22), ("replace", "mlp.post", 3, 22)] * 2
+                           + [("mean", "z", 0, 1), ("mean", "z", 2, 1)]
+                           + [("mul", "resid_post", 0, 2)])
+    assert [t.n_rows() for t in ir.tables] == [44, 44, 2, 2]
+    assert all(not t.rows for t in ir.tables)
+
+
+def test_passes_decide_per_sweep() -> None:
+    ir = optimize(lowered(SPEC, compact=True))
+    found = sweeps(ir)
+    # dedupe: the repeated statement's sweeps are the first one's
+    assert len(found) == 2 + 2 + 1
+    for f in found.values():
+        layer = f.sweep.space.sites[0].layer
+        assert f.group is None  # batch: a sweep is its own batch
+        assert f.logit_positions is not None  # trim_logits
+        if f.sweep.space.sites[0].kind == "resid_post":
+            assert f.twin is None and not f.narrow  # every position from layer 0: no gain
+            continue
+        # share_prefix: from the sweep's layer; narrow_positions: one position each
+        assert f.twin is not None and f.start_layer == layer and f.narrow
+        assert (f.start is None) == (layer == 0)
