@@ -268,13 +268,15 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
     # (Running totals and a due list per unit: sweeps have thousands of units.)
     live_bytes, due = 0, {}  # due: unit -> [(value, bytes)] it releases
     live_before: list[int] = []
+    results = result_nodes(ir)  # kept to the end (a sweep's are [members, examples])
     for k, (kind, ids) in enumerate(units):
         live_before.append(live_bytes)
         made = _produces(ir, ids, any(i in narrowed_from for i in ids)) \
             if kind == "forward" else ids
         for v in made:
             live_bytes += sz.value(v)
-            due.setdefault(max(k, last.get(v, k)), []).append(sz.value(v))
+            if v not in results:
+                due.setdefault(max(k, last.get(v, k)), []).append(sz.value(v))
         live_bytes -= sum(due.pop(k, ()))
 
     steps: list[ForwardStep | NodeStep] = []
@@ -342,6 +344,9 @@ def _sweep_steps(ir: IRGraph, sz: C.GraphSizes, fid: str, cap: int | None,
                  batch_size: int | None, naive: bool, narrowed_from: set) -> list[ForwardStep]:
     """The chunks of a compact sweep, one pass each."""
     f = sz.fwd(fid)
+    if cap is not None:  # its metrics' [members, examples] values live from the first chunk
+        cap -= sum(sz.value(m) for m in ir.g.successors(fid) if isinstance(ir.node(m), Metric))
+        cap -= max(cap, 0) // 50  # slack for the small values other steps keep alive meanwhile
     if naive:  # one full pass per member: summarized as one step of that many passes
         k = len(f.sweep)
         shape = sweep_shape(sz, fid, 1, 0)

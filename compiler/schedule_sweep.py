@@ -33,7 +33,8 @@ def sweep_shape(sz: C.GraphSizes, fid: str, k: int, p0: int) -> C.ForwardShape:
     return C.ForwardShape(
         rows=k * sz.rows(fid), width=sz.runs[f.run].width, p0=p0,
         start_layer=0 if sz.naive else f.start_layer,
-        logit_positions=sz.logit_positions(fid), vocab=None if vocab is None else k * vocab,
+        # the members measure the same token ids: one set of unembedding rows for all
+        logit_positions=sz.logit_positions(fid), vocab=vocab,
         cache=p0 > 0)
 
 
@@ -70,8 +71,14 @@ def sweep_chunks(sz: C.GraphSizes, fid: str, cap_bytes: int | None, batch_size: 
                 most = min(most, max(1, batch_size // per_member))
             one = sweep_shape(sz, fid, 1, p0)
             if cap_bytes is not None:
-                most = min(most, max(1, cap_bytes // max(C.forward_bytes(sz.model, one,
-                                                                         sz.b), 1)))
+                # A pass's bytes grow by `per` a member beyond a fixed part (its prefix's
+                # keys and values): the most members whose pass fits the cap.
+                b1 = C.forward_bytes(sz.model, one, sz.b)
+                per = max(C.forward_bytes(sz.model, sweep_shape(sz, fid, 2, p0), sz.b) - b1, 1)
+                most = min(most, max(1, (cap_bytes - (b1 - per)) // per))
+                while most > 1 and C.forward_bytes(sz.model, sweep_shape(sz, fid, most, p0),
+                                                   sz.b) > cap_bytes:
+                    most -= 1
             memo[p0] = (most, C.forward_flops(sz.model, one))
         return memo[p0]
 
@@ -82,6 +89,9 @@ def sweep_chunks(sz: C.GraphSizes, fid: str, cap_bytes: int | None, batch_size: 
 
     def cost(a: int, b: int) -> float:
         p0 = min(p for p, _ in buckets[a:b])
+        if b - a > 1 and cap_bytes is not None and \
+                C.forward_bytes(sz.model, sweep_shape(sz, fid, 1, p0), sz.b) > cap_bytes:
+            return math.inf  # merged, even one member would not fit from this position
         most, per = per_pass(p0)
         n = starts[b] - starts[a]
         return math.ceil(n / most) * overhead + n * per

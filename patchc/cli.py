@@ -35,6 +35,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from patchc.api import compile as compile_spec
 
     program = compile_spec(args.spec)
+    _check_budget(program)
     print_warnings(program)
     counts = program.experiments
     total = sum(counts.values())
@@ -46,6 +47,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     if note:
         print(note)
     return EXIT_OK
+
+
+def _check_budget(program) -> None:
+    """`set memory` that even one experiment per pass cannot fit: E390 (compiler/budget.py)."""
+    from patchc.compiler.budget import check_budget
+    from patchc.compiler.schedule import run_shapes
+
+    checked = program.checked
+    dtype_bytes = 2 if checked.options.dtype in ("bfloat16", "float16") else 4
+    check_budget(checked, program.optimized, run_shapes(checked), dtype_bytes)
 
 
 # What a run's FLOPs are divided by to guess its time: a few CPU cores, one mid-range GPU.

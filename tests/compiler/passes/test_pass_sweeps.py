@@ -2,6 +2,8 @@
 what each pass must decide for a sweep Forward (one node for all its members)."""
 
 import pytest
+import dataclasses
+
 from passcases import before_after, golden, lowered
 
 from patchc.compiler.ir import Forward, verify
@@ -73,3 +75,46 @@ def test_passes_decide_per_sweep() -> None:
         # share_prefix: from the sweep's layer; narrow_positions: one position each
         assert f.twin is not None and f.start_layer == layer and f.narrow
         assert (f.start is None) == (layer == 0)
+
+
+def _plan(budget: int | None, body: str = SPEC):
+    from passcases import HEAD, ROOT
+
+    from patchc.compiler.check import check
+    from patchc.compiler.parse import parse
+    from patchc.compiler.schedule import run_shapes, schedule
+
+    checked = check(parse(HEAD + body, "<spec>", str(ROOT)))
+    ir = optimize(lowered(body, compact=True))
+    return checked, ir, schedule(ir, checked.model, run_shapes(checked), budget)
+
+
+@pytest.mark.parametrize("budget_mb", [40, 60, 200])
+def test_sweep_chunks_cover_every_member_once_and_fit_the_budget(budget_mb: int) -> None:
+    _, ir, plan = _plan(budget_mb * 1_000_000)
+    assert not plan.over_budget and plan.optimized.peak_bytes <= budget_mb * 1_000_000
+    for fid, f in sweeps(ir).items():
+        chunks = sorted(s.sweep for s in plan.forward_steps() if s.members == [fid])
+        assert chunks[0][0] == 0 and chunks[-1][1] == len(f.sweep)
+        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))  # no gap, no overlap
+    # every member once (the repeated statement's sweeps were deduped), plus the base runs
+    assert plan.optimized.experiments == sum(len(f.sweep) for f in sweeps(ir).values()) + \
+        sum(1 for s in plan.forward_steps() if s.sweep is None)
+
+
+def test_a_budget_nothing_fits_is_refused_naming_the_smallest_that_does() -> None:
+    from patchc.compiler.budget import check_budget, smallest_budget
+    from patchc.compiler.errors import CheckError
+    from patchc.compiler.schedule import run_shapes
+
+    body = 'set memory = "20MB"\n' + SPEC
+    checked, ir, _ = _plan(None, body)
+    with pytest.raises(CheckError) as e:
+        check_budget(checked, ir, run_shapes(checked), 4)
+    assert e.value.code == "E390" and e.value.span.line == 9  # the `set memory` line
+    need = smallest_budget(ir, checked.model, run_shapes(checked), None, 4)
+    assert f"smallest budget that fits is {need / 1e6:.0f} MB" in e.value.message
+    for budget in (need, need + 10_000_000):
+        ok = dataclasses.replace(checked, options=checked.options.model_copy(
+            update={"memory": f"{budget // 1_000_000}MB"}))
+        check_budget(ok, ir, run_shapes(checked), 4)  # no error
