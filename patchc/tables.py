@@ -142,6 +142,9 @@ def _int_keys(df: pd.DataFrame, table: Table) -> pd.DataFrame:
     and written as 0.0 and NaN; Int64 prints and writes ints, and an empty cell for none."""
     keys = {c for row in table.rows for c, _ in row.key} | sweep_key_names(table)
     for c in keys & set(df.columns):
+        if pd.api.types.is_integer_dtype(df[c].dtype):  # (sweep blocks: numpy ints already)
+            df[c] = df[c].astype("Int64")
+            continue
         vals = [v for v in df[c] if v is not None and not pd.isna(v)]
         if vals and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                         and float(v).is_integer() for v in vals):

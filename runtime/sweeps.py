@@ -57,85 +57,109 @@ def _whole_values(interp, ir: IRGraph, f: Forward, batch: Batch, columns, ws: np
     return out
 
 
-def _hooks(interp, ir: IRGraph, f: Forward, batch: Batch, columns, rows: np.ndarray,
-           p0: int) -> tuple[list, torch.Tensor]:
+def _site_arrays(interp, fid: str, spec: SweepSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per site of the sweep: its whole site's index (one hook each: `spec.whole`'s order
+    where the members read from it, else first appearance) and its first feature. Made once
+    per sweep (chunks reuse them)."""
+    cache = interp.__dict__.setdefault("_sweep_sites", {})
+    if fid not in cache:
+        sites = spec.space.sites
+        if spec.whole:
+            wmap = np.array(whole_index(spec))
+        else:
+            at: dict = {}
+            wmap = np.array([at.setdefault(whole_site(x), len(at)) for x in sites])
+        lo = np.array([0 if x.features is None else x.features[0] for x in sites])
+        cache[fid] = (wmap, lo)
+    return cache[fid]
+
+
+def _hooks(interp, ir: IRGraph, fid: str, f: Forward, batch: Batch, columns,
+           rows: np.ndarray, p0: int) -> tuple[list, torch.Tensor]:
     """The chunk's hooks (one per whole site) and valid [k, n]: which member rows have the
-    member's position."""
+    member's position (and the run's own written positions)."""
     spec: SweepSpec = f.sweep
     space = spec.space
-    n, k = batch.n, rows.size
+    n = batch.n
     s_idx, p_idx, v_idx = split(space, members(space)[rows])
-    # One hook per whole site (kind, layer, head): `spec.whole`'s index where the members
-    # read from it, else the site's place among the distinct whole sites.
-    if spec.whole:
-        wmap = np.array(whole_index(spec))
-    else:
-        at: dict = {}
-        wmap = np.array([at.setdefault(whole_site(x), len(at)) for x in space.sites])
+    wmap, site_lo = _site_arrays(interp, fid, spec)
     w_idx = wmap[s_idx]
+    # The position variants of the chunk, and each member's place among them.
     variants = sorted(set(p_idx.tolist()))
-    index = {p: position_index(batch, space.positions[p], columns) for p in variants}
-    have = {p: position_valid(batch, space.positions[p]) for p in variants}
-    valid = torch.stack([have[p] for p in p_idx.tolist()]) if k else torch.zeros(0, n, dtype=bool)
-    base = interp.valid_rows(ir, f, batch)
-    valid = valid & base[None, :]
-    news = _whole_values(interp, ir, f, batch, columns, w_idx, p_idx) \
-        if spec.mode in READ_MODES else {}
-    vectors = [interp.values[i].float() for i in f.inputs] if spec.mode == "add" else []
+    vmap = np.full(len(space.positions), -1)
+    vmap[variants] = np.arange(len(variants))
+    pv = torch.from_numpy(vmap[p_idx])  # [k]
+    index = torch.stack([position_index(batch, space.positions[p], columns)
+                         for p in variants])  # [P', n, slots]
+    have = torch.stack([position_valid(batch, space.positions[p]) for p in variants])
+    valid = have[pv] & interp.valid_rows(ir, f, batch)[None, :]  # [k, n]
+    news = None
+    if spec.mode in READ_MODES:
+        whole = _whole_values(interp, ir, f, batch, columns, w_idx, p_idx)
+    vectors = torch.stack([interp.values[i].float() for i in f.inputs]) \
+        if spec.mode == "add" else None
+    scales = torch.tensor(spec.scales, dtype=torch.float32)[torch.from_numpy(v_idx)]
     hooks = []
     for w in sorted(set(w_idx.tolist())):
         sel = np.flatnonzero(w_idx == w)
         site = space.sites[int(s_idx[sel[0]])]
-        hooks.append((site.kind, site.layer, site.head,
-                      _edit(spec, sel, s_idx, p_idx, v_idx, index, valid, news, vectors,
-                            n, p0, w)))
+        if spec.mode in READ_MODES:  # [P', n, slots, D]: this whole site's new values
+            news = torch.stack([whole[w, p] for p in variants])
+        t_sel = torch.from_numpy(sel)
+        edit = _Edit(spec.mode, t_sel, n, index[pv[t_sel]] - p0, pv[t_sel],
+                     torch.from_numpy(site_lo[s_idx[sel]]),
+                     None if site.features is None else site.features[1] - site.features[0],
+                     valid[t_sel], scales[t_sel], news,
+                     None if vectors is None else vectors[torch.from_numpy(v_idx[sel])])
+        hooks.append((site.kind, site.layer, site.head, edit))
     return hooks, valid
 
 
-def _edit(spec: SweepSpec, sel: np.ndarray, s_idx, p_idx, v_idx, index, valid, news,
-          vectors, n: int, p0: int, w: int):
-    """The hook editing the chunk members `sel` (all at whole site w)."""
-    space = spec.space
-    kpos = index[int(p_idx[sel[0]])].shape[1]
-    # Per edited (member, example): its batch row, slots, features and validity.
-    member = torch.as_tensor(sel).repeat_interleave(n)  # [M*n] chunk member
-    example = torch.arange(n).repeat(len(sel))
-    row = member * n + example
-    pos = torch.stack([index[int(p_idx[j])] for j in sel]).reshape(-1, kpos) - p0  # [M*n, kpos]
-    feats = [space.sites[int(s_idx[j])].features for j in sel]
-    lo = torch.tensor([0 if fs is None else fs[0] for fs in feats]).repeat_interleave(n)
-    width = None if feats[0] is None else feats[0][1] - feats[0][0]
-    ok = valid[torch.as_tensor(sel)].reshape(-1)  # [M*n]
-    scales = torch.tensor([spec.scales[int(v_idx[j])] for j in sel],
-                          dtype=torch.float32).repeat_interleave(n)
-    if spec.mode in READ_MODES:
-        # [M*n, kpos, D]: each member's example row of its position's whole-site value
-        stacked = torch.stack([news[w, int(p_idx[j])] for j in sel])  # [M, n, kpos, D]
-        whole_new = stacked.reshape(-1, *stacked.shape[2:])
+class _Edit:
+    """The hook editing chunk members `sel` (all at one whole site): for each member's
+    rows, its token slots `pos` [M, n, slots] (padded index - p0) and features lo..lo+width
+    get their new values, where the row has the position (`ok` [M, n])."""
 
-    def fn(act: torch.Tensor) -> torch.Tensor:
-        d = act.shape[-1] if width is None else width
-        f_idx = lo.to(act.device)[:, None] + torch.arange(d, device=act.device)[None, :]
-        r = row.to(act.device)[:, None, None]
-        q = pos.to(act.device)[:, :, None]
-        fi = f_idx[:, None, :]
-        cur = act[r, q, fi]  # [M*n, kpos, d]
-        if spec.mode in READ_MODES:
-            new = whole_new.to(act.device).gather(2, fi.expand(-1, kpos, -1)).to(act.dtype)
-        elif spec.mode == "zero":
+    def __init__(self, mode: str, sel: torch.Tensor, n: int, pos: torch.Tensor,
+                 variant: torch.Tensor, lo: torch.Tensor, width: int | None,
+                 ok: torch.Tensor, scales: torch.Tensor, news: torch.Tensor | None,
+                 vectors: torch.Tensor | None) -> None:
+        m = sel.numel()
+        self.mode, self.width = mode, width
+        self.row = (sel[:, None] * n + torch.arange(n)[None, :]).reshape(-1)  # [M*n]
+        self.example = torch.arange(n).repeat(m)
+        self.variant = variant.repeat_interleave(n)
+        self.pos = pos.reshape(m * n, -1)  # [M*n, slots]
+        self.lo = lo.repeat_interleave(n)
+        self.ok = ok.reshape(-1)
+        self.scales = scales.repeat_interleave(n)
+        self.news = news  # [P', n, slots, D] (replace / mean / resample)
+        self.vectors = None if vectors is None else vectors.repeat_interleave(n, 0)
+
+    def __call__(self, act: torch.Tensor) -> torch.Tensor:
+        dev = act.device
+        d = act.shape[-1] if self.width is None else self.width
+        fi = (self.lo.to(dev)[:, None] + torch.arange(d, device=dev)[None, :])[:, None, :]
+        r = self.row.to(dev)[:, None, None]
+        q = self.pos.to(dev)[:, :, None]
+        cur = act[r, q, fi]  # [M*n, slots, d]
+        if self.news is not None:
+            slots = torch.arange(q.shape[1], device=dev)[None, :, None]
+            new = self.news.to(dev)[self.variant.to(dev)[:, None, None],
+                                    self.example.to(dev)[:, None, None], slots, fi]
+            new = new.to(act.dtype)
+        elif self.mode == "zero":
             new = torch.zeros_like(cur)
-        elif spec.mode == "mul":
-            new = cur * scales.to(act.device, act.dtype)[:, None, None]
+        elif self.mode == "mul":
+            new = cur * self.scales.to(dev, act.dtype)[:, None, None]
         else:  # add
-            vec = torch.stack([vectors[int(v_idx[j])] for j in sel]).repeat_interleave(n, 0)
-            new = (cur.float() + scales.to(act.device)[:, None, None] *
-                   vec.to(act.device)[:, None, :]).to(act.dtype)
-        new = torch.where(ok.to(act.device)[:, None, None], new, cur)
+            assert self.vectors is not None
+            new = (cur.float() + self.scales.to(dev)[:, None, None] *
+                   self.vectors.to(dev)[:, None, :]).to(act.dtype)
+        new = torch.where(self.ok.to(dev)[:, None, None], new, cur)
         out = act.clone()
         out[r, q, fi] = new
         return out
-
-    return fn
 
 
 def _blocks(fn, k: int, n: int):
@@ -163,7 +187,7 @@ def run_chunk(ex, ir: IRGraph, step: ForwardStep) -> None:
     batch = ex.run_inputs(f.run).batch
     columns = ex.columns_for(f.run)
     n, k, p0 = batch.n, hi - lo, step.p0
-    hooks, valid = _hooks(ex, ir, f, batch, columns, rows, p0)
+    hooks, valid = _hooks(ex, ir, fid, f, batch, columns, rows, p0)
     # The run's own writes first (those its start state has not applied yet), built for
     # one member's batch and applied block by block, so seeded draws are each member's own.
     shared = len(ir.node(f.twin).writes) if f.start else 0  # type: ignore[union-attr]
