@@ -21,9 +21,13 @@ from .sites import SITE_KINDS
 
 SAFETY = 1.25  # activation estimates are multiplied by this
 # Seconds of overhead (lowering, passes, scheduling, hook installation, bookkeeping, result
-# assembly: everything but model passes) per node of the lowered graph, as measured on the
-# project's shared 2-core CPU (benchmarks/overhead.py; docs/performance.md).
+# assembly: everything but model passes) per node of the lowered graph and per model pass
+# (a chunk's hooks, cache copies and metrics), as measured on the project's shared 2-core
+# CPU (benchmarks/overhead.py, benchmarks/memory.py; docs/performance.md); and the FLOP rate
+# the share of a run is estimated at.
 OVERHEAD_PER_NODE = 1.0e-3
+OVERHEAD_PER_PASS = 0.04
+ASSUMED_FLOPS_PER_SECOND = 1e10
 FLOAT32 = 4
 # Held back from every budget: allocator slack, Python objects, the run's small tensors.
 RESERVE_BYTES = 32 << 20
@@ -248,6 +252,13 @@ class GraphSizes:
                                                          self.runs[f.run].width))
 
 
-def overhead_seconds(lowered_nodes: int) -> float:
-    """The estimated overhead of a run whose lowered (naive) graph has this many nodes."""
-    return OVERHEAD_PER_NODE * lowered_nodes
+def overhead_seconds(lowered_nodes: int, passes: int = 0) -> float:
+    """The estimated overhead of a run whose lowered (naive) graph has this many nodes and
+    whose plan this many model passes."""
+    return OVERHEAD_PER_NODE * lowered_nodes + OVERHEAD_PER_PASS * passes
+
+
+def overhead_share(overhead: float, flops: float) -> float:
+    """The overhead's part of a run of `flops` at ASSUMED_FLOPS_PER_SECOND."""
+    run = overhead + flops / ASSUMED_FLOPS_PER_SECOND
+    return overhead / run if run > 0 else 0.0

@@ -124,7 +124,7 @@ def emit_plan(checked, ir: IRGraph, optimized: IRGraph, memory: str | None = Non
     """`patchc compile SPEC --emit plan [--workers N]`: the optimized graph's Plan beside the
     naive one, and with N > 1 how it divides over N workers. The budget is `memory`, else
     the spec's `set memory`, else unbounded (the runtime reads free memory instead)."""
-    from .costs import overhead_seconds, parse_bytes
+    from .costs import ASSUMED_FLOPS_PER_SECOND, overhead_seconds, overhead_share, parse_bytes
     from .pipeline import PASSES
 
     memory = memory or checked.options.memory
@@ -134,8 +134,12 @@ def emit_plan(checked, ir: IRGraph, optimized: IRGraph, memory: str | None = Non
                     checked.options.batch_size, dtype_bytes, naive_ir=ir,
                     passes=tuple(p.__name__ for p in PASSES))
     nodes = ir.g.number_of_nodes()
-    overhead = (f"overhead: ~{overhead_seconds(nodes):.1f} s estimated for {nodes} graph nodes "
-                "(planning, hooks, bookkeeping, results; not model passes)\n")
+    seconds = overhead_seconds(nodes, plan.optimized.forwards)
+    share = overhead_share(seconds, plan.optimized.flops)
+    overhead = (f"overhead: ~{seconds:.1f} s estimated for {nodes} graph nodes and "
+                f"{plan.optimized.forwards} model passes (planning, hooks, bookkeeping, "
+                f"results; not model passes): ~{share:.1%} of the run at "
+                f"{ASSUMED_FLOPS_PER_SECOND:.0e} FLOP/s\n")
     if workers > 1:
         from .shard import shard
 

@@ -4,6 +4,8 @@ estimate of `compile --emit plan`."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import family
@@ -87,3 +89,4 @@ def test_emit_plan_estimates_the_overhead(models_dir):
     prog = patchc.compile(fam.spec(BODY))
     text = emit_plan(prog.checked, prog.ir, prog.optimized)
     assert "overhead: ~" in text and f"for {prog.ir.g.number_of_nodes()} graph nodes" in text
+    assert re.search(r"model passes .*: ~\d+\.\d% of the run at 1e\+10 FLOP/s", text), text
