@@ -118,3 +118,22 @@ def test_a_budget_nothing_fits_is_refused_naming_the_smallest_that_does() -> Non
         ok = dataclasses.replace(checked, options=checked.options.model_copy(
             update={"memory": f"{budget // 1_000_000}MB"}))
         check_budget(ok, ir, run_shapes(checked), 4)  # no error
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_shards_keep_a_sweeps_chunks_together_and_report_each_result_once(workers: int
+                                                                         ) -> None:
+    from patchc.compiler.ir import Metric
+    from patchc.compiler.shard import shard
+
+    _, ir, plan = _plan(40_000_000)
+    shards = shard(ir, plan, workers)
+    assert sorted(n for sh in shards for n in sh.owns) == sorted(n for n, _ in
+                                                                ir.of_type(Metric))
+    for fid, f in sweeps(ir).items():
+        holders = [sh for sh in shards if any(s.kind == "forward" and s.members == [fid]
+                                              for s in sh.plan.steps)]
+        assert len(holders) == 1  # every chunk of the sweep on the worker that reports it
+        chunks = [s.sweep for s in holders[0].plan.steps if s.kind == "forward"
+                  and s.members == [fid]]
+        assert sum(b - a for a, b in chunks) == len(f.sweep)
