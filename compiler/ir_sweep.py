@@ -57,6 +57,12 @@ class Space:
     prefix: Key = ()
     where: tuple[Any, ...] = ()
 
+    def __hash__(self) -> int:
+        # Cheap: the member functions below are cached by Space, and a layer has thousands
+        # of sites (equality still compares everything; tuples compare by identity first).
+        return hash((len(self.sites), self.sites[:1], self.sites[-1:], self.positions,
+                     self.pos_keys, self.variants, self.prefix, len(self.where)))
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return len(self.sites), len(self.positions), len(self.variants)
