@@ -19,7 +19,6 @@ import torch
 from patchc.compiler import ast as A
 from patchc.compiler.checked import CheckedSpec
 from patchc.compiler.errors import RuntimeInterventionError
-from patchc.compiler.ir_sweep import member_write, members, split
 from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Positions, Read, \
     Vector, Write
 
@@ -29,7 +28,7 @@ from .estimates import run_backward, run_estimate
 from .generate import contains_answer, greedy, sequence_logprob
 from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
 from .reading import collect_reads, lens_logits, table_reads
-from .sweep_members import member_value
+from .sweep_members import run_members
 from .loading import input_device
 from .writes import make_reader, make_writer
 
@@ -256,36 +255,9 @@ class Interpreter:
 
     def _sweep(self, ir: IRGraph, nid: str, node: Forward) -> ForwardOutput:
         """A compact sweep (compiler/ir_sweep.py): one plain forward per member, with the
-        run's writes and then the member's own (runtime/sweep_members.py); its metrics' values
-        [members, n] go to `sweep_values`."""
-        spec = node.sweep
-        batch = self.run_inputs(node.run).batch
-        columns = self.columns_for(node.run)
-        base_hooks = self.hooks_for(ir, nid, node, batch, reads=False)
-        base_valid = self.valid_rows(ir, node, batch)
-        metrics = [(m, ir.node(m)) for m in ir.g.successors(nid)
-                   if isinstance(ir.node(m), Metric)]
-        s_idx, p_idx, v_idx = split(spec.space, members(spec.space))
-        bufs = {mid: torch.full((len(s_idx), batch.n), torch.nan) for mid, _ in metrics}
-        for j, (s, p, v) in enumerate(zip(s_idx.tolist(), p_idx.tolist(), v_idx.tolist())):
-            write = member_write(spec, s, p, v)
-            fn = make_writer(write, batch, columns, member_value(self, ir, node, s, p, v),
-                             self.seed)
-            hooks = base_hooks + [(write.site.kind, write.site.layer, write.site.head, fn)]
-            with self.adapter.hooks(hooks), self.model_pass():
-                logits = self.model(**batch.to(self.device).model_kwargs()).logits
-            out = ForwardOutput(batch, 1)
-            out.valid = base_valid & position_valid(batch, write.pos)
-            for _, m in metrics:
-                if m.pos not in out.logits:
-                    idx = position_index(batch, m.pos, columns).to(logits.device)
-                    out.logits[m.pos] = logits.gather(
-                        1, idx[..., None].expand(-1, -1, logits.shape[-1]))[:, 0].float()
-            self.values[nid] = out
-            for mid, m in metrics:
-                bufs[mid][j] = self.metric(ir, m)  # type: ignore[arg-type]
-        self.sweep_values.update(bufs)
-        return ForwardOutput(batch, 1)
+        run's writes and then the member's own; its metrics' values [members, n] go to
+        `sweep_values` (runtime/sweep_members.py)."""
+        return run_members(self, ir, nid, node, ForwardOutput)
 
     def _continuations(self, nid: str, node: Forward, metrics: list, batch: Batch,
                        hooks: list, out: ForwardOutput) -> None:
