@@ -21,80 +21,17 @@ what a worker process would receive, and runtime/execute.py runs it.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
 
 import networkx as nx
-from pydantic import BaseModel, Field
 
 from . import costs as C
 from .ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Vector
 from .modelspec import ModelSpec
-from .schedule_sweep import sweep_chunks, sweep_shape
+from .plan import ForwardStep, NodeStep, Plan, PlanSummary, Step
+from .schedule_sweep import OVERHEAD_FLOPS_PER_LAYER, sweep_steps
 
-# A pass costs this much beyond its arithmetic (Python, kernel launches), in FLOPs per layer
-# run: what makes a chunk of narrowed forwards worth merging with its neighbours.
-OVERHEAD_FLOPS_PER_LAYER = 2e7
-
-
-class ForwardStep(BaseModel):
-    kind: Literal["forward"] = "forward"
-    members: list[str]
-    run: str
-    samples: int = 1
-    rows: int  # batch rows: members x examples x samples
-    width: int  # padded prompt width
-    p0: int = 0  # first position computed; earlier keys/values come from the twin's cache
-    start_layer: int = 0
-    start: str | None = None  # the Read holding the twin's resid_pre(start_layer)
-    twin: str | None = None
-    keep_kv: bool = False  # others narrow from this forward: keep its key/value cache
-    logit_positions: int | None = None  # per row (None: every position computed)
-    logit_tokens: bool = False
-    generate: bool = False  # a metric generates text: run as the naive interpreter does
-    flops: float = 0.0
-    bytes: int = 0  # activation estimate of the pass
-    caches: list[str] = []
-    frees: list[str] = []
-    # A chunk of a compact sweep (members == [the sweep Forward]): the range of its
-    # execution order this pass runs (compiler/schedule_sweep.py).
-    sweep: tuple[int, int] | None = None
-    passes: int = 1  # model passes (the naive plan runs a sweep's members one pass each)
-
-    def experiments(self) -> int:
-        return self.sweep[1] - self.sweep[0] if self.sweep else len(self.members)
-
-
-class NodeStep(BaseModel):
-    kind: Literal["vector", "metric", "backward", "estimate"]
-    node: str
-    flops: float = 0.0
-    frees: list[str] = []
-
-
-Step = Annotated[Union[ForwardStep, NodeStep], Field(discriminator="kind")]
-
-
-class PlanSummary(BaseModel):
-    forwards: int  # model passes (a batched chunk is one)
-    experiments: int  # Forward nodes computed
-    backwards: int
-    flops: float
-    peak_bytes: int
-
-
-class Plan(BaseModel):
-    steps: list[Step]
-    budget_bytes: int | None  # None: unbounded
-    batch_size: int | None = None  # rows per pass cap (`set batch_size`)
-    weights_bytes: int
-    dtype_bytes: int = 4
-    passes: list[str] = []
-    optimized: PlanSummary
-    naive: PlanSummary | None = None
-    over_budget: list[int] = []  # steps that could not be made to fit (one forward each)
-
-    def forward_steps(self) -> list[ForwardStep]:
-        return [s for s in self.steps if isinstance(s, ForwardStep)]
+__all__ = ["ForwardStep", "NodeStep", "Plan", "PlanSummary", "Step", "schedule", "run_shapes",
+           "step_uses", "step_produces", "result_nodes", "frees"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +235,7 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
             cap = budget - weights - C.RESERVE_BYTES - live_before[k] - made
         f = sz.fwd(ids[0])
         if f.sweep is not None:
-            steps += _sweep_steps(ir, sz, ids[0], cap, batch_size, naive, narrowed_from)
+            steps += sweep_steps(ir, sz, ids[0], cap, batch_size, naive)
             continue
         if len(ids) > 1:
             chunks = _chunks(sz, ids, cap, batch_size)
@@ -338,33 +275,6 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
         backwards=sum(1 for s in steps if s.kind == "backward"),
         flops=sum(s.flops for s in steps), peak_bytes=peak)
     return steps, summary, over
-
-
-def _sweep_steps(ir: IRGraph, sz: C.GraphSizes, fid: str, cap: int | None,
-                 batch_size: int | None, naive: bool, narrowed_from: set) -> list[ForwardStep]:
-    """The chunks of a compact sweep, one pass each."""
-    f = sz.fwd(fid)
-    if cap is not None:  # its metrics' [members, examples] values live from the first chunk
-        cap -= sum(sz.value(m) for m in ir.g.successors(fid) if isinstance(ir.node(m), Metric))
-        cap -= max(cap, 0) // 50  # slack for the small values other steps keep alive meanwhile
-    if naive:  # one full pass per member: summarized as one step of that many passes
-        k = len(f.sweep)
-        shape = sweep_shape(sz, fid, 1, 0)
-        return [ForwardStep(members=[fid], run=f.run, rows=shape.rows, width=shape.width,
-                            flops=k * C.forward_flops(sz.model, shape),
-                            bytes=C.forward_bytes(sz.model, shape, sz.b), sweep=(0, k),
-                            passes=k)]
-    out = []
-    for lo, hi, p0 in sweep_chunks(sz, fid, cap, batch_size, OVERHEAD_FLOPS_PER_LAYER):
-        shape = sweep_shape(sz, fid, hi - lo, p0)
-        out.append(ForwardStep(
-            members=[fid], run=f.run, samples=f.samples, rows=shape.rows, width=shape.width,
-            p0=p0, start_layer=shape.start_layer, start=None if naive else f.start,
-            twin=None if naive else f.twin, keep_kv=False,
-            logit_positions=shape.logit_positions, logit_tokens=shape.vocab is not None,
-            generate=False, flops=C.forward_flops(sz.model, shape),
-            bytes=C.forward_bytes(sz.model, shape, sz.b), sweep=(lo, hi)))
-    return out
 
 
 def schedule(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape],

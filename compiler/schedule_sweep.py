@@ -16,8 +16,13 @@ import math
 import numpy as np
 
 from . import costs as C
-from .ir import Metric
+from .ir import IRGraph, Metric
 from .ir_sweep import members, split
+from .plan import ForwardStep
+
+# A pass costs this much beyond its arithmetic (Python, kernel launches), in FLOPs per layer
+# run: what makes a chunk of narrowed forwards worth merging with its neighbours.
+OVERHEAD_FLOPS_PER_LAYER = 2e7
 
 
 def variant_counts(space) -> np.ndarray:
@@ -52,8 +57,8 @@ def _firsts(sz: C.GraphSizes, fid: str) -> list[int]:
     return [min(C.first_index(p, shape), metric_first) for p in space.positions]
 
 
-def sweep_chunks(sz: C.GraphSizes, fid: str, cap_bytes: int | None, batch_size: int | None,
-                 overhead_per_layer: float) -> list[tuple[int, int, int]]:
+def sweep_chunks(sz: C.GraphSizes, fid: str, cap_bytes: int | None, batch_size: int | None
+                 ) -> list[tuple[int, int, int]]:
     """(lo, hi, p0) chunks of the sweep's execution order."""
     f = sz.fwd(fid)
     counts = variant_counts(f.sweep.space)
@@ -82,7 +87,7 @@ def sweep_chunks(sz: C.GraphSizes, fid: str, cap_bytes: int | None, batch_size: 
             memo[p0] = (most, C.forward_flops(sz.model, one))
         return memo[p0]
 
-    overhead = overhead_per_layer * (sz.model.n_layers - f.start_layer + 2)
+    overhead = OVERHEAD_FLOPS_PER_LAYER * (sz.model.n_layers - f.start_layer + 2)
     starts = [0]
     for _, c in buckets:
         starts.append(starts[-1] + c)
@@ -114,4 +119,31 @@ def sweep_chunks(sz: C.GraphSizes, fid: str, cap_bytes: int | None, batch_size: 
         p0 = min(p for p, _ in buckets[a:b])
         most = per_pass(p0)[0]
         out += [(lo, min(lo + most, starts[b]), p0) for lo in range(starts[a], starts[b], most)]
+    return out
+
+
+def sweep_steps(ir: IRGraph, sz: C.GraphSizes, fid: str, cap: int | None,
+                batch_size: int | None, naive: bool) -> list[ForwardStep]:
+    """The chunks of a compact sweep, one pass each."""
+    f = sz.fwd(fid)
+    if cap is not None:  # its metrics' [members, examples] values live from the first chunk
+        cap -= sum(sz.value(m) for m in ir.g.successors(fid) if isinstance(ir.node(m), Metric))
+        cap -= max(cap, 0) // 50  # slack for the small values other steps keep alive meanwhile
+    if naive:  # one full pass per member: summarized as one step of that many passes
+        k = len(f.sweep)
+        shape = sweep_shape(sz, fid, 1, 0)
+        return [ForwardStep(members=[fid], run=f.run, rows=shape.rows, width=shape.width,
+                            flops=k * C.forward_flops(sz.model, shape),
+                            bytes=C.forward_bytes(sz.model, shape, sz.b), sweep=(0, k),
+                            passes=k)]
+    out = []
+    for lo, hi, p0 in sweep_chunks(sz, fid, cap, batch_size):
+        shape = sweep_shape(sz, fid, hi - lo, p0)
+        out.append(ForwardStep(
+            members=[fid], run=f.run, samples=f.samples, rows=shape.rows, width=shape.width,
+            p0=p0, start_layer=shape.start_layer, start=None if naive else f.start,
+            twin=None if naive else f.twin, keep_kv=False,
+            logit_positions=shape.logit_positions, logit_tokens=shape.vocab is not None,
+            generate=False, flops=C.forward_flops(sz.model, shape),
+            bytes=C.forward_bytes(sz.model, shape, sz.b), sweep=(lo, hi)))
     return out
