@@ -26,11 +26,15 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .ir import Positions, Site, Write
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported where members are made (not at import: `patchc check` of a spec without
+# `where` never needs it and starts faster).
 
 Key = tuple[tuple[str, Any], ...]
 
@@ -116,6 +120,8 @@ _OPS = {">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le
 
 def _columns(space: Space) -> dict[str, np.ndarray]:
     """Each bound sweep column as an array broadcastable over (sites, positions, variants)."""
+    import numpy as np
+
     s, p, v = space.shape
     out: dict[str, np.ndarray] = {}
     for col, val in space.prefix:
@@ -144,6 +150,8 @@ def bound_columns(space: Space) -> tuple[str, ...]:
 def members(space: Space) -> np.ndarray:
     """Flat indices into the product (sites, positions, variants) of the members kept by
     `where`, in row order (int64)."""
+    import numpy as np
+
     shape = space.shape
     keep = np.ones(shape, dtype=bool)
     cols = _columns(space)
@@ -171,6 +179,8 @@ def split(space: Space, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def key_columns(space: Space) -> dict[str, np.ndarray]:
     """The sweep columns of every member, in row order, as arrays (object for `site`)."""
+    import numpy as np
+
     s_idx, p_idx, v_idx = split(space, members(space))
     n = s_idx.size
     out: dict[str, np.ndarray] = {}
@@ -214,6 +224,8 @@ def whole_index(spec: SweepSpec) -> list[int]:
 def execution_order(space: Space) -> np.ndarray:
     """Row indices of the members in the order they run: by position variant (an `@ each`
     chunk then starts at its position), then row order (compiler/schedule_sweep.py)."""
+    import numpy as np
+
     _, p_idx, _ = split(space, members(space))
     out = np.argsort(p_idx, kind="stable")
     out.flags.writeable = False

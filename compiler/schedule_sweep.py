@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from . import costs as C
 from .ir import IRGraph, Metric
 from .ir_sweep import members, split
@@ -25,10 +23,15 @@ from .plan import ForwardStep
 OVERHEAD_FLOPS_PER_LAYER = 2e7
 
 
-def variant_counts(space) -> np.ndarray:
+def variant_counts(space) -> list[int]:
     """Members per position variant (after `where`), in variant order."""
+    s, p, v = space.shape
+    if not space.where:
+        return [s * v] * p
+    import numpy as np  # (only with `where`: see ir_sweep)
+
     _, p_idx, _ = split(space, members(space))
-    return np.bincount(p_idx, minlength=len(space.positions))
+    return [int(c) for c in np.bincount(p_idx, minlength=p)]
 
 
 def sweep_shape(sz: C.GraphSizes, fid: str, k: int, p0: int) -> C.ForwardShape:
