@@ -151,7 +151,8 @@ class _Edit:
         elif self.mode == "zero":
             new = torch.zeros_like(cur)
         elif self.mode == "mul":
-            new = cur * self.scales.to(dev, act.dtype)[:, None, None]
+            # (as `cur * scale` with a Python float: computed in float32, then rounded)
+            new = (cur.float() * self.scales.to(dev)[:, None, None]).to(act.dtype)
         else:  # add
             assert self.vectors is not None
             new = (cur.float() + self.scales.to(dev)[:, None, None] *
