@@ -32,7 +32,7 @@ from patchc.compiler.ir_sweep import READ_MODES, SweepSpec, execution_order, mem
     whole_index, whole_site
 from patchc.compiler.schedule import ForwardStep
 
-from .compat import with_cache
+from .compat import DynamicLayer, layer_kv, make_cache, with_cache
 from .inputs import Batch, position_index, position_valid
 from .naive import ForwardOutput
 from .prefix import prefix_cache, skip_layers, trimmed_logits, widen
@@ -163,6 +163,25 @@ class _Edit:
         return out
 
 
+def _prefix(ex, step: ForwardStep, k: int):
+    """The chunk's key/value cache: the twin's first p0 positions for each of k members.
+    The repeated tensors are kept for the sweep's next chunk of the same shape (a cache
+    update never writes into them: it concatenates) and handed to each chunk's fresh cache
+    without another copy."""
+    key = (step.twin, step.p0, k, step.start_layer)
+    held = ex.__dict__.setdefault("_sweep_prefix", {})
+    if key not in held:
+        held.clear()
+        held[key] = layer_kv(prefix_cache(ex.kv[step.twin], step.p0, k, step.start_layer))
+    data = held[key]
+    if DynamicLayer is None:  # (an older transformers: its cache copies)
+        return make_cache(data)
+    cache = make_cache([(a[:, :, :0], b[:, :, :0]) for a, b in data])
+    for layer, (a, b) in zip(cache.layers, data):
+        layer.keys, layer.values = a, b
+    return cache
+
+
 def _blocks(fn, k: int, n: int):
     """`fn` (a hook for n rows) applied to each of k blocks of n rows."""
     def blocks(act: torch.Tensor) -> torch.Tensor:
@@ -207,8 +226,7 @@ def run_chunk(ex, ir: IRGraph, step: ForwardStep) -> None:
         "position_ids": feed.position_ids[:, p0:].repeat(k, 1),
         "use_cache": bool(p0)}
     if p0:
-        kwargs = with_cache(ex.model, kwargs, prefix_cache(ex.kv[step.twin], p0, k,
-                                                           step.start_layer))
+        kwargs = with_cache(ex.model, kwargs, _prefix(ex, step, k))
     state = None
     if step.start is not None:
         state = ex.values[step.start].value[:, p0:].repeat(k, 1, 1)
@@ -238,6 +256,8 @@ def run_chunk(ex, ir: IRGraph, step: ForwardStep) -> None:
             at = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))[:, 0]
         out.logits[m.pos] = at.reshape(k, n, -1).transpose(0, 1).reshape(k * n, -1).float()
     ex.values[fid] = out
+    if hi == len(f.sweep):  # the sweep's last chunk: its held key/value prefix goes
+        ex.__dict__.pop("_sweep_prefix", None)
     order = torch.from_numpy(rows.copy())
     total = len(f.sweep)
     for mid, m in metrics:
