@@ -15,6 +15,7 @@ from .errors import PlanError
 from .ir import IRGraph, verify
 from .lower import count_rows
 from .passes.batch import batch
+from .passes.dead_positions import dead_positions
 from .passes.dedupe import dedupe
 from .passes.fuse_attribution import fuse_attribution
 from .passes.narrow_positions import narrow_positions
@@ -27,7 +28,7 @@ Pass = Callable[[IRGraph], IRGraph]
 # In the order docs/architecture.md explains. Each pass's docstring says what it changes
 # and why results stay equal.
 PASSES: tuple[Pass, ...] = (dedupe, prune_reads, share_prefix, narrow_positions, batch,
-                            fuse_attribution, trim_logits)
+                            fuse_attribution, trim_logits, dead_positions)
 
 
 def optimize(ir: IRGraph, passes: tuple[Pass, ...] | None = None) -> IRGraph:

@@ -33,7 +33,8 @@ from .inputs import Batch, position_index
 from .naive import ForwardOutput, Interpreter
 from .compat import output_cache, with_cache
 from .reading import collect_reads
-from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
+from .prefix import (live_positions, narrowable, prefix_cache, skip_layers, trimmed_logits,
+                     widen)
 from .writes import make_reader, make_writer
 
 
@@ -218,9 +219,11 @@ class Executor(Interpreter):
             state = self.values[step.start].value[:, p0:].repeat(k, 1, 1)
         slots, index, tokens, remap = self._logit_plan(ir, step, members, batch, columns)
         head = self.model.get_output_embeddings()
+        # Entered after the adapter's hooks: their hooks on the MLP see its full input first.
         with self.adapter.hooks(hooks), \
                 skip_layers(self.adapter.layers(), step.start_layer, state,
                             self.adapter.fam.tuple_blocks), \
+                live_positions(*self._live_mlp(members, index)), \
                 trimmed_logits(head, index, tokens), self.model_pass():
             out = self.model(**kwargs)
         if step.keep_kv:
@@ -259,6 +262,18 @@ class Executor(Interpreter):
         remap = torch.full((self.adapter.vocab_size,), -1, dtype=torch.long)
         remap[tokens] = torch.arange(len(tokens))
         return slots, index, tokens, remap
+
+    def _live_mlp(self, members: list[Forward], index: torch.Tensor | None) -> tuple:
+        """dead_positions: (the last block's MLP, the [B, K] positions it computes), when
+        every member reads and writes nothing from there on and only K logit positions
+        are measured; else (None, None). Not for MLPs that add the residual themselves
+        (Bloom, MPT), MLP parts sitting on the block (OPT), or mixtures of experts."""
+        last = self.adapter.n_layers - 1
+        fam, parts = self.adapter.fam, self.adapter.s
+        if index is None or fam.moe or parts.mlp is None or "mlp" in fam.residual_inside or \
+                not all(f.live_from is not None and f.live_from <= last for f in members):
+            return None, None
+        return self.adapter.mlp(last), index
 
     def _output(self, ir: IRGraph, fid: str, f: Forward, batch: Batch, columns,
                 logits: torch.Tensor, slots: dict[Positions, int] | None, p0: int,
