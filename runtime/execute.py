@@ -102,6 +102,8 @@ class Executor(Interpreter):
         results: dict[str, Any] = {}
         total = sum(len(s.members) for s in plan.forward_steps())
         done = 0
+        if self.progress:  # the total is known now: a progress bar can show it and an eta
+            self.progress(0, total)
         fused = _fused_backwards(ir, plan)
         for step in plan.steps:
             started = time.perf_counter()

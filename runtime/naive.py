@@ -146,6 +146,8 @@ class Interpreter:
         order = list(nx.lexicographical_topological_sort(g, key=_node_order))
         n_forwards = sum(1 for nid in order if isinstance(ir.node(nid), Forward))
         done = 0
+        if self.progress:  # the total first: a progress bar shows it and an eta
+            self.progress(0, n_forwards)
         for nid in order:
             node = ir.node(nid)
             started = time.perf_counter()
