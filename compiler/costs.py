@@ -172,6 +172,7 @@ class GraphSizes:
     def __init__(self, ir: IRGraph, model: ModelSpec, runs: dict[str, RunShape],
                  dtype_bytes: int, naive: bool) -> None:
         self.ir, self.model, self.runs, self.b, self.naive = ir, model, runs, dtype_bytes, naive
+        self._bytes: dict[str, int] = {}  # value(): the schedule asks for each value often
 
     def fwd(self, fid: str) -> Forward:
         return self.ir.node(fid)  # type: ignore[return-value]
@@ -192,6 +193,12 @@ class GraphSizes:
 
     def value(self, vid: str) -> int:
         """Bytes of a cached value: a Read, a forward's logits, a vector, a cache."""
+        got = self._bytes.get(vid)
+        if got is None:
+            got = self._bytes[vid] = self._value(vid)
+        return got
+
+    def _value(self, vid: str) -> int:
         if vid.startswith("kv:"):
             fid = vid[3:]
             return kv_bytes(self.model, self.rows(fid), self.runs[self.fwd(fid).run].width,

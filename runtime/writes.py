@@ -205,16 +205,17 @@ def _mean_value(write: Write, src: ReadValue, cur: torch.Tensor, batch: Batch,
         total[:length] += src.value[i, sb.offset(i):].float().to(cur.device)
         count[:length] += 1
     mean = total / count.clamp(min=1)
-    out = cur.clone()
-    for i in range(cur.shape[0]):  # `batch` is the batch fed: one row per row of cur
-        off, length = batch.offset(i), batch.lengths[i]
-        if length > width:
-            raise RuntimeInterventionError(
-                "E455", f"{write.site}: mean ablation has no example with {length} tokens")
-        for slot, p in enumerate(idx[i].tolist()):
-            if p >= off:
-                out[i, slot] = mean[p - off].to(cur.dtype)
-    return out
+    longest = max(batch.lengths)  # `batch` is the batch fed: one row per row of cur
+    if longest > width:
+        raise RuntimeInterventionError(
+            "E455", f"{write.site}: mean ablation has no example with {longest} tokens")
+    # Each slot takes the mean at its token index from its own prompt's start; slots on
+    # padding keep their value. (One gather, not a Python loop over rows and slots.)
+    offsets = torch.tensor([batch.offset(i) for i in range(cur.shape[0])], dtype=torch.long)
+    rel = idx.to(torch.long) - offsets[:, None]  # [n, k]
+    new = mean.to(cur.dtype)[rel.clamp(min=0).to(mean.device)]
+    keep = (rel >= 0).to(cur.device).view(*rel.shape, *([1] * (cur.dim() - 2)))
+    return torch.where(keep, new, cur)
 
 
 def _resample_value(write: Write, src: ReadValue, cur: torch.Tensor, batch: Batch,
