@@ -193,10 +193,15 @@ def live_positions(mlp: nn.Module | None, index: Tensor | None) -> Iterator[None
         widths.append(h.shape[1])
         return (h.gather(1, at), *args[1:])
 
-    def post(_mod: nn.Module, _args: tuple, out: Tensor) -> Tensor:
-        width = widths.pop()
+    def wide(out: Tensor, width: int) -> Tensor:
         full = out.new_zeros((out.shape[0], width, out.shape[-1]))
         return full.scatter(1, index[..., None].expand_as(out).to(out.device), out)
+
+    def post(_mod: nn.Module, _args: tuple, out: Tensor | tuple) -> Tensor | tuple:
+        width = widths.pop()
+        if isinstance(out, tuple):  # an MLP that returns (output, extras)
+            return (wide(out[0], width), *out[1:])
+        return wide(out, width)
 
     widths: list[int] = []
     handles = [mlp.register_forward_pre_hook(pre), mlp.register_forward_hook(post)]
