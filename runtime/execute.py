@@ -35,7 +35,7 @@ from .compat import output_cache, with_cache
 from .reading import collect_reads
 from .prefix import (live_positions, narrowable, prefix_cache, skip_layers, trimmed_logits,
                      widen)
-from .writes import make_reader, make_writer
+from .writes import make_readers, make_writer
 
 
 def memory_budget(memory: str | None, device: torch.device, weights: int, share: int = 1
@@ -194,13 +194,11 @@ class Executor(Interpreter):
                                  self.seed)
                 key = (w.site.kind, w.site.layer, w.site.head)
                 writes.setdefault(key, []).append((rows, widen(fn, p0, width)))
-            for rid in ir.g.successors(fid):
-                r = ir.node(rid)
-                if isinstance(r, Read):
-                    fn = make_reader(r, batch, columns,
-                                     lambda v, rid=rid: self.values.__setitem__(rid, v))
-                    reads.append((r.site.kind, r.site.layer, r.site.head,
-                                  _on_rows(rows, widen(fn, p0, width), whole)))
+            mine = [(rid, r) for rid in ir.g.successors(fid)
+                    if isinstance(r := ir.node(rid), Read)]
+            for kind, layer, head, fn in make_readers(mine, batch, columns,
+                                                      self.values.__setitem__):
+                reads.append((kind, layer, head, _on_rows(rows, widen(fn, p0, width), whole)))
         hooks = [(*key, _merged(entries, whole)) for key, entries in writes.items()] + \
             chained(reads)
 
