@@ -32,10 +32,10 @@ from patchc.compiler.ir_sweep import READ_MODES, SweepSpec, execution_order, mem
     whole_index, whole_site
 from patchc.compiler.schedule import ForwardStep
 
-from .compat import DynamicLayer, layer_kv, make_cache, with_cache
+from .compat import with_cache
 from .inputs import Batch, position_index, position_valid
 from .naive import ForwardOutput
-from .prefix import prefix_cache, skip_layers, trimmed_logits, widen
+from .prefix import live_positions, prefix_cache, skip_layers, trimmed_logits, widen
 from .sweep_members import slice_read
 from .writes import _new_value, make_writer
 
@@ -163,25 +163,6 @@ class _Edit:
         return out
 
 
-def _prefix(ex, step: ForwardStep, k: int):
-    """The chunk's key/value cache: the twin's first p0 positions for each of k members.
-    The repeated tensors are kept for the sweep's next chunk of the same shape (a cache
-    update never writes into them: it concatenates) and handed to each chunk's fresh cache
-    without another copy."""
-    key = (step.twin, step.p0, k, step.start_layer)
-    held = ex.__dict__.setdefault("_sweep_prefix", {})
-    if key not in held:
-        held.clear()
-        held[key] = layer_kv(prefix_cache(ex.kv[step.twin], step.p0, k, step.start_layer))
-    data = held[key]
-    if DynamicLayer is None:  # (an older transformers: its cache copies)
-        return make_cache(data)
-    cache = make_cache([(a[:, :, :0], b[:, :, :0]) for a, b in data])
-    for layer, (a, b) in zip(cache.layers, data):
-        layer.keys, layer.values = a, b
-    return cache
-
-
 def _blocks(fn, k: int, n: int):
     """`fn` (a hook for n rows) applied to each of k blocks of n rows."""
     def blocks(act: torch.Tensor) -> torch.Tensor:
@@ -226,15 +207,18 @@ def run_chunk(ex, ir: IRGraph, step: ForwardStep) -> None:
         "position_ids": feed.position_ids[:, p0:].repeat(k, 1),
         "use_cache": bool(p0)}
     if p0:
-        kwargs = with_cache(ex.model, kwargs, _prefix(ex, step, k))
+        kwargs = with_cache(ex.model, kwargs, prefix_cache(ex.kv[step.twin], p0, k,
+                                                           step.start_layer))
     state = None
     if step.start is not None:
         state = ex.values[step.start].value[:, p0:].repeat(k, 1, 1)
     slots, index, tokens, remap = ex._logit_plan(ir, step, [f] * k, batch, columns)
     head = ex.model.get_output_embeddings()
+    # (as execute.forward_step: dead_positions' last MLP entered after the adapter's hooks)
     with ex.adapter.hooks(hooks), \
             skip_layers(ex.adapter.layers(), step.start_layer, state,
                         ex.adapter.fam.tuple_blocks), \
+            live_positions(*ex._live_mlp([f], index)), \
             trimmed_logits(head, index, tokens), ex.model_pass():
         logits = ex.model(**kwargs).logits
     del kwargs, state
@@ -256,8 +240,6 @@ def run_chunk(ex, ir: IRGraph, step: ForwardStep) -> None:
             at = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))[:, 0]
         out.logits[m.pos] = at.reshape(k, n, -1).transpose(0, 1).reshape(k * n, -1).float()
     ex.values[fid] = out
-    if hi == len(f.sweep):  # the sweep's last chunk: its held key/value prefix goes
-        ex.__dict__.pop("_sweep_prefix", None)
     order = torch.from_numpy(rows.copy())
     total = len(f.sweep)
     for mid, m in metrics:

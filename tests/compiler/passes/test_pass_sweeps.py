@@ -8,6 +8,7 @@ from passcases import before_after, golden, lowered
 
 from patchc.compiler.ir import Forward, verify
 from patchc.compiler.passes.batch import batch
+from patchc.compiler.passes.dead_positions import dead_positions
 from patchc.compiler.passes.dedupe import dedupe
 from patchc.compiler.passes.narrow_positions import narrow_positions
 from patchc.compiler.passes.prune_reads import prune_reads
@@ -31,7 +32,8 @@ scale L0.resid_post in clean by {0, 2}
     as scaled
 """
 
-PASSES = [dedupe, prune_reads, share_prefix, narrow_positions, batch, trim_logits]
+PASSES = [dedupe, prune_reads, share_prefix, narrow_positions, batch, trim_logits,
+          dead_positions]
 
 
 def sweeps(ir) -> dict[str, Forward]:
@@ -69,6 +71,9 @@ def test_passes_decide_per_sweep() -> None:
         layer = f.sweep.space.sites[0].layer
         assert f.group is None  # batch: a sweep is its own batch
         assert f.logit_positions is not None  # trim_logits
+        # dead_positions: the members' writes count (L3's MLP neurons: live from L4 on)
+        assert f.live_from == {"mlp.post": layer + 1, "z": layer, "resid_post": layer + 1}[
+            f.sweep.space.sites[0].kind]
         if f.sweep.space.sites[0].kind == "resid_post":
             assert f.twin is None and not f.narrow  # every position from layer 0: no gain
             continue
