@@ -217,6 +217,12 @@ def normalize(model_type: str) -> str:
 # Families patchc maps only from a transformers release on: before it, the module computes
 # attention its own way and no head can be tapped. (model_type: (release, why))
 SINCE: dict[str, tuple[tuple[int, int], str]] = {
+    "xglm": ((5, 3), "before transformers 5.3, XGLM adds its position offset into the position "
+                     "ids it is given, in place, so reusing them shifts every later pass; "
+                     "upgrade transformers"),
+    "nemotron": ((5, 13), "before transformers 5.13, Nemotron's attention classes compute "
+                          "attention themselves, not through transformers' attention "
+                          "functions, so its heads cannot be tapped; upgrade transformers"),
     "gptj": ((5, 24), "before transformers 5.24, GPT-J computes attention in its own `_attn`, "
                       "not through transformers' attention functions, so its heads cannot be "
                       "tapped; upgrade transformers"),

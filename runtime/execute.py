@@ -31,7 +31,7 @@ from . import metrics as M
 from .estimates import Trim, chained, gradients
 from .inputs import Batch, position_index
 from .naive import ForwardOutput, Interpreter
-from .compat import output_cache, with_cache
+from .compat import blocks_return_tuples, output_cache, with_cache
 from .reading import collect_reads
 from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
 from .writes import make_reader, make_writer
@@ -218,9 +218,11 @@ class Executor(Interpreter):
             state = self.values[step.start].value[:, p0:].repeat(k, 1, 1)
         slots, index, tokens, remap = self._logit_plan(ir, step, members, batch, columns)
         head = self.model.get_output_embeddings()
+        as_tuple = bool(step.start_layer) and (
+            self.adapter.fam.tuple_blocks or
+            blocks_return_tuples(self.model, self.adapter.layer(0)))
         with self.adapter.hooks(hooks), \
-                skip_layers(self.adapter.layers(), step.start_layer, state,
-                            self.adapter.fam.tuple_blocks), \
+                skip_layers(self.adapter.layers(), step.start_layer, state, as_tuple), \
                 trimmed_logits(head, index, tokens), self.model_pass():
             out = self.model(**kwargs)
         if step.keep_kv:

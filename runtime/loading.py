@@ -89,7 +89,7 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from .compat import DTYPE_ARG
+    from .compat import DTYPE_ARG, load_config, tie_offloaded
 
     hf_logging.disable_progress_bar()  # patchc shows its own progress; keep output clean
     where = model_location(model_id, base_dir)
@@ -108,7 +108,8 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
             hint="check tokenizer.json / tokenizer_config.json of the model") from None
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
-            where, **{DTYPE_ARG: dtype}, output_loading_info=True, **kwargs, **placement)
+            where, config=load_config(where, **kwargs), **{DTYPE_ARG: dtype},
+            output_loading_info=True, **kwargs, **placement)
     except OSError as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise RuntimeInterventionError(
@@ -119,6 +120,7 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
             "E411", f"could not load the weights of model {model_id!r}: {_why(e)}") from None
     _check_loaded(model_id, model, tokenizer, info)
     if options.device_map:
+        tie_offloaded(model)
         device = input_device(model)
     else:
         model = model.to(device)

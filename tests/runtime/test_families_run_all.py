@@ -108,7 +108,11 @@ def _check_router_gradient(model, tok, atp: pd.DataFrame) -> None:
     for layer in range(ad.n_layers):
         router = ad._at(layer, ad.s.router)
         seen: dict = {}
-        handle = router.register_forward_hook(lambda m, a, out, seen=seen: seen.update(r=out[0]))
+        # the router's logits, by hand: its linear map of its input (before 5.6 transformers'
+        # softmax-top-k routers returned their softmax, not the logits)
+        handle = router.register_forward_hook(
+            lambda m, a, out, seen=seen: seen.update(
+                r=torch.nn.functional.linear(a[0], m.weight, getattr(m, "bias", None))))
         try:
             with torch.no_grad():
                 model(ids("clean"))
