@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import transformers as T  # noqa: E402
 
 from patchc.compiler.errors import CheckError  # noqa: E402
-from patchc.compiler.families import FAMILIES  # noqa: E402
+from patchc.compiler.families import FAMILIES, SINCE, lookup  # noqa: E402
 from patchc.compiler.modelspec import spec_from_config  # noqa: E402
 from patchc.runtime.adapters import SUPPORTED_FAMILIES  # noqa: E402
 
@@ -43,11 +43,13 @@ def test_config_names_differ_per_family() -> None:
     """n_embd (GPT-2), hidden_size (Llama), d_model (MPT) give the same d_model."""
     gpt2 = spec_from_config(T.GPT2Config(n_layer=2, n_head=4, n_embd=32).to_dict())
     mpt = spec_from_config(T.MptConfig(n_layers=2, n_heads=4, d_model=32).to_dict())
+    assert gpt2.d_model == mpt.d_model == 32
+    assert (mpt.n_layers, mpt.n_heads, mpt.d_mlp, mpt.positional) == (2, 4, 128, "alibi")
+    if lookup("xglm") is None:  # needs a newer transformers (SINCE); tested below
+        return
     xglm = spec_from_config(T.XGLMConfig(num_layers=2, attention_heads=4, d_model=32,
                                          ffn_dim=64).to_dict())
-    assert gpt2.d_model == mpt.d_model == xglm.d_model == 32
-    assert (mpt.n_layers, mpt.n_heads, mpt.d_mlp, mpt.positional) == (2, 4, 128, "alibi")
-    assert (xglm.n_layers, xglm.n_heads, xglm.d_mlp) == (2, 4, 64)
+    assert xglm.d_model == 32 and (xglm.n_layers, xglm.n_heads, xglm.d_mlp) == (2, 4, 64)
 
 
 def test_multi_query_and_falcon_kv_heads() -> None:
@@ -75,8 +77,6 @@ def test_moe_spec() -> None:
 
 
 def test_every_row_builds_a_spec_from_its_default_config() -> None:
-    from patchc.compiler.families import lookup
-
     for family in FAMILIES:
         if lookup(family) is None:  # needs a newer transformers (SINCE); tested below
             continue
@@ -177,6 +177,22 @@ def test_moe_with_dense_layers_is_refused() -> None:
     with pytest.raises(CheckError) as ei:
         spec_from_config(cfg)
     assert ei.value.code == "E210" and "mlp_only_layers" in ei.value.message
+
+
+@pytest.mark.parametrize("family", sorted(SINCE))
+def test_each_since_row_is_refused_before_its_release(family: str, monkeypatch) -> None:
+    """Every family of SINCE: refused (E210 naming the release) on the release before it,
+    supported from it on."""
+    import patchc.compiler.families as F
+
+    (major, minor), _ = F.SINCE[family]
+    config = T.AutoConfig.for_model(family).to_dict()
+    monkeypatch.setattr(F, "installed_transformers", lambda: (major, minor - 1))
+    with pytest.raises(CheckError) as e:
+        spec_from_config(config)
+    assert e.value.code == "E210" and f"transformers {major}.{minor}" in str(e.value)
+    monkeypatch.setattr(F, "installed_transformers", lambda: (major, minor))
+    assert F.lookup(family) is not None and spec_from_config(config).n_layers > 0
 
 
 def test_a_family_newer_than_the_installed_transformers_is_refused_with_why(monkeypatch):
