@@ -11,6 +11,8 @@ The runtime speaks to transformers through these few functions wherever an API m
   factor (before 5.9 taken from `rotary_pct` alone, else 0.25);
 - a tied unembedding offloaded to disk (by a device map) that this release left out of
   accelerate's offload index (5.0 and later 5.x: its first forward fails);
+- a causal LM's decoder stack: `base_model`, except where a release names a prefix the
+  class does not have (4.57's Gemma-3 text model says `language_model`, keeps `model`);
 - the dtype argument of `from_pretrained` (`torch_dtype` before 4.56, then `dtype`);
 - GPT-2's attention scores before 5.4: it divided them itself (by sqrt(d_head), and by the
   layer index + 1 where configured) and passed no `scaling` to the attention function;
@@ -190,3 +192,11 @@ def tie_offloaded(model: nn.Module) -> None:
             and "safetensors_file" in emb_entry:
         out_index[key] = {**emb_entry, "weight_name": emb_entry.get(
             "weight_name", emb_map.prefix + "weight")}
+
+
+def decoder_stack(model: nn.Module) -> nn.Module:
+    """The model's decoder stack (what holds the embedding and the blocks)."""
+    base = getattr(model, "base_model", model)
+    if base is model and isinstance(getattr(model, "model", None), nn.Module):
+        return model.model  # a base_model_prefix the class does not have
+    return base
