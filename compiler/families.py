@@ -219,7 +219,7 @@ def normalize(model_type: str) -> str:
 _SEPARATE_EXPERTS = ("before transformers 5.0, each expert is a module of its own and the "
                      "router a plain linear layer, which patchc's expert and router sites do "
                      "not map; upgrade transformers")
-_ADDED_IN_5 = "transformers before 5.0 does not know this model type; upgrade transformers"
+_ADDED_IN_5 = "this model type came with transformers 5.0; upgrade transformers"
 SINCE: dict[str, tuple[tuple[int, int], str]] = {
     **{t: ((5, 0), _SEPARATE_EXPERTS) for t in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
                                                 "gpt_oss")},

@@ -63,7 +63,16 @@ def test_multi_query_and_falcon_kv_heads() -> None:
     assert spec_from_config({**falcon, "alibi": True}).positional == "alibi"
 
 
-def test_moe_spec() -> None:
+@pytest.fixture
+def newest(monkeypatch) -> None:
+    """The family table as on the newest transformers: what `check` says of a family's config
+    does not depend on the installed release, except for SINCE (tested on its own below)."""
+    import patchc.compiler.families as F
+
+    monkeypatch.setattr(F, "installed_transformers", lambda: (99, 0))
+
+
+def test_moe_spec(newest) -> None:
     cfg = T.Qwen2MoeConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                            num_key_value_heads=2,
                            num_experts=6, num_experts_per_tok=2, moe_intermediate_size=16)
@@ -108,7 +117,7 @@ MIXTRAL = T.MixtralConfig(num_hidden_layers=2, hidden_size=32, num_attention_hea
                           num_experts_per_tok=2)
 
 
-def test_expert_sites_sweep_the_expert_column() -> None:
+def test_expert_sites_sweep_the_expert_column(newest) -> None:
     checked = _check("swap L*.E*.out from A into B measure m as ex\n"
                      "ablate L1.E$e.post in B measure m as post\n"
                      "swap L0.router @ last from A into B measure m as route\n", MIXTRAL)
@@ -124,7 +133,7 @@ def test_expert_sites_sweep_the_expert_column() -> None:
     ("swap L0.mlp.post from A into B measure m", "E209", "mixture of experts"),
     ("swap L0.shared.out from A into B measure m", "E209", "no shared expert"),
 ])
-def test_expert_site_errors(body: str, code: str, words: str) -> None:
+def test_expert_site_errors(body: str, code: str, words: str, newest) -> None:
     from patchc.compiler.errors import SpecErrors
 
     with pytest.raises(SpecErrors) as ei:
@@ -171,7 +180,7 @@ def test_models_doc_lists_every_family() -> None:
     assert "**failed" not in doc
 
 
-def test_moe_with_dense_layers_is_refused() -> None:
+def test_moe_with_dense_layers_is_refused(newest) -> None:
     cfg = T.Qwen2MoeConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                            num_key_value_heads=2, mlp_only_layers=[1]).to_dict()
     with pytest.raises(CheckError) as ei:
@@ -186,13 +195,18 @@ def test_each_since_row_is_refused_before_its_release(family: str, monkeypatch) 
     import patchc.compiler.families as F
 
     (major, minor), _ = F.SINCE[family]
-    config = T.AutoConfig.for_model(family).to_dict()
+    try:
+        config = T.AutoConfig.for_model(family).to_dict()
+    except ValueError:  # a model type the installed transformers does not know
+        config = None
     monkeypatch.setattr(F, "installed_transformers", lambda: (major, minor - 1))
     with pytest.raises(CheckError) as e:
-        spec_from_config(config)
+        spec_from_config(config or {"model_type": family})
     assert e.value.code == "E210" and f"transformers {major}.{minor}" in str(e.value)
     monkeypatch.setattr(F, "installed_transformers", lambda: (major, minor))
-    assert F.lookup(family) is not None and spec_from_config(config).n_layers > 0
+    assert F.lookup(family) is not None
+    if config is not None:
+        assert spec_from_config(config).n_layers > 0
 
 
 def test_a_family_newer_than_the_installed_transformers_is_refused_with_why(monkeypatch):
