@@ -168,7 +168,9 @@ def load_config(where: str, **kwargs: Any) -> Any:
     raw, _ = PretrainedConfig.get_config_dict(where, **kwargs)
     factor = (raw.get("rope_parameters") or {}).get("partial_rotary_factor")
     if "rotary_pct" not in raw and factor is not None:
-        if isinstance(getattr(config, "rope_parameters", None), dict):
+        if VERSION < (5, 0):  # 4.x: the attention reads rotary_pct, the rotary embedding this
+            config.partial_rotary_factor = factor
+        elif isinstance(getattr(config, "rope_parameters", None), dict):
             config.rope_parameters["partial_rotary_factor"] = factor
         config.rotary_pct = factor
     return config
