@@ -163,9 +163,13 @@ def load_config(where: str, **kwargs: Any) -> Any:
     from transformers import AutoConfig, PretrainedConfig
 
     config = AutoConfig.from_pretrained(where, **kwargs)
-    if VERSION >= (5, 9) or config.model_type != "gpt_neox":
+    if VERSION >= (5, 9):
         return config
     raw, _ = PretrainedConfig.get_config_dict(where, **kwargs)
+    if VERSION < (5, 0):
+        _rope_for_4x(config, raw)
+    if config.model_type != "gpt_neox":
+        return config
     factor = (raw.get("rope_parameters") or {}).get("partial_rotary_factor")
     if "rotary_pct" not in raw and factor is not None:
         if VERSION < (5, 0):  # 4.x: the attention reads rotary_pct, the rotary embedding this
@@ -174,6 +178,20 @@ def load_config(where: str, **kwargs: Any) -> Any:
             config.rope_parameters["partial_rotary_factor"] = factor
         config.rotary_pct = factor
     return config
+
+
+def _rope_for_4x(config: Any, raw: dict[str, Any]) -> None:
+    """4.x reads the rotary base and scaling from `rope_theta` and `rope_scaling`; a config
+    saved by 5.x keeps both in `rope_parameters` only, and 4.x would silently use its default
+    base (10000) and no scaling."""
+    params = raw.get("rope_parameters")
+    if not isinstance(params, dict):
+        return
+    if "rope_theta" not in raw and "rope_theta" in params:
+        config.rope_theta = params["rope_theta"]
+    scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    if raw.get("rope_scaling") is None and scaling.get("rope_type", "default") != "default":
+        config.rope_scaling = scaling
 
 
 def tie_offloaded(model: nn.Module) -> None:
