@@ -32,7 +32,7 @@ from patchc.compiler.ir_sweep import READ_MODES, SweepSpec, execution_order, mem
     whole_index, whole_site
 from patchc.compiler.schedule import ForwardStep
 
-from .compat import with_cache
+from .compat import blocks_return_tuples, with_cache
 from .inputs import Batch, position_index, position_valid
 from .naive import ForwardOutput
 from .prefix import live_positions, prefix_cache, skip_layers, trimmed_logits, widen
@@ -214,10 +214,11 @@ def run_chunk(ex, ir: IRGraph, step: ForwardStep) -> None:
         state = ex.values[step.start].value[:, p0:].repeat(k, 1, 1)
     slots, index, tokens, remap = ex._logit_plan(ir, step, [f] * k, batch, columns)
     head = ex.model.get_output_embeddings()
+    as_tuple = bool(step.start_layer) and (
+        ex.adapter.fam.tuple_blocks or blocks_return_tuples(ex.model, ex.adapter.layer(0)))
     # (as execute.forward_step: dead_positions' last MLP entered after the adapter's hooks)
     with ex.adapter.hooks(hooks), \
-            skip_layers(ex.adapter.layers(), step.start_layer, state,
-                        ex.adapter.fam.tuple_blocks), \
+            skip_layers(ex.adapter.layers(), step.start_layer, state, as_tuple), \
             live_positions(*ex._live_mlp([f], index)), \
             trimmed_logits(head, index, tokens), ex.model_pass():
         logits = ex.model(**kwargs).logits
