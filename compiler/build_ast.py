@@ -222,6 +222,34 @@ class AstBuilder(ExprBuilder):
         own = A.Clauses(tuple(measures) + clauses.measures, clauses.name, clauses.where)
         return A.MeasureRun(target, own, span_of(meta))
 
+    # -- circuits --------------------------------------------------------------------------
+    def circuit_stmt(self, meta, items):
+        name, sizes, table = items
+        is_list = isinstance(sizes, list)
+        sizes = tuple(sizes) if is_list else (sizes,)
+        return A.CircuitDecl(name, sizes, table, is_list, span_of(meta))
+
+    def size_list(self, meta, items):
+        return list(items)
+
+    def size_count(self, meta, items):
+        return A.CircuitSize(int(items[0]), False, span_of(meta))
+
+    def size_percent(self, meta, items):
+        text = str(items[0])
+        value = int(text) if text.isdigit() else float(text)
+        return A.CircuitSize(value, True, span_of(meta))
+
+    def evaluate_op(self, meta, items):
+        circuit, target, how, clauses = items
+        return A.Evaluate(circuit, target, how, clauses, span_of(meta))
+
+    def eval_ablate(self, meta, items):
+        return A.Ablation("ablate", items[0].value, span_of(meta))
+
+    def eval_mean(self, meta, items):
+        return A.Ablation("mean", items[0].value, span_of(meta))
+
     def method(self, meta, items):
         tok = items[0]
         return A.Method(str(tok), tuple(items[1:]), span_of(meta))

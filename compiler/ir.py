@@ -180,6 +180,11 @@ class Write:
     inputs: tuple[str, ...] = ()
     scale: float = 1.0
     seed: int | None = None
+    # A circuit's complement (`evaluate`): with `gate` (a Select id), the write applies only
+    # when row `row` is not among the first `top` rows of that ranking.
+    gate: str | None = None
+    row: int = 0
+    top: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,9 +244,26 @@ class Estimate:
     steps: int = 0  # ig interpolation steps
 
 
-Node = Union[Forward, Read, Write, Vector, Metric, Backward, Estimate]
+@dataclass(frozen=True, slots=True)
+class Select:
+    """`circuit NAME = top K of TABLE`: the rows of a table ranked by their effect, the
+    distance of the row's value from the value with no intervention. `rows` are each row's
+    value node (a Metric or Estimate of the table's first measured column); `reference` is
+    that metric on the target run with no intervention; `normalize` the column's baselines
+    when it is normalized: () raw, (t,) m / m_t, (t, s) (m - m_t) / (m_s - m_t). Values
+    are compared as the table shows them: means over examples (those the row has), the
+    normalization applied to the means. The value at run time is the ranking
+    (runtime/circuits.py); ties keep the table's row order."""
+
+    table: str
+    rows: tuple[str, ...]
+    reference: str
+    normalize: tuple[str, ...] = ()
+
+
+Node = Union[Forward, Read, Write, Vector, Metric, Backward, Estimate, Select]
 _PREFIX = {Forward: "f", Read: "r", Write: "w", Vector: "v", Metric: "m", Backward: "b",
-           Estimate: "e"}
+           Estimate: "e", Select: "s"}
 
 # ---------------------------------------------------------------------------------------------
 # Tables: what each operation reports
@@ -282,6 +304,7 @@ class Table:
     rows: tuple[Row, ...]
     span: Span = field(compare=False, default=Span(1, 1, 1, 1))
     pairs: tuple[Pair, ...] = ()
+    select: str | None = None  # a circuit's table: the Select that ranks its rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,8 +372,12 @@ def verify(ir: IRGraph) -> None:
             _verify_forward(ir, nid, node)
         elif isinstance(node, Read):
             refs = (node.forward,)
-        elif isinstance(node, (Write, Vector, Estimate)):
+        elif isinstance(node, Write):
+            refs = node.inputs + ((node.gate,) if node.gate else ())
+        elif isinstance(node, (Vector, Estimate)):
             refs = node.inputs
+        elif isinstance(node, Select):
+            refs = node.rows + (node.reference,) + node.normalize
         elif isinstance(node, Metric):
             refs = (node.forward,) + tuple(r for r in (node.reference, node.lens) if r)
         elif isinstance(node, Backward):
@@ -365,6 +392,7 @@ def verify(ir: IRGraph) -> None:
         refs += [r for row in table.rows for _, pair in row.normalize for r in pair if r]
         for p in table.pairs:
             refs += [p.estimate, p.metric] + [r for r in p.normalize or () if r]
+        refs += [table.select] if table.select else []
         for ref in refs:
             if ref not in g:
                 raise PlanError("E505", f"table {table.name} refers to missing node {ref}")

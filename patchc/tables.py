@@ -20,6 +20,8 @@ import torch
 from patchc.compiler.errors import PatchcError, Warning_
 from patchc.compiler.ir import IRGraph, Table
 
+from .circuit_tables import ranked, with_areas
+
 
 def example_mean(values: Any) -> float:
     if not isinstance(values, torch.Tensor):
@@ -124,6 +126,10 @@ def build_table(table: Table, values: dict[str, Any],
     gaps = _ZeroGaps()
     df = (_compare_table(table, means, gaps) if table.pairs
           else _rows_table(table, values, means, gaps))
+    if table.op == "circuit":
+        df = ranked(table, df, values)
+    elif table.op == "evaluate":
+        df = with_areas(table, df)
     w = gaps.warning(table)
     if w is not None and warnings is not None:
         warnings.append(w)

@@ -20,10 +20,11 @@ from patchc.compiler import ast as A
 from patchc.compiler.checked import CheckedSpec
 from patchc.compiler.errors import RuntimeInterventionError
 from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Positions, Read, \
-    Vector, Write
+    Select, Vector, Write
 
 from . import metrics as M
 from . import vectors as V
+from .circuits import applies, rank
 from .estimates import run_backward, run_estimate
 from .generate import contains_answer, greedy, sequence_logprob
 from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
@@ -168,8 +169,8 @@ class Interpreter:
         return results
 
     def evaluate(self, ir: IRGraph, nid: str, node: Any, results: dict[str, Any]) -> None:
-        """A Vector, Metric, Backward or Estimate node (both interpreters evaluate these
-        here); Metric and Estimate values also go to `results`."""
+        """A Vector, Metric, Backward, Estimate or Select node (both interpreters evaluate
+        these here); Metric, Estimate and Select values also go to `results`."""
         if isinstance(node, Vector):
             means = [self.values[r].value.float().mean(0).squeeze(0) for r in node.inputs]
             self.values[nid] = self.vector(node, means)
@@ -179,6 +180,8 @@ class Interpreter:
             self.values[nid] = run_backward(self, ir, nid, node)
         elif isinstance(node, Estimate):
             results[nid] = self.values[nid] = run_estimate(self, ir, node)
+        elif isinstance(node, Select):
+            results[nid] = self.values[nid] = rank(node, self.values)
 
     def _release(self, g, nid: str, remaining: dict[str, int], keep: dict) -> None:
         """`nid` has used its inputs: drop each input value whose last consumer this was."""
@@ -204,6 +207,8 @@ class Interpreter:
         hooks = []
         for wid in node.writes:
             write: Write = ir.node(wid)  # type: ignore[assignment]
+            if not applies(write, self.values):  # a circuit's component: left as it is
+                continue
             inputs = [self.values[i] for i in write.inputs]
             fn = make_writer(write, batch, columns, inputs, self.seed)
             hooks.append((write.site.kind, write.site.layer, write.site.head, fn))

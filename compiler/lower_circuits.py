@@ -1,0 +1,172 @@
+"""Lowering circuits (docs/circuits.md): `circuit NAME = top K of TABLE` and `evaluate`.
+
+Which rows a circuit keeps depends on the table's values, known only when the plan runs. So
+a circuit lowers to one `Select` node, the ranking of the table's rows (its inputs are the
+rows' value nodes, the metric with no intervention and the column's baselines), and a table
+`NAME` of the rows ranked. `evaluate` lowers to ordinary Forwards of B with Writes: every
+component of the table patched from A (or A's mean) unless the circuit keeps it. A write's
+`gate` names the Select, its row and the circuit size; the interpreters skip a write whose
+row is in the circuit. Per size:
+
+  - size = all rows: B's own forward (N, nothing patched);
+  - size = 0: every component patched, with ungated writes (the empty circuit);
+  - otherwise: one forward with a gated write per component of every row.
+
+The faithfulness column is the size's metric normalized between the empty circuit (0) and N
+(1), so keeping every row gives exactly 1 and keeping none exactly 0: those are the same
+nodes as the baselines. The batch pass stacks the sizes' forwards into one pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from . import ast as A
+from .errors import PlanError
+from .ir import Row, Select, Table
+from .lowerer import Exp, Key, Lowerer
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """What `evaluate` needs of a lowered circuit."""
+
+    name: str
+    select: str
+    exps: tuple[Exp, ...]  # each row's components, in the table's row order
+    sizes: tuple[tuple[int, float], ...]  # (rows kept, fraction of the table) per size
+    table: str
+    kind: str  # "nodes" or "edges": what a row is
+
+
+def table_op(lw: Lowerer, name: str) -> A.Operation:
+    for op in lw.checked.spec.operations():
+        if A.table_name(op) == name:
+            return op
+    raise PlanError("E531", f"unknown result table `{name}`")
+
+
+def size_of(k: A.CircuitSize, n: int) -> tuple[int, float]:
+    """(rows kept, fraction of the table's rows) of one size. A percentage keeps
+    floor(p * n / 100) rows and stands at p% on the curve's axis, as the MIB benchmark does;
+    a count K stands at K / n."""
+    if k.percent:
+        # p * n / 100 first: 29% of 100 is 29 (0.29 * 100 is 28.999...).
+        return math.floor(k.value * n / 100 + 1e-9), k.value / 100
+    kept = int(k.value)
+    if kept > n:
+        raise PlanError("E530", f"the table has {n} row{'s' * (n != 1)}: a circuit cannot keep "
+                        f"{kept}", k.span, hint=f"keep at most {n}, or a percentage")
+    return kept, kept / n if n else 0.0
+
+
+def _exps(lw: Lowerer, op: A.Operation) -> list[Exp]:
+    """The source table's experiments in row order (as its lowering made them)."""
+    return lw.where(op.clauses.where, lw.expand(op.sites, op.target.value))  # type: ignore
+
+
+def rows_of_circuit(lw: Lowerer, decl: A.CircuitDecl, count: int) -> int:
+    """A circuit's table ranks every row of its source table (`count` rows); each size must
+    fit the table."""
+    for k in decl.sizes:
+        size_of(k, count)
+    return count
+
+
+def lower_circuit(lw: Lowerer, decl: A.CircuitDecl) -> None:
+    name = decl.table.value
+    table = next((t for t in lw.ir.tables if t.name == name), None)
+    if table is None:
+        raise PlanError("E531", f"unknown result table `{name}`", decl.table.span)
+    op = table_op(lw, name)
+    col, measure = lw.measures(op)[0]
+    target = op.target.value  # type: ignore[union-attr]
+    values = tuple(dict(r.values)[col] for r in table.rows)
+    norms = {dict(r.normalize).get(col) for r in table.rows}
+    if len(norms) != 1:
+        raise PlanError("E532", f"table `{name}`: its rows are normalized by different "
+                        "baselines; a circuit ranks rows of one scale", decl.span)
+    norm = next(iter(norms))
+    normalize = tuple(x for x in norm if x) if norm is not None else ()
+    reference = lw.metric(lw.base(target), target, measure.expr)
+    inputs = values + (reference,) + normalize
+    sel = lw.ir.add(Select(name, values, reference, normalize), inputs)
+    exps = _exps(lw, op)
+    if len(exps) != len(table.rows):
+        raise PlanError("E532", f"table `{name}`: {len(table.rows)} rows but "
+                        f"{len(exps)} experiments", decl.span)
+    n = len(table.rows)
+    sizes = tuple(size_of(k, n) for k in decl.sizes)
+    rows = tuple(Row(r.key, ((col, dict(r.values)[col]),),
+                     tuple((c, ts) for c, ts in r.normalize if c == col)) for r in table.rows)
+    keys = tuple(c for c in table.columns if any(c == k for r in table.rows for k, _ in r.key))
+    lw.ir.tables.append(Table(decl.name.value, "circuit", keys + (col,), rows, decl.span,
+                              select=sel))
+    kind = "edges" if "sender" in keys and "receiver" in keys else "nodes"
+    lw.circuits[decl.name.value] = Circuit(decl.name.value, sel, tuple(exps), sizes, name, kind)
+
+
+def _patch(lw: Lowerer, op: A.Evaluate, c: Circuit, top: int | None) -> list[str]:
+    """The writes that patch every component of the table from A (or A's mean), gated by
+    the circuit's first `top` rows (None: ungated, the empty circuit)."""
+    source = op.how.run
+    assert source is not None
+    fa = lw.base(source)
+    mode = "replace" if op.how.kind == "ablate" else "mean"
+    writes = []
+    for i, e in enumerate(c.exps):
+        gate = (c.select, i, top) if top is not None else None
+        for t in e.targets:
+            writes.append(lw.write(t, mode, (lw.read(fa, t.site, t.pos),), gate=gate))
+    return writes
+
+
+def faithfulness_column(col: str, single: bool) -> str:
+    return "faithfulness" if single else f"faithfulness_{col}"
+
+
+def lower_evaluate(lw: Lowerer, op: A.Evaluate) -> None:
+    c = lw.circuits[op.circuit.value]
+    target = op.target.value
+    lw.bake(target)
+    n = len(c.exps)
+    full = lw.base(target)
+    empty = lw.forward(target, _patch(lw, op, c, None))
+    measures = lw.measures(op)
+    single = len(measures) == 1
+    rows = []
+    for kept, frac in c.sizes:
+        f = full if kept == n else empty if kept == 0 else \
+            lw.forward(target, _patch(lw, op, c, kept))
+        key: Key = ((c.kind, kept), ("fraction", frac))
+        values, norm = [], []
+        for col, m in measures:
+            value = lw.metric(f, target, m.expr)
+            faith = faithfulness_column(col, single)
+            values += [(col, value), (faith, value)]
+            norm.append((faith, (lw.metric(empty, target, m.expr),
+                                 lw.metric(full, target, m.expr))))
+        rows.append(Row(key, tuple(values), tuple(norm)))
+    columns = (c.kind, "fraction") + tuple(
+        x for col, _ in measures for x in (col, faithfulness_column(col, single)))
+    lw.table(op, rows, columns)
+
+
+def is_area_column(name: str) -> bool:
+    return name in ("cpr", "cmd") or name.startswith(("cpr_", "cmd_"))
+
+
+def areas(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(cpr, cmd) of a faithfulness curve given as (fraction kept, faithfulness) points,
+    as the MIB benchmark integrates it: the trapezoid rule between consecutive sizes in
+    increasing order of the fraction (no extension to 0 or 1), cpr the area under the
+    curve, cmd the area between |1 - faithfulness| and 0. NaN for fewer than two sizes."""
+    pts = sorted(points, key=lambda p: p[0])
+    if len(pts) < 2 or any(math.isnan(f) for _, f in pts):
+        return math.nan, math.nan
+    cpr = cmd = 0.0
+    for (x1, f1), (x2, f2) in zip(pts, pts[1:]):
+        cpr += (x2 - x1) * (f1 + f2) / 2
+        cmd += (x2 - x1) * (abs(1 - f1) + abs(1 - f2)) / 2
+    return cpr, cmd

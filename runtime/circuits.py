@@ -1,0 +1,89 @@
+"""Circuits at run time: a Select node's ranking of a table's rows, and whether a gated
+Write (a component outside the circuit, `evaluate`) applies.
+
+A row's value is what its table shows: the mean over the examples the row has (NaN ones
+left out), normalized when the column is. Its effect is the distance of that value from the
+value with no intervention, the same metric on the target run as it is, taken over the same
+examples and normalized the same way: for a raw swap, ablate or attribute column that is
+|m - m_B|; for a column normalized between B and A it is |value - 0|; for `m / m_B` (no
+source run) it is |value - 1|. Rows are ranked by effect, largest first; ties (and NaN
+effects, which rank last) keep the table's row order, so a ranking is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from patchc.compiler.ir import Select, Write
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A Select's value: each row's shown value and effect, and the row order by effect."""
+
+    values: tuple[float, ...]
+    effects: tuple[float, ...]
+    order: tuple[int, ...]  # row indices, largest effect first
+    ranks: tuple[int, ...]  # each row's 1-based place in `order`
+
+    def kept(self, top: int) -> list[int]:
+        """The rows of the circuit of size `top`."""
+        return list(self.order[:top])
+
+
+def mean_of(values: torch.Tensor) -> float:
+    """Mean over the examples that have a value (the tables' mean, patchc/tables.py)."""
+    v = values.float()
+    v = v[~torch.isnan(v)]
+    return float(v.mean()) if v.numel() else math.nan
+
+
+def normalize(m: float, target: float, source: float | None) -> float:
+    """`normalized` on means: (m - t) / (s - t), or m / t without a source run."""
+    if source is None:
+        return m / target if target != 0 else math.nan
+    denom = source - target
+    return (m - target) / denom if denom != 0 else math.nan
+
+
+def _shown(value: torch.Tensor, keep: torch.Tensor, node: Select,
+           values: dict[str, Any]) -> float:
+    m = mean_of(value)
+    if not node.normalize:
+        return m
+    t = mean_of(values[node.normalize[0]][keep])
+    s = mean_of(values[node.normalize[1]][keep]) if len(node.normalize) > 1 else None
+    return normalize(m, t, s)
+
+
+def rank(node: Select, values: dict[str, Any]) -> Ranking:
+    """The Select's ranking from the values of its rows, reference and baselines."""
+    ref = values[node.reference]
+    shown, effects = [], []
+    for rid in node.rows:
+        v = values[rid]
+        keep = ~torch.isnan(v.float())
+        value = _shown(v, keep, node, values)
+        effect = abs(value - _shown(ref[keep], keep, node, values))
+        shown.append(value)
+        effects.append(effect)
+    order = sorted(range(len(effects)),
+                   key=lambda i: (math.isnan(effects[i]), -effects[i] if not
+                                  math.isnan(effects[i]) else 0.0, i))
+    ranks = [0] * len(order)
+    for r, i in enumerate(order):
+        ranks[i] = r + 1
+    return Ranking(tuple(shown), tuple(effects), tuple(order), tuple(ranks))
+
+
+def applies(write: Write, values: dict[str, Any]) -> bool:
+    """Does the write apply? A gated write patches a component outside the circuit: it is
+    skipped when its row is among the ranking's first `top`."""
+    if write.gate is None:
+        return True
+    ranking: Ranking = values[write.gate]
+    return ranking.ranks[write.row] > write.top
