@@ -61,6 +61,12 @@ def size_of(k: A.CircuitSize, n: int) -> tuple[int, float]:
     return kept, kept / n if n else 0.0
 
 
+def node_label(e: Exp) -> str:
+    """`L0.H3.z`, `L0.H3.z @ 5`; a joint group's sites joined by `+`."""
+    return " + ".join(str(t.site) + ("" if t.pos.kind == "all" else f" @ {t.pos}")
+                      for t in e.targets)
+
+
 def _exps(lw: Lowerer, op: A.Operation) -> list[Exp]:
     """The source table's experiments in row order (as its lowering made them)."""
     return lw.where(op.clauses.where, lw.expand(op.sites, op.target.value))  # type: ignore
@@ -98,12 +104,17 @@ def lower_circuit(lw: Lowerer, decl: A.CircuitDecl) -> None:
                         f"{len(exps)} experiments", decl.span)
     n = len(table.rows)
     sizes = tuple(size_of(k, n) for k in decl.sizes)
-    rows = tuple(Row(r.key, ((col, dict(r.values)[col]),),
-                     tuple((c, ts) for c, ts in r.normalize if c == col)) for r in table.rows)
     keys = tuple(c for c in table.columns if any(c == k for r in table.rows for k, _ in r.key))
+    kind = "edges" if "sender" in keys and "receiver" in keys else "nodes"
+    # A node row names its site(s) in a `node` column: what drawings and files show.
+    named = [r.key + ((("node", node_label(e)),) if kind == "nodes" else ())
+             for r, e in zip(table.rows, exps)]
+    rows = tuple(Row(key, ((col, dict(r.values)[col]),),
+                     tuple((c, ts) for c, ts in r.normalize if c == col))
+                 for key, r in zip(named, table.rows))
+    keys += ("node",) if kind == "nodes" else ()
     lw.ir.tables.append(Table(decl.name.value, "circuit", keys + (col,), rows, decl.span,
                               select=sel))
-    kind = "edges" if "sender" in keys and "receiver" in keys else "nodes"
     lw.circuits[decl.name.value] = Circuit(decl.name.value, sel, tuple(exps), sizes, name, kind)
 
 

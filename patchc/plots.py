@@ -279,6 +279,11 @@ def _plot_one(d: Path, name: str, info: dict[str, Any], csv: Path) -> list[Path]
         from patchc.plot_attention import plot_read_dir
 
         return plot_read_dir(name, d)
+    if op in ("circuit", "evaluate"):
+        from patchc.plot_circuit import plot_circuit, plot_curve
+
+        draw = plot_circuit if op == "circuit" else plot_curve
+        return draw(name, pd.read_csv(csv), info.get("plot") or {}, d)
     if op == "lens":
         from patchc.plot_lens import plot_lens
 

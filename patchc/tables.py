@@ -260,7 +260,9 @@ def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[s
         if col in out:
             continue
         t_run = ir.node(target).forward  # type: ignore[union-attr]
-        zero = {"run": ir.node(t_run).run, "value": example_mean(values[target])}  # type: ignore
+        # evaluate: 0 is the target run with every component patched, the empty circuit
+        run0 = "empty circuit" if table.op == "evaluate" else ir.node(t_run).run  # type: ignore
+        zero = {"run": run0, "value": example_mean(values[target])}
         if source is None:
             out[col] = {"0": {"run": None, "value": 0.0}, "1": zero}
             continue
