@@ -152,8 +152,8 @@ def _node_line(nid: str, node: Any) -> str:
     if isinstance(node, Write):
         extra = f" scale={printer.num(node.scale)}" if node.scale != 1.0 else ""
         extra += f" seed={node.seed}" if node.seed is not None else ""
-        extra += (f" unless row {node.row} in top {node.top} of {node.gate}"
-                  if node.gate else "")
+        extra += (f" unless rows {','.join(map(str, node.rows))} in top {node.top} of "
+                  f"{node.gate}" if node.gate else "")
         return f"{nid} = {node.mode} {node.site} @ {node.pos}{_deps(node.inputs)}{extra}"
     if isinstance(node, Vector):
         expr = printer.vexpr(node.expr)

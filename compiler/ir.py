@@ -180,10 +180,11 @@ class Write:
     inputs: tuple[str, ...] = ()
     scale: float = 1.0
     seed: int | None = None
-    # A circuit's complement (`evaluate`): with `gate` (a Select id), the write applies only
-    # when row `row` is not among the first `top` rows of that ranking.
+    # A circuit's complement (`evaluate`): with `gate` (a Select id), what the write patches
+    # belongs to table rows `rows` (an edge write: one row per sender), and only what is
+    # not among the first `top` rows of that ranking is patched (runtime/circuits.py).
     gate: str | None = None
-    row: int = 0
+    rows: tuple[int, ...] = ()
     top: int = 0
 
 

@@ -145,7 +145,7 @@ class Lowerer:
         if gate is None:
             return self.ir.add(Write(t.site, t.pos, mode, inputs, scale, seed), inputs)
         sel, row, top = gate
-        node = Write(t.site, t.pos, mode, inputs, scale, seed, sel, row, top)
+        node = Write(t.site, t.pos, mode, inputs, scale, seed, gate=sel, rows=(row,), top=top)
         return self.ir.add(node, inputs + (sel,))
 
     def vector(self, expr: A.VExpr, dim: int) -> str:

@@ -81,9 +81,9 @@ def rank(node: Select, values: dict[str, Any]) -> Ranking:
 
 
 def applies(write: Write, values: dict[str, Any]) -> bool:
-    """Does the write apply? A gated write patches a component outside the circuit: it is
-    skipped when its row is among the ranking's first `top`."""
+    """Does the write apply? A gated write patches components outside the circuit: it is
+    skipped when every row it patches is among the ranking's first `top`."""
     if write.gate is None:
         return True
     ranking: Ranking = values[write.gate]
-    return ranking.ranks[write.row] > write.top
+    return any(ranking.ranks[r] > write.top for r in write.rows)

@@ -124,7 +124,7 @@ def test_lowering(models: Models):
     assert full.run == "clean" and full.writes == ()
     gated = [ir.node(w) for w in four.writes]
     assert len(gated) == 16 and all(w.gate == sid and w.top == 4 for w in gated)
-    assert sorted(w.row for w in gated) == list(range(16))
+    assert sorted(w.rows for w in gated) == [(i,) for i in range(16)]
     assert all(isinstance(ir.node(w), Write) and ir.node(w).gate is None for w in empty.writes)
     norm = dict(ev.rows[1].normalize)["faithfulness"]
     assert [ir.node(ir.node(m).forward) for m in norm] == [empty, full]
