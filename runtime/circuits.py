@@ -1,5 +1,5 @@
-"""Circuits at run time: a Select node's ranking of a table's rows, and whether a gated
-Write (a component outside the circuit, `evaluate`) applies.
+"""Circuits at run time: a Select node's ranking of a table's rows, and what a gated Write
+(the components outside the circuit, `evaluate`) patches.
 
 A row's value is what its table shows: the mean over the examples the row has (NaN ones
 left out), normalized when the column is. Its effect is the distance of that value from the
@@ -12,6 +12,7 @@ effects, which rank last) keep the table's row order, so a ranking is determinis
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -80,10 +81,37 @@ def rank(node: Select, values: dict[str, Any]) -> Ranking:
     return Ranking(tuple(shown), tuple(effects), tuple(order), tuple(ranks))
 
 
-def applies(write: Write, values: dict[str, Any]) -> bool:
-    """Does the write apply? A gated write patches components outside the circuit: it is
-    skipped when every row it patches is among the ranking's first `top`."""
+def gated(write: Write, inputs: list, values: dict[str, Any]) -> tuple[Write, list] | None:
+    """The write as it applies in this forward, with its input values, or None. An ungated
+    write applies as it is. A gated one patches only the components outside the circuit:
+    a node write is skipped when its row is among the ranking's first `top`; an edge write
+    (one per receiver, runtime/edges.py) keeps only its senders whose rows are not, and is
+    skipped when none is left."""
     if write.gate is None:
-        return True
+        return write, inputs
     ranking: Ranking = values[write.gate]
-    return any(ranking.ranks[r] > write.top for r in write.rows)
+    patch = [i for i, r in enumerate(write.rows) if ranking.ranks[r] > write.top]
+    if not patch:
+        return None
+    senders = getattr(write, "senders", ())
+    if len(patch) == len(write.rows) or not senders:
+        return write, inputs
+    return _some_senders(write, inputs, patch)
+
+
+def _some_senders(write: Write, inputs: list, patch: list[int]) -> tuple[Write, list]:
+    """An edge write restricted to the senders `patch` (indices). Its inputs are the
+    senders' new values (none for `edge_zero`), then the current values of the senders not
+    `live` (read in the forward itself), in sender order (ir.Write)."""
+    senders = write.senders  # type: ignore[attr-defined]
+    live = write.live  # type: ignore[attr-defined]
+    n_new = 0 if write.mode == "edge_zero" else len(senders)
+    new, cached = inputs[:n_new], inputs[n_new:]
+    cur = {i: v for i, v in zip([i for i in range(len(senders)) if i not in live], cached)}
+    kept = [new[i] for i in patch] if n_new else []
+    kept += [cur[i] for i in patch if i not in live]
+    node = dataclasses.replace(
+        write, senders=tuple(senders[i] for i in patch),  # type: ignore[call-arg]
+        live=tuple(j for j, i in enumerate(patch) if i in live),
+        rows=tuple(write.rows[i] for i in patch))
+    return node, kept

@@ -28,7 +28,7 @@ from patchc.compiler.ir import Backward, Forward, IRGraph, Metric, Positions, Re
 from patchc.compiler.schedule import ForwardStep, Plan, schedule
 
 from . import metrics as M
-from .circuits import applies
+from .circuits import gated
 from .estimates import Trim, chained, gradients
 from .inputs import Batch, position_index
 from .naive import ForwardOutput, Interpreter
@@ -188,10 +188,11 @@ class Executor(Interpreter):
             shared = len(ir.node(f.twin).writes) if f.start else 0  # type: ignore[union-attr]
             for wid in f.writes[shared:]:  # shared writes are in the start state already
                 w: Write = ir.node(wid)  # type: ignore[assignment]
-                if not applies(w, self.values):  # a circuit's component: left as it is
+                got = gated(w, [self.values[i] for i in w.inputs], self.values)
+                if got is None:  # a circuit's own: left as it is
                     continue
-                fn = make_writer(w, batch, columns, [self.values[i] for i in w.inputs],
-                                 self.seed)
+                w, values = got
+                fn = make_writer(w, batch, columns, values, self.seed)
                 key = (w.site.kind, w.site.layer, w.site.head)
                 writes.setdefault(key, []).append((rows, widen(fn, p0, width)))
             for rid in ir.g.successors(fid):

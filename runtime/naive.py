@@ -24,7 +24,7 @@ from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Pos
 
 from . import metrics as M
 from . import vectors as V
-from .circuits import applies, rank
+from .circuits import gated, rank
 from .estimates import run_backward, run_estimate
 from .generate import contains_answer, greedy, sequence_logprob
 from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
@@ -207,9 +207,11 @@ class Interpreter:
         hooks = []
         for wid in node.writes:
             write: Write = ir.node(wid)  # type: ignore[assignment]
-            if not applies(write, self.values):  # a circuit's component: left as it is
-                continue
             inputs = [self.values[i] for i in write.inputs]
+            got = gated(write, inputs, self.values)  # a circuit's own: left as it is
+            if got is None:
+                continue
+            write, inputs = got
             fn = make_writer(write, batch, columns, inputs, self.seed)
             hooks.append((write.site.kind, write.site.layer, write.site.head, fn))
         for rid in ir.g.successors(nid) if reads else ():
