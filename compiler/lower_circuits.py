@@ -19,8 +19,10 @@ nodes as the baselines. The batch pass stacks the sizes' forwards into one pass.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from . import ast as A
 from .errors import PlanError
@@ -34,7 +36,9 @@ class Circuit:
 
     name: str
     select: str
-    exps: tuple[Exp, ...]  # each row's components, in the table's row order
+    # Each row's components, in the table's row order: an Exp (its sites) for a node
+    # table, (edges, positions) for an edge table.
+    exps: tuple[Any, ...]
     sizes: tuple[tuple[int, float], ...]  # (rows kept, fraction of the table) per size
     table: str
     kind: str  # "nodes" or "edges": what a row is
@@ -67,8 +71,21 @@ def node_label(e: Exp) -> str:
                       for t in e.targets)
 
 
-def _exps(lw: Lowerer, op: A.Operation) -> list[Exp]:
-    """The source table's experiments in row order (as its lowering made them)."""
+def _is_edges(op: A.Operation) -> bool:
+    try:  # TEMPORARY until the edges branch is merged
+        from .edges import has_edges
+    except ImportError:
+        return False
+    return has_edges(getattr(op, "sites", ()))
+
+
+def _exps(lw: Lowerer, op: A.Operation) -> list[Any]:
+    """The source table's experiments in row order (as its lowering made them): Exps of a
+    node table, (edges, positions) of an edge table."""
+    if _is_edges(op):
+        from .lower_edges import edge_exps
+
+        return [(edges, pos) for _, edges, pos in edge_exps(lw, op, op.target.value)]
     return lw.where(op.clauses.where, lw.expand(op.sites, op.target.value))  # type: ignore
 
 
@@ -105,7 +122,7 @@ def lower_circuit(lw: Lowerer, decl: A.CircuitDecl) -> None:
     n = len(table.rows)
     sizes = tuple(size_of(k, n) for k in decl.sizes)
     keys = tuple(c for c in table.columns if any(c == k for r in table.rows for k, _ in r.key))
-    kind = "edges" if "sender" in keys and "receiver" in keys else "nodes"
+    kind = "edges" if _is_edges(op) else "nodes"
     # A node row names its site(s) in a `node` column: what drawings and files show.
     named = [r.key + ((("node", node_label(e)),) if kind == "nodes" else ())
              for r, e in zip(table.rows, exps)]
@@ -123,6 +140,8 @@ def _patch(lw: Lowerer, op: A.Evaluate, c: Circuit, top: int | None) -> list[str
     the circuit's first `top` rows (None: ungated, the empty circuit)."""
     source = op.how.run
     assert source is not None
+    if c.kind == "edges":
+        return _patch_edges(lw, op, c, top)
     fa = lw.base(source)
     mode = "replace" if op.how.kind == "ablate" else "mean"
     writes = []
@@ -130,6 +149,33 @@ def _patch(lw: Lowerer, op: A.Evaluate, c: Circuit, top: int | None) -> list[str
         gate = (c.select, i, top) if top is not None else None
         for t in e.targets:
             writes.append(lw.write(t, mode, (lw.read(fa, t.site, t.pos),), gate=gate))
+    return writes
+
+
+def _patch_edges(lw: Lowerer, op: A.Evaluate, c: Circuit, top: int | None) -> list[str]:
+    """Every edge of the table patched jointly (lower_edges.edge_writes: one Write per
+    receiver, the senders a forward may change read live), each Write then gated by the
+    rows its senders come from."""
+    from .lower_edges import edge_writes
+
+    how = "replace" if op.how.kind == "ablate" else "mean"
+    by_pos: dict[Any, dict[Any, int]] = {}  # positions -> edge -> its (first) row
+    for i, (edges, pos) in enumerate(c.exps):
+        for e in edges:
+            by_pos.setdefault(pos, {}).setdefault(e, i)
+    writes = []
+    for pos, rows in by_pos.items():
+        ids = edge_writes(lw, op.target.value, tuple(rows), pos, how, op.how.run)
+        if top is None:
+            writes += ids
+            continue
+        row_of = {(e.receiver, e.sender): i for e, i in rows.items()}
+        for wid in ids:
+            w = lw.ir.node(wid)
+            gated = dataclasses.replace(w, gate=c.select, top=top, rows=tuple(
+                row_of[w.site, s] for s in w.senders))  # type: ignore[union-attr]
+            lw.ir.g.remove_node(wid)  # made for this forward alone: the gated one replaces it
+            writes.append(lw.ir.add(gated, w.inputs + (c.select,)))  # type: ignore[union-attr]
     return writes
 
 
