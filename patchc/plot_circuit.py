@@ -5,8 +5,8 @@ The graph is drawn by graphviz `dot` when it is installed (from the DOT of
 circuit_graph.to_dot), else laid out here with matplotlib: components placed by layer,
 bottom (embed) to top (logits), a layer's heads side by side and its MLP above them; edges
 as arrows whose width follows |score| and whose colour its sign (blue raises the metric, red
-lowers it), labelled q, k or v where they enter a head. A node circuit is its components
-alone, coloured by score.
+lowers it), solid, dashed or dotted where they enter a head's q, k or v. A node circuit is
+its components alone, coloured by score.
 
 The curve is faithfulness against the fraction of the table kept, one line per measured
 metric, with cpr and cmd in the legend, the sizes' counts at the points and the lines 0
@@ -26,6 +26,7 @@ import pandas as pd
 from patchc import plot_style as S
 from patchc.circuit_graph import CircuitGraph, circuit_graph, to_dot
 
+STYLES = {"q": "-", "k": "--", "v": ":"}  # an edge into a head's query, key or value
 MAX_DRAWN = 300  # more edges than this make an unreadable picture: the DOT and JSON have them
 
 
@@ -68,11 +69,14 @@ def layout_figure(g: CircuitGraph, title: str):
             (x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=10,
             connectionstyle=f"arc3,rad={bend}", shrinkA=14, shrinkB=14,
             lw=0.6 + 4.4 * abs(score) / top, color=cmap(norm(score)), alpha=0.85,
-            zorder=1))
-        if t.qkv:
-            ax.text(x0 + 0.8 * (x1 - x0), y0 + 0.8 * (y1 - y0), t.qkv, fontsize="x-small",
-                    ha="center", va="center", zorder=3,
-                    bbox=dict(boxstyle="circle,pad=0.1", fc="white", ec="none", alpha=0.8))
+            linestyle=STYLES.get(t.qkv or "", "-"), zorder=1))
+    used = sorted({t.qkv for _, t, _ in g.edges if t.qkv}, key="qkv".index)
+    if used:  # which input of a head an edge enters: its line style
+        from matplotlib.lines import Line2D
+
+        ax.legend([Line2D([], [], color="dimgray", ls=STYLES[q]) for q in used],
+                  [f"into a head's {q}" for q in used], loc="upper left",
+                  bbox_to_anchor=(1.0, 1.0), fontsize="x-small", frameon=False)
     for c in comps:
         fill = cmap(norm(g.scores[c.name])) if c.name in g.scores else (0.93, 0.93, 0.93, 1)
         dark = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2] < 0.5
