@@ -34,6 +34,7 @@ from .naive import ForwardOutput, Interpreter
 from .compat import output_cache, with_cache
 from .reading import collect_reads
 from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
+from .edges import edge_hooks, is_edge
 from .writes import make_reader, make_writer
 
 
@@ -187,8 +188,13 @@ class Executor(Interpreter):
             shared = len(ir.node(f.twin).writes) if f.start else 0  # type: ignore[union-attr]
             for wid in f.writes[shared:]:  # shared writes are in the start state already
                 w: Write = ir.node(wid)  # type: ignore[assignment]
-                fn = make_writer(w, batch, columns, [self.values[i] for i in w.inputs],
-                                 self.seed)
+                values = [self.values[i] for i in w.inputs]
+                if is_edge(w):  # an edge also reads its live senders (runtime/edges.py)
+                    fn, captures = edge_hooks(w, batch, columns, values, self.seed)
+                    reads += [(*c[:3], _on_rows(rows, widen(c[3], p0, width), whole))
+                              for c in captures]
+                else:
+                    fn = make_writer(w, batch, columns, values, self.seed)
                 key = (w.site.kind, w.site.layer, w.site.head)
                 writes.setdefault(key, []).append((rows, widen(fn, p0, width)))
             for rid in ir.g.successors(fid):
