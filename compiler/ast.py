@@ -33,6 +33,10 @@ from .ast_sites import (  # noqa: F401 - re-exported: the AST is one namespace
     Pos,
     SiteRef,
     Group,
+    Every,
+    EdgeEnd,
+    Edge,
+    EdgeGroup,
     SiteItem,
     RunSite,
 )

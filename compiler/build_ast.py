@@ -299,9 +299,26 @@ class AstBuilder(ExprBuilder):
         return tuple(items)
 
     def group(self, meta, items):
-        pos = items[-1] if not isinstance(items[-1], A.SiteRef) else None
+        pos = items[-1] if not isinstance(items[-1], (A.SiteRef, A.Edge)) else None
+        edges = tuple(i for i in items if isinstance(i, A.Edge))
         members = tuple(i for i in items if isinstance(i, A.SiteRef))
+        if edges and members:
+            self.errors.append(ParseError("E113", "all(...) joins sites or edges, not both",
+                                          span_of(meta)))
+        if edges:
+            return A.EdgeGroup(edges, pos, span_of(meta))
         return A.Group(members, pos, span_of(meta))
+
+    def edge(self, meta, items):
+        sender, receiver = items
+        if isinstance(sender, A.SiteRef) and sender.pos is not None:
+            self.errors.append(ParseError(
+                "E113", "an edge's positions are written after its receiver "
+                "(`S -> R @ POS` applies to both ends)", sender.span))
+        return A.Edge(sender, receiver, span_of(meta))
+
+    def every(self, meta, items):
+        return A.Every(span_of(meta))
 
     def site(self, meta, items):
         tok = items[0]

@@ -172,6 +172,14 @@ class Write:
     and the write then changes only the component in it: a_B := a_B + P(new - a_B), with
     `new` what the mode would write. `project` is `replace` so restricted and `remove` is
     `zero` so restricted (lower.py emits those two names); noise and freeze_ln take none.
+
+    Edges (compiler/lower_edges.py): `site` is a receiver's input (`q.in`, `mlp.in`, ...) and
+    `senders` the sender sites patched into it: a_B := a_B + sum_i (new_i - cur_i), with new_i
+    by mode (`edge`: input of run A; `edge_mean`: its mean over A's examples; `edge_zero`: 0)
+    and cur_i the sender's value in this forward. `inputs` are the new_i operands (none for
+    edge_zero), then the cur_i of the senders not in `live`, as Reads of the unpatched run;
+    the senders in `live` (indices) may be changed by another write of the same forward, so
+    the runtime reads them in the forward itself.
     """
 
     site: Site
@@ -180,6 +188,8 @@ class Write:
     inputs: tuple[str, ...] = ()
     scale: float = 1.0
     seed: int | None = None
+    senders: tuple[Site, ...] = ()
+    live: tuple[int, ...] = ()
     # A circuit's complement (`evaluate`): with `gate` (a Select id), what the write patches
     # belongs to table rows `rows` (an edge write: one row per sender), and only what is
     # not among the first `top` rows of that ranking is patched (runtime/circuits.py).

@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import ast as A
+from .edges import has_edges
 from .errors import PlanError
 from .ir import Row, Select, Table
+from .lower_edges import edge_exps, edge_writes
 from .lowerer import Exp, Key, Lowerer
 
 
@@ -72,10 +74,6 @@ def node_label(e: Exp) -> str:
 
 
 def _is_edges(op: A.Operation) -> bool:
-    try:  # TEMPORARY until the edges branch is merged
-        from .edges import has_edges
-    except ImportError:
-        return False
     return has_edges(getattr(op, "sites", ()))
 
 
@@ -83,8 +81,6 @@ def _exps(lw: Lowerer, op: A.Operation) -> list[Any]:
     """The source table's experiments in row order (as its lowering made them): Exps of a
     node table, (edges, positions) of an edge table."""
     if _is_edges(op):
-        from .lower_edges import edge_exps
-
         return [(edges, pos) for _, edges, pos in edge_exps(lw, op, op.target.value)]
     return lw.where(op.clauses.where, lw.expand(op.sites, op.target.value))  # type: ignore
 
@@ -156,8 +152,6 @@ def _patch_edges(lw: Lowerer, op: A.Evaluate, c: Circuit, top: int | None) -> li
     """Every edge of the table patched jointly (lower_edges.edge_writes: one Write per
     receiver, the senders a forward may change read live), each Write then gated by the
     rows its senders come from."""
-    from .lower_edges import edge_writes
-
     how = "replace" if op.how.kind == "ablate" else "mean"
     by_pos: dict[Any, dict[Any, int]] = {}  # positions -> edge -> its (first) row
     for i, (edges, pos) in enumerate(c.exps):

@@ -121,7 +121,15 @@ def site(s: A.SiteRef, with_pos: bool = True, prefix: str = "") -> str:
     return out + (_at(s.pos) if with_pos else "")
 
 
+def edge_end(end: A.EdgeEnd) -> str:
+    return "*" if isinstance(end, A.Every) else site(end)
+
+
 def site_item(item: A.SiteItem) -> str:
+    if isinstance(item, A.Edge):
+        return f"{edge_end(item.sender)} -> {edge_end(item.receiver)}"
+    if isinstance(item, A.EdgeGroup):
+        return "all(" + ", ".join(site_item(m) for m in item.members) + ")" + _at(item.pos)
     if isinstance(item, A.Group):
         return "all(" + ", ".join(site(m) for m in item.members) + ")" + _at(item.pos)
     return site(item)

@@ -35,6 +35,7 @@ from .naive import ForwardOutput, Interpreter
 from .compat import output_cache, with_cache
 from .reading import collect_reads
 from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
+from .edges import edge_hooks, is_edge
 from .writes import make_reader, make_writer
 
 
@@ -192,7 +193,12 @@ class Executor(Interpreter):
                 if got is None:  # a circuit's own: left as it is
                     continue
                 w, values = got
-                fn = make_writer(w, batch, columns, values, self.seed)
+                if is_edge(w):  # an edge also reads its live senders (runtime/edges.py)
+                    fn, captures = edge_hooks(w, batch, columns, values, self.seed)
+                    reads += [(*c[:3], _on_rows(rows, widen(c[3], p0, width), whole))
+                              for c in captures]
+                else:
+                    fn = make_writer(w, batch, columns, values, self.seed)
                 key = (w.site.kind, w.site.layer, w.site.head)
                 writes.setdefault(key, []).append((rows, widen(fn, p0, width)))
             for rid in ir.g.successors(fid):

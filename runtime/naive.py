@@ -30,6 +30,8 @@ from .generate import contains_answer, greedy, sequence_logprob
 from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
 from .reading import collect_reads, lens_logits, table_reads
 from .loading import input_device
+from .edge_estimates import EDGE_METHODS, run_edge_estimate
+from .edges import edge_hooks, is_edge
 from .writes import make_reader, make_writer
 
 
@@ -76,6 +78,7 @@ class Interpreter:
         self.model_seconds = 0.0  # wall time inside model passes (forward, backward)
         self._token_cache: dict[str, int] = {}
         self._reported: set[str] = set()
+        self.memo: dict[Any, Any] = {}  # computed once for many nodes (edge scores)
 
     # ---- inputs -------------------------------------------------------------------------
     def run_inputs(self, name: str) -> RunInputs:
@@ -179,7 +182,8 @@ class Interpreter:
         elif isinstance(node, Backward):
             self.values[nid] = run_backward(self, ir, nid, node)
         elif isinstance(node, Estimate):
-            results[nid] = self.values[nid] = run_estimate(self, ir, node)
+            run = run_edge_estimate if node.method in EDGE_METHODS else run_estimate
+            results[nid] = self.values[nid] = run(self, ir, node)
         elif isinstance(node, Select):
             results[nid] = self.values[nid] = rank(node, self.values)
 
@@ -204,7 +208,7 @@ class Interpreter:
                   reads: bool = True) -> list:
         """(kind, layer, head, fn) hooks: the Forward's writes in order, then its reads."""
         columns = self.columns_for(node.run)
-        hooks = []
+        hooks, captures = [], []
         for wid in node.writes:
             write: Write = ir.node(wid)  # type: ignore[assignment]
             inputs = [self.values[i] for i in write.inputs]
@@ -212,8 +216,13 @@ class Interpreter:
             if got is None:
                 continue
             write, inputs = got
-            fn = make_writer(write, batch, columns, inputs, self.seed)
+            if is_edge(write):  # an edge also reads its live senders (runtime/edges.py)
+                fn, more = edge_hooks(write, batch, columns, inputs, self.seed)
+                captures += more
+            else:
+                fn = make_writer(write, batch, columns, inputs, self.seed)
             hooks.append((write.site.kind, write.site.layer, write.site.head, fn))
+        hooks += captures
         for rid in ir.g.successors(nid) if reads else ():
             read = ir.node(rid)
             if isinstance(read, Read):
@@ -388,7 +397,7 @@ def _reruns(ir: IRGraph) -> dict[str, tuple[str, ...]]:
     out = {}
     for nid, node in ir.g.nodes(data="node"):
         back = node if isinstance(node, Backward) else None
-        if isinstance(node, Estimate) and node.method == "ig":
+        if isinstance(node, Estimate) and node.method in ("ig", "eap_ig"):
             back = ir.node(node.inputs[-1])  # type: ignore[assignment]
         if back is not None:
             fwd: Forward = ir.node(ir.node(back.metric).forward)  # type: ignore[union-attr]

@@ -1,5 +1,5 @@
 """Circuits in the compiler: `circuit NAME = top K of TABLE` and `evaluate` parse, print back,
-check with located errors (E390-E394, E530), and lower to one Select and gated Writes; the
+check with located errors (E370-E374, E530), and lower to one Select and gated Writes; the
 areas cpr/cmd follow the MIB benchmark's trapezoids."""
 
 from __future__ import annotations
@@ -65,18 +65,18 @@ def test_circuit_words_stay_names(models: Models):
 
 
 CASES = [  # (id, body, code, line, col, message fragment)
-    ("unknown_table", "circuit c = top 5 of heds", "E390", 7, 22, "unknown result table `heds`"),
+    ("unknown_table", "circuit c = top 5 of heds", "E370", 7, 22, "unknown result table `heds`"),
     ("table_after", "circuit c = top 5 of later\nablate L0.H0.z in clean  measure ld  as later",
-     "E390", 7, 22, "made on line 8, after this circuit"),
+     "E370", 7, 22, "made on line 8, after this circuit"),
     ("not_a_node_table", "dla L*.H*.out in clean  measure ld  as d\ncircuit c = top 5 of d",
-     "E391", 8, 22, "made by `dla`) is not a node or edge table"),
-    ("percent_zero", "circuit c = top 0% of heads", "E392", 7, 17, "got 0%"),
-    ("percent_too_big", "circuit c = top {5, 150%} of heads", "E392", 7, 21, "got 150%"),
-    ("size_twice", "circuit c = top {5, 5} of heads", "E392", 7, 21, "listed twice"),
-    ("unknown_circuit", "evaluate cc in clean with ablate(corrupt)  measure ld", "E393", 7, 10,
+     "E371", 8, 22, "made by `dla`) is not a node or edge table"),
+    ("percent_zero", "circuit c = top 0% of heads", "E372", 7, 17, "got 0%"),
+    ("percent_too_big", "circuit c = top {5, 150%} of heads", "E372", 7, 21, "got 150%"),
+    ("size_twice", "circuit c = top {5, 5} of heads", "E372", 7, 21, "listed twice"),
+    ("unknown_circuit", "evaluate cc in clean with ablate(corrupt)  measure ld", "E373", 7, 10,
      "unknown circuit `cc`"),
     ("normalized", "circuit c = top 5 of heads\n"
-     "evaluate c in clean with ablate(corrupt)  measure ld normalized", "E394", 8, 51,
+     "evaluate c in clean with ablate(corrupt)  measure ld normalized", "E374", 8, 51,
      "faithfulness"),
     ("unknown_run", "circuit c = top 5 of heads\n"
      "evaluate c in clean with ablate(corupt)  measure ld", "E309", 8, 26,
