@@ -74,9 +74,14 @@ class CircuitGraph:
     edges: list[tuple[Component, Component, float]] = field(default_factory=list)
 
 
+def _score(row: dict[str, Any], metric: str) -> float:
+    """A row's score: its effect (the change from no intervention), else its value."""
+    return float(row["effect"] if "effect" in row else row[metric])
+
+
 def circuit_graph(df: pd.DataFrame, size: int, metric: str, n_layers: int, n_heads: int
                   ) -> CircuitGraph:
-    """The circuit of `size` rows of a ranked circuit table."""
+    """The circuit of `size` rows of a ranked circuit table, scored by effect."""
     kept = df[df["rank"] <= size]
     if "sender" in df.columns and "receiver" in df.columns:
         g = CircuitGraph("edges", size, metric)
@@ -86,14 +91,14 @@ def circuit_graph(df: pd.DataFrame, size: int, metric: str, n_layers: int, n_hea
             t = component(str(row["receiver"]), n_layers, n_heads)
             g.nodes.setdefault(s.name, s)
             g.nodes.setdefault(t.name, t)
-            g.edges.append((s, t, float(row[metric])))
+            g.edges.append((s, t, _score(row, metric)))
         return g
     g = CircuitGraph("nodes", size, metric)
     for r in kept.itertuples(index=False):
         row = r._asdict()
         c = component(str(row["node"]), n_layers, n_heads)
         g.nodes.setdefault(c.name, c)
-        g.scores[c.name] = g.scores.get(c.name, 0.0) + float(row[metric])
+        g.scores[c.name] = g.scores.get(c.name, 0.0) + _score(row, metric)
     return g
 
 
@@ -105,7 +110,9 @@ def edge_name(s: Component, t: Component) -> str:
 def to_json(df: pd.DataFrame, size: int, metric: str, cfg: dict[str, Any]) -> str:
     """EAP-IG's graph JSON: `cfg` (n_layers, n_heads, parallel_attn_mlp, d_model), `nodes`
     ({name: {in_graph[, score]}}) and `edges` ({name: {score, in_graph}}), for every row of
-    the table, in_graph for the circuit's. Edge circuits score edges, node circuits nodes."""
+    the table, in_graph for the circuit's; a score is the row's effect (as EAP-IG's, the
+    change of the metric the component's patch makes). Edge circuits score edges, node
+    circuits nodes."""
     n_layers, n_heads = cfg["n_layers"], cfg["n_heads"]
     nodes: dict[str, dict[str, Any]] = {}
     edges: dict[str, dict[str, Any]] = {}
@@ -113,7 +120,7 @@ def to_json(df: pd.DataFrame, size: int, metric: str, cfg: dict[str, Any]) -> st
     for r in df.itertuples(index=False):
         row = r._asdict()
         inside = bool(row["rank"] <= size)
-        score = _num(row[metric])
+        score = _num(_score(row, metric))
         if is_edges:
             s = component(str(row["sender"]), n_layers, n_heads)
             t = component(str(row["receiver"]), n_layers, n_heads)
@@ -138,7 +145,7 @@ def _num(v: Any) -> float | None:
 
 
 def to_dot(g: CircuitGraph, title: str) -> str:
-    """The circuit in DOT: layers bottom to top, pen width by |score|, colour by sign
+    """The circuit in DOT: layers bottom to top, pen width by |effect|, colour by sign
     (blue raises the metric, red lowers it); a head's q/k/v input labels its edges."""
     lines = ["digraph circuit {", "  rankdir=BT;", f'  label="{_esc(title)}";',
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", '

@@ -1,10 +1,10 @@
 """The tables of circuits (docs/circuits.md): a circuit's ranking and an evaluation's
 faithfulness curve with its areas.
 
-- `circuit NAME = top K of TABLE` -> table NAME: every row of TABLE, largest effect first,
-  with its value (as TABLE shows it), `effect` (the distance from the value with no
-  intervention, runtime/circuits.py) and `rank` (1 = largest). The circuit of size K is
-  the rows with rank <= K.
+- `circuit NAME = top K of TABLE` -> table NAME: every row of TABLE, largest |effect| first,
+  with its value (as TABLE shows it), `effect` (the value minus the value with no
+  intervention, runtime/circuits.py) and `rank` (1 = largest |effect|). The circuit of size
+  K is the rows with rank <= K.
 - `evaluate` -> one row per size: the rows kept (`nodes` or `edges`), `fraction` of the
   table, each metric, its `faithfulness`, and the table's areas under the curve, `cpr` and
   `cmd` (compiler/lower_circuits.areas), the same on every row.

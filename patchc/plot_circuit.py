@@ -4,9 +4,9 @@ curve.
 The graph is drawn by graphviz `dot` when it is installed (from the DOT of
 circuit_graph.to_dot), else laid out here with matplotlib: components placed by layer,
 bottom (embed) to top (logits), a layer's heads side by side and its MLP above them; edges
-as arrows whose width follows |score| and whose colour its sign (blue raises the metric, red
+as arrows whose width follows |effect| and whose colour its sign (blue raises the metric, red
 lowers it), solid, dashed or dotted where they enter a head's q, k or v. A node circuit is
-its components alone, coloured by score.
+its components alone, coloured by effect.
 
 The curve is faithfulness against the fraction of the table kept, one line per measured
 metric, with cpr and cmd in the legend, the sizes' counts at the points and the lines 0
@@ -88,7 +88,8 @@ def layout_figure(g: CircuitGraph, title: str):
     ax.set_ylim(-0.6, len(levels) - 0.4)
     ax.set_axis_off()
     ax.set_title(S.text(title), fontsize="medium")
-    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.6, label=S.text(f"{g.metric} (score)"))
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.6,
+                 label=S.text(f"effect on {g.metric}"))
     return fig
 
 

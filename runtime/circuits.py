@@ -2,12 +2,12 @@
 (the components outside the circuit, `evaluate`) patches.
 
 A row's value is what its table shows: the mean over the examples the row has (NaN ones
-left out), normalized when the column is. Its effect is the distance of that value from the
-value with no intervention, the same metric on the target run as it is, taken over the same
-examples and normalized the same way: for a raw swap, ablate or attribute column that is
-|m - m_B|; for a column normalized between B and A it is |value - 0|; for `m / m_B` (no
-source run) it is |value - 1|. Rows are ranked by effect, largest first; ties (and NaN
-effects, which rank last) keep the table's row order, so a ranking is deterministic.
+left out), normalized when the column is. Its effect is that value minus the value with no
+intervention, the same metric on the target run as it is, taken over the same examples and
+normalized the same way: for a raw swap, ablate or attribute column m - m_B; for a column
+normalized between B and A the value itself (B maps to 0); for `m / m_B` (no source run)
+value - 1. Rows are ranked by |effect|, largest first; ties (and NaN effects, which rank
+last) keep the table's row order, so a ranking is deterministic.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from patchc.compiler.ir import Select, Write
 
 @dataclass(frozen=True)
 class Ranking:
-    """A Select's value: each row's shown value and effect, and the row order by effect."""
+    """A Select's value: each row's shown value and (signed) effect, and the row order by
+    |effect|."""
 
     values: tuple[float, ...]
     effects: tuple[float, ...]
-    order: tuple[int, ...]  # row indices, largest effect first
+    order: tuple[int, ...]  # row indices, largest |effect| first
     ranks: tuple[int, ...]  # each row's 1-based place in `order`
 
     def kept(self, top: int) -> list[int]:
@@ -69,12 +70,12 @@ def rank(node: Select, values: dict[str, Any]) -> Ranking:
         v = values[rid]
         keep = ~torch.isnan(v.float())
         value = _shown(v, keep, node, values)
-        effect = abs(value - _shown(ref[keep], keep, node, values))
         shown.append(value)
-        effects.append(effect)
-    order = sorted(range(len(effects)),
-                   key=lambda i: (math.isnan(effects[i]), -effects[i] if not
-                                  math.isnan(effects[i]) else 0.0, i))
+        effects.append(value - _shown(ref[keep], keep, node, values))
+    size = [abs(e) for e in effects]
+    order = sorted(range(len(size)),
+                   key=lambda i: (math.isnan(size[i]), 0.0 if math.isnan(size[i]) else -size[i],
+                                  i))
     ranks = [0] * len(order)
     for r, i in enumerate(order):
         ranks[i] = r + 1

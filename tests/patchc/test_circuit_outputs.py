@@ -58,7 +58,7 @@ def test_json_is_eap_ig_layout(folder: Path):
     table = pd.read_csv(folder / "c.csv")
     top3 = [component(s, 4, 4).name for s in table["node"][:3]]
     assert sorted(kept) == sorted(top3)
-    assert d["nodes"][top3[0]]["score"] == pytest.approx(table["ld"][0])
+    assert d["nodes"][top3[0]]["score"] == pytest.approx(table["effect"][0])
 
 
 def test_plot_redraws_and_verify(folder: Path):

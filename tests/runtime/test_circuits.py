@@ -47,8 +47,8 @@ def test_evaluate_equals_hand_masked_forward(get_family, family, how):
     heads, circuit, ev = res["heads"], res["c"], res["ev"]
     # The ranking: |ld - ld(corrupt)|, largest first, ties in table order.
     base = hand_ld(fam, CORRUPT).mean().item()
-    effects = [abs(v - base) for v in heads["ld"]]
-    order = sorted(range(len(effects)), key=lambda i: (-round(effects[i], 5), i))
+    effects = [v - base for v in heads["ld"]]
+    order = sorted(range(len(effects)), key=lambda i: (-round(abs(effects[i]), 5), i))
     ranked = [f"L{heads['layer'][i]}.H{heads['head'][i]}.z" for i in order]
     got = [f"L{r.layer}.H{r.head}.z" for r in circuit.itertuples()]
     assert got == ranked
@@ -105,7 +105,7 @@ circuit r = top 3 of raw
     same = [(r.layer, r.head) for r in res["c"].itertuples()]
     raw = [(r.layer, r.head) for r in res["r"].itertuples()]
     assert same[:3] == raw[:3]
-    close(res["c"]["effect"], res["c"]["ld"].abs(), atol=1e-6)
+    close(res["c"]["effect"], res["c"]["ld"], atol=1e-6)
 
 
 def test_attribution_table_and_zero_ablation_circuit(gpt2):
@@ -118,9 +118,9 @@ ablate L*.H*.z in clean  measure ld normalized  as zeroed
 circuit z = top 4 of zeroed
 """)
     base = hand_ld(gpt2, CORRUPT).mean().item()
-    close(res["a"]["effect"], (res["a"]["ld"] - base).abs(), atol=1e-4)
-    assert list(res["a"]["effect"]) == sorted(res["a"]["effect"], reverse=True)
-    close(res["z"]["effect"], (res["z"]["ld"] - 1).abs(), atol=1e-5)
+    close(res["a"]["effect"], res["a"]["ld"] - base, atol=1e-4)
+    assert list(res["a"]["effect"].abs()) == sorted(res["a"]["effect"].abs(), reverse=True)
+    close(res["z"]["effect"], res["z"]["ld"] - 1, atol=1e-5)
     assert not math.isnan(res["z"]["effect"].iloc[0])
 
 
@@ -135,7 +135,7 @@ def test_ranking_ties_nan_and_normalization():
               "m3": t([float("nan"), float("nan")]), "m4": t([6.0, float("nan")]),
               "ref": t([2.0, 2.0]), "src": t([4.0, 6.0])}
     r = rank(Select("t", ("m0", "m1", "m2", "m3", "m4"), "ref"), values)
-    assert r.effects[:3] == (0.0, 0.0, 2.0) and math.isnan(r.effects[3])
+    assert r.effects[:3] == (0.0, 0.0, -2.0) and math.isnan(r.effects[3])
     assert r.effects[4] == 4.0  # example 1 of m4 is NaN: its reference is example 0 alone
     assert r.order == (4, 2, 0, 1, 3) and r.ranks == (3, 4, 2, 5, 1)
     assert r.kept(2) == [4, 2]
@@ -143,4 +143,4 @@ def test_ranking_ties_nan_and_normalization():
     n = rank(Select("t", ("m0", "m2", "m4"), "ref", ("ref", "src")), values)
     assert n.values == pytest.approx((0.0, -2 / 3, 2.0)) and n.order == (2, 1, 0)
     z = rank(Select("t", ("m1", "m2"), "ref", ("ref",)), values)  # m / m_ref: 1 means none
-    assert z.effects == pytest.approx((0.0, 1.0)) and z.order == (1, 0)
+    assert z.effects == pytest.approx((0.0, -1.0)) and z.order == (1, 0)
