@@ -177,7 +177,8 @@ def _hex(v: float) -> str:
     from matplotlib.colors import to_hex
 
     v = 0.0 if not math.isfinite(v) else max(-1.0, min(1.0, v))
-    return to_hex(colormaps["RdBu"](0.5 + 0.45 * v))
+    # as the PNG's colours: RdBu without its palest middle (plot_circuit.effect_colormap)
+    return to_hex(colormaps["RdBu"](0.5 + math.copysign(0.18 + 0.32 * abs(v), v)))
 
 
 def circuit_files(name: str, df: pd.DataFrame, info: dict[str, Any]) -> dict[str, str]:

@@ -47,7 +47,6 @@ def draw_graph(g: CircuitGraph, title: str, path: Path) -> bool:
 
 def layout_figure(g: CircuitGraph, title: str):
     """The pure-Python drawing (see the module docstring)."""
-    from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.patches import FancyArrowPatch
@@ -60,7 +59,7 @@ def layout_figure(g: CircuitGraph, title: str):
     fig = S.new_figure(width, max(3.0, 1.0 * len(levels) + 1.4))
     ax = fig.subplots()
     top = max([abs(v) for v in g.scores.values()] + [abs(e[2]) for e in g.edges] + [1e-30])
-    cmap, norm = colormaps["RdBu"], Normalize(-top, top)
+    cmap, norm = effect_colormap(), Normalize(-top, top)
     pos = {c.name: (c.x, row[c.level]) for c in comps}
     for i, (s, t, score) in enumerate(g.edges):
         (x0, y0), (x1, y1) = pos[s.name], pos[t.name]
@@ -93,12 +92,23 @@ def layout_figure(g: CircuitGraph, title: str):
     return fig
 
 
+def effect_colormap():
+    """RdBu without its palest middle: the smallest effect drawn is still visible."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    rdbu = colormaps["RdBu"]
+    return ListedColormap([rdbu(x) for x in np.r_[np.linspace(0, 0.32, 128),
+                                                    np.linspace(0.68, 1, 128)]])
+
+
 def circuit_title(name: str, g: CircuitGraph, total: int, info: dict[str, Any]) -> str:
-    """`circuit c: the 8 of 16 nodes of heads with the largest |ld|`."""
+    """`circuit c: top 8 of the 16 nodes of heads, by |effect on ld|`."""
     what = "edges" if g.kind == "edges" else "nodes"
     table = str(info.get("title", "")).rsplit(" of ", 1)[-1] or "its table"
-    return (f"circuit {name}: the {g.size} of {total} {what} of {table} with the largest "
-            f"|{g.metric}|")
+    return f"circuit {name}: top {g.size} of the {total} {what} of {table}, by |effect on " \
+        f"{g.metric}|"
 
 
 def plot_circuit(name: str, df: pd.DataFrame, info: dict[str, Any], out_dir: Path
