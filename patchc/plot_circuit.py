@@ -107,7 +107,7 @@ def circuit_title(name: str, g: CircuitGraph, total: int, info: dict[str, Any]) 
     """`circuit c: top 8 of the 16 nodes of heads, by |effect on ld|`."""
     what = "edges" if g.kind == "edges" else "nodes"
     table = str(info.get("title", "")).rsplit(" of ", 1)[-1] or "its table"
-    return f"circuit {name}: top {g.size} of the {total} {what} of {table}, by |effect on " \
+    return f"circuit {name}: top {g.size} of the {total} {what} of table {table}, by |effect on " \
         f"{g.metric}|"
 
 
