@@ -58,3 +58,19 @@ def test_edge_circuit_ranks_by_distance_from_the_clean_run(gpt2):
     c = res["c"]
     assert c["effect"].tolist() == pytest.approx((c["ld"] - clean).tolist(), abs=1e-4)
     assert c["effect"].abs().is_monotonic_decreasing
+
+
+def test_the_languages_edge_example_runs(get_family):
+    """The statements of the language's edge example, as written (on the tiny GPT-2)."""
+    gpt2 = get_family("gpt2")
+    res = gpt2.run(HEAD + """
+attribute * -> * from clean into corrupt using eap_ig(steps=5)  measure ld  as edges
+circuit ioi = top {5, 10, 20, 50, 100} of edges
+evaluate ioi in clean with ablate(corrupt)  measure ld
+swap L0.H3.out -> L$l.H$h.q from clean into corrupt  measure ld normalized  as s2_to_q
+""")
+    ev = res[next(n for n in res.tables if n.startswith("op_"))]
+    assert list(ev["edges"]) == [5, 10, 20, 50, 100]
+    assert ev["faithfulness"].notna().all() and ev["cpr"].notna().all()
+    assert len(res["ioi"]) == len(res["edges"])
+    assert list(res["s2_to_q"]["l"]) == [1, 1, 1, 1, 2, 2, 2, 2]
