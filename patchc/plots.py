@@ -140,6 +140,10 @@ def _heatmap(ax, df: pd.DataFrame, rows: str, cols: str, col: str, info: dict[st
     lo, hi, cmap = scale
     grid = df.pivot_table(index=rows, columns=cols, values=col, aggfunc="mean", sort=True,
                           dropna=False)
+    # An edge table's ends keep the model's order (the table's), not the alphabet's.
+    for axis, key in ((0, rows), (1, cols)):
+        if key in ("sender", "receiver"):
+            grid = grid.reindex(list(dict.fromkeys(df[key])), axis=axis)
     values = grid.to_numpy(dtype=float)
     im = ax.imshow(values, cmap=cmap, vmin=lo, vmax=hi, aspect="auto",
                    interpolation="nearest")

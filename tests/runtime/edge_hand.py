@@ -153,3 +153,35 @@ class Hand:
             out[..., cols] = full[..., cols]
             return out
         return [h1, mod.register_forward_hook(post)]
+
+    # -- gradients at receiver inputs -----------------------------------------------------
+    def receiver_grads(self, ids: torch.Tensor, receivers: list[str],
+                       metric: Callable[[torch.Tensor], torch.Tensor],
+                       embed: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-example metric [n] and d(sum of metric)/d(receiver input) [n, T, d] of each
+        receiver, by autograd through a zero added to that receiver's own input; `embed`
+        replaces the input of block 0 (EAP-IG's interpolated inputs)."""
+        leaves: dict[str, torch.Tensor] = {}
+
+        def delta(r: str, like: torch.Tensor) -> torch.Tensor:
+            if r not in leaves:
+                leaves[r] = torch.zeros_like(like, requires_grad=True)
+            return leaves[r]
+
+        hs = []
+        for r in receivers:
+            hs += self._receiver(r, delta)
+        if embed is not None:
+            hs.append(self.block(0).register_forward_pre_hook(
+                lambda m, a, k: ((embed,) + tuple(a[1:]), k) if a else
+                (a, {**k, "hidden_states": embed}), with_kwargs=True))
+        try:
+            for p in self.m.parameters():
+                p.requires_grad_(False)
+            values = metric(self.m(ids).logits.float())
+            grads = torch.autograd.grad(values.sum(), [leaves[r] for r in receivers])
+        finally:
+            for h in hs:
+                h.remove()
+        return values.detach(), dict(zip(receivers, grads))
