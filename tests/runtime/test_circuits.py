@@ -144,3 +144,25 @@ def test_ranking_ties_nan_and_normalization():
     assert n.values == pytest.approx((0.0, -2 / 3, 2.0)) and n.order == (2, 1, 0)
     z = rank(Select("t", ("m1", "m2"), "ref", ("ref",)), values)  # m / m_ref: 1 means none
     assert z.effects == pytest.approx((0.0, -1.0)) and z.order == (1, 0)
+
+
+def test_neuron_circuit_equals_hand(get_family):
+    """A neuron sweep is a node table too: its circuit's left-out neurons take the corrupt
+    run's values."""
+    fam = get_family("gpt2")
+    res = fam.run(HEAD + """
+swap L1.mlp.post[0..11] from corrupt into clean  measure ld  as neurons
+circuit n = top {0, 4, 12} of neurons
+evaluate n in clean with ablate(corrupt)  measure ld  as ev
+""")
+    kept = list(res["n"]["node"])
+    assert kept[0].startswith("L1.mlp.post[") and len(kept) == 12
+    sites = [f"L1.mlp.post[{i}]" for i in range(12)]
+    src = fam.read(CORRUPT, *sites)
+    per = res.per_example("ev")
+    for k in (0, 4, 12):
+        writes = {s: at(None, src[s]) for s in sites if s not in kept[:k]}
+        got = torch.tensor(per[per["nodes"] == k].sort_values("example")["ld"].to_numpy())
+        close(got, hand_ld(fam, CLEAN, writes))
+    assert res["ev"]["faithfulness"].tolist()[0] == 0.0
+    assert res["ev"]["faithfulness"].tolist()[-1] == 1.0
