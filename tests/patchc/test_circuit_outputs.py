@@ -87,3 +87,25 @@ def test_edge_graph_drawing_and_dot():
     assert '"a0.h2" -> "a1.h0"' in dot and 'label="k"' in dot and "rankdir=BT" in dot
     fig = layout_figure(g, "t")
     assert fig.axes
+
+
+def test_graphviz_dot_draws_when_installed(tmp_path, monkeypatch):
+    """With `dot` on the PATH the PNG is graphviz's drawing of the DOT (a stand-in `dot`
+    here records what it was given)."""
+    import shutil
+
+    import pandas as pd
+
+    from patchc import plot_circuit
+
+    fake = tmp_path / "dot"
+    fake.write_text('#!/bin/sh\ncat > "$4.in"\nprintf PNG > "$4"\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(shutil, "which", lambda name: str(fake) if name == "dot" else None)
+    df = pd.DataFrame({"sender": ["embed"], "receiver": ["L0.H1.v"], "ld": [1.0],
+                       "effect": [-2.0], "rank": [1]})
+    g = circuit_graph(df, 1, "ld", 2, 4)
+    out = tmp_path / "c_1.png"
+    assert plot_circuit.draw_graph(g, "t", out)
+    assert out.read_text() == "PNG"
+    assert (tmp_path / "c_1.png.in").read_text() == to_dot(g, "t")
