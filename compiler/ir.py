@@ -49,6 +49,7 @@ from typing import Any, Iterator, TypeVar, Union
 import networkx as nx
 
 from .errors import PlanError, Span
+from .ir_select import Select  # noqa: F401 - re-exported: the IR's node kinds are one namespace
 
 # ---------------------------------------------------------------------------------------------
 # Concrete sites and positions (patterns already expanded against the ModelSpec)
@@ -253,23 +254,6 @@ class Estimate:
     pos: Positions
     inputs: tuple[str, ...]
     steps: int = 0  # ig interpolation steps
-
-
-@dataclass(frozen=True, slots=True)
-class Select:
-    """`circuit NAME = top K of TABLE`: the rows of a table ranked by their effect, the
-    distance of the row's value from the value with no intervention. `rows` are each row's
-    value node (a Metric or Estimate of the table's first measured column); `reference` is
-    that metric on the target run with no intervention; `normalize` the column's baselines
-    when it is normalized: () raw, (t,) m / m_t, (t, s) (m - m_t) / (m_s - m_t). Values
-    are compared as the table shows them: means over examples (those the row has), the
-    normalization applied to the means. The value at run time is the ranking
-    (runtime/circuits.py); ties keep the table's row order."""
-
-    table: str
-    rows: tuple[str, ...]
-    reference: str
-    normalize: tuple[str, ...] = ()
 
 
 Node = Union[Forward, Read, Write, Vector, Metric, Backward, Estimate, Select]
