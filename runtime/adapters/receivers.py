@@ -125,8 +125,7 @@ def _install_mlp(ad: "Adapter", layer: int, fn: HookFn, what: str, add: Callable
         rows = _changed(x_new, x)
         if rows is not None and not len(rows):
             return None
-        new = _add_rows(y, rows, lambda a, b: (_normed(ad, norm, a) - _normed(ad, norm, b)),
-                        x_new, x)
+        new = _add_rows(y, rows, lambda a: _normed(ad, norm, a), x_new, x)
         return taps._replace_first(args, kwargs, new)
 
     add(mlp.register_forward_pre_hook(pre, with_kwargs=True))
@@ -140,13 +139,21 @@ def _changed(x_new: Tensor, x: Tensor) -> Tensor | None:
     return (x_new != x).flatten(1).any(1).nonzero().flatten()
 
 
-def _add_rows(base: Tensor, rows: Tensor | None, change: Callable, x_new: Tensor, x: Tensor
-              ) -> Tensor:
-    """base + change(x_new, x), computed on `rows` only (None: all)."""
-    if rows is None or len(rows) == base.shape[0]:
-        return base + change(x_new, x).to(base.dtype)
+def _add_rows(base: Tensor, rows: Tensor | None, value: Callable[[Tensor], Tensor],
+              x_new: Tensor, x: Tensor) -> Tensor:
+    """base + value(x_new) - value(x), computed on `rows` only (None: all). A gradient leaf
+    (x_new equal to x in value) needs one value: base + (v - v.detach()) with
+    v = value(x.detach() + (x_new - x)) is base exactly, with the gradient of value at the
+    leaf only (upstream of x, base already carries the receiver's path)."""
+    if rows is None:
+        if x_new.requires_grad and torch.equal(x_new.detach(), x.detach()):
+            v = value(x.detach() + (x_new - x))
+            return base + (v - v.detach()).to(base.dtype)
+        return base + (value(x_new) - value(x)).to(base.dtype)
+    if len(rows) == base.shape[0]:
+        return base + (value(x_new) - value(x)).to(base.dtype)
     out = base.clone()
-    out[rows] = base[rows] + change(x_new[rows], x[rows]).to(base.dtype)
+    out[rows] = base[rows] + (value(x_new[rows]) - value(x[rows])).to(base.dtype)
     return out
 
 
@@ -184,15 +191,14 @@ def _install_head(ad: "Adapter", which: str, layer: int, head: int, fn: HookFn, 
         if rows is not None and not len(rows):
             return None
 
-        def change(a: Tensor, b: Tensor) -> Tensor:
-            return _slice(proj, cols, _normed(ad, norm, a).to(y.dtype)) - \
-                _slice(proj, cols, _normed(ad, norm, b).to(y.dtype))
+        def value(a: Tensor) -> Tensor:
+            return _slice(proj, cols, _normed(ad, norm, a).to(y.dtype))
 
         o = taps._output_tensor(out)
         old = o if cols is None else cols.read(o)
         # old + (P(own norm of x') - P(own norm of x)): an unchanged row keeps its value
         # exactly, whatever hooks of the shared normalizer made the projection's input.
-        new = _add_rows(old, rows, change, x_new, x)
+        new = _add_rows(old, rows, value, x_new, x)
         full = new if cols is None else cols.write(o, new)
         return taps._replace_output(out, full)
 
