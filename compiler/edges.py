@@ -172,18 +172,20 @@ def expand_edge(edge: A.Edge, model: ModelSpec) -> list[EdgeMatch]:
     written without patterns that does not exist is an error (E382); a pattern that matches
     no edge is one too (E383)."""
     ss, rs = senders(edge.sender, model), receivers(edge.receiver, model)
+    # Each end's place and text once (`* -> *` pairs every sender with every receiver).
+    rplaced = [(r, rc, _place(r, model), ("receiver", receiver_text(r))) for r, rc in rs]
     out = []
     for s, sc in ss:
-        for r, rc in rs:
+        sp, stext = _place(s, model), ("sender", sender_text(s))
+        for r, rc, rp, rtext in rplaced:
+            if not (sp < rp and not (model.parallel_attn and sp[0] == rp[0])):
+                continue  # feeds(s, r), inlined
             caps = dict(sc)
-            if any(caps.get(c, v) != v for c, v in rc):
-                continue
-            if not feeds(s, r, model):
-                continue
-            caps.update(rc)
-            key = (("sender", sender_text(s)), ("receiver", receiver_text(r))) + \
-                tuple(caps.items())
-            out.append(EdgeMatch((EdgeRef(s, r),), key))
+            if rc:
+                if any(caps.get(c, v) != v for c, v in rc):
+                    continue
+                caps.update(rc)
+            out.append(EdgeMatch((EdgeRef(s, r),), (stext, rtext) + tuple(caps.items())))
     if not out:
         if _is_single(edge.sender) and _is_single(edge.receiver):
             s, r = ss[0][0], rs[0][0]

@@ -121,11 +121,40 @@ def _install_mlp(ad: "Adapter", layer: int, fn: HookFn, what: str, add: Callable
             return None
         x_new = taps.conform(res, x, what)
         # y + (own norm of x' - own norm of x): rows whose input is unchanged keep y exactly,
-        # whatever hooks of the shared normalizer made it.
-        new = y + (_normed(ad, norm, x_new) - _normed(ad, norm, x)).to(y.dtype)
+        # whatever hooks of the shared normalizer made it (and cost nothing).
+        rows = _changed(x_new, x)
+        if rows is not None and not len(rows):
+            return None
+        new = _add_rows(y, rows, lambda a: _normed(ad, norm, a), x_new, x)
         return taps._replace_first(args, kwargs, new)
 
     add(mlp.register_forward_pre_hook(pre, with_kwargs=True))
+
+
+def _changed(x_new: Tensor, x: Tensor) -> Tensor | None:
+    """The batch rows a receiver's write changes (None: every row; a gradient leaf added to
+    the input makes every row count, so that its gradient flows)."""
+    if x_new.requires_grad:
+        return None
+    return (x_new != x).flatten(1).any(1).nonzero().flatten()
+
+
+def _add_rows(base: Tensor, rows: Tensor | None, value: Callable[[Tensor], Tensor],
+              x_new: Tensor, x: Tensor) -> Tensor:
+    """base + value(x_new) - value(x), computed on `rows` only (None: all). A gradient leaf
+    (x_new equal to x in value) needs one value: base + (v - v.detach()) with
+    v = value(x.detach() + (x_new - x)) is base exactly, with the gradient of value at the
+    leaf only (upstream of x, base already carries the receiver's path)."""
+    if rows is None:
+        if x_new.requires_grad and torch.equal(x_new.detach(), x.detach()):
+            v = value(x.detach() + (x_new - x))
+            return base + (v - v.detach()).to(base.dtype)
+        return base + (value(x_new) - value(x)).to(base.dtype)
+    if len(rows) == base.shape[0]:
+        return base + (value(x_new) - value(x)).to(base.dtype)
+    out = base.clone()
+    out[rows] = base[rows] + (value(x_new[rows]) - value(x[rows])).to(base.dtype)
+    return out
 
 
 def _slice(proj: nn.Module, cols: Cols | None, y: Tensor) -> Tensor:
@@ -157,13 +186,19 @@ def _install_head(ad: "Adapter", which: str, layer: int, head: int, fn: HookFn, 
         res = fn(x)
         if res is None:
             return None
-        x_new = _normed(ad, norm, taps.conform(res, x, what)).to(y.dtype)
-        x_old = _normed(ad, norm, x).to(y.dtype)
+        x_new = taps.conform(res, x, what)
+        rows = _changed(x_new, x)
+        if rows is not None and not len(rows):
+            return None
+
+        def value(a: Tensor) -> Tensor:
+            return _slice(proj, cols, _normed(ad, norm, a).to(y.dtype))
+
         o = taps._output_tensor(out)
         old = o if cols is None else cols.read(o)
         # old + (P(own norm of x') - P(own norm of x)): an unchanged row keeps its value
         # exactly, whatever hooks of the shared normalizer made the projection's input.
-        new = old + (_slice(proj, cols, x_new) - _slice(proj, cols, x_old)).to(old.dtype)
+        new = _add_rows(old, rows, value, x_new, x)
         full = new if cols is None else cols.write(o, new)
         return taps._replace_output(out, full)
 

@@ -1,6 +1,7 @@
 """Path patching and edge ablation equal a hand implementation with plain torch hooks
 (edge_hand.py) on tiny GPT-2, Llama (grouped-query) and NeoX (parallel residual) models, with
-both interpreters, for q, k, v, mlp.in and logits receivers and joint `all(...)` patches."""
+both interpreters, for q, k, v, mlp.in and logits receivers and joint `all(...)` patches;
+single edges also on Qwen2 (q/k/v biases), Mistral and Gemma (one kv head, RMSNorm 1 + w)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _hand(fam, edges, how: str = "swap", pos: int | None = None) -> float:
     return float(_ld(fam, hand.patched(corrupt, edges, new, pos)).mean())
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "neox"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "neox", "qwen2", "mistral", "gemma"])
 def test_single_edges_equal_hand_path_patching(get_family, name: str) -> None:
     fam = get_family(name)
     items = ", ".join(f"{s} -> {r}" for s, r in EDGES)
