@@ -123,7 +123,8 @@ def receivers(end: A.EdgeEnd, model: ModelSpec) -> list[tuple[Site, tuple]]:
         for layer in range(model.n_layers):
             for kind in ("q", "k", "v"):
                 out += [(s, ()) for s in _heads(kind, layer, range(model.n_heads), model)]
-            out.append((Site("mlp.in", layer), ()))
+            if model.missing("mlp.in") is None:
+                out.append((Site("mlp.in", layer), ()))
         return out + [(Site("logits.in", model.n_layers), ())]
     if end.kind not in RECEIVER_KINDS:
         raise CheckError("E390", f"{end.text} is not an edge receiver", end.span,
@@ -212,6 +213,15 @@ def expand_edge_item(item: A.Edge | A.EdgeGroup, model: ModelSpec) -> list[EdgeM
         for m in expand_edge(member, model):
             edges.extend(m.edges)
     return [EdgeMatch(tuple(dict.fromkeys(edges)), ())]
+
+
+def start_site(layer: int, own_writes) -> Site:
+    """The site whose value enters block `layer` (share_prefix's start state): `resid_pre`,
+    or, for a forward whose first own write is into the logits (after the last block), the
+    final residual stream `logits.in`."""
+    if any(getattr(w, "site", None) == Site("logits.in", layer) for w in own_writes):
+        return Site("logits.in", layer)
+    return Site("resid_pre", layer)
 
 
 def has_edges(items: tuple[A.SiteItem, ...]) -> bool:
