@@ -187,6 +187,7 @@ class Executor(Interpreter):
         reads: list = []
         for rows, fid, f in zip(blocks, step.members, members):
             shared = len(ir.node(f.twin).writes) if f.start else 0  # type: ignore[union-attr]
+            senders: dict = {}  # this member's live edge senders, captured once
             for wid in f.writes[shared:]:  # shared writes are in the start state already
                 w: Write = ir.node(wid)  # type: ignore[assignment]
                 got = gated(w, [self.values[i] for i in w.inputs], self.values)
@@ -194,7 +195,7 @@ class Executor(Interpreter):
                     continue
                 w, values = got
                 if is_edge(w):  # an edge also reads its live senders (runtime/edges.py)
-                    fn, captures = edge_hooks(w, batch, columns, values, self.seed)
+                    fn, captures = edge_hooks(w, batch, columns, values, self.seed, senders)
                     reads += [(*c[:3], _on_rows(rows, widen(c[3], p0, width), whole))
                               for c in captures]
                 else:

@@ -209,6 +209,7 @@ class Interpreter:
         """(kind, layer, head, fn) hooks: the Forward's writes in order, then its reads."""
         columns = self.columns_for(node.run)
         hooks, captures = [], []
+        shared: dict = {}  # live senders captured once per forward
         for wid in node.writes:
             write: Write = ir.node(wid)  # type: ignore[assignment]
             inputs = [self.values[i] for i in write.inputs]
@@ -217,7 +218,7 @@ class Interpreter:
                 continue
             write, inputs = got
             if is_edge(write):  # an edge also reads its live senders (runtime/edges.py)
-                fn, more = edge_hooks(write, batch, columns, inputs, self.seed)
+                fn, more = edge_hooks(write, batch, columns, inputs, self.seed, shared)
                 captures += more
             else:
                 fn = make_writer(write, batch, columns, inputs, self.seed)

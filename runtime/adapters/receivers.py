@@ -90,26 +90,27 @@ def ln_rule() -> Iterator[None]:
 
 def install(ad: "Adapter", kind: str, layer: int | None, head: int | None, fn: HookFn,
             what: str, add: Callable) -> None:
+    """Hooks of one receiver input. Several hooks on one receiver are one chain (each sees
+    what the previous wrote), as the adapter's computed sites are."""
     if kind == "logits.in":
         add(taps.tap_input(ad.ln_final(), fn, what))
         return
     assert layer is not None
     if kind == "mlp.in":
-        _install_mlp(ad, layer, fn, what, add)
+        add(ad._chained(what, fn, lambda f: _install_mlp(ad, layer, f, what)))
     else:
         assert head is not None
-        _install_head(ad, kind[0], layer, head, fn, what, add)
+        add(ad._chained(what, fn, lambda f: _install_head(ad, kind[0], layer, head, f, what)))
 
 
-def _install_mlp(ad: "Adapter", layer: int, fn: HookFn, what: str, add: Callable) -> None:
+def _install_mlp(ad: "Adapter", layer: int, fn: HookFn, what: str) -> taps.Handles:
     if ad.flat_mlp or ad.s.mlp is None:
         raise RuntimeInterventionError("E403", f"{ad.family}: the MLP is not one module, so "
                                        "mlp.in receivers are not available")
     norm = ad.ln2(layer) if ad.s.ln2 else None
     mlp = ad.mlp(layer)
     box: dict = {}
-    if norm is not None:
-        add(norm.register_forward_pre_hook(_recorder(box), with_kwargs=True))
+    rec = norm.register_forward_pre_hook(_recorder(box), with_kwargs=True) if norm else None
 
     def pre(_mod: nn.Module, args: tuple, kwargs: dict):
         y = taps._first(args, kwargs)
@@ -128,7 +129,7 @@ def _install_mlp(ad: "Adapter", layer: int, fn: HookFn, what: str, add: Callable
         new = _add_rows(y, rows, lambda a: _normed(ad, norm, a), x_new, x)
         return taps._replace_first(args, kwargs, new)
 
-    add(mlp.register_forward_pre_hook(pre, with_kwargs=True))
+    return taps.Handles(rec, mlp.register_forward_pre_hook(pre, with_kwargs=True))
 
 
 def _changed(x_new: Tensor, x: Tensor) -> Tensor | None:
@@ -169,14 +170,13 @@ def _slice(proj: nn.Module, cols: Cols | None, y: Tensor) -> Tensor:
     return out + b.to(out.device, out.dtype) if b is not None else out
 
 
-def _install_head(ad: "Adapter", which: str, layer: int, head: int, fn: HookFn, what: str,
-                  add: Callable) -> None:
+def _install_head(ad: "Adapter", which: str, layer: int, head: int, fn: HookFn, what: str
+                  ) -> taps.Handles:
     idx = head if which == "q" else ad.kv_head(head)
     proj, cols = ad.qkv(layer, which, idx)
     norm = ad.ln1(layer) if ad.s.ln1 else None
     box: dict = {}
-    if norm is not None:
-        add(norm.register_forward_pre_hook(_recorder(box), with_kwargs=True))
+    rec = norm.register_forward_pre_hook(_recorder(box), with_kwargs=True) if norm else None
 
     def post(_mod: nn.Module, args: tuple, out):
         y = taps._first(args, {})
@@ -202,4 +202,4 @@ def _install_head(ad: "Adapter", which: str, layer: int, head: int, fn: HookFn, 
         full = new if cols is None else cols.write(o, new)
         return taps._replace_output(out, full)
 
-    add(proj.register_forward_hook(post))
+    return taps.Handles(rec, proj.register_forward_hook(post))

@@ -24,8 +24,11 @@ metric ld = logit(d.a) - logit(d.b)
 """
 EDGES = [("L0.H1.out", "L1.H2.q"), ("embed", "L2.H3.k"), ("L1.mlp.out", "L2.H0.v"),
          ("L0.attn.out", "L1.mlp.in"), ("L1.H3.out", "logits"), ("L0.mlp.out", "L2.mlp.in")]
+# L1.H0.out and L1.H2.out come after the L1.H2.q/k receivers: their values are read in the
+# patched forward itself, L1.H0.out's once for its three receivers.
 JOINT = [("L0.H1.out", "L1.H2.q"), ("L1.H0.out", "L2.mlp.in"), ("L0.mlp.out", "L1.H2.k"),
-         ("L1.H2.out", "logits"), ("embed", "L1.H2.q")]
+         ("L1.H2.out", "logits"), ("embed", "L1.H2.q"), ("L1.H0.out", "logits"),
+         ("L1.H0.out", "L2.H1.k")]
 
 
 def _ld(fam, logits: torch.Tensor) -> torch.Tensor:
