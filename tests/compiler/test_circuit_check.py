@@ -150,3 +150,30 @@ def test_areas():
     # Above 1 counts as distance from 1 too; one size has no area.
     assert areas([(0.1, 1.5), (0.2, 1.5)])[1] == pytest.approx(0.1 * 0.5)
     assert all(math.isnan(a) for a in areas([(0.5, 0.7)]))
+
+
+def test_edge_circuit_lowering(models: Models):
+    """An edge circuit: the empty circuit's edge writes (one per receiver) are made once;
+    each size's forward has gated copies whose `rows` name each sender's table row."""
+    checked = _check(models, "attribute * -> * from corrupt into clean using eap  measure ld"
+                     "  as edges\ncircuit c = top {0, 7} of edges\n"
+                     "evaluate c in clean with ablate(corrupt)  measure ld  as ev\n")
+    ir = lower(checked)
+    (sid, _), = ir.of_type(Select)
+    edges = next(t for t in ir.tables if t.name == "edges")
+    ev = next(t for t in ir.tables if t.name == "ev")
+    assert ev.columns == ("edges", "fraction", "ld", "faithfulness")
+    empty, seven = [ir.node(ir.node(dict(r.values)["ld"]).forward) for r in ev.rows]
+    plain = [ir.node(w) for w in empty.writes]
+    gated = [ir.node(w) for w in seven.writes]
+    assert all(w.gate is None and w.senders for w in plain)
+    assert [(w.site, w.senders) for w in gated] == [(w.site, w.senders) for w in plain]
+    assert all(w.gate == sid and w.top == 7 and len(w.rows) == len(w.senders) for w in gated)
+    index = {(dict(r.key)["sender"], dict(r.key)["receiver"]): i
+             for i, r in enumerate(edges.rows)}
+    from patchc.compiler.edges import receiver_text
+
+    for w in gated:
+        for s, row in zip(w.senders, w.rows):
+            assert index[str(s), receiver_text(w.site)] == row
+    assert sum(len(w.rows) for w in gated) == len(edges.rows)
