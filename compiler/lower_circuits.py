@@ -9,8 +9,8 @@ component of the table patched from A (or A's mean) unless the circuit keeps it.
 row is in the circuit. Per size:
 
   - size = all rows: B's own forward (N, nothing patched);
-  - size = 0: every component patched, with ungated writes (the empty circuit);
-  - otherwise: one forward with a gated write per component of every row.
+  - otherwise (size 0 included: the empty circuit): one forward with a gated write per
+    component of every row.
 
 The faithfulness column is the size's metric normalized between the empty circuit (0) and N
 (1), so keeping every row gives exactly 1 and keeping none exactly 0: those are the same
@@ -132,11 +132,11 @@ def lower_circuit(lw: Lowerer, decl: A.CircuitDecl) -> None:
     lw.circuits[decl.name.value] = Circuit(decl.name.value, sel, tuple(exps), sizes, name, kind)
 
 
-def _patch(lw: Lowerer, op: A.Evaluate, c: Circuit, top: int | None,
+def _patch(lw: Lowerer, op: A.Evaluate, c: Circuit, top: int,
            edge_ws: list[tuple[str, dict]]) -> list[str]:
     """The writes that patch every component of the table from A (or A's mean), gated by
-    the circuit's first `top` rows (None: ungated, the empty circuit). An edge circuit's
-    ungated writes (`edge_ws`, from _edge_writes) are made once and gated per size."""
+    the circuit's first `top` rows (0: the empty circuit, everything patched). An edge
+    circuit's writes (`edge_ws`, from _edge_writes) are made once and gated per size."""
     source = op.how.run
     assert source is not None
     if c.kind == "edges":
@@ -145,9 +145,9 @@ def _patch(lw: Lowerer, op: A.Evaluate, c: Circuit, top: int | None,
     mode = "replace" if op.how.kind == "ablate" else "mean"
     writes = []
     for i, e in enumerate(c.exps):
-        gate = (c.select, i, top) if top is not None else None
         for t in e.targets:
-            writes.append(lw.write(t, mode, (lw.read(fa, t.site, t.pos),), gate=gate))
+            writes.append(lw.write(t, mode, (lw.read(fa, t.site, t.pos),),
+                                   gate=(c.select, i, top)))
     return writes
 
 
@@ -168,12 +168,9 @@ def _edge_writes(lw: Lowerer, op: A.Evaluate, c: Circuit) -> list[tuple[str, dic
     return out
 
 
-def _gate_edges(lw: Lowerer, c: Circuit, top: int | None, edge_ws: list[tuple[str, dict]]
+def _gate_edges(lw: Lowerer, c: Circuit, top: int, edge_ws: list[tuple[str, dict]]
                 ) -> list[str]:
-    """The edge writes as they are (top None), or each gated by the rows its senders come
-    from."""
-    if top is None:
-        return [wid for wid, _ in edge_ws]
+    """The edge writes, each gated by the rows its senders come from."""
     writes = []
     for wid, row_of in edge_ws:
         w = lw.ir.node(wid)
@@ -194,7 +191,9 @@ def lower_evaluate(lw: Lowerer, op: A.Evaluate) -> None:
     n = len(c.exps)
     full = lw.base(target)
     edge_ws = _edge_writes(lw, op, c) if c.kind == "edges" else []
-    empty = lw.forward(target, _patch(lw, op, c, None, edge_ws))
+    # The empty circuit's writes are gated too (nothing kept): its forward then waits for
+    # the ranking like the sizes' and is stacked into their pass.
+    empty = lw.forward(target, _patch(lw, op, c, 0, edge_ws))
     measures = lw.measures(op)
     single = len(measures) == 1
     rows = []
@@ -210,6 +209,8 @@ def lower_evaluate(lw: Lowerer, op: A.Evaluate) -> None:
             norm.append((faith, (lw.metric(empty, target, m.expr),
                                  lw.metric(full, target, m.expr))))
         rows.append(Row(key, tuple(values), tuple(norm)))
+    for wid, _ in edge_ws:  # the templates the gated writes were copied from
+        lw.ir.g.remove_node(wid)
     columns = (c.kind, "fraction") + tuple(
         x for col, _ in measures for x in (col, faithfulness_column(col, single)))
     lw.table(op, rows, columns)
