@@ -87,3 +87,24 @@ def test_patterns_expand_to_existing_edges(get_family) -> None:
     table = llama.run(PRELUDE + "swap L0.H0.out -> L1.H*.k from clean into corrupt "
                       "measure ld as e")["e"]
     assert list(table["receiver"]) == ["L1.H0.k", "L1.H2.k"]
+
+
+def test_receiver_inputs_read_as_sites(get_family) -> None:
+    """`logits.in` and `L1.mlp.in` read like any site: the final norm's input at every
+    position (also when a metric on the same run is read at the last position only, so
+    dead_positions may trim the last block) and the MLP normalizer's input."""
+    fam = get_family("gpt2")
+    res = fam.run(PRELUDE + "measure ld in corrupt as base\n"
+                  "read logits.in, L1.mlp.in in corrupt as inputs\n")
+    got = res.activations("inputs")
+    ids = fam.ids([r["corrupt"] for r in ROWS])
+    seen: dict = {}
+    blocks = fam.model.transformer
+    hs = [blocks.ln_f.register_forward_pre_hook(lambda m, a: seen.__setitem__("f", a[0])),
+          blocks.h[1].ln_2.register_forward_pre_hook(lambda m, a: seen.__setitem__("m", a[0]))]
+    with torch.no_grad():
+        fam.model(ids)
+    for h in hs:
+        h.remove()
+    assert torch.allclose(got["logits.in"].float(), seen["f"], atol=1e-5)
+    assert torch.allclose(got["L1.mlp.in"].float(), seen["m"], atol=1e-5)
