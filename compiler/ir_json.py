@@ -50,6 +50,7 @@ class TableJson(BaseModel):
     rows: list[RowJson]
     pairs: list[PairJson] = []
     sweeps: list[SweepRowsJson] = []
+    select: str | None = None
 
 
 class IRJson(BaseModel):
@@ -93,6 +94,7 @@ def ir_model(ir: IRGraph) -> IRJson:
             sweeps=[SweepRowsJson(forward=b.forward, count=b.count, values=dict(b.values),
                                   normalize={k: list(v) for k, v in b.normalize})
                     for b in t.sweeps],
+            select=t.select,
         )
         for t in ir.tables
     ]

@@ -15,6 +15,8 @@ from . import printer
 from .errors import PlanError
 from .ir import ALL_POSITIONS, Estimate, Pair, Row, Site
 from .lowerer import Exp, Key, Lowerer, Target, check_where, keep
+from .edges import has_edges
+from .lower_edges import edge_rows, lower_edge_op
 from .lower_exprs import split_sweep
 from .lower_observe import op_lens, op_measure, op_read
 from .lower_sweep import compact_form, compact_rows, lower_compact
@@ -155,6 +157,8 @@ def rows_of(lw: Lowerer, op: A.Operation) -> int:
     """How many rows `op`'s table has, without building nodes."""
     if isinstance(op, A.MeasureRun):
         return 1
+    if has_edges(getattr(op, "sites", ())):
+        return edge_rows(lw, op)
     if isinstance(op, A.Backpatch):
         return len(_backpatch_pairs(lw, op, bake=False))
     if lw.compact and compact_form(lw, op):
@@ -349,6 +353,9 @@ _LOWER: dict[type, Callable[[Lowerer, Any], None]] = {
 
 
 def lower_op(lw: Lowerer, op: A.Operation) -> None:
+    if has_edges(getattr(op, "sites", ())):
+        lower_edge_op(lw, op)  # compiler/lower_edges.py
+        return
     if lw.compact and compact_form(lw, op):
         lower_compact(lw, op)
     else:

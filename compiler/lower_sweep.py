@@ -39,6 +39,8 @@ def compact_form(lw: Lowerer, op: A.Operation) -> bool:
     """Does `op` lower to compact sweeps? (See the module docstring for which forms do.)"""
     if not isinstance(op, (A.Swap, A.Trace, A.Ablate, A.Scale, A.Steer)):
         return False
+    if A.table_name(op) in lw.row_tables:  # a circuit ranks its rows (lower_circuits.py)
+        return False
     if len(op.sites) != 1 or not isinstance(op.sites[0], A.SiteRef):
         return False
     item = op.sites[0]

@@ -38,7 +38,7 @@ class ForwardStep(BaseModel):
 
 
 class NodeStep(BaseModel):
-    kind: Literal["vector", "metric", "backward", "estimate"]
+    kind: Literal["vector", "metric", "backward", "estimate", "select"]
     node: str
     flops: float = 0.0
     frees: list[str] = []

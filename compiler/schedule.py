@@ -25,7 +25,7 @@ import math
 import networkx as nx
 
 from . import costs as C
-from .ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Vector
+from .ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Select, Vector
 from .modelspec import ModelSpec
 from .plan import ForwardStep, NodeStep, Plan, PlanSummary, Step
 from .schedule_sweep import OVERHEAD_FLOPS_PER_LAYER, sweep_steps
@@ -38,7 +38,11 @@ __all__ = ["ForwardStep", "NodeStep", "Plan", "PlanSummary", "Step", "schedule",
 
 def _write_inputs(ir: IRGraph, fid: str) -> list[str]:
     f: Forward = ir.node(fid)  # type: ignore[assignment]
-    return [i for w in f.writes for i in ir.node(w).inputs]  # type: ignore[union-attr]
+    out = []
+    for w in f.writes:
+        write = ir.node(w)
+        out += list(write.inputs) + ([write.gate] if write.gate else [])  # type: ignore
+    return out
 
 
 def _uses(ir: IRGraph, nid: str) -> list[str]:
@@ -51,6 +55,8 @@ def _uses(ir: IRGraph, nid: str) -> list[str]:
         return [node.forward] + [r for r in (node.reference, node.lens) if r]
     if isinstance(node, Vector):
         return list(node.inputs)
+    if isinstance(node, Select):
+        return list(node.rows) + [node.reference] + list(node.normalize)
     if isinstance(node, Backward):
         metric: Metric = ir.node(node.metric)  # type: ignore[assignment]
         return list(node.wrt) + _write_inputs(ir, metric.forward)
@@ -97,7 +103,7 @@ def _units(ir: IRGraph, naive: bool) -> list[tuple[str, list[str]]]:
         else:
             node = ir.node(u[1])
             kind = type(node).__name__.lower()
-            if kind in ("vector", "metric", "backward", "estimate"):
+            if kind in ("vector", "metric", "backward", "estimate", "select"):
                 out.append((kind, [u[1]]))
     return out
 
@@ -329,7 +335,8 @@ def result_nodes(ir: IRGraph) -> set[str]:
     tables report): never freed."""
     reads = {nid for t in ir.tables for row in t.rows for _, nid in row.values
              if nid in ir.g and isinstance(ir.node(nid), Read)}
-    return {n for n, _ in ir.of_type(Metric)} | {n for n, _ in ir.of_type(Estimate)} | reads
+    return {n for n, _ in ir.of_type(Metric)} | {n for n, _ in ir.of_type(Estimate)} | \
+        {n for n, _ in ir.of_type(Select)} | reads
 
 
 def frees(ir: IRGraph, steps: list, keep: set[str]) -> list[list[str]]:

@@ -24,6 +24,7 @@ from patchc.compiler.ir import (
     Pair,
     Read,
     Row,
+    Select,
     Site,
     Table,
     Vector,
@@ -34,11 +35,12 @@ from patchc.compiler.ir import (
 REF_FIELDS: dict[type, tuple[str, ...]] = {
     Forward: ("writes", "inputs", "twin", "start"),
     Read: ("forward",),
-    Write: ("inputs",),
+    Write: ("inputs", "gate"),
     Vector: ("inputs",),
     Metric: ("forward", "reference", "lens"),
     Backward: ("metric", "wrt"),
     Estimate: ("inputs",),
+    Select: ("rows", "reference", "normalize"),
 }
 
 # Site kinds computed after every decoder block: they belong to no layer a forward can skip.
@@ -89,7 +91,8 @@ def remap_tables(tables: Iterable[Table], m: Mapping[str, str]) -> list[Table]:
             s, forward=r(s.forward), values=tuple((c, r(v)) for c, v in s.values),
             normalize=tuple((c, (r(a), r(b))) for c, (a, b) in s.normalize))
             for s in t.sweeps)
-        out.append(dataclasses.replace(t, rows=rows, pairs=pairs, sweeps=sweeps))
+        out.append(dataclasses.replace(t, rows=rows, pairs=pairs, sweeps=sweeps,
+                                       select=r(t.select)))
     return out
 
 
@@ -121,7 +124,7 @@ def topo(ir: IRGraph) -> list[str]:
 def new_id(nodes: Mapping[str, Node], node: Node) -> str:
     """A fresh id for `node` (one past the largest of its kind)."""
     prefix = {Forward: "f", Read: "r", Write: "w", Vector: "v", Metric: "m", Backward: "b",
-              Estimate: "e"}[type(node)]
+              Estimate: "e", Select: "s"}[type(node)]
     n = max((int(k[1:]) for k in nodes if k[0] == prefix), default=-1) + 1
     return f"{prefix}{n}"
 
@@ -173,6 +176,7 @@ def table_refs(tables: Iterable[Table]) -> set[str]:
         for s in t.sweeps:
             out |= {v for _, v in s.values}
             out |= {x for _, pair in s.normalize for x in pair if x}
+        out |= {t.select} if t.select else set()
     return out
 
 
