@@ -3,7 +3,7 @@
 The schedule (compiler/schedule.py) cuts every batch group and compact sweep into chunks
 that fit the budget beside the weights, a fixed reserve and the values alive at that step.
 One experiment is the smallest chunk: when even that does not fit, the plan lists the step
-under `over_budget`. `check_budget` turns that into error E390 at the `set memory` line,
+under `over_budget`. `check_budget` turns that into error E422 at the `set memory` line,
 naming the smallest budget that would fit: the peak of the plan made of one-experiment
 chunks (the least any schedule of this graph can hold at once), rounded up to a megabyte.
 """
@@ -37,7 +37,7 @@ def budget_error(plan: Plan, need: int, span: Span) -> CheckError:
     budget = plan.budget_bytes or 0
     steps = len(plan.over_budget)
     return CheckError(
-        "E390", f"the plan cannot fit `set memory` = {budget / 1e6:.0f} MB: {steps} model "
+        "E422", f"the plan cannot fit `set memory` = {budget / 1e6:.0f} MB: {steps} model "
         "pass(es) need more, even with one experiment per pass; the smallest budget that "
         f"fits is {need / 1e6:.0f} MB", span,
         hint=f'set memory = "{need // 1_000_000}MB" (or more), or fewer prompts per run')
@@ -45,7 +45,7 @@ def budget_error(plan: Plan, need: int, span: Span) -> CheckError:
 
 def check_budget(checked, ir: IRGraph, runs, dtype_bytes: int,
                  weights_bytes: int | None = None, plan: Plan | None = None) -> None:
-    """Raise E390 when `set memory` is given and the plan does not fit it."""
+    """Raise E422 when `set memory` is given and the plan does not fit it."""
     memory = checked.options.memory
     if memory is None:
         return

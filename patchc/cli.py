@@ -48,7 +48,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _check_budget(program) -> None:
-    """`set memory` that even one experiment per pass cannot fit: E390 (compiler/budget.py)."""
+    """`set memory` that even one experiment per pass cannot fit: E422 (compiler/budget.py)."""
     from patchc.compiler.budget import check_budget
     from patchc.compiler.schedule import run_shapes
 

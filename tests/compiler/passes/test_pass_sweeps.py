@@ -116,7 +116,7 @@ def test_a_budget_nothing_fits_is_refused_naming_the_smallest_that_does() -> Non
     checked, ir, _ = _plan(None, body)
     with pytest.raises(CheckError) as e:
         check_budget(checked, ir, run_shapes(checked), 4)
-    assert e.value.code == "E390" and e.value.span.line == 9  # the `set memory` line
+    assert e.value.code == "E422" and e.value.span.line == 9  # the `set memory` line
     need = smallest_budget(ir, checked.model, run_shapes(checked), None, 4)
     assert f"smallest budget that fits is {need / 1e6:.0f} MB" in e.value.message
     for budget in (need, need + 10_000_000):
