@@ -15,6 +15,7 @@ from . import ast as A
 from . import resolve
 from .check_context import Context
 from .checked import RunInfo
+from .dictionaries import dict_width, is_dict_kind
 from .errors import CheckError, Span
 from .ir import Positions, Site
 from .modelspec import ModelSpec
@@ -30,6 +31,8 @@ def site_width(model: ModelSpec, site: Site) -> int:
     """Features per token of a concrete site (a slice's width if sliced)."""
     if site.features is not None:
         return site.features[1] - site.features[0]
+    if is_dict_kind(site.kind):
+        return dict_width(model, site.kind)
     dim = SITE_KINDS[site.kind].dim
     return model.n_ctx if dim == "n_ctx" else model.dim_of(dim)
 

@@ -65,11 +65,13 @@ class Site:
 
     def __str__(self) -> str:
         parts = []
-        if self.layer is not None:
-            parts.append(f"L{self.layer}")
-        if self.kind.startswith("expert."):  # L3.E5.out
-            parts += [f"E{self.head}", self.kind.split(".", 1)[1]]
+        if self.kind.startswith("dict:"):  # a dictionary's latents `s1[3]`, its error `s1.err`
+            parts.append(self.kind[len("dict:"):])
+        elif self.kind.startswith("expert."):  # L3.E5.out
+            parts += [f"L{self.layer}", f"E{self.head}", self.kind.split(".", 1)[1]]
         else:
+            if self.layer is not None:
+                parts.append(f"L{self.layer}")
             if self.head is not None:
                 parts.append(f"H{self.head}")
             parts.append(self.kind)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from . import ast as A
 from . import printer
 from .checked import CheckedSpec, Options
+from .dictionaries import dict_width, is_dict_kind
 from .errors import NO_SPAN, PlanError
 from .ir import (
     Backward,
@@ -201,6 +202,8 @@ class Lowerer:
     def site_dim(self, site: Site) -> int:
         if site.features is not None:
             return site.features[1] - site.features[0]
+        if is_dict_kind(site.kind):
+            return dict_width(self.model, site.kind)
         dim = SITE_KINDS[site.kind].dim
         return self.model.n_ctx if dim == "n_ctx" else self.model.dim_of(dim)
 

@@ -164,8 +164,11 @@ def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
     from patchc.runtime.adapters import adapter_for
     from patchc.runtime.threads import default_threads, using_threads
 
+    from patchc.runtime.dictionaries import load_all
+
     clock = clock or Clock()
     adapter = adapter_for(model)
+    adapter.dictionaries = load_all(checked.model.dictionaries)
     threads = checked.options.threads or default_threads(adapter.d_model)
     clock.threads = threads
     with using_threads(threads):

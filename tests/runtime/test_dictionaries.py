@@ -1,0 +1,193 @@
+"""SAEs on real (tiny) models: encode/decode, the attached run, and latent writes, each
+against a computation written here with plain torch hooks and sae_helpers.HandSAE.
+
+Every dictionary is random and saved in SAELens' layout into tmp_path; every family is built
+in conftest.py (GPT-2, Llama with grouped-query attention, NeoX with parallel blocks).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import Fam
+from ops_common import ATOL, CLEAN, CORRUPT, HEAD, ROWS, hand_ld, per_example
+from sae_helpers import HandSAE, save_sae
+
+from patchc.compiler.dictionaries import DictInfo
+from patchc.compiler.ir import Site
+from patchc.runtime.adapters import adapter_for
+from patchc.runtime.dictionaries import Dictionary
+
+D = 32
+VARIANTS = {  # name -> (architecture, options)
+    "relu": ("standard", {}),
+    "relu-no-bdec": ("standard", {"apply_b_dec": False}),
+    "topk": ("topk", {"k": 3}),
+    "topk-rescaled": ("topk", {"k": 3, "rescale": True}),
+    "jumprelu": ("jumprelu", {}),
+    "relu-normrescale": ("standard", {"norm": "constant_norm_rescale"}),
+    "jumprelu-layernorm": ("jumprelu", {"norm": "layer_norm", "apply_b_dec": False}),
+}
+
+
+def _hand(w, arch: str, opts: dict) -> HandSAE:
+    return HandSAE(w, arch, **opts)
+
+
+def _save(tmp_path, name: str, arch: str, opts: dict, d_in: int = D, d_sae: int = 24,
+          **kw):
+    return save_sae(tmp_path / name, d_in, d_sae, arch, **opts, **kw)
+
+
+def _attached(fam: Fam, hand: HandSAE, site: str, edit):
+    """A hand write fn for `site` that encodes, lets `edit(f)` change the latents, and puts
+    y + decode(f') - decode(f) back (SAELens' error term, written out)."""
+    def fn(y: torch.Tensor) -> torch.Tensor:
+        f = hand.encode(y)
+        recon = hand.decode(f)
+        f2 = edit(f.clone())
+        return y + (hand.decode(f2) - recon)
+    return {site: fn}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_encode_matches_saelens_formulas(gpt2: Fam, tmp_path, variant):
+    """`read s1` gives encode(x) of the site's value, for each architecture and option."""
+    arch, opts = VARIANTS[variant]
+    w = _save(tmp_path, "s1", arch, opts)
+    res = gpt2.run(HEAD + f'sae s1 = "{tmp_path / "s1"}" at L1.resid_post\n'
+                   "read s1, s1.err in clean as acts\n")
+    acts = res.activations("acts")
+    x = gpt2.read(CLEAN, "L1.resid_post")["L1.resid_post"]
+    hand = _hand(w, arch, opts)
+    f = hand.encode(x)
+    assert (f > 0).any() and (f == 0).any()
+    torch.testing.assert_close(acts["s1"], f, atol=ATOL, rtol=0)
+    torch.testing.assert_close(acts["s1.err"], x - hand.decode(f), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_dictionary_object_decode(tmp_path, variant):
+    """The runtime's Dictionary equals the hand formulas on random inputs (no model)."""
+    arch, opts = VARIANTS[variant]
+    w = _save(tmp_path, "s1", arch, opts)
+    info = DictInfo("s1", "sae", str(tmp_path / "s1"), "sae_weights.safetensors", arch, D, 24,
+                    D, Site("resid_post", 1), opts.get("apply_b_dec", True),
+                    opts.get("norm", "none"), opts.get("k", 0), opts.get("rescale", False))
+    d = Dictionary.load(info)
+    x = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(1))
+    hand = _hand(w, arch, opts)
+    f, norm = d.encode(x)
+    torch.testing.assert_close(f, hand.encode(x), atol=1e-6, rtol=0)
+    g = f * 1.5
+    torch.testing.assert_close(d.decode(g, norm), hand.decode(g), atol=1e-6, rtol=0)
+
+
+def test_npz_weights_load_without_pickles(gpt2: Fam, tmp_path):
+    w = _save(tmp_path, "s1", "standard", {}, fmt="npz")
+    res = gpt2.run(HEAD + f'sae s1 = "{tmp_path / "s1"}" at L1.resid_post\n'
+                   "read s1 in clean as acts\n")
+    x = gpt2.read(CLEAN, "L1.resid_post")["L1.resid_post"]
+    torch.testing.assert_close(res.activations("acts")["s1"], HandSAE(w).encode(x),
+                               atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "neox"])
+def test_attached_without_writes_is_bit_exact(get_family, tmp_path, family):
+    """Hooks that only read the latents and the error term leave the logits bit-equal; so
+    does a write that puts back the latents' own values."""
+    fam = get_family(family)
+    save_sae(tmp_path / "s1", D, 24, "topk", k=3)
+    info_spec = fam.spec(HEAD + f'sae s1 = "{tmp_path / "s1"}" at L1.mlp.out\n')
+    import patchc
+
+    checked = patchc.compile(info_spec).checked
+    ad = adapter_for(fam.model)
+    ad.dictionaries = {"s1": Dictionary.load(checked.model.dictionaries[0])}
+    ids = fam.ids(CLEAN)
+    with torch.no_grad():
+        plain = fam.model(ids).logits
+        seen = []
+        with ad.hooks([("dict:s1", None, None, lambda f: seen.append(f) and None),
+                       ("dict:s1.err", None, None, lambda e: None)]):
+            read = fam.model(ids).logits
+        with ad.hooks([("dict:s1", None, None, lambda f: f.clone())]):
+            rewritten = fam.model(ids).logits
+        after = fam.model(ids).logits
+    assert seen and seen[0].shape == (len(CLEAN), ids.shape[1], 24)
+    assert torch.equal(plain, read)
+    assert torch.equal(plain, rewritten)
+    assert torch.equal(plain, after)  # detached again
+
+
+@pytest.mark.parametrize("family,site", [("gpt2", "L1.resid_post"), ("llama", "L0.mlp.out"),
+                                         ("neox", "L1.attn.z")])
+@pytest.mark.parametrize("variant", ["relu", "topk", "jumprelu-layernorm"])
+def test_swap_latents_equals_hand(get_family, tmp_path, family, site, variant):
+    """swap s1[i] @ last, a joint slice and the error term, each against hand hooks."""
+    fam = get_family(family)
+    arch, opts = VARIANTS[variant]
+    w = _save(tmp_path, "s1", arch, opts)
+    hand = _hand(w, arch, opts)
+    res = fam.run(HEAD + f'sae s1 = "{tmp_path / "s1"}" at {site}\n'
+                  "swap s1[*] @ last from clean into corrupt  measure ld  as feats\n"
+                  "swap s1[2:9] from clean into corrupt  measure ld  as sliced\n"
+                  "swap s1.err @ last from clean into corrupt  measure ld  as err\n"
+                  "ablate s1[{0, 5}] in corrupt  measure ld  as zeroed\n")
+    clean_x = fam.read(CLEAN, site)[site]
+    f_clean = hand.encode(clean_x)
+    err_clean = clean_x - hand.decode(f_clean)
+    for i in (0, 3, 7):
+        def edit(f, i=i):
+            f[:, -1, i] = f_clean[:, -1, i]
+            return f
+        want = hand_ld(fam, CORRUPT, _attached(fam, hand, site, edit))
+        got = per_example(res, "feats", "ld", feature=i)
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+    def sliced(f):
+        f[..., 2:9] = f_clean[..., 2:9]
+        return f
+    want = hand_ld(fam, CORRUPT, _attached(fam, hand, site, sliced))
+    torch.testing.assert_close(per_example(res, "sliced", "ld"), want, atol=ATOL, rtol=0)
+
+    def with_err(y):
+        f = hand.encode(y)
+        out = y.clone()
+        own_err = y - hand.decode(f)
+        out[:, -1] = y[:, -1] + err_clean[:, -1] - own_err[:, -1]
+        return out
+    want = hand_ld(fam, CORRUPT, {site: with_err})
+    torch.testing.assert_close(per_example(res, "err", "ld"), want, atol=ATOL, rtol=0)
+
+    def zeroed(f):
+        f[..., [0, 5]] = 0
+        return f
+    want = hand_ld(fam, CORRUPT, _attached(fam, hand, site, zeroed))
+    for i in (0, 5):
+        got = per_example(res, "zeroed", "ld", feature=i)
+        single = hand_ld(fam, CORRUPT, _attached(
+            fam, hand, site, lambda f, i=i: f.index_fill_(-1, torch.tensor([i]), 0.0)))
+        torch.testing.assert_close(got, single, atol=ATOL, rtol=0)
+    del want
+
+
+def test_latent_ablate_mean_scale_steer(gpt2: Fam, tmp_path):
+    """ablate with mean(A), scale and steer along a latent (a one-hot vector in the latent
+    space), each equal to the hand edit of the latents."""
+    w = _save(tmp_path, "s1", "standard", {})
+    hand = HandSAE(w)
+    site = "L1.resid_post"
+    res = gpt2.run(HEAD + f'sae s1 = "{tmp_path / "s1"}" at {site}\n'
+                   "ablate s1[4] @ last in corrupt with mean(clean)  measure ld  as meaned\n"
+                   "scale s1[0:24] in corrupt by 2.5  measure ld  as scaled\n")
+    f_clean = hand.encode(gpt2.read(CLEAN, site)[site])
+
+    def meaned(f):
+        f[:, -1, 4] = f_clean[:, -1, 4].mean()
+        return f
+    want = hand_ld(gpt2, CORRUPT, _attached(gpt2, hand, site, meaned))
+    torch.testing.assert_close(per_example(res, "meaned", "ld"), want, atol=ATOL, rtol=0)
+    want = hand_ld(gpt2, CORRUPT, _attached(gpt2, hand, site, lambda f: f * 2.5))
+    torch.testing.assert_close(per_example(res, "scaled", "ld"), want, atol=ATOL, rtol=0)
+    assert len(ROWS) == 4
