@@ -191,3 +191,70 @@ def test_latent_ablate_mean_scale_steer(gpt2: Fam, tmp_path):
     want = hand_ld(gpt2, CORRUPT, _attached(gpt2, hand, site, lambda f: f * 2.5))
     torch.testing.assert_close(per_example(res, "scaled", "ld"), want, atol=ATOL, rtol=0)
     assert len(ROWS) == 4
+
+
+_MLP = {"gpt2": "transformer.h", "llama": "model.layers", "neox": "gpt_neox.layers"}
+
+
+def _mlp(fam: Fam, layer: int) -> torch.nn.Module:
+    root = fam.model
+    for part in _MLP[fam.name].split("."):
+        root = getattr(root, part)
+    return root[layer].mlp
+
+
+def _hand_transcoder_ld(fam: Fam, hand: HandSAE, layer: int, edit) -> torch.Tensor:
+    """ld of the corrupt run with the transcoder's latents edited: the MLP's output y becomes
+    y + decode(f') - decode(f), f = encode(MLP input), by plain module hooks."""
+    seen = {}
+    mlp = _mlp(fam, layer)
+
+    def pre(mod, args):
+        seen["x"] = args[0]
+
+    def post(mod, args, y):
+        f = hand.encode(seen["x"])
+        return y + (hand.decode(edit(f.clone()), seen["x"]) - hand.decode(f, seen["x"]))
+
+    handles = [mlp.register_forward_pre_hook(pre), mlp.register_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            logits = fam.model(fam.ids(CORRUPT)).logits.float()
+    finally:
+        for h in handles:
+            h.remove()
+    from ops_common import ld_of
+    return ld_of(fam, logits)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "neox"])
+@pytest.mark.parametrize("arch", ["transcoder", "skip_transcoder", "jumprelu_transcoder"])
+def test_transcoder_reads_mlp_input_and_stands_in_for_its_output(get_family, tmp_path, family,
+                                                                 arch):
+    fam = get_family(family)
+    w = save_sae(tmp_path / "t", D, 20, arch, d_out=D)
+    hand = HandSAE(w, arch)
+    res = fam.run(HEAD + f'transcoder t = "{tmp_path / "t"}" at L1.mlp\n'
+                  "swap t[{1, 6}] @ last from clean into corrupt  measure ld  as feats\n"
+                  "ablate t[0:20] in corrupt  measure ld  as off\n"
+                  "read t, t.err in clean as acts\n")
+    captured = {}
+    mlp = _mlp(fam, 1)
+    h = mlp.register_forward_hook(lambda m, a, y: captured.update(x=a[0], y=y))
+    with torch.no_grad():
+        fam.model(fam.ids(CLEAN))
+    h.remove()
+    f_clean = hand.encode(captured["x"])
+    acts = res.activations("acts")
+    torch.testing.assert_close(acts["t"], f_clean, atol=ATOL, rtol=0)
+    torch.testing.assert_close(acts["t.err"], captured["y"] - hand.decode(f_clean, captured["x"]),
+                               atol=ATOL, rtol=0)
+    for i in (1, 6):
+        def edit(f, i=i):
+            f[:, -1, i] = f_clean[:, -1, i]
+            return f
+        torch.testing.assert_close(per_example(res, "feats", "ld", feature=i),
+                                   _hand_transcoder_ld(fam, hand, 1, edit), atol=ATOL, rtol=0)
+    torch.testing.assert_close(per_example(res, "off", "ld"),
+                               _hand_transcoder_ld(fam, hand, 1, lambda f: f * 0),
+                               atol=ATOL, rtol=0)
