@@ -114,12 +114,16 @@ class Lowerer:
             self._bare[run] = self.ir.add(Forward(run))
         return self._bare[run]
 
-    def forward(self, run: str, writes: list[str]) -> str:
-        """A new experiment Forward of `run`: its baked writes, then `writes`."""
+    def forward(self, run: str, writes: list[str],
+                gated: tuple[tuple[str, ...], str | None] = ((), None)) -> str:
+        """A new experiment Forward of `run`: its baked writes, then `writes`; `gated` are
+        its (gate Reads, same_as) when a sparse latent sweep may skip it (lower_latents)."""
         all_writes = self.bake(run) + tuple(writes)
-        node = Forward(run, all_writes, self.n_experiments, self.samples[run])
+        gate, same_as = gated
+        node = Forward(run, all_writes, self.n_experiments, self.samples[run], gate=gate,
+                       same_as=same_as)
         self.n_experiments += 1
-        return self.ir.add(node, all_writes)
+        return self.ir.add(node, all_writes + gate + ((same_as,) if same_as else ()))
 
     # -- cached nodes ---------------------------------------------------------------------
     def _cached(self, key: tuple[Any, ...], make: Any) -> str:

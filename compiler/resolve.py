@@ -134,18 +134,20 @@ def _latent_sites(ref: A.SiteRef, model: ModelSpec) -> list[Match] | None:
                          "index", ref.span, hint=f"write {name}[i] or {name}.err")
     kind = err_kind(name) if err else latent_kind(name)
     width = info.d_out if err else info.d_sae
+    # The host's layer (0 for embed) tells the passes where the site is computed.
+    layer = 0 if info.host.kind == "embed" else info.host.layer
     sel = ref.features
     if isinstance(sel, A.Slice):
         if not 0 <= sel.lo < sel.hi <= width:
             raise CheckError("E396", f"slice [{sel.lo}:{sel.hi}] is outside {ref.text}'s "
                              f"{width} {'features' if err else 'latents'}", sel.span)
-        return [Match((Site(kind, features=(sel.lo, sel.hi)),), ())]
+        return [Match((Site(kind, layer, features=(sel.lo, sel.hi)),), ())]
     if sel is None:
-        return [Match((Site(kind),), ())]
+        return [Match((Site(kind, layer),), ())]
     out = []
     for i, col in _latent_indices(sel, width, ref.text, err):
         key = ((col, i),) if col is not None else ()
-        out.append(Match((Site(kind, features=(i, i + 1)),), key))
+        out.append(Match((Site(kind, layer, features=(i, i + 1)),), key))
     return out
 
 

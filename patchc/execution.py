@@ -99,6 +99,7 @@ class Clock:
         self.seconds: dict[str, float] = {}
         self.model = 0.0
         self.threads: int | None = None  # torch's CPU threads for the run
+        self.sparse: dict[str, int] | None = None  # sparse latent sweeps (runtime/sparse.py)
 
     @contextlib.contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
@@ -202,6 +203,7 @@ def _evaluate_on(checked: CheckedSpec, model: Any, tokenizer: Any, adapter: Any,
         with clock("execute"):
             values = interp.run(ir, plan)
         clock.model = interp.model_seconds
+        clock.sparse = interp.sparse.counts()
         return values, _table_seconds(ir, interp.node_seconds), ir, plan
     plan = group.same_plan(ir, plan)
     with clock("execute"):
@@ -244,7 +246,7 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
         device_map={str(k): v for k, v in hf_map.items()} if hf_map else None,
         workers=group.world if group is not None else 1, threads=_threads(clock),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
-        options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan),
+        options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan, clock.sparse),
         interpreter="naive" if naive else "optimized", total_seconds=0.0)
     results = Results(ir, values, manifest.model_dump(),
                       warnings=[*checked.warnings, *ran.warnings])
@@ -366,9 +368,14 @@ def _weights_hash(model: Any) -> str:
     return digest
 
 
-def _pass_counts(ir: IRGraph, plan=None) -> dict[str, int]:
+def _pass_counts(ir: IRGraph, plan=None, sparse: dict[str, int] | None = None
+                 ) -> dict[str, int]:
     counts = {"forwards": ir.count(Forward), "backwards": ir.count(Backward),
               "nodes": ir.g.number_of_nodes()}
     if plan is not None:  # model passes actually run (a batched chunk is one)
         counts["passes"] = plan.optimized.forwards
+    if sparse and sparse["planned"]:  # latent sweeps: skipped experiments, packed passes
+        counts["passes"] += sparse["passes"] - sparse["planned"]
+        counts["sparse_skipped"] = sparse["skipped"]
+        counts["sparse_passes"] = sparse["passes"]
     return counts

@@ -137,8 +137,21 @@ def test_latents_resolve_and_lower(models):
     writes = {str(w.site) for _, w in ir.of_type(Write)}
     assert {"s1[0]", "s1[127]", "s1[3:7]", "s1.err"} <= writes
     reads = {r.site for _, r in ir.of_type(Read)}
-    assert Site("dict:s1", features=(5, 6)) in reads
-    assert sum(1 for _ in ir.of_type(Forward)) >= 129
+    assert Site("dict:s1", 1, features=(5, 6)) in reads  # the host's layer: L1
+    forwards = dict(ir.of_type(Forward))
+    assert len(forwards) >= 129
+    # The sweep's forwards are gated on the whole latents of both runs at `last`, and stand
+    # for the corrupt run's base forward; a swap of the error term is not gated.
+    swept = [forwards[v] for row in feats.rows for c, v in row.values
+             for v in [ir.node(v).forward]]
+    gates = {f.gate for f in swept}
+    assert len(gates) == 1 and all(f.same_as == swept[0].same_as for f in swept)
+    (gate,) = gates
+    assert len({ir.node(r).forward for r in gate}) == len(gate) == 2
+    assert {ir.node(r).site for r in gate} == {Site("dict:s1", 1)}
+    assert forwards[swept[0].same_as].run == "corrupt" and not forwards[swept[0].same_as].writes
+    sliced, err = (ir.node(ir.node(r.values[0][1]).forward) for r in joint.rows)
+    assert len(sliced.gate) == 2 and not err.gate and err.same_as is None
 
 
 def test_legacy_config_and_hook_warning(models):
