@@ -53,10 +53,13 @@ _DECL_KIND = {A.DataDecl: "data", A.RunDecl: "run", A.MetricDecl: "metric",
               A.VectorDecl: "vector", A.DictDecl: "dictionary"}
 
 
-def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO) -> CheckedSpec:
+def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
+          dictionaries: dict[str, dict[str, Any]] | None = None) -> CheckedSpec:
     """Check a spec against a model. `model`: its ModelSpec (read from the spec's `model`
     statement when None). `tokenizer`: AUTO reads the model's tokenizer.json; None skips
     token-length checks; or anything with `encode(text)` (an HF tokenizer works).
+    `dictionaries`: cfg.json contents by dictionary name, read instead of those folders
+    (SAELens objects given to patchc.run).
 
     Raises SpecErrors holding every error, sorted by position."""
     ctx = Context(spec.source)
@@ -76,7 +79,8 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO) -
     options = _options(ctx, [s for s in stmts if isinstance(s, A.SetDecl)])
     _declare_all(ctx, stmts)
     # Dictionaries first: their latents are sites for everything below (ctx.model gains them).
-    check_dictionaries(ctx, [s for s in stmts if isinstance(s, A.DictDecl) and _owns(ctx, s)])
+    check_dictionaries(ctx, [s for s in stmts if isinstance(s, A.DictDecl) and _owns(ctx, s)],
+                       dictionaries or {})
     for s in stmts:
         if isinstance(s, A.DataDecl) and _owns(ctx, s):
             with ctx.catch(s.span):

@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from typing import Any
 
 from . import ast as A
 from . import resolve
 from .check_context import Context
 from .check_sites import site_width
-from .dictionaries import DictInfo, dict_info, read_config
+from .dictionaries import DictInfo, dict_info, read_config, with_defaults
 from .errors import CheckError, ParseError, Span
 from .ir import Site
 from .modelspec import ModelSpec
@@ -30,21 +31,23 @@ NOT_HOSTS = frozenset({"pattern", "attn.pattern", "ln1.scale", "ln2.scale", "ln_
 _INDEX_NAME = re.compile(r"[LHE]\d+$")
 
 
-def check_dictionaries(ctx: Context, decls: list[A.DictDecl]) -> None:
-    """Check every declaration; add those that pass to `ctx.model`."""
+def check_dictionaries(ctx: Context, decls: list[A.DictDecl],
+                       given: dict[str, dict[str, Any]] | None = None) -> None:
+    """Check every declaration; add those that pass to `ctx.model`. `given`: cfg.json
+    contents by name that stand in for a folder (an SAELens object passed to patchc.run)."""
     if ctx.model is None or not decls:
         return
     found: list[DictInfo] = []
     for d in decls:
         with ctx.catch(d.span):
-            info = _check_one(ctx, d, ctx.model, found)
+            info = _check_one(ctx, d, ctx.model, found, (given or {}).get(d.name.value))
             found.append(info)
     if found:
         ctx.model = dataclasses.replace(ctx.model, dictionaries=tuple(found))
 
 
-def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec,
-               before: list[DictInfo]) -> DictInfo:
+def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictInfo],
+               given: dict[str, Any] | None) -> DictInfo:
     name = d.name.value
     if name in SITE_KINDS or is_site_head(name) or _INDEX_NAME.match(name) or \
             name in {k.split(".")[0] for k in SITE_KINDS}:
@@ -57,7 +60,7 @@ def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec,
                          d.site.span, hint="attach one dictionary per site")
     path = os.path.join(ctx.base_dir, os.path.expanduser(d.path))
     span = _path_span(d)
-    cfg, weights = read_config(path, span)
+    cfg, weights = (with_defaults(given), "") if given is not None else read_config(path, span)
     info = dict_info(name, d.kind, path, cfg, weights, host, span)
     if d.kind == "sae":
         width = site_width(model, host)

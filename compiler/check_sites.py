@@ -15,7 +15,7 @@ from . import ast as A
 from . import resolve
 from .check_context import Context
 from .checked import RunInfo
-from .dictionaries import dict_width, is_dict_kind
+from .dictionaries import dict_width, is_dict_kind, kind_text
 from .errors import CheckError, Span
 from .ir import Positions, Site
 from .modelspec import ModelSpec
@@ -306,6 +306,6 @@ def check_dla(ctx: Context, matches: list[Match], item: A.SiteItem) -> None:
         for site in m.sites:
             if site.kind not in DLA_KINDS:
                 ctx.error("E339", f"dla needs a site that writes to the residual stream; "
-                          f"{site.kind} does not", item.span,
+                          f"{kind_text(site.kind)} does not", item.span,
                           hint="use embed, Ll.attn.out, Ll.mlp.out or Ll.Hh.out")
                 return

@@ -92,10 +92,21 @@ def split_kind(kind: str) -> tuple[str, bool]:
     return body, False
 
 
-def site_text(kind: str) -> str:
-    """How a dictionary kind is written in a spec: `s1`, `s1.err`."""
+def kind_text(kind: str) -> str:
+    """A site kind as a spec writes it: a dictionary's `s1` or `s1.err`, else the kind."""
+    if not is_dict_kind(kind):
+        return kind
     name, err = split_kind(kind)
     return f"{name}.err" if err else name
+
+
+def dictionary_files(written: str, base_dir: str) -> list[str]:
+    """The files of a dictionary folder as the spec names them (for the manifest's input
+    hashes): cfg.json and its weight file (the safetensors one when neither exists)."""
+    folder = os.path.join(base_dir, os.path.expanduser(written))
+    weights = next((w for w in WEIGHT_FILES if os.path.isfile(os.path.join(folder, w))),
+                   WEIGHT_FILES[0])
+    return [f"{written.rstrip('/')}/{CFG_FILE}", f"{written.rstrip('/')}/{weights}"]
 
 
 # ---------------------------------------------------------------------------------------------

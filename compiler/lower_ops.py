@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from . import ast as A
 from . import printer
+from .dictionaries import kind_text
 from .errors import PlanError
 from .ir import ALL_POSITIONS, Estimate, Pair, Row, Site
 from .lowerer import Exp, Key, Lowerer, Target, check_where, keep
@@ -143,7 +144,7 @@ def _backpatch_pairs(lw: Lowerer, op: A.Backpatch,
 
 
 def _site_kind(e: Exp) -> str:
-    return "+".join(dict.fromkeys(t.site.kind for t in e.targets))
+    return "+".join(dict.fromkeys(kind_text(t.site.kind) for t in e.targets))
 
 
 def _compare_key(e: Exp, method: A.Method, col: str, multi: bool) -> Key:

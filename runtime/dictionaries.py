@@ -157,5 +157,28 @@ def load_all(infos: tuple[DictInfo, ...], given: dict[str, Any] | None = None
     """Every declared dictionary by name: the SAELens object the caller passed for it (the
     API's `saes=`), else its folder's weights."""
     given = given or {}
+    unknown = sorted(set(given) - {info.name for info in infos})
+    if unknown:
+        raise RuntimeInterventionError(
+            "E474", f"saes= names {', '.join(unknown)}, which the spec does not declare",
+            hint="declare it: sae NAME = \"PATH\" at SITE (the object stands in for PATH)")
     return {info.name: Dictionary.from_saelens(given[info.name], info) if info.name in given
             else Dictionary.load(info) for info in infos}
+
+
+def saelens_config(sae: Any) -> dict[str, Any]:
+    """The cfg.json contents of an SAELens `SAE` object (`sae.cfg.to_dict()`, or the
+    config's fields), as plain JSON values; its metadata's hook_name is kept."""
+    cfg = getattr(sae, "cfg", None)
+    if cfg is None:
+        raise RuntimeInterventionError("E474", f"{type(sae).__name__} is not an SAELens SAE "
+                                       "(it has no cfg)")
+    raw = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "metadata":
+            value = value if isinstance(value, dict) else getattr(value, "__dict__", {})
+            out[key] = {k: v for k, v in value.items() if isinstance(v, (str, int, float))}
+        elif isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+    return out

@@ -90,6 +90,11 @@ def test_npz_weights_load_without_pickles(gpt2: Fam, tmp_path):
     x = gpt2.read(CLEAN, "L1.resid_post")["L1.resid_post"]
     torch.testing.assert_close(res.activations("acts")["s1"], HandSAE(w).encode(x),
                                atol=ATOL, rtol=0)
+    # The manifest hashes the folder's config and weights (patchc verify checks them).
+    inputs = res.manifest["inputs"]
+    folder = str(tmp_path / "s1")
+    assert {f"{folder}/cfg.json", f"{folder}/sae_weights.npz"} <= set(inputs)
+    assert all(len(inputs[k]) == 64 for k in (f"{folder}/cfg.json", f"{folder}/sae_weights.npz"))
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "neox"])
@@ -258,3 +263,87 @@ def test_transcoder_reads_mlp_input_and_stands_in_for_its_output(get_family, tmp
     torch.testing.assert_close(per_example(res, "off", "ld"),
                                _hand_transcoder_ld(fam, hand, 1, lambda f: f * 0),
                                atol=ATOL, rtol=0)
+
+
+class _SAELensLike:
+    """What patchc reads of an SAELens `SAE`: `cfg.to_dict()` and `state_dict()` (the
+    sae-lens package is not needed; test_saelens_object uses the real one when installed)."""
+
+    class _Cfg:
+        def __init__(self, d: dict) -> None:
+            self.d = d
+
+        def to_dict(self) -> dict:
+            return dict(self.d)
+
+    def __init__(self, cfg: dict, weights: dict) -> None:
+        self.cfg = self._Cfg(cfg)
+        self.weights = weights
+
+    def state_dict(self) -> dict:
+        return dict(self.weights)
+
+
+def test_sae_object_stands_in_for_the_folder(gpt2: Fam, tmp_path):
+    import json
+
+    from patchc.compiler.errors import PatchcError
+
+    w = _save(tmp_path, "s1", "topk", {"k": 3})
+    cfg = json.loads((tmp_path / "s1" / "cfg.json").read_text())
+    body = HEAD + 'sae s1 = "SAE_PATH" at L1.resid_post\n' + \
+        "swap s1[*] @ last from clean into corrupt  measure ld  as feats\n"
+    folder = gpt2.run(body.replace("SAE_PATH", str(tmp_path / "s1")))["feats"]
+    obj = _SAELensLike(cfg, w)
+    given = gpt2.run(body.replace("SAE_PATH", "not/a/folder"), saes={"s1": obj})["feats"]
+    assert folder["ld"].tolist() == given["ld"].tolist()
+    with pytest.raises(PatchcError) as e:
+        gpt2.run(body.replace("SAE_PATH", str(tmp_path / "s1")), saes={"s2": obj})
+    assert e.value.code == "E474"
+    with pytest.raises(PatchcError) as e:  # the object's cfg is checked like a cfg.json
+        gpt2.run(body.replace("SAE_PATH", "x"), saes={"s1": _SAELensLike({**cfg, "d_in": 8}, w)})
+    assert e.value.errors[0].code == "E393"
+
+
+def test_saelens_object(gpt2: Fam, tmp_path):
+    """A real SAELens SAE (skipped where sae-lens is not installed)."""
+    sae_lens = pytest.importorskip("sae_lens")
+    _save(tmp_path, "s1", "jumprelu", {})
+    sae = sae_lens.SAE.load_from_disk(str(tmp_path / "s1"))
+    x = gpt2.read(CLEAN, "L1.resid_post")["L1.resid_post"]
+    res = gpt2.run(HEAD + 'sae s1 = "elsewhere" at L1.resid_post\nread s1 in clean as acts\n',
+                   saes={"s1": sae})
+    torch.testing.assert_close(res.activations("acts")["s1"], sae.encode(x).detach(),
+                               atol=ATOL, rtol=0)
+
+
+def test_latents_steer_baked_compare(gpt2: Fam, tmp_path):
+    """steer along a latent-space vector, a run with a baked latent ablation, and compare's
+    site_kind (the dictionary's name)."""
+    w = _save(tmp_path, "s1", "standard", {})
+    hand = HandSAE(w)
+    site = "L1.resid_post"
+    res = gpt2.run(HEAD + f'sae s1 = "{tmp_path / "s1"}" at {site}\n'
+                   "vector v = mean(clean.s1[0:24] @ last)\n"
+                   "run abl = d.corrupt with ablate s1[0:24] @ last\n"
+                   "steer s1[0:24] @ last in corrupt by {0.5, 2} * v  measure ld  as steered\n"
+                   "measure ld in abl  as baked\n"
+                   "compare atp against swap on s1[*] @ last from clean into corrupt  "
+                   "measure ld  as cmp\n")
+    f_clean = hand.encode(gpt2.read(CLEAN, site)[site])
+    v = f_clean[:, -1].mean(0)
+    assert v.abs().sum() > 0
+    for scale in (0.5, 2.0):
+        def steer(f, scale=scale):
+            f[:, -1] += scale * v
+            return f
+        want = hand_ld(gpt2, CORRUPT, _attached(gpt2, hand, site, steer))
+        torch.testing.assert_close(per_example(res, "steered", "ld", scale=scale), want,
+                                   atol=ATOL, rtol=0)
+
+    def zero_last(f):
+        f[:, -1] = 0
+        return f
+    want = hand_ld(gpt2, CORRUPT, _attached(gpt2, hand, site, zero_last))
+    torch.testing.assert_close(per_example(res, "baked", "ld"), want, atol=ATOL, rtol=0)
+    assert res["cmp"]["site_kind"].tolist() == ["s1"]
