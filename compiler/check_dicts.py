@@ -51,12 +51,12 @@ def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictI
     name = d.name.value
     if name in SITE_KINDS or is_site_head(name) or _INDEX_NAME.match(name) or \
             name in {k.split(".")[0] for k in SITE_KINDS}:
-        raise CheckError("E395", f"`{name}` reads as a site of the model and cannot name a "
+        raise CheckError("E386", f"`{name}` reads as a site of the model and cannot name a "
                          f"{d.kind}", d.name.span, hint=f"rename it, e.g. `{name.lower()}_sae`")
     host = _host(d, model)
     taken = next((b for b in before if b.host == host), None)
     if taken is not None:
-        raise CheckError("E394", f"{host} already has the {taken.kind} `{taken.name}` attached",
+        raise CheckError("E385", f"{host} already has the {taken.kind} `{taken.name}` attached",
                          d.site.span, hint="attach one dictionary per site")
     path = os.path.join(ctx.base_dir, os.path.expanduser(d.path))
     span = _path_span(d)
@@ -65,14 +65,14 @@ def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictI
     if d.kind == "sae":
         width = site_width(model, host)
         if info.d_in != width:
-            raise CheckError("E393", f"{d.kind} `{name}` has d_in = {info.d_in}, but {host} is "
+            raise CheckError("E384", f"{d.kind} `{name}` has d_in = {info.d_in}, but {host} is "
                              f"{width} wide", d.site.span, hint=f"it was trained on "
                              f"{info.hook_name}" if info.hook_name else None)
     else:
         for what, value in (("d_in", info.d_in), ("d_out", info.d_out)):
             if value != model.d_model:
                 side = "input" if what == "d_in" else "output"
-                raise CheckError("E393", f"transcoder `{name}` has {what} = {value}, but the "
+                raise CheckError("E384", f"transcoder `{name}` has {what} = {value}, but the "
                                  f"MLP's {side} at L{host.layer} is {model.d_model} wide",
                                  d.site.span)
     _warn_hook(ctx, d, info)
@@ -80,26 +80,26 @@ def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictI
 
 
 def _host(d: A.DictDecl, model: ModelSpec) -> Site:
-    """The one concrete site a declaration attaches to (E394 otherwise)."""
+    """The one concrete site a declaration attaches to (E385 otherwise)."""
     ref = d.site
     if ref.features is not None or ref.subspace or ref.pos is not None:
-        raise CheckError("E394", f"a {d.kind} attaches to a whole site, without [...] or @",
+        raise CheckError("E385", f"a {d.kind} attaches to a whole site, without [...] or @",
                          ref.span, hint="select latents later: NAME[i], NAME[a:b], NAME @ POS")
     if d.kind == "transcoder":
         if ref.kind != "mlp" or not isinstance(ref.layer, A.Idx) or ref.head is not None:
-            raise CheckError("E394", f"a transcoder attaches at one layer's MLP, Ll.mlp; got "
+            raise CheckError("E385", f"a transcoder attaches at one layer's MLP, Ll.mlp; got "
                              f"{ref.text}", ref.span, hint="e.g. transcoder t = \"PATH\" at L0.mlp")
         out = resolve.expand_site(dataclasses.replace(ref, kind="mlp.out"), model)
         return out[0].sites[0]
     if ref.kind in NOT_HOSTS:
-        raise CheckError("E394", f"an SAE cannot attach to {ref.text}: it has no fixed-width "
+        raise CheckError("E385", f"an SAE cannot attach to {ref.text}: it has no fixed-width "
                          "vector per token", ref.span)
     if model.dictionary(ref.kind.removesuffix(".err")) is not None:
-        raise CheckError("E394", "an SAE attaches to a site of the model, not to another "
+        raise CheckError("E385", "an SAE attaches to a site of the model, not to another "
                          "dictionary's latents", ref.span)
     for idx in (ref.layer, ref.head):
         if idx is not None and not isinstance(idx, A.Idx):
-            raise CheckError("E394", f"an SAE attaches to one site; {ref.text} is a pattern",
+            raise CheckError("E385", f"an SAE attaches to one site; {ref.text} is a pattern",
                              idx.span)
     return resolve.expand_site(ref, model)[0].sites[0]
 
@@ -111,7 +111,7 @@ def _path_span(d: A.DictDecl) -> Span:
 
 
 def _warn_hook(ctx: Context, d: A.DictDecl, info: DictInfo) -> None:
-    """W390: cfg.json's hook_name (a TransformerLens hook) names another site than `at`."""
+    """W381: cfg.json's hook_name (a TransformerLens hook) names another site than `at`."""
     hook = info.hook_name
     if not hook:
         return
@@ -128,5 +128,5 @@ def _warn_hook(ctx: Context, d: A.DictDecl, info: DictInfo) -> None:
             return
         same = kind == info.host.kind and (layer is None or layer == info.host.layer)
     if not same:
-        ctx.warn("W390", f"{d.kind} `{info.name}` was trained on {hook}, but it is attached at "
+        ctx.warn("W381", f"{d.kind} `{info.name}` was trained on {hook}, but it is attached at "
                  f"{d.site.text}", d.site.span, hint="check the `at` site")

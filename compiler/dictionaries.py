@@ -115,25 +115,25 @@ def dictionary_files(written: str, base_dir: str) -> list[str]:
 
 def read_config(path: str, span: Span) -> tuple[dict[str, Any], str]:
     """cfg.json of the folder `path` as SAELens would default it, and the weight file's
-    name. Raises CheckError E390 (missing or unreadable) or E391 (not a config)."""
+    name. Raises CheckError E381 (missing or unreadable) or E382 (not a config)."""
     if not os.path.isdir(path):
-        raise CheckError("E390", f"no dictionary folder at {path}", span,
+        raise CheckError("E381", f"no dictionary folder at {path}", span,
                          hint="a dictionary is a folder with cfg.json and "
                          "sae_weights.safetensors (SAELens' layout)")
     cfg_path = os.path.join(path, CFG_FILE)
     if not os.path.isfile(cfg_path):
-        raise CheckError("E390", f"the dictionary folder {path} has no {CFG_FILE}", span)
+        raise CheckError("E381", f"the dictionary folder {path} has no {CFG_FILE}", span)
     weights = next((w for w in WEIGHT_FILES if os.path.isfile(os.path.join(path, w))), None)
     if weights is None:
-        raise CheckError("E390", f"the dictionary folder {path} has no "
+        raise CheckError("E381", f"the dictionary folder {path} has no "
                          f"{' or '.join(WEIGHT_FILES)}", span)
     try:
         with open(cfg_path, encoding="utf-8") as f:
             cfg = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckError("E391", f"{cfg_path} is not valid JSON: {e}", span) from None
+        raise CheckError("E382", f"{cfg_path} is not valid JSON: {e}", span) from None
     if not isinstance(cfg, dict):
-        raise CheckError("E391", f"{cfg_path} must hold a JSON object", span)
+        raise CheckError("E382", f"{cfg_path} must hold a JSON object", span)
     return with_defaults(cfg), weights
 
 
@@ -167,14 +167,14 @@ def with_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
 def _int_field(cfg: dict[str, Any], key: str, where: str, span: Span) -> int:
     value = cfg.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise CheckError("E391", f"{where}: `{key}` must be a positive integer; got "
+        raise CheckError("E382", f"{where}: `{key}` must be a positive integer; got "
                          f"{json.dumps(value)}", span)
     return value
 
 
 def dict_info(name: str, kind: str, path: str, cfg: dict[str, Any], weights: str,
               host: Site, span: Span) -> DictInfo:
-    """A DictInfo from a (defaulted) cfg.json; E391/E392 for what patchc cannot compute."""
+    """A DictInfo from a (defaulted) cfg.json; E382/E383 for what patchc cannot compute."""
     where = os.path.join(path, CFG_FILE)
     arch = cfg.get("architecture")
     allowed = SAE_ARCHITECTURES if kind == "sae" else TRANSCODER_ARCHITECTURES
@@ -182,23 +182,23 @@ def dict_info(name: str, kind: str, path: str, cfg: dict[str, Any], weights: str
         other = TRANSCODER_ARCHITECTURES if kind == "sae" else SAE_ARCHITECTURES
         hint = (f"declare it with `{'transcoder' if kind == 'sae' else 'sae'}`"
                 if arch in other else None)
-        raise CheckError("E392", f"{where}: a {kind} with architecture {json.dumps(arch)} is "
+        raise CheckError("E383", f"{where}: a {kind} with architecture {json.dumps(arch)} is "
                          f"not supported (a {kind} is one of {', '.join(allowed)})", span,
                          hint=hint)
     norm = cfg.get("normalize_activations", "none")
     if norm not in NORMALIZATIONS:
-        raise CheckError("E392", f"{where}: normalize_activations {json.dumps(norm)} is not "
+        raise CheckError("E383", f"{where}: normalize_activations {json.dumps(norm)} is not "
                          f"one of {', '.join(NORMALIZATIONS)}", span)
     d_in = _int_field(cfg, "d_in", where, span)
     d_sae = _int_field(cfg, "d_sae", where, span)
     d_out = _int_field(cfg, "d_out", where, span) if kind == "transcoder" else d_in
     apply_b_dec = bool(cfg.get("apply_b_dec_to_input", False))
     if kind == "transcoder" and apply_b_dec:
-        raise CheckError("E392", f"{where}: apply_b_dec_to_input is not defined for a "
+        raise CheckError("E383", f"{where}: apply_b_dec_to_input is not defined for a "
                          "transcoder (its decoder bias is in the output's space)", span)
     k = _int_field(cfg, "k", where, span) if arch == "topk" else 0
     if arch == "topk" and k > d_sae:
-        raise CheckError("E391", f"{where}: k = {k} is more than d_sae = {d_sae}", span)
+        raise CheckError("E382", f"{where}: k = {k} is more than d_sae = {d_sae}", span)
     hook = cfg.get("hook_name")
     return DictInfo(name, kind, path, weights, str(arch), d_in, d_sae, d_out, host,
                     apply_b_dec, str(norm), k, bool(cfg.get("rescale_acts_by_decoder_norm")),
@@ -211,5 +211,5 @@ def dict_width(model: Any, kind: str) -> int:
     name, err = split_kind(kind)
     info = model.dictionary(name)
     if info is None:
-        raise CheckError("E396", f"no dictionary called {name}", Span(1, 1, 1, 1))
+        raise CheckError("E387", f"no dictionary called {name}", Span(1, 1, 1, 1))
     return info.d_out if err else info.d_sae

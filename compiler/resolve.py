@@ -130,7 +130,7 @@ def _latent_sites(ref: A.SiteRef, model: ModelSpec) -> list[Match] | None:
     if info is None:
         return None
     if ref.layer is not None or ref.head is not None:
-        raise CheckError("E396", f"{ref.text}: a dictionary's latents take no layer or head "
+        raise CheckError("E387", f"{ref.text}: a dictionary's latents take no layer or head "
                          "index", ref.span, hint=f"write {name}[i] or {name}.err")
     kind = err_kind(name) if err else latent_kind(name)
     width = info.d_out if err else info.d_sae
@@ -139,7 +139,7 @@ def _latent_sites(ref: A.SiteRef, model: ModelSpec) -> list[Match] | None:
     sel = ref.features
     if isinstance(sel, A.Slice):
         if not 0 <= sel.lo < sel.hi <= width:
-            raise CheckError("E396", f"slice [{sel.lo}:{sel.hi}] is outside {ref.text}'s "
+            raise CheckError("E387", f"slice [{sel.lo}:{sel.hi}] is outside {ref.text}'s "
                              f"{width} {'features' if err else 'latents'}", sel.span)
         return [Match((Site(kind, layer, features=(sel.lo, sel.hi)),), ())]
     if sel is None:
@@ -159,7 +159,7 @@ def _latent_indices(sel: A.Index, width: int, text: str, err: bool
         if e.code != "E203":
             raise
         what = "features" if err else "latents"
-        raise CheckError("E396", f"{text} has {width} {what} ({text}[0]..{text}[{width - 1}]); "
+        raise CheckError("E387", f"{text} has {width} {what} ({text}[0]..{text}[{width - 1}]); "
                          f"got {e.message.rsplit('got ', 1)[-1]}", e.span) from None
 
 

@@ -30,7 +30,7 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
                            overrides, saes=saes)
     if saes:
         raise RuntimeInterventionError(
-            "E474", "SAE objects (saes=...) are used in this process only: run without "
+            "E484", "SAE objects (saes=...) are used in this process only: run without "
             "workers, or give the spec their folders").with_source(spec.source)
     from patchc import workers as W  # torch.distributed: only when workers are asked for
 

@@ -65,10 +65,10 @@ class Dictionary:
             t = params.get(key)
             if t is None:
                 raise RuntimeInterventionError(
-                    "E470", f"{info.kind} `{info.name}`: its weights have no `{key}`")
+                    "E480", f"{info.kind} `{info.name}`: its weights have no `{key}`")
             if tuple(t.shape) != shape:
                 raise RuntimeInterventionError(
-                    "E470", f"{info.kind} `{info.name}`: `{key}` has shape "
+                    "E480", f"{info.kind} `{info.name}`: `{key}` has shape "
                     f"{tuple(t.shape)}, cfg.json implies {shape}")
             self.params[key] = t.detach().to(torch.float32)
         self._on: dict[torch.device, dict[str, torch.Tensor]] = {}
@@ -85,11 +85,11 @@ class Dictionary:
                 params = load_file(path)
         except (OSError, ValueError, RuntimeError) as e:
             raise RuntimeInterventionError(
-                "E471", f"{info.kind} `{info.name}`: cannot read {path}: {e}") from None
+                "E481", f"{info.kind} `{info.name}`: cannot read {path}: {e}") from None
         scaling = params.pop("scaling_factor", None)
         if scaling is not None and not bool(torch.all(scaling == 1)):
             raise RuntimeInterventionError(
-                "E470", f"{info.kind} `{info.name}`: a scaling_factor other than 1 (SAELens' "
+                "E480", f"{info.kind} `{info.name}`: a scaling_factor other than 1 (SAELens' "
                 "finetuning scaling) is not supported")
         return cls(info, params)
 
@@ -160,7 +160,7 @@ def load_all(infos: tuple[DictInfo, ...], given: dict[str, Any] | None = None
     unknown = sorted(set(given) - {info.name for info in infos})
     if unknown:
         raise RuntimeInterventionError(
-            "E474", f"saes= names {', '.join(unknown)}, which the spec does not declare",
+            "E484", f"saes= names {', '.join(unknown)}, which the spec does not declare",
             hint="declare it: sae NAME = \"PATH\" at SITE (the object stands in for PATH)")
     return {info.name: Dictionary.from_saelens(given[info.name], info) if info.name in given
             else Dictionary.load(info) for info in infos}
@@ -171,7 +171,7 @@ def saelens_config(sae: Any) -> dict[str, Any]:
     config's fields), as plain JSON values; its metadata's hook_name is kept."""
     cfg = getattr(sae, "cfg", None)
     if cfg is None:
-        raise RuntimeInterventionError("E474", f"{type(sae).__name__} is not an SAELens SAE "
+        raise RuntimeInterventionError("E484", f"{type(sae).__name__} is not an SAELens SAE "
                                        "(it has no cfg)")
     raw = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
     out: dict[str, Any] = {}

@@ -74,7 +74,7 @@ class Attachment:
         if info.reads_mlp_input:
             if ad.flat_mlp:
                 raise RuntimeInterventionError(
-                    "E472", f"transcoder `{info.name}`: {ad.family}'s MLP has no module "
+                    "E482", f"transcoder `{info.name}`: {ad.family}'s MLP has no module "
                     "whose input is the MLP's input")
             assert info.host.layer is not None
             stack.callback(taps.tap_input(ad.mlp(info.host.layer), self._take_input,
@@ -93,7 +93,7 @@ class Attachment:
             x, self.x_in = self.x_in, None
             if x is None or x.shape[:-1] != y.shape[:-1]:
                 raise RuntimeInterventionError(
-                    "E472", f"transcoder `{d.info.name}`: the MLP's input was not seen in "
+                    "E482", f"transcoder `{d.info.name}`: the MLP's input was not seen in "
                     "this forward")
         else:
             x = y
@@ -127,7 +127,7 @@ def hooked(adapter: Adapter, kind: str, fn: HookFn) -> Iterator[Adapter]:
     name, err = split_kind(kind)
     if name not in adapter.dictionaries:
         raise RuntimeInterventionError(
-            "E473", f"no dictionary `{name}` is loaded for this model")
+            "E483", f"no dictionary `{name}` is loaded for this model")
     att = adapter._attachments.get(name)
     if att is None:
         att = adapter._attachments[name] = Attachment(adapter, name)

@@ -71,41 +71,41 @@ def _errors(models: Models, body: str) -> list[PatchcError]:
 
 
 CASES = [  # id, body, code, line, col, message fragment
-    ("missing_folder", 'sae s1 = "saes/nope" at L1.resid_post', "E390", 6, 10,
+    ("missing_folder", 'sae s1 = "saes/nope" at L1.resid_post', "E381", 6, 10,
      "no dictionary folder"),
-    ("no_weights", 'sae s1 = "saes/noweights" at L1.resid_post', "E390", 6, 10,
+    ("no_weights", 'sae s1 = "saes/noweights" at L1.resid_post', "E381", 6, 10,
      "sae_weights.safetensors or sae_weights.npz"),
-    ("broken_json", 'sae s1 = "saes/broken" at L1.resid_post', "E391", 6, 10,
+    ("broken_json", 'sae s1 = "saes/broken" at L1.resid_post', "E382", 6, 10,
      "not valid JSON"),
-    ("unknown_architecture", 'sae s1 = "saes/gated" at L1.resid_post', "E392", 6, 10,
+    ("unknown_architecture", 'sae s1 = "saes/gated" at L1.resid_post', "E383", 6, 10,
      '"gated" is not supported'),
-    ("bad_normalization", 'sae s1 = "saes/badnorm" at L1.resid_post', "E392", 6, 10,
+    ("bad_normalization", 'sae s1 = "saes/badnorm" at L1.resid_post', "E383", 6, 10,
      '"whiten"'),
-    ("transcoder_as_sae", 'sae s1 = "saes/tc" at L1.resid_post', "E392", 6, 10,
+    ("transcoder_as_sae", 'sae s1 = "saes/tc" at L1.resid_post', "E383", 6, 10,
      'a sae with architecture "transcoder"'),
-    ("width", 'sae s1 = "saes/narrow" at L1.resid_post', "E393", 6, 27,
+    ("width", 'sae s1 = "saes/narrow" at L1.resid_post', "E384", 6, 27,
      "d_in = 16, but L1.resid_post is 64 wide"),
-    ("width_head", 'sae s1 = "saes/relu64" at L0.H1.z', "E393", 6, 27, "L0.H1.z is 16 wide"),
-    ("pattern_host", 'sae s1 = "saes/relu64" at L*.resid_post', "E394", 6, 28,
+    ("width_head", 'sae s1 = "saes/relu64" at L0.H1.z', "E384", 6, 27, "L0.H1.z is 16 wide"),
+    ("pattern_host", 'sae s1 = "saes/relu64" at L*.resid_post', "E385", 6, 28,
      "is a pattern"),
-    ("position_host", 'sae s1 = "saes/relu64" at L1.resid_post @ last', "E394", 6, 27,
+    ("position_host", 'sae s1 = "saes/relu64" at L1.resid_post @ last', "E385", 6, 27,
      "without [...] or @"),
-    ("transcoder_site", 'transcoder t = "saes/tc" at L1.mlp.out', "E394", 6, 29,
+    ("transcoder_site", 'transcoder t = "saes/tc" at L1.mlp.out', "E385", 6, 29,
      "one layer's MLP, Ll.mlp"),
-    ("logits_host", 'sae s1 = "saes/relu64" at logits', "E394", 6, 27, "fixed-width"),
-    ("site_name", 'sae L1 = "saes/relu64" at L1.resid_post', "E395", 6, 5,
+    ("logits_host", 'sae s1 = "saes/relu64" at logits', "E385", 6, 27, "fixed-width"),
+    ("site_name", 'sae L1 = "saes/relu64" at L1.resid_post', "E386", 6, 5,
      "reads as a site"),
-    ("kind_name", 'sae embed = "saes/relu64" at L1.resid_post', "E395", 6, 5,
+    ("kind_name", 'sae embed = "saes/relu64" at L1.resid_post', "E386", 6, 5,
      "reads as a site"),
     ("latent_range", 'sae s1 = "saes/relu64" at L1.resid_post\n'
-     "swap s1[128] from clean into corrupt  measure ld", "E396", 7, 9, "s1 has 128 latents"),
+     "swap s1[128] from clean into corrupt  measure ld", "E387", 7, 9, "s1 has 128 latents"),
     ("latent_slice", 'sae s1 = "saes/relu64" at L1.resid_post\n'
-     "swap s1[100:200] from clean into corrupt  measure ld", "E396", 7, 9,
+     "swap s1[100:200] from clean into corrupt  measure ld", "E387", 7, 9,
      "outside s1's 128 latents"),
     ("latent_layer", 'sae s1 = "saes/relu64" at L1.resid_post\n'
-     "swap L0.s1 from clean into corrupt  measure ld", "E396", 7, 6, "no layer or head"),
+     "swap L0.s1 from clean into corrupt  measure ld", "E387", 7, 6, "no layer or head"),
     ("duplicate_host", 'sae s1 = "saes/relu64" at L1.resid_post\n'
-     'sae s2 = "saes/topk64" at L1.resid_post', "E394", 7, 27, "already has the sae `s1`"),
+     'sae s2 = "saes/topk64" at L1.resid_post', "E385", 7, 27, "already has the sae `s1`"),
     ("duplicate_name", 'sae ioi = "saes/relu64" at L1.resid_post', "E308", 6, 5,
      "already declared"),
 ]
@@ -157,12 +157,12 @@ def test_latents_resolve_and_lower(models):
 def test_legacy_config_and_hook_warning(models):
     """A pre-6.0 SAELens config (hook_point, activation_fn_str topk, a boolean
     normalize_activations) is read as SAELens reads it; a hook_name naming another site
-    than `at` warns (W390)."""
+    than `at` warns (W381)."""
     checked = _check(models, 'sae s1 = "saes/legacy" at L1.resid_post\n')
     (info,) = checked.model.dictionaries
     assert (info.architecture, info.k, info.normalize_activations) == (
         "topk", 4, "expected_average_only_in")
-    assert [w.code for w in checked.warnings] == ["W390"]
+    assert [w.code for w in checked.warnings] == ["W381"]
     assert "blocks.0.hook_mlp_out" in checked.warnings[0].message
 
 

@@ -299,10 +299,10 @@ def test_sae_object_stands_in_for_the_folder(gpt2: Fam, tmp_path):
     assert folder["ld"].tolist() == given["ld"].tolist()
     with pytest.raises(PatchcError) as e:
         gpt2.run(body.replace("SAE_PATH", str(tmp_path / "s1")), saes={"s2": obj})
-    assert e.value.code == "E474"
+    assert e.value.code == "E484"
     with pytest.raises(PatchcError) as e:  # the object's cfg is checked like a cfg.json
         gpt2.run(body.replace("SAE_PATH", "x"), saes={"s1": _SAELensLike({**cfg, "d_in": 8}, w)})
-    assert e.value.errors[0].code == "E393"
+    assert e.value.errors[0].code == "E384"
 
 
 def test_saelens_object(gpt2: Fam, tmp_path):
