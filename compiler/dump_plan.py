@@ -146,7 +146,7 @@ def sparse_line(ir: IRGraph, plan: Plan) -> str:
     """How many experiments are latent-sweep forwards that run only if a latent they write
     is active (compiler/lower_latents.py): only the run knows which are, so the plan lists
     their passes as if all were; the run's manifest counts those it skipped."""
-    gated = {nid for nid, f in ir.of_type(Forward) if f.gate}
+    gated = {nid for nid, f in ir.of_type(Forward) if f.sparse}
     if not gated:
         return ""
     steps = sum(1 for s in plan.forward_steps() if gated & set(s.members))

@@ -140,9 +140,9 @@ class Forward:
     logit_tokens: bool = False  # trim_logits: only the token ids the metrics name
     # A sparse latent sweep (compiler/lower_latents.py): this forward equals `same_as` (the
     # target run's base forward) when every dictionary latent its own writes touch is zero
-    # in every `gate` Read (the latents of both runs at the written positions); the plan
+    # in every `sparse` Read (the latents of both runs at the written positions); the plan
     # interpreter then skips it. The naive interpreter ignores both fields.
-    gate: tuple[str, ...] = ()
+    sparse: tuple[str, ...] = ()
     same_as: str | None = None
 
 
@@ -354,7 +354,7 @@ def verify(ir: IRGraph) -> None:
         refs: tuple[str, ...] = ()
         if isinstance(node, Forward):
             refs = node.writes + tuple(r for r in (node.twin, node.start, node.same_as) if r)
-            refs += node.gate
+            refs += node.sparse
             _verify_forward(ir, nid, node)
         elif isinstance(node, Read):
             refs = (node.forward,)

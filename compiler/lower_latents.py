@@ -8,13 +8,13 @@ its site exactly, so the experiment's forward is its target run's base forward, 
 Which latents are active is only known once the base forwards have run, so the decision is
 the runtime's; the IR states what it needs:
 
-    Forward.gate     Reads of the whole latent vector at each written position, on the
+    Forward.sparse   Reads of the whole latent vector at each written position, on the
                      target's base forward and (for swap, trace, mean, resample) the
                      source's: one Read per (run, dictionary, positions), shared by the sweep
     Forward.same_as  the target's base forward, whose output the skipped forward reuses
 
 The plan interpreter (runtime/sparse.py) skips a gated forward when every latent its own
-writes touch is zero in every gate Read at those positions, and packs the remaining active
+writes touch is zero in every `sparse` Read there, and packs the remaining active
 forwards of a sweep into full batches. The naive interpreter runs every forward, so the
 differential tests check that skipping changes nothing.
 """
@@ -35,9 +35,9 @@ def is_latent(site: Site) -> bool:
     return is_dict_kind(site.kind) and not split_kind(site.kind)[1]
 
 
-def gate(lw: Lowerer, target: str, source: str | None, targets: tuple[Target, ...],
+def sparse_of(lw: Lowerer, target: str, source: str | None, targets: tuple[Target, ...],
          mode: str, scale: float = 1.0) -> tuple[tuple[str, ...], str | None]:
-    """(gate Reads, same_as) for an experiment writing `targets` of run `target` with `mode`
+    """(`sparse` Reads, same_as) for an experiment writing `targets` of run `target` with `mode`
     (reading `source` for swap/trace/mean/resample), or ((), None) when it cannot be gated:
     a target that is not latents, a subspace, or a mode that moves a zero."""
     if mode not in GATED_MODES or not math.isfinite(scale) or not targets:

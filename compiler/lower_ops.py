@@ -17,7 +17,7 @@ from .errors import PlanError
 from .ir import ALL_POSITIONS, Estimate, Pair, Row, Site
 from .lowerer import Exp, Key, Lowerer, Target, check_where, keep
 from .lower_exprs import split_sweep
-from .lower_latents import gate
+from .lower_latents import sparse_of
 from .lower_observe import op_lens, op_measure, op_read
 from .modelspec import ModelSpec
 
@@ -180,8 +180,8 @@ def _op_swap(lw: Lowerer, op: A.Swap | A.Trace) -> None:
     rows = []
     for e in _exps(lw, op, target):
         ws = [lw.write(t, "replace", (lw.read(src, t.site, t.pos),)) for t in e.targets]
-        gated = gate(lw, target, source, e.targets, "replace")
-        rows.append(lw.row(e.key, lw.forward(target, ws, gated), op, target, source))
+        sparse = sparse_of(lw, target, source, e.targets, "replace")
+        rows.append(lw.row(e.key, lw.forward(target, ws, sparse), op, target, source))
     lw.table(op, rows)
 
 
@@ -191,8 +191,8 @@ def _op_ablate(lw: Lowerer, op: A.Ablate) -> None:
     rows = []
     for e in _exps(lw, op, target):
         ws = [_ablation(lw, t, op.how) for t in e.targets]
-        gated = gate(lw, target, source, e.targets, op.how.kind)
-        rows.append(lw.row(e.key, lw.forward(target, ws, gated), op, target, source))
+        sparse = sparse_of(lw, target, source, e.targets, op.how.kind)
+        rows.append(lw.row(e.key, lw.forward(target, ws, sparse), op, target, source))
     lw.table(op, rows)
 
 
@@ -214,8 +214,8 @@ def _op_scale(lw: Lowerer, op: A.Scale) -> None:
     for e in _exps(lw, op, target):
         for value, scale in _scalars(op.by):
             ws = [lw.write(t, "mul", (), scale) for t in e.targets]
-            gated = gate(lw, target, None, e.targets, "mul", scale)
-            rows.append(lw.row(_with_scale(e.key, value), lw.forward(target, ws, gated), op,
+            sparse = sparse_of(lw, target, None, e.targets, "mul", scale)
+            rows.append(lw.row(_with_scale(e.key, value), lw.forward(target, ws, sparse), op,
                                target, None))
     lw.table(op, rows)
 

@@ -115,15 +115,15 @@ class Lowerer:
         return self._bare[run]
 
     def forward(self, run: str, writes: list[str],
-                gated: tuple[tuple[str, ...], str | None] = ((), None)) -> str:
-        """A new experiment Forward of `run`: its baked writes, then `writes`; `gated` are
-        its (gate Reads, same_as) when a sparse latent sweep may skip it (lower_latents)."""
+                sparse: tuple[tuple[str, ...], str | None] = ((), None)) -> str:
+        """A new experiment Forward of `run`: its baked writes, then `writes`. `sparse`: its
+        (latent Reads, same_as) when a sparse latent sweep may skip it (lower_latents.py)."""
         all_writes = self.bake(run) + tuple(writes)
-        gate, same_as = gated
-        node = Forward(run, all_writes, self.n_experiments, self.samples[run], gate=gate,
+        reads, same_as = sparse
+        node = Forward(run, all_writes, self.n_experiments, self.samples[run], sparse=reads,
                        same_as=same_as)
         self.n_experiments += 1
-        return self.ir.add(node, all_writes + gate + ((same_as,) if same_as else ()))
+        return self.ir.add(node, all_writes + reads + ((same_as,) if same_as else ()))
 
     # -- cached nodes ---------------------------------------------------------------------
     def _cached(self, key: tuple[Any, ...], make: Any) -> str:

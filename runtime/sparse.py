@@ -1,12 +1,12 @@
 """Sparse latent sweeps in the plan interpreter: skip the forwards whose latents are
 inactive, and pack the rest into full batches.
 
-The IR marks a skippable experiment forward with `gate` (Reads of the whole latent vector
+The IR marks a skippable experiment forward with `sparse` (Reads of the whole latent vector
 at each written position, on the target's and source's base forwards) and `same_as` (the
 target's base forward): see compiler/lower_latents.py. When the plan reaches a step of such
-forwards, the gate Reads have been taken (they are inputs of the step), and for each member:
+forwards, the `sparse` Reads have been taken (they are inputs of the step), and for each member:
 
-- inactive (every latent its own writes touch is zero in every gate Read at those
+- inactive (every latent its own writes touch is zero in every `sparse` Read at those
   positions, all rows): its writes replace zero by zero, so its output is `same_as`'s. It
   costs no forward: its value is `same_as`'s output (with its own valid rows), whose logits
   trim_logits kept at the member's metric positions.
@@ -54,7 +54,7 @@ class Sparse:
 
     def gated(self, step: ForwardStep) -> bool:
         return not step.generate and not step.keep_kv and \
-            any(self._forward(m).gate for m in step.members)
+            any(self._forward(m).sparse for m in step.members)
 
     def parts(self, step: ForwardStep) -> Iterator[ForwardStep]:
         """The steps to run in place of `step` (itself when it is no sparse sweep)."""
@@ -100,14 +100,14 @@ class Sparse:
         f = self._forward(fid)
         values = self.interp.values
         needs = [i for w in f.writes for i in self.ir.node(w).inputs]  # type: ignore[union-attr]
-        needs += list(f.gate) + [x for x in (f.same_as, f.start) if x]
+        needs += list(f.sparse) + [x for x in (f.same_as, f.start) if x]
         if f.narrow and f.twin and f.twin not in self.interp.kv:
             return False
         return all(n in values for n in needs)
 
     def _inactive(self, fid: str) -> bool:
         f = self._forward(fid)
-        if not f.gate or f.same_as is None or f.same_as not in self.interp.values:
+        if not f.sparse or f.same_as is None or f.same_as not in self.interp.values:
             return False
         for c in self.ir.g.successors(fid):
             node = self.ir.node(c)
@@ -117,11 +117,11 @@ class Sparse:
                     isinstance(e, _PLAIN_SKIP) for e in A.metric_nodes(node.expr))):
                 return False
         base: Forward = self._forward(f.same_as)
-        gates = [self.ir.node(g) for g in f.gate]
+        gates = [self.ir.node(g) for g in f.sparse]
         for wid in f.writes[len(base.writes):]:
             w: Write = self.ir.node(wid)  # type: ignore[assignment]
             lo, hi = w.site.features or (0, None)
-            matching = [(g, r) for g, r in zip(f.gate, gates)
+            matching = [(g, r) for g, r in zip(f.sparse, gates)
                         if r.site.kind == w.site.kind and r.pos == w.pos]  # type: ignore[union-attr]
             if not matching:
                 return False

@@ -144,14 +144,14 @@ def test_latents_resolve_and_lower(models):
     # for the corrupt run's base forward; a swap of the error term is not gated.
     swept = [forwards[v] for row in feats.rows for c, v in row.values
              for v in [ir.node(v).forward]]
-    gates = {f.gate for f in swept}
+    gates = {f.sparse for f in swept}
     assert len(gates) == 1 and all(f.same_as == swept[0].same_as for f in swept)
     (gate,) = gates
     assert len({ir.node(r).forward for r in gate}) == len(gate) == 2
     assert {ir.node(r).site for r in gate} == {Site("dict:s1", 1)}
     assert forwards[swept[0].same_as].run == "corrupt" and not forwards[swept[0].same_as].writes
     sliced, err = (ir.node(ir.node(r.values[0][1]).forward) for r in joint.rows)
-    assert len(sliced.gate) == 2 and not err.gate and err.same_as is None
+    assert len(sliced.sparse) == 2 and not err.sparse and err.same_as is None
 
 
 def test_legacy_config_and_hook_warning(models):
