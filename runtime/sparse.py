@@ -23,7 +23,7 @@ runs (its base forward's output does not hold what they need).
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -33,16 +33,14 @@ from patchc.compiler.schedule import ForwardStep, Plan
 
 from .writes import ReadValue
 
-if TYPE_CHECKING:
-    from .execute import Executor
-
 _PLAIN_SKIP = (A.MLoss, A.MSeqLogProb, A.MText) + tuple(A.GENERATING)
 
 
 class Sparse:
     """The sparse-sweep state of one plan's run: which members are done, and counts."""
 
-    def __init__(self, interp: "Executor", ir: IRGraph, plan: Plan) -> None:
+    def __init__(self, interp: Any, ir: IRGraph, plan: Plan) -> None:
+        # interp: the plan interpreter (execute.Executor, which imports this module)
         self.interp = interp
         self.ir = ir
         self.steps = plan.forward_steps()
