@@ -53,14 +53,18 @@ def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictI
             name in {k.split(".")[0] for k in SITE_KINDS}:
         raise CheckError("E386", f"`{name}` reads as a site of the model and cannot name a "
                          f"{d.kind}", d.name.span, hint=f"rename it, e.g. `{name.lower()}_sae`")
+    path = os.path.join(ctx.base_dir, os.path.expanduser(d.path))
+    span = _path_span(d)
+    if d.site is None:  # no `at`: the site cfg.json's hook_name names
+        cfg, weights = _config(path, span, given)
+        d = dataclasses.replace(d, site=_site_of_hook(d, cfg.get("hook_name"), span))
     host = _host(d, model)
+    assert d.site is not None
     taken = next((b for b in before if b.host == host), None)
     if taken is not None:
         raise CheckError("E385", f"{host} already has the {taken.kind} `{taken.name}` attached",
                          d.site.span, hint="attach one dictionary per site")
-    path = os.path.join(ctx.base_dir, os.path.expanduser(d.path))
-    span = _path_span(d)
-    cfg, weights = (with_defaults(given), "") if given is not None else read_config(path, span)
+    cfg, weights = _config(path, span, given)
     info = dict_info(name, d.kind, path, cfg, weights, host, span)
     if d.kind == "sae":
         width = site_width(model, host)
@@ -79,9 +83,44 @@ def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictI
     return info
 
 
+def _config(path: str, span: Span, given: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """cfg.json and the weight file's name, or a given config (an SAELens object's)."""
+    return (with_defaults(given), "") if given is not None else read_config(path, span)
+
+
+def _site_of_hook(d: A.DictDecl, hook: Any, span: Span) -> A.SiteRef:
+    """The site a TransformerLens hook name stands for (`blocks.1.hook_resid_post` ->
+    L1.resid_post; a transcoder's `blocks.1.ln2.hook_normalized` -> L1.mlp), at `span`."""
+    ref = None
+    if isinstance(hook, str) and hook:
+        try:
+            parsed = parse_site_path(hook, span)
+        except ParseError:
+            parsed = None
+        if parsed is not None and d.kind == "transcoder" and isinstance(parsed.layer, A.Idx):
+            ref = A.SiteRef(hook, "mlp", parsed.layer, None, None, (), None, span)
+        elif parsed is not None and d.kind == "sae" and parsed.kind in SITE_KINDS:
+            ref = A.SiteRef(hook, parsed.kind, parsed.layer, parsed.head, None, (), None, span)
+    if ref is None:
+        what = f"its hook_name {hook!r} is not a site patchc knows" if hook else \
+            "its cfg.json names no hook_name"
+        raise CheckError("E385", f"{d.kind} `{d.name.value}` needs `at SITE`: {what}", span,
+                         hint=f"write {d.kind} {d.name.value} = \"{d.path}\" at "
+                         + ("Ll.mlp" if d.kind == "transcoder" else "SITE"))
+    return _spanned(ref, span)
+
+
+def _spanned(ref: A.SiteRef, span: Span) -> A.SiteRef:
+    """`ref` with every index at `span` (errors about it then point at the path)."""
+    def at(idx):
+        return dataclasses.replace(idx, span=span) if idx is not None else None
+    return dataclasses.replace(ref, layer=at(ref.layer), head=at(ref.head))
+
+
 def _host(d: A.DictDecl, model: ModelSpec) -> Site:
     """The one concrete site a declaration attaches to (E385 otherwise)."""
     ref = d.site
+    assert ref is not None
     if ref.features is not None or ref.subspace or ref.pos is not None:
         raise CheckError("E385", f"a {d.kind} attaches to a whole site, without [...] or @",
                          ref.span, hint="select latents later: NAME[i], NAME[a:b], NAME @ POS")
@@ -113,7 +152,7 @@ def _path_span(d: A.DictDecl) -> Span:
 def _warn_hook(ctx: Context, d: A.DictDecl, info: DictInfo) -> None:
     """W381: cfg.json's hook_name (a TransformerLens hook) names another site than `at`."""
     hook = info.hook_name
-    if not hook:
+    if not hook or d.site is None or d.site.text == hook:
         return
     try:
         parsed = parse_site_path(hook, d.site.span)

@@ -43,6 +43,12 @@ def models() -> Models:
     _folder(root, "gated", {"architecture": "gated", "d_in": 64, "d_sae": 32})
     _folder(root, "tc", {"architecture": "transcoder", "d_in": 64, "d_out": 64, "d_sae": 96,
                          "apply_b_dec_to_input": False})
+    _folder(root, "tc_hook", {"architecture": "transcoder", "d_in": 64, "d_out": 64,
+                              "d_sae": 32, "hook_name": "blocks.2.ln2.hook_normalized"})
+    _folder(root, "tc_far", {"architecture": "transcoder", "d_in": 64, "d_out": 64,
+                             "d_sae": 32, "hook_name": "blocks.7.ln2.hook_normalized"})
+    _folder(root, "z_hook", {"architecture": "standard", "d_in": 64, "d_sae": 32,
+                             "metadata": {"hook_name": "blocks.0.attn.hook_z"}})
     _folder(root, "noweights", {"architecture": "standard", "d_in": 64, "d_sae": 8}, "")
     _folder(root, "badnorm", {"architecture": "standard", "d_in": 64, "d_sae": 8,
                               "normalize_activations": "whiten"})
@@ -108,6 +114,9 @@ CASES = [  # id, body, code, line, col, message fragment
      'sae s2 = "saes/topk64" at L1.resid_post', "E385", 7, 27, "already has the sae `s1`"),
     ("duplicate_name", 'sae ioi = "saes/relu64" at L1.resid_post', "E308", 6, 5,
      "already declared"),
+    ("no_at_no_hook", 'sae s1 = "saes/topk64"', "E385", 6, 10, "needs `at SITE`"),
+    ("hook_out_of_range", 'sae s1 = "saes/relu64"\nsae s2 = "saes/legacy"\n'
+     'transcoder t = "saes/tc_far"', "E201", 8, 16, "got L7"),
 ]
 
 
@@ -185,3 +194,16 @@ def test_printer_round_trip(models):
     assert 'transcoder t = "saes/tc" at L1.mlp' in again
     assert "s1[*] @ last, s1[2:4], s1.err @ {1, 2}" in again
     assert format_spec(parse(again, "case.patch", models.spec_dir())) == again
+
+
+def test_site_from_hook_name(models):
+    """Without `at`, the site is the one cfg.json's TransformerLens hook_name names."""
+    checked = _check(models, 'sae s1 = "saes/relu64"\nsae zs = "saes/z_hook"\n'
+                     'sae m = "saes/legacy"\ntranscoder t = "saes/tc_hook"\n'
+                     "swap s1[0], zs[1], m[2], t[3] from clean into corrupt  measure ld\n")
+    hosts = {d.name: d.host for d in checked.model.dictionaries}
+    assert hosts == {"s1": Site("resid_post", 1), "zs": Site("attn.z", 0),
+                     "m": Site("mlp.out", 0), "t": Site("mlp.out", 2)}
+    assert not checked.warnings
+    text = 'sae s1 = "saes/relu64"\n'
+    assert format_spec(parse(text, "x.patch", models.spec_dir())).endswith(text)
