@@ -21,6 +21,7 @@ from .check_context import Context
 from .check_sites import site_width
 from .dictionaries import DictInfo, dict_info, read_config, with_defaults
 from .errors import CheckError, ParseError, Span
+from .families import lookup
 from .ir import Site
 from .modelspec import ModelSpec
 from .sites import SITE_KINDS, TL_ALIASES, is_site_head, parse_site_path
@@ -39,9 +40,13 @@ def check_dictionaries(ctx: Context, decls: list[A.DictDecl],
         return
     found: list[DictInfo] = []
     for d in decls:
+        before = len(ctx.errors)
         with ctx.catch(d.span):
-            info = _check_one(ctx, d, ctx.model, found, (given or {}).get(d.name.value))
-            found.append(info)
+            found.append(_check_one(ctx, d, ctx.model, found, (given or {}).get(d.name.value)))
+        if len(ctx.errors) > before and not _site_like(d.name.value):
+            # Known by name (not a site's name), so that its sites raise no further errors.
+            found.append(DictInfo(d.name.value, d.kind, d.path, "", "", 0, 0, 0, Site("?"),
+                                  ok=False))
     if found:
         ctx.model = dataclasses.replace(ctx.model, dictionaries=tuple(found))
 
@@ -49,8 +54,7 @@ def check_dictionaries(ctx: Context, decls: list[A.DictDecl],
 def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictInfo],
                given: dict[str, Any] | None) -> DictInfo:
     name = d.name.value
-    if name in SITE_KINDS or is_site_head(name) or _INDEX_NAME.match(name) or \
-            name in {k.split(".")[0] for k in SITE_KINDS}:
+    if _site_like(name):
         raise CheckError("E386", f"`{name}` reads as a site of the model and cannot name a "
                          f"{d.kind}", d.name.span, hint=f"rename it, e.g. `{name.lower()}_sae`")
     path = os.path.join(ctx.base_dir, os.path.expanduser(d.path))
@@ -60,7 +64,7 @@ def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictI
         d = dataclasses.replace(d, site=_site_of_hook(d, cfg.get("hook_name"), span))
     host = _host(d, model)
     assert d.site is not None
-    taken = next((b for b in before if b.host == host), None)
+    taken = next((b for b in before if b.ok and b.host == host), None)
     if taken is not None:
         raise CheckError("E385", f"{host} already has the {taken.kind} `{taken.name}` attached",
                          d.site.span, hint="attach one dictionary per site")
@@ -81,6 +85,12 @@ def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictI
                                  d.site.span)
     _warn_hook(ctx, d, info)
     return info
+
+
+def _site_like(name: str) -> bool:
+    """Does a name read as a site of the model (`L1`, `embed`, `mlp`, `blocks`)?"""
+    return name in SITE_KINDS or is_site_head(name) or bool(_INDEX_NAME.match(name)) or \
+        name in {k.split(".")[0] for k in SITE_KINDS}
 
 
 def _config(path: str, span: Span, given: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
@@ -128,6 +138,11 @@ def _host(d: A.DictDecl, model: ModelSpec) -> Site:
         if ref.kind != "mlp" or not isinstance(ref.layer, A.Idx) or ref.head is not None:
             raise CheckError("E385", f"a transcoder attaches at one layer's MLP, Ll.mlp; got "
                              f"{ref.text}", ref.span, hint="e.g. transcoder t = \"PATH\" at L0.mlp")
+        family = lookup(model.family)
+        if family is not None and family.flat_mlp:
+            raise CheckError("E385", f"{model.family}'s MLP is not a module of its own, so a "
+                             "transcoder cannot read its input", ref.span,
+                             hint="attach an SAE to Ll.mlp.out instead")
         out = resolve.expand_site(dataclasses.replace(ref, kind="mlp.out"), model)
         return out[0].sites[0]
     if ref.kind in NOT_HOSTS:

@@ -207,3 +207,13 @@ def test_site_from_hook_name(models):
     assert not checked.warnings
     text = 'sae s1 = "saes/relu64"\n'
     assert format_spec(parse(text, "x.patch", models.spec_dir())).endswith(text)
+
+
+def test_no_cascade_after_a_failed_declaration(models):
+    """A dictionary whose declaration failed reports once: its latents in later statements
+    raise nothing more."""
+    errors = _errors(models, 'sae s1 = "saes/narrow" at L1.resid_post\n'
+                     "swap s1[*] @ last from clean into corrupt  measure ld\n"
+                     "read s1, s1.err in clean\n"
+                     "swap embed from clean into corrupt  measure ld\n")
+    assert [e.code for e in errors] == ["E384"], [e.render() for e in errors]

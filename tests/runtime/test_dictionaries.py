@@ -370,3 +370,23 @@ def test_reading_latents_leaves_the_run_bit_exact(get_family, tmp_path, family):
     a = plain.per_example("m").sort_values("example")["ld"].to_numpy()
     b = read.per_example("self_swap").sort_values("example")["ld"].to_numpy()
     assert (a == b).all() if fam.naive else abs(a - b).max() < 1e-5
+
+
+def test_transcoder_refused_where_the_mlp_is_no_module(tmp_path):
+    """OPT runs its MLP inline in the block: a transcoder there is a check error (E385)."""
+    import patchc
+    from conftest import make_tokenizer
+    from family_configs import build
+
+    from patchc.compiler.errors import PatchcError
+
+    model, tok = build("opt"), make_tokenizer()
+    model.save_pretrained(tmp_path / "opt")
+    tok.save_pretrained(tmp_path / "opt")
+    save_sae(tmp_path / "t", 32, 8, "transcoder", d_out=32)
+    with pytest.raises(PatchcError) as e:
+        patchc.run(f'model "{tmp_path / "opt"}"\n' + HEAD +
+                   f'transcoder t = "{tmp_path / "t"}" at L0.mlp\nread t in clean\n',
+                   model=model, tokenizer=tok)
+    assert [x.code for x in e.value.errors] == ["E385"]
+    assert "not a module of its own" in e.value.errors[0].message
