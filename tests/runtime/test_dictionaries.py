@@ -390,3 +390,24 @@ def test_transcoder_refused_where_the_mlp_is_no_module(tmp_path):
                    model=model, tokenizer=tok)
     assert [x.code for x in e.value.errors] == ["E385"]
     assert "not a module of its own" in e.value.errors[0].message
+
+
+def test_weights_that_do_not_fit_or_hold_pickles(gpt2: Fam, tmp_path):
+    """Weights of another shape than cfg.json implies (E480); an .npz holding a pickled
+    object is refused, never unpickled (E481)."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from patchc.compiler.errors import PatchcError
+
+    w = _save(tmp_path, "s1", "standard", {})
+    save_file({**w, "W_dec": torch.zeros(24, 8)}, str(tmp_path / "s1" / "sae_weights.safetensors"))
+    body = HEAD + 'sae s1 = "SAE" at L1.resid_post\nread s1 in clean\n'
+    with pytest.raises(PatchcError) as e:
+        gpt2.run(body.replace("SAE", str(tmp_path / "s1")))
+    assert e.value.code == "E480" and "W_dec" in e.value.message
+    _save(tmp_path, "s2", "standard", {}, fmt="npz")
+    np.savez(tmp_path / "s2" / "sae_weights.npz", W_enc=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(PatchcError) as e:
+        gpt2.run(body.replace("SAE", str(tmp_path / "s2")))
+    assert e.value.code == "E481"
