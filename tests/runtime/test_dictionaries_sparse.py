@@ -81,3 +81,17 @@ def test_plan_reports_gated_experiments(any_family, tmp_path):
         tmp_path, "swap s1[*] @ last from clean into corrupt  measure ld  as feats\n")))
     text = emit_plan(program.checked, program.ir, program.optimized)
     assert f"sparse latent sweeps: {N_LATENTS} experiments" in text
+
+
+def test_cli_run_reports_skipped(any_family, tmp_path, capsys):
+    """`patchc run` prints how many latent experiments cost no forward."""
+    from patchc.cli import main
+
+    fam = any_family("gpt2")
+    save_sae(tmp_path / "s1", D, N_LATENTS, bias=-0.6)
+    spec = tmp_path / "feats.patch"
+    spec.write_text(fam.spec(_spec(
+        tmp_path, "swap s1[*] @ last from clean into corrupt  measure ld  as feats\n")))
+    assert main(["run", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "sparse latent sweeps: " in out and "experiments on inactive latents" in out
