@@ -95,3 +95,22 @@ def test_cli_run_reports_skipped(any_family, tmp_path, capsys):
     assert main(["run", str(spec)]) == 0
     out = capsys.readouterr().out
     assert "sparse latent sweeps: " in out and "experiments on inactive latents" in out
+
+
+def test_sparse_packing_across_chunks_and_positions(any_family, tmp_path):
+    """@ each with small batches: the plan cuts each position's sweep into many narrowed
+    chunks; the active experiments of a position are packed together (fewer passes than
+    planned), and every row equals the naive interpreter's."""
+    fam = any_family("neox")
+    save_sae(tmp_path / "s1", D, 32, "jumprelu", bias=-0.4)
+    spec = fam.spec(_spec(tmp_path, "trace s1[*] @ each from clean into corrupt  measure ld  "
+                          "as feats\n"))
+    opt = patchc.run(spec, model=fam.model, tokenizer=fam.tok, batch_size=8)
+    naive = patchc.run(spec, model=fam.model, tokenizer=fam.tok, naive=True)
+    keys = ["feature", "pos", "example"]
+    a = opt.per_example("feats").sort_values(keys)["ld"].to_numpy()
+    b = naive.per_example("feats").sort_values(keys)["ld"].to_numpy()
+    assert len(a) == 32 * 6 * 4 and abs(a - b).max() < 1e-5
+    plan = opt.manifest["plan"]
+    assert 0 < plan["sparse_skipped"] < 32 * 6
+    assert plan["sparse_passes"] < 32 * 6 // 2  # the plan had one pass per 2 experiments
