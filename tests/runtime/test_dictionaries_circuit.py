@@ -1,7 +1,7 @@
 """Feature circuits: latents at a position and the error term as nodes of a `circuit`, as
 Marks et al. do, evaluated against a hand forward in which every left-out latent (and the
 error term, if left out) takes the other run's value. Runs where the language has
-`circuit` (skipped before it)."""
+`evaluate` (skipped before the circuits branch is merged; it passes on sae + circuit)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sae_helpers import HandSAE, save_sae
 
 from patchc.compiler.check_names import keywords
 
-pytestmark = pytest.mark.skipif("circuit" not in keywords(), reason="no `circuit` statement")
+pytestmark = pytest.mark.skipif("evaluate" not in keywords(), reason="no `evaluate` statement")
 
 D, N = 32, 12
 SITE = "L1.resid_post"
