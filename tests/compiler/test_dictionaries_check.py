@@ -217,3 +217,17 @@ def test_no_cascade_after_a_failed_declaration(models):
                      "read s1, s1.err in clean\n"
                      "swap embed from clean into corrupt  measure ld\n")
     assert [e.code for e in errors] == ["E384"], [e.render() for e in errors]
+
+
+def test_latents_of_a_shared_kv_head_warn(models):
+    """On a grouped-query model, writing latents of an SAE at a query head's k writes the kv
+    head other query heads share (W302, as for the site itself)."""
+    _folder(models.root, "k16", {"architecture": "standard", "d_in": 8, "d_sae": 16})
+    spec = parse('model "llama"\ndata ioi = "data/ioi.jsonl"\nrun clean = ioi.clean\n'
+                 'run corrupt = ioi.corrupt\nmetric ld = logit(ioi.answer) - '
+                 'logit(ioi.distractor)\nsae sk = "saes/k16" at L0.H1.k\n'
+                 "swap sk[*] @ last from clean into corrupt  measure ld\n"
+                 "read sk in clean\n", "case.patch", models.spec_dir())
+    checked = check(spec)
+    assert [w.code for w in checked.warnings] == ["W302"]
+    assert checked.warnings[0].span.line == 7
