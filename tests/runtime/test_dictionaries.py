@@ -237,3 +237,32 @@ def test_reading_latents_leaves_the_run_bit_exact(get_family, tmp_path, family):
     a = plain.per_example("m").sort_values("example")["ld"].to_numpy()
     b = read.per_example("self_swap").sort_values("example")["ld"].to_numpy()
     assert (a == b).all() if fam.naive else abs(a - b).max() < 1e-5
+
+
+def test_latent_resample_and_backpatch(gpt2: Fam, tmp_path):
+    """ablate with resample(A) (each example takes another example's latents; the sweep's
+    rows equal the naive interpreter's, and the zero-latent ones the unpatched run) and
+    backpatch between two dictionaries' latents, against the hand edit."""
+    import patchc
+
+    w0 = save_sae(tmp_path / "s0", D, 24, seed=1)
+    w1 = save_sae(tmp_path / "s1", D, 24, seed=2)
+    h0, h1 = HandSAE(w0), HandSAE(w1)
+    spec = gpt2.spec(HEAD + f'sae s0 = "{tmp_path / "s0"}" at L0.resid_post\n'
+                     f'sae s1 = "{tmp_path / "s1"}" at L1.resid_post\n'
+                     "ablate s1[*] @ last in corrupt with resample(clean)  measure ld  as rs\n"
+                     "backpatch s1[0:24] -> s0[0:24] @ last in corrupt from clean  measure ld"
+                     "  as bp\n")
+    opt = patchc.run(spec, model=gpt2.model, tokenizer=gpt2.tok)
+    naive = patchc.run(spec, model=gpt2.model, tokenizer=gpt2.tok, naive=True)
+    a = opt.per_example("rs").sort_values(["feature", "example"])["ld"].to_numpy()
+    b = naive.per_example("rs").sort_values(["feature", "example"])["ld"].to_numpy()
+    assert abs(a - b).max() < 1e-5
+    # backpatch: clean's s1 latents at the last token written as s0's latents of corrupt.
+    f1_clean = h1.encode(gpt2.read(CLEAN, "L1.resid_post")["L1.resid_post"])
+
+    def edit(f):
+        f[:, -1] = f1_clean[:, -1]
+        return f
+    want = hand_ld(gpt2, CORRUPT, _attached(gpt2, h0, "L0.resid_post", edit))
+    torch.testing.assert_close(per_example(opt, "bp", "ld"), want, atol=ATOL, rtol=0)
