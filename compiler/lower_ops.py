@@ -295,7 +295,7 @@ def _op_compare(lw: Lowerer, op: A.Compare) -> None:
     pairs, rows = [], {}
     for i, e in enumerate(exps):
         ws = [lw.write(t, "replace", (lw.read(src, t.site, t.pos),)) for t in e.targets]
-        f = lw.forward(target, ws)
+        f = lw.forward(target, ws, sparse_of(lw, target, source, e.targets, "replace"))
         for col, m in measures:
             exact = lw.metric(f, target, m.expr)
             norm = lw.norm_refs(m, target, source) if m.normalized else None

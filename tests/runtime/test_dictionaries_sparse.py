@@ -114,3 +114,18 @@ def test_sparse_packing_across_chunks_and_positions(any_family, tmp_path):
     plan = opt.manifest["plan"]
     assert 0 < plan["sparse_skipped"] < 32 * 6
     assert plan["sparse_passes"] < 32 * 6 // 2  # the plan had one pass per 2 experiments
+
+
+def test_sparse_compare(any_family, tmp_path):
+    """compare's exact swaps on latents are sparse too: the same correlations as the naive
+    interpreter's, with the inactive latents' swaps skipped."""
+    fam = any_family("gpt2")
+    save_sae(tmp_path / "s1", D, N_LATENTS, bias=-0.6)
+    spec = fam.spec(_spec(tmp_path, "compare atp, ig(steps=2) against swap on s1[*] @ last "
+                          "from clean into corrupt  measure ld  as cmp\n"))
+    opt = patchc.run(spec, model=fam.model, tokenizer=fam.tok)
+    naive = patchc.run(spec, model=fam.model, tokenizer=fam.tok, naive=True)
+    a, b = opt["cmp"], naive["cmp"]
+    assert abs(a["pearson"] - b["pearson"]).max() < 1e-5
+    assert list(a["spearman"]) == list(b["spearman"])
+    assert opt.manifest["plan"]["sparse_skipped"] > N_LATENTS // 2
