@@ -1,5 +1,6 @@
-"""Sparse latent sweeps: which experiment forwards of a `swap`/`ablate`/`scale`/`trace` on
-dictionary latents can be skipped at run time, and what stands in for them.
+"""Sparse latent sweeps: which experiment forwards of a `swap`/`ablate`/`scale`/`trace` (and
+the exact swaps of a `compare`) on dictionary latents can be skipped at run time, and what
+stands in for them.
 
 A write on latents that are zero in the target run and zero in what it writes changes
 nothing: it replaces 0 by 0 (swap, trace, mean or resample of an all-zero source), zeroes a
