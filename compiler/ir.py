@@ -175,6 +175,9 @@ class Write:
                  with `seed` (the same draws in every Forward the Write feeds)
       freeze_ln  the normalizer whose scale is `site` uses input[0] (run A's cached scale)
 
+    A Read input of the whole site feeding a write on a feature slice (`s1[i]` from a Read
+    of all of `s1`'s latents: compiler/lower_latents.py) gives that slice of its value.
+
     Subspaces (`SITE [v, w]`): a mode takes its operands first (replace/mean/resample/add: 1;
     zero/mul: 0; project: 1; remove: 0); any further inputs are Vectors spanning a subspace,
     and the write then changes only the component in it: a_B := a_B + P(new - a_B), with
