@@ -129,3 +129,23 @@ def test_sparse_compare(any_family, tmp_path):
     assert abs(a["pearson"] - b["pearson"]).max() < 1e-5
     assert list(a["spearman"]) == list(b["spearman"])
     assert opt.manifest["plan"]["sparse_skipped"] > N_LATENTS // 2
+
+
+def test_sparse_ragged_prompts(any_family, tmp_path):
+    """Prompts of different lengths (left padding): an `@ each` position a short prompt lacks
+    is NaN for it whether the experiment ran or was skipped, as in the naive interpreter."""
+    fam = any_family("gpt2")
+    save_sae(tmp_path / "s1", D, 16, "topk", k=2)
+    body = (f'sae s1 = "{tmp_path / "s1"}" at L1.resid_post\n'
+            'run r = ["the cat sat on the mat", "a dog", "Mary gave the ball"]\n'
+            'ablate s1[*] @ each in r  measure logit("mat")  as z\n')
+    spec = fam.spec(body)
+    opt = patchc.run(spec, model=fam.model, tokenizer=fam.tok)
+    naive = patchc.run(spec, model=fam.model, tokenizer=fam.tok, naive=True)
+    keys = ["feature", "pos", "example"]
+    a = opt.per_example("z").sort_values(keys)
+    b = naive.per_example("z").sort_values(keys)
+    col = [c for c in a.columns if c.startswith("logit")][0]
+    assert a[col].isna().tolist() == b[col].isna().tolist() and a[col].isna().any()
+    assert (a[col] - b[col]).abs().max() < 1e-5
+    assert opt.manifest["plan"]["sparse_skipped"] > 0
