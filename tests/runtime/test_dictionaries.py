@@ -51,8 +51,10 @@ def _attached(fam: Fam, hand: HandSAE, site: str, edit):
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_encode_matches_saelens_formulas(gpt2: Fam, tmp_path, variant):
-    """`read s1` gives encode(x) of the site's value, for each architecture and option."""
+def test_encode_matches_saelens_formulas(any_family, tmp_path, variant):
+    """`read s1` gives encode(x) of the site's value, for each architecture and option (one
+    interpreter: a read is the same hook in both; the swap tests below run both)."""
+    gpt2 = any_family("gpt2")
     arch, opts = VARIANTS[variant]
     w = _save(tmp_path, "s1", arch, opts)
     res = gpt2.run(HEAD + f'sae s1 = "{tmp_path / "s1"}" at L1.resid_post\n'
