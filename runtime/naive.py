@@ -29,7 +29,7 @@ from .generate import contains_answer, greedy, sequence_logprob
 from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
 from .reading import collect_reads, lens_logits, table_reads
 from .loading import input_device
-from .writes import make_reader, make_writer
+from .writes import make_readers, make_writer
 
 
 @dataclass
@@ -146,6 +146,8 @@ class Interpreter:
         order = list(nx.lexicographical_topological_sort(g, key=_node_order))
         n_forwards = sum(1 for nid in order if isinstance(ir.node(nid), Forward))
         done = 0
+        if self.progress:  # the total first: a progress bar shows it and an eta
+            self.progress(0, n_forwards)
         for nid in order:
             node = ir.node(nid)
             started = time.perf_counter()
@@ -207,12 +209,10 @@ class Interpreter:
             inputs = [self.values[i] for i in write.inputs]
             fn = make_writer(write, batch, columns, inputs, self.seed)
             hooks.append((write.site.kind, write.site.layer, write.site.head, fn))
-        for rid in ir.g.successors(nid) if reads else ():
-            read = ir.node(rid)
-            if isinstance(read, Read):
-                fn = make_reader(read, batch, columns,
-                                 lambda v, rid=rid: self.values.__setitem__(rid, v))
-                hooks.append((read.site.kind, read.site.layer, read.site.head, fn))
+        if reads:
+            mine = [(rid, r) for rid in ir.g.successors(nid)
+                    if isinstance(r := ir.node(rid), Read)]
+            hooks += make_readers(mine, batch, columns, self.values.__setitem__)
         return hooks
 
     @torch.no_grad()
