@@ -216,7 +216,23 @@ def normalize(model_type: str) -> str:
 
 # Families patchc maps only from a transformers release on: before it, the module computes
 # attention its own way and no head can be tapped. (model_type: (release, why))
+_SEPARATE_EXPERTS = ("before transformers 5.0, each expert is a module of its own and the "
+                     "router a plain linear layer, which patchc's expert and router sites do "
+                     "not map; upgrade transformers")
+_ADDED_IN_5 = "this model type came with transformers 5.0; upgrade transformers"
 SINCE: dict[str, tuple[tuple[int, int], str]] = {
+    **{t: ((5, 0), _SEPARATE_EXPERTS) for t in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
+                                                "gpt_oss")},
+    **{t: ((5, 0), _ADDED_IN_5) for t in ("ministral3", "cwm", "jais2")},
+    "stablelm": ((5, 0), "before transformers 5.0, StableLM's attention classes compute "
+                         "attention themselves, not through transformers' attention "
+                         "functions, so its heads cannot be tapped; upgrade transformers"),
+    "xglm": ((5, 3), "before transformers 5.3, XGLM adds its position offset into the position "
+                     "ids it is given, in place, so reusing them shifts every later pass; "
+                     "upgrade transformers"),
+    "nemotron": ((5, 13), "before transformers 5.13, Nemotron's attention classes compute "
+                          "attention themselves, not through transformers' attention "
+                          "functions, so its heads cannot be tapped; upgrade transformers"),
     "gptj": ((5, 24), "before transformers 5.24, GPT-J computes attention in its own `_attn`, "
                       "not through transformers' attention functions, so its heads cannot be "
                       "tapped; upgrade transformers"),

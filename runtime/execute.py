@@ -31,7 +31,7 @@ from . import metrics as M
 from .estimates import Trim, chained, gradients
 from .inputs import Batch, position_index
 from .naive import ForwardOutput, Interpreter
-from .compat import output_cache, with_cache
+from .compat import blocks_return_tuples, output_cache, with_cache
 from .reading import collect_reads
 from .prefix import (live_positions, narrowable, prefix_cache, skip_layers, trimmed_logits,
                      widen)
@@ -222,10 +222,12 @@ class Executor(Interpreter):
             state = self.values[step.start].value[:, p0:].repeat(k, 1, 1)
         slots, index, tokens, remap = self._logit_plan(ir, step, members, batch, columns)
         head = self.model.get_output_embeddings()
+        as_tuple = bool(step.start_layer) and (
+            self.adapter.fam.tuple_blocks or
+            blocks_return_tuples(self.model, self.adapter.layer(0)))
         # Entered after the adapter's hooks: their hooks on the MLP see its full input first.
         with self.adapter.hooks(hooks), \
-                skip_layers(self.adapter.layers(), step.start_layer, state,
-                            self.adapter.fam.tuple_blocks), \
+                skip_layers(self.adapter.layers(), step.start_layer, state, as_tuple), \
                 live_positions(*self._live_mlp(members, index)), \
                 trimmed_logits(head, index, tokens), self.model_pass():
             out = self.model(**kwargs)

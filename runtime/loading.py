@@ -89,7 +89,7 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from .compat import DTYPE_ARG
+    from .compat import DTYPE_ARG, load_config, tie_offloaded
 
     hf_logging.disable_progress_bar()  # patchc shows its own progress; keep output clean
     where = model_location(model_id, base_dir)
@@ -108,8 +108,18 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
             hint="check tokenizer.json / tokenizer_config.json of the model") from None
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
-            where, **{DTYPE_ARG: dtype}, output_loading_info=True, **kwargs, **placement)
+            where, config=load_config(where, **kwargs), **{DTYPE_ARG: dtype},
+            output_loading_info=True, **kwargs, **placement)
     except OSError as e:
+        if "Unable to load weights" in str(e) and e.__context__ is not None:
+            # transformers 4.x wraps what went wrong in a weights file in an OSError (after
+            # other errors of its own): the first error of the chain says what it was
+            first: BaseException = e
+            while first.__context__ is not None:
+                first = first.__context__
+            raise RuntimeInterventionError(
+                "E411", f"could not load the weights of model {model_id!r}: "
+                f"{_why(first)}") from None
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise RuntimeInterventionError(
             "E411", f"could not load model {model_id!r}: {e}".splitlines()[0],
@@ -119,6 +129,7 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
             "E411", f"could not load the weights of model {model_id!r}: {_why(e)}") from None
     _check_loaded(model_id, model, tokenizer, info)
     if options.device_map:
+        tie_offloaded(model)
         device = input_device(model)
     else:
         model = model.to(device)
@@ -150,7 +161,7 @@ def load_tokenizer(where: str, **kwargs):
     return AutoTokenizer.from_pretrained(where, **kwargs)
 
 
-def _why(e: Exception) -> str:
+def _why(e: BaseException) -> str:
     """What went wrong in a model folder, in one line."""
     kind = type(e).__name__
     text = (str(e).strip().splitlines() or [""])[0]
@@ -158,7 +169,7 @@ def _why(e: Exception) -> str:
         return ("its pickle holds more than tensors; patchc loads pickled weights only with "
                 "torch.load(weights_only=True) and never runs code from one (convert it to "
                 "safetensors)")
-    if "ignore_mismatched_sizes" in text:
+    if "ignore_mismatched_sizes" in text or "size mismatch" in str(e):
         return "its weights have other shapes than its config.json says"
     if kind == "SafetensorError":
         return f"its safetensors file is corrupt ({text[:160]})"

@@ -27,36 +27,50 @@ from .compat import DynamicLayer, layer_kv, make_cache, plain_cache
 from .offload import param
 
 
-class _Start(nn.Module):
-    """Stands in for block 0: returns the cached residual stream at the start layer (as a
-    1-tuple where the family's blocks return tuples: Bloom, Falcon, MPT)."""
+class _Stub(nn.Module):
+    """Stands in for a skipped block. Attributes the model's forward reads of its blocks
+    (`attention_type`, `self_attn.attention_type` to choose a mask) are the real block's:
+    it is kept outside the module tree, so its weights are not the stub's."""
 
-    def __init__(self, state: Tensor, as_tuple: bool = False) -> None:
+    def __init__(self, block: nn.Module, as_tuple: bool) -> None:
         super().__init__()
-        self.state = state
+        object.__setattr__(self, "_block", block)
         self.as_tuple = as_tuple
 
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_block"], name)
+
+    def _out(self, hidden: Tensor) -> Tensor | tuple:
+        return (hidden,) if self.as_tuple else hidden
+
+
+class _Start(_Stub):
+    """Stands in for block 0: returns the cached residual stream at the start layer (as a
+    1-tuple where the model's blocks return tuples)."""
+
+    def __init__(self, block: nn.Module, state: Tensor, as_tuple: bool = False) -> None:
+        super().__init__(block, as_tuple)
+        self.state = state
+
     def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor | tuple:
-        out = self.state.to(hidden_states.dtype)
-        return (out,) if self.as_tuple else out
+        return self._out(self.state.to(hidden_states.dtype))
 
 
-class _Pass(nn.Module):
+class _Pass(_Stub):
     """Stands in for a skipped block after the first: hands the state on unchanged."""
 
-    def __init__(self, as_tuple: bool = False) -> None:
-        super().__init__()
-        self.as_tuple = as_tuple
-
     def forward(self, hidden_states: Tensor, *args, **kwargs) -> Tensor | tuple:
-        return (hidden_states,) if self.as_tuple else hidden_states
+        return self._out(hidden_states)
 
 
 @contextlib.contextmanager
 def skip_layers(layers: nn.ModuleList, start_layer: int, state: Tensor | None,
                 as_tuple: bool = False) -> Iterator[None]:
     """Blocks [0, start_layer) return `state` (the input of block start_layer) instead of
-    computing; `as_tuple`: the family's blocks return tuples (Family.tuple_blocks).
+    computing; `as_tuple`: the model's blocks return tuples (compat.blocks_return_tuples).
     Enter it after the adapter's hooks: installing hooks looks modules up."""
     if not start_layer:
         yield
@@ -64,9 +78,9 @@ def skip_layers(layers: nn.ModuleList, start_layer: int, state: Tensor | None,
     assert state is not None
     saved = [layers[i] for i in range(start_layer)]
     try:
-        layers[0] = _Start(state, as_tuple)
+        layers[0] = _Start(saved[0], state, as_tuple)
         for i in range(1, start_layer):
-            layers[i] = _Pass(as_tuple)
+            layers[i] = _Pass(saved[i], as_tuple)
         yield
     finally:
         for i, block in enumerate(saved):

@@ -77,7 +77,7 @@ def _features(fam) -> str:  # noqa: ANN001 - a families.Family
 
 def render(results: dict[str, dict[str, str]] | None) -> str:
     sys.path.insert(0, str(ROOT))
-    from patchc.compiler.families import FAMILIES, UNSUPPORTED
+    from patchc.compiler.families import FAMILIES, SINCE, UNSUPPORTED
     from patchc.compiler.sites import SITE_KINDS
 
     lines = [
@@ -122,7 +122,14 @@ def render(results: dict[str, dict[str, str]] | None) -> str:
                           if k not in ("router", "expert.out", "expert.post", "shared.out"))
               + ". Mixture-of-experts families add `Ll.router`, `Ll.Ee.out`, `Ll.Ee.post` "
               "(and `Ll.shared.out` with a shared expert) and have no `mlp.pre`/`mlp.post`.",
-              "", "## Adding a family", "",
+              "", "## Families that need a newer transformers", "",
+              f"patchc supports transformers {_declared_range()} (pyproject.toml). On a "
+              "release older than the one listed here, `check` and the runtime refuse the "
+              "family (E210, naming the release) rather than compute something else.", "",
+              "| model_type | from transformers | why |", "|---|---|---|"]
+    for name, ((major, minor), why) in sorted(SINCE.items()):
+        lines.append(f"| {name} | {major}.{minor} | {why} |")
+    lines += ["", "## Adding a family", "",
               "A decoder-only model whose parts carry the usual transformers names needs one "
               "row in `FAMILIES` (compiler/families.py): an empty `Family()` for a Llama-like "
               "block, or the few exceptions (norm kind, fused q/k/v layout, parallel block, "
@@ -133,6 +140,13 @@ def render(results: dict[str, dict[str, str]] | None) -> str:
     for name, why in sorted(UNSUPPORTED.items()):
         lines.append(f"| {name} | {why} |")
     return "\n".join(lines) + "\n"
+
+
+def _declared_range() -> str:
+    """'X up to (not including) Y' from pyproject.toml's transformers requirement."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    low, high = re.search(r'"transformers>=([\d.]+),<([\d.]+)"', text).groups()
+    return f"{low} up to (not including) {high}"
 
 
 def _obvious(kind: str, fam) -> bool:  # noqa: ANN001

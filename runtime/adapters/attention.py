@@ -29,6 +29,7 @@ try:  # 4.53+: masks are built per attention implementation, from a registry
 except ImportError:  # before: the model builds an additive float mask for any other name
     AttentionMaskInterface = None  # type: ignore[assignment,misc]
 
+from ..compat import legacy_scores
 from .taps import HookFn, conform
 
 SDPA_NAME = "patchc"
@@ -95,7 +96,9 @@ def explicit_attention(
         key, value = key[:, :, :q_len], value[:, :, :q_len]
     key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
 
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    weights = legacy_scores(module, query, key, value)
+    if weights is None:
+        weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     sinks = kwargs.get("s_aux")
     if sinks is not None:  # attention sinks (GPT-OSS): a learned logit per head, dropped after
         return _with_sinks(module, weights, attention_mask, sinks, value, hooks, dropout, own)

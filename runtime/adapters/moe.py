@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from patchc.compiler.errors import RuntimeInterventionError
 
+from ..compat import router_first, router_logits
 from . import taps
 from .taps import HookFn
 
@@ -64,13 +65,13 @@ def install(ad: "Adapter", kind: str, layer: int, e: int | None, fn: HookFn, wha
 def _router_hook(ad: "Adapter", router: nn.Module, fn: HookFn, what: str, lead) -> Callable:
     scheme = ad.fam.moe
 
-    def post(_mod: nn.Module, _args: tuple, out: tuple) -> tuple | None:
-        logits = out[0]
+    def post(_mod: nn.Module, args: tuple, out: tuple) -> tuple | None:
+        logits = router_logits(router, scheme, args, out)
         new = taps._apply(logits, fn, None, lead, what)
         if new is None:
             return None
         weights, index = reroute(router, scheme, new, out[1].dtype)
-        return (new, weights, index, *out[3:])
+        return (router_first(scheme, new), weights, index, *out[3:])
 
     return post
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from patchc.compiler.errors import CheckError, RuntimeInterventionError
 from patchc.compiler.families import Family, lookup, why_unsupported
 from patchc.compiler.modelspec import ModelSpec, spec_from_config
+from patchc.runtime.compat import decoder_stack
 from patchc.runtime.offload import param
 
 from .structure import Structure, find_structure, get
@@ -52,7 +53,7 @@ class Parts:
         self.norm: str = self.fam.norm
         self.rms_offset: float = self.fam.rms_offset
         self.flat_mlp: bool = self.fam.flat_mlp
-        self.base: nn.Module = getattr(model, "base_model", model)
+        self.base: nn.Module = decoder_stack(model)
         self.n_layers, self.n_heads = spec.n_layers, spec.n_heads
         self.n_kv_heads, self.d_model, self.d_head = spec.n_kv_heads, spec.d_model, spec.d_head
         self.d_mlp, self.vocab_size, self.n_ctx = spec.d_mlp, spec.vocab_size, spec.n_ctx

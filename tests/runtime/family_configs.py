@@ -74,7 +74,9 @@ def config(name: str) -> tf.PretrainedConfig:
         attr = getattr(type(default), key, None)
         if isinstance(attr, property) and attr.fset is None:
             continue
-        if hasattr(default, key) or key in extra:
+        # pad_token_id always: some releases' models read it although their config class
+        # does not define it (5.0 StableLm, Phi, Exaone4)
+        if hasattr(default, key) or key in extra or key == "pad_token_id":
             kwargs[key] = value
     cfg = cls(**kwargs)
     if FAMILIES[family].moe:

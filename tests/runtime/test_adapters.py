@@ -133,7 +133,9 @@ def test_residual_chain_and_unembed(ad: Adapter, ids: torch.Tensor) -> None:
 def test_embed_is_token_embedding(ad: Adapter, ids: torch.Tensor) -> None:
     _, got = run(ad, ids, reads=[("embed", None, None)])
     with torch.no_grad():
-        tok = ad.model.get_input_embeddings()(ids)  # Gemma's includes the sqrt(d) scale
+        tok = ad.model.get_input_embeddings().weight[ids]
+        if ad.family.startswith("gemma"):  # Gemma scales the embedding by sqrt(d_model)
+            tok = tok * torch.tensor(ad.d_model**0.5)
         if ad.family == "gpt2":
             tok = tok + ad.base.wpe(torch.arange(SEQ))
     if ad.family != "opt":  # OPT adds positions offset by 2 inside its own forward

@@ -106,7 +106,7 @@ def test_qk_reproduce_pattern(ad: Adapter, ids: torch.Tensor) -> None:
                 cos, sin = ad.base.rotary_emb(got[keys[3]], torch.arange(SEQ)[None])
             q, k = rope(q, k, cos, sin)
         k = k.repeat_interleave(ad.n_heads // ad.n_kv_heads, dim=1)
-        scores = q @ k.transpose(-1, -2) * attn.scaling
+        scores = q @ k.transpose(-1, -2) * getattr(attn, "scaling", ad.d_head ** -0.5)
         cap = getattr(ad.config, "attn_logit_softcapping", None)
         if cap is not None:
             scores = torch.tanh(scores / cap) * cap

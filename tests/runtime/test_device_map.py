@@ -32,6 +32,7 @@ from conftest import Fam, inline
 import patchc
 from patchc.cli import main
 from patchc.compiler.errors import PatchcError
+from patchc.runtime.compat import load_config
 
 FAMILIES = ["gpt2", "llama", "neox"]
 ROWS = [
@@ -109,7 +110,9 @@ def split_map(model: torch.nn.Module, first: str = "cpu", second: str = "disk") 
 
 
 def load_mapped(path: str, dmap: dict[str, str], offload: Path) -> torch.nn.Module:
-    return tf.AutoModelForCausalLM.from_pretrained(path, device_map=dmap,
+    # the config as patchc reads it (transformers before 5.9 misread NeoX's partial rotary
+    # factor in a config saved by a newer release)
+    return tf.AutoModelForCausalLM.from_pretrained(path, config=load_config(path), device_map=dmap,
                                                    offload_folder=str(offload)).eval()
 
 

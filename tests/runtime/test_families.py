@@ -166,6 +166,25 @@ def test_experts_sum_to_the_mlp_output(ad: Adapter, ids: torch.Tensor) -> None:
         assert torch.all(post[~chosen[..., e]] == 0)
 
 
+def test_router_reads_its_logits(ad: Adapter, ids: torch.Tensor) -> None:
+    """`router` is the router's linear map of its input (the logits), not their softmax (what
+    transformers' routers returned first before 5.6)."""
+    if not ad.n_experts:
+        pytest.skip("not a mixture of experts")
+    module = ad._at(0, ad.s.router)
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        _, got = run(ad, ids, reads=[("router", 0, None)])
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        want = seen[0].reshape(BATCH, SEQ, -1) @ module.weight.T
+        if getattr(module, "bias", None) is not None:
+            want = want + module.bias
+    torch.testing.assert_close(got[("router", 0, None)], want)
+
+
 def test_router_write_reroutes(ad: Adapter, ids: torch.Tensor) -> None:
     """Router logits that favour experts 0..k-1 send every token there, and nowhere else."""
     if not ad.n_experts:

@@ -16,7 +16,7 @@ from conftest import VOCAB, inline, logit_diff, make_tokenizer
 from family_configs import FAMILY_NAMES, build
 
 import patchc
-from patchc.compiler.families import FAMILIES
+from patchc.compiler.families import FAMILIES, lookup
 from patchc.compiler.modelspec import spec_from_config
 from patchc.runtime.loading import load_tokenizer
 
@@ -108,7 +108,11 @@ def _check_router_gradient(model, tok, atp: pd.DataFrame) -> None:
     for layer in range(ad.n_layers):
         router = ad._at(layer, ad.s.router)
         seen: dict = {}
-        handle = router.register_forward_hook(lambda m, a, out, seen=seen: seen.update(r=out[0]))
+        # the router's logits, by hand: its linear map of its input (before 5.6 transformers'
+        # softmax-top-k routers returned their softmax, not the logits)
+        handle = router.register_forward_hook(
+            lambda m, a, out, seen=seen: seen.update(
+                r=torch.nn.functional.linear(a[0], m.weight, getattr(m, "bias", None))))
         try:
             with torch.no_grad():
                 model(ids("clean"))
@@ -150,6 +154,8 @@ def test_sites_listing_shows_experts(tmp_path) -> None:
     model."""
     from patchc.sitelist import render
 
+    if lookup("mixtral") is None:  # needs a newer transformers (families.SINCE)
+        pytest.skip("the installed transformers has no mixture of experts patchc maps")
     for family, has in (("mixtral", True), ("llama", False)):
         text = render(family, spec_from_config(build(family).config.to_dict()))
         assert ("L*.E*.out" in text and "L*.router" in text) == has, family

@@ -159,7 +159,14 @@ def linear_gpt2(models_dir) -> Fam:
     return Fam("gpt2", model, tok, str(path))
 
 
-def test_relp_equals_atp_with_frozen_ln_and_identity_activation(linear_gpt2: Fam) -> None:
+def test_relp_equals_atp_with_frozen_ln_and_identity_activation(linear_gpt2: Fam,
+                                                                 monkeypatch) -> None:
+    # The identity rule's stabilizer moves y/x by about 1e-6/|x|: a pre-activation near 0
+    # (which the random weights of some transformers release give) shows it at 1e-4. Made
+    # negligible, the two estimators agree whatever the weights.
+    from patchc.runtime import lrp
+
+    monkeypatch.setattr(lrp, "STABILIZER", 1e-12)
     body = "".join(f"attribute L*.{k} from clean into frozen using {m} measure ld as {m}_{i}\n"
                    for i, k in enumerate(KINDS + ["H*.z"]) for m in ("atp", "relp"))
     res = linear_gpt2.run(HEAD + body)
@@ -340,8 +347,9 @@ def test_dla_is_the_direct_effect_under_frozen_ln(get_family, name: str) -> None
     ids = fam.ids(CORRUPT)
     resid: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        h = last.register_forward_hook(lambda m, a, out: resid.setdefault("r", out[0]
-                                       if isinstance(out, tuple) else out))
+        # (update returns None: the hook must not replace the block's output)
+        h = last.register_forward_hook(lambda m, a, out: resid.update(
+            r=out[0] if isinstance(out, tuple) else out))
         m_f = ld_of(fam, fam.model(ids).logits)
         h.remove()
         r = resid["r"]
