@@ -41,7 +41,7 @@ BEFORE_MLP = frozenset({
 def touched_layer(site: Site) -> float:
     """The highest layer whose MLP side a read or write at `site` needs at its positions
     (-1: none; infinity: after the last block)."""
-    if site.kind in POST_SITES:
+    if site.kind in POST_SITES or site.kind == "logits.in":  # (the final residual stream)
         return math.inf
     if site.kind == "embed" or site.layer is None:
         return -1

@@ -47,21 +47,23 @@ from torch.utils.hooks import RemovableHandle
 
 from patchc.compiler.errors import RuntimeInterventionError
 
-from . import attention, dictionary, moe, multiplier, taps
+from . import attention, dictionary, moe, multiplier, receivers, taps
 from .parts import Parts
 from .taps import Cols, HookFn
 
-UNLAYERED = frozenset({"embed", "ln_final.scale", "logits"})
-HEADED = frozenset({"z", "q", "k", "v", "pattern", "out"})
+UNLAYERED = frozenset({"embed", "ln_final.scale", "logits", "logits.in"})
+HEADED = frozenset({"z", "q", "k", "v", "pattern", "out", "q.in", "k.in", "v.in"})
 EXPERT = frozenset({"expert.out", "expert.post"})  # the expert index takes the head slot
 LAYERED = frozenset(
     {
         "resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out", "mlp.pre", "mlp.post",
         "ln1.scale", "ln2.scale", "attn.z", "attn.q", "attn.k", "attn.v", "attn.pattern",
-        "router", "shared.out",
+        "router", "shared.out", "mlp.in",
     }
 )  # fmt: skip
-KINDS = UNLAYERED | HEADED | LAYERED | EXPERT
+# Receiver inputs (edges, receivers.py): q/k/v.in per head, mlp.in per layer, logits.in after
+# the last block (its layer, if given, is the layer count).
+KINDS = UNLAYERED | HEADED | LAYERED | EXPERT | receivers.KINDS
 # Sites whose modules see [batch*pos, d] in families with `flat_mlp` (OPT reshapes its MLP).
 _FLAT_SITES = frozenset({"resid_mid", "ln2.scale", "mlp.pre", "mlp.post", "mlp.out"})
 
@@ -120,6 +122,8 @@ class Adapter(Parts):
             raise RuntimeInterventionError(
                 "E403", f"unknown site kind '{kind}'; known: {', '.join(sorted(KINDS))}"
             )
+        if kind == "logits.in" and layer in (None, self.n_layers) and head is None:
+            return None, None  # after the last block (an edge receiver's layer is the count)
         if kind in UNLAYERED:
             if layer is not None or head is not None:
                 raise RuntimeInterventionError("E403", f"site '{kind}' takes no layer or head")
@@ -167,7 +171,9 @@ class Adapter(Parts):
             lead, handle = taps.tap_lead(self.layer(layer))
             removers.append(handle)
         add = removers.append
-        if kind == "embed":
+        if kind in receivers.KINDS:
+            receivers.install(self, kind, layer, head, fn, what, add)
+        elif kind == "embed":
             # The input of block 0, like L0.resid_pre, but its hooks run before resid_pre's.
             block0 = self.layer(0)
             add(self._chained(what, fn, lambda f: taps.tap_input(block0, f, what, prepend=True)))
