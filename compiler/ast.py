@@ -39,6 +39,7 @@ from .ast_sites import (  # noqa: F401 - re-exported: the AST is one namespace
     EdgeGroup,
     SiteItem,
     RunSite,
+    DictDecl,
 )
 from .ast_exprs import (  # noqa: F401 - re-exported: the AST is one namespace
     TokString,
@@ -408,7 +409,8 @@ class Evaluate:
 
 Operation = Union[Swap, Ablate, Backpatch, Steer, Scale, Attribute, Compare, Trace, Dla,
                   ReadSites, Lens, MeasureRun, Evaluate]
-Statement = Union[ModelDecl, SetDecl, DataDecl, RunDecl, MetricDecl, VectorDecl, CircuitDecl,
+Statement = Union[ModelDecl, SetDecl, DataDecl, RunDecl, MetricDecl, VectorDecl, DictDecl,
+                  CircuitDecl,
                   Operation]
 OPERATIONS = (Swap, Ablate, Backpatch, Steer, Scale, Attribute, Compare, Trace, Dla,
               ReadSites, Lens, MeasureRun, Evaluate)

@@ -137,6 +137,14 @@ class AstBuilder(ExprBuilder):
     def vector_stmt(self, meta, items):
         return A.VectorDecl(items[0], items[1], span_of(meta))
 
+    def sae_stmt(self, meta, items):
+        site = items[2] if len(items) > 2 else None
+        return A.DictDecl("sae", items[0], _string(items[1]), site, span_of(meta))
+
+    def transcoder_stmt(self, meta, items):
+        site = items[2] if len(items) > 2 else None
+        return A.DictDecl("transcoder", items[0], _string(items[1]), site, span_of(meta))
+
     # -- interventions ---------------------------------------------------------------------
     def i_noise(self, meta, items):
         return A.INoise(items[0], tuple(items[1:]), span_of(meta))

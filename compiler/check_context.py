@@ -16,13 +16,14 @@ from typing import Iterable, Iterator
 
 from . import ast as A
 from .checked import DataTable, RunInfo
+from .dictionaries import DeclarationFailed
 from .errors import NO_SPAN, CheckError, PatchcError, Source, Span, Warning_
 from .modelspec import ModelSpec
 from .tokens import TokenizerLike
 
 # What each declaration kind is called in messages (`... cannot name a run`).
 KIND_WORD = {"data": "data table", "run": "run", "metric": "metric", "vector": "vector",
-             "table": "result table"}
+             "dictionary": "dictionary", "table": "result table"}
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
@@ -71,6 +72,8 @@ class Context:
         """Collect a CheckError raised inside (located at `span` if it has no location)."""
         try:
             yield
+        except DeclarationFailed:
+            pass  # reported at the dictionary's declaration
         except CheckError as e:
             if span is not None and e.span == NO_SPAN:
                 e = CheckError(e.code, e.message, span, self.source, e.hint)

@@ -146,10 +146,12 @@ def _node_line(nid: str, node: Any) -> str:
     if isinstance(node, Forward):
         exp = f" exp={node.experiment}" if node.experiment is not None else ""
         samples = f" samples={node.samples}" if node.samples != 1 else ""
+        # A sparse latent sweep's forward: skipped at run time when its gate reads are zero.
+        gate = f" same_as {node.same_as} sparse {' '.join(node.sparse)}" if node.sparse else ""
         if node.sweep is not None:  # one node for every member (compiler/ir_sweep.py)
             return (f"{nid} = forward {node.run}{exp}{samples} {describe(node.sweep)}"
                     f"{_deps(node.writes + node.inputs)}")
-        return f"{nid} = forward {node.run}{exp}{samples}{_deps(node.writes)}"
+        return f"{nid} = forward {node.run}{exp}{samples}{_deps(node.writes)}{gate}"
     if isinstance(node, Read):
         stat = f" {node.stat}" if node.stat else ""
         return f"{nid} = read{stat} {node.site} @ {node.pos} <- {node.forward}"

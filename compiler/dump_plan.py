@@ -136,7 +136,8 @@ def emit_plan(checked, ir: IRGraph, optimized: IRGraph, memory: str | None = Non
     nodes = ir.g.number_of_nodes()
     seconds = overhead_seconds(nodes, plan.optimized.forwards)
     share = overhead_share(seconds, plan.optimized.flops)
-    overhead = (f"overhead: ~{seconds:.1f} s estimated for {nodes} graph nodes and "
+    overhead = sparse_line(optimized, plan)
+    overhead += (f"overhead: ~{seconds:.1f} s estimated for {nodes} graph nodes and "
                 f"{plan.optimized.forwards} model passes (planning, hooks, bookkeeping, "
                 f"results; not model passes): ~{share:.1%} of the run at "
                 f"{ASSUMED_FLOPS_PER_SECOND:.0e} FLOP/s\n")
@@ -145,6 +146,19 @@ def emit_plan(checked, ir: IRGraph, optimized: IRGraph, memory: str | None = Non
 
         return dump_plan(plan) + overhead + dump_shards(shard(optimized, plan, workers))
     return dump_plan(plan) + overhead
+
+
+def sparse_line(ir: IRGraph, plan: Plan) -> str:
+    """How many experiments are latent-sweep forwards that run only if a latent they write
+    is active (compiler/lower_latents.py): only the run knows which are, so the plan lists
+    their passes as if all were; the run's manifest counts those it skipped."""
+    gated = {nid for nid, f in ir.of_type(Forward) if f.sparse}
+    if not gated:
+        return ""
+    steps = sum(1 for s in plan.forward_steps() if gated & set(s.members))
+    return (f"sparse latent sweeps: {len(gated)} experiments run only where a latent they "
+            f"write is active (at most {steps} passes above; decided at run time, the "
+            "manifest's plan.sparse_skipped counts those skipped)\n")
 
 
 def optimizer_fields(ir: IRGraph) -> list[str]:

@@ -69,11 +69,13 @@ class Site:
 
     def __str__(self) -> str:
         parts = []
-        if self.layer is not None:
-            parts.append(f"L{self.layer}")
-        if self.kind.startswith("expert."):  # L3.E5.out
-            parts += [f"E{self.head}", self.kind.split(".", 1)[1]]
+        if self.kind.startswith("dict:"):  # a dictionary's latents `s1[3]`, its error `s1.err`
+            parts.append(self.kind[len("dict:"):])
+        elif self.kind.startswith("expert."):  # L3.E5.out
+            parts += [f"L{self.layer}", f"E{self.head}", self.kind.split(".", 1)[1]]
         else:
+            if self.layer is not None:
+                parts.append(f"L{self.layer}")
             if self.head is not None:
                 parts.append(f"H{self.head}")
             parts.append(self.kind)
@@ -145,6 +147,10 @@ class Forward:
     # run's writes then one member write each; `inputs` are the Reads/Vectors they use.
     sweep: Any = None  # ir_sweep.SweepSpec
     inputs: tuple[str, ...] = ()
+    # Sparse latent sweeps (lower_latents.py): equal to `same_as` when the latents its writes
+    # touch are zero in every `sparse` Read; the plan interpreter then skips it.
+    sparse: tuple[str, ...] = ()
+    same_as: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +181,8 @@ class Write:
       noise      a_B := a_B + N(0, std^2), std = scale * (input[0] if given, else 1), drawn
                  with `seed` (the same draws in every Forward the Write feeds)
       freeze_ln  the normalizer whose scale is `site` uses input[0] (run A's cached scale)
+
+    A Read of the whole site feeding a write on a feature slice gives that slice (latents).
 
     Subspaces (`SITE [v, w]`): a mode takes its operands first (replace/mean/resample/add: 1;
     zero/mul: 0; project: 1; remove: 0); any further inputs are Vectors spanning a subspace,
@@ -376,7 +384,9 @@ def verify(ir: IRGraph) -> None:
         preds = set(g.predecessors(nid))
         refs: tuple[str, ...] = ()
         if isinstance(node, Forward):
-            refs = node.writes + node.inputs + tuple(r for r in (node.twin, node.start) if r)
+            refs = node.writes + node.inputs + tuple(
+                r for r in (node.twin, node.start, node.same_as) if r)
+            refs += node.sparse
             _verify_forward(ir, nid, node)
         elif isinstance(node, Read):
             refs = (node.forward,)

@@ -12,12 +12,14 @@ from typing import Any, Callable
 
 from . import ast as A
 from . import printer
+from .dictionaries import kind_text
 from .errors import PlanError
 from .ir import ALL_POSITIONS, Estimate, Pair, Row, Site
 from .lowerer import Exp, Key, Lowerer, Target, check_where, keep
 from .edges import has_edges
 from .lower_edges import edge_rows, lower_edge_op
 from .lower_exprs import split_sweep
+from .lower_latents import source_read, sparse_of
 from .lower_observe import op_lens, op_measure, op_read
 from .lower_sweep import compact_form, compact_rows, lower_compact
 from .modelspec import ModelSpec
@@ -41,7 +43,7 @@ def _ablation(lw: Lowerer, t: Target, how: A.Ablation) -> str:
     if how.kind == "zero":
         return lw.write(t, "zero")
     assert how.run is not None
-    r = lw.read(lw.base(how.run), t.site, t.pos)
+    r = source_read(lw, lw.base(how.run), t)
     if how.kind == "mean":
         return lw.write(t, "mean", (r,))
     return lw.write(t, "resample", (r,), seed=lw.options.seed)
@@ -145,7 +147,7 @@ def _backpatch_pairs(lw: Lowerer, op: A.Backpatch,
 
 
 def _site_kind(e: Exp) -> str:
-    return "+".join(dict.fromkeys(t.site.kind for t in e.targets))
+    return "+".join(dict.fromkeys(kind_text(t.site.kind) for t in e.targets))
 
 
 def _compare_key(e: Exp, method: A.Method, col: str, multi: bool) -> Key:
@@ -184,8 +186,9 @@ def _op_swap(lw: Lowerer, op: A.Swap | A.Trace) -> None:
     src = lw.base(source)
     rows = []
     for e in _exps(lw, op, target):
-        ws = [lw.write(t, "replace", (lw.read(src, t.site, t.pos),)) for t in e.targets]
-        rows.append(lw.row(e.key, lw.forward(target, ws), op, target, source))
+        ws = [lw.write(t, "replace", (source_read(lw, src, t),)) for t in e.targets]
+        sparse = sparse_of(lw, target, source, e.targets, "replace")
+        rows.append(lw.row(e.key, lw.forward(target, ws, sparse), op, target, source))
     lw.table(op, rows)
 
 
@@ -195,7 +198,8 @@ def _op_ablate(lw: Lowerer, op: A.Ablate) -> None:
     rows = []
     for e in _exps(lw, op, target):
         ws = [_ablation(lw, t, op.how) for t in e.targets]
-        rows.append(lw.row(e.key, lw.forward(target, ws), op, target, source))
+        sparse = sparse_of(lw, target, source, e.targets, op.how.kind)
+        rows.append(lw.row(e.key, lw.forward(target, ws, sparse), op, target, source))
     lw.table(op, rows)
 
 
@@ -217,8 +221,9 @@ def _op_scale(lw: Lowerer, op: A.Scale) -> None:
     for e in _exps(lw, op, target):
         for value, scale in _scalars(op.by):
             ws = [lw.write(t, "mul", (), scale) for t in e.targets]
-            rows.append(lw.row(_with_scale(e.key, value), lw.forward(target, ws), op, target,
-                               None))
+            sparse = sparse_of(lw, target, None, e.targets, "mul", scale)
+            rows.append(lw.row(_with_scale(e.key, value), lw.forward(target, ws, sparse), op,
+                               target, None))
     lw.table(op, rows)
 
 
@@ -296,8 +301,8 @@ def _op_compare(lw: Lowerer, op: A.Compare) -> None:
     measures = lw.measures(op)
     pairs, rows = [], {}
     for i, e in enumerate(exps):
-        ws = [lw.write(t, "replace", (lw.read(src, t.site, t.pos),)) for t in e.targets]
-        f = lw.forward(target, ws)
+        ws = [lw.write(t, "replace", (source_read(lw, src, t),)) for t in e.targets]
+        f = lw.forward(target, ws, sparse_of(lw, target, source, e.targets, "replace"))
         for col, m in measures:
             exact = lw.metric(f, target, m.expr)
             norm = lw.norm_refs(m, target, source) if m.normalized else None

@@ -290,6 +290,9 @@ def _declaration(s: A.Statement) -> str:
         return out
     if isinstance(s, A.MetricDecl):
         return f"metric {s.name.value} = {mexpr(s.expr)}{_at(s.pos)}"
+    if isinstance(s, A.DictDecl):
+        at = f" at {site(s.site)}" if s.site is not None else ""
+        return f"{s.kind} {s.name.value} = {string(s.path)}{at}"
     if isinstance(s, A.CircuitDecl):
         sizes = ", ".join(circuit_size(k) for k in s.sizes)
         sizes = "{" + sizes + "}" if s.is_list else sizes

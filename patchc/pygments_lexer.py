@@ -16,9 +16,10 @@ from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation
 
 STATEMENTS = ("model", "revision", "set", "data", "run", "metric", "vector", "swap", "ablate",
               "backpatch", "steer", "scale", "attribute", "compare", "trace", "dla", "circuit",
-              "evaluate")
+              "evaluate", "transcoder")
 CLAUSES = ("from", "into", "in", "with", "by", "using", "against", "on", "measure",
-           "normalized", "as", "where", "and", "all", "contains", "freeze", "ln", "top", "of")
+           "normalized", "as", "where", "and", "all", "contains", "freeze", "ln", "top", "of",
+           "at")
 BUILTINS = ("logit", "logprob", "prob", "rank", "kl", "loss", "generate", "id", "mean",
             "resample", "zero", "noise", "std", "load", "sae", "normalize", "last", "each",
             "true", "false", "null", "key", "feature")

@@ -38,6 +38,7 @@ from .prefix import (live_positions, narrowable, prefix_cache, skip_layers, trim
                      widen)
 from .edges import edge_hooks, is_edge
 from .sweeps import run_chunk
+from .sparse import Sparse, borrowed_metrics
 from .writes import make_readers, make_writer
 
 
@@ -108,6 +109,7 @@ class Executor(Interpreter):
         if self.progress:  # the total is known now: a progress bar can show it and an eta
             self.progress(0, total)
         fused = _fused_backwards(ir, plan)
+        self.sparse = Sparse(self, ir, plan)
         for step in plan.steps:
             started = time.perf_counter()
             if isinstance(step, ForwardStep) and step.members[0] in fused:
@@ -117,7 +119,8 @@ class Executor(Interpreter):
                 if self.progress:
                     self.progress(done, total)
             elif isinstance(step, ForwardStep):
-                self.forward_step(ir, step)
+                for part in self.sparse.parts(step):  # the step, or a sparse sweep's passes
+                    self.forward_step(ir, part)
                 spent = (time.perf_counter() - started) / len(step.members)
                 for m in step.members:
                     self.node_seconds[m] = self.node_seconds.get(m, 0.0) + spent
@@ -299,6 +302,7 @@ class Executor(Interpreter):
         out.token_map = remap  # type: ignore[attr-defined]
         metrics = [m for m in (ir.node(x) for x in ir.g.successors(fid))
                    if isinstance(m, Metric) and (m.lens is None or m.reference == fid)]
+        metrics += borrowed_metrics(ir, fid)  # of sparse-sweep forwards it may stand in for
         for m in metrics:
             if m.pos in out.logits:
                 pass  # another metric at this position has them (loss is checked below)

@@ -33,7 +33,7 @@ from patchc.compiler.ir import (
 
 # The fields of each node kind that hold node ids (a str, None, or a tuple of str).
 REF_FIELDS: dict[type, tuple[str, ...]] = {
-    Forward: ("writes", "inputs", "twin", "start"),
+    Forward: ("writes", "inputs", "twin", "start", "sparse", "same_as"),
     Read: ("forward",),
     Write: ("inputs", "gate"),
     Vector: ("inputs",),
