@@ -35,6 +35,7 @@ from .ast_sites import (  # noqa: F401 - re-exported: the AST is one namespace
     Group,
     SiteItem,
     RunSite,
+    DictDecl,
 )
 from .ast_exprs import (  # noqa: F401 - re-exported: the AST is one namespace
     TokString,
@@ -371,7 +372,8 @@ class MeasureRun:
 
 Operation = Union[Swap, Ablate, Backpatch, Steer, Scale, Attribute, Compare, Trace, Dla,
                   ReadSites, Lens, MeasureRun]
-Statement = Union[ModelDecl, SetDecl, DataDecl, RunDecl, MetricDecl, VectorDecl, Operation]
+Statement = Union[ModelDecl, SetDecl, DataDecl, RunDecl, MetricDecl, VectorDecl, DictDecl,
+                  Operation]
 OPERATIONS = (Swap, Ablate, Backpatch, Steer, Scale, Attribute, Compare, Trace, Dla,
               ReadSites, Lens, MeasureRun)
 # Statements that only look at a run (no write): §11 of the language.

@@ -4,7 +4,7 @@ re-exports every name here; import them from there)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 from .errors import Span
 
@@ -158,6 +158,19 @@ class Group:
 
 
 SiteItem = Union[SiteRef, Group]
+
+
+@dataclass(frozen=True, slots=True)
+class DictDecl:
+    """`sae NAME = "PATH" at SITE` or `transcoder NAME = "PATH" at Ll.mlp`: a dictionary (an
+    SAELens folder) attached to a site; its latents become sites `NAME[i]` and `NAME.err`.
+    `name` is an ast.Name (typed loosely here: ast.py defines Name and imports this module)."""
+
+    kind: str  # "sae" or "transcoder"
+    name: "Any"
+    path: str
+    site: SiteRef
+    span: Span
 
 
 @dataclass(frozen=True, slots=True)

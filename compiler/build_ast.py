@@ -137,6 +137,12 @@ class AstBuilder(ExprBuilder):
     def vector_stmt(self, meta, items):
         return A.VectorDecl(items[0], items[1], span_of(meta))
 
+    def sae_stmt(self, meta, items):
+        return A.DictDecl("sae", items[0], _string(items[1]), items[2], span_of(meta))
+
+    def transcoder_stmt(self, meta, items):
+        return A.DictDecl("transcoder", items[0], _string(items[1]), items[2], span_of(meta))
+
     # -- interventions ---------------------------------------------------------------------
     def i_noise(self, meta, items):
         return A.INoise(items[0], tuple(items[1:]), span_of(meta))

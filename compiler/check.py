@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from . import ast as A
 from . import device_map
 from .check_context import Context, did_you_mean
+from .check_dicts import check_dictionaries
 from .check_limits import check_chains
 from .check_metrics import check_decl, metric_refs
 from .check_names import declare, find_cycle
@@ -49,13 +50,16 @@ class _Auto:
 AUTO: Any = _Auto()
 
 _DECL_KIND = {A.DataDecl: "data", A.RunDecl: "run", A.MetricDecl: "metric",
-              A.VectorDecl: "vector"}
+              A.VectorDecl: "vector", A.DictDecl: "dictionary"}
 
 
-def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO) -> CheckedSpec:
+def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
+          dictionaries: dict[str, dict[str, Any]] | None = None) -> CheckedSpec:
     """Check a spec against a model. `model`: its ModelSpec (read from the spec's `model`
     statement when None). `tokenizer`: AUTO reads the model's tokenizer.json; None skips
     token-length checks; or anything with `encode(text)` (an HF tokenizer works).
+    `dictionaries`: cfg.json contents by dictionary name, read instead of those folders
+    (SAELens objects given to patchc.run).
 
     Raises SpecErrors holding every error, sorted by position."""
     ctx = Context(spec.source)
@@ -74,6 +78,9 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO) -
 
     options = _options(ctx, [s for s in stmts if isinstance(s, A.SetDecl)])
     _declare_all(ctx, stmts)
+    # Dictionaries first: their latents are sites for everything below (ctx.model gains them).
+    check_dictionaries(ctx, [s for s in stmts if isinstance(s, A.DictDecl) and _owns(ctx, s)],
+                       dictionaries or {})
     for s in stmts:
         if isinstance(s, A.DataDecl) and _owns(ctx, s):
             with ctx.catch(s.span):
@@ -103,8 +110,8 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO) -
 
     if ctx.errors:
         raise SpecErrors(ctx.errors).with_source(spec.source)
-    assert model is not None  # a missing model is an error above
-    return CheckedSpec(spec, model, options, dict(ctx.data), dict(ctx.runs),
+    assert ctx.model is not None  # a missing model is an error above
+    return CheckedSpec(spec, ctx.model, options, dict(ctx.data), dict(ctx.runs),
                        dict(ctx.metrics), dict(ctx.vectors), tuple(ctx.warnings),
                        dict(ctx.vector_dims))
 

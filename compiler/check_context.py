@@ -22,7 +22,7 @@ from .tokens import TokenizerLike
 
 # What each declaration kind is called in messages (`... cannot name a run`).
 KIND_WORD = {"data": "data table", "run": "run", "metric": "metric", "vector": "vector",
-             "table": "result table"}
+             "dictionary": "dictionary", "table": "result table"}
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:

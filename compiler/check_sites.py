@@ -15,6 +15,7 @@ from . import ast as A
 from . import resolve
 from .check_context import Context
 from .checked import RunInfo
+from .dictionaries import dict_width, is_dict_kind, kind_text
 from .errors import CheckError, Span
 from .ir import Positions, Site
 from .modelspec import ModelSpec
@@ -30,6 +31,8 @@ def site_width(model: ModelSpec, site: Site) -> int:
     """Features per token of a concrete site (a slice's width if sliced)."""
     if site.features is not None:
         return site.features[1] - site.features[0]
+    if is_dict_kind(site.kind):
+        return dict_width(model, site.kind)
     dim = SITE_KINDS[site.kind].dim
     return model.n_ctx if dim == "n_ctx" else model.dim_of(dim)
 
@@ -303,6 +306,6 @@ def check_dla(ctx: Context, matches: list[Match], item: A.SiteItem) -> None:
         for site in m.sites:
             if site.kind not in DLA_KINDS:
                 ctx.error("E339", f"dla needs a site that writes to the residual stream; "
-                          f"{site.kind} does not", item.span,
+                          f"{kind_text(site.kind)} does not", item.span,
                           hint="use embed, Ll.attn.out, Ll.mlp.out or Ll.Hh.out")
                 return

@@ -15,6 +15,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from .dictionaries import dict_width, is_dict_kind
 from .ir import Backward, Forward, IRGraph, Metric, Positions, Read, Site, Vector
 from .modelspec import ModelSpec
 from .sites import SITE_KINDS
@@ -97,6 +98,8 @@ def n_positions(pos: Positions, shape: RunShape) -> int:
 def site_dim(site: Site, model: ModelSpec, width: int) -> int:
     if site.features is not None:
         return site.features[1] - site.features[0]
+    if is_dict_kind(site.kind):
+        return dict_width(model, site.kind)
     dim = SITE_KINDS[site.kind].dim
     if dim == "n_ctx":
         return width

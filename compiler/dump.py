@@ -144,7 +144,9 @@ def _node_line(nid: str, node: Any) -> str:
     if isinstance(node, Forward):
         exp = f" exp={node.experiment}" if node.experiment is not None else ""
         samples = f" samples={node.samples}" if node.samples != 1 else ""
-        return f"{nid} = forward {node.run}{exp}{samples}{_deps(node.writes)}"
+        # A sparse latent sweep's forward: skipped at run time when its gate reads are zero.
+        gate = f" same_as {node.same_as} sparse {' '.join(node.sparse)}" if node.sparse else ""
+        return f"{nid} = forward {node.run}{exp}{samples}{_deps(node.writes)}{gate}"
     if isinstance(node, Read):
         stat = f" {node.stat}" if node.stat else ""
         return f"{nid} = read{stat} {node.site} @ {node.pos} <- {node.forward}"

@@ -132,13 +132,27 @@ def emit_plan(checked, ir: IRGraph, optimized: IRGraph, memory: str | None = Non
                     checked.options.batch_size, dtype_bytes, naive_ir=ir,
                     passes=tuple(p.__name__ for p in PASSES))
     nodes = ir.g.number_of_nodes()
-    overhead = (f"overhead: ~{overhead_seconds(nodes):.1f} s estimated for {nodes} graph nodes "
+    overhead = sparse_line(optimized, plan)
+    overhead += (f"overhead: ~{overhead_seconds(nodes):.1f} s estimated for {nodes} graph nodes "
                 "(planning, hooks, bookkeeping, results; not model passes)\n")
     if workers > 1:
         from .shard import shard
 
         return dump_plan(plan) + overhead + dump_shards(shard(optimized, plan, workers))
     return dump_plan(plan) + overhead
+
+
+def sparse_line(ir: IRGraph, plan: Plan) -> str:
+    """How many experiments are latent-sweep forwards that run only if a latent they write
+    is active (compiler/lower_latents.py): only the run knows which are, so the plan lists
+    their passes as if all were; the run's manifest counts those it skipped."""
+    gated = {nid for nid, f in ir.of_type(Forward) if f.sparse}
+    if not gated:
+        return ""
+    steps = sum(1 for s in plan.forward_steps() if gated & set(s.members))
+    return (f"sparse latent sweeps: {len(gated)} experiments run only where a latent they "
+            f"write is active (at most {steps} passes above; decided at run time, the "
+            "manifest's plan.sparse_skipped counts those skipped)\n")
 
 
 def optimizer_fields(ir: IRGraph) -> list[str]:

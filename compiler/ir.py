@@ -65,11 +65,13 @@ class Site:
 
     def __str__(self) -> str:
         parts = []
-        if self.layer is not None:
-            parts.append(f"L{self.layer}")
-        if self.kind.startswith("expert."):  # L3.E5.out
-            parts += [f"E{self.head}", self.kind.split(".", 1)[1]]
+        if self.kind.startswith("dict:"):  # a dictionary's latents `s1[3]`, its error `s1.err`
+            parts.append(self.kind[len("dict:"):])
+        elif self.kind.startswith("expert."):  # L3.E5.out
+            parts += [f"L{self.layer}", f"E{self.head}", self.kind.split(".", 1)[1]]
         else:
+            if self.layer is not None:
+                parts.append(f"L{self.layer}")
             if self.head is not None:
                 parts.append(f"H{self.head}")
             parts.append(self.kind)
@@ -136,6 +138,12 @@ class Forward:
     group: int | None = None  # batch: forwards stacked along the batch dimension
     logit_positions: tuple[Positions, ...] | None = None  # trim_logits: None = all positions
     logit_tokens: bool = False  # trim_logits: only the token ids the metrics name
+    # A sparse latent sweep (compiler/lower_latents.py): this forward equals `same_as` (the
+    # target run's base forward) when every dictionary latent its own writes touch is zero
+    # in every `sparse` Read (the latents of both runs at the written positions); the plan
+    # interpreter then skips it. The naive interpreter ignores both fields.
+    sparse: tuple[str, ...] = ()
+    same_as: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +353,8 @@ def verify(ir: IRGraph) -> None:
         preds = set(g.predecessors(nid))
         refs: tuple[str, ...] = ()
         if isinstance(node, Forward):
-            refs = node.writes + tuple(r for r in (node.twin, node.start) if r)
+            refs = node.writes + tuple(r for r in (node.twin, node.start, node.same_as) if r)
+            refs += node.sparse
             _verify_forward(ir, nid, node)
         elif isinstance(node, Read):
             refs = (node.forward,)

@@ -12,10 +12,12 @@ from typing import Any, Callable
 
 from . import ast as A
 from . import printer
+from .dictionaries import kind_text
 from .errors import PlanError
 from .ir import ALL_POSITIONS, Estimate, Pair, Row, Site
 from .lowerer import Exp, Key, Lowerer, Target, check_where, keep
 from .lower_exprs import split_sweep
+from .lower_latents import sparse_of
 from .lower_observe import op_lens, op_measure, op_read
 from .modelspec import ModelSpec
 
@@ -142,7 +144,7 @@ def _backpatch_pairs(lw: Lowerer, op: A.Backpatch,
 
 
 def _site_kind(e: Exp) -> str:
-    return "+".join(dict.fromkeys(t.site.kind for t in e.targets))
+    return "+".join(dict.fromkeys(kind_text(t.site.kind) for t in e.targets))
 
 
 def _compare_key(e: Exp, method: A.Method, col: str, multi: bool) -> Key:
@@ -178,7 +180,8 @@ def _op_swap(lw: Lowerer, op: A.Swap | A.Trace) -> None:
     rows = []
     for e in _exps(lw, op, target):
         ws = [lw.write(t, "replace", (lw.read(src, t.site, t.pos),)) for t in e.targets]
-        rows.append(lw.row(e.key, lw.forward(target, ws), op, target, source))
+        sparse = sparse_of(lw, target, source, e.targets, "replace")
+        rows.append(lw.row(e.key, lw.forward(target, ws, sparse), op, target, source))
     lw.table(op, rows)
 
 
@@ -188,7 +191,8 @@ def _op_ablate(lw: Lowerer, op: A.Ablate) -> None:
     rows = []
     for e in _exps(lw, op, target):
         ws = [_ablation(lw, t, op.how) for t in e.targets]
-        rows.append(lw.row(e.key, lw.forward(target, ws), op, target, source))
+        sparse = sparse_of(lw, target, source, e.targets, op.how.kind)
+        rows.append(lw.row(e.key, lw.forward(target, ws, sparse), op, target, source))
     lw.table(op, rows)
 
 
@@ -210,8 +214,9 @@ def _op_scale(lw: Lowerer, op: A.Scale) -> None:
     for e in _exps(lw, op, target):
         for value, scale in _scalars(op.by):
             ws = [lw.write(t, "mul", (), scale) for t in e.targets]
-            rows.append(lw.row(_with_scale(e.key, value), lw.forward(target, ws), op, target,
-                               None))
+            sparse = sparse_of(lw, target, None, e.targets, "mul", scale)
+            rows.append(lw.row(_with_scale(e.key, value), lw.forward(target, ws, sparse), op,
+                               target, None))
     lw.table(op, rows)
 
 

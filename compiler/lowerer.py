@@ -16,6 +16,7 @@ from typing import Any, Callable
 from . import ast as A
 from . import printer
 from .checked import CheckedSpec, Options
+from .dictionaries import dict_width, is_dict_kind
 from .errors import NO_SPAN, PlanError
 from .ir import (
     Backward,
@@ -113,12 +114,16 @@ class Lowerer:
             self._bare[run] = self.ir.add(Forward(run))
         return self._bare[run]
 
-    def forward(self, run: str, writes: list[str]) -> str:
-        """A new experiment Forward of `run`: its baked writes, then `writes`."""
+    def forward(self, run: str, writes: list[str],
+                sparse: tuple[tuple[str, ...], str | None] = ((), None)) -> str:
+        """A new experiment Forward of `run`: its baked writes, then `writes`. `sparse`: its
+        (latent Reads, same_as) when a sparse latent sweep may skip it (lower_latents.py)."""
         all_writes = self.bake(run) + tuple(writes)
-        node = Forward(run, all_writes, self.n_experiments, self.samples[run])
+        reads, same_as = sparse
+        node = Forward(run, all_writes, self.n_experiments, self.samples[run], sparse=reads,
+                       same_as=same_as)
         self.n_experiments += 1
-        return self.ir.add(node, all_writes)
+        return self.ir.add(node, all_writes + reads + ((same_as,) if same_as else ()))
 
     # -- cached nodes ---------------------------------------------------------------------
     def _cached(self, key: tuple[Any, ...], make: Any) -> str:
@@ -201,6 +206,8 @@ class Lowerer:
     def site_dim(self, site: Site) -> int:
         if site.features is not None:
             return site.features[1] - site.features[0]
+        if is_dict_kind(site.kind):
+            return dict_width(self.model, site.kind)
         dim = SITE_KINDS[site.kind].dim
         return self.model.n_ctx if dim == "n_ctx" else self.model.dim_of(dim)
 

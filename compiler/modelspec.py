@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import CheckError
+
+if TYPE_CHECKING:
+    from .dictionaries import DictInfo
 from .families import SINGLE_NORM, Family, lookup, normalize, why_unsupported
 
 
@@ -35,6 +38,12 @@ class ModelSpec:
     n_experts: int = 0  # a mixture-of-experts MLP: its experts (d_mlp is one expert's width)
     top_k: int = 0  # experts per token
     unavailable: tuple[tuple[str, str], ...] = ()  # (site kind, why this model lacks it)
+    # Dictionaries a spec attaches (check_dicts.py adds them): their latents are sites.
+    dictionaries: tuple["DictInfo", ...] = ()
+
+    def dictionary(self, name: str) -> "DictInfo | None":
+        """The attached dictionary called `name`, if any."""
+        return next((d for d in self.dictionaries if d.name == name), None)
 
     def missing(self, kind: str) -> str | None:
         """Why this model has no `kind` site (None: it has one)."""

@@ -282,6 +282,8 @@ def _declaration(s: A.Statement) -> str:
         return out
     if isinstance(s, A.MetricDecl):
         return f"metric {s.name.value} = {mexpr(s.expr)}{_at(s.pos)}"
+    if isinstance(s, A.DictDecl):
+        return f"{s.kind} {s.name.value} = {string(s.path)} at {site(s.site)}"
     assert isinstance(s, A.VectorDecl)
     return f"vector {s.name.value} = {vexpr(s.expr)}"
 

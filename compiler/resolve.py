@@ -14,11 +14,12 @@ from . import ast as A
 from .errors import CheckError, Span
 from .ir import Positions, Site
 from .modelspec import ModelSpec
+from .dictionaries import err_kind, latent_kind
 from .sites import SITE_KINDS
 
 # Default result column of an unnamed pattern, per axis (docs/language.md §5).
 DEFAULT_COLUMN = {"layer": "layer", "head": "head", "expert": "expert", "features": "neuron",
-                  "pos": "pos"}
+                  "latent": "feature", "pos": "pos"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,9 @@ def expand_site(ref: A.SiteRef, model: ModelSpec) -> list[Match]:
     Raises CheckError for an unknown kind, a missing or superfluous L/H index, an index out
     of range, a site the architecture lacks, or a feature index beyond the site's width.
     """
+    latents = _latent_sites(ref, model)
+    if latents is not None:
+        return latents
     kind = SITE_KINDS.get(ref.kind)
     if kind is None:
         raise CheckError("E200", f"unknown site {ref.text!r}", ref.span, hint=_suggest(ref.kind))
@@ -114,6 +118,49 @@ def expand_site(ref: A.SiteRef, model: ModelSpec) -> list[Match]:
                     fsel = (ref.features.lo, ref.features.hi)
                 out.append(Match((Site(ref.kind, layer, head, fsel),), key))
     return out
+
+
+def _latent_sites(ref: A.SiteRef, model: ModelSpec) -> list[Match] | None:
+    """A dictionary's latents `s1[i]`, `s1[*]`, `s1[a:b]`, `s1` or its error `s1.err`
+    (None: `ref` names no attached dictionary). A latent sweep's column is `feature`."""
+    name, err = ref.kind, False
+    if name.endswith(".err"):
+        name, err = name[:-4], True
+    info = model.dictionary(name)
+    if info is None:
+        return None
+    if ref.layer is not None or ref.head is not None:
+        raise CheckError("E387", f"{ref.text}: a dictionary's latents take no layer or head "
+                         "index", ref.span, hint=f"write {name}[i] or {name}.err")
+    kind = err_kind(name) if err else latent_kind(name)
+    width = info.d_out if err else info.d_sae
+    # The host's layer (0 for embed) tells the passes where the site is computed.
+    layer = 0 if info.host.kind == "embed" else info.host.layer
+    sel = ref.features
+    if isinstance(sel, A.Slice):
+        if not 0 <= sel.lo < sel.hi <= width:
+            raise CheckError("E387", f"slice [{sel.lo}:{sel.hi}] is outside {ref.text}'s "
+                             f"{width} {'features' if err else 'latents'}", sel.span)
+        return [Match((Site(kind, layer, features=(sel.lo, sel.hi)),), ())]
+    if sel is None:
+        return [Match((Site(kind, layer),), ())]
+    out = []
+    for i, col in _latent_indices(sel, width, ref.text, err):
+        key = ((col, i),) if col is not None else ()
+        out.append(Match((Site(kind, layer, features=(i, i + 1)),), key))
+    return out
+
+
+def _latent_indices(sel: A.Index, width: int, text: str, err: bool
+                    ) -> list[tuple[int, str | None]]:
+    try:
+        return expand_index(sel, width, "features" if err else "latent", "latent")
+    except CheckError as e:
+        if e.code != "E203":
+            raise
+        what = "features" if err else "latents"
+        raise CheckError("E387", f"{text} has {width} {what} ({text}[0]..{text}[{width - 1}]); "
+                         f"got {e.message.rsplit('got ', 1)[-1]}", e.span) from None
 
 
 def _expand_features(sel: A.FeatureSel | None, width: int) -> list[tuple[int | None, str | None]]:

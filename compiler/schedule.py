@@ -101,6 +101,7 @@ def _uses(ir: IRGraph, nid: str) -> list[str]:
     node = ir.node(nid)
     if isinstance(node, Forward):
         out = _write_inputs(ir, nid) + ([node.start] if node.start else [])
+        out += list(node.sparse) + ([node.same_as] if node.same_as else [])  # sparse sweeps
         return out + ([f"kv:{node.twin}"] if node.narrow and node.twin else [])
     if isinstance(node, Metric):
         return [node.forward] + [r for r in (node.reference, node.lens) if r]

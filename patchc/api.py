@@ -92,6 +92,7 @@ def run(
     trust_remote_code: bool = False,
     progress: Callable[[int, int], None] | None = None,
     workers: int | str = 1,
+    saes: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> "Results | None":
     """Compile and execute a spec; returns Results (`results["NAME"]` is a DataFrame).
@@ -102,7 +103,9 @@ def run(
     a spec. `naive=True` runs the reference interpreter (one forward per experiment).
     `workers=N` shards the plan over N processes (this one and N-1 it starts);
     `workers="torchrun"` uses the processes torchrun started, and returns Results on rank 0
-    only (None elsewhere). See docs/scaling.md.
+    only (None elsewhere). See docs/scaling.md. `saes={"s1": sae}`: SAELens `SAE` objects
+    (or transcoders) that stand in for the folders of the spec's `sae`/`transcoder`
+    declarations of those names (their cfg and weights are used; the folder is not read).
     """
     from patchc.runner import execute
 
@@ -111,7 +114,7 @@ def run(
     spec = load_spec(path_or_source)
     results = execute(spec, model=model, tokenizer=tokenizer, naive=naive,
                       trust_remote_code=trust_remote_code, progress=progress,
-                      overrides=overrides, workers=workers)
+                      overrides=overrides, workers=workers, saes=saes)
     for w in results.warnings if results is not None else []:
         warnings.warn(w.render(), PatchcWarning, stacklevel=2)
     return results

@@ -65,9 +65,11 @@ def _model_decl(spec: A.Spec) -> A.ModelDecl:
 def run_process(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool = False,
                 trust_remote_code: bool = False,
                 progress: Callable[[int, int], None] | None = None,
-                overrides: dict[str, Any] | None = None, group: Any = None) -> Results | None:
+                overrides: dict[str, Any] | None = None, group: Any = None,
+                saes: dict[str, Any] | None = None) -> Results | None:
     """This process's part of a run. `group` is the worker group it belongs to (None: it
-    runs alone); in a group only rank 0 returns Results (the others None)."""
+    runs alone); in a group only rank 0 returns Results (the others None). `saes`: SAELens
+    objects for the spec's dictionaries of those names (api.run)."""
     clock = Clock()
     decl = _model_decl(spec)
     inputs = _hash_inputs(spec, overrides)
@@ -75,9 +77,10 @@ def run_process(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: b
     try:
         with clock("load"):
             checked, model, tokenizer, device = prepare(spec, model, tokenizer,
-                                                        trust_remote_code, overrides, group)
+                                                        trust_remote_code, overrides, group,
+                                                        saes)
         values, seconds, ir, plan = _evaluate(checked, model, tokenizer, naive, progress,
-                                              group, clock)
+                                              group, clock, saes)
     except PatchcError as e:
         raise e.with_source(spec.source) from None
     if values is None:  # a worker other than rank 0: its values went to rank 0
@@ -99,6 +102,7 @@ class Clock:
         self.seconds: dict[str, float] = {}
         self.model = 0.0
         self.threads: int | None = None  # torch's CPU threads for the run
+        self.sparse: dict[str, int] | None = None  # sparse latent sweeps (runtime/sparse.py)
 
     @contextlib.contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
@@ -120,15 +124,20 @@ class Clock:
 
 
 def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
-            overrides: dict[str, Any] | None, group: Any = None) -> tuple:
+            overrides: dict[str, Any] | None, group: Any = None,
+            saes: dict[str, Any] | None = None) -> tuple:
     """Check the spec (against the config alone: a wrong spec fails before any weight
-    loads), then load the model or place the caller's: (checked, model, tokenizer, device)."""
+    loads), then load the model or place the caller's: (checked, model, tokenizer, device).
+    `saes`: SAELens objects whose configs stand in for their folders' cfg.json."""
     from patchc.runtime.adapters import adapter_for
+    from patchc.runtime.dictionaries import saelens_config
     from patchc.runtime.loading import input_device, is_dispatched, load, resolve_device
 
     overrides = dict(overrides or {})
     model_spec = adapter_for(model).spec() if model is not None else None
-    checked = check(spec, model_spec, tokenizer=AUTO if tokenizer is None else tokenizer)
+    cfgs = {name: saelens_config(sae) for name, sae in (saes or {}).items()}
+    checked = check(spec, model_spec, tokenizer=AUTO if tokenizer is None else tokenizer,
+                    dictionaries=cfgs)
     if group is not None:  # each worker on its own GPU, when there are GPUs
         overrides.update(group.placement(checked.options))
     checked = _options(checked, overrides)
@@ -157,15 +166,18 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
 
 def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
               progress: Callable[[int, int], None] | None, group: Any = None,
-              clock: Clock | None = None) -> tuple:
+              clock: Clock | None = None, saes: dict[str, Any] | None = None) -> tuple:
     """Lower, optimize, schedule and run: (values, seconds per table, ir, plan). With a
     worker group, each worker runs its shard; values is None except on rank 0. torch
     computes with `set threads` CPU threads, else runtime/threads.py's choice."""
     from patchc.runtime.adapters import adapter_for
     from patchc.runtime.threads import default_threads, using_threads
 
+    from patchc.runtime.dictionaries import load_all
+
     clock = clock or Clock()
     adapter = adapter_for(model)
+    adapter.dictionaries = load_all(checked.model.dictionaries, saes)
     threads = checked.options.threads or default_threads(adapter.d_model)
     clock.threads = threads
     with using_threads(threads):
@@ -199,6 +211,7 @@ def _evaluate_on(checked: CheckedSpec, model: Any, tokenizer: Any, adapter: Any,
         with clock("execute"):
             values = interp.run(ir, plan)
         clock.model = interp.model_seconds
+        clock.sparse = interp.sparse.counts()
         return values, _table_seconds(ir, interp.node_seconds), ir, plan
     plan = group.same_plan(ir, plan)
     with clock("execute"):
@@ -241,7 +254,7 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
         device_map={str(k): v for k, v in hf_map.items()} if hf_map else None,
         workers=group.world if group is not None else 1, threads=_threads(clock),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
-        options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan),
+        options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan, clock.sparse),
         interpreter="naive" if naive else "optimized", total_seconds=0.0)
     results = Results(ir, values, manifest.model_dump(),
                       warnings=[*checked.warnings, *ran.warnings])
@@ -363,9 +376,14 @@ def _weights_hash(model: Any) -> str:
     return digest
 
 
-def _pass_counts(ir: IRGraph, plan=None) -> dict[str, int]:
+def _pass_counts(ir: IRGraph, plan=None, sparse: dict[str, int] | None = None
+                 ) -> dict[str, int]:
     counts = {"forwards": ir.count(Forward), "backwards": ir.count(Backward),
               "nodes": ir.g.number_of_nodes()}
     if plan is not None:  # model passes actually run (a batched chunk is one)
         counts["passes"] = plan.optimized.forwards
+    if sparse and sparse["planned"]:  # latent sweeps: skipped experiments, packed passes
+        counts["passes"] += sparse["passes"] - sparse["planned"]
+        counts["sparse_skipped"] = sparse["skipped"]
+        counts["sparse_passes"] = sparse["passes"]
     return counts

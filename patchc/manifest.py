@@ -85,15 +85,19 @@ def sha256_file(path: "str | Path") -> str:
 
 def spec_files(spec: Any, device_map: Any = None) -> list[str]:
     """The files a spec reads, as written in it: `data` files, `load(...)`/`sae(...)` vector
-    files wherever they appear, and a device map file. Walks the AST generically, so a new
+    files wherever they appear, a dictionary folder's cfg.json and weights, and a device map
+    file. Walks the AST generically, so a new
     statement that reads a file through these nodes is covered too."""
     from patchc.compiler import ast as A
+    from patchc.compiler.dictionaries import dictionary_files
 
     found: list[str] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, (A.DataDecl, A.VLoad, A.VSae)) and node.path:
             found.append(node.path)
+        if isinstance(node, A.DictDecl):  # an SAELens folder: its config and weights
+            found.extend(dictionary_files(node.path, spec.source.base_dir))
         if (isinstance(node, A.SetDecl) and node.name.value == "device_map"
                 and str(node.value).endswith(".json")):
             found.append(str(node.value))

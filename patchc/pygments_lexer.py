@@ -15,9 +15,9 @@ from pygments.lexer import RegexLexer, bygroups, words
 from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation, String, Text
 
 STATEMENTS = ("model", "revision", "set", "data", "run", "metric", "vector", "swap", "ablate",
-              "backpatch", "steer", "scale", "attribute", "compare", "trace", "dla")
+              "backpatch", "steer", "scale", "attribute", "compare", "trace", "dla", "transcoder")
 CLAUSES = ("from", "into", "in", "with", "by", "using", "against", "on", "measure",
-           "normalized", "as", "where", "and", "all", "contains", "freeze", "ln")
+           "normalized", "as", "where", "and", "all", "contains", "freeze", "ln", "at")
 BUILTINS = ("logit", "logprob", "prob", "rank", "kl", "loss", "generate", "id", "mean",
             "resample", "zero", "noise", "std", "load", "sae", "normalize", "last", "each",
             "true", "false", "null", "key", "feature")

@@ -20,13 +20,18 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
             trust_remote_code: bool = False,
             progress: Callable[[int, int], None] | None = None,
             overrides: dict[str, Any] | None = None,
-            workers: int | str = 1) -> Results | None:
+            workers: int | str = 1, saes: dict[str, Any] | None = None) -> Results | None:
     """Run a spec. `workers` N > 1 spawns N-1 worker processes (patchc/workers.py);
     "torchrun" joins the processes torchrun started. With workers, only rank 0 returns
-    Results (the others None)."""
+    Results (the others None). `saes`: SAELens objects for dictionaries the spec declares
+    (api.run)."""
     if workers == 1:
         return run_process(spec, model, tokenizer, naive, trust_remote_code, progress,
-                           overrides)
+                           overrides, saes=saes)
+    if saes:
+        raise RuntimeInterventionError(
+            "E484", "SAE objects (saes=...) are used in this process only: run without "
+            "workers, or give the spec their folders").with_source(spec.source)
     from patchc import workers as W  # torch.distributed: only when workers are asked for
 
     if naive or (workers != "torchrun" and int(workers) < 1):

@@ -33,6 +33,7 @@ from .inputs import Batch, position_index
 from .naive import ForwardOutput, Interpreter
 from .compat import output_cache, with_cache
 from .reading import collect_reads
+from .sparse import Sparse, borrowed_metrics
 from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
 from .writes import make_reader, make_writer
 
@@ -102,6 +103,7 @@ class Executor(Interpreter):
         total = sum(len(s.members) for s in plan.forward_steps())
         done = 0
         fused = _fused_backwards(ir, plan)
+        self.sparse = Sparse(self, ir, plan)
         for step in plan.steps:
             started = time.perf_counter()
             if isinstance(step, ForwardStep) and step.members[0] in fused:
@@ -111,7 +113,8 @@ class Executor(Interpreter):
                 if self.progress:
                     self.progress(done, total)
             elif isinstance(step, ForwardStep):
-                self.forward_step(ir, step)
+                for part in self.sparse.parts(step):  # the step, or a sparse sweep's passes
+                    self.forward_step(ir, part)
                 spent = (time.perf_counter() - started) / len(step.members)
                 for m in step.members:
                     self.node_seconds[m] = spent
@@ -268,6 +271,7 @@ class Executor(Interpreter):
         out.token_map = remap  # type: ignore[attr-defined]
         metrics = [m for m in (ir.node(x) for x in ir.g.successors(fid))
                    if isinstance(m, Metric) and (m.lens is None or m.reference == fid)]
+        metrics += borrowed_metrics(ir, fid)  # of sparse-sweep forwards it may stand in for
         for m in metrics:
             if m.pos in out.logits:
                 pass  # another metric at this position has them (loss is checked below)

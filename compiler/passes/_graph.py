@@ -32,7 +32,7 @@ from patchc.compiler.ir import (
 
 # The fields of each node kind that hold node ids (a str, None, or a tuple of str).
 REF_FIELDS: dict[type, tuple[str, ...]] = {
-    Forward: ("writes", "twin", "start"),
+    Forward: ("writes", "twin", "start", "sparse", "same_as"),
     Read: ("forward",),
     Write: ("inputs",),
     Vector: ("inputs",),

@@ -6,7 +6,9 @@ layer): a forward measured at `last` needs one position of it, not all. Each for
 `logit_positions`, the positions of the metrics on it and of the kl metrics that compare
 with it (() when nothing measures it: a run that is only read skips the unembedding), or
 None (every position) when a metric needs `loss`, a metric generates text, or something
-reads or writes the `logits` site. When every metric on the forward is arithmetic over
+reads or writes the `logits` site. A forward that the forwards of a sparse latent sweep
+name as `same_as` also keeps the positions of their metrics, at every token id (a skipped
+forward reads them there: runtime/sparse.py). When every metric on the forward is arithmetic over
 `logit(TOK)` (no softmax over the vocabulary, no kl against it), `logit_tokens` is set and
 only the rows of the unembedding for those token ids are computed.
 """
@@ -32,6 +34,12 @@ def trim_logits(ir: IRGraph) -> IRGraph:
         metrics = [u for u in users if isinstance(u, Metric)
                    and ((u.forward == fid and u.lens is None) or u.reference == fid)]
         own = [m for m in metrics if m.forward == fid]
+        # Forwards of a sparse latent sweep that may stand in this one's place (same_as) read
+        # their metrics from its logits when skipped: keep those positions, every token id.
+        borrowed = [m for g in cons.get(fid, []) if getattr(nodes[g], "same_as", None) == fid
+                    for m in (nodes[c] for c in cons.get(g, []))
+                    if isinstance(m, Metric) and m.forward == g and m.lens is None]
+        metrics += borrowed
         full = any(needs(m.expr, k) for m in own for k in (A.MLoss,) + A.GENERATING)
         full |= any(isinstance(u, Read) and u.site.kind == "logits" for u in users)
         full |= any(nodes[w].site.kind == "logits" for w in f.writes  # type: ignore[union-attr]
@@ -41,6 +49,6 @@ def trim_logits(ir: IRGraph) -> IRGraph:
             continue
         positions: tuple[Positions, ...] = tuple(dict.fromkeys(m.pos for m in metrics))
         tokens = bool(own) and len(own) == len(metrics) and all(logits_only(m.expr)
-                                                                for m in own)
+                                                                for m in own)  # (no borrowed)
         nodes[fid] = dataclasses.replace(f, logit_positions=positions, logit_tokens=tokens)
     return rebuild(nodes, list(ir.tables))

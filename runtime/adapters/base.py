@@ -47,7 +47,7 @@ from torch.utils.hooks import RemovableHandle
 
 from patchc.compiler.errors import RuntimeInterventionError
 
-from . import attention, moe, multiplier, taps
+from . import attention, dictionary, moe, multiplier, taps
 from .parts import Parts
 from .taps import Cols, HookFn
 
@@ -72,6 +72,10 @@ class Adapter(Parts):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         self._chains: dict[str, tuple[list[HookFn], RemovableHandle | taps.Handles]] = {}
+        # Dictionaries by name (runtime/dictionaries.Dictionary), set by whoever loads them;
+        # their latent and error sites (`dict:NAME`, `dict:NAME.err`) are in dictionary.py.
+        self.dictionaries: dict = {}
+        self._attachments: dict = {}
 
     # ---- hooks --------------------------------------------------------------------------
     def hook(
@@ -79,6 +83,8 @@ class Adapter(Parts):
     ) -> contextlib.AbstractContextManager["Adapter"]:
         """Call fn on the site's activation in every forward while the context is active.
         The site is checked now (a bad site raises here, not on entering the context)."""
+        if kind.startswith("dict:"):
+            return dictionary.hooked(self, kind, fn)
         layer, head = self._validate(kind, layer, head)
         return self._hooked(kind, layer, head, fn)
 

@@ -13,7 +13,9 @@ otherwise:
 - `golden=NAME`: a worked example that is also `examples/language/NAME.patch`: it is read after
   that file's `model` and `data` lines and must be the same program as the file;
 - `requires=WORD`: a statement another part of the language adds; skipped while the grammar
-  lacks the keyword.
+  lacks the keyword;
+- `folder=PATH`: the example reads a bundled folder (a dictionary under examples/saes/);
+  skipped while it is not there.
 
 Relative paths resolve from the repository root. Regenerate the golden file after an intended
 change with `PATCHC_UPDATE_GOLDEN=1 pytest tests/compiler/test_language_doc.py`.
@@ -148,6 +150,9 @@ def available(block: Block) -> bool:
 def skip_unless_available(block: Block) -> None:
     if not available(block):
         pytest.skip(f"`{block.attrs['requires']}` is not in the grammar yet")
+    folder = block.attrs.get("folder")
+    if folder and not (ROOT / folder).is_dir():
+        pytest.skip(f"{folder} is not bundled yet")
 
 
 def test_page_has_examples():

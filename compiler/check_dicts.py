@@ -1,0 +1,132 @@
+"""Checking `sae NAME = "PATH" at SITE` and `transcoder NAME = "PATH" at Ll.mlp`.
+
+Each declaration is checked against the model's shape and its folder's cfg.json alone (no
+weights are read): the folder exists and holds a weight file, the architecture is one patchc
+computes, the attachment site is one concrete site of the model, and the dictionary's input
+and output widths are the site's. The dictionaries that pass are added to the ModelSpec
+(`ModelSpec.dictionaries`), so every later check resolves `NAME[i]` and `NAME.err` like
+any other site (resolve.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any
+
+from . import ast as A
+from . import resolve
+from .check_context import Context
+from .check_sites import site_width
+from .dictionaries import DictInfo, dict_info, read_config, with_defaults
+from .errors import CheckError, ParseError, Span
+from .ir import Site
+from .modelspec import ModelSpec
+from .sites import SITE_KINDS, TL_ALIASES, is_site_head, parse_site_path
+
+# Sites a dictionary cannot attach to: no per-token vector of fixed width to encode.
+NOT_HOSTS = frozenset({"pattern", "attn.pattern", "ln1.scale", "ln2.scale", "ln_final.scale",
+                       "logits"})
+_INDEX_NAME = re.compile(r"[LHE]\d+$")
+
+
+def check_dictionaries(ctx: Context, decls: list[A.DictDecl],
+                       given: dict[str, dict[str, Any]] | None = None) -> None:
+    """Check every declaration; add those that pass to `ctx.model`. `given`: cfg.json
+    contents by name that stand in for a folder (an SAELens object passed to patchc.run)."""
+    if ctx.model is None or not decls:
+        return
+    found: list[DictInfo] = []
+    for d in decls:
+        with ctx.catch(d.span):
+            info = _check_one(ctx, d, ctx.model, found, (given or {}).get(d.name.value))
+            found.append(info)
+    if found:
+        ctx.model = dataclasses.replace(ctx.model, dictionaries=tuple(found))
+
+
+def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictInfo],
+               given: dict[str, Any] | None) -> DictInfo:
+    name = d.name.value
+    if name in SITE_KINDS or is_site_head(name) or _INDEX_NAME.match(name) or \
+            name in {k.split(".")[0] for k in SITE_KINDS}:
+        raise CheckError("E386", f"`{name}` reads as a site of the model and cannot name a "
+                         f"{d.kind}", d.name.span, hint=f"rename it, e.g. `{name.lower()}_sae`")
+    host = _host(d, model)
+    taken = next((b for b in before if b.host == host), None)
+    if taken is not None:
+        raise CheckError("E385", f"{host} already has the {taken.kind} `{taken.name}` attached",
+                         d.site.span, hint="attach one dictionary per site")
+    path = os.path.join(ctx.base_dir, os.path.expanduser(d.path))
+    span = _path_span(d)
+    cfg, weights = (with_defaults(given), "") if given is not None else read_config(path, span)
+    info = dict_info(name, d.kind, path, cfg, weights, host, span)
+    if d.kind == "sae":
+        width = site_width(model, host)
+        if info.d_in != width:
+            raise CheckError("E384", f"{d.kind} `{name}` has d_in = {info.d_in}, but {host} is "
+                             f"{width} wide", d.site.span, hint=f"it was trained on "
+                             f"{info.hook_name}" if info.hook_name else None)
+    else:
+        for what, value in (("d_in", info.d_in), ("d_out", info.d_out)):
+            if value != model.d_model:
+                side = "input" if what == "d_in" else "output"
+                raise CheckError("E384", f"transcoder `{name}` has {what} = {value}, but the "
+                                 f"MLP's {side} at L{host.layer} is {model.d_model} wide",
+                                 d.site.span)
+    _warn_hook(ctx, d, info)
+    return info
+
+
+def _host(d: A.DictDecl, model: ModelSpec) -> Site:
+    """The one concrete site a declaration attaches to (E385 otherwise)."""
+    ref = d.site
+    if ref.features is not None or ref.subspace or ref.pos is not None:
+        raise CheckError("E385", f"a {d.kind} attaches to a whole site, without [...] or @",
+                         ref.span, hint="select latents later: NAME[i], NAME[a:b], NAME @ POS")
+    if d.kind == "transcoder":
+        if ref.kind != "mlp" or not isinstance(ref.layer, A.Idx) or ref.head is not None:
+            raise CheckError("E385", f"a transcoder attaches at one layer's MLP, Ll.mlp; got "
+                             f"{ref.text}", ref.span, hint="e.g. transcoder t = \"PATH\" at L0.mlp")
+        out = resolve.expand_site(dataclasses.replace(ref, kind="mlp.out"), model)
+        return out[0].sites[0]
+    if ref.kind in NOT_HOSTS:
+        raise CheckError("E385", f"an SAE cannot attach to {ref.text}: it has no fixed-width "
+                         "vector per token", ref.span)
+    if model.dictionary(ref.kind.removesuffix(".err")) is not None:
+        raise CheckError("E385", "an SAE attaches to a site of the model, not to another "
+                         "dictionary's latents", ref.span)
+    for idx in (ref.layer, ref.head):
+        if idx is not None and not isinstance(idx, A.Idx):
+            raise CheckError("E385", f"an SAE attaches to one site; {ref.text} is a pattern",
+                             idx.span)
+    return resolve.expand_site(ref, model)[0].sites[0]
+
+
+def _path_span(d: A.DictDecl) -> Span:
+    """The span of the quoted path: after `KIND NAME = `."""
+    start = d.name.span.end_col + 3
+    return Span(d.span.line, start, d.span.line, start + len(d.path) + 2)
+
+
+def _warn_hook(ctx: Context, d: A.DictDecl, info: DictInfo) -> None:
+    """W381: cfg.json's hook_name (a TransformerLens hook) names another site than `at`."""
+    hook = info.hook_name
+    if not hook:
+        return
+    try:
+        parsed = parse_site_path(hook, d.site.span)
+    except ParseError:
+        return
+    layer = parsed.layer.value if isinstance(parsed.layer, A.Idx) else None
+    if d.kind == "transcoder":
+        same = layer is None or layer == info.host.layer
+    else:
+        kind = TL_ALIASES.get(parsed.kind, parsed.kind)
+        if kind not in SITE_KINDS:
+            return
+        same = kind == info.host.kind and (layer is None or layer == info.host.layer)
+    if not same:
+        ctx.warn("W381", f"{d.kind} `{info.name}` was trained on {hook}, but it is attached at "
+                 f"{d.site.text}", d.site.span, hint="check the `at` site")

@@ -1,0 +1,140 @@
+"""Dictionary sites on a model: a dictionary's latents (`dict:NAME`) and error term
+(`dict:NAME.err`) as hooks like any other site's.
+
+While at least one hook on a dictionary's sites is active, the dictionary is attached to its
+host site by one hook there (and, for a transcoder, a read of the MLP's input). In each
+forward that hook computes, from the host's value y (for an SAE x = y; for a transcoder x is
+the MLP's input):
+
+    f   = encode(x)            the latents            (hooks on `dict:NAME` see and edit f)
+    r   = decode(f)            the reconstruction
+    err = y - r                the error term         (hooks on `dict:NAME.err` see and edit it)
+
+and, if a hook changed f to f' or err to err', puts y + (decode(f') - r) + (err' - err) in
+the host's place: the reconstruction's change plus the error's change, added to y itself.
+With nothing changed it returns nothing, so an attached dictionary without writes leaves
+the run bit-exact; a write that restores a latent's own value changes nothing either (the
+two decodes are one computation on equal inputs).
+
+Gradients: the latents are computed from x detached, so a gradient taken at f (a zero leaf
+added there by runtime/estimates.py) is d(metric)/d(latent) with the error term held
+constant, and gradients further upstream flow through y exactly as without the dictionary
+(attaching one never changes another site's gradient).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+
+from patchc.compiler.dictionaries import split_kind
+from patchc.compiler.errors import RuntimeInterventionError
+
+from . import taps
+from .taps import HookFn
+
+# The adapter (base.Adapter, which imports this module) is typed loosely here.
+Adapter = Any
+
+
+class Attachment:
+    """One dictionary attached to one adapter's model: its hooks, in the order entered."""
+
+    def __init__(self, adapter: Adapter, name: str) -> None:
+        self.adapter = adapter
+        self.dictionary = adapter.dictionaries[name]
+        self.fns: list[tuple[bool, HookFn]] = []  # (on the error term?, fn)
+        self.stack: contextlib.ExitStack | None = None
+        self.x_in: torch.Tensor | None = None
+
+    def add(self, err: bool, fn: HookFn) -> None:
+        entry = (err, fn)
+        self.fns.append(entry)
+        if self.stack is None:
+            self.stack = contextlib.ExitStack()
+            try:
+                self._install(self.stack)
+            except BaseException:
+                self.stack.close()
+                self.stack = None
+                self.fns.remove(entry)
+                raise
+
+    def remove(self, fn: HookFn) -> None:
+        self.fns = [e for e in self.fns if e[1] is not fn]
+        if not self.fns and self.stack is not None:
+            stack, self.stack = self.stack, None
+            stack.close()
+
+    def _install(self, stack: contextlib.ExitStack) -> None:
+        info = self.dictionary.info
+        ad = self.adapter
+        if info.reads_mlp_input:
+            if ad.flat_mlp:
+                raise RuntimeInterventionError(
+                    "E482", f"transcoder `{info.name}`: {ad.family}'s MLP has no module "
+                    "whose input is the MLP's input")
+            assert info.host.layer is not None
+            stack.callback(taps.tap_input(ad.mlp(info.host.layer), self._take_input,
+                                          f"L{info.host.layer}.mlp input").remove)
+        host = info.host
+        layer, head = ad._validate(host.kind, host.layer, host.head)
+        stack.enter_context(ad._hooked(host.kind, layer, head, self._host))
+
+    def _take_input(self, x: torch.Tensor) -> None:
+        self.x_in = x
+        return None
+
+    def _host(self, y: torch.Tensor) -> torch.Tensor | None:
+        d = self.dictionary
+        if d.info.reads_mlp_input:
+            x, self.x_in = self.x_in, None
+            if x is None or x.shape[:-1] != y.shape[:-1]:
+                raise RuntimeInterventionError(
+                    "E482", f"transcoder `{d.info.name}`: the MLP's input was not seen in "
+                    "this forward")
+        else:
+            x = y
+        with torch.no_grad():
+            x_det = x.detach()
+            f, norm = d.encode(x_det)
+            recon = d.decode(f, norm, x_det)
+            err = y.detach().to(torch.float32) - recon
+        new_f, new_err = f, err
+        for on_err, fn in list(self.fns):
+            if on_err:
+                out = fn(new_err)
+                new_err = new_err if out is None else out
+            else:
+                out = fn(new_f)
+                new_f = new_f if out is None else out
+        if new_f is f and new_err is err:
+            return None  # reads only: the host's own value, untouched
+        delta = 0
+        if new_f is not f:
+            delta = d.decode(new_f, norm, x_det) - recon
+        if new_err is not err:
+            delta = delta + (new_err - err)
+        return y + delta.to(y.dtype)
+
+
+@contextlib.contextmanager
+def hooked(adapter: Adapter, kind: str, fn: HookFn) -> Iterator[Adapter]:
+    """`adapter.hook` for a dictionary site kind: fn sees the latents [N, T, d_sae] (or the
+    error term [N, T, d_out]) of every forward while the context is active."""
+    name, err = split_kind(kind)
+    if name not in adapter.dictionaries:
+        raise RuntimeInterventionError(
+            "E483", f"no dictionary `{name}` is loaded for this model")
+    att = adapter._attachments.get(name)
+    if att is None:
+        att = adapter._attachments[name] = Attachment(adapter, name)
+    att.add(err, fn)
+    try:
+        yield adapter
+    finally:
+        att.remove(fn)
+        if not att.fns:
+            adapter._attachments.pop(name, None)
