@@ -33,6 +33,10 @@ from .ast_sites import (  # noqa: F401 - re-exported: the AST is one namespace
     Pos,
     SiteRef,
     Group,
+    Every,
+    EdgeEnd,
+    Edge,
+    EdgeGroup,
     SiteItem,
     RunSite,
     DictDecl,
@@ -370,12 +374,45 @@ class MeasureRun:
     span: Span
 
 
+@dataclass(frozen=True, slots=True)
+class CircuitSize:
+    """One K of `top K`: a count (`20`) or a percentage of the table's rows (`5%`)."""
+
+    value: float
+    percent: bool
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitDecl:
+    """`circuit NAME = top K of TABLE`: the K rows of a node or edge table with the largest
+    effect; several sizes (`{5, 10, 20}`) make a sweep of circuits (docs/circuits.md)."""
+
+    name: Name
+    sizes: tuple[CircuitSize, ...]
+    table: Name
+    is_list: bool
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluate:
+    """`evaluate CIRCUIT in B with ablate(A) | mean(A)`: B with everything outside the
+    circuit patched from A (`ablate`) or A's mean (`mean`); faithfulness per size."""
+
+    circuit: Name
+    target: Name
+    how: Ablation  # kind "ablate" or "mean", run A
+    clauses: Clauses
+    span: Span
+
+
 Operation = Union[Swap, Ablate, Backpatch, Steer, Scale, Attribute, Compare, Trace, Dla,
-                  ReadSites, Lens, MeasureRun]
+                  ReadSites, Lens, MeasureRun, Evaluate]
 Statement = Union[ModelDecl, SetDecl, DataDecl, RunDecl, MetricDecl, VectorDecl, DictDecl,
-                  Operation]
+                  CircuitDecl, Operation]
 OPERATIONS = (Swap, Ablate, Backpatch, Steer, Scale, Attribute, Compare, Trace, Dla,
-              ReadSites, Lens, MeasureRun)
+              ReadSites, Lens, MeasureRun, Evaluate)
 # Statements that only look at a run (no write): §11 of the language.
 OBSERVATIONS = (ReadSites, Lens, MeasureRun)
 _KEYWORD = {ReadSites: "read", MeasureRun: "measure"}

@@ -157,7 +157,41 @@ class Group:
     span: Span
 
 
-SiteItem = Union[SiteRef, Group]
+@dataclass(frozen=True, slots=True)
+class Every:
+    """`*` alone at one end of an edge: every sender (at the finest grain) or every receiver."""
+
+    span: Span
+
+
+EdgeEnd = Union[SiteRef, Every]
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """`SENDER -> RECEIVER`: the sender's output as it reaches the receiver's input through
+    the residual stream (compiler/edges.py resolves it). Positions (`@ POS`) are written on
+    the receiver and apply to both ends."""
+
+    sender: EdgeEnd
+    receiver: EdgeEnd
+    span: Span
+
+    @property
+    def pos(self) -> Pos | None:
+        return self.receiver.pos if isinstance(self.receiver, SiteRef) else None
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeGroup:
+    """`all(E1, E2, ...)` of edges: every edge the members match, patched jointly."""
+
+    members: tuple[Edge, ...]
+    pos: Pos | None
+    span: Span
+
+
+SiteItem = Union[SiteRef, Group, Edge, EdgeGroup]
 
 
 @dataclass(frozen=True, slots=True)

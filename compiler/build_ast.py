@@ -228,6 +228,34 @@ class AstBuilder(ExprBuilder):
         own = A.Clauses(tuple(measures) + clauses.measures, clauses.name, clauses.where)
         return A.MeasureRun(target, own, span_of(meta))
 
+    # -- circuits --------------------------------------------------------------------------
+    def circuit_stmt(self, meta, items):
+        name, sizes, table = items
+        is_list = isinstance(sizes, list)
+        sizes = tuple(sizes) if is_list else (sizes,)
+        return A.CircuitDecl(name, sizes, table, is_list, span_of(meta))
+
+    def size_list(self, meta, items):
+        return list(items)
+
+    def size_count(self, meta, items):
+        return A.CircuitSize(int(items[0]), False, span_of(meta))
+
+    def size_percent(self, meta, items):
+        text = str(items[0])
+        value = int(text) if text.isdigit() else float(text)
+        return A.CircuitSize(value, True, span_of(meta))
+
+    def evaluate_op(self, meta, items):
+        circuit, target, how, clauses = items
+        return A.Evaluate(circuit, target, how, clauses, span_of(meta))
+
+    def eval_ablate(self, meta, items):
+        return A.Ablation("ablate", items[0].value, span_of(meta))
+
+    def eval_mean(self, meta, items):
+        return A.Ablation("mean", items[0].value, span_of(meta))
+
     def method(self, meta, items):
         tok = items[0]
         return A.Method(str(tok), tuple(items[1:]), span_of(meta))
@@ -277,9 +305,26 @@ class AstBuilder(ExprBuilder):
         return tuple(items)
 
     def group(self, meta, items):
-        pos = items[-1] if not isinstance(items[-1], A.SiteRef) else None
+        pos = items[-1] if not isinstance(items[-1], (A.SiteRef, A.Edge)) else None
+        edges = tuple(i for i in items if isinstance(i, A.Edge))
         members = tuple(i for i in items if isinstance(i, A.SiteRef))
+        if edges and members:
+            self.errors.append(ParseError("E113", "all(...) joins sites or edges, not both",
+                                          span_of(meta)))
+        if edges:
+            return A.EdgeGroup(edges, pos, span_of(meta))
         return A.Group(members, pos, span_of(meta))
+
+    def edge(self, meta, items):
+        sender, receiver = items
+        if isinstance(sender, A.SiteRef) and sender.pos is not None:
+            self.errors.append(ParseError(
+                "E113", "an edge's positions are written after its receiver "
+                "(`S -> R @ POS` applies to both ends)", sender.span))
+        return A.Edge(sender, receiver, span_of(meta))
+
+    def every(self, meta, items):
+        return A.Every(span_of(meta))
 
     def site(self, meta, items):
         tok = items[0]

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from . import ast as A
 from . import device_map
+from .check_circuits import check_circuit, check_evaluate
 from .check_context import Context, did_you_mean
 from .check_dicts import check_dictionaries
 from .check_limits import check_chains
@@ -103,8 +104,16 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
             check_decl(ctx, s)
     for r in runs:
         check_interventions(ctx, r, vectors)
+    circuits: dict[str, A.CircuitDecl] = {}
+    for s in stmts:
+        if isinstance(s, A.CircuitDecl):
+            check_circuit(ctx, s, spec, circuits)
+            circuits.setdefault(s.name.value, s)
     for op in spec.operations():
-        check_operation(ctx, op, vectors)
+        if isinstance(op, A.Evaluate):
+            check_evaluate(ctx, op, circuits)
+        else:
+            check_operation(ctx, op, vectors)
     if not _cycles(ctx, runs):
         check_chains(ctx, runs)
 
@@ -207,8 +216,10 @@ def _declare_all(ctx: Context, stmts: tuple[A.Statement, ...]) -> None:
             elif isinstance(s, A.VectorDecl):
                 ctx.vectors[name] = s
     tables: dict[str, tuple[str, int]] = {}
-    for op in (s for s in stmts if isinstance(s, A.OPERATIONS)):
-        if op.clauses.name is not None:
+    for op in (s for s in stmts if isinstance(s, A.OPERATIONS + (A.CircuitDecl,))):
+        if isinstance(op, A.CircuitDecl):  # a circuit's table is named after it
+            declare(ctx, op.name, "table", tables)
+        elif op.clauses.name is not None:
             declare(ctx, op.clauses.name, "table", tables)
         else:
             tables.setdefault(A.table_name(op), ("table", op.span.line))

@@ -16,9 +16,15 @@ from . import ast as A
 from .check_context import KIND_WORD, Context
 
 
+# Words of the grammar that stay usable as names: they are keywords only inside the circuit
+# statement, and `as circuit` names a table in the language's own examples.
+UNRESERVED = frozenset({"circuit", "top", "of"})
+
+
 @lru_cache(maxsize=1)
 def keywords() -> frozenset[str]:
-    """Every word the grammar spells as a quoted string (`swap`, `from`, `normalized`...)."""
+    """Every word the grammar spells as a quoted string (`swap`, `from`, `normalized`...),
+    except the UNRESERVED few."""
     from lark.lexer import PatternStr
 
     from .parse import _parser
@@ -26,7 +32,7 @@ def keywords() -> frozenset[str]:
     return frozenset(
         t.pattern.value for t in _parser().terminals
         if isinstance(t.pattern, PatternStr) and t.pattern.value.isidentifier()
-    )
+    ) - UNRESERVED
 
 
 def declare(ctx: Context, name: A.Name, kind: str, seen: dict[str, tuple[str, int]]) -> bool:

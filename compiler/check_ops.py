@@ -7,6 +7,7 @@ from __future__ import annotations
 from . import ast as A
 from . import printer
 from .check_context import Context, did_you_mean
+from .check_edges import check_edge_method, check_edge_sites
 from .check_metrics import check_measures, name_column_hint
 from .linear import NonLinear, linear_terms, nonlinear_message
 from .check_runs import check_vector_fits, no_subspace, require_aligned
@@ -21,6 +22,7 @@ from .check_sites import (
 )
 from .check_vectors import VectorChecker, sweeps
 from .checked import RunInfo
+from .edges import has_edges
 from .errors import Span
 from .limits import MAX_IG_STEPS
 
@@ -39,6 +41,11 @@ Resolved = list  # [(site item, [Match])] from check_sites.check_items
 
 
 def check_operation(ctx: Context, op: A.Operation, vectors: VectorChecker) -> None:
+    edges = has_edges(getattr(op, "sites", ()))
+    if edges and isinstance(op, A.OBSERVATIONS):
+        ctx.error("E394", f"`{A.op_keyword(op)}` does not take edges", op.span,
+                  hint="edges are patched by swap and ablate and estimated by attribute")
+        return
     if isinstance(op, A.OBSERVATIONS):
         from .check_observe import check_observation
 
@@ -51,10 +58,13 @@ def check_operation(ctx: Context, op: A.Operation, vectors: VectorChecker) -> No
     if source is not None and target is not None and source_name is not None:
         require_aligned(ctx, source, target, source_name.span, f"`{kw}` copies activations "
                         f"from `{source.name}` into `{target.name}`")
-    resolved, bound, columns = _sites(ctx, op, target)
-    columns += _by(ctx, op, resolved, vectors)
+    if edges:
+        resolved, bound, columns = check_edge_sites(ctx, op, target)
+    else:
+        resolved, bound, columns = _sites(ctx, op, target)
+        columns += _by(ctx, op, resolved, vectors)
     if isinstance(op, A.Attribute):
-        check_method(ctx, op.method)
+        (check_edge_method if edges else check_method)(ctx, op.method)
     elif isinstance(op, A.Compare):
         _check_methods(ctx, op)
     check_where(ctx, op.clauses.where, bound)

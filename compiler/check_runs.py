@@ -108,6 +108,10 @@ def check_interventions(ctx: Context, decl: A.RunDecl, vectors: VectorChecker) -
         if isinstance(iv, A.INoise):
             _check_noise(ctx, iv, run)
             continue
+        if any(isinstance(i, (A.Edge, A.EdgeGroup)) for i in iv.sites):
+            ctx.error("E394", "a run's interventions take sites, not edges", iv.span,
+                      hint="patch edges with a swap or ablate statement")
+            continue
         # A pattern in a run is one joint write of every match (a run cannot sweep).
         resolved = check_items(ctx, iv.sites, run, writes=True)
         if isinstance(iv, (A.ISteer, A.IScale)) or (

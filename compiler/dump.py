@@ -28,6 +28,7 @@ from .errors import Span
 from .ir import (
     Backward,
     Estimate,
+    Select,
     Forward,
     IRGraph,
     Metric,
@@ -121,7 +122,7 @@ _ZERO = Span(0, 0, 0, 0)
 # Kinds in the order a generation lists them, with their summary names.
 _KINDS: tuple[tuple[type, str], ...] = (
     (Forward, "forward"), (Read, "read"), (Vector, "vector"), (Write, "write"),
-    (Metric, "metric"), (Backward, "backward"), (Estimate, "estimate"))
+    (Metric, "metric"), (Backward, "backward"), (Estimate, "estimate"), (Select, "select"))
 _KIND_RANK = {cls: i for i, (cls, _) in enumerate(_KINDS)}
 _BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -153,6 +154,8 @@ def _node_line(nid: str, node: Any) -> str:
     if isinstance(node, Write):
         extra = f" scale={printer.num(node.scale)}" if node.scale != 1.0 else ""
         extra += f" seed={node.seed}" if node.seed is not None else ""
+        extra += (f" unless rows {','.join(map(str, node.rows))} in top {node.top} of "
+                  f"{node.gate}" if node.gate else "")
         return f"{nid} = {node.mode} {node.site} @ {node.pos}{_deps(node.inputs)}{extra}"
     if isinstance(node, Vector):
         expr = printer.vexpr(node.expr)
@@ -168,6 +171,10 @@ def _node_line(nid: str, node: Any) -> str:
     if isinstance(node, Estimate):
         steps = f" steps={node.steps}" if node.steps else ""
         return f"{nid} = {node.method} {node.site} @ {node.pos}{steps}{_deps(node.inputs)}"
+    if isinstance(node, Select):
+        norm = f" normalize {', '.join(node.normalize)}" if node.normalize else ""
+        return (f"{nid} = select {node.table} ref {node.reference}{norm}"
+                f"{_deps(node.rows)}")
     raise TypeError(f"not an IR node: {node!r}")
 
 
@@ -226,7 +233,9 @@ def _table(t: Table) -> list[str]:
     rows = len(t.rows)
     head = (f"table {t.name} = {t.op} line {t.span.line}: {rows} row{'s' * (rows != 1)},"
             f" columns {', '.join(t.columns) or '-'}")
-    return [head] + [f"  {_row(r)}" for r in t.rows] + [f"  {_pair(p)}" for p in t.pairs]
+    ranked = [f"  ranked by {t.select}"] if t.select else []
+    return [head] + ranked + [f"  {_row(r)}" for r in t.rows] + \
+        [f"  {_pair(p)}" for p in t.pairs]
 
 
 def _plural(n: int, word: str) -> str:
@@ -235,7 +244,9 @@ def _plural(n: int, word: str) -> str:
 
 def summary(ir: IRGraph) -> str:
     """`16 forwards, 17 reads, ...; 2 tables, 13 rows`: counts per node kind (all kinds)."""
-    kinds = ", ".join(_plural(ir.count(cls), word) for cls, word in _KINDS)
+    # Selects only where a spec has circuits: older golden dumps stay as they were.
+    kinds = ", ".join(_plural(ir.count(cls), word) for cls, word in _KINDS
+                      if cls is not Select or ir.count(Select))
     rows = sum(len(t.rows) for t in ir.tables)
     return f"{kinds}; {_plural(len(ir.tables), 'table')}, {_plural(rows, 'row')}"
 

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from .dump import dump_ir
-from .ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Vector, Write
+from .ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Select, Vector, Write
 from .schedule import ForwardStep, Plan, run_shapes, schedule
 
 
@@ -184,7 +184,7 @@ def ir_text(ir: IRGraph) -> str:
 
 
 _SHAPES = {Forward: "box", Read: "ellipse", Write: "invhouse", Vector: "diamond",
-           Metric: "doubleoctagon", Backward: "box3d", Estimate: "hexagon"}
+           Metric: "doubleoctagon", Backward: "box3d", Estimate: "hexagon", Select: "octagon"}
 
 
 def _label(nid: str, node) -> str:
@@ -206,6 +206,8 @@ def _label(nid: str, node) -> str:
         return f"{nid} {node.method}\\n{node.site}"
     if isinstance(node, Backward):
         return f"{nid} backward {node.rules}"
+    if isinstance(node, Select):
+        return f"{nid} select {node.table}"
     return f"{nid} {node.name}"
 
 

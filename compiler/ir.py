@@ -49,6 +49,7 @@ from typing import Any, Iterator, TypeVar, Union
 import networkx as nx
 
 from .errors import PlanError, Span
+from .ir_select import Select  # noqa: F401 - re-exported: the IR's node kinds are one namespace
 
 # ---------------------------------------------------------------------------------------------
 # Concrete sites and positions (patterns already expanded against the ModelSpec)
@@ -180,6 +181,14 @@ class Write:
     and the write then changes only the component in it: a_B := a_B + P(new - a_B), with
     `new` what the mode would write. `project` is `replace` so restricted and `remove` is
     `zero` so restricted (lower.py emits those two names); noise and freeze_ln take none.
+
+    Edges (compiler/lower_edges.py): `site` is a receiver's input (`q.in`, `mlp.in`, ...) and
+    `senders` the sender sites patched into it: a_B := a_B + sum_i (new_i - cur_i), with new_i
+    by mode (`edge`: input of run A; `edge_mean`: its mean over A's examples; `edge_zero`: 0)
+    and cur_i the sender's value in this forward. `inputs` are the new_i operands (none for
+    edge_zero), then the cur_i of the senders not in `live`, as Reads of the unpatched run;
+    the senders in `live` (indices) may be changed by another write of the same forward, so
+    the runtime reads them in the forward itself.
     """
 
     site: Site
@@ -188,6 +197,14 @@ class Write:
     inputs: tuple[str, ...] = ()
     scale: float = 1.0
     seed: int | None = None
+    senders: tuple[Site, ...] = ()
+    live: tuple[int, ...] = ()
+    # A circuit's complement (`evaluate`): with `gate` (a Select id), what the write patches
+    # belongs to table rows `rows` (an edge write: one row per sender), and only what is
+    # not among the first `top` rows of that ranking is patched (runtime/circuits.py).
+    gate: str | None = None
+    rows: tuple[int, ...] = ()
+    top: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,9 +264,9 @@ class Estimate:
     steps: int = 0  # ig interpolation steps
 
 
-Node = Union[Forward, Read, Write, Vector, Metric, Backward, Estimate]
+Node = Union[Forward, Read, Write, Vector, Metric, Backward, Estimate, Select]
 _PREFIX = {Forward: "f", Read: "r", Write: "w", Vector: "v", Metric: "m", Backward: "b",
-           Estimate: "e"}
+           Estimate: "e", Select: "s"}
 
 # ---------------------------------------------------------------------------------------------
 # Tables: what each operation reports
@@ -290,6 +307,7 @@ class Table:
     rows: tuple[Row, ...]
     span: Span = field(compare=False, default=Span(1, 1, 1, 1))
     pairs: tuple[Pair, ...] = ()
+    select: str | None = None  # a circuit's table: the Select that ranks its rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,8 +376,12 @@ def verify(ir: IRGraph) -> None:
             _verify_forward(ir, nid, node)
         elif isinstance(node, Read):
             refs = (node.forward,)
-        elif isinstance(node, (Write, Vector, Estimate)):
+        elif isinstance(node, Write):
+            refs = node.inputs + ((node.gate,) if node.gate else ())
+        elif isinstance(node, (Vector, Estimate)):
             refs = node.inputs
+        elif isinstance(node, Select):
+            refs = node.rows + (node.reference,) + node.normalize
         elif isinstance(node, Metric):
             refs = (node.forward,) + tuple(r for r in (node.reference, node.lens) if r)
         elif isinstance(node, Backward):
@@ -374,6 +396,7 @@ def verify(ir: IRGraph) -> None:
         refs += [r for row in table.rows for _, pair in row.normalize for r in pair if r]
         for p in table.pairs:
             refs += [p.estimate, p.metric] + [r for r in p.normalize or () if r]
+        refs += [table.select] if table.select else []
         for ref in refs:
             if ref not in g:
                 raise PlanError("E505", f"table {table.name} refers to missing node {ref}")

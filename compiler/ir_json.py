@@ -40,6 +40,7 @@ class TableJson(BaseModel):
     columns: list[str]
     rows: list[RowJson]
     pairs: list[PairJson] = []
+    select: str | None = None
 
 
 class IRJson(BaseModel):
@@ -80,6 +81,7 @@ def ir_model(ir: IRGraph) -> IRJson:
             pairs=[PairJson(key=dict(p.key), estimate=p.estimate, metric=p.metric,
                             normalize=list(p.normalize) if p.normalize is not None else None)
                    for p in t.pairs],
+            select=t.select,
         )
         for t in ir.tables
     ]

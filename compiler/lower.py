@@ -24,20 +24,36 @@ from __future__ import annotations
 from . import ast as A
 from .checked import CheckedSpec
 from .ir import IRGraph
+from .lower_circuits import lower_circuit, lower_evaluate, rows_of_circuit
 from .lower_ops import baked_writes, lower_op, rows_of
 from .lowerer import Lowerer
 
 
 def lower(checked: CheckedSpec) -> IRGraph:
     """The unoptimized IR of a checked spec: one Forward per experiment, plus the base
-    Forwards of the runs they read from, and one Table per operation."""
+    Forwards of the runs they read from, and one Table per operation and circuit."""
     lw = Lowerer(checked, baked_writes)
-    for op in checked.spec.operations():
-        lower_op(lw, op)
+    for s in checked.spec.statements:
+        if isinstance(s, A.CircuitDecl):
+            lower_circuit(lw, s)
+        elif isinstance(s, A.Evaluate):
+            lower_evaluate(lw, s)
+        elif isinstance(s, A.OPERATIONS):
+            lower_op(lw, s)
     return lw.ir
 
 
 def count_rows(checked: CheckedSpec) -> dict[str, int]:
     """Rows per result table, from the sweeps alone (no graph is built)."""
     lw = Lowerer(checked, baked_writes)
-    return {A.table_name(op): rows_of(lw, op) for op in checked.spec.operations()}
+    out: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    for s in checked.spec.statements:
+        if isinstance(s, A.CircuitDecl):
+            out[s.name.value] = rows_of_circuit(lw, s, out[s.table.value])
+            sizes[s.name.value] = len(s.sizes)
+        elif isinstance(s, A.Evaluate):
+            out[A.table_name(s)] = sizes[s.circuit.value]
+        elif isinstance(s, A.OPERATIONS):
+            out[A.table_name(s)] = rows_of(lw, s)
+    return out

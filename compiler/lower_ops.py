@@ -16,6 +16,8 @@ from .dictionaries import kind_text
 from .errors import PlanError
 from .ir import ALL_POSITIONS, Estimate, Pair, Row, Site
 from .lowerer import Exp, Key, Lowerer, Target, check_where, keep
+from .edges import has_edges
+from .lower_edges import edge_rows, lower_edge_op
 from .lower_exprs import split_sweep
 from .lower_latents import sparse_of
 from .lower_observe import op_lens, op_measure, op_read
@@ -156,6 +158,8 @@ def rows_of(lw: Lowerer, op: A.Operation) -> int:
     """How many rows `op`'s table has, without building nodes."""
     if isinstance(op, A.MeasureRun):
         return 1
+    if has_edges(getattr(op, "sites", ())):
+        return edge_rows(lw, op)
     if isinstance(op, A.Backpatch):
         return len(_backpatch_pairs(lw, op, bake=False))
     exps = _exps(lw, op, op.target.value, bake=False)
@@ -351,4 +355,7 @@ _LOWER: dict[type, Callable[[Lowerer, Any], None]] = {
 
 
 def lower_op(lw: Lowerer, op: A.Operation) -> None:
+    if has_edges(getattr(op, "sites", ())):
+        lower_edge_op(lw, op)  # compiler/lower_edges.py
+        return
     _LOWER[type(op)](lw, op)

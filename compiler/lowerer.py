@@ -81,6 +81,7 @@ class Lowerer:
         self._busy: list[str] = []
         self._cache: dict[tuple[Any, ...], str] = {}
         self.n_experiments = 0
+        self.circuits: dict[str, Any] = {}  # circuit name -> lower_circuits.Circuit
 
     # -- runs and forwards ----------------------------------------------------------------
     def base(self, run: str) -> str:
@@ -136,16 +137,21 @@ class Lowerer:
         return self._cached(("read", node), lambda: self.ir.add(node, (forward,)))
 
     def write(self, t: Target, mode: str, operands: tuple[str, ...] = (), scale: float = 1.0,
-              seed: int | None = None) -> str:
+              seed: int | None = None, gate: tuple[str, int, int] | None = None) -> str:
         """A Write at `t`; a subspace target turns replace/zero into project/remove and adds
-        the spanning Vectors after the operands (ir.Write)."""
+        the spanning Vectors after the operands (ir.Write). `gate` = (Select id, row, top):
+        the write applies only when that row is not in the ranking's first `top`."""
         vecs = self.subspace(t.subspace, self.site_dim(t.site))
         if vecs:
             if mode in ("noise", "freeze_ln"):
                 raise PlanError("E516", f"{mode} cannot be restricted to a subspace")
             mode = {"replace": "project", "zero": "remove"}.get(mode, mode)
         inputs = operands + vecs
-        return self.ir.add(Write(t.site, t.pos, mode, inputs, scale, seed), inputs)
+        if gate is None:
+            return self.ir.add(Write(t.site, t.pos, mode, inputs, scale, seed), inputs)
+        sel, row, top = gate
+        node = Write(t.site, t.pos, mode, inputs, scale, seed, gate=sel, rows=(row,), top=top)
+        return self.ir.add(node, inputs + (sel,))
 
     def vector(self, expr: A.VExpr, dim: int) -> str:
         """The Vector of `expr` in a site space of `dim` features (one node per name, dim)."""

@@ -121,7 +121,15 @@ def site(s: A.SiteRef, with_pos: bool = True, prefix: str = "") -> str:
     return out + (_at(s.pos) if with_pos else "")
 
 
+def edge_end(end: A.EdgeEnd) -> str:
+    return "*" if isinstance(end, A.Every) else site(end)
+
+
 def site_item(item: A.SiteItem) -> str:
+    if isinstance(item, A.Edge):
+        return f"{edge_end(item.sender)} -> {edge_end(item.receiver)}"
+    if isinstance(item, A.EdgeGroup):
+        return "all(" + ", ".join(site_item(m) for m in item.members) + ")" + _at(item.pos)
     if isinstance(item, A.Group):
         return "all(" + ", ".join(site(m) for m in item.members) + ")" + _at(item.pos)
     return site(item)
@@ -284,8 +292,17 @@ def _declaration(s: A.Statement) -> str:
         return f"metric {s.name.value} = {mexpr(s.expr)}{_at(s.pos)}"
     if isinstance(s, A.DictDecl):
         return f"{s.kind} {s.name.value} = {string(s.path)} at {site(s.site)}"
+    if isinstance(s, A.CircuitDecl):
+        sizes = ", ".join(circuit_size(k) for k in s.sizes)
+        sizes = "{" + sizes + "}" if s.is_list else sizes
+        return f"circuit {s.name.value} = top {sizes} of {s.table.value}"
     assert isinstance(s, A.VectorDecl)
     return f"vector {s.name.value} = {vexpr(s.expr)}"
+
+
+def circuit_size(k: A.CircuitSize) -> str:
+    """`20` or `5%`."""
+    return f"{num(k.value)}%" if k.percent else str(int(k.value))
 
 
 def _backpatch_sites(op: A.Backpatch) -> str:
@@ -324,6 +341,9 @@ def _operation_head(op: A.Operation) -> str:
     if isinstance(op, A.MeasureRun):
         return ("measure " + ", ".join(measure(m) for m in op.clauses.measures)
                 + f" in {op.target.value}")
+    if isinstance(op, A.Evaluate):
+        return (f"evaluate {op.circuit.value} in {op.target.value} with "
+                f"{op.how.kind}({op.how.run})")
     assert isinstance(op, A.Dla)
     return f"dla {sites(op.sites)} in {op.target.value}"
 

@@ -27,7 +27,7 @@ import networkx as nx
 from pydantic import BaseModel, Field
 
 from . import costs as C
-from .ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Vector
+from .ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Select, Vector
 from .modelspec import ModelSpec
 
 # A pass costs this much beyond its arithmetic (Python, kernel launches), in FLOPs per layer
@@ -57,7 +57,7 @@ class ForwardStep(BaseModel):
 
 
 class NodeStep(BaseModel):
-    kind: Literal["vector", "metric", "backward", "estimate"]
+    kind: Literal["vector", "metric", "backward", "estimate", "select"]
     node: str
     flops: float = 0.0
     frees: list[str] = []
@@ -93,7 +93,11 @@ class Plan(BaseModel):
 
 def _write_inputs(ir: IRGraph, fid: str) -> list[str]:
     f: Forward = ir.node(fid)  # type: ignore[assignment]
-    return [i for w in f.writes for i in ir.node(w).inputs]  # type: ignore[union-attr]
+    out = []
+    for w in f.writes:
+        write = ir.node(w)
+        out += list(write.inputs) + ([write.gate] if write.gate else [])  # type: ignore
+    return out
 
 
 def _uses(ir: IRGraph, nid: str) -> list[str]:
@@ -107,6 +111,8 @@ def _uses(ir: IRGraph, nid: str) -> list[str]:
         return [node.forward] + [r for r in (node.reference, node.lens) if r]
     if isinstance(node, Vector):
         return list(node.inputs)
+    if isinstance(node, Select):
+        return list(node.rows) + [node.reference] + list(node.normalize)
     if isinstance(node, Backward):
         metric: Metric = ir.node(node.metric)  # type: ignore[assignment]
         return list(node.wrt) + _write_inputs(ir, metric.forward)
@@ -153,7 +159,7 @@ def _units(ir: IRGraph, naive: bool) -> list[tuple[str, list[str]]]:
         else:
             node = ir.node(u[1])
             kind = type(node).__name__.lower()
-            if kind in ("vector", "metric", "backward", "estimate"):
+            if kind in ("vector", "metric", "backward", "estimate", "select"):
                 out.append((kind, [u[1]]))
     return out
 
@@ -379,7 +385,8 @@ def result_nodes(ir: IRGraph) -> set[str]:
     tables report): never freed."""
     reads = {nid for t in ir.tables for row in t.rows for _, nid in row.values
              if nid in ir.g and isinstance(ir.node(nid), Read)}
-    return {n for n, _ in ir.of_type(Metric)} | {n for n, _ in ir.of_type(Estimate)} | reads
+    return {n for n, _ in ir.of_type(Metric)} | {n for n, _ in ir.of_type(Estimate)} | \
+        {n for n, _ in ir.of_type(Select)} | reads
 
 
 def frees(ir: IRGraph, steps: list, keep: set[str]) -> list[list[str]]:

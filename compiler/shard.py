@@ -33,7 +33,7 @@ Step = ForwardStep | NodeStep
 @dataclass(frozen=True)
 class Shard:
     plan: Plan  # the steps this worker runs, in the plan's order
-    owns: tuple[str, ...]  # result nodes (Metric, Estimate) this worker reports
+    owns: tuple[str, ...]  # result nodes (Metric, Estimate, Select) this worker reports
     flops: float  # the steps' FLOPs: its load
 
 
@@ -123,7 +123,7 @@ def _bundles(ir: IRGraph, steps: list[Step], producer: dict[str, int]) -> dict[i
         if isinstance(s, NodeStep) and s.kind == "metric":
             node = ir.node(s.node)
             out.setdefault(producer[node.forward], []).append(k)  # type: ignore[union-attr]
-        elif isinstance(s, NodeStep) and s.kind == "estimate":
+        elif isinstance(s, NodeStep) and s.kind in ("estimate", "select"):
             out.setdefault(k, [])
     return out
 

@@ -57,6 +57,16 @@ SITE_KINDS: dict[str, SiteKind] = {
         SiteKind("expert.post", True, True, "d_mlp", "expert's neurons (zero where not routed)",
                  expert=True),
         SiteKind("shared.out", True, False, "d_model", "shared expert's contribution"),
+        # Receiver inputs (edges, compiler/edges.py): the residual stream as one component
+        # alone reads it; a write there reaches that component only.
+        SiteKind("q.in", True, True, "d_model", "residual stream input of the head's query"),
+        SiteKind("k.in", True, True, "d_model", "residual stream input of the head's key "
+                 "(its kv head's)"),
+        SiteKind("v.in", True, True, "d_model", "residual stream input of the head's value "
+                 "(its kv head's)"),
+        SiteKind("mlp.in", True, False, "d_model", "residual stream input of the MLP"),
+        SiteKind("logits.in", False, False, "d_model", "final residual stream (input of the "
+                 "final norm)"),
         SiteKind("ln_final.scale", False, False, "1", "final normalizer's 1/sigma per token"),
         SiteKind("logits", False, False, "vocab_size", "final logits"),
     ]

@@ -280,6 +280,9 @@ def _observations(results: Results, spec: A.Spec, checked: CheckedSpec, tokenize
     the tokens of the run a `read` or `lens` looked at (plot axes)."""
     from patchc.runtime.inputs import encode
 
+    for decl in spec.statements:  # a circuit's table: its drawings and files
+        if isinstance(decl, A.CircuitDecl) and decl.name.value in results.manifest["tables"]:
+            results.manifest["tables"][decl.name.value]["op"] = "circuit"
     for op in spec.operations():
         name = A.table_name(op)
         info = results.manifest["tables"].get(name)

@@ -31,8 +31,10 @@ _RUNS = re.compile(r" from (\S+) into (\S+)")
 def describe_tables(ir: IRGraph, checked: CheckedSpec, tokenizer: Any,
                     values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """`{table name: plot info}` for every table of a run."""
-    ops = {A.table_name(s): s for s in checked.spec.statements
-           if isinstance(s, A.OPERATIONS)}
+    ops: dict[str, Any] = {A.table_name(s): s for s in checked.spec.statements
+                           if isinstance(s, A.OPERATIONS)}
+    ops.update({s.name.value: s for s in checked.spec.statements
+                if isinstance(s, A.CircuitDecl)})
     return {t.name: describe(ir, t, ops.get(t.name), checked, tokenizer, values)
             for t in ir.tables}
 
@@ -58,6 +60,8 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
                 info["columns"][col] = _column(ir, p.metric, b)
         info["measures"] = list(dict.fromkeys(dict(p.key).get("metric", only)
                                               for p in table.pairs))
+    if table.op in ("circuit", "evaluate"):
+        info.update(circuit_info(table, op, checked))
     if table.op in ("steer", "scale"):
         info["numeric_keys"] = ["scale"]
         info["key_labels"] = {"scale": "steering coefficient" if table.op == "steer"
@@ -69,6 +73,20 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
             if labels is not None:
                 info["positions"] = {"run": run, "tokens": labels}
     return info
+
+
+def circuit_info(table: Table, op: Any, checked: CheckedSpec) -> dict[str, Any]:
+    """A circuit's sizes, metric and model shape (its drawings and files); an evaluation's
+    metric (its curve's legend)."""
+    if table.op == "evaluate":
+        return {"metric": table.columns[2]}
+    from patchc.compiler.lower_circuits import size_of
+
+    model = checked.model
+    return {"metric": table.columns[-1],
+            "sizes": [size_of(k, len(table.rows))[0] for k in op.sizes],
+            "graph": {"n_layers": model.n_layers, "n_heads": model.n_heads,
+                      "parallel_attn_mlp": model.parallel_attn, "d_model": model.d_model}}
 
 
 def _measure_names(op: Any, checked: CheckedSpec) -> list[str]:
@@ -83,6 +101,9 @@ def _title(table: Table, op: Any) -> str:
     if op is None:
         return f"{table.op} ({table.name})"
     from patchc.compiler import printer
+
+    if isinstance(op, A.CircuitDecl):
+        return printer.statement(op)
 
     try:
         head = printer.statement(op).splitlines()[0]

@@ -140,6 +140,10 @@ def _heatmap(ax, df: pd.DataFrame, rows: str, cols: str, col: str, info: dict[st
     lo, hi, cmap = scale
     grid = df.pivot_table(index=rows, columns=cols, values=col, aggfunc="mean", sort=True,
                           dropna=False)
+    # An edge table's ends keep the model's order (the table's), not the alphabet's.
+    for axis, key in ((0, rows), (1, cols)):
+        if key in ("sender", "receiver"):
+            grid = grid.reindex(list(dict.fromkeys(df[key])), axis=axis)
     values = grid.to_numpy(dtype=float)
     im = ax.imshow(values, cmap=cmap, vmin=lo, vmax=hi, aspect="auto",
                    interpolation="nearest")
@@ -279,6 +283,11 @@ def _plot_one(d: Path, name: str, info: dict[str, Any], csv: Path) -> list[Path]
         from patchc.plot_attention import plot_read_dir
 
         return plot_read_dir(name, d)
+    if op in ("circuit", "evaluate"):
+        from patchc.plot_circuit import plot_circuit, plot_curve
+
+        draw = plot_circuit if op == "circuit" else plot_curve
+        return draw(name, pd.read_csv(csv), info.get("plot") or {}, d)
     if op == "lens":
         from patchc.plot_lens import plot_lens
 

@@ -15,9 +15,11 @@ from pygments.lexer import RegexLexer, bygroups, words
 from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation, String, Text
 
 STATEMENTS = ("model", "revision", "set", "data", "run", "metric", "vector", "swap", "ablate",
-              "backpatch", "steer", "scale", "attribute", "compare", "trace", "dla", "transcoder")
+              "backpatch", "steer", "scale", "attribute", "compare", "trace", "dla", "transcoder",
+              "circuit", "evaluate")
 CLAUSES = ("from", "into", "in", "with", "by", "using", "against", "on", "measure",
-           "normalized", "as", "where", "and", "all", "contains", "freeze", "ln", "at")
+           "normalized", "as", "where", "and", "all", "contains", "freeze", "ln", "at", "top",
+           "of")
 BUILTINS = ("logit", "logprob", "prob", "rank", "kl", "loss", "generate", "id", "mean",
             "resample", "zero", "noise", "std", "load", "sae", "normalize", "last", "each",
             "true", "false", "null", "key", "feature")
@@ -42,7 +44,7 @@ class PatchcLexer(RegexLexer):
             (r"\$[A-Za-z_]\w*", Name.Variable),
             (r"\d+\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+", Number.Float),
             (r"\d+", Number.Integer),
-            (r"->|\.\.|>=|<=|==|!=|[-+*/=<>@]", Operator),
+            (r"->|\.\.|>=|<=|==|!=|[-+*/=<>@%]", Operator),
             (r"[()\[\]{},:.]", Punctuation),
             (r"[A-Za-z_]\w*", Name),
             (r"\s+", Text),

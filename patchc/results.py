@@ -159,6 +159,12 @@ class Results:
             pairs = self.pairs(name)  # compare: the points of its scatter plot
             if not pairs.empty:
                 folder.write_text(f"{name}.pairs.csv", pairs.to_csv(index=False))
+            if self._table(name).op == "circuit":  # NAME_K.dot and .json per size
+                from patchc.circuit_graph import circuit_files
+
+                info = self.manifest.get("tables", {}).get(name, {}).get("plot", {})
+                for file, text in circuit_files(name, df, info).items():
+                    folder.write_text(file, text)
         for name, write in self.outputs.items():
             write(folder.path(name))
 

@@ -20,6 +20,8 @@ import torch
 from patchc.compiler.errors import PatchcError, Warning_
 from patchc.compiler.ir import IRGraph, Table
 
+from .circuit_tables import ranked, with_areas
+
 
 def example_mean(values: Any) -> float:
     if not isinstance(values, torch.Tensor):
@@ -124,6 +126,10 @@ def build_table(table: Table, values: dict[str, Any],
     gaps = _ZeroGaps()
     df = (_compare_table(table, means, gaps) if table.pairs
           else _rows_table(table, values, means, gaps))
+    if table.op == "circuit":
+        df = ranked(table, df, values)
+    elif table.op == "evaluate":
+        df = with_areas(table, df)
     w = gaps.warning(table)
     if w is not None and warnings is not None:
         warnings.append(w)
@@ -254,7 +260,9 @@ def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[s
         if col in out:
             continue
         t_run = ir.node(target).forward  # type: ignore[union-attr]
-        zero = {"run": ir.node(t_run).run, "value": example_mean(values[target])}  # type: ignore
+        # evaluate: 0 is the target run with every component patched, the empty circuit
+        run0 = "empty circuit" if table.op == "evaluate" else ir.node(t_run).run  # type: ignore
+        zero = {"run": run0, "value": example_mean(values[target])}
         if source is None:
             out[col] = {"0": {"run": None, "value": 0.0}, "1": zero}
             continue

@@ -28,6 +28,7 @@ from patchc.compiler.ir import Backward, Forward, IRGraph, Metric, Positions, Re
 from patchc.compiler.schedule import ForwardStep, Plan, schedule
 
 from . import metrics as M
+from .circuits import gated
 from .estimates import Trim, chained, gradients
 from .inputs import Batch, position_index
 from .naive import ForwardOutput, Interpreter
@@ -35,6 +36,7 @@ from .compat import output_cache, with_cache
 from .reading import collect_reads
 from .sparse import Sparse, borrowed_metrics
 from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
+from .edges import edge_hooks, is_edge
 from .writes import make_reader, make_writer
 
 
@@ -190,8 +192,16 @@ class Executor(Interpreter):
             shared = len(ir.node(f.twin).writes) if f.start else 0  # type: ignore[union-attr]
             for wid in f.writes[shared:]:  # shared writes are in the start state already
                 w: Write = ir.node(wid)  # type: ignore[assignment]
-                fn = make_writer(w, batch, columns, [self.values[i] for i in w.inputs],
-                                 self.seed)
+                got = gated(w, [self.values[i] for i in w.inputs], self.values)
+                if got is None:  # a circuit's own: left as it is
+                    continue
+                w, values = got
+                if is_edge(w):  # an edge also reads its live senders (runtime/edges.py)
+                    fn, captures = edge_hooks(w, batch, columns, values, self.seed)
+                    reads += [(*c[:3], _on_rows(rows, widen(c[3], p0, width), whole))
+                              for c in captures]
+                else:
+                    fn = make_writer(w, batch, columns, values, self.seed)
                 key = (w.site.kind, w.site.layer, w.site.head)
                 writes.setdefault(key, []).append((rows, widen(fn, p0, width)))
             for rid in ir.g.successors(fid):

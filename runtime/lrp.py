@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from patchc.compiler.errors import RuntimeInterventionError
 
-from .adapters import Adapter, taps
+from .adapters import Adapter, receivers, taps
 
 STABILIZER = 1e-6
 RULES = ("grad", "lrp", "lrp_ah")
@@ -104,6 +104,7 @@ class _GateCapture:
 def rules(ad: Adapter, ah: bool = False) -> Iterator[Adapter]:
     """Install RelP's rules on the adapter's model (AH-rule too with `ah`)."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(receivers.ln_rule())  # edges: a receiver's own normalizer
         for kind, layer in _norm_sites(ad):
             stack.enter_context(ad.hook(kind, layer, None, _detach))
         for norm in ad.extra_norms():

@@ -20,15 +20,18 @@ from patchc.compiler import ast as A
 from patchc.compiler.checked import CheckedSpec
 from patchc.compiler.errors import RuntimeInterventionError
 from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Positions, Read, \
-    Vector, Write
+    Select, Vector, Write
 
 from . import metrics as M
 from . import vectors as V
+from .circuits import gated, rank
 from .estimates import run_backward, run_estimate
 from .generate import contains_answer, greedy, sequence_logprob
 from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
 from .reading import collect_reads, lens_logits, table_reads
 from .loading import input_device
+from .edge_estimates import EDGE_METHODS, run_edge_estimate
+from .edges import edge_hooks, is_edge
 from .writes import make_reader, make_writer
 
 
@@ -75,6 +78,7 @@ class Interpreter:
         self.model_seconds = 0.0  # wall time inside model passes (forward, backward)
         self._token_cache: dict[str, int] = {}
         self._reported: set[str] = set()
+        self.memo: dict[Any, Any] = {}  # computed once for many nodes (edge scores)
 
     # ---- inputs -------------------------------------------------------------------------
     def run_inputs(self, name: str) -> RunInputs:
@@ -168,8 +172,8 @@ class Interpreter:
         return results
 
     def evaluate(self, ir: IRGraph, nid: str, node: Any, results: dict[str, Any]) -> None:
-        """A Vector, Metric, Backward or Estimate node (both interpreters evaluate these
-        here); Metric and Estimate values also go to `results`."""
+        """A Vector, Metric, Backward, Estimate or Select node (both interpreters evaluate
+        these here); Metric, Estimate and Select values also go to `results`."""
         if isinstance(node, Vector):
             means = [self.values[r].value.float().mean(0).squeeze(0) for r in node.inputs]
             self.values[nid] = self.vector(node, means)
@@ -178,7 +182,10 @@ class Interpreter:
         elif isinstance(node, Backward):
             self.values[nid] = run_backward(self, ir, nid, node)
         elif isinstance(node, Estimate):
-            results[nid] = self.values[nid] = run_estimate(self, ir, node)
+            run = run_edge_estimate if node.method in EDGE_METHODS else run_estimate
+            results[nid] = self.values[nid] = run(self, ir, node)
+        elif isinstance(node, Select):
+            results[nid] = self.values[nid] = rank(node, self.values)
 
     def _release(self, g, nid: str, remaining: dict[str, int], keep: dict) -> None:
         """`nid` has used its inputs: drop each input value whose last consumer this was."""
@@ -201,12 +208,21 @@ class Interpreter:
                   reads: bool = True) -> list:
         """(kind, layer, head, fn) hooks: the Forward's writes in order, then its reads."""
         columns = self.columns_for(node.run)
-        hooks = []
+        hooks, captures = [], []
         for wid in node.writes:
             write: Write = ir.node(wid)  # type: ignore[assignment]
             inputs = [self.values[i] for i in write.inputs]
-            fn = make_writer(write, batch, columns, inputs, self.seed)
+            got = gated(write, inputs, self.values)  # a circuit's own: left as it is
+            if got is None:
+                continue
+            write, inputs = got
+            if is_edge(write):  # an edge also reads its live senders (runtime/edges.py)
+                fn, more = edge_hooks(write, batch, columns, inputs, self.seed)
+                captures += more
+            else:
+                fn = make_writer(write, batch, columns, inputs, self.seed)
             hooks.append((write.site.kind, write.site.layer, write.site.head, fn))
+        hooks += captures
         for rid in ir.g.successors(nid) if reads else ():
             read = ir.node(rid)
             if isinstance(read, Read):
@@ -381,7 +397,7 @@ def _reruns(ir: IRGraph) -> dict[str, tuple[str, ...]]:
     out = {}
     for nid, node in ir.g.nodes(data="node"):
         back = node if isinstance(node, Backward) else None
-        if isinstance(node, Estimate) and node.method == "ig":
+        if isinstance(node, Estimate) and node.method in ("ig", "eap_ig"):
             back = ir.node(node.inputs[-1])  # type: ignore[assignment]
         if back is not None:
             fwd: Forward = ir.node(ir.node(back.metric).forward)  # type: ignore[union-attr]

@@ -24,6 +24,7 @@ from patchc.compiler.ir import (
     Pair,
     Read,
     Row,
+    Select,
     Site,
     Table,
     Vector,
@@ -34,11 +35,12 @@ from patchc.compiler.ir import (
 REF_FIELDS: dict[type, tuple[str, ...]] = {
     Forward: ("writes", "twin", "start", "sparse", "same_as"),
     Read: ("forward",),
-    Write: ("inputs",),
+    Write: ("inputs", "gate"),
     Vector: ("inputs",),
     Metric: ("forward", "reference", "lens"),
     Backward: ("metric", "wrt"),
     Estimate: ("inputs",),
+    Select: ("rows", "reference", "normalize"),
 }
 
 # Site kinds computed after every decoder block: they belong to no layer a forward can skip.
@@ -85,7 +87,7 @@ def remap_tables(tables: Iterable[Table], m: Mapping[str, str]) -> list[Table]:
         pairs = tuple(Pair(p.key, r(p.estimate), r(p.metric),  # type: ignore[arg-type]
                            (r(p.normalize[0]), r(p.normalize[1])) if p.normalize else None)  # type: ignore[arg-type]
                       for p in t.pairs)
-        out.append(dataclasses.replace(t, rows=rows, pairs=pairs))
+        out.append(dataclasses.replace(t, rows=rows, pairs=pairs, select=r(t.select)))
     return out
 
 
@@ -117,7 +119,7 @@ def topo(ir: IRGraph) -> list[str]:
 def new_id(nodes: Mapping[str, Node], node: Node) -> str:
     """A fresh id for `node` (one past the largest of its kind)."""
     prefix = {Forward: "f", Read: "r", Write: "w", Vector: "v", Metric: "m", Backward: "b",
-              Estimate: "e"}[type(node)]
+              Estimate: "e", Select: "s"}[type(node)]
     n = max((int(k[1:]) for k in nodes if k[0] == prefix), default=-1) + 1
     return f"{prefix}{n}"
 
@@ -166,6 +168,7 @@ def table_refs(tables: Iterable[Table]) -> set[str]:
             out |= {x for _, pair in row.normalize for x in pair if x}
         for p in t.pairs:
             out |= {p.estimate, p.metric} | {x for x in p.normalize or () if x}
+        out |= {t.select} if t.select else set()
     return out
 
 

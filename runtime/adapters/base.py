@@ -47,7 +47,7 @@ from torch.utils.hooks import RemovableHandle
 
 from patchc.compiler.errors import RuntimeInterventionError
 
-from . import attention, dictionary, moe, multiplier, taps
+from . import attention, dictionary, moe, multiplier, receivers, taps
 from .parts import Parts
 from .taps import Cols, HookFn
 
@@ -61,7 +61,9 @@ LAYERED = frozenset(
         "router", "shared.out",
     }
 )  # fmt: skip
-KINDS = UNLAYERED | HEADED | LAYERED | EXPERT
+# Receiver inputs (edges, receivers.py): q/k/v.in per head, mlp.in per layer, logits.in after
+# the last block (its layer, if given, is the layer count).
+KINDS = UNLAYERED | HEADED | LAYERED | EXPERT | receivers.KINDS
 # Sites whose modules see [batch*pos, d] in families with `flat_mlp` (OPT reshapes its MLP).
 _FLAT_SITES = frozenset({"resid_mid", "ln2.scale", "mlp.pre", "mlp.post", "mlp.out"})
 
@@ -120,6 +122,10 @@ class Adapter(Parts):
             raise RuntimeInterventionError(
                 "E403", f"unknown site kind '{kind}'; known: {', '.join(sorted(KINDS))}"
             )
+        if kind == "logits.in" and layer in (None, self.n_layers) and head is None:
+            return None, None
+        if kind == "resid_pre" and layer == self.n_layers and head is None:
+            return layer, None  # after the last block: the final residual (share_prefix)
         if kind in UNLAYERED:
             if layer is not None or head is not None:
                 raise RuntimeInterventionError("E403", f"site '{kind}' takes no layer or head")
@@ -141,7 +147,7 @@ class Adapter(Parts):
                     "E403", f"model has {self.n_experts} experts (E0..E{self.n_experts - 1}); "
                             f"got E{head}")
             head %= self.n_experts
-        elif kind in HEADED:
+        elif kind in HEADED or kind in ("q.in", "k.in", "v.in"):
             if head is None or not -self.n_heads <= head < self.n_heads:
                 raise RuntimeInterventionError(
                     "E403", f"model has {self.n_heads} heads (H0..H{self.n_heads - 1}); got H{head}"
@@ -167,7 +173,11 @@ class Adapter(Parts):
             lead, handle = taps.tap_lead(self.layer(layer))
             removers.append(handle)
         add = removers.append
-        if kind == "embed":
+        if kind in receivers.KINDS:
+            receivers.install(self, kind, layer, head, fn, what, add)
+        elif kind == "resid_pre" and layer == self.n_layers:
+            add(taps.tap_input(self.ln_final(), fn, what))
+        elif kind == "embed":
             # The input of block 0, like L0.resid_pre, but its hooks run before resid_pre's.
             block0 = self.layer(0)
             add(self._chained(what, fn, lambda f: taps.tap_input(block0, f, what, prepend=True)))

@@ -1,0 +1,270 @@
+"""Cost of edges (issue 13): exact path patching of every edge, and `attribute * -> * using eap`.
+
+    python benchmarks/edges.py [--repeats 3] [--sample 256] [--loop-sample 16] [--write]
+
+The model is a GPT-2-small-shaped random GPT-2 (12 layers, 12 heads, d_model 768, d_mlp 3072,
+vocab 50257) built from its config, 8 prompts of 16 tokens from a word-level tokenizer (saved
+to a temporary directory, no network). One intra-op thread; each case is timed `--repeats`
+times after a warm-up, the cases taking turns; the minimum is reported with the spread
+(max - min) / min.
+
+- exact: the model has E edges (`* -> *`: embed, every head's out and every MLP's out into
+  every head's q, k, v, every MLP's input and the logits). Running all of them takes hours
+  on one CPU thread, so both sides are timed on uniform random samples of edges (seeded) and
+  extrapolated to E by the edge count: patchc runs `swap e1, e2, ... from clean into corrupt`
+  over `--sample` edges (check, lowering, passes, schedule and run, with the loaded model);
+  the plain loop (`HandLoop`: torch hooks on the HF modules, one full forward per edge,
+  written here) over `--loop-sample` edges. Both samples use the same edges' distribution, so
+  the ratio of the per-edge costs is the estimate of the full sweep's speed-up.
+- eap: `patchc.run` of `attribute * -> * from clean into corrupt using eap` (all E edges,
+  compile included) against one forward + backward of the plain model (the metric's gradient
+  with respect to the embedding output; no weight gradients).
+
+Beside each measured ratio: the FLOP-bound ratio of patchc's schedule (matrix products of
+the blocks, attention and the unembedding, counted per edge: the loop runs every block and
+unembeds every position and token; patchc starts at the receiver's layer and unembeds only
+the measured tokens at the last position).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from bench_common import N_PROMPTS, N_TOKENS, build, prompts, spec  # noqa: E402
+
+import patchc  # noqa: E402
+from patchc.compiler.edges import receiver_text  # noqa: E402
+from patchc.compiler.modelspec import spec_from_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "performance.md"
+SIZES = dict(n_layer=12, n_head=12, n_embd=768)
+
+
+def all_edges(model_spec) -> list[tuple[str, str, int]]:
+    """(sender, receiver, receiver layer) of every edge of the model (`* -> *`)."""
+    from patchc.compiler import ast as A
+    from patchc.compiler.edges import expand_edge
+    from patchc.compiler.errors import Span
+
+    s = Span(1, 1, 1, 1)
+    out = []
+    for m in expand_edge(A.Edge(A.Every(s), A.Every(s), s), model_spec):
+        (e,) = m.edges
+        layer = e.receiver.layer if e.receiver.layer is not None else model_spec.n_layers
+        out.append((str(e.sender), receiver_text(e.receiver), layer))
+    return out
+
+
+def flops(model_spec, edges, vocab_tokens: int = 2) -> tuple[float, float]:
+    """(plain loop, patchc) FLOPs of patching `edges`, matrix products only."""
+    t, d, f, v, n = N_PROMPTS * N_TOKENS, model_spec.d_model, model_spec.d_mlp, \
+        model_spec.vocab_size, model_spec.n_layers
+    block = 2 * t * (4 * d * d + 2 * d * f) + 2 * 2 * N_PROMPTS * N_TOKENS * N_TOKENS * d
+    unembed = 2 * t * d * v
+    loop = len(edges) * (n * block + unembed)
+    ours = sum((n - layer) * block + 2 * N_PROMPTS * d * vocab_tokens for _, _, layer in edges)
+    return loop, ours
+
+
+def eap_flops(model_spec, n_edges_scored: tuple[int, int]) -> tuple[float, float]:
+    """(one forward + backward, patchc's eap) FLOPs: the backward of activations costs about
+    what the forward does; patchc runs A's forward (logits trimmed), B's forward and backward
+    with every head's q/k/v recomputed from its own input twice (P(norm(x')) - P(norm(x)),
+    12 t d^2 per layer each way), and the scores as one product [n, S, T d] x [n, T d, R]."""
+    t, d, f, v, n = N_PROMPTS * N_TOKENS, model_spec.d_model, model_spec.d_mlp, \
+        model_spec.vocab_size, model_spec.n_layers
+    block = 2 * t * (4 * d * d + 2 * d * f) + 2 * 2 * N_PROMPTS * N_TOKENS * N_TOKENS * d
+    base = 2 * (n * block + 2 * t * d * v)
+    extra = n * 12 * t * d * d
+    senders, receivers = n_edges_scored
+    ours = n * block + 2 * (n * block + extra) + 2 * N_PROMPTS * senders * receivers * \
+        N_TOKENS * d
+    return base, ours
+
+
+class HandLoop:
+    """The plain way: for each edge, one forward of the corrupt prompts with torch hooks that
+    add the sender's (clean - corrupt) difference to the receiver's own input."""
+
+    def __init__(self, model, ids_clean, ids_corrupt, answer: int, distractor: int) -> None:
+        self.m, self.a, self.b = model, ids_clean, ids_corrupt
+        self.ans, self.dis = answer, distractor
+        self.blocks = model.transformer.h
+        self.cache = {"clean": self._senders(ids_clean), "corrupt": self._senders(ids_corrupt)}
+
+    def _senders(self, ids) -> dict[str, torch.Tensor]:
+        got: dict[str, torch.Tensor] = {}
+        hs = [self.blocks[0].register_forward_pre_hook(
+            lambda m, a, k: got.__setitem__("embed", (a[0] if a else k["hidden_states"])),
+            with_kwargs=True)]
+        dh = self.m.config.n_embd // self.m.config.n_head
+        for i, blk in enumerate(self.blocks):
+            hs.append(blk.mlp.register_forward_hook(
+                lambda m, a, o, i=i: got.__setitem__(f"L{i}.mlp.out", o)))
+
+            def heads(m, a, i=i):
+                z = a[0]
+                for h in range(self.m.config.n_head):
+                    got[f"L{i}.H{h}.out"] = z[..., h * dh:(h + 1) * dh] @ \
+                        m.weight[h * dh:(h + 1) * dh]
+            hs.append(blk.attn.c_proj.register_forward_pre_hook(heads))
+        with torch.no_grad():
+            self.m(ids)
+        for h in hs:
+            h.remove()
+        return got
+
+    def one(self, sender: str, receiver: str) -> float:
+        delta = self.cache["clean"][sender] - self.cache["corrupt"][sender]
+        m = re.match(r"L(\d+)\.(?:H(\d+)\.)?(q|k|v|mlp\.in)$", receiver)
+        hs = []
+        if receiver == "logits":
+            hs.append(self.m.transformer.ln_f.register_forward_pre_hook(
+                lambda mod, a: (a[0] + delta,)))
+        else:
+            assert m
+            blk = self.blocks[int(m.group(1))]
+            box: dict = {}
+            if m.group(3) == "mlp.in":
+                hs.append(blk.ln_2.register_forward_pre_hook(
+                    lambda mod, a: box.__setitem__("x", a[0])))
+                hs.append(blk.mlp.register_forward_pre_hook(
+                    lambda mod, a: (blk.ln_2.forward(box["x"] + delta),)))
+            else:
+                d, h = self.m.config.n_embd, int(m.group(2))
+                dh = d // self.m.config.n_head
+                lo = "qkv".index(m.group(3)) * d + h * dh
+                hs.append(blk.ln_1.register_forward_pre_hook(
+                    lambda mod, a: box.__setitem__("x", a[0])))
+
+                def post(mod, a, out):
+                    full = mod.forward(blk.ln_1.forward(box["x"] + delta))
+                    out = out.clone()
+                    out[..., lo:lo + dh] = full[..., lo:lo + dh]
+                    return out
+                hs.append(blk.attn.c_attn.register_forward_hook(post))
+        with torch.no_grad():
+            logits = self.m(self.b).logits
+        for x in hs:
+            x.remove()
+        last = logits[:, -1]
+        return float((last[:, self.ans] - last[:, self.dis]).mean())
+
+
+def _time(fn, repeats: int) -> tuple[float, float, object]:
+    out = fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), (max(times) - min(times)) / min(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sample", type=int, default=256, help="edges patchc patches")
+    ap.add_argument("--loop-sample", type=int, default=16, help="edges the plain loop patches")
+    ap.add_argument("--write", action="store_true", help="write the table into performance.md")
+    ap.add_argument("--quick", action="store_true", help="a 2-layer model (tests)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    sizes = dict(n_layer=2, n_head=4, n_embd=64) if args.quick else SIZES
+    tmp = Path(tempfile.mkdtemp())
+    model, tok = build(tmp, **sizes)
+    ms = spec_from_config(model.config.to_dict())
+    edges = all_edges(ms)
+    rng = random.Random(0)
+    sample = rng.sample(edges, min(args.sample, len(edges)))
+    loop_sample = rng.sample(edges, min(args.loop_sample, len(edges)))
+    items = ", ".join(f"{s} -> {r}" for s, r, _ in sample)
+    exact_spec = spec(tmp, f"swap {items} from clean into corrupt measure ld as e")
+    eap_spec = spec(tmp, "attribute * -> * from clean into corrupt using eap measure ld as e")
+
+    ids_clean = torch.tensor([tok(p)["input_ids"] for p in prompts(1)])
+    ids_corrupt = torch.tensor([tok(p)["input_ids"] for p in prompts(2)])
+    ans, dis = tok.convert_tokens_to_ids("w1"), tok.convert_tokens_to_ids("w2")
+    loop = HandLoop(model, ids_clean, ids_corrupt, ans, dis)
+
+    # A check that both compute the same numbers on the loop's sample.
+    check_spec = spec(tmp, "swap " + ", ".join(f"{s} -> {r}" for s, r, _ in loop_sample[:4])
+                      + " from clean into corrupt measure ld as e")
+    got = patchc.run(check_spec, model=model, tokenizer=tok)["e"]["ld"].tolist()
+    want = [loop.one(s, r) for s, r, _ in loop_sample[:4]]
+    assert max(abs(a - b) for a, b in zip(got, want)) < 1e-4, (got, want)
+
+    p_t, p_spread, _ = _time(lambda: patchc.run(exact_spec, model=model, tokenizer=tok),
+                             args.repeats)
+    l_t, l_spread, _ = _time(lambda: [loop.one(s, r) for s, r, _ in loop_sample],
+                             args.repeats)
+
+    def fwd_bwd() -> None:
+        emb: dict = {}
+
+        def keep(m, a, k):
+            x = (a[0] if a else k["hidden_states"]).detach().requires_grad_()
+            emb["x"] = x
+            return ((x,) + tuple(a[1:]), k) if a else (a, {**k, "hidden_states": x})
+        h = model.transformer.h[0].register_forward_pre_hook(keep, with_kwargs=True)
+        with torch.enable_grad():
+            last = model(ids_corrupt).logits[:, -1]
+            m = (last[:, ans] - last[:, dis]).sum()
+            torch.autograd.grad(m, [emb["x"]])
+        h.remove()
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    fb_t, fb_spread, _ = _time(fwd_bwd, args.repeats)
+    e_t, e_spread, _ = _time(lambda: patchc.run(eap_spec, model=model, tokenizer=tok),
+                             args.repeats)
+
+    loop_f, ours_f = flops(ms, edges)
+    n_senders = 1 + ms.n_layers * (ms.n_heads + 1)
+    n_receivers = ms.n_layers * (3 * ms.n_heads + 1) + 1
+    fb_f, eap_f = eap_flops(ms, (n_senders, n_receivers))
+    per_loop, per_ours = l_t / len(loop_sample), p_t / len(sample)
+    rows = [
+        ("edges of the model (`* -> *`)", f"{len(edges):,}", ""),
+        (f"plain loop, per edge ({len(loop_sample)} sampled edges)", f"{per_loop:.3f} s",
+         f"±{l_spread:.0%}"),
+        (f"patchc exact, per edge ({len(sample)} sampled edges)", f"{per_ours:.3f} s",
+         f"±{p_spread:.0%}"),
+        ("exact: extrapolated to every edge, loop / patchc",
+         f"{per_loop * len(edges) / 3600:.1f} h / {per_ours * len(edges) / 3600:.1f} h", ""),
+        ("exact: speed-up (measured)", f"{per_loop / per_ours:.1f}x", ""),
+        ("exact: FLOP-bound speed-up of the schedule", f"{loop_f / ours_f:.1f}x", ""),
+        ("one forward + backward (input grad)", f"{fb_t:.2f} s", f"±{fb_spread:.0%}"),
+        ("patchc `attribute * -> * using eap` (all edges, compile included)",
+         f"{e_t:.2f} s", f"±{e_spread:.0%}"),
+        ("eap / (forward + backward) (measured)", f"{e_t / fb_t:.1f}x", ""),
+        ("eap / (forward + backward), FLOP bound", f"{eap_f / fb_f:.1f}x", ""),
+    ]
+    table = "| | value | spread |\n|---|---|---|\n" + "\n".join(
+        f"| {a} | {b} | {c} |" for a, b, c in rows)
+    print(table)
+    if args.write:
+        begin, end = "<!-- edges-benchmark -->", "<!-- /edges-benchmark -->"
+        text = DOC.read_text("utf-8")
+        block = f"{begin}\n{table}\n{end}"
+        if begin in text:
+            text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+        else:
+            text += "\n" + block + "\n"
+        DOC.write_text(text, "utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Checking statements over edges (`swap S -> R ...`, `ablate`, `attribute`): which operations
+take edges, their methods, each edge item against the model (compiler/edges.py), positions,
+captures and the result columns an edge sweep adds (`sender`, `receiver`, captures, `pos`).
+"""
+
+from __future__ import annotations
+
+from . import ast as A
+from .check_context import Context, did_you_mean
+from .check_sites import check_pos
+from .checked import RunInfo
+from .edges import end_captures, expand_edge_item
+from .errors import Span
+from .limits import MAX_IG_STEPS
+
+# Estimators of edges: method -> {argument: the value it takes}.
+EDGE_METHODS: dict[str, dict[str, str]] = {"eap": {}, "eap_ig": {"steps": "int>=1"},
+                                           "relp": {}}
+
+
+def check_edge_sites(ctx: Context, op: A.Operation, target: RunInfo | None
+                     ) -> tuple[list, set[str], list[tuple[str, Span]]]:
+    """(resolved items, captures bound, sweep columns) of an operation over edges."""
+    kw = A.op_keyword(op)
+    items = op.sites  # type: ignore[attr-defined]
+    if not isinstance(op, (A.Swap, A.Ablate, A.Attribute)):
+        ctx.error("E394", f"`{kw}` does not take edges", op.span,
+                  hint="edges are patched by swap and ablate and estimated by attribute")
+        return [], set(), []
+    if isinstance(op, A.Ablate) and op.how.kind == "resample":
+        ctx.error("E394", "an edge is ablated with zero or mean(RUN), not resample", op.how.span)
+    plain = [i for i in items if not isinstance(i, (A.Edge, A.EdgeGroup))]
+    if plain:
+        ctx.error("E395", "a statement takes sites or edges, not both", plain[0].span,
+                  hint="write the sites in a statement of their own")
+    resolved, bound, columns = [], set(), []
+    for item in items:
+        if not isinstance(item, (A.Edge, A.EdgeGroup)):
+            continue
+        pos = item.pos
+        if pos is not None:
+            check_pos(ctx, pos, target)
+        caps = end_captures(item)
+        bound |= {c.name for c in caps}
+        if ctx.model is not None:
+            with ctx.catch():
+                resolved.append((item, expand_edge_item(item, ctx.model)))
+        if isinstance(item, A.Edge):
+            names = ["sender", "receiver"] + [c.name for c in caps]
+            for c in caps:
+                if c.name in ("sender", "receiver"):
+                    ctx.error("E327", f"the capture ${c.name} names a column an edge table "
+                              "already has", c.span, hint="rename the capture")
+            columns += [(n, item.span) for n in dict.fromkeys(names)]
+        if isinstance(pos, A.PosEach):
+            columns.append(("pos", pos.span))
+    if len(items) > 1:
+        columns.append(("site", op.span))
+    return resolved, bound, columns
+
+
+def check_edge_method(ctx: Context, method: A.Method) -> None:
+    """An edge estimator: eap, eap_ig(steps=INT), relp."""
+    spec = EDGE_METHODS.get(method.name)
+    if spec is None:
+        hint = did_you_mean(method.name, EDGE_METHODS) or \
+            f"edge methods are {', '.join(EDGE_METHODS)}"
+        ctx.error("E396", f"unknown edge method `{method.name}`", method.span, hint=hint)
+        return
+    for kw in method.kwargs:
+        if kw.name not in spec:
+            takes = ", ".join(spec) or "no arguments"
+            ctx.error("E335", f"method `{method.name}` has no argument `{kw.name}`", kw.span,
+                      hint=f"{method.name} takes {takes}")
+            continue
+        v = kw.value
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_IG_STEPS:
+            ctx.error("E335", f"{method.name}({kw.name}=...) must be an integer from 1 to "
+                      f"{MAX_IG_STEPS}; got {str(v)[:40]}", kw.span)

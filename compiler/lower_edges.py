@@ -1,0 +1,137 @@
+"""Lowering statements over edges into the IR's ordinary nodes (docs/architecture.md, "Edges").
+
+- `swap E from A into B` / `ablate E in B with zero | mean(A)`: one Forward of B per experiment,
+  with one Write per receiver on the receiver's input site (`q.in`, `mlp.in`, `logits.in`, ...):
+  `x_r + sum (new_s - cur_s)` over the experiment's senders into that receiver (ir.Write,
+  modes `edge`, `edge_mean`, `edge_zero`). cur_s is a Read of B's base Forward when no write of
+  the experiment can change the sender (always so for a single edge), else it is read in the
+  forward itself (`Write.live`). The passes then make the sweep cheap with nothing edge-
+  specific: the Write's layer is the receiver's, so share_prefix starts the forward there
+  (after the last block for `logits`), batch stacks the forwards of one receiver layer, and
+  trim_logits unembeds only what the metrics read.
+- `attribute E from A into B using eap | eap_ig(steps=N) | relp`: Reads of each sender on A and
+  B and of each receiver's input on B, one Backward (rules `grad`, or `lrp` for relp) with
+  respect to every receiver input, and one Estimate per edge (method `eap` or `eap_ig`):
+  m_B + (s_A - s_B) . dm/dx_r. eap_ig also reads B's `embed`: its gradient passes interpolate it.
+
+For "circuit": `edge_writes(lw, run, edges, pos, how, source)` gives the Writes that patch a set
+of edges jointly in one forward of `run` (every edge not in a circuit, patched from A: one
+`all(...)` ablation); `lw.forward(run, writes)` then makes the edge-masked Forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import ast as A
+from .edges import EdgeMatch, EdgeRef, affects, edge_pos, expand_edge_item
+from .ir import Estimate, Positions, Row, Site, Write
+from .lowerer import Key, Lowerer, check_where, keep
+
+DEFAULT_EAP_IG_STEPS = 5
+
+
+def edge_exps(lw: Lowerer, op: Any, run: str) -> list[tuple[Key, tuple[EdgeRef, ...],
+                                                               Positions]]:
+    """Every experiment of an edge statement: (row key, edges patched jointly, positions)."""
+    out = []
+    items = op.sites
+    for item in items:
+        label = (("site", _item_text(item)),) if len(items) > 1 else ()
+        matches: list[EdgeMatch] = expand_edge_item(item, lw.model)
+        for pos, i in lw.positions(edge_pos(item), run):
+            pkey = (("pos", i),) if i is not None else ()
+            out += [(label + m.key + pkey, m.edges, pos) for m in matches]
+    check_where(op.clauses.where, [k for k, _, _ in out])
+    return [e for e in out if keep(op.clauses.where, e[0])]
+
+
+def _item_text(item: A.SiteItem) -> str:
+    from . import printer
+
+    return printer.site_item(item)
+
+
+def edge_rows(lw: Lowerer, op: Any) -> int:
+    return len(edge_exps(lw, op, op.target.value))
+
+
+def edge_writes(lw: Lowerer, run: str, edges: tuple[EdgeRef, ...], pos: Positions, how: str,
+                source: str | None) -> list[str]:
+    """The Writes that patch `edges` jointly in a forward of `run`: one per receiver, in the
+    order receivers first appear. `how`: `replace` (the senders' values in `source`), `mean`
+    (their mean over `source`'s examples) or `zero`."""
+    base = lw.base(run)
+    src = lw.base(source) if source is not None else None
+    by_receiver: dict[Site, list[Site]] = {}
+    for e in edges:
+        by_receiver.setdefault(e.receiver, []).append(e.sender)
+    receivers = list(by_receiver)
+    writes = []
+    for receiver, senders in by_receiver.items():
+        senders = list(dict.fromkeys(senders))
+        live = tuple(i for i, s in enumerate(senders)
+                     if any(affects(r, s, lw.model) for r in receivers))
+        new = [] if how == "zero" else [lw.read(src, s, pos) for s in senders]  # type: ignore[arg-type]
+        cur = [lw.read(base, s, pos) for i, s in enumerate(senders) if i not in live]
+        inputs = tuple(new + cur)
+        mode = {"replace": "edge", "mean": "edge_mean", "zero": "edge_zero"}[how]
+        node = Write(receiver, pos, mode, inputs, senders=tuple(senders), live=live)
+        writes.append(lw.ir.add(node, inputs))
+    return writes
+
+
+def _op_patch(lw: Lowerer, op: A.Swap | A.Ablate) -> None:
+    target = op.target.value
+    if isinstance(op, A.Swap):
+        how, source = "replace", op.source.value
+    else:
+        how = op.how.kind
+        source = op.how.run
+    lw.bake(target)
+    rows = []
+    for key, edges, pos in edge_exps(lw, op, target):
+        ws = edge_writes(lw, target, edges, pos, how, source)
+        rows.append(lw.row(key, lw.forward(target, ws), op, target, source))
+    lw.table(op, rows)
+
+
+def _op_attribute(lw: Lowerer, op: A.Attribute) -> None:
+    source, target = op.source.value, op.target.value
+    fa, fb = lw.base(source), lw.base(target)
+    kw = {k.name: k.value for k in op.method.kwargs}
+    method = "eap_ig" if op.method.name == "eap_ig" else "eap"
+    rules = "lrp" if op.method.name == "relp" else "grad"
+    steps = int(kw.get("steps", DEFAULT_EAP_IG_STEPS)) if method == "eap_ig" else 0  # type: ignore[arg-type]
+    exps = edge_exps(lw, op, target)
+    triples = [[(lw.read(fa, e.sender, pos), lw.read(fb, e.sender, pos),
+                 lw.read(fb, e.receiver, pos)) for e in edges] for _, edges, pos in exps]
+    wrt = list(dict.fromkeys(g for ts in triples for _, _, g in ts))
+    embeds: tuple[str, ...] = ()
+    if method == "eap_ig":  # the interpolated inputs: the embeddings of A and B, whole
+        embeds = tuple(lw.read(f, Site("embed"), Positions("all")) for f in (fa, fb))
+        wrt.append(embeds[1])
+    rows = []
+    measures = lw.measures(op)
+    estimates: dict[tuple[int, str], str] = {}
+    for col, m in measures:
+        metric = lw.metric(fb, target, m.expr)
+        back = lw.backward(metric, tuple(wrt), rules)
+        for i, (_, edges, pos) in enumerate(exps):
+            inputs = tuple(r for t in triples[i] for r in t) + embeds + (back,)
+            node = Estimate(method, edges[0].receiver, pos, inputs, steps)
+            estimates[i, col] = lw.ir.add(node, inputs)
+    for i, (key, _, _) in enumerate(exps):
+        values = tuple((col, estimates[i, col]) for col, _ in measures)
+        norm = tuple((col, lw.norm_refs(m, target, source)) for col, m in measures
+                     if m.normalized)
+        rows.append(Row(key, values, norm))
+    lw.table(op, rows)
+
+
+def lower_edge_op(lw: Lowerer, op: A.Operation) -> None:
+    if isinstance(op, A.Attribute):
+        _op_attribute(lw, op)
+    else:
+        _op_patch(lw, op)  # type: ignore[arg-type]
+

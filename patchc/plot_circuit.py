@@ -1,0 +1,176 @@
+"""Figures of circuits: each circuit size drawn as a graph, and an evaluation's faithfulness
+curve.
+
+The graph is drawn by graphviz `dot` when it is installed (from the DOT of
+circuit_graph.to_dot), else laid out here with matplotlib: components placed by layer,
+bottom (embed) to top (logits), a layer's heads side by side and its MLP above them; edges
+as arrows whose width follows |effect| and whose colour its sign (blue raises the metric, red
+lowers it), solid, dashed or dotted where they enter a head's q, k or v. A node circuit is
+its components alone, coloured by effect.
+
+The curve is faithfulness against the fraction of the table kept, one line per measured
+metric, with cpr and cmd in the legend, the sizes' counts at the points and the lines 0
+(empty circuit) and 1 (whole model) for reference.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from patchc import plot_style as S
+from patchc.circuit_graph import CircuitGraph, circuit_graph, to_dot
+
+STYLES = {"q": "-", "k": "--", "v": ":"}  # an edge into a head's query, key or value
+MAX_DRAWN = 300  # more edges than this make an unreadable picture: the DOT and JSON have them
+
+
+def draw_graph(g: CircuitGraph, title: str, path: Path) -> bool:
+    """Write the circuit's PNG to `path`; False when it has nothing to draw."""
+    if not g.nodes or len(g.edges) > MAX_DRAWN:
+        return False
+    dot = shutil.which("dot")
+    if dot is not None:
+        done = subprocess.run([dot, "-Tpng", "-Gdpi=130", "-o", str(path)],
+                              input=to_dot(g, title), text=True, capture_output=True)
+        if done.returncode == 0:
+            return True
+    fig = layout_figure(g, title)
+    fig.savefig(path, dpi=130, bbox_inches="tight", pad_inches=0.1)
+    return True
+
+
+def layout_figure(g: CircuitGraph, title: str):
+    """The pure-Python drawing (see the module docstring)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import FancyArrowPatch
+
+    comps = list(g.nodes.values())
+    xs = [c.x for c in comps]
+    levels = sorted({c.level for c in comps})
+    row = {lv: i for i, lv in enumerate(levels)}  # only the levels that have a component
+    width = max(4.5, 1.25 * (max(xs) - min(xs) + 1) + 1.5)
+    fig = S.new_figure(width, max(3.0, 1.0 * len(levels) + 1.4))
+    ax = fig.subplots()
+    top = max([abs(v) for v in g.scores.values()] + [abs(e[2]) for e in g.edges] + [1e-30])
+    cmap, norm = effect_colormap(), Normalize(-top, top)
+    pos = {c.name: (c.x, row[c.level]) for c in comps}
+    for i, (s, t, score) in enumerate(g.edges):
+        (x0, y0), (x1, y1) = pos[s.name], pos[t.name]
+        bend = 0.25 if (x0 == x1 and abs(y1 - y0) > 1) else 0.12 * ((i % 3) - 1)
+        ax.add_patch(FancyArrowPatch(
+            (x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=10,
+            connectionstyle=f"arc3,rad={bend}", shrinkA=14, shrinkB=14,
+            lw=0.6 + 4.4 * abs(score) / top, color=cmap(norm(score)), alpha=0.85,
+            linestyle=STYLES.get(t.qkv or "", "-"), zorder=1))
+    used = sorted({t.qkv for _, t, _ in g.edges if t.qkv}, key="qkv".index)
+    if used:  # which input of a head an edge enters: its line style
+        from matplotlib.lines import Line2D
+
+        ax.legend([Line2D([], [], color="dimgray", ls=STYLES[q]) for q in used],
+                  [f"into a head's {q}" for q in used], loc="upper left",
+                  bbox_to_anchor=(1.0, 1.0), fontsize="x-small", frameon=False)
+    for c in comps:
+        fill = cmap(norm(g.scores[c.name])) if c.name in g.scores else (0.93, 0.93, 0.93, 1)
+        dark = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2] < 0.5
+        x, y = pos[c.name]
+        ax.text(x, y, c.label, ha="center", va="center", fontsize="small", zorder=2,
+                color="white" if dark else "black",
+                bbox=dict(boxstyle="round,pad=0.35", fc=fill, ec="black", lw=0.8))
+    ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
+    ax.set_ylim(-0.6, len(levels) - 0.4)
+    ax.set_axis_off()
+    ax.set_title(S.text(title), fontsize="medium")
+    fig.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.6,
+                 label=S.text(f"effect on {g.metric}"))
+    return fig
+
+
+def effect_colormap():
+    """RdBu without its palest middle: the smallest effect drawn is still visible."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    rdbu = colormaps["RdBu"]
+    return ListedColormap([rdbu(x) for x in np.r_[np.linspace(0, 0.32, 128),
+                                                    np.linspace(0.68, 1, 128)]])
+
+
+def circuit_title(name: str, g: CircuitGraph, total: int, info: dict[str, Any]) -> str:
+    """`circuit c: top 8 of the 16 nodes of heads, by |effect on ld|`."""
+    what = "edges" if g.kind == "edges" else "nodes"
+    table = str(info.get("title", "")).rsplit(" of ", 1)[-1] or "its table"
+    return f"circuit {name}: top {g.size} of the {total} {what} of table {table}, by |effect on " \
+        f"{g.metric}|"
+
+
+def plot_circuit(name: str, df: pd.DataFrame, info: dict[str, Any], out_dir: Path
+                 ) -> list[Path]:
+    """NAME_K.png for every size K > 0 of a circuit table (at most MAX_DRAWN edges)."""
+    metric = info.get("metric") or _first_measure(df)
+    cfg = info.get("graph") or {"n_layers": 0, "n_heads": 1}
+    written = []
+    for size in info.get("sizes", []):
+        if size <= 0:
+            continue
+        g = circuit_graph(df, size, metric, cfg["n_layers"], cfg["n_heads"])
+        path = Path(out_dir) / f"{name}_{size}.png"
+        if draw_graph(g, circuit_title(name, g, len(df), info), path):
+            written.append(path)
+    return written
+
+
+def _first_measure(df: pd.DataFrame) -> str:
+    skip = {"layer", "head", "pos", "site", "node", "sender", "receiver", "effect", "rank"}
+    return next(c for c in df.columns if c not in skip and not c.endswith("_se"))
+
+
+def curve_figure(name: str, df: pd.DataFrame, info: dict[str, Any]):
+    """Faithfulness against the fraction kept (see the module docstring)."""
+    fig = S.new_figure(6.0, 4.2)
+    ax = fig.subplots()
+    kind = "edges" if "edges" in df.columns else "nodes"
+    d = df.sort_values("fraction")
+    fracs = d["fraction"].astype(float)
+    positive = fracs[fracs > 0]
+    log = len(positive) > 1 and positive.max() / positive.min() >= 50
+    for col in [c for c in df.columns if c.startswith("faithfulness") and not c.endswith("_se")]:
+        suffix = col[len("faithfulness"):]
+        cpr, cmd = float(d["cpr" + suffix].iloc[0]), float(d["cmd" + suffix].iloc[0])
+        metric = suffix[1:] or info.get("metric", "")
+        label = f"{metric}: cpr {_fmt(cpr)}, cmd {_fmt(cmd)}".strip(": ")
+        pts = d[fracs > 0] if log else d
+        ax.plot(pts["fraction"], pts[col], marker="o", label=S.text(label))
+        for x, y, k in zip(pts["fraction"], pts[col], pts[kind]):
+            ax.annotate(str(int(k)), (x, y), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize="x-small")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.axhline(0.0, color="grey", lw=0.8, ls=":")
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(S.text(f"fraction of {kind} kept (numbers: {kind} kept)"))
+    ax.set_ylabel("faithfulness (0 = empty circuit, 1 = model)")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title(S.text(info.get("title") or f"evaluate ({name})"), fontsize="medium")
+    return fig
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v:.3f}"
+
+
+def plot_curve(name: str, df: pd.DataFrame, info: dict[str, Any], out_dir: Path
+               ) -> list[Path]:
+    """NAME.png: the faithfulness curve (a single size: no curve, the table says it)."""
+    if len(df) < 2:
+        return []
+    path = Path(out_dir) / f"{name}.png"
+    curve_figure(name, df, info).savefig(path, dpi=130, bbox_inches="tight", pad_inches=0.1)
+    return [path]

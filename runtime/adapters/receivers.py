@@ -1,0 +1,170 @@
+"""Receiver inputs: the residual stream as one component alone reads it (edges).
+
+A hook on `q.in`/`k.in`/`v.in` of head h (layer l), `mlp.in` (layer l) or `logits.in` sees the
+residual stream that component reads, [batch, pos, d_model], before its normalizer; what it
+returns reaches that component only:
+
+- `logits.in`: the final norm's input (only the unembedding reads it).
+- `mlp.in`: the input of the MLP's normalizer (ln2; ln1 where one norm feeds both, none in
+  post-norm-only blocks) is recorded; a pre-hook on the MLP replaces its input by
+  y + norm(x') - norm(x) (y: the MLP's own input; norm: the receiver's own normalizer, see
+  `_normed`). The block's own residual is untouched.
+- `q.in`/`k.in`/`v.in`: the attention normalizer's input x is recorded; the projection's output
+  columns of that head (its kv head for k/v) become out + P(norm(x')) - P(norm(x)), with
+  P the head's slice of the projection and norm the receiver's own normalizer: only this head
+  sees x', the other heads read the shared stream, and a write of x' = x changes nothing
+  (bit-exact). The gradient of the head's columns with respect to x' is the head's own.
+
+Grouped-query k/v: the hook of query head h acts on kv head h // (heads / kv_heads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from patchc.compiler.errors import RuntimeInterventionError
+from patchc.runtime.offload import param
+
+from . import taps
+from .taps import Cols, HookFn
+
+if TYPE_CHECKING:
+    from .base import Adapter
+
+KINDS = frozenset({"q.in", "k.in", "v.in", "mlp.in", "logits.in"})
+_busy: list[bool] = [False]  # set while a hook recomputes a norm: its recorders stand aside
+
+
+@contextlib.contextmanager
+def _recomputing() -> Iterator[None]:
+    _busy[0] = True
+    try:
+        yield
+    finally:
+        _busy[0] = False
+
+
+def _recorder(box: dict) -> Callable:
+    def pre(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not _busy[0]:
+            box["x"] = taps._first(args, kwargs)
+    return pre
+
+
+def _normed(ad: "Adapter", norm: nn.Module | None, x: Tensor) -> Tensor:
+    """norm(x) for one receiver alone: the module's own computation, without the hooks of
+    the shared normalizer (its input taps see the shared stream; its scale site, read or
+    written, is the shared stream's). Under RelP's rules its scale is detached (the LN rule)."""
+    if norm is None:
+        return x
+    with _recomputing():
+        out = norm.forward(x)
+    if not LN_RULE[0]:
+        return out
+    xf = x.float()
+    xc = xf - xf.mean(-1, keepdim=True) if ad.norm == "layernorm" else xf
+    scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + ad.norm_eps(norm))
+    delta = xc * (scale.detach() - scale)
+    w = ad.norm_weight(norm)
+    if w is not None:
+        delta = delta * w.float().to(delta.device)
+    return out + delta.to(out.dtype)
+
+
+LN_RULE: list[bool] = [False]  # RelP's rules are on (runtime/lrp.py sets it)
+
+
+@contextlib.contextmanager
+def ln_rule() -> Iterator[None]:
+    """Receivers' own normalizers divide by a detached scale while active (RelP)."""
+    LN_RULE[0] = True
+    try:
+        yield
+    finally:
+        LN_RULE[0] = False
+
+
+def install(ad: "Adapter", kind: str, layer: int | None, head: int | None, fn: HookFn,
+            what: str, add: Callable) -> None:
+    if kind == "logits.in":
+        add(taps.tap_input(ad.ln_final(), fn, what))
+        return
+    assert layer is not None
+    if kind == "mlp.in":
+        _install_mlp(ad, layer, fn, what, add)
+    else:
+        assert head is not None
+        _install_head(ad, kind[0], layer, head, fn, what, add)
+
+
+def _install_mlp(ad: "Adapter", layer: int, fn: HookFn, what: str, add: Callable) -> None:
+    if ad.flat_mlp or ad.s.mlp is None:
+        raise RuntimeInterventionError("E403", f"{ad.family}: the MLP is not one module, so "
+                                       "mlp.in receivers are not available")
+    norm = ad.ln2(layer) if ad.s.ln2 else None
+    mlp = ad.mlp(layer)
+    box: dict = {}
+    if norm is not None:
+        add(norm.register_forward_pre_hook(_recorder(box), with_kwargs=True))
+
+    def pre(_mod: nn.Module, args: tuple, kwargs: dict):
+        y = taps._first(args, kwargs)
+        x = box.pop("x", None) if norm is not None else y
+        if x is None:
+            return None
+        res = fn(x)
+        if res is None:
+            return None
+        x_new = taps.conform(res, x, what)
+        # y + (own norm of x' - own norm of x): rows whose input is unchanged keep y exactly,
+        # whatever hooks of the shared normalizer made it.
+        new = y + (_normed(ad, norm, x_new) - _normed(ad, norm, x)).to(y.dtype)
+        return taps._replace_first(args, kwargs, new)
+
+    add(mlp.register_forward_pre_hook(pre, with_kwargs=True))
+
+
+def _slice(proj: nn.Module, cols: Cols | None, y: Tensor) -> Tensor:
+    """The head's columns of the projection applied to y (P of the module docstring)."""
+    w = param(proj)
+    b = param(proj, "bias") if getattr(proj, "bias", None) is not None else None
+    w_io = w if type(proj).__name__ == "Conv1D" else w.T  # [in, out]
+    if cols is not None:
+        w_io = cols.read(w_io)
+        b = cols.read(b) if b is not None else None
+    out = y @ w_io.to(y.device, y.dtype)
+    return out + b.to(out.device, out.dtype) if b is not None else out
+
+
+def _install_head(ad: "Adapter", which: str, layer: int, head: int, fn: HookFn, what: str,
+                  add: Callable) -> None:
+    idx = head if which == "q" else ad.kv_head(head)
+    proj, cols = ad.qkv(layer, which, idx)
+    norm = ad.ln1(layer) if ad.s.ln1 else None
+    box: dict = {}
+    if norm is not None:
+        add(norm.register_forward_pre_hook(_recorder(box), with_kwargs=True))
+
+    def post(_mod: nn.Module, args: tuple, out):
+        y = taps._first(args, {})
+        x = box.get("x") if norm is not None else y
+        if x is None:
+            return None
+        res = fn(x)
+        if res is None:
+            return None
+        x_new = _normed(ad, norm, taps.conform(res, x, what)).to(y.dtype)
+        x_old = _normed(ad, norm, x).to(y.dtype)
+        o = taps._output_tensor(out)
+        old = o if cols is None else cols.read(o)
+        # old + (P(own norm of x') - P(own norm of x)): an unchanged row keeps its value
+        # exactly, whatever hooks of the shared normalizer made the projection's input.
+        new = old + (_slice(proj, cols, x_new) - _slice(proj, cols, x_old)).to(old.dtype)
+        full = new if cols is None else cols.write(o, new)
+        return taps._replace_output(out, full)
+
+    add(proj.register_forward_hook(post))

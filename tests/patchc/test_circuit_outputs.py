@@ -1,0 +1,111 @@
+"""What a circuit writes with --out: the ranked table, NAME_K.dot / NAME_K.json per size (the
+JSON in EAP-IG's graph layout), NAME_K.png drawings and the evaluation's curve; `patchc plot`
+redraws them and `patchc verify` reproduces them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+import patchc  # noqa: E402
+from patchc.circuit_graph import component, to_dot, circuit_graph  # noqa: E402
+from patchc.plot_circuit import layout_figure  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = f'''model "{ROOT}/examples/models/ioi-gpt2"
+data ioi = "{ROOT}/examples/data/ioi.jsonl"
+run clean = ioi.clean
+run corrupt = ioi.corrupt
+metric ld = logit(ioi.answer) - logit(ioi.distractor)
+swap L*.H*.z, L*.mlp.out from clean into corrupt  measure ld normalized  as nodes
+circuit c = top {{0, 3, 50%}} of nodes
+evaluate c in clean with ablate(corrupt)  measure ld  as ev
+'''
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("circ") / "out"
+    patchc.run(SPEC, threads=1).save(out, plots=True)
+    return out
+
+
+def test_files(folder: Path):
+    names = set(os.listdir(folder))
+    assert {"c.csv", "c_0.json", "c_3.json", "c_10.json", "c_3.dot", "c_10.dot", "c_3.png",
+            "c_10.png", "ev.csv", "ev.png"} <= names
+    assert "c_0.png" not in names and "c_0.dot" not in names  # nothing to draw
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert {"c_3.json", "c_3.dot", "c_3.png"} <= set(manifest["files"])
+
+
+def test_json_is_eap_ig_layout(folder: Path):
+    d = json.loads((folder / "c_3.json").read_text())
+    assert d["cfg"] == {"n_layers": 4, "n_heads": 4, "parallel_attn_mlp": False,
+                        "d_model": 128}
+    assert d["size"] == 3 and d["metric"] == "ld" and d["edges"] == {}
+    assert len(d["nodes"]) == 20  # 16 heads, 4 MLPs
+    assert set(d["nodes"]) == {f"a{i}.h{h}" for i in range(4) for h in range(4)} | \
+        {f"m{i}" for i in range(4)}
+    kept = [n for n, v in d["nodes"].items() if v["in_graph"]]
+    import pandas as pd
+
+    table = pd.read_csv(folder / "c.csv")
+    top3 = [component(s, 4, 4).name for s in table["node"][:3]]
+    assert sorted(kept) == sorted(top3)
+    assert d["nodes"][top3[0]]["score"] == pytest.approx(table["effect"][0])
+
+
+def test_plot_redraws_and_verify(folder: Path):
+    from patchc.outputs import redraw_plots
+    from patchc.verify import verify_dir
+
+    before = (folder / "c_3.dot").read_text()
+    drawn = {p.name for p in redraw_plots(folder)}
+    assert {"c_3.png", "c_10.png", "ev.png"} <= drawn
+    assert (folder / "c_3.dot").read_text() == before
+    report = verify_dir(folder)
+    assert report.ok, [c for c in report.checks if not c.ok]
+
+
+def test_edge_graph_drawing_and_dot():
+    """An edge circuit: components from both ends, q/k/v on edges into heads."""
+    import pandas as pd
+
+    df = pd.DataFrame({"sender": ["L0.H2.out", "embed", "L0.H3.out", "L1.mlp.out"],
+                       "receiver": ["L1.H0.k", "L0.H2.q", "logits", "logits"],
+                       "ld": [2.0, -1.0, 0.5, 0.1], "rank": [1, 2, 3, 4]})
+    g = circuit_graph(df, 3, "ld", 2, 4)
+    assert [(s.name, t.name, t.qkv) for s, t, _ in g.edges] == [
+        ("a0.h2", "a1.h0", "k"), ("input", "a0.h2", "q"), ("a0.h3", "logits", None)]
+    dot = to_dot(g, "t")
+    assert '"a0.h2" -> "a1.h0"' in dot and 'label="k"' in dot and "rankdir=BT" in dot
+    fig = layout_figure(g, "t")
+    assert fig.axes
+
+
+def test_graphviz_dot_draws_when_installed(tmp_path, monkeypatch):
+    """With `dot` on the PATH the PNG is graphviz's drawing of the DOT (a stand-in `dot`
+    here records what it was given)."""
+    import shutil
+
+    import pandas as pd
+
+    from patchc import plot_circuit
+
+    fake = tmp_path / "dot"
+    fake.write_text('#!/bin/sh\ncat > "$4.in"\nprintf PNG > "$4"\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(shutil, "which", lambda name: str(fake) if name == "dot" else None)
+    df = pd.DataFrame({"sender": ["embed"], "receiver": ["L0.H1.v"], "ld": [1.0],
+                       "effect": [-2.0], "rank": [1]})
+    g = circuit_graph(df, 1, "ld", 2, 4)
+    out = tmp_path / "c_1.png"
+    assert plot_circuit.draw_graph(g, "t", out)
+    assert out.read_text() == "PNG"
+    assert (tmp_path / "c_1.png.in").read_text() == to_dot(g, "t")
