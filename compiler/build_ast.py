@@ -138,10 +138,12 @@ class AstBuilder(ExprBuilder):
         return A.VectorDecl(items[0], items[1], span_of(meta))
 
     def sae_stmt(self, meta, items):
-        return A.DictDecl("sae", items[0], _string(items[1]), items[2], span_of(meta))
+        site = items[2] if len(items) > 2 else None
+        return A.DictDecl("sae", items[0], _string(items[1]), site, span_of(meta))
 
     def transcoder_stmt(self, meta, items):
-        return A.DictDecl("transcoder", items[0], _string(items[1]), items[2], span_of(meta))
+        site = items[2] if len(items) > 2 else None
+        return A.DictDecl("transcoder", items[0], _string(items[1]), site, span_of(meta))
 
     # -- interventions ---------------------------------------------------------------------
     def i_noise(self, meta, items):

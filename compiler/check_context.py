@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 
 from . import ast as A
 from .checked import DataTable, RunInfo
+from .dictionaries import DeclarationFailed
 from .errors import NO_SPAN, CheckError, PatchcError, Source, Span, Warning_
 from .modelspec import ModelSpec
 from .tokens import TokenizerLike
@@ -71,6 +72,8 @@ class Context:
         """Collect a CheckError raised inside (located at `span` if it has no location)."""
         try:
             yield
+        except DeclarationFailed:
+            pass  # reported at the dictionary's declaration
         except CheckError as e:
             if span is not None and e.span == NO_SPAN:
                 e = CheckError(e.code, e.message, span, self.source, e.hint)

@@ -21,6 +21,7 @@ from .check_context import Context
 from .check_sites import site_width
 from .dictionaries import DictInfo, dict_info, read_config, with_defaults
 from .errors import CheckError, ParseError, Span
+from .families import lookup
 from .ir import Site
 from .modelspec import ModelSpec
 from .sites import SITE_KINDS, TL_ALIASES, is_site_head, parse_site_path
@@ -39,9 +40,13 @@ def check_dictionaries(ctx: Context, decls: list[A.DictDecl],
         return
     found: list[DictInfo] = []
     for d in decls:
+        before = len(ctx.errors)
         with ctx.catch(d.span):
-            info = _check_one(ctx, d, ctx.model, found, (given or {}).get(d.name.value))
-            found.append(info)
+            found.append(_check_one(ctx, d, ctx.model, found, (given or {}).get(d.name.value)))
+        if len(ctx.errors) > before and not _site_like(d.name.value):
+            # Known by name (not a site's name), so that its sites raise no further errors.
+            found.append(DictInfo(d.name.value, d.kind, d.path, "", "", 0, 0, 0, Site("?"),
+                                  ok=False))
     if found:
         ctx.model = dataclasses.replace(ctx.model, dictionaries=tuple(found))
 
@@ -49,18 +54,21 @@ def check_dictionaries(ctx: Context, decls: list[A.DictDecl],
 def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictInfo],
                given: dict[str, Any] | None) -> DictInfo:
     name = d.name.value
-    if name in SITE_KINDS or is_site_head(name) or _INDEX_NAME.match(name) or \
-            name in {k.split(".")[0] for k in SITE_KINDS}:
+    if _site_like(name):
         raise CheckError("E386", f"`{name}` reads as a site of the model and cannot name a "
                          f"{d.kind}", d.name.span, hint=f"rename it, e.g. `{name.lower()}_sae`")
+    path = os.path.join(ctx.base_dir, os.path.expanduser(d.path))
+    span = _path_span(d)
+    if d.site is None:  # no `at`: the site cfg.json's hook_name names
+        cfg, weights = _config(path, span, given)
+        d = dataclasses.replace(d, site=_site_of_hook(d, cfg.get("hook_name"), span))
     host = _host(d, model)
-    taken = next((b for b in before if b.host == host), None)
+    assert d.site is not None
+    taken = next((b for b in before if b.ok and b.host == host), None)
     if taken is not None:
         raise CheckError("E385", f"{host} already has the {taken.kind} `{taken.name}` attached",
                          d.site.span, hint="attach one dictionary per site")
-    path = os.path.join(ctx.base_dir, os.path.expanduser(d.path))
-    span = _path_span(d)
-    cfg, weights = (with_defaults(given), "") if given is not None else read_config(path, span)
+    cfg, weights = _config(path, span, given)
     info = dict_info(name, d.kind, path, cfg, weights, host, span)
     if d.kind == "sae":
         width = site_width(model, host)
@@ -79,9 +87,50 @@ def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictI
     return info
 
 
+def _site_like(name: str) -> bool:
+    """Does a name read as a site of the model (`L1`, `embed`, `mlp`, `blocks`)?"""
+    return name in SITE_KINDS or is_site_head(name) or bool(_INDEX_NAME.match(name)) or \
+        name in {k.split(".")[0] for k in SITE_KINDS}
+
+
+def _config(path: str, span: Span, given: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """cfg.json and the weight file's name, or a given config (an SAELens object's)."""
+    return (with_defaults(given), "") if given is not None else read_config(path, span)
+
+
+def _site_of_hook(d: A.DictDecl, hook: Any, span: Span) -> A.SiteRef:
+    """The site a TransformerLens hook name stands for (`blocks.1.hook_resid_post` ->
+    L1.resid_post; a transcoder's `blocks.1.ln2.hook_normalized` -> L1.mlp), at `span`."""
+    ref = None
+    if isinstance(hook, str) and hook:
+        try:
+            parsed = parse_site_path(hook, span)
+        except ParseError:
+            parsed = None
+        if parsed is not None and d.kind == "transcoder" and isinstance(parsed.layer, A.Idx):
+            ref = A.SiteRef(hook, "mlp", parsed.layer, None, None, (), None, span)
+        elif parsed is not None and d.kind == "sae" and parsed.kind in SITE_KINDS:
+            ref = A.SiteRef(hook, parsed.kind, parsed.layer, parsed.head, None, (), None, span)
+    if ref is None:
+        what = f"its hook_name {hook!r} is not a site patchc knows" if hook else \
+            "its cfg.json names no hook_name"
+        raise CheckError("E385", f"{d.kind} `{d.name.value}` needs `at SITE`: {what}", span,
+                         hint=f"write {d.kind} {d.name.value} = \"{d.path}\" at "
+                         + ("Ll.mlp" if d.kind == "transcoder" else "SITE"))
+    return _spanned(ref, span)
+
+
+def _spanned(ref: A.SiteRef, span: Span) -> A.SiteRef:
+    """`ref` with every index at `span` (errors about it then point at the path)."""
+    def at(idx):
+        return dataclasses.replace(idx, span=span) if idx is not None else None
+    return dataclasses.replace(ref, layer=at(ref.layer), head=at(ref.head))
+
+
 def _host(d: A.DictDecl, model: ModelSpec) -> Site:
     """The one concrete site a declaration attaches to (E385 otherwise)."""
     ref = d.site
+    assert ref is not None
     if ref.features is not None or ref.subspace or ref.pos is not None:
         raise CheckError("E385", f"a {d.kind} attaches to a whole site, without [...] or @",
                          ref.span, hint="select latents later: NAME[i], NAME[a:b], NAME @ POS")
@@ -89,6 +138,11 @@ def _host(d: A.DictDecl, model: ModelSpec) -> Site:
         if ref.kind != "mlp" or not isinstance(ref.layer, A.Idx) or ref.head is not None:
             raise CheckError("E385", f"a transcoder attaches at one layer's MLP, Ll.mlp; got "
                              f"{ref.text}", ref.span, hint="e.g. transcoder t = \"PATH\" at L0.mlp")
+        family = lookup(model.family)
+        if family is not None and family.flat_mlp:
+            raise CheckError("E385", f"{model.family}'s MLP is not a module of its own, so a "
+                             "transcoder cannot read its input", ref.span,
+                             hint="attach an SAE to Ll.mlp.out instead")
         out = resolve.expand_site(dataclasses.replace(ref, kind="mlp.out"), model)
         return out[0].sites[0]
     if ref.kind in NOT_HOSTS:
@@ -113,7 +167,7 @@ def _path_span(d: A.DictDecl) -> Span:
 def _warn_hook(ctx: Context, d: A.DictDecl, info: DictInfo) -> None:
     """W381: cfg.json's hook_name (a TransformerLens hook) names another site than `at`."""
     hook = info.hook_name
-    if not hook:
+    if not hook or d.site is None or d.site.text == hook:
         return
     try:
         parsed = parse_site_path(hook, d.site.span)

@@ -15,7 +15,7 @@ from . import ast as A
 from . import resolve
 from .check_context import Context
 from .checked import RunInfo
-from .dictionaries import dict_width, is_dict_kind, kind_text
+from .dictionaries import dict_width, is_dict_kind, kind_text, split_kind
 from .errors import CheckError, Span
 from .ir import Positions, Site
 from .modelspec import ModelSpec
@@ -272,6 +272,9 @@ def warn_shared_kv(ctx: Context, item: A.SiteItem, matches: list[Match]) -> None
         return
     for m in matches:
         for site in m.sites:
+            if is_dict_kind(site.kind):  # a dictionary's latents write its host site
+                info = model.dictionary(split_kind(site.kind)[0])
+                site = info.host if info is not None and info.ok else site
             if site.kind in ("k", "v") and site.head is not None:
                 kv = model.kv_head(site.head)
                 shared = [h for h in range(model.n_heads) if model.kv_head(h) == kv]

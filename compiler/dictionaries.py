@@ -33,6 +33,11 @@ TRANSCODER_ARCHITECTURES = ("transcoder", "skip_transcoder", "jumprelu_transcode
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 
 
+class DeclarationFailed(CheckError):
+    """A site of a dictionary whose declaration failed: its error is reported there, so
+    Context.catch drops this one (no cascade of unknown-site errors)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DictInfo:
     """One declared dictionary: where it is, what it computes, where it attaches.
@@ -56,6 +61,7 @@ class DictInfo:
     k: int = 0  # topk
     rescale_acts_by_decoder_norm: bool = False  # topk
     hook_name: str | None = None  # the SAELens/TransformerLens hook it was trained on
+    ok: bool = True  # False: its declaration failed (its name is known, nothing else)
 
     @property
     def reads_mlp_input(self) -> bool:

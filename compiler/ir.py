@@ -139,10 +139,8 @@ class Forward:
     group: int | None = None  # batch: forwards stacked along the batch dimension
     logit_positions: tuple[Positions, ...] | None = None  # trim_logits: None = all positions
     logit_tokens: bool = False  # trim_logits: only the token ids the metrics name
-    # A sparse latent sweep (compiler/lower_latents.py): this forward equals `same_as` (the
-    # target run's base forward) when every dictionary latent its own writes touch is zero
-    # in every `sparse` Read (the latents of both runs at the written positions); the plan
-    # interpreter then skips it. The naive interpreter ignores both fields.
+    # Sparse latent sweeps (lower_latents.py): equal to `same_as` when the latents its writes
+    # touch are zero in every `sparse` Read; the plan interpreter then skips it.
     sparse: tuple[str, ...] = ()
     same_as: str | None = None
 
@@ -175,6 +173,8 @@ class Write:
       noise      a_B := a_B + N(0, std^2), std = scale * (input[0] if given, else 1), drawn
                  with `seed` (the same draws in every Forward the Write feeds)
       freeze_ln  the normalizer whose scale is `site` uses input[0] (run A's cached scale)
+
+    A Read of the whole site feeding a write on a feature slice gives that slice (latents).
 
     Subspaces (`SITE [v, w]`): a mode takes its operands first (replace/mean/resample/add: 1;
     zero/mul: 0; project: 1; remove: 0); any further inputs are Vectors spanning a subspace,

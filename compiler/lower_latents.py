@@ -1,5 +1,6 @@
-"""Sparse latent sweeps: which experiment forwards of a `swap`/`ablate`/`scale`/`trace` on
-dictionary latents can be skipped at run time, and what stands in for them.
+"""Sparse latent sweeps: which experiment forwards of a `swap`/`ablate`/`scale`/`trace` (and
+the exact swaps of a `compare`) on dictionary latents can be skipped at run time, and what
+stands in for them.
 
 A write on latents that are zero in the target run and zero in what it writes changes
 nothing: it replaces 0 by 0 (swap, trace, mean or resample of an all-zero source), zeroes a
@@ -54,3 +55,13 @@ def sparse_of(lw: Lowerer, target: str, source: str | None, targets: tuple[Targe
         whole = Site(t.site.kind, t.site.layer, t.site.head)
         reads += [lw.read(f, whole, t.pos) for f in runs]
     return tuple(dict.fromkeys(reads)), runs[0]
+
+
+def source_read(lw: Lowerer, forward: str, t: Target) -> str:
+    """The Read a write at `t` takes its value from, in `forward`: for latents, the Read of
+    the whole latent vector at those positions (the one a sweep's `sparse` Reads share; the
+    runtime cuts it to the written latents), so a sweep over d_sae latents adds no Read per
+    latent; for any other site, the site itself."""
+    if is_latent(t.site) and t.site.features is not None and not t.subspace:
+        return lw.read(forward, Site(t.site.kind, t.site.layer, t.site.head), t.pos)
+    return lw.read(forward, t.site, t.pos)

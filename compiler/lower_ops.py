@@ -19,7 +19,7 @@ from .lowerer import Exp, Key, Lowerer, Target, check_where, keep
 from .edges import has_edges
 from .lower_edges import edge_rows, lower_edge_op
 from .lower_exprs import split_sweep
-from .lower_latents import sparse_of
+from .lower_latents import source_read, sparse_of
 from .lower_observe import op_lens, op_measure, op_read
 from .modelspec import ModelSpec
 
@@ -42,7 +42,7 @@ def _ablation(lw: Lowerer, t: Target, how: A.Ablation) -> str:
     if how.kind == "zero":
         return lw.write(t, "zero")
     assert how.run is not None
-    r = lw.read(lw.base(how.run), t.site, t.pos)
+    r = source_read(lw, lw.base(how.run), t)
     if how.kind == "mean":
         return lw.write(t, "mean", (r,))
     return lw.write(t, "resample", (r,), seed=lw.options.seed)
@@ -183,7 +183,7 @@ def _op_swap(lw: Lowerer, op: A.Swap | A.Trace) -> None:
     src = lw.base(source)
     rows = []
     for e in _exps(lw, op, target):
-        ws = [lw.write(t, "replace", (lw.read(src, t.site, t.pos),)) for t in e.targets]
+        ws = [lw.write(t, "replace", (source_read(lw, src, t),)) for t in e.targets]
         sparse = sparse_of(lw, target, source, e.targets, "replace")
         rows.append(lw.row(e.key, lw.forward(target, ws, sparse), op, target, source))
     lw.table(op, rows)
@@ -298,8 +298,8 @@ def _op_compare(lw: Lowerer, op: A.Compare) -> None:
     measures = lw.measures(op)
     pairs, rows = [], {}
     for i, e in enumerate(exps):
-        ws = [lw.write(t, "replace", (lw.read(src, t.site, t.pos),)) for t in e.targets]
-        f = lw.forward(target, ws)
+        ws = [lw.write(t, "replace", (source_read(lw, src, t),)) for t in e.targets]
+        f = lw.forward(target, ws, sparse_of(lw, target, source, e.targets, "replace"))
         for col, m in measures:
             exact = lw.metric(f, target, m.expr)
             norm = lw.norm_refs(m, target, source) if m.normalized else None

@@ -291,7 +291,8 @@ def _declaration(s: A.Statement) -> str:
     if isinstance(s, A.MetricDecl):
         return f"metric {s.name.value} = {mexpr(s.expr)}{_at(s.pos)}"
     if isinstance(s, A.DictDecl):
-        return f"{s.kind} {s.name.value} = {string(s.path)} at {site(s.site)}"
+        at = f" at {site(s.site)}" if s.site is not None else ""
+        return f"{s.kind} {s.name.value} = {string(s.path)}{at}"
     if isinstance(s, A.CircuitDecl):
         sizes = ", ".join(circuit_size(k) for k in s.sizes)
         sizes = "{" + sizes + "}" if s.is_list else sizes

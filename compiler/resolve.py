@@ -14,7 +14,7 @@ from . import ast as A
 from .errors import CheckError, Span
 from .ir import Positions, Site
 from .modelspec import ModelSpec
-from .dictionaries import err_kind, latent_kind
+from .dictionaries import DeclarationFailed, err_kind, latent_kind
 from .sites import SITE_KINDS
 
 # Default result column of an unnamed pattern, per axis (docs/language.md §5).
@@ -129,6 +129,8 @@ def _latent_sites(ref: A.SiteRef, model: ModelSpec) -> list[Match] | None:
     info = model.dictionary(name)
     if info is None:
         return None
+    if not info.ok:
+        raise DeclarationFailed("E381", f"{name} was not attached", ref.span)
     if ref.layer is not None or ref.head is not None:
         raise CheckError("E387", f"{ref.text}: a dictionary's latents take no layer or head "
                          "index", ref.span, hint=f"write {name}[i] or {name}.err")

@@ -149,6 +149,10 @@ def _report(results, args: argparse.Namespace, lock=None) -> None:
 
         for col, b in results.baselines(name).items():
             print(f"   {col} normalized: {baseline_label(b)}")
+    plan = results.manifest.get("plan", {})
+    if "sparse_skipped" in plan:  # latent sweeps (runtime/sparse.py)
+        print(f"sparse latent sweeps: {plan['sparse_skipped']} experiments on inactive latents "
+              f"cost no forward; the active ones took {plan['sparse_passes']} pass(es)")
     if args.out:
         from patchc.outputs import save_result
 

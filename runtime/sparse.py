@@ -60,6 +60,8 @@ class Sparse:
             yield step
             return
         self.planned += 1
+        if all(m in self.done for m in step.members):
+            return  # run (or skipped) with an earlier step's pass
         later = self.steps[self.order.get(id(step), len(self.steps)):]
         group = [s for s in later if s is step or self._joins(step, s)]
         size = max(len(s.members) for s in group)

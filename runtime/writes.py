@@ -12,6 +12,7 @@ feature slice then cuts the last axis, the keys).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -114,7 +115,10 @@ def _repeat(t: torch.Tensor, n: int) -> torch.Tensor:
 def make_writer(write: Write, batch: Batch, columns, inputs: list, seed: int
                 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The hook that applies `write` in a forward over `batch`. `inputs` are the values of
-    write.inputs: ReadValues, vectors [d] or std scalars."""
+    write.inputs: ReadValues, vectors [d] or std scalars. A ReadValue of the whole site
+    feeding a write on a feature slice is cut to that slice (one Read of a dictionary's
+    latents serves a sweep over them: compiler/lower_latents.py)."""
+    inputs = [_cut(v, write.site) for v in inputs]
     idx = position_index(batch, write.pos, columns)
     valid = position_valid(batch, write.pos)
     slots = slot_mask(batch, write.pos, columns)
@@ -148,6 +152,17 @@ def make_writer(write: Write, batch: Batch, columns, inputs: list, seed: int
         return out
 
     return fn
+
+
+def _cut(value, site: Site):
+    """A ReadValue wider than `site`'s feature slice, cut to it (else `value` as it is)."""
+    if not isinstance(value, ReadValue) or site.features is None or value.value.dim() < 3:
+        return value  # (a std statistic is a scalar)
+    lo, hi = site.features
+    width = value.value.shape[-1]
+    if width == hi - lo or width < hi:
+        return value
+    return dataclasses.replace(value, value=value.value[..., lo:hi])
 
 
 def _new_value(write: Write, mode: str, cur: torch.Tensor, inputs: list, batch: Batch,

@@ -43,6 +43,12 @@ def models() -> Models:
     _folder(root, "gated", {"architecture": "gated", "d_in": 64, "d_sae": 32})
     _folder(root, "tc", {"architecture": "transcoder", "d_in": 64, "d_out": 64, "d_sae": 96,
                          "apply_b_dec_to_input": False})
+    _folder(root, "tc_hook", {"architecture": "transcoder", "d_in": 64, "d_out": 64,
+                              "d_sae": 32, "hook_name": "blocks.2.ln2.hook_normalized"})
+    _folder(root, "tc_far", {"architecture": "transcoder", "d_in": 64, "d_out": 64,
+                             "d_sae": 32, "hook_name": "blocks.7.ln2.hook_normalized"})
+    _folder(root, "z_hook", {"architecture": "standard", "d_in": 64, "d_sae": 32,
+                             "metadata": {"hook_name": "blocks.0.attn.hook_z"}})
     _folder(root, "noweights", {"architecture": "standard", "d_in": 64, "d_sae": 8}, "")
     _folder(root, "badnorm", {"architecture": "standard", "d_in": 64, "d_sae": 8,
                               "normalize_activations": "whiten"})
@@ -108,6 +114,9 @@ CASES = [  # id, body, code, line, col, message fragment
      'sae s2 = "saes/topk64" at L1.resid_post', "E385", 7, 27, "already has the sae `s1`"),
     ("duplicate_name", 'sae ioi = "saes/relu64" at L1.resid_post', "E308", 6, 5,
      "already declared"),
+    ("no_at_no_hook", 'sae s1 = "saes/topk64"', "E385", 6, 10, "needs `at SITE`"),
+    ("hook_out_of_range", 'sae s1 = "saes/relu64"\nsae s2 = "saes/legacy"\n'
+     'transcoder t = "saes/tc_far"', "E201", 8, 16, "got L7"),
 ]
 
 
@@ -136,8 +145,10 @@ def test_latents_resolve_and_lower(models):
     assert [r.key for r in feats.rows[:2]] == [(("feature", 0),), (("feature", 1),)]
     writes = {str(w.site) for _, w in ir.of_type(Write)}
     assert {"s1[0]", "s1[127]", "s1[3:7]", "s1.err"} <= writes
-    reads = {r.site for _, r in ir.of_type(Read)}
-    assert Site("dict:s1", 1, features=(5, 6)) in reads  # the host's layer: L1
+    # One Read of the whole latent vector per (run, positions) serves the sweep: no Read per
+    # latent (the runtime cuts it to each write's latent). Sites carry the host's layer, L1.
+    reads = [r for _, r in ir.of_type(Read) if r.site.kind == "dict:s1"]
+    assert {r.site for r in reads} == {Site("dict:s1", 1)} and len(reads) == 4
     forwards = dict(ir.of_type(Forward))
     assert len(forwards) >= 129
     # The sweep's forwards are gated on the whole latents of both runs at `last`, and stand
@@ -185,3 +196,40 @@ def test_printer_round_trip(models):
     assert 'transcoder t = "saes/tc" at L1.mlp' in again
     assert "s1[*] @ last, s1[2:4], s1.err @ {1, 2}" in again
     assert format_spec(parse(again, "case.patch", models.spec_dir())) == again
+
+
+def test_site_from_hook_name(models):
+    """Without `at`, the site is the one cfg.json's TransformerLens hook_name names."""
+    checked = _check(models, 'sae s1 = "saes/relu64"\nsae zs = "saes/z_hook"\n'
+                     'sae m = "saes/legacy"\ntranscoder t = "saes/tc_hook"\n'
+                     "swap s1[0], zs[1], m[2], t[3] from clean into corrupt  measure ld\n")
+    hosts = {d.name: d.host for d in checked.model.dictionaries}
+    assert hosts == {"s1": Site("resid_post", 1), "zs": Site("attn.z", 0),
+                     "m": Site("mlp.out", 0), "t": Site("mlp.out", 2)}
+    assert not checked.warnings
+    text = 'sae s1 = "saes/relu64"\n'
+    assert format_spec(parse(text, "x.patch", models.spec_dir())).endswith(text)
+
+
+def test_no_cascade_after_a_failed_declaration(models):
+    """A dictionary whose declaration failed reports once: its latents in later statements
+    raise nothing more."""
+    errors = _errors(models, 'sae s1 = "saes/narrow" at L1.resid_post\n'
+                     "swap s1[*] @ last from clean into corrupt  measure ld\n"
+                     "read s1, s1.err in clean\n"
+                     "swap embed from clean into corrupt  measure ld\n")
+    assert [e.code for e in errors] == ["E384"], [e.render() for e in errors]
+
+
+def test_latents_of_a_shared_kv_head_warn(models):
+    """On a grouped-query model, writing latents of an SAE at a query head's k writes the kv
+    head other query heads share (W302, as for the site itself)."""
+    _folder(models.root, "k16", {"architecture": "standard", "d_in": 8, "d_sae": 16})
+    spec = parse('model "llama"\ndata ioi = "data/ioi.jsonl"\nrun clean = ioi.clean\n'
+                 'run corrupt = ioi.corrupt\nmetric ld = logit(ioi.answer) - '
+                 'logit(ioi.distractor)\nsae sk = "saes/k16" at L0.H1.k\n'
+                 "swap sk[*] @ last from clean into corrupt  measure ld\n"
+                 "read sk in clean\n", "case.patch", models.spec_dir())
+    checked = check(spec)
+    assert [w.code for w in checked.warnings] == ["W302"]
+    assert checked.warnings[0].span.line == 7

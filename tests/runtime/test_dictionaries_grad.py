@@ -137,3 +137,19 @@ def test_ig_on_latents_equals_hand(gpt2: Fam, tmp_path):
     want = ld_b + (f_a - f_b)[:, p, i] * total
     torch.testing.assert_close(per_example(res, "ig", "ld", feature=i), want, atol=ATOL,
                                rtol=0)
+
+
+@pytest.mark.parametrize("method", ["atp", "relp"])
+def test_attaching_leaves_other_gradients_unchanged(gpt2: Fam, tmp_path, method):
+    """An attribution of latents shares its backward with one of upstream sites
+    (fuse_attribution); the upstream sites' estimates are those of a run without the
+    dictionary, to the bit (the gradient upstream is the model's own, as Marks et al.'s
+    straight-through error term gives)."""
+    save_sae(tmp_path / "s1", D, 24, "topk", k=4)
+    upstream = f"attribute L0.mlp.out @ each from clean into corrupt using {method}  " \
+               "measure ld  as up\n"
+    alone = gpt2.run(HEAD + upstream)["up"]
+    fused = gpt2.run(HEAD + f'sae s1 = "{tmp_path / "s1"}" at L1.resid_post\n' + upstream +
+                     f"attribute s1[*] @ each from clean into corrupt using {method}  "
+                     "measure ld  as feats\n")["up"]
+    assert alone["ld"].tolist() == fused["ld"].tolist()
