@@ -15,7 +15,7 @@ from .limits import MAX_IG_STEPS
 
 # Estimators of edges: method -> {argument: the value it takes}.
 EDGE_METHODS: dict[str, dict[str, str]] = {"eap": {}, "eap_ig": {"steps": "int>=1"},
-                                           "relp": {}}
+                                           "relp": {"ah": "bool"}}
 
 
 def check_edge_sites(ctx: Context, op: A.Operation, target: RunInfo | None
@@ -60,7 +60,7 @@ def check_edge_sites(ctx: Context, op: A.Operation, target: RunInfo | None
 
 
 def check_edge_method(ctx: Context, method: A.Method) -> None:
-    """An edge estimator: eap, eap_ig(steps=INT), relp."""
+    """An edge estimator: eap, eap_ig(steps=INT), relp, relp(ah=BOOL)."""
     spec = EDGE_METHODS.get(method.name)
     if spec is None:
         hint = did_you_mean(method.name, EDGE_METHODS) or \
@@ -74,6 +74,10 @@ def check_edge_method(ctx: Context, method: A.Method) -> None:
                       hint=f"{method.name} takes {takes}")
             continue
         v = kw.value
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_IG_STEPS:
+        if spec[kw.name] == "bool":
+            if not isinstance(v, bool):
+                ctx.error("E335", f"{method.name}({kw.name}=...) must be true or false; got "
+                          f"{str(v)[:40]}", kw.span)
+        elif isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_IG_STEPS:
             ctx.error("E335", f"{method.name}({kw.name}=...) must be an integer from 1 to "
                       f"{MAX_IG_STEPS}; got {str(v)[:40]}", kw.span)

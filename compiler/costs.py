@@ -117,6 +117,7 @@ class ForwardShape:
     logit_positions: int | None = None  # None: every computed position
     vocab: int | None = None  # unembedding rows computed (None: the whole vocabulary)
     cache: bool = False  # keeps a key/value cache (a twin others narrow from, or narrowed)
+    live: int | None = None  # dead_positions: the last block's MLP runs at this many positions
 
 
 def layer_flops(model: ModelSpec, positions: int, keys_total: float) -> float:
@@ -133,6 +134,9 @@ def forward_flops(model: ModelSpec, f: ForwardShape) -> float:
     keys = sum(q + 1 for q in range(f.p0, f.width))  # causal: query q sees q + 1 keys
     layers = model.n_layers - f.start_layer
     per_row = layers * layer_flops(model, positions, keys)
+    if f.live is not None and f.live < positions:  # the last MLP skips dead positions
+        per_row -= (positions - f.live) * 2 * model.d_model * model.d_mlp * \
+            (3 if model.gated_mlp else 2)
     logit_pos = positions if f.logit_positions is None else f.logit_positions
     per_row += 2 * model.d_model * (f.vocab or model.vocab_size) * logit_pos
     return f.rows * per_row
@@ -171,6 +175,7 @@ class GraphSizes:
     def __init__(self, ir: IRGraph, model: ModelSpec, runs: dict[str, RunShape],
                  dtype_bytes: int, naive: bool) -> None:
         self.ir, self.model, self.runs, self.b, self.naive = ir, model, runs, dtype_bytes, naive
+        self._bytes: dict[str, int] = {}  # value(): the schedule asks for each value often
 
     def fwd(self, fid: str) -> Forward:
         return self.ir.node(fid)  # type: ignore[return-value]
@@ -191,6 +196,12 @@ class GraphSizes:
 
     def value(self, vid: str) -> int:
         """Bytes of a cached value: a Read, a forward's logits, a vector, a cache."""
+        got = self._bytes.get(vid)
+        if got is None:
+            got = self._bytes[vid] = self._value(vid)
+        return got
+
+    def _value(self, vid: str) -> int:
         if vid.startswith("kv:"):
             fid = vid[3:]
             return kv_bytes(self.model, self.rows(fid), self.runs[self.fwd(fid).run].width,
@@ -232,12 +243,15 @@ class GraphSizes:
         f = self.fwd(fid)
         vocab = [self.vocab(m) for m in members]
         logits = [self.logit_positions(m) for m in members]
+        live = [self.fwd(m).live_from for m in members]
+        dead = not self.naive and not self.model.n_experts and None not in logits and \
+            all(x is not None and x < self.model.n_layers for x in live)
         return ForwardShape(
             rows=sum(self.rows(m) for m in members), width=self.runs[f.run].width, p0=p0,
             start_layer=0 if self.naive else f.start_layer,
             logit_positions=None if None in logits else max(logits),  # type: ignore[type-var]
             vocab=None if None in vocab else sum(vocab),  # type: ignore[arg-type]
-            cache=p0 > 0)
+            cache=p0 > 0, live=max(logits) if dead else None)  # type: ignore[type-var]
 
     def full_flops(self, fid: str) -> float:
         f = self.fwd(fid)

@@ -154,6 +154,9 @@ def _node_line(nid: str, node: Any) -> str:
     if isinstance(node, Write):
         extra = f" scale={printer.num(node.scale)}" if node.scale != 1.0 else ""
         extra += f" seed={node.seed}" if node.seed is not None else ""
+        if node.senders:  # an edge write: its senders, the live ones starred
+            extra += " from " + ", ".join(f"{s}{'*' if i in node.live else ''}"
+                                          for i, s in enumerate(node.senders))
         extra += (f" unless rows {','.join(map(str, node.rows))} in top {node.top} of "
                   f"{node.gate}" if node.gate else "")
         return f"{nid} = {node.mode} {node.site} @ {node.pos}{_deps(node.inputs)}{extra}"

@@ -171,6 +171,8 @@ def optimizer_fields(ir: IRGraph) -> list[str]:
         if f.logit_positions is not None:
             pos = ", ".join(str(p) for p in f.logit_positions) or "none"
             parts.append(f"logits @ {pos}" + (" tokens" if f.logit_tokens else ""))
+        if f.live_from is not None:
+            parts.append(f"live from L{f.live_from}")
         if parts:
             out.append(f"{nid}: " + ", ".join(parts))
     return out

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import ast as A
-from .errors import CheckError, Span
+from .errors import CheckError
 from .ir import Site
 from .modelspec import ModelSpec
 from .resolve import expand_site
@@ -28,7 +28,6 @@ SENDER_KINDS = ("embed", "out", "attn.out", "mlp.out")
 RECEIVER_KINDS = ("q", "k", "v", "mlp.in", "logits")
 # receiver kind as written -> the IR site kind of its input
 INPUT_KIND = {"q": "q.in", "k": "k.in", "v": "v.in", "mlp.in": "mlp.in", "logits": "logits.in"}
-INPUT_KINDS = frozenset(INPUT_KIND.values())
 _WRITTEN = {v: k for k, v in INPUT_KIND.items()}
 
 
@@ -79,10 +78,12 @@ def _place(site: Site, model: ModelSpec) -> tuple[int, int]:
 
 def feeds(sender: Site, receiver: Site, model: ModelSpec) -> bool:
     """Is the sender's output part of the receiver's input?"""
-    s, r = _place(sender, model), _place(receiver, model)
-    if model.parallel_attn and s[0] == r[0] and s != r:
-        return False  # a parallel block's attention and MLP read the same stream
-    return s < r
+    return _feeds(_place(sender, model), _place(receiver, model), model.parallel_attn)
+
+
+def _feeds(s: tuple[int, int], r: tuple[int, int], parallel: bool) -> bool:
+    # A parallel block's attention and MLP read the same stream: neither feeds the other.
+    return s < r and not (parallel and s[0] == r[0])
 
 
 def affects(receiver: Site, sender: Site, model: ModelSpec) -> bool:
@@ -123,7 +124,8 @@ def receivers(end: A.EdgeEnd, model: ModelSpec) -> list[tuple[Site, tuple]]:
         for layer in range(model.n_layers):
             for kind in ("q", "k", "v"):
                 out += [(s, ()) for s in _heads(kind, layer, range(model.n_heads), model)]
-            out.append((Site("mlp.in", layer), ()))
+            if model.missing("mlp.in") is None:
+                out.append((Site("mlp.in", layer), ()))
         return out + [(Site("logits.in", model.n_layers), ())]
     if end.kind not in RECEIVER_KINDS:
         raise CheckError("E390", f"{end.text} is not an edge receiver", end.span,
@@ -172,18 +174,20 @@ def expand_edge(edge: A.Edge, model: ModelSpec) -> list[EdgeMatch]:
     written without patterns that does not exist is an error (E382); a pattern that matches
     no edge is one too (E383)."""
     ss, rs = senders(edge.sender, model), receivers(edge.receiver, model)
+    # Each end's place and text once (`* -> *` pairs every sender with every receiver).
+    rplaced = [(r, rc, _place(r, model), ("receiver", receiver_text(r))) for r, rc in rs]
     out = []
     for s, sc in ss:
-        for r, rc in rs:
+        sp, stext = _place(s, model), ("sender", sender_text(s))
+        for r, rc, rp, rtext in rplaced:
+            if not _feeds(sp, rp, model.parallel_attn):
+                continue
             caps = dict(sc)
-            if any(caps.get(c, v) != v for c, v in rc):
-                continue
-            if not feeds(s, r, model):
-                continue
-            caps.update(rc)
-            key = (("sender", sender_text(s)), ("receiver", receiver_text(r))) + \
-                tuple(caps.items())
-            out.append(EdgeMatch((EdgeRef(s, r),), key))
+            if rc:
+                if any(caps.get(c, v) != v for c, v in rc):
+                    continue
+                caps.update(rc)
+            out.append(EdgeMatch((EdgeRef(s, r),), (stext, rtext) + tuple(caps.items())))
     if not out:
         if _is_single(edge.sender) and _is_single(edge.receiver):
             s, r = ss[0][0], rs[0][0]
@@ -212,6 +216,15 @@ def expand_edge_item(item: A.Edge | A.EdgeGroup, model: ModelSpec) -> list[EdgeM
     return [EdgeMatch(tuple(dict.fromkeys(edges)), ())]
 
 
+def start_site(layer: int, own_writes) -> Site:
+    """The site whose value enters block `layer` (share_prefix's start state): `resid_pre`,
+    or, for a forward whose first own write is into the logits (after the last block), the
+    final residual stream `logits.in`."""
+    if any(getattr(w, "site", None) == Site("logits.in", layer) for w in own_writes):
+        return Site("logits.in", layer)
+    return Site("resid_pre", layer)
+
+
 def has_edges(items: tuple[A.SiteItem, ...]) -> bool:
     return any(isinstance(i, (A.Edge, A.EdgeGroup)) for i in items)
 
@@ -232,6 +245,3 @@ def end_captures(item: A.Edge | A.EdgeGroup) -> list[A.Capture]:
                 out += [i for i in (end.layer, end.head) if isinstance(i, A.Capture)]
     return out
 
-
-def item_span(item: A.Edge | A.EdgeGroup) -> Span:
-    return item.span

@@ -64,6 +64,7 @@ class Family:
     moe_names: tuple[str, str] = ("num_local_experts", "intermediate_size")  # count, width
     shared_expert: bool = False
     unavailable: tuple[tuple[str, str], ...] = ()  # site kind -> why the model lacks it
+    mlp_on_block: bool = False  # the MLP's layers sit on the block (no mlp.in receiver)
     note: str = ""
 
     def names_for(self, what: str) -> tuple[str, ...]:
@@ -84,6 +85,8 @@ class Family:
             out.setdefault("shared.out", "the model has no shared expert")
         if self.single_norm:
             out.setdefault(*SINGLE_NORM)
+        if self.flat_mlp or self.mlp_on_block:  # an edge receiver needs the MLP as one module
+            out.setdefault("mlp.in", "the MLP's layers sit on the block, not in one module")
         return out
 
 
@@ -155,8 +158,8 @@ FAMILIES: dict[str, Family] = {
                   note="parallel block, partial rotary"),
     "opt": Family(**_LN, **_PLAIN, positional="learned", flat_mlp=True,
                   names=(("d_mlp", ("ffn_dim",)),), note="MLP on the block, [batch*pos, d]"),
-    "biogpt": Family(**_LN, **_PLAIN, positional="learned"),
-    "xglm": Family(**_LN, **_PLAIN, positional="sinusoidal",
+    "biogpt": Family(**_LN, **_PLAIN, positional="learned", mlp_on_block=True),
+    "xglm": Family(**_LN, **_PLAIN, positional="sinusoidal", mlp_on_block=True,
                    names=(("d_mlp", ("ffn_dim",)), ("n_heads", ("attention_heads",)),
                           ("n_layers", ("num_layers",))), unavailable=_no_pattern("XGLMAttention")),
     # -- ALiBi and multi-query ------------------------------------------------------------

@@ -38,6 +38,9 @@ of the unoptimized graph, so the naive interpreter can still run an optimized gr
   - `Forward.logit_positions` / `Forward.logit_tokens`: unembed only at these positions (None:
     every position; (): none at all), and when logit_tokens, only the token ids the metrics
     name (all metrics on the forward are `logit(...)` arithmetic).
+  - `Forward.live_from`: dead_positions: the forward's own reads and writes all lie below this
+    layer, so at the top of the model only `logit_positions` are live: the runtime computes
+    the last block's MLP at those positions only (None: every position everywhere).
   - verify() checks that `start` is a Read of `twin` and that a twin is a plain forward.
 """
 
@@ -143,6 +146,7 @@ class Forward:
     # touch are zero in every `sparse` Read; the plan interpreter then skips it.
     sparse: tuple[str, ...] = ()
     same_as: str | None = None
+    live_from: int | None = None  # dead_positions: no own read or write from this layer on
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,8 @@ component of the table patched from A (or A's mean) unless the circuit keeps it.
 row is in the circuit. Per size:
 
   - size = all rows: B's own forward (N, nothing patched);
-  - size = 0: every component patched, with ungated writes (the empty circuit);
-  - otherwise: one forward with a gated write per component of every row.
+  - otherwise (size 0 included: the empty circuit): one forward with a gated write per
+    component of every row.
 
 The faithfulness column is the size's metric normalized between the empty circuit (0) and N
 (1), so keeping every row gives exactly 1 and keeping none exactly 0: those are the same
@@ -117,7 +117,8 @@ def lower_circuit(lw: Lowerer, decl: A.CircuitDecl) -> None:
                         f"{len(exps)} experiments", decl.span)
     n = len(table.rows)
     sizes = tuple(size_of(k, n) for k in decl.sizes)
-    keys = tuple(c for c in table.columns if any(c == k for r in table.rows for k, _ in r.key))
+    bound = {k for r in table.rows for k, _ in r.key}
+    keys = tuple(c for c in table.columns if c in bound)
     kind = "edges" if _is_edges(op) else "nodes"
     # A node row names its site(s) in a `node` column: what drawings and files show.
     named = [r.key + ((("node", node_label(e)),) if kind == "nodes" else ())
@@ -131,45 +132,51 @@ def lower_circuit(lw: Lowerer, decl: A.CircuitDecl) -> None:
     lw.circuits[decl.name.value] = Circuit(decl.name.value, sel, tuple(exps), sizes, name, kind)
 
 
-def _patch(lw: Lowerer, op: A.Evaluate, c: Circuit, top: int | None) -> list[str]:
+def _patch(lw: Lowerer, op: A.Evaluate, c: Circuit, top: int,
+           edge_ws: list[tuple[str, dict]]) -> list[str]:
     """The writes that patch every component of the table from A (or A's mean), gated by
-    the circuit's first `top` rows (None: ungated, the empty circuit)."""
+    the circuit's first `top` rows (0: the empty circuit, everything patched). An edge
+    circuit's writes (`edge_ws`, from _edge_writes) are made once and gated per size."""
     source = op.how.run
     assert source is not None
     if c.kind == "edges":
-        return _patch_edges(lw, op, c, top)
+        return _gate_edges(lw, c, top, edge_ws)
     fa = lw.base(source)
     mode = "replace" if op.how.kind == "ablate" else "mean"
     writes = []
     for i, e in enumerate(c.exps):
-        gate = (c.select, i, top) if top is not None else None
         for t in e.targets:
-            writes.append(lw.write(t, mode, (lw.read(fa, t.site, t.pos),), gate=gate))
+            writes.append(lw.write(t, mode, (lw.read(fa, t.site, t.pos),),
+                                   gate=(c.select, i, top)))
     return writes
 
 
-def _patch_edges(lw: Lowerer, op: A.Evaluate, c: Circuit, top: int | None) -> list[str]:
+def _edge_writes(lw: Lowerer, op: A.Evaluate, c: Circuit) -> list[tuple[str, dict]]:
     """Every edge of the table patched jointly (lower_edges.edge_writes: one Write per
-    receiver, the senders a forward may change read live), each Write then gated by the
-    rows its senders come from."""
+    receiver, the senders a forward may change read live): (Write id, (receiver, sender)
+    -> the table row of that edge) per receiver and positions."""
     how = "replace" if op.how.kind == "ablate" else "mean"
     by_pos: dict[Any, dict[Any, int]] = {}  # positions -> edge -> its (first) row
     for i, (edges, pos) in enumerate(c.exps):
         for e in edges:
             by_pos.setdefault(pos, {}).setdefault(e, i)
-    writes = []
+    out = []
     for pos, rows in by_pos.items():
-        ids = edge_writes(lw, op.target.value, tuple(rows), pos, how, op.how.run)
-        if top is None:
-            writes += ids
-            continue
         row_of = {(e.receiver, e.sender): i for e, i in rows.items()}
-        for wid in ids:
-            w = lw.ir.node(wid)
-            gated = dataclasses.replace(w, gate=c.select, top=top, rows=tuple(
-                row_of[w.site, s] for s in w.senders))  # type: ignore[union-attr]
-            lw.ir.g.remove_node(wid)  # made for this forward alone: the gated one replaces it
-            writes.append(lw.ir.add(gated, w.inputs + (c.select,)))  # type: ignore[union-attr]
+        out += [(wid, row_of)
+                for wid in edge_writes(lw, op.target.value, tuple(rows), pos, how, op.how.run)]
+    return out
+
+
+def _gate_edges(lw: Lowerer, c: Circuit, top: int, edge_ws: list[tuple[str, dict]]
+                ) -> list[str]:
+    """The edge writes, each gated by the rows its senders come from."""
+    writes = []
+    for wid, row_of in edge_ws:
+        w = lw.ir.node(wid)
+        rows = tuple(row_of[w.site, s] for s in w.senders)  # type: ignore[union-attr]
+        gated = dataclasses.replace(w, gate=c.select, top=top, rows=rows)
+        writes.append(lw.ir.add(gated, w.inputs + (c.select,)))  # type: ignore[union-attr]
     return writes
 
 
@@ -183,13 +190,16 @@ def lower_evaluate(lw: Lowerer, op: A.Evaluate) -> None:
     lw.bake(target)
     n = len(c.exps)
     full = lw.base(target)
-    empty = lw.forward(target, _patch(lw, op, c, None))
+    edge_ws = _edge_writes(lw, op, c) if c.kind == "edges" else []
+    # The empty circuit's writes are gated too (nothing kept): its forward then waits for
+    # the ranking like the sizes' and is stacked into their pass.
+    empty = lw.forward(target, _patch(lw, op, c, 0, edge_ws))
     measures = lw.measures(op)
     single = len(measures) == 1
     rows = []
     for kept, frac in c.sizes:
         f = full if kept == n else empty if kept == 0 else \
-            lw.forward(target, _patch(lw, op, c, kept))
+            lw.forward(target, _patch(lw, op, c, kept, edge_ws))
         key: Key = ((c.kind, kept), ("fraction", frac))
         values, norm = [], []
         for col, m in measures:
@@ -199,6 +209,8 @@ def lower_evaluate(lw: Lowerer, op: A.Evaluate) -> None:
             norm.append((faith, (lw.metric(empty, target, m.expr),
                                  lw.metric(full, target, m.expr))))
         rows.append(Row(key, tuple(values), tuple(norm)))
+    for wid, _ in edge_ws:  # the templates the gated writes were copied from
+        lw.ir.g.remove_node(wid)
     columns = (c.kind, "fraction") + tuple(
         x for col, _ in measures for x in (col, faithfulness_column(col, single)))
     lw.table(op, rows, columns)

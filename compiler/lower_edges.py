@@ -101,7 +101,8 @@ def _op_attribute(lw: Lowerer, op: A.Attribute) -> None:
     fa, fb = lw.base(source), lw.base(target)
     kw = {k.name: k.value for k in op.method.kwargs}
     method = "eap_ig" if op.method.name == "eap_ig" else "eap"
-    rules = "lrp" if op.method.name == "relp" else "grad"
+    rules = ("lrp_ah" if kw.get("ah") is True else "lrp") if op.method.name == "relp" \
+        else "grad"
     steps = int(kw.get("steps", DEFAULT_EAP_IG_STEPS)) if method == "eap_ig" else 0  # type: ignore[arg-type]
     exps = edge_exps(lw, op, target)
     triples = [[(lw.read(fa, e.sender, pos), lw.read(fb, e.sender, pos),

@@ -1,8 +1,9 @@
 """The optimizer pipeline: the ordered optimization passes over the IR (docs/architecture.md,
 "The optimizer"), each a pure function IRGraph -> IRGraph in compiler/passes/<name>.py.
 
-`optimize` verifies the graph before the first pass and after every pass, so a pass that
-breaks an invariant is named in the error. `experiment_counts` gives the rows each result
+`optimize` verifies the graph before the passes and after them; a broken result (or a pass
+that fails on a graph an earlier pass broke) is traced to the pass that broke it, which the
+error names. `experiment_counts` gives the rows each result
 table will have, from the sweeps alone (no graph is built).
 """
 
@@ -15,6 +16,7 @@ from .errors import PlanError
 from .ir import IRGraph, verify
 from .lower import count_rows
 from .passes.batch import batch
+from .passes.dead_positions import dead_positions
 from .passes.dedupe import dedupe
 from .passes.fuse_attribution import fuse_attribution
 from .passes.narrow_positions import narrow_positions
@@ -27,13 +29,35 @@ Pass = Callable[[IRGraph], IRGraph]
 # In the order docs/architecture.md explains. Each pass's docstring says what it changes
 # and why results stay equal.
 PASSES: tuple[Pass, ...] = (dedupe, prune_reads, share_prefix, narrow_positions, batch,
-                            fuse_attribution, trim_logits)
+                            fuse_attribution, trim_logits, dead_positions)
 
 
 def optimize(ir: IRGraph, passes: tuple[Pass, ...] | None = None) -> IRGraph:
-    """Run `passes` (default PASSES) in order, verifying the graph before and after each."""
+    """Run `passes` (default PASSES) in order, verifying the graph before the first and
+    after the last. Verifying is linear in the graph, as a pass is: after every pass it was
+    a large part of planning a small run. When the result is broken, the passes are run
+    again from the input, verifying after each, to name the pass that broke it."""
+    chosen = PASSES if passes is None else passes
     verify(ir)
-    for p in PASSES if passes is None else passes:
+    out = ir
+    for k, p in enumerate(chosen):
+        try:
+            out = p(out)
+        except Exception:
+            _find_broken_pass(ir, chosen[:k])  # an earlier pass's broken graph?
+            raise
+    try:
+        verify(out)
+    except PlanError:
+        _find_broken_pass(ir, chosen)
+        raise
+    return out
+
+
+def _find_broken_pass(ir: IRGraph, passes: tuple[Pass, ...]) -> None:
+    """Raise the PlanError of the first pass whose output fails verify (passes are pure
+    functions, so a rerun breaks the graph where the first run did)."""
+    for p in passes:
         ir = p(ir)
         try:
             verify(ir)
@@ -41,7 +65,6 @@ def optimize(ir: IRGraph, passes: tuple[Pass, ...] | None = None) -> IRGraph:
             name = getattr(p, "__module__", "?").rsplit(".", 1)[-1] + "." + \
                 getattr(p, "__name__", "?")
             raise PlanError(e.code, f"after pass {name}: {e.message}", e.span) from None
-    return ir
 
 
 def experiment_counts(checked: CheckedSpec) -> dict[str, int]:

@@ -42,9 +42,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     n_warn = len(program.warnings)
     warned = f", {n_warn} warning{'s' * (n_warn != 1)}" if n_warn else ""
     print(f"{args.spec}: ok: {len(counts)} table(s), {total} experiment(s){warned}: {tables}")
-    note = long_run_note(program)
-    if note:
-        print(note)
+    print(cost_line(program))
     return EXIT_OK
 
 
@@ -54,9 +52,11 @@ ASSUMED_FLOPS = {"cpu": 1e10, "gpu": 1e13}
 LONG_RUN_SECONDS = 60.0
 
 
-def long_run_note(program, min_seconds: float | None = None) -> str | None:
-    """One line for `check` when the run will be long: experiments, model passes, FLOPs and
-    an estimated time (compiler/costs.py through the schedule); None for a short run."""
+def cost_line(program, long_seconds: float | None = None) -> str:
+    """One line for `check`: experiments, model passes (and the naive count), FLOPs and an
+    estimated time (compiler/costs.py through the schedule, plus the per-node overhead),
+    starting `note: a long run:` when that is a minute or more."""
+    from patchc.compiler.costs import overhead_seconds
     from patchc.compiler.pipeline import PASSES
     from patchc.compiler.schedule import run_shapes, schedule
 
@@ -67,11 +67,11 @@ def long_run_note(program, min_seconds: float | None = None) -> str | None:
                     passes=tuple(p.__name__ for p in PASSES))
     o = plan.optimized
     where = "cpu" if checked.options.device == "cpu" else "gpu"
-    seconds = o.flops / ASSUMED_FLOPS[where]
-    if seconds < (LONG_RUN_SECONDS if min_seconds is None else min_seconds):
-        return None
-    return (f"note: a long run: {sum(program.experiments.values())} experiment(s) in "
-            f"{o.forwards} model pass(es), {o.flops:.3g} FLOPs: about {_duration(seconds)} at "
+    seconds = o.flops / ASSUMED_FLOPS[where] + overhead_seconds(program.ir.g.number_of_nodes())
+    long = seconds >= (LONG_RUN_SECONDS if long_seconds is None else long_seconds)
+    return (f"{'note: a long run' if long else 'cost'}: "
+            f"{sum(program.experiments.values())} experiment(s) in {o.forwards} model "
+            f"pass(es), {o.flops:.3g} FLOPs: about {_duration(seconds)} at "
             f"{ASSUMED_FLOPS[where]:.0e} FLOP/s on {where} "
             "(`patchc compile --emit plan` shows the plan)")
 
@@ -80,7 +80,7 @@ def _duration(seconds: float) -> str:
     for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}"
-    return f"{seconds:.0f} s"
+    return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

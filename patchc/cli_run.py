@@ -114,17 +114,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_with_bar(args: argparse.Namespace, workers: int | str, overrides: dict):
-    import warnings
+def progress_bar(quiet: bool, console=None):
+    """The run's progress bar: forward passes done of the plan's total, elapsed time and
+    the estimated time left. It is drawn as soon as it starts (before the model loads); the
+    total arrives when the plan is made (the executor reports 0 done first)."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    return Progress("[progress.description]{task.description}", BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), "eta",
+                    TimeRemainingColumn(), transient=True, disable=quiet, console=console)
+
+
+def _run_with_bar(args: argparse.Namespace, workers: int | str, overrides: dict,
+                  console=None):
+    import warnings
 
     from patchc.api import PatchcWarning, run
 
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), transient=True, disable=args.quiet,
-                  console=None) as bar:
+    with progress_bar(args.quiet, console) as bar:
         task = bar.add_task("forward passes", total=None)
+        bar.refresh()  # drawn now, not at the first tick
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)

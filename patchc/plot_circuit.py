@@ -127,6 +127,20 @@ def plot_circuit(name: str, df: pd.DataFrame, info: dict[str, Any], out_dir: Pat
     return written
 
 
+def circuit_figure(name: str, df: pd.DataFrame, info: dict[str, Any], size: str | None = None):
+    """One size of a circuit as a Figure (default: its largest size drawn at most
+    MAX_DRAWN edges), for a notebook."""
+    metric = info.get("metric") or _first_measure(df)
+    cfg = info.get("graph") or {"n_layers": 0, "n_heads": 1}
+    sizes = [k for k in info.get("sizes", []) if 0 < k]
+    if size is not None:
+        k = int(size)
+    else:
+        k = max([s for s in sizes if s <= MAX_DRAWN] or [min(len(df), MAX_DRAWN)])
+    g = circuit_graph(df, k, metric, cfg["n_layers"], cfg["n_heads"])
+    return layout_figure(g, circuit_title(name, g, len(df), info))
+
+
 def _first_measure(df: pd.DataFrame) -> str:
     skip = {"layer", "head", "pos", "site", "node", "sender", "receiver", "effect", "rank"}
     return next(c for c in df.columns if c not in skip and not c.endswith("_se"))

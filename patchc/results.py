@@ -100,7 +100,9 @@ class Results:
 
     def plot(self, name: str, column: str | None = None):
         """A matplotlib Figure of table `name` (of `column`, default its first measured
-        one), as `patchc run --out` draws it; a one-row table as a small annotated table."""
+        one), as `patchc run --out` draws it; a one-row table as a small annotated table.
+        A circuit: its largest size drawn as a graph (`column`: the size, e.g. "20"); an
+        evaluation: its faithfulness curve."""
         from patchc.plots import figure
 
         table = self._table(name)
@@ -115,6 +117,13 @@ class Results:
             if not chosen:
                 raise KeyError(f"table {name!r} has no measured column {column!r}")
             return chosen[0]
+        if table.op in ("circuit", "evaluate"):  # the circuit's drawing, the curve
+            from patchc.plot_circuit import circuit_figure, curve_figure
+
+            info = entry.get("plot") or {}
+            if table.op == "evaluate":
+                return curve_figure(name, self.tables[name], info)
+            return circuit_figure(name, self.tables[name], info, column)
         pairs = self.pairs(name)
         return figure(name, self.tables[name], list(entry.get("keys", [])),
                       entry.get("plot"), pairs if not pairs.empty else None, column)

@@ -30,6 +30,8 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
                                                   "shared.out")),
     ("normalizers", ("ln1.scale", "ln2.scale", "ln_final.scale")),
     ("output", ("logits",)),
+    ("edge receivers' inputs (a write reaches that component only)",
+     ("q.in", "k.in", "v.in", "mlp.in", "logits.in")),
 )
 
 

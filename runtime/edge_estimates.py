@@ -50,9 +50,13 @@ def run_edge_estimate(interp: "RunContext", ir: IRGraph, node: Estimate) -> torc
     m_b, scores, valid = memo[key]
     total = torch.zeros_like(m_b)
     ok = torch.ones_like(m_b, dtype=torch.bool)
-    for ra, rb, rg in _triples(node):
-        total = total + scores[(ra, rb, rg)]
-        ok &= valid[rg]
+    for t in _triples(node):
+        if t not in scores:  # its reads were not all here when the others were computed
+            _, more, more_valid = _scores(interp, ir, m_b, memo[key + ("grads",)], [t])
+            scores.update(more)
+            valid.update(more_valid)
+        total = total + scores[t]
+        ok &= valid[t[2]]
     return torch.where(ok, m_b + total, torch.nan)
 
 
@@ -67,8 +71,15 @@ def _all_scores(interp: "RunContext", ir: IRGraph, bid: str, first: Estimate):
         m_b, grads = _ig_gradients(interp, ir, bid, first)
     else:
         m_b, grads = interp.values[bid]
-    m_b = m_b.cpu()
-    # Group by the positions read: one product per position set.
+    interp.memo[("edges", bid, first.method, first.steps, "grads")] = grads  # type: ignore[attr-defined]
+    # A worker holds the reads of its own share of the estimates only.
+    have = [t for t in triples if all(r in interp.values for r in t)]
+    return _scores(interp, ir, m_b.cpu(), grads, have)
+
+
+def _scores(interp: "RunContext", ir: IRGraph, m_b: torch.Tensor, grads: dict,
+            triples: list[tuple[str, str, str]]):
+    """(m_B, scores, valid rows) of `triples`: one batched product per position set."""
     by_pos: dict = {}
     for t in triples:
         by_pos.setdefault(ir.node(t[2]).pos, []).append(t)  # type: ignore[union-attr]

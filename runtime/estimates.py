@@ -159,7 +159,6 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
             if made and values.requires_grad else [None] * len(made)
         grads = {id(leaf): g for leaf, g in zip(made, found)}
     out: dict[str, torch.Tensor] = {}
-    index: dict = {}  # position -> [n, k] indices, shared by the sites read there
     for site, rids in sites.items():
         leaf = leaves.get(site)
         if leaf is None:
@@ -168,12 +167,18 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
         # AH-rule, whose pattern is detached).
         grad = grads.get(id(leaf))
         grad = grad if grad is not None else torch.zeros_like(leaf)
+        # The reads of one feature slice take their positions in one gather (an `@ each`
+        # sweep reads a site at every position), each its own slice of it.
+        by_features: dict = {}
         for rid in rids:
-            read = ir.node(rid)
-            g = grad[..., _features(read.site, grad)]
-            if read.pos not in index:
-                index[read.pos] = position_index(batch, read.pos, columns)
-            out[rid] = gather(g, index[read.pos]).detach()
+            read: Read = ir.node(rid)  # type: ignore[no-redef]
+            by_features.setdefault(read.site.features, []).append((rid, read))
+        for items in by_features.values():
+            g = grad[..., _features(items[0][1].site, grad)]
+            idxs = [position_index(batch, read.pos, columns) for _, read in items]
+            parts = gather(g, torch.cat(idxs, 1)).detach().split(
+                [int(i.shape[1]) for i in idxs], 1)
+            out.update((rid, part) for (rid, _), part in zip(items, parts))
     return values.detach(), out
 
 

@@ -35,9 +35,10 @@ from .naive import ForwardOutput, Interpreter
 from .compat import output_cache, with_cache
 from .reading import collect_reads
 from .sparse import Sparse, borrowed_metrics
-from .prefix import narrowable, prefix_cache, skip_layers, trimmed_logits, widen
+from .prefix import (live_positions, narrowable, prefix_cache, skip_layers, trimmed_logits,
+                     widen)
 from .edges import edge_hooks, is_edge
-from .writes import make_reader, make_writer
+from .writes import make_readers, make_writer
 
 
 def memory_budget(memory: str | None, device: torch.device, weights: int, share: int = 1
@@ -104,6 +105,8 @@ class Executor(Interpreter):
         results: dict[str, Any] = {}
         total = sum(len(s.members) for s in plan.forward_steps())
         done = 0
+        if self.progress:  # the total is known now: a progress bar can show it and an eta
+            self.progress(0, total)
         fused = _fused_backwards(ir, plan)
         self.sparse = Sparse(self, ir, plan)
         for step in plan.steps:
@@ -190,6 +193,7 @@ class Executor(Interpreter):
         reads: list = []
         for rows, fid, f in zip(blocks, step.members, members):
             shared = len(ir.node(f.twin).writes) if f.start else 0  # type: ignore[union-attr]
+            senders: dict = {}  # this member's live edge senders, captured once
             for wid in f.writes[shared:]:  # shared writes are in the start state already
                 w: Write = ir.node(wid)  # type: ignore[assignment]
                 got = gated(w, [self.values[i] for i in w.inputs], self.values)
@@ -197,20 +201,18 @@ class Executor(Interpreter):
                     continue
                 w, values = got
                 if is_edge(w):  # an edge also reads its live senders (runtime/edges.py)
-                    fn, captures = edge_hooks(w, batch, columns, values, self.seed)
+                    fn, captures = edge_hooks(w, batch, columns, values, self.seed, senders)
                     reads += [(*c[:3], _on_rows(rows, widen(c[3], p0, width), whole))
                               for c in captures]
                 else:
                     fn = make_writer(w, batch, columns, values, self.seed)
                 key = (w.site.kind, w.site.layer, w.site.head)
                 writes.setdefault(key, []).append((rows, widen(fn, p0, width)))
-            for rid in ir.g.successors(fid):
-                r = ir.node(rid)
-                if isinstance(r, Read):
-                    fn = make_reader(r, batch, columns,
-                                     lambda v, rid=rid: self.values.__setitem__(rid, v))
-                    reads.append((r.site.kind, r.site.layer, r.site.head,
-                                  _on_rows(rows, widen(fn, p0, width), whole)))
+            mine = [(rid, r) for rid in ir.g.successors(fid)
+                    if isinstance(r := ir.node(rid), Read)]
+            for kind, layer, head, fn in make_readers(mine, batch, columns,
+                                                      self.values.__setitem__):
+                reads.append((kind, layer, head, _on_rows(rows, widen(fn, p0, width), whole)))
         hooks = [(*key, _merged(entries, whole)) for key, entries in writes.items()] + \
             chained(reads)
 
@@ -231,9 +233,11 @@ class Executor(Interpreter):
             state = self.values[step.start].value[:, p0:].repeat(k, 1, 1)
         slots, index, tokens, remap = self._logit_plan(ir, step, members, batch, columns)
         head = self.model.get_output_embeddings()
+        # Entered after the adapter's hooks: their hooks on the MLP see its full input first.
         with self.adapter.hooks(hooks), \
                 skip_layers(self.adapter.layers(), step.start_layer, state,
                             self.adapter.fam.tuple_blocks), \
+                live_positions(*self._live_mlp(members, index)), \
                 trimmed_logits(head, index, tokens), self.model_pass():
             out = self.model(**kwargs)
         if step.keep_kv:
@@ -272,6 +276,18 @@ class Executor(Interpreter):
         remap = torch.full((self.adapter.vocab_size,), -1, dtype=torch.long)
         remap[tokens] = torch.arange(len(tokens))
         return slots, index, tokens, remap
+
+    def _live_mlp(self, members: list[Forward], index: torch.Tensor | None) -> tuple:
+        """dead_positions: (the last block's MLP, the [B, K] positions it computes), when
+        every member reads and writes nothing from there on and only K logit positions
+        are measured; else (None, None). Not for MLPs that add the residual themselves
+        (Bloom, MPT), MLP parts sitting on the block (OPT), or mixtures of experts."""
+        last = self.adapter.n_layers - 1
+        fam, parts = self.adapter.fam, self.adapter.s
+        if index is None or fam.moe or parts.mlp is None or "mlp" in fam.residual_inside or \
+                not all(f.live_from is not None and f.live_from <= last for f in members):
+            return None, None
+        return self.adapter.mlp(last), index
 
     def _output(self, ir: IRGraph, fid: str, f: Forward, batch: Batch, columns,
                 logits: torch.Tensor, slots: dict[Positions, int] | None, p0: int,

@@ -32,7 +32,7 @@ from .reading import collect_reads, lens_logits, table_reads
 from .loading import input_device
 from .edge_estimates import EDGE_METHODS, run_edge_estimate
 from .edges import edge_hooks, is_edge
-from .writes import make_reader, make_writer
+from .writes import make_readers, make_writer
 
 
 @dataclass
@@ -150,6 +150,8 @@ class Interpreter:
         order = list(nx.lexicographical_topological_sort(g, key=_node_order))
         n_forwards = sum(1 for nid in order if isinstance(ir.node(nid), Forward))
         done = 0
+        if self.progress:  # the total first: a progress bar shows it and an eta
+            self.progress(0, n_forwards)
         for nid in order:
             node = ir.node(nid)
             started = time.perf_counter()
@@ -209,6 +211,7 @@ class Interpreter:
         """(kind, layer, head, fn) hooks: the Forward's writes in order, then its reads."""
         columns = self.columns_for(node.run)
         hooks, captures = [], []
+        shared: dict = {}  # live senders captured once per forward
         for wid in node.writes:
             write: Write = ir.node(wid)  # type: ignore[assignment]
             inputs = [self.values[i] for i in write.inputs]
@@ -217,18 +220,16 @@ class Interpreter:
                 continue
             write, inputs = got
             if is_edge(write):  # an edge also reads its live senders (runtime/edges.py)
-                fn, more = edge_hooks(write, batch, columns, inputs, self.seed)
+                fn, more = edge_hooks(write, batch, columns, inputs, self.seed, shared)
                 captures += more
             else:
                 fn = make_writer(write, batch, columns, inputs, self.seed)
             hooks.append((write.site.kind, write.site.layer, write.site.head, fn))
         hooks += captures
-        for rid in ir.g.successors(nid) if reads else ():
-            read = ir.node(rid)
-            if isinstance(read, Read):
-                fn = make_reader(read, batch, columns,
-                                 lambda v, rid=rid: self.values.__setitem__(rid, v))
-                hooks.append((read.site.kind, read.site.layer, read.site.head, fn))
+        if reads:
+            mine = [(rid, r) for rid in ir.g.successors(nid)
+                    if isinstance(r := ir.node(rid), Read)]
+            hooks += make_readers(mine, batch, columns, self.values.__setitem__)
         return hooks
 
     @torch.no_grad()

@@ -9,6 +9,8 @@
 - `trimmed_logits`: trim_logits. A pre-hook on the LM head gathers only the positions that
   metrics read; with token ids given, the head's matrix product is skipped and only those
   rows of the unembedding are applied (family extras such as soft-capping still run after).
+- `live_positions`: dead_positions. The last block's MLP runs only at the positions metrics
+  read (its other rows are zeros: nothing reads them).
 - `widen`: hook functions written for full-width activations run on a narrowed one.
 """
 
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 
-from .compat import layer_kv, make_cache, plain_cache
+from .compat import DynamicLayer, layer_kv, make_cache, plain_cache
 from .offload import param
 
 
@@ -80,16 +82,47 @@ def narrowable(config) -> bool:
 def prefix_cache(cache: DynamicCache, p0: int, repeats: int, start_layer: int) -> DynamicCache:
     """A new cache with the first p0 positions of `cache`, each row block repeated `repeats`
     times (member-major: rows [i*N, (i+1)*N) are forward i). Layers below start_layer are
-    stubbed: they only need a length (the mask is sized from layer 0)."""
+    stubbed: they only need a length (the mask is sized from layer 0). The repeats are not
+    copied: each layer's first update writes prefix and new positions in one concatenation
+    (a copied prefix would be copied twice more, into the cache and by that update)."""
     data = []
     for i, (k, v) in enumerate(layer_kv(cache)):
         if i < start_layer:
             k, v = k[:1, :1, :p0, :1], v[:1, :1, :p0, :1]
         else:
-            k = k[:, :, :p0].repeat(repeats, 1, 1, 1)
-            v = v[:, :, :p0].repeat(repeats, 1, 1, 1)
-        data.append((k, v))
-    return make_cache(data)
+            k, v = k[:, :, :p0], v[:, :, :p0]
+        data.append((k, v, 1 if i < start_layer else repeats))
+    if DynamicLayer is None:  # pragma: no cover - older releases: copied
+        return make_cache([(k.repeat(r, 1, 1, 1), v.repeat(r, 1, 1, 1)) for k, v, r in data])
+    cache = DynamicCache()
+    cache.layers = [_Repeated(k, v, r) for k, v, r in data]
+    return cache
+
+
+class _Repeated(DynamicLayer or object):  # type: ignore[misc]
+    """A cache layer holding keys/values [N, H, p0, d] that stand for `repeats` copies of
+    their rows, as a [repeats, N, H, p0, d] view (nothing copied). The first update appends
+    the new positions of all R*N rows with one concatenation; from then on it is a plain
+    layer of [R*N, H, p0 + s, d]."""
+
+    def __init__(self, keys: Tensor, values: Tensor, repeats: int) -> None:
+        super().__init__()
+        try:
+            self.lazy_initialization(keys, values)
+        except TypeError:  # pragma: no cover - releases whose lazy_initialization takes keys
+            self.lazy_initialization(keys)
+        self.keys = keys.unsqueeze(0).expand(repeats, *keys.shape)
+        self.values = values.unsqueeze(0).expand(repeats, *values.shape)
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs
+               ) -> tuple[Tensor, Tensor]:
+        if self.keys.dim() != 5:
+            return super().update(key_states, value_states, *args, **kwargs)
+        r = self.keys.shape[0]
+        self.keys = torch.cat([self.keys, key_states.unflatten(0, (r, -1))], -2).flatten(0, 1)
+        self.values = torch.cat([self.values, value_states.unflatten(0, (r, -1))],
+                                -2).flatten(0, 1)
+        return self.keys, self.values
 
 
 def widen(fn: Callable[[Tensor], Tensor | None], p0: int, width: int
@@ -139,6 +172,39 @@ def trimmed_logits(head: nn.Module, index: Tensor | None, tokens: Tensor | None
                                     bias[ids] if bias is not None else None)
 
     handles = [head.register_forward_pre_hook(pre), head.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def live_positions(mlp: nn.Module | None, index: Tensor | None) -> Iterator[None]:
+    """`mlp` (a block's MLP, called with the hidden states first) computes only at `index`
+    ([B, K] positions of its input); its output is zero elsewhere. None: as it is."""
+    if mlp is None or index is None:
+        yield
+        return
+
+    def pre(_mod: nn.Module, args: tuple) -> tuple:
+        h = args[0]
+        at = index[..., None].expand(-1, -1, h.shape[-1]).to(h.device)
+        widths.append(h.shape[1])
+        return (h.gather(1, at), *args[1:])
+
+    def wide(out: Tensor, width: int) -> Tensor:
+        full = out.new_zeros((out.shape[0], width, out.shape[-1]))
+        return full.scatter(1, index[..., None].expand_as(out).to(out.device), out)
+
+    def post(_mod: nn.Module, _args: tuple, out: Tensor | tuple) -> Tensor | tuple:
+        width = widths.pop()
+        if isinstance(out, tuple):  # an MLP that returns (output, extras)
+            return (wide(out[0], width), *out[1:])
+        return wide(out, width)
+
+    widths: list[int] = []
+    handles = [mlp.register_forward_pre_hook(pre), mlp.register_forward_hook(post)]
     try:
         yield
     finally:

@@ -103,6 +103,48 @@ def make_reader(read: Read, batch: Batch, columns, store: Callable[[ReadValue], 
     return fn
 
 
+def make_readers(reads: list[tuple[str, Read]], batch: Batch, columns,
+                 store: Callable[[str, ReadValue], None]) -> list[tuple]:
+    """(kind, layer, head, fn) read-only hooks for a forward's (id, Read) pairs. The Reads
+    of one site (same kind, layer, head and features; not a `std` statistic) share one hook
+    that gathers all their positions at once and gives each Read its slice: an `@ each`
+    sweep reads one site at every position, and a hook and a gather per position cost more
+    than the gather itself. Each slice equals what make_reader would store."""
+    groups: dict[tuple, list[tuple[str, Read]]] = {}
+    for rid, read in reads:
+        key = (read.site, rid) if read.stat else (read.site,)
+        groups.setdefault(key, []).append((rid, read))
+    out = []
+    for items in groups.values():
+        site = items[0][1].site
+        if len(items) == 1:
+            rid = items[0][0]
+            fn = make_reader(items[0][1], batch, columns, lambda v, rid=rid: store(rid, v))
+        else:
+            fn = _site_reader(items, batch, columns, store)
+        out.append((site.kind, site.layer, site.head, fn))
+    return out
+
+
+def _site_reader(items: list[tuple[str, Read]], batch: Batch, columns,
+                 store: Callable[[str, ReadValue], None]):
+    site = items[0][1].site
+    idxs = [position_index(batch, read.pos, columns) for _, read in items]
+    slots = [slot_mask(batch, read.pos, columns) for _, read in items]
+    widths = [int(i.shape[1]) for i in idxs]
+    idx = torch.cat(idxs, 1)
+
+    @position_major_for(site)
+    def fn(act: torch.Tensor) -> None:
+        a = act[..., _features(site, act)].detach()
+        parts = gather(a, idx).split(widths, 1)
+        for (rid, read), value, mask in zip(items, parts, slots):
+            store(rid, ReadValue(value, batch, read.pos, mask))
+        return None
+
+    return fn
+
+
 def _repeat(t: torch.Tensor, n: int) -> torch.Tensor:
     """Rows of a read repeated to match a batch of n rows (noise samples repeat examples)."""
     if t.shape[0] == n:
@@ -220,16 +262,17 @@ def _mean_value(write: Write, src: ReadValue, cur: torch.Tensor, batch: Batch,
         total[:length] += src.value[i, sb.offset(i):].float().to(cur.device)
         count[:length] += 1
     mean = total / count.clamp(min=1)
-    out = cur.clone()
-    for i in range(cur.shape[0]):  # `batch` is the batch fed: one row per row of cur
-        off, length = batch.offset(i), batch.lengths[i]
-        if length > width:
-            raise RuntimeInterventionError(
-                "E455", f"{write.site}: mean ablation has no example with {length} tokens")
-        for slot, p in enumerate(idx[i].tolist()):
-            if p >= off:
-                out[i, slot] = mean[p - off].to(cur.dtype)
-    return out
+    longest = max(batch.lengths)  # `batch` is the batch fed: one row per row of cur
+    if longest > width:
+        raise RuntimeInterventionError(
+            "E455", f"{write.site}: mean ablation has no example with {longest} tokens")
+    # Each slot takes the mean at its token index from its own prompt's start; slots on
+    # padding keep their value. (One gather, not a Python loop over rows and slots.)
+    offsets = torch.tensor([batch.offset(i) for i in range(cur.shape[0])], dtype=torch.long)
+    rel = idx.to(torch.long) - offsets[:, None]  # [n, k]
+    new = mean.to(cur.dtype)[rel.clamp(min=0).to(mean.device)]
+    keep = (rel >= 0).to(cur.device).view(*rel.shape, *([1] * (cur.dim() - 2)))
+    return torch.where(keep, new, cur)
 
 
 def _resample_value(write: Write, src: ReadValue, cur: torch.Tensor, batch: Batch,

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from patchc.compiler.ir import ALL_POSITIONS, Forward, IRGraph, Node, Read, Site, Write
+from patchc.compiler.edges import start_site
+from patchc.compiler.ir import ALL_POSITIONS, Forward, IRGraph, Node, Read, Write
 
 from ._graph import (
     Finder,
@@ -117,7 +118,8 @@ def share_prefix(ir: IRGraph) -> IRGraph:
         f = forwards[fid]
         start_read = None
         if start >= 1:
-            start_read = finder.find_or_add(Read(tid, Site("resid_pre", start), ALL_POSITIONS))
+            own = [nodes[w] for w in f.writes[len(nodes[tid].writes):]]  # type: ignore[union-attr]
+            start_read = finder.find_or_add(Read(tid, start_site(start, own), ALL_POSITIONS))
             # Reads inside the skipped layers have the twin's values: read them there.
             for rid in cons.get(fid, []):
                 r = nodes[rid]

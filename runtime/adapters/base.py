@@ -51,14 +51,14 @@ from . import attention, dictionary, moe, multiplier, receivers, taps
 from .parts import Parts
 from .taps import Cols, HookFn
 
-UNLAYERED = frozenset({"embed", "ln_final.scale", "logits"})
-HEADED = frozenset({"z", "q", "k", "v", "pattern", "out"})
+UNLAYERED = frozenset({"embed", "ln_final.scale", "logits", "logits.in"})
+HEADED = frozenset({"z", "q", "k", "v", "pattern", "out", "q.in", "k.in", "v.in"})
 EXPERT = frozenset({"expert.out", "expert.post"})  # the expert index takes the head slot
 LAYERED = frozenset(
     {
         "resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out", "mlp.pre", "mlp.post",
         "ln1.scale", "ln2.scale", "attn.z", "attn.q", "attn.k", "attn.v", "attn.pattern",
-        "router", "shared.out",
+        "router", "shared.out", "mlp.in",
     }
 )  # fmt: skip
 # Receiver inputs (edges, receivers.py): q/k/v.in per head, mlp.in per layer, logits.in after
@@ -123,9 +123,7 @@ class Adapter(Parts):
                 "E403", f"unknown site kind '{kind}'; known: {', '.join(sorted(KINDS))}"
             )
         if kind == "logits.in" and layer in (None, self.n_layers) and head is None:
-            return None, None
-        if kind == "resid_pre" and layer == self.n_layers and head is None:
-            return layer, None  # after the last block: the final residual (share_prefix)
+            return None, None  # after the last block (an edge receiver's layer is the count)
         if kind in UNLAYERED:
             if layer is not None or head is not None:
                 raise RuntimeInterventionError("E403", f"site '{kind}' takes no layer or head")
@@ -147,7 +145,7 @@ class Adapter(Parts):
                     "E403", f"model has {self.n_experts} experts (E0..E{self.n_experts - 1}); "
                             f"got E{head}")
             head %= self.n_experts
-        elif kind in HEADED or kind in ("q.in", "k.in", "v.in"):
+        elif kind in HEADED:
             if head is None or not -self.n_heads <= head < self.n_heads:
                 raise RuntimeInterventionError(
                     "E403", f"model has {self.n_heads} heads (H0..H{self.n_heads - 1}); got H{head}"
@@ -175,8 +173,6 @@ class Adapter(Parts):
         add = removers.append
         if kind in receivers.KINDS:
             receivers.install(self, kind, layer, head, fn, what, add)
-        elif kind == "resid_pre" and layer == self.n_layers:
-            add(taps.tap_input(self.ln_final(), fn, what))
         elif kind == "embed":
             # The input of block 0, like L0.resid_pre, but its hooks run before resid_pre's.
             block0 = self.layer(0)

@@ -90,26 +90,27 @@ def ln_rule() -> Iterator[None]:
 
 def install(ad: "Adapter", kind: str, layer: int | None, head: int | None, fn: HookFn,
             what: str, add: Callable) -> None:
+    """Hooks of one receiver input. Several hooks on one receiver are one chain (each sees
+    what the previous wrote), as the adapter's computed sites are."""
     if kind == "logits.in":
         add(taps.tap_input(ad.ln_final(), fn, what))
         return
     assert layer is not None
     if kind == "mlp.in":
-        _install_mlp(ad, layer, fn, what, add)
+        add(ad._chained(what, fn, lambda f: _install_mlp(ad, layer, f, what)))
     else:
         assert head is not None
-        _install_head(ad, kind[0], layer, head, fn, what, add)
+        add(ad._chained(what, fn, lambda f: _install_head(ad, kind[0], layer, head, f, what)))
 
 
-def _install_mlp(ad: "Adapter", layer: int, fn: HookFn, what: str, add: Callable) -> None:
+def _install_mlp(ad: "Adapter", layer: int, fn: HookFn, what: str) -> taps.Handles:
     if ad.flat_mlp or ad.s.mlp is None:
         raise RuntimeInterventionError("E403", f"{ad.family}: the MLP is not one module, so "
                                        "mlp.in receivers are not available")
     norm = ad.ln2(layer) if ad.s.ln2 else None
     mlp = ad.mlp(layer)
     box: dict = {}
-    if norm is not None:
-        add(norm.register_forward_pre_hook(_recorder(box), with_kwargs=True))
+    rec = norm.register_forward_pre_hook(_recorder(box), with_kwargs=True) if norm else None
 
     def pre(_mod: nn.Module, args: tuple, kwargs: dict):
         y = taps._first(args, kwargs)
@@ -121,11 +122,40 @@ def _install_mlp(ad: "Adapter", layer: int, fn: HookFn, what: str, add: Callable
             return None
         x_new = taps.conform(res, x, what)
         # y + (own norm of x' - own norm of x): rows whose input is unchanged keep y exactly,
-        # whatever hooks of the shared normalizer made it.
-        new = y + (_normed(ad, norm, x_new) - _normed(ad, norm, x)).to(y.dtype)
+        # whatever hooks of the shared normalizer made it (and cost nothing).
+        rows = _changed(x_new, x)
+        if rows is not None and not len(rows):
+            return None
+        new = _add_rows(y, rows, lambda a: _normed(ad, norm, a), x_new, x)
         return taps._replace_first(args, kwargs, new)
 
-    add(mlp.register_forward_pre_hook(pre, with_kwargs=True))
+    return taps.Handles(rec, mlp.register_forward_pre_hook(pre, with_kwargs=True))
+
+
+def _changed(x_new: Tensor, x: Tensor) -> Tensor | None:
+    """The batch rows a receiver's write changes (None: every row; a gradient leaf added to
+    the input makes every row count, so that its gradient flows)."""
+    if x_new.requires_grad:
+        return None
+    return (x_new != x).flatten(1).any(1).nonzero().flatten()
+
+
+def _add_rows(base: Tensor, rows: Tensor | None, value: Callable[[Tensor], Tensor],
+              x_new: Tensor, x: Tensor) -> Tensor:
+    """base + value(x_new) - value(x), computed on `rows` only (None: all). A gradient leaf
+    (x_new equal to x in value) needs one value: base + (v - v.detach()) with
+    v = value(x.detach() + (x_new - x)) is base exactly, with the gradient of value at the
+    leaf only (upstream of x, base already carries the receiver's path)."""
+    if rows is None:
+        if x_new.requires_grad and torch.equal(x_new.detach(), x.detach()):
+            v = value(x.detach() + (x_new - x))
+            return base + (v - v.detach()).to(base.dtype)
+        return base + (value(x_new) - value(x)).to(base.dtype)
+    if len(rows) == base.shape[0]:
+        return base + (value(x_new) - value(x)).to(base.dtype)
+    out = base.clone()
+    out[rows] = base[rows] + (value(x_new[rows]) - value(x[rows])).to(base.dtype)
+    return out
 
 
 def _slice(proj: nn.Module, cols: Cols | None, y: Tensor) -> Tensor:
@@ -140,14 +170,13 @@ def _slice(proj: nn.Module, cols: Cols | None, y: Tensor) -> Tensor:
     return out + b.to(out.device, out.dtype) if b is not None else out
 
 
-def _install_head(ad: "Adapter", which: str, layer: int, head: int, fn: HookFn, what: str,
-                  add: Callable) -> None:
+def _install_head(ad: "Adapter", which: str, layer: int, head: int, fn: HookFn, what: str
+                  ) -> taps.Handles:
     idx = head if which == "q" else ad.kv_head(head)
     proj, cols = ad.qkv(layer, which, idx)
     norm = ad.ln1(layer) if ad.s.ln1 else None
     box: dict = {}
-    if norm is not None:
-        add(norm.register_forward_pre_hook(_recorder(box), with_kwargs=True))
+    rec = norm.register_forward_pre_hook(_recorder(box), with_kwargs=True) if norm else None
 
     def post(_mod: nn.Module, args: tuple, out):
         y = taps._first(args, {})
@@ -157,14 +186,20 @@ def _install_head(ad: "Adapter", which: str, layer: int, head: int, fn: HookFn, 
         res = fn(x)
         if res is None:
             return None
-        x_new = _normed(ad, norm, taps.conform(res, x, what)).to(y.dtype)
-        x_old = _normed(ad, norm, x).to(y.dtype)
+        x_new = taps.conform(res, x, what)
+        rows = _changed(x_new, x)
+        if rows is not None and not len(rows):
+            return None
+
+        def value(a: Tensor) -> Tensor:
+            return _slice(proj, cols, _normed(ad, norm, a).to(y.dtype))
+
         o = taps._output_tensor(out)
         old = o if cols is None else cols.read(o)
         # old + (P(own norm of x') - P(own norm of x)): an unchanged row keeps its value
         # exactly, whatever hooks of the shared normalizer made the projection's input.
-        new = old + (_slice(proj, cols, x_new) - _slice(proj, cols, x_old)).to(old.dtype)
+        new = _add_rows(old, rows, value, x_new, x)
         full = new if cols is None else cols.write(o, new)
         return taps._replace_output(out, full)
 
-    add(proj.register_forward_hook(post))
+    return taps.Handles(rec, proj.register_forward_hook(post))

@@ -166,6 +166,8 @@ def _find_mlp(block: nn.Module, fam: Family, parts: dict, problems: dict) -> Non
         parts["up"] = _first(block, ("up_proj",), prefix)
     else:
         parts["up"] = _first(block, UP, prefix)
+    if mlp is None:  # no one module an edge's mlp.in receiver could feed (receivers.py)
+        problems["mlp.in"] = "the MLP's layers sit on the block, not in one module"
     if mlp is None or "mlp" in fam.residual_inside:
         # The MLP's parts sit on the block (OPT), or the MLP adds the residual itself (Bloom,
         # MPT): its contribution is the down projection's output.

@@ -107,7 +107,8 @@ def test_size_beyond_the_table(models: Models):
 
 def test_lowering(models: Models):
     """One Select over the table's rows; per size a forward of B with one gated write per
-    head (size 0: ungated; every row: B's own forward); faithfulness normalized between."""
+    head (size 0: gated to keep nothing; every row: B's own forward); faithfulness
+    normalized between."""
     checked = _check(models, "circuit c = top {0, 4, 16} of heads\n"
                      "evaluate c in clean with ablate(corrupt)  measure ld  as ev\n")
     assert count_rows(checked) == {"heads": 16, "c": 16, "ev": 3}
@@ -125,7 +126,8 @@ def test_lowering(models: Models):
     gated = [ir.node(w) for w in four.writes]
     assert len(gated) == 16 and all(w.gate == sid and w.top == 4 for w in gated)
     assert sorted(w.rows for w in gated) == [(i,) for i in range(16)]
-    assert all(isinstance(ir.node(w), Write) and ir.node(w).gate is None for w in empty.writes)
+    assert all(isinstance(ir.node(w), Write) and (ir.node(w).gate, ir.node(w).top) == (sid, 0)
+               for w in empty.writes)
     norm = dict(ev.rows[1].normalize)["faithfulness"]
     assert [ir.node(ir.node(m).forward) for m in norm] == [empty, full]
     circuit = next(t for t in ir.tables if t.name == "c")
@@ -150,3 +152,30 @@ def test_areas():
     # Above 1 counts as distance from 1 too; one size has no area.
     assert areas([(0.1, 1.5), (0.2, 1.5)])[1] == pytest.approx(0.1 * 0.5)
     assert all(math.isnan(a) for a in areas([(0.5, 0.7)]))
+
+
+def test_edge_circuit_lowering(models: Models):
+    """An edge circuit: the receiver writes of path patching (one per receiver), gated per
+    size (the empty circuit: top 0), `rows` naming each sender's table row."""
+    checked = _check(models, "attribute * -> * from corrupt into clean using eap  measure ld"
+                     "  as edges\ncircuit c = top {0, 7} of edges\n"
+                     "evaluate c in clean with ablate(corrupt)  measure ld  as ev\n")
+    ir = lower(checked)
+    (sid, _), = ir.of_type(Select)
+    edges = next(t for t in ir.tables if t.name == "edges")
+    ev = next(t for t in ir.tables if t.name == "ev")
+    assert ev.columns == ("edges", "fraction", "ld", "faithfulness")
+    empty, seven = [ir.node(ir.node(dict(r.values)["ld"]).forward) for r in ev.rows]
+    plain = [ir.node(w) for w in empty.writes]
+    gated = [ir.node(w) for w in seven.writes]
+    assert all(w.gate == sid and w.top == 0 and w.senders for w in plain)
+    assert [(w.site, w.senders) for w in gated] == [(w.site, w.senders) for w in plain]
+    assert all(w.gate == sid and w.top == 7 and len(w.rows) == len(w.senders) for w in gated)
+    index = {(dict(r.key)["sender"], dict(r.key)["receiver"]): i
+             for i, r in enumerate(edges.rows)}
+    from patchc.compiler.edges import receiver_text
+
+    for w in gated:
+        for s, row in zip(w.senders, w.rows):
+            assert index[str(s), receiver_text(w.site)] == row
+    assert sum(len(w.rows) for w in gated) == len(edges.rows)

@@ -121,3 +121,18 @@ def test_an_edge_sweep_starts_at_the_receivers_layer(models: Models) -> None:
         assert isinstance(w, Write) and w.mode == "edge" and w.live == ()
         starts[w.site.kind] = f.start_layer
     assert starts == {"q.in": 2, "logits.in": 4}  # logits: after the last of 4 blocks
+
+
+def test_a_joint_patch_reads_changed_senders_in_its_own_forward(models: Models) -> None:
+    """In all(L0.H1.out -> L1.H2.q, L1.H0.out -> L2.mlp.in), writing L1.H2.q's input can
+    change L1.H0.out's layer, so that sender's current value is read live (Write.live), and
+    the IR dump marks it."""
+    from patchc.compiler.dump import dump_ir
+
+    body = ("swap all(L0.H1.out -> L1.H2.q, L1.H0.out -> L2.mlp.in) from clean into corrupt"
+            "  measure ld")
+    ir = lower(_checked(models, "gpt2", body))
+    writes = {w.site.kind: w for _, w in ir.of_type(Write) if w.senders}
+    assert writes["q.in"].live == () and len(writes["q.in"].inputs) == 2
+    assert writes["mlp.in"].live == (0,) and len(writes["mlp.in"].inputs) == 1
+    assert "from L1.H0.out*" in dump_ir(ir)

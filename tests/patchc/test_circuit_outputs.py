@@ -109,3 +109,12 @@ def test_graphviz_dot_draws_when_installed(tmp_path, monkeypatch):
     assert plot_circuit.draw_graph(g, "t", out)
     assert out.read_text() == "PNG"
     assert (tmp_path / "c_1.png.in").read_text() == to_dot(g, "t")
+
+
+def test_results_plot_in_a_notebook():
+    res = patchc.run(SPEC, threads=1)
+    fig = res.plot("c")
+    assert "top 10 of the 20 nodes" in fig.axes[0].get_title()
+    assert "top 3 of" in res.plot("c", "3").axes[0].get_title()
+    curve = res.plot("ev")
+    assert "cpr" in curve.axes[0].get_legend().get_texts()[0].get_text()

@@ -101,7 +101,8 @@ def test_check_prints_warnings_then_ok(capsys, tmp_path: Path):
                  + "swap L1.H*.z from clean into corrupt  measure ld\n")
     code, out, err = cli(capsys, "check", path)
     assert code == 0, err
-    assert "warning[W300]" in err and "1 warning" in out and out.count("\n") == 1
+    assert "warning[W300]" in err and "1 warning" in out and out.count("\n") == 2
+    assert out.splitlines()[1].startswith("cost: 12 experiment(s) in ")
 
 
 @pytest.mark.parametrize("command", ["check", "compile", "fmt"])

@@ -1,5 +1,5 @@
 """Mistakes on the command line are reported as the flag they are (exit 1), never as line 1
-of the spec or an internal error; `check` notes a long run's cost."""
+of the spec or an internal error; `check` states the cost (a long run's as a note)."""
 
 import os
 
@@ -81,7 +81,11 @@ def test_unlocated_errors_print_no_line(capsys, spec: Path):
 
 def test_check_notes_a_long_run(capsys, spec: Path, monkeypatch):
     code, out, _ = cli(capsys, "check", spec)
-    assert code == 0 and "long run" not in out
+    lines = out.splitlines()
+    assert code == 0 and "long run" not in out and len(lines) == 2, out
+    # Every check states the cost: experiments, model passes, FLOPs and a time.
+    assert lines[1].startswith("cost: 1 experiment(s) in 2 model pass(es), "), out
+    assert "FLOPs: about" in lines[1] and " s at 1e+10 FLOP/s on cpu" in lines[1]
     monkeypatch.setattr(patchc.cli, "LONG_RUN_SECONDS", 0.0)
     code, out, _ = cli(capsys, "check", spec)
     lines = out.splitlines()

@@ -25,6 +25,9 @@ PARTS = {
     "llama": ("model.layers", "input_layernorm", "post_attention_layernorm",
               ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "mlp",
               "self_attn.o_proj", "model.norm"),
+    "qwen2": ("model.layers", "input_layernorm", "post_attention_layernorm",
+              ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "mlp",
+              "self_attn.o_proj", "model.norm"),
     "neox": ("gpt_neox.layers", "input_layernorm", "post_attention_layernorm",
              "attention.query_key_value", "mlp", "attention.dense",
              "gpt_neox.final_layer_norm"),
@@ -37,6 +40,9 @@ def _parse(text: str) -> tuple[int | None, int | None, str]:
     assert m, text
     layer, head, kind = m.groups()
     return (None if layer is None else int(layer), None if head is None else int(head), kind)
+
+
+PARTS["gemma"] = PARTS["mistral"] = PARTS["qwen2"]
 
 
 class Hand:

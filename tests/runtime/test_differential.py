@@ -335,3 +335,36 @@ swap L1.mlp.out @ d.p, L2.resid_pre @ d.p from clean into corrupt
 """, tokenizer)
     per = fast.per_example("each_pos")
     assert per["ld"].isna().sum() == 2 * ((11 - 9) + (11 - 7))  # 2 heads x missing positions
+
+
+MLP_INNER = {"gpt2": lambda m: m.transformer.h[-1].mlp.c_fc,
+             "llama": lambda m: m.model.layers[-1].mlp.gate_proj,
+             "neox": lambda m: m.gpt_neox.layers[-1].mlp.dense_h_to_4h}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dead_positions_match_naive(family: str, tokenizer) -> None:
+    """dead_positions: the last block's MLP runs at the measured positions only (one at
+    `last`; two where a metric also reads d.p, a position that differs per row), and every
+    value equals the naive interpreter's; a write to that MLP keeps it whole."""
+    widths: list[int] = []
+    inner = MLP_INNER[family](model(family))
+    handle = inner.register_forward_pre_hook(lambda _m, args: widths.append(args[0].shape[1]))
+    try:
+        assert_same(family, """
+metric at_p = logit(d.answer) @ d.p
+ablate L*.mlp.out in clean
+    measure ld, at_p
+    as zeroed
+ablate L*.attn.out in clean with mean(corrupt)
+    measure ld normalized, kl(clean)
+    as meaned
+swap L*.H{0,2}.z from clean into corrupt
+    measure prob(d.answer)
+    as heads
+""", tokenizer)
+    finally:
+        handle.remove()
+    # Each run also ran in the naive interpreter (width 11 every time); the optimized one
+    # computed the last MLP at 1 or 2 positions for every forward that measures.
+    assert 11 in widths and 1 in widths and 2 in widths

@@ -1,6 +1,7 @@
 """Path patching and edge ablation equal a hand implementation with plain torch hooks
 (edge_hand.py) on tiny GPT-2, Llama (grouped-query) and NeoX (parallel residual) models, with
-both interpreters, for q, k, v, mlp.in and logits receivers and joint `all(...)` patches."""
+both interpreters, for q, k, v, mlp.in and logits receivers and joint `all(...)` patches;
+single edges also on Qwen2 (q/k/v biases), Mistral and Gemma (one kv head, RMSNorm 1 + w)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,11 @@ metric ld = logit(d.a) - logit(d.b)
 """
 EDGES = [("L0.H1.out", "L1.H2.q"), ("embed", "L2.H3.k"), ("L1.mlp.out", "L2.H0.v"),
          ("L0.attn.out", "L1.mlp.in"), ("L1.H3.out", "logits"), ("L0.mlp.out", "L2.mlp.in")]
+# L1.H0.out and L1.H2.out come after the L1.H2.q/k receivers: their values are read in the
+# patched forward itself, L1.H0.out's once for its three receivers.
 JOINT = [("L0.H1.out", "L1.H2.q"), ("L1.H0.out", "L2.mlp.in"), ("L0.mlp.out", "L1.H2.k"),
-         ("L1.H2.out", "logits"), ("embed", "L1.H2.q")]
+         ("L1.H2.out", "logits"), ("embed", "L1.H2.q"), ("L1.H0.out", "logits"),
+         ("L1.H0.out", "L2.H1.k")]
 
 
 def _ld(fam, logits: torch.Tensor) -> torch.Tensor:
@@ -46,7 +50,7 @@ def _hand(fam, edges, how: str = "swap", pos: int | None = None) -> float:
     return float(_ld(fam, hand.patched(corrupt, edges, new, pos)).mean())
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "neox"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "neox", "qwen2", "mistral", "gemma"])
 def test_single_edges_equal_hand_path_patching(get_family, name: str) -> None:
     fam = get_family(name)
     items = ", ".join(f"{s} -> {r}" for s, r in EDGES)

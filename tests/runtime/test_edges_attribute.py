@@ -79,3 +79,17 @@ def test_relp_equals_eap_where_the_rules_are_the_gradient(rule_free_gpt2: Fam) -
     eap, relp = res["eap"]["ld"].to_numpy(), res["relp"]["ld"].to_numpy()
     # The edges' estimates differ from each other far more than the two methods do.
     assert abs(relp - eap).max() < 0.02 * eap.std()
+
+
+def test_relp_ah_stops_key_and_query_paths(get_family) -> None:
+    """relp(ah=true) detaches every attention pattern: a query or key receiver gets no
+    gradient, so its edges estimate no change (m_B); a value receiver's do not vanish."""
+    fam = get_family("gpt2")
+    res = fam.run(PRELUDE + """measure ld in corrupt as base
+attribute L0.H*.out -> L1.H0.k, L0.H*.out -> L2.H1.q from clean into corrupt using relp(ah=true)
+    measure ld as qk
+attribute L0.H*.out -> L1.H0.v from clean into corrupt using relp(ah=true) measure ld as v
+""")
+    base = res["base"]["ld"].iloc[0]
+    assert res["qk"]["ld"].tolist() == pytest.approx([base] * 8, abs=1e-6)
+    assert all(abs(x - base) > 1e-6 for x in res["v"]["ld"])
