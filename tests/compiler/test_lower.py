@@ -6,6 +6,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import dataclasses  # noqa: E402
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -411,10 +412,22 @@ def _checkable(spec_text: str, base_dir: str) -> bool:
         (Path(base_dir) / p).is_file() for p in paths)
 
 
+def _shape_for(spec_text: str, base_dir: str):
+    """The 12-layer shape, except for a spec that attaches a dictionary: a dictionary has the
+    width of the model it was trained on, so that spec is checked against its own model's
+    config."""
+    spec = parse(spec_text, "<spec>", base_dir)
+    if not any(isinstance(s, A.DictDecl) for s in spec.statements):
+        return MODEL12
+    model, = (s for s in spec.statements if isinstance(s, A.ModelDecl))
+    config = json.loads((Path(base_dir) / model.model_id / "config.json").read_text("utf-8"))
+    return spec_from_config(config)
+
+
 @pytest.mark.parametrize("name,src,base_dir", _examples())
 def test_examples_lower_verify_and_are_deterministic(name, src, base_dir):
     # 14 tokens: the prompts of examples/data/ioi.jsonl (positions such as `@ {1, 3, 9}`)
-    c = checked(src, ntok=14, model=MODEL12, base_dir=base_dir,
+    c = checked(src, ntok=14, model=_shape_for(src, base_dir), base_dir=base_dir,
                 use_check=_checkable(src, base_dir))
     a, b = lower(c), lower(c)
     verify(a)
