@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from patchc.compiler import ast as A
+from patchc.compiler.budget import budget_error, memory_span, smallest_budget
 from patchc.compiler.costs import RunShape, parse_bytes
 from patchc.compiler.ir import Backward, Forward, IRGraph, Metric, Positions, Read, Write
 from patchc.compiler.schedule import ForwardStep, Plan, schedule
@@ -96,6 +97,13 @@ class Executor(Interpreter):
         budget = memory_budget(options.memory, self.device, weights, share)
         plan = schedule(ir, self.checked.model, runs, budget, options.batch_size,
                         param.element_size(), weights, naive_ir)
+        if plan.over_budget and options.memory is not None:
+            # the user's `set memory` cannot be held even one experiment per pass: refuse
+            # before any pass, as `check` does, naming the smallest budget that fits
+            need = smallest_budget(ir, self.checked.model, runs, options.batch_size,
+                                   param.element_size(), weights)
+            raise budget_error(plan, need * share, memory_span(self.checked.spec)
+                               ).with_source(self.checked.spec.source)
         return ir, plan
 
     # ---- evaluation ---------------------------------------------------------------------

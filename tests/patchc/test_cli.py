@@ -311,3 +311,15 @@ def test_compile_emit_plan_for_workers(capsys):
     assert code == 1 and "--workers applies to --emit plan" in err
     code, _, err = cli(capsys, "compile", IOI, "--emit", "plan", "--workers", "0")
     assert code == 1 and "at least 1" in err
+
+
+def test_run_refuses_a_memory_budget_nothing_fits(tmp_path, capsys):
+    # `run` refuses as `check` does (E422 at the `set memory` line), before any model pass,
+    # and leaves no result folder behind
+    spec = write(tmp_path, 'set memory = "1MB"\n' + HEAD
+                 + "swap L*.mlp.post[*] @ last from clean into corrupt measure ld\n")
+    code, out, err = cli(capsys, "run", spec, "--out", tmp_path / "out")
+    assert code == 1, err
+    assert re.search(r"spec\.patch:1:\d+: error\[E422\]: .*smallest budget that fits is \d+ MB",
+                     err), err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
