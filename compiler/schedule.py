@@ -28,7 +28,7 @@ from . import costs as C
 from .ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Select, Vector
 from .modelspec import ModelSpec
 from .plan import ForwardStep, NodeStep, Plan, PlanSummary, Step
-from .schedule_sweep import OVERHEAD_FLOPS_PER_LAYER, sweep_steps
+from .schedule_sweep import OVERHEAD_FLOPS_PER_LAYER, cheapest_spans, sweep_steps
 
 __all__ = ["ForwardStep", "NodeStep", "Plan", "PlanSummary", "Step", "schedule", "run_shapes",
            "step_uses", "step_produces", "result_nodes", "frees"]
@@ -155,20 +155,8 @@ def _chunks(sz: C.GraphSizes, members: list[str], cap_bytes: int | None,
     counts = [0]
     for _, ms in buckets:
         counts.append(counts[-1] + len(ms))
-    best: list[tuple[float, int]] = [(0.0, 0)] + [(math.inf, 0)] * len(buckets)
-    for b in range(1, len(buckets) + 1):
-        for a in range(b):
-            c = best[a][0] + cost(a, b)[0]
-            if c < best[b][0]:
-                best[b] = (c, a)
-    spans = []
-    b = len(buckets)
-    while b:
-        a = best[b][1]
-        spans.append((a, b))
-        b = a
     out = []
-    for a, b in reversed(spans):
+    for a, b in cheapest_spans(len(buckets), lambda a, b: cost(a, b)[0]):
         p0 = buckets[a][0]
         ms = [m for i in range(a, b) for m in buckets[i][1]]
         k = cap(p0)

@@ -105,20 +105,8 @@ def sweep_chunks(sz: C.GraphSizes, fid: str, cap_bytes: int | None, batch_size: 
         return math.ceil(n / most) * overhead + n * per
 
     # Merging is only worth it between neighbouring variants: consider spans of up to 8.
-    best: list[tuple[float, int]] = [(0.0, 0)] + [(math.inf, 0)] * len(buckets)
-    for b in range(1, len(buckets) + 1):
-        for a in range(max(0, b - 8), b):
-            c = best[a][0] + cost(a, b)
-            if c < best[b][0]:
-                best[b] = (c, a)
-    spans = []
-    b = len(buckets)
-    while b:
-        a = best[b][1]
-        spans.append((a, b))
-        b = a
     out = []
-    for a, b in reversed(spans):
+    for a, b in cheapest_spans(len(buckets), cost, window=8):
         p0 = min(p for p, _ in buckets[a:b])
         most = per_pass(p0)[0]
         out += [(lo, min(lo + most, starts[b]), p0) for lo in range(starts[a], starts[b], most)]
@@ -150,3 +138,21 @@ def sweep_steps(ir: IRGraph, sz: C.GraphSizes, fid: str, cap: int | None,
             generate=False, flops=C.forward_flops(sz.model, shape),
             bytes=C.forward_bytes(sz.model, shape, sz.b), sweep=(lo, hi)))
     return out
+
+
+def cheapest_spans(n: int, cost, window: int | None = None) -> list[tuple[int, int]]:
+    """Cut buckets 0..n-1 into consecutive spans [a, b) of least total `cost(a, b)` (dynamic
+    programming; spans of at most `window` buckets when given), in order."""
+    best: list[tuple[float, int]] = [(0.0, 0)] + [(math.inf, 0)] * n
+    for b in range(1, n + 1):
+        for a in range(max(0, b - window) if window else 0, b):
+            c = best[a][0] + cost(a, b)
+            if c < best[b][0]:
+                best[b] = (c, a)
+    spans = []
+    b = n
+    while b:
+        a = best[b][1]
+        spans.append((a, b))
+        b = a
+    return spans[::-1]
