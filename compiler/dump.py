@@ -25,6 +25,7 @@ import networkx as nx
 
 from . import printer
 from .errors import Span
+from .ir_edges import describe as edges_describe
 from .ir_sweep import SweepRows, describe
 from .ir import (
     Backward,
@@ -177,7 +178,8 @@ def _node_line(nid: str, node: Any) -> str:
         return f"{nid} = backward {node.rules} <- {node.metric} wrt {', '.join(node.wrt)}"
     if isinstance(node, Estimate):
         steps = f" steps={node.steps}" if node.steps else ""
-        return f"{nid} = {node.method} {node.site} @ {node.pos}{steps}{_deps(node.inputs)}"
+        what = edges_describe(node.edges) if node.edges is not None else str(node.site)
+        return f"{nid} = {node.method} {what} @ {node.pos}{steps}{_deps(node.inputs)}"
     if isinstance(node, Select):
         norm = f" normalize {', '.join(node.normalize)}" if node.normalize else ""
         return (f"{nid} = select {node.table} ref {node.reference}{norm}"

@@ -213,6 +213,8 @@ def _label(nid: str, node) -> str:
     if isinstance(node, Metric):
         return f"{nid} {node.name}"
     if isinstance(node, Estimate):
+        if node.edges is not None:
+            return f"{nid} {node.method}\\n{len(node.edges.pairs)} edges"
         return f"{nid} {node.method}\\n{node.site}"
     if isinstance(node, Backward):
         return f"{nid} backward {node.rules}"

@@ -270,6 +270,9 @@ class Estimate:
     pos: Positions
     inputs: tuple[str, ...]
     steps: int = 0  # ig interpolation steps
+    # A compact edge Estimate (compiler/ir_edges.py): the ir_edges.EdgeSet of every edge it
+    # scores; its value is then [members, examples]. None: one experiment, value [examples].
+    edges: Any = None
 
 
 Node = Union[Forward, Read, Write, Vector, Metric, Backward, Estimate, Select]

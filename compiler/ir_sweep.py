@@ -97,13 +97,15 @@ class SweepSpec:
 class SweepRows:
     """A table's rows that are a sweep Forward's members: `values` and `normalize` as in
     ir.Row (the Metric ids, now of [members, examples] values), `count` members of `space`
-    (the sweep's own index set: its row keys)."""
+    (the sweep's own index set: its row keys). The members of a compact edge Estimate
+    (ir_edges.py) are listed the same way: `forward` is then that Estimate, `values` its
+    Estimates (one per measure) and `space` its ir_edges.EdgeSet."""
 
     forward: str
     values: tuple[tuple[str, str], ...]
     normalize: tuple[tuple[str, tuple[str, str | None]], ...] = ()
     count: int = 0
-    space: Space | None = None
+    space: Any = None  # Space, or ir_edges.EdgeSet
 
 
 def whole_site(site: Site) -> Site:
@@ -138,6 +140,8 @@ def _columns(space: Space) -> dict[str, np.ndarray]:
 
 def bound_columns(space: Space) -> tuple[str, ...]:
     """The sweep columns a member's key binds, in key order."""
+    if not isinstance(space, Space):  # an edge set (ir_edges.py) lists its members' keys
+        return space.bound_columns()
     cols = [c for c, _ in space.prefix] + [c for key in space.site_keys[:1] for c, _ in key]
     if space.pos_keys[0] is not None:
         cols.append("pos")
@@ -180,6 +184,9 @@ def split(space: Space, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 def key_columns(space: Space) -> dict[str, np.ndarray]:
     """The sweep columns of every member, in row order, as arrays (object for `site`)."""
     import numpy as np
+
+    if not isinstance(space, Space):  # an edge set (ir_edges.py)
+        return space.key_columns()
 
     s_idx, p_idx, v_idx = split(space, members(space))
     n = s_idx.size

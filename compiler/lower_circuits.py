@@ -28,6 +28,7 @@ from . import ast as A
 from .edges import has_edges
 from .errors import PlanError
 from .ir import Row, Select, Table
+from .ir_sweep import bound_columns
 from .lower_edges import edge_exps, edge_writes
 from .lowerer import Exp, Key, Lowerer
 
@@ -101,8 +102,11 @@ def lower_circuit(lw: Lowerer, decl: A.CircuitDecl) -> None:
     op = table_op(lw, name)
     col, measure = lw.measures(op)[0]
     target = op.target.value  # type: ignore[union-attr]
-    values = tuple(dict(r.values)[col] for r in table.rows)
-    norms = {dict(r.normalize).get(col) for r in table.rows}
+    # A row's value: its Metric or Estimate; a compact block's (ir_sweep.SweepRows, e.g. a
+    # compact edge Estimate) is one node of [members, examples] standing for its rows.
+    parts = [*table.rows, *table.sweeps]
+    values = tuple(dict(r.values)[col] for r in parts)
+    norms = {dict(r.normalize).get(col) for r in parts}
     if len(norms) != 1:
         raise PlanError("E532", f"table `{name}`: its rows are normalized by different "
                         "baselines; a circuit ranks rows of one scale", decl.span)
@@ -112,12 +116,13 @@ def lower_circuit(lw: Lowerer, decl: A.CircuitDecl) -> None:
     inputs = values + (reference,) + normalize
     sel = lw.ir.add(Select(name, values, reference, normalize), inputs)
     exps = _exps(lw, op)
-    if len(exps) != len(table.rows):
-        raise PlanError("E532", f"table `{name}`: {len(table.rows)} rows but "
-                        f"{len(exps)} experiments", decl.span)
-    n = len(table.rows)
+    n = table.n_rows()
+    if len(exps) != n:
+        raise PlanError("E532", f"table `{name}`: {n} rows but {len(exps)} experiments",
+                        decl.span)
     sizes = tuple(size_of(k, n) for k in decl.sizes)
     bound = {k for r in table.rows for k, _ in r.key}
+    bound |= {k for b in table.sweeps for k in bound_columns(b.space)}
     keys = tuple(c for c in table.columns if c in bound)
     kind = "edges" if _is_edges(op) else "nodes"
     # A node row names its site(s) in a `node` column: what drawings and files show.
@@ -126,9 +131,13 @@ def lower_circuit(lw: Lowerer, decl: A.CircuitDecl) -> None:
     rows = tuple(Row(key, ((col, dict(r.values)[col]),),
                      tuple((c, ts) for c, ts in r.normalize if c == col))
                  for key, r in zip(named, table.rows))
+    blocks = tuple(dataclasses.replace(b, values=((col, dict(b.values)[col]),),
+                                       normalize=tuple((c, ts) for c, ts in b.normalize
+                                                       if c == col))
+                   for b in table.sweeps)
     keys += ("node",) if kind == "nodes" else ()
     lw.ir.tables.append(Table(decl.name.value, "circuit", keys + (col,), rows, decl.span,
-                              select=sel))
+                              select=sel, sweeps=blocks))
     lw.circuits[decl.name.value] = Circuit(decl.name.value, sel, tuple(exps), sizes, name, kind)
 
 

@@ -11,8 +11,12 @@
   trim_logits unembeds only what the metrics read.
 - `attribute E from A into B using eap | eap_ig(steps=N) | relp`: Reads of each sender on A and
   B and of each receiver's input on B, one Backward (rules `grad`, or `lrp` for relp) with
-  respect to every receiver input, and one Estimate per edge (method `eap` or `eap_ig`):
-  m_B + (s_A - s_B) . dm/dx_r. eap_ig also reads B's `embed`: its gradient passes interpolate it.
+  respect to every receiver input, and per measure ONE Estimate (method `eap` or `eap_ig`) for
+  each run of experiments at the same positions, whose `edges` (compiler/ir_edges.py) stand
+  for every edge of them: m_B + (s_A - s_B) . dm/dx_r per edge, valued [experiments,
+  examples]; the table lists it as a SweepRows block. eap_ig also reads B's `embed`: its
+  gradient passes interpolate it. `lower(..., compact=False)` makes one Estimate per
+  experiment instead (the tests compare the two).
 
 For "circuit": `edge_writes(lw, run, edges, pos, how, source)` gives the Writes that patch a set
 of edges jointly in one forward of `run` (every edge not in a circuit, patched from A: one
@@ -21,11 +25,14 @@ of edges jointly in one forward of `run` (every edge not in a circuit, patched f
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from . import ast as A
 from .edges import EdgeMatch, EdgeRef, affects, edge_pos, expand_edge_item
 from .ir import Estimate, Positions, Row, Site, Write
+from .ir_edges import edge_set
+from .ir_sweep import SweepRows
 from .lowerer import Key, Lowerer, check_where, keep
 
 DEFAULT_EAP_IG_STEPS = 5
@@ -96,22 +103,34 @@ def _op_patch(lw: Lowerer, op: A.Swap | A.Ablate) -> None:
     lw.table(op, rows)
 
 
-def _op_attribute(lw: Lowerer, op: A.Attribute) -> None:
-    source, target = op.source.value, op.target.value
-    fa, fb = lw.base(source), lw.base(target)
+def _attribute_parts(op: A.Attribute) -> tuple[str, str, int]:
+    """(Estimate method, Backward rules, eap_ig steps (0 otherwise)) of `using ...`."""
     kw = {k.name: k.value for k in op.method.kwargs}
     method = "eap_ig" if op.method.name == "eap_ig" else "eap"
     rules = ("lrp_ah" if kw.get("ah") is True else "lrp") if op.method.name == "relp" \
         else "grad"
     steps = int(kw.get("steps", DEFAULT_EAP_IG_STEPS)) if method == "eap_ig" else 0  # type: ignore[arg-type]
+    return method, rules, steps
+
+
+def _embeds(lw: Lowerer, method: str, fa: str, fb: str) -> tuple[str, ...]:
+    """eap_ig's interpolated inputs: the embeddings of A and B, whole."""
+    if method != "eap_ig":
+        return ()
+    return tuple(lw.read(f, Site("embed"), Positions("all")) for f in (fa, fb))
+
+
+def _op_attribute(lw: Lowerer, op: A.Attribute) -> None:
+    """One Estimate per edge experiment (the per-experiment lowering, `compact=False`)."""
+    source, target = op.source.value, op.target.value
+    fa, fb = lw.base(source), lw.base(target)
+    method, rules, steps = _attribute_parts(op)
     exps = edge_exps(lw, op, target)
     triples = [[(lw.read(fa, e.sender, pos), lw.read(fb, e.sender, pos),
                  lw.read(fb, e.receiver, pos)) for e in edges] for _, edges, pos in exps]
     wrt = list(dict.fromkeys(g for ts in triples for _, _, g in ts))
-    embeds: tuple[str, ...] = ()
-    if method == "eap_ig":  # the interpolated inputs: the embeddings of A and B, whole
-        embeds = tuple(lw.read(f, Site("embed"), Positions("all")) for f in (fa, fb))
-        wrt.append(embeds[1])
+    embeds = _embeds(lw, method, fa, fb)
+    wrt += embeds[1:]
     rows = []
     measures = lw.measures(op)
     estimates: dict[tuple[int, str], str] = {}
@@ -130,9 +149,46 @@ def _op_attribute(lw: Lowerer, op: A.Attribute) -> None:
     lw.table(op, rows)
 
 
+def _op_attribute_compact(lw: Lowerer, op: A.Attribute) -> None:
+    """One Estimate per measure and run of experiments at the same positions, standing for
+    all of them (an ir_edges.EdgeSet), and a SweepRows block of the table per such run."""
+    source, target = op.source.value, op.target.value
+    fa, fb = lw.base(source), lw.base(target)
+    method, rules, steps = _attribute_parts(op)
+    exps = edge_exps(lw, op, target)
+    if not exps:  # `where` kept nothing: the per-experiment lowering's empty table
+        return _op_attribute(lw, op)
+    runs = [(pos, [(key, edges) for key, edges, _ in group])
+            for pos, group in itertools.groupby(exps, key=lambda e: e[2])]
+    sets = [(pos, edge_set(members)) for pos, members in runs]
+    reads = [(tuple(lw.read(fa, s, pos) for s in es.senders),
+              tuple(lw.read(fb, s, pos) for s in es.senders),
+              tuple(lw.read(fb, r, pos) for r in es.receivers)) for pos, es in sets]
+    embeds = _embeds(lw, method, fa, fb)
+    wrt = tuple(dict.fromkeys(g for _, _, gs in reads for g in gs)) + embeds[1:]
+    measures = lw.measures(op)
+    values: list[list[tuple[str, str]]] = [[] for _ in sets]
+    for col, m in measures:
+        back = lw.backward(lw.metric(fb, target, m.expr), wrt, rules)
+        for i, ((pos, es), (a, b, g)) in enumerate(zip(sets, reads)):
+            inputs = a + b + g + embeds + (back,)
+            node = Estimate(method, es.receivers[0], pos, inputs, steps, edges=es)
+            values[i].append((col, lw.ir.add(node, inputs)))
+    norm = tuple((col, lw.norm_refs(m, target, source)) for col, m in measures
+                 if m.normalized)
+    blocks = tuple(SweepRows(vals[0][1], tuple(vals), norm, es.count, es)
+                   for (_, es), vals in zip(sets, values))
+    keys = dict.fromkeys(c for _, es in sets for c in es.bound_columns())
+    columns = tuple(keys) + tuple(dict.fromkeys(c for c, _ in measures))
+    lw.table(op, [], columns, sweeps=blocks)
+
+
 def lower_edge_op(lw: Lowerer, op: A.Operation) -> None:
     if isinstance(op, A.Attribute):
-        _op_attribute(lw, op)
+        if lw.compact:
+            _op_attribute_compact(lw, op)
+        else:
+            _op_attribute(lw, op)
     else:
         _op_patch(lw, op)  # type: ignore[arg-type]
 

@@ -86,7 +86,7 @@ def circuit_info(table: Table, op: Any, checked: CheckedSpec) -> dict[str, Any]:
 
     model = checked.model
     return {"metric": table.columns[-1],
-            "sizes": [size_of(k, len(table.rows))[0] for k in op.sizes],
+            "sizes": [size_of(k, table.n_rows())[0] for k in op.sizes],
             "graph": {"n_layers": model.n_layers, "n_heads": model.n_heads,
                       "parallel_attn_mlp": model.parallel_attn, "d_model": model.d_model}}
 

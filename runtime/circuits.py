@@ -42,7 +42,9 @@ def rank(node: Select, values: dict[str, Any]) -> Ranking:
     means at once: tables of tens of thousands of edges)."""
     if not node.rows:
         return Ranking((), (), (), ())
-    rows = torch.stack([values[r].float().reshape(-1) for r in node.rows])
+    n = values[node.reference].numel()
+    # A row node is [n], or [members, n] for a compact block (its members are rows in order).
+    rows = torch.cat([values[r].float().reshape(-1, n) for r in node.rows])
     keep = ~torch.isnan(rows)  # [R, n]: the examples each row has
     ref = values[node.reference].float().reshape(1, -1).expand_as(rows)
     shown = _normalized(_means(rows, keep), keep, node, values)

@@ -72,6 +72,8 @@ def _available_ram() -> int:
 class Executor(Interpreter):
     """Evaluates an optimized IR graph through its Plan."""
 
+    batched_edges = True  # a compact edge Estimate in one batched product
+
     def __init__(self, checked, model: torch.nn.Module, tokenizer, adapter,
                  progress: Callable[[int, int], None] | None = None) -> None:
         super().__init__(checked, model, tokenizer, adapter, progress)

@@ -32,6 +32,7 @@ from .reading import collect_reads, lens_logits, table_reads
 from .sweep_members import run_members
 from .loading import input_device
 from .edge_estimates import EDGE_METHODS, run_edge_estimate
+from .edge_sets import run_edge_set
 from .edges import edge_hooks, is_edge
 from .writes import make_readers, make_writer
 
@@ -62,6 +63,8 @@ class ForwardOutput:
 
 class Interpreter:
     """Evaluates an IR graph on a loaded model through an adapter."""
+
+    batched_edges = False  # a compact edge Estimate member by member (runtime/edge_sets.py)
 
     def __init__(self, checked: CheckedSpec, model: torch.nn.Module, tokenizer, adapter,
                  progress: Callable[[int, int], None] | None = None) -> None:
@@ -188,6 +191,8 @@ class Interpreter:
                 self.metric(ir, node)
         elif isinstance(node, Backward):
             self.values[nid] = run_backward(self, ir, nid, node)
+        elif isinstance(node, Estimate) and node.edges is not None:  # member by member here
+            results[nid] = self.values[nid] = run_edge_set(self, ir, node, self.batched_edges)
         elif isinstance(node, Estimate):
             run = run_edge_estimate if node.method in EDGE_METHODS else run_estimate
             results[nid] = self.values[nid] = run(self, ir, node)
