@@ -1,6 +1,7 @@
 """Cost of edges (issue 13): exact path patching of every edge, and `attribute * -> * using eap`.
 
     python benchmarks/edges.py [--repeats 3] [--sample 256] [--loop-sample 16] [--write]
+    python benchmarks/edges.py --only eap   # one part: `exact` or `eap` (not with --write)
 
 The model is a GPT-2-small-shaped random GPT-2 (12 layers, 12 heads, d_model 768, d_mlp 3072,
 vocab 50257) built from its config, 8 prompts of 16 tokens from a word-level tokenizer (saved
@@ -185,7 +186,10 @@ def main() -> None:
     ap.add_argument("--loop-sample", type=int, default=8, help="edges the plain loop patches")
     ap.add_argument("--write", action="store_true", help="write the table into performance.md")
     ap.add_argument("--quick", action="store_true", help="a 2-layer model (tests)")
+    ap.add_argument("--only", choices=("exact", "eap"), help="run one part (no --write)")
     args = ap.parse_args()
+    if args.only and args.write:
+        ap.error("--write needs both parts: leave out --only")
     torch.set_num_threads(1)
     sizes = dict(n_layer=2, n_head=4, n_embd=64) if args.quick else SIZES
     tmp = Path(tempfile.mkdtemp())
@@ -195,15 +199,35 @@ def main() -> None:
     rng = random.Random(0)
     sample = rng.sample(edges, min(args.sample, len(edges)))
     loop_sample = rng.sample(edges, min(args.loop_sample, len(edges)))
-    items = ", ".join(f"{s} -> {r}" for s, r, _ in sample)
-    exact_spec = spec(tmp, f"swap {items} from clean into corrupt measure ld as e")
-    eap_spec = spec(tmp, "attribute * -> * from clean into corrupt using eap measure ld as e")
-
     ids_clean = torch.tensor([tok(p)["input_ids"] for p in prompts(1)])
     ids_corrupt = torch.tensor([tok(p)["input_ids"] for p in prompts(2)])
     ans, dis = tok.convert_tokens_to_ids("w1"), tok.convert_tokens_to_ids("w2")
     loop = HandLoop(model, ids_clean, ids_corrupt, ans, dis)
 
+    rows: list[tuple[str, str, str, str]] = [("edges of the model (`* -> *`)", f"{len(edges):,}",
+                                              "", "")]
+    if args.only != "eap":
+        rows += _exact(args, model, tok, tmp, ms, edges, sample, loop_sample, loop)
+    if args.only != "exact":
+        rows += _eap(args, model, tok, tmp, ms, ids_corrupt, ans, dis)
+    table = "| | CPU time | spread | wall time |\n|---|---|---|---|\n" + "\n".join(
+        f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows)
+    print(table)
+    if args.write:
+        begin, end = "<!-- edges-benchmark -->", "<!-- /edges-benchmark -->"
+        text = DOC.read_text("utf-8")
+        block = f"{begin}\n{table}\n{end}"
+        if begin in text:
+            text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+        else:
+            text += "\n" + block + "\n"
+        DOC.write_text(text, "utf-8")
+
+
+def _exact(args, model, tok, tmp, ms, edges, sample, loop_sample, loop) -> list:
+    """The rows of exact patching: patchc's sample against the plain loop's, per edge."""
+    items = ", ".join(f"{s} -> {r}" for s, r, _ in sample)
+    exact_spec = spec(tmp, f"swap {items} from clean into corrupt measure ld as e")
     # A check that both compute the same numbers on the loop's sample.
     check_spec = spec(tmp, "swap " + ", ".join(f"{s} -> {r}" for s, r, _ in loop_sample[:4])
                       + " from clean into corrupt measure ld as e")
@@ -216,6 +240,25 @@ def main() -> None:
                                args.repeats, warm=False)
     l_t, l_spread, l_w = _time(lambda: [loop.one(s, r) for s, r, _ in loop_sample],
                                args.repeats)
+
+    loop_f, ours_f = flops(ms, edges)
+    per_loop, per_ours = l_t / len(loop_sample), p_t / len(sample)
+    return [
+        (f"plain loop, per edge ({len(loop_sample)} sampled edges)", f"{per_loop:.3f} s",
+         f"±{l_spread:.0%}", f"{l_w / len(loop_sample):.3f} s"),
+        (f"patchc exact, per edge ({len(sample)} sampled edges, compile included)",
+         f"{per_ours:.3f} s", f"±{p_spread:.0%}", f"{p_w / len(sample):.3f} s"),
+        ("exact: extrapolated to every edge, loop / patchc",
+         f"{per_loop * len(edges) / 3600:.1f} h / {per_ours * len(edges) / 3600:.1f} h", "",
+         ""),
+        ("exact: speed-up (measured)", f"{per_loop / per_ours:.1f}x", "", ""),
+        ("exact: FLOP-bound speed-up of the schedule", f"{loop_f / ours_f:.1f}x", "", ""),
+    ]
+
+
+def _eap(args, model, tok, tmp, ms, ids_corrupt, ans: int, dis: int) -> list:
+    """The rows of `attribute * -> * using eap` against one forward + backward."""
+    eap_spec = spec(tmp, "attribute * -> * from clean into corrupt using eap measure ld as e")
 
     def fwd_bwd() -> None:
         emb: dict = {}
@@ -236,25 +279,12 @@ def main() -> None:
     fb_t, fb_spread, fb_w = _time(fwd_bwd, args.repeats)
     last: dict = {}
     e_t, e_spread, e_w = _time(lambda: last.__setitem__(
-        "r", patchc.run(eap_spec, model=model, tokenizer=tok)), args.repeats, warm=False)
+        "r", patchc.run(eap_spec, model=model, tokenizer=tok)), args.repeats)
     stages = last["r"].manifest["timings"]
-
-    loop_f, ours_f = flops(ms, edges)
     n_senders = 1 + ms.n_layers * (ms.n_heads + 1)
     n_receivers = ms.n_layers * (3 * ms.n_heads + 1) + 1
     fb_f, eap_f = eap_flops(ms, (n_senders, n_receivers))
-    per_loop, per_ours = l_t / len(loop_sample), p_t / len(sample)
-    rows = [
-        ("edges of the model (`* -> *`)", f"{len(edges):,}", "", ""),
-        (f"plain loop, per edge ({len(loop_sample)} sampled edges)", f"{per_loop:.3f} s",
-         f"±{l_spread:.0%}", f"{l_w / len(loop_sample):.3f} s"),
-        (f"patchc exact, per edge ({len(sample)} sampled edges, compile included)",
-         f"{per_ours:.3f} s", f"±{p_spread:.0%}", f"{p_w / len(sample):.3f} s"),
-        ("exact: extrapolated to every edge, loop / patchc",
-         f"{per_loop * len(edges) / 3600:.1f} h / {per_ours * len(edges) / 3600:.1f} h", "",
-         ""),
-        ("exact: speed-up (measured)", f"{per_loop / per_ours:.1f}x", "", ""),
-        ("exact: FLOP-bound speed-up of the schedule", f"{loop_f / ours_f:.1f}x", "", ""),
+    return [
         ("one forward + backward (input grad)", f"{fb_t:.2f} s", f"±{fb_spread:.0%}",
          f"{fb_w:.2f} s"),
         ("patchc `attribute * -> * using eap` (all edges, compile included)",
@@ -265,18 +295,6 @@ def main() -> None:
          ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()
                    if isinstance(v, float) and not k.endswith("share"))),
     ]
-    table = "| | CPU time | spread | wall time |\n|---|---|---|---|\n" + "\n".join(
-        f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows)
-    print(table)
-    if args.write:
-        begin, end = "<!-- edges-benchmark -->", "<!-- /edges-benchmark -->"
-        text = DOC.read_text("utf-8")
-        block = f"{begin}\n{table}\n{end}"
-        if begin in text:
-            text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-        else:
-            text += "\n" + block + "\n"
-        DOC.write_text(text, "utf-8")
 
 
 if __name__ == "__main__":
