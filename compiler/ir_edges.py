@@ -118,5 +118,5 @@ def describe(es: EdgeSet) -> str:
     """`32491 edges (157 senders x 445 receivers)`, `6 members, 9 edges (...)` for groups."""
     n = len(es.pairs)
     head = f"{n} edge{'s' * (n != 1)}" if es.count == n else \
-        f"{es.count} members, {n} edges"
+        f"{es.count} member{'s' * (es.count != 1)}, {n} edges"
     return f"{head} ({len(es.senders)} senders x {len(es.receivers)} receivers)"
