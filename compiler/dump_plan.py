@@ -214,7 +214,7 @@ def _label(nid: str, node) -> str:
         return f"{nid} {node.name}"
     if isinstance(node, Estimate):
         if node.edges is not None:
-            return f"{nid} {node.method}\\n{len(node.edges.pairs)} edges"
+            return f"{nid} {node.method}\\n{node.edges.n_edges} edges"
         return f"{nid} {node.method}\\n{node.site}"
     if isinstance(node, Backward):
         return f"{nid} backward {node.rules}"

@@ -62,11 +62,11 @@ def _batched(interp: "RunContext", es: EdgeSet, a, b, g, grads, m_b: torch.Tenso
     gr = torch.stack([grads[r].float().flatten(1) for r in g]).to(d.device)  # [R, n, F]
     prod = torch.bmm(d.transpose(0, 1), gr.permute(1, 2, 0)).cpu()  # [n, S, R]
     del d, gr
-    pairs = torch.tensor(es.pairs, dtype=torch.long).reshape(-1, 2)
-    scores = prod[:, pairs[:, 0], pairs[:, 1]].T  # [E, n]
-    bad = (~valid[pairs[:, 1]]).to(torch.int32)  # [E, n]
-    n_edges = len(es.pairs)
-    if es.count == n_edges:  # one edge per member (every pattern but `all(...)`)
+    si = torch.tensor(es.sender_of, dtype=torch.long)
+    ri = torch.tensor(es.receiver_of, dtype=torch.long)
+    scores = prod[:, si, ri].T  # [E, n]
+    bad = (~valid[ri]).to(torch.int32)  # [E, n]
+    if es.count == es.n_edges:  # one edge per member (every pattern but `all(...)`)
         total, invalid = scores, bad
     else:
         member = torch.tensor(es.member_of(), dtype=torch.long)

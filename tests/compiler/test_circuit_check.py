@@ -172,7 +172,7 @@ def test_edge_circuit_lowering(models: Models):
     assert [(w.site, w.senders) for w in gated] == [(w.site, w.senders) for w in plain]
     assert all(w.gate == sid and w.top == 7 and len(w.rows) == len(w.senders) for w in gated)
     # The edge table lowers compactly: its rows are the members of its edge Estimate.
-    keys = [k for b in edges.sweeps for k in b.space.keys]
+    keys = [k for b in edges.sweeps for k in b.space.row_keys()]
     index = {(dict(k)["sender"], dict(k)["receiver"]): i for i, k in enumerate(keys)}
     from patchc.compiler.edges import receiver_text
 

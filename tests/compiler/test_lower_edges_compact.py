@@ -87,7 +87,7 @@ def test_passes_plan_shards_dot_and_json_take_it(models: Models) -> None:
     assert f"{n} edges" in ir_dot(opt)
     data = json.loads(ir_to_json(opt))
     (node,) = [x for x in data["nodes"] if x["type"] == "Estimate"]
-    assert len(node["fields"]["edges"]["pairs"]) == n
+    assert len(node["fields"]["edges"]["sender_of"]) == n
     (sweep,) = data["tables"][0]["sweeps"]
     assert sweep["count"] == n and sweep["values"] == {"ld": node["id"]}
 
@@ -105,3 +105,4 @@ def test_edge_set_members_and_keys() -> None:
     assert list(cols) == ["sender", "receiver", "site"]
     assert list(cols["sender"]) == ["embed", None, "L0.H1.out"]
     assert es.pos_keys == (None,)
+    assert es.row_keys()[1] == (("site", "g"),) and es.n_edges == 4
