@@ -9,7 +9,7 @@ from . import ast as A
 from .check_context import Context, did_you_mean
 from .check_sites import check_pos
 from .checked import RunInfo
-from .edges import end_captures, expand_edge_item
+from .edges import check_edge_item, end_captures
 from .errors import Span
 from .limits import MAX_IG_STEPS
 
@@ -43,8 +43,9 @@ def check_edge_sites(ctx: Context, op: A.Operation, target: RunInfo | None
         caps = end_captures(item)
         bound |= {c.name for c in caps}
         if ctx.model is not None:
-            with ctx.catch():
-                resolved.append((item, expand_edge_item(item, ctx.model)))
+            with ctx.catch():  # (lowering expands the item: only its errors are wanted here)
+                check_edge_item(item, ctx.model)
+                resolved.append((item, None))
         if isinstance(item, A.Edge):
             names = ["sender", "receiver"] + [c.name for c in caps]
             for c in caps:

@@ -17,6 +17,7 @@ starts a forward patched there after the last block, so only the final norm and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 from . import ast as A
 from .errors import CheckError
@@ -168,34 +169,52 @@ def _is_single(end: A.EdgeEnd) -> bool:
                    for i in (end.layer, end.head))
 
 
-def expand_edge(edge: A.Edge, model: ModelSpec) -> list[EdgeMatch]:
+def iter_edge(edge: A.Edge, model: ModelSpec) -> Iterator[EdgeMatch]:
     """Every existing edge a pattern matches (one experiment each), keyed by `sender`,
-    `receiver` and the captures of both ends (a capture on both ends must agree). An edge
-    written without patterns that does not exist is an error (E382); a pattern that matches
-    no edge is one too (E383)."""
+    `receiver` and the captures of both ends (a capture on both ends must agree), one at a
+    time: `* -> *` has tens of thousands, and a consumer that keeps only a summary of each
+    (ir_edges.edge_set) never holds them all."""
     ss, rs = senders(edge.sender, model), receivers(edge.receiver, model)
     # Each end's place and text once (`* -> *` pairs every sender with every receiver).
     rplaced = [(r, rc, _place(r, model), ("receiver", receiver_text(r))) for r, rc in rs]
-    out = []
     for s, sc in ss:
         sp, stext = _place(s, model), ("sender", sender_text(s))
         for r, rc, rp, rtext in rplaced:
             if not _feeds(sp, rp, model.parallel_attn):
+                continue
+            if not sc and not rc:  # no captures (`* -> *`): the key is the two texts
+                yield EdgeMatch((EdgeRef(s, r),), (stext, rtext))
                 continue
             caps = dict(sc)
             if rc:
                 if any(caps.get(c, v) != v for c, v in rc):
                     continue
                 caps.update(rc)
-            out.append(EdgeMatch((EdgeRef(s, r),), (stext, rtext) + tuple(caps.items())))
+            yield EdgeMatch((EdgeRef(s, r),), (stext, rtext) + tuple(caps.items()))
+
+
+def expand_edge(edge: A.Edge, model: ModelSpec) -> list[EdgeMatch]:
+    """iter_edge's matches as a list. An edge written without patterns that does not exist
+    is an error (E382); a pattern that matches no edge is one too (E383)."""
+    out = list(iter_edge(edge, model))
     if not out:
-        if _is_single(edge.sender) and _is_single(edge.receiver):
-            s, r = ss[0][0], rs[0][0]
-            raise CheckError("E392", f"there is no edge {sender_text(s)} -> "
-                             f"{receiver_text(r)}: {_why_not(s, r, model)}", edge.span)
-        raise CheckError("E393", "the edge pattern matches no edge of the model", edge.span,
-                         hint="a sender must come before its receiver")
+        _no_edge(edge, model)
     return out
+
+
+def check_edge(edge: A.Edge, model: ModelSpec) -> None:
+    """expand_edge's errors, without making every match (the checker's question)."""
+    if next(iter_edge(edge, model), None) is None:
+        _no_edge(edge, model)
+
+
+def _no_edge(edge: A.Edge, model: ModelSpec) -> None:
+    if _is_single(edge.sender) and _is_single(edge.receiver):
+        s, r = senders(edge.sender, model)[0][0], receivers(edge.receiver, model)[0][0]
+        raise CheckError("E392", f"there is no edge {sender_text(s)} -> "
+                         f"{receiver_text(r)}: {_why_not(s, r, model)}", edge.span)
+    raise CheckError("E393", "the edge pattern matches no edge of the model", edge.span,
+                     hint="a sender must come before its receiver")
 
 
 def _why_not(s: Site, r: Site, model: ModelSpec) -> str:
@@ -207,13 +226,25 @@ def _why_not(s: Site, r: Site, model: ModelSpec) -> str:
 
 def expand_edge_item(item: A.Edge | A.EdgeGroup, model: ModelSpec) -> list[EdgeMatch]:
     """An edge pattern (one experiment per edge) or `all(...)` of edges (one experiment)."""
+    return list(iter_edge_item(item, model))
+
+
+def iter_edge_item(item: A.Edge | A.EdgeGroup, model: ModelSpec) -> Iterator[EdgeMatch]:
+    """expand_edge_item's matches one at a time (the item is checked: check_edge_item)."""
     if isinstance(item, A.Edge):
-        return expand_edge(item, model)
+        yield from iter_edge(item, model)
+        return
     edges: list[EdgeRef] = []
     for member in item.members:
         for m in expand_edge(member, model):
             edges.extend(m.edges)
-    return [EdgeMatch(tuple(dict.fromkeys(edges)), ())]
+    yield EdgeMatch(tuple(dict.fromkeys(edges)), ())
+
+
+def check_edge_item(item: A.Edge | A.EdgeGroup, model: ModelSpec) -> None:
+    """The errors expand_edge_item would raise."""
+    for edge in [item] if isinstance(item, A.Edge) else item.members:
+        check_edge(edge, model)
 
 
 def start_site(layer: int, own_writes) -> Site:

@@ -125,7 +125,9 @@ def edge_set(members: Iterable[tuple[Key, tuple[Any, ...]]]) -> EdgeSet:
             receiver_of.append(receivers.setdefault(e.receiver, len(receivers)))
         ends.append(len(sender_of))
         for c, v in key:
-            columns.setdefault(c, [None] * j).append(v)
+            if c not in columns:  # a column first bound by member j
+                columns[c] = [None] * j
+            columns[c].append(v)
         for vals in columns.values():  # a column this member does not bind
             if len(vals) == j:
                 vals.append(None)

@@ -29,9 +29,9 @@ import itertools
 from typing import Any
 
 from . import ast as A
-from .edges import EdgeMatch, EdgeRef, affects, edge_pos, expand_edge_item
+from .edges import EdgeMatch, EdgeRef, affects, edge_pos, expand_edge_item, iter_edge_item
 from .ir import Estimate, Positions, Row, Site, Write
-from .ir_edges import edge_set
+from .ir_edges import EdgeSet, edge_set
 from .ir_sweep import SweepRows
 from .lowerer import Key, Lowerer, check_where, keep
 
@@ -149,18 +149,47 @@ def _op_attribute(lw: Lowerer, op: A.Attribute) -> None:
     lw.table(op, rows)
 
 
+def _edge_sets(lw: Lowerer, op: A.Attribute, run: str) -> list[tuple[Positions, EdgeSet]]:
+    """The statement's experiments as EdgeSets, one per run of items and positions with the
+    same positions, in row order (edge_exps' order). The matches stream into the sets: the
+    tens of thousands of `* -> *` are never all held at once as objects."""
+    items, where = op.sites, op.clauses.where
+    bound: dict[str, None] = {}  # the columns some experiment binds (for `where`'s check)
+
+    def members(item: Any, label: Key, pkey: Key):
+        first = True
+        for m in iter_edge_item(item, lw.model):
+            key = label + m.key + pkey
+            if first:  # one item's matches bind the same columns
+                bound.update(dict.fromkeys(c for c, _ in key))
+                first = False
+            if not where or keep(where, key):
+                yield key, m.edges
+
+    def runs():
+        for item in items:
+            label = (("site", _item_text(item)),) if len(items) > 1 else ()
+            for pos, i in lw.positions(edge_pos(item), run):
+                yield pos, members(item, label, (("pos", i),) if i is not None else ())
+
+    out = []
+    for pos, group in itertools.groupby(runs(), key=lambda r: r[0]):
+        es = edge_set(itertools.chain.from_iterable(ms for _, ms in group))
+        if es.count:
+            out.append((pos, es))
+    check_where(where, [tuple((c, None) for c in bound)])
+    return out
+
+
 def _op_attribute_compact(lw: Lowerer, op: A.Attribute) -> None:
     """One Estimate per measure and run of experiments at the same positions, standing for
     all of them (an ir_edges.EdgeSet), and a SweepRows block of the table per such run."""
     source, target = op.source.value, op.target.value
     fa, fb = lw.base(source), lw.base(target)
     method, rules, steps = _attribute_parts(op)
-    exps = edge_exps(lw, op, target)
-    if not exps:  # `where` kept nothing: the per-experiment lowering's empty table
+    sets = _edge_sets(lw, op, target)
+    if not sets:  # `where` kept nothing: the per-experiment lowering's empty table
         return _op_attribute(lw, op)
-    runs = [(pos, [(key, edges) for key, edges, _ in group])
-            for pos, group in itertools.groupby(exps, key=lambda e: e[2])]
-    sets = [(pos, edge_set(members)) for pos, members in runs]
     reads = [(tuple(lw.read(fa, s, pos) for s in es.senders),
               tuple(lw.read(fb, s, pos) for s in es.senders),
               tuple(lw.read(fb, r, pos) for r in es.receivers)) for pos, es in sets]

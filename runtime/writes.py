@@ -75,6 +75,9 @@ def _index(idx: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
 
 def gather(act: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """act [N, T, ...] at padded indices idx [N, k] -> [N, k, ...]."""
+    if idx.shape[1] == act.shape[1] and torch.equal(
+            idx, torch.arange(idx.shape[1], device=idx.device).expand_as(idx)):
+        return act.clone()  # every position in order (`@ *` unpadded): a copy, many x faster
     return act.gather(1, _index(idx, act))
 
 
