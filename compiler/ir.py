@@ -20,6 +20,7 @@ Additions made for lower.py (existing fields unchanged):
     (`project`/`remove` are `replace`/`zero` so restricted); see Write.
   - `Estimate.inputs`: one (A read, B read) pair per site of the experiment (an `all(...)`
     group has several), then the Backward; for `dla`: site reads, the scale read, the Metric.
+    `Estimate.edges`: a compact edge Estimate's ir_edges.EdgeSet (its inputs: ir_edges.py).
   - `Pair` and `Table.pairs`: which estimate pairs with which exact swap metric (`compare`).
   - verify() also checks the ids in `Row.normalize` and `Table.pairs`.
 

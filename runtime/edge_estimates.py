@@ -1,4 +1,6 @@
-"""Edge attribution: Estimate nodes of method `eap` and `eap_ig` (compiler/lower_edges.py).
+"""Edge attribution: per-edge Estimate nodes of method `eap` and `eap_ig` (the lowering's
+`compact=False` form, compiler/lower_edges.py; the compact form is runtime/edge_sets.py,
+which shares `_diff` and `_ig_gradients` from here).
 
 An edge's estimate per example is m_B + (s_A - s_B) . g_r, summed over the positions and
 features it covers, with s a sender's output and g_r the gradient of the metric at the
