@@ -4,7 +4,8 @@ with its own error; combinations that cannot work are refused up front.
 
 Uses the bundled trained IOI GPT-2 (4 layers) and every kind of operation, so that every
 kind of step (batched forwards, narrowed and prefix-sharing ones, backwards, estimates,
-vectors, generation, a circuit's ranking and its gated forwards) is dealt to some worker.
+vectors, generation, a circuit's ranking and its gated forwards, a compact edge estimate)
+is dealt to some worker.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ trace L$l.resid_post @ 2 from clean into noisy  measure ld  as traced
 compare atp, relp against swap on L*.mlp.out from clean into corrupt  measure ld  as agree
 backpatch L$j.resid_post -> L$i.resid_post @ last in q  where $j > $i  measure solved  as hop
 circuit top_heads = top {{2, 50%}} of heads
+attribute * -> * from clean into corrupt using eap_ig(steps=2)  measure ld  as edges
+circuit top_edges = top {{5, 10%}} of edges
 evaluate top_heads in clean with ablate(corrupt)  measure ld  as faithful
 """
 
