@@ -195,7 +195,7 @@ def iter_edge(edge: A.Edge, model: ModelSpec) -> Iterator[EdgeMatch]:
 
 def expand_edge(edge: A.Edge, model: ModelSpec) -> list[EdgeMatch]:
     """iter_edge's matches as a list. An edge written without patterns that does not exist
-    is an error (E382); a pattern that matches no edge is one too (E383)."""
+    is an error (E392); a pattern that matches no edge is one too (E393)."""
     out = list(iter_edge(edge, model))
     if not out:
         _no_edge(edge, model)
@@ -226,6 +226,8 @@ def _why_not(s: Site, r: Site, model: ModelSpec) -> str:
 
 def expand_edge_item(item: A.Edge | A.EdgeGroup, model: ModelSpec) -> list[EdgeMatch]:
     """An edge pattern (one experiment per edge) or `all(...)` of edges (one experiment)."""
+    if isinstance(item, A.Edge):
+        return expand_edge(item, model)
     return list(iter_edge_item(item, model))
 
 

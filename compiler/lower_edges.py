@@ -189,7 +189,8 @@ def _op_attribute_compact(lw: Lowerer, op: A.Attribute) -> None:
     method, rules, steps = _attribute_parts(op)
     sets = _edge_sets(lw, op, target)
     if not sets:  # `where` kept nothing: the per-experiment lowering's empty table
-        return _op_attribute(lw, op)
+        _op_attribute(lw, op)
+        return
     reads = [(tuple(lw.read(fa, s, pos) for s in es.senders),
               tuple(lw.read(fb, s, pos) for s in es.senders),
               tuple(lw.read(fb, r, pos) for r in es.receivers)) for pos, es in sets]
