@@ -26,11 +26,22 @@ def _se(df: pd.DataFrame, col: str) -> np.ndarray | None:
     return np.nan_to_num(se.to_numpy(dtype=float), nan=0.0)
 
 
+def _start(cinfo: dict[str, Any], scale: str) -> float:
+    """Where a bar starts: a raw measure's no-effect value (its target run unpatched, when
+    known), else 0; a bar from 0 to 3.2 +- 0.1 would hide what the operation changed."""
+    mid = S.centre(scale, cinfo)
+    return mid if mid is not None and "centre" in cinfo else 0.0
+
+
 def reference_lines(ax, cinfo: dict[str, Any], scale: str, horizontal: bool = True) -> None:
-    """0 for a signed quantity; for a normalized one also 1 (the other baseline)."""
+    """0 for a signed quantity; for a normalized one also 1 (the other baseline); for a raw
+    one centred on its target run's unpatched value, that value (dotted)."""
     line = ax.axhline if horizontal else ax.axvline
     if scale in ("signed", "correlation", "ratio"):
         line(0, color="black", linewidth=0.8)
+    mid = S.centre(scale, cinfo)
+    if mid not in (None, 0.0, 1.0):
+        line(mid, color="grey", linewidth=0.8, linestyle=":")
     if "one" in cinfo or "ratio_to" in cinfo:
         line(1, color="grey", linewidth=0.8, linestyle=":")
 
@@ -41,13 +52,14 @@ def bars(ax, df: pd.DataFrame, key: str, col: str, info: dict[str, Any], scale: 
     data = df.sort_values(key) if pd.api.types.is_numeric_dtype(df[key]) else df
     values = data[col].to_numpy(dtype=float)
     labels, axis_title = S.category_labels(key, data[key].tolist(), info)
-    mid = S.centre(scale)  # diverging: colour by the side of the centre a bar ends on
+    cinfo = info.get("columns", {}).get(col, {})
+    mid = S.centre(scale, cinfo)  # diverging: colour by the side of the centre a bar ends on
     colors = [BAR if mid is None else NEGATIVE if v < mid else POSITIVE for v in values]
     x = np.arange(len(values))
     se = _se(data, col)
-    ax.bar(x, np.nan_to_num(values, nan=0.0), color=colors, yerr=se,
+    start = _start(cinfo, scale)  # a bar runs from "no effect" to its value
+    ax.bar(x, np.nan_to_num(values - start, nan=0.0), bottom=start, color=colors, yerr=se,
            error_kw={"elinewidth": 0.8, "capsize": 2 if len(values) <= 40 else 0})
-    cinfo = info.get("columns", {}).get(col, {})
     reference_lines(ax, cinfo, scale)
     S.set_ticks(ax, "x", labels)
     ax.set_xlim(-0.6, len(values) - 0.4)
@@ -68,6 +80,8 @@ def grouped_bars(ax, df: pd.DataFrame, key: str, group: str, col: str, info: dic
     labels = (["-"] if cats and cats[0] == "-" else []) + labels
     groups = list(dict.fromkeys(df[group]))
     width = 0.8 / len(groups)
+    cinfo = info.get("columns", {}).get(col, {})
+    start = _start(cinfo, scale)
     for i, g in enumerate(groups):
         part = df[df[group] == g]
         x, y, err = [], [], []
@@ -75,11 +89,11 @@ def grouped_bars(ax, df: pd.DataFrame, key: str, group: str, col: str, info: dic
         for j, (k, v) in enumerate(zip(part[key], part[col])):
             nan_key = isinstance(k, float) and math.isnan(k)
             x.append(cats.index("-" if nan_key else k) - 0.4 + width * (i + 0.5))
-            y.append(float(v) if math.isfinite(float(v)) else 0.0)
+            y.append(float(v) - start if math.isfinite(float(v)) else 0.0)
             err.append(se[j] if se is not None else 0.0)
-        ax.bar(x, y, width=width * 0.95, color=f"C{i % 10}", label=S.text(S.site_name(g)),
-               yerr=err if se is not None else None, error_kw={"elinewidth": 0.8})
-    cinfo = info.get("columns", {}).get(col, {})
+        ax.bar(x, y, width=width * 0.95, bottom=start, color=f"C{i % 10}",
+               label=S.text(S.site_name(g)), yerr=err if se is not None else None,
+               error_kw={"elinewidth": 0.8})
     reference_lines(ax, cinfo, scale)
     S.set_ticks(ax, "x", labels)
     ax.set_xlim(-0.6, len(cats) - 0.4)

@@ -4,7 +4,10 @@ mathtext, tick labels that never smear, and figures drawn on Agg without pyplot.
 Colour scales (the `scale` of a column, decided by patchc/plotinfo.py at run time):
 
   signed       an effect whose sign matters (a normalized measure, a logit difference, a
-               direct logit attribution): diverging `RdBu_r`, centred at 0, symmetric limits
+               direct logit attribution): diverging `RdBu_r`, symmetric limits, centred on
+               the value that means "no effect": 0 for a normalized measure or a
+               contribution, and for a raw measure of an operation on run B, B's own
+               unpatched value (the column's `centre`; the colorbar says so)
   ratio        a measure normalized as m / m_target (zero ablation, steer, scale without a
                source run): 1 is no effect, so diverging `RdBu_r` centred at 1
   correlation  Pearson/Spearman r: diverging `RdBu_r`, fixed at -1..1
@@ -16,8 +19,10 @@ Colour scales (the `scale` of a column, decided by patchc/plotinfo.py at run tim
 
 Probabilities, ranks and KL start at their natural 0, unless every value lies within 20%
 of the largest (0.011..0.013 on a random model): then the scale spans the data, or it would
-show one flat colour; the colorbar says where it starts. Levels always span the data. A
-sequential scale whose data go negative (an estimate can overshoot) falls back to signed.
+show one flat colour; the colorbar says where it starts. Levels always span the data (also a raw
+signed measure whose no-effect value the plan never measured: centred on 0 its values would
+all lie on one side, one colour). A sequential scale whose data go negative (an estimate can
+overshoot) falls back to signed.
 """
 
 from __future__ import annotations
@@ -82,8 +87,10 @@ def token_text(tok: str) -> str:
     return "".join(out)
 
 
-def limits(scale: str, values: Iterable[Any]) -> tuple[str, float, float, str]:
-    """(scale actually used, vmin, vmax, colormap name) for values drawn on one scale."""
+def limits(scale: str, values: Iterable[Any], mid: float | None = None
+           ) -> tuple[str, float, float, str]:
+    """(scale actually used, vmin, vmax, colormap name) for values drawn on one scale; a
+    signed scale is symmetric about `mid` (default 0), see `centre`."""
     finite = [float(v) for v in values
               if isinstance(v, (int, float)) and math.isfinite(float(v))]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
@@ -95,8 +102,9 @@ def limits(scale: str, values: Iterable[Any]) -> tuple[str, float, float, str]:
         lim = max(abs(lo - 1), abs(hi - 1)) or 1.0
         return scale, 1 - lim, 1 + lim, CMAPS[scale]
     if scale == "signed" or scale not in CMAPS:
-        lim = max(abs(lo), abs(hi)) or 1.0
-        return "signed", -lim, lim, CMAPS["signed"]
+        m = mid if mid is not None and math.isfinite(mid) else 0.0
+        lim = max(abs(lo - m), abs(hi - m)) or 1.0
+        return "signed", m - lim, m + lim, CMAPS["signed"]
     if scale != "level" and lo <= 0.8 * hi:
         lo = 0.0  # a natural zero, close enough to the data to keep
     if hi <= lo:  # one value: a unit-wide range around it
@@ -123,9 +131,15 @@ def set_ticks(ax, axis: str, labels: list[str]) -> None:
         ax.set_yticks(keep, shown)
 
 
-def centre(scale: str) -> float | None:
-    """The value a diverging scale is centred on (None for a sequential one)."""
-    return 1.0 if scale == "ratio" else 0.0 if scale in ("signed", "correlation") else None
+def centre(scale: str, cinfo: dict[str, Any] | None = None) -> float | None:
+    """The value a diverging scale is centred on, "no effect" (None for a sequential one):
+    1 for a ratio, a raw signed column's `centre` (its target run's unpatched value), else 0."""
+    if scale == "ratio":
+        return 1.0
+    if scale == "signed":
+        mid = (cinfo or {}).get("centre")
+        return float(mid) if isinstance(mid, (int, float)) and math.isfinite(mid) else 0.0
+    return 0.0 if scale == "correlation" else None
 
 
 def numeric_keys(keys: list[str], info: dict[str, Any]) -> list[str]:
@@ -153,6 +167,10 @@ def value_label(col: str, cinfo: dict[str, Any], baselines: bool = True) -> str:
     if "ratio_to" in cinfo:
         r = cinfo["ratio_to"]
         return f"{col} normalized:\n0 = zero, 1 = {run(r)}"  # m / m_target
+    if "centre_run" in cinfo and baselines:
+        return f"{col}\ncentre = {cinfo['centre_run']} unpatched ({_num(cinfo.get('centre'))})"
+    if "uncentred" in cinfo and baselines:
+        return f"{col}\n(not centred: {cinfo['uncentred']} unpatched is not measured)"
     return col
 
 

@@ -5,7 +5,10 @@ the folder alone:
   title         the operation as written, runs as `A → B`: `swap L*.H*.z clean → corrupt`
   columns       per measured column: its colour `scale` (patchc/plot_style.py); for a
                 normalized one the runs that map to 0 and 1 (`zero`, `one`), or `ratio_to`
-                for m / m_target, and each run's baseline mean (`baselines`)
+                for m / m_target, and each run's baseline mean (`baselines`); for a raw
+                signed one of an operation on run B, the value that means "no effect"
+                (`centre`: B's own unpatched mean, and `centre_run`: B), or, when the plan
+                never measures B unpatched, `uncentred`: B (drawn on a sequential scale)
   measures      for `compare`: the measured columns its scatter plots (their normalization
                 is under `columns` like any other)
   positions     for a table with a `pos` column: the run whose positions they are and a label
@@ -23,7 +26,7 @@ from typing import Any
 
 from patchc.compiler import ast as A
 from patchc.compiler.checked import CheckedSpec
-from patchc.compiler.ir import Backward, Estimate, IRGraph, Metric, Table
+from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Table
 
 _RUNS = re.compile(r" from (\S+) into (\S+)")
 
@@ -49,7 +52,7 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
         row = next((dict(r.values) for r in [*table.rows, *table.sweeps]
                     if col in dict(r.values)), None)
         if row is not None:
-            info["columns"][col] = _column(ir, row[col], base.get(col))
+            info["columns"][col] = _column(ir, row[col], base.get(col), table.op, values)
         elif col in ("pearson", "spearman"):
             info["columns"][col] = {"scale": "correlation"}
     if table.pairs:  # compare: what the scatter's axes measure (the swap's own metric)
@@ -58,7 +61,7 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
             col = dict(p.key).get("metric", only)
             if col not in info["columns"]:  # table_baselines names a lone measure `normalized`
                 b = base.get(col, base.get("normalized")) if p.normalize else None
-                info["columns"][col] = _column(ir, p.metric, b)
+                info["columns"][col] = _column(ir, p.metric, b, table.op, values)
         info["measures"] = list(dict.fromkeys(dict(p.key).get("metric", only)
                                               for p in table.pairs))
     if table.op in ("circuit", "evaluate"):
@@ -114,19 +117,74 @@ def _title(table: Table, op: Any) -> str:
     return _RUNS.sub(r" \1 → \2", head)
 
 
-def _column(ir: IRGraph, nid: str, baselines: dict[str, Any] | None) -> dict[str, Any]:
+# Operations on a target run B whose raw measure equals B's own unpatched value where the
+# operation changes nothing (a swap of an identical activation, a zero steering coefficient).
+_ON_TARGET = ("swap", "ablate", "attribute", "backpatch", "steer", "scale")
+
+
+def _column(ir: IRGraph, nid: str, baselines: dict[str, Any] | None, op: str = "",
+            values: dict[str, Any] | None = None) -> dict[str, Any]:
     """A column's colour scale; for a normalized one (`baselines` from
-    tables.table_baselines) the runs that map to 0 and 1 and their values."""
+    tables.table_baselines) the runs that map to 0 and 1 and their values; for a raw signed
+    one of an operation on B, B's unpatched value as the centre (module docstring)."""
     if baselines is None:
-        return {"scale": _node_scale(ir, nid)}
+        out: dict[str, Any] = {"scale": _node_scale(ir, nid)}
+        if out["scale"] == "signed" and op in _ON_TARGET:
+            out.update(_no_effect(ir, nid, values or {}))
+        return out
     zero, one = baselines["0"], baselines["1"]
-    out: dict[str, Any] = {"scale": "signed", "baselines": {one["run"]: one["value"]}}
+    out = {"scale": "signed", "baselines": {one["run"]: one["value"]}}
     if zero["run"] is None:  # m / m_target: 0 is zero, 1 (no effect) the target's value
         out["ratio_to"], out["scale"] = one["run"], "ratio"
     else:
         out["zero"], out["one"] = zero["run"], one["run"]
         out["baselines"][zero["run"]] = zero["value"]
     return out
+
+
+def _no_effect(ir: IRGraph, nid: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Where a raw measure of run B shows no effect: `centre` = B's unpatched mean when the
+    plan measures it (an attribution's gradient is taken there; a normalized column or a
+    `measure ... in B` of the same metric runs it), else a sequential scale spanning the
+    data, `uncentred` naming B: centred on 0 the values would all sit on one side, one
+    colour."""
+    from patchc.tables import example_mean
+
+    node = ir.node(nid)
+    if isinstance(node, Estimate):  # attribution: m_B + sum (a_A - a_B) * g
+        back = next((ir.node(i) for i in node.inputs if isinstance(ir.node(i), Backward)),
+                    None)
+        if back is None:
+            return {}
+        metric = ir.node(back.metric)
+        if not isinstance(metric, Metric) or back.metric not in values:
+            return {}
+        run = ir.node(metric.forward).run  # type: ignore[union-attr]
+        return {"centre": example_mean(values[back.metric]), "centre_run": run}
+    if not isinstance(node, Metric):
+        return {}
+    run = ir.node(node.forward).run  # type: ignore[union-attr]
+    base = _base_metric(ir, node, run)
+    if base is not None and base in values:
+        return {"centre": example_mean(values[base]), "centre_run": run}
+    return {"scale": "level", "uncentred": run}
+
+
+def _base_metric(ir: IRGraph, like: Metric, run: str) -> str | None:
+    """The id of the Metric that measures what `like` measures on `run`'s plain forward (no
+    operation's writes), if the plan has one."""
+    from patchc.compiler import printer
+
+    text = printer.mexpr(like.expr)
+    for mid, m in ir.of_type(Metric):
+        if (m.name, m.pos, m.reference, m.lens) != (like.name, like.pos, like.reference,
+                                                    None):
+            continue
+        f = ir.node(m.forward)
+        if isinstance(f, Forward) and f.run == run and f.experiment is None \
+                and f.sweep is None and printer.mexpr(m.expr) == text:
+            return mid
+    return None
 
 
 def _node_scale(ir: IRGraph, nid: str) -> str:

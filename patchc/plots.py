@@ -88,8 +88,9 @@ def draw_column(name: str, df: pd.DataFrame, keys: list[str], col: str,
     """One figure for one measured column, or None when the table has more than three
     varying sweep columns (the CSV has it all; no single picture does)."""
     vary = [k for k in keys if k in df.columns and df[k].nunique(dropna=False) > 1]
-    scale, lo, hi, cmap = S.limits(info.get("columns", {}).get(col, {}).get("scale", "signed"),
-                                   df[col].tolist())
+    cinfo = _cinfo(info, col)
+    scale, lo, hi, cmap = S.limits(cinfo.get("scale", "signed"), df[col].tolist(),
+                                   S.centre("signed", cinfo))
     numeric = S.numeric_keys(vary, info)
     if numeric:
         fig = S.new_figure(6.0, 4.0)
