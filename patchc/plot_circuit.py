@@ -4,9 +4,9 @@ curve.
 The graph is drawn by graphviz `dot` when it is installed (from the DOT of
 circuit_graph.to_dot), else laid out here with matplotlib: components placed by layer,
 bottom (embed) to top (logits), a layer's heads side by side and its MLP above them; edges
-as arrows whose width follows |effect| and whose colour its sign (blue raises the metric, red
-lowers it), solid, dashed or dotted where they enter a head's q, k or v. A node circuit is
-its components alone, coloured by effect.
+as arrows whose width follows |effect| and whose colour its sign (red raises the metric,
+blue lowers it, as in the heatmaps), solid, dashed or dotted where they enter a head's q, k
+or v. A node circuit is its components alone, coloured by effect.
 
 The curve is faithfulness against the fraction of the table kept, one line per measured
 metric, with cpr and cmd in the legend, the sizes' counts at the points and the lines 0
@@ -93,12 +93,13 @@ def layout_figure(g: CircuitGraph, title: str):
 
 
 def effect_colormap():
-    """RdBu without its palest middle: the smallest effect drawn is still visible."""
+    """RdBu_r (red positive, as every heatmap and bar chart of patchc) without its palest
+    middle: the smallest effect drawn is still visible."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
 
-    rdbu = colormaps["RdBu"]
+    rdbu = colormaps["RdBu_r"]
     return ListedColormap([rdbu(x) for x in np.r_[np.linspace(0, 0.32, 128),
                                                     np.linspace(0.68, 1, 128)]])
 

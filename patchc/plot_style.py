@@ -118,10 +118,20 @@ def thin(n: int, limit: int = MAX_TICKS) -> list[int]:
     return list(range(0, n, step))
 
 
+LINE_IN = 0.17  # the room one line of tick text needs across it, in inches
+
+
 def set_ticks(ax, axis: str, labels: list[str]) -> None:
-    """Label the categories 0..n-1 of one axis, thinned; x labels turn upright only when
-    they would not fit side by side in the axes' width."""
-    keep = thin(len(labels))
+    """Label the categories 0..n-1 of one axis: every one when up to MAX_TOKEN_TICKS lines
+    of text fit along the axis (the 58 receivers of an edge table: thinned to every other
+    one, half the rows of a heatmap went unnamed), else thinned; x labels turn upright only
+    when they would not fit side by side in the axes' width."""
+    box = ax.get_position()
+    along = (box.width * ax.figure.get_figwidth() if axis == "x"
+             else box.height * ax.figure.get_figheight())
+    n = len(labels)
+    fits = n <= MAX_TOKEN_TICKS and n * LINE_IN <= along
+    keep = list(range(n)) if fits else thin(n)
     shown = [text(labels[i]) for i in keep]
     if axis == "x":
         slot_in = ax.get_position().width * ax.figure.get_figwidth() / max(1, len(keep))
@@ -251,7 +261,7 @@ def category_labels(key: str, values: list[Any], info: dict[str, Any]) -> tuple[
 
 def key_title(key: str, info: dict[str, Any]) -> str:
     """An axis title for a sweep column (`steering coefficient` for steer's `scale`)."""
-    return info.get("key_labels", {}).get(key, key)
+    return info.get("key_labels", {}).get(key) or {"pos": "position"}.get(key, key)
 
 
 def _label(v: Any) -> str:

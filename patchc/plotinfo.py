@@ -16,7 +16,8 @@ the folder alone:
                 same length and most positions hold the same token (a token that differs
                 between prompts is example 0's, marked `*`); absent otherwise
   numeric_keys  sweep columns that are values on a scale (the coefficient of `steer` and
-                `scale`), drawn as lines against the value; `key_labels` names their axes
+                `scale`), drawn as lines against the value
+  key_labels    axis titles of sweep columns: those values, and captures (`L$j`: `layer $j`)
 """
 
 from __future__ import annotations
@@ -66,10 +67,13 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
                                               for p in table.pairs))
     if table.op in ("circuit", "evaluate"):
         info.update(circuit_info(table, op, checked))
+    captures = _capture_labels(info["title"])
+    if captures:
+        info["key_labels"] = captures
     if table.op in ("steer", "scale"):
         info["numeric_keys"] = ["scale"]
-        info["key_labels"] = {"scale": "steering coefficient" if table.op == "steer"
-                              else "scale factor"}
+        info["key_labels"] = {**captures, "scale": "steering coefficient"
+                              if table.op == "steer" else "scale factor"}
     if any(k == "pos" for r in table.rows for k, _ in r.key) or \
             any(b.space.pos_keys[0] is not None for b in table.sweeps):
         run = _target_run(ir, table, op)
@@ -78,6 +82,16 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
             if labels is not None:
                 info["positions"] = {"run": run, "tokens": labels}
     return info
+
+
+_CAPTURE = re.compile(r"(?<![\w$])([LHE])\$(\w+)")
+_INDEX_NAMES = {"L": "layer", "H": "head", "E": "expert"}
+
+
+def _capture_labels(title: str) -> dict[str, str]:
+    """Axis titles for the sweep columns that captures bind: `L$j` -> `layer $j` (the
+    column alone, `j`, says nothing of what it counts)."""
+    return {name: f"{_INDEX_NAMES[kind]} ${name}" for kind, name in _CAPTURE.findall(title)}
 
 
 def circuit_info(table: Table, op: Any, checked: CheckedSpec) -> dict[str, Any]:
@@ -111,9 +125,14 @@ def _title(table: Table, op: Any) -> str:
         return printer.statement(op)
 
     try:
-        head = printer.statement(op).splitlines()[0]
+        lines = printer.statement(op).splitlines()
     except (AssertionError, AttributeError, TypeError):  # a statement the printer lacks
         return f"{table.op} ({table.name})"
+    # The head and its continuation lines (indented deeper than the clauses): a long site
+    # list wraps onto them, and a title cut at the first line ends in a comma.
+    head = " ".join([lines[0]] + [ln.strip() for ln in lines[1:] if ln.startswith(" " * 8)])
+    if " -> " in head:  # edges: `swap * -> * corrupt → clean` would read as a third arrow
+        return head
     return _RUNS.sub(r" \1 → \2", head)
 
 

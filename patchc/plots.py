@@ -105,6 +105,14 @@ def draw_column(name: str, df: pd.DataFrame, keys: list[str], col: str,
         C.bars(ax, df, vary[0], col, info, scale)
         ax.set_title(S.title(info, col, name, fig.get_figwidth()))
         return fig
+    if "site" in vary and df.groupby("site", dropna=False).size().max() == 1:
+        # Each site item is one row (single edges listed one by one): a bar per item, not
+        # a heatmap panel of one cell per item.
+        fig = S.new_figure(*_bar_size(len(df)))
+        ax = fig.subplots()
+        C.bars(ax, df, "site", col, info, scale)
+        ax.set_title(S.title(info, col, name, fig.get_figwidth()))
+        return fig
     if len(vary) == 2 and "site" in vary:  # site items side by side, one colour each
         (other,) = [k for k in vary if k != "site"]
         n = df[other].nunique(dropna=False) * max(1, df["site"].nunique() // 2)
@@ -146,6 +154,11 @@ def _heatmap(ax, df: pd.DataFrame, rows: str, cols: str, col: str, info: dict[st
         if key in ("sender", "receiver"):
             grid = grid.reindex(list(dict.fromkeys(df[key])), axis=axis)
     values = grid.to_numpy(dtype=float)
+    if np.isnan(values).any():
+        # A cell with no value (an edge that does not exist, a `where` that left it out) is
+        # hatched: left blank it looked like the centre's near-white, "no effect".
+        ax.patch.set_hatch("////")
+        ax.patch.set_edgecolor("#c8c8c8")
     im = ax.imshow(values, cmap=cmap, vmin=lo, vmax=hi, aspect="auto",
                    interpolation="nearest")
     xl, xt = S.category_labels(cols, grid.columns.tolist(), info)

@@ -104,7 +104,7 @@ def test_a_512_wide_position_axis_is_thinned_not_smeared():
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert 10 <= len(labels) <= 40
     assert labels[:2] == ["0", "13"]  # too long for tokens: every 13th position number
-    assert ax.get_xlabel() == "pos"
+    assert ax.get_xlabel() == "position"
 
 
 def test_dollar_signs_in_titles_and_names_are_text():
@@ -138,7 +138,7 @@ def test_three_sweep_variables_are_faceted_on_one_colour_scale():
     assert len(images) == 3  # one panel per layer (its fewest values; pos stays an axis)
     assert {im.get_clim() for im in images} == {(-6.0, 6.0)}
     assert [im.axes.get_title() for im in images] == ["layer 0", "layer 1", "layer 2"]
-    assert fig.get_supxlabel() == "pos" and fig.get_supylabel() == "head"
+    assert fig.get_supxlabel() == "position" and fig.get_supylabel() == "head"
     assert len([ax for ax in fig.axes if ax.get_label() == "<colorbar>"]) == 1
     assert fig.get_suptitle().startswith("swap L*.H*.z clean → corrupt")
 
