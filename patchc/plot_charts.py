@@ -99,7 +99,7 @@ def grouped_bars(ax, df: pd.DataFrame, key: str, group: str, col: str, info: dic
     ax.set_xlim(-0.6, len(cats) - 0.4)
     ax.set_xlabel(S.text(axis_title))
     ax.set_ylabel(S.text(S.value_label(col, cinfo)))
-    ax.legend(fontsize="small")
+    legend_below(ax)
 
 
 def sweep_lines(ax, df: pd.DataFrame, x_key: str, group_keys: list[str], col: str,
@@ -124,7 +124,15 @@ def sweep_lines(ax, df: pd.DataFrame, x_key: str, group_keys: list[str], col: st
     ax.set_xlabel(S.text(S.key_title(x_key, info)))
     ax.set_ylabel(S.text(S.value_label(col, cinfo)))
     if len(groups) > 1:
-        ax.legend(fontsize="small")
+        legend_below(ax)
+
+
+def legend_below(ax) -> None:
+    """The legend of a one-axes figure, under it: inside, `best` still sat on bars (dla's
+    three site kinds per layer) or on lines, and the figure has room to grow downwards."""
+    handles, labels = ax.get_legend_handles_labels()
+    ax.figure.legend(handles, labels, loc="outside lower center", fontsize="small",
+                     frameon=False, ncols=1 if max(map(len, labels), default=0) > 30 else 2)
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:

@@ -107,3 +107,15 @@ def test_circuit_graphs_colour_a_raised_metric_red_as_the_heatmaps_do():
     assert b > 0.3 > r
     red, blue = _hex(1.0), _hex(-1.0)  # the DOT's edge colours, the same way round
     assert int(red[1:3], 16) > int(red[5:7], 16) and int(blue[5:7], 16) > int(blue[1:3], 16)
+
+
+def test_a_grouped_bar_legend_sits_under_the_axes_not_on_the_bars():
+    df = pd.DataFrame([{"site": s, "layer": i, "ld": 5.0 * (s == "mlp") * (i == 0) - i / 4}
+                       for s in ("attn", "mlp", "embed") for i in range(4)])
+    fig = figure("blocks", df, ["site", "layer"], {"columns": {"ld": {"scale": "signed"}}})
+    _draw(fig)
+    (ax,) = fig.axes
+    (legend,) = fig.legends
+    renderer = fig.canvas.get_renderer()
+    box, axes = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert box.y1 <= axes.y0  # wholly below the axes (and its x label)
