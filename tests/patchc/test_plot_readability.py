@@ -119,3 +119,17 @@ def test_a_grouped_bar_legend_sits_under_the_axes_not_on_the_bars():
     renderer = fig.canvas.get_renderer()
     box, axes = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
     assert box.y1 <= axes.y0  # wholly below the axes (and its x label)
+
+
+def test_attention_keys_after_the_query_are_blank_only_when_the_model_never_attends_there():
+    import torch
+
+    from patchc.plot_attention import _mask_future
+
+    causal = torch.tril(torch.full((4, 4), 0.25))
+    shown = _mask_future(causal, None)
+    assert torch.isnan(shown).sum() == 6 and not torch.isnan(shown.tril()).any()
+    last = _mask_future(torch.tensor([[0.5, 0.5, 0.0, 0.0]]), [1])  # query at position 1
+    assert torch.isnan(last).tolist() == [[False, False, True, True]]
+    full = torch.full((3, 3), 1 / 3)  # a bidirectional pattern: nothing is masked
+    assert torch.equal(_mask_future(full, None), full)
