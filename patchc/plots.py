@@ -4,7 +4,9 @@
                              from a `<column>_se` column when there is one
   a numeric sweep            lines against the value (the `scale` of `steer`/`scale`)
   two variables              a heatmap (positions always across, labelled with tokens)
-  a site column + one more   grouped bars: one colour per site item of the operation
+  a site column + one more   grouped bars: one colour per site item of the operation (past
+                             40 values of the other: a heatmap, a row per site item)
+  site items of one row each bars, one per item
   three variables            one heatmap panel per value of the variable with the fewest
                              values (the site item when there is one), on one colour scale
   `compare`                  estimate against exact swap per site, one panel per site kind,
@@ -13,8 +15,8 @@
                              lone bar says nothing more. `Results.plot(name)` in a notebook
                              draws it as a small annotated table instead.
 
-Colour scales follow what a column measures (plot_style.py: diverging at 0 for signed
-effects, sequential for probabilities and ranks); titles name the operation and what a
+Colour scales follow what a column measures (plot_style.py: diverging at "no effect" for
+signed effects, sequential for probabilities and ranks); titles name the operation and what a
 normalized column's 0 and 1 are. The run-time facts a plot needs beyond the CSV (title,
 scales, baselines, tokens) are in the manifest (plotinfo.py), so `patchc plot DIR` redraws
 the same figures. Figures are drawn on Agg without pyplot.
@@ -115,6 +117,8 @@ def draw_column(name: str, df: pd.DataFrame, keys: list[str], col: str,
         return fig
     if len(vary) == 2 and "site" in vary:  # site items side by side, one colour each
         (other,) = [k for k in vary if k != "site"]
+        if df[other].nunique() > S.MAX_TICKS:  # too many for bars: a row per site item
+            return _site_rows(name, df, other, col, info, (lo, hi, cmap))
         n = df[other].nunique(dropna=False) * max(1, df["site"].nunique() // 2)
         fig = S.new_figure(*_bar_size(n))
         ax = fig.subplots()
@@ -218,6 +222,26 @@ def _facets(name: str, df: pd.DataFrame, vary: list[str], col: str, info: dict[s
     notes = [S.text(line) for v in scalars
              for line in S.wrap(_scalar_note(df[df[facet] == v], v, col), chars)]
     fig.suptitle("\n".join([S.title(info, col, name, fig.get_figwidth()), *notes]))
+    return fig
+
+
+def _site_rows(name: str, df: pd.DataFrame, key: str, col: str, info: dict[str, Any],
+               scale: tuple[float, float, str]):
+    """A heatmap of site items (rows) by a long index (`feature` 0..511): as grouped bars,
+    a 1/4-wide bar per item and value, the few latents that matter were lost in 2,000
+    slivers. An item without that index (`t0.err` beside `t0[*]`) is a number in the
+    title, as in _facets."""
+    has = df[key].notna()
+    items = list(dict.fromkeys(df.loc[~has, "site"]))
+    part = df[has]
+    fig = S.new_figure(*_heat_size(part[key].nunique(), part["site"].nunique()))
+    ax = fig.subplots()
+    im = _heatmap(ax, part, "site", key, col, info, scale)
+    fig.colorbar(im, ax=ax, label=S.text(S.value_label(col, _cinfo(info, col))))
+    chars = max(30, int(fig.get_figwidth() * 9.5))
+    notes = [S.text(line) for v in items
+             for line in S.wrap(_scalar_note(df[df["site"] == v], v, col), chars)]
+    ax.set_title("\n".join([S.title(info, col, name, fig.get_figwidth()), *notes]))
     return fig
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.container import BarContainer
@@ -133,3 +134,35 @@ def test_attention_keys_after_the_query_are_blank_only_when_the_model_never_atte
     assert torch.isnan(last).tolist() == [[False, False, True, True]]
     full = torch.full((3, 3), 1 / 3)  # a bidirectional pattern: nothing is masked
     assert torch.equal(_mask_future(full, None), full)
+
+
+def test_a_circuit_of_dictionary_latents_draws_every_node_in_its_own_place():
+    from patchc.circuit_graph import circuit_graph
+    from patchc.plot_circuit import PER_ROW, layout_figure
+
+    nodes = ["s1.err @ last", "t0.err @ last"] + [f"s1[{i}] @ last" for i in range(18)]
+    df = pd.DataFrame({"node": nodes, "ld": 0.0, "effect": [1.0 - i / 20 for i in range(20)],
+                       "rank": range(1, 21)})
+    g = circuit_graph(df, 20, "ld", 4, 4)
+    fig = layout_figure(g, "circuit by_exact: top 20")
+    _draw(fig)
+    ax = fig.axes[0]
+    boxes = {t.get_text(): t.get_position() for t in ax.texts}
+    assert set(boxes) == {n.split(" @ ")[0] for n in nodes}
+    assert len(set(boxes.values())) == 20  # no two nodes on one spot
+    assert len({y for _, y in boxes.values()}) == -(-20 // PER_ROW)  # rows of PER_ROW
+
+
+def test_site_items_over_512_features_are_a_heatmap_row_each_and_error_terms_a_number():
+    rows = [{"site": "t0.err @ last", "feature": np.nan, "ld": 0.24}]
+    rows += [{"site": s, "feature": f, "ld": -0.68 + (f == 101) * 0.3}
+             for s in ("t0[*] @ last", "s1[*] @ last") for f in range(512)]
+    info = {"title": "swap t0[*] @ last, t0.err @ last, s1[*] @ last clean → corrupt",
+            "columns": {"ld": {"scale": "signed", "centre": -0.68, "centre_run": "corrupt"}}}
+    fig = figure("exact_nodes", pd.DataFrame(rows), ["site", "feature"], info)
+    _draw(fig)
+    ax = fig.axes[0]
+    (im,) = ax.images
+    assert im.get_array().shape == (2, 512)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["s1[*] @ last", "t0[*] @ last"]
+    assert ax.get_title().endswith("t0.err @ last: ld = 0.24")
