@@ -178,7 +178,8 @@ def value_label(col: str, cinfo: dict[str, Any], baselines: bool = True) -> str:
         r = cinfo["ratio_to"]
         return f"{col} normalized:\n0 = zero, 1 = {run(r)}"  # m / m_target
     if "centre_run" in cinfo and baselines:
-        return f"{col}\ncentre = {cinfo['centre_run']} unpatched ({_num(cinfo.get('centre'))})"
+        # the colour scale's centre, the bars' base, the dotted line of a line chart
+        return f"{col}\nno effect = {cinfo['centre_run']} unpatched ({_num(cinfo.get('centre'))})"
     if "uncentred" in cinfo and baselines:
         return f"{col}\n(not centred: {cinfo['uncentred']} unpatched is not measured)"
     return col

@@ -22,6 +22,7 @@ the folder alone:
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -179,14 +180,20 @@ def _no_effect(ir: IRGraph, nid: str, values: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(metric, Metric) or back.metric not in values:
             return {}
         run = ir.node(metric.forward).run  # type: ignore[union-attr]
-        return {"centre": example_mean(values[back.metric]), "centre_run": run}
+        return _centre(example_mean(values[back.metric]), run)
     if not isinstance(node, Metric):
         return {}
     run = ir.node(node.forward).run  # type: ignore[union-attr]
     base = _base_metric(ir, node, run)
     if base is not None and base in values:
-        return {"centre": example_mean(values[base]), "centre_run": run}
+        return _centre(example_mean(values[base]), run)
     return {"scale": "level", "uncentred": run}
+
+
+def _centre(value: float, run: str) -> dict[str, Any]:
+    """A centre that is a number (a text(N) column has no mean: NaN would be invalid JSON
+    in the manifest and no centre at all)."""
+    return {"centre": value, "centre_run": run} if math.isfinite(value) else {}
 
 
 def _base_metric(ir: IRGraph, like: Metric, run: str) -> str | None:

@@ -7,6 +7,7 @@ the colours span the data. Asserted on colour limits and labels, never pixels.""
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def test_a_raw_heatmap_is_centred_on_the_target_runs_own_value_and_says_so():
     (im,) = fig.axes[0].images
     lo, hi = im.get_clim()
     assert (lo + hi) / 2 == pytest.approx(3.2) and hi == pytest.approx(3.5)
-    assert im.colorbar.ax.get_ylabel() == "ld\ncentre = corrupt unpatched (3.2)"
+    assert im.colorbar.ax.get_ylabel() == "ld\nno effect = corrupt unpatched (3.2)"
 
 
 def test_raw_bars_run_from_the_no_effect_value_coloured_by_their_side_of_it():
@@ -123,8 +124,13 @@ def test_a_raw_swap_without_the_unpatched_target_in_the_plan_spans_its_data():
     (bars,) = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
     assert [b.get_y() for b in bars] == [0.0] * len(bars)
     assert fig.axes[0].get_ylabel() == "ld\n(not centred: corrupt unpatched is not measured)"
-    # `measure ld in corrupt` puts it in the plan: then the swap is centred on it
-    results = patchc.run(_spec("measure ld in corrupt as base\n"
-                               "swap L0.H*.z from clean into corrupt  measure ld  as heads\n"))
+    # `measure ld in corrupt` puts it in the plan: then the swap is centred on it; a text
+    # column beside it has no mean, so no centre (and the manifest stays strict JSON)
+    results = patchc.run(_spec("measure ld, says = text(1) in corrupt as base\n"
+                               "swap L0.H*.z from clean into corrupt  measure ld, says = text(1)"
+                               "  as heads\n"))
     assert _columns(results, "heads")["centre"] == pytest.approx(
         float(results["base"]["ld"].iloc[0]))
+    says = results.manifest["tables"]["heads"]["plot"]["columns"]["says"]
+    assert "centre" not in says
+    json.dumps(results.manifest, allow_nan=False)
