@@ -116,6 +116,13 @@ def sweep_lines(ax, df: pd.DataFrame, x_key: str, group_keys: list[str], col: st
         ax.errorbar(part[x_key].to_numpy(dtype=float), part[col].to_numpy(dtype=float),
                     yerr=_se(part, col), marker="o", markersize=4, capsize=3,
                     color=f"C{i % 10}", label=S.text(label) if label else None)
+    ys = df[col].to_numpy(dtype=float)
+    ys = ys[np.isfinite(ys)]
+    if scale == "probability" and ys.size and 0 <= ys.min() and ys.max() <= 1 \
+            and ys.max() - ys.min() < 0.1:
+        # nearly flat (every steered prompt positive: 1, 1, 1): on matplotlib's own 0.96 to
+        # 1.04 it looked like a measured change; a fraction's whole range says it is not
+        ax.set_ylim(-0.05, 1.05)
     xs = sorted(df[x_key].unique().tolist())
     if len(xs) <= 12:
         ax.set_xticks(xs, [S._label(v) for v in xs])

@@ -166,3 +166,15 @@ def test_site_items_over_512_features_are_a_heatmap_row_each_and_error_terms_a_n
     assert im.get_array().shape == (2, 512)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["s1[*] @ last", "t0[*] @ last"]
     assert ax.get_title().endswith("t0.err @ last: ld = 0.24")
+
+
+def test_a_flat_fraction_against_a_coefficient_is_drawn_on_its_whole_range():
+    df = pd.DataFrame({"scale": [1.0, 2.0, 4.0], "positive": [1.0, 1.0, 1.0]})
+    info = {"numeric_keys": ["scale"], "columns": {"positive": {"scale": "probability"}}}
+    fig = figure("toward_positive", df, ["scale"], info)
+    _draw(fig)
+    lo, hi = fig.axes[0].get_ylim()
+    assert lo <= 0 and hi >= 1
+    spread = pd.DataFrame({"scale": [1.0, 2.0, 4.0], "positive": [0.2, 0.5, 0.9]})
+    lo, hi = figure("t", spread, ["scale"], info).axes[0].get_ylim()
+    assert lo > 0.1  # a real spread keeps matplotlib's own limits
