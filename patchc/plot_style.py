@@ -19,10 +19,10 @@ Colour scales (the `scale` of a column, decided by patchc/plotinfo.py at run tim
 
 Probabilities, ranks and KL start at their natural 0, unless every value lies within 20%
 of the largest (0.011..0.013 on a random model): then the scale spans the data, or it would
-show one flat colour; the colorbar says where it starts. Levels always span the data (also a raw
-signed measure whose no-effect value the plan never measured: centred on 0 its values would
-all lie on one side, one colour). A sequential scale whose data go negative (an estimate can
-overshoot) falls back to signed.
+show one flat colour; the colorbar says where it starts. Levels always span the data (so does a
+heatmap of a raw signed measure whose no-effect value the plan never measured: centred on 0
+its values would all lie on one side, one colour). A sequential scale whose data go negative
+(an estimate can overshoot) falls back to signed.
 """
 
 from __future__ import annotations
@@ -164,9 +164,11 @@ def _num(x: Any) -> str:
     return f"{float(x):.3g}" if isinstance(x, (int, float)) else str(x)
 
 
-def value_label(col: str, cinfo: dict[str, Any], baselines: bool = True) -> str:
+def value_label(col: str, cinfo: dict[str, Any], baselines: bool = True,
+                colorbar: bool = False) -> str:
     """What a column's numbers mean, for a colorbar or a y axis:
-    `ld normalized: 0 = corrupt (-0.68), 1 = clean (7.12)`."""
+    `ld normalized: 0 = corrupt (-0.68), 1 = clean (7.12)`; a colorbar also says when its
+    colours are not centred on a no-effect value."""
     base = cinfo.get("baselines", {})
 
     def run(r: str) -> str:
@@ -180,7 +182,7 @@ def value_label(col: str, cinfo: dict[str, Any], baselines: bool = True) -> str:
     if "centre_run" in cinfo and baselines:
         # the colour scale's centre, the bars' base, the dotted line of a line chart
         return f"{col}\nno effect = {cinfo['centre_run']} unpatched ({_num(cinfo.get('centre'))})"
-    if "uncentred" in cinfo and baselines:
+    if "uncentred" in cinfo and colorbar:
         return f"{col}\n(not centred: {cinfo['uncentred']} unpatched is not measured)"
     return col
 

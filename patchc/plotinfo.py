@@ -8,7 +8,8 @@ the folder alone:
                 for m / m_target, and each run's baseline mean (`baselines`); for a raw
                 signed one of an operation on run B, the value that means "no effect"
                 (`centre`: B's own unpatched mean, and `centre_run`: B), or, when the plan
-                never measures B unpatched, `uncentred`: B (drawn on a sequential scale)
+                never measures B unpatched, `uncentred`: B (a heatmap's colours then span
+                the data)
   measures      for `compare`: the measured columns its scatter plots (their normalization
                 is under `columns` like any other)
   positions     for a table with a `pos` column: the run whose positions they are and a label
@@ -165,9 +166,9 @@ def _column(ir: IRGraph, nid: str, baselines: dict[str, Any] | None, op: str = "
 def _no_effect(ir: IRGraph, nid: str, values: dict[str, Any]) -> dict[str, Any]:
     """Where a raw measure of run B shows no effect: `centre` = B's unpatched mean when the
     plan measures it (an attribution's gradient is taken there; a normalized column or a
-    `measure ... in B` of the same metric runs it), else a sequential scale spanning the
-    data, `uncentred` naming B: centred on 0 the values would all sit on one side, one
-    colour."""
+    `measure ... in B` of the same metric runs it), else `uncentred` naming B: a heatmap
+    then spans the data on a sequential scale (centred on 0 the values would all sit on one
+    side, one colour); bars and lines keep 0."""
     from patchc.tables import example_mean
 
     node = ir.node(nid)
@@ -187,7 +188,7 @@ def _no_effect(ir: IRGraph, nid: str, values: dict[str, Any]) -> dict[str, Any]:
     base = _base_metric(ir, node, run)
     if base is not None and base in values:
         return _centre(example_mean(values[base]), run)
-    return {"scale": "level", "uncentred": run}
+    return {"uncentred": run}
 
 
 def _centre(value: float, run: str) -> dict[str, Any]:

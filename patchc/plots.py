@@ -93,6 +93,10 @@ def draw_column(name: str, df: pd.DataFrame, keys: list[str], col: str,
     cinfo = _cinfo(info, col)
     scale, lo, hi, cmap = S.limits(cinfo.get("scale", "signed"), df[col].tolist(),
                                    S.centre("signed", cinfo))
+    if scale == "signed" and "uncentred" in cinfo:
+        # no-effect value unknown: a heatmap's colours span the data (around 0 a raw
+        # measure's cells would all be one colour); bars and lines keep their 0 line
+        _, lo, hi, cmap = S.limits("level", df[col].tolist())
     numeric = S.numeric_keys(vary, info)
     if numeric:
         fig = S.new_figure(6.0, 4.0)
@@ -130,7 +134,7 @@ def draw_column(name: str, df: pd.DataFrame, keys: list[str], col: str,
         fig = S.new_figure(*_heat_size(df[cols].nunique(), df[rows].nunique()))
         ax = fig.subplots()
         im = _heatmap(ax, df, rows, cols, col, info, (lo, hi, cmap))
-        fig.colorbar(im, ax=ax, label=S.text(S.value_label(col, _cinfo(info, col))))
+        fig.colorbar(im, ax=ax, label=S.text(S.value_label(col, _cinfo(info, col), colorbar=True)))
         ax.set_title(S.title(info, col, name, fig.get_figwidth()))
         return fig
     if len(vary) == 3:
@@ -217,7 +221,7 @@ def _facets(name: str, df: pd.DataFrame, vary: list[str], col: str, info: dict[s
         ax.set_xlabel("")
         ax.set_ylabel("")
     fig.colorbar(im, ax=axes[:len(values)].tolist(),
-                 label=S.text(S.value_label(col, _cinfo(info, col))))
+                 label=S.text(S.value_label(col, _cinfo(info, col), colorbar=True)))
     chars = max(30, int(fig.get_figwidth() * 9.5))
     notes = [S.text(line) for v in scalars
              for line in S.wrap(_scalar_note(df[df[facet] == v], v, col), chars)]
@@ -237,7 +241,7 @@ def _site_rows(name: str, df: pd.DataFrame, key: str, col: str, info: dict[str, 
     fig = S.new_figure(*_heat_size(part[key].nunique(), part["site"].nunique()))
     ax = fig.subplots()
     im = _heatmap(ax, part, "site", key, col, info, scale)
-    fig.colorbar(im, ax=ax, label=S.text(S.value_label(col, _cinfo(info, col))))
+    fig.colorbar(im, ax=ax, label=S.text(S.value_label(col, _cinfo(info, col), colorbar=True)))
     chars = max(30, int(fig.get_figwidth() * 9.5))
     notes = [S.text(line) for v in items
              for line in S.wrap(_scalar_note(df[df["site"] == v], v, col), chars)]

@@ -73,6 +73,16 @@ def test_raw_bars_run_from_the_no_effect_value_coloured_by_their_side_of_it():
     assert (3.2, 3.2) in {tuple(line.get_ydata()) for line in ax.get_lines()}
 
 
+def test_a_raw_heatmap_without_a_no_effect_value_spans_its_data_and_says_so():
+    info = {"columns": {"ld": {"scale": "signed", "uncentred": "corrupt"}}}
+    fig = figure("heads", _heads(), ["layer", "head"], info)
+    fig.savefig(io.BytesIO(), format="png")
+    (im,) = fig.axes[0].images
+    assert im.get_cmap().name == "viridis"
+    assert im.get_clim() == (pytest.approx(2.9), pytest.approx(3.4))
+    assert im.colorbar.ax.get_ylabel() == "ld\n(not centred: corrupt unpatched is not measured)"
+
+
 def _spec(ops: str) -> str:
     rows = ",\n".join(f'  {{"clean": "{a}", "corrupt": "{b}", "answer": " Mary", '
                       f'"distractor": " John"}}' for a, b in zip(CLEAN, CORRUPT))
@@ -118,12 +128,12 @@ def test_run_centres_raw_attribution_and_swap_on_the_unpatched_target():
 def test_a_raw_swap_without_the_unpatched_target_in_the_plan_spans_its_data():
     results = patchc.run(_spec("swap L0.H*.z from clean into corrupt  measure ld  as heads\n"))
     heads = _columns(results, "heads")
-    assert heads == {"scale": "level", "uncentred": "corrupt"}
-    fig = results.plot("heads")
+    assert heads == {"scale": "signed", "uncentred": "corrupt"}
+    fig = results.plot("heads")  # bars: from 0 as before, nothing to say
     fig.savefig(io.BytesIO(), format="png")
     (bars,) = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
     assert [b.get_y() for b in bars] == [0.0] * len(bars)
-    assert fig.axes[0].get_ylabel() == "ld\n(not centred: corrupt unpatched is not measured)"
+    assert fig.axes[0].get_ylabel() == "ld"
     # `measure ld in corrupt` puts it in the plan: then the swap is centred on it; a text
     # column beside it has no mean, so no centre (and the manifest stays strict JSON)
     results = patchc.run(_spec("measure ld, says = text(1) in corrupt as base\n"
