@@ -140,7 +140,7 @@ def _title(table: Table, op: Any) -> str:
 
 # Operations on a target run B whose raw measure equals B's own unpatched value where the
 # operation changes nothing (a swap of an identical activation, a zero steering coefficient).
-_ON_TARGET = ("swap", "ablate", "attribute", "backpatch", "steer", "scale")
+_ON_TARGET = ("swap", "ablate", "attribute", "backpatch", "steer", "scale", "trace")
 
 
 def _column(ir: IRGraph, nid: str, baselines: dict[str, Any] | None, op: str = "",

@@ -114,13 +114,15 @@ def test_run_centres_raw_attribution_and_swap_on_the_unpatched_target():
     results = patchc.run(_spec(
         "attribute L0.H*.z from clean into corrupt using atp  measure ld  as atp\n"
         "swap L0.H*.z from clean into corrupt  measure ld  as heads\n"
-        "swap L0.H*.z from clean into corrupt  measure ld normalized  as norm\n"))
+        "swap L0.H*.z from clean into corrupt  measure ld normalized  as norm\n"
+        "trace L0.H*.z from clean into corrupt  measure ld  as traced\n"))
     expected = _plain_corrupt_ld()
     atp = _columns(results, "atp")  # the gradient is taken on corrupt unpatched: m_B
     assert atp["scale"] == "signed" and atp["centre_run"] == "corrupt"
     assert atp["centre"] == pytest.approx(expected, abs=1e-4)
     heads = _columns(results, "heads")  # `norm` puts the same metric of corrupt in the plan
     assert heads["centre"] == pytest.approx(expected, abs=1e-4)
+    assert _columns(results, "traced")["centre"] == pytest.approx(expected, abs=1e-4)
     assert "centre" not in _columns(results, "norm")  # 0 = corrupt already
     assert S.centre("signed", _columns(results, "norm")) == 0.0
 
