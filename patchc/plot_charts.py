@@ -46,9 +46,11 @@ def reference_lines(ax, cinfo: dict[str, Any], scale: str, horizontal: bool = Tr
         line(1, color="grey", linewidth=0.8, linestyle=":")
 
 
-def bars(ax, df: pd.DataFrame, key: str, col: str, info: dict[str, Any], scale: str) -> None:
+def bars(ax, df: pd.DataFrame, key: str, col: str, info: dict[str, Any], scale: str,
+         horizontal: bool = False) -> None:
     """One bar per value of `key` (an index: layer, head, position, site), in table order
-    (numeric keys sorted)."""
+    (numeric keys sorted); `horizontal`: the bars run across, the first on top, for names
+    too long to stand under a bar (`L0.H3.out -> L0.mlp.in @ last`)."""
     data = df.sort_values(key) if pd.api.types.is_numeric_dtype(df[key]) else df
     values = data[col].to_numpy(dtype=float)
     labels, axis_title = S.category_labels(key, data[key].tolist(), info)
@@ -58,8 +60,18 @@ def bars(ax, df: pd.DataFrame, key: str, col: str, info: dict[str, Any], scale: 
     x = np.arange(len(values))
     se = _se(data, col)
     start = _start(cinfo, scale)  # a bar runs from "no effect" to its value
+    error_kw = {"elinewidth": 0.8, "capsize": 2 if len(values) <= 40 else 0}
+    if horizontal:
+        ax.barh(x, np.nan_to_num(values - start, nan=0.0), left=start, color=colors, xerr=se,
+                error_kw=error_kw)
+        reference_lines(ax, cinfo, scale, horizontal=False)
+        ax.set_yticks(x, [S.text(label) for label in labels])
+        ax.set_ylim(len(values) - 0.4, -0.6)
+        ax.set_ylabel(S.text(axis_title))
+        ax.set_xlabel(S.text(S.value_label(col, cinfo)))
+        return
     ax.bar(x, np.nan_to_num(values - start, nan=0.0), bottom=start, color=colors, yerr=se,
-           error_kw={"elinewidth": 0.8, "capsize": 2 if len(values) <= 40 else 0})
+           error_kw=error_kw)
     reference_lines(ax, cinfo, scale)
     S.set_ticks(ax, "x", labels)
     ax.set_xlim(-0.6, len(values) - 0.4)

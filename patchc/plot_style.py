@@ -192,11 +192,13 @@ def wrap(s: str, chars: int) -> list[str]:
     needs, but each about as long as the others, so no word is left alone on a line."""
     import textwrap
 
-    # `L*.attn.out @ last` stays on one line (textwrap splits at ASCII spaces only)
-    s = s.replace(" @ ", "\u00a0@\u00a0")
+    # `L*.attn.out @ last` and an edge `L0.H3.out -> L0.mlp.in` stay on one line (textwrap
+    # splits at ASCII spaces only); an edge longer than a line overflows it, unbroken
+    s = s.replace(" @ ", "\u00a0@\u00a0").replace(" -> ", "\u00a0->\u00a0")
 
     def lines_of(w: int) -> list[str]:
-        return [line.replace("\u00a0", " ") for line in textwrap.wrap(s, w)]
+        return [line.replace("\u00a0", " ")
+                for line in textwrap.wrap(s, w, break_long_words=False)]
 
     lines = lines_of(chars)
     if len(lines) <= 1:

@@ -113,10 +113,12 @@ def draw_column(name: str, df: pd.DataFrame, keys: list[str], col: str,
         return fig
     if "site" in vary and df.groupby("site", dropna=False).size().max() == 1:
         # Each site item is one row (single edges listed one by one): a bar per item, not
-        # a heatmap panel of one cell per item.
-        fig = S.new_figure(*_bar_size(len(df)))
+        # a heatmap panel of one cell per item; across, when the names are long.
+        across = max(len(str(s)) for s in df["site"]) > 12
+        fig = S.new_figure(7.0, max(2.5, 0.45 * len(df) + 2.0)) if across else \
+            S.new_figure(*_bar_size(len(df)))
         ax = fig.subplots()
-        C.bars(ax, df, "site", col, info, scale)
+        C.bars(ax, df, "site", col, info, scale, horizontal=across)
         ax.set_title(S.title(info, col, name, fig.get_figwidth()))
         return fig
     if len(vary) == 2 and "site" in vary:  # site items side by side, one colour each

@@ -86,6 +86,15 @@ def test_a_position_axis_without_tokens_says_position():
     assert fig.axes[0].get_xlabel() == "position"
 
 
+def _inside(fig) -> None:
+    """Every text of the figure lies within it and the axes keep a usable height."""
+    drawn = fig.get_tightbbox(fig.canvas.get_renderer())
+    w, h = fig.get_size_inches()
+    assert drawn.x0 >= -0.01 and drawn.y0 >= -0.01 and drawn.x1 <= w + 0.01 \
+        and drawn.y1 <= h + 0.01
+    assert all(ax.get_position().height * h > 1.0 for ax in fig.axes)
+
+
 def test_site_items_of_one_edge_each_are_bars_not_one_cell_panels():
     sites = ["embed -> L0.H3.k @ 9", "embed -> L0.H3.v @ 9", "L0.H3.out -> logits @ last"]
     df = pd.DataFrame([{"site": s, "sender": s.split(" ->")[0], "receiver": s.split("> ")[1],
@@ -96,8 +105,11 @@ def test_site_items_of_one_edge_each_are_bars_not_one_cell_panels():
     (ax,) = [a for a in fig.axes if a.get_visible()]
     assert not ax.images
     (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
-    assert [b.get_height() for b in bars] == pytest.approx([0.0, 0.91, 0.02])
-    assert [t.get_text() for t in ax.get_xticklabels()] == sites
+    # names this long read across: horizontal bars, the first item on top
+    assert [b.get_width() for b in bars] == pytest.approx([0.0, 0.91, 0.02])
+    assert [t.get_text() for t in ax.get_yticklabels()] == sites
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]
+    _inside(fig)
 
 
 def test_circuit_graphs_colour_a_raised_metric_red_as_the_heatmaps_do():
@@ -178,3 +190,13 @@ def test_a_flat_fraction_against_a_coefficient_is_drawn_on_its_whole_range():
     spread = pd.DataFrame({"scale": [1.0, 2.0, 4.0], "positive": [0.2, 0.5, 0.9]})
     lo, hi = figure("t", spread, ["scale"], info).axes[0].get_ylim()
     assert lo > 0.1  # a real spread keeps matplotlib's own limits
+
+
+def test_a_title_never_breaks_an_edge_at_its_arrow():
+    from patchc.plot_style import wrap
+
+    lines = wrap("swap embed -> L0.H3.k @ 9, embed -> L0.H3.v @ 9, L0.H3.out -> L0.mlp.in @ "
+                 "last, L0.mlp.out -> logits @ last from corrupt into clean", 42)
+    assert len(lines) > 1
+    assert not any(line.startswith("->") or line.endswith("->") for line in lines)
+    assert "L0.H3.out -> L0.mlp.in @ last," in " | ".join(lines)
