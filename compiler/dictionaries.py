@@ -219,3 +219,33 @@ def dict_width(model: Any, kind: str) -> int:
     if info is None:
         raise CheckError("E387", f"no dictionary called {name}", Span(1, 1, 1, 1))
     return info.d_out if err else info.d_sae
+
+
+# Host sites whose value is in the residual stream's space (what it holds, or a summand the
+# block adds to it): a latent's decoded contribution there is something `dla` and `lens` can
+# push through the final norm and unembedding.
+RESIDUAL_HOSTS = ("embed", "resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out", "out",
+                  "expert.out", "shared.out")
+# Normalizations that rescale an SAE's output token by token (decode divides by the input's
+# norm, or multiplies by its std): a latent's contribution is then not activation x decoder
+# row alone, and the factor is not kept with the latents.
+PER_TOKEN_OUTPUT = ("constant_norm_rescale", "layer_norm")
+
+
+def residual_refusal(info: DictInfo, err: bool, what: str) -> tuple[str, str, str] | None:
+    """Why `what` (dla or lens) cannot decode this dictionary's latents (or error term) into
+    the residual stream: (code, message, hint), or None when it can."""
+    text = f"{info.name}.err" if err else f"{info.name}'s latents"
+    if info.host.kind not in RESIDUAL_HOSTS:
+        return ("E356", f"{what} decodes into the residual stream, but {text} live in "
+                f"{info.host}'s space ({info.kind} `{info.name}` is attached there), which "
+                "the residual stream neither holds nor adds",
+                "attach the dictionary to a residual-stream site (resid_pre/mid/post, "
+                "attn.out, mlp.out, Ll.Hh.out; a transcoder stands in for Ll.mlp.out)")
+    if not err and info.kind == "sae" and info.normalize_activations in PER_TOKEN_OUTPUT:
+        return ("E357", f"{what} of {text}: sae `{info.name}` rescales its output token by "
+                f"token (normalize_activations = {info.normalize_activations}), so a "
+                "latent's contribution is not its activation times its decoder row",
+                f"its error term `{info.name}.err` is a plain vector and works; or use an "
+                "SAE with normalize_activations none")
+    return None
