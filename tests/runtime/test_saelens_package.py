@@ -15,18 +15,21 @@ sae_lens = pytest.importorskip("sae_lens")
 
 D, D_SAE = 32, 24
 SITE = "L1.resid_post"
-CONFIGS = {  # architecture -> (config class, its extra fields)
+CONFIGS = {  # case -> (config class, its extra fields)
     "standard": ("StandardSAEConfig", {}),
     "topk": ("TopKSAEConfig", {"k": 4}),
     "jumprelu": ("JumpReLUSAEConfig", {}),
+    "standard-layer_norm": ("StandardSAEConfig", {"normalize_activations": "layer_norm"}),
+    "skip_transcoder": ("SkipTranscoderConfig", {"d_out": D, "apply_b_dec_to_input": False}),
 }
 
 
-def _random_sae(arch: str, seed: int = 0):
+def _random_sae(arch: str, seed: int = 0, **fields):
     """An SAE from its SAELens config, its parameters replaced by seeded random values (b_enc
     shifted down so that a share of latents is off, as in a trained SAE)."""
     cls, extra = CONFIGS[arch]
-    cfg = getattr(sae_lens, cls)(d_in=D, d_sae=D_SAE, apply_b_dec_to_input=True, **extra)
+    extra = {"apply_b_dec_to_input": True, **extra, **fields}
+    cfg = getattr(sae_lens, cls)(d_in=D, d_sae=D_SAE, **extra)
     sae = sae_lens.SAE.from_dict(cfg.to_dict())
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -47,12 +50,13 @@ BODY = (HEAD + 'sae s1 = "PATH" at L1.resid_post\n'
         "dla s1[0:12] @ last, s1.err @ last in clean  measure ld  as direct\n")
 
 
-@pytest.mark.parametrize("arch", list(CONFIGS))
+@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu", "standard-layer_norm"])
 def test_saelens_object_equals_its_saved_folder(gpt2: Fam, tmp_path, arch):
     sae = _random_sae(arch)
     sae.save_model(str(tmp_path / "s1"))
-    folder = gpt2.run(BODY.replace("PATH", str(tmp_path / "s1")))
-    given = gpt2.run(BODY.replace("PATH", "not/a/folder"), saes={"s1": sae})
+    body = BODY if "norm" not in arch else BODY.replace("dla s1[0:12]", "dla s1.err")
+    folder = gpt2.run(body.replace("PATH", str(tmp_path / "s1")))
+    given = gpt2.run(body.replace("PATH", "not/a/folder"), saes={"s1": sae})
     x = gpt2.read(CLEAN, SITE)[SITE]
     with torch.no_grad():
         f = sae.encode(x)
@@ -78,5 +82,32 @@ def test_saelens_object_equals_its_saved_folder(gpt2: Fam, tmp_path, arch):
             fy = sae.encode(y)
             f2 = fy.clone()
             f2[:, -1, i] = f[:, -1, i]
-            return y + sae.decode(f2) - sae.decode(fy)
+            patched = sae.decode(f2)
+            sae.encode(y)  # SAELens' layer_norm decode consumes the state encode left
+            return y + patched - sae.decode(fy)
     assert abs(row - hand_ld(gpt2, CORRUPT, {SITE: swap_one}).mean().item()) < 1e-4
+
+
+def test_saelens_hook_name_and_transcoder(gpt2: Fam, tmp_path):
+    """The object's metadata names its hook, so `at` may be left out; an SAELens skip
+    transcoder reads the MLP's input and its latents are the package's `encode` of it."""
+    from sae_lens.saes.sae import SAEMetadata
+
+    sae = _random_sae("topk", metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post"))
+    tc = _random_sae("skip_transcoder", seed=1)
+    tc.save_model(str(tmp_path / "t"))
+    body = (HEAD + 'sae s1 = "elsewhere"\ntranscoder t = "PATH" at L0.mlp\n'
+            "read s1, t in clean  as acts\n"
+            "swap t[*] @ last from clean into corrupt  measure ld  as feats\n")
+    given = gpt2.run(body.replace("PATH", "x"), saes={"s1": sae, "t": tc})
+    folder = gpt2.run(body.replace("PATH", str(tmp_path / "t")), saes={"s1": sae})
+    assert given["feats"]["ld"].tolist() == folder["feats"]["ld"].tolist()
+    seen = {}
+    mlp = gpt2.model.transformer.h[0].mlp
+    hd = mlp.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0]))
+    x = gpt2.read(CLEAN, SITE)[SITE]
+    hd.remove()
+    acts = given.activations("acts")
+    with torch.no_grad():
+        torch.testing.assert_close(acts["s1"], sae.encode(x), atol=ATOL, rtol=0)
+        torch.testing.assert_close(acts["t"], tc.encode(seen["x"]), atol=ATOL, rtol=0)
