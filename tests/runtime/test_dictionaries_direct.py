@@ -20,7 +20,8 @@ import patchc
 from patchc.compiler.errors import PatchcError
 
 D, N = 32, 12
-_NORM = {"gpt2": ("transformer.ln_f", "transformer.h"), "llama": ("model.norm", "model.layers")}
+_NORM = {"gpt2": ("transformer.ln_f", "transformer.h"), "llama": ("model.norm", "model.layers"),
+         "neox": ("gpt_neox.final_layer_norm", "gpt_neox.layers")}
 
 
 def _module(fam: Fam, path: str) -> torch.nn.Module:
@@ -57,7 +58,7 @@ def _final(fam: Fam, hooks: dict[str, str] | None = None) -> dict[str, torch.Ten
 
 def _unembed_diff(fam: Fam) -> torch.Tensor:
     """[n, d]: the answer's minus the distractor's unembedding row, per example."""
-    w = fam.model.lm_head.weight.detach()
+    w = fam.model.get_output_embeddings().weight.detach()
     return torch.stack([w[fam.tid(r["answer"])] - w[fam.tid(r["distractor"])] for r in ROWS])
 
 
@@ -66,7 +67,7 @@ def hand_dla(fam: Fam, c: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
     norm with the run's own scale at the last token (LayerNorm centres, RMSNorm does not)."""
     norm = _module(fam, _NORM[fam.name][0])
     r = final[:, -1].float()
-    if fam.name == "gpt2":
+    if fam.name in ("gpt2", "neox"):  # LayerNorm
         s = 1 / torch.sqrt(r.var(-1, unbiased=False, keepdim=True) + norm.eps)
         c = c - c.mean(-1, keepdim=True)
     else:
@@ -78,7 +79,7 @@ def hand_lens(fam: Fam, c: torch.Tensor) -> torch.Tensor:
     """ld of vectors c [n, d] decoded by the final norm module and the unembedding."""
     norm = _module(fam, _NORM[fam.name][0])
     with torch.no_grad():
-        logits = fam.model.lm_head(norm(c[:, None]))[:, 0].float()
+        logits = fam.model.get_output_embeddings()(norm(c[:, None]))[:, 0].float()
     a = torch.tensor([fam.tid(r["answer"]) for r in ROWS])
     b = torch.tensor([fam.tid(r["distractor"]) for r in ROWS])
     n = torch.arange(len(ROWS))
@@ -93,6 +94,8 @@ CASES = {  # name -> (family, declaration, dictionary options, hooks for x and y
                                ("out:transformer.h.1.mlp", "out:transformer.h.1.mlp")),
     "gpt2-transcoder": ("gpt2", "transcoder s1 = \"P\" at L1.mlp", {"arch": "skip_transcoder"},
                         ("in:transformer.h.1.mlp", "out:transformer.h.1.mlp")),
+    "neox-transcoder": ("neox", "transcoder s1 = \"P\" at L1.mlp", {"arch": "jumprelu_transcoder"},
+                        ("in:gpt_neox.layers.1.mlp", "out:gpt_neox.layers.1.mlp")),
     "llama-jumprelu-attn": ("llama", "sae s1 = \"P\" at L1.attn.out", {"arch": "jumprelu"},
                             ("out:model.layers.1.self_attn", "out:model.layers.1.self_attn")),
 }
