@@ -319,9 +319,8 @@ def check_dla(ctx: Context, matches: list[Match], item: A.SiteItem) -> None:
 
 
 def check_residual_latents(ctx: Context, site: Site, span: Span, what: str) -> bool:
-    """`dla`/`lens` of a dictionary site: its host must be residual-shaped (E356) and its
-    latents' contribution activation x decoder row (E357). False when an error was
-    reported."""
+    """`dla`/`lens` of a dictionary site: its host must be residual-shaped (E356). False
+    when an error was reported."""
     name, err = split_kind(site.kind)
     info = ctx.model.dictionary(name) if ctx.model is not None else None
     if info is None or not info.ok:

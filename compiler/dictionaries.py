@@ -90,11 +90,36 @@ def is_dict_kind(kind: str) -> bool:
     return kind.startswith(PREFIX)
 
 
+# The latents in the host's units, f x (each token's output factor of the decode): a
+# read-only kind that `dla` and `lens` read (never written in a spec), so that a latent's
+# contribution is (scaled latents) @ W_dec even where an SAE rescales its output per token.
+SCALED = ".scaled"
+
+
+def scaled_kind(name: str) -> str:
+    return f"{PREFIX}{name}{SCALED}"
+
+
+def is_scaled(kind: str) -> bool:
+    return is_dict_kind(kind) and kind.endswith(SCALED)
+
+
+def decoded_site(site: Site) -> Site:
+    """What `dla`/`lens` read for a site: a dictionary's latents as scaled latents (same
+    features), anything else (an error term, a model site) as itself."""
+    if not is_dict_kind(site.kind) or split_kind(site.kind)[1]:
+        return site
+    return Site(scaled_kind(split_kind(site.kind)[0]), site.layer, site.head, site.features)
+
+
 def split_kind(kind: str) -> tuple[str, bool]:
-    """`dict:s1` -> ("s1", False); `dict:s1.err` -> ("s1", True)."""
+    """`dict:s1` -> ("s1", False); `dict:s1.err` -> ("s1", True); the scaled latents
+    `dict:s1.scaled` -> ("s1", False)."""
     body = kind[len(PREFIX):]
     if body.endswith(".err"):
         return body[:-4], True
+    if body.endswith(SCALED):
+        return body[:-len(SCALED)], False
     return body, False
 
 
@@ -226,10 +251,6 @@ def dict_width(model: Any, kind: str) -> int:
 # push through the final norm and unembedding.
 RESIDUAL_HOSTS = ("embed", "resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out", "out",
                   "expert.out", "shared.out")
-# Normalizations that rescale an SAE's output token by token (decode divides by the input's
-# norm, or multiplies by its std): a latent's contribution is then not activation x decoder
-# row alone, and the factor is not kept with the latents.
-PER_TOKEN_OUTPUT = ("constant_norm_rescale", "layer_norm")
 
 
 def residual_refusal(info: DictInfo, err: bool, what: str) -> tuple[str, str, str] | None:
@@ -242,10 +263,4 @@ def residual_refusal(info: DictInfo, err: bool, what: str) -> tuple[str, str, st
                 "the residual stream neither holds nor adds",
                 "attach the dictionary to a residual-stream site (resid_pre/mid/post, "
                 "attn.out, mlp.out, Ll.Hh.out; a transcoder stands in for Ll.mlp.out)")
-    if not err and info.kind == "sae" and info.normalize_activations in PER_TOKEN_OUTPUT:
-        return ("E357", f"{what} of {text}: sae `{info.name}` rescales its output token by "
-                f"token (normalize_activations = {info.normalize_activations}), so a "
-                "latent's contribution is not its activation times its decoder row",
-                f"its error term `{info.name}.err` is a plain vector and works; or use an "
-                "SAE with normalize_activations none")
     return None

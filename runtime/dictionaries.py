@@ -152,12 +152,23 @@ class Dictionary:
             out = out + x.to(torch.float32) @ w["W_skip"].T
         return out
 
+    def scaled(self, f: torch.Tensor, norm: Normalized) -> torch.Tensor:
+        """The latents in the host's units: f times each token's output factor of decode
+        (an SAE's constant_norm_rescale divides its output by the input's scale, layer_norm
+        multiplies it by the input's std; 1 otherwise), so that a latent's contribution is
+        linear in them: `contribution` of the scaled latents."""
+        if self.info.kind == "sae" and norm is not None:
+            if norm.scale is not None:
+                return f / norm.scale
+            if norm.std is not None:
+                return f * norm.std
+        return f
+
     def contribution(self, f: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """What latents lo..hi-1 with activations f [..., hi - lo] add to the reconstruction,
-        [..., d_out] float32: f @ W_dec[lo:hi] (f divided by the decoder rows' norms first
-        for a rescaled TopK, as decode does); neither the decoder bias nor a skip
-        transcoder's W_skip term belongs to a latent. Check refuses this for an SAE that
-        rescales its output per token (E357): there decode's factor depends on the input."""
+        """What latents lo..hi-1 with scaled activations f [..., hi - lo] (`scaled`) add to
+        the reconstruction, [..., d_out] float32: f @ W_dec[lo:hi] (f divided by the decoder
+        rows' norms first for a rescaled TopK, as decode does); neither the decoder bias nor
+        a skip transcoder's W_skip term belongs to a latent."""
         w = self.weights(f.device)
         rows = w["W_dec"][lo:hi]
         f = f.to(torch.float32)
@@ -169,8 +180,9 @@ class Dictionary:
 def host_space(dictionaries: dict[str, "Dictionary"], site: Site, value: torch.Tensor
                ) -> tuple[torch.Tensor, tuple[int, int] | None]:
     """A value read at `site` as a vector of its host's space, with the host features it
-    covers (None: all): a dictionary's latents become their decoded contribution, its
-    error term already is one; any other site is itself. What `dla` and `lens` decode."""
+    covers (None: all): a dictionary's (scaled) latents become their decoded contribution,
+    its error term already is one; any other site is itself. What `dla` and `lens` decode
+    (they read latents as compiler.dictionaries.decoded_site)."""
     if not is_dict_kind(site.kind):
         return value, site.features
     name, err = split_kind(site.kind)

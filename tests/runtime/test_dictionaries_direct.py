@@ -2,7 +2,8 @@
 written here with plain module hooks and sae_helpers.HandSAE.
 
 A latent's contribution at a token is its activation times its decoder row (divided by that
-row's norm first for a rescaled TopK, as decode does), a vector in its host site's space;
+row's norm first for a rescaled TopK, as decode does; times the token's output factor for
+an SAE that normalizes its input), a vector in its host site's space;
 the error term is itself such a vector. `dla` pushes it through the final norm with the
 run's own scale at the metric's position and through the unembedding; `lens` decodes it
 with the final norm applied to it (its own statistics) and the unembedding.
@@ -96,6 +97,12 @@ CASES = {  # name -> (family, declaration, dictionary options, hooks for x and y
                         ("in:transformer.h.1.mlp", "out:transformer.h.1.mlp")),
     "neox-transcoder": ("neox", "transcoder s1 = \"P\" at L1.mlp", {"arch": "jumprelu_transcoder"},
                         ("in:gpt_neox.layers.1.mlp", "out:gpt_neox.layers.1.mlp")),
+    "gpt2-normrescale-resid": ("gpt2", "sae s1 = \"P\" at L2.resid_post",
+                               {"norm": "constant_norm_rescale"},
+                               ("out:transformer.h.2", "out:transformer.h.2")),
+    "llama-layernorm-mlp": ("llama", "sae s1 = \"P\" at L0.mlp.out",
+                            {"arch": "jumprelu", "norm": "layer_norm"},
+                            ("out:model.layers.0.mlp", "out:model.layers.0.mlp")),
     "llama-jumprelu-attn": ("llama", "sae s1 = \"P\" at L1.attn.out", {"arch": "jumprelu"},
                             ("out:model.layers.1.self_attn", "out:model.layers.1.self_attn")),
 }
@@ -106,9 +113,10 @@ def test_dla_and_lens_of_latents_equal_hand(get_family, tmp_path, case):
     name, decl, opts, (x_hook, y_hook) = CASES[case]
     fam = get_family(name)
     arch = opts.get("arch", "standard")
+    norm = opts.get("norm", "none")
     w = save_sae(tmp_path / "s1", D, N, arch, k=opts.get("k", 4), d_out=D,
-                 rescale=opts.get("rescale", False), bias=-0.1)
-    hand = HandSAE(w, arch, k=opts.get("k", 4), rescale=opts.get("rescale", False))
+                 rescale=opts.get("rescale", False), bias=-0.1, norm=norm)
+    hand = HandSAE(w, arch, k=opts.get("k", 4), rescale=opts.get("rescale", False), norm=norm)
     res = fam.run(HEAD + decl.replace("P", str(tmp_path / "s1")) + "\n"
                   "dla s1[*] in clean  measure ld  as dla_feats\n"
                   "dla s1[2:9] @ last in clean  measure ld  as dla_slice\n"
@@ -121,6 +129,11 @@ def test_dla_and_lens_of_latents_equal_hand(get_family, tmp_path, case):
     x, y, final = got["x"], got["y"], got["final"]
     f = hand.encode(x)[:, -1]  # [n, N] at the last token
     err = (y.float() - hand.decode(hand.encode(x), x))[:, -1]
+    # An SAE that normalizes its input rescales its decode per token: 1/c, or the std.
+    if norm == "constant_norm_rescale":
+        f = f / hand.state["c"][:, -1]
+    elif norm == "layer_norm":
+        f = f * hand.state["std"][:, -1]
     rows = w["W_dec"] / (w["W_dec"].norm(dim=-1, keepdim=True) if opts.get("rescale") else 1)
     assert (f > 0).any() and (f == 0).any()
     for i in range(N):
@@ -169,20 +182,16 @@ def _check(fam: Fam, body: str) -> list[tuple[str, str]]:
 
 
 def test_refused_where_no_residual_contribution(gpt2: Fam, tmp_path):
-    """An SAE on z decodes into z's space (E356), for latents and error term alike; an SAE
-    that rescales its output per token has no per-latent contribution (E357) though its
-    error term has one; a lens decodes a whole error term, not a slice (E361)."""
+    """An SAE on z decodes into z's space (E356), for latents and error term alike; a lens
+    decodes a whole error term, not a slice (E361)."""
     save_sae(tmp_path / "z", 8, N)
-    save_sae(tmp_path / "n", D, N, norm="constant_norm_rescale")
+    save_sae(tmp_path / "n", D, N)
     z = f'sae zs = "{tmp_path / "z"}" at L0.H1.z\n'
     for stmt in ("dla zs[*] in clean  measure ld", "dla zs.err in clean  measure ld",
                  "lens zs[3] @ last in clean  measure ld"):
         (code, msg), = _check(gpt2, z + stmt + "\n")
         assert code == "E356" and "L0.H1.z" in msg, msg
     n = f'sae ns = "{tmp_path / "n"}" at L1.resid_post\n'
-    for stmt in ("dla ns[*] in clean  measure ld", "lens ns[0:4] @ last in clean  measure ld"):
-        (code, msg), = _check(gpt2, n + stmt + "\n")
-        assert code == "E357" and "constant_norm_rescale" in msg, msg
-    assert _check(gpt2, n + "dla ns.err in clean  measure ld\n") == []
+    assert _check(gpt2, n + "dla ns.err, ns[0:4] in clean  measure ld\n") == []
     (code, _), = _check(gpt2, n + "lens ns.err[0:4] @ last in clean  measure ld\n")
     assert code == "E361"
