@@ -128,6 +128,12 @@ def _latent_sites(ref: A.SiteRef, model: ModelSpec) -> list[Match] | None:
         name, err = name[:-4], True
     info = model.dictionary(name)
     if info is None:
+        head, _, part = name.partition(".")
+        if part and model.dictionary(head) is not None:
+            raise CheckError("E387", f"{ref.text}: {head} is a dictionary, whose sites are "
+                             f"{head}[i], {head}[a:b], {head} and {head}.err; a latent is "
+                             "one number per token, with no attention pattern, head or "
+                             f"other part (`.{part}`)", ref.span)
         return None
     if not info.ok:
         raise DeclarationFailed("E381", f"{name} was not attached", ref.span)

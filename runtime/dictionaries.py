@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from patchc.compiler.dictionaries import DictInfo
+from patchc.compiler.dictionaries import DictInfo, is_dict_kind, split_kind
 from patchc.compiler.errors import RuntimeInterventionError
+from patchc.compiler.ir import Site
 
 LN_EPS = 1e-5
 
@@ -150,6 +151,46 @@ class Dictionary:
             assert x is not None
             out = out + x.to(torch.float32) @ w["W_skip"].T
         return out
+
+    def scaled(self, f: torch.Tensor, norm: Normalized) -> torch.Tensor:
+        """The latents in the host's units: f times each token's output factor of decode
+        (an SAE's constant_norm_rescale divides its output by the input's scale, layer_norm
+        multiplies it by the input's std; 1 otherwise), so that a latent's contribution is
+        linear in them: `contribution` of the scaled latents."""
+        if self.info.kind == "sae" and norm is not None:
+            if norm.scale is not None:
+                return f / norm.scale
+            if norm.std is not None:
+                return f * norm.std
+        return f
+
+    def contribution(self, f: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """What latents lo..hi-1 with scaled activations f [..., hi - lo] (`scaled`) add to
+        the reconstruction, [..., d_out] float32: f @ W_dec[lo:hi] (f divided by the decoder
+        rows' norms first for a rescaled TopK, as decode does); neither the decoder bias nor
+        a skip transcoder's W_skip term belongs to a latent."""
+        w = self.weights(f.device)
+        rows = w["W_dec"][lo:hi]
+        f = f.to(torch.float32)
+        if self.info.architecture == "topk" and self.info.rescale_acts_by_decoder_norm:
+            f = f / rows.norm(dim=-1)
+        return f @ rows
+
+
+def host_space(dictionaries: dict[str, "Dictionary"], site: Site, value: torch.Tensor
+               ) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """A value read at `site` as a vector of its host's space, with the host features it
+    covers (None: all): a dictionary's (scaled) latents become their decoded contribution,
+    its error term already is one; any other site is itself. What `dla` and `lens` decode
+    (they read latents as compiler.dictionaries.decoded_site)."""
+    if not is_dict_kind(site.kind):
+        return value, site.features
+    name, err = split_kind(site.kind)
+    if err:
+        return value, site.features
+    d = dictionaries[name]
+    lo, hi = site.features or (0, d.info.d_sae)
+    return d.contribution(value, lo, hi), None
 
 
 def load_all(infos: tuple[DictInfo, ...], given: dict[str, Any] | None = None

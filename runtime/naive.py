@@ -327,7 +327,8 @@ class Interpreter:
         valid_rows = out.valid
         if node.lens is not None:
             rv = self.values[node.lens]
-            logits = lens_logits(self.adapter, rv)
+            read: Read = ir.node(node.lens)  # type: ignore[assignment]
+            logits = lens_logits(self.adapter, rv, read.site)
             have = position_valid(rv.batch, rv.pos)
             valid_rows = have if valid_rows is None else valid_rows & have
         ref = None

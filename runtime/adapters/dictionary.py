@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import torch
 
-from patchc.compiler.dictionaries import split_kind
+from patchc.compiler.dictionaries import is_scaled, split_kind
 from patchc.compiler.errors import RuntimeInterventionError
 
 from . import taps
@@ -48,6 +48,7 @@ class Attachment:
         self.fns: list[tuple[bool, HookFn]] = []  # (on the error term?, fn)
         self.stack: contextlib.ExitStack | None = None
         self.x_in: torch.Tensor | None = None
+        self.norm: Any = None  # this forward's runtime.dictionaries.Normalized
 
     def add(self, err: bool, fn: HookFn) -> None:
         entry = (err, fn)
@@ -103,6 +104,7 @@ class Attachment:
             recon = d.decode(f, norm, x_det)
             err = y.detach().to(torch.float32) - recon
         new_f, new_err = f, err
+        self.norm = norm  # for scaled-latent readers (hooked)
         for on_err, fn in list(self.fns):
             if on_err:
                 out = fn(new_err)
@@ -123,7 +125,8 @@ class Attachment:
 @contextlib.contextmanager
 def hooked(adapter: Adapter, kind: str, fn: HookFn) -> Iterator[Adapter]:
     """`adapter.hook` for a dictionary site kind: fn sees the latents [N, T, d_sae] (or the
-    error term [N, T, d_out]) of every forward while the context is active."""
+    error term [N, T, d_out], or the scaled latents of `dla`/`lens`: Dictionary.scaled) of
+    every forward while the context is active."""
     name, err = split_kind(kind)
     if name not in adapter.dictionaries:
         raise RuntimeInterventionError(
@@ -131,6 +134,12 @@ def hooked(adapter: Adapter, kind: str, fn: HookFn) -> Iterator[Adapter]:
     att = adapter._attachments.get(name)
     if att is None:
         att = adapter._attachments[name] = Attachment(adapter, name)
+    if is_scaled(kind):  # read-only: the latents times this forward's output factor
+        inner, d = fn, att.dictionary
+
+        def fn(f: torch.Tensor) -> None:
+            inner(d.scaled(f, att.norm))
+            return None
     att.add(err, fn)
     try:
         yield adapter
