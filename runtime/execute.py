@@ -187,7 +187,7 @@ class Executor(Interpreter):
     @torch.no_grad()
     def forward_step(self, ir: IRGraph, step: ForwardStep) -> None:
         if step.sweep is not None:  # a chunk of a compact sweep: batched index edits
-            return run_chunk(self, ir, step)
+            return run_chunk(self, ir, step, self.sparse.chunk_rows(step))
         if step.generate:
             for fid in step.members:
                 self.values[fid] = self.forward(ir, fid, ir.node(fid))  # type: ignore[arg-type]

@@ -177,17 +177,19 @@ def _blocks(fn, k: int, n: int):
 
 
 @torch.no_grad()
-def run_chunk(ex, ir: IRGraph, step: ForwardStep) -> None:
-    """One pass of a sweep chunk on the plan interpreter `ex` (runtime/execute.Executor);
-    its metrics go to `ex.sweep_values`."""
+def run_chunk(ex, ir: IRGraph, step: ForwardStep, rows: np.ndarray | None = None) -> None:
+    """One pass of a sweep chunk on the plan interpreter `ex` (runtime/execute.Executor):
+    the members `rows` (row indices; default the step's range of the execution order); its
+    metrics go to `ex.sweep_values`."""
     fid = step.members[0]
     f: Forward = ir.node(fid)  # type: ignore[assignment]
     assert step.sweep is not None
-    lo, hi = step.sweep
-    rows = execution_order(f.sweep.space)[lo:hi]
+    if rows is None:
+        lo, hi = step.sweep
+        rows = execution_order(f.sweep.space)[lo:hi]
     batch = ex.run_inputs(f.run).batch
     columns = ex.columns_for(f.run)
-    n, k, p0 = batch.n, hi - lo, step.p0
+    n, k, p0 = batch.n, len(rows), step.p0
     hooks, valid = _hooks(ex, ir, fid, f, batch, columns, rows, p0)
     # The run's own writes first (those its start state has not applied yet), built for
     # one member's batch and applied block by block, so seeded draws are each member's own.
