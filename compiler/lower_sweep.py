@@ -28,7 +28,7 @@ from .ir import ALL_POSITIONS, Forward
 from .ir_sweep import READ_MODES, Space, SweepRows, SweepSpec, bound_columns, count, members, \
     split, whole_site
 from .lower_exprs import metric_parts, split_sweep
-from .lower_latents import is_latent, sweep_gate
+from .lower_latents import sweep_gate
 from .lowerer import Lowerer, check_where
 from .resolve import expand_site
 
@@ -69,9 +69,9 @@ def compact_form(lw: Lowerer, op: A.Operation) -> bool:
 
 def _latents(lw: Lowerer, item: A.SiteRef) -> bool:
     """Does `item` name a dictionary's latents (`s1[*]`, `s1[3]`, `s1[0:8]`, not `s1.err`)?"""
-    if item.layer is not None or item.head is not None or lw.model.dictionary(item.kind) is None:
-        return False
-    return all(is_latent(m.sites[0]) for m in expand_site(item, lw.model))
+    # (`s1.err` names no dictionary: the error term is no latent)
+    return item.layer is None and item.head is None and \
+        lw.model.dictionary(item.kind) is not None
 
 
 def _variants(op: A.Operation) -> list[tuple[float | None, float, A.VExpr | None]]:
@@ -146,20 +146,20 @@ def lower_compact(lw: Lowerer, op: Any) -> None:
                 part = Space(tuple(part.sites[i] for i in used),
                              tuple(part.site_keys[i] for i in used), part.positions,
                              part.pos_keys, part.variants, part.prefix, part.where)
+        wholes = tuple(dict.fromkeys(whole_site(s) for s in part.sites))
         whole: tuple = ()
         inputs: tuple[str, ...] = ()
         if mode in READ_MODES:
             assert read_run is not None
             src = lw.base(read_run)
-            whole = tuple(dict.fromkeys(whole_site(s) for s in part.sites))
+            whole = wholes
             inputs = tuple(lw.read(src, w, ALL_POSITIONS) for w in whole)
         elif mode == "add":
             inputs = tuple(lw.vector(vec, lw.site_dim(part.sites[0]))
                            for _, _, vec in variants)  # type: ignore[arg-type]
         spec = SweepSpec(part, mode, tuple(s for _, s, _ in variants), seed, whole)
         # Latents: members whose latents are zero in both runs are skipped at run time.
-        gates, same_as = sweep_gate(lw, target, read_run, tuple(
-            dict.fromkeys(whole_site(s) for s in part.sites)), mode, spec.scales)
+        gates, same_as = sweep_gate(lw, target, read_run, wholes, mode, spec.scales)
         fid = lw.ir.add(Forward(target, baked, lw.n_experiments, 1, sweep=spec,
                                 inputs=inputs, sparse=gates, same_as=same_as),
                         baked + inputs + gates + ((same_as,) if same_as else ()))
