@@ -37,6 +37,7 @@ import torch
 from patchc.compiler import ast as A
 from patchc.compiler.ir import Forward, IRGraph, Metric, Read, Write
 from patchc.compiler.ir_sweep import execution_order
+from patchc.compiler.lower_latents import is_latent
 from patchc.compiler.schedule import ForwardStep, Plan
 
 from .sparse_sweeps import active_members, stand_in
@@ -211,3 +212,20 @@ def borrowed_metrics(ir: IRGraph, fid: str) -> list[Metric]:
             out += [m for m in (ir.node(c) for c in ir.g.successors(g))
                     if isinstance(m, Metric) and m.forward == g and m.lens is None]
     return out
+
+
+def zero_path_gradients(interp: Any, ir: IRGraph, pairs: list[tuple[str, str]]
+                        ) -> dict[str, torch.Tensor] | None:
+    """Integrated gradients of latents inactive in both runs: when every (A, B) Read pair of
+    an ig Estimate is of latents that are zero in both runs at all its positions, the path
+    a_B + alpha (a_A - a_B) is that zero, every term (a_A - a_B) * g is exactly 0 and the
+    estimate is m_B: zero gradients stand in for the ig passes (None: they must run)."""
+    for ra, rb in pairs:
+        read: Read = ir.node(rb)  # type: ignore[assignment]
+        if not is_latent(read.site):
+            return None
+        if bool(torch.any(interp.values[ra].value != 0)) or \
+                bool(torch.any(interp.values[rb].value != 0)):
+            return None
+    return {rb: torch.zeros_like(interp.values[rb].value, dtype=torch.float32)
+            for _, rb in pairs}
