@@ -151,6 +151,27 @@ class Dictionary:
             out = out + x.to(torch.float32) @ w["W_skip"].T
         return out
 
+    def decode_change(self, new: torch.Tensor, old: torch.Tensor, norm: Normalized
+                      ) -> torch.Tensor:
+        """decode(new) - decode(old) for latents of the same tokens, from the latents that
+        differ only: decode is affine in the latents (the bias and a skip transcoder's
+        x @ W_skip.T cancel; norm_out scales each token), so a sweep that changes one latent
+        per row pays for the changed columns of W_dec, not all d_sae of them. Equal latents
+        give exactly 0."""
+        info, w = self.info, self.weights(new.device)
+        diff = (new.to(torch.float32) - old.to(torch.float32)).reshape(-1, info.d_sae)
+        cols = diff.ne(0).any(0).nonzero().flatten()
+        rows = w["W_dec"][cols]
+        if info.architecture == "topk" and info.rescale_acts_by_decoder_norm:
+            rows = rows / w["W_dec"].norm(dim=-1)[cols, None]
+        out = (diff[:, cols] @ rows).view(*new.shape[:-1], info.d_out)
+        if info.kind == "sae":
+            if norm.scale is not None:
+                out = out / norm.scale
+            elif norm.std is not None:
+                out = out * norm.std
+        return out
+
 
 def load_all(infos: tuple[DictInfo, ...], given: dict[str, Any] | None = None
              ) -> dict[str, Dictionary]:

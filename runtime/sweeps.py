@@ -32,6 +32,7 @@ from patchc.compiler.ir_sweep import READ_MODES, SweepSpec, execution_order, mem
     whole_index, whole_site
 from patchc.compiler.schedule import ForwardStep
 
+from .adapters.dictionary import repeated_blocks
 from .compat import blocks_return_tuples, with_cache
 from .inputs import Batch, position_index, position_valid
 from .naive import ForwardOutput
@@ -219,7 +220,7 @@ def run_chunk(ex, ir: IRGraph, step: ForwardStep, rows: np.ndarray | None = None
     as_tuple = bool(step.start_layer) and (
         ex.adapter.fam.tuple_blocks or blocks_return_tuples(ex.model, ex.adapter.layer(0)))
     # (as execute.forward_step: dead_positions' last MLP entered after the adapter's hooks)
-    with ex.adapter.hooks(hooks), \
+    with repeated_blocks(ex.adapter, n), ex.adapter.hooks(hooks), \
             skip_layers(ex.adapter.layers(), step.start_layer, state, as_tuple), \
             live_positions(*ex._live_mlp([f], index)), \
             trimmed_logits(head, index, tokens), ex.model_pass():
