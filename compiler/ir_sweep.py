@@ -255,9 +255,12 @@ def describe(spec: SweepSpec) -> str:
     """One line: `sweep 36 x replace mlp.post L3 [0..3071] @ {0..15} where ...`."""
     space = spec.space
     first = space.sites[0]
-    layers = sorted({s.layer for s in space.sites if s.layer is not None})
+    # (a dictionary's latents carry its host's layer: its name says where it is)
+    layers = [] if first.kind.startswith("dict:") else \
+        sorted({s.layer for s in space.sites if s.layer is not None})
     heads = sorted({s.head for s in space.sites if s.head is not None})
-    text = f"sweep {count(space)} x {spec.mode} {first.kind}"
+    kind = first.kind.split(":", 1)[1] if first.kind.startswith("dict:") else first.kind
+    text = f"sweep {count(space)} x {spec.mode} {kind}"
     if layers:
         text += f" L{_ints(layers)}"
     if heads:

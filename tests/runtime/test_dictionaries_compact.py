@@ -180,6 +180,7 @@ def test_sixteen_thousand_latents_plan_in_well_under_a_second(tmp_path):
             "metric ld = logit(ioi.answer) - logit(ioi.distractor)\n"
             f'sae s = "{folder}" at L1.resid_post\n'
             "swap s[*] @ last from clean into corrupt  measure ld  as feats\n")
+    from patchc.compiler.dump import dump_ir
     from patchc.compiler.dump_plan import emit_plan
 
     t0 = time.perf_counter()
@@ -187,6 +188,7 @@ def test_sixteen_thousand_latents_plan_in_well_under_a_second(tmp_path):
     text = emit_plan(program.checked, program.ir, program.optimized)
     seconds = time.perf_counter() - t0
     assert program.ir.count(Forward) == 3 and program.optimized.count(Forward) <= 3
+    assert "sweep 16384 x replace s [0..16383] @ last" in dump_ir(program.ir)
     assert "sparse latent sweeps: 16384 experiments" in text
     assert seconds < 5  # about 0.1 s alone; generous for a shared machine
 
