@@ -39,6 +39,7 @@ from .prefix import (live_positions, narrowable, prefix_cache, skip_layers, trim
                      widen)
 from .edges import edge_hooks, is_edge
 from .sweeps import run_chunk
+from .adapters.dictionary import repeated_blocks
 from .sparse import Sparse, borrowed_metrics
 from .writes import make_readers, make_writer
 
@@ -248,7 +249,8 @@ class Executor(Interpreter):
             self.adapter.fam.tuple_blocks or
             blocks_return_tuples(self.model, self.adapter.layer(0)))
         # Entered after the adapter's hooks: their hooks on the MLP see its full input first.
-        with self.adapter.hooks(hooks), \
+        # (repeated_blocks: a dictionary encodes one member's block where all are equal)
+        with repeated_blocks(self.adapter, batch.n), self.adapter.hooks(hooks), \
                 skip_layers(self.adapter.layers(), step.start_layer, state, as_tuple), \
                 live_positions(*self._live_mlp(members, index)), \
                 trimmed_logits(head, index, tokens), self.model_pass():
