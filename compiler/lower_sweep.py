@@ -26,7 +26,7 @@ from typing import Any
 from . import ast as A
 from .ir import ALL_POSITIONS, Forward
 from .ir_sweep import READ_MODES, Space, SweepRows, SweepSpec, bound_columns, count, members, \
-    split, whole_site
+    site_wholes, split
 from .lower_exprs import metric_parts, split_sweep
 from .lower_latents import sweep_gate
 from .lowerer import Lowerer, check_where
@@ -146,7 +146,7 @@ def lower_compact(lw: Lowerer, op: Any) -> None:
                 part = Space(tuple(part.sites[i] for i in used),
                              tuple(part.site_keys[i] for i in used), part.positions,
                              part.pos_keys, part.variants, part.prefix, part.where)
-        wholes = tuple(dict.fromkeys(whole_site(s) for s in part.sites))
+        wholes = site_wholes(part)[0]
         whole: tuple = ()
         inputs: tuple[str, ...] = ()
         if mode in READ_MODES:

@@ -159,12 +159,21 @@ class Dictionary:
         per row pays for the changed columns of W_dec, not all d_sae of them. Equal latents
         give exactly 0."""
         info, w = self.info, self.weights(new.device)
-        diff = (new.to(torch.float32) - old.to(torch.float32)).reshape(-1, info.d_sae)
-        cols = diff.ne(0).any(0).nonzero().flatten()
-        rows = w["W_dec"][cols]
+        shape = new.shape[:-1]
+        new, old = new.reshape(-1, info.d_sae), old.reshape(-1, info.d_sae)
+        dec = w["W_dec"]
         if info.architecture == "topk" and info.rescale_acts_by_decoder_norm:
-            rows = rows / w["W_dec"].norm(dim=-1)[cols, None]
-        out = (diff[:, cols] @ rows).view(*new.shape[:-1], info.d_out)
+            dec = dec / dec.norm(dim=-1, keepdim=True)
+        # The changed entries, compared first: a sweep pass changes one latent per row, so
+        # the change is a sum over those entries (no full-width difference, no d_sae matmul).
+        r, c = new.ne(old).nonzero(as_tuple=True)
+        if r.numel() * 8 <= new.numel():
+            step = new[r, c].to(torch.float32) - old[r, c].to(torch.float32)
+            out = torch.zeros(new.shape[0], info.d_out, device=new.device)
+            out.index_add_(0, r, step[:, None] * dec[c])
+        else:
+            out = (new.to(torch.float32) - old.to(torch.float32)) @ dec
+        out = out.view(*shape, info.d_out)
         if info.kind == "sae":
             if norm.scale is not None:
                 out = out / norm.scale

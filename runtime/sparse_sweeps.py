@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from patchc.compiler.ir import Forward, IRGraph, Metric
-from patchc.compiler.ir_sweep import members, split, whole_site
+from patchc.compiler.ir_sweep import members, site_wholes, split
 
 from .inputs import position_valid
 from .sweep_members import slice_read
@@ -30,13 +30,13 @@ def active_members(ex, ir: IRGraph, f: Forward) -> np.ndarray:
     in a `sparse` Read? (bool array; the caller runs the True ones.)"""
     space = f.sweep.space
     s_idx, p_idx, _ = split(space, members(space))
-    wholes = [whole_site(s) for s in space.sites]
+    wholes, site_whole = site_wholes(space)
     lo = np.array([0 if s.features is None else s.features[0] for s in space.sites])
     hi = np.array([-1 if s.features is None else s.features[1] for s in space.sites])
     out = np.zeros(len(s_idx), dtype=bool)
-    for whole in dict.fromkeys(wholes):
+    for w, whole in enumerate(wholes):
         gates = [g for g in f.sparse if ir.node(g).site == whole]  # type: ignore[union-attr]
-        on_site = np.array([w == whole for w in wholes])[s_idx]
+        on_site = site_whole[s_idx] == w
         for p in np.unique(p_idx[on_site]).tolist():
             fired = None  # [d_sae]: nonzero at p in some row of some gate
             for g in gates:

@@ -29,7 +29,7 @@ import torch
 
 from patchc.compiler.ir import Forward, IRGraph, Metric, Write
 from patchc.compiler.ir_sweep import READ_MODES, SweepSpec, execution_order, members, split, \
-    whole_index, whole_site
+    site_wholes, whole_index
 from patchc.compiler.schedule import ForwardStep
 
 from .adapters.dictionary import repeated_blocks
@@ -65,11 +65,7 @@ def _site_arrays(interp, fid: str, spec: SweepSpec) -> tuple[np.ndarray, np.ndar
     cache = interp.__dict__.setdefault("_sweep_sites", {})
     if fid not in cache:
         sites = spec.space.sites
-        if spec.whole:
-            wmap = np.array(whole_index(spec))
-        else:
-            at: dict = {}
-            wmap = np.array([at.setdefault(whole_site(x), len(at)) for x in sites])
+        wmap = whole_index(spec) if spec.whole else site_wholes(spec.space)[1]
         lo = np.array([0 if x.features is None else x.features[0] for x in sites])
         cache[fid] = (wmap, lo)
     return cache[fid]
