@@ -176,6 +176,36 @@ class Dictionary:
             f = f / rows.norm(dim=-1)
         return f @ rows
 
+    def decode_change(self, new: torch.Tensor, old: torch.Tensor, norm: Normalized
+                      ) -> torch.Tensor:
+        """decode(new) - decode(old) for latents of the same tokens, from the latents that
+        differ only: decode is affine in the latents (the bias and a skip transcoder's
+        x @ W_skip.T cancel; norm_out scales each token), so a sweep that changes one latent
+        per row pays for the changed columns of W_dec, not all d_sae of them. Equal latents
+        give exactly 0."""
+        info, w = self.info, self.weights(new.device)
+        shape = new.shape[:-1]
+        new, old = new.reshape(-1, info.d_sae), old.reshape(-1, info.d_sae)
+        dec = w["W_dec"]
+        if info.architecture == "topk" and info.rescale_acts_by_decoder_norm:
+            dec = dec / dec.norm(dim=-1, keepdim=True)
+        # The changed entries, compared first: a sweep pass changes one latent per row, so
+        # the change is a sum over those entries (no full-width difference, no d_sae matmul).
+        r, c = new.ne(old).nonzero(as_tuple=True)
+        if r.numel() * 8 <= new.numel():
+            step = new[r, c].to(torch.float32) - old[r, c].to(torch.float32)
+            out = torch.zeros(new.shape[0], info.d_out, device=new.device)
+            out.index_add_(0, r, step[:, None] * dec[c])
+        else:
+            out = (new.to(torch.float32) - old.to(torch.float32)) @ dec
+        out = out.view(*shape, info.d_out)
+        if info.kind == "sae":
+            if norm.scale is not None:
+                out = out / norm.scale
+            elif norm.std is not None:
+                out = out * norm.std
+        return out
+
 
 def host_space(dictionaries: dict[str, "Dictionary"], site: Site, value: torch.Tensor
                ) -> tuple[torch.Tensor, tuple[int, int] | None]:

@@ -39,6 +39,7 @@ from .prefix import (live_positions, narrowable, prefix_cache, skip_layers, trim
                      widen)
 from .edges import edge_hooks, is_edge
 from .sweeps import run_chunk
+from .adapters.dictionary import repeated_blocks
 from .sparse import Sparse, borrowed_metrics
 from .writes import make_readers, make_writer
 
@@ -187,7 +188,7 @@ class Executor(Interpreter):
     @torch.no_grad()
     def forward_step(self, ir: IRGraph, step: ForwardStep) -> None:
         if step.sweep is not None:  # a chunk of a compact sweep: batched index edits
-            return run_chunk(self, ir, step)
+            return run_chunk(self, ir, step, self.sparse.chunk_rows(step))
         if step.generate:
             for fid in step.members:
                 self.values[fid] = self.forward(ir, fid, ir.node(fid))  # type: ignore[arg-type]
@@ -248,7 +249,8 @@ class Executor(Interpreter):
             self.adapter.fam.tuple_blocks or
             blocks_return_tuples(self.model, self.adapter.layer(0)))
         # Entered after the adapter's hooks: their hooks on the MLP see its full input first.
-        with self.adapter.hooks(hooks), \
+        # (repeated_blocks: a dictionary encodes one member's block where all are equal)
+        with repeated_blocks(self.adapter, batch.n), self.adapter.hooks(hooks), \
                 skip_layers(self.adapter.layers(), step.start_layer, state, as_tuple), \
                 live_positions(*self._live_mlp(members, index)), \
                 trimmed_logits(head, index, tokens), self.model_pass():
