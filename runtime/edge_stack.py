@@ -13,8 +13,10 @@ sender each receiver's write patches.
 All receivers of a group read one residual stream at one point, so every sender of any of
 them is computed before the first of them runs: the group's product is taken when its first
 receiver asks, and the others read their rows. A sender read live (changed by this forward's
-own writes) is recomputed in each forward, when its capture hook has run again; one read from
-the unpatched run is computed once (a hook set may serve several forwards: eap_ig's steps).
+own writes) is recomputed in each forward, when its capture hook has run again (and so are
+the products: no capture falls between the receivers of one group); one read from the
+unpatched run is computed once (a hook set may serve several forwards: a compact sweep's
+members, gradient steps).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class _Group:
         self.stack = stack
         self.receivers: list[list[SenderKey]] = []  # each receiver's senders
         self.deltas: torch.Tensor | None = None
-        self.unread: set[int] = set()  # receivers yet to read this forward's deltas
+        self.made: tuple | None = None  # (stack version, shape) the deltas were made at
         self.pairs: tuple[list[SenderKey], torch.Tensor, torch.Tensor] | None = None
 
     def add(self, senders: list[SenderKey]) -> int:
@@ -85,13 +87,12 @@ class _Group:
 
     def delta(self, r: int, here: torch.Tensor, idx: torch.Tensor, whole: bool
               ) -> torch.Tensor:
-        """Receiver r's change this forward, [n, k, d] float32. A receiver that has read the
-        current product already is in a new forward: the product is taken again."""
-        if r not in self.unread:
+        """Receiver r's change this forward, [n, k, d] float32. The product is taken again
+        when a live sender has been captured since (a new forward) or the shape changed."""
+        made = (self.stack.version, tuple(here.shape), here.device)
+        if self.deltas is None or made != self.made:
             self.deltas = self._product(here, idx, whole)
-            self.unread = set(range(len(self.receivers)))
-        self.unread.discard(r)
-        assert self.deltas is not None
+            self.made = made
         return self.deltas[r]
 
     def _product(self, here: torch.Tensor, idx: torch.Tensor, whole: bool) -> torch.Tensor:
@@ -105,7 +106,7 @@ class _Group:
         rows = torch.tensor([self.stack.row(k, here, idx, whole) for k in keys])
         d = self.stack.rows_used()
         mask = torch.zeros(len(self.receivers), len(d), dtype=torch.float32)
-        mask[receiver, rows[sender]] = 1.0
+        mask.index_put_((receiver, rows[sender]), torch.ones(len(sender)), accumulate=True)
         return (mask.to(d.device) @ d).view(len(self.receivers), *here.shape)
 
 
@@ -121,6 +122,7 @@ class SenderStack:
         self.groups: dict[tuple, _Group] = {}
         self.buf: torch.Tensor | None = None
         self.used = 0
+        self.version = 0  # counts captures of live senders
 
     def sender(self, key: SenderKey, make: Callable[[], _Sender]) -> None:
         if key not in self.senders:
@@ -132,6 +134,7 @@ class SenderStack:
     def captured(self, key: SenderKey) -> None:
         """The live sender `key` has a new value in this forward."""
         self.stale.add(key)
+        self.version += 1
 
     def row(self, key: SenderKey, here: torch.Tensor, idx: torch.Tensor, whole: bool) -> int:
         """The stack row holding `key`'s difference, computed now if it is not up to date."""
