@@ -79,6 +79,7 @@ class _Group:
         self.receivers: list[list[SenderKey]] = []  # each receiver's senders
         self.deltas: torch.Tensor | None = None
         self.made: tuple | None = None  # (stack version, shape) the deltas were made at
+        self.left = 0  # receivers yet to read the deltas
         self.pairs: tuple[list[SenderKey], torch.Tensor, torch.Tensor] | None = None
 
     def add(self, senders: list[SenderKey]) -> int:
@@ -92,8 +93,12 @@ class _Group:
         made = (self.stack.version, tuple(here.shape), here.device)
         if self.deltas is None or made != self.made:
             self.deltas = self._product(here, idx, whole)
-            self.made = made
-        return self.deltas[r]
+            self.made, self.left = made, len(self.receivers)
+        out = self.deltas[r]
+        self.left -= 1
+        if not self.left:  # every receiver has its change: the product is not kept
+            self.deltas = None
+        return out
 
     def _product(self, here: torch.Tensor, idx: torch.Tensor, whole: bool) -> torch.Tensor:
         if self.pairs is None:  # (receiver, sender) pairs as indices into the group's senders
