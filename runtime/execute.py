@@ -37,6 +37,7 @@ from .compat import blocks_return_tuples, output_cache, with_cache
 from .reading import collect_reads
 from .prefix import (live_positions, narrowable, prefix_cache, skip_layers, trimmed_logits,
                      widen)
+from .edge_stack import Senders
 from .edges import edge_hooks, is_edge
 from .sweeps import run_chunk
 from .adapters.dictionary import repeated_blocks
@@ -205,7 +206,7 @@ class Executor(Interpreter):
         reads: list = []
         for rows, fid, f in zip(blocks, step.members, members):
             shared = len(ir.node(f.twin).writes) if f.start else 0  # type: ignore[union-attr]
-            senders: dict = {}  # this member's live edge senders, captured once
+            senders = Senders()  # this member's edge senders, captured and summed once
             for wid in f.writes[shared:]:  # shared writes are in the start state already
                 w: Write = ir.node(wid)  # type: ignore[assignment]
                 got = gated(w, [self.values[i] for i in w.inputs], self.values)
