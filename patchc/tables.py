@@ -125,9 +125,13 @@ def build_table(table: Table, values: dict[str, Any],
              if nid]
     means = {nid: example_mean(values[nid]) for nid in dict.fromkeys(used)}
     gaps = _ZeroGaps()
-    df = (_compare_table(table, means, gaps) if table.pairs
-          else _rows_table(table, values, means, gaps))
-    if table.sweeps:  # compact sweeps' rows, assembled as arrays
+    if table.sweeps and not table.rows and not table.pairs:
+        # Only compact sweeps' rows (a whole statement's): no empty frame of rows to join.
+        df = sweep_frame(table, values, gaps.check).reindex(columns=_row_columns(table, set()))
+    else:
+        df = (_compare_table(table, means, gaps) if table.pairs
+              else _rows_table(table, values, means, gaps))
+    if table.sweeps and (table.rows or table.pairs):  # compact sweeps' rows, as arrays
         sweep = sweep_frame(table, values, gaps.check)
         df = pd.concat([df, sweep], ignore_index=True)[list(df.columns)] if table.rows \
             else sweep.reindex(columns=df.columns)
@@ -183,6 +187,12 @@ def _rows_table(table: Table, values: dict[str, Any], means: dict[str, float],
             rec[col] = m
             rec[se_column(col)] = se
         records.append(rec)
+    return pd.DataFrame.from_records(records, columns=_row_columns(table, texts))
+
+
+def _row_columns(table: Table, texts: set[str]) -> list[str]:
+    """A row table's columns: the sweep keys, then each measure and its `_se` (text(N)
+    measures are left out: they are in the per-example table only)."""
     columns = []
     keys = {c for row in table.rows for c, _ in row.key} | sweep_key_names(table)
     for c in table.columns:
@@ -191,7 +201,7 @@ def _rows_table(table: Table, values: dict[str, Any], means: dict[str, float],
         columns.append(c)
         if c not in keys:
             columns.append(se_column(c))
-    return pd.DataFrame.from_records(records, columns=columns)
+    return columns
 
 
 def _read_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
