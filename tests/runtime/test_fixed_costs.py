@@ -5,6 +5,8 @@ empty frame of rows to join (patchc/tables.build_table); each against what it re
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import torch
 from conftest import family, make_tokenizer
@@ -19,7 +21,8 @@ from patchc.runtime.adapters import adapter_for
 from patchc.runtime.execute import Executor
 from patchc.runtime.inputs import encode
 from patchc.runtime.naive import Interpreter
-from patchc.tables import _int_keys, _rows_table, _ZeroGaps, build_table
+from patchc.tables import (_int_keys, _rows_table, _se, _stats, _ZeroGaps, build_table,
+                           example_mean)
 from patchc.sweep_tables import sweep_frame
 
 
@@ -93,3 +96,21 @@ def test_a_run_with_the_callers_model_maps_its_modules_once(models_dir, monkeypa
     res = fam.run(body, naive=False)
     assert made == [fam.model]
     assert [len(df) for df in res.tables.values()] == [1]
+
+
+def test_row_statistics_together_equal_one_row_at_a_time() -> None:
+    g = torch.Generator().manual_seed(0)
+    values: dict = {f"m{i}": torch.randn(8, generator=g) * 10 ** i for i in range(6)}
+    values["m1"][[2, 5]] = float("nan")  # examples without the position
+    values["m2"][:] = float("nan")  # none: NaN mean and se
+    values["m3"] = values["m3"][:1]  # one example: NaN se
+    values["b"] = torch.tensor([True, False, True, True])  # acc = rank(...) == 0
+    values["e"] = torch.randn(8, dtype=torch.float64, generator=g)
+    values["t"] = ["a", "b"]  # text(N)
+    values["w"] = torch.randn(3, 2, generator=g)  # not one value per example
+    got = _stats(list(values), values)
+    assert list(got) != [] and set(got) == set(values)
+    for nid, v in values.items():
+        m, se = got[nid]
+        for a, b in ((m, example_mean(v)), (se, _se(v))):
+            assert (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12)
