@@ -114,3 +114,25 @@ def test_row_statistics_together_equal_one_row_at_a_time() -> None:
         m, se = got[nid]
         for a, b in ((m, example_mean(v)), (se, _se(v))):
             assert (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12)
+
+
+def test_check_encodes_each_answer_text_once(models_dir) -> None:
+    fam = family("gpt2", models_dir)
+
+    class Encoding:
+        def __init__(self) -> None:
+            self.plain: list[str] = []
+
+        def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+            if not add_special_tokens:
+                self.plain.append(text)
+            return fam.tok.encode(text, add_special_tokens=add_special_tokens)
+
+    counting = Encoding()
+    body = HEAD + "swap L1.resid_post @ last from clean into corrupt\n    measure ld\n"
+    checked = check(parse(fam.spec(body), "<spec>", "."), adapter_for(fam.model).spec(),
+                    tokenizer=counting)
+    answers = [r[c] for r in ROWS for c in ("answer", "distractor")]
+    assert len(set(answers)) < len(answers)  # (names repeat: Mary, John)
+    assert sorted(counting.plain) == sorted(set(answers))
+    assert checked.runs["clean"].lengths == tuple(len(fam.tok(t)["input_ids"]) for t in CLEAN)
