@@ -22,6 +22,7 @@ from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Rea
 from . import dla, lrp
 from .inputs import position_index, position_valid
 from .prefix import trimmed_logits
+from .sparse import zero_path_gradients
 from .writes import ReadValue, _features, gather, position_major_for, scatter
 
 IG_ROWS = 64  # rows (examples x steps) per batched ig pass unless `set batch_size` says
@@ -197,7 +198,10 @@ def run_estimate(interp: "RunContext", ir: IRGraph, node: Estimate) -> torch.Ten
     if node.method in ("atp", "relp"):
         m_b, grads = interp.values[bid]
     elif node.method == "ig":
-        m_b, grads = _integrated_gradients(interp, ir, bid, pairs, node.steps)
+        # Latents zero in both runs: no passes, the estimate is exactly m_B (sparse.py).
+        zeros = zero_path_gradients(interp, ir, pairs)
+        m_b, grads = (interp.values[bid][0], zeros) if zeros is not None else \
+            _integrated_gradients(interp, ir, bid, pairs, node.steps)
     else:
         raise RuntimeInterventionError("E463", f"unknown estimator {node.method!r}")
     delta = torch.zeros_like(m_b, device="cpu")  # the products are summed on the CPU
