@@ -71,6 +71,8 @@ def sweep_frame(table: Table, values: dict[str, Any],
             cols[col] = mean.astype(float)
             cols[f"{col}_se"] = se.astype(float)
         frames.append(pd.DataFrame(cols))
+    if len(frames) == 1:
+        return frames[0]  # (what concat would copy: one block is most tables)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
