@@ -78,6 +78,7 @@ class Executor(Interpreter):
         self.kv: dict[str, Any] = {}
         self.plan: Plan | None = None
         self._remap: torch.Tensor | None = None
+        self.batched_estimates = True  # compact estimates as tensor operations
 
     # ---- planning -----------------------------------------------------------------------
     def prepare(self, ir: IRGraph, naive_ir: IRGraph | None = None, share: int = 1

@@ -82,6 +82,8 @@ class Interpreter:
         self.sweep_values: dict[str, torch.Tensor] = {}
         self._reported: set[str] = set()
         self.memo: dict[Any, Any] = {}  # computed once for many nodes (edge scores)
+        # Compact estimates (runtime/estimate_sweeps.py): member by member, as the reference.
+        self.batched_estimates = False
 
     # ---- inputs -------------------------------------------------------------------------
     def run_inputs(self, name: str) -> RunInputs:
