@@ -51,10 +51,18 @@ def _at(value: torch.Tensor, read: Read, batch, pos: Positions, site: Site, colu
 
 
 def _indices(interp: "RunContext", ir: IRGraph, rid: str, value: ReadValue, space: Space
-             ) -> list[torch.Tensor]:
-    """Per position of the space, its [n, k] token indices in the batch of Read `rid`."""
-    columns = interp.columns_for(ir.node(ir.node(rid).forward).run)  # type: ignore[union-attr]
-    return [position_index(value.batch, p, columns) for p in space.positions]
+             ) -> tuple[torch.Tensor, list[int]]:
+    """The token indices [n, sum k] of every position of the space, in order, in the batch
+    of Read `rid`, and each position's k (made once per run and position list: every
+    estimate of a statement shares them)."""
+    run = ir.node(ir.node(rid).forward).run  # type: ignore[union-attr]
+    key = ("estimate positions", run, value.batch.n, space.positions)
+    got = interp.memo.get(key)
+    if got is None:
+        columns = interp.columns_for(run)
+        index = [position_index(value.batch, p, columns) for p in space.positions]
+        got = interp.memo[key] = (torch.cat(index, 1), [int(i.shape[1]) for i in index])
+    return got
 
 
 def one_by_one(interp: "RunContext", ir: IRGraph, node: Estimate,
@@ -101,6 +109,7 @@ def batched(interp: "RunContext", ir: IRGraph, space: Space,
     for i, site in enumerate(space.sites):
         of_whole.setdefault(whole_site(site), []).append(i)
     batch = None
+    index: tuple | None = None  # A's and B's token indices, once for every whole site
     for whole, idx in of_whole.items():
         ra, rb = pairs[whole]
         read: Read = ir.node(rb)  # type: ignore[assignment]
@@ -109,22 +118,26 @@ def batched(interp: "RunContext", ir: IRGraph, space: Space,
         batch = b.batch
         g = grads[rb].float()
         av, bv = a.value.float().to(g.device), b.value.float().to(g.device)
+        whole_features = all(space.sites[i].features is None for i in idx)
         if n_pos == 1 and space.positions[0] == read.pos:
             per_pos = ((av - bv) * g).sum(1)[None]  # [1, n, d]
         else:
-            # Each run's own token indices (A's and B's prompts may be padded differently),
-            # every position's tokens in one gather: [n, sum k, d].
-            index_a = _indices(interp, ir, ra, a, space)
-            index_b = _indices(interp, ir, rb, b, space)
-            sizes = [int(i.shape[1]) for i in index_b]
-            ia, ib = (torch.cat(i, 1).to(g.device) for i in (index_a, index_b))
-            got = (gather(av, ia) - gather(bv, ib)) * gather(g, ib)
+            if index is None or index[0].device != g.device:
+                ia, sizes = _indices(interp, ir, ra, a, space)
+                ib, _ = _indices(interp, ir, rb, b, space)
+                index = (ia.to(g.device), ib.to(g.device), sizes)
+            ia, ib, sizes = index
+            if whole_features and av.shape == bv.shape and torch.equal(ia, ib):
+                # A and B padded alike: sum the features first, gather [n, sum k] after
+                got = ((av - bv) * g).sum(-1, keepdim=True).gather(1, ib[..., None])
+            else:  # each run's own token indices, every position's tokens in one gather
+                got = (gather(av, ia) - gather(bv, ib)) * gather(g, ib)  # [n, sum k, d]
             if all(k == 1 for k in sizes):
                 per_pos = got.transpose(0, 1)
             else:
                 per_pos = torch.stack([part.sum(1) for part in got.split(sizes, 1)])
         feats = [space.sites[i].features for i in idx]
-        if all(f is None for f in feats):
+        if whole_features:
             vals = per_pos.sum(-1).expand(len(idx), -1, -1)  # [sites, P, n]
         elif all(f is not None and f[1] - f[0] == 1 for f in feats):  # neurons, latents
             cols = torch.tensor([f[0] for f in feats], device=per_pos.device)  # type: ignore[index]
