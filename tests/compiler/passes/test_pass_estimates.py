@@ -3,13 +3,15 @@ in site items and layers, not in experiments), and every pass on it (golden befo
 
 import pytest
 
-from passcases import FIXTURES, UPDATE, before_after, golden, lowered
+from passcases import FIXTURES, HEAD, ROOT, UPDATE, before_after, golden, lowered
 
 from patchc.compiler.dump_plan import ir_text
 from patchc.compiler.ir import Backward, Estimate, Read, verify
 from patchc.compiler.ir_sweep import count
 from patchc.compiler.passes.fuse_attribution import fuse_attribution
-from patchc.compiler.pipeline import PASSES, optimize
+from patchc.compiler.check import check
+from patchc.compiler.parse import parse
+from patchc.compiler.pipeline import PASSES, experiment_counts, optimize
 
 SPEC = """
 attribute L{0,1}.resid_pre @ each, L$l.mlp.post[{0,7}] @ last
@@ -47,6 +49,9 @@ def test_one_estimate_per_item_and_measure() -> None:
     # heads (at 1..2), attn.out x2 (at d.p); never one per experiment
     assert ir.count(Read) == 2 * (2 + 2 + 2 + 2)
     assert [t.n_rows() for t in ir.tables] == [26, 2, 2]
+    # counted from the index sets alone, as `check` does, without building the graph
+    assert experiment_counts(check(parse(HEAD + SPEC, "<spec>", str(ROOT)))) == \
+        {"atp": 26, "ig": 2, "relp": 2}
     assert all(not t.rows and t.sweeps for t in ir.tables)
     # a Backward per (metric, rules) of each statement (fuse_attribution merges them later)
     assert ir.count(Backward) == 1 + 2 + 1
