@@ -109,6 +109,9 @@ def lower_estimates(lw: Lowerer, op: A.Attribute, method: tuple[str, str, int]) 
         for w in dict.fromkeys(whole_site(s) for s in space.sites):
             pairs += [lw.read(fa, w, pos), lw.read(fb, w, pos)]
         items.append((space, tuple(pairs)))
+    if not items:  # `where` keeps no member: no gradient to take
+        lw.table(op, [], tuple(dict.fromkeys(c for c, _ in lw.measures(op))))
+        return
     wrt = tuple(dict.fromkeys(r for _, pairs in items for r in pairs[1::2]))
     name, rules, steps = method
     blocks: dict[int, tuple[list, list]] = {i: ([], []) for i in range(len(items))}

@@ -1,7 +1,7 @@
 """Compact estimates (compiler/lower_estimates.py) against the reference: on tiny GPT-2, Llama
 and NeoX models, atp/relp/ig over `@ each`, single positions, ranges, per-example columns,
-neurons, feature slices, heads, several site items and `where`, measured plain and
-`normalized`:
+neurons, feature slices, heads, q/k/v, the embedding, several site items and `where` (one
+that keeps no member too), measured plain and `normalized`:
   - the plan interpreter's batched estimates (runtime/estimate_sweeps.py) equal the naive
     interpreter's member-by-member ones, per example;
   - both equal the per-experiment lowering (one Estimate per experiment) run naively;
@@ -31,6 +31,10 @@ attribute L1.resid_post @ 1..2, L$l.attn.out @ last, L$l.H*.v @ {1, 3}
     from clean into corrupt using ig(steps=3) where $l >= 1 measure ld normalized as igs
 attribute L0.mlp.post[2:5] @ each, L*.mlp.pre[0:3] @ last
     from clean into corrupt using relp(ah=true) measure ld as slices
+attribute embed @ each, L*.H*.k @ last, L1.attn.v @ 1..2, L0.H*.q @ d.p
+    from clean into corrupt using atp measure ld as qkv
+attribute L$l.resid_post @ each from clean into corrupt using atp where $l > 5
+    measure ld as none
 """
 
 
@@ -52,12 +56,13 @@ def test_compact_estimates_match_naive_and_per_experiment(family: str, tokenizer
     from patchc.runtime.naive import Interpreter
 
     fast = assert_same(family, BODY, tokenizer)  # batched == member by member, per example
-    assert all(t.sweeps and not t.rows for t in fast._ir.tables)
+    assert all(bool(t.sweeps) == (t.name != "none") and not t.rows for t in fast._ir.tables)
     m, checked = _lowered(family, tokenizer, BODY)
     tables = {}
     for compact in (True, False):
         ir = lower(checked, compact=compact)
-        assert all(bool(t.sweeps) == compact and bool(t.rows) != compact for t in ir.tables)
+        assert all(bool(t.sweeps) == compact and bool(t.rows) != compact
+                   for t in ir.tables if t.name != "none")  # none: `where` keeps no row
         values = Interpreter(checked, m, tokenizer, adapter_for(m)).run(ir)
         tables[compact] = Results(ir, values, {})
     new, old = tables[True], tables[False]
