@@ -117,13 +117,25 @@ class Interpreter:
             elif isinstance(tok, A.TokString):
                 out = [self._token(tok.text)] * max(1, len(rows))
             else:
-                out = [self._token(str(r[tok.column])) for r in rows]
+                texts = [str(r[tok.column]) for r in rows]
+                self._tokens(texts)
+                out = [self._token(t) for t in texts]
             t = torch.tensor(out, dtype=torch.long)
             if len(out) == 1 and n > 1:
                 t = t.expand(n)
             return t.repeat_interleave(n // len(t)) if len(t) != n else t
 
         return ids
+
+    def _tokens(self, texts: list[str]) -> None:
+        """Cache the token ids of a column's texts with one tokenizer call (one per row cost
+        more than a small model's pass); what yields no token is left to `_token` to report."""
+        new = list(dict.fromkeys(t for t in texts if t not in self._token_cache))
+        if len(new) < 2:
+            return
+        got = self.tokenizer(new, add_special_tokens=False)["input_ids"]
+        if len(got) == len(new):
+            self._token_cache.update((t, int(ids[0])) for t, ids in zip(new, got) if ids)
 
     def _token(self, text: str) -> int:
         if text not in self._token_cache:
