@@ -178,6 +178,9 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
             by_features.setdefault(read.site.features, []).append((rid, read))
         for items in by_features.values():
             g = grad[..., _features(items[0][1].site, grad)]
+            if len(items) == 1 and items[0][1].pos.kind == "all":  # every position: as is
+                out[items[0][0]] = g.detach()
+                continue
             idxs = [position_index(batch, read.pos, columns) for _, read in items]
             parts = gather(g, torch.cat(idxs, 1)).detach().split(
                 [int(i.shape[1]) for i in idxs], 1)
