@@ -50,12 +50,17 @@ def _at(value: torch.Tensor, read: Read, batch, pos: Positions, site: Site, colu
     return value[..., _features(site, value)]
 
 
+def _run(ir: IRGraph, rid: str) -> str:
+    """The run whose Forward Read `rid` is taken from."""
+    return ir.node(ir.node(rid).forward).run  # type: ignore[union-attr]
+
+
 def _indices(interp: "RunContext", ir: IRGraph, rid: str, value: ReadValue, space: Space
              ) -> tuple[torch.Tensor, list[int]]:
     """The token indices [n, sum k] of every position of the space, in order, in the batch
     of Read `rid`, and each position's k (made once per run and position list: every
     estimate of a statement shares them)."""
-    run = ir.node(ir.node(rid).forward).run  # type: ignore[union-attr]
+    run = _run(ir, rid)
     key = ("estimate positions", run, value.batch.n, space.positions)
     got = interp.memo.get(key)
     if got is None:
@@ -81,7 +86,8 @@ def one_by_one(interp: "RunContext", ir: IRGraph, node: Estimate,
         a: ReadValue = interp.values[ra]
         b: ReadValue = interp.values[rb]
         columns = interp.columns_for(ir.node(read.forward).run)  # type: ignore[union-attr]
-        av = _at(a.value, read, a.batch, pos, site, columns)
+        columns_a = interp.columns_for(_run(ir, ra))
+        av = _at(a.value, read, a.batch, pos, site, columns_a)
         bv = _at(b.value, read, b.batch, pos, site, columns)
         if node.method == "ig":
             member = f"{rb}#{j}"  # the member's own Read of B, for the interpolation only
