@@ -17,6 +17,8 @@ like a compact sweep's metric.
 
 from __future__ import annotations
 
+import dataclasses
+
 from . import ast as A
 from . import printer
 from .ir import ALL_POSITIONS, Estimate, Positions
@@ -57,9 +59,13 @@ def _spaces(lw: Lowerer, op: A.Attribute) -> list[Space]:
         matches = expand_site(item, lw.model)
         poss = lw.positions(item.pos, op.target.value)
         prefix = (("site", printer.site_item(item)),) if len(op.sites) > 1 else ()
-        out.append(Space(tuple(m.sites[0] for m in matches), tuple(m.key for m in matches),
-                         tuple(p for p, _ in poss), tuple(i for _, i in poss), (None,), prefix,
-                         tuple(op.clauses.where)))
+        space = Space(tuple(m.sites[0] for m in matches), tuple(m.key for m in matches),
+                      tuple(p for p, _ in poss), tuple(i for _, i in poss), (None,), prefix)
+        # Only the conditions on columns this item binds (the others keep all its members)
+        bound = set(bound_columns(space))
+        where = tuple(c for c in op.clauses.where if c.left in bound and
+                      (not isinstance(c.right, str) or c.right in bound))
+        out.append(dataclasses.replace(space, where=where))
     return out
 
 
