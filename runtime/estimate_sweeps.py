@@ -24,6 +24,7 @@ import torch
 from patchc.compiler.ir import Estimate, IRGraph, Positions, Read, Site
 from patchc.compiler.ir_sweep import Space, members, split, whole_site
 
+from .estimates import integrated_gradients
 from .inputs import position_index, position_valid
 from .writes import ReadValue, _features, gather
 
@@ -73,8 +74,6 @@ def _indices(interp: "RunContext", ir: IRGraph, rid: str, value: ReadValue, spac
 def one_by_one(interp: "RunContext", ir: IRGraph, node: Estimate,
                pairs: dict[Site, tuple[str, str]], bid: str) -> torch.Tensor:
     """Member by member: the per-experiment estimate of each member's site and position."""
-    from .estimates import integrated_gradients
-
     space: Space = node.space
     s_idx, p_idx, _ = split(space, members(space))
     m_b, grads = interp.values[bid]

@@ -197,10 +197,6 @@ def run_estimate(interp: "RunContext", ir: IRGraph, node: Estimate) -> torch.Ten
     """Per-example estimate of the swapped metric [n]."""
     if node.method == "dla":
         return dla.run_dla(interp, ir, node)
-    if node.space is not None:  # one value per member: [members, n] (estimate_sweeps.py)
-        from .estimate_sweeps import run_compact
-
-        return run_compact(interp, ir, node)
     *pairs_flat, bid = node.inputs
     pairs = list(zip(pairs_flat[0::2], pairs_flat[1::2]))
     backward: Backward = ir.node(bid)  # type: ignore[assignment]

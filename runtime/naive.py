@@ -25,6 +25,7 @@ from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Pos
 from . import metrics as M
 from . import vectors as V
 from .circuits import gated, rank
+from .estimate_sweeps import run_compact
 from .estimates import run_backward, run_estimate
 from .generate import contains_answer, greedy, sequence_logprob
 from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
@@ -203,7 +204,8 @@ class Interpreter:
         elif isinstance(node, Backward):
             self.values[nid] = run_backward(self, ir, nid, node)
         elif isinstance(node, Estimate):
-            run = run_edge_estimate if node.method in EDGE_METHODS else run_estimate
+            run = run_edge_estimate if node.method in EDGE_METHODS else \
+                run_compact if node.space is not None else run_estimate  # [members, n]
             results[nid] = self.values[nid] = run(self, ir, node)
         elif isinstance(node, Select):
             results[nid] = self.values[nid] = rank(node, self.values)
