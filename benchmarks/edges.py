@@ -1,6 +1,7 @@
 """Cost of edges (issue 13): exact path patching of every edge, and `attribute * -> * using eap`.
 
     python benchmarks/edges.py [--repeats 3] [--sample 256] [--loop-sample 16] [--write]
+    python benchmarks/edges.py --evaluate [--repeats 3]
 
 The model is a GPT-2-small-shaped random GPT-2 (12 layers, 12 heads, d_model 768, d_mlp 3072,
 vocab 50257) built from its config, 8 prompts of 16 tokens from a word-level tokenizer (saved
@@ -20,10 +21,16 @@ times after a warm-up, the cases taking turns; the minimum is reported with the 
   compile included) against one forward + backward of the plain model (the metric's gradient
   with respect to the embedding output; no weight gradients).
 
+- evaluate (`--evaluate`, this part alone): `circuit c = top {1%, 10%, 50%}` of the eap table
+  and `evaluate c in corrupt with ablate(clean)`: the CPU time of the whole run and of the
+  edge-masked forward (the sizes and the empty circuit stacked into one pass: 4 x 8 rows,
+  every receiver's input changed by its left-out senders), against one plain forward of the
+  same 32 rows.
+
 Beside each measured ratio: the FLOP-bound ratio of patchc's schedule (matrix products of
 the blocks, attention and the unembedding, counted per edge: the loop runs every block and
-unembeds every position and token; patchc starts at the receiver's layer and unembeds only
-the measured tokens at the last position).
+unembeds every position and token; patchc starts at the receiver's layer, computes the last
+block's MLP at the last position only and unembeds only the measured tokens there).
 """
 
 from __future__ import annotations
@@ -68,13 +75,23 @@ def all_edges(model_spec) -> list[tuple[str, str, int]]:
 
 
 def flops(model_spec, edges, vocab_tokens: int = 2) -> tuple[float, float]:
-    """(plain loop, patchc) FLOPs of patching `edges`, matrix products only."""
+    """(plain loop, patchc) FLOPs of patching `edges`, matrix products only. patchc starts an
+    edge's forward at its receiver's layer and computes the last block's MLP at the measured
+    position only (dead_positions), unless the receiver is that MLP's own input."""
     t, d, f, v, n = N_PROMPTS * N_TOKENS, model_spec.d_model, model_spec.d_mlp, \
         model_spec.vocab_size, model_spec.n_layers
-    block = 2 * t * (4 * d * d + 2 * d * f) + 2 * 2 * N_PROMPTS * N_TOKENS * N_TOKENS * d
+    attn = 2 * t * 4 * d * d + 2 * 2 * N_PROMPTS * N_TOKENS * N_TOKENS * d
+    mlp = 2 * t * 2 * d * f
+    block = attn + mlp
+    last = attn + mlp * N_PROMPTS // t  # the MLP at one position per prompt
     unembed = 2 * t * d * v
     loop = len(edges) * (n * block + unembed)
-    ours = sum((n - layer) * block + 2 * N_PROMPTS * d * vocab_tokens for _, _, layer in edges)
+    ours = 0
+    for _, receiver, layer in edges:
+        if layer < n:
+            top = block if receiver == f"L{n - 1}.mlp.in" else last
+            ours += (n - 1 - layer) * block + top
+        ours += 2 * N_PROMPTS * d * vocab_tokens
     return loop, ours
 
 
@@ -185,11 +202,14 @@ def main() -> None:
     ap.add_argument("--loop-sample", type=int, default=8, help="edges the plain loop patches")
     ap.add_argument("--write", action="store_true", help="write the table into performance.md")
     ap.add_argument("--quick", action="store_true", help="a 2-layer model (tests)")
+    ap.add_argument("--evaluate", action="store_true", help="time `evaluate` of edge circuits")
     args = ap.parse_args()
     torch.set_num_threads(1)
     sizes = dict(n_layer=2, n_head=4, n_embd=64) if args.quick else SIZES
     tmp = Path(tempfile.mkdtemp())
     model, tok = build(tmp, **sizes)
+    if args.evaluate:
+        return evaluate(model, tok, tmp, args.repeats)
     ms = spec_from_config(model.config.to_dict())
     edges = all_edges(ms)
     rng = random.Random(0)
@@ -277,6 +297,50 @@ def main() -> None:
         else:
             text += "\n" + block + "\n"
         DOC.write_text(text, "utf-8")
+
+
+def evaluate(model, tok, tmp: Path, repeats: int) -> None:
+    """The `--evaluate` part: whole run and edge-masked forward, CPU seconds."""
+    from patchc.runtime.execute import Executor
+
+    text = spec(tmp, "attribute * -> * from clean into corrupt using eap measure ld as e\n"
+                "circuit c = top {1%, 10%, 50%} of e\n"
+                "evaluate c in corrupt with ablate(clean) measure ld as ev")
+    plain = Executor.forward_step
+    masked: list[float] = []
+
+    def timed(self, ir, step):  # the steps whose forwards carry a circuit's gated writes
+        if not any(getattr(ir.node(w), "gate", None) for m in step.members
+                   for w in ir.node(m).writes):
+            return plain(self, ir, step)
+        c = time.process_time()
+        plain(self, ir, step)
+        masked[-1] += time.process_time() - c
+
+    def run() -> None:
+        masked.append(0.0)  # this run's edge-masked forwards
+        last["r"] = patchc.run(text, model=model, tokenizer=tok)
+
+    Executor.forward_step = timed  # type: ignore[method-assign]
+    last: dict = {}
+    run_t, run_spread, run_w = _time(run, repeats)
+    Executor.forward_step = plain  # type: ignore[method-assign]
+    fwd = masked[1:]  # after the warm-up run
+    ids = torch.tensor([tok(p)["input_ids"] for p in prompts(2)]).repeat(4, 1)
+    with torch.no_grad():
+        f_t, f_spread, _ = _time(lambda: model(ids), repeats)
+    ev = last["r"]["ev"]
+    rows = [
+        ("`evaluate` of 3 sizes + the empty circuit: the whole run (eap table included)",
+         f"{run_t:.2f} s", f"±{run_spread:.0%}", f"{run_w:.2f} s"),
+        ("the edge-masked forward (4 x 8 rows, one pass)", f"{min(fwd):.2f} s",
+         f"±{(max(fwd) - min(fwd)) / min(fwd):.0%}", ""),
+        ("a plain forward of the same 32 rows", f"{f_t:.3f} s", f"±{f_spread:.0%}", ""),
+        ("edges kept, faithfulness", ", ".join(
+            f"{k}: {f:.3f}" for k, f in zip(ev["edges"], ev["faithfulness"])), "", ""),
+    ]
+    print("| | CPU time | spread | wall time |\n|---|---|---|---|\n" + "\n".join(
+        f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows))
 
 
 if __name__ == "__main__":

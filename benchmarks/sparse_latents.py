@@ -19,10 +19,12 @@ Contenders, taking turns within each round after a warm-up round (min, median, m
              forwards (what a latent sweep costs without the sparsity)
 
 It checks that both give the same values (the sampled latents' ld, to 1e-4; every inactive
-latent's row is the corrupt run's own ld), that patchc skipped exactly the inactive latents
-and ran the clean and corrupt passes plus its sparse passes only, and prints the figures for
-docs/performance.md. The dense loop runs `--dense-sample` evenly spaced latents per round and
-its time is scaled to all 16,384 (each of its forwards is the same computation).
+latent's per-example values are exactly the corrupt run's own, by hand), that patchc skipped
+exactly the inactive latents and ran the clean and corrupt passes plus its sparse passes
+only, and prints the figures for docs/performance.md, with patchc's planning time (lowering,
+passes, schedule: the sweep is one Forward with its index set) apart from its model time.
+The dense loop runs `--dense-sample` evenly spaced latents per round and its time is scaled
+to all 16,384 (each of its forwards is the same computation).
 """
 
 from __future__ import annotations
@@ -115,10 +117,13 @@ class DenseLoop:
             handle.remove()
         return encode(self.w, self.k, seen[0])
 
-    def ld(self, logits: torch.Tensor) -> float:
+    def ld_each(self, logits: torch.Tensor) -> torch.Tensor:
         last = logits[:, -1]
         rows = torch.arange(len(last))
-        return (last[rows, self.answer] - last[rows, self.distractor]).mean().item()
+        return last[rows, self.answer] - last[rows, self.distractor]
+
+    def ld(self, logits: torch.Tensor) -> float:
+        return self.ld_each(logits).mean().item()
 
     @torch.no_grad()
     def __call__(self, latents: range | list[int] | None = None) -> dict[int, float]:
@@ -180,6 +185,7 @@ def main() -> None:
               "round", flush=True)
         text = spec(folder)
         t_patchc: list[float] = []
+        t_plan: list[float] = []
         t_dense: list[float] = []
         res = got = None
         for r in range(args.repeats + 1):  # round 0 warms up; the two take turns
@@ -190,6 +196,7 @@ def main() -> None:
             t2 = time.perf_counter()
             if r:
                 t_patchc.append(t1 - t0)
+                t_plan.append(res.manifest["timings"]["plan"])
                 t_dense.append((t2 - t1) * D_SAE / len(sample))
             print(f"round {r}: patchc {t1 - t0:.2f} s, dense {len(sample)} latents "
                   f"{t2 - t1:.2f} s", flush=True)
@@ -197,9 +204,12 @@ def main() -> None:
         worst = max(abs(table[i] - v) for i, v in got.items())
         assert worst < 1e-4, f"patchc and the dense loop differ by {worst}"
         with torch.no_grad():
-            base = dense.ld(model(input_ids=dense.corrupt).logits)
-        inactive = [i for i in range(D_SAE) if i not in active]
-        assert (table[inactive] == base).all(), "an inactive latent's row is not the base run"
+            base = dense.ld_each(model(input_ids=dense.corrupt).logits).double().numpy()
+        inactive = set(range(D_SAE)) - active
+        each = res.per_example("feats")
+        skipped = each[each["feature"].isin(inactive)].sort_values(["feature", "example"])
+        assert (skipped["ld"].to_numpy().reshape(len(inactive), -1) == base).all(), \
+            "an inactive latent's values are not the base run's"
         plan = res.manifest["plan"]
         timings = res.manifest["timings"]
         assert plan["sparse_skipped"] == D_SAE - len(active)
@@ -214,9 +224,11 @@ def main() -> None:
         print(f"| dense loop (one forward per latent) | {D_SAE} + 2 | "
               f"{min(t_dense):.1f} / {statistics.median(t_dense):.1f} / {max(t_dense):.1f} "
               f"(from {len(sample)} latents per round) |")
-        print(f"\npatchc planning {timings['plan']:.1f} s, model {timings['model']:.1f} s of "
-              f"{timings['total']:.1f} s in its last round; up to {rows_per_pass} experiments "
-              f"x 16 prompts per sparse pass; max |patchc - dense| = {worst:.2e}")
+        print(f"\npatchc planning min / median / max {min(t_plan):.2f} / "
+              f"{statistics.median(t_plan):.2f} / {max(t_plan):.2f} s; in its last round "
+              f"planning {timings['plan']:.2f} s, model {timings['model']:.1f} s of "
+              f"{timings['total']:.1f} s; up to {rows_per_pass} experiments x 16 prompts per "
+              f"sparse pass; max |patchc - dense| = {worst:.2e}")
 
 
 if __name__ == "__main__":

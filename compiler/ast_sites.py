@@ -199,7 +199,7 @@ class DictDecl:
     """`sae NAME = "PATH" at SITE` or `transcoder NAME = "PATH" at Ll.mlp`: a dictionary (an
     SAELens folder) attached to a site; its latents become sites `NAME[i]` and `NAME.err`.
     Without `at` (site None) the site is the one cfg.json's hook_name names. `name` is an
-    ast.Name (typed loosely here: ast.py defines Name and imports this module)."""
+    ast.Name (typed loosely here: ast_decls.py defines Name and imports this module)."""
 
     kind: str  # "sae" or "transcoder"
     name: "Any"

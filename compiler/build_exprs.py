@@ -46,8 +46,8 @@ def first_surrogate(text: str) -> str | None:
 
 @v_args(meta=True)
 class ExprBuilder(Transformer):
-    """The expression rules of the AST builder; AstBuilder extends it with the rest, and
-    owns the `errors` they add to."""
+    """The expression rules of the AST builder; AstBuilder extends it (through
+    build_sites.SiteBuilder) with the rest, and owns the `errors` they add to."""
 
     errors: list[ParseError]
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 from . import ast as A
 from .check_context import Context
 from .check_metrics import check_measures, inlined, name_column_hint
-from .check_sites import captures, check_items, check_where, sweep_columns
+from .check_sites import (
+    captures,
+    check_items,
+    check_residual_latents,
+    check_where,
+    sweep_columns,
+)
+from .dictionaries import is_dict_kind, split_kind
 from .errors import Span
 
 # Sites whose value lives in the residual stream's space: what a logit lens can decode.
@@ -77,7 +84,14 @@ def _check_sites(ctx: Context, op: A.Operation, item: A.SiteItem, matches) -> No
                   item.span)
     if not isinstance(op, A.Lens):
         return
-    if item.kind not in LENS_KINDS or item.features is not None:
+    latents = [s for m in matches for s in m.sites if is_dict_kind(s.kind)]
+    if latents:  # a latent's (or slice's) decoded contribution; the error term as a site
+        for site in latents[:1]:
+            check_residual_latents(ctx, site, item.span, "a lens")
+        if split_kind(latents[0].kind)[1] and item.features is not None:
+            ctx.error("E361", f"a lens decodes a whole error term, not a slice of it; "
+                      f"{item.text}[...] is one", item.span)
+    elif item.kind not in LENS_KINDS or item.features is not None:
         ctx.error("E361", f"a lens decodes residual-stream-shaped sites; {item.text}"
                   f"{'[...]' if item.features is not None else ''} is not one", item.span,
                   hint="use embed, resid_pre, resid_mid, resid_post, attn.out, mlp.out or "

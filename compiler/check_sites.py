@@ -15,7 +15,7 @@ from . import ast as A
 from . import resolve
 from .check_context import Context
 from .checked import RunInfo
-from .dictionaries import dict_width, is_dict_kind, kind_text, split_kind
+from .dictionaries import dict_width, is_dict_kind, kind_text, residual_refusal, split_kind
 from .errors import CheckError, Span
 from .ir import Positions, Site
 from .modelspec import ModelSpec
@@ -304,11 +304,30 @@ def check_where(ctx: Context, conds: tuple[A.Cond, ...], bound: set[str]) -> Non
 
 
 def check_dla(ctx: Context, matches: list[Match], item: A.SiteItem) -> None:
-    """dla splits the logits into what each site adds to the residual stream."""
+    """dla splits the logits into what each site adds to the residual stream; a dictionary's
+    latents add their decoded contribution to their host, which must be in that space."""
     for m in matches:
         for site in m.sites:
-            if site.kind not in DLA_KINDS:
+            if is_dict_kind(site.kind):
+                if not check_residual_latents(ctx, site, item.span, "dla"):
+                    return
+            elif site.kind not in DLA_KINDS:
                 ctx.error("E339", f"dla needs a site that writes to the residual stream; "
                           f"{kind_text(site.kind)} does not", item.span,
                           hint="use embed, Ll.attn.out, Ll.mlp.out or Ll.Hh.out")
                 return
+
+
+def check_residual_latents(ctx: Context, site: Site, span: Span, what: str) -> bool:
+    """`dla`/`lens` of a dictionary site: its host must be residual-shaped (E356). False
+    when an error was reported."""
+    name, err = split_kind(site.kind)
+    info = ctx.model.dictionary(name) if ctx.model is not None else None
+    if info is None or not info.ok:
+        return True  # its declaration's own error
+    refusal = residual_refusal(info, err, what)
+    if refusal is not None:
+        code, message, hint = refusal
+        ctx.error(code, message, span, hint=hint)
+        return False
+    return True

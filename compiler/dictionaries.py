@@ -90,11 +90,36 @@ def is_dict_kind(kind: str) -> bool:
     return kind.startswith(PREFIX)
 
 
+# The latents in the host's units, f x (each token's output factor of the decode): a
+# read-only kind that `dla` and `lens` read (never written in a spec), so that a latent's
+# contribution is (scaled latents) @ W_dec even where an SAE rescales its output per token.
+SCALED = ".scaled"
+
+
+def scaled_kind(name: str) -> str:
+    return f"{PREFIX}{name}{SCALED}"
+
+
+def is_scaled(kind: str) -> bool:
+    return is_dict_kind(kind) and kind.endswith(SCALED)
+
+
+def decoded_site(site: Site) -> Site:
+    """What `dla`/`lens` read for a site: a dictionary's latents as scaled latents (same
+    features), anything else (an error term, a model site) as itself."""
+    if not is_dict_kind(site.kind) or split_kind(site.kind)[1]:
+        return site
+    return Site(scaled_kind(split_kind(site.kind)[0]), site.layer, site.head, site.features)
+
+
 def split_kind(kind: str) -> tuple[str, bool]:
-    """`dict:s1` -> ("s1", False); `dict:s1.err` -> ("s1", True)."""
+    """`dict:s1` -> ("s1", False); `dict:s1.err` -> ("s1", True); the scaled latents
+    `dict:s1.scaled` -> ("s1", False)."""
     body = kind[len(PREFIX):]
     if body.endswith(".err"):
         return body[:-4], True
+    if body.endswith(SCALED):
+        return body[:-len(SCALED)], False
     return body, False
 
 
@@ -219,3 +244,23 @@ def dict_width(model: Any, kind: str) -> int:
     if info is None:
         raise CheckError("E387", f"no dictionary called {name}", Span(1, 1, 1, 1))
     return info.d_out if err else info.d_sae
+
+
+# Host sites whose value is in the residual stream's space (what it holds, or a summand the
+# block adds to it): a latent's decoded contribution there is something `dla` and `lens` can
+# push through the final norm and unembedding.
+RESIDUAL_HOSTS = ("embed", "resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out", "out",
+                  "expert.out", "shared.out")
+
+
+def residual_refusal(info: DictInfo, err: bool, what: str) -> tuple[str, str, str] | None:
+    """Why `what` (dla or lens) cannot decode this dictionary's latents (or error term) into
+    the residual stream: (code, message, hint), or None when it can."""
+    text = f"{info.name}.err" if err else f"{info.name}'s latents"
+    if info.host.kind not in RESIDUAL_HOSTS:
+        return ("E356", f"{what} decodes into the residual stream, but {text} live in "
+                f"{info.host}'s space ({info.kind} `{info.name}` is attached there), which "
+                "the residual stream neither holds nor adds",
+                "attach the dictionary to a residual-stream site (resid_pre/mid/post, "
+                "attn.out, mlp.out, Ll.Hh.out; a transcoder stands in for Ll.mlp.out)")
+    return None

@@ -150,7 +150,7 @@ def _node_line(nid: str, node: Any) -> str:
         gate = f" same_as {node.same_as} sparse {' '.join(node.sparse)}" if node.sparse else ""
         if node.sweep is not None:  # one node for every member (compiler/ir_sweep.py)
             return (f"{nid} = forward {node.run}{exp}{samples} {describe(node.sweep)}"
-                    f"{_deps(node.writes + node.inputs)}")
+                    f"{_deps(node.writes + node.inputs)}{gate}")
         return f"{nid} = forward {node.run}{exp}{samples}{_deps(node.writes)}{gate}"
     if isinstance(node, Read):
         stat = f" {node.stat}" if node.stat else ""

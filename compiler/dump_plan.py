@@ -149,15 +149,17 @@ def emit_plan(checked, ir: IRGraph, optimized: IRGraph, memory: str | None = Non
 
 
 def sparse_line(ir: IRGraph, plan: Plan) -> str:
-    """How many experiments are latent-sweep forwards that run only if a latent they write
-    is active (compiler/lower_latents.py): only the run knows which are, so the plan lists
-    their passes as if all were; the run's manifest counts those it skipped."""
-    gated = {nid for nid, f in ir.of_type(Forward) if f.sparse}
+    """How many experiments are latent-sweep forwards (or members of compact latent sweeps)
+    that run only if a latent they write is active (compiler/lower_latents.py): only the run
+    knows which are, so the plan lists their passes as if all were; the run's manifest counts
+    those it skipped."""
+    gated = {nid: len(f.sweep) if f.sweep is not None else 1
+             for nid, f in ir.of_type(Forward) if f.sparse}
     if not gated:
         return ""
-    steps = sum(1 for s in plan.forward_steps() if gated & set(s.members))
-    return (f"sparse latent sweeps: {len(gated)} experiments run only where a latent they "
-            f"write is active (at most {steps} passes above; decided at run time, the "
+    steps = sum(1 for s in plan.forward_steps() if gated.keys() & set(s.members))
+    return (f"sparse latent sweeps: {sum(gated.values())} experiments run only where a latent "
+            f"they write is active (at most {steps} passes above; decided at run time, the "
             "manifest's plan.sparse_skipped counts those skipped)\n")
 
 

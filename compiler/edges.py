@@ -102,6 +102,18 @@ def _no_extras(ref: A.SiteRef) -> None:
                          "feature slice or subspace", ref.span)
 
 
+def _not_an_end(end: A.SiteRef, model: ModelSpec, role: str) -> str:
+    """E390's message; for a dictionary's latents or error term, why they are no edge end."""
+    name = end.kind[:-4] if end.kind.endswith(".err") else end.kind
+    if model.dictionary(name) is None:
+        return f"{end.text} is not an edge {role}"
+    what = "error term" if end.kind.endswith(".err") else "latent"
+    return (f"{end.text} is not an edge {role}: an edge joins one component's output to "
+            f"another's input through the residual stream, and a dictionary's {what} is a "
+            "site inside its host, not a component; patch or attribute it as a site "
+            f"(`swap {end.text} from A into B`)")
+
+
 def senders(end: A.EdgeEnd, model: ModelSpec) -> list[tuple[Site, tuple]]:
     """Concrete senders of one end, each with the captures it binds."""
     if isinstance(end, A.Every):
@@ -111,7 +123,7 @@ def senders(end: A.EdgeEnd, model: ModelSpec) -> list[tuple[Site, tuple]]:
             out.append((Site("mlp.out", layer), ()))
         return out
     if end.kind not in SENDER_KINDS:
-        raise CheckError("E390", f"{end.text} is not an edge sender", end.span,
+        raise CheckError("E390", _not_an_end(end, model, "sender"), end.span,
                          hint="senders are embed, Ll.Hh.out, Ll.attn.out and Ll.mlp.out")
     _no_extras(end)
     return [(m.sites[0], _captures(end, m.sites[0])) for m in expand_site(end, model)]
@@ -128,7 +140,7 @@ def receivers(end: A.EdgeEnd, model: ModelSpec) -> list[tuple[Site, tuple]]:
                 out.append((Site("mlp.in", layer), ()))
         return out + [(Site("logits.in", model.n_layers), ())]
     if end.kind not in RECEIVER_KINDS:
-        raise CheckError("E390", f"{end.text} is not an edge receiver", end.span,
+        raise CheckError("E390", _not_an_end(end, model, "receiver"), end.span,
                          hint="receivers are Ll.Hh.q, Ll.Hh.k, Ll.Hh.v, Ll.mlp.in and logits")
     _no_extras(end)
     out: list[tuple[Site, tuple]] = []

@@ -214,10 +214,30 @@ def layer_of(spec: SweepSpec) -> int | None:
     return min(known) if known else None
 
 
-def whole_index(spec: SweepSpec) -> list[int]:
-    """Per site of the space, the index of its whole site in `spec.whole`."""
+@lru_cache(maxsize=64)
+def site_wholes(space: Space) -> tuple[tuple[Site, ...], np.ndarray]:
+    """The distinct whole sites of the space's sites (in first appearance) and, per site,
+    the index of its own among them: made once per space (a dictionary's 16k latents share
+    one whole site; a layer's heads have one each)."""
+    import numpy as np
+
+    at: dict[tuple, int] = {}
+    idx = np.fromiter((at.setdefault((s.kind, s.layer, s.head), len(at)) for s in space.sites),
+                      dtype=np.int64, count=len(space.sites))
+    idx.flags.writeable = False
+    return tuple(Site(k, layer, h) for k, layer, h in at), idx
+
+
+@lru_cache(maxsize=64)
+def whole_index(spec: SweepSpec) -> np.ndarray:
+    """Per site of the space, the index of its whole site in `spec.whole` (-1: none)."""
+    import numpy as np
+
+    wholes, idx = site_wholes(spec.space)
     at = {w: i for i, w in enumerate(spec.whole)}
-    return [at.get(whole_site(s), -1) for s in spec.space.sites]
+    out = np.array([at.get(w, -1) for w in wholes], dtype=np.int64)[idx]
+    out.flags.writeable = False
+    return out
 
 
 @lru_cache(maxsize=64)
@@ -255,9 +275,12 @@ def describe(spec: SweepSpec) -> str:
     """One line: `sweep 36 x replace mlp.post L3 [0..3071] @ {0..15} where ...`."""
     space = spec.space
     first = space.sites[0]
-    layers = sorted({s.layer for s in space.sites if s.layer is not None})
+    # (a dictionary's latents carry its host's layer: its name says where it is)
+    layers = [] if first.kind.startswith("dict:") else \
+        sorted({s.layer for s in space.sites if s.layer is not None})
     heads = sorted({s.head for s in space.sites if s.head is not None})
-    text = f"sweep {count(space)} x {spec.mode} {first.kind}"
+    kind = first.kind.split(":", 1)[1] if first.kind.startswith("dict:") else first.kind
+    text = f"sweep {count(space)} x {spec.mode} {kind}"
     if layers:
         text += f" L{_ints(layers)}"
     if heads:

@@ -18,6 +18,11 @@ The plan interpreter (runtime/sparse.py) skips a gated forward when every latent
 writes touch is zero in every `sparse` Read there, and packs the remaining active
 forwards of a sweep into full batches. The naive interpreter runs every forward, so the
 differential tests check that skipping changes nothing.
+
+A compact latent sweep (one Forward with a `SweepSpec` for every latent x position of a
+statement, compiler/lower_sweep.py) is gated the same way, member by member: its `sparse`
+Reads are of the whole latent vector at every position (`sweep_gate`), and the runtime cuts
+them to each member's latents and position.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import math
 
 from .dictionaries import is_dict_kind, split_kind
-from .ir import Site
+from .ir import ALL_POSITIONS, Site
 from .lowerer import Lowerer, Target
 
 # Write modes that leave a zero latent zero when the value they write is zero too.
@@ -54,6 +59,24 @@ def sparse_of(lw: Lowerer, target: str, source: str | None, targets: tuple[Targe
     for t in targets:
         whole = Site(t.site.kind, t.site.layer, t.site.head)
         reads += [lw.read(f, whole, t.pos) for f in runs]
+    return tuple(dict.fromkeys(reads)), runs[0]
+
+
+def sweep_gate(lw: Lowerer, target: str, source: str | None, whole: tuple[Site, ...],
+               mode: str, scales: tuple[float, ...]) -> tuple[tuple[str, ...], str | None]:
+    """(`sparse` Reads, same_as) of a compact sweep writing latents of the `whole` dictionary
+    sites (every latent, all positions) of run `target` with `mode`, or ((), None) when it
+    cannot be gated (as `sparse_of`: not latents, a mode or scale that moves a zero)."""
+    if mode not in GATED_MODES or not all(math.isfinite(s) for s in scales) or not whole:
+        return (), None
+    if any(not is_latent(w) for w in whole):
+        return (), None
+    runs = [lw.base(target)]
+    if mode not in ("zero", "mul"):
+        if source is None:
+            return (), None
+        runs.append(lw.base(source))
+    reads = [lw.read(f, w, ALL_POSITIONS) for w in whole for f in runs]
     return tuple(dict.fromkeys(reads)), runs[0]
 
 

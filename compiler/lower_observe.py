@@ -11,6 +11,7 @@ site (and position, for `@ each`); a `measure ... in RUN` table has one row.
 from __future__ import annotations
 
 from . import ast as A
+from .dictionaries import decoded_site
 from .ir import Positions, Row
 from .lowerer import LAST, Lowerer
 from .lower_exprs import metric_parts
@@ -58,7 +59,7 @@ def op_lens(lw: Lowerer, op: A.Lens, exps) -> None:
         values, norm = [], []
         for col, m in lw.measures(op):
             at = lens_position(lw, t.pos, m, run)
-            values.append((col, lw.metric(fwd, run, m.expr, at=at, lens=t.site)))
+            values.append((col, lw.metric(fwd, run, m.expr, at=at, lens=decoded_site(t.site))))
             if m.normalized:
                 norm.append((col, lw.norm_refs(m, run, None)))
         rows.append(Row(e.key, tuple(values), tuple(norm)))

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from . import ast as A
 from . import printer
-from .dictionaries import kind_text
+from .dictionaries import decoded_site, kind_text
 from .errors import PlanError
 from .ir import ALL_POSITIONS, Estimate, Pair, Row, Site
 from .lowerer import Exp, Key, Lowerer, Target, check_where, keep
@@ -323,7 +323,8 @@ def _op_dla(lw: Lowerer, op: A.Dla) -> None:
     fb = lw.base(target)
     rows = []
     for e in _exps(lw, op, target):
-        site_reads = tuple(lw.read(fb, t.site, t.pos) for t in e.targets)
+        # A latent's contribution is linear in its scaled latents (dictionaries.decoded_site).
+        site_reads = tuple(lw.read(fb, decoded_site(t.site), t.pos) for t in e.targets)
         scale = lw.read(fb, Site("ln_final.scale"), ALL_POSITIONS)
         values, norm = [], []
         for col, m in lw.measures(op):

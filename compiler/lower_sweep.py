@@ -4,14 +4,18 @@ experiment.
 `compact_form` is the one place that decides which statements lower compactly: a swap,
 ablation (zero, mean, resample), scale or steer over ONE site pattern whose activation is
 [batch, positions, features] (residual stream, block outputs, MLP neurons, q/k/v/z, a head's
-output), at any positions but per-example spans, with scalar sweeps and `where` filters, on
-a run without noise samples, measured by metrics of logits at one position (no kl, loss or
-generation). Everything else (backpatch pairs, `all(...)` groups, subspaces, noise samples,
-attribute/compare/dla) keeps one Forward per experiment (lower_ops.py).
+output, a dictionary's latents), at any positions but per-example spans, with scalar sweeps
+and `where` filters, on a run without noise samples, measured by metrics of logits at one
+position (no kl, loss or generation). Everything else (backpatch pairs, `all(...)` groups,
+subspaces, noise samples, attribute/compare/dla) keeps one Forward per experiment
+(lower_ops.py).
 
 A compact statement becomes one sweep Forward per run of consecutive sites in the same layer
 (so share_prefix starts each at its layer), each with the Reads its members gather from, one
-Metric per measure (valued [members, examples]) and a SweepRows block of its table.
+Metric per measure (valued [members, examples]) and a SweepRows block of its table. A
+latent sweep (every latent of a dictionary shares its host's layer) is one Forward per
+statement and dictionary, gated as lower_latents.sweep_gate says: the runtime skips the
+members whose latents are inactive in both runs (runtime/sparse.py).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from typing import Any
 from . import ast as A
 from .ir import ALL_POSITIONS, Forward
 from .ir_sweep import READ_MODES, Space, SweepRows, SweepSpec, bound_columns, count, members, \
-    split, whole_site
+    site_wholes, split
 from .lower_exprs import metric_parts, split_sweep
+from .lower_latents import sweep_gate
 from .lowerer import Lowerer, check_where
 from .resolve import expand_site
 
@@ -44,7 +49,7 @@ def compact_form(lw: Lowerer, op: A.Operation) -> bool:
     if len(op.sites) != 1 or not isinstance(op.sites[0], A.SiteRef):
         return False
     item = op.sites[0]
-    if item.subspace or item.kind not in COMPACT_KINDS:
+    if item.subspace or (item.kind not in COMPACT_KINDS and not _latents(lw, item)):
         return False
     target = op.target.value
     lw.bake(target)
@@ -60,6 +65,13 @@ def compact_form(lw: Lowerer, op: A.Operation) -> bool:
         if any(isinstance(e, _NOT_COMPACT_METRICS) for e in A.metric_nodes(body)):
             return False
     return True
+
+
+def _latents(lw: Lowerer, item: A.SiteRef) -> bool:
+    """Does `item` name a dictionary's latents (`s1[*]`, `s1[3]`, `s1[0:8]`, not `s1.err`)?"""
+    # (`s1.err` names no dictionary: the error term is no latent)
+    return item.layer is None and item.head is None and \
+        lw.model.dictionary(item.kind) is not None
 
 
 def _variants(op: A.Operation) -> list[tuple[float | None, float, A.VExpr | None]]:
@@ -134,19 +146,23 @@ def lower_compact(lw: Lowerer, op: Any) -> None:
                 part = Space(tuple(part.sites[i] for i in used),
                              tuple(part.site_keys[i] for i in used), part.positions,
                              part.pos_keys, part.variants, part.prefix, part.where)
+        wholes = site_wholes(part)[0]
         whole: tuple = ()
         inputs: tuple[str, ...] = ()
         if mode in READ_MODES:
             assert read_run is not None
             src = lw.base(read_run)
-            whole = tuple(dict.fromkeys(whole_site(s) for s in part.sites))
+            whole = wholes
             inputs = tuple(lw.read(src, w, ALL_POSITIONS) for w in whole)
         elif mode == "add":
             inputs = tuple(lw.vector(vec, lw.site_dim(part.sites[0]))
                            for _, _, vec in variants)  # type: ignore[arg-type]
         spec = SweepSpec(part, mode, tuple(s for _, s, _ in variants), seed, whole)
+        # Latents: members whose latents are zero in both runs are skipped at run time.
+        gates, same_as = sweep_gate(lw, target, read_run, wholes, mode, spec.scales)
         fid = lw.ir.add(Forward(target, baked, lw.n_experiments, 1, sweep=spec,
-                                inputs=inputs), baked + inputs)
+                                inputs=inputs, sparse=gates, same_as=same_as),
+                        baked + inputs + gates + ((same_as,) if same_as else ()))
         lw.n_experiments += n
         values, norm = [], []
         for col, m in lw.measures(op):

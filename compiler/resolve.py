@@ -9,12 +9,13 @@ experiments; `Program` uses it to count table rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from . import ast as A
 from .errors import CheckError, Span
 from .ir import Positions, Site
 from .modelspec import ModelSpec
-from .dictionaries import DeclarationFailed, err_kind, latent_kind
+from .dictionaries import DeclarationFailed, DictInfo, err_kind, latent_kind
 from .sites import SITE_KINDS
 
 # Default result column of an unnamed pattern, per axis (docs/language.md §5).
@@ -128,12 +129,26 @@ def _latent_sites(ref: A.SiteRef, model: ModelSpec) -> list[Match] | None:
         name, err = name[:-4], True
     info = model.dictionary(name)
     if info is None:
+        head, _, part = name.partition(".")
+        if part and model.dictionary(head) is not None:
+            raise CheckError("E387", f"{ref.text}: {head} is a dictionary, whose sites are "
+                             f"{head}[i], {head}[a:b], {head} and {head}.err; a latent is "
+                             "one number per token, with no attention pattern, head or "
+                             f"other part (`.{part}`)", ref.span)
         return None
     if not info.ok:
         raise DeclarationFailed("E381", f"{name} was not attached", ref.span)
     if ref.layer is not None or ref.head is not None:
         raise CheckError("E387", f"{ref.text}: a dictionary's latents take no layer or head "
                          "index", ref.span, hint=f"write {name}[i] or {name}.err")
+    return list(_latent_matches(ref, info, err))
+
+
+@lru_cache(maxsize=32)
+def _latent_matches(ref: A.SiteRef, info: DictInfo, err: bool) -> tuple[Match, ...]:
+    """`_latent_sites`' matches, made once per (pattern, dictionary): checking and lowering
+    expand a 16k-latent sweep several times, and each expansion is 16k Sites."""
+    name = info.name
     kind = err_kind(name) if err else latent_kind(name)
     width = info.d_out if err else info.d_sae
     # The host's layer (0 for embed) tells the passes where the site is computed.
@@ -143,14 +158,14 @@ def _latent_sites(ref: A.SiteRef, model: ModelSpec) -> list[Match] | None:
         if not 0 <= sel.lo < sel.hi <= width:
             raise CheckError("E387", f"slice [{sel.lo}:{sel.hi}] is outside {ref.text}'s "
                              f"{width} {'features' if err else 'latents'}", sel.span)
-        return [Match((Site(kind, layer, features=(sel.lo, sel.hi)),), ())]
+        return (Match((Site(kind, layer, features=(sel.lo, sel.hi)),), ()),)
     if sel is None:
-        return [Match((Site(kind, layer),), ())]
+        return (Match((Site(kind, layer),), ()),)
     out = []
     for i, col in _latent_indices(sel, width, ref.text, err):
         key = ((col, i),) if col is not None else ()
         out.append(Match((Site(kind, layer, features=(i, i + 1)),), key))
-    return out
+    return tuple(out)
 
 
 def _latent_indices(sel: A.Index, width: int, text: str, err: bool

@@ -146,7 +146,8 @@ def _num(v: Any) -> float | None:
 
 def to_dot(g: CircuitGraph, title: str) -> str:
     """The circuit in DOT: layers bottom to top, pen width by |effect|, colour by sign
-    (blue raises the metric, red lowers it); a head's q/k/v input labels its edges."""
+    (red raises the metric, blue lowers it, as in the heatmaps); a head's q/k/v input
+    labels its edges."""
     lines = ["digraph circuit {", "  rankdir=BT;", f'  label="{_esc(title)}";',
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", '
              'fillcolor="#eeeeee"];']
@@ -172,13 +173,13 @@ def _esc(text: str) -> str:
 
 
 def _hex(v: float) -> str:
-    """A signed value in [-1, 1] as a colour: blue for positive, red for negative."""
+    """A signed value in [-1, 1] as a colour: red for positive, blue for negative."""
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
 
     v = 0.0 if not math.isfinite(v) else max(-1.0, min(1.0, v))
-    # as the PNG's colours: RdBu without its palest middle (plot_circuit.effect_colormap)
-    return to_hex(colormaps["RdBu"](0.5 + math.copysign(0.18 + 0.32 * abs(v), v)))
+    # as the PNG's colours: RdBu_r without its palest middle (plot_circuit.effect_colormap)
+    return to_hex(colormaps["RdBu_r"](0.5 + math.copysign(0.18 + 0.32 * abs(v), v)))
 
 
 def circuit_files(name: str, df: pd.DataFrame, info: dict[str, Any]) -> dict[str, str]:

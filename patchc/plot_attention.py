@@ -1,7 +1,7 @@
 """The attention figure of a `read` of patterns (at every position): one panel per head,
 query tokens down, key tokens across, each axis labelled with the prompt's tokens (example 0
 of the run, padding removed). One colour scale, 0 to 1, for every panel: the probabilities
-are comparable.
+are comparable. Keys a causal model cannot attend to (after the query) are left blank.
 
 `patchc run --out DIR` draws NAME.png next to NAME.safetensors; `patchc plot DIR` redraws it
 from those files alone (the tokens are in the safetensors metadata).
@@ -29,6 +29,16 @@ def _ticks(tokens: list[str], n: int) -> tuple[list[int], list[str]]:
     step = max(1, math.ceil(n / MAX_LABELS))
     idx = list(range(0, n, step))
     return idx, [tokens[i] if i < len(tokens) else str(i) for i in idx]
+
+
+def _mask_future(grid: torch.Tensor, query: list[int] | None) -> torch.Tensor:
+    """A causal model's keys after the query are exactly 0: blank them (NaN), so the
+    triangle that can attend stands apart from weak attention, which is as dark."""
+    rows = torch.tensor(query if query is not None else range(grid.shape[0]))[:grid.shape[0]]
+    future = torch.arange(grid.shape[1])[None, :] > rows[:, None]
+    if bool(future.any()) and bool((grid[future] == 0).all()):
+        return grid.masked_fill(future, float("nan"))
+    return grid
 
 
 def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str],
@@ -64,6 +74,7 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
         keep = ~torch.isnan(grid).all(1)  # query rows past a short prompt's end
         grid = grid[keep] if not bool(keep.all()) else grid
         grid = grid[:, : len(tokens)] if tokens else grid  # key slots past its end
+        grid = _mask_future(grid, positions.get(site))
         image = ax.imshow(grid.numpy(), cmap="viridis", vmin=0.0, vmax=1.0,
                           interpolation="nearest",
                           aspect="equal" if grid.shape[0] == grid.shape[1] else "auto")

@@ -26,28 +26,52 @@ def _se(df: pd.DataFrame, col: str) -> np.ndarray | None:
     return np.nan_to_num(se.to_numpy(dtype=float), nan=0.0)
 
 
+def _start(cinfo: dict[str, Any], scale: str) -> float:
+    """Where a bar starts: a raw measure's no-effect value (its target run unpatched, when
+    known), else 0; a bar from 0 to 3.2 +- 0.1 would hide what the operation changed."""
+    mid = S.centre(scale, cinfo)
+    return mid if mid is not None and "centre" in cinfo else 0.0
+
+
 def reference_lines(ax, cinfo: dict[str, Any], scale: str, horizontal: bool = True) -> None:
-    """0 for a signed quantity; for a normalized one also 1 (the other baseline)."""
+    """0 for a signed quantity; for a normalized one also 1 (the other baseline); for a raw
+    one centred on its target run's unpatched value, that value (dotted)."""
     line = ax.axhline if horizontal else ax.axvline
     if scale in ("signed", "correlation", "ratio"):
         line(0, color="black", linewidth=0.8)
+    mid = S.centre(scale, cinfo)
+    if mid not in (None, 0.0, 1.0):
+        line(mid, color="grey", linewidth=0.8, linestyle=":")
     if "one" in cinfo or "ratio_to" in cinfo:
         line(1, color="grey", linewidth=0.8, linestyle=":")
 
 
-def bars(ax, df: pd.DataFrame, key: str, col: str, info: dict[str, Any], scale: str) -> None:
+def bars(ax, df: pd.DataFrame, key: str, col: str, info: dict[str, Any], scale: str,
+         horizontal: bool = False) -> None:
     """One bar per value of `key` (an index: layer, head, position, site), in table order
-    (numeric keys sorted)."""
+    (numeric keys sorted); `horizontal`: the bars run across, the first on top, for names
+    too long to stand under a bar (`L0.H3.out -> L0.mlp.in @ last`)."""
     data = df.sort_values(key) if pd.api.types.is_numeric_dtype(df[key]) else df
     values = data[col].to_numpy(dtype=float)
     labels, axis_title = S.category_labels(key, data[key].tolist(), info)
-    mid = S.centre(scale)  # diverging: colour by the side of the centre a bar ends on
+    cinfo = info.get("columns", {}).get(col, {})
+    mid = S.centre(scale, cinfo)  # diverging: colour by the side of the centre a bar ends on
     colors = [BAR if mid is None else NEGATIVE if v < mid else POSITIVE for v in values]
     x = np.arange(len(values))
     se = _se(data, col)
-    ax.bar(x, np.nan_to_num(values, nan=0.0), color=colors, yerr=se,
-           error_kw={"elinewidth": 0.8, "capsize": 2 if len(values) <= 40 else 0})
-    cinfo = info.get("columns", {}).get(col, {})
+    start = _start(cinfo, scale)  # a bar runs from "no effect" to its value
+    error_kw = {"elinewidth": 0.8, "capsize": 2 if len(values) <= 40 else 0}
+    if horizontal:
+        ax.barh(x, np.nan_to_num(values - start, nan=0.0), left=start, color=colors, xerr=se,
+                error_kw=error_kw)
+        reference_lines(ax, cinfo, scale, horizontal=False)
+        ax.set_yticks(x, [S.text(label) for label in labels])
+        ax.set_ylim(len(values) - 0.4, -0.6)
+        ax.set_ylabel(S.text(axis_title))
+        ax.set_xlabel(S.text(S.value_label(col, cinfo)))
+        return
+    ax.bar(x, np.nan_to_num(values - start, nan=0.0), bottom=start, color=colors, yerr=se,
+           error_kw=error_kw)
     reference_lines(ax, cinfo, scale)
     S.set_ticks(ax, "x", labels)
     ax.set_xlim(-0.6, len(values) - 0.4)
@@ -68,6 +92,8 @@ def grouped_bars(ax, df: pd.DataFrame, key: str, group: str, col: str, info: dic
     labels = (["-"] if cats and cats[0] == "-" else []) + labels
     groups = list(dict.fromkeys(df[group]))
     width = 0.8 / len(groups)
+    cinfo = info.get("columns", {}).get(col, {})
+    start = _start(cinfo, scale)
     for i, g in enumerate(groups):
         part = df[df[group] == g]
         x, y, err = [], [], []
@@ -75,17 +101,17 @@ def grouped_bars(ax, df: pd.DataFrame, key: str, group: str, col: str, info: dic
         for j, (k, v) in enumerate(zip(part[key], part[col])):
             nan_key = isinstance(k, float) and math.isnan(k)
             x.append(cats.index("-" if nan_key else k) - 0.4 + width * (i + 0.5))
-            y.append(float(v) if math.isfinite(float(v)) else 0.0)
+            y.append(float(v) - start if math.isfinite(float(v)) else 0.0)
             err.append(se[j] if se is not None else 0.0)
-        ax.bar(x, y, width=width * 0.95, color=f"C{i % 10}", label=S.text(S.site_name(g)),
-               yerr=err if se is not None else None, error_kw={"elinewidth": 0.8})
-    cinfo = info.get("columns", {}).get(col, {})
+        ax.bar(x, y, width=width * 0.95, bottom=start, color=f"C{i % 10}",
+               label=S.text(S.site_name(g)), yerr=err if se is not None else None,
+               error_kw={"elinewidth": 0.8})
     reference_lines(ax, cinfo, scale)
     S.set_ticks(ax, "x", labels)
     ax.set_xlim(-0.6, len(cats) - 0.4)
     ax.set_xlabel(S.text(axis_title))
     ax.set_ylabel(S.text(S.value_label(col, cinfo)))
-    ax.legend(fontsize="small")
+    legend_below(ax)
 
 
 def sweep_lines(ax, df: pd.DataFrame, x_key: str, group_keys: list[str], col: str,
@@ -102,6 +128,13 @@ def sweep_lines(ax, df: pd.DataFrame, x_key: str, group_keys: list[str], col: st
         ax.errorbar(part[x_key].to_numpy(dtype=float), part[col].to_numpy(dtype=float),
                     yerr=_se(part, col), marker="o", markersize=4, capsize=3,
                     color=f"C{i % 10}", label=S.text(label) if label else None)
+    ys = df[col].to_numpy(dtype=float)
+    ys = ys[np.isfinite(ys)]
+    if scale == "probability" and ys.size and 0 <= ys.min() and ys.max() <= 1 \
+            and ys.max() - ys.min() < 0.1:
+        # nearly flat (every steered prompt positive: 1, 1, 1): on matplotlib's own 0.96 to
+        # 1.04 it looked like a measured change; a fraction's whole range says it is not
+        ax.set_ylim(-0.05, 1.05)
     xs = sorted(df[x_key].unique().tolist())
     if len(xs) <= 12:
         ax.set_xticks(xs, [S._label(v) for v in xs])
@@ -110,7 +143,15 @@ def sweep_lines(ax, df: pd.DataFrame, x_key: str, group_keys: list[str], col: st
     ax.set_xlabel(S.text(S.key_title(x_key, info)))
     ax.set_ylabel(S.text(S.value_label(col, cinfo)))
     if len(groups) > 1:
-        ax.legend(fontsize="small")
+        legend_below(ax)
+
+
+def legend_below(ax) -> None:
+    """The legend of a one-axes figure, under it: inside, `best` still sat on bars (dla's
+    three site kinds per layer) or on lines, and the figure has room to grow downwards."""
+    handles, labels = ax.get_legend_handles_labels()
+    ax.figure.legend(handles, labels, loc="outside lower center", fontsize="small",
+                     frameon=False, ncols=1 if max(map(len, labels), default=0) > 30 else 2)
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:

@@ -4,9 +4,9 @@ curve.
 The graph is drawn by graphviz `dot` when it is installed (from the DOT of
 circuit_graph.to_dot), else laid out here with matplotlib: components placed by layer,
 bottom (embed) to top (logits), a layer's heads side by side and its MLP above them; edges
-as arrows whose width follows |effect| and whose colour its sign (blue raises the metric, red
-lowers it), solid, dashed or dotted where they enter a head's q, k or v. A node circuit is
-its components alone, coloured by effect.
+as arrows whose width follows |effect| and whose colour its sign (red raises the metric,
+blue lowers it, as in the heatmaps), solid, dashed or dotted where they enter a head's q, k
+or v. A node circuit is its components alone, coloured by effect.
 
 The curve is faithfulness against the fraction of the table kept, one line per measured
 metric, with cpr and cmd in the legend, the sizes' counts at the points and the lines 0
@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from patchc import plot_style as S
-from patchc.circuit_graph import CircuitGraph, circuit_graph, to_dot
+from patchc.circuit_graph import CircuitGraph, Component, circuit_graph, to_dot
 
 STYLES = {"q": "-", "k": "--", "v": ":"}  # an edge into a head's query, key or value
 MAX_DRAWN = 300  # more edges than this make an unreadable picture: the DOT and JSON have them
@@ -52,15 +52,14 @@ def layout_figure(g: CircuitGraph, title: str):
     from matplotlib.patches import FancyArrowPatch
 
     comps = list(g.nodes.values())
-    xs = [c.x for c in comps]
-    levels = sorted({c.level for c in comps})
-    row = {lv: i for i, lv in enumerate(levels)}  # only the levels that have a component
+    pos = place(comps)
+    xs = [x for x, _ in pos.values()]
+    n_rows = max(y for _, y in pos.values()) + 1
     width = max(4.5, 1.25 * (max(xs) - min(xs) + 1) + 1.5)
-    fig = S.new_figure(width, max(3.0, 1.0 * len(levels) + 1.4))
+    fig = S.new_figure(width, max(3.0, 1.0 * n_rows + 1.4))
     ax = fig.subplots()
     top = max([abs(v) for v in g.scores.values()] + [abs(e[2]) for e in g.edges] + [1e-30])
     cmap, norm = effect_colormap(), Normalize(-top, top)
-    pos = {c.name: (c.x, row[c.level]) for c in comps}
     for i, (s, t, score) in enumerate(g.edges):
         (x0, y0), (x1, y1) = pos[s.name], pos[t.name]
         bend = 0.25 if (x0 == x1 and abs(y1 - y0) > 1) else 0.12 * ((i % 3) - 1)
@@ -84,7 +83,7 @@ def layout_figure(g: CircuitGraph, title: str):
                 color="white" if dark else "black",
                 bbox=dict(boxstyle="round,pad=0.35", fc=fill, ec="black", lw=0.8))
     ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
-    ax.set_ylim(-0.6, len(levels) - 0.4)
+    ax.set_ylim(-0.6, n_rows - 0.4)
     ax.set_axis_off()
     ax.set_title(S.text(title), fontsize="medium")
     fig.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.6,
@@ -92,13 +91,40 @@ def layout_figure(g: CircuitGraph, title: str):
     return fig
 
 
+PER_ROW = 6  # components of one level that have no place of their own: at most this many a row
+
+
+def place(comps: list[Component]) -> dict[str, tuple[float, int]]:
+    """(x, row) of each component: one row per level that has a component, bottom to top,
+    a head at its index. Components that would share a place (a dictionary's latents, all
+    of one level) go side by side in rank order, PER_ROW a row: stacked on one spot, a
+    20-node circuit looked like one node."""
+    levels: dict[float, list[Component]] = {}
+    for c in comps:
+        levels.setdefault(c.level, []).append(c)
+    pos: dict[str, tuple[float, int]] = {}
+    row = 0
+    for level in sorted(levels):
+        cs = levels[level]
+        if len({c.x for c in cs}) == len(cs):
+            pos.update({c.name: (c.x, row) for c in cs})
+            row += 1
+            continue
+        centre, n = sum(c.x for c in cs) / len(cs), min(PER_ROW, len(cs))
+        for i, c in enumerate(cs):
+            pos[c.name] = (centre + i % PER_ROW - (n - 1) / 2, row + i // PER_ROW)
+        row += math.ceil(len(cs) / PER_ROW)
+    return pos
+
+
 def effect_colormap():
-    """RdBu without its palest middle: the smallest effect drawn is still visible."""
+    """RdBu_r (red positive, as every heatmap and bar chart of patchc) without its palest
+    middle: the smallest effect drawn is still visible."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
 
-    rdbu = colormaps["RdBu"]
+    rdbu = colormaps["RdBu_r"]
     return ListedColormap([rdbu(x) for x in np.r_[np.linspace(0, 0.32, 128),
                                                     np.linspace(0.68, 1, 128)]])
 

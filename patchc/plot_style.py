@@ -4,7 +4,10 @@ mathtext, tick labels that never smear, and figures drawn on Agg without pyplot.
 Colour scales (the `scale` of a column, decided by patchc/plotinfo.py at run time):
 
   signed       an effect whose sign matters (a normalized measure, a logit difference, a
-               direct logit attribution): diverging `RdBu_r`, centred at 0, symmetric limits
+               direct logit attribution): diverging `RdBu_r`, symmetric limits, centred on
+               the value that means "no effect": 0 for a normalized measure or a
+               contribution, and for a raw measure of an operation on run B, B's own
+               unpatched value (the column's `centre`; the colorbar says so)
   ratio        a measure normalized as m / m_target (zero ablation, steer, scale without a
                source run): 1 is no effect, so diverging `RdBu_r` centred at 1
   correlation  Pearson/Spearman r: diverging `RdBu_r`, fixed at -1..1
@@ -16,8 +19,10 @@ Colour scales (the `scale` of a column, decided by patchc/plotinfo.py at run tim
 
 Probabilities, ranks and KL start at their natural 0, unless every value lies within 20%
 of the largest (0.011..0.013 on a random model): then the scale spans the data, or it would
-show one flat colour; the colorbar says where it starts. Levels always span the data. A
-sequential scale whose data go negative (an estimate can overshoot) falls back to signed.
+show one flat colour; the colorbar says where it starts. Levels always span the data (so does a
+heatmap of a raw signed measure whose no-effect value the plan never measured: centred on 0
+its values would all lie on one side, one colour). A sequential scale whose data go negative
+(an estimate can overshoot) falls back to signed.
 """
 
 from __future__ import annotations
@@ -82,8 +87,10 @@ def token_text(tok: str) -> str:
     return "".join(out)
 
 
-def limits(scale: str, values: Iterable[Any]) -> tuple[str, float, float, str]:
-    """(scale actually used, vmin, vmax, colormap name) for values drawn on one scale."""
+def limits(scale: str, values: Iterable[Any], mid: float | None = None
+           ) -> tuple[str, float, float, str]:
+    """(scale actually used, vmin, vmax, colormap name) for values drawn on one scale; a
+    signed scale is symmetric about `mid` (default 0), see `centre`."""
     finite = [float(v) for v in values
               if isinstance(v, (int, float)) and math.isfinite(float(v))]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
@@ -95,8 +102,9 @@ def limits(scale: str, values: Iterable[Any]) -> tuple[str, float, float, str]:
         lim = max(abs(lo - 1), abs(hi - 1)) or 1.0
         return scale, 1 - lim, 1 + lim, CMAPS[scale]
     if scale == "signed" or scale not in CMAPS:
-        lim = max(abs(lo), abs(hi)) or 1.0
-        return "signed", -lim, lim, CMAPS["signed"]
+        m = mid if mid is not None and math.isfinite(mid) else 0.0
+        lim = max(abs(lo - m), abs(hi - m)) or 1.0
+        return "signed", m - lim, m + lim, CMAPS["signed"]
     if scale != "level" and lo <= 0.8 * hi:
         lo = 0.0  # a natural zero, close enough to the data to keep
     if hi <= lo:  # one value: a unit-wide range around it
@@ -110,10 +118,20 @@ def thin(n: int, limit: int = MAX_TICKS) -> list[int]:
     return list(range(0, n, step))
 
 
+LINE_IN = 0.17  # the room one line of tick text needs across it, in inches
+
+
 def set_ticks(ax, axis: str, labels: list[str]) -> None:
-    """Label the categories 0..n-1 of one axis, thinned; x labels turn upright only when
-    they would not fit side by side in the axes' width."""
-    keep = thin(len(labels))
+    """Label the categories 0..n-1 of one axis: every one when up to MAX_TOKEN_TICKS lines
+    of text fit along the axis (the 58 receivers of an edge table: thinned to every other
+    one, half the rows of a heatmap went unnamed), else thinned; x labels turn upright only
+    when they would not fit side by side in the axes' width."""
+    box = ax.get_position()
+    along = (box.width * ax.figure.get_figwidth() if axis == "x"
+             else box.height * ax.figure.get_figheight())
+    n = len(labels)
+    fits = n <= MAX_TOKEN_TICKS and n * LINE_IN <= along
+    keep = list(range(n)) if fits else thin(n)
     shown = [text(labels[i]) for i in keep]
     if axis == "x":
         slot_in = ax.get_position().width * ax.figure.get_figwidth() / max(1, len(keep))
@@ -123,9 +141,15 @@ def set_ticks(ax, axis: str, labels: list[str]) -> None:
         ax.set_yticks(keep, shown)
 
 
-def centre(scale: str) -> float | None:
-    """The value a diverging scale is centred on (None for a sequential one)."""
-    return 1.0 if scale == "ratio" else 0.0 if scale in ("signed", "correlation") else None
+def centre(scale: str, cinfo: dict[str, Any] | None = None) -> float | None:
+    """The value a diverging scale is centred on, "no effect" (None for a sequential one):
+    1 for a ratio, a raw signed column's `centre` (its target run's unpatched value), else 0."""
+    if scale == "ratio":
+        return 1.0
+    if scale == "signed":
+        mid = (cinfo or {}).get("centre")
+        return float(mid) if isinstance(mid, (int, float)) and math.isfinite(mid) else 0.0
+    return 0.0 if scale == "correlation" else None
 
 
 def numeric_keys(keys: list[str], info: dict[str, Any]) -> list[str]:
@@ -140,9 +164,11 @@ def _num(x: Any) -> str:
     return f"{float(x):.3g}" if isinstance(x, (int, float)) else str(x)
 
 
-def value_label(col: str, cinfo: dict[str, Any], baselines: bool = True) -> str:
+def value_label(col: str, cinfo: dict[str, Any], baselines: bool = True,
+                colorbar: bool = False) -> str:
     """What a column's numbers mean, for a colorbar or a y axis:
-    `ld normalized: 0 = corrupt (-0.68), 1 = clean (7.12)`."""
+    `ld normalized: 0 = corrupt (-0.68), 1 = clean (7.12)`; a colorbar also says when its
+    colours are not centred on a no-effect value."""
     base = cinfo.get("baselines", {})
 
     def run(r: str) -> str:
@@ -153,6 +179,11 @@ def value_label(col: str, cinfo: dict[str, Any], baselines: bool = True) -> str:
     if "ratio_to" in cinfo:
         r = cinfo["ratio_to"]
         return f"{col} normalized:\n0 = zero, 1 = {run(r)}"  # m / m_target
+    if "centre_run" in cinfo and baselines:
+        # the colour scale's centre, the bars' base, the dotted line of a line chart
+        return f"{col}\nno effect = {cinfo['centre_run']} unpatched ({_num(cinfo.get('centre'))})"
+    if "uncentred" in cinfo and colorbar:
+        return f"{col}\n(not centred: {cinfo['uncentred']} unpatched is not measured)"
     return col
 
 
@@ -161,11 +192,13 @@ def wrap(s: str, chars: int) -> list[str]:
     needs, but each about as long as the others, so no word is left alone on a line."""
     import textwrap
 
-    # `L*.attn.out @ last` stays on one line (textwrap splits at ASCII spaces only)
-    s = s.replace(" @ ", "\u00a0@\u00a0")
+    # `L*.attn.out @ last` and an edge `L0.H3.out -> L0.mlp.in` stay on one line (textwrap
+    # splits at ASCII spaces only); an edge longer than a line overflows it, unbroken
+    s = s.replace(" @ ", "\u00a0@\u00a0").replace(" -> ", "\u00a0->\u00a0")
 
     def lines_of(w: int) -> list[str]:
-        return [line.replace("\u00a0", " ") for line in textwrap.wrap(s, w)]
+        return [line.replace("\u00a0", " ")
+                for line in textwrap.wrap(s, w, break_long_words=False)]
 
     lines = lines_of(chars)
     if len(lines) <= 1:
@@ -233,7 +266,7 @@ def category_labels(key: str, values: list[Any], info: dict[str, Any]) -> tuple[
 
 def key_title(key: str, info: dict[str, Any]) -> str:
     """An axis title for a sweep column (`steering coefficient` for steer's `scale`)."""
-    return info.get("key_labels", {}).get(key, key)
+    return info.get("key_labels", {}).get(key) or {"pos": "position"}.get(key, key)
 
 
 def _label(v: Any) -> str:

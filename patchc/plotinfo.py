@@ -5,7 +5,11 @@ the folder alone:
   title         the operation as written, runs as `A → B`: `swap L*.H*.z clean → corrupt`
   columns       per measured column: its colour `scale` (patchc/plot_style.py); for a
                 normalized one the runs that map to 0 and 1 (`zero`, `one`), or `ratio_to`
-                for m / m_target, and each run's baseline mean (`baselines`)
+                for m / m_target, and each run's baseline mean (`baselines`); for a raw
+                signed one of an operation on run B, the value that means "no effect"
+                (`centre`: B's own unpatched mean, and `centre_run`: B), or, when the plan
+                never measures B unpatched, `uncentred`: B (a heatmap's colours then span
+                the data)
   measures      for `compare`: the measured columns its scatter plots (their normalization
                 is under `columns` like any other)
   positions     for a table with a `pos` column: the run whose positions they are and a label
@@ -13,17 +17,19 @@ the folder alone:
                 same length and most positions hold the same token (a token that differs
                 between prompts is example 0's, marked `*`); absent otherwise
   numeric_keys  sweep columns that are values on a scale (the coefficient of `steer` and
-                `scale`), drawn as lines against the value; `key_labels` names their axes
+                `scale`), drawn as lines against the value
+  key_labels    axis titles of sweep columns: those values, and captures (`L$j`: `layer $j`)
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 from patchc.compiler import ast as A
 from patchc.compiler.checked import CheckedSpec
-from patchc.compiler.ir import Backward, Estimate, IRGraph, Metric, Table
+from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Table
 
 _RUNS = re.compile(r" from (\S+) into (\S+)")
 
@@ -49,7 +55,7 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
         row = next((dict(r.values) for r in [*table.rows, *table.sweeps]
                     if col in dict(r.values)), None)
         if row is not None:
-            info["columns"][col] = _column(ir, row[col], base.get(col))
+            info["columns"][col] = _column(ir, row[col], base.get(col), table.op, values)
         elif col in ("pearson", "spearman"):
             info["columns"][col] = {"scale": "correlation"}
     if table.pairs:  # compare: what the scatter's axes measure (the swap's own metric)
@@ -58,15 +64,18 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
             col = dict(p.key).get("metric", only)
             if col not in info["columns"]:  # table_baselines names a lone measure `normalized`
                 b = base.get(col, base.get("normalized")) if p.normalize else None
-                info["columns"][col] = _column(ir, p.metric, b)
+                info["columns"][col] = _column(ir, p.metric, b, table.op, values)
         info["measures"] = list(dict.fromkeys(dict(p.key).get("metric", only)
                                               for p in table.pairs))
     if table.op in ("circuit", "evaluate"):
         info.update(circuit_info(table, op, checked))
+    captures = _capture_labels(info["title"])
+    if captures:
+        info["key_labels"] = captures
     if table.op in ("steer", "scale"):
         info["numeric_keys"] = ["scale"]
-        info["key_labels"] = {"scale": "steering coefficient" if table.op == "steer"
-                              else "scale factor"}
+        info["key_labels"] = {**captures, "scale": "steering coefficient"
+                              if table.op == "steer" else "scale factor"}
     if any(k == "pos" for r in table.rows for k, _ in r.key) or \
             any(b.space.pos_keys[0] is not None for b in table.sweeps):
         run = _target_run(ir, table, op)
@@ -75,6 +84,16 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
             if labels is not None:
                 info["positions"] = {"run": run, "tokens": labels}
     return info
+
+
+_CAPTURE = re.compile(r"(?<![\w$])([LHE])\$(\w+)")
+_INDEX_NAMES = {"L": "layer", "H": "head", "E": "expert"}
+
+
+def _capture_labels(title: str) -> dict[str, str]:
+    """Axis titles for the sweep columns that captures bind: `L$j` -> `layer $j` (the
+    column alone, `j`, says nothing of what it counts)."""
+    return {name: f"{_INDEX_NAMES[kind]} ${name}" for kind, name in _CAPTURE.findall(title)}
 
 
 def circuit_info(table: Table, op: Any, checked: CheckedSpec) -> dict[str, Any]:
@@ -108,25 +127,91 @@ def _title(table: Table, op: Any) -> str:
         return printer.statement(op)
 
     try:
-        head = printer.statement(op).splitlines()[0]
+        lines = printer.statement(op).splitlines()
     except (AssertionError, AttributeError, TypeError):  # a statement the printer lacks
         return f"{table.op} ({table.name})"
+    # The head and its continuation lines (indented deeper than the clauses): a long site
+    # list wraps onto them, and a title cut at the first line ends in a comma.
+    head = " ".join([lines[0]] + [ln.strip() for ln in lines[1:] if ln.startswith(" " * 8)])
+    if " -> " in head:  # edges: `swap * -> * corrupt → clean` would read as a third arrow
+        return head
     return _RUNS.sub(r" \1 → \2", head)
 
 
-def _column(ir: IRGraph, nid: str, baselines: dict[str, Any] | None) -> dict[str, Any]:
+# Operations on a target run B whose raw measure equals B's own unpatched value where the
+# operation changes nothing (a swap of an identical activation, a zero steering coefficient).
+_ON_TARGET = ("swap", "ablate", "attribute", "backpatch", "steer", "scale", "trace")
+
+
+def _column(ir: IRGraph, nid: str, baselines: dict[str, Any] | None, op: str = "",
+            values: dict[str, Any] | None = None) -> dict[str, Any]:
     """A column's colour scale; for a normalized one (`baselines` from
-    tables.table_baselines) the runs that map to 0 and 1 and their values."""
+    tables.table_baselines) the runs that map to 0 and 1 and their values; for a raw signed
+    one of an operation on B, B's unpatched value as the centre (module docstring)."""
     if baselines is None:
-        return {"scale": _node_scale(ir, nid)}
+        out: dict[str, Any] = {"scale": _node_scale(ir, nid)}
+        if out["scale"] == "signed" and op in _ON_TARGET:
+            out.update(_no_effect(ir, nid, values or {}))
+        return out
     zero, one = baselines["0"], baselines["1"]
-    out: dict[str, Any] = {"scale": "signed", "baselines": {one["run"]: one["value"]}}
+    out = {"scale": "signed", "baselines": {one["run"]: one["value"]}}
     if zero["run"] is None:  # m / m_target: 0 is zero, 1 (no effect) the target's value
         out["ratio_to"], out["scale"] = one["run"], "ratio"
     else:
         out["zero"], out["one"] = zero["run"], one["run"]
         out["baselines"][zero["run"]] = zero["value"]
     return out
+
+
+def _no_effect(ir: IRGraph, nid: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Where a raw measure of run B shows no effect: `centre` = B's unpatched mean when the
+    plan measures it (an attribution's gradient is taken there; a normalized column or a
+    `measure ... in B` of the same metric runs it), else `uncentred` naming B: a heatmap
+    then spans the data on a sequential scale (centred on 0 the values would all sit on one
+    side, one colour); bars and lines keep 0."""
+    from patchc.tables import example_mean
+
+    node = ir.node(nid)
+    if isinstance(node, Estimate):  # attribution: m_B + sum (a_A - a_B) * g
+        back = next((ir.node(i) for i in node.inputs if isinstance(ir.node(i), Backward)),
+                    None)
+        if back is None:
+            return {}
+        metric = ir.node(back.metric)
+        if not isinstance(metric, Metric) or back.metric not in values:
+            return {}
+        run = ir.node(metric.forward).run  # type: ignore[union-attr]
+        return _centre(example_mean(values[back.metric]), run)
+    if not isinstance(node, Metric):
+        return {}
+    run = ir.node(node.forward).run  # type: ignore[union-attr]
+    base = _base_metric(ir, node, run)
+    if base is not None and base in values:
+        return _centre(example_mean(values[base]), run)
+    return {"uncentred": run}
+
+
+def _centre(value: float, run: str) -> dict[str, Any]:
+    """A centre that is a number (a text(N) column has no mean: NaN would be invalid JSON
+    in the manifest and no centre at all)."""
+    return {"centre": value, "centre_run": run} if math.isfinite(value) else {}
+
+
+def _base_metric(ir: IRGraph, like: Metric, run: str) -> str | None:
+    """The id of the Metric that measures what `like` measures on `run`'s plain forward (no
+    operation's writes), if the plan has one."""
+    from patchc.compiler import printer
+
+    text = printer.mexpr(like.expr)
+    for mid, m in ir.of_type(Metric):
+        if (m.name, m.pos, m.reference, m.lens) != (like.name, like.pos, like.reference,
+                                                    None):
+            continue
+        f = ir.node(m.forward)
+        if isinstance(f, Forward) and f.run == run and f.experiment is None \
+                and f.sweep is None and printer.mexpr(m.expr) == text:
+            return mid
+    return None
 
 
 def _node_scale(ir: IRGraph, nid: str) -> str:

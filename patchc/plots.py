@@ -4,7 +4,9 @@
                              from a `<column>_se` column when there is one
   a numeric sweep            lines against the value (the `scale` of `steer`/`scale`)
   two variables              a heatmap (positions always across, labelled with tokens)
-  a site column + one more   grouped bars: one colour per site item of the operation
+  a site column + one more   grouped bars: one colour per site item of the operation (past
+                             40 values of the other: a heatmap, a row per site item)
+  site items of one row each bars, one per item
   three variables            one heatmap panel per value of the variable with the fewest
                              values (the site item when there is one), on one colour scale
   `compare`                  estimate against exact swap per site, one panel per site kind,
@@ -13,8 +15,8 @@
                              lone bar says nothing more. `Results.plot(name)` in a notebook
                              draws it as a small annotated table instead.
 
-Colour scales follow what a column measures (plot_style.py: diverging at 0 for signed
-effects, sequential for probabilities and ranks); titles name the operation and what a
+Colour scales follow what a column measures (plot_style.py: diverging at "no effect" for
+signed effects, sequential for probabilities and ranks); titles name the operation and what a
 normalized column's 0 and 1 are. The run-time facts a plot needs beyond the CSV (title,
 scales, baselines, tokens) are in the manifest (plotinfo.py), so `patchc plot DIR` redraws
 the same figures. Figures are drawn on Agg without pyplot.
@@ -88,8 +90,13 @@ def draw_column(name: str, df: pd.DataFrame, keys: list[str], col: str,
     """One figure for one measured column, or None when the table has more than three
     varying sweep columns (the CSV has it all; no single picture does)."""
     vary = [k for k in keys if k in df.columns and df[k].nunique(dropna=False) > 1]
-    scale, lo, hi, cmap = S.limits(info.get("columns", {}).get(col, {}).get("scale", "signed"),
-                                   df[col].tolist())
+    cinfo = _cinfo(info, col)
+    scale, lo, hi, cmap = S.limits(cinfo.get("scale", "signed"), df[col].tolist(),
+                                   S.centre("signed", cinfo))
+    if scale == "signed" and "uncentred" in cinfo:
+        # no-effect value unknown: a heatmap's colours span the data (around 0 a raw
+        # measure's cells would all be one colour); bars and lines keep their 0 line
+        _, lo, hi, cmap = S.limits("level", df[col].tolist())
     numeric = S.numeric_keys(vary, info)
     if numeric:
         fig = S.new_figure(6.0, 4.0)
@@ -104,8 +111,20 @@ def draw_column(name: str, df: pd.DataFrame, keys: list[str], col: str,
         C.bars(ax, df, vary[0], col, info, scale)
         ax.set_title(S.title(info, col, name, fig.get_figwidth()))
         return fig
+    if "site" in vary and df.groupby("site", dropna=False).size().max() == 1:
+        # Each site item is one row (single edges listed one by one): a bar per item, not
+        # a heatmap panel of one cell per item; across, when the names are long.
+        across = max(len(str(s)) for s in df["site"]) > 12
+        fig = S.new_figure(7.0, max(2.5, 0.45 * len(df) + 2.0)) if across else \
+            S.new_figure(*_bar_size(len(df)))
+        ax = fig.subplots()
+        C.bars(ax, df, "site", col, info, scale, horizontal=across)
+        ax.set_title(S.title(info, col, name, fig.get_figwidth()))
+        return fig
     if len(vary) == 2 and "site" in vary:  # site items side by side, one colour each
         (other,) = [k for k in vary if k != "site"]
+        if df[other].nunique() > S.MAX_TICKS:  # too many for bars: a row per site item
+            return _site_rows(name, df, other, col, info, (lo, hi, cmap))
         n = df[other].nunique(dropna=False) * max(1, df["site"].nunique() // 2)
         fig = S.new_figure(*_bar_size(n))
         ax = fig.subplots()
@@ -117,7 +136,7 @@ def draw_column(name: str, df: pd.DataFrame, keys: list[str], col: str,
         fig = S.new_figure(*_heat_size(df[cols].nunique(), df[rows].nunique()))
         ax = fig.subplots()
         im = _heatmap(ax, df, rows, cols, col, info, (lo, hi, cmap))
-        fig.colorbar(im, ax=ax, label=S.text(S.value_label(col, _cinfo(info, col))))
+        fig.colorbar(im, ax=ax, label=S.text(S.value_label(col, _cinfo(info, col), colorbar=True)))
         ax.set_title(S.title(info, col, name, fig.get_figwidth()))
         return fig
     if len(vary) == 3:
@@ -145,6 +164,11 @@ def _heatmap(ax, df: pd.DataFrame, rows: str, cols: str, col: str, info: dict[st
         if key in ("sender", "receiver"):
             grid = grid.reindex(list(dict.fromkeys(df[key])), axis=axis)
     values = grid.to_numpy(dtype=float)
+    if np.isnan(values).any():
+        # A cell with no value (an edge that does not exist, a `where` that left it out) is
+        # hatched: left blank it looked like the centre's near-white, "no effect".
+        ax.patch.set_hatch("////")
+        ax.patch.set_edgecolor("#c8c8c8")
     im = ax.imshow(values, cmap=cmap, vmin=lo, vmax=hi, aspect="auto",
                    interpolation="nearest")
     xl, xt = S.category_labels(cols, grid.columns.tolist(), info)
@@ -199,11 +223,31 @@ def _facets(name: str, df: pd.DataFrame, vary: list[str], col: str, info: dict[s
         ax.set_xlabel("")
         ax.set_ylabel("")
     fig.colorbar(im, ax=axes[:len(values)].tolist(),
-                 label=S.text(S.value_label(col, _cinfo(info, col))))
+                 label=S.text(S.value_label(col, _cinfo(info, col), colorbar=True)))
     chars = max(30, int(fig.get_figwidth() * 9.5))
     notes = [S.text(line) for v in scalars
              for line in S.wrap(_scalar_note(df[df[facet] == v], v, col), chars)]
     fig.suptitle("\n".join([S.title(info, col, name, fig.get_figwidth()), *notes]))
+    return fig
+
+
+def _site_rows(name: str, df: pd.DataFrame, key: str, col: str, info: dict[str, Any],
+               scale: tuple[float, float, str]):
+    """A heatmap of site items (rows) by a long index (`feature` 0..511): as grouped bars,
+    a 1/4-wide bar per item and value, the few latents that matter were lost in 2,000
+    slivers. An item without that index (`t0.err` beside `t0[*]`) is a number in the
+    title, as in _facets."""
+    has = df[key].notna()
+    items = list(dict.fromkeys(df.loc[~has, "site"]))
+    part = df[has]
+    fig = S.new_figure(*_heat_size(part[key].nunique(), part["site"].nunique()))
+    ax = fig.subplots()
+    im = _heatmap(ax, part, "site", key, col, info, scale)
+    fig.colorbar(im, ax=ax, label=S.text(S.value_label(col, _cinfo(info, col), colorbar=True)))
+    chars = max(30, int(fig.get_figwidth() * 9.5))
+    notes = [S.text(line) for v in items
+             for line in S.wrap(_scalar_note(df[df["site"] == v], v, col), chars)]
+    ax.set_title("\n".join([S.title(info, col, name, fig.get_figwidth()), *notes]))
     return fig
 
 

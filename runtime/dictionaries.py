@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from patchc.compiler.dictionaries import DictInfo
+from patchc.compiler.dictionaries import DictInfo, is_dict_kind, split_kind
 from patchc.compiler.errors import RuntimeInterventionError
+from patchc.compiler.ir import Site
 
 LN_EPS = 1e-5
 
@@ -150,6 +151,76 @@ class Dictionary:
             assert x is not None
             out = out + x.to(torch.float32) @ w["W_skip"].T
         return out
+
+    def scaled(self, f: torch.Tensor, norm: Normalized) -> torch.Tensor:
+        """The latents in the host's units: f times each token's output factor of decode
+        (an SAE's constant_norm_rescale divides its output by the input's scale, layer_norm
+        multiplies it by the input's std; 1 otherwise), so that a latent's contribution is
+        linear in them: `contribution` of the scaled latents."""
+        if self.info.kind == "sae" and norm is not None:
+            if norm.scale is not None:
+                return f / norm.scale
+            if norm.std is not None:
+                return f * norm.std
+        return f
+
+    def contribution(self, f: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """What latents lo..hi-1 with scaled activations f [..., hi - lo] (`scaled`) add to
+        the reconstruction, [..., d_out] float32: f @ W_dec[lo:hi] (f divided by the decoder
+        rows' norms first for a rescaled TopK, as decode does); neither the decoder bias nor
+        a skip transcoder's W_skip term belongs to a latent."""
+        w = self.weights(f.device)
+        rows = w["W_dec"][lo:hi]
+        f = f.to(torch.float32)
+        if self.info.architecture == "topk" and self.info.rescale_acts_by_decoder_norm:
+            f = f / rows.norm(dim=-1)
+        return f @ rows
+
+    def decode_change(self, new: torch.Tensor, old: torch.Tensor, norm: Normalized
+                      ) -> torch.Tensor:
+        """decode(new) - decode(old) for latents of the same tokens, from the latents that
+        differ only: decode is affine in the latents (the bias and a skip transcoder's
+        x @ W_skip.T cancel; norm_out scales each token), so a sweep that changes one latent
+        per row pays for the changed columns of W_dec, not all d_sae of them. Equal latents
+        give exactly 0."""
+        info, w = self.info, self.weights(new.device)
+        shape = new.shape[:-1]
+        new, old = new.reshape(-1, info.d_sae), old.reshape(-1, info.d_sae)
+        dec = w["W_dec"]
+        if info.architecture == "topk" and info.rescale_acts_by_decoder_norm:
+            dec = dec / dec.norm(dim=-1, keepdim=True)
+        # The changed entries, compared first: a sweep pass changes one latent per row, so
+        # the change is a sum over those entries (no full-width difference, no d_sae matmul).
+        r, c = new.ne(old).nonzero(as_tuple=True)
+        if r.numel() * 8 <= new.numel():
+            step = new[r, c].to(torch.float32) - old[r, c].to(torch.float32)
+            out = torch.zeros(new.shape[0], info.d_out, device=new.device)
+            out.index_add_(0, r, step[:, None] * dec[c])
+        else:
+            out = (new.to(torch.float32) - old.to(torch.float32)) @ dec
+        out = out.view(*shape, info.d_out)
+        if info.kind == "sae":
+            if norm.scale is not None:
+                out = out / norm.scale
+            elif norm.std is not None:
+                out = out * norm.std
+        return out
+
+
+def host_space(dictionaries: dict[str, "Dictionary"], site: Site, value: torch.Tensor
+               ) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """A value read at `site` as a vector of its host's space, with the host features it
+    covers (None: all): a dictionary's (scaled) latents become their decoded contribution,
+    its error term already is one; any other site is itself. What `dla` and `lens` decode
+    (they read latents as compiler.dictionaries.decoded_site)."""
+    if not is_dict_kind(site.kind):
+        return value, site.features
+    name, err = split_kind(site.kind)
+    if err:
+        return value, site.features
+    d = dictionaries[name]
+    lo, hi = site.features or (0, d.info.d_sae)
+    return d.contribution(value, lo, hi), None
 
 
 def load_all(infos: tuple[DictInfo, ...], given: dict[str, Any] | None = None

@@ -31,6 +31,7 @@ from patchc.compiler.ir import Estimate, Forward, IRGraph, Metric, Read
 from patchc.compiler.linear import NonLinear, Terms, nonlinear_message
 from patchc.compiler.linear import linear_terms as _linear_terms
 
+from .dictionaries import host_space
 from .inputs import position_index, position_valid
 from .writes import ReadValue, gather
 
@@ -75,7 +76,9 @@ def run_dla(interp: "RunContext", ir: IRGraph, node: Estimate) -> torch.Tensor:
         read: Read = ir.node(rid)  # type: ignore[assignment]
         value: ReadValue = interp.values[rid]
         contrib = _at_metric(value, read, mpos, columns).to(x.device)
-        lo, hi = read.site.features or (0, ad.d_model)
+        # A latent's contribution is activation x decoder row, in its host's space.
+        contrib, feats = host_space(ad.dictionaries, read.site, contrib)
+        lo, hi = feats or (0, ad.d_model)
         x[:, lo:hi] += contrib
         valid &= position_valid(value.batch, read.pos)
     if ad.norm == "layernorm":

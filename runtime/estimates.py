@@ -22,6 +22,7 @@ from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Rea
 from . import dla, lrp
 from .inputs import position_index, position_valid
 from .prefix import trimmed_logits
+from .sparse import zero_path_gradients
 from .writes import ReadValue, _features, gather, position_major_for, scatter
 
 IG_ROWS = 64  # rows (examples x steps) per batched ig pass unless `set batch_size` says
@@ -203,10 +204,15 @@ def run_estimate(interp: "RunContext", ir: IRGraph, node: Estimate) -> torch.Ten
     if node.method in ("atp", "relp"):
         m_b, grads = interp.values[bid]
     elif node.method == "ig":
-        points = [(rb, ir.node(rb), interp.values[ra].value, interp.values[rb].value)
-                  for ra, rb in pairs]
-        m_b, grads = integrated_gradients(interp, ir, bid, points,  # type: ignore[arg-type]
-                                          node.steps)
+        # Latents zero in both runs: no passes, the estimate is exactly m_B (sparse.py).
+        zeros = zero_path_gradients(interp, ir, pairs)
+        if zeros is not None:
+            m_b, grads = interp.values[bid][0], zeros
+        else:
+            points = [(rb, ir.node(rb), interp.values[ra].value, interp.values[rb].value)
+                      for ra, rb in pairs]
+            m_b, grads = integrated_gradients(interp, ir, bid, points,  # type: ignore[arg-type]
+                                              node.steps)
     else:
         raise RuntimeInterventionError("E463", f"unknown estimator {node.method!r}")
     delta = torch.zeros_like(m_b, device="cpu")  # the products are summed on the CPU

@@ -37,8 +37,10 @@ from .compat import blocks_return_tuples, output_cache, with_cache
 from .reading import collect_reads
 from .prefix import (live_positions, narrowable, prefix_cache, skip_layers, trimmed_logits,
                      widen)
+from .edge_stack import Senders
 from .edges import edge_hooks, is_edge
 from .sweeps import run_chunk
+from .adapters.dictionary import repeated_blocks
 from .sparse import Sparse, borrowed_metrics
 from .writes import make_readers, make_writer
 
@@ -188,7 +190,7 @@ class Executor(Interpreter):
     @torch.no_grad()
     def forward_step(self, ir: IRGraph, step: ForwardStep) -> None:
         if step.sweep is not None:  # a chunk of a compact sweep: batched index edits
-            return run_chunk(self, ir, step)
+            return run_chunk(self, ir, step, self.sparse.chunk_rows(step))
         if step.generate:
             for fid in step.members:
                 self.values[fid] = self.forward(ir, fid, ir.node(fid))  # type: ignore[arg-type]
@@ -205,7 +207,7 @@ class Executor(Interpreter):
         reads: list = []
         for rows, fid, f in zip(blocks, step.members, members):
             shared = len(ir.node(f.twin).writes) if f.start else 0  # type: ignore[union-attr]
-            senders: dict = {}  # this member's live edge senders, captured once
+            senders = Senders()  # this member's edge senders, captured and summed once
             for wid in f.writes[shared:]:  # shared writes are in the start state already
                 w: Write = ir.node(wid)  # type: ignore[assignment]
                 got = gated(w, [self.values[i] for i in w.inputs], self.values)
@@ -249,7 +251,8 @@ class Executor(Interpreter):
             self.adapter.fam.tuple_blocks or
             blocks_return_tuples(self.model, self.adapter.layer(0)))
         # Entered after the adapter's hooks: their hooks on the MLP see its full input first.
-        with self.adapter.hooks(hooks), \
+        # (repeated_blocks: a dictionary encodes one member's block where all are equal)
+        with repeated_blocks(self.adapter, batch.n), self.adapter.hooks(hooks), \
                 skip_layers(self.adapter.layers(), step.start_layer, state, as_tuple), \
                 live_positions(*self._live_mlp(members, index)), \
                 trimmed_logits(head, index, tokens), self.model_pass():

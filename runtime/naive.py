@@ -33,6 +33,7 @@ from .reading import collect_reads, lens_logits, table_reads
 from .sweep_members import run_members
 from .loading import input_device
 from .edge_estimates import EDGE_METHODS, run_edge_estimate
+from .edge_stack import Senders
 from .edges import edge_hooks, is_edge
 from .writes import make_readers, make_writer
 
@@ -232,7 +233,7 @@ class Interpreter:
         """(kind, layer, head, fn) hooks: the Forward's writes in order, then its reads."""
         columns = self.columns_for(node.run)
         hooks, captures = [], []
-        shared: dict = {}  # live senders captured once per forward
+        shared = Senders()  # edge senders: captured and summed once per forward
         for wid in node.writes:
             write: Write = ir.node(wid)  # type: ignore[assignment]
             inputs = [self.values[i] for i in write.inputs]
@@ -343,7 +344,8 @@ class Interpreter:
         valid_rows = out.valid
         if node.lens is not None:
             rv = self.values[node.lens]
-            logits = lens_logits(self.adapter, rv)
+            read: Read = ir.node(node.lens)  # type: ignore[assignment]
+            logits = lens_logits(self.adapter, rv, read.site)
             have = position_valid(rv.batch, rv.pos)
             valid_rows = have if valid_rows is None else valid_rows & have
         ref = None

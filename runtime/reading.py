@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from patchc.compiler.ir import IRGraph, Read
+from patchc.compiler.ir import IRGraph, Read, Site
 
+from .dictionaries import host_space
 from .writes import ReadValue
 
 
@@ -54,11 +55,12 @@ def collect_reads(ir: IRGraph, values: dict, results: dict) -> None:
 
 
 @torch.no_grad()
-def lens_logits(adapter, rv: ReadValue) -> torch.Tensor:
+def lens_logits(adapter, rv: ReadValue, site: Site) -> torch.Tensor:
     """[n, vocab] float32: a residual-shaped value at one position decoded through the
-    model's own final norm and unembedding."""
-    x = rv.value[:, :1]
+    model's own final norm and unembedding. A dictionary's latents are decoded as their
+    contribution to the host site (activation x decoder row); its error term as itself."""
+    x, _ = host_space(adapter.dictionaries, site, rv.value[:, :1])
     weight = next(adapter.ln_final().parameters(), None)
     if weight is not None and weight.device.type != "meta":
-        x = x.to(weight.device)
+        x = x.to(weight.device, weight.dtype)
     return adapter.unembed(x)[:, 0].float()

@@ -18,6 +18,12 @@ forwards, the `sparse` Reads have been taken (they are inputs of the step), and 
 
 A member whose metrics generate text, need the loss, or that has Reads of its own always
 runs (its base forward's output does not hold what they need).
+
+A compact latent sweep (one Forward for every latent x position of a statement; its chunks
+are steps with `sweep` ranges) is decided member by member when its first chunk is reached
+(runtime/sparse_sweeps.py): the inactive members take their base forward's values, and the
+active ones of all its chunks of one shape are packed into passes as large as the largest
+of those chunks, each run by runtime/sweeps.run_chunk on those members (`rows`).
 """
 
 from __future__ import annotations
@@ -25,15 +31,22 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from patchc.compiler import ast as A
 from patchc.compiler.ir import Forward, IRGraph, Metric, Read, Write
+from patchc.compiler.ir_sweep import execution_order
+from patchc.compiler.lower_latents import is_latent
 from patchc.compiler.schedule import ForwardStep, Plan
 
+from .sparse_sweeps import active_members, stand_in
 from .writes import ReadValue
 
 _PLAIN_SKIP = (A.MLoss, A.MSeqLogProb, A.MText) + tuple(A.GENERATING)
+# What steps must share for one pass to run their members.
+_SHAPE = ("run", "samples", "width", "p0", "start_layer", "start", "twin", "logit_positions",
+          "logit_tokens")
 
 
 class Sparse:
@@ -49,6 +62,10 @@ class Sparse:
         self.skipped = 0  # experiments that cost no forward
         self.packed = 0  # passes the active members took
         self.planned = 0  # the plan's passes for those experiments
+        # Compact sweeps: per sweep, its active members (row indices) by chunk shape, and
+        # the members each packed pass runs (by id of the step yielded for it).
+        self.sweeps: dict[str, dict[tuple, tuple[list[np.ndarray], int]]] = {}
+        self.rows: dict[int, np.ndarray] = {}
 
     def gated(self, step: ForwardStep) -> bool:
         return not step.generate and not step.keep_kv and \
@@ -60,6 +77,9 @@ class Sparse:
             yield step
             return
         self.planned += 1
+        if step.sweep is not None:
+            yield from self._sweep_parts(step)
+            return
         if all(m in self.done for m in step.members):
             return  # run (or skipped) with an earlier step's pass
         later = self.steps[self.order.get(id(step), len(self.steps)):]
@@ -81,6 +101,48 @@ class Sparse:
             yield step.model_copy(update={"members": chunk,
                                           "rows": step.rows // len(step.members) * len(chunk)})
 
+    def _sweep_parts(self, step: ForwardStep) -> Iterator[ForwardStep]:
+        fid = step.members[0]
+        if fid not in self.sweeps:
+            self.sweeps[fid] = self._decide(fid)
+        group = self.sweeps[fid].pop(self._shape(step), None)
+        if group is None:
+            return  # this chunk's active members ran with an earlier chunk's passes
+        parts, size = group
+        active = np.concatenate(parts)
+        per = step.rows // (step.sweep[1] - step.sweep[0])  # type: ignore[index]
+        for k in range(0, active.size, size):
+            rows = active[k:k + size]
+            self.packed += 1
+            part = step.model_copy(update={"sweep": (0, rows.size), "rows": per * rows.size})
+            self.rows[id(part)] = rows
+            yield part
+
+    def chunk_rows(self, step: ForwardStep) -> np.ndarray | None:
+        """The members a packed pass of a compact sweep runs (None: the step's own range)."""
+        return self.rows.pop(id(step), None)
+
+    def _decide(self, fid: str) -> dict[tuple, tuple[list[np.ndarray], int]]:
+        """Skip the sweep's inactive members; its active ones by chunk shape, in execution
+        order, with the largest chunk of that shape (members per pass)."""
+        f = self._forward(fid)
+        active = active_members(self.interp, self.ir, f)
+        stand_in(self.interp, self.ir, fid, f, np.flatnonzero(~active))
+        self.skipped += int((~active).sum())
+        order = execution_order(f.sweep.space)
+        out: dict[tuple, tuple[list[np.ndarray], int]] = {}
+        for s in self.steps:
+            if s.members == [fid] and s.sweep is not None:
+                rows = order[s.sweep[0]:s.sweep[1]]
+                parts, size = out.get(self._shape(s), ([], 0))
+                parts.append(rows[active[rows]])
+                out[self._shape(s)] = (parts, max(size, s.sweep[1] - s.sweep[0]))
+        return out
+
+    @staticmethod
+    def _shape(step: ForwardStep) -> tuple:
+        return tuple(getattr(step, k) for k in _SHAPE)
+
     def counts(self) -> dict[str, int]:
         """For the manifest: sparse-sweep experiments skipped, and the passes the rest took
         against the passes the plan had for them."""
@@ -92,9 +154,8 @@ class Sparse:
 
     def _joins(self, step: ForwardStep, other: ForwardStep) -> bool:
         """Can `other`'s members run in `step`'s pass (one shape, nothing else needed)?"""
-        keys = ("run", "samples", "width", "p0", "start_layer", "start", "twin",
-                "logit_positions", "logit_tokens")
-        return self.gated(other) and all(getattr(step, k) == getattr(other, k) for k in keys)
+        return self.gated(other) and other.sweep is None and \
+            all(getattr(step, k) == getattr(other, k) for k in _SHAPE)
 
     def _ready(self, fid: str) -> bool:
         f = self._forward(fid)
@@ -151,3 +212,20 @@ def borrowed_metrics(ir: IRGraph, fid: str) -> list[Metric]:
             out += [m for m in (ir.node(c) for c in ir.g.successors(g))
                     if isinstance(m, Metric) and m.forward == g and m.lens is None]
     return out
+
+
+def zero_path_gradients(interp: Any, ir: IRGraph, pairs: list[tuple[str, str]]
+                        ) -> dict[str, torch.Tensor] | None:
+    """Integrated gradients of latents inactive in both runs: when every (A, B) Read pair of
+    an ig Estimate is of latents that are zero in both runs at all its positions, the path
+    a_B + alpha (a_A - a_B) is that zero, every term (a_A - a_B) * g is exactly 0 and the
+    estimate is m_B: zero gradients stand in for the ig passes (None: they must run)."""
+    for ra, rb in pairs:
+        read: Read = ir.node(rb)  # type: ignore[assignment]
+        if not is_latent(read.site):
+            return None
+        if bool(torch.any(interp.values[ra].value != 0)) or \
+                bool(torch.any(interp.values[rb].value != 0)):
+            return None
+    return {rb: torch.zeros_like(interp.values[rb].value, dtype=torch.float32)
+            for _, rb in pairs}

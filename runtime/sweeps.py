@@ -29,9 +29,10 @@ import torch
 
 from patchc.compiler.ir import Forward, IRGraph, Metric, Write
 from patchc.compiler.ir_sweep import READ_MODES, SweepSpec, execution_order, members, split, \
-    whole_index, whole_site
+    site_wholes, whole_index
 from patchc.compiler.schedule import ForwardStep
 
+from .adapters.dictionary import repeated_blocks
 from .compat import blocks_return_tuples, with_cache
 from .inputs import Batch, position_index, position_valid
 from .naive import ForwardOutput
@@ -64,11 +65,7 @@ def _site_arrays(interp, fid: str, spec: SweepSpec) -> tuple[np.ndarray, np.ndar
     cache = interp.__dict__.setdefault("_sweep_sites", {})
     if fid not in cache:
         sites = spec.space.sites
-        if spec.whole:
-            wmap = np.array(whole_index(spec))
-        else:
-            at: dict = {}
-            wmap = np.array([at.setdefault(whole_site(x), len(at)) for x in sites])
+        wmap = whole_index(spec) if spec.whole else site_wholes(spec.space)[1]
         lo = np.array([0 if x.features is None else x.features[0] for x in sites])
         cache[fid] = (wmap, lo)
     return cache[fid]
@@ -177,17 +174,19 @@ def _blocks(fn, k: int, n: int):
 
 
 @torch.no_grad()
-def run_chunk(ex, ir: IRGraph, step: ForwardStep) -> None:
-    """One pass of a sweep chunk on the plan interpreter `ex` (runtime/execute.Executor);
-    its metrics go to `ex.sweep_values`."""
+def run_chunk(ex, ir: IRGraph, step: ForwardStep, rows: np.ndarray | None = None) -> None:
+    """One pass of a sweep chunk on the plan interpreter `ex` (runtime/execute.Executor):
+    the members `rows` (row indices; default the step's range of the execution order); its
+    metrics go to `ex.sweep_values`."""
     fid = step.members[0]
     f: Forward = ir.node(fid)  # type: ignore[assignment]
     assert step.sweep is not None
-    lo, hi = step.sweep
-    rows = execution_order(f.sweep.space)[lo:hi]
+    if rows is None:
+        lo, hi = step.sweep
+        rows = execution_order(f.sweep.space)[lo:hi]
     batch = ex.run_inputs(f.run).batch
     columns = ex.columns_for(f.run)
-    n, k, p0 = batch.n, hi - lo, step.p0
+    n, k, p0 = batch.n, len(rows), step.p0
     hooks, valid = _hooks(ex, ir, fid, f, batch, columns, rows, p0)
     # The run's own writes first (those its start state has not applied yet), built for
     # one member's batch and applied block by block, so seeded draws are each member's own.
@@ -217,7 +216,7 @@ def run_chunk(ex, ir: IRGraph, step: ForwardStep) -> None:
     as_tuple = bool(step.start_layer) and (
         ex.adapter.fam.tuple_blocks or blocks_return_tuples(ex.model, ex.adapter.layer(0)))
     # (as execute.forward_step: dead_positions' last MLP entered after the adapter's hooks)
-    with ex.adapter.hooks(hooks), \
+    with repeated_blocks(ex.adapter, n), ex.adapter.hooks(hooks), \
             skip_layers(ex.adapter.layers(), step.start_layer, state, as_tuple), \
             live_positions(*ex._live_mlp([f], index)), \
             trimmed_logits(head, index, tokens), ex.model_pass():

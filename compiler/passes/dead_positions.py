@@ -33,9 +33,12 @@ from patchc.compiler.ir import Forward, IRGraph, Read, Site, Write
 from ._graph import POST_SITES, consumers, nodes_of, rebuild
 
 # Sites a block computes before its MLP: the runtime keeps them at every position.
+# A head's q/k/v receiver input (edges) is the attention's input: an edge into the last
+# block's heads leaves that block's MLP to the measured positions. (`mlp.in` is the MLP's own
+# input: it stays at every position.)
 BEFORE_MLP = frozenset({
     "resid_pre", "resid_mid", "attn.out", "ln1.scale", "attn.z", "attn.q", "attn.k", "attn.v",
-    "attn.pattern", "z", "q", "k", "v", "pattern", "out"})
+    "attn.pattern", "z", "q", "k", "v", "pattern", "out", "q.in", "k.in", "v.in"})
 
 
 def touched_layer(site: Site) -> float:

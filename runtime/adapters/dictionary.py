@@ -14,7 +14,9 @@ and, if a hook changed f to f' or err to err', puts y + (decode(f') - r) + (err'
 the host's place: the reconstruction's change plus the error's change, added to y itself.
 With nothing changed it returns nothing, so an attached dictionary without writes leaves
 the run bit-exact; a write that restores a latent's own value changes nothing either (the
-two decodes are one computation on equal inputs).
+reconstruction's change is computed from the latents that differ: Dictionary.decode_change,
+exactly 0 for none). In a compact sweep's pass, whose rows are copies of one run
+(`repeated_blocks`), equal blocks are encoded once.
 
 Gradients: the latents are computed from x detached, so a gradient taken at f (a zero leaf
 added there by runtime/estimates.py) is d(metric)/d(latent) with the error term held
@@ -29,9 +31,10 @@ from typing import Any, Iterator
 
 import torch
 
-from patchc.compiler.dictionaries import split_kind
+from patchc.compiler.dictionaries import is_scaled, split_kind
 from patchc.compiler.errors import RuntimeInterventionError
 
+from ..dictionaries import Normalized
 from . import taps
 from .taps import HookFn
 
@@ -48,6 +51,7 @@ class Attachment:
         self.fns: list[tuple[bool, HookFn]] = []  # (on the error term?, fn)
         self.stack: contextlib.ExitStack | None = None
         self.x_in: torch.Tensor | None = None
+        self.norm: Any = None  # this forward's runtime.dictionaries.Normalized
 
     def add(self, err: bool, fn: HookFn) -> None:
         entry = (err, fn)
@@ -99,10 +103,10 @@ class Attachment:
             x = y
         with torch.no_grad():
             x_det = x.detach()
-            f, norm = d.encode(x_det)
-            recon = d.decode(f, norm, x_det)
+            f, norm, recon = self._encode(x_det)
             err = y.detach().to(torch.float32) - recon
         new_f, new_err = f, err
+        self.norm = norm  # for scaled-latent readers (hooked)
         for on_err, fn in list(self.fns):
             if on_err:
                 out = fn(new_err)
@@ -113,17 +117,55 @@ class Attachment:
         if new_f is f and new_err is err:
             return None  # reads only: the host's own value, untouched
         delta = 0
-        if new_f is not f:
+        if new_f is not f and new_f.requires_grad:  # (a gradient leaf: every latent's path)
             delta = d.decode(new_f, norm, x_det) - recon
+        elif new_f is not f:
+            delta = d.decode_change(new_f, f, norm)
         if new_err is not err:
             delta = delta + (new_err - err)
         return y + delta.to(y.dtype)
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, Normalized, torch.Tensor]:
+        """(latents, normalization, reconstruction) of x. In a pass whose rows are blocks of
+        `block_rows` (a compact sweep's members, each a copy of the run: repeated_blocks),
+        the latents of equal blocks are computed once (the blocks are compared first)."""
+        d = self.dictionary
+        n = getattr(self.adapter, "block_rows", None)
+        if n and x.shape[0] > n and x.shape[0] % n == 0:
+            k = x.shape[0] // n
+            one = x[:n]
+            if torch.equal(x.view(k, n, *x.shape[1:]), one.expand(k, *one.shape)):
+                f, norm = d.encode(one)
+                recon = d.decode(f, norm, one)
+                norm = Normalized(*(None if t is None else _tile(t, k)
+                                    for t in (norm.scale, norm.mu, norm.std)))
+                return _tile(f, k), norm, _tile(recon, k)
+        f, norm = d.encode(x)
+        return f, norm, d.decode(f, norm, x)
+
+
+def _tile(t: torch.Tensor, k: int) -> torch.Tensor:
+    return t.repeat(k, *([1] * (t.dim() - 1)))
+
+
+@contextlib.contextmanager
+def repeated_blocks(adapter: Adapter, n: int) -> Iterator[None]:
+    """Within: the model's batch is blocks of n rows that are equal up to the dictionaries'
+    hosts (a compact sweep's members; runtime/sweeps.py): each attachment then encodes one
+    block where its input's blocks are indeed equal."""
+    old = getattr(adapter, "block_rows", None)
+    adapter.block_rows = n
+    try:
+        yield
+    finally:
+        adapter.block_rows = old
 
 
 @contextlib.contextmanager
 def hooked(adapter: Adapter, kind: str, fn: HookFn) -> Iterator[Adapter]:
     """`adapter.hook` for a dictionary site kind: fn sees the latents [N, T, d_sae] (or the
-    error term [N, T, d_out]) of every forward while the context is active."""
+    error term [N, T, d_out], or the scaled latents of `dla`/`lens`: Dictionary.scaled) of
+    every forward while the context is active."""
     name, err = split_kind(kind)
     if name not in adapter.dictionaries:
         raise RuntimeInterventionError(
@@ -131,6 +173,12 @@ def hooked(adapter: Adapter, kind: str, fn: HookFn) -> Iterator[Adapter]:
     att = adapter._attachments.get(name)
     if att is None:
         att = adapter._attachments[name] = Attachment(adapter, name)
+    if is_scaled(kind):  # read-only: the latents times this forward's output factor
+        inner, d = fn, att.dictionary
+
+        def fn(f: torch.Tensor) -> None:
+            inner(d.scaled(f, att.norm))
+            return None
     att.add(err, fn)
     try:
         yield adapter

@@ -114,22 +114,35 @@ def _install_mlp(ad: "Adapter", layer: int, fn: HookFn, what: str) -> taps.Handl
 
     def pre(_mod: nn.Module, args: tuple, kwargs: dict):
         y = taps._first(args, kwargs)
-        x = box.pop("x", None) if norm is not None else y
-        if x is None:
+        got = _written(box, norm is not None, y, fn, what)
+        if got is None:
             return None
-        res = fn(x)
-        if res is None:
-            return None
-        x_new = taps.conform(res, x, what)
+        x, x_new, rows = got
         # y + (own norm of x' - own norm of x): rows whose input is unchanged keep y exactly,
         # whatever hooks of the shared normalizer made it (and cost nothing).
-        rows = _changed(x_new, x)
-        if rows is not None and not len(rows):
-            return None
         new = _add_rows(y, rows, lambda a: _normed(ad, norm, a), x_new, x)
         return taps._replace_first(args, kwargs, new)
 
     return taps.Handles(rec, mlp.register_forward_pre_hook(pre, with_kwargs=True))
+
+
+def _written(box: dict, recorded: bool, y: Tensor, fn: HookFn, what: str
+             ) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """What both receiver hooks start with: the receiver's input x (the normalizer's input
+    `box` recorded, taken out so that a later call cannot reuse it; else y, the hooked
+    module's own input), x' as the receiver's hooks write it, and the rows they change
+    (_changed). None when there is nothing to do: no input seen, no write, no row changed."""
+    x = box.pop("x", None) if recorded else y
+    if x is None:
+        return None
+    res = fn(x)
+    if res is None:
+        return None
+    x_new = taps.conform(res, x, what)
+    rows = _changed(x_new, x)
+    if rows is not None and not len(rows):
+        return None
+    return x, x_new, rows
 
 
 def _changed(x_new: Tensor, x: Tensor) -> Tensor | None:
@@ -180,16 +193,10 @@ def _install_head(ad: "Adapter", which: str, layer: int, head: int, fn: HookFn, 
 
     def post(_mod: nn.Module, args: tuple, out):
         y = taps._first(args, {})
-        x = box.get("x") if norm is not None else y
-        if x is None:
+        got = _written(box, norm is not None, y, fn, what)
+        if got is None:
             return None
-        res = fn(x)
-        if res is None:
-            return None
-        x_new = taps.conform(res, x, what)
-        rows = _changed(x_new, x)
-        if rows is not None and not len(rows):
-            return None
+        x, x_new, rows = got
 
         def value(a: Tensor) -> Tensor:
             return _slice(proj, cols, _normed(ad, norm, a).to(y.dtype))

@@ -13,6 +13,7 @@ from checkmodels import Models, build
 from patchc.compiler.check import check
 from patchc.compiler.errors import PatchcError
 from patchc.compiler.ir import Forward, Read, Site, Write
+from patchc.compiler.ir_sweep import key_columns
 from patchc.compiler.lower import lower
 from patchc.compiler.parse import parse
 from patchc.compiler.printer import format_spec
@@ -141,26 +142,27 @@ def test_latents_resolve_and_lower(models):
     assert info.apply_b_dec_to_input and not checked.warnings
     ir = lower(checked)
     feats, joint = ir.tables
-    assert feats.columns[0] == "feature" and len(feats.rows) == 128
-    assert [r.key for r in feats.rows[:2]] == [(("feature", 0),), (("feature", 1),)]
+    # The latent sweep is one compact Forward (its index set: 128 latents at `last`), not
+    # one Forward per latent; the slice and the error term are an experiment each.
+    assert feats.columns[0] == "feature" and not feats.rows
+    (block,) = feats.sweeps
+    assert block.count == 128
+    assert key_columns(block.space)["feature"].tolist() == list(range(128))
+    sweep = ir.node(block.forward)
+    assert [str(s) for s in sweep.sweep.space.sites[:2]] == ["s1[0]", "s1[1]"]
     writes = {str(w.site) for _, w in ir.of_type(Write)}
-    assert {"s1[0]", "s1[127]", "s1[3:7]", "s1.err"} <= writes
-    # One Read of the whole latent vector per (run, positions) serves the sweep: no Read per
-    # latent (the runtime cuts it to each write's latent). Sites carry the host's layer, L1.
+    assert {"s1[3:7]", "s1.err"} <= writes
+    # One Read of the whole latent vector per run serves the sweep: no Read per latent (the
+    # runtime cuts it to each member's latent and position). Sites carry the host's layer, L1.
     reads = [r for _, r in ir.of_type(Read) if r.site.kind == "dict:s1"]
-    assert {r.site for r in reads} == {Site("dict:s1", 1)} and len(reads) == 4
+    assert {r.site for r in reads} == {Site("dict:s1", 1)} and len(reads) == 2
     forwards = dict(ir.of_type(Forward))
-    assert len(forwards) >= 129
-    # The sweep's forwards are gated on the whole latents of both runs at `last`, and stand
-    # for the corrupt run's base forward; a swap of the error term is not gated.
-    swept = [forwards[v] for row in feats.rows for c, v in row.values
-             for v in [ir.node(v).forward]]
-    gates = {f.sparse for f in swept}
-    assert len(gates) == 1 and all(f.same_as == swept[0].same_as for f in swept)
-    (gate,) = gates
-    assert len({ir.node(r).forward for r in gate}) == len(gate) == 2
-    assert {ir.node(r).site for r in gate} == {Site("dict:s1", 1)}
-    assert forwards[swept[0].same_as].run == "corrupt" and not forwards[swept[0].same_as].writes
+    assert len(forwards) == 5  # clean, corrupt, the sweep, the slice's and the error's swaps
+    # The sweep is gated on the whole latents of both runs, and stands for the corrupt run's
+    # base forward; a swap of the error term is not gated.
+    assert len({ir.node(r).forward for r in sweep.sparse}) == len(sweep.sparse) == 2
+    assert {ir.node(r).site for r in sweep.sparse} == {Site("dict:s1", 1)}
+    assert forwards[sweep.same_as].run == "corrupt" and not forwards[sweep.same_as].writes
     sliced, err = (ir.node(ir.node(r.values[0][1]).forward) for r in joint.rows)
     assert len(sliced.sparse) == 2 and not err.sparse and err.same_as is None
 

@@ -24,7 +24,8 @@ EXAMPLES = ROOT / "examples"
 sys.path.insert(0, str(ROOT / "tests" / "runtime"))
 from saelens_reference import Reference  # noqa: E402
 
-SPECS = ["ioi_features.patch", "ioi_feature_circuit.patch", "sae_steering.patch"]
+SPECS = ["ioi_features.patch", "ioi_feature_circuit.patch", "sae_steering.patch",
+         "ioi_feature_dla.patch"]
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,7 @@ def test_a_512_wide_position_axis_is_thinned_not_smeared():
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert 10 <= len(labels) <= 40
     assert labels[:2] == ["0", "13"]  # too long for tokens: every 13th position number
-    assert ax.get_xlabel() == "pos"
+    assert ax.get_xlabel() == "position"
 
 
 def test_dollar_signs_in_titles_and_names_are_text():
@@ -138,7 +138,7 @@ def test_three_sweep_variables_are_faceted_on_one_colour_scale():
     assert len(images) == 3  # one panel per layer (its fewest values; pos stays an axis)
     assert {im.get_clim() for im in images} == {(-6.0, 6.0)}
     assert [im.axes.get_title() for im in images] == ["layer 0", "layer 1", "layer 2"]
-    assert fig.get_supxlabel() == "pos" and fig.get_supylabel() == "head"
+    assert fig.get_supxlabel() == "position" and fig.get_supylabel() == "head"
     assert len([ax for ax in fig.axes if ax.get_label() == "<colorbar>"]) == 1
     assert fig.get_suptitle().startswith("swap L*.H*.z clean → corrupt")
 
@@ -164,8 +164,9 @@ def test_site_items_over_one_index_are_grouped_bars_and_a_layerless_site_stands_
     _draw(fig)
     (ax,) = fig.axes
     assert [t.get_text() for t in ax.get_xticklabels()] == ["-", "0", "1", "2"]
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["embedding: embed @ last", "attn", "mlp"]
+    (legend,) = fig.legends  # under the axes, off the bars
+    assert [t.get_text() for t in legend.get_texts()] == ["embedding: embed @ last", "attn",
+                                                          "mlp"]
     heights = [[b.get_height() for b in c] for c in ax.containers]
     assert heights == [[-0.5], [0, 1, 2], [1, 2, 3]]
     assert [round(b.get_x() + b.get_width() / 2) for b in ax.containers[2]] == [1, 2, 3]
@@ -185,7 +186,7 @@ def test_numeric_sweeps_are_lines_against_the_coefficient_with_error_bars():
     assert len(lines) == 2
     assert list(lines[0].lines[0].get_xdata()) == [-1, 0, 0.5, 2]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["\u22121", "0", "0.5", "2"]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["x", "y"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["x", "y"]
     assert ax.get_xlabel() == "scale"
 
 

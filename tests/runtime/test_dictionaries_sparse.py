@@ -149,3 +149,39 @@ def test_sparse_ragged_prompts(any_family, tmp_path):
     assert a[col].isna().tolist() == b[col].isna().tolist() and a[col].isna().any()
     assert (a[col] - b[col]).abs().max() < 1e-5
     assert opt.manifest["plan"]["sparse_skipped"] > 0
+
+
+def test_ig_skips_latents_inactive_in_both_runs(any_family, tmp_path, monkeypatch):
+    """ig on latents: a latent zero in both runs at its positions has a constant path, so
+    its estimate is exactly m_B without any pass; the ig passes run for the active latents
+    only, and every value equals the dense computation (ig run for every latent)."""
+    from patchc.runtime import estimates
+
+    fam = any_family("gpt2")
+    w = save_sae(tmp_path / "s1", D, N_LATENTS, bias=-0.6)
+    hand = HandSAE(w)
+    active = _active(fam, hand, CLEAN) | _active(fam, hand, CORRUPT)
+    assert 0 < len(active) < N_LATENTS // 2
+    spec = fam.spec(_spec(tmp_path, "attribute s1[*] @ last from clean into corrupt using "
+                          "ig(steps=3)  measure ld  as ig\nmeasure ld in corrupt  as base\n"))
+    calls = []
+    dense_ig = estimates._integrated_gradients
+
+    def counted(interp, ir, bid, pairs, steps):
+        calls.append(ir.node(pairs[0][1]).site.features[0])
+        return dense_ig(interp, ir, bid, pairs, steps)
+
+    monkeypatch.setattr(estimates, "_integrated_gradients", counted)
+    sparse = patchc.run(spec, model=fam.model, tokenizer=fam.tok)
+    assert sorted(calls) == sorted(active)  # the cost follows the active count
+    monkeypatch.setattr(estimates, "zero_path_gradients", lambda *a: None)
+    dense = patchc.run(spec, model=fam.model, tokenizer=fam.tok)
+    assert len(calls) == len(active) + N_LATENTS
+    keys = ["feature", "example"]
+    a = sparse.per_example("ig").sort_values(keys)
+    b = dense.per_example("ig").sort_values(keys)
+    assert len(a) == N_LATENTS * len(CLEAN)
+    assert (a["ld"].to_numpy() == b["ld"].to_numpy()).all()
+    base = sparse.per_example("base").sort_values("example")["ld"].to_numpy()
+    for i in set(range(N_LATENTS)) - active:
+        assert (a[a["feature"] == i]["ld"].to_numpy() == base).all(), i

@@ -49,3 +49,7 @@ def test_touched_layer() -> None:
     assert touched_layer(Site("resid_post", 2)) == 2
     assert touched_layer(Site("mlp.post", 2, None, (0, 4))) == 2
     assert touched_layer(Site("ln_final.scale")) == float("inf")
+    # edge receivers: a head's q/k/v input comes before its block's MLP; the MLP's does not
+    assert touched_layer(Site("k.in", 3, 1)) == 2
+    assert touched_layer(Site("mlp.in", 3)) == 3
+    assert touched_layer(Site("logits.in")) == float("inf")
