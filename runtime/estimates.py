@@ -209,10 +209,7 @@ def run_estimate(interp: "RunContext", ir: IRGraph, node: Estimate) -> torch.Ten
         if zeros is not None:
             m_b, grads = interp.values[bid][0], zeros
         else:
-            points = [(rb, ir.node(rb), interp.values[ra].value, interp.values[rb].value)
-                      for ra, rb in pairs]
-            m_b, grads = integrated_gradients(interp, ir, bid, points,  # type: ignore[arg-type]
-                                              node.steps)
+            m_b, grads = _integrated_gradients(interp, ir, bid, pairs, node.steps)
     else:
         raise RuntimeInterventionError("E463", f"unknown estimator {node.method!r}")
     delta = torch.zeros_like(m_b, device="cpu")  # the products are summed on the CPU
@@ -246,6 +243,15 @@ def _ig_chunk(interp: "RunContext", ir: IRGraph, backward: Backward, steps: int)
     n = interp.run_inputs(fwd.run).batch.n * fwd.samples
     rows = interp.checked.options.batch_size or IG_ROWS
     return max(1, min(steps, rows // max(n, 1)))
+
+
+def _integrated_gradients(interp: "RunContext", ir: IRGraph, bid: str,
+                          pairs: list[tuple[str, str]], steps: int
+                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """integrated_gradients at the (A Read, B Read) pairs of an experiment."""
+    points = [(rb, ir.node(rb), interp.values[ra].value, interp.values[rb].value)
+              for ra, rb in pairs]
+    return integrated_gradients(interp, ir, bid, points, steps)  # type: ignore[arg-type]
 
 
 def integrated_gradients(interp: "RunContext", ir: IRGraph, bid: str,
