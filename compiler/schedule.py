@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import math
 
-import networkx as nx
-
 from . import costs as C
 from .ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Select, Vector
 from .ir_sweep import count
 from .modelspec import ModelSpec
+from .passes._graph import ordered
 from .plan import ForwardStep, NodeStep, Plan, PlanSummary, Step
 from .schedule_sweep import OVERHEAD_FLOPS_PER_LAYER, cheapest_spans, sweep_steps
 
@@ -82,15 +81,15 @@ def _units(ir: IRGraph, naive: bool) -> list[tuple[str, list[str]]]:
             unit[nid] = unit[node.forward]
         elif not isinstance(node, Forward):
             unit[nid] = ("n", nid)
-    cg = nx.DiGraph()
+    preds: dict[tuple, set[tuple]] = {}  # unit -> the units it waits for
     members: dict[tuple, list[str]] = {}
     for nid in sorted(ir.g.nodes, key=lambda x: (int(x[1:]), x[0])):
-        cg.add_node(unit[nid])
+        preds.setdefault(unit[nid], set())
         if isinstance(ir.node(nid), Forward):
             members.setdefault(unit[nid], []).append(nid)
     for u, v in ir.g.edges:
         if unit[u] != unit[v]:
-            cg.add_edge(unit[u], unit[v])
+            preds[unit[v]].add(unit[u])
 
     def first(u: tuple) -> tuple[int, int]:
         ids = members.get(u) or [u[1]]
@@ -98,8 +97,9 @@ def _units(ir: IRGraph, naive: bool) -> list[tuple[str, list[str]]]:
         cheap = 0 if u[0] == "n" and not naive else 1
         return (cheap, min(int(i[1:]) for i in ids))
 
+    keys = {u: first(u) for u in preds}
     out = []
-    for u in nx.lexicographical_topological_sort(cg, key=first):
+    for u in ordered(preds, key=keys.__getitem__):
         if u in members:
             out.append(("forward", members[u]))
         else:

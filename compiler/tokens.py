@@ -59,19 +59,24 @@ class LightTokenizer:
 
 
 class _Wrapped:
-    """Adapts an HF tokenizer (or anything with `encode(text, add_special_tokens=...)`)."""
+    """Adapts an HF tokenizer (or anything with `encode(text, add_special_tokens=...)`).
+    Each text is encoded once per check (an answer column names a few tokens many times;
+    an HF tokenizer's own overhead per call is most of encoding a word)."""
 
     def __init__(self, tok: Any) -> None:
         self.tok = tok
+        self._plain: dict[str, list[int]] = {}
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok.encode(text))
 
     def encode_plain(self, text: str) -> list[int]:
-        try:
-            return list(self.tok.encode(text, add_special_tokens=False))
-        except TypeError:
-            return list(self.tok.encode(text))
+        if text not in self._plain:
+            try:
+                self._plain[text] = list(self.tok.encode(text, add_special_tokens=False))
+            except TypeError:
+                self._plain[text] = list(self.tok.encode(text))
+        return list(self._plain[text])
 
     @property
     def unk_id(self) -> int | None:

@@ -77,11 +77,14 @@ def run_process(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: b
     given = model is not None  # the caller's model, not the spec's `model` line, runs
     try:
         with clock("load"):
+            # One adapter for checking and running the caller's model (building one maps
+            # its module tree: a millisecond of a small run, paid once).
+            adapter = _adapter(model) if given else None
             checked, model, tokenizer, device = prepare(spec, model, tokenizer,
                                                         trust_remote_code, overrides, group,
-                                                        saes)
+                                                        saes, adapter)
         values, seconds, ir, plan = _evaluate(checked, model, tokenizer, naive, progress,
-                                              group, clock, saes)
+                                              group, clock, saes, adapter)
     except PatchcError as e:
         raise e.with_source(spec.source) from None
     if values is None:  # a worker other than rank 0: its values went to rank 0
@@ -124,18 +127,26 @@ class Clock:
                 "total": round(total, 4)}
 
 
+def _adapter(model: Any) -> Any:
+    from patchc.runtime.adapters import adapter_for
+
+    return adapter_for(model)
+
+
 def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
             overrides: dict[str, Any] | None, group: Any = None,
-            saes: dict[str, Any] | None = None) -> tuple:
+            saes: dict[str, Any] | None = None, adapter: Any = None) -> tuple:
     """Check the spec (against the config alone: a wrong spec fails before any weight
     loads), then load the model or place the caller's: (checked, model, tokenizer, device).
-    `saes`: SAELens objects whose configs stand in for their folders' cfg.json."""
-    from patchc.runtime.adapters import adapter_for
+    `saes`: SAELens objects whose configs stand in for their folders' cfg.json; `adapter`:
+    the caller's model's adapter, when one was made already."""
     from patchc.runtime.dictionaries import saelens_config
     from patchc.runtime.loading import input_device, is_dispatched, load, resolve_device
 
     overrides = dict(overrides or {})
-    model_spec = adapter_for(model).spec() if model is not None else None
+    if model is not None and (adapter is None or adapter.model is not model):
+        adapter = _adapter(model)
+    model_spec = adapter.spec() if model is not None else None
     cfgs = {name: saelens_config(sae) for name, sae in (saes or {}).items()}
     checked = check(spec, model_spec, tokenizer=AUTO if tokenizer is None else tokenizer,
                     dictionaries=cfgs)
@@ -167,17 +178,19 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
 
 def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
               progress: Callable[[int, int], None] | None, group: Any = None,
-              clock: Clock | None = None, saes: dict[str, Any] | None = None) -> tuple:
+              clock: Clock | None = None, saes: dict[str, Any] | None = None,
+              adapter: Any = None) -> tuple:
     """Lower, optimize, schedule and run: (values, seconds per table, ir, plan). With a
     worker group, each worker runs its shard; values is None except on rank 0. torch
-    computes with `set threads` CPU threads, else runtime/threads.py's choice."""
-    from patchc.runtime.adapters import adapter_for
+    computes with `set threads` CPU threads, else runtime/threads.py's choice. `adapter`:
+    the model's, if prepare made one (else a new one)."""
     from patchc.runtime.threads import default_threads, using_threads
 
     from patchc.runtime.dictionaries import load_all
 
     clock = clock or Clock()
-    adapter = adapter_for(model)
+    if adapter is None or adapter.model is not model:
+        adapter = _adapter(model)
     adapter.dictionaries = load_all(checked.model.dictionaries, saes)
     threads = checked.options.threads or default_threads(adapter.d_model)
     clock.threads = threads

@@ -80,6 +80,8 @@ def _joined(blocks: list[dict[str, Any]]) -> pd.DataFrame:
     costs far less than concatenating a DataFrame per block; others as pandas does."""
     if not blocks:
         return pd.DataFrame()
+    if len(blocks) == 1:
+        return pd.DataFrame(blocks[0])
     names = list(blocks[0])
     if all(list(b) == names for b in blocks) and \
             all(b[c].dtype == blocks[0][c].dtype for b in blocks for c in names):

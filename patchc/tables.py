@@ -21,7 +21,7 @@ from patchc.compiler.errors import PatchcError, Warning_
 from patchc.compiler.ir import IRGraph, Table
 
 from .circuit_tables import ranked, with_areas
-from .sweep_tables import sweep_examples, sweep_frame, sweep_key_names
+from .sweep_tables import _mean_se, sweep_examples, sweep_frame, sweep_key_names
 
 
 def example_mean(values: Any) -> float:
@@ -123,11 +123,16 @@ def build_table(table: Table, values: dict[str, Any],
     used = [nid for row in table.rows for _, nid in row.values]
     used += [nid for p in table.pairs for nid in (p.estimate, p.metric, *(p.normalize or ()))
              if nid]
-    means = {nid: example_mean(values[nid]) for nid in dict.fromkeys(used)}
+    stats = _stats(dict.fromkeys(used), values)
+    means = {nid: m for nid, (m, _) in stats.items()}
     gaps = _ZeroGaps()
-    df = (_compare_table(table, means, gaps) if table.pairs
-          else _rows_table(table, values, means, gaps))
-    if table.sweeps:  # compact sweeps' rows, assembled as arrays
+    if table.sweeps and not table.rows and not table.pairs:
+        # Only compact sweeps' rows (a whole statement's): no empty frame of rows to join.
+        df = sweep_frame(table, values, gaps.check).reindex(columns=_row_columns(table, set()))
+    else:
+        df = (_compare_table(table, means, gaps) if table.pairs
+              else _rows_table(table, values, stats, gaps))
+    if table.sweeps and (table.rows or table.pairs):  # compact sweeps' rows, as arrays
         sweep = sweep_frame(table, values, gaps.check)
         df = pd.concat([df, sweep], ignore_index=True)[list(df.columns)] if table.rows \
             else sweep.reindex(columns=df.columns)
@@ -157,8 +162,28 @@ def _int_keys(df: pd.DataFrame, table: Table) -> pd.DataFrame:
     return df
 
 
-def _rows_table(table: Table, values: dict[str, Any], means: dict[str, float],
-                gaps: _ZeroGaps) -> pd.DataFrame:
+def _stats(nids: Any, values: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """(mean, standard error) over the examples of each node's values: the per-example
+    vectors of one length together, as a compact sweep's rows are (sweep_tables._mean_se;
+    one node at a time was most of assembling a table of a hundred rows), anything else as
+    example_mean and _se compute it."""
+    out: dict[str, tuple[float, float]] = {}
+    by_length: dict[tuple, list[str]] = {}
+    for nid in nids:
+        v = values[nid]
+        if isinstance(v, torch.Tensor) and v.dim() == 1:
+            by_length.setdefault((v.shape[0], v.device), []).append(nid)
+        else:
+            out[nid] = (example_mean(v), _se(v))
+    for group in by_length.values():
+        mean, se, _ = _mean_se(torch.stack([values[nid].double() for nid in group]))
+        for nid, m, e in zip(group, mean.tolist(), se.tolist()):
+            out[nid] = (m, e)
+    return out
+
+
+def _rows_table(table: Table, values: dict[str, Any],
+                stats: dict[str, tuple[float, float]], gaps: _ZeroGaps) -> pd.DataFrame:
     records = []
     texts: set[str] = set()
     for row in table.rows:
@@ -168,7 +193,7 @@ def _rows_table(table: Table, values: dict[str, Any], means: dict[str, float],
             if _is_text(values[nid]):
                 texts.add(col)
                 continue
-            m, se = means[nid], _se(values[nid])
+            m, se = stats[nid]
             if col in norm:
                 target, source = norm[col]
                 # Only the examples this experiment has (an `@ each` position beyond a short
@@ -183,6 +208,12 @@ def _rows_table(table: Table, values: dict[str, Any], means: dict[str, float],
             rec[col] = m
             rec[se_column(col)] = se
         records.append(rec)
+    return pd.DataFrame.from_records(records, columns=_row_columns(table, texts))
+
+
+def _row_columns(table: Table, texts: set[str]) -> list[str]:
+    """A row table's columns: the sweep keys, then each measure and its `_se` (text(N)
+    measures are left out: they are in the per-example table only)."""
     columns = []
     keys = {c for row in table.rows for c, _ in row.key} | sweep_key_names(table)
     for c in table.columns:
@@ -191,7 +222,7 @@ def _rows_table(table: Table, values: dict[str, Any], means: dict[str, float],
         columns.append(c)
         if c not in keys:
             columns.append(se_column(c))
-    return pd.DataFrame.from_records(records, columns=columns)
+    return columns
 
 
 def _read_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:

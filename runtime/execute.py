@@ -81,6 +81,7 @@ class Executor(Interpreter):
         self.plan: Plan | None = None
         self._remap: torch.Tensor | None = None
         self.batched_estimates = True  # compact estimates as tensor operations
+        self._tokens: dict[tuple[str, int], Callable[[A.Tok], torch.Tensor]] = {}
 
     # ---- planning -----------------------------------------------------------------------
     def prepare(self, ir: IRGraph, naive_ir: IRGraph | None = None, share: int = 1
@@ -150,11 +151,26 @@ class Executor(Interpreter):
         return results
 
     def token_ids(self, run: str, n: int):
-        ids = super().token_ids(run, n)
+        ids = self._token_lookup(run, n)
         remap = self._remap
         if remap is None:
             return ids
         return lambda tok: remap[ids(tok)]
+
+    def _token_lookup(self, run: str, n: int) -> Callable[[A.Tok], torch.Tensor]:
+        """The naive interpreter's token ids, each token's tensor made once per run: every
+        step's logit plan and every metric ask for the same few (callers only read them)."""
+        key = (run, n)
+        if key not in self._tokens:
+            lookup, made = super().token_ids(run, n), {}
+
+            def ids(tok: A.Tok) -> torch.Tensor:
+                if tok not in made:
+                    made[tok] = lookup(tok)
+                return made[tok]
+
+            self._tokens[key] = ids
+        return self._tokens[key]
 
     def metric(self, ir: IRGraph, node: Metric) -> torch.Tensor:
         """As the naive interpreter; logits trimmed to token ids are indexed through the map
@@ -285,7 +301,7 @@ class Executor(Interpreter):
             for m in ir.g.successors(fid):
                 node = ir.node(m)
                 if isinstance(node, Metric) and node.forward == fid:
-                    lookup = super().token_ids(ir.node(fid).run, batch.n)  # type: ignore[union-attr]
+                    lookup = self._token_lookup(ir.node(fid).run, batch.n)  # type: ignore[union-attr]
                     for e in A.metric_nodes(node.expr):
                         if isinstance(e, A.MCall):
                             ids |= set(lookup(e.tok).tolist())

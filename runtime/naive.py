@@ -120,7 +120,7 @@ class Interpreter:
                 out = [self._token(tok.text)] * max(1, len(rows))
             else:
                 texts = [str(r[tok.column]) for r in rows]
-                self._tokens(texts)
+                self._fill_tokens(texts)
                 out = [self._token(t) for t in texts]
             t = torch.tensor(out, dtype=torch.long)
             if len(out) == 1 and n > 1:
@@ -129,7 +129,7 @@ class Interpreter:
 
         return ids
 
-    def _tokens(self, texts: list[str]) -> None:
+    def _fill_tokens(self, texts: list[str]) -> None:
         """Cache the token ids of a column's texts with one tokenizer call (one per row cost
         more than a small model's pass); what yields no token is left to `_token` to report."""
         new = list(dict.fromkeys(t for t in texts if t not in self._token_cache))

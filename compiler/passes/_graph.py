@@ -4,12 +4,18 @@ and the facts about sites and metrics the passes decide on.
 Every edge of an IR graph is a reference held in a node's fields (ir.verify checks that each
 reference has its edge, and lowering adds no other edges), so a pass works on a plain
 `{id: node}` dict and `rebuild` derives the edges again. Passes never mutate their input.
+
+What a pass returns is a NodeGraph: the dict itself, with the networkx graph built only when
+something outside the passes asks for it (`g`). The next pass reads the dict and orders it
+with `topo` (its own topological sort over the references), so a pipeline of eight passes
+builds one networkx graph, not eight: on a small model that was most of planning a run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+import heapq
+from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, TypeVar
 
 import networkx as nx
 
@@ -96,20 +102,73 @@ def remap_tables(tables: Iterable[Table], m: Mapping[str, str]) -> list[Table]:
     return out
 
 
+N = TypeVar("N")
+
+
+class NodeGraph(IRGraph):
+    """An IRGraph held as a `{id: node}` dict and its tables (what `rebuild` makes). Its
+    edges are the nodes' references; the networkx graph `g` holding them is built on first
+    use, after which `g` is the graph (whoever changes `g` changes this graph)."""
+
+    def __init__(self, nodes: dict[str, Node], tables: list[Table]) -> None:
+        self._nodes = nodes
+        self._tables = tables
+        self._g: nx.DiGraph | None = None
+        self._attrs: dict[str, dict[str, Any]] | None = None  # g's own node attributes
+
+    @property
+    def g(self) -> nx.DiGraph:  # type: ignore[override]
+        if self._g is None:
+            g = nx.DiGraph(tables=self._tables)
+            g.add_nodes_from((nid, {"node": n}) for nid, n in self._nodes.items())
+            g.add_edges_from((r, nid) for nid, n in self._nodes.items() for r in refs(n))
+            self._g = g
+            IRGraph.__init__(self, g)  # (the id counters `add` continues from)
+            # The attribute dicts g holds (not copies): `node` sees a node replaced in g.
+            self._attrs = dict(g.nodes(data=True))
+        return self._g
+
+    @g.setter
+    def g(self, graph: nx.DiGraph) -> None:
+        self._g = graph
+
+    def built(self) -> bool:
+        return self._g is not None
+
+    def add(self, node: Node, deps: tuple[str, ...] | list[str] = ()) -> str:
+        self.g  # noqa: B018 - built first: `add` continues its id counters
+        nid = super().add(node, deps)
+        self._attrs = dict(self.g.nodes(data=True))
+        return nid
+
+    def node(self, nid: str) -> Node:
+        # (The runtime and the schedule ask for nodes thousands of times a run.)
+        attrs = self._attrs
+        return self._nodes[nid] if attrs is None else attrs[nid]["node"]
+
+    def of_type(self, cls: type[N]) -> Iterator[tuple[str, N]]:
+        if self._g is not None:
+            yield from super().of_type(cls)
+            return
+        for nid, n in self._nodes.items():
+            if isinstance(n, cls):
+                yield nid, n
+
+    @property
+    def tables(self) -> list[Table]:
+        return self._tables if self._g is None else super().tables
+
+
 def nodes_of(ir: IRGraph) -> dict[str, Node]:
-    """The graph's nodes by id, in the graph's insertion order."""
+    """The graph's nodes by id, in the graph's insertion order (a new dict)."""
+    if isinstance(ir, NodeGraph) and not ir.built():
+        return dict(ir._nodes)
     return {nid: data["node"] for nid, data in ir.g.nodes(data=True)}
 
 
 def rebuild(nodes: Mapping[str, Node], tables: list[Table]) -> IRGraph:
-    """A new IRGraph holding `nodes` (ids kept) with the edges their references imply."""
-    g = nx.DiGraph(tables=list(tables))
-    for nid, node in nodes.items():
-        g.add_node(nid, node=node)
-    for nid, node in nodes.items():
-        for r in refs(node):
-            g.add_edge(r, nid)
-    return IRGraph(g)
+    """A new graph holding `nodes` (ids kept) with the edges their references imply."""
+    return NodeGraph(dict(nodes), list(tables))
 
 
 def id_order(nid: str) -> tuple[int, int]:
@@ -118,7 +177,44 @@ def id_order(nid: str) -> tuple[int, int]:
 
 
 def topo(ir: IRGraph) -> list[str]:
-    return list(nx.lexicographical_topological_sort(ir.g, key=id_order))
+    """The node ids in dependency order, the smallest `id_order` first whenever several are
+    ready (networkx's lexicographical_topological_sort with that key, without the graph)."""
+    if isinstance(ir, NodeGraph) and not ir.built():
+        preds = {nid: refs(n) for nid, n in ir._nodes.items()}
+    else:
+        preds = {nid: tuple(p) for nid, p in ir.g.pred.items()}
+    return ordered(preds)
+
+
+def ordered(preds: Mapping[Hashable, Iterable[Hashable]],
+            key: Callable[[Any], Any] = id_order) -> list[Any]:
+    """Kahn's algorithm over `preds` (node -> the nodes it depends on), taking the ready node
+    of smallest `key` first, ties in `preds`' order: networkx's
+    lexicographical_topological_sort(G, key), G's nodes inserted in that order. Raises
+    NetworkXUnfeasible on a cycle, as networkx does."""
+    waiting: dict[Hashable, int] = {}
+    users: dict[Hashable, list[Hashable]] = {n: [] for n in preds}
+    for n, ps in preds.items():
+        ps = set(ps)
+        waiting[n] = len(ps)
+        for p in ps:
+            if p not in users:  # a missing node: networkx would add it, with no node object
+                users[p], waiting[p] = [], 0
+            users[p].append(n)
+    index = {n: i for i, n in enumerate(users)}
+    ready = [(key(n), index[n], n) for n, k in waiting.items() if k == 0]
+    heapq.heapify(ready)
+    out: list[Any] = []
+    while ready:
+        n = heapq.heappop(ready)[2]
+        out.append(n)
+        for u in users[n]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, (key(u), index[u], u))
+    if len(out) != len(waiting):
+        raise nx.NetworkXUnfeasible("Graph contains a cycle or graph changed during iteration")
+    return out
 
 
 def new_id(nodes: Mapping[str, Node], node: Node) -> str:

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from patchc.compiler.ir import Forward, IRGraph
+from patchc.compiler.ir import Forward, IRGraph, Node
 
-from ._graph import consumers, generates, nodes_of, rebuild, topo
+from ._graph import consumers, generates, nodes_of, rebuild, refs, topo
 
 
-def _depths(ir: IRGraph) -> dict[str, int]:
+def _depths(ir: IRGraph, nodes: dict[str, Node]) -> dict[str, int]:
     """Per node, the most forwards on a dependency path ending at it (itself included)."""
     depth: dict[str, int] = {}
     for nid in topo(ir):
-        d = max((depth[p] for p in ir.g.predecessors(nid)), default=0)
-        depth[nid] = d + (1 if isinstance(ir.node(nid), Forward) else 0)
+        d = max((depth[p] for p in refs(nodes[nid])), default=0)
+        depth[nid] = d + (1 if isinstance(nodes[nid], Forward) else 0)
     return depth
 
 
@@ -34,7 +34,7 @@ def batch(ir: IRGraph) -> IRGraph:
     nodes = nodes_of(ir)
     cons = consumers(nodes)
     twins = {f.twin for f in nodes.values() if isinstance(f, Forward) and f.twin}
-    depth = _depths(ir)
+    depth = _depths(ir, nodes)
     groups: dict[tuple, list[str]] = {}
     for fid in sorted(nodes, key=lambda x: (x[0], int(x[1:]))):
         f = nodes[fid]

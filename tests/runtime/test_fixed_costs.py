@@ -1,0 +1,138 @@
+"""What a small run pays besides its model passes, made smaller without changing a number:
+prompts tokenized in one call (runtime/inputs.encode), each metric token's ids made once
+per run (Executor._token_lookup), a table of compact sweep rows alone assembled without an
+empty frame of rows to join (patchc/tables.build_table); each against what it replaced."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import torch
+from conftest import family, make_tokenizer
+from ops_common import CLEAN, CORRUPT, HEAD, ROWS
+
+from patchc.compiler import ast as A
+from patchc.compiler.check import check
+from patchc.compiler.ir import Metric
+from patchc.compiler.lower import lower
+from patchc.compiler.parse import parse
+from patchc.runtime.adapters import adapter_for
+from patchc.runtime.execute import Executor
+from patchc.runtime.inputs import encode
+from patchc.runtime.naive import Interpreter
+from patchc.tables import (_int_keys, _rows_table, _se, _stats, _ZeroGaps, build_table,
+                           example_mean)
+from patchc.sweep_tables import sweep_frame
+
+
+class _Counting:
+    """A tokenizer that counts its calls."""
+
+    def __init__(self, tok) -> None:
+        self.tok, self.calls = tok, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.tok(*args, **kwargs)
+
+
+def test_encode_is_one_call_with_the_ids_of_one_call_per_prompt() -> None:
+    for bos in (False, True):
+        tok = make_tokenizer(bos)
+        counting = _Counting(tok)
+        texts = CLEAN + CORRUPT + ["the", "when Mary and John went to the store"]
+        got = encode(counting, texts)
+        assert got == [list(tok(t, add_special_tokens=True)["input_ids"]) for t in texts]
+        assert counting.calls == 1
+        assert encode(counting, []) == []
+
+
+def test_token_ids_are_made_once_per_run_and_equal_the_naive_ones(models_dir) -> None:
+    fam = family("gpt2", models_dir)
+    body = HEAD + "swap L1.resid_post @ last from clean into corrupt\n    measure ld\n"
+    checked = check(parse(fam.spec(body), "<spec>", "."), adapter_for(fam.model).spec(),
+                    tokenizer=fam.tok)
+    ex = Executor(checked, fam.model, fam.tok, adapter_for(fam.model))
+    naive = Interpreter(checked, fam.model, fam.tok, adapter_for(fam.model))
+    n = len(ROWS)
+    metric = next(m for _, m in lower(checked).of_type(Metric))
+    toks = [e.tok for e in A.metric_nodes(metric.expr) if isinstance(e, A.MCall)]
+    assert len(toks) == 2  # answer, distractor: data columns
+    for tok in toks:
+        first = ex.token_ids("clean", n)(tok)
+        assert torch.equal(first, naive.token_ids("clean", n)(tok))
+        assert ex.token_ids("clean", n)(tok) is first  # made once
+        assert torch.equal(ex.token_ids("clean", 2 * n)(tok),
+                           naive.token_ids("clean", 2 * n)(tok))
+
+
+def test_a_table_of_sweep_rows_alone_equals_the_joined_frame(models_dir) -> None:
+    fam = family("gpt2", models_dir)
+    res = fam.run(HEAD + "ablate L*.mlp.out in clean measure ld normalized as t\n"
+                  "swap L*.H*.z @ last from clean into corrupt measure ld as h\n")
+    tables = [t for t in res._ir.tables if t.sweeps and not t.rows]
+    assert tables, "the spec lowered no compact sweep"
+    for table in tables:
+        # what build_table did before: an empty frame of the table's rows, reindexed
+        old = sweep_frame(table, res._values, _ZeroGaps().check).reindex(
+            columns=_rows_table(table, res._values, {}, _ZeroGaps()).columns)
+        old = _int_keys(old, table)
+        new = build_table(table, res._values)
+        pd.testing.assert_frame_equal(new, old, check_exact=True)
+        assert list(new.columns) == list(old.columns)
+        assert new.dtypes.tolist() == old.dtypes.tolist()
+        assert len(new) == table.n_rows()
+
+
+def test_a_run_with_the_callers_model_maps_its_modules_once(models_dir, monkeypatch) -> None:
+    import patchc.runtime.adapters as adapters
+
+    fam = family("gpt2", models_dir)
+    made = []
+    real = adapters.adapter_for
+    monkeypatch.setattr(adapters, "adapter_for", lambda m: made.append(m) or real(m))
+    body = HEAD + "swap L1.resid_post @ last from clean into corrupt\n    measure ld\n"
+    res = fam.run(body, naive=False)
+    assert made == [fam.model]
+    assert [len(df) for df in res.tables.values()] == [1]
+
+
+def test_row_statistics_together_equal_one_row_at_a_time() -> None:
+    g = torch.Generator().manual_seed(0)
+    values: dict = {f"m{i}": torch.randn(8, generator=g) * 10 ** i for i in range(6)}
+    values["m1"][[2, 5]] = float("nan")  # examples without the position
+    values["m2"][:] = float("nan")  # none: NaN mean and se
+    values["m3"] = values["m3"][:1]  # one example: NaN se
+    values["b"] = torch.tensor([True, False, True, True])  # acc = rank(...) == 0
+    values["e"] = torch.randn(8, dtype=torch.float64, generator=g)
+    values["t"] = ["a", "b"]  # text(N)
+    values["w"] = torch.randn(3, 2, generator=g)  # not one value per example
+    got = _stats(list(values), values)
+    assert list(got) != [] and set(got) == set(values)
+    for nid, v in values.items():
+        m, se = got[nid]
+        for a, b in ((m, example_mean(v)), (se, _se(v))):
+            assert (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12)
+
+
+def test_check_encodes_each_answer_text_once(models_dir) -> None:
+    fam = family("gpt2", models_dir)
+
+    class Encoding:
+        def __init__(self) -> None:
+            self.plain: list[str] = []
+
+        def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+            if not add_special_tokens:
+                self.plain.append(text)
+            return fam.tok.encode(text, add_special_tokens=add_special_tokens)
+
+    counting = Encoding()
+    body = HEAD + "swap L1.resid_post @ last from clean into corrupt\n    measure ld\n"
+    checked = check(parse(fam.spec(body), "<spec>", "."), adapter_for(fam.model).spec(),
+                    tokenizer=counting)
+    answers = [r[c] for r in ROWS for c in ("answer", "distractor")]
+    assert len(set(answers)) < len(answers)  # (names repeat: Mary, John)
+    assert sorted(counting.plain) == sorted(set(answers))
+    assert checked.runs["clean"].lengths == tuple(len(fam.tok(t)["input_ids"]) for t in CLEAN)
