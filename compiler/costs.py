@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass, field
 
 from .dictionaries import dict_width, is_dict_kind, split_kind
-from .ir import Backward, Forward, IRGraph, Metric, Positions, Read, Site, Vector
+from .ir import Backward, Estimate, Forward, IRGraph, Metric, Positions, Read, Site, Vector
+from .ir_sweep import count
 from .modelspec import ModelSpec
 from .sites import SITE_KINDS
 
@@ -233,6 +234,9 @@ class GraphSizes:
             return node.dim * FLOAT32
         if isinstance(node, Backward):
             return sum(self.value(r) for r in node.wrt) * FLOAT32 // self.b
+        if isinstance(node, Estimate) and node.space is not None:  # [members, examples]
+            back = self.ir.node(node.inputs[-1])
+            return count(node.space) * self.rows(self.ir.node(back.metric).forward) * FLOAT32  # type: ignore[union-attr]
         if isinstance(node, Metric):  # per example and member of a sweep
             f = self.fwd(node.forward)
             return (len(f.sweep) if f.sweep is not None else 1) * self.rows(node.forward) * \
