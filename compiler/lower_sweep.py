@@ -64,7 +64,18 @@ def compact_form(lw: Lowerer, op: A.Operation) -> bool:
         _, body, _ = metric_parts(m.expr, lw.checked.metrics)
         if any(isinstance(e, _NOT_COMPACT_METRICS) for e in A.metric_nodes(body)):
             return False
-    return True
+    return _latents(lw, item) or not _one_per_layer(lw, op)
+
+
+def _one_per_layer(lw: Lowerer, op: Any) -> bool:
+    """Has the statement at most one member per layer (`L*.mlp.out`, `L*.resid_pre`)?
+
+    Such a sweep's chunks are single Forwards anyway, but as sweeps the batch pass cannot
+    merge them with the plain Forwards that start at the same layer; lowered per experiment
+    they can, and there are no more nodes than layers."""
+    space = _space(lw, op)
+    layers = {s.layer for s in space.sites}
+    return count(space) <= len(layers)
 
 
 def _latents(lw: Lowerer, item: A.SiteRef) -> bool:
