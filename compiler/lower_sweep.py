@@ -97,7 +97,15 @@ def _variants(op: A.Operation) -> list[tuple[float | None, float, A.VExpr | None
 
 
 def _space(lw: Lowerer, op: Any) -> Space:
-    """The whole statement's index set (every layer)."""
+    """The whole statement's index set (every layer), expanded once per statement (a neuron
+    sweep has tens of thousands of sites; compact_form, compact_rows and lower_compact ask)."""
+    hit = lw.spaces.get(id(op))
+    if hit is None or hit[0] is not op:  # (the statement is kept, so its id stays its own)
+        hit = lw.spaces[id(op)] = (op, _expand_space(lw, op))
+    return hit[1]
+
+
+def _expand_space(lw: Lowerer, op: Any) -> Space:
     item = op.sites[0]
     matches = expand_site(item, lw.model)
     poss = lw.positions(item.pos, op.target.value)
