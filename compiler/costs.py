@@ -15,8 +15,9 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .dictionaries import dict_width, is_dict_kind
-from .ir import Backward, Forward, IRGraph, Metric, Positions, Read, Site, Vector
+from .dictionaries import dict_width, is_dict_kind, split_kind
+from .ir import Backward, Estimate, Forward, IRGraph, Metric, Positions, Read, Site, Vector
+from .ir_sweep import count
 from .modelspec import ModelSpec
 from .sites import SITE_KINDS
 
@@ -122,6 +123,7 @@ class ForwardShape:
     vocab: int | None = None  # unembedding rows computed (None: the whole vocabulary)
     cache: bool = False  # keeps a key/value cache (a twin others narrow from, or narrowed)
     live: int | None = None  # dead_positions: the last block's MLP runs at this many positions
+    latents: int = 0  # the latent widths (d_sae) of the dictionaries attached in this pass
 
 
 def layer_flops(model: ModelSpec, positions: int, keys_total: float) -> float:
@@ -158,6 +160,9 @@ def forward_bytes(model: ModelSpec, f: ForwardShape, dtype_bytes: int) -> int:
         per_row += (model.n_layers - f.start_layer) * 2 * f.width * dkv * dtype_bytes
     logit_pos = s if f.logit_positions is None else f.logit_positions
     per_row += 3 * logit_pos * (f.vocab or model.vocab_size) * FLOAT32  # logits, softmaxes
+    # An attached dictionary holds its latents (float32) at every computed position: the
+    # pre-activations, the latents, the written copy and the comparison of the two.
+    per_row += 4 * s * f.latents * FLOAT32
     return math.ceil(SAFETY * f.rows * per_row)
 
 
@@ -180,6 +185,7 @@ class GraphSizes:
                  dtype_bytes: int, naive: bool) -> None:
         self.ir, self.model, self.runs, self.b, self.naive = ir, model, runs, dtype_bytes, naive
         self._bytes: dict[str, int] = {}  # value(): the schedule asks for each value often
+        self._latents: dict[str, int] = {}
 
     def fwd(self, fid: str) -> Forward:
         return self.ir.node(fid)  # type: ignore[return-value]
@@ -228,6 +234,9 @@ class GraphSizes:
             return node.dim * FLOAT32
         if isinstance(node, Backward):
             return sum(self.value(r) for r in node.wrt) * FLOAT32 // self.b
+        if isinstance(node, Estimate) and node.space is not None:  # [members, examples]
+            back = self.ir.node(node.inputs[-1])
+            return count(node.space) * self.rows(self.ir.node(back.metric).forward) * FLOAT32  # type: ignore[union-attr]
         if isinstance(node, Metric):  # per example and member of a sweep
             f = self.fwd(node.forward)
             return (len(f.sweep) if f.sweep is not None else 1) * self.rows(node.forward) * \
@@ -248,6 +257,29 @@ class GraphSizes:
                 positions.append(node.pos)
         return min(first_index(p, shape) for p in positions) if positions else 0
 
+    def latents(self, fid: str) -> int:
+        """Summed d_sae of the dictionaries forward `fid` attaches: those whose sites its
+        writes, its sweep or its Reads touch, hosted at or above the layer it starts at
+        (a dictionary hosted below it encodes nothing in this pass)."""
+        got = self._latents.get(fid)
+        if got is not None:
+            return got
+        f = self.fwd(fid)
+        kinds = {self.ir.node(w).site.kind for w in f.writes}  # type: ignore[union-attr]
+        if f.sweep is not None:
+            kinds |= {s.kind for s in f.sweep.space.sites[:1]}
+        kinds |= {n.site.kind for n in map(self.ir.node, self.ir.g.successors(fid))
+                  if isinstance(n, Read)}
+        start = 0 if self.naive else f.start_layer
+        names = {split_kind(k)[0] for k in kinds if is_dict_kind(k)}
+        total = 0
+        for name in sorted(names):
+            info = self.model.dictionary(name)
+            if info is not None and (info.host.layer is None or info.host.layer >= start):
+                total += info.d_sae
+        self._latents[fid] = total
+        return total
+
     def shape(self, members: list[str], p0: int) -> ForwardShape:
         fid = members[0]
         f = self.fwd(fid)
@@ -261,7 +293,8 @@ class GraphSizes:
             start_layer=0 if self.naive else f.start_layer,
             logit_positions=None if None in logits else max(logits),  # type: ignore[type-var]
             vocab=None if None in vocab else sum(vocab),  # type: ignore[arg-type]
-            cache=p0 > 0, live=max(logits) if dead else None)  # type: ignore[type-var]
+            cache=p0 > 0, live=max(logits) if dead else None,  # type: ignore[type-var]
+            latents=max(self.latents(m) for m in members))
 
     def full_flops(self, fid: str) -> float:
         f = self.fwd(fid)

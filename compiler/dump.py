@@ -25,7 +25,7 @@ import networkx as nx
 
 from . import printer
 from .errors import Span
-from .ir_sweep import SweepRows, describe
+from .ir_sweep import SweepRows, SweepSpec, describe
 from .ir import (
     Backward,
     Estimate,
@@ -177,6 +177,9 @@ def _node_line(nid: str, node: Any) -> str:
         return f"{nid} = backward {node.rules} <- {node.metric} wrt {', '.join(node.wrt)}"
     if isinstance(node, Estimate):
         steps = f" steps={node.steps}" if node.steps else ""
+        if node.space is not None:  # one node for every member (compiler/lower_estimates.py)
+            return (f"{nid} = {describe(SweepSpec(node.space, node.method))}{steps}"
+                    f"{_deps(node.inputs)}")
         return f"{nid} = {node.method} {node.site} @ {node.pos}{steps}{_deps(node.inputs)}"
     if isinstance(node, Select):
         norm = f" normalize {', '.join(node.normalize)}" if node.normalize else ""

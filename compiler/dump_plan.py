@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .dump import dump_ir
 from .ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Select, Vector, Write
-from .ir_sweep import describe
+from .ir_sweep import count, describe
 from .schedule import ForwardStep, Plan, run_shapes, schedule
 
 
@@ -215,7 +215,8 @@ def _label(nid: str, node) -> str:
     if isinstance(node, Metric):
         return f"{nid} {node.name}"
     if isinstance(node, Estimate):
-        return f"{nid} {node.method}\\n{node.site}"
+        members = f"\\n{count(node.space)} members" if node.space is not None else ""
+        return f"{nid} {node.method}\\n{node.site}{members}"
     if isinstance(node, Backward):
         return f"{nid} backward {node.rules}"
     if isinstance(node, Select):

@@ -263,13 +263,21 @@ class Estimate:
     (e - m_B) / (m_A - m_B). `ig` interpolates a_B -> a_A in `steps`
     steps at run time (the Backward names the metric and rules to differentiate).
     dla inputs: the site Read(s) of B, the Read of `ln_final.scale` on B (all positions),
-    and the Metric whose direction the contribution is projected on."""
+    and the Metric whose direction the contribution is projected on.
+
+    Compact (atp/relp/ig with `space`, compiler/lower_estimates.py): one Estimate for every
+    member of an ir_sweep.Space (one site and position each, estimated on its own); inputs
+    are one (A, B) pair of Reads per whole site of the space (every feature, at the space's
+    one position or at all positions), then the Backward; the value is [members, examples].
+    `site`/`pos` are the first member site's and the Reads' positions."""
 
     method: str
     site: Site
     pos: Positions
     inputs: tuple[str, ...]
     steps: int = 0  # ig interpolation steps
+    # Compact estimates: the ir_sweep.Space of the members this node estimates (None: one).
+    space: Any = None
 
 
 Node = Union[Forward, Read, Write, Vector, Metric, Backward, Estimate, Select]

@@ -18,6 +18,7 @@ from .ir import ALL_POSITIONS, Estimate, Pair, Row, Site
 from .lowerer import Exp, Key, Lowerer, Target, check_where, keep
 from .edges import has_edges
 from .lower_edges import edge_rows, lower_edge_op
+from .lower_estimates import estimate_form, estimate_rows, lower_estimates
 from .lower_exprs import split_sweep
 from .lower_latents import source_read, sparse_of
 from .lower_observe import op_lens, op_measure, op_read
@@ -165,6 +166,8 @@ def rows_of(lw: Lowerer, op: A.Operation) -> int:
         return len(_backpatch_pairs(lw, op, bake=False))
     if lw.compact and compact_form(lw, op):
         return compact_rows(lw, op)
+    if lw.compact and estimate_form(lw, op):
+        return estimate_rows(lw, op)
     exps = _exps(lw, op, op.target.value, bake=False)
     if isinstance(op, A.Steer):
         return len(exps) * len(split_sweep(op.by))
@@ -364,5 +367,7 @@ def lower_op(lw: Lowerer, op: A.Operation) -> None:
         return
     if lw.compact and compact_form(lw, op):
         lower_compact(lw, op)
+    elif lw.compact and estimate_form(lw, op):
+        lower_estimates(lw, op, _method(op.method))  # compiler/lower_estimates.py
     else:
         _LOWER[type(op)](lw, op)

@@ -24,6 +24,7 @@ import math
 
 from . import costs as C
 from .ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Select, Vector
+from .ir_sweep import count
 from .modelspec import ModelSpec
 from .passes._graph import ordered
 from .plan import ForwardStep, NodeStep, Plan, PlanSummary, Step
@@ -222,6 +223,8 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
                 back = ir.node(node.inputs[-1])
                 fid = ir.node(back.metric).forward  # type: ignore[union-attr]
                 flops = 3 * (node.steps + 1) * sz.full_flops(fid)
+                if node.space is not None:  # compact: each member interpolates on its own
+                    flops *= count(node.space)
             steps.append(NodeStep(kind=kind, node=ids[0], flops=flops))  # type: ignore[arg-type]
             continue
         cap = None

@@ -43,7 +43,7 @@ def sweep_shape(sz: C.GraphSizes, fid: str, k: int, p0: int) -> C.ForwardShape:
         start_layer=0 if sz.naive else f.start_layer,
         # the members measure the same token ids: one set of unembedding rows for all
         logit_positions=sz.logit_positions(fid), vocab=vocab,
-        cache=p0 > 0)
+        cache=p0 > 0, latents=sz.latents(fid))
 
 
 def _firsts(sz: C.GraphSizes, fid: str) -> list[int]:

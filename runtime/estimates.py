@@ -105,7 +105,8 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
               rules: str = "grad", replace: dict[Site, Callable] | None = None,
               repeat: int = 1, forward_reads: bool = False,
               logits_out: Callable[[torch.Tensor], None] | None = None,
-              trim: Trim | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              trim: Trim | None = None, nodes: dict[str, Read] | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-example metric values [n] and d(metric)/d(site) at each Read's positions
     ([n, k, d] per read id), from one forward+backward of the metric's Forward.
 
@@ -117,7 +118,9 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
     would), and `logits_out` receives its logits (detached): the Forward's pass and the
     backward's are then one (runtime/execute.py). `trim`: compute only the logits the
     metric reads (neither the forward nor the backward then pays for the unembedding).
+    `nodes`: Reads not in the graph, by the ids `reads` names them (compact estimates).
     """
+    nodes = nodes or {}
     metric: Metric = ir.node(metric_id)  # type: ignore[assignment]
     fwd: Forward = ir.node(metric.forward)  # type: ignore[assignment]
     batch = interp.run_inputs(fwd.run).batch.repeat(fwd.samples * repeat)
@@ -126,7 +129,7 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
     leaves: dict[Site, torch.Tensor] = {}
     sites = {}
     for rid in reads:
-        read: Read = ir.node(rid)  # type: ignore[assignment]
+        read: Read = nodes[rid] if rid in nodes else ir.node(rid)  # type: ignore[assignment]
         sites.setdefault(Site(read.site.kind, read.site.layer, read.site.head), []).append(rid)
 
     def make_leaf(site: Site):
@@ -172,10 +175,13 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
         # sweep reads a site at every position), each its own slice of it.
         by_features: dict = {}
         for rid in rids:
-            read: Read = ir.node(rid)  # type: ignore[no-redef]
+            read: Read = nodes[rid] if rid in nodes else ir.node(rid)  # type: ignore[no-redef]
             by_features.setdefault(read.site.features, []).append((rid, read))
         for items in by_features.values():
             g = grad[..., _features(items[0][1].site, grad)]
+            if len(items) == 1 and items[0][1].pos.kind == "all":  # every position: as is
+                out[items[0][0]] = g.detach()
+                continue
             idxs = [position_index(batch, read.pos, columns) for _, read in items]
             parts = gather(g, torch.cat(idxs, 1)).detach().split(
                 [int(i.shape[1]) for i in idxs], 1)
@@ -200,8 +206,10 @@ def run_estimate(interp: "RunContext", ir: IRGraph, node: Estimate) -> torch.Ten
     elif node.method == "ig":
         # Latents zero in both runs: no passes, the estimate is exactly m_B (sparse.py).
         zeros = zero_path_gradients(interp, ir, pairs)
-        m_b, grads = (interp.values[bid][0], zeros) if zeros is not None else \
-            _integrated_gradients(interp, ir, bid, pairs, node.steps)
+        if zeros is not None:
+            m_b, grads = interp.values[bid][0], zeros
+        else:
+            m_b, grads = _integrated_gradients(interp, ir, bid, pairs, node.steps)
     else:
         raise RuntimeInterventionError("E463", f"unknown estimator {node.method!r}")
     delta = torch.zeros_like(m_b, device="cpu")  # the products are summed on the CPU
@@ -240,19 +248,28 @@ def _ig_chunk(interp: "RunContext", ir: IRGraph, backward: Backward, steps: int)
 def _integrated_gradients(interp: "RunContext", ir: IRGraph, bid: str,
                           pairs: list[tuple[str, str]], steps: int
                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """integrated_gradients at the (A Read, B Read) pairs of an experiment."""
+    points = [(rb, ir.node(rb), interp.values[ra].value, interp.values[rb].value)
+              for ra, rb in pairs]
+    return integrated_gradients(interp, ir, bid, points, steps)  # type: ignore[arg-type]
+
+
+def integrated_gradients(interp: "RunContext", ir: IRGraph, bid: str,
+                         points: list[tuple[str, Read, torch.Tensor, torch.Tensor]], steps: int
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Gradients averaged over `steps` midpoints on the straight line a_B -> a_A at the
     estimated sites (at the positions and features the reads cover; the rest of each site
-    keeps B's value), and m_B. The steps run batched: each forward+backward stacks up to
-    _ig_chunk of them along the batch."""
+    keeps B's value), and m_B. `points`: (read id, its Read of B, a_A, a_B) per estimated
+    read (the Read need not be in the graph: a compact estimate's member). The steps run
+    batched: each forward+backward stacks up to _ig_chunk of them along the batch."""
     backward: Backward = ir.node(bid)  # type: ignore[assignment]
     m_b, _ = interp.values[bid]
     fwd: Forward = ir.node(ir.node(backward.metric).forward)  # type: ignore[union-attr]
     columns = interp.columns_for(fwd.run)
-    rb_ids = [rb for _, rb in pairs]
+    rb_ids = [rb for rb, _, _, _ in points]
+    nodes = {rb: read for rb, read, _, _ in points}
     ends: dict[Site, list[tuple[Read, torch.Tensor, torch.Tensor]]] = {}
-    for ra, rb in pairs:
-        read: Read = ir.node(rb)  # type: ignore[assignment]
-        a, b = interp.values[ra].value, interp.values[rb].value
+    for _, read, a, b in points:
         if a.shape[0] != b.shape[0]:  # noise samples of one run: align rows
             a = a.repeat_interleave(b.shape[0] // a.shape[0], 0)
         site = Site(read.site.kind, read.site.layer, read.site.head)
@@ -264,7 +281,8 @@ def _integrated_gradients(interp: "RunContext", ir: IRGraph, bid: str,
         k = len(alphas)
         batch = interp.run_inputs(fwd.run).batch.repeat(fwd.samples * k)
         replace = {site: _shift(batch, columns, diffs, alphas) for site, diffs in ends.items()}
-        _, grads = gradients(interp, ir, backward.metric, rb_ids, replace=replace, repeat=k)
+        _, grads = gradients(interp, ir, backward.metric, rb_ids, replace=replace, repeat=k,
+                             nodes=nodes)
         for rid, g in grads.items():
             g = g.view(-1, k, *g.shape[1:]).sum(1) / steps
             total[rid] = total.get(rid, 0) + g

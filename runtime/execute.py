@@ -80,6 +80,7 @@ class Executor(Interpreter):
         self.kv: dict[str, Any] = {}
         self.plan: Plan | None = None
         self._remap: torch.Tensor | None = None
+        self.batched_estimates = True  # compact estimates as tensor operations
         self._tokens: dict[tuple[str, int], Callable[[A.Tok], torch.Tensor]] = {}
 
     # ---- planning -----------------------------------------------------------------------

@@ -25,6 +25,7 @@ from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Pos
 from . import metrics as M
 from . import vectors as V
 from .circuits import gated, rank
+from .estimate_sweeps import run_compact
 from .estimates import run_backward, run_estimate
 from .generate import contains_answer, greedy, sequence_logprob
 from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
@@ -83,6 +84,8 @@ class Interpreter:
         self.sweep_values: dict[str, torch.Tensor] = {}
         self._reported: set[str] = set()
         self.memo: dict[Any, Any] = {}  # computed once for many nodes (edge scores)
+        # Compact estimates (runtime/estimate_sweeps.py): member by member, as the reference.
+        self.batched_estimates = False
 
     # ---- inputs -------------------------------------------------------------------------
     def run_inputs(self, name: str) -> RunInputs:
@@ -116,13 +119,25 @@ class Interpreter:
             elif isinstance(tok, A.TokString):
                 out = [self._token(tok.text)] * max(1, len(rows))
             else:
-                out = [self._token(str(r[tok.column])) for r in rows]
+                texts = [str(r[tok.column]) for r in rows]
+                self._fill_tokens(texts)
+                out = [self._token(t) for t in texts]
             t = torch.tensor(out, dtype=torch.long)
             if len(out) == 1 and n > 1:
                 t = t.expand(n)
             return t.repeat_interleave(n // len(t)) if len(t) != n else t
 
         return ids
+
+    def _fill_tokens(self, texts: list[str]) -> None:
+        """Cache the token ids of a column's texts with one tokenizer call (one per row cost
+        more than a small model's pass); what yields no token is left to `_token` to report."""
+        new = list(dict.fromkeys(t for t in texts if t not in self._token_cache))
+        if len(new) < 2:
+            return
+        got = self.tokenizer(new, add_special_tokens=False)["input_ids"]
+        if len(got) == len(new):
+            self._token_cache.update((t, int(ids[0])) for t, ids in zip(new, got) if ids)
 
     def _token(self, text: str) -> int:
         if text not in self._token_cache:
@@ -190,7 +205,8 @@ class Interpreter:
         elif isinstance(node, Backward):
             self.values[nid] = run_backward(self, ir, nid, node)
         elif isinstance(node, Estimate):
-            run = run_edge_estimate if node.method in EDGE_METHODS else run_estimate
+            run = run_edge_estimate if node.method in EDGE_METHODS else \
+                run_compact if node.space is not None else run_estimate  # [members, n]
             results[nid] = self.values[nid] = run(self, ir, node)
         elif isinstance(node, Select):
             results[nid] = self.values[nid] = rank(node, self.values)

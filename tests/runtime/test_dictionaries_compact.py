@@ -8,6 +8,8 @@ models, with SAEs and a transcoder."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import Fam
@@ -250,3 +252,62 @@ def test_sweep_pass_encodes_one_block(any_family, tmp_path, monkeypatch):
     a = opt.per_example("zeroed").sort_values(["feature", "example"])["ld"].to_numpy()
     b = naive.per_example("zeroed").sort_values(["feature", "example"])["ld"].to_numpy()
     assert abs(a - b).max() < ATOL
+
+
+def test_the_memory_plan_counts_an_attached_dictionarys_latents(tmp_path):
+    """A pass that attaches a dictionary holds its latents at every computed position: the
+    planned bytes of a latent sweep's passes grow with d_sae (4 float32 copies per latent and
+    position: pre-activations, latents, written copy, comparison), and a budget then cuts the
+    sweep into more chunks. Forwards that touch no dictionary site count none."""
+    import json
+
+    from pathlib import Path
+
+    from patchc.compiler import costs as C
+    from patchc.compiler.schedule import run_shapes, schedule
+
+    root = Path(__file__).resolve().parents[2]
+
+    def program(d_sae: int, memory: str = ""):
+        folder = tmp_path / f"s{d_sae}"
+        folder.mkdir(exist_ok=True)
+        (folder / "cfg.json").write_text(json.dumps({
+            "architecture": "standard", "d_in": 128, "d_sae": d_sae, "dtype": "float32",
+            "metadata": {"hook_name": "blocks.1.hook_resid_post"}}))
+        (folder / "sae_weights.safetensors").write_bytes(b"")
+        spec = (f'model "{root / "examples/models/ioi-gpt2"}"\n'
+                + (f'set memory = "{memory}"\n' if memory else "")
+                + f'data ioi = "{root / "examples/data/ioi.jsonl"}"\n'
+                "run clean = ioi.clean\nrun corrupt = ioi.corrupt\n"
+                "metric ld = logit(ioi.answer) - logit(ioi.distractor)\n"
+                f'sae s = "{folder}" at L1.resid_post\n'
+                "swap s[*] @ last from clean into corrupt  measure ld  as feats\n"
+                "swap L0.mlp.out from clean into corrupt  measure ld  as plain\n")
+        p = patchc.compile(spec)
+        return p, schedule(p.optimized, p.checked.model, run_shapes(p.checked),
+                           C.parse_bytes(memory) if memory else None)
+
+    def latent_sweep(p) -> str:
+        return next(fid for fid, f in p.optimized.of_type(Forward)
+                    if f.sweep is not None and f.sweep.space.sites[0].kind.startswith("dict:"))
+    big, _ = program(16384)
+    sizes = C.GraphSizes(big.optimized, big.checked.model, run_shapes(big.checked), 4, False)
+    sweep = latent_sweep(big)
+    assert sizes.latents(sweep) == 16384
+    plain = [fid for fid, f in big.optimized.of_type(Forward)
+             if (f.sweep is not None and f.sweep.space.sites[0].kind == "mlp.out")
+             or any(big.optimized.node(w).site.kind == "mlp.out" for w in f.writes)]
+    assert plain and all(sizes.latents(fid) == 0 for fid in plain)
+
+    shape = sizes.shape([sweep], 0)
+    extra = C.forward_bytes(big.checked.model, shape, 4) - C.forward_bytes(
+        big.checked.model, dataclasses.replace(shape, latents=1024), 4)
+    assert extra >= 4 * shape.rows * (shape.width - shape.p0) * (16384 - 1024) * 4
+    # under a budget, each chunk's latents are counted and the chunks still fit
+    p_tight, tight = program(16384, "150MB")
+    chunks = [s for s in tight.forward_steps() if s.members == [latent_sweep(p_tight)]]
+    assert len(chunks) > 1 and not tight.over_budget
+    for step in chunks:
+        latent_bytes = 4 * step.rows * (step.width - step.p0) * 16384 * 4
+        assert latent_bytes <= step.bytes <= 150_000_000
+    assert sum(hi - lo for lo, hi in (s.sweep for s in chunks)) == 16384
