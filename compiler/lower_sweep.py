@@ -64,7 +64,18 @@ def compact_form(lw: Lowerer, op: A.Operation) -> bool:
         _, body, _ = metric_parts(m.expr, lw.checked.metrics)
         if any(isinstance(e, _NOT_COMPACT_METRICS) for e in A.metric_nodes(body)):
             return False
-    return True
+    return _latents(lw, item) or not _one_per_layer(lw, op)
+
+
+def _one_per_layer(lw: Lowerer, op: Any) -> bool:
+    """Has the statement at most one member per layer (`L*.mlp.out`, `L*.resid_pre`)?
+
+    Such a sweep's chunks are single Forwards anyway, but as sweeps the batch pass cannot
+    merge them with the plain Forwards that start at the same layer; lowered per experiment
+    they can, and there are no more nodes than layers."""
+    space = _space(lw, op)
+    layers = {s.layer for s in space.sites}
+    return count(space) <= len(layers)
 
 
 def _latents(lw: Lowerer, item: A.SiteRef) -> bool:
@@ -86,7 +97,15 @@ def _variants(op: A.Operation) -> list[tuple[float | None, float, A.VExpr | None
 
 
 def _space(lw: Lowerer, op: Any) -> Space:
-    """The whole statement's index set (every layer)."""
+    """The whole statement's index set (every layer), expanded once per statement (a neuron
+    sweep has tens of thousands of sites; compact_form, compact_rows and lower_compact ask)."""
+    hit = lw.spaces.get(id(op))
+    if hit is None or hit[0] is not op:  # (the statement is kept, so its id stays its own)
+        hit = lw.spaces[id(op)] = (op, _expand_space(lw, op))
+    return hit[1]
+
+
+def _expand_space(lw: Lowerer, op: Any) -> Space:
     item = op.sites[0]
     matches = expand_site(item, lw.model)
     poss = lw.positions(item.pos, op.target.value)

@@ -84,6 +84,7 @@ class Lowerer:
         self.compact = compact  # compact sweeps where lower_sweep.compact_form allows
         self.row_tables: set[str] = set()  # tables lowered per experiment all the same
         self.circuits: dict[str, Any] = {}  # circuit name -> lower_circuits.Circuit
+        self.spaces: dict[int, Any] = {}  # id(statement) -> (it, its ir_sweep.Space)
 
     # -- runs and forwards ----------------------------------------------------------------
     def base(self, run: str) -> str:

@@ -4,8 +4,12 @@ batch dimension.
 Forwards get one `group` id when they share the run, noise samples, twin, start layer and
 start state and narrowing, and none depends on another (they sit at the same
 depth of the forward-to-forward dependencies, so a group never waits for one of its own
-members). At run time each member's writes apply only to its block of rows, so a batched
-member computes what it would alone. The schedule (compiler/schedule.py) orders the groups
+members). A forward that no later forward depends on (a leaf: an ablation measured and
+done) may run as late as any other, so leaves share one depth; that batches, e.g., a
+zero-ablation with no inputs and a mean-ablation that waits for its mean.
+
+At run time each member's writes apply only to its block of rows, so a batched member
+computes what it would alone. The schedule (compiler/schedule.py) orders the groups
 and splits each into chunks that fit the memory budget; a group of one forward gets no id.
 
 Twins (whose full run and key/value cache others reuse) and forwards that generate text run
@@ -30,11 +34,22 @@ def _depths(ir: IRGraph, nodes: dict[str, Node]) -> dict[str, int]:
     return depth
 
 
+def _leaves(ir: IRGraph, nodes: dict[str, Node], cons: dict[str, list[str]]) -> set[str]:
+    """The forwards no forward depends on, directly or through other nodes."""
+    feeds: dict[str, bool] = {}  # does some forward depend on this node?
+    for nid in reversed(topo(ir)):
+        feeds[nid] = any(isinstance(nodes[c], Forward) or feeds[c] for c in cons[nid])
+    return {n for n, f in nodes.items() if isinstance(f, Forward) and not feeds[n]}
+
+
 def batch(ir: IRGraph) -> IRGraph:
     nodes = nodes_of(ir)
     cons = consumers(nodes)
     twins = {f.twin for f in nodes.values() if isinstance(f, Forward) and f.twin}
     depth = _depths(ir, nodes)
+    # Leaves may all wait until the deepest forward is done: one depth (-1) for all of them
+    # keeps every group free of dependencies on itself, and on other groups in a cycle.
+    depth.update(dict.fromkeys(_leaves(ir, nodes, cons), -1))
     groups: dict[tuple, list[str]] = {}
     for fid in sorted(nodes, key=lambda x: (x[0], int(x[1:]))):
         f = nodes[fid]

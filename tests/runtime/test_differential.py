@@ -382,10 +382,10 @@ swap L$l.mlp.post[{1,5,9}] @ each from clean into corrupt
 ablate L*.H*.z @ {1, 3} in corrupt with mean(clean)
     measure ld normalized
     as mean_heads
-ablate L1.resid_pre @ last in corrupt with resample(clean)
+ablate L1.H{0,2}.z @ last in corrupt with resample(clean)
     measure logprob(d.answer)
     as resampled
-ablate L*.attn.out @ 1..2 in corrupt
+ablate L*.H{0,1}.z @ 1..2 in corrupt
     measure ld
     as zeroed
 scale L$l.mlp.out @ d.p in clean by {0, 2}

@@ -29,3 +29,19 @@ def test_batch_golden() -> None:
         assert len(keys) == 1
     twins = {f.twin for _, f in after.of_type(Forward) if f.twin}
     assert all(after.node(t).group is None for t in twins)
+
+
+def test_leaves_batch_across_depths() -> None:
+    """A zero-ablation needs no other forward, a mean-ablation waits for the corrupt run's
+    mean: different depths, but neither feeds a forward, so those that start at the same
+    layer share a group (one pass, not two)."""
+    _, after = before_after("ablate L*.mlp.out in clean\n    measure ld\n    as t\n"
+                            "ablate L*.attn.out in clean with mean(corrupt)\n"
+                            "    measure ld\n    as u\n", batch)
+    starts: dict[int, set] = {}
+    for _, f in after.of_type(Forward):
+        if f.run == "clean" and f.experiment is not None:
+            starts.setdefault(f.start_layer, set()).add(f.group)
+    # every layer's two ablations in one group; groups differ between layers
+    assert all(len(g) == 1 and None not in g for g in starts.values()), starts
+    assert len({g for gs in starts.values() for g in gs}) == len(starts)

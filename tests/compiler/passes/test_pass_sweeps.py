@@ -24,7 +24,7 @@ swap L{1,3}.mlp.post[{0,7}] @ each from clean into corrupt
     measure ld normalized
     as again
 ablate L{0,2}.H$h.z @ last in corrupt with mean(clean)
-    where $h <= 1 and $h != 1
+    where $h <= 2 and $h != 1
     measure ld
     as heads
 scale L0.resid_post in clean by {0, 2}
@@ -54,11 +54,11 @@ def test_lowering_makes_one_sweep_per_layer() -> None:
     found = sorted((f.sweep.mode, f.sweep.space.sites[0].kind, f.sweep.space.sites[0].layer,
                     len(f.sweep)) for f in sweeps(ir).values())
     # neurons: 2 per layer x 11 positions (the longest prompt), twice; heads: 2 layers, head 0
-    # only (`where`); scale: one site, two values
+    # and 2 (`where`); scale: one site, two values
     assert found == sorted([("replace", "mlp.post", 1, 22), ("replace", "mlp.post", 3, 22)] * 2
-                           + [("mean", "z", 0, 1), ("mean", "z", 2, 1)]
+                           + [("mean", "z", 0, 2), ("mean", "z", 2, 2)]
                            + [("mul", "resid_post", 0, 2)])
-    assert [t.n_rows() for t in ir.tables] == [44, 44, 2, 2]
+    assert [t.n_rows() for t in ir.tables] == [44, 44, 4, 2]
     assert all(not t.rows for t in ir.tables)
 
 
@@ -142,3 +142,14 @@ def test_shards_keep_a_sweeps_chunks_together_and_report_each_result_once(worker
         chunks = [s.sweep for s in holders[0].plan.steps if s.kind == "forward"
                   and s.members == [fid]]
         assert sum(b - a for a, b in chunks) == len(f.sweep)
+
+
+def test_one_member_per_layer_lowers_per_experiment() -> None:
+    """`L*.mlp.out` (all positions) has one member per layer: as sweeps its chunks could not
+    batch with the plain forwards that start at the same layer, so it lowers per experiment;
+    `@ each` (a member per position) stays a sweep."""
+    one = lowered("ablate L*.mlp.out in clean\n    measure ld\n    as t\n", compact=True)
+    assert not sweeps(one) and all(t.rows and not t.sweeps for t in one.tables)
+    each = lowered("ablate L*.mlp.out @ each in clean\n    measure ld\n    as t\n",
+                   compact=True)
+    assert sweeps(each) and all(t.sweeps for t in each.tables)
