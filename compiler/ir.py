@@ -22,7 +22,7 @@ Additions made for lower.py (existing fields unchanged):
     group has several), then the Backward; for `dla`: site reads, the scale read, the Metric.
     `Estimate.edges`: a compact edge Estimate's ir_edges.EdgeSet (its inputs: ir_edges.py).
   - `Pair` and `Table.pairs`: which estimate pairs with which exact swap metric (`compare`).
-  - verify() also checks the ids in `Row.normalize` and `Table.pairs`.
+  - verify() (ir_verify.py) also checks the ids in `Row.normalize` and `Table.pairs`.
 
 Additions made for the optimizer (compiler/passes/; all optional, defaults keep the meaning
 of the unoptimized graph, so the naive interpreter can still run an optimized graph):
@@ -42,7 +42,8 @@ of the unoptimized graph, so the naive interpreter can still run an optimized gr
   - `Forward.live_from`: dead_positions: the forward's own reads and writes all lie below this
     layer, so at the top of the model only `logit_positions` are live: the runtime computes
     the last block's MLP at those positions only (None: every position everywhere).
-  - verify() checks that `start` is a Read of `twin` and that a twin is a plain forward.
+  - verify() (ir_verify.py) checks that `start` is a Read of `twin` and that a twin is a
+    plain forward.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from typing import Any, Iterator, TypeVar, Union
 
 import networkx as nx
 
-from .errors import PlanError, Span
+from .errors import Span
 from .ir_select import Select  # noqa: F401 - re-exported: the IR's node kinds are one namespace
 
 # ---------------------------------------------------------------------------------------------
@@ -285,7 +286,7 @@ class Estimate:
 
 
 Node = Union[Forward, Read, Write, Vector, Metric, Backward, Estimate, Select]
-_PREFIX = {Forward: "f", Read: "r", Write: "w", Vector: "v", Metric: "m", Backward: "b",
+ID_PREFIX = {Forward: "f", Read: "r", Write: "w", Vector: "v", Metric: "m", Backward: "b",
            Estimate: "e", Select: "s"}
 
 # ---------------------------------------------------------------------------------------------
@@ -354,7 +355,7 @@ class IRGraph:
 
     def add(self, node: Node, deps: tuple[str, ...] | list[str] = ()) -> str:
         """Add `node`, with edges from each id in `deps` to it; returns its id."""
-        prefix = _PREFIX[type(node)]
+        prefix = ID_PREFIX[type(node)]
         n = self._counts.get(prefix, 0)
         self._counts[prefix] = n + 1
         nid = f"{prefix}{n}"
@@ -380,79 +381,3 @@ class IRGraph:
 
     def count(self, cls: type) -> int:
         return sum(1 for _ in self.of_type(cls))
-
-
-def verify(ir: IRGraph) -> None:
-    """Structural invariants every pass must keep. Raises PlanError naming the broken one."""
-    g = ir.g
-    if not nx.is_directed_acyclic_graph(g):
-        cycle = nx.find_cycle(g)
-        raise PlanError("E501", f"the plan has a cycle: {' -> '.join(a for a, _ in cycle)} "
-                        "(a run reads its own later value)")
-    for nid, data in g.nodes(data=True):
-        node = data.get("node")
-        if node is None or _PREFIX.get(type(node)) != nid[0]:
-            raise PlanError("E502", f"IR node {nid} has no node object of its kind")
-        preds = set(g.predecessors(nid))
-        refs: tuple[str, ...] = ()
-        if isinstance(node, Forward):
-            refs = node.writes + node.inputs + tuple(
-                r for r in (node.twin, node.start, node.same_as) if r)
-            refs += node.sparse
-            _verify_forward(ir, nid, node)
-        elif isinstance(node, Read):
-            refs = (node.forward,)
-        elif isinstance(node, Write):
-            refs = node.inputs + ((node.gate,) if node.gate else ())
-        elif isinstance(node, (Vector, Estimate)):
-            refs = node.inputs
-        elif isinstance(node, Select):
-            refs = node.rows + (node.reference,) + node.normalize
-        elif isinstance(node, Metric):
-            refs = (node.forward,) + tuple(r for r in (node.reference, node.lens) if r)
-        elif isinstance(node, Backward):
-            refs = (node.metric,) + node.wrt
-        for r in refs:
-            if r not in g:
-                raise PlanError("E503", f"IR node {nid} refers to missing node {r}")
-            if r not in preds:
-                raise PlanError("E504", f"IR node {nid} uses {r} without an edge from it")
-    for table in ir.tables:
-        refs = [ref for row in table.rows for _, ref in row.values]
-        refs += [r for row in table.rows for _, pair in row.normalize for r in pair if r]
-        for block in table.sweeps:
-            refs += [ref for _, ref in block.values]  # (its forward: pruned if unmeasured)
-            refs += [r for _, pair in block.normalize for r in pair if r]
-        for p in table.pairs:
-            refs += [p.estimate, p.metric] + [r for r in p.normalize or () if r]
-        refs += [table.select] if table.select else []
-        for ref in refs:
-            if ref not in g:
-                raise PlanError("E505", f"table {table.name} refers to missing node {ref}")
-
-
-
-def _verify_forward(ir: IRGraph, nid: str, node: Forward) -> None:
-    """The optimizer's fields of a Forward are consistent (see the module docstring)."""
-    g = ir.g
-    if node.start is not None:
-        read = g.nodes[node.start]["node"] if node.start in g else None
-        if not isinstance(read, Read) or node.twin is None or read.forward != node.twin:
-            raise PlanError("E506", f"IR node {nid} starts from {node.start}, which is not a "
-                            "Read of its twin")
-        if node.start_layer < 1:
-            raise PlanError("E506", f"IR node {nid} has a start state but start layer "
-                            f"{node.start_layer}")
-    elif node.start_layer:
-        raise PlanError("E506", f"IR node {nid} starts at layer {node.start_layer} without a "
-                        "start state")
-    if node.twin is not None:
-        twin = g.nodes[node.twin]["node"] if node.twin in g else None
-        if not isinstance(twin, Forward) or twin.run != node.run or \
-                twin.writes != node.writes[:len(twin.writes)]:
-            raise PlanError("E507", f"IR node {nid}: twin {node.twin} is not a forward of "
-                            "the same run with a prefix of its writes")
-        if twin.twin is not None or twin.narrow or twin.sweep is not None:
-            raise PlanError("E507", f"IR node {nid}: twin {node.twin} is not computed in full")
-    if node.narrow and node.twin is None:
-        raise PlanError("E508", f"IR node {nid} is narrowed without a twin")

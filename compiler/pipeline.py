@@ -13,7 +13,8 @@ from typing import Callable
 
 from .checked import CheckedSpec
 from .errors import PlanError
-from .ir import IRGraph, verify
+from .ir import IRGraph
+from .ir_verify import verify
 from .lower import count_rows
 from .passes.batch import batch
 from .passes.dead_positions import dead_positions

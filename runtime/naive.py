@@ -29,13 +29,14 @@ from .estimate_sweeps import run_compact
 from .estimates import run_backward, run_estimate
 from .generate import contains_answer, greedy, sequence_logprob
 from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
-from .reading import collect_reads, lens_logits, table_reads
+from .reading import collect_reads, table_reads
 from .sweep_members import run_members
 from .loading import input_device
 from .edge_estimates import EDGE_METHODS, run_edge_estimate
 from .edge_sets import run_edge_set
 from .edge_stack import Senders
 from .edges import edge_hooks, is_edge
+from .naive_metrics import metric_values
 from .writes import make_readers, make_writer
 
 
@@ -337,95 +338,9 @@ class Interpreter:
 
     def metric(self, ir: IRGraph, node: Metric) -> Any:
         """Per-example values [n] (noise samples averaged); for text(N), a list of n
-        strings (each example's first noise sample; None where the row is invalid)."""
-        out: ForwardOutput = self.values[node.forward]
-        fwd: Forward = ir.node(node.forward)  # type: ignore[assignment]
-        if isinstance(node.expr, A.MText):
-            texts = out.texts[node.expr.n][::out.samples]
-            valid = out.valid[::out.samples] if out.valid is not None else None
-            return [t if valid is None or bool(valid[i]) else None
-                    for i, t in enumerate(texts)]
-        logits = out.logits.get(node.pos)
-        valid_rows = out.valid
-        if node.lens is not None:
-            rv = self.values[node.lens]
-            read: Read = ir.node(node.lens)  # type: ignore[assignment]
-            logits = lens_logits(self.adapter, rv, read.site)
-            have = position_valid(rv.batch, rv.pos)
-            valid_rows = have if valid_rows is None else valid_rows & have
-        ref = None
-        if node.reference is not None:
-            ref_out: ForwardOutput = self.values[node.reference]
-            ref = ref_out.logits.get(node.pos)
-            if ref is None:
-                raise RuntimeInterventionError("E434", "kl reference has no logits there")
-            if ref.shape[0] < out.batch.n:
-                ref = ref.repeat_interleave(out.batch.n // ref.shape[0], 0)
-        if ref is not None and ref.shape[0] > out.batch.n:
-            # kl(RUN) against a run with noise samples, from one without: the KL from each
-            # sample's distribution, averaged over the samples.
-            if out.samples != 1 or ref.shape[0] % out.batch.n:
-                raise RuntimeInterventionError(
-                    "E435", f"kl: cannot align {ref.shape[0]} reference rows with "
-                    f"{out.batch.n}")
-            return self._sampled_reference(node, fwd, out, ref)
-        contains = _continued(node.expr, out)
-        ctx = M.MetricContext(logits, None, out.batch,
-                              self.token_ids(fwd.run, out.batch.n), ref, contains)
-        if out.loss is not None:
-            ctx.full_logits = None
-        values = _evaluate_with_loss(node.expr, ctx, out.loss)
-        if valid_rows is not None:
-            values = torch.where(valid_rows.to(values.device), values, torch.nan)
-        if out.samples > 1:
-            values = values.view(-1, out.samples).mean(1)
-        return values.cpu()
-
-    def _sampled_reference(self, node: Metric, fwd: Forward, out: ForwardOutput,
-                           ref: torch.Tensor) -> torch.Tensor:
-        """A metric whose kl(RUN) reference has k noise samples per example: evaluated once
-        per sample (this run's values repeated k times), then averaged over the samples."""
-        k = ref.shape[0] // out.batch.n
-        batch = out.batch.repeat(k)
-        contains = {key: c.repeat_interleave(k, 0)
-                    for key, c in _continued(node.expr, out).items()}
-        ctx = M.MetricContext(out.logits[node.pos].repeat_interleave(k, 0), None, batch,
-                              self.token_ids(fwd.run, batch.n), ref, contains)
-        loss = out.loss.repeat_interleave(k, 0) if out.loss is not None else None
-        values = _evaluate_with_loss(node.expr, ctx, loss)
-        if out.valid is not None:
-            values = torch.where(out.valid.repeat_interleave(k, 0).to(values.device), values,
-                                 torch.nan)
-        return values.view(-1, k).mean(1).cpu()
-
-
-def _continued(expr: A.MExpr, out: ForwardOutput) -> dict[int, torch.Tensor]:
-    """The per-row values of the expression's generate(...) and seqlogprob(...) terms,
-    computed when the forward ran, by id of the term."""
-    from patchc.compiler import printer
-
-    found = {}
-    for e in A.metric_nodes(expr):
-        if isinstance(e, A.MGenerate):
-            found[id(e)] = out.contains[(e.n, e.answer.data, e.answer.column)]
-        elif isinstance(e, A.MSeqLogProb):
-            found[id(e)] = out.seqlogprob[printer.tok(e.tok)]
-    return found
-
-
-def _evaluate_with_loss(expr: A.MExpr, ctx: M.MetricContext, loss: torch.Tensor | None
-                        ) -> torch.Tensor:
-    if loss is None:
-        return M.evaluate(expr, ctx)
-    if isinstance(expr, A.MLoss):
-        return loss
-    if isinstance(expr, A.MBin):
-        a = _evaluate_with_loss(expr.left, ctx, loss)
-        b = _evaluate_with_loss(expr.right, ctx, loss)
-        return M.binary(expr.op, a, b)
-    if isinstance(expr, A.MNeg):
-        return -_evaluate_with_loss(expr.operand, ctx, loss)
-    return M.evaluate(expr, ctx)
+        strings (each example's first noise sample; None where the row is invalid):
+        runtime/naive_metrics.py."""
+        return metric_values(self, ir, node)
 
 
 def _reruns(ir: IRGraph) -> dict[str, tuple[str, ...]]:

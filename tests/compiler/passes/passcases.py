@@ -19,7 +19,8 @@ from typing import Callable  # noqa: E402
 
 from patchc.compiler.check import check  # noqa: E402
 from patchc.compiler.dump_plan import ir_text  # noqa: E402
-from patchc.compiler.ir import IRGraph, verify  # noqa: E402
+from patchc.compiler.ir import IRGraph  # noqa: E402
+from patchc.compiler.ir_verify import verify  # noqa: E402
 from patchc.compiler.lower import lower  # noqa: E402
 from patchc.compiler.parse import parse  # noqa: E402
 from patchc.compiler.pipeline import PASSES, optimize  # noqa: E402

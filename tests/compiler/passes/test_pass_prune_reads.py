@@ -2,7 +2,8 @@
 
 from passcases import before_after, golden, lowered
 
-from patchc.compiler.ir import ALL_POSITIONS, Forward, Read, Site, verify
+from patchc.compiler.ir import ALL_POSITIONS, Forward, Read, Site
+from patchc.compiler.ir_verify import verify
 from patchc.compiler.passes.prune_reads import prune_reads
 
 SPEC = """

@@ -6,7 +6,8 @@ import dataclasses
 
 from passcases import before_after, golden, lowered
 
-from patchc.compiler.ir import Forward, verify
+from patchc.compiler.ir import Forward
+from patchc.compiler.ir_verify import verify
 from patchc.compiler.passes.batch import batch
 from patchc.compiler.passes.dead_positions import dead_positions
 from patchc.compiler.passes.dedupe import dedupe
