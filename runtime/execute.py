@@ -32,7 +32,8 @@ from . import metrics as M
 from .circuits import gated
 from .estimates import Trim, chained, gradients
 from .inputs import Batch, position_index
-from .naive import ForwardOutput, Interpreter
+from .forward_values import ForwardOutput
+from .naive import Interpreter
 from .compat import blocks_return_tuples, output_cache, with_cache
 from .reading import collect_reads
 from .prefix import (live_positions, narrowable, prefix_cache, skip_layers, trimmed_logits,

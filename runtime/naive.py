@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
@@ -19,7 +19,7 @@ import torch
 from patchc.compiler import ast as A
 from patchc.compiler.checked import CheckedSpec
 from patchc.compiler.errors import RuntimeInterventionError
-from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Positions, Read, \
+from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Read, \
     Select, Vector, Write
 
 from . import metrics as M
@@ -36,7 +36,7 @@ from .edge_estimates import EDGE_METHODS, run_edge_estimate
 from .edge_sets import run_edge_set
 from .edge_stack import Senders
 from .edges import edge_hooks, is_edge
-from .naive_metrics import metric_values
+from .forward_values import ForwardOutput, metric_values
 from .writes import make_readers, make_writer
 
 
@@ -47,21 +47,6 @@ class RunInputs:
     batch: Batch
     rows: list[dict[str, Any]]
     data: str | None
-
-
-@dataclass
-class ForwardOutput:
-    """What later nodes need from one forward: logits at metric positions, per-example
-    loss and generation results."""
-
-    batch: Batch
-    samples: int
-    logits: dict[Positions, torch.Tensor] = field(default_factory=dict)  # [N, V] float32
-    loss: torch.Tensor | None = None
-    valid: torch.Tensor | None = None  # [N] bool: rows that have every written position
-    contains: dict[tuple[int, str, str], torch.Tensor] = field(default_factory=dict)
-    texts: dict[int, list[str]] = field(default_factory=dict)  # text(N): N -> [N rows]
-    seqlogprob: dict[str, torch.Tensor] = field(default_factory=dict)  # printed TOK -> [N]
 
 
 class Interpreter:
@@ -339,7 +324,7 @@ class Interpreter:
     def metric(self, ir: IRGraph, node: Metric) -> Any:
         """Per-example values [n] (noise samples averaged); for text(N), a list of n
         strings (each example's first noise sample; None where the row is invalid):
-        runtime/naive_metrics.py."""
+        runtime/forward_values.py."""
         return metric_values(self, ir, node)
 
 

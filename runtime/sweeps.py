@@ -35,7 +35,7 @@ from patchc.compiler.schedule import ForwardStep
 from .adapters.dictionary import repeated_blocks
 from .compat import blocks_return_tuples, with_cache
 from .inputs import Batch, position_index, position_valid
-from .naive import ForwardOutput
+from .forward_values import ForwardOutput
 from .prefix import live_positions, prefix_cache, skip_layers, trimmed_logits, widen
 from .sweep_members import slice_read
 from .writes import _new_value, make_writer

@@ -34,8 +34,8 @@ from patchc.compiler.ir import (  # noqa: E402
     Table,
     Vector,
     Write,
-    verify,
 )
+from patchc.compiler.ir_verify import verify  # noqa: E402
 from patchc.compiler.ir_json import ir_to_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

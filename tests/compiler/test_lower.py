@@ -25,8 +25,8 @@ from patchc.compiler.ir import (  # noqa: E402
     Site,
     Vector,
     Write,
-    verify,
 )
+from patchc.compiler.ir_verify import verify  # noqa: E402
 from patchc.compiler.lower import lower  # noqa: E402
 from patchc.compiler.modelspec import spec_from_config  # noqa: E402
 from patchc.compiler.parse import parse  # noqa: E402

@@ -17,7 +17,8 @@ from patchc.compiler.check import check  # noqa: E402
 from patchc.compiler.dump import dump_ir  # noqa: E402
 from patchc.compiler.dump_plan import emit_plan, ir_dot  # noqa: E402
 from patchc.compiler.edges import EdgeRef  # noqa: E402
-from patchc.compiler.ir import Estimate, Site, verify  # noqa: E402
+from patchc.compiler.ir import Estimate, Site  # noqa: E402
+from patchc.compiler.ir_verify import verify  # noqa: E402
 from patchc.compiler.ir_edges import edge_set  # noqa: E402
 from patchc.compiler.ir_json import ir_to_json  # noqa: E402
 from patchc.compiler.lower import count_rows, lower  # noqa: E402

@@ -6,7 +6,8 @@ import pytest
 from passcases import FIXTURES, HEAD, ROOT, UPDATE, before_after, golden, lowered
 
 from patchc.compiler.dump_plan import ir_text
-from patchc.compiler.ir import Backward, Estimate, Read, verify
+from patchc.compiler.ir import Backward, Estimate, Read
+from patchc.compiler.ir_verify import verify
 from patchc.compiler.ir_sweep import count
 from patchc.compiler.passes.fuse_attribution import fuse_attribution
 from patchc.compiler.check import check

@@ -1,30 +1,46 @@
-"""Metric values of a Forward the interpreters ran: a Metric node's per-example values from
-the forward's logits (or a lens of a Read), with kl references, noise samples averaged,
-rows without the position set to NaN, and the terms computed while the forward ran
-(generate(...), seqlogprob(...), loss)."""
+"""What a forward leaves for the nodes after it (ForwardOutput), and a Metric node's
+per-example values computed from it: from the forward's logits (or a lens of a Read), with kl
+references, noise samples averaged, rows without the position set to NaN, and the terms
+computed while the forward ran (generate(...), seqlogprob(...), loss)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from patchc.compiler import ast as A
 from patchc.compiler.errors import RuntimeInterventionError
-from patchc.compiler.ir import Forward, IRGraph, Metric, Read
+from patchc.compiler.ir import Forward, IRGraph, Metric, Positions, Read
 
 from . import metrics as M
-from .inputs import position_valid
+from .inputs import Batch, position_valid
 from .reading import lens_logits
 
 if TYPE_CHECKING:
-    from .naive import ForwardOutput, Interpreter
+    from .context import RunContext
 
 
-def metric_values(interp: "Interpreter", ir: IRGraph, node: Metric) -> Any:
+@dataclass
+class ForwardOutput:
+    """What later nodes need from one forward: logits at metric positions, per-example
+    loss and generation results."""
+
+    batch: Batch
+    samples: int
+    logits: dict[Positions, torch.Tensor] = field(default_factory=dict)  # [N, V] float32
+    loss: torch.Tensor | None = None
+    valid: torch.Tensor | None = None  # [N] bool: rows that have every written position
+    contains: dict[tuple[int, str, str], torch.Tensor] = field(default_factory=dict)
+    texts: dict[int, list[str]] = field(default_factory=dict)  # text(N): N -> [N rows]
+    seqlogprob: dict[str, torch.Tensor] = field(default_factory=dict)  # printed TOK -> [N]
+
+
+def metric_values(interp: "RunContext", ir: IRGraph, node: Metric) -> Any:
     """Per-example values [n] (noise samples averaged); for text(N), a list of n
     strings (each example's first noise sample; None where the row is invalid)."""
-    out: "ForwardOutput" = interp.values[node.forward]
+    out: ForwardOutput = interp.values[node.forward]
     fwd: Forward = ir.node(node.forward)  # type: ignore[assignment]
     if isinstance(node.expr, A.MText):
         texts = out.texts[node.expr.n][::out.samples]
@@ -41,7 +57,7 @@ def metric_values(interp: "Interpreter", ir: IRGraph, node: Metric) -> Any:
         valid_rows = have if valid_rows is None else valid_rows & have
     ref = None
     if node.reference is not None:
-        ref_out: "ForwardOutput" = interp.values[node.reference]
+        ref_out: ForwardOutput = interp.values[node.reference]
         ref = ref_out.logits.get(node.pos)
         if ref is None:
             raise RuntimeInterventionError("E434", "kl reference has no logits there")
@@ -68,8 +84,8 @@ def metric_values(interp: "Interpreter", ir: IRGraph, node: Metric) -> Any:
     return values.cpu()
 
 
-def _sampled_reference(interp: "Interpreter", node: Metric, fwd: Forward,
-                       out: "ForwardOutput", ref: torch.Tensor) -> torch.Tensor:
+def _sampled_reference(interp: "RunContext", node: Metric, fwd: Forward,
+                       out: ForwardOutput, ref: torch.Tensor) -> torch.Tensor:
     """A metric whose kl(RUN) reference has k noise samples per example: evaluated once
     per sample (this run's values repeated k times), then averaged over the samples."""
     k = ref.shape[0] // out.batch.n
@@ -86,7 +102,7 @@ def _sampled_reference(interp: "Interpreter", node: Metric, fwd: Forward,
     return values.view(-1, k).mean(1).cpu()
 
 
-def _continued(expr: A.MExpr, out: "ForwardOutput") -> dict[int, torch.Tensor]:
+def _continued(expr: A.MExpr, out: ForwardOutput) -> dict[int, torch.Tensor]:
     """The per-row values of the expression's generate(...) and seqlogprob(...) terms,
     computed when the forward ran, by id of the term."""
     from patchc.compiler import printer
