@@ -25,6 +25,7 @@ within a second and removes the run's temporary folder.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
@@ -353,7 +354,15 @@ def _worker(rank: int, world: int, root: Path, plan: tuple[str, str], threads: i
         user = isinstance(e, (PatchcError, KeyboardInterrupt))
         first = (str(e).strip().splitlines() or [""])[0]
         text = e.render() if isinstance(e, PatchcError) else f"{type(e).__name__}: {first}"
-        (root / f"worker-{rank}.err").write_text(f"{'user' if user else 'internal'}\n{text}")
+        if _alive(parent):
+            with contextlib.suppress(OSError):
+                (root / f"worker-{rank}.err").write_text(
+                    f"{'user' if user else 'internal'}\n{text}")
+        if not _alive(parent):
+            # Rank 0 is gone (it is why gloo failed here): nobody reads the report, and the
+            # folder must not outlive the run. Removed after any write of ours, so a report
+            # written while another worker's watcher removed the folder cannot leave it.
+            _remove(root)
         if os.environ.get("PATCHC_DEBUG"):
             traceback.print_exc()
         os._exit(1)  # skip gloo's teardown: rank 0 must see the connection close now
@@ -367,10 +376,19 @@ def _watch_parent(parent: int, root: Path) -> None:
         while True:
             time.sleep(PARENT_POLL_S)
             if not _alive(parent):
-                shutil.rmtree(root, ignore_errors=True)
+                _remove(root)
                 os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="patchc-parent-watch").start()
+
+
+def _remove(root: Path) -> None:
+    """Remove the run's folder, again while another worker still writes into it."""
+    for _ in range(20):
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists():
+            return
+        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:
