@@ -249,8 +249,23 @@ class Executor(Interpreter):
         hooks = [(*key, _merged(entries, whole)) for key, entries in writes.items()] + \
             chained(reads)
 
+        out, slots, remap = self.model_pass_of(ir, step, members, batch, columns, hooks)
+        if step.keep_kv:
+            self.kv[step.members[0]] = output_cache(out)
+        logits = out.logits
+        del out
+        for rows, fid, f in zip(blocks, step.members, members):
+            self.values[fid] = self._output(ir, fid, f, batch, columns, logits[rows], slots,
+                                            p0, remap)
+
+    def model_pass_of(self, ir: IRGraph, step: ForwardStep, members: list[Forward],
+                      batch: Batch, columns, hooks: list) -> tuple:
+        """One model pass of `step`: the run's batch once per member (rows member-major),
+        from position p0 (the earlier keys from the twin's cache) and from the start layer
+        (the twin's start state), with `hooks`, unembedding only what the metrics need.
+        Returns (the model's output, logit slot per position or None, token id remap)."""
+        p0, k = step.p0, len(members)
         feed = batch.to(self.device)
-        k = len(members)
         kwargs: dict[str, Any] = {
             "input_ids": feed.input_ids[:, p0:].repeat(k, 1),
             "attention_mask": feed.attention_mask.repeat(k, 1),
@@ -275,14 +290,7 @@ class Executor(Interpreter):
                 skip_layers(self.adapter.layers(), step.start_layer, state, as_tuple), \
                 live_positions(*self._live_mlp(members, index)), \
                 trimmed_logits(head, index, tokens), self.model_pass():
-            out = self.model(**kwargs)
-        if step.keep_kv:
-            self.kv[step.members[0]] = output_cache(out)
-        logits = out.logits
-        del out, kwargs, state
-        for rows, fid, f in zip(blocks, step.members, members):
-            self.values[fid] = self._output(ir, fid, f, batch, columns, logits[rows], slots,
-                                            p0, remap)
+            return self.model(**kwargs), slots, remap
 
     def _logit_plan(self, ir: IRGraph, step: ForwardStep, members: list[Forward],
                     batch: Batch, columns) -> tuple:

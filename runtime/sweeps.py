@@ -22,7 +22,6 @@ runtime/naive.py runs the same members one forward each (runtime/sweep_members.p
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch
@@ -32,11 +31,9 @@ from patchc.compiler.ir_sweep import READ_MODES, SweepSpec, execution_order, mem
     site_wholes, whole_index
 from patchc.compiler.schedule import ForwardStep
 
-from .adapters.dictionary import repeated_blocks
-from .compat import blocks_return_tuples, with_cache
 from .inputs import Batch, position_index, position_valid
 from .forward_values import ForwardOutput
-from .prefix import live_positions, prefix_cache, skip_layers, trimmed_logits, widen
+from .prefix import widen
 from .sweep_members import slice_read
 from .writes import _new_value, make_writer
 
@@ -199,29 +196,9 @@ def run_chunk(ex, ir: IRGraph, step: ForwardStep, rows: np.ndarray | None = None
                       _blocks(widen(fn, p0, batch.width), k, n)))
     hooks = baked + hooks
 
-    feed = batch.to(ex.device)
-    kwargs: dict[str, Any] = {
-        "input_ids": feed.input_ids[:, p0:].repeat(k, 1),
-        "attention_mask": feed.attention_mask.repeat(k, 1),
-        "position_ids": feed.position_ids[:, p0:].repeat(k, 1),
-        "use_cache": bool(p0)}
-    if p0:
-        kwargs = with_cache(ex.model, kwargs, prefix_cache(ex.kv[step.twin], p0, k,
-                                                           step.start_layer))
-    state = None
-    if step.start is not None:
-        state = ex.values[step.start].value[:, p0:].repeat(k, 1, 1)
-    slots, index, tokens, remap = ex._logit_plan(ir, step, [f] * k, batch, columns)
-    head = ex.model.get_output_embeddings()
-    as_tuple = bool(step.start_layer) and (
-        ex.adapter.fam.tuple_blocks or blocks_return_tuples(ex.model, ex.adapter.layer(0)))
-    # (as execute.forward_step: dead_positions' last MLP entered after the adapter's hooks)
-    with repeated_blocks(ex.adapter, n), ex.adapter.hooks(hooks), \
-            skip_layers(ex.adapter.layers(), step.start_layer, state, as_tuple), \
-            live_positions(*ex._live_mlp([f], index)), \
-            trimmed_logits(head, index, tokens), ex.model_pass():
-        logits = ex.model(**kwargs).logits
-    del kwargs, state
+    out, slots, remap = ex.model_pass_of(ir, step, [f] * k, batch, columns, hooks)
+    logits = out.logits
+    del out
 
     # Examples-major rows (example i's k members together), as noise samples are laid out:
     # the interpreter's token ids and metric code then apply as they are.
