@@ -266,7 +266,7 @@ class GraphSizes:
             return got
         f = self.fwd(fid)
         kinds = {self.ir.node(w).site.kind for w in f.writes}  # type: ignore[union-attr]
-        if f.sweep is not None:
+        if f.sweep is not None:  # one site pattern: every member site is of one kind
             kinds |= {s.kind for s in f.sweep.space.sites[:1]}
         kinds |= {n.site.kind for n in map(self.ir.node, self.ir.g.successors(fid))
                   if isinstance(n, Read)}
