@@ -122,7 +122,7 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
     assert ctx.model is not None  # a missing model is an error above
     return CheckedSpec(spec, ctx.model, options, dict(ctx.data), dict(ctx.runs),
                        dict(ctx.metrics), dict(ctx.vectors), tuple(ctx.warnings),
-                       dict(ctx.vector_dims))
+                       dict(ctx.vector_dims), ctx.tokenizer)
 
 
 def _model_statement(ctx: Context, stmts: tuple[A.Statement, ...]) -> A.ModelDecl | None:

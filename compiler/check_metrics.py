@@ -18,6 +18,7 @@ from .check_context import Context
 from .check_sites import check_pos
 from .checked import RunInfo
 from .errors import Span
+from .tokens import plain_many
 
 
 # Positions that are not one position per example: a metric cannot be read there.
@@ -95,8 +96,7 @@ def _check_tok(ctx: Context, tok: A.Tok, whole: bool = False) -> None:
         return
     unk = getattr(ctx.tokenizer, "unk_id", None)
     unknown: list[int] = []
-    for i, text in enumerate(values):
-        ids = ctx.tokenizer.encode_plain(text)
+    for i, (text, ids) in enumerate(zip(values, plain_many(ctx.tokenizer, values))):
         n = len(ids)
         # A literal is named once by its text; a column by its name, row and text.
         what = f"{label} in row {i} ({text!r})" if label else repr(text)

@@ -17,6 +17,7 @@ from .check_vectors import VectorChecker, one_site_width, vector_deps
 from .checked import RunInfo
 from .errors import Span
 from .limits import MAX_SAMPLES, SEED_RANGE
+from .tokens import encode_many
 
 NOISE_KWARGS = ("std", "samples", "seed")
 
@@ -38,7 +39,7 @@ def resolve_run(ctx: Context, decl: A.RunDecl) -> RunInfo | None:
         texts, data = decl.text.texts, None
     lengths = None
     if ctx.tokenizer is not None:
-        lengths = tuple(len(ctx.tokenizer.encode(t)) for t in texts)
+        lengths = tuple(len(ids) for ids in encode_many(ctx.tokenizer, list(texts)))
         info = RunInfo(name, texts, lengths, data)
         for i, n in enumerate(lengths):
             if n == 0:

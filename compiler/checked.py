@@ -152,3 +152,6 @@ class CheckedSpec:
     vectors: dict[str, A.VectorDecl]
     warnings: tuple[PatchcError, ...] = field(default=())
     vector_dims: dict[str, int] = field(default_factory=dict)  # size of each `vector`
+    # What check tokenized with (tokens.py), holding the ids it made: the runtime reuses
+    # them when it runs with the same tokenizer (tokens.shared). None: no tokenizer.
+    tokenizer: Any = field(default=None, compare=False, repr=False)

@@ -51,6 +51,16 @@ class LightTokenizer:
     def encode_plain(self, text: str) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=False).ids)
 
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of each text, in one call of the library (what one call per text costs
+        in overhead is most of tokenizing a short prompt)."""
+        if self._prefix is None:
+            return [list(e.ids) for e in self.tok.encode_batch(texts, add_special_tokens=True)]
+        return [self._prefix + ids + (self._suffix or []) for ids in self.plain_many(texts)]
+
+    def plain_many(self, texts: list[str]) -> list[list[int]]:
+        return [list(e.ids) for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
     @property
     def unk_id(self) -> int | None:
         """The id of the unknown-word token (WordLevel/WordPiece/BPE with one), else None."""
@@ -60,15 +70,21 @@ class LightTokenizer:
 
 class _Wrapped:
     """Adapts an HF tokenizer (or anything with `encode(text, add_special_tokens=...)`).
-    Each text is encoded once per check (an answer column names a few tokens many times;
-    an HF tokenizer's own overhead per call is most of encoding a word)."""
+    Each text is encoded once (an answer column names a few tokens many times; an HF
+    tokenizer's own overhead per call is most of encoding a word), and the texts of a
+    column in one call where the tokenizer takes a list (`tok(texts, ...)["input_ids"]`, as
+    an HF tokenizer does). The runtime reuses these ids when it runs with the same
+    tokenizer (`shared`): a run's prompts and answers are tokenized once, by check."""
 
     def __init__(self, tok: Any) -> None:
         self.tok = tok
         self._plain: dict[str, list[int]] = {}
+        self._special: dict[str, list[int]] = {}
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tok.encode(text))
+        if text not in self._special:
+            self._special[text] = list(self.tok.encode(text))
+        return list(self._special[text])
 
     def encode_plain(self, text: str) -> list[int]:
         if text not in self._plain:
@@ -77,6 +93,27 @@ class _Wrapped:
             except TypeError:
                 self._plain[text] = list(self.tok.encode(text))
         return list(self._plain[text])
+
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        self._fill(self._special, texts, True)
+        return [self.encode(t) for t in texts]
+
+    def plain_many(self, texts: list[str]) -> list[list[int]]:
+        self._fill(self._plain, texts, False)
+        return [self.encode_plain(t) for t in texts]
+
+    def _fill(self, cache: dict[str, list[int]], texts: list[str], special: bool) -> None:
+        """Encode the texts not cached yet in one call, where the tokenizer takes a list;
+        else (or if it answers oddly) they are left to `encode`, one by one."""
+        new = list(dict.fromkeys(t for t in texts if t not in cache))
+        if len(new) < 2 or not callable(self.tok):
+            return
+        try:
+            got = self.tok(new, add_special_tokens=special)["input_ids"]
+        except Exception:  # not an HF-style tokenizer: one text at a time
+            return
+        if isinstance(got, list) and len(got) == len(new):
+            cache.update((t, list(ids)) for t, ids in zip(new, got))
 
     @property
     def unk_id(self) -> int | None:
@@ -89,6 +126,26 @@ def as_tokenizer(tok: Any) -> TokenizerLike | None:
     if tok is None or (hasattr(tok, "encode") and hasattr(tok, "encode_plain")):
         return tok
     return _Wrapped(tok)
+
+
+def encode_many(tok: TokenizerLike, texts: list[str]) -> list[list[int]]:
+    """`tok.encode` of each text, batched where `tok` can."""
+    many = getattr(tok, "encode_many", None)
+    return many(list(texts)) if many is not None else [tok.encode(t) for t in texts]
+
+
+def plain_many(tok: TokenizerLike, texts: list[str]) -> list[list[int]]:
+    """`tok.encode_plain` of each text, batched where `tok` can."""
+    many = getattr(tok, "plain_many", None)
+    return many(list(texts)) if many is not None else [tok.encode_plain(t) for t in texts]
+
+
+def shared(checked_tok: Any, tokenizer: Any) -> Any:
+    """What check tokenized with, when it wraps `tokenizer` itself (its cached ids are then
+    this tokenizer's); else a fresh wrapper of `tokenizer` for the run."""
+    if isinstance(checked_tok, _Wrapped) and checked_tok.tok is tokenizer:
+        return checked_tok
+    return _Wrapped(tokenizer)
 
 
 def load_tokenizer(model_id: str, revision: str | None = None,

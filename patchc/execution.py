@@ -292,8 +292,9 @@ def _observations(results: Results, spec: A.Spec, checked: CheckedSpec, tokenize
     """What the statements of §11 add to Results and the manifest: each table's operation
     and the baselines of its normalized columns (printed with it, labelled in its plot), and
     the tokens of the run a `read` or `lens` looked at (plot axes)."""
-    from patchc.runtime.inputs import encode
+    from patchc.compiler.tokens import shared
 
+    tokens = shared(checked.tokenizer, tokenizer)
     for decl in spec.statements:  # a circuit's table: its drawings and files
         if isinstance(decl, A.CircuitDecl) and decl.name.value in results.manifest["tables"]:
             results.manifest["tables"][decl.name.value]["op"] = "circuit"
@@ -310,7 +311,7 @@ def _observations(results: Results, spec: A.Spec, checked: CheckedSpec, tokenize
             texts = list(checked.runs[op.target.value].texts)
             # Each token as text (a BPE tokenizer's "ĠMary" reads " Mary"): axis labels.
             results._tokens[name] = [[tokenizer.decode([i]) for i in ids]
-                                     for ids in encode(tokenizer, texts)]
+                                     for ids in tokens.encode_many(texts)]
             info["tokens"] = results._tokens[name][0]  # plot labels (example 0)
         if isinstance(op, A.ReadSites):
             results._positions[name] = _read_positions(results, name, checked, op)

@@ -80,7 +80,8 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
             any(b.space.pos_keys[0] is not None for b in table.sweeps):
         run = _target_run(ir, table, op)
         if run in checked.runs and tokenizer is not None:
-            labels = position_labels(tokenizer, list(checked.runs[run].texts))
+            labels = position_labels(tokenizer, list(checked.runs[run].texts),
+                                     checked.tokenizer)
             if labels is not None:
                 info["positions"] = {"run": run, "tokens": labels}
     return info
@@ -252,14 +253,16 @@ def _target_run(ir: IRGraph, table: Table, op: Any) -> str | None:
     return None
 
 
-def position_labels(tokenizer: Any, texts: list[str]) -> list[str] | None:
+def position_labels(tokenizer: Any, texts: list[str], checked_tok: Any = None
+                    ) -> list[str] | None:
     """A label per token position of a run's prompts (see the module docstring), or None
-    when the prompts do not line up."""
-    from patchc.runtime.inputs import encode
+    when the prompts do not line up. `checked_tok`: what check tokenized with (its ids are
+    reused when it wrapped `tokenizer`, compiler/tokens.shared)."""
+    from patchc.compiler.tokens import shared
 
     if not texts:
         return None
-    ids = encode(tokenizer, texts)
+    ids = shared(checked_tok, tokenizer).encode_many(texts)
     if len({len(r) for r in ids}) != 1:
         return None
     first = [tokenizer.decode([i]) for i in ids[0]]

@@ -21,6 +21,7 @@ from patchc.compiler.checked import CheckedSpec
 from patchc.compiler.errors import RuntimeInterventionError
 from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Read, \
     Select, Vector, Write
+from patchc.compiler.tokens import shared
 
 from . import metrics as M
 from . import vectors as V
@@ -28,7 +29,7 @@ from .circuits import gated, rank
 from .estimate_sweeps import run_compact
 from .estimates import run_backward, run_estimate
 from .generate import contains_answer, greedy, sequence_logprob
-from .inputs import Batch, encode, make_batch, position_index, position_valid, token_id
+from .inputs import Batch, make_batch, position_index, position_valid, token_id
 from .reading import collect_reads, table_reads
 from .sweep_members import run_members
 from .loading import input_device
@@ -59,6 +60,8 @@ class Interpreter:
         self.checked = checked
         self.model = model
         self.tokenizer = tokenizer
+        # The ids check made with this tokenizer, reused (else made here, once per text).
+        self.tokens = shared(checked.tokenizer, tokenizer)
         self.adapter = adapter
         self.device = input_device(model)  # with a device map: where the embedding runs
         self.seed = checked.options.seed
@@ -80,7 +83,7 @@ class Interpreter:
     def run_inputs(self, name: str) -> RunInputs:
         if name not in self.runs:
             info = self.checked.runs[name]
-            ids = encode(self.tokenizer, list(info.texts))
+            ids = self.tokens.encode_many(list(info.texts))
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
             rows = list(self.checked.data[info.data].rows) if info.data else []
             self.runs[name] = RunInputs(make_batch(ids, pad), rows, info.data)
@@ -120,17 +123,17 @@ class Interpreter:
 
     def _fill_tokens(self, texts: list[str]) -> None:
         """Cache the token ids of a column's texts with one tokenizer call (one per row cost
-        more than a small model's pass); what yields no token is left to `_token` to report."""
-        new = list(dict.fromkeys(t for t in texts if t not in self._token_cache))
+        more than a small model's pass; check made them already when it used this
+        tokenizer); what yields no token is left to `_token` to report."""
+        new = [t for t in texts if t not in self._token_cache]
         if len(new) < 2:
             return
-        got = self.tokenizer(new, add_special_tokens=False)["input_ids"]
-        if len(got) == len(new):
-            self._token_cache.update((t, int(ids[0])) for t, ids in zip(new, got) if ids)
+        self._token_cache.update((t, ids[0]) for t, ids in
+                                 zip(new, self.tokens.plain_many(new)) if ids)
 
     def _token(self, text: str) -> int:
         if text not in self._token_cache:
-            self._token_cache[text] = token_id(self.tokenizer, text)
+            self._token_cache[text] = token_id(self.tokens, text)
         return self._token_cache[text]
 
     @contextlib.contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import patchc
 import torch
 from conftest import family, make_tokenizer
 from ops_common import CLEAN, CORRUPT, HEAD, ROWS
@@ -136,3 +137,44 @@ def test_check_encodes_each_answer_text_once(models_dir) -> None:
     assert len(set(answers)) < len(answers)  # (names repeat: Mary, John)
     assert sorted(counting.plain) == sorted(set(answers))
     assert checked.runs["clean"].lengths == tuple(len(fam.tok(t)["input_ids"]) for t in CLEAN)
+
+
+class _Recording:
+    """An HF tokenizer that records every text it encodes, with or without special tokens
+    (everything else is the tokenizer's own)."""
+
+    def __init__(self, tok) -> None:
+        self.tok, self.calls, self.texts = tok, 0, []
+
+    def _seen(self, text, kw) -> None:
+        self.calls += 1
+        special = kw.get("add_special_tokens", True)
+        self.texts += [(t, special) for t in ([text] if isinstance(text, str) else text)]
+
+    def __call__(self, text, **kw):
+        self._seen(text, kw)
+        return self.tok(text, **kw)
+
+    def encode(self, text, **kw):
+        self._seen(text, kw)
+        return self.tok.encode(text, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_a_run_tokenizes_each_text_once_one_call_per_column(models_dir) -> None:
+    """check tokenizes the prompts (one call per run) and the answers (one call per
+    column); the runtime and the tables reuse those ids when they run with the same
+    tokenizer, and the numbers are those of a run with a fresh tokenizer per stage."""
+    fam = family("gpt2", models_dir)
+    body = HEAD + "swap L1.resid_post @ each from clean into corrupt measure ld as t\n"
+    rec = _Recording(fam.tok)
+    got = patchc.run(fam.spec(body), model=fam.model, tokenizer=rec)
+    assert sorted(rec.texts) == sorted(set(rec.texts))  # no text twice
+    assert {t for t, _ in rec.texts} == set(CLEAN + CORRUPT) | \
+        {r[c] for r in ROWS for c in ("answer", "distractor")}
+    assert rec.calls == 4  # clean, corrupt (with BOS rules), answer, distractor (without)
+    ref = fam.run(body)
+    pd.testing.assert_frame_equal(got.tables["t"], ref.tables["t"], check_exact=True)
+    assert got.manifest["tables"]["t"]["plot"] == ref.manifest["tables"]["t"]["plot"]
