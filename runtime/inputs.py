@@ -81,11 +81,13 @@ def make_batch(ids: list[list[int]], pad_id: int) -> Batch:
     return Batch(input_ids, mask, pos, [len(r) for r in ids])
 
 
-def token_id(tokens, text: str) -> int:
-    """The first token of `text` tokenized without special tokens (`tokens`: a wrapped
-    tokenizer, compiler/tokens.py); a leading space is kept as the data gives it (" Mary"
-    is one GPT-2 token)."""
-    ids = tokens.encode_plain(text)
+def token_id(tokenizer, text: str) -> int:
+    """The first token of `text` tokenized without special tokens; a leading space is kept
+    as the data gives it (" Mary" is one GPT-2 token). `tokenizer`: an HF tokenizer, or a
+    wrapped one (compiler/tokens.py: its cached ids)."""
+    plain = getattr(tokenizer, "encode_plain", None)
+    ids = plain(text) if plain is not None else \
+        tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise RuntimeInterventionError("E420", f"{text!r} tokenizes to no tokens")
     return int(ids[0])
