@@ -155,6 +155,8 @@ def _int_keys(df: pd.DataFrame, table: Table) -> pd.DataFrame:
         if pd.api.types.is_integer_dtype(df[c].dtype):  # (sweep blocks: numpy ints already)
             df[c] = df[c].astype("Int64")
             continue
+        if df[c].dtype == bool or pd.api.types.is_string_dtype(df[c]):
+            continue  # (a sweep's `site` column: no value to look at one by one)
         vals = [v for v in df[c] if v is not None and not pd.isna(v)]
         if vals and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                         and float(v).is_integer() for v in vals):

@@ -36,8 +36,9 @@ from .forward_values import ForwardOutput
 from .naive import Interpreter
 from .compat import blocks_return_tuples, output_cache, with_cache
 from .reading import collect_reads
-from .prefix import (live_positions, narrowable, prefix_cache, skip_layers, trimmed_logits,
-                     widen)
+from .pass_plan import live_mlp, logit_plan, top_block
+from .prefix import (live_positions, narrowable, prefix_cache, skip_above, skip_layers,
+                     trimmed_logits, widen)
 from .edge_stack import Senders
 from .edges import edge_hooks, is_edge
 from .sweeps import run_chunk
@@ -197,7 +198,7 @@ class Executor(Interpreter):
         node: Backward = ir.node(bid)  # type: ignore[assignment]
         batch = self.run_inputs(f.run).batch.repeat(f.samples)
         columns = self.columns_for(f.run)
-        slots, index, tokens, remap = self._logit_plan(ir, step, [f], batch, columns)
+        slots, index, tokens, remap = logit_plan(self, ir, step, [f], batch, columns)
         trim = Trim(slots, index, tokens, remap) if slots is not None else None
         got: dict[str, torch.Tensor] = {}
         self.values[bid] = gradients(self, ir, node.metric, list(node.wrt), node.rules,
@@ -279,59 +280,20 @@ class Executor(Interpreter):
             # Left where the twin read it: the start layer's own device (with a device map,
             # accelerate's hook on that layer moves it if needed).
             state = self.values[step.start].value[:, p0:].repeat(k, 1, 1)
-        slots, index, tokens, remap = self._logit_plan(ir, step, members, batch, columns)
+        slots, index, tokens, remap = logit_plan(self, ir, step, members, batch, columns)
         head = self.model.get_output_embeddings()
-        as_tuple = bool(step.start_layer) and (
+        top = top_block(ir, step, members)  # a pass without logits: its last needed block
+        as_tuple = bool(step.start_layer or top is not None) and (
             self.adapter.fam.tuple_blocks or
             blocks_return_tuples(self.model, self.adapter.layer(0)))
         # Entered after the adapter's hooks: their hooks on the MLP see its full input first.
         # (repeated_blocks: a dictionary encodes one member's block where all are equal)
         with repeated_blocks(self.adapter, batch.n), self.adapter.hooks(hooks), \
                 skip_layers(self.adapter.layers(), step.start_layer, state, as_tuple), \
-                live_positions(*self._live_mlp(members, index)), \
+                skip_above(self.adapter.layers(), top, as_tuple), \
+                live_positions(*live_mlp(self.adapter, members, index, top)), \
                 trimmed_logits(head, index, tokens), self.model_pass():
             return self.model(**kwargs), slots, remap
-
-    def _logit_plan(self, ir: IRGraph, step: ForwardStep, members: list[Forward],
-                    batch: Batch, columns) -> tuple:
-        """Which logits to compute: (slot per position or None for all, the [B, K] gather
-        index or None, token ids or None, token id -> column map or None)."""
-        if any(f.logit_positions is None for f in members):
-            return None, None, None, None
-        positions = list(dict.fromkeys(p for f in members for p in f.logit_positions or ()))
-        slots = {p: j for j, p in enumerate(positions)}
-        if positions:
-            cols = [position_index(batch, p, columns)[:, :1] for p in positions]
-            index = (torch.cat(cols, 1) - step.p0).repeat(len(members), 1)
-        else:
-            index = torch.zeros(batch.n * len(members), 0, dtype=torch.long)
-        if not all(f.logit_tokens for f in members):
-            return slots, index, None, None
-        ids: set[int] = set()
-        for fid in step.members:
-            for m in ir.g.successors(fid):
-                node = ir.node(m)
-                if isinstance(node, Metric) and node.forward == fid:
-                    lookup = self._token_lookup(ir.node(fid).run, batch.n)  # type: ignore[union-attr]
-                    for e in A.metric_nodes(node.expr):
-                        if isinstance(e, A.MCall):
-                            ids |= set(lookup(e.tok).tolist())
-        tokens = torch.tensor(sorted(ids), dtype=torch.long)
-        remap = torch.full((self.adapter.vocab_size,), -1, dtype=torch.long)
-        remap[tokens] = torch.arange(len(tokens))
-        return slots, index, tokens, remap
-
-    def _live_mlp(self, members: list[Forward], index: torch.Tensor | None) -> tuple:
-        """dead_positions: (the last block's MLP, the [B, K] positions it computes), when
-        every member reads and writes nothing from there on and only K logit positions
-        are measured; else (None, None). Not for MLPs that add the residual themselves
-        (Bloom, MPT), MLP parts sitting on the block (OPT), or mixtures of experts."""
-        last = self.adapter.n_layers - 1
-        fam, parts = self.adapter.fam, self.adapter.s
-        if index is None or fam.moe or parts.mlp is None or "mlp" in fam.residual_inside or \
-                not all(f.live_from is not None and f.live_from <= last for f in members):
-            return None, None
-        return self.adapter.mlp(last), index
 
     def _output(self, ir: IRGraph, fid: str, f: Forward, batch: Batch, columns,
                 logits: torch.Tensor, slots: dict[Positions, int] | None, p0: int,

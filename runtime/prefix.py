@@ -9,6 +9,8 @@
 - `trimmed_logits`: trim_logits. A pre-hook on the LM head gathers only the positions that
   metrics read; with token ids given, the head's matrix product is skipped and only those
   rows of the unembedding are applied (family extras such as soft-capping still run after).
+- `skip_above`: a pass that computes no logits stops after the last block it reads or
+  writes (runtime/pass_plan.top_block): the blocks above hand the state on unchanged.
 - `live_positions`: dead_positions. The last block's MLP runs only at the positions metrics
   read (its other rows are zeros: nothing reads them).
 - `widen`: hook functions written for full-width activations run on a narrowed one.
@@ -84,6 +86,25 @@ def skip_layers(layers: nn.ModuleList, start_layer: int, state: Tensor | None,
         yield
     finally:
         for i, block in enumerate(saved):
+            layers[i] = block
+
+
+@contextlib.contextmanager
+def skip_above(layers: nn.ModuleList, top: int | None, as_tuple: bool = False
+               ) -> Iterator[None]:
+    """Blocks after `top` hand their input on unchanged (a pass that computes no logits
+    stops after the last block it reads or writes; None: every block runs). Enter it after
+    the adapter's hooks, as skip_layers."""
+    if top is None or top >= len(layers) - 1:
+        yield
+        return
+    saved = {i: layers[i] for i in range(top + 1, len(layers))}
+    try:
+        for i, block in saved.items():
+            layers[i] = _Pass(block, as_tuple)
+        yield
+    finally:
+        for i, block in saved.items():
             layers[i] = block
 
 

@@ -1,0 +1,104 @@
+"""What one model pass of a forward step has to compute, decided from the optimized graph:
+
+- `logit_plan`: trim_logits. Which positions are unembedded, and for which token ids.
+- `live_mlp`: dead_positions. Which MLP computes at those positions only (the top block's,
+  when the step's own reads and writes all lie below its MLP).
+- `top_block`: a pass that computes no logits at all (a swap's source run, a mean's run:
+  only their Reads are used) stops after the last block one of its reads or writes touches.
+  The blocks above it are stubbed (runtime/prefix.skip_above): nothing reads them, so
+  every value the pass gives is the same.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from patchc.compiler import ast as A
+from patchc.compiler.ir import Forward, IRGraph, Metric, Read, Write
+from patchc.compiler.passes._graph import site_layer
+from patchc.compiler.schedule import ForwardStep
+
+from .edges import is_edge
+from .inputs import Batch, position_index
+from .sparse import borrowed_metrics
+
+if TYPE_CHECKING:
+    from .execute import Executor
+
+
+def logit_plan(ex: "Executor", ir: IRGraph, step: ForwardStep, members: list[Forward],
+               batch: Batch, columns) -> tuple:
+    """Which logits to compute: (slot per position or None for all, the [B, K] gather
+    index or None, token ids or None, token id -> column map or None)."""
+    if any(f.logit_positions is None for f in members):
+        return None, None, None, None
+    positions = list(dict.fromkeys(p for f in members for p in f.logit_positions or ()))
+    slots = {p: j for j, p in enumerate(positions)}
+    if positions:
+        cols = [position_index(batch, p, columns)[:, :1] for p in positions]
+        index = (torch.cat(cols, 1) - step.p0).repeat(len(members), 1)
+    else:
+        index = torch.zeros(batch.n * len(members), 0, dtype=torch.long)
+    if not all(f.logit_tokens for f in members):
+        return slots, index, None, None
+    ids: set[int] = set()
+    for fid in step.members:
+        for m in ir.g.successors(fid):
+            node = ir.node(m)
+            if isinstance(node, Metric) and node.forward == fid:
+                lookup = ex._token_lookup(ir.node(fid).run, batch.n)  # type: ignore[union-attr]
+                for e in A.metric_nodes(node.expr):
+                    if isinstance(e, A.MCall):
+                        ids |= set(lookup(e.tok).tolist())
+    tokens = torch.tensor(sorted(ids), dtype=torch.long)
+    remap = torch.full((ex.adapter.vocab_size,), -1, dtype=torch.long)
+    remap[tokens] = torch.arange(len(tokens))
+    return slots, index, tokens, remap
+
+
+def live_mlp(adapter: Any, members: list[Forward], index: torch.Tensor | None,
+             top: int | None = None) -> tuple:
+    """dead_positions: (the top block's MLP, the [B, K] positions it computes), when every
+    member reads and writes nothing from there on and only K logit positions are measured;
+    else (None, None). `top`: the last block the pass computes (None: the model's last).
+    Not for MLPs that add the residual themselves (Bloom, MPT), MLP parts sitting on the
+    block (OPT), or mixtures of experts."""
+    last = adapter.n_layers - 1 if top is None else top
+    fam, parts = adapter.fam, adapter.s
+    if index is None or fam.moe or parts.mlp is None or "mlp" in fam.residual_inside or \
+            not all(f.live_from is not None and f.live_from <= last for f in members):
+        return None, None
+    return adapter.mlp(last), index
+
+
+def top_block(ir: IRGraph, step: ForwardStep, members: list[Forward]) -> int | None:
+    """The last block the step's pass has to compute, when it computes no logits (every
+    member's `logit_positions` is empty, and no metric, kept cache or generation needs its
+    output): the highest block of any of its reads' and writes' sites. None: every block
+    (logits are needed, or a site lies after the blocks or outside them)."""
+    if step.keep_kv or step.generate or step.sweep is not None:
+        return None
+    top = -1
+    for fid, f in zip(step.members, members):
+        if f.logit_positions != () or f.sweep is not None or borrowed_metrics(ir, fid):
+            return None
+        sites = []
+        for nid in f.writes:
+            w = ir.node(nid)
+            if not isinstance(w, Write) or is_edge(w):
+                return None
+            sites.append(w.site)
+        for nid in ir.g.successors(fid):
+            node = ir.node(nid)
+            if isinstance(node, Metric):
+                return None
+            if isinstance(node, Read) and node.forward == fid:
+                sites.append(node.site)
+        for site in sites:
+            layer = site_layer(site)  # embed: block 0 (its hook is on block 0's input)
+            if layer is None:
+                return None
+            top = max(top, layer)
+    return max(top, step.start_layer)
