@@ -25,7 +25,7 @@ from patchc.compiler.ir import Estimate, IRGraph, Positions, Read, Site
 from patchc.compiler.ir_sweep import Space, members, split, whole_site
 
 from .estimates import integrated_gradients
-from .inputs import position_index, position_valid
+from .inputs import position_index, position_valid, positions_index, positions_valid
 from .writes import ReadValue, _features, gather
 
 if TYPE_CHECKING:
@@ -65,9 +65,8 @@ def _indices(interp: "RunContext", ir: IRGraph, rid: str, value: ReadValue, spac
     key = ("estimate positions", run, value.batch.n, space.positions)
     got = interp.memo.get(key)
     if got is None:
-        columns = interp.columns_for(run)
-        index = [position_index(value.batch, p, columns) for p in space.positions]
-        got = interp.memo[key] = (torch.cat(index, 1), [int(i.shape[1]) for i in index])
+        got = interp.memo[key] = positions_index(value.batch, space.positions,
+                                                 interp.columns_for(run))
     return got
 
 
@@ -152,7 +151,10 @@ def batched(interp: "RunContext", ir: IRGraph, space: Space,
                                 for f in feats])
         delta[idx] = vals.float().cpu()
     assert batch is not None
-    valid = torch.stack([position_valid(batch, p) for p in space.positions])  # [P, n]
+    key = ("estimate valid", batch.n, tuple(batch.lengths), space.positions)
+    if key not in interp.memo:  # (every estimate of a statement asks for the same)
+        interp.memo[key] = positions_valid(batch, space.positions)  # [P, n]
+    valid = interp.memo[key]
     est = torch.where(valid[None], m_b.float().cpu()[None, None] + delta, torch.nan)
     flat = torch.from_numpy(members(space).astype("int64"))
     return est.reshape(n_sites * n_pos, n)[flat]

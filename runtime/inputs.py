@@ -188,6 +188,28 @@ def position_valid(batch: Batch, pos: Positions) -> torch.Tensor:
     return torch.tensor([pos.lo < n for n in batch.lengths])
 
 
+def positions_index(batch: Batch, positions, columns) -> tuple[torch.Tensor, list[int]]:
+    """position_index of each of `positions`, concatenated ([n, sum k]), and each one's k.
+    Single token indices (an `@ each` sweep's positions) are computed in one operation, as
+    position_index computes each."""
+    if positions and all(p.kind == "index" for p in positions):
+        lengths = torch.tensor(batch.lengths, dtype=torch.long)
+        los = torch.tensor([p.lo for p in positions], dtype=torch.long)
+        index = (batch.width - lengths)[:, None] + torch.minimum(los[None, :],
+                                                                 (lengths - 1)[:, None])
+        return index, [1] * len(positions)
+    index = [position_index(batch, p, columns) for p in positions]
+    return torch.cat(index, 1), [int(i.shape[1]) for i in index]
+
+
+def positions_valid(batch: Batch, positions) -> torch.Tensor:
+    """[P, n] bool: position_valid of each of `positions`, stacked."""
+    if positions and all(p.kind == "index" for p in positions):
+        los = torch.tensor([p.lo for p in positions], dtype=torch.long)
+        return los[:, None] < torch.tensor(batch.lengths, dtype=torch.long)[None, :]
+    return torch.stack([position_valid(batch, p) for p in positions])
+
+
 def _check_inside(batch: Batch, lo: int, hi: int) -> None:
     short = min(batch.lengths)
     if hi >= short:

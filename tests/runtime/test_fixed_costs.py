@@ -178,3 +178,22 @@ def test_a_run_tokenizes_each_text_once_one_call_per_column(models_dir) -> None:
     ref = fam.run(body)
     pd.testing.assert_frame_equal(got.tables["t"], ref.tables["t"], check_exact=True)
     assert got.manifest["tables"]["t"]["plot"] == ref.manifest["tables"]["t"]["plot"]
+
+
+def test_positions_index_and_valid_equal_one_position_at_a_time() -> None:
+    """An `@ each` estimate's token indices and valid rows in one operation (each
+    position's own computation, concatenated), rows of different lengths included."""
+    from patchc.compiler.ir import Positions
+    from patchc.runtime.inputs import (make_batch, position_index, position_valid,
+                                       positions_index, positions_valid)
+
+    batch = make_batch([[5, 6, 7, 8], [9, 10], [11, 12, 13]], 0)
+    each = tuple(Positions("index", lo=i) for i in range(4))
+    mixed = (Positions("last"), Positions("index", lo=1), Positions("range", lo=0, hi=1))
+    for positions in (each, mixed):
+        index, sizes = positions_index(batch, positions, {})
+        parts = [position_index(batch, p, {}) for p in positions]
+        assert torch.equal(index, torch.cat(parts, 1))
+        assert sizes == [int(p.shape[1]) for p in parts]
+        assert torch.equal(positions_valid(batch, positions),
+                           torch.stack([position_valid(batch, p) for p in positions]))
