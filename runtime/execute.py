@@ -92,7 +92,8 @@ class Executor(Interpreter):
                 ) -> tuple[IRGraph, Plan]:
         """The graph as this model can run it, and its Plan for the real token counts;
         `share`: how many worker processes compute on this device (they split its memory)."""
-        if not narrowable(self.model.config):  # sliding-window caches cannot be cut
+        if any(f.narrow for _, f in ir.of_type(Forward)) and \
+                not narrowable(self.model.config):  # sliding-window caches cannot be cut
             ir = _without_narrowing(ir)
         runs = {}
         for name in {f.run for _, f in ir.of_type(Forward)}:

@@ -68,17 +68,16 @@ def encode(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def make_batch(ids: list[list[int]], pad_id: int) -> Batch:
+    """The rows padded on the left: ids, mask (1 on real tokens) and position ids (counting
+    from each row's first real token, 0 on padding), each made in one operation."""
     width = max(len(r) for r in ids)
-    n = len(ids)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    pos = torch.zeros((n, width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        off = width - len(row)
-        input_ids[i, off:] = torch.tensor(row, dtype=torch.long)
-        mask[i, off:] = 1
-        pos[i, off:] = torch.arange(len(row))
-    return Batch(input_ids, mask, pos, [len(r) for r in ids])
+    lengths = [len(r) for r in ids]
+    input_ids = torch.tensor([[pad_id] * (width - len(r)) + list(r) for r in ids],
+                             dtype=torch.long).view(len(ids), width)
+    offsets = torch.tensor([width - n for n in lengths], dtype=torch.long)[:, None]
+    mask = (torch.arange(width)[None, :] >= offsets).long()
+    pos = (torch.arange(width)[None, :] - offsets).clamp(min=0)
+    return Batch(input_ids, mask, pos, lengths)
 
 
 def token_id(tokenizer, text: str) -> int:

@@ -68,6 +68,7 @@ class Interpreter:
         self.base_dir = checked.spec.source.base_dir
         self.progress = progress
         self.runs: dict[str, RunInputs] = {}
+        self._columns: dict[str, dict[tuple[str, str], list[int]]] = {}
         self.values: dict[str, Any] = {}
         self.node_seconds: dict[str, float] = {}  # wall time of each evaluated node
         self.model_seconds = 0.0  # wall time inside model passes (forward, backward)
@@ -90,7 +91,14 @@ class Interpreter:
         return self.runs[name]
 
     def columns_for(self, run: str) -> dict[tuple[str, str], list[int]]:
-        """Integer data columns of a run's rows, for per-example positions."""
+        """Integer data columns of a run's rows, for per-example positions (made once per
+        run: every step and estimate asks; callers only read them)."""
+        got = self._columns.get(run)
+        if got is None:
+            got = self._columns[run] = self._int_columns(run)
+        return got
+
+    def _int_columns(self, run: str) -> dict[tuple[str, str], list[int]]:
         inputs = self.run_inputs(run)
         out: dict[tuple[str, str], list[int]] = {}
         for table in self.checked.data.values():

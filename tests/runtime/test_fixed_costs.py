@@ -197,3 +197,19 @@ def test_positions_index_and_valid_equal_one_position_at_a_time() -> None:
         assert sizes == [int(p.shape[1]) for p in parts]
         assert torch.equal(positions_valid(batch, positions),
                            torch.stack([position_valid(batch, p) for p in positions]))
+
+
+def test_make_batch_equals_the_row_by_row_padding() -> None:
+    from patchc.runtime.inputs import make_batch
+
+    rows = [[5, 6, 7, 8], [9], [11, 12, 13], [4, 4, 4, 4]]
+    got = make_batch(rows, 1)
+    width = 4
+    for i, row in enumerate(rows):  # what make_batch did row by row
+        off = width - len(row)
+        assert got.input_ids[i].tolist() == [1] * off + row
+        assert got.attention_mask[i].tolist() == [0] * off + [1] * len(row)
+        assert got.position_ids[i].tolist() == [0] * off + list(range(len(row)))
+    assert got.lengths == [4, 1, 3, 4]
+    assert got.input_ids.dtype == got.attention_mask.dtype == got.position_ids.dtype == \
+        torch.long
