@@ -90,6 +90,17 @@ def chained(hooks: list) -> list:
     return [(k, layer, h, fns[0] if len(fns) == 1 else _chain(fns)) for k, layer, h, fns in out]
 
 
+def by_site(hooks: list) -> list:
+    """The hooks grouped by site (kind, layer, head), in order of first appearance, each
+    site's in their own order. Only for hooks whose order across sites does not matter
+    (reads and zero leaves): a write at one site changes what another site's hook on the
+    same module sees."""
+    groups: dict[tuple, list] = {}
+    for h in hooks:
+        groups.setdefault(h[:3], []).append(h)
+    return [h for group in groups.values() for h in group]
+
+
 def _chain(fns: list[Callable]) -> Callable:
     def fn(act: torch.Tensor) -> torch.Tensor | None:
         changed = False
@@ -146,10 +157,15 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
         return fn
 
     grad_hooks = [(s.kind, s.layer, s.head, make_leaf(s)) for s in sites]
+    hooks += grad_hooks
+    if not fwd.writes and not replace:
+        # Nothing but reads and zero leaves, which change no value: each site's reads and
+        # its leaf can be one hook (one module hook per site instead of two).
+        hooks = by_site(hooks)
     # The rules go in first: writes and leaves then see the model's own (unchanged) values.
     head = interp.model.get_output_embeddings()
     with torch.enable_grad(), frozen(interp.model), lrp.rules_for(interp.adapter, rules), \
-            interp.adapter.hooks(chained(hooks + grad_hooks)), \
+            interp.adapter.hooks(chained(hooks)), \
             trimmed_logits(head, *(trim.index, trim.tokens) if trim else (None, None)), \
             interp.model_pass():
         logits = interp.model(**batch.to(interp.device).model_kwargs()).logits

@@ -283,7 +283,7 @@ class Executor(Interpreter):
             state = self.values[step.start].value[:, p0:].repeat(k, 1, 1)
         slots, index, tokens, remap = logit_plan(self, ir, step, members, batch, columns)
         head = self.model.get_output_embeddings()
-        top = top_block(ir, step, members)  # a pass without logits: its last needed block
+        top = top_block(ir, step, members, self.adapter.n_layers)  # no logits: last block
         as_tuple = bool(step.start_layer or top is not None) and (
             self.adapter.fam.tuple_blocks or
             blocks_return_tuples(self.model, self.adapter.layer(0)))

@@ -73,11 +73,12 @@ def live_mlp(adapter: Any, members: list[Forward], index: torch.Tensor | None,
     return adapter.mlp(last), index
 
 
-def top_block(ir: IRGraph, step: ForwardStep, members: list[Forward]) -> int | None:
+def top_block(ir: IRGraph, step: ForwardStep, members: list[Forward], n_layers: int
+              ) -> int | None:
     """The last block the step's pass has to compute, when it computes no logits (every
     member's `logit_positions` is empty, and no metric, kept cache or generation needs its
     output): the highest block of any of its reads' and writes' sites. None: every block
-    (logits are needed, or a site lies after the blocks or outside them)."""
+    (the last is needed, logits are, or a site lies after the blocks or outside them)."""
     if step.keep_kv or step.generate or step.sweep is not None:
         return None
     top = -1
@@ -101,4 +102,5 @@ def top_block(ir: IRGraph, step: ForwardStep, members: list[Forward]) -> int | N
             if layer is None:
                 return None
             top = max(top, layer)
-    return max(top, step.start_layer)
+    top = max(top, step.start_layer)
+    return top if top < n_layers - 1 else None

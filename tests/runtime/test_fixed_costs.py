@@ -213,3 +213,30 @@ def test_make_batch_equals_the_row_by_row_padding() -> None:
     assert got.lengths == [4, 1, 3, 4]
     assert got.input_ids.dtype == got.attention_mask.dtype == got.position_ids.dtype == \
         torch.long
+
+
+def test_an_attribution_pass_hooks_each_site_once(models_dir, monkeypatch) -> None:
+    """With no writes in the gradient pass, each site's read and its zero leaf are one torch
+    hook: the clean pass and the gradient pass install one hook per site each (they
+    installed three per site together). The numbers stay the naive interpreter's."""
+    from patchc.runtime.estimates import by_site
+
+    fam = family("gpt2", models_dir)
+    inside = {id(m) for m in fam.model.transformer.h.modules()}
+    made: list[str] = []
+    for name in ("register_forward_hook", "register_forward_pre_hook"):
+        real = getattr(torch.nn.Module, name)
+        monkeypatch.setattr(torch.nn.Module, name, lambda self, *a, real=real, **k: (
+            made.append(type(self).__name__) if id(self) in inside else None,
+            real(self, *a, **k))[1])
+    body = HEAD + ("attribute L*.resid_pre @ each, L*.mlp.out @ each from clean into corrupt"
+                   " using atp measure ld as e\n")
+    got = fam.run(body, naive=False)
+    sites = 2 * len(fam.model.transformer.h)
+    assert len(made) == 2 * sites
+    monkeypatch.undo()
+    ref = fam.run(body, naive=True)
+    pd.testing.assert_frame_equal(got.tables["e"], ref.tables["e"], atol=1e-5, rtol=1e-5)
+    a, b = ("resid_pre", 0, None), ("mlp.out", 0, None)
+    hooks = [(*a, 1), (*b, 2), (*a, 3), (*b, 4)]
+    assert by_site(hooks) == [(*a, 1), (*a, 3), (*b, 2), (*b, 4)]
