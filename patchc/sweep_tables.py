@@ -45,6 +45,13 @@ def sweep_frame(table: Table, values: dict[str, Any],
     """The DataFrame of every sweep block of `table`, in order (columns as table.columns
     with `<measure>_se` after each measure). `zero_gap(col, t, s)` is told each row whose
     normalization baselines coincide."""
+    return _joined(sweep_blocks(table, values, zero_gap))
+
+
+def sweep_blocks(table: Table, values: dict[str, Any],
+                 zero_gap: Callable[[str, float, float | None], None]) -> list[dict[str, Any]]:
+    """The columns of each sweep block of `table` (arrays by name), as sweep_frame joins
+    them."""
     blocks = []
     for block in table.sweeps:
         cols: dict[str, Any] = dict(key_columns(block.space))
@@ -71,7 +78,7 @@ def sweep_frame(table: Table, values: dict[str, Any],
             cols[col] = mean.astype(float)
             cols[f"{col}_se"] = se.astype(float)
         blocks.append(cols)
-    return _joined(blocks)
+    return blocks
 
 
 def _joined(blocks: list[dict[str, Any]]) -> pd.DataFrame:
@@ -80,13 +87,24 @@ def _joined(blocks: list[dict[str, Any]]) -> pd.DataFrame:
     costs far less than concatenating a DataFrame per block; others as pandas does."""
     if not blocks:
         return pd.DataFrame()
+    arrays = joined_arrays(blocks)
+    if arrays is not None:
+        return pd.DataFrame(arrays)
+    return pd.concat([pd.DataFrame(b) for b in blocks], ignore_index=True)
+
+
+def joined_arrays(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The blocks' columns joined as arrays, when every block has the same columns of the
+    same types (else None: pandas joins them)."""
+    if not blocks:
+        return None
     if len(blocks) == 1:
-        return pd.DataFrame(blocks[0])
+        return blocks[0]
     names = list(blocks[0])
     if all(list(b) == names for b in blocks) and \
             all(b[c].dtype == blocks[0][c].dtype for b in blocks for c in names):
-        return pd.DataFrame({c: np.concatenate([b[c] for b in blocks]) for c in names})
-    return pd.concat([pd.DataFrame(b) for b in blocks], ignore_index=True)
+        return {c: np.concatenate([b[c] for b in blocks]) for c in names}
+    return None
 
 
 def sweep_key_names(table: Table) -> set[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -21,7 +22,8 @@ from patchc.compiler.errors import PatchcError, Warning_
 from patchc.compiler.ir import IRGraph, Table
 
 from .circuit_tables import ranked, with_areas
-from .sweep_tables import _mean_se, sweep_examples, sweep_frame, sweep_key_names
+from .sweep_tables import (_joined, _mean_se, joined_arrays, sweep_blocks, sweep_examples,
+                           sweep_frame, sweep_key_names)
 
 
 def example_mean(values: Any) -> float:
@@ -128,7 +130,7 @@ def build_table(table: Table, values: dict[str, Any],
     gaps = _ZeroGaps()
     if table.sweeps and not table.rows and not table.pairs:
         # Only compact sweeps' rows (a whole statement's): no empty frame of rows to join.
-        df = sweep_frame(table, values, gaps.check).reindex(columns=_row_columns(table, set()))
+        df = _sweep_table(table, values, gaps)
     else:
         df = (_compare_table(table, means, gaps) if table.pairs
               else _rows_table(table, values, stats, gaps))
@@ -146,12 +148,33 @@ def build_table(table: Table, values: dict[str, Any],
     return _int_keys(df, table)
 
 
+def _sweep_table(table: Table, values: dict[str, Any], gaps: "_ZeroGaps") -> pd.DataFrame:
+    """A table of compact sweep rows alone: sweep_frame in the table's columns, with its
+    integer keys made Int64 as _int_keys makes them, in one DataFrame (no frame built,
+    reindexed and converted column by column after)."""
+    blocks = sweep_blocks(table, values, gaps.check)
+    arrays = joined_arrays(blocks)
+    names = _row_columns(table, set())
+    if arrays is None or not set(names) <= set(arrays):
+        return _joined(blocks).reindex(columns=names)
+    keys = sweep_key_names(table)
+    out = {}
+    for c in names:
+        a = arrays[c]
+        if c in keys and isinstance(a, np.ndarray) and a.dtype.kind in "iu":
+            a = pd.arrays.IntegerArray(a.astype("int64"), np.zeros(len(a), dtype=bool))
+        out[c] = a
+    return pd.DataFrame(out)
+
+
 def _int_keys(df: pd.DataFrame, table: Table) -> pd.DataFrame:
     """Integer sweep columns (layer, head, pos, ...) as pandas nullable integers: a table
     mixing site items (`embed` has no layer) would otherwise turn them into floats, printed
     and written as 0.0 and NaN; Int64 prints and writes ints, and an empty cell for none."""
     keys = {c for row in table.rows for c, _ in row.key} | sweep_key_names(table)
     for c in keys & set(df.columns):
+        if isinstance(df[c].dtype, pd.Int64Dtype):
+            continue
         if pd.api.types.is_integer_dtype(df[c].dtype):  # (sweep blocks: numpy ints already)
             df[c] = df[c].astype("Int64")
             continue
