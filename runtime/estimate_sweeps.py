@@ -129,9 +129,10 @@ def batched(interp: "RunContext", ir: IRGraph, space: Space,
             if index is None or index[0].device != g.device:
                 ia, sizes = _indices(interp, ir, ra, a, space)
                 ib, _ = _indices(interp, ir, rb, b, space)
-                index = (ia.to(g.device), ib.to(g.device), sizes)
-            ia, ib, sizes = index
-            if whole_features and av.shape == bv.shape and torch.equal(ia, ib):
+                ia, ib = ia.to(g.device), ib.to(g.device)
+                index = (ia, ib, sizes, ia.shape == ib.shape and bool(torch.equal(ia, ib)))
+            ia, ib, sizes, alike = index
+            if whole_features and av.shape == bv.shape and alike:
                 # A and B padded alike: sum the features first, gather [n, sum k] after
                 got = ((av - bv) * g).sum(-1, keepdim=True).gather(1, ib[..., None])
             else:  # each run's own token indices, every position's tokens in one gather
