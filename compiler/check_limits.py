@@ -96,10 +96,16 @@ def _bottom_up(nodes: list[Hashable], edges: Callable[[Hashable], Iterable[Hasha
     return value
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}  # field names per AST class, looked up once
+
+
 def _children(node: Any) -> Iterator[Any]:
     """The AST nodes directly inside `node` (any dataclass field that holds one)."""
-    for f in dataclasses.fields(node):
-        v = getattr(node, f.name)
+    names = _FIELDS.get(type(node))
+    if names is None:
+        names = _FIELDS[type(node)] = tuple(f.name for f in dataclasses.fields(node))
+    for name in names:
+        v = getattr(node, name)
         items = v if isinstance(v, tuple) else (v,)
         for item in items:
             if dataclasses.is_dataclass(item) and not isinstance(item, (type, Span)):

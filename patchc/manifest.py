@@ -83,6 +83,9 @@ def sha256_file(path: "str | Path") -> str:
     return h.hexdigest()
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}  # the fields spec_files walks, per AST class
+
+
 def spec_files(spec: Any, device_map: Any = None) -> list[str]:
     """The files a spec reads, as written in it: `data` files, `load(...)`/`sae(...)` vector
     files wherever they appear, a dictionary folder's cfg.json and weights, and a device map
@@ -102,9 +105,12 @@ def spec_files(spec: Any, device_map: Any = None) -> list[str]:
                 and str(node.value).endswith(".json")):
             found.append(str(node.value))
         if dataclasses.is_dataclass(node) and not isinstance(node, type):
-            for f in dataclasses.fields(node):
-                if f.name not in ("span", "rows"):
-                    walk(getattr(node, f.name))
+            names = _FIELDS.get(type(node))
+            if names is None:
+                names = _FIELDS[type(node)] = tuple(
+                    f.name for f in dataclasses.fields(node) if f.name not in ("span", "rows"))
+            for name in names:
+                walk(getattr(node, name))
         elif isinstance(node, (tuple, list)):
             for x in node:
                 walk(x)
