@@ -18,7 +18,8 @@ from patchc.compiler import printer
 from patchc.compiler.ir import Forward, IRGraph, Metric
 
 from .compat import output_cache, with_cache
-from .inputs import Batch
+from .inputs import Batch, position_index
+from .prefix import trimmed_logits
 
 
 def _prompt(interp, batch: Batch, hooks: list):
@@ -37,8 +38,23 @@ def greedy(interp, batch: Batch, hooks: list, n_new: int) -> list[str]:
     return interp.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
+def _logit_slots(ir: IRGraph, fids: list[str], batch: Batch, columns) -> tuple:
+    """The prompt pass's logits: (slot per metric position, [n, K] padded positions), the
+    last slot the last position (decoding starts there); (None, None) for every position,
+    when a metric needs them all (loss)."""
+    metrics = [m for fid in fids for x in ir.g.successors(fid)
+               if isinstance(m := ir.node(x), Metric) and (m.lens is None or m.reference == fid)]
+    if any(isinstance(e, A.MLoss) for m in metrics for e in A.metric_nodes(m.expr)):
+        return None, None
+    positions = list(dict.fromkeys(m.pos for m in metrics))
+    cols = [position_index(batch, p, columns)[:, :1] for p in positions]
+    last = torch.full((batch.n, 1), batch.width - 1, dtype=torch.long)
+    return {p: j for j, p in enumerate(positions)}, torch.cat([*cols, last], 1)
+
+
 def _decode(interp, out, kwargs: dict, n_new: int) -> torch.Tensor:
-    """[rows, n_new] token ids: the greedy continuation after the prompt pass `out`."""
+    """[rows, n_new] token ids: the greedy continuation after the prompt pass `out` (whose
+    last logit slot is the prompt's last position)."""
     model = interp.model
     cache = output_cache(out)
     mask = kwargs["attention_mask"]
@@ -83,8 +99,13 @@ def run_generating(ex, ir: IRGraph, step) -> None:
     hooks = ex.member_hooks(ir, step, batch, columns)
     stacked = Batch(batch.input_ids.repeat(k, 1), batch.attention_mask.repeat(k, 1),
                     batch.position_ids.repeat(k, 1), list(batch.lengths) * k)
-    out, kwargs = _prompt(ex, stacked, hooks)
-    outs = [ex._output(ir, fid, f, batch, columns, out.logits[rows], None, 0, None)
+    slots, index = _logit_slots(ir, fids, batch, columns)
+    kwargs = stacked.to(ex.device).model_kwargs()
+    with ex.adapter.hooks(hooks), trimmed_logits(ex.model.get_output_embeddings(),
+                                                 None if index is None else index.repeat(k, 1),
+                                                 None), ex.model_pass():
+        out = ex.model(**kwargs, use_cache=True)
+    outs = [ex._output(ir, fid, f, batch, columns, out.logits[rows], slots, 0, None)
             for fid, f, rows in zip(fids, members, blocks)]
     terms = {e for fid in fids for m in ir.g.successors(fid)
              if isinstance(node := ir.node(m), Metric) and node.forward == fid and

@@ -112,3 +112,23 @@ def test_a_backpatch_equals_hand_hooks(loaded, both) -> None:
     for j, i in ((3, 0), (2, 1)):
         mine = ex[(ex["j"] == j) & (ex["i"] == i)].sort_values("example")
         assert list(mine["longer"]) == _hand(model, tok, j, i, 4)
+
+
+@pytest.mark.parametrize("measure", [
+    "solved, p3", "solved, l = loss",
+    "t = text(2), s = seqlogprob(hops.answer), p = prob(hops.answer)"])
+def test_other_metrics_beside_a_continuation(loaded, measure: str) -> None:
+    """The prompt pass keeps only the logits the metrics read (and the last position's,
+    where decoding starts), or every position's for `loss`."""
+    model, tok = loaded
+    spec = SPEC.split("backpatch")[0] + "metric p3 = prob(hops.answer) @ 3\n" + (
+        "ablate L{1,2}.mlp.out @ last in q\n"
+        f"    measure {measure}\n    as t\n")
+    fast = patchc.run(spec, model=model, tokenizer=tok)
+    naive = patchc.run(spec, model=model, tokenizer=tok, naive=True)
+    a, b = fast.per_example("t"), naive.per_example("t")
+    for col in a.columns:
+        if not pd.api.types.is_numeric_dtype(a[col]):
+            assert list(a[col]) == list(b[col])
+        else:
+            assert (a[col] - b[col]).abs().max() < 1e-5, col
