@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -24,14 +24,12 @@ from .edges import is_edge
 from .inputs import Batch, position_index
 from .sparse import borrowed_metrics
 
-if TYPE_CHECKING:
-    from .execute import Executor
 
-
-def logit_plan(ex: "Executor", ir: IRGraph, step: ForwardStep, members: list[Forward],
+def logit_plan(ex: Any, ir: IRGraph, step: ForwardStep, members: list[Forward],
                batch: Batch, columns) -> tuple:
     """Which logits to compute: (slot per position or None for all, the [B, K] gather
-    index or None, token ids or None, token id -> column map or None)."""
+    index or None, token ids or None, token id -> column map or None). `ex`: the plan
+    interpreter (runtime/execute.py), for its token ids and adapter."""
     if any(f.logit_positions is None for f in members):
         return None, None, None, None
     positions = list(dict.fromkeys(p for f in members for p in f.logit_positions or ()))
