@@ -248,3 +248,19 @@ def test_an_attribution_pass_hooks_each_site_once(models_dir, monkeypatch) -> No
     a, b = ("resid_pre", 0, None), ("mlp.out", 0, None)
     hooks = [(*a, 1), (*b, 2), (*a, 3), (*b, 4)]
     assert by_site(hooks) == [(*a, 1), (*a, 3), (*b, 2), (*b, 4)]
+
+
+def test_ids_are_shared_only_with_the_tokenizer_check_used() -> None:
+    from patchc.compiler.tokens import as_tokenizer, encode_many, plain_many, shared
+
+    tok, other = make_tokenizer(True), make_tokenizer(False)
+    checked = as_tokenizer(tok)
+    texts = CLEAN + ["the"]
+    assert encode_many(checked, texts) == [tok(t)["input_ids"] for t in texts]
+    assert plain_many(checked, texts) == [tok(t, add_special_tokens=False)["input_ids"]
+                                          for t in texts]
+    assert shared(checked, tok) is checked
+    fresh = shared(checked, other)  # another tokenizer: its own ids, not check's
+    assert fresh is not checked and fresh.tok is other
+    assert fresh.encode_many(texts) == [other(t)["input_ids"] for t in texts]
+    assert shared(None, tok).tok is tok  # check read no tokenizer: the run's own
