@@ -29,31 +29,46 @@ def logit_plan(ex: Any, ir: IRGraph, step: ForwardStep, members: list[Forward],
                batch: Batch, columns) -> tuple:
     """Which logits to compute: (slot per position or None for all, the [B, K] gather
     index or None, token ids or None, token id -> column map or None). `ex`: the plan
-    interpreter (runtime/execute.py), for its token ids and adapter."""
+    interpreter (runtime/execute.py), for its token ids, adapter and memo: the positions'
+    index and the token ids are made once per run for each set of them (every pass of a
+    sweep asks for the same); callers only read them."""
     if any(f.logit_positions is None for f in members):
         return None, None, None, None
     positions = list(dict.fromkeys(p for f in members for p in f.logit_positions or ()))
     slots = {p: j for j, p in enumerate(positions)}
-    if positions:
-        cols = [position_index(batch, p, columns)[:, :1] for p in positions]
-        index = (torch.cat(cols, 1) - step.p0).repeat(len(members), 1)
-    else:
-        index = torch.zeros(batch.n * len(members), 0, dtype=torch.long)
+    run = members[0].run
+    key = ("logit index", run, batch.n, batch.width, step.p0, tuple(positions))
+    if key not in ex.memo:
+        if positions:
+            cols = [position_index(batch, p, columns)[:, :1] for p in positions]
+            ex.memo[key] = torch.cat(cols, 1) - step.p0
+        else:
+            ex.memo[key] = torch.zeros(batch.n, 0, dtype=torch.long)
+    index = ex.memo[key].repeat(len(members), 1)
     if not all(f.logit_tokens for f in members):
         return slots, index, None, None
-    ids: set[int] = set()
+    toks = []
     for fid in step.members:
         for m in ir.g.successors(fid):
             node = ir.node(m)
             if isinstance(node, Metric) and node.forward == fid:
-                lookup = ex._token_lookup(ir.node(fid).run, batch.n)  # type: ignore[union-attr]
-                for e in A.metric_nodes(node.expr):
-                    if isinstance(e, A.MCall):
-                        ids |= set(lookup(e.tok).tolist())
+                toks += [e.tok for e in A.metric_nodes(node.expr) if isinstance(e, A.MCall)]
+    key = ("logit tokens", run, batch.n, tuple(dict.fromkeys(toks)))
+    if key not in ex.memo:
+        ex.memo[key] = _token_columns(ex, run, batch.n, key[3])
+    return (slots, index, *ex.memo[key])
+
+
+def _token_columns(ex: Any, run: str, n: int, toks: tuple) -> tuple:
+    """The token ids the metrics name (sorted) and the map from token id to column."""
+    lookup = ex._token_lookup(run, n)
+    ids: set[int] = set()
+    for tok in toks:
+        ids |= set(lookup(tok).tolist())
     tokens = torch.tensor(sorted(ids), dtype=torch.long)
     remap = torch.full((ex.adapter.vocab_size,), -1, dtype=torch.long)
     remap[tokens] = torch.arange(len(tokens))
-    return slots, index, tokens, remap
+    return tokens, remap
 
 
 def live_mlp(adapter: Any, members: list[Forward], index: torch.Tensor | None,

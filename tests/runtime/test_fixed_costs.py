@@ -264,3 +264,25 @@ def test_ids_are_shared_only_with_the_tokenizer_check_used() -> None:
     assert fresh is not checked and fresh.tok is other
     assert fresh.encode_many(texts) == [other(t)["input_ids"] for t in texts]
     assert shared(None, tok).tok is tok  # check read no tokenizer: the run's own
+
+
+def test_a_runs_passes_share_their_logit_token_ids(models_dir, monkeypatch) -> None:
+    """Every pass of a swap sweep (a pass per layer and chunk, and the corrupt run) measures
+    the same tokens: their ids and column map are made once per run, and the table is the
+    naive interpreter's."""
+    import patchc.runtime.pass_plan as pp
+
+    fam = family("gpt2", models_dir)
+    made, passes = [], []
+    real = pp._token_columns
+    monkeypatch.setattr(pp, "_token_columns", lambda *a: made.append(1) or real(*a))
+    handle = fam.model.register_forward_pre_hook(lambda *_: passes.append(1))
+    body = "set batch_size = 12\n" + HEAD + \
+        "swap L*.H*.z @ last from clean into corrupt measure ld as t\n"
+    try:
+        got = fam.run(body, naive=False)
+    finally:
+        handle.remove()
+    assert len(made) == 1 and len(passes) > 3
+    ref = fam.run(body, naive=True)
+    pd.testing.assert_frame_equal(got.tables["t"], ref.tables["t"], atol=1e-5, rtol=1e-5)
