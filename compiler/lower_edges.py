@@ -122,9 +122,8 @@ def patch_form(lw: Lowerer, op: A.Operation) -> bool:
     """Does an edge swap/ablate lower to edge sweeps (module docstring)? Single edges (no
     `all(...)`: a group's edges change each other's senders), at positions a sweep member
     can write, on a run without noise samples, measured by metrics of the logits at one
-    position, in a table no circuit ranks (lower_circuits.py reads its rows)."""
-    if not lw.compact or not isinstance(op, (A.Swap, A.Ablate)) or \
-            A.table_name(op) in lw.row_tables:
+    position. (A circuit may rank its table: its Select puts the members in row order.)"""
+    if not lw.compact or not isinstance(op, (A.Swap, A.Ablate)):
         return False
     if not all(isinstance(item, A.Edge) for item in op.sites):
         return False

@@ -143,5 +143,23 @@ def test_compact_forms_and_fallbacks(any_family) -> None:
                  "measure ld") == [False]
     assert forms("swap L0.H*.out -> L1.H*.q from clean into corrupt measure kl(clean)") == \
         [False]
+    # a table a circuit ranks is a sweep too (its Select puts the members in row order)
     assert forms("swap L0.H*.out -> L1.H*.q from clean into corrupt measure ld as e\n"
-                 "circuit c = top 2 of e") == [False]
+                 "circuit c = top 2 of e") == [True]
+
+
+CIRCUIT = """swap * -> * from corrupt into clean measure ld normalized as e
+circuit c = top {3, 10%, 50%} of e
+evaluate c in clean with ablate(corrupt) measure ld as ev
+"""
+
+
+@pytest.mark.parametrize("name", ["gpt2", "neox"])
+def test_circuit_of_an_edge_sweep_equals_per_edge(get_family, name: str, monkeypatch) -> None:
+    """A circuit ranks the sweep's rows in the table's order (the receiver groups interleave
+    in it): the same ranking, circuit table and faithfulness as from the per-edge table."""
+    fam = get_family(name)
+    got, old = fam.run(PRELUDE + CIRCUIT), _per_edge(fam, CIRCUIT, monkeypatch)
+    assert got["e"]["receiver"].tolist() != sorted(got["e"]["receiver"])  # interleaved groups
+    for t in ("e", "c", "ev"):
+        _same(old[t], got[t], f"{name} {t}")
