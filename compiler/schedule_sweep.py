@@ -16,7 +16,7 @@ import math
 
 from . import costs as C
 from .ir import IRGraph, Metric
-from .ir_sweep import members, split
+from .ir_sweep import Space, members, split
 from .plan import ForwardStep
 
 # A pass costs this much beyond its arithmetic (Python, kernel launches), in FLOPs per layer
@@ -40,7 +40,8 @@ def sweep_shape(sz: C.GraphSizes, fid: str, k: int, p0: int) -> C.ForwardShape:
     # (the members measure the same token ids: one set of unembedding rows for all; the
     # last block's MLP runs at the measured positions alone as sz.shape says, dead_positions)
     one = sz.shape([fid], p0)
-    return dataclasses.replace(one, rows=k * one.rows)
+    edges = not isinstance(sz.fwd(fid).sweep.space, Space)  # an edge sweep (ir_edges.py)
+    return dataclasses.replace(one, rows=k * one.rows, edges=edges)
 
 
 def _firsts(sz: C.GraphSizes, fid: str) -> list[int]:
