@@ -122,6 +122,17 @@ def test_uneven_prompts_and_positions_equal_per_edge(get_family, name: str, monk
     assert per["ld2"].isna().any() and per["ld2"].notna().sum() > 10  # the short prompt
 
 
+def test_chunks_of_a_sweep_equal_one_pass(any_family) -> None:
+    """`set batch_size = 6` (3 members of 2 examples per pass) cuts each sweep into chunks,
+    each its own pass with its own members' senders: the same table as one pass per sweep."""
+    fam = any_family("gpt2")
+    whole = fam.run(PRELUDE + BODY)
+    chunked = fam.run("set batch_size = 6\n" + PRELUDE + BODY)
+    assert chunked.manifest["plan"]["passes"] > whole.manifest["plan"]["passes"] + 10
+    for t in ("s", "a", "z", "m"):
+        _same(whole[t], chunked[t], f"chunked {t}")
+
+
 def test_compact_forms_and_fallbacks(any_family) -> None:
     """All(...) groups, a table a circuit ranks and kl metrics keep one Forward per edge;
     a statement of a few edges each in a group of its own too (its forwards batch with the
