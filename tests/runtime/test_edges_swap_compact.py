@@ -174,3 +174,30 @@ def test_circuit_of_an_edge_sweep_equals_per_edge(get_family, name: str, monkeyp
     assert got["e"]["receiver"].tolist() != sorted(got["e"]["receiver"])  # interleaved groups
     for t in ("e", "c", "ev"):
         _same(old[t], got[t], f"{name} {t}")
+
+
+def test_head_receivers_write_the_projection_in_place(any_family) -> None:
+    """Without gradients a head receiver's hook writes its columns into the fused q/k/v
+    projection's own output (no copy of it per head receiver: most of an edge chunk's
+    overhead on a small model), with the numbers of the copying write."""
+    import torch
+
+    from patchc.runtime.adapters import adapter_for
+
+    fam = any_family("gpt2")
+    ad = adapter_for(fam.model)
+    proj = fam.model.transformer.h[1].attn.c_attn
+    ids = fam.ids(["the cat sat on the mat"])
+    seen: list = []
+    first = proj.register_forward_hook(lambda m, a, o: seen.append(o.data_ptr()))
+    hooks = [("q.in", 1, h, lambda x: x + 0.5) for h in range(2)]
+    with torch.no_grad():
+        with ad.hooks(hooks):
+            last = proj.register_forward_hook(lambda m, a, o: seen.append(o.data_ptr()))
+            fast = fam.model(ids).logits
+            last.remove()
+        first.remove()
+        with torch.enable_grad(), ad.hooks(hooks):  # (a gradient-tracking pass copies)
+            slow = fam.model(ids).logits.detach()
+    assert seen[0] == seen[1]
+    assert torch.equal(fast, slow)
