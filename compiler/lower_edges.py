@@ -9,8 +9,8 @@
   it at the receivers' layer (after the last block for `logits`: only the final norm and
   the unembedding run), the schedule cuts it into chunks under the budget, and the runtime
   patches each member's receiver in its own rows (runtime/edge_sweeps.py).
-- otherwise (`all(...)` groups, noised runs, kl/loss metrics, a table a circuit ranks,
-  `compact=False`): one Forward of B per experiment, with one Write per receiver on the
+- otherwise (`all(...)` groups, noised runs, kl/loss metrics, a few edges each in a group of
+  its own, `compact=False`): one Forward of B per experiment, with one Write per receiver on the
   receiver's input site (`q.in`, `mlp.in`, `logits.in`, ...): `x_r + sum (new_s - cur_s)`
   over the experiment's senders into that receiver (ir.Write, modes `edge`, `edge_mean`,
   `edge_zero`). cur_s is a Read of B's base Forward when no write of the experiment can
