@@ -22,8 +22,8 @@ from patchc.compiler.errors import PatchcError, Warning_
 from patchc.compiler.ir import IRGraph, Table
 
 from .circuit_tables import ranked, with_areas
-from .sweep_tables import (_joined, _mean_se, joined_arrays, sweep_blocks, sweep_examples,
-                           sweep_frame, sweep_key_names)
+from .sweep_tables import (_joined, _mean_se, _member_rows, joined_arrays, sweep_blocks,
+                           sweep_examples, sweep_frame, sweep_key_names)
 
 
 def example_mean(values: Any) -> float:
@@ -152,9 +152,11 @@ def _sweep_table(table: Table, values: dict[str, Any], gaps: "_ZeroGaps") -> pd.
     """A table of compact sweep rows alone: sweep_frame in the table's columns, with its
     integer keys made Int64 as _int_keys makes them, in one DataFrame (no frame built,
     reindexed and converted column by column after)."""
+    names = _row_columns(table, set())
+    if _member_rows(table) is not None:  # (an edge sweep's members, put in row order)
+        return sweep_frame(table, values, gaps.check).reindex(columns=names)
     blocks = sweep_blocks(table, values, gaps.check)
     arrays = joined_arrays(blocks)
-    names = _row_columns(table, set())
     if arrays is None or not set(names) <= set(arrays):
         return _joined(blocks).reindex(columns=names)
     keys = sweep_key_names(table)
