@@ -46,6 +46,14 @@ def baseline_label(b: dict[str, Any]) -> str:
     return f"{side('0')}, {side('1')}"
 
 
+def unpatched_label(col: str, u: dict[str, Any]) -> str:
+    """`ld(corrupt) = -0.6781 (target, no effect), ld(clean) = 7.123 (source)` for a raw
+    column's unpatched values (tables.table_unpatched)."""
+    what = {"target": "target, no effect", "source": "source"}
+    return ", ".join(f"{col}({u[k]['run']}) = {u[k]['value']:.4g} ({what[k]})"
+                     for k in ("target", "source") if k in u)
+
+
 def new_figure(width: float, height: float):
     """A Figure on the Agg canvas, never through pyplot: no global state, no GUI, and a
     notebook's own backend is left alone (a returned Figure still displays inline)."""
@@ -181,10 +189,28 @@ def value_label(col: str, cinfo: dict[str, Any], baselines: bool = True,
         return f"{col} normalized:\n0 = zero, 1 = {run(r)}"  # m / m_target
     if "centre_run" in cinfo and baselines:
         # the colour scale's centre, the bars' base, the dotted line of a line chart
-        return f"{col}\nno effect = {cinfo['centre_run']} unpatched ({_num(cinfo.get('centre'))})"
+        what = f"the unpatched {unpatched_value(col, cinfo['centre_run'], cinfo.get('centre'))}"
+        return f"{col}\n{'centred on' if colorbar else 'no effect:'} {what}"
     if "uncentred" in cinfo and colorbar:
         return f"{col}\n(not centred: {cinfo['uncentred']} unpatched is not measured)"
     return col
+
+
+def unpatched_value(col: str, run: str, value: Any) -> str:
+    """`ld(corrupt) = −0.68`: a column's value on a run as it is, unpatched."""
+    number = _num(value).replace("-", "\u2212", 1)  # a true minus, as the ticks have
+    return f"{col}({run}) = {number}"
+
+
+def unpatched_note(col: str, cinfo: dict[str, Any]) -> str | None:
+    """`unpatched: ld(corrupt) = −0.68, ld(clean) = 7.12` for a raw column whose runs'
+    unpatched values are known (a title's last line), else None."""
+    if "centre_run" not in cinfo:
+        return None
+    parts = [unpatched_value(col, cinfo["centre_run"], cinfo.get("centre"))]
+    if "source_run" in cinfo:
+        parts.append(unpatched_value(col, cinfo["source_run"], cinfo.get("source")))
+    return "unpatched: " + ", ".join(parts)
 
 
 def wrap(s: str, chars: int) -> list[str]:
@@ -221,6 +247,8 @@ def title(info: dict[str, Any], col: str | None, name: str, width: float = 6.0) 
         what = value_label(col, cinfo, baselines=False).replace("\n", " ")
         # a bare column name would be one word on a line of its own: say what it is
         lines += wrap(what if what != col else f"measured: {col}", chars)
+        note = unpatched_note(col, cinfo)  # a raw column: its runs as they are, unbroken
+        lines += wrap(note.replace(" = ", "\u00a0=\u00a0"), chars) if note else []
     return text("\n".join(lines))
 
 
