@@ -56,7 +56,7 @@ def test_a_raw_heatmap_is_centred_on_the_target_runs_own_value_and_says_so():
     (im,) = fig.axes[0].images
     lo, hi = im.get_clim()
     assert (lo + hi) / 2 == pytest.approx(3.2) and hi == pytest.approx(3.5)
-    assert im.colorbar.ax.get_ylabel() == "ld\nno effect = corrupt unpatched (3.2)"
+    assert im.colorbar.ax.get_ylabel() == "ld\ncentred on the unpatched ld(corrupt) = 3.2"
 
 
 def test_raw_bars_run_from_the_no_effect_value_coloured_by_their_side_of_it():
@@ -120,7 +120,7 @@ def test_run_centres_raw_attribution_and_swap_on_the_unpatched_target():
     atp = _columns(results, "atp")  # the gradient is taken on corrupt unpatched: m_B
     assert atp["scale"] == "signed" and atp["centre_run"] == "corrupt"
     assert atp["centre"] == pytest.approx(expected, abs=1e-4)
-    heads = _columns(results, "heads")  # `norm` puts the same metric of corrupt in the plan
+    heads = _columns(results, "heads")  # its own unpatched baseline (the same metric)
     assert heads["centre"] == pytest.approx(expected, abs=1e-4)
     assert _columns(results, "traced")["centre"] == pytest.approx(expected, abs=1e-4)
     assert "centre" not in _columns(results, "norm")  # 0 = corrupt already
@@ -128,6 +128,8 @@ def test_run_centres_raw_attribution_and_swap_on_the_unpatched_target():
 
 
 def test_a_raw_swap_without_the_unpatched_target_in_the_plan_spans_its_data():
+    # Writes at layer 0 at every position start from no twin: corrupt's base forward would
+    # be a pass of its own, so the plan leaves its baseline out (passes/drop_baselines.py)
     results = patchc.run(_spec("swap L0.H*.z from clean into corrupt  measure ld  as heads\n"))
     heads = _columns(results, "heads")
     assert heads == {"scale": "signed", "uncentred": "corrupt"}
