@@ -47,10 +47,10 @@ def baseline_label(b: dict[str, Any]) -> str:
 
 
 def unpatched_label(col: str, u: dict[str, Any]) -> str:
-    """`ld(corrupt) = -0.6781 (target, no effect), ld(clean) = 7.123 (source)` for a raw
+    """`ld(corrupt) = -0.6781 (target, no effect), ld(clean) = 7.121 (source)` for a raw
     column's unpatched values (tables.table_unpatched)."""
     what = {"target": "target, no effect", "source": "source"}
-    return ", ".join(f"{col}({u[k]['run']}) = {u[k]['value']:.4g} ({what[k]})"
+    return ", ".join(f"{on_run(col, u[k]['run'])} = {u[k]['value']:.4g} ({what[k]})"
                      for k in ("target", "source") if k in u)
 
 
@@ -189,28 +189,34 @@ def value_label(col: str, cinfo: dict[str, Any], baselines: bool = True,
         return f"{col} normalized:\n0 = zero, 1 = {run(r)}"  # m / m_target
     if "centre_run" in cinfo and baselines:
         # the colour scale's centre, the bars' base, the dotted line of a line chart
-        what = f"the unpatched {unpatched_value(col, cinfo['centre_run'], cinfo.get('centre'))}"
-        return f"{col}\n{'centred on' if colorbar else 'no effect:'} {what}"
+        what = unpatched_value(col, cinfo["centre_run"], cinfo.get("centre"))
+        # (a bar chart's title lists the unpatched values: its axis can be short)
+        return f"{col}\n{'centred on the unpatched' if colorbar else 'no effect:'} {what}"
     if "uncentred" in cinfo and colorbar:
         return f"{col}\n(not centred: {cinfo['uncentred']} unpatched is not measured)"
     return col
 
 
+def on_run(col: str, run: str) -> str:
+    """`ld(corrupt)`: a column measured on a run; `logprob(" great") on neutral` for a
+    column named by an expression (`logprob(" great")(neutral)` reads as a call)."""
+    return f"{col}({run})" if col.isidentifier() else f"{col} on {run}"
+
+
 def unpatched_value(col: str, run: str, value: Any) -> str:
     """`ld(corrupt) = −0.68`: a column's value on a run as it is, unpatched."""
     number = _num(value).replace("-", "\u2212", 1)  # a true minus, as the ticks have
-    return f"{col}({run}) = {number}"
+    return f"{on_run(col, run)} = {number}"
 
 
 def unpatched_note(col: str, cinfo: dict[str, Any]) -> str | None:
     """`unpatched: ld(corrupt) = −0.68, ld(clean) = 7.12` for a raw column whose runs'
-    unpatched values are known (a title's last line), else None."""
-    if "centre_run" not in cinfo:
-        return None
-    parts = [unpatched_value(col, cinfo["centre_run"], cinfo.get("centre"))]
-    if "source_run" in cinfo:
-        parts.append(unpatched_value(col, cinfo["source_run"], cinfo.get("source")))
-    return "unpatched: " + ", ".join(parts)
+    unpatched values are known (`unpatched`, as tables.table_unpatched gives them: a
+    title's last line), else None."""
+    sides = cinfo.get("unpatched") or {}
+    parts = [unpatched_value(col, sides[k]["run"], sides[k]["value"])
+             for k in ("target", "source") if k in sides]
+    return "unpatched: " + ", ".join(parts) if parts else None
 
 
 def wrap(s: str, chars: int) -> list[str]:

@@ -6,10 +6,11 @@ the folder alone:
   columns       per measured column: its colour `scale` (patchc/plot_style.py); for a
                 normalized one the runs that map to 0 and 1 (`zero`, `one`), or `ratio_to`
                 for m / m_target, and each run's baseline mean (`baselines`); for a raw
-                signed one of an operation on run B, the value that means "no effect"
-                (`centre`: B's own unpatched mean, and `centre_run`: B; the source run
-                A's as `source` and `source_run` when measured), or, when the plan left B
-                unpatched out, `uncentred`: B (a heatmap's colours then span the data)
+                one of an operation on run B, the unpatched values of B and of the source
+                run A (`unpatched`, as Results.unpatched gives them), and when it is
+                signed the value that means "no effect" (`centre`: B's unpatched mean, and
+                `centre_run`: B), or, when the plan left B unpatched out, `uncentred`: B
+                (a heatmap's colours then span the data)
   measures      for `compare`: the measured columns its scatter plots (their normalization
                 is under `columns` like any other)
   positions     for a table with a `pos` column: the run whose positions they are and a label
@@ -152,6 +153,8 @@ def _column(ir: IRGraph, nid: str, baselines: dict[str, Any] | None, table: Tabl
     tables.table_unpatched; module docstring)."""
     if baselines is None:
         out: dict[str, Any] = {"scale": _node_scale(ir, nid)}
+        if unpatched:  # any scale: the title says them
+            out["unpatched"] = unpatched
         if out["scale"] == "signed" and table.op in _ON_TARGET:
             out.update(_no_effect(ir, nid, unpatched or {}))
         return out
@@ -167,19 +170,15 @@ def _column(ir: IRGraph, nid: str, baselines: dict[str, Any] | None, table: Tabl
 
 def _no_effect(ir: IRGraph, nid: str, unpatched: dict[str, Any]) -> dict[str, Any]:
     """Where a raw measure of run B shows no effect: `centre` = B's unpatched mean, which
-    the plan measures beside every raw column (Table.unpatched), and `centre_run` = B; with
-    the source run A's unpatched mean too when it was measured (`source`, `source_run`).
+    the plan measures beside every raw column (Table.unpatched), and `centre_run` = B.
     When the plan left B's out (it would have cost a model pass), `uncentred` names B: a
     heatmap then spans the data on a sequential scale (centred on 0 the values would all
     sit on one side, one colour); bars and lines keep 0."""
-    target, source = unpatched.get("target"), unpatched.get("source")
+    target = unpatched.get("target")
     if target is None:
         run = _measured_run(ir, ir.node(nid))
         return {"uncentred": run} if run is not None else {}
-    out = {"centre": target["value"], "centre_run": target["run"]}
-    if source is not None:
-        out.update(source=source["value"], source_run=source["run"])
-    return out
+    return {"centre": target["value"], "centre_run": target["run"]}
 
 
 def _measured_run(ir: IRGraph, node: Any) -> str | None:

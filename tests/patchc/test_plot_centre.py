@@ -132,7 +132,9 @@ def test_a_raw_swap_without_the_unpatched_target_in_the_plan_spans_its_data():
     # be a pass of its own, so the plan leaves its baseline out (passes/drop_baselines.py)
     results = patchc.run(_spec("swap L0.H*.z from clean into corrupt  measure ld  as heads\n"))
     heads = _columns(results, "heads")
-    assert heads == {"scale": "signed", "uncentred": "corrupt"}
+    assert heads == {"scale": "signed", "uncentred": "corrupt",  # clean's is read anyway
+                     "unpatched": {"source": results.unpatched("heads")["ld"]["source"]}}
+    assert results.unpatched("heads")["ld"]["source"]["run"] == "clean"
     fig = results.plot("heads")  # bars: from 0 as before, nothing to say
     fig.savefig(io.BytesIO(), format="png")
     (bars,) = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]

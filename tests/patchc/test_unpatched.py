@@ -103,9 +103,11 @@ def test_the_manifest_holds_them_and_a_normalized_column_has_none(results):
 def test_the_heatmap_is_centred_on_the_targets_unpatched_value(results):
     ld_corrupt = results.unpatched("heads")["ld"]["target"]["value"]
     ld_clean = results.unpatched("heads")["ld"]["source"]["value"]
-    cinfo = results.manifest["tables"]["heads"]["plot"]["columns"]["ld"]
-    assert cinfo == {"scale": "signed", "centre": ld_corrupt, "centre_run": "corrupt",
-                     "source": ld_clean, "source_run": "clean"}
+    columns = results.manifest["tables"]["heads"]["plot"]["columns"]
+    assert columns["ld"] == {"scale": "signed", "centre": ld_corrupt, "centre_run": "corrupt",
+                             "unpatched": results.unpatched("heads")["ld"]}
+    # a probability keeps its sequential scale; its title still says the unpatched values
+    assert columns["p"] == {"scale": "probability", "unpatched": results.unpatched("heads")["p"]}
     fig = results.plot("heads", "ld")
     fig.savefig(io.BytesIO(), format="png")
     (im,) = fig.axes[0].images
@@ -113,7 +115,9 @@ def test_the_heatmap_is_centred_on_the_targets_unpatched_value(results):
     assert im.get_cmap().name == "RdBu_r" and (lo + hi) / 2 == pytest.approx(ld_corrupt)
     number = f"{ld_corrupt:.3g}".replace("-", "\u2212")
     assert im.colorbar.ax.get_ylabel() == f"ld\ncentred on the unpatched ld(corrupt) = {number}"
-    assert "unpatched: ld(corrupt) = " in fig.axes[0].get_title().replace("\n", " ")
+    clean = f"{ld_clean:.3g}".replace("-", "\u2212")
+    assert fig.axes[0].get_title().endswith(
+        f"\nunpatched: ld(corrupt) = {number}, ld(clean) = {clean}")
 
 
 def test_the_cli_prints_them(tmp_path, capsys):
