@@ -219,6 +219,24 @@ def unpatched_note(col: str, cinfo: dict[str, Any]) -> str | None:
     return "unpatched: " + ", ".join(parts) if parts else None
 
 
+CHAR_IN = 0.085  # about the width of one character of medium text, in inches
+
+
+def fit_colorbar_labels(fig) -> None:
+    """Rewrap each colorbar's label to the colorbar's length once the figure is laid out:
+    a label longer than a short colorbar (a heatmap of two rows) ran past both its ends."""
+    bars = [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
+    labels = [ax.get_ylabel() for ax in bars]
+    if not any(labels):
+        return
+    fig.draw_without_rendering()  # the layout, without drawing pixels
+    for ax, label in zip(bars, labels):
+        length = ax.get_position().height * fig.get_figheight()
+        chars = max(12, int(1.25 * length / CHAR_IN))  # a little past its ends reads well
+        lines = [w for line in label.split("\n") for w in (wrap(line, chars) or [line])]
+        ax.set_ylabel("\n".join(lines))
+
+
 def wrap(s: str, chars: int) -> list[str]:
     """`s` in lines of at most `chars` characters, balanced: as few lines as a greedy wrap
     needs, but each about as long as the others, so no word is left alone on a line."""

@@ -89,6 +89,14 @@ def draw_column(name: str, df: pd.DataFrame, keys: list[str], col: str,
                 info: dict[str, Any]):
     """One figure for one measured column, or None when the table has more than three
     varying sweep columns (the CSV has it all; no single picture does)."""
+    fig = _draw_column(name, df, keys, col, info)
+    if fig is not None:
+        S.fit_colorbar_labels(fig)  # `centred on the unpatched ...` beside a short colorbar
+    return fig
+
+
+def _draw_column(name: str, df: pd.DataFrame, keys: list[str], col: str,
+                 info: dict[str, Any]):
     vary = [k for k in keys if k in df.columns and df[k].nunique(dropna=False) > 1]
     cinfo = _cinfo(info, col)
     scale, lo, hi, cmap = S.limits(cinfo.get("scale", "signed"), df[col].tolist(),

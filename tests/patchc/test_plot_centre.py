@@ -56,7 +56,13 @@ def test_a_raw_heatmap_is_centred_on_the_target_runs_own_value_and_says_so():
     (im,) = fig.axes[0].images
     lo, hi = im.get_clim()
     assert (lo + hi) / 2 == pytest.approx(3.2) and hi == pytest.approx(3.5)
-    assert im.colorbar.ax.get_ylabel() == "ld\ncentred on the unpatched ld(corrupt) = 3.2"
+    label = im.colorbar.ax.get_ylabel()
+    assert label.split("\n")[0] == "ld"
+    assert " ".join(label.split()[1:]) == "centred on the unpatched ld(corrupt) = 3.2"
+    # wrapped to the colorbar's length (a little past its ends at most), not past the figure
+    length = im.colorbar.ax.get_position().height * fig.get_figheight()
+    assert len(label.split("\n")) == 3
+    assert max(len(line) for line in label.split("\n")) * S.CHAR_IN <= 1.25 * length
 
 
 def test_raw_bars_run_from_the_no_effect_value_coloured_by_their_side_of_it():
@@ -80,7 +86,8 @@ def test_a_raw_heatmap_without_a_no_effect_value_spans_its_data_and_says_so():
     (im,) = fig.axes[0].images
     assert im.get_cmap().name == "viridis"
     assert im.get_clim() == (pytest.approx(2.9), pytest.approx(3.4))
-    assert im.colorbar.ax.get_ylabel() == "ld\n(not centred: corrupt unpatched is not measured)"
+    assert " ".join(im.colorbar.ax.get_ylabel().split()) == \
+        "ld (not centred: corrupt unpatched is not measured)"
 
 
 def _spec(ops: str) -> str:
