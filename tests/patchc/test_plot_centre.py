@@ -157,3 +157,20 @@ def test_a_raw_swap_without_the_unpatched_target_in_the_plan_spans_its_data():
     says = results.manifest["tables"]["heads"]["plot"]["columns"]["says"]
     assert "centre" not in says
     json.dumps(results.manifest, allow_nan=False)
+
+
+def test_a_sequential_lines_chart_marks_the_unpatched_run_with_a_line_of_its_own():
+    """A log-probability has no centre: the unpatched run's value (where a steering
+    coefficient's effect starts from) is a dotted line the legend names."""
+    df = pd.DataFrame([{"scale": s, "lp": -4.85 + s / 40} for s in (1.0, 4.0, 8.0)])
+    info = {"title": "steer L6.resid_post in neutral by {1, 4, 8} * love",
+            "numeric_keys": ["scale"],
+            "columns": {"lp": {"scale": "level", "unpatched": {
+                "target": {"run": "neutral", "value": -4.93}}}}}
+    fig = figure("steered", df, ["scale"], info)
+    fig.savefig(io.BytesIO(), format="png")
+    ax = fig.axes[0]
+    (line,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+    assert tuple(line.get_ydata()) == (-4.93, -4.93)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["unpatched neutral"]
+    assert ax.get_title().endswith("\nunpatched: lp(neutral) = \u22124.93")
