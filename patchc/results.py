@@ -66,10 +66,11 @@ class Results:
 
     def _repr_html_(self) -> str:
         """Jupyter: each table as an HTML table under its name (long tables: head and tail,
-        as pandas shows them), with the baselines of its normalized columns."""
+        as pandas shows them), with the baselines of its normalized columns and the
+        unpatched values of its raw ones."""
         import html
 
-        from patchc.plot_style import value_label
+        from patchc.plot_style import unpatched_label, value_label
 
         parts = []
         for name, df in self.tables.items():
@@ -80,6 +81,9 @@ class Results:
                 if cinfo.get("baselines") and col in df.columns:
                     label = value_label(col, cinfo).replace("\n", " ")
                     parts.append(f"<p><small>{html.escape(label)}</small></p>")
+            for col, u in self.unpatched(name).items():
+                label = f"{col} unpatched: {unpatched_label(col, u)}"
+                parts.append(f"<p><small>{html.escape(label)}</small></p>")
         return "\n".join(parts) or "<p>Results: no tables</p>"
 
     def pairs(self, name: str) -> pd.DataFrame:
