@@ -242,9 +242,10 @@ def wrap(s: str, chars: int) -> list[str]:
     needs, but each about as long as the others, so no word is left alone on a line."""
     import textwrap
 
-    # `L*.attn.out @ last` and an edge `L0.H3.out -> L0.mlp.in` stay on one line (textwrap
-    # splits at ASCII spaces only); an edge longer than a line overflows it, unbroken
+    # `L*.attn.out @ last`, an edge `L0.H3.out -> L0.mlp.in` and `1 = clean (7.12)` stay on
+    # one line (textwrap splits at ASCII spaces only); one longer than a line overflows it
     s = s.replace(" @ ", "\u00a0@\u00a0").replace(" -> ", "\u00a0->\u00a0")
+    s = s.replace(" = ", "\u00a0=\u00a0")
 
     def lines_of(w: int) -> list[str]:
         return [line.replace("\u00a0", " ")
@@ -272,7 +273,7 @@ def title(info: dict[str, Any], col: str | None, name: str, width: float = 6.0) 
         # a bare column name would be one word on a line of its own: say what it is
         lines += wrap(what if what != col else f"measured: {col}", chars)
         note = unpatched_note(col, cinfo)  # a raw column: its runs as they are, unbroken
-        lines += wrap(note.replace(" = ", "\u00a0=\u00a0"), chars) if note else []
+        lines += wrap(note, chars) if note else []
     return text("\n".join(lines))
 
 

@@ -174,3 +174,9 @@ def test_a_sequential_lines_chart_marks_the_unpatched_run_with_a_line_of_its_own
     assert tuple(line.get_ydata()) == (-4.93, -4.93)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["unpatched neutral"]
     assert ax.get_title().endswith("\nunpatched: lp(neutral) = \u22124.93")
+
+
+def test_a_wrapped_label_keeps_each_run_and_its_value_together():
+    # balanced wrapping once broke `1 = corrupt` after the `1`
+    assert S.wrap("0 = clean (7.12), 1 = corrupt (-0.679)", 25) == \
+        ["0 = clean (7.12),", "1 = corrupt (-0.679)"]
