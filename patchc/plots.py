@@ -16,10 +16,12 @@
                              draws it as a small annotated table instead.
 
 Colour scales follow what a column measures (plot_style.py: diverging at "no effect" for
-signed effects, sequential for probabilities and ranks); titles name the operation and what a
-normalized column's 0 and 1 are. The run-time facts a plot needs beyond the CSV (title,
-scales, baselines, tokens) are in the manifest (plotinfo.py), so `patchc plot DIR` redraws
-the same figures. Figures are drawn on Agg without pyplot.
+signed effects, sequential for probabilities and ranks); titles name the operation, what a
+normalized column's 0 and 1 are, and a raw column's unpatched values (its target run's is
+the no-effect value a diverging scale is centred on); a colorbar's label is wrapped to its
+length. The run-time facts a plot needs beyond the CSV (title, scales, baselines, unpatched
+values, tokens) are in the manifest (plotinfo.py), so `patchc plot DIR` redraws the same
+figures. Figures are drawn on Agg without pyplot.
 """
 
 from __future__ import annotations
