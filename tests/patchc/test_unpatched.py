@@ -158,3 +158,16 @@ def test_the_baselines_cost_no_model_pass(spec, monkeypatch):
     assert _passes(program) == _passes(without)
     if spec.endswith("ioi_heads.patch"):
         assert _passes(program) == 14  # every column is normalized: nothing to add
+
+
+def test_the_ir_says_them_in_every_form():
+    """`patchc compile --emit ir` and `--emit json` show a table's unpatched refs."""
+    from patchc.compiler.dump import dump_ir
+    from patchc.compiler.ir_json import ir_to_json
+
+    program = patchc.compile(_spec("swap L1.H*.z from clean into corrupt  measure ld  as heads\n"))
+    (table,) = program.optimized.tables
+    ((col, (target, source)),) = table.unpatched
+    assert f"  unpatched ld=({target}, {source})" in dump_ir(program.optimized).splitlines()
+    (heads,) = json.loads(ir_to_json(program.optimized))["tables"]
+    assert heads["unpatched"] == {"ld": [target, source]}
