@@ -171,7 +171,9 @@ def share_prefix(ir: IRGraph) -> IRGraph:
         f = forwards[fid]
         start_read = None
         if start >= 1:
-            own = [nodes[w] for w in f.writes[len(nodes[tid].writes):]]  # type: ignore[union-attr]
+            own = [nodes[w].site for w in f.writes[len(nodes[tid].writes):]]  # type: ignore[union-attr]
+            if f.sweep is not None:  # its members' writes (an edge sweep's: its receivers)
+                own += list(f.sweep.space.sites[:1])
             start_read = finder.find_or_add(Read(tid, start_site(start, own), ALL_POSITIONS))
             # Reads inside the skipped layers have the twin's values: read them there.
             for rid in cons.get(fid, []):
