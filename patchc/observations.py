@@ -1,6 +1,7 @@
 """What the statements of §11 add to a run's Results and manifest once its tables are built:
-each table's operation, the baselines of its normalized columns, and for a `read` or `lens`
-the tokens of the run it looked at and the positions each site holds (plot axes)."""
+each table's operation, the baselines of its normalized columns, the unpatched values of its
+raw columns, and for a `read` or `lens` the tokens of the run it looked at and the positions
+each site holds (plot axes)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from patchc.results import Results
 
 
 def observe(results: Results, spec: A.Spec, checked: CheckedSpec, tokenizer: Any) -> None:
-    """What the statements of §11 add to Results and the manifest: each table's operation
-    and the baselines of its normalized columns (printed with it, labelled in its plot), and
+    """What the statements of §11 add to Results and the manifest: each table's operation,
+    the baselines of its normalized columns (printed with it, labelled in its plot), the
+    unpatched values of its raw columns (printed; a plot centres on the target's), and
     the tokens of the run a `read` or `lens` looked at (plot axes)."""
     from patchc.compiler.tokens import shared
 
@@ -30,6 +32,9 @@ def observe(results: Results, spec: A.Spec, checked: CheckedSpec, tokenizer: Any
         baselines = results.baselines(name)
         if baselines:
             info["baselines"] = baselines
+        unpatched = results.unpatched(name)
+        if unpatched:
+            info["unpatched"] = unpatched
         if isinstance(op, (A.ReadSites, A.Lens)):
             texts = list(checked.runs[op.target.value].texts)
             # Each token as text (a BPE tokenizer's "ĠMary" reads " Mary"): axis labels.
