@@ -268,8 +268,8 @@ def test_ids_are_shared_only_with_the_tokenizer_check_used() -> None:
 
 def test_a_runs_passes_share_their_logit_token_ids(models_dir, monkeypatch) -> None:
     """Every pass of a swap sweep (a pass per layer and chunk, and the corrupt run) measures
-    the same tokens: their ids and column map are made once per run, and the table is the
-    naive interpreter's."""
+    the same tokens: their ids and column map are made once per run (clean is measured
+    too, its unpatched baseline), and the table is the naive interpreter's."""
     import patchc.runtime.pass_plan as pp
 
     fam = family("gpt2", models_dir)
@@ -283,6 +283,6 @@ def test_a_runs_passes_share_their_logit_token_ids(models_dir, monkeypatch) -> N
         got = fam.run(body, naive=False)
     finally:
         handle.remove()
-    assert len(made) == 1 and len(passes) > 3
+    assert len(made) == 2 and len(passes) > 3  # once per run measured: clean, corrupt
     ref = fam.run(body, naive=True)
     pd.testing.assert_frame_equal(got.tables["t"], ref.tables["t"], atol=1e-5, rtol=1e-5)

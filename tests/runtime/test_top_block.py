@@ -1,7 +1,8 @@
 """A pass that computes no logits stops after the last block it reads or writes
-(runtime/pass_plan.top_block, runtime/prefix.skip_above): a swap's source run read at L0, a
-mean ablation's run read at L1, a run whose embedding is read. On tiny GPT-2, Llama and NeoX
-models every value equals the naive interpreter's, which runs every block of every pass."""
+(runtime/pass_plan.top_block, runtime/prefix.skip_above): here a run that only vectors read,
+at its embedding, L0 and L1 (an operation's own runs are measured: their unpatched
+baselines). On tiny GPT-2, Llama and NeoX models every value equals the naive
+interpreter's, which runs every block of every pass."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from test_differential import tokenizer as _tokenizer
 tokenizer = _tokenizer  # the module-scoped fixture, shared with test_differential.py
 
 BODY = """
-swap L0.attn.out from clean into corrupt measure ld as low
-ablate L1.mlp.out in clean with mean(corrupt) measure ld as mid
-swap embed from corrupt into clean measure ld as emb
-swap L1.H0.z from clean into corrupt measure ld as head
+run third = d.corrupt
+vector w = mean(third.L0.resid_post @ last) - mean(third.L1.attn.out @ last)
+vector u = mean(third.embed @ last)
+steer L2.resid_pre in clean by w measure ld as st
+steer L1.resid_pre in corrupt by u measure ld as su
 """
 
 BLOCKS = {"gpt2": lambda m: m.transformer.h, "llama": lambda m: m.model.layers,
@@ -42,9 +44,8 @@ def test_passes_without_logits_stop_after_their_last_read(family: str, tokenizer
             h.remove()
     every = set(range(len(blocks)))
     assert naive and all(p == every for p in naive[:len(naive) - len(passes)])
-    # The optimized run: the plain clean run (read at L0 and L1: the swaps' sources and the
-    # vector v of HEAD) and the plain corrupt run (L1 mlp.out, embed, v) stop after block 1;
-    # the passes that measure run every block (or start above block 0: share_prefix).
+    # The optimized run: the run `third` (read at the embedding, L0 and L1) stops after
+    # block 1; the passes that measure run every block (or start above block 0).
     fast = passes
-    assert fast.count({0, 1}) == 2
+    assert fast.count({0, 1}) == 1
     assert all(p in ({0, 1}, every) or min(p) > 0 for p in fast)
