@@ -3,8 +3,8 @@
 - `logit_plan`: trim_logits. Which positions are unembedded, and for which token ids.
 - `live_mlp`: dead_positions. Which MLP computes at those positions only (the top block's,
   when the step's own reads and writes all lie below its MLP).
-- `top_block`: a pass that computes no logits at all (a swap's source run, a mean's run:
-  only their Reads are used) stops after the last block one of its reads or writes touches.
+- `top_block`: a pass that computes no logits at all (a run that only vectors or reads
+  use) stops after the last block one of its reads or writes touches.
   The blocks above it are stubbed (runtime/prefix.skip_above): nothing reads them, so
   every value the pass gives is the same.
 """
