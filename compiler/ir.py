@@ -309,12 +309,15 @@ class Pair:
     table row the pair feeds (its `site_kind`, `method`, and `metric` when there are several
     measures); the runtime correlates (estimate, metric) over every pair of a row into the
     row's `pearson` and `spearman`. `normalize` is the (target, source) metric ids of a
-    `normalized` measure, else None."""
+    `normalized` measure, else None. A compact `compare` (compiler/lower_compare.py) pairs
+    many at once: `metric` is a sweep Forward's Metric ([members, examples]) and `members`
+    the (start, stop) of its members among those of `estimate`, a compact Estimate."""
 
     key: tuple[tuple[str, Any], ...]
     estimate: str
     metric: str
     normalize: tuple[str, str | None] | None = None
+    members: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
