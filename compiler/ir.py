@@ -310,8 +310,9 @@ class Pair:
     measures); the runtime correlates (estimate, metric) over every pair of a row into the
     row's `pearson` and `spearman`. `normalize` is the (target, source) metric ids of a
     `normalized` measure, else None. A compact `compare` (compiler/lower_compare.py) pairs
-    many at once: `metric` is a sweep Forward's Metric ([members, examples]) and `members`
-    the (start, stop) of its members among those of `estimate`, a compact Estimate."""
+    many at once: `estimate` is a compact Estimate and `members` the (start, stop) of its
+    members that `metric` measures exactly: a sweep Forward's Metric ([members, examples]),
+    or one experiment's ([examples], stop = start + 1)."""
 
     key: tuple[tuple[str, Any], ...]
     estimate: str

@@ -8,23 +8,28 @@ positions, runs without noise samples) and whose metrics a sweep can measure
 experiment (lower_ops._op_compare).
 
 Per site item: one Estimate per (method, measure) whose `space` is the item's index set, and
-one sweep Forward per run of consecutive sites of one layer, each with a Metric per measure.
-The table's `pairs` then hold one ir.Pair per (sweep Forward, measure, method): the sweep's
-Metric, the item's Estimate and which of its members the sweep's are (`members`). The rows
+one sweep Forward per run of consecutive sites of one layer, each with a Metric per measure
+(an item with at most one member a layer, `L*.mlp.out`, keeps a plain Forward per member, so
+that it batches with the other Forwards that start at its layer). The table's `pairs` then
+hold one ir.Pair per (exact Forward, measure, method): its Metric, the item's Estimate and
+which of the Estimate's members the Forward's are (`members`). The rows
 are those of the per-experiment lowering (`site_kind`, `method`, `metric` when several),
 and the runtime correlates the members' means (patchc/tables.py).
 """
 
 from __future__ import annotations
 
+from typing import Iterator
+
 from . import ast as A
 from . import printer
 from .dictionaries import kind_text
 from .ir import Pair, Row
-from .ir_sweep import count
+from .ir_sweep import Space, count, members, split
 from .lower_estimates import check_spaces, compact_items, estimate_nodes, item_spaces
+from .lower_latents import source_read
 from .lower_sweep import compact_metrics, sweep_forwards
-from .lowerer import Key, Lowerer
+from .lowerer import Key, Lowerer, Target
 
 
 def compare_form(lw: Lowerer, op: A.Operation) -> bool:
@@ -50,10 +55,26 @@ def compare_rows(lw: Lowerer, op: A.Compare) -> int:
                 for s in spaces if count(s) for m in op.methods for c in cols})
 
 
+def _exact(lw: Lowerer, op: A.Compare, space: Space) -> Iterator[tuple[str, int]]:
+    """The exact swaps of an item's members, in order: (Forward id, its member count) per
+    sweep Forward, or per member when the item has at most one a layer (`L*.mlp.out`): those
+    Forwards then batch with the others that start at their layer, as lower_sweep's
+    `_one_per_layer` statements do. The caller adds each Forward's Metrics in turn."""
+    source, target = op.source.value, op.target.value
+    if count(space) > len({s.layer for s in space.sites}):
+        yield from ((fid, n) for fid, _, n in sweep_forwards(lw, op, space, "replace", source))
+        return
+    src = lw.base(source)
+    s_idx, p_idx, _ = split(space, members(space))
+    for s, p in zip(s_idx.tolist(), p_idx.tolist()):
+        t = Target(space.sites[s], space.positions[p])
+        yield lw.forward(target, [lw.write(t, "replace", (source_read(lw, src, t),))]), 1
+
+
 def lower_compare(lw: Lowerer, op: A.Compare, methods: list[tuple[str, str, int]]) -> None:
     """`op` as compact Estimates and sweep Forwards, and its Table of Pairs. `methods`:
     (Estimate method, Backward rules, ig steps) per estimator, lower_ops._method's."""
-    source, target = op.source.value, op.target.value
+    target = op.target.value
     lw.bake(target)
     spaces = item_spaces(lw, op)
     check_spaces(op, spaces)
@@ -65,7 +86,7 @@ def lower_compare(lw: Lowerer, op: A.Compare, methods: list[tuple[str, str, int]
     for i, space in enumerate(items):
         start = 0
         kind = space.sites[0].kind
-        for fid, _, n in sweep_forwards(lw, op, space, "replace", source):
+        for fid, n in _exact(lw, op, space):
             for col, m in measures:
                 exact = lw.metric(fid, target, m.expr)
                 norm = norms.get(col) if m.normalized else None

@@ -256,7 +256,7 @@ def compare_points(table: Table, values: dict[str, Any], means: dict[str, float]
         else:  # [members, examples] values: each member's mean, NaN examples left out
             lo, hi = p.members
             est = _mean_se(values[p.estimate][lo:hi].double())[0]
-            exact = _mean_se(values[p.metric].double())[0]
+            exact = _mean_se(values[p.metric].double().reshape(hi - lo, -1))[0]
         if p.normalize:
             target, source = p.normalize
             t, s = means[target], means[source] if source else None

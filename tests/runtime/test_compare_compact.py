@@ -3,8 +3,9 @@ GPT-2, Llama (grouped-query attention) and NeoX models, atp/relp/ig against the 
 over `@ each`, one position, heads, a neuron slice and `where`, measured plain, `normalized` and
 twice:
   - the plan interpreter's values equal the naive interpreter's, per example (assert_same);
-  - the compact lowering (sweep Forwards + compact Estimates, paired by member) gives the
-    per-experiment lowering's tables and points, both run naively;
+  - the compact lowering (sweep Forwards, or a Forward per member for an item with one
+    member a layer, + compact Estimates, paired by member) gives the per-experiment
+    lowering's tables and points, both run naively;
   - the exact swap's points equal a plain-hook swap written here.
 """
 
@@ -57,8 +58,9 @@ def test_compact_compare_matches_per_experiment(family: str, tokenizer) -> None:
         assert all((p.members is not None) == compact for p in pairs)
         values = Interpreter(checked, m, tokenizer, adapter_for(m)).run(ir)
         results[compact] = Results(ir, values, {})
-        if compact:  # one sweep Forward per layer and item, one Estimate per item and method
-            assert sum(1 for _, f in ir.of_type(Forward) if f.sweep is not None) == 3 + 3 + 2
+        if compact:  # one sweep Forward per layer and item (the neuron slice, one member a
+            # layer, keeps a Forward per member), one Estimate per item, method and measure
+            assert sum(1 for _, f in ir.of_type(Forward) if f.sweep is not None) == 3 + 3
             assert ir.count(Estimate) == 2 * 3 * 2 + 1
     new, old = results[True], results[False]
     for name in ("cmp", "neurons"):
@@ -108,9 +110,9 @@ def test_exact_points_equal_plain_hooks(tokenizer) -> None:
                 wb = bb.input_ids.shape[1] - n_b
                 new = clean[layer][i, wa + min(pos, n_a - 1)]
 
-                def pre(_mod, args, kwargs, i=i, new=new):
+                def pre(_mod, args, kwargs, i=i, new=new, at=wb + pos):
                     h = args[0].clone()
-                    h[i, wb + pos] = new
+                    h[i, at] = new
                     return (h,) + args[1:], kwargs
 
                 hook = m.transformer.h[layer].register_forward_pre_hook(pre, with_kwargs=True)
