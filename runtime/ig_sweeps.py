@@ -12,7 +12,10 @@ rows of a batch do not interact), so one backward gives every member's g_j.
 
 How many rows one pass holds: `set batch_size`, else IG_PASS_ROWS, and never more than the
 run's memory budget allows for a forward whose activations are all kept for the backward
-(costs.grad_pass_bytes); at least one step of one member (the examples).
+(costs.grad_pass_bytes); at least one step of one member (the examples). A pass holds
+members of one layer: it starts at that layer from B's residual stream there (prefix.
+skip_layers, as share_prefix does; the state taken once, by one forward of B), so neither
+its forward nor its backward computes the blocks below.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from patchc.compiler import costs as C
 from patchc.compiler.ir import ALL_POSITIONS, Backward, Estimate, Forward, IRGraph, Read, Site
 from patchc.compiler.ir_sweep import Space, members, split, whole_site
 
+from .compat import blocks_return_tuples
 from .estimates import gradients
 from .inputs import Batch, position_index, position_valid
+from .prefix import skip_layers
 from .writes import _features, gather, scatter
 
 if TYPE_CHECKING:
@@ -79,18 +84,27 @@ def ig_batched(interp: "RunContext", ir: IRGraph, node: Estimate,
     wholes = list(dict.fromkeys(whole_site(s) for s in space.sites))
     nodes = {f"{bid}#ig:{w}": Read(fid, w, ALL_POSITIONS) for w in wholes}
     rid = {w: r for r, w in zip(nodes, wholes)}
+    chunks = _chunks([space.sites[s].layer or 0 for s in s_idx.tolist()], per)
+    states = _start_states(interp, ir, fid, fwd, {layer for _, _, layer in chunks if layer})
+    # (asked before any hook is in: it runs a forward of its own)
+    as_tuple = bool(states) and _tuples(interp)
     out = torch.empty(total, n)
-    for lo in range(0, total, per):
-        hi = min(total, lo + per)
+    for lo, hi, layer in chunks:
         ends = [_end(interp, ir, pairs, space.sites[s], space.positions[p])
                 for s, p in zip(s_idx[lo:hi].tolist(), p_idx[lo:hi].tolist())]
         used = list(dict.fromkeys(whole_site(site) for site, _, _, _ in ends))
         acc = [torch.zeros_like(diff, dtype=torch.float32) for _, _, _, diff in ends]
         for first in range(0, steps, k):
             alphas = [(t + 0.5) / steps for t in range(first, min(steps, first + k))]
+            r = (hi - lo) * len(alphas)
             replace = {w: _interpolate(base, columns, ends, w, alphas) for w in used}
+            around = None
+            if layer:  # the blocks below the chunk's layer: B's state, not recomputed
+                around = lambda r=r, layer=layer: skip_layers(  # noqa: E731
+                    interp.adapter.layers(), layer, states[layer].repeat_interleave(r, 0),
+                    as_tuple)
             _, grads = gradients(interp, ir, backward.metric, [rid[w] for w in used],
-                                 replace=replace, repeat=(hi - lo) * len(alphas), nodes=nodes)
+                                 replace=replace, repeat=r, nodes=nodes, around=around)
             for m, (site, pos, _, _) in enumerate(ends):
                 g = grads[rid[whole_site(site)]]
                 g = g.view(n, hi - lo, len(alphas), *g.shape[1:])[:, m].float().sum(1)
@@ -99,6 +113,45 @@ def ig_batched(interp: "RunContext", ir: IRGraph, node: Estimate,
             delta = (diff.float().cpu() * acc[m]).flatten(1).sum(1)
             out[lo + m] = torch.where(position_valid(base, pos), m_b + delta, torch.nan)
     return out
+
+
+def _chunks(layers: list[int], per: int) -> list[tuple[int, int, int]]:
+    """(lo, hi, layer): runs of at most `per` consecutive members of one layer (a pass then
+    starts at its layer, and its backward stops there)."""
+    out = []
+    lo = 0
+    for i in range(1, len(layers) + 1):
+        if i == len(layers) or layers[i] != layers[lo] or i - lo == per:
+            out.append((lo, i, layers[lo]))
+            lo = i
+    return out
+
+
+def _tuples(interp: "RunContext") -> bool:
+    """Do the model's blocks return tuples (what a skipped block's stub must return)?"""
+    return interp.adapter.fam.tuple_blocks or \
+        blocks_return_tuples(interp.model, interp.adapter.layer(0))
+
+
+def _start_states(interp: "RunContext", ir: IRGraph, fid: str, fwd: Forward,
+                  layers: set[int]) -> dict[int, torch.Tensor]:
+    """B's residual stream entering each of `layers` [n, T, d], from one forward of B with
+    its own writes (taken before B's writes at that site: the passes apply those)."""
+    if not layers:
+        return {}
+    batch = interp.run_inputs(fwd.run).batch
+    got: dict[int, torch.Tensor] = {}
+
+    def grab(layer: int) -> Callable[[torch.Tensor], None]:
+        def fn(act: torch.Tensor) -> None:
+            got[layer] = act.detach().clone()
+        return fn
+
+    hooks = [("resid_pre", layer, None, grab(layer)) for layer in sorted(layers)]
+    hooks += interp.hooks_for(ir, fid, fwd, batch, reads=False)
+    with torch.no_grad(), interp.adapter.hooks(hooks), interp.model_pass():
+        interp.model(**batch.to(interp.device).model_kwargs())
+    return got
 
 
 def _end(interp: "RunContext", ir: IRGraph, pairs: dict[Site, tuple[str, str]], site: Site,
