@@ -1,7 +1,7 @@
 """`compare` and `ig` over compact index sets (issue 17): run time on the bundled IOI model,
 and what `check` / `compile --emit plan` of a compare cost on a GPT-2-small shape.
 
-    python benchmarks/compare_ig.py [--repeats 3] [--skip-compile]
+    python benchmarks/compare_ig.py [--repeats 3] [--skip-compile] [--skip-run]
 
 - run: `patchc.run` of each spec with the loaded model (examples/models/ioi-gpt2, the 16
   prompts of examples/data/ioi.jsonl), one thread, timed in rounds after a warm-up round
@@ -70,8 +70,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--skip-run", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if not args.skip_run:
+        run_times(args.repeats)
+    if not args.skip_compile:
+        compile_times(args.repeats)
+
+
+def run_times(repeats: int) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = ROOT / "examples/models/ioi-gpt2"
@@ -81,13 +89,14 @@ def main() -> None:
              for name, body in RUNS.items()}
     cpu = {name: [] for name in cases}
     timed = {name: (lambda fn=fn, name=name: _cpu(fn, cpu[name])) for name, fn in cases.items()}
-    times = timings(timed, args.repeats)
+    times = timings(timed, repeats)
     print(f"patchc from {Path(patchc.__file__).parent}\n")
     print("| IOI model, 1 thread | wall s (min) | spread | CPU s (min) |\n|---|---|---|---|")
     for name, ts in times.items():
         print(f"| {name} | {min(ts):.3f} | {max(ts) - min(ts):.3f} | {min(cpu[name]):.3f} |")
-    if args.skip_compile:
-        return
+
+
+def compile_times(repeats: int) -> None:
     print("\n| GPT-2-small shape | command | wall s (min) | spread | CPU s (min) | "
           "peak RSS MB |\n|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +106,7 @@ def main() -> None:
             file = Path(tmp) / "c.patch"
             file.write_text(spec(cfg, body))
             for cmd in (["check"], ["compile", "--emit", "plan"]):
-                got = [measure([*cmd, str(file)]) for _ in range(args.repeats)]
+                got = [measure([*cmd, str(file)]) for _ in range(repeats)]
                 walls = [w for w, _, _, _ in got]
                 cpu = min(c for _, c, _, _ in got)
                 rss = min(r for _, _, r, _ in got)
