@@ -15,7 +15,8 @@ run's memory budget allows for a forward whose activations are all kept for the 
 (costs.grad_pass_bytes); at least one step of one member (the examples). A pass holds
 members of one layer: it starts at that layer from B's residual stream there (prefix.
 skip_layers, as share_prefix does; the state taken once, by one forward of B), so neither
-its forward nor its backward computes the blocks below.
+its forward nor its backward computes the blocks below; and it unembeds only the positions
+B's metrics read.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from patchc.compiler.ir import ALL_POSITIONS, Backward, Estimate, Forward, IRGra
 from patchc.compiler.ir_sweep import Space, members, split, whole_site
 
 from .compat import blocks_return_tuples
-from .estimates import gradients
+from .estimates import Trim, gradients
 from .inputs import Batch, position_index, position_valid
 from .prefix import skip_layers
 from .writes import _features, gather, scatter
@@ -104,7 +105,8 @@ def ig_batched(interp: "RunContext", ir: IRGraph, node: Estimate,
                     interp.adapter.layers(), layer, states[layer].repeat_interleave(r, 0),
                     as_tuple)
             _, grads = gradients(interp, ir, backward.metric, [rid[w] for w in used],
-                                 replace=replace, repeat=r, nodes=nodes, around=around)
+                                 replace=replace, repeat=r, nodes=nodes, around=around,
+                                 trim=_trim(fwd, base.repeat(r), columns))
             for m, (site, pos, _, _) in enumerate(ends):
                 g = grads[rid[whole_site(site)]]
                 g = g.view(n, hi - lo, len(alphas), *g.shape[1:])[:, m].float().sum(1)
@@ -113,6 +115,17 @@ def ig_batched(interp: "RunContext", ir: IRGraph, node: Estimate,
             delta = (diff.float().cpu() * acc[m]).flatten(1).sum(1)
             out[lo + m] = torch.where(position_valid(base, pos), m_b + delta, torch.nan)
     return out
+
+
+def _trim(fwd: Forward, batch: Batch, columns) -> Trim | None:
+    """Logits only at the positions B's metrics read (trim_logits' choice for B's forward;
+    every token id: a log-probability needs them all), not at every position of every row."""
+    if not fwd.logit_positions:
+        return None
+    slots = {p: j for j, p in enumerate(fwd.logit_positions)}
+    index = torch.cat([position_index(batch, p, columns)[:, :1] for p in fwd.logit_positions],
+                      1)
+    return Trim(slots, index, None, None)
 
 
 def _chunks(layers: list[int], per: int) -> list[tuple[int, int, int]]:
