@@ -1,7 +1,7 @@
 """`compare` and `ig` over compact index sets (issue 17): run time on the bundled IOI model,
 and what `check` / `compile --emit plan` of a compare cost on a GPT-2-small shape.
 
-    python benchmarks/compare_ig.py [--repeats 3] [--skip-compile] [--skip-run]
+    python benchmarks/compare_ig.py [--repeats 3] [--skip-compile] [--skip-run] [--wide]
 
 - run: `patchc.run` of each spec with the loaded model (examples/models/ioi-gpt2, the 16
   prompts of examples/data/ioi.jsonl), one thread, timed in rounds after a warm-up round
@@ -12,6 +12,9 @@ and what `check` / `compile --emit plan` of a compare cost on a GPT-2-small shap
   wall, CPU, peak RSS) of a compare over every head's z, MLP output and residual stream at every
   position (2,688 experiments) and of `L*.resid_pre @ each` (192), on the GPT-2-small-shaped
   config of benchmarks/scale.py (no weights), 8 prompts of 16 tokens.
+
+`--wide`: also ig on bench_common's 6-layer random GPT-2 with GPT-2's vocabulary (where
+unembedding every position of every row costs more than the layers).
 
 To compare with another revision, run it with that revision's packages first on PYTHONPATH
 (the subprocesses inherit it). Prints markdown tables.
@@ -28,7 +31,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from bench_common import spec, timings  # noqa: E402
+from bench_common import build, spec, timings  # noqa: E402
 from scale import gpt2_small_config, measure  # noqa: E402
 
 import patchc  # noqa: E402
@@ -71,10 +74,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-compile", action="store_true")
     ap.add_argument("--skip-run", action="store_true")
+    ap.add_argument("--wide", action="store_true", help="also ig on benchmarks/bench_common's "
+                    "random GPT-2 (6 layers, d_model 256, vocab 50257)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if not args.skip_run:
         run_times(args.repeats)
+    if args.wide:
+        wide_times(args.repeats)
     if not args.skip_compile:
         compile_times(args.repeats)
 
@@ -94,6 +101,21 @@ def run_times(repeats: int) -> None:
     print("| IOI model, 1 thread | wall s (min) | spread | CPU s (min) |\n|---|---|---|---|")
     for name, ts in times.items():
         print(f"| {name} | {min(ts):.3f} | {max(ts) - min(ts):.3f} | {min(cpu[name]):.3f} |")
+
+
+def wide_times(repeats: int) -> None:
+    """ig where the unembedding is large: `attribute L*.attn.out @ each ... ig(steps=2)` on
+    the 6-layer random GPT-2 of bench_common (8 prompts of 16 tokens), CPU seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tok = build(Path(tmp) / "m")
+        text = spec(Path(tmp) / "m", "attribute L*.attn.out @ each from clean into corrupt "
+                    "using ig(steps=2) measure ld as g")
+        cpu: list[float] = []
+        times = timings({"ig": lambda: _cpu(lambda: patchc.run(text, model=model,
+                                                                 tokenizer=tok), cpu)}, repeats)
+    print(f"\n| 6-layer GPT-2, vocab 50257, 1 thread | wall s (min) | spread | CPU s (min) |\n"
+          f"|---|---|---|---|\n| ig(steps=2), attn.out @ each | {min(times['ig']):.2f} | "
+          f"{max(times['ig']) - min(times['ig']):.2f} | {min(cpu):.2f} |")
 
 
 def compile_times(repeats: int) -> None:
