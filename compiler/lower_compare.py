@@ -4,7 +4,7 @@ its exact swaps as sweep Forwards (lower_sweep.py), paired member by member.
 `compare_form` decides: a `compare` whose every site item is what a compact estimate takes
 (lower_estimates.compact_items: plain patterns of [batch, positions, features] sites at plain
 positions, runs without noise samples) and whose metrics a sweep can measure
-(lower_sweep.compact_metrics). Everything else keeps one Forward and one Estimate per
+(lower_sweep.logit_metrics). Everything else keeps one Forward and one Estimate per
 experiment (lower_ops._op_compare).
 
 Per site item: one Estimate per (method, measure) whose `space` is the item's index set, and
@@ -28,13 +28,13 @@ from .ir import Pair, Row
 from .ir_sweep import Space, count, members, split
 from .lower_estimates import check_spaces, compact_items, estimate_nodes, item_spaces
 from .lower_latents import source_read
-from .lower_sweep import compact_metrics, sweep_forwards
+from .lower_sweep import logit_metrics, sweep_forwards
 from .lowerer import Key, Lowerer, Target
 
 
 def compare_form(lw: Lowerer, op: A.Operation) -> bool:
     """Does `op` lower to compact estimates and sweeps? (See the module docstring.)"""
-    if not (isinstance(op, A.Compare) and compact_items(lw, op) and compact_metrics(lw, op)):
+    if not (isinstance(op, A.Compare) and compact_items(lw, op) and logit_metrics(lw, op)):
         return False
     # One site kind per item: its rows are then keyed by the item's first site.
     return all(len({s.kind for s in space.sites}) == 1 for space in item_spaces(lw, op))
