@@ -160,7 +160,10 @@ def test_compile_json_of_compare_has_pairs(capsys):
                        "--emit", "json")
     assert code == 0
     (cmp,) = [t for t in json.loads(out)["tables"] if t["op"] == "compare"]
-    assert cmp["pairs"] and {"estimate", "metric", "key", "normalize"} == set(cmp["pairs"][0])
+    assert cmp["pairs"] and {"estimate", "metric", "key", "normalize", "members"} == \
+        set(cmp["pairs"][0])
+    # a compact compare: each pair names the estimate's members its metric measures
+    assert all(len(p["members"]) == 2 for p in cmp["pairs"])
 
 
 def test_compile_bad_spec(capsys, tmp_path: Path):
