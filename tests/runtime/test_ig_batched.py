@@ -29,6 +29,18 @@ def test_batched_ig_equals_member_by_member(family: str, tokenizer) -> None:
     assert_same(family, BODY, tokenizer)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_target_run_with_its_own_writes(family: str, tokenizer) -> None:
+    """A target run steered at L1.resid_pre and ablated at L0.mlp.out: a pass that starts at
+    layer 1 or 2 takes B's residual stream with the layer-0 write in it and applies the
+    steering at L1.resid_pre itself (once: the state is taken before it)."""
+    body = """run steered = d.corrupt with steer L1.resid_pre by v, ablate L0.mlp.out
+attribute L*.resid_pre @ each, L*.attn.out @ last from clean into steered using ig(steps=3)
+    measure ld as t
+"""
+    assert_same(family, body, tokenizer)
+
+
 @pytest.mark.parametrize("settings", ["set batch_size = 30\n", "set batch_size = 6\n",
                                       "set batch_size = 1\n", 'set memory = "40MB"\n'])
 def test_pass_sizes(settings: str, tokenizer, monkeypatch) -> None:
