@@ -9,7 +9,8 @@
       w3 = replace L3.H2.z @ * <- r1
 
   (`<-` lists the ids the node depends on; expressions follow `:=`), then each table with
-  its rows (`key -> column=id`, normalize refs, compare pairs), then one summary line.
+  its rows (`key -> column=id`, normalize refs, compare pairs) and the unpatched
+  baselines of its raw columns (`unpatched col=(target, source)`), then one summary line.
 - `strip_spans(node)`: an AST copy with every span zeroed, to compare shapes.
 
 Both dumps are for people and golden tests, not for machines: ir_json.py is the stable form.
@@ -224,9 +225,9 @@ def _key(key: tuple[tuple[str, Any], ...]) -> str:
     return " ".join(f"{k}={_key_value(v)}" for k, v in key)
 
 
-def _norm(refs: tuple[str, str | None]) -> str:
+def _norm(refs: tuple[str | None, str | None]) -> str:
     target, source = refs
-    return f"({target}, {source or '-'})"
+    return f"({target or '-'}, {source or '-'})"
 
 
 def _row(row: Row) -> str:
@@ -258,8 +259,11 @@ def _table(t: Table) -> list[str]:
     head = (f"table {t.name} = {t.op} line {t.span.line}: {rows} row{'s' * (rows != 1)},"
             f" columns {', '.join(t.columns) or '-'}")
     ranked = [f"  ranked by {t.select}"] if t.select else []
+    unpatched = [f"  unpatched {', '.join(f'{c}={_norm(r)}' for c, r in t.unpatched)}"] \
+        if t.unpatched else []
     return [head] + ranked + [f"  {_row(r)}" for r in t.rows] + \
-        [f"  {_pair(p)}" for p in t.pairs] + [f"  {_sweep_rows(b)}" for b in t.sweeps]
+        [f"  {_pair(p)}" for p in t.pairs] + [f"  {_sweep_rows(b)}" for b in t.sweeps] + \
+        unpatched
 
 
 def _plural(n: int, word: str) -> str:

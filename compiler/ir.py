@@ -23,6 +23,8 @@ Additions made for lower.py (existing fields unchanged):
     `Estimate.edges`: a compact edge Estimate's ir_edges.EdgeSet (its inputs: ir_edges.py).
   - `Pair` and `Table.pairs`: which estimate pairs with which exact swap metric (`compare`).
   - verify() (ir_verify.py) also checks the ids in `Row.normalize` and `Table.pairs`.
+  - `Table.unpatched`: per raw column of an intervention, the Metrics of its target (and
+    source) run's base Forward: the no-effect value a plot centres on (lowerer.table).
 
 Additions made for the optimizer (compiler/passes/; all optional, defaults keep the meaning
 of the unoptimized graph, so the naive interpreter can still run an optimized graph):
@@ -334,6 +336,10 @@ class Table:
     pairs: tuple[Pair, ...] = ()
     select: str | None = None  # a circuit's table: the Select that ranks its rows
     sweeps: tuple[Any, ...] = ()  # ir_sweep.SweepRows: rows that are a sweep's members
+    # An intervention's raw (not normalized) columns: (column, (Metric of the target run's
+    # base Forward, of the source run's or None)), the values "no effect" sits at. Either
+    # may be None once the drop_baselines pass left out one that would cost a model pass.
+    unpatched: tuple[tuple[str, tuple[str | None, str | None]], ...] = ()
 
     def n_rows(self) -> int:
         """Rows of the table: its Rows and every sweep member."""

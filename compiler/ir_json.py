@@ -52,6 +52,7 @@ class TableJson(BaseModel):
     pairs: list[PairJson] = []
     sweeps: list[SweepRowsJson] = []
     select: str | None = None
+    unpatched: dict[str, list[str | None]] = {}
 
 
 class IRJson(BaseModel):
@@ -97,6 +98,7 @@ def ir_model(ir: IRGraph) -> IRJson:
                                   normalize={k: list(v) for k, v in b.normalize})
                     for b in t.sweeps],
             select=t.select,
+            unpatched={k: list(v) for k, v in t.unpatched},
         )
         for t in ir.tables
     ]

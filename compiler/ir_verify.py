@@ -56,6 +56,7 @@ def verify(ir: IRGraph) -> None:
         for p in table.pairs:
             refs += [p.estimate, p.metric] + [r for r in p.normalize or () if r]
         refs += [table.select] if table.select else []
+        refs += [r for _, pair in table.unpatched for r in pair if r]
         for ref in refs:
             if ref not in g:
                 raise PlanError("E505", f"table {table.name} refers to missing node {ref}")

@@ -10,6 +10,7 @@ function (`bake_writes`) by lower.py.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -285,8 +286,55 @@ class Lowerer:
         if columns is None:
             sweep = dict.fromkeys(c for r in rows for c, _ in r.key)
             columns = tuple(sweep) + tuple(dict.fromkeys(c for c, _ in self.measures(op)))
-        self.ir.tables.append(Table(A.table_name(op), A.op_keyword(op), columns, tuple(rows),
-                                    op.span, **extra))
+        table = Table(A.table_name(op), A.op_keyword(op), columns, tuple(rows), op.span,
+                      **extra)
+        if table.n_rows():
+            table = dataclasses.replace(table, unpatched=self.unpatched(op))
+        self.ir.tables.append(table)
+
+    def unpatched(self, op: A.Operation) -> tuple[tuple[str, tuple[str | None, str | None]], ...]:
+        """Per raw column of an intervention: its metric on the target run's base Forward
+        (the value "no effect" sits at) and on the source run's (Table.unpatched). A plain
+        forward's metric costs trimmed logits when the plan runs that forward anyway; the
+        drop_baselines pass leaves out one that would cost a model pass. Metrics that
+        generate text or need every position's logits (loss) are not measured."""
+        runs = intervention_runs(op)
+        if runs is None:
+            return ()
+        target, source = runs
+        out = []
+        for col, m in self.measures(op):
+            body = metric_parts(m.expr, self.checked.metrics)[1]
+            if m.normalized or any(isinstance(e, _NOT_BASELINE) for e in A.metric_nodes(body)):
+                continue
+            t = self.metric(self.base(target), target, m.expr)
+            s = self.metric(self.base(source), source, m.expr) if source else None
+            out.append((col, (t, s)))
+        return tuple(out)
+
+
+# Metrics not measured for Table.unpatched: generation (token by token) and loss (every
+# position's logits) would cost far more than a trimmed unembedding.
+_NOT_BASELINE = (A.MLoss,) + A.GENERATING
+
+
+def intervention_runs(op: A.Operation) -> tuple[str, str | None] | None:
+    """(target run, source run or None) of an operation that intervenes on a target run;
+    None for the others (dla, lens, read, measure, evaluate: nothing to compare with). The
+    source is the run the operation copies from, as `normalized` takes it (an ablation's
+    mean or resample run); none when it is the target itself."""
+    if isinstance(op, (A.Swap, A.Trace, A.Attribute, A.Compare)):
+        source: str | None = op.source.value
+    elif isinstance(op, A.Ablate):
+        source = op.how.run if op.how.kind != "zero" else None
+    elif isinstance(op, A.Backpatch):
+        source = op.source.value if op.source is not None else None
+    elif isinstance(op, (A.Steer, A.Scale)):
+        source = None
+    else:
+        return None
+    target = op.target.value
+    return target, source if source != target else None
 
 
 def check_where(conds: tuple[A.Cond, ...], keys: list[Key]) -> None:

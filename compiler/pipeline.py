@@ -19,6 +19,7 @@ from .lower import count_rows
 from .passes.batch import batch
 from .passes.dead_positions import dead_positions
 from .passes.dedupe import dedupe
+from .passes.drop_baselines import drop_baselines
 from .passes.fuse_attribution import fuse_attribution
 from .passes.narrow_positions import narrow_positions
 from .passes.prune_reads import prune_reads
@@ -29,8 +30,9 @@ Pass = Callable[[IRGraph], IRGraph]
 
 # In the order docs/architecture.md explains. Each pass's docstring says what it changes
 # and why results stay equal.
-PASSES: tuple[Pass, ...] = (dedupe, prune_reads, share_prefix, narrow_positions, batch,
-                            fuse_attribution, trim_logits, dead_positions)
+PASSES: tuple[Pass, ...] = (dedupe, prune_reads, share_prefix, drop_baselines,
+                            narrow_positions, batch, fuse_attribution, trim_logits,
+                            dead_positions)
 
 
 def optimize(ir: IRGraph, passes: tuple[Pass, ...] | None = None) -> IRGraph:

@@ -155,10 +155,12 @@ def _report(results, args: argparse.Namespace, lock=None) -> None:
         print(df.head(args.rows).to_string(index=False))
         if len(df) > args.rows:
             print(f"... {len(df) - args.rows} more rows")
-        from patchc.plot_style import baseline_label
+        from patchc.plot_style import baseline_label, unpatched_label
 
         for col, b in results.baselines(name).items():
             print(f"   {col} normalized: {baseline_label(b)}")
+        for col, u in results.unpatched(name).items():
+            print(f"   {col} unpatched: {unpatched_label(col, u)}")
     plan = results.manifest.get("plan", {})
     if "sparse_skipped" in plan:  # latent sweeps (runtime/sparse.py)
         print(f"sparse latent sweeps: {plan['sparse_skipped']} experiments on inactive latents "

@@ -289,8 +289,9 @@ def _threads(clock: Clock) -> int:
 
 def _observations(results: Results, spec: A.Spec, checked: CheckedSpec, tokenizer: Any
                   ) -> None:
-    """What the statements of §11 add to Results and the manifest: each table's operation
-    and the baselines of its normalized columns (printed with it, labelled in its plot), and
+    """What the statements of §11 add to Results and the manifest: each table's operation,
+    the baselines of its normalized columns (printed with it, labelled in its plot), the
+    unpatched values of its raw columns (printed; a plot centres on the target's), and
     the tokens of the run a `read` or `lens` looked at (plot axes)."""
     from patchc.runtime.inputs import encode
 
@@ -306,6 +307,9 @@ def _observations(results: Results, spec: A.Spec, checked: CheckedSpec, tokenize
         baselines = results.baselines(name)
         if baselines:
             info["baselines"] = baselines
+        unpatched = results.unpatched(name)
+        if unpatched:
+            info["unpatched"] = unpatched
         if isinstance(op, (A.ReadSites, A.Lens)):
             texts = list(checked.runs[op.target.value].texts)
             # Each token as text (a BPE tokenizer's "ĠMary" reads " Mary"): axis labels.

@@ -140,9 +140,15 @@ def sweep_lines(ax, df: pd.DataFrame, x_key: str, group_keys: list[str], col: st
         ax.set_xticks(xs, [S._label(v) for v in xs])
     cinfo = info.get("columns", {}).get(col, {})
     reference_lines(ax, cinfo, scale)
+    target = (cinfo.get("unpatched") or {}).get("target")
+    if target is not None and S.centre(scale, cinfo) is None:
+        # a sequential measure (a log-probability) has no centre line: the unpatched run is
+        # where a coefficient's effect starts from, so it gets a dotted line of its own
+        ax.axhline(target["value"], color="grey", linewidth=0.8, linestyle=":",
+                   label=S.text(f"unpatched {target['run']}"))
     ax.set_xlabel(S.text(S.key_title(x_key, info)))
     ax.set_ylabel(S.text(S.value_label(col, cinfo)))
-    if len(groups) > 1:
+    if ax.get_legend_handles_labels()[1]:  # the groups, the unpatched line
         legend_below(ax)
 
 

@@ -46,6 +46,14 @@ def baseline_label(b: dict[str, Any]) -> str:
     return f"{side('0')}, {side('1')}"
 
 
+def unpatched_label(col: str, u: dict[str, Any]) -> str:
+    """`ld(corrupt) = -0.6781 (target, no effect), ld(clean) = 7.121 (source)` for a raw
+    column's unpatched values (tables.table_unpatched)."""
+    what = {"target": "target, no effect", "source": "source"}
+    return ", ".join(f"{on_run(col, u[k]['run'])} = {u[k]['value']:.4g} ({what[k]})"
+                     for k in ("target", "source") if k in u)
+
+
 def new_figure(width: float, height: float):
     """A Figure on the Agg canvas, never through pyplot: no global state, no GUI, and a
     notebook's own backend is left alone (a returned Figure still displays inline)."""
@@ -181,10 +189,52 @@ def value_label(col: str, cinfo: dict[str, Any], baselines: bool = True,
         return f"{col} normalized:\n0 = zero, 1 = {run(r)}"  # m / m_target
     if "centre_run" in cinfo and baselines:
         # the colour scale's centre, the bars' base, the dotted line of a line chart
-        return f"{col}\nno effect = {cinfo['centre_run']} unpatched ({_num(cinfo.get('centre'))})"
+        what = unpatched_value(col, cinfo["centre_run"], cinfo.get("centre"))
+        # (a bar chart's title lists the unpatched values: its axis can be short)
+        return f"{col}\n{'centred on the unpatched' if colorbar else 'no effect:'} {what}"
     if "uncentred" in cinfo and colorbar:
         return f"{col}\n(not centred: {cinfo['uncentred']} unpatched is not measured)"
     return col
+
+
+def on_run(col: str, run: str) -> str:
+    """`ld(corrupt)`: a column measured on a run; `logprob(" great") on neutral` for a
+    column named by an expression (`logprob(" great")(neutral)` reads as a call)."""
+    return f"{col}({run})" if col.isidentifier() else f"{col} on {run}"
+
+
+def unpatched_value(col: str, run: str, value: Any) -> str:
+    """`ld(corrupt) = −0.68`: a column's value on a run as it is, unpatched."""
+    number = _num(value).replace("-", "\u2212", 1)  # a true minus, as the ticks have
+    return f"{on_run(col, run)} = {number}"
+
+
+def unpatched_note(col: str, cinfo: dict[str, Any]) -> str | None:
+    """`unpatched: ld(corrupt) = −0.68, ld(clean) = 7.12` for a raw column whose runs'
+    unpatched values are known (`unpatched`, as tables.table_unpatched gives them: a
+    title's last line), else None."""
+    sides = cinfo.get("unpatched") or {}
+    parts = [unpatched_value(col, sides[k]["run"], sides[k]["value"])
+             for k in ("target", "source") if k in sides]
+    return "unpatched: " + ", ".join(parts) if parts else None
+
+
+CHAR_IN = 0.085  # about the width of one character of medium text, in inches
+
+
+def fit_colorbar_labels(fig) -> None:
+    """Rewrap each colorbar's label to the colorbar's length once the figure is laid out:
+    a label longer than a short colorbar (a heatmap of two rows) ran past both its ends."""
+    bars = [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
+    labels = [ax.get_ylabel() for ax in bars]
+    if not any(labels):
+        return
+    fig.draw_without_rendering()  # the layout, without drawing pixels
+    for ax, label in zip(bars, labels):
+        length = ax.get_position().height * fig.get_figheight()
+        chars = max(12, int(1.25 * length / CHAR_IN))  # a little past its ends reads well
+        lines = [w for line in label.split("\n") for w in (wrap(line, chars) or [line])]
+        ax.set_ylabel("\n".join(lines))
 
 
 def wrap(s: str, chars: int) -> list[str]:
@@ -192,9 +242,10 @@ def wrap(s: str, chars: int) -> list[str]:
     needs, but each about as long as the others, so no word is left alone on a line."""
     import textwrap
 
-    # `L*.attn.out @ last` and an edge `L0.H3.out -> L0.mlp.in` stay on one line (textwrap
-    # splits at ASCII spaces only); an edge longer than a line overflows it, unbroken
+    # `L*.attn.out @ last`, an edge `L0.H3.out -> L0.mlp.in` and `1 = clean (7.12)` stay on
+    # one line (textwrap splits at ASCII spaces only); one longer than a line overflows it
     s = s.replace(" @ ", "\u00a0@\u00a0").replace(" -> ", "\u00a0->\u00a0")
+    s = s.replace(" = ", "\u00a0=\u00a0")
 
     def lines_of(w: int) -> list[str]:
         return [line.replace("\u00a0", " ")
@@ -221,6 +272,8 @@ def title(info: dict[str, Any], col: str | None, name: str, width: float = 6.0) 
         what = value_label(col, cinfo, baselines=False).replace("\n", " ")
         # a bare column name would be one word on a line of its own: say what it is
         lines += wrap(what if what != col else f"measured: {col}", chars)
+        note = unpatched_note(col, cinfo)  # a raw column: its runs as they are, unbroken
+        lines += wrap(note, chars) if note else []
     return text("\n".join(lines))
 
 

@@ -6,10 +6,11 @@ the folder alone:
   columns       per measured column: its colour `scale` (patchc/plot_style.py); for a
                 normalized one the runs that map to 0 and 1 (`zero`, `one`), or `ratio_to`
                 for m / m_target, and each run's baseline mean (`baselines`); for a raw
-                signed one of an operation on run B, the value that means "no effect"
-                (`centre`: B's own unpatched mean, and `centre_run`: B), or, when the plan
-                never measures B unpatched, `uncentred`: B (a heatmap's colours then span
-                the data)
+                one of an operation on run B, the unpatched values of B and of the source
+                run A (`unpatched`, as Results.unpatched gives them), and when it is
+                signed the value that means "no effect" (`centre`: B's unpatched mean, and
+                `centre_run`: B), or, when the plan left B unpatched out, `uncentred`: B
+                (a heatmap's colours then span the data)
   measures      for `compare`: the measured columns its scatter plots (their normalization
                 is under `columns` like any other)
   positions     for a table with a `pos` column: the run whose positions they are and a label
@@ -23,13 +24,12 @@ the folder alone:
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
 from patchc.compiler import ast as A
 from patchc.compiler.checked import CheckedSpec
-from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Table
+from patchc.compiler.ir import Backward, Estimate, IRGraph, Metric, Table
 
 _RUNS = re.compile(r" from (\S+) into (\S+)")
 
@@ -47,15 +47,17 @@ def describe_tables(ir: IRGraph, checked: CheckedSpec, tokenizer: Any,
 
 def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer: Any,
              values: dict[str, Any]) -> dict[str, Any]:
-    from patchc.tables import table_baselines
+    from patchc.tables import table_baselines, table_unpatched
 
     info: dict[str, Any] = {"title": _title(table, op), "columns": {}}
     base = table_baselines(ir, table, values)  # the values printed and in the manifest
+    unpatched = table_unpatched(ir, table, values)  # so are these
     for col in table.columns:
         row = next((dict(r.values) for r in [*table.rows, *table.sweeps]
                     if col in dict(r.values)), None)
         if row is not None:
-            info["columns"][col] = _column(ir, row[col], base.get(col), table.op, values)
+            info["columns"][col] = _column(ir, row[col], base.get(col), table,
+                                           unpatched.get(col))
         elif col in ("pearson", "spearman"):
             info["columns"][col] = {"scale": "correlation"}
     if table.pairs:  # compare: what the scatter's axes measure (the swap's own metric)
@@ -64,7 +66,7 @@ def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer
             col = dict(p.key).get("metric", only)
             if col not in info["columns"]:  # table_baselines names a lone measure `normalized`
                 b = base.get(col, base.get("normalized")) if p.normalize else None
-                info["columns"][col] = _column(ir, p.metric, b, table.op, values)
+                info["columns"][col] = _column(ir, p.metric, b, table, unpatched.get(col))
         info["measures"] = list(dict.fromkeys(dict(p.key).get("metric", only)
                                               for p in table.pairs))
     if table.op in ("circuit", "evaluate"):
@@ -143,15 +145,18 @@ def _title(table: Table, op: Any) -> str:
 _ON_TARGET = ("swap", "ablate", "attribute", "backpatch", "steer", "scale", "trace")
 
 
-def _column(ir: IRGraph, nid: str, baselines: dict[str, Any] | None, op: str = "",
-            values: dict[str, Any] | None = None) -> dict[str, Any]:
+def _column(ir: IRGraph, nid: str, baselines: dict[str, Any] | None, table: Table,
+            unpatched: dict[str, Any] | None) -> dict[str, Any]:
     """A column's colour scale; for a normalized one (`baselines` from
     tables.table_baselines) the runs that map to 0 and 1 and their values; for a raw signed
-    one of an operation on B, B's unpatched value as the centre (module docstring)."""
+    one of an operation on B, B's unpatched value as the centre (`unpatched` from
+    tables.table_unpatched; module docstring)."""
     if baselines is None:
         out: dict[str, Any] = {"scale": _node_scale(ir, nid)}
-        if out["scale"] == "signed" and op in _ON_TARGET:
-            out.update(_no_effect(ir, nid, values or {}))
+        if unpatched:  # any scale: the title says them
+            out["unpatched"] = unpatched
+        if out["scale"] == "signed" and table.op in _ON_TARGET:
+            out.update(_no_effect(ir, nid, unpatched or {}))
         return out
     zero, one = baselines["0"], baselines["1"]
     out = {"scale": "signed", "baselines": {one["run"]: one["value"]}}
@@ -163,54 +168,27 @@ def _column(ir: IRGraph, nid: str, baselines: dict[str, Any] | None, op: str = "
     return out
 
 
-def _no_effect(ir: IRGraph, nid: str, values: dict[str, Any]) -> dict[str, Any]:
-    """Where a raw measure of run B shows no effect: `centre` = B's unpatched mean when the
-    plan measures it (an attribution's gradient is taken there; a normalized column or a
-    `measure ... in B` of the same metric runs it), else `uncentred` naming B: a heatmap
-    then spans the data on a sequential scale (centred on 0 the values would all sit on one
-    side, one colour); bars and lines keep 0."""
-    from patchc.tables import example_mean
+def _no_effect(ir: IRGraph, nid: str, unpatched: dict[str, Any]) -> dict[str, Any]:
+    """Where a raw measure of run B shows no effect: `centre` = B's unpatched mean, which
+    the plan measures beside every raw column (Table.unpatched), and `centre_run` = B.
+    When the plan left B's out (it would have cost a model pass), `uncentred` names B: a
+    heatmap then spans the data on a sequential scale (centred on 0 the values would all
+    sit on one side, one colour); bars and lines keep 0."""
+    target = unpatched.get("target")
+    if target is None:
+        run = _measured_run(ir, ir.node(nid))
+        return {"uncentred": run} if run is not None else {}
+    return {"centre": target["value"], "centre_run": target["run"]}
 
-    node = ir.node(nid)
-    if isinstance(node, Estimate):  # attribution: m_B + sum (a_A - a_B) * g
+
+def _measured_run(ir: IRGraph, node: Any) -> str | None:
+    """The run a Metric (or an attribution Estimate's gradient metric) measures."""
+    if isinstance(node, Estimate):
         back = next((ir.node(i) for i in node.inputs if isinstance(ir.node(i), Backward)),
                     None)
-        if back is None:
-            return {}
-        metric = ir.node(back.metric)
-        if not isinstance(metric, Metric) or back.metric not in values:
-            return {}
-        run = ir.node(metric.forward).run  # type: ignore[union-attr]
-        return _centre(example_mean(values[back.metric]), run)
-    if not isinstance(node, Metric):
-        return {}
-    run = ir.node(node.forward).run  # type: ignore[union-attr]
-    base = _base_metric(ir, node, run)
-    if base is not None and base in values:
-        return _centre(example_mean(values[base]), run)
-    return {"uncentred": run}
-
-
-def _centre(value: float, run: str) -> dict[str, Any]:
-    """A centre that is a number (a text(N) column has no mean: NaN would be invalid JSON
-    in the manifest and no centre at all)."""
-    return {"centre": value, "centre_run": run} if math.isfinite(value) else {}
-
-
-def _base_metric(ir: IRGraph, like: Metric, run: str) -> str | None:
-    """The id of the Metric that measures what `like` measures on `run`'s plain forward (no
-    operation's writes), if the plan has one."""
-    from patchc.compiler import printer
-
-    text = printer.mexpr(like.expr)
-    for mid, m in ir.of_type(Metric):
-        if (m.name, m.pos, m.reference, m.lens) != (like.name, like.pos, like.reference,
-                                                    None):
-            continue
-        f = ir.node(m.forward)
-        if isinstance(f, Forward) and f.run == run and f.experiment is None \
-                and f.sweep is None and printer.mexpr(m.expr) == text:
-            return mid
+        node = ir.node(back.metric) if back is not None else None
+    if isinstance(node, Metric):
+        return ir.node(node.forward).run  # type: ignore[union-attr]
     return None
 
 

@@ -16,10 +16,12 @@
                              draws it as a small annotated table instead.
 
 Colour scales follow what a column measures (plot_style.py: diverging at "no effect" for
-signed effects, sequential for probabilities and ranks); titles name the operation and what a
-normalized column's 0 and 1 are. The run-time facts a plot needs beyond the CSV (title,
-scales, baselines, tokens) are in the manifest (plotinfo.py), so `patchc plot DIR` redraws
-the same figures. Figures are drawn on Agg without pyplot.
+signed effects, sequential for probabilities and ranks); titles name the operation, what a
+normalized column's 0 and 1 are, and a raw column's unpatched values (its target run's is
+the no-effect value a diverging scale is centred on); a colorbar's label is wrapped to its
+length. The run-time facts a plot needs beyond the CSV (title, scales, baselines, unpatched
+values, tokens) are in the manifest (plotinfo.py), so `patchc plot DIR` redraws the same
+figures. Figures are drawn on Agg without pyplot.
 """
 
 from __future__ import annotations
@@ -89,6 +91,14 @@ def draw_column(name: str, df: pd.DataFrame, keys: list[str], col: str,
                 info: dict[str, Any]):
     """One figure for one measured column, or None when the table has more than three
     varying sweep columns (the CSV has it all; no single picture does)."""
+    fig = _draw_column(name, df, keys, col, info)
+    if fig is not None:
+        S.fit_colorbar_labels(fig)  # `centred on the unpatched ...` beside a short colorbar
+    return fig
+
+
+def _draw_column(name: str, df: pd.DataFrame, keys: list[str], col: str,
+                 info: dict[str, Any]):
     vary = [k for k in keys if k in df.columns and df[k].nunique(dropna=False) > 1]
     cinfo = _cinfo(info, col)
     scale, lo, hi, cmap = S.limits(cinfo.get("scale", "signed"), df[col].tolist(),

@@ -2,7 +2,8 @@
 manifest; saving them. `text(N)` columns are strings: they are in the per-example output
 only. `Results.per_example(name)` has the raw per-example values, `activations(name)` the
 tensors of a `read`, `baselines(name)` the
-values a normalized table maps to 0 and 1, `pairs(name)` the estimate/exact points of a
+values a normalized table maps to 0 and 1, `unpatched(name)` the values of a raw column on
+the intervention's runs as they are, `pairs(name)` the estimate/exact points of a
 `compare` table. In Jupyter a Results shows as HTML tables; `Results.plot(name)` gives a
 Figure. `save(dir)` writes the result folder (patchc/outputs.py, staged and moved into place
 at once): `NAME.csv` per table, `NAME.examples.csv` (one row per experiment and example),
@@ -27,7 +28,7 @@ from patchc.compiler.errors import PatchcError
 from patchc.compiler.ir import IRGraph, Table
 from patchc.compiler.ir_sweep import members, split
 from patchc.tables import (build_table, compare_points, example_mean, per_example_table,
-                           table_baselines)
+                           table_baselines, table_unpatched)
 
 
 class Results:
@@ -66,10 +67,11 @@ class Results:
 
     def _repr_html_(self) -> str:
         """Jupyter: each table as an HTML table under its name (long tables: head and tail,
-        as pandas shows them), with the baselines of its normalized columns."""
+        as pandas shows them), with the baselines of its normalized columns and the
+        unpatched values of its raw ones."""
         import html
 
-        from patchc.plot_style import value_label
+        from patchc.plot_style import unpatched_label, value_label
 
         parts = []
         for name, df in self.tables.items():
@@ -80,6 +82,9 @@ class Results:
                 if cinfo.get("baselines") and col in df.columns:
                     label = value_label(col, cinfo).replace("\n", " ")
                     parts.append(f"<p><small>{html.escape(label)}</small></p>")
+            for col, u in self.unpatched(name).items():
+                label = f"{col} unpatched: {unpatched_label(col, u)}"
+                parts.append(f"<p><small>{html.escape(label)}</small></p>")
         return "\n".join(parts) or "<p>Results: no tables</p>"
 
     def pairs(self, name: str) -> pd.DataFrame:
@@ -152,6 +157,12 @@ class Results:
     def baselines(self, name: str) -> dict[str, Any]:
         """What 0 and 1 mean in each normalized column of table `name` (table_baselines)."""
         return table_baselines(self._ir, self._table(name), self._values)
+
+    def unpatched(self, name: str) -> dict[str, Any]:
+        """Each raw column of intervention table `name` measured on its target run (and
+        source run) unpatched: `{"ld": {"target": {"run": "corrupt", "value": -0.68},
+        "source": {"run": "clean", "value": 7.12}}}` (tables.table_unpatched)."""
+        return table_unpatched(self._ir, self._table(name), self._values)
 
     def activations(self, name: str) -> dict[str, torch.Tensor]:
         """The tensors of `read ... as NAME`, by concrete site (runtime/reading.py says

@@ -2,8 +2,9 @@
 then for each measure the mean over examples (`normalized` applied to the means) and
 `<measure>_se`, the standard error of that mean (sample standard deviation / sqrt(n); for a
 normalized column, divided by |baseline 1 - baseline 0|, the baselines taken as fixed).
-Also the per-example table, the baselines a normalized column maps to 0 and 1, and the
-correlations of a `compare` table. patchc/results.py wraps these in `Results`.
+Also the per-example table, the baselines a normalized column maps to 0 and 1, the unpatched
+values of a raw column's runs, and the correlations of a `compare` table. patchc/results.py
+wraps these in `Results`.
 
 `normalized` divides by the gap between two baselines; where they are equal the column is NaN
 and a W470 names the table and both values.
@@ -340,4 +341,25 @@ def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[s
         s_run = ir.node(source).forward  # type: ignore[union-attr]
         out[col] = {"0": zero, "1": {"run": ir.node(s_run).run,  # type: ignore
                                      "value": example_mean(values[source])}}
+    return out
+
+
+def table_unpatched(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[str, Any]:
+    """For each raw column of an intervention (Table.unpatched): the metric on its runs as
+    they are, unpatched, `{"target": {"run": .., "value": ..}, "source": {...}}` (the mean
+    over every example; `source` only where the operation has a source run and the plan ran
+    it). The target's value is what "no effect" means for that column. A side the plan left
+    out (it would have cost a model pass) or whose mean is not a number is absent."""
+    out: dict[str, Any] = {}
+    for col, refs in table.unpatched:
+        sides = {}
+        for side, ref in zip(("target", "source"), refs):
+            if ref is None or ref not in values:
+                continue
+            value = example_mean(values[ref])
+            if math.isfinite(value):
+                run = ir.node(ir.node(ref).forward).run  # type: ignore[union-attr]
+                sides[side] = {"run": run, "value": value}
+        if sides:
+            out[col] = sides
     return out

@@ -98,8 +98,9 @@ def remap_tables(tables: Iterable[Table], m: Mapping[str, str]) -> list[Table]:
             s, forward=r(s.forward), values=tuple((c, r(v)) for c, v in s.values),
             normalize=tuple((c, (r(a), r(b))) for c, (a, b) in s.normalize))
             for s in t.sweeps)
+        unpatched = tuple((c, (r(a), r(b))) for c, (a, b) in t.unpatched)
         out.append(dataclasses.replace(t, rows=rows, pairs=pairs, sweeps=sweeps,
-                                       select=r(t.select)))
+                                       select=r(t.select), unpatched=unpatched))
     return out
 
 
@@ -274,6 +275,7 @@ def table_refs(tables: Iterable[Table]) -> set[str]:
             out |= {v for _, v in s.values}
             out |= {x for _, pair in s.normalize for x in pair if x}
         out |= {t.select} if t.select else set()
+        out |= {x for _, pair in t.unpatched for x in pair if x}
     return out
 
 

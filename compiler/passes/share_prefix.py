@@ -30,6 +30,7 @@ from patchc.compiler.edges import start_site
 from patchc.compiler.ir import ALL_POSITIONS, Forward, IRGraph, Node, Read, Write
 from patchc.compiler.ir_sweep import layer_of
 
+from .drop_baselines import lone_baselines
 from ._graph import (
     Finder,
     before_layer,
@@ -103,10 +104,13 @@ def share_prefix(ir: IRGraph) -> IRGraph:
     forwards = {nid: n for nid, n in nodes.items() if isinstance(n, Forward)}
     speaks = {nid for nid in forwards if generates(nodes, cons, nid)}
     fixed = speaks | {nid for nid in forwards if differentiated(nodes, cons, nid)}
+    # A forward only unpatched baselines measure is no existing twin: one is added where it
+    # would be without them (and is found to be that forward); else drop_baselines drops it.
+    lone = lone_baselines(nodes, ir.tables, cons)
     by_writes: dict[tuple, str] = {}
     for nid in sorted(forwards, key=lambda x: int(x[1:])):
         f = forwards[nid]
-        if nid not in fixed and f.sweep is None:  # a sweep stands for many: never a twin
+        if nid not in fixed and f.sweep is None and nid not in lone:  # a sweep: never a twin
             by_writes.setdefault((f.run, f.samples, f.writes), nid)
 
     # 1. The best existing twin of each forward: the longest shared prefix of its writes.

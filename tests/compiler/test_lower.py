@@ -135,10 +135,16 @@ def test_head_sweep_forwards_rows_and_normalized_refs():
     assert len({r.normalize for r in t.rows}) == 1
 
 
-def test_without_normalized_only_the_source_base_forward():
+def test_without_normalized_the_target_base_forward_only_measures_the_unpatched_baseline():
     ir = low("swap L*.H*.z from clean into corrupt measure ld\n")
-    assert [f.run for _, f in forwards(ir, False)] == ["clean"]
-    assert ir.tables[0].name == "op_10"
+    assert [f.run for _, f in forwards(ir, False)] == ["clean", "corrupt"]
+    (t,) = ir.tables
+    assert t.name == "op_10"
+    # ld on both runs as they are (passes/drop_baselines.py drops one that costs a pass)
+    ((col, (target, source)),) = t.unpatched
+    assert col == "ld" and all(r.normalize == () for r in t.rows)
+    assert ir.node(target).forward == base_of(ir, "corrupt")
+    assert ir.node(source).forward == base_of(ir, "clean")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,13 +228,16 @@ def test_each_sweeps_positions_and_noise_is_baked():
 
 def test_metric_position_from_the_declaration():
     ir = low("metric early = logit(ioi.answer) @ 2\nablate L0.mlp.out in clean measure early\n")
-    (_, m), = ir.of_type(Metric)
-    assert (m.pos.kind, m.pos.lo, m.name) == ("index", 2, "early")
+    # the experiment's, and the unpatched baseline's on clean's base forward
+    assert len(list(ir.of_type(Metric))) == 2
+    for _, m in ir.of_type(Metric):
+        assert (m.pos.kind, m.pos.lo, m.name) == ("index", 2, "early")
 
 
 def test_kl_metric_references_the_runs_base_forward():
     ir = low("ablate L0.mlp.out in clean measure kl(corrupt)\n")
-    (_, m), = ir.of_type(Metric)
+    (_, m), = [(i, m) for i, m in ir.of_type(Metric)
+               if ir.node(m.forward).experiment is not None]  # (not clean's unpatched one)
     assert m.reference == base_of(ir, "corrupt") and m.name == "kl(corrupt)"
     assert ir.tables[0].columns == ("kl(corrupt)",)
 

@@ -67,8 +67,9 @@ def test_every_edge_is_a_few_nodes(models: Models) -> None:
     n = count_rows(checked)["e"]
     assert table.n_rows() == n > 400 and not table.rows
     assert ir.count(Estimate) == 2
-    # 21 senders read on both runs, 53 receivers on B; a few forwards, metrics, backwards
-    assert ir.g.number_of_nodes() < 2 * 21 + 53 + 10
+    # 21 senders read on both runs, 53 receivers on B; a few forwards, metrics (the
+    # unpatched baselines of both measures on A among them), backwards
+    assert ir.g.number_of_nodes() < 2 * 21 + 53 + 12
     _, per_edge = _lower(models, "attribute * -> * from clean into corrupt using eap "
                                  "measure ld, logit(ioi.answer) as e\n", compact=False)
     assert per_edge.count(Estimate) == 2 * n

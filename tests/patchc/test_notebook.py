@@ -144,6 +144,10 @@ def test_results_render_as_html_tables(results):
     assert html.count("<table") == len(results)
     assert "<h4>resid <small>(28 rows)</small></h4>" in html
     assert html.count("<small>ld normalized: 0 = corrupt (") == 2  # resid, heads
+    # a raw column: its run as it is (scale's target, clean; no source run)
+    value = results.unpatched("gain")["prob(d.answer)"]["target"]["value"]
+    assert (f"<small>prob(d.answer) unpatched: prob(d.answer) on clean = {value:.4g} "
+            "(target, no effect)</small>") in html
 
 
 def test_plot_of_a_chosen_column_and_bad_names_say_so(results):

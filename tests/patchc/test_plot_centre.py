@@ -56,7 +56,13 @@ def test_a_raw_heatmap_is_centred_on_the_target_runs_own_value_and_says_so():
     (im,) = fig.axes[0].images
     lo, hi = im.get_clim()
     assert (lo + hi) / 2 == pytest.approx(3.2) and hi == pytest.approx(3.5)
-    assert im.colorbar.ax.get_ylabel() == "ld\nno effect = corrupt unpatched (3.2)"
+    label = im.colorbar.ax.get_ylabel()
+    assert label.split("\n")[0] == "ld"
+    assert " ".join(label.split()[1:]) == "centred on the unpatched ld(corrupt) = 3.2"
+    # wrapped to the colorbar's length (a little past its ends at most), not past the figure
+    length = im.colorbar.ax.get_position().height * fig.get_figheight()
+    assert len(label.split("\n")) == 3
+    assert max(len(line) for line in label.split("\n")) * S.CHAR_IN <= 1.25 * length
 
 
 def test_raw_bars_run_from_the_no_effect_value_coloured_by_their_side_of_it():
@@ -80,7 +86,8 @@ def test_a_raw_heatmap_without_a_no_effect_value_spans_its_data_and_says_so():
     (im,) = fig.axes[0].images
     assert im.get_cmap().name == "viridis"
     assert im.get_clim() == (pytest.approx(2.9), pytest.approx(3.4))
-    assert im.colorbar.ax.get_ylabel() == "ld\n(not centred: corrupt unpatched is not measured)"
+    assert " ".join(im.colorbar.ax.get_ylabel().split()) == \
+        "ld (not centred: corrupt unpatched is not measured)"
 
 
 def _spec(ops: str) -> str:
@@ -120,7 +127,7 @@ def test_run_centres_raw_attribution_and_swap_on_the_unpatched_target():
     atp = _columns(results, "atp")  # the gradient is taken on corrupt unpatched: m_B
     assert atp["scale"] == "signed" and atp["centre_run"] == "corrupt"
     assert atp["centre"] == pytest.approx(expected, abs=1e-4)
-    heads = _columns(results, "heads")  # `norm` puts the same metric of corrupt in the plan
+    heads = _columns(results, "heads")  # its own unpatched baseline (the same metric)
     assert heads["centre"] == pytest.approx(expected, abs=1e-4)
     assert _columns(results, "traced")["centre"] == pytest.approx(expected, abs=1e-4)
     assert "centre" not in _columns(results, "norm")  # 0 = corrupt already
@@ -128,9 +135,13 @@ def test_run_centres_raw_attribution_and_swap_on_the_unpatched_target():
 
 
 def test_a_raw_swap_without_the_unpatched_target_in_the_plan_spans_its_data():
+    # Writes at layer 0 at every position start from no twin: corrupt's base forward would
+    # be a pass of its own, so the plan leaves its baseline out (passes/drop_baselines.py)
     results = patchc.run(_spec("swap L0.H*.z from clean into corrupt  measure ld  as heads\n"))
     heads = _columns(results, "heads")
-    assert heads == {"scale": "signed", "uncentred": "corrupt"}
+    assert heads == {"scale": "signed", "uncentred": "corrupt",  # clean's is read anyway
+                     "unpatched": {"source": results.unpatched("heads")["ld"]["source"]}}
+    assert results.unpatched("heads")["ld"]["source"]["run"] == "clean"
     fig = results.plot("heads")  # bars: from 0 as before, nothing to say
     fig.savefig(io.BytesIO(), format="png")
     (bars,) = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)]
@@ -146,3 +157,26 @@ def test_a_raw_swap_without_the_unpatched_target_in_the_plan_spans_its_data():
     says = results.manifest["tables"]["heads"]["plot"]["columns"]["says"]
     assert "centre" not in says
     json.dumps(results.manifest, allow_nan=False)
+
+
+def test_a_sequential_lines_chart_marks_the_unpatched_run_with_a_line_of_its_own():
+    """A log-probability has no centre: the unpatched run's value (where a steering
+    coefficient's effect starts from) is a dotted line the legend names."""
+    df = pd.DataFrame([{"scale": s, "lp": -4.85 + s / 40} for s in (1.0, 4.0, 8.0)])
+    info = {"title": "steer L6.resid_post in neutral by {1, 4, 8} * love",
+            "numeric_keys": ["scale"],
+            "columns": {"lp": {"scale": "level", "unpatched": {
+                "target": {"run": "neutral", "value": -4.93}}}}}
+    fig = figure("steered", df, ["scale"], info)
+    fig.savefig(io.BytesIO(), format="png")
+    ax = fig.axes[0]
+    (line,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+    assert tuple(line.get_ydata()) == (-4.93, -4.93)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["unpatched neutral"]
+    assert ax.get_title().endswith("\nunpatched: lp(neutral) = \u22124.93")
+
+
+def test_a_wrapped_label_keeps_each_run_and_its_value_together():
+    # balanced wrapping once broke `1 = corrupt` after the `1`
+    assert S.wrap("0 = clean (7.12), 1 = corrupt (-0.679)", 25) == \
+        ["0 = clean (7.12),", "1 = corrupt (-0.679)"]

@@ -47,7 +47,7 @@ def test_layer_by_head_heatmap_is_diverging_at_zero_and_says_what_it_measures():
                               "ld normalized: 0 = corrupt, 1 = clean")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2", "3"]
     assert ax.get_xlabel() == "head" and ax.get_ylabel() == "layer"
-    colorbar = im.colorbar.ax.get_ylabel()
+    colorbar = " ".join(im.colorbar.ax.get_ylabel().split())  # (wrapped to the colorbar)
     assert "0 = corrupt (-0.68), 1 = clean (7.12)" in colorbar
 
 

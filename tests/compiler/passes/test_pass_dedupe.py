@@ -44,5 +44,6 @@ swap L2.H0.z @ last from clean into twice
     as t
 """
     _, after = before_after(body, dedupe)
-    (f,) = [f for _, f in after.of_type(Forward) if f.run == "twice"]
+    # (the other forward of `twice`, its base, measures the swap's unpatched baseline)
+    (f,) = [f for _, f in after.of_type(Forward) if f.run == "twice" and f.experiment is not None]
     assert len(f.writes) == 3 and f.writes[0] == f.writes[1] != f.writes[2]

@@ -68,7 +68,9 @@ def test_lowering_is_linear_in_layers_not_experiments() -> None:
                   "corrupt using atp measure ld as t\n", compact=True)
     assert [t.n_rows() for t in small.tables] == [132]
     assert [t.n_rows() for t in big.tables] == [132 + 25344]
-    assert small.g.number_of_nodes() == 2 + 2 * 12 + 1 + 1 + 1
+    # 2 forwards, 2 Reads per layer, the metric (also B's unpatched baseline), the source
+    # run's unpatched baseline, the Backward, the Estimate
+    assert small.g.number_of_nodes() == 2 + 2 * 12 + 1 + 1 + 1 + 1
     assert big.g.number_of_nodes() == small.g.number_of_nodes() + 2 * 12 + 1
 
 

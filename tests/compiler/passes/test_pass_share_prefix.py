@@ -3,6 +3,8 @@
 from passcases import before_after, golden
 
 from patchc.compiler.ir import Forward, Read
+from patchc.compiler.passes._graph import nodes_of
+from patchc.compiler.passes.drop_baselines import lone_baselines
 from patchc.compiler.passes.share_prefix import share_prefix
 
 SPEC = """
@@ -28,11 +30,11 @@ def test_share_prefix_golden() -> None:
             read = after.node(f.start)
             assert isinstance(read, Read) and read.forward == f.twin
             assert read.site.kind == "resid_pre" and read.site.layer == f.start_layer
-    # No forward of `corrupt` without writes existed: one was made for the two of table b;
-    # the embed swap keeps it as a twin at layer 0 (for narrow_positions), the other skips
-    # to layer 2.
+    # No forward of `corrupt` without writes was run (only table b's unpatched baselines
+    # measured it): it was taken as the twin the two of table b need; the embed swap keeps
+    # it as a twin at layer 0 (for narrow_positions), the other skips to layer 2.
     made = [nid for nid, f in fwd.items() if f.run == "corrupt" and not f.writes]
-    assert len(made) == 1 and made[0] not in before.g
+    assert len(made) == 1 and made[0] in lone_baselines(nodes_of(before), before.tables)
     assert sorted(f.start_layer for f in fwd.values() if f.twin == made[0]) == [0, 2]
 
 

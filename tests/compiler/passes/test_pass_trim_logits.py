@@ -36,5 +36,6 @@ def test_trim_logits_golden() -> None:
     assert by_table["full"].logit_positions is None
     assert by_table["kl_clean"].logit_positions == (last,) and not by_table["kl_clean"].logit_tokens
     clean = next(f for _, f in after.of_type(Forward) if f.run == "clean")
-    # clean is measured (normalized) and compared with (kl): all the vocabulary at last.
-    assert clean.logit_positions == (last,) and not clean.logit_tokens
+    # clean is measured (normalized) and compared with (kl): all the vocabulary at last; and
+    # at d.p, the unpatched baseline of softmax's raw `at_p` on its source run.
+    assert set(clean.logit_positions) == {last, column} and not clean.logit_tokens
