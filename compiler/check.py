@@ -31,6 +31,7 @@ from .check_dicts import check_dictionaries
 from .check_limits import check_chains
 from .check_metrics import check_decl, metric_refs
 from .check_names import declare, find_cycle
+from .check_outputs import check_output_names
 from .check_ops import check_operation
 from .check_runs import check_interventions, resolve_run, run_deps
 from .check_vectors import VectorChecker, vector_deps
@@ -114,6 +115,7 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
             check_evaluate(ctx, op, circuits)
         else:
             check_operation(ctx, op, vectors)
+    check_output_names(ctx, spec)
     if not _cycles(ctx, runs):
         check_chains(ctx, runs)
 
