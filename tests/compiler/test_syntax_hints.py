@@ -1,0 +1,65 @@
+"""Syntax errors whose cause lies before the token the parser stopped at get a hint that
+names it: a bracket never closed, a misspelled keyword read as a name, a word that begins
+with a keyword (`zeros`); and `%` is spelled as it is written."""
+
+from __future__ import annotations
+
+import pytest
+
+from patchc.compiler.errors import ParseError
+from patchc.compiler.parse import parse
+
+HEAD = 'model "m"\nrun a = ["x y"]\nrun b = ["x z"]\nmetric m = logit(" y")\n'  # 4 lines
+
+
+def _error(body: str) -> ParseError:
+    with pytest.raises(ParseError) as info:
+        parse(HEAD + body, "case.patch")
+    return info.value
+
+
+def test_unclosed_bracket_names_where_it_opened():
+    e = _error('run c = ["x y", "x z"\nswap L0.H0.z from a into b  measure m\n')
+    assert (e.code, e.span.line, e.span.col) == ("E100", 6, 1)
+    assert e.hint == "the '[' on line 5 (column 9) is never closed: add ']'"
+
+
+def test_unclosed_bracket_at_end_of_file():
+    e = _error('measure m, p = prob(" y" in a')
+    assert e.code == "E104" or e.code == "E100"
+    assert e.hint == "the '(' on line 5 (column 20) is never closed: add ')'"
+
+
+def test_brackets_in_strings_and_comments_do_not_count():
+    e = _error('run c = ["x [y", "x (z"  # a ( comment\nmeasure m in c\n')
+    assert e.hint == "the '[' on line 5 (column 9) is never closed: add ']'"
+    # closed brackets with a bracket inside a string: no bracket hint
+    e = _error('run c = ["x ]y"]\nswap L0.H0.z fromm a into b  measure m\n')
+    assert e.hint is None or "never closed" not in e.hint
+
+
+def test_word_glued_to_a_keyword():
+    e = _error("ablate L0.H0.z in a with zeros  measure m\n")
+    assert e.message == "unexpected 'zeros'"
+    assert (e.span.line, e.span.col, e.span.end_col) == (5, 26, 31)
+    assert e.hint == "did you mean `zero`?"
+
+
+@pytest.mark.parametrize("body, word, keyword, col", [
+    ("swap L0.H0.z fromm a into b  measure m", "fromm", "from", 20),
+    ("swap L0.H0.z from a intoo b  measure m", "intoo", "into", 27),
+])
+def test_misspelled_keyword_before_the_error(body, word, keyword, col):
+    e = _error(body + "\n")
+    assert (e.code, e.span.line, e.span.col) == ("E100", 5, col)
+    assert e.hint == f"`{word}` is not a keyword: did you mean `{keyword}`?"
+
+
+def test_misspelled_keyword_itself_keeps_its_hint():
+    e = _error("swap L0.H0.z from a into b  mesure m\n")
+    assert e.hint == "did you mean `measure`?"
+
+
+def test_percent_is_written_as_the_sign():
+    e = _error("swap L0.H0.z from a into b  measure m  as t\ncircuit c = top 0.5 of t\n")
+    assert e.message == "unexpected 'of'; expected '%'"
