@@ -235,3 +235,22 @@ def test_latents_of_a_shared_kv_head_warn(models):
     checked = check(spec)
     assert [w.code for w in checked.warnings] == ["W302"]
     assert checked.warnings[0].span.line == 7
+
+
+@pytest.mark.parametrize("site, hint", [
+    ("s2[6]", "no site or dictionary is called s2; the dictionaries declared are s1"),
+    ("s11[6]", "did you mean s1?"),
+    ("s1.error", "did you mean s1.err?"),
+    ("s1.er", "did you mean s1.err?"),
+    ("foo[3]", None),  # checked below: no dictionary declared in that spec
+])
+def test_dictionary_name_typos_are_hinted(models, site, hint):
+    """A new user's typo in a dictionary's name or its error term names the right one."""
+    if hint is None:
+        [e] = _errors(models, f"swap {site} from clean into corrupt  measure ld\n")
+        assert e.code == "E200" and "sae NAME" in (e.hint or ""), e.render()
+        return
+    [e] = _errors(models, 'sae s1 = "saes/relu64" at L1.resid_post\n'
+                  f"swap {site} from clean into corrupt  measure ld\n")
+    assert (e.line, e.col) == (7, 6)
+    assert e.hint == hint, e.render()
