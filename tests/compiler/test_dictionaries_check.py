@@ -80,6 +80,8 @@ def _errors(models: Models, body: str) -> list[PatchcError]:
 CASES = [  # id, body, code, line, col, message fragment
     ("missing_folder", 'sae s1 = "saes/nope" at L1.resid_post', "E381", 6, 10,
      "no dictionary folder"),
+    ("folder_typo", 'sae s1 = "saes/relu46" at L1.resid_post', "E381", 6, 10,
+     "saes/relu46"),
     ("no_weights", 'sae s1 = "saes/noweights" at L1.resid_post', "E381", 6, 10,
      "sae_weights.safetensors or sae_weights.npz"),
     ("broken_json", 'sae s1 = "saes/broken" at L1.resid_post', "E382", 6, 10,
@@ -129,6 +131,8 @@ def test_located_errors(models, case):
     assert (code, line, col) in found, [e.render() for e in errors]
     err = next(e for e in errors if (e.code, e.line, e.col) == (code, line, col))
     assert fragment in err.message, err.render()
+    if _id == "folder_typo":  # a close name in the folder is proposed; the path is normal
+        assert "/./" not in err.message and err.hint and err.hint.endswith('saes/relu64"?')
     assert len(errors) == 1, [e.render() for e in errors]
 
 
