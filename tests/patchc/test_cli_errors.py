@@ -92,3 +92,18 @@ def test_check_notes_a_long_run(capsys, spec: Path, monkeypatch):
     assert code == 0 and len(lines) == 2, out
     assert lines[1].startswith("note: a long run: 1 experiment(s) in 2 model pass(es), ")
     assert "FLOPs: about" in lines[1] and "FLOP/s on cpu" in lines[1]
+
+
+def test_verify_of_no_result_folder_says_what_it_is(tmp_path: Path, spec: Path, capsys):
+    """A mistyped folder, a file, a folder of other things: E601 at once, naming which, and
+    no tolerance line of a report that never starts."""
+    (tmp_path / "out1").mkdir()
+    cases = [(tmp_path / "out11", "there is no folder", 'did you mean "'),
+             (tmp_path / "nothing_like_it", "there is no folder", "--out DIR` wrote"),
+             (spec, "is a file, not a result folder", "--out DIR` wrote"),
+             (tmp_path / "out1", "has no manifest.json", None)]
+    for path, message, hint in cases:
+        code, out, err = cli(capsys, "verify", path)
+        assert code == 1 and "tolerance" not in out, (out, err)
+        assert "error[E601]" in err and message in err, err
+        assert hint is None or hint in err, err
