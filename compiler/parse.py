@@ -148,8 +148,16 @@ def _describe(terminal: str) -> str:
     return f"'{terminal.lower()}'" if terminal.isupper() else terminal
 
 
+@lru_cache(maxsize=1)
+def _anonymous() -> dict[str, str]:
+    """Lark's names for the grammar's unnamed literals (`__ANON_0` is `->`) -> `'->'`."""
+    return {t.name: repr(t.pattern.value) for t in _parser().terminals
+            if t.name.startswith("__ANON") and isinstance(t.pattern.value, str)}
+
+
 def _expected(names: set[str]) -> str:
-    words = sorted({_describe(n) for n in names if not n.startswith("__")})
+    words = sorted({_anonymous().get(n) or _describe(n) for n in names
+                    if not n.startswith("__") or n in _anonymous()})
     if len(words) > 8:
         words = words[:8] + ["..."]
     return ", ".join(words)

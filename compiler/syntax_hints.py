@@ -38,11 +38,15 @@ def _position(text: str, offset: int) -> tuple[int, int]:
 
 def unclosed_bracket(text: str, end: int, accepts: set[str]) -> str | None:
     """`the '[' on line 2 (column 9) is never closed: add ']'` when a bracket opened before
-    `end` is still open and the parser would take its closing bracket here. Strings and
+    `end` is never closed in the whole text and the parser would take its closing bracket
+    here (a bracket closed later, as in `logit(a, b)`, is some other mistake). Strings and
     comments are skipped."""
     stack: list[int] = []
+    open_at_end: list[int] | None = None
     i = 0
-    while i < min(end, len(text)):
+    while i < len(text):
+        if open_at_end is None and i >= end:
+            open_at_end = list(stack)
         c = text[i]
         if c == '"':  # a string, JSON escapes included
             j = i + 1
@@ -59,12 +63,13 @@ def unclosed_bracket(text: str, end: int, accepts: set[str]) -> str | None:
         elif c in _CLOSE.values() and stack:
             stack.pop()
         i += 1
-    if not stack:
+    never_closed = [o for o in (stack if open_at_end is None else open_at_end) if o in stack]
+    if not never_closed:
         return None
-    opener = text[stack[-1]]
+    opener = text[never_closed[-1]]
     if _CLOSER_TERMINALS[opener] not in accepts:
         return None
-    line, col = _position(text, stack[-1])
+    line, col = _position(text, never_closed[-1])
     return (f"the '{opener}' on line {line} (column {col}) is never closed: add "
             f"'{_CLOSE[opener]}'")
 

@@ -63,3 +63,15 @@ def test_misspelled_keyword_itself_keeps_its_hint():
 def test_percent_is_written_as_the_sign():
     e = _error("swap L0.H0.z from a into b  measure m  as t\ncircuit c = top 0.5 of t\n")
     assert e.message == "unexpected 'of'; expected '%'"
+
+
+def test_a_bracket_closed_later_is_not_called_unclosed():
+    e = _error("measure logit(a.x, a.y) in a\n")
+    assert e.message == "unexpected ','; expected ')'"
+    assert e.hint is None
+
+
+def test_unnamed_literals_are_named_as_written():
+    """`backpatch A, B` (it takes `A -> B`) was reported as `expected ` and nothing."""
+    e = _error("backpatch L0.H0.z, L0.H1.z in a  measure m\n")
+    assert e.message == "unexpected ','; expected '->'"
