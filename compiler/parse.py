@@ -149,6 +149,15 @@ def _describe(terminal: str) -> str:
 
 
 @lru_cache(maxsize=1)
+def _keywords() -> frozenset[str]:
+    """Every word the grammar spells as a quoted string (`swap`, `from`, `zero`, ...)."""
+    from lark.lexer import PatternStr
+
+    return frozenset(t.pattern.value for t in _parser().terminals
+                     if isinstance(t.pattern, PatternStr) and t.pattern.value.isidentifier())
+
+
+@lru_cache(maxsize=1)
 def _anonymous() -> dict[str, str]:
     """Lark's names for the grammar's unnamed literals (`__ANON_0` is `->`) -> `'->'`."""
     return {t.name: repr(t.pattern.value) for t in _parser().terminals
@@ -178,7 +187,8 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
                           span, source, unclosed_bracket(source.text, len(source.text), accepts))
     assert isinstance(e, UnexpectedToken)
     tok = e.token
-    glued = glued_keyword(source.text, tok.start_pos) if tok.type != "_NL" else None
+    glued = glued_keyword(source.text, tok.start_pos, _keywords()) if tok.type != "_NL" \
+        else None
     if glued is not None:  # `with zeros`: the lexer read the keyword `zero`, then `s`
         word, keyword, at = glued
         line, col = tok.line, tok.column - (tok.start_pos - at)
@@ -210,8 +220,8 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
         hint = f"did you mean `{close}`?"
     # `intoo a`: the parser took `intoo` for a name and stopped at `a`; the misspelled word
     # before is the mistake (more likely than `a` being a misspelled `as`).
-    misspelled = misspelled_before(source.text, tok.start_pos) if hint is None or close \
-        else None
+    misspelled = misspelled_before(source.text, tok.start_pos, _keywords()) \
+        if hint is None or close else None
     if misspelled is not None:
         hint = f"`{misspelled[0]}` is not a keyword: did you mean `{misspelled[1]}`?"
     return ParseError("E100", f"unexpected {found}; expected {expected}", span, source, hint)

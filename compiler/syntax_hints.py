@@ -4,30 +4,19 @@ The parser reports the first token it cannot take, but a new user's mistake is o
 a `[` never closed (the parser reads on, across lines, and stops at the next statement), a
 misspelled keyword that the parser took for a name (`fromm clean`: it stops at `clean`), or
 a word that begins with a keyword (`with zeros`: the lexer reads `zero`, then stops at `s`).
-parse.py asks these functions before it falls back on its generic hints.
+parse.py asks these functions before it falls back on its generic hints, passing the
+grammar's keywords (every quoted word of grammar/patch.lark).
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from functools import lru_cache
 
 _CLOSE = {"(": ")", "[": "]", "{": "}"}
 _CLOSER_TERMINALS = {"(": "RPAR", "[": "RSQB", "{": "RBRACE"}
 _WORD_END = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 _WORD_START = re.compile(r"[A-Za-z0-9_]+")
-
-
-@lru_cache(maxsize=1)
-def keywords() -> frozenset[str]:
-    """Every word the grammar spells as a quoted string (`swap`, `from`, `zero`, ...)."""
-    from lark.lexer import PatternStr
-
-    from .parse import _parser
-
-    return frozenset(t.pattern.value for t in _parser().terminals
-                     if isinstance(t.pattern, PatternStr) and t.pattern.value.isidentifier())
 
 
 def _position(text: str, offset: int) -> tuple[int, int]:
@@ -74,25 +63,27 @@ def unclosed_bracket(text: str, end: int, accepts: set[str]) -> str | None:
             f"'{_CLOSE[opener]}'")
 
 
-def glued_keyword(text: str, start: int) -> tuple[str, str, int] | None:
+def glued_keyword(text: str, start: int, keywords: frozenset[str]
+                  ) -> tuple[str, str, int] | None:
     """(word, keyword, offset of the word) when the token at `start` continues a keyword
     with no space between (`zeros`: the lexer read the keyword `zero`, then `s`)."""
     if start <= 0 or not re.match(r"[A-Za-z0-9_]", text[start:start + 1]):
         return None
     before = _WORD_END.search(text[:start])
-    if before is None or before.group() not in keywords():
+    if before is None or before.group() not in keywords:
         return None
     after = _WORD_START.match(text, start)
     word = before.group() + (after.group() if after else "")
     return word, before.group(), before.start()
 
 
-def misspelled_before(text: str, start: int) -> tuple[str, str] | None:
+def misspelled_before(text: str, start: int, keywords: frozenset[str]
+                      ) -> tuple[str, str] | None:
     """(word, keyword) when the word just before the token at `start` (after a space) is no
     keyword but close to one: `fromm` in `swap L0.H0.z fromm clean ...`."""
     before = _WORD_END.search(text[:start].rstrip(" \t"))
-    if before is None or before.group() in keywords():
+    if before is None or before.group() in keywords:
         return None
     word = before.group()
-    close = difflib.get_close_matches(word.lower(), sorted(keywords()), n=1, cutoff=0.8)
+    close = difflib.get_close_matches(word.lower(), sorted(keywords), n=1, cutoff=0.8)
     return (word, close[0]) if close and close[0] != word.lower() else None
