@@ -241,7 +241,10 @@ def load_config(model_id: str, revision: str | None = None, base_dir: str = ".")
     if os.path.isdir(path):
         config_path = os.path.join(path, "config.json")
         if not os.path.isfile(config_path):
-            raise CheckError("E212", f"model directory {path} has no config.json")
+            sae = os.path.isfile(os.path.join(path, "cfg.json"))  # SAELens' dictionary layout
+            raise CheckError("E212", f"model directory {shown(path)} has no config.json",
+                             hint="this folder is a dictionary (cfg.json): attach it to a "
+                             'model with `sae NAME = "FOLDER" at SITE`' if sae else None)
         return _read_json(config_path)
     if os.path.exists(path) or _looks_local(model_id):
         raise CheckError("E212", f"no model directory at {shown(path)} (looked for "

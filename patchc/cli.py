@@ -133,9 +133,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    import math
+
     from patchc.manifest import read_manifest
     from patchc.verify import tolerance_line, verdict, verify_dir
 
+    for flag, value in (("--atol", args.atol), ("--rtol", args.rtol)):
+        if not (math.isfinite(value) and value >= 0):  # -1 or nan would match nothing
+            raise UsageError(f"patchc verify: error: {flag} must be a number >= 0, got {value}")
     read_manifest(args.dir)  # a folder that is no result (E601, E604): before the report
     print(tolerance_line(args.atol, args.rtol), flush=True)
     result = verify_dir(args.dir, atol=args.atol, rtol=args.rtol, spec_dir=args.spec_dir,

@@ -107,3 +107,19 @@ def test_verify_of_no_result_folder_says_what_it_is(tmp_path: Path, spec: Path, 
         assert code == 1 and "tolerance" not in out, (out, err)
         assert "error[E601]" in err and message in err, err
         assert hint is None or hint in err, err
+
+
+@pytest.mark.parametrize("flag, value", [("--atol", "-1"), ("--rtol", "nan"),
+                                         ("--atol", "inf")])
+def test_verify_tolerance_must_be_a_number_at_least_0(tmp_path: Path, flag, value, capsys):
+    """A negative or NaN tolerance would match no value: refused as the flag it is."""
+    code, out, err = cli(capsys, "verify", tmp_path, flag, value)
+    assert code == 1 and not out
+    assert f"{flag} must be a number >= 0" in err
+
+
+def test_a_dictionary_folder_as_the_model_says_so(capsys):
+    folder = ROOT / "examples" / "saes" / "ioi-L1-resid_post"
+    code, out, err = cli(capsys, "sites", folder)
+    assert code == 1 and "has no config.json" in err
+    assert "this folder is a dictionary (cfg.json)" in err and "/./" not in err
