@@ -123,3 +123,21 @@ def test_a_dictionary_folder_as_the_model_says_so(capsys):
     code, out, err = cli(capsys, "sites", folder)
     assert code == 1 and "has no config.json" in err
     assert "this folder is a dictionary (cfg.json)" in err and "/./" not in err
+
+
+def test_a_model_folder_without_a_tokenizer_is_refused_by_check(tmp_path: Path, capsys):
+    """Weights but no tokenizer file: transformers would build an empty tokenizer and the
+    run fail on the first answer (E420, "tokenizes to no tokens"); check says what is
+    missing. A folder of config.json alone still checks, with W300 (test_cli.py)."""
+    import shutil
+
+    src = ROOT / "examples" / "models" / "tiny-gpt2"
+    (tmp_path / "m").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(src / name, tmp_path / "m" / name)
+    spec = tmp_path / "s.patch"
+    spec.write_text('model "m"\nrun a = ["the cat"]\nmeasure logit(" the") in a\n', "utf-8")
+    for command in ("check", "run"):
+        code, out, err = cli(capsys, command, spec)
+        assert code == 1 and "error[E472]" in err and "has no tokenizer" in err, err
+        assert "s.patch:1:1:" in err and "save_pretrained" in err
