@@ -215,6 +215,10 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
     if {"LAST", "EACH"} <= accepts or re.search(r"@\s*\{[^}@]*$", before):
         return ParseError("E100", f"unexpected {found} where a position belongs", span, source,
                           POSITION_FORMS)
+    if hint is None and accepts == {"STAR"} and re.search(r"\bby\s+[-\d.{][^*]*$", before):
+        # `steer SITE in RUN by 3`: a number or a set of them scales a vector, never alone
+        hint = ("`by` takes a vector: a number or a set of numbers multiplies one, as in "
+                "`by {1, 2, 4} * v` with `vector v = ...` declared above")
     close = _close_keyword(str(tok), accepts) if tok.type == "PATH" else None
     if close:
         hint = f"did you mean `{close}`?"

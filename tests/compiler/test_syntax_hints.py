@@ -75,3 +75,10 @@ def test_unnamed_literals_are_named_as_written():
     """`backpatch A, B` (it takes `A -> B`) was reported as `expected ` and nothing."""
     e = _error("backpatch L0.H0.z, L0.H1.z in a  measure m\n")
     assert e.message == "unexpected ','; expected '->'"
+
+
+@pytest.mark.parametrize("by", ["3", "{1, 2}", "-0.5"])
+def test_steer_by_a_number_alone_says_it_scales_a_vector(by):
+    e = _error(f"steer L1.resid_post in a by {by}  measure m\n")
+    assert e.message == "unexpected 'measure'; expected '*'"
+    assert e.hint and "`by {1, 2, 4} * v`" in e.hint
