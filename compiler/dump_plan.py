@@ -112,8 +112,9 @@ def dump_shards(shards: list) -> str:
     lines = [f"workers: {len(shards)}, together {_flops(total)} "
              f"(the busiest {max(sh.flops for sh in shards) / total:.0%} of it)"]
     for w, sh in enumerate(shards):
+        part = f" ({_ids(list(sh.parts))} in part)" if sh.parts else ""
         lines.append(f"worker {w}: {len(sh.plan.steps)} steps, {_flops(sh.flops)} "
-                     f"({sh.flops / total:.0%}), reports {_ids(list(sh.owns))}")
+                     f"({sh.flops / total:.0%}), reports {_ids(list(sh.owns))}{part}")
         lines += ["  " + line for line in dump_plan(sh.plan).splitlines()
                   if line[:1] == " " or line[:1].isdigit()]
     return "\n".join(lines) + "\n"

@@ -48,7 +48,10 @@ from patchc.compiler.checked import Options
 from patchc.compiler.errors import PatchcError, RuntimeInterventionError
 from patchc.compiler.ir import IRGraph
 from patchc.compiler.schedule import Plan
-from patchc.compiler.shard import shard
+from patchc.compiler.shard import Shard, rows_of, shard
+from patchc.worker_watch import alive as _alive
+from patchc.worker_watch import remove as _remove
+from patchc.worker_watch import watch_parent as _watch_parent
 
 # How long rank 0 waits for the slowest worker's results. A worker that dies is noticed at
 # once (its connection closes), so this only bounds a worker that hangs.
@@ -57,10 +60,6 @@ TIMEOUT = datetime.timedelta(hours=24)
 
 class WorkerCrashed(RuntimeError):
     """A worker hit an internal error (a bug in patchc, not a mistake in the spec)."""
-
-
-# How often a spawned worker looks whether rank 0 is still there.
-PARENT_POLL_S = 0.5
 
 
 class Group:
@@ -97,7 +96,8 @@ class Group:
     def run(self, interp: Any, ir: IRGraph, plan: Plan
             ) -> tuple[dict[str, Any], dict[str, float]] | None:
         """Run this worker's shard; on rank 0, every worker's results and node times."""
-        mine = shard(ir, plan, self.world)[self.rank]
+        shards = shard(ir, plan, self.world)
+        mine = shards[self.rank]
         values = interp.run(ir, mine.plan)
         sent = ({n: _to_cpu(values[n]) for n in mine.owns}, dict(interp.node_seconds))
         self.connect()
@@ -106,13 +106,11 @@ class Group:
         self._finish()
         if box is None:
             return None
-        merged: dict[str, Any] = {}
         seconds: dict[str, float] = {}
-        for owned, secs in box:
-            merged.update(owned)
+        for _, secs in box:
             for n, t in secs.items():
                 seconds[n] = max(seconds.get(n, 0.0), t)
-        return merged, seconds
+        return merge(ir, shards, [owned for owned, _ in box]), seconds
 
     def connect(self) -> None:
         """Join the process group (torchrun's workers joined at start)."""
@@ -199,6 +197,21 @@ def check_options(options: Options) -> None:
             "copy of the model over every GPU",
             hint="use device_map when the model does not fit on one device, workers when it "
             "fits and the sweep is large (docs/scaling.md)")
+
+
+def merge(ir: IRGraph, shards: list[Shard], owned: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every worker's results in one dict. A spread sweep's metric comes from several
+    workers, each with the rows of its own chunks filled (the others NaN): they are put
+    together row by row."""
+    out: dict[str, Any] = {}
+    for sh, values in zip(shards, owned):
+        for nid, value in values.items():
+            if nid in sh.parts and nid in out:
+                rows = torch.tensor(rows_of(ir, nid, sh.parts[nid]), dtype=torch.long)
+                out[nid][rows] = value[rows]
+            else:
+                out[nid] = value.clone() if nid in sh.parts else value
+    return out
 
 
 def fingerprint(ir: IRGraph) -> str:
@@ -366,44 +379,3 @@ def _worker(rank: int, world: int, root: Path, plan: tuple[str, str], threads: i
         if os.environ.get("PATCHC_DEBUG"):
             traceback.print_exc()
         os._exit(1)  # skip gloo's teardown: rank 0 must see the connection close now
-
-
-def _watch_parent(parent: int, root: Path) -> None:
-    """End this worker when rank 0 is gone (killed: it cannot stop its workers, and gloo
-    would wait a day for it), and remove the run's temporary folder it can no longer
-    remove itself. A worker's parent is the fork server, so rank 0 is watched by its pid."""
-    def watch() -> None:
-        while True:
-            time.sleep(PARENT_POLL_S)
-            if not _alive(parent):
-                _remove(root)
-                os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="patchc-parent-watch").start()
-
-
-def _remove(root: Path) -> None:
-    """Remove the run's folder, again while another worker still writes into it."""
-    for _ in range(20):
-        shutil.rmtree(root, ignore_errors=True)
-        if not root.exists():
-            return
-        time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    """Is process `pid` running (not gone, not a zombie waiting to be reaped)?"""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (macOS): ask the kernel
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

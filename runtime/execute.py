@@ -40,6 +40,7 @@ from .prefix import (live_positions, narrowable, prefix_cache, skip_layers, trim
                      widen)
 from .edge_stack import Senders
 from .edges import edge_hooks, is_edge
+from .generate import run_generating
 from .sweeps import run_chunk
 from .adapters.dictionary import repeated_blocks
 from .sparse import Sparse, borrowed_metrics
@@ -210,18 +211,31 @@ class Executor(Interpreter):
     def forward_step(self, ir: IRGraph, step: ForwardStep) -> None:
         if step.sweep is not None:  # a chunk of a compact sweep: batched index edits
             return run_chunk(self, ir, step, self.sparse.chunk_rows(step))
-        if step.generate:
-            for fid in step.members:
-                self.values[fid] = self.forward(ir, fid, ir.node(fid))  # type: ignore[arg-type]
-            return
+        if step.generate:  # the prompt batched, then every row decoded together
+            return run_generating(self, ir, step)
         members: list[Forward] = [ir.node(m) for m in step.members]  # type: ignore[misc]
         first = members[0]
         batch = self.run_inputs(first.run).batch.repeat(first.samples)
         columns = self.columns_for(first.run)
+        p0 = step.p0
+        blocks = [slice(i * batch.n, (i + 1) * batch.n) for i in range(len(members))]
+        hooks = self.member_hooks(ir, step, batch, columns)
+        out, slots, remap = self.model_pass_of(ir, step, members, batch, columns, hooks)
+        if step.keep_kv:
+            self.kv[step.members[0]] = output_cache(out)
+        logits = out.logits
+        del out
+        for rows, fid, f in zip(blocks, step.members, members):
+            self.values[fid] = self._output(ir, fid, f, batch, columns, logits[rows], slots,
+                                            p0, remap)
+
+    def member_hooks(self, ir: IRGraph, step: ForwardStep, batch: Batch, columns) -> list:
+        """The hooks of a (batched) step: each member's writes and reads on its own block of
+        `batch.n` rows (member-major), over positions p0.. of the batch's width."""
+        members: list[Forward] = [ir.node(m) for m in step.members]  # type: ignore[misc]
         n, p0, width = batch.n, step.p0, batch.width
         blocks = [slice(i * n, (i + 1) * n) for i in range(len(members))]
         whole = len(members) == 1
-
         writes: dict[tuple, list] = {}
         reads: list = []
         for rows, fid, f in zip(blocks, step.members, members):
@@ -246,17 +260,8 @@ class Executor(Interpreter):
             for kind, layer, head, fn in make_readers(mine, batch, columns,
                                                       self.values.__setitem__):
                 reads.append((kind, layer, head, _on_rows(rows, widen(fn, p0, width), whole)))
-        hooks = [(*key, _merged(entries, whole)) for key, entries in writes.items()] + \
+        return [(*key, _merged(entries, whole)) for key, entries in writes.items()] + \
             chained(reads)
-
-        out, slots, remap = self.model_pass_of(ir, step, members, batch, columns, hooks)
-        if step.keep_kv:
-            self.kv[step.members[0]] = output_cache(out)
-        logits = out.logits
-        del out
-        for rows, fid, f in zip(blocks, step.members, members):
-            self.values[fid] = self._output(ir, fid, f, batch, columns, logits[rows], slots,
-                                            p0, remap)
 
     def model_pass_of(self, ir: IRGraph, step: ForwardStep, members: list[Forward],
                       batch: Batch, columns, hooks: list) -> tuple:

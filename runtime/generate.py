@@ -3,15 +3,23 @@
 
 The interventions apply to the prompt pass only (as back-patching does): the prompt runs
 once with the forward's hooks, filling a KV cache; the further tokens are decoded from that
-cache without hooks.
+cache without hooks. The plan interpreter runs a batch of such forwards together
+(`run_generating`): one prompt pass of every member's rows, each member's writes on its own
+rows, then all rows decoded together, as many tokens as the longest continuation asks (a
+greedy continuation of N tokens is the first N of a longer one).
 """
 
 from __future__ import annotations
 
 import torch
 
+from patchc.compiler import ast as A
+from patchc.compiler import printer
+from patchc.compiler.ir import Forward, IRGraph, Metric
+
 from .compat import output_cache, with_cache
-from .inputs import Batch
+from .inputs import Batch, position_index
+from .prefix import trimmed_logits
 
 
 def _prompt(interp, batch: Batch, hooks: list):
@@ -25,8 +33,29 @@ def _prompt(interp, batch: Batch, hooks: list):
 @torch.no_grad()
 def greedy(interp, batch: Batch, hooks: list, n_new: int) -> list[str]:
     """The greedy continuation of every row, n_new tokens, decoded to text."""
-    model = interp.model
     out, kwargs = _prompt(interp, batch, hooks)
+    ids = _decode(interp, out, kwargs, n_new)
+    return interp.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+def _logit_slots(ir: IRGraph, fids: list[str], batch: Batch, columns) -> tuple:
+    """The prompt pass's logits: (slot per metric position, [n, K] padded positions), the
+    last slot the last position (decoding starts there); (None, None) for every position,
+    when a metric needs them all (loss)."""
+    metrics = [m for fid in fids for x in ir.g.successors(fid)
+               if isinstance(m := ir.node(x), Metric) and (m.lens is None or m.reference == fid)]
+    if any(isinstance(e, A.MLoss) for m in metrics for e in A.metric_nodes(m.expr)):
+        return None, None
+    positions = list(dict.fromkeys(m.pos for m in metrics))
+    cols = [position_index(batch, p, columns)[:, :1] for p in positions]
+    last = torch.full((batch.n, 1), batch.width - 1, dtype=torch.long)
+    return {p: j for j, p in enumerate(positions)}, torch.cat([*cols, last], 1)
+
+
+def _decode(interp, out, kwargs: dict, n_new: int) -> torch.Tensor:
+    """[rows, n_new] token ids: the greedy continuation after the prompt pass `out` (whose
+    last logit slot is the prompt's last position)."""
+    model = interp.model
     cache = output_cache(out)
     mask = kwargs["attention_mask"]
     pos = kwargs["position_ids"][:, -1:]
@@ -42,16 +71,70 @@ def greedy(interp, batch: Batch, hooks: list, n_new: int) -> list[str]:
         cache = output_cache(out)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         generated.append(token)
-    ids = torch.cat(generated, dim=1).cpu()
-    return interp.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return torch.cat(generated, dim=1).cpu()
 
 
 def contains_answer(interp, batch: Batch, hooks: list, n_new: int, answers: list[str],
                     samples: int) -> torch.Tensor:
     """1.0 where the greedy continuation's text contains the row's answer, else 0.0 [N]."""
-    texts = greedy(interp, batch, hooks, n_new)
+    return _contains(greedy(interp, batch, hooks, n_new), answers, samples)
+
+
+def _contains(texts: list[str], answers: list[str], samples: int) -> torch.Tensor:
     rows = [a for a in answers for _ in range(samples)]
     return torch.tensor([float(a.strip() in t) for a, t in zip(rows, texts)])
+
+
+@torch.no_grad()
+def run_generating(ex, ir: IRGraph, step) -> None:
+    """A plan step whose forwards' metrics generate (runtime/execute.py): every member's
+    ForwardOutput into `ex.values`, as the reference interpreter's forward makes it."""
+    fids = list(step.members)
+    members: list[Forward] = [ir.node(m) for m in fids]  # type: ignore[misc]
+    first = members[0]
+    batch = ex.run_inputs(first.run).batch.repeat(first.samples)
+    columns = ex.columns_for(first.run)
+    k, n = len(members), batch.n
+    blocks = [slice(i * n, (i + 1) * n) for i in range(k)]
+    hooks = ex.member_hooks(ir, step, batch, columns)
+    stacked = Batch(batch.input_ids.repeat(k, 1), batch.attention_mask.repeat(k, 1),
+                    batch.position_ids.repeat(k, 1), list(batch.lengths) * k)
+    slots, index = _logit_slots(ir, fids, batch, columns)
+    kwargs = stacked.to(ex.device).model_kwargs()
+    with ex.adapter.hooks(hooks), trimmed_logits(ex.model.get_output_embeddings(),
+                                                 None if index is None else index.repeat(k, 1),
+                                                 None), ex.model_pass():
+        out = ex.model(**kwargs, use_cache=True)
+    outs = [ex._output(ir, fid, f, batch, columns, out.logits[rows], slots, 0, None)
+            for fid, f, rows in zip(fids, members, blocks)]
+    terms = {e for fid in fids for m in ir.g.successors(fid)
+             if isinstance(node := ir.node(m), Metric) and node.forward == fid and
+             node.lens is None for e in A.metric_nodes(node.expr)
+             if isinstance(e, A.GENERATING)}
+    lengths = {e.n for e in terms if isinstance(e, (A.MGenerate, A.MText))}
+    texts: dict[int, list[str]] = {}
+    if lengths:
+        ids = _decode(ex, out, kwargs, max(lengths))
+        texts = {m: ex.tokenizer.batch_decode(ids[:, :m], skip_special_tokens=True)
+                 for m in sorted(lengths)}
+    del out
+    rows = ex.run_inputs(first.run).rows
+    for e in sorted(terms, key=printer.mexpr):
+        if isinstance(e, A.MGenerate):
+            answers = [str(r[e.answer.column]) for r in rows]
+            for o, b in zip(outs, blocks):
+                o.contains[(e.n, e.answer.data, e.answer.column)] = _contains(
+                    texts[e.n][b], answers, first.samples)
+        elif isinstance(e, A.MText):
+            for o, b in zip(outs, blocks):
+                o.texts[e.n] = texts[e.n][b]
+        else:  # seqlogprob: a teacher-forced pass of every row
+            answers = ex.seqlogprob_answers(e, first.run, n)
+            values = sequence_logprob(ex, stacked, hooks, answers * k)
+            for o, b in zip(outs, blocks):
+                o.seqlogprob[printer.tok(e.tok)] = values[b]
+    for fid, o in zip(fids, outs):
+        ex.values[fid] = o
 
 
 @torch.no_grad()

@@ -289,7 +289,6 @@ class Interpreter:
         """text(N) and seqlogprob(TOK) of the metrics on this forward (generate.py)."""
         from patchc.compiler import printer
 
-        rows = self.run_inputs(node.run).rows
         for m in metrics:
             if m.forward != nid or m.lens is not None:
                 continue
@@ -297,17 +296,19 @@ class Interpreter:
                 if isinstance(e, A.MText) and e.n not in out.texts:
                     out.texts[e.n] = greedy(self, batch, hooks, e.n)
                 elif isinstance(e, A.MSeqLogProb) and printer.tok(e.tok) not in out.seqlogprob:
-                    if isinstance(e.tok, A.TokId):
-                        texts = None
-                    elif isinstance(e.tok, A.TokString):
-                        texts = [e.tok.text] * max(1, len(rows))
-                    else:
-                        texts = [str(r[e.tok.column]) for r in rows]
-                    answers = ([[e.tok.token_id]] * batch.n if texts is None else
-                               [self._answer_ids(t) for t in texts for _ in range(
-                                   batch.n // len(texts))])
                     out.seqlogprob[printer.tok(e.tok)] = sequence_logprob(
-                        self, batch, hooks, answers)
+                        self, batch, hooks, self.seqlogprob_answers(e, node.run, batch.n))
+
+    def seqlogprob_answers(self, e: A.MSeqLogProb, run: str, n: int) -> list[list[int]]:
+        """The answer token ids of each of the run's n rows (noise samples repeat a row)."""
+        rows = self.run_inputs(run).rows
+        if isinstance(e.tok, A.TokId):
+            return [[e.tok.token_id]] * n
+        if isinstance(e.tok, A.TokString):
+            texts = [e.tok.text] * max(1, len(rows))
+        else:
+            texts = [str(r[e.tok.column]) for r in rows]
+        return [self._answer_ids(t) for t in texts for _ in range(n // len(texts))]
 
     def _answer_ids(self, text: str) -> list[int]:
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -12,17 +12,21 @@ At run time each member's writes apply only to its block of rows, so a batched m
 computes what it would alone. The schedule (compiler/schedule.py) orders the groups
 and splits each into chunks that fit the memory budget; a group of one forward gets no id.
 
-Twins (whose full run and key/value cache others reuse) and forwards that generate text run
-alone.
+Twins (whose full run and key/value cache others reuse) run alone. Forwards whose metrics
+generate text (generate, text, seqlogprob) batch only with forwards that generate the same
+continuations (the same terms of their metrics): the prompt pass is batched and every row is
+decoded together, token by token (runtime/generate.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from patchc.compiler import ast as A
+from patchc.compiler import printer
 from patchc.compiler.ir import Forward, IRGraph, Node
 
-from ._graph import consumers, generates, nodes_of, rebuild, refs, topo
+from ._graph import consumers, forward_metrics, generates, nodes_of, rebuild, refs, topo
 
 
 def _depths(ir: IRGraph, nodes: dict[str, Node]) -> dict[str, int]:
@@ -42,6 +46,15 @@ def _leaves(ir: IRGraph, nodes: dict[str, Node], cons: dict[str, list[str]]) -> 
     return {n for n, f in nodes.items() if isinstance(f, Forward) and not feeds[n]}
 
 
+def _continuations(nodes: dict[str, Node], cons: dict[str, list[str]], fid: str
+                   ) -> tuple[str, ...] | None:
+    """The generating terms of the forward's metrics (None when it generates nothing)."""
+    if not generates(nodes, cons, fid):
+        return None
+    return tuple(sorted({printer.mexpr(e) for m in forward_metrics(nodes, cons, fid)
+                         for e in A.metric_nodes(m.expr) if isinstance(e, A.GENERATING)}))
+
+
 def batch(ir: IRGraph) -> IRGraph:
     nodes = nodes_of(ir)
     cons = consumers(nodes)
@@ -54,10 +67,10 @@ def batch(ir: IRGraph) -> IRGraph:
     for fid in sorted(nodes, key=lambda x: (x[0], int(x[1:]))):
         f = nodes[fid]
         # A sweep (compiler/ir_sweep.py) is its own batch: the schedule cuts it into chunks.
-        if not isinstance(f, Forward) or fid in twins or f.sweep is not None or \
-                generates(nodes, cons, fid):
+        if not isinstance(f, Forward) or fid in twins or f.sweep is not None:
             continue
-        key = (f.run, f.samples, f.twin, f.start_layer, f.start, f.narrow, depth[fid])
+        key = (f.run, f.samples, f.twin, f.start_layer, f.start, f.narrow, depth[fid],
+               _continuations(nodes, cons, fid))
         groups.setdefault(key, []).append(fid)
     n = 0
     for members in groups.values():

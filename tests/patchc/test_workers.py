@@ -189,3 +189,16 @@ def test_refused_combinations(spec_file: Path, tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert f"{mapped}:2:1: error[E417]" in err and 'set device_map = "auto"' in err
 
+
+
+def test_the_spec_spreads_a_sweep_over_the_workers(spec_file: Path) -> None:
+    """The tables above are compared with a sweep whose rows come from several workers."""
+    from patchc.compiler.schedule import run_shapes, schedule
+    from patchc.compiler.shard import shard
+
+    prog = patchc.compile(spec_file)
+    plan = schedule(prog.optimized, prog.checked.model, run_shapes(prog.checked))
+    for workers in (2, 3):
+        shards = shard(prog.optimized, plan, workers)
+        spread = [m for sh in shards for m in sh.parts]
+        assert spread and any(spread.count(m) > 1 for m in spread)

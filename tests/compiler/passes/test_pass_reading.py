@@ -83,12 +83,26 @@ swap L{1,2}.H0.z @ last from clean into corrupt
 
 
 def test_text_and_seqlogprob_forwards_run_whole() -> None:
-    """A forward whose metric continues past the prompt runs as the naive one does: not
-    batched, narrowed or trimmed (the golden shows the whole pipeline's output)."""
+    """A forward whose metric continues past the prompt runs every layer and position (not
+    narrowed, no shared prefix, every logit); forwards that continue alike batch together
+    (the golden shows the whole pipeline's output)."""
     ir = lowered(CONTINUED)
     after = optimize(ir)
     golden("reading_continued", ir, after)
     swept = [f for _, f in after.of_type(Forward) if f.experiment is not None]
     assert len(swept) == 2
     for f in swept:
-        assert f.group is None and not f.narrow and f.logit_positions is None
+        assert not f.narrow and f.logit_positions is None and f.start_layer == 0
+    assert swept[0].group is not None and swept[0].group == swept[1].group
+
+
+def test_forwards_that_continue_differently_do_not_batch() -> None:
+    ir = optimize(lowered(CONTINUED + """swap L{1,2}.H1.z @ last from clean into corrupt
+    measure t = text(3)
+    as longer
+"""))
+    groups = {}
+    for _, f in ir.of_type(Forward):
+        if f.experiment is not None:
+            groups.setdefault(f.group, set()).add(f.experiment)
+    assert len([g for g in groups if g is not None]) == 2, groups

@@ -127,22 +127,28 @@ def test_a_budget_nothing_fits_is_refused_naming_the_smallest_that_does() -> Non
 
 
 @pytest.mark.parametrize("workers", [2, 3])
-def test_shards_keep_a_sweeps_chunks_together_and_report_each_result_once(workers: int
-                                                                         ) -> None:
+def test_shards_cover_each_sweeps_members_once(workers: int) -> None:
+    """A sweep's chunks may go to several workers (compiler/shard.py): each reports the
+    sweep's metrics for its own chunks' members, and together they cover every member once;
+    every other result is reported by one worker."""
     from patchc.compiler.ir import Metric
-    from patchc.compiler.shard import shard
+    from patchc.compiler.shard import rows_of, shard
 
     _, ir, plan = _plan(40_000_000)
     shards = shard(ir, plan, workers)
-    assert sorted(n for sh in shards for n in sh.owns) == sorted(n for n, _ in
-                                                                ir.of_type(Metric))
+    spread = {m for sh in shards for m in sh.parts}
+    once = sorted(n for sh in shards for n in sh.owns if n not in spread)
+    assert once == sorted(n for n, _ in ir.of_type(Metric) if n not in spread)
     for fid, f in sweeps(ir).items():
         holders = [sh for sh in shards if any(s.kind == "forward" and s.members == [fid]
                                               for s in sh.plan.steps)]
-        assert len(holders) == 1  # every chunk of the sweep on the worker that reports it
-        chunks = [s.sweep for s in holders[0].plan.steps if s.kind == "forward"
+        chunks = [s.sweep for sh in holders for s in sh.plan.steps if s.kind == "forward"
                   and s.members == [fid]]
-        assert sum(b - a for a, b in chunks) == len(f.sweep)
+        assert sum(b - a for a, b in chunks) == len(f.sweep)  # no member twice
+        for m in (m for m in ir.g.successors(fid) if isinstance(ir.node(m), Metric)):
+            rows = [r for sh in holders for r in rows_of(ir, m, sh.parts.get(m, ()))]
+            if len(holders) > 1 or m in spread:
+                assert sorted(rows) == list(range(len(f.sweep)))
 
 
 def test_one_member_per_layer_lowers_per_experiment() -> None:

@@ -13,7 +13,7 @@ from patchc.compiler.dump_plan import dump_plan, dump_shards
 from patchc.compiler.ir import Estimate, Metric
 from patchc.compiler.pipeline import optimize
 from patchc.compiler.schedule import ForwardStep, Plan, schedule, step_produces, step_uses
-from patchc.compiler.shard import Shard, shard, split_chunks
+from patchc.compiler.shard import Shard, _spreadable, rows_of, shard, split_chunks, spread_sweeps
 from passcases import lowered
 
 SPEC = """
@@ -117,3 +117,60 @@ def test_bad_worker_count() -> None:
     plan, opt = _plan()
     with pytest.raises(ValueError):
         shard(opt, plan, 0)
+
+
+# ---- compact sweeps spread over workers -----------------------------------------------------
+SWEEP_SPEC = """
+swap L{1,3}.mlp.post[{0,7}] @ each from clean into corrupt
+    measure ld normalized, prob(d.answer)
+    as neurons
+swap L0.resid_pre @ each from clean into corrupt
+    measure ld
+    as resid
+"""
+
+
+def _sweep_plan(workers: int):
+    ir = lowered(SWEEP_SPEC, compact=True)
+    opt = optimize(ir)
+    plan = schedule(opt, _model(), _runs(), None, naive_ir=ir)
+    return opt, plan, shard(opt, plan, workers)
+
+
+def _sweep_metrics(ir, fid: str) -> list[str]:
+    return [m for m in ir.g.successors(fid) if isinstance(ir.node(m), Metric)]
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_a_sweep_spreads_over_workers_and_its_rows_are_covered_once(workers: int) -> None:
+    opt, plan, shards = _sweep_plan(workers)
+    sweeps = {s.members[0] for s in plan.forward_steps() if s.sweep is not None}
+    assert len(sweeps) == 3 and spread_sweeps(opt, list(plan.steps)) == sweeps
+    busy = 0
+    for fid in sweeps:
+        total = len(opt.node(fid).sweep)
+        for m in _sweep_metrics(opt, fid):
+            rows = [r for sh in shards if m in sh.parts for r in rows_of(opt, m, sh.parts[m])]
+            assert sorted(rows) == list(range(total))  # every member row, by one worker
+            assert all(m in sh.parts for sh in shards if m in sh.owns)
+        busy = max(busy, sum(1 for sh in shards if any(
+            isinstance(s, ForwardStep) and s.members == [fid] for s in sh.plan.steps)))
+    assert busy >= 2  # a sweep's chunks run on more than one worker
+    for sh in shards:  # every shard runnable; a spread metric runs after its worker's chunks
+        made: set[str] = set()
+        for step in sh.plan.steps:
+            assert step_uses(opt, step) <= made, step_uses(opt, step) - made
+            made |= set(step_produces(opt, step))
+
+
+def test_one_worker_keeps_sweeps_whole() -> None:
+    opt, plan, (only,) = _sweep_plan(1)
+    assert only.plan == plan and only.parts == {}
+
+
+def test_a_sweep_whose_metric_a_step_uses_stays_whole() -> None:
+    opt, plan, _ = _sweep_plan(2)
+    fid = next(s.members[0] for s in plan.forward_steps() if s.sweep is not None)
+    metric = _sweep_metrics(opt, fid)[0]
+    assert _spreadable(opt, fid, set())
+    assert not _spreadable(opt, fid, {metric})  # e.g. a circuit ranking the table's rows

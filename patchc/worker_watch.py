@@ -1,0 +1,54 @@
+"""Whether rank 0 of a spawned run is still there, and removing the run's temporary folder
+when it is not: a spawned worker's watch on its parent (patchc/workers.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+# How often a spawned worker looks whether rank 0 is still there.
+PARENT_POLL_S = 0.5
+
+
+def watch_parent(parent: int, root: Path) -> None:
+    """End this worker when rank 0 is gone (killed: it cannot stop its workers, and gloo
+    would wait a day for it), and remove the run's temporary folder it can no longer
+    remove itself. A worker's parent is the fork server, so rank 0 is watched by its pid."""
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if not alive(parent):
+                remove(root)
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="patchc-parent-watch").start()
+
+
+def remove(root: Path) -> None:
+    """Remove the run's folder, again while another worker still writes into it."""
+    for _ in range(20):
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists():
+            return
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Is process `pid` running (not gone, not a zombie waiting to be reaped)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): ask the kernel
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
