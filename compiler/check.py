@@ -71,6 +71,7 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
         with ctx.catch(decl.span):
             model = load_model_spec(decl.model_id, decl.revision, ctx.base_dir)
     ctx.model = model
+    ctx.model_id = decl.model_id if decl is not None else None
     if tokenizer is AUTO:
         tokenizer = None
         if decl is not None:

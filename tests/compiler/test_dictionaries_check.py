@@ -258,3 +258,23 @@ def test_dictionary_name_typos_are_hinted(models, site, hint):
                   f"swap {site} from clean into corrupt  measure ld\n")
     assert (e.line, e.col) == (7, 6)
     assert e.hint == hint, e.render()
+
+
+@pytest.mark.parametrize("trained, warns", [
+    ("llama-gqa", True),
+    ("gpt2-small", False),  # SAELens names models the TransformerLens way
+    ("openai-community/gpt2", False),
+    (None, False),  # no model_name: nothing to compare
+])
+def test_dictionary_trained_on_another_model_warns(models, trained, warns):
+    cfg = {"architecture": "standard", "d_in": 64, "d_sae": 16}
+    if trained is not None:
+        cfg["metadata"] = {"model_name": trained}
+    folder = _folder(models.root, f"from_{str(trained).replace('/', '_')}", cfg)
+    checked = _check(models, f'sae s1 = "{folder}" at L1.resid_post\n')
+    found = [w for w in checked.warnings if w.code == "W473"]
+    assert bool(found) == warns, [w.render() for w in checked.warnings]
+    if warns:
+        assert found[0].message == (f"sae `s1` was trained on the model '{trained}', but the "
+                                    "spec's model is 'gpt2'")
+        assert (found[0].line, found[0].col) == (6, 10)
