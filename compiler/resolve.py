@@ -16,6 +16,7 @@ from .errors import CheckError, Span
 from .ir import Positions, Site
 from .modelspec import ModelSpec
 from .dictionaries import DeclarationFailed, DictInfo, err_kind, latent_kind
+from .module_names import site_of_module
 from .sites import SITE_KINDS
 
 # Default result column of an unnamed pattern, per axis (docs/language.md §5).
@@ -81,8 +82,11 @@ def expand_site(ref: A.SiteRef, model: ModelSpec) -> list[Match]:
         return latents
     kind = SITE_KINDS.get(ref.kind)
     if kind is None:
-        raise CheckError("E200", f"unknown site {ref.text!r}", ref.span,
-                         hint=_suggest(ref.kind, model))
+        module = site_of_module(ref.text)
+        hint = (f"patchc names an activation by what it holds, not by module: the output of "
+                f"{ref.text} is {module} (`patchc sites MODEL` lists every site)"
+                if module else _suggest(ref.kind, model))
+        raise CheckError("E200", f"unknown site {ref.text!r}", ref.span, hint=hint)
     if kind.layered and ref.layer is None:
         raise CheckError("E205", f"site {ref.kind} needs a layer, e.g. L0.{ref.kind}", ref.span)
     if not kind.layered and ref.layer is not None:
