@@ -41,8 +41,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     total = sum(counts.values())
     tables = ", ".join(f"{name} ({n} rows)" for name, n in counts.items()) or "no tables"
     n_warn = len(program.warnings)
-    warned = f", {n_warn} warning{'s' * (n_warn != 1)}" if n_warn else ""
-    print(f"{args.spec}: ok: {len(counts)} table(s), {total} experiment(s){warned}: {tables}")
+    # The warnings go with `ok`, not in front of the list of tables (`1 warning: op_6` read
+    # as if op_6 were the warning).
+    warned = f" ({n_warn} warning{'s' * (n_warn != 1)} above)" if n_warn else ""
+    print(f"{args.spec}: ok{warned}: {len(counts)} table(s), {total} experiment(s): {tables}")
     print(cost_line(program))
     return EXIT_OK
 

@@ -102,6 +102,8 @@ def test_check_prints_warnings_then_ok(capsys, tmp_path: Path):
     code, out, err = cli(capsys, "check", path)
     assert code == 0, err
     assert "warning[W300]" in err and "1 warning" in out and out.count("\n") == 2
+    # the count goes with `ok`, not in front of the tables (it read as if op_6 warned)
+    assert out.startswith(f"{path}: ok (1 warning above): 1 table(s), 12 experiment(s): ")
     assert out.splitlines()[1].startswith("cost: 12 experiment(s) in ")
 
 
