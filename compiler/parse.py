@@ -219,6 +219,10 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
         # `steer SITE in RUN by 3`: a number or a set of them scales a vector, never alone
         hint = ("`by` takes a vector: a number or a set of numbers multiplies one, as in "
                 "`by {1, 2, 4} * v` with `vector v = ...` declared above")
+    if hint is None and "AGAINST" in accepts and source.line_text(tok.line).startswith("compare"):
+        # `compare t1, t2`: compare runs estimators against the exact swap; it takes methods
+        hint = ("compare takes estimation methods and the exact swap they estimate: `compare "
+                "atp, relp against swap on SITES from A into B  measure M`")
     close = _close_keyword(str(tok), accepts) if tok.type == "PATH" else None
     if close:
         hint = f"did you mean `{close}`?"

@@ -82,3 +82,9 @@ def test_steer_by_a_number_alone_says_it_scales_a_vector(by):
     e = _error(f"steer L1.resid_post in a by {by}  measure m\n")
     assert e.message == "unexpected 'measure'; expected '*'"
     assert e.hint and "`by {1, 2, 4} * v`" in e.hint
+
+
+def test_compare_of_two_tables_shows_the_form():
+    e = _error("swap L0.H0.z from a into b  measure m  as t1\ncompare t1, t2\n")
+    assert e.message == "unexpected end of line; expected ',', 'against'"
+    assert e.hint and "`compare atp, relp against swap on SITES from A into B" in e.hint
