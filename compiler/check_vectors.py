@@ -39,7 +39,7 @@ def tensor_shapes(ctx: Context, file: str, span: Span) -> dict[str, tuple[int, .
     path = os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(file)))
     if not os.path.isfile(path):
         raise CheckError("E328", f"vector file not found: {path}", span,
-                         hint=near(file, path)
+                         hint=near(file, path, ctx.base_dir)
                          or "relative paths resolve against the spec file's directory")
     try:
         return _shapes(path, os.path.getmtime(path))

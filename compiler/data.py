@@ -46,7 +46,7 @@ def load_data(decl: A.DataDecl, base_dir: str = ".", source: Source | None = Non
                          hint="use .jsonl (one JSON object per line), .csv or .json")
     if not os.path.isfile(path):
         raise CheckError("E314", f"data file not found: {path}", span,
-                         hint=near(decl.path, path)
+                         hint=near(decl.path, path, base_dir)
                          or "relative paths resolve against the spec file's directory")
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:

@@ -248,7 +248,7 @@ def load_config(model_id: str, revision: str | None = None, base_dir: str = ".")
         return _read_json(config_path)
     if os.path.exists(path) or _looks_local(model_id):
         raise CheckError("E212", f"no model directory at {shown(path)} (looked for "
-                         f"{shown(path)}/config.json)", hint=near(model_id, path))
+                         f"{shown(path)}/config.json)", hint=near(model_id, path, base_dir))
     # Lazy: huggingface_hub is only needed for hub ids, and `patchc check` must start fast.
     from .hub import fetch
 

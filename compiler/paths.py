@@ -17,9 +17,16 @@ def shown(path: str) -> str:
     return os.path.normpath(path)
 
 
-def near(written: str, resolved: str) -> str | None:
+def near(written: str, resolved: str, base_dir: str | None = None) -> str | None:
     """`did you mean "data/ioi.jsonl"?` when the folder of `resolved` (the missing path)
-    holds a close name; `written` is the path as the spec has it."""
+    holds a close name; `written` is the path as the spec has it. With the spec's folder
+    `base_dir`: when `written` names something from the working directory instead (paths
+    written from the repository root in a spec kept in a subfolder), the path to write."""
+    if base_dir is not None and not os.path.isabs(written) and os.path.exists(written) \
+            and os.path.realpath(base_dir) != os.path.realpath("."):
+        fixed = os.path.relpath(os.path.abspath(written), os.path.abspath(base_dir))
+        return (f'relative paths resolve against the spec\'s folder, not the working '
+                f'directory: write "{fixed}"')
     folder, name = os.path.split(os.path.normpath(resolved))
     try:
         names = os.listdir(folder or ".")

@@ -37,3 +37,19 @@ def test_missing_paths_are_normalized_and_hinted(tmp_path, monkeypatch):
     assert data[0].hint == 'did you mean "../data/ioi.jsonl"?'
     assert data[1].hint == "relative paths resolve against the spec file's directory"
     assert found["E328"].hint == 'did you mean "../data/vectors.safetensors"?'
+
+
+def test_paths_written_from_the_working_directory(tmp_path, monkeypatch):
+    """A spec kept in a subfolder with its paths written from the repository root: the
+    hint says how to write them from the spec's folder."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ioi.jsonl").write_text('{"p": "x"}\n')
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "a.patch").write_text(
+        'model "m"\ndata ioi = "data/ioi.jsonl"\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PatchcError) as info:
+        check(parse_file("specs/a.patch"))
+    [data] = [e for e in info.value.errors if e.code == "E314"]
+    assert data.hint == ("relative paths resolve against the spec's folder, not the working "
+                         'directory: write "../data/ioi.jsonl"')
