@@ -60,7 +60,7 @@ def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictI
     path = os.path.join(ctx.base_dir, os.path.expanduser(d.path))
     span = _path_span(d)
     if d.site is None:  # no `at`: the site cfg.json's hook_name names
-        cfg, weights = _config(path, span, given)
+        cfg, weights = _config(path, span, given, d.path, ctx.base_dir)
         d = dataclasses.replace(d, site=_site_of_hook(d, cfg.get("hook_name"), span))
     host = _host(d, model)
     assert d.site is not None
@@ -68,7 +68,7 @@ def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictI
     if taken is not None:
         raise CheckError("E385", f"{host} already has the {taken.kind} `{taken.name}` attached",
                          d.site.span, hint="attach one dictionary per site")
-    cfg, weights = _config(path, span, given)
+    cfg, weights = _config(path, span, given, d.path, ctx.base_dir)
     info = dict_info(name, d.kind, path, cfg, weights, host, span)
     if d.kind == "sae":
         width = site_width(model, host)
@@ -94,9 +94,12 @@ def _site_like(name: str) -> bool:
         name in {k.split(".")[0] for k in SITE_KINDS}
 
 
-def _config(path: str, span: Span, given: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+def _config(path: str, span: Span, given: dict[str, Any] | None, written: str, base_dir: str
+            ) -> tuple[dict[str, Any], str]:
     """cfg.json and the weight file's name, or a given config (an SAELens object's)."""
-    return (with_defaults(given), "") if given is not None else read_config(path, span)
+    if given is not None:
+        return with_defaults(given), ""
+    return read_config(path, span, written, base_dir)
 
 
 def _site_of_hook(d: A.DictDecl, hook: Any, span: Span) -> A.SiteRef:

@@ -53,3 +53,21 @@ def test_paths_written_from_the_working_directory(tmp_path, monkeypatch):
     [data] = [e for e in info.value.errors if e.code == "E314"]
     assert data.hint == ("relative paths resolve against the spec's folder, not the working "
                          'directory: write "../data/ioi.jsonl"')
+
+
+def test_dictionary_folder_written_from_the_working_directory(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "a.patch").write_text(
+        f'model "{root}/examples/models/ioi-gpt2"\n'
+        'sae s = "examples/saes/ioi-L1-resid_post" at L1.resid_post\n')
+    monkeypatch.chdir(root)
+    with pytest.raises(PatchcError) as info:
+        check(parse_file(str(tmp_path / "a.patch")))
+    [e] = info.value.errors
+    assert e.code == "E381" and e.hint is not None
+    assert e.hint.startswith("relative paths resolve against the spec's folder")
+    assert e.hint.endswith('examples/saes/ioi-L1-resid_post"')
+    written = e.hint.split('write "')[1].rstrip('"')
+    assert (tmp_path / written).resolve() == root / "examples" / "saes" / "ioi-L1-resid_post"
