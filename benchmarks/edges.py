@@ -2,6 +2,7 @@
 
     python benchmarks/edges.py [--repeats 3] [--sample 256] [--loop-sample 16] [--write]
     python benchmarks/edges.py --evaluate [--repeats 3]
+    python benchmarks/edges.py --compile [--repeats 3]
     python benchmarks/edges.py --only eap   # one part: `exact` or `eap` (not with --write)
 
 The model is a GPT-2-small-shaped random GPT-2 (12 layers, 12 heads, d_model 768, d_mlp 3072,
@@ -21,6 +22,10 @@ times after a warm-up, the cases taking turns; the minimum is reported with the 
 - eap: `patchc.run` of `attribute * -> * from clean into corrupt using eap` (all E edges,
   compile included) against one forward + backward of the plain model (the metric's gradient
   with respect to the embedding output; no weight gradients).
+
+- compile (`--compile`, this part alone): `patchc.compile` of `swap * -> * from clean into
+  corrupt` (every edge) in a fresh process that imports patchc and compiles (config and
+  tokenizer only): its CPU and wall seconds, the process's max RSS and the IR's node count.
 
 - evaluate (`--evaluate`, this part alone): `circuit c = top {1%, 10%, 50%}` of the eap table
   and `evaluate c in corrupt with ablate(clean)`: the CPU time of the whole run and of the
@@ -204,6 +209,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="write the table into performance.md")
     ap.add_argument("--quick", action="store_true", help="a 2-layer model (tests)")
     ap.add_argument("--evaluate", action="store_true", help="time `evaluate` of edge circuits")
+    ap.add_argument("--compile", action="store_true", help="compile every edge's swap")
     ap.add_argument("--only", choices=("exact", "eap"), help="run one part (no --write)")
     args = ap.parse_args()
     if args.only and args.write:
@@ -212,6 +218,8 @@ def main() -> None:
     sizes = dict(n_layer=2, n_head=4, n_embd=64) if args.quick else SIZES
     tmp = Path(tempfile.mkdtemp())
     model, tok = build(tmp, **sizes)
+    if args.compile:
+        return compile_cost(tmp, args.repeats)
     if args.evaluate:
         return evaluate(model, tok, tmp, args.repeats)
     ms = spec_from_config(model.config.to_dict())
@@ -315,6 +323,37 @@ def _eap(args, model, tok, tmp, ms, ids_corrupt, ans: int, dis: int) -> list:
          ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()
                    if isinstance(v, float) and not k.endswith("share"))),
     ]
+
+
+_COMPILE = """
+import sys, time
+import patchc
+text = open(sys.argv[1]).read()
+cpu, wall = time.process_time(), time.perf_counter()
+program = patchc.compile(text)
+cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+# the peak RSS of this program (VmHWM: ru_maxrss would carry the forking parent's over exec)
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(cpu, wall, int(hwm.split()[1]) / 1024, len(program.ir.g))
+"""
+
+
+def compile_cost(tmp: Path, repeats: int) -> None:
+    """The `--compile` part: each repeat a fresh process (one thread) compiling every edge."""
+    import subprocess
+
+    path = tmp / "all_edges.patch"
+    path.write_text(spec(tmp, "swap * -> * from clean into corrupt measure ld as e"), "utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", _COMPILE, str(path)], env=env, check=True,
+                             capture_output=True, text=True).stdout.split()
+        runs.append([float(x) for x in out])
+    cpu, wall, rss = ([r[i] for r in runs] for i in range(3))
+    print(f"compile `swap * -> *` ({int(runs[0][3]):,} IR nodes): CPU {min(cpu):.2f} s "
+          f"(spread {(max(cpu) - min(cpu)) / min(cpu):.0%}), wall {min(wall):.2f} s, "
+          f"max RSS {max(rss):.0f} MB")
 
 
 def evaluate(model, tok, tmp: Path, repeats: int) -> None:

@@ -124,6 +124,7 @@ class ForwardShape:
     cache: bool = False  # keeps a key/value cache (a twin others narrow from, or narrowed)
     live: int | None = None  # dead_positions: the last block's MLP runs at this many positions
     latents: int = 0  # the latent widths (d_sae) of the dictionaries attached in this pass
+    edges: bool = False  # an edge sweep's chunk: it holds its senders' differences (float32)
 
 
 def layer_flops(model: ModelSpec, positions: int, keys_total: float) -> float:
@@ -163,6 +164,8 @@ def forward_bytes(model: ModelSpec, f: ForwardShape, dtype_bytes: int) -> int:
     # An attached dictionary holds its latents (float32) at every computed position: the
     # pre-activations, the latents, the written copy and the comparison of the two.
     per_row += 4 * s * f.latents * FLOAT32
+    if f.edges:  # the chunk's sender differences and each member row's copy of its own
+        per_row += 2 * s * d * FLOAT32
     return math.ceil(SAFETY * f.rows * per_row)
 
 

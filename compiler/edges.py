@@ -261,11 +261,12 @@ def check_edge_item(item: A.Edge | A.EdgeGroup, model: ModelSpec) -> None:
         check_edge(edge, model)
 
 
-def start_site(layer: int, own_writes) -> Site:
+def start_site(layer: int, own_sites) -> Site:
     """The site whose value enters block `layer` (share_prefix's start state): `resid_pre`,
     or, for a forward whose first own write is into the logits (after the last block), the
-    final residual stream `logits.in`."""
-    if any(getattr(w, "site", None) == Site("logits.in", layer) for w in own_writes):
+    final residual stream `logits.in`. `own_sites`: the sites its own writes (or its sweep's
+    members) write."""
+    if Site("logits.in", layer) in own_sites:
         return Site("logits.in", layer)
     return Site("resid_pre", layer)
 

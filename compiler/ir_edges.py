@@ -16,6 +16,16 @@ Backward.
 The table lists the Estimate in a `SweepRows` block (ir_sweep.py) whose `space` is the
 EdgeSet: `key_columns()` and `bound_columns()` give the row keys as arrays, as a sweep's Space
 does, so tables, circuits and plots take either.
+
+Edge `swap`/`ablate` (path patching) lower compactly the same way (compiler/lower_edges.py):
+one sweep Forward (ir_sweep.SweepSpec, modes `edge`, `edge_mean`, `edge_zero`) per statement,
+position run and receiver group (receiver layer; a layer's MLP input apart from its
+attention inputs), whose `space` is an EdgeSet of single edges with its `pos` and the table
+`rows` of its members (the groups interleave in row order: `* -> *` lists senders outermost).
+It looks like a sweep's Space to the passes and the schedule (`sites`: the receivers, where
+members write; one position; no variants; no `where`: filtered already). The Forward's
+`inputs` are the Read of every sender on the source run (none for `edge_zero`), then the
+Read of every sender on the target's unpatched run (`sweep_inputs`).
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .ir import Site
+from .ir import Positions, Site
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,11 +58,15 @@ class EdgeSet:
     receiver_of: tuple[int, ...]
     ends: tuple[int, ...]
     columns: tuple[tuple[str, tuple[Any, ...]], ...]
+    # An edge sweep's (module docstring): where its members write, and each member's row of
+    # the table (empty: the members are the table's rows in order).
+    pos: Positions | None = None
+    rows: tuple[int, ...] = ()
 
     def __hash__(self) -> int:
         # Cheap: tens of thousands of members (equality still compares everything).
         return hash((self.senders, self.receivers, len(self.sender_of), self.ends[-1:],
-                     tuple(c for c, _ in self.columns)))
+                     tuple(c for c, _ in self.columns), self.pos, self.rows[:1]))
 
     @property
     def count(self) -> int:
@@ -87,6 +101,38 @@ class EdgeSet:
                 for vals in zip(*(v for _, v in self.columns))] if names else \
             [()] * self.count
 
+    # -- what a sweep's Space gives the passes and the schedule (ir_sweep.py) ----------------
+    @property
+    def sites(self) -> tuple[Site, ...]:
+        """The receiver inputs: the sites the members write."""
+        return self.receivers
+
+    @property
+    def positions(self) -> tuple[Positions, ...]:
+        assert self.pos is not None, "an attribution's EdgeSet has no positions of its own"
+        return (self.pos,)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.count, 1, 1
+
+    @property
+    def size(self) -> int:
+        return self.count
+
+    @property
+    def where(self) -> tuple[Any, ...]:
+        return ()  # applied when the set was made
+
+    @property
+    def variants(self) -> tuple[None]:
+        return (None,)
+
+    def describe_sweep(self, mode: str) -> str:
+        """`sweep 5340 x edge (157 senders x 37 receivers) @ *` (an edge sweep Forward)."""
+        return f"sweep {self.count} x {mode} ({len(self.senders)} senders x " \
+            f"{len(self.receivers)} receivers) @ {self.pos}"
+
     # -- what a sweep's Space gives tables (ir_sweep.key_columns / bound_columns) ------------
     @property
     def pos_keys(self) -> tuple[Any, ...]:
@@ -119,10 +165,22 @@ def edge_set(members: Iterable[tuple[Key, tuple[Any, ...]]]) -> EdgeSet:
     receiver_of: list[int] = []
     ends: list[int] = []
     columns: dict[str, list[Any]] = {}
+    # A pattern's matches share their end Site objects: looking them up by identity first
+    # spares hashing a Site's fields once per edge (the objects are kept alive alongside, so
+    # that an id is never reused for another site).
+    seen_s: dict[int, tuple[Site, int]] = {}
+    seen_r: dict[int, tuple[Site, int]] = {}
     for j, (key, edges) in enumerate(members):
         for e in edges:
-            sender_of.append(senders.setdefault(e.sender, len(senders)))
-            receiver_of.append(receivers.setdefault(e.receiver, len(receivers)))
+            s, r = e.sender, e.receiver
+            hit = seen_s.get(id(s))
+            if hit is None:
+                hit = seen_s[id(s)] = (s, senders.setdefault(s, len(senders)))
+            sender_of.append(hit[1])
+            hit = seen_r.get(id(r))
+            if hit is None:
+                hit = seen_r[id(r)] = (r, receivers.setdefault(r, len(receivers)))
+            receiver_of.append(hit[1])
         ends.append(len(sender_of))
         for c, v in key:
             if c not in columns:  # a column first bound by member j
@@ -133,6 +191,30 @@ def edge_set(members: Iterable[tuple[Key, tuple[Any, ...]]]) -> EdgeSet:
                 vals.append(None)
     return EdgeSet(tuple(senders), tuple(receivers), tuple(sender_of), tuple(receiver_of),
                    tuple(ends), tuple((c, tuple(v)) for c, v in columns.items()))
+
+
+def subset(es: EdgeSet, js: list[int], pos: Positions, rows: list[int]) -> EdgeSet:
+    """The members `js` of a set of single edges (one edge each), as the EdgeSet of an edge
+    sweep at `pos` whose members are table rows `rows`. Its senders and receivers are those
+    its members use, in first appearance; every column of `es` is kept (None where unbound),
+    so that the blocks of one table share their columns."""
+    senders: dict[int, int] = {}
+    receivers: dict[int, int] = {}
+    s_of = [senders.setdefault(es.sender_of[j], len(senders)) for j in js]
+    r_of = [receivers.setdefault(es.receiver_of[j], len(receivers)) for j in js]
+    return EdgeSet(tuple(es.senders[i] for i in senders),
+                   tuple(es.receivers[i] for i in receivers), tuple(s_of), tuple(r_of),
+                   tuple(range(1, len(js) + 1)),
+                   tuple((c, tuple(v[j] for j in js)) for c, v in es.columns), pos,
+                   tuple(rows))
+
+
+def sweep_inputs(forward: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """An edge sweep Forward's inputs: (sender Reads on the source run, none for
+    `edge_zero`; sender Reads on the target's unpatched run)."""
+    n = len(forward.sweep.space.senders)
+    ins = forward.inputs
+    return (ins[:-n], ins[-n:])
 
 
 def split_inputs(node: Any) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...],

@@ -21,3 +21,6 @@ class Select:
     rows: tuple[str, ...]
     reference: str
     normalize: tuple[str, ...] = ()
+    # The table row of each value, in the order `rows`' values follow one another, when that
+    # is not the row order (an edge sweep's blocks, one per receiver group: ir_edges.py).
+    member_rows: tuple[int, ...] = ()

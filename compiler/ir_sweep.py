@@ -38,8 +38,10 @@ if TYPE_CHECKING:
 
 Key = tuple[tuple[str, Any], ...]
 
-# The modes a sweep's template may have (ir.Write's meaning, one write per member).
+# The modes a sweep's template may have (ir.Write's meaning, one write per member); the
+# edge modes are those of an edge sweep, whose space is an ir_edges.EdgeSet.
 MODES = ("replace", "zero", "mean", "resample", "mul", "add")
+EDGE_MODES = ("edge", "edge_mean", "edge_zero")
 # Modes whose new value comes from a Read of a whole site (sliced per member).
 READ_MODES = ("replace", "mean", "resample")
 
@@ -158,7 +160,7 @@ def members(space: Space) -> np.ndarray:
 
     shape = space.shape
     keep = np.ones(shape, dtype=bool)
-    cols = _columns(space)
+    cols = _columns(space) if space.where else {}
     for c in space.where:
         if c.left not in cols or isinstance(c.right, str) and c.right not in cols:
             continue  # a column this sweep does not bind does not filter it
@@ -281,6 +283,8 @@ def _ints(values: list[int]) -> str:
 def describe(spec: SweepSpec) -> str:
     """One line: `sweep 36 x replace mlp.post L3 [0..3071] @ {0..15} where ...`."""
     space = spec.space
+    if not isinstance(space, Space):  # an edge sweep (ir_edges.py)
+        return space.describe_sweep(spec.mode)
     first = space.sites[0]
     # (a dictionary's latents carry its host's layer: its name says where it is)
     layers = [] if first.kind.startswith("dict:") else \

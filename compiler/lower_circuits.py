@@ -114,7 +114,9 @@ def lower_circuit(lw: Lowerer, decl: A.CircuitDecl) -> None:
     normalize = tuple(x for x in norm if x) if norm is not None else ()
     reference = lw.metric(lw.base(target), target, measure.expr)
     inputs = values + (reference,) + normalize
-    sel = lw.ir.add(Select(name, values, reference, normalize), inputs)
+    # An edge sweep's blocks list their members' rows: the ranking puts them in row order.
+    member_rows = tuple(r for b in table.sweeps for r in getattr(b.space, "rows", ()))
+    sel = lw.ir.add(Select(name, values, reference, normalize, member_rows), inputs)
     exps = _exps(lw, op)
     n = table.n_rows()
     if len(exps) != n:

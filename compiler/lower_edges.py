@@ -1,14 +1,22 @@
 """Lowering statements over edges into the IR's ordinary nodes (docs/architecture.md, "Edges").
 
-- `swap E from A into B` / `ablate E in B with zero | mean(A)`: one Forward of B per experiment,
-  with one Write per receiver on the receiver's input site (`q.in`, `mlp.in`, `logits.in`, ...):
-  `x_r + sum (new_s - cur_s)` over the experiment's senders into that receiver (ir.Write,
-  modes `edge`, `edge_mean`, `edge_zero`). cur_s is a Read of B's base Forward when no write of
-  the experiment can change the sender (always so for a single edge), else it is read in the
-  forward itself (`Write.live`). The passes then make the sweep cheap with nothing edge-
-  specific: the Write's layer is the receiver's, so share_prefix starts the forward there
-  (after the last block for `logits`), batch stacks the forwards of one receiver layer, and
-  trim_logits unembeds only what the metrics read.
+- `swap E from A into B` / `ablate E in B with zero | mean(A)` over single edges
+  (`patch_form`): one sweep Forward of B per receiver group (the receiver's layer; a layer's
+  MLP input apart) and run of positions, whose SweepSpec (modes `edge`, `edge_mean`,
+  `edge_zero`) has an EdgeSet (compiler/ir_edges.py) of its edges and their table rows, and
+  as inputs the Reads of the senders on A and on B's base Forward; its Metrics are valued
+  [members, examples] and the table lists each in a SweepRows block. share_prefix starts
+  it at the receivers' layer (after the last block for `logits`: only the final norm and
+  the unembedding run), the schedule cuts it into chunks under the budget, and the runtime
+  patches each member's receiver in its own rows (runtime/edge_sweeps.py).
+- otherwise (`all(...)` groups, noised runs, kl/loss metrics, a few edges each in a group of
+  its own, `compact=False`): one Forward of B per experiment, with one Write per receiver on the
+  receiver's input site (`q.in`, `mlp.in`, `logits.in`, ...): `x_r + sum (new_s - cur_s)`
+  over the experiment's senders into that receiver (ir.Write, modes `edge`, `edge_mean`,
+  `edge_zero`). cur_s is a Read of B's base Forward when no write of the experiment can
+  change the sender (always so for a single edge), else it is read in the forward itself
+  (`Write.live`). The Write's layer is the receiver's, so share_prefix starts the forward
+  there and batch stacks the forwards of one receiver layer.
 - `attribute E from A into B using eap | eap_ig(steps=N) | relp`: Reads of each sender on A and
   B and of each receiver's input on B, one Backward (rules `grad`, or `lrp` for relp) with
   respect to every receiver input, and per measure ONE Estimate (method `eap` or `eap_ig`) for
@@ -30,9 +38,10 @@ from typing import Any
 
 from . import ast as A
 from .edges import EdgeMatch, EdgeRef, affects, edge_pos, expand_edge_item, iter_edge_item
-from .ir import Estimate, Positions, Row, Site, Write
-from .ir_edges import EdgeSet, edge_set
-from .ir_sweep import SweepRows
+from .ir import Estimate, Forward, Positions, Row, Site, Write
+from .ir_edges import EdgeSet, edge_set, subset
+from .ir_sweep import SweepRows, SweepSpec
+from .lower_sweep import logit_metrics, sweep_positions
 from .lowerer import Key, Lowerer, check_where, keep
 
 DEFAULT_EAP_IG_STEPS = 5
@@ -60,7 +69,9 @@ def _item_text(item: A.SiteItem) -> str:
 
 
 def edge_rows(lw: Lowerer, op: Any) -> int:
-    return len(edge_exps(lw, op, op.target.value))
+    """Rows of an edge statement's table, from its EdgeSets (the matches are never all held
+    as objects)."""
+    return sum(es.count for _, es in _edge_sets(lw, op, op.target.value))
 
 
 def edge_writes(lw: Lowerer, run: str, edges: tuple[EdgeRef, ...], pos: Positions, how: str,
@@ -88,19 +99,101 @@ def edge_writes(lw: Lowerer, run: str, edges: tuple[EdgeRef, ...], pos: Position
     return writes
 
 
-def _op_patch(lw: Lowerer, op: A.Swap | A.Ablate) -> None:
-    target = op.target.value
+def _how(op: A.Swap | A.Ablate) -> tuple[str, str | None]:
+    """(how the senders' new values are made: replace, mean or zero; the run they come from)."""
     if isinstance(op, A.Swap):
-        how, source = "replace", op.source.value
-    else:
-        how = op.how.kind
-        source = op.how.run
+        return "replace", op.source.value
+    return op.how.kind, op.how.run
+
+
+def _op_patch(lw: Lowerer, op: A.Swap | A.Ablate) -> None:
+    """One Forward per experiment (the per-experiment lowering)."""
+    target = op.target.value
+    how, source = _how(op)
     lw.bake(target)
     rows = []
     for key, edges, pos in edge_exps(lw, op, target):
         ws = edge_writes(lw, target, edges, pos, how, source)
         rows.append(lw.row(key, lw.forward(target, ws), op, target, source))
     lw.table(op, rows)
+
+
+def patch_form(lw: Lowerer, op: A.Operation) -> bool:
+    """Does an edge swap/ablate lower to edge sweeps (module docstring)? Single edges (no
+    `all(...)`: a group's edges change each other's senders), at positions a sweep member
+    can write, on a run without noise samples, measured by metrics of the logits at one
+    position. (A circuit may rank its table: its Select puts the members in row order.)"""
+    if not lw.compact or not isinstance(op, (A.Swap, A.Ablate)):
+        return False
+    if not all(isinstance(item, A.Edge) for item in op.sites):
+        return False
+    target = op.target.value
+    lw.bake(target)
+    if lw.samples[target] != 1:
+        return False
+    if not all(sweep_positions(lw, edge_pos(item), target) for item in op.sites):
+        return False
+    return logit_metrics(lw, op)
+
+
+def _receiver_group(site: Site) -> tuple[int, bool]:
+    """Edges whose forwards start at one layer: (receiver layer, an MLP input?). A layer's
+    MLP inputs form a group of their own: a forward patched only before the last block's MLP
+    computes that MLP at the measured positions alone (dead_positions)."""
+    assert site.layer is not None  # (logits.in: the layer count)
+    return site.layer, site.kind == "mlp.in"
+
+
+def _patch_groups(lw: Lowerer, op: A.Swap | A.Ablate, target: str
+                  ) -> list[tuple[Positions, EdgeSet]] | None:
+    """The statement's edges as the EdgeSets of its sweeps: per run of items at the same
+    positions, per receiver group (in group order), each member with its table row. None
+    when that makes no fewer forwards than one per edge (a few edges, each of its own
+    group: per edge, their forwards batch with the other forwards of their layer)."""
+    sets = _edge_sets(lw, op, target)
+    out, row = [], 0
+    for pos, es in sets:
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for j, r in enumerate(es.receiver_of):
+            groups.setdefault(_receiver_group(es.receivers[r]), []).append(j)
+        for key in sorted(groups):
+            js = groups[key]
+            out.append((pos, subset(es, js, pos, [row + j for j in js])))
+        row += es.count
+    if not out or row <= len(out):
+        return None
+    return out
+
+
+def _op_patch_compact(lw: Lowerer, op: A.Swap | A.Ablate) -> None:
+    """One sweep Forward per receiver group and run of positions (ir_edges.py), and a
+    SweepRows block of the table per sweep."""
+    target = op.target.value
+    how, source = _how(op)
+    groups = _patch_groups(lw, op, target)
+    if groups is None:
+        _op_patch(lw, op)
+        return
+    baked = lw.bake(target)
+    base = lw.base(target)
+    src = lw.base(source) if source is not None else None
+    mode = {"replace": "edge", "mean": "edge_mean", "zero": "edge_zero"}[how]
+    measures = lw.measures(op)
+    blocks = []
+    for pos, es in groups:
+        new = () if src is None or how == "zero" else \
+            tuple(lw.read(src, s, pos) for s in es.senders)
+        inputs = new + tuple(lw.read(base, s, pos) for s in es.senders)
+        fid = lw.ir.add(Forward(target, baked, lw.n_experiments, 1,
+                                sweep=SweepSpec(es, mode), inputs=inputs), baked + inputs)
+        lw.n_experiments += es.count
+        values = tuple((col, lw.metric(fid, target, m.expr)) for col, m in measures)
+        norm = tuple((col, lw.norm_refs(m, target, source)) for col, m in measures
+                     if m.normalized)
+        blocks.append(SweepRows(fid, values, norm, es.count, es))
+    keys = dict.fromkeys(c for _, es in groups for c in es.bound_columns())
+    columns = tuple(keys) + tuple(dict.fromkeys(c for c, _ in measures))
+    lw.table(op, [], columns, sweeps=tuple(blocks))
 
 
 def _attribute_parts(op: A.Attribute) -> tuple[str, str, int]:
@@ -149,7 +242,7 @@ def _op_attribute(lw: Lowerer, op: A.Attribute) -> None:
     lw.table(op, rows)
 
 
-def _edge_sets(lw: Lowerer, op: A.Attribute, run: str) -> list[tuple[Positions, EdgeSet]]:
+def _edge_sets(lw: Lowerer, op: Any, run: str) -> list[tuple[Positions, EdgeSet]]:
     """The statement's experiments as EdgeSets, one per run of items and positions with the
     same positions, in row order (edge_exps' order). The matches stream into the sets: the
     tens of thousands of `* -> *` are never all held at once as objects."""
@@ -219,6 +312,8 @@ def lower_edge_op(lw: Lowerer, op: A.Operation) -> None:
             _op_attribute_compact(lw, op)
         else:
             _op_attribute(lw, op)
+    elif patch_form(lw, op):
+        _op_patch_compact(lw, op)  # type: ignore[arg-type]
     else:
         _op_patch(lw, op)  # type: ignore[arg-type]
 

@@ -60,11 +60,24 @@ def compact_form(lw: Lowerer, op: A.Operation) -> bool:
         return False
     if isinstance(op, A.Ablate) and op.how.kind == "mean" and "all" in kinds:
         return False  # the token-aligned mean over prompts of every length: per experiment
+    if not logit_metrics(lw, op):
+        return False
+    return _latents(lw, item) or not _one_per_layer(lw, op)
+
+
+def logit_metrics(lw: Lowerer, op: Any) -> bool:
+    """Is `op` measured by metrics of the logits at one position only (no kl, loss or
+    generation)? A sweep chunk measures its members right after their pass."""
     for _, m in lw.measures(op):
         _, body, _ = metric_parts(m.expr, lw.checked.metrics)
         if any(isinstance(e, _NOT_COMPACT_METRICS) for e in A.metric_nodes(body)):
             return False
-    return _latents(lw, item) or not _one_per_layer(lw, op)
+    return True
+
+
+def sweep_positions(lw: Lowerer, pos: Any, run: str) -> bool:
+    """Are the positions `pos` of `run` ones a sweep member can write (not per-example spans)?"""
+    return {p.kind for p, _ in lw.positions(pos, run)} <= _POSITION_KINDS
 
 
 def _one_per_layer(lw: Lowerer, op: Any) -> bool:

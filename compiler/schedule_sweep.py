@@ -11,11 +11,12 @@ splitting costs a pass. Work is linear in the position variants, not the members
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from . import costs as C
 from .ir import IRGraph, Metric
-from .ir_sweep import members, split
+from .ir_sweep import Space, members, split
 from .plan import ForwardStep
 
 # A pass costs this much beyond its arithmetic (Python, kernel launches), in FLOPs per layer
@@ -36,14 +37,11 @@ def variant_counts(space) -> list[int]:
 
 def sweep_shape(sz: C.GraphSizes, fid: str, k: int, p0: int) -> C.ForwardShape:
     """The pass of k members of sweep `fid` from position p0."""
-    f = sz.fwd(fid)
-    vocab = sz.vocab(fid)
-    return C.ForwardShape(
-        rows=k * sz.rows(fid), width=sz.runs[f.run].width, p0=p0,
-        start_layer=0 if sz.naive else f.start_layer,
-        # the members measure the same token ids: one set of unembedding rows for all
-        logit_positions=sz.logit_positions(fid), vocab=vocab,
-        cache=p0 > 0, latents=sz.latents(fid))
+    # (the members measure the same token ids: one set of unembedding rows for all; the
+    # last block's MLP runs at the measured positions alone as sz.shape says, dead_positions)
+    one = sz.shape([fid], p0)
+    edges = not isinstance(sz.fwd(fid).sweep.space, Space)  # an edge sweep (ir_edges.py)
+    return dataclasses.replace(one, rows=k * one.rows, edges=edges)
 
 
 def _firsts(sz: C.GraphSizes, fid: str) -> list[int]:

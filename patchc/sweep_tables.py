@@ -71,7 +71,23 @@ def sweep_frame(table: Table, values: dict[str, Any],
             cols[col] = mean.astype(float)
             cols[f"{col}_se"] = se.astype(float)
         blocks.append(cols)
-    return _joined(blocks)
+    return _in_row_order(_joined(blocks), _member_rows(table))
+
+
+def _member_rows(table: Table) -> np.ndarray | None:
+    """The table row of each member of the blocks, block after block; None when the blocks
+    are the table's rows in order. (An edge sweep's blocks, one per receiver group, each
+    list their members' rows: compiler/ir_edges.EdgeSet.rows.)"""
+    rows = [getattr(block.space, "rows", ()) for block in table.sweeps]
+    if not any(rows):
+        return None
+    return np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
+
+
+def _in_row_order(df: pd.DataFrame, rows: np.ndarray | None) -> pd.DataFrame:
+    if rows is None:
+        return df
+    return df.iloc[np.argsort(rows, kind="stable")].reset_index(drop=True)
 
 
 def _joined(blocks: list[dict[str, Any]]) -> pd.DataFrame:
@@ -107,4 +123,10 @@ def sweep_examples(table: Table, values: dict[str, Any]) -> pd.DataFrame:
         for col, nid in block.values:
             cols[col] = values[nid].float().reshape(-1).numpy().astype(float)
         frames.append(pd.DataFrame(cols))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not frames:
+        return pd.DataFrame()
+    rows = _member_rows(table)
+    if rows is not None:  # one record per (member, example): members in row order
+        n = len(frames[0]) // max(table.sweeps[0].count, 1)
+        rows = np.repeat(rows, n)
+    return _in_row_order(pd.concat(frames, ignore_index=True), rows)

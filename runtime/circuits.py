@@ -45,6 +45,8 @@ def rank(node: Select, values: dict[str, Any]) -> Ranking:
     n = values[node.reference].numel()
     # A row node is [n], or [members, n] for a compact block (its members are rows in order).
     rows = torch.cat([values[r].float().reshape(-1, n) for r in node.rows])
+    if node.member_rows:  # an edge sweep's blocks, one per receiver group: in row order
+        rows = rows[torch.argsort(torch.tensor(node.member_rows))]
     keep = ~torch.isnan(rows)  # [R, n]: the examples each row has
     ref = values[node.reference].float().reshape(1, -1).expand_as(rows)
     shown = _normalized(_means(rows, keep), keep, node, values)

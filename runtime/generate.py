@@ -19,7 +19,7 @@ from patchc.compiler.ir import Forward, IRGraph, Metric
 
 from .compat import output_cache, with_cache
 from .inputs import Batch, position_index
-from .prefix import trimmed_logits
+from .prefix import prefix_cache, trimmed_logits
 
 
 def _prompt(interp, batch: Batch, hooks: list):
@@ -97,14 +97,8 @@ def run_generating(ex, ir: IRGraph, step) -> None:
     k, n = len(members), batch.n
     blocks = [slice(i * n, (i + 1) * n) for i in range(k)]
     hooks = ex.member_hooks(ir, step, batch, columns)
-    stacked = Batch(batch.input_ids.repeat(k, 1), batch.attention_mask.repeat(k, 1),
-                    batch.position_ids.repeat(k, 1), list(batch.lengths) * k)
     slots, index = _logit_slots(ir, fids, batch, columns)
-    kwargs = stacked.to(ex.device).model_kwargs()
-    with ex.adapter.hooks(hooks), trimmed_logits(ex.model.get_output_embeddings(),
-                                                 None if index is None else index.repeat(k, 1),
-                                                 None), ex.model_pass():
-        out = ex.model(**kwargs, use_cache=True)
+    out, kwargs = _prompt_of(ex, step, batch, k, hooks, index)
     outs = [ex._output(ir, fid, f, batch, columns, out.logits[rows], slots, 0, None)
             for fid, f, rows in zip(fids, members, blocks)]
     terms = {e for fid in fids for m in ir.g.successors(fid)
@@ -128,13 +122,33 @@ def run_generating(ex, ir: IRGraph, step) -> None:
         elif isinstance(e, A.MText):
             for o, b in zip(outs, blocks):
                 o.texts[e.n] = texts[e.n][b]
-        else:  # seqlogprob: a teacher-forced pass of every row
+        else:  # seqlogprob: a teacher-forced pass of every row, after a prompt pass of its own
             answers = ex.seqlogprob_answers(e, first.run, n)
-            values = sequence_logprob(ex, stacked, hooks, answers * k)
+            last = torch.full((n, 1), batch.width - 1, dtype=torch.long)
+            values = _teacher(ex, *_prompt_of(ex, step, batch, k, hooks, last), answers * k)
             for o, b in zip(outs, blocks):
                 o.seqlogprob[printer.tok(e.tok)] = values[b]
     for fid, o in zip(fids, outs):
         ex.values[fid] = o
+
+
+def _prompt_of(ex, step, batch: Batch, k: int, hooks: list, index: torch.Tensor | None
+               ) -> tuple:
+    """The prompt pass of a step's k members (rows member-major) with a key/value cache to
+    continue from: from position p0 when the step is narrowed (the earlier positions' keys
+    and values the twin's), logits only at `index` ([n, K] padded positions; None: all).
+    Returns (output, the model kwargs: the whole prompt's mask and position ids)."""
+    p0 = step.p0
+    feed = batch.to(ex.device)
+    kwargs = {"input_ids": feed.input_ids[:, p0:].repeat(k, 1),
+              "attention_mask": feed.attention_mask.repeat(k, 1),
+              "position_ids": feed.position_ids[:, p0:].repeat(k, 1), "use_cache": True}
+    if p0:
+        kwargs = with_cache(ex.model, kwargs, prefix_cache(ex.kv[step.twin], p0, k, 0))
+    keep = None if index is None else (index - p0).repeat(k, 1)
+    with ex.adapter.hooks(hooks), trimmed_logits(ex.model.get_output_embeddings(), keep, None), \
+            ex.model_pass():
+        return ex.model(**kwargs), kwargs
 
 
 @torch.no_grad()
@@ -142,10 +156,15 @@ def sequence_logprob(interp, batch: Batch, hooks: list, answers: list[list[int]]
                      ) -> torch.Tensor:
     """[N] float32: the summed log-probability of each row's answer tokens, the first
     predicted at the prompt's last position, each later one after the ones before it."""
-    out, kwargs = _prompt(interp, batch, hooks)
+    return _teacher(interp, *_prompt(interp, batch, hooks), answers)
+
+
+def _teacher(interp, out, kwargs: dict, answers: list[list[int]]) -> torch.Tensor:
+    """sequence_logprob after the prompt pass `out` (its last logit slot the prompt's last
+    position)."""
     first = torch.log_softmax(out.logits[:, -1].float(), -1)
     k = max(len(a) for a in answers)
-    n = batch.n
+    n = len(answers)
     ids = torch.zeros(n, k, dtype=torch.long)
     real = torch.zeros(n, k, dtype=torch.bool)
     for i, a in enumerate(answers):

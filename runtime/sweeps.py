@@ -14,7 +14,9 @@ runtime/writes.py computes a member's write, and scatters them back:
   zero / mul / add           from the current values, with each member's scale and vector.
 
 Rows whose prompt lacks the member's position keep their values and measure NaN, as in
-writes.make_writer. Metrics are evaluated on the chunk's logits right after the pass
+writes.make_writer. An edge sweep's chunk (its space an ir_edges.EdgeSet) gets its hooks
+from runtime/edge_sweeps.py instead: one per receiver input, adding each member's sender
+difference in the member's rows. Metrics are evaluated on the chunk's logits right after the pass
 (examples-major, so the naive interpreter's metric code applies unchanged) and stored into
 the sweep's [members, examples] values; the chunk's logits are then dropped.
 runtime/naive.py runs the same members one forward each (runtime/sweep_members.py).
@@ -31,6 +33,7 @@ from patchc.compiler.ir_sweep import READ_MODES, SweepSpec, execution_order, mem
     site_wholes, whole_index
 from patchc.compiler.schedule import ForwardStep
 
+from .edge_sweeps import chunk_hooks, is_edge_sweep
 from .inputs import Batch, position_index, position_valid
 from .forward_values import ForwardOutput
 from .prefix import widen
@@ -184,7 +187,10 @@ def run_chunk(ex, ir: IRGraph, step: ForwardStep, rows: np.ndarray | None = None
     batch = ex.run_inputs(f.run).batch
     columns = ex.columns_for(f.run)
     n, k, p0 = batch.n, len(rows), step.p0
-    hooks, valid = _hooks(ex, ir, fid, f, batch, columns, rows, p0)
+    if is_edge_sweep(f):  # path patching: each member's edge in its own rows
+        hooks, valid = chunk_hooks(ex, ir, f, batch, columns, rows, p0)
+    else:
+        hooks, valid = _hooks(ex, ir, fid, f, batch, columns, rows, p0)
     # The run's own writes first (those its start state has not applied yet), built for
     # one member's batch and applied block by block, so seeded draws are each member's own.
     shared = len(ir.node(f.twin).writes) if f.start else 0  # type: ignore[union-attr]

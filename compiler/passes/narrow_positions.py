@@ -3,7 +3,9 @@ writes are the same as in its twin, in every layer: compute only the later ones.
 
 The pass marks a forward with a twin `narrow` when that can pay off: its own writes (those
 after the twin's) each name positions (never `*`), no metric on it needs every position
-(`loss`) or generates, and none of its Reads covers every position. The runtime then finds
+(`loss`), and none of its Reads covers every position. A forward whose metrics generate
+text is narrowed too: its prompt pass starts from the twin's keys and values, and decoding
+continues from the joined cache. The runtime then finds
 the boundary p0 for the actual prompts: the smallest padded index that an own write, a Read
 or a metric of the forward (or a kl metric comparing with it) touches, the minimum over the
 rows (left padding gives all rows one width, so a padded index is a common boundary). It
@@ -41,8 +43,7 @@ def narrow_positions(ir: IRGraph) -> IRGraph:
         if any(isinstance(u, Read) and (u.pos.kind == "all" or u.site.kind == "attn.pattern")
                for u in users):
             continue
-        if any(isinstance(u, Metric) and any(needs(u.expr, k) for k in (A.MLoss,) + A.GENERATING)
-               for u in users):
+        if any(isinstance(u, Metric) and needs(u.expr, A.MLoss) for u in users):
             continue
         nodes[fid] = dataclasses.replace(f, narrow=True)
     return rebuild(nodes, list(ir.tables))

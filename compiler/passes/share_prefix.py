@@ -14,8 +14,12 @@ one is added if at least two forwards would start from it. A twin is always comp
 full. A forward whose own writes start at the embedding (layer 0) keeps a twin without
 writes when its positions could be narrowed: narrow_positions reuses the twin's keys/values.
 
-Forwards whose metric generates text or is differentiated run as they are; one that generates is
-never a twin (another forward of the same writes is added to be one).
+Forwards whose metric is differentiated run as they are. One whose metric generates text
+(generate, text, seqlogprob) starts at layer 0 (decoding needs every layer's keys and values
+at every position), but takes a twin when its own writes could be narrowed: narrow_positions
+then feeds it only the positions from its first written one, the earlier ones' keys and
+values coming from the twin. It is never a twin itself (another forward of the same writes
+is added to be one).
 """
 
 from __future__ import annotations
@@ -79,12 +83,26 @@ def _sweep_split(nodes: dict[str, Node], f: Forward) -> int | None:
     return start
 
 
+def _narrow_twin(nodes: dict[str, Node], by_writes: dict[tuple, str], fid: str, f: Forward,
+                 chosen: dict[str, tuple[str, int]], wanted: dict[tuple, list[str]]) -> None:
+    """A generating forward's twin, for narrowing only (start layer 0): the forward with the
+    longest prefix of its writes whose remaining writes each name positions."""
+    for k in range(len(f.writes) - 1, -1, -1):
+        if not _narrowable(nodes, f.writes[k:]):
+            return
+        tid = by_writes.get((f.run, f.samples, f.writes[:k]))
+        if tid is not None and tid != fid:
+            chosen[fid] = (tid, 0)
+            return
+    wanted.setdefault((f.run, f.samples, ()), []).append(fid)
+
+
 def share_prefix(ir: IRGraph) -> IRGraph:
     nodes = nodes_of(ir)
     cons = consumers(nodes)
     forwards = {nid: n for nid, n in nodes.items() if isinstance(n, Forward)}
-    fixed = {nid for nid in forwards
-             if generates(nodes, cons, nid) or differentiated(nodes, cons, nid)}
+    speaks = {nid for nid in forwards if generates(nodes, cons, nid)}
+    fixed = speaks | {nid for nid in forwards if differentiated(nodes, cons, nid)}
     by_writes: dict[tuple, str] = {}
     for nid in sorted(forwards, key=lambda x: int(x[1:])):
         f = forwards[nid]
@@ -96,6 +114,9 @@ def share_prefix(ir: IRGraph) -> IRGraph:
     chosen: dict[str, tuple[str, int]] = {}
     wanted: dict[tuple, list[str]] = {}
     for fid, f in forwards.items():
+        if fid in speaks and f.writes and not differentiated(nodes, cons, fid):
+            _narrow_twin(nodes, by_writes, fid, f, chosen, wanted)
+            continue
         if fid in fixed:
             continue
         if f.sweep is not None:  # its own writes are its members': the twin has the rest
@@ -125,15 +146,15 @@ def share_prefix(ir: IRGraph) -> IRGraph:
             wanted.setdefault((f.run, f.samples, f.writes[:first_valid]), []).append(fid)
     # A forward that generates runs apart (token by token): it keeps no key/value cache for
     # narrowed forwards, so it is never a twin; an equal twin is added beside it.
-    finder = Finder(nodes, exclude=frozenset(f for f in fixed if generates(nodes, cons, f)))
+    finder = Finder(nodes, exclude=frozenset(speaks))
     for (run, samples, prefix), fids in wanted.items():
         if len(fids) < 2 and forwards[fids[0]].sweep is None:
             continue  # (a sweep alone is many forwards: its twin pays)
         tid = finder.find_or_add(Forward(run, prefix, None, samples))
         for fid in fids:
             f = forwards[fid]
-            start = _sweep_split(nodes, f) if f.sweep is not None else \
-                _split(nodes, f.writes, len(prefix))
+            start = 0 if fid in speaks else _sweep_split(nodes, f) if f.sweep is not None \
+                else _split(nodes, f.writes, len(prefix))
             assert start is not None
             chosen[fid] = (tid, start)
 
@@ -146,7 +167,9 @@ def share_prefix(ir: IRGraph) -> IRGraph:
         f = forwards[fid]
         start_read = None
         if start >= 1:
-            own = [nodes[w] for w in f.writes[len(nodes[tid].writes):]]  # type: ignore[union-attr]
+            own = [nodes[w].site for w in f.writes[len(nodes[tid].writes):]]  # type: ignore[union-attr]
+            if f.sweep is not None:  # its members' writes (an edge sweep's: its receivers)
+                own += list(f.sweep.space.sites[:1])
             start_read = finder.find_or_add(Read(tid, start_site(start, own), ALL_POSITIONS))
             # Reads inside the skipped layers have the twin's values: read them there.
             for rid in cons.get(fid, []):

@@ -206,7 +206,14 @@ def _install_head(ad: "Adapter", which: str, layer: int, head: int, fn: HookFn, 
         # old + (P(own norm of x') - P(own norm of x)): an unchanged row keeps its value
         # exactly, whatever hooks of the shared normalizer made the projection's input.
         new = _add_rows(old, rows, value, x_new, x)
-        full = new if cols is None else cols.write(o, new)
-        return taps._replace_output(out, full)
+        if cols is None:
+            return taps._replace_output(out, new)
+        if torch.is_grad_enabled() and o.requires_grad:
+            return taps._replace_output(out, cols.write(o, new))
+        # Without gradients the projection's fresh output takes the head's columns in place:
+        # a copy of the whole fused output per head receiver was most of an edge chunk's
+        # overhead on small models (the hooks before this one kept copies of what they read).
+        cols.write_(o, new)
+        return out
 
     return taps.Handles(rec, proj.register_forward_hook(post))

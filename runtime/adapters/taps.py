@@ -55,6 +55,13 @@ class Cols:
             return y
         return x.index_copy(-1, self._idx(x.device), new)
 
+    def write_(self, x: Tensor, new: Tensor) -> None:
+        """`write`, in place (for a tensor no one else holds and no gradient needs)."""
+        if self.index is None:
+            x[..., self.start : self.stop] = new
+        else:
+            x.index_copy_(-1, self._idx(x.device), new)
+
     def __repr__(self) -> str:
         return f"Cols({self.start}:{self.stop})" if self.index is None else f"Cols({self.index})"
 

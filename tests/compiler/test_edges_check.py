@@ -105,9 +105,11 @@ def test_every_edge_of_the_model(models: Models) -> None:
 
 def test_grouped_query_kv_receivers_dedupe(models: Models) -> None:
     checked = _checked(models, "llama", "swap embed -> L1.H*.k from a into b  measure m as e")
-    ir = lower(checked)
+    ir = lower(checked, compact=False)
     (table,) = ir.tables
     assert [dict(r.key)["receiver"] for r in table.rows] == ["L1.H0.k", "L1.H4.k"]
+    (block,) = lower(checked).tables[0].sweeps  # an edge sweep (two edges into layer 1)
+    assert [str(r) for r in block.space.receivers] == ["L1.H0.k.in", "L1.H4.k.in"]
 
 
 def test_an_edge_sweep_starts_at_the_receivers_layer(models: Models) -> None:

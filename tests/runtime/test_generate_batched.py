@@ -132,3 +132,32 @@ def test_other_metrics_beside_a_continuation(loaded, measure: str) -> None:
             assert list(a[col]) == list(b[col])
         else:
             assert (a[col] - b[col]).abs().max() < 1e-5, col
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "neox", "mistral", "gemma"])
+def test_narrowed_batched_continuations_equal_hand_greedy(any_family, name: str) -> None:
+    """Back-patches measured by text(3) and seqlogprob, narrowed to the last position (the
+    twin's keys and values before it; not narrowed with a sliding window) and batched,
+    equal a greedy decode that recomputes the whole sequence each step (no cache), and the
+    reference interpreter's values."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ops_common import CLEAN, ROWS, T
+    from test_ops_steer import _greedy
+
+    from conftest import inline
+
+    fam = any_family(name)
+    body = (f"data d = {inline(ROWS)}\nrun q = d.clean\n"
+            "backpatch L$j.resid_post -> L$i.resid_post @ last in q\n    where $j > $i\n"
+            "    measure t = text(3), s = seqlogprob(d.answer)\n    as g\n")
+    fast = fam.run(body, naive=False)
+    naive = fam.run(body, naive=True)
+    a, b = fast.per_example("g"), naive.per_example("g")
+    assert list(a["t"]) == list(b["t"])
+    assert (a["s"] - b["s"]).abs().max() < 1e-4
+    src = fam.read(CLEAN, "L1.resid_post")["L1.resid_post"][:, -1]
+    want = _greedy(fam, fam.ids(CLEAN), 3, {"L0.resid_post": src}, T - 1)
+    got = a[(a["j"] == 1) & (a["i"] == 0)].sort_values("example")["t"]
+    assert [t.strip() for t in got] == [t.strip() for t in want]

@@ -83,16 +83,17 @@ swap L{1,2}.H0.z @ last from clean into corrupt
 
 
 def test_text_and_seqlogprob_forwards_run_whole() -> None:
-    """A forward whose metric continues past the prompt runs every layer and position (not
-    narrowed, no shared prefix, every logit); forwards that continue alike batch together
-    (the golden shows the whole pipeline's output)."""
+    """A forward whose metric continues past the prompt runs every layer (decoding needs
+    every layer's keys and values), narrowed to the positions from its first write (a twin
+    gives the earlier keys and values); forwards that continue alike batch together (the
+    golden shows the whole pipeline's output)."""
     ir = lowered(CONTINUED)
     after = optimize(ir)
     golden("reading_continued", ir, after)
     swept = [f for _, f in after.of_type(Forward) if f.experiment is not None]
     assert len(swept) == 2
     for f in swept:
-        assert not f.narrow and f.logit_positions is None and f.start_layer == 0
+        assert f.narrow and f.twin and f.start_layer == 0 and f.start is None
     assert swept[0].group is not None and swept[0].group == swept[1].group
 
 
