@@ -18,6 +18,7 @@ Error codes are listed in docs/errors.md.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -25,7 +26,7 @@ from pydantic import ValidationError
 
 from . import ast as A
 from . import device_map
-from .check_circuits import check_circuit, check_evaluate
+from .check_circuits import check_circuit, check_evaluate, warn_circuit_sizes
 from .check_context import Context, did_you_mean
 from .check_dicts import check_dictionaries
 from .check_limits import check_chains
@@ -130,9 +131,13 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
     if ctx.errors:
         raise SpecErrors(ctx.errors).with_source(spec.source)
     assert ctx.model is not None  # a missing model is an error above
-    return CheckedSpec(spec, ctx.model, options, dict(ctx.data), dict(ctx.runs),
-                       dict(ctx.metrics), dict(ctx.vectors), tuple(ctx.warnings),
-                       dict(ctx.vector_dims))
+    checked = CheckedSpec(spec, ctx.model, options, dict(ctx.data), dict(ctx.runs),
+                          dict(ctx.metrics), dict(ctx.vectors), tuple(ctx.warnings),
+                          dict(ctx.vector_dims))
+    if circuits:  # a size that keeps no row, or the rows of another: known from the counts
+        warn_circuit_sizes(ctx, checked)
+        checked = dataclasses.replace(checked, warnings=tuple(ctx.warnings))
+    return checked
 
 
 def _model_statement(ctx: Context, stmts: tuple[A.Statement, ...]) -> A.ModelDecl | None:
