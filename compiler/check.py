@@ -18,6 +18,7 @@ Error codes are listed in docs/errors.md.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -25,12 +26,13 @@ from pydantic import ValidationError
 
 from . import ast as A
 from . import device_map
-from .check_circuits import check_circuit, check_evaluate
+from .check_circuits import check_circuit, check_evaluate, warn_circuit_sizes
 from .check_context import Context, did_you_mean
 from .check_dicts import check_dictionaries
 from .check_limits import check_chains
 from .check_metrics import check_decl, metric_refs
 from .check_names import declare, find_cycle
+from .check_outputs import check_output_names
 from .check_ops import check_operation
 from .check_runs import check_interventions, resolve_run, run_deps
 from .check_vectors import VectorChecker, vector_deps
@@ -70,6 +72,7 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
         with ctx.catch(decl.span):
             model = load_model_spec(decl.model_id, decl.revision, ctx.base_dir)
     ctx.model = model
+    ctx.model_id = decl.model_id if decl is not None else None
     if tokenizer is AUTO:
         tokenizer = None
         if decl is not None:
@@ -91,7 +94,14 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
         info = resolve_run(ctx, r)
         if info is not None:
             ctx.runs[r.name.value] = info
-    if ctx.tokenizer is None and runs and decl is not None:
+    if ctx.tokenizer is None and decl is not None and _no_tokenizer_files(ctx, decl):
+        folder = os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(decl.model_id)))
+        ctx.error("E472", f"the model folder {folder} has no tokenizer (no tokenizer.json, "
+                  "tokenizer_config.json, vocab or sentencepiece file): prompts cannot be "
+                  "turned into tokens", decl.span,
+                  hint="save the tokenizer beside the weights: "
+                  "tokenizer.save_pretrained(FOLDER)")
+    elif ctx.tokenizer is None and runs and decl is not None:
         ctx.warn("W300", "no tokenizer.json could be read for this model: token counts, "
                  "positions and answer tokens were not checked", decl.span,
                  hint="check a local model directory that holds tokenizer.json")
@@ -114,15 +124,20 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
             check_evaluate(ctx, op, circuits)
         else:
             check_operation(ctx, op, vectors)
+    check_output_names(ctx, spec)
     if not _cycles(ctx, runs):
         check_chains(ctx, runs)
 
     if ctx.errors:
         raise SpecErrors(ctx.errors).with_source(spec.source)
     assert ctx.model is not None  # a missing model is an error above
-    return CheckedSpec(spec, ctx.model, options, dict(ctx.data), dict(ctx.runs),
-                       dict(ctx.metrics), dict(ctx.vectors), tuple(ctx.warnings),
-                       dict(ctx.vector_dims), ctx.tokenizer)
+    checked = CheckedSpec(spec, ctx.model, options, dict(ctx.data), dict(ctx.runs),
+                          dict(ctx.metrics), dict(ctx.vectors), tuple(ctx.warnings),
+                          dict(ctx.vector_dims), ctx.tokenizer)
+    if circuits:  # a size that keeps no row, or the rows of another: known from the counts
+        warn_circuit_sizes(ctx, checked)
+        checked = dataclasses.replace(checked, warnings=tuple(ctx.warnings))
+    return checked
 
 
 def _model_statement(ctx: Context, stmts: tuple[A.Statement, ...]) -> A.ModelDecl | None:
@@ -137,6 +152,25 @@ def _model_statement(ctx: Context, stmts: tuple[A.Statement, ...]) -> A.ModelDec
                   f"{models[0].span.line}", Span(extra.span.line, extra.span.col,
                                                  extra.span.line, extra.span.col + 5))
     return models[0]
+
+
+# The files any tokenizer transformers can load is saved as (fast, BPE, WordPiece,
+# sentencepiece); a local model folder with weights and none of them has no tokenizer at
+# all, and transformers 5 would then build an empty one (every prompt tokenizes to nothing).
+# A folder of config.json alone is checked with a warning (W300): its shapes can be checked
+# before any weight or tokenizer is downloaded.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "merges.txt")
+
+
+def _no_tokenizer_files(ctx: Context, decl: A.ModelDecl) -> bool:
+    folder = os.path.join(ctx.base_dir, os.path.expanduser(decl.model_id))
+    try:
+        names = set(os.listdir(folder))
+    except OSError:
+        return False
+    weights = any(n.endswith((".safetensors", ".bin", ".pt")) for n in names)
+    return weights and not names & set(_TOKENIZER_FILES)
 
 
 def _tokenizer_fits(ctx: Context, decl: A.ModelDecl, tokenizer: LightTokenizer | None) -> None:

@@ -5,7 +5,8 @@ A circuit names rows of a result table made earlier in the spec by an operation 
 are components (nodes: sites, or edges `SENDER -> RECEIVER`) and whose first measured column
 says how much each one matters: `swap`, `trace`, `ablate` or `attribute`. Whether K fits the
 table (at most its row count) is known only once the table's sweep is expanded: lowering
-checks it (E530), and `patchc check` runs that count too.
+checks it (E530), and `patchc check` runs that count too; a size that keeps no row (W474)
+or the same rows as another size (W475) is warned about once the counts are known.
 """
 
 from __future__ import annotations
@@ -92,3 +93,37 @@ def check_evaluate(ctx: Context, op: A.Evaluate, circuits: dict[str, A.CircuitDe
                       "normalization: measure the plain metric", m.span,
                       hint="drop `normalized`")
     check_measures(ctx, op.clauses.measures, target)
+
+
+def warn_circuit_sizes(ctx: Context, checked) -> None:
+    """W474: a size keeps no row of its table (1% of 16 rows); W475: two sizes keep the
+    same number of rows (`{50%, 8}` of 16), so their evaluations repeat each other."""
+    from .errors import PlanError
+    from .lower import count_rows
+    from .lower_circuits import size_of
+
+    try:
+        counts = count_rows(checked)
+    except PlanError:  # a size beyond its table: E530, where the rows are counted again
+        return
+    for s in checked.spec.statements:
+        if not isinstance(s, A.CircuitDecl) or s.table.value not in counts:
+            continue
+        n = counts[s.table.value]
+        kept: dict[int, A.CircuitSize] = {}
+        for k in s.sizes:
+            rows = size_of(k, n)[0]
+            shown = f"{k.value:g}{'%' if k.percent else ''}"
+            if rows == 0:
+                ctx.warn("W474", f"`top {shown}` of {s.table.value} keeps none of its {n} "
+                         f"row{'s' * (n != 1)}", k.span,
+                         hint=f"a percentage keeps floor(p x {n} / 100) rows: ask for at "
+                         f"least {100 / n:.3g}% or a count" if n else None)
+            elif rows in kept:
+                first = kept[rows]
+                ctx.warn("W475", f"`top {shown}` keeps the same {rows} row"
+                         f"{'s' * (rows != 1)} of {s.table.value} as `top "
+                         f"{first.value:g}{'%' if first.percent else ''}`", k.span,
+                         hint="drop one: each size is evaluated and plotted")
+            else:
+                kept[rows] = k

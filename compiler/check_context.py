@@ -36,6 +36,7 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
 class Context:
     source: Source
     model: ModelSpec | None = None
+    model_id: str | None = None  # as the `model` statement names it
     tokenizer: TokenizerLike | None = None
     # name -> kind ("data", "run", "metric", "vector") of every declaration, resolved or not
     declared: dict[str, str] = field(default_factory=dict)

@@ -60,7 +60,7 @@ def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictI
     path = os.path.join(ctx.base_dir, os.path.expanduser(d.path))
     span = _path_span(d)
     if d.site is None:  # no `at`: the site cfg.json's hook_name names
-        cfg, weights = _config(path, span, given)
+        cfg, weights = _config(path, span, given, d.path, ctx.base_dir)
         d = dataclasses.replace(d, site=_site_of_hook(d, cfg.get("hook_name"), span))
     host = _host(d, model)
     assert d.site is not None
@@ -68,7 +68,7 @@ def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictI
     if taken is not None:
         raise CheckError("E385", f"{host} already has the {taken.kind} `{taken.name}` attached",
                          d.site.span, hint="attach one dictionary per site")
-    cfg, weights = _config(path, span, given)
+    cfg, weights = _config(path, span, given, d.path, ctx.base_dir)
     info = dict_info(name, d.kind, path, cfg, weights, host, span)
     if d.kind == "sae":
         width = site_width(model, host)
@@ -84,6 +84,7 @@ def _check_one(ctx: Context, d: A.DictDecl, model: ModelSpec, before: list[DictI
                                  f"MLP's {side} at L{host.layer} is {model.d_model} wide",
                                  d.site.span)
     _warn_hook(ctx, d, info)
+    _warn_model(ctx, d, cfg)
     return info
 
 
@@ -93,9 +94,12 @@ def _site_like(name: str) -> bool:
         name in {k.split(".")[0] for k in SITE_KINDS}
 
 
-def _config(path: str, span: Span, given: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+def _config(path: str, span: Span, given: dict[str, Any] | None, written: str, base_dir: str
+            ) -> tuple[dict[str, Any], str]:
     """cfg.json and the weight file's name, or a given config (an SAELens object's)."""
-    return (with_defaults(given), "") if given is not None else read_config(path, span)
+    if given is not None:
+        return with_defaults(given), ""
+    return read_config(path, span, written, base_dir)
 
 
 def _site_of_hook(d: A.DictDecl, hook: Any, span: Span) -> A.SiteRef:
@@ -162,6 +166,25 @@ def _path_span(d: A.DictDecl) -> Span:
     """The span of the quoted path: after `KIND NAME = `."""
     start = d.name.span.end_col + 3
     return Span(d.span.line, start, d.span.line, start + len(d.path) + 2)
+
+
+def _warn_model(ctx: Context, d: A.DictDecl, cfg: dict[str, Any]) -> None:
+    """W473: cfg.json's model_name is not the spec's model. Names are compared loosely
+    (case, punctuation and an organisation prefix ignored; one inside the other matches), as
+    SAELens names models the TransformerLens way: `gpt2-small` for `openai-community/gpt2`."""
+    trained = cfg.get("model_name") or (cfg.get("metadata") or {}).get("model_name")
+    if not isinstance(trained, str) or not trained or not ctx.model_id:
+        return
+
+    def key(name: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", os.path.basename(name.rstrip("/\\")).lower())
+
+    a, b = key(trained), key(ctx.model_id)
+    if a and b and a not in b and b not in a:
+        ctx.warn("W473", f"{d.kind} `{d.name.value}` was trained on the model {trained!r}, "
+                 f"but the spec's model is {ctx.model_id!r}", _path_span(d),
+                 hint="a dictionary reads activations of the model it was trained on: check "
+                 "the folder (a wrong one of the same width gives meaningless latents)")
 
 
 def _warn_hook(ctx: Context, d: A.DictDecl, info: DictInfo) -> None:

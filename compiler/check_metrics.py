@@ -225,6 +225,11 @@ def _check_version1(ctx: Context, m: A.Measure, run: RunInfo | None) -> None:
                       "measured at the last position", m.span)
     if m.between is None:
         return
+    low, high = m.between
+    if low.value == high.value:
+        ctx.error("E471", f"normalized between `{low.value}` and `{high.value}`: one run "
+                  "cannot be both 0 and 1 (every value would divide by zero)", high.span,
+                  hint="name two runs, e.g. `normalized between corrupt and clean`")
     for name in m.between:
         other = ctx.run(name.value, name.span)
         if other is None or run is None:

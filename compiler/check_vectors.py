@@ -21,6 +21,7 @@ from . import resolve
 from .check_context import Context, did_you_mean
 from .check_sites import check_pos, no_vector_on_pattern, site_width
 from .errors import CheckError, Span
+from .paths import near
 
 SAE_DECODER_KEY = "W_dec"
 
@@ -38,7 +39,8 @@ def tensor_shapes(ctx: Context, file: str, span: Span) -> dict[str, tuple[int, .
     path = os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(file)))
     if not os.path.isfile(path):
         raise CheckError("E328", f"vector file not found: {path}", span,
-                         hint="relative paths resolve against the spec file's directory")
+                         hint=near(file, path, ctx.base_dir)
+                         or "relative paths resolve against the spec file's directory")
     try:
         return _shapes(path, os.path.getmtime(path))
     except Exception as e:  # safetensors raises its own error types for a bad header

@@ -169,6 +169,17 @@ def forward_bytes(model: ModelSpec, f: ForwardShape, dtype_bytes: int) -> int:
     return math.ceil(SAFETY * f.rows * per_row)
 
 
+def grad_pass_bytes(model: ModelSpec, rows: int, width: int, dtype_bytes: int) -> int:
+    """Activation bytes of a forward whose backward takes gradients at its sites (ig's
+    passes): autograd keeps every layer's activations (forward_bytes' per-layer part, once
+    a layer) and the logits until the backward has run."""
+    d, da, dkv, dm = model.d_model, model.d_attn, model.d_kv, model.d_mlp
+    layer = width * (8 * d + 2 * da + 2 * dkv + 6 * dm) * dtype_bytes
+    layer += 2 * model.n_heads * width * width * FLOAT32
+    per_row = model.n_layers * layer + 3 * width * model.vocab_size * FLOAT32
+    return math.ceil(SAFETY * rows * per_row)
+
+
 def kv_bytes(model: ModelSpec, rows: int, width: int, dtype_bytes: int) -> int:
     return model.n_layers * 2 * rows * width * model.d_kv * dtype_bytes
 

@@ -23,6 +23,7 @@ from typing import Any
 from . import ast as A
 from .checked import DataTable
 from .errors import CheckError, Source, Span, split_lines
+from .paths import near
 
 SUPPORTED = (".jsonl", ".csv", ".json")
 _INT_RE = re.compile(r"[-+]?\d+")
@@ -45,7 +46,8 @@ def load_data(decl: A.DataDecl, base_dir: str = ".", source: Source | None = Non
                          hint="use .jsonl (one JSON object per line), .csv or .json")
     if not os.path.isfile(path):
         raise CheckError("E314", f"data file not found: {path}", span,
-                         hint="relative paths resolve against the spec file's directory")
+                         hint=near(decl.path, path, base_dir)
+                         or "relative paths resolve against the spec file's directory")
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             text = f.read()

@@ -22,6 +22,7 @@ from typing import Any
 
 from .errors import CheckError, Span
 from .ir import Site
+from .paths import near, shown
 
 PREFIX = "dict:"
 CFG_FILE = "cfg.json"
@@ -144,13 +145,17 @@ def dictionary_files(written: str, base_dir: str) -> list[str]:
 # cfg.json
 
 
-def read_config(path: str, span: Span) -> tuple[dict[str, Any], str]:
+def read_config(path: str, span: Span, written: str | None = None, base_dir: str | None = None
+                ) -> tuple[dict[str, Any], str]:
     """cfg.json of the folder `path` as SAELens would default it, and the weight file's
-    name. Raises CheckError E381 (missing or unreadable) or E382 (not a config)."""
+    name. Raises CheckError E381 (missing or unreadable) or E382 (not a config). `written`
+    and `base_dir` (the path as the spec has it, the spec's folder) make a missing folder's
+    hint name the path to write."""
     if not os.path.isdir(path):
-        raise CheckError("E381", f"no dictionary folder at {path}", span,
-                         hint="a dictionary is a folder with cfg.json and "
-                         "sae_weights.safetensors (SAELens' layout)")
+        raise CheckError("E381", f"no dictionary folder at {shown(path)}", span,
+                         hint=near(written or shown(path), path, base_dir)
+                         or "a dictionary is a folder with cfg.json "
+                         "and sae_weights.safetensors (SAELens' layout)")
     cfg_path = os.path.join(path, CFG_FILE)
     if not os.path.isfile(cfg_path):
         raise CheckError("E381", f"the dictionary folder {path} has no {CFG_FILE}", span)

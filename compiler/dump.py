@@ -241,7 +241,8 @@ def _row(row: Row) -> str:
 
 def _pair(p: Pair) -> str:
     norm = f" normalize {_norm(p.normalize)}" if p.normalize is not None else ""
-    return f"pair {_key(p.key)}: {p.estimate} ~ {p.metric}{norm}"
+    members = f"[{p.members[0]}:{p.members[1]}]" if p.members is not None else ""
+    return f"pair {_key(p.key)}: {p.estimate}{members} ~ {p.metric}{norm}"
 
 
 def _sweep_rows(b: SweepRows) -> str:

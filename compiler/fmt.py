@@ -8,6 +8,9 @@ the statement they belong to:
   between such comment lines are kept, collapsed to one);
 - a comment at the end of a statement's first line stays at the end of that printed line,
   two spaces before the `#`;
+- a comment at the end of a later line of a statement (`    measure ld  # why`) stays at the
+  end of the printed line with the same code, or else the one printed line that starts with
+  the same keyword, when the statement's comments keep their order that way;
 - any other comment inside a statement (on a later line, or a comment-only line between its
   clauses), and indented comment-only lines right after it (before any unindented comment),
   are printed as indented comment lines right after the statement;
@@ -92,7 +95,8 @@ class _Attached:
 
     leading: dict[int, _Block] = field(default_factory=dict)
     first_line: dict[int, str] = field(default_factory=dict)
-    after: dict[int, list[str]] = field(default_factory=dict)
+    # (code before the comment, or None for a comment on a line of its own, comment text)
+    after: dict[int, list[tuple[str | None, str]]] = field(default_factory=dict)
     footer: _Block = field(default_factory=_Block)
 
 
@@ -110,11 +114,12 @@ def _attach(spec: A.Spec) -> _Attached:
             if c.line == stmts[i].span.line and not c.own_line:
                 at.first_line[i] = c.text
             else:
-                at.after.setdefault(i, []).append(c.text)
+                code = None if c.own_line else spec.source.line_text(c.line)[:c.col - 1]
+                at.after.setdefault(i, []).append((code, c.text))
             continue
         # Between statement i and i + 1 (i = -1: before the first; i + 1 = len: the end).
         if i >= 0 and c.col > 1 and not gap_open.get(i):
-            at.after.setdefault(i, []).append(c.text)
+            at.after.setdefault(i, []).append((None, c.text))
             continue
         gap_open[i] = True
         block = at.footer if i + 1 == len(stmts) else at.leading.setdefault(i + 1, _Block())
@@ -138,14 +143,46 @@ def format_source(spec: A.Spec) -> str:
         lines = printer.statement(s).split("\n")
         if i in at.first_line:
             lines[0] += "  " + at.first_line[i]
+        after = _on_their_lines(lines, at.after.get(i, []))
         out += lines
-        out += [printer.INDENT + text for text in at.after.get(i, [])]
+        out += [printer.INDENT + text for text in after]
         prev = s
     if at.footer.lines:
         if out:
             out.append("")
         out += at.footer.render()
     return "\n".join(out) + "\n" if out else ""
+
+
+def _on_their_lines(lines: list[str], inner: list[tuple[str | None, str]]) -> list[str]:
+    """Put the comments that ended a later line of a statement at the end of its printed
+    line (in place, in `lines`); returns the comments printed after the statement. All stay
+    after the statement when that would change their order."""
+    homes: dict[int, str] = {}
+    for code, text in inner:
+        k = _home(code, lines) if code is not None else None
+        if k is None or k in homes:
+            break
+        homes[k] = text
+    placed = [homes[k] for k in sorted(homes)]
+    if not placed or placed != [t for _, t in inner[:len(placed)]]:
+        return [t for _, t in inner]
+    for k, text in homes.items():
+        lines[k] += "  " + text
+    return [t for _, t in inner[len(placed):]]
+
+
+def _home(code: str, lines: list[str]) -> int | None:
+    """The printed line (not the first) that a source line's code became: the one line with
+    that code, else the one line that starts with the same keyword."""
+    code = code.strip()
+    same = [k for k, line in enumerate(lines) if k and line.strip() == code]
+    if len(same) == 1:
+        return same[0]
+    word = code.split(maxsplit=1)[0] if code else ""
+    starts = [k for k, line in enumerate(lines)
+              if k and word.isidentifier() and line.split(maxsplit=1)[:1] == [word]]
+    return starts[0] if len(starts) == 1 else None
 
 
 def named(op: A.Operation) -> A.Operation:

@@ -311,12 +311,16 @@ class Pair:
     table row the pair feeds (its `site_kind`, `method`, and `metric` when there are several
     measures); the runtime correlates (estimate, metric) over every pair of a row into the
     row's `pearson` and `spearman`. `normalize` is the (target, source) metric ids of a
-    `normalized` measure, else None."""
+    `normalized` measure, else None. A compact `compare` (compiler/lower_compare.py) pairs
+    many at once: `estimate` is a compact Estimate and `members` the (start, stop) of its
+    members that `metric` measures exactly: a sweep Forward's Metric ([members, examples]),
+    or one experiment's ([examples], stop = start + 1)."""
 
     key: tuple[tuple[str, Any], ...]
     estimate: str
     metric: str
     normalize: tuple[str, str | None] | None = None
+    members: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

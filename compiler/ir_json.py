@@ -32,6 +32,7 @@ class PairJson(BaseModel):
     estimate: str
     metric: str
     normalize: list[str | None] | None = None
+    members: list[int] | None = None  # compact compare: the estimate's members it pairs
 
 
 class SweepRowsJson(BaseModel):
@@ -90,7 +91,8 @@ def ir_model(ir: IRGraph) -> IRJson:
                           normalize={k: list(v) for k, v in r.normalize})
                   for r in t.rows],
             pairs=[PairJson(key=dict(p.key), estimate=p.estimate, metric=p.metric,
-                            normalize=list(p.normalize) if p.normalize is not None else None)
+                            normalize=list(p.normalize) if p.normalize is not None else None,
+                            members=list(p.members) if p.members is not None else None)
                    for p in t.pairs],
             sweeps=[SweepRowsJson(forward=b.forward, count=b.count, values=dict(b.values),
                                   normalize={k: list(v) for k, v in b.normalize})

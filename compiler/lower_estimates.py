@@ -34,6 +34,13 @@ def estimate_form(lw: Lowerer, op: A.Operation) -> bool:
     """Does `op` lower to compact estimates? (See the module docstring for which do.)"""
     if not isinstance(op, A.Attribute) or op.method.name not in METHODS:
         return False
+    return compact_items(lw, op)
+
+
+def compact_items(lw: Lowerer, op: A.Attribute | A.Compare) -> bool:
+    """Are all of `op`'s site items plain patterns of [batch, positions, features] sites at
+    plain positions, between runs without noise samples, in a table no circuit ranks?
+    (What a compact estimate needs; lower_compare.py asks it of `compare` too.)"""
     if A.table_name(op) in lw.row_tables:  # a circuit ranks its rows (lower_circuits.py)
         return False
     for run in (op.source.value, op.target.value):
@@ -51,7 +58,7 @@ def estimate_form(lw: Lowerer, op: A.Operation) -> bool:
     return True
 
 
-def _spaces(lw: Lowerer, op: A.Attribute) -> list[Space]:
+def item_spaces(lw: Lowerer, op: A.Attribute | A.Compare) -> list[Space]:
     """One index set per site item (sites x positions), in the statement's order; with
     several items each binds `site` (the item as written), as the per-experiment rows do."""
     out = []
@@ -69,18 +76,18 @@ def _spaces(lw: Lowerer, op: A.Attribute) -> list[Space]:
     return out
 
 
-def _check(op: A.Attribute, spaces: list[Space]) -> None:
+def check_spaces(op: A.Attribute | A.Compare, spaces: list[Space]) -> None:
     check_where(op.clauses.where, [tuple((c, None) for c in bound_columns(s)) for s in spaces])
 
 
 def estimate_rows(lw: Lowerer, op: A.Attribute) -> int:
     """Rows of a compact attribution's table, from its index sets alone."""
-    spaces = _spaces(lw, op)
-    _check(op, spaces)
+    spaces = item_spaces(lw, op)
+    check_spaces(op, spaces)
     return sum(count(s) for s in spaces)
 
 
-def _used(space: Space) -> Space:
+def used_sites(space: Space) -> Space:
     """The space without the sites `where` keeps no member of (their sites are not read)."""
     if not space.where:
         return space
@@ -96,47 +103,63 @@ def read_positions(space: Space) -> Positions:
     return space.positions[0] if len(space.positions) == 1 else ALL_POSITIONS
 
 
-def lower_estimates(lw: Lowerer, op: A.Attribute, method: tuple[str, str, int]) -> None:
-    """`op` as one Estimate per (site item, measure) and its Table of SweepRows. `method`:
-    (Estimate method, Backward rules, ig steps), lower_ops._method's."""
+def estimate_nodes(lw: Lowerer, op: A.Attribute | A.Compare, spaces: list[Space],
+                   methods: list[tuple[str, str, int]]
+                   ) -> tuple[list[Space], dict[tuple[int, int, str], str], dict[str, tuple]]:
+    """The compact attribution sub-graph of `spaces` (item_spaces'): one (A, B) pair of Reads
+    per whole site an item touches, a Metric on B per measure, one Backward per (measure,
+    rules) and one Estimate per (item, method, measure). Returns the items that keep a member
+    (their spaces without unused sites), the Estimate ids by (index among those, method
+    index, column) and each `normalized` column's (target, source) Metrics.
+    `methods`: (Estimate method, Backward rules, ig steps) each."""
     source, target = op.source.value, op.target.value
-    lw.bake(target)
-    spaces = _spaces(lw, op)
-    _check(op, spaces)
     fa, fb = lw.base(source), lw.base(target)
     items: list[tuple[Space, tuple[str, ...]]] = []
     for space in spaces:
-        n = count(space)
-        if n == 0:
+        if count(space) == 0:
             continue
-        space = _used(space)
+        space = used_sites(space)
         pos = read_positions(space)
         pairs: list[str] = []
         for w in dict.fromkeys(whole_site(s) for s in space.sites):
             pairs += [lw.read(fa, w, pos), lw.read(fb, w, pos)]
         items.append((space, tuple(pairs)))
+    out: dict[tuple[int, int, str], str] = {}
+    norm: dict[str, tuple] = {}
     if not items:  # `where` keeps no member: no gradient to take
-        lw.table(op, [], tuple(dict.fromkeys(c for c, _ in lw.measures(op))))
-        return
+        return [], out, norm
     wrt = tuple(dict.fromkeys(r for _, pairs in items for r in pairs[1::2]))
-    name, rules, steps = method
-    blocks: dict[int, tuple[list, list]] = {i: ([], []) for i in range(len(items))}
     for col, m in lw.measures(op):
         metric = lw.metric(fb, target, m.expr)
-        back = lw.backward(metric, wrt, rules)
-        for i, (space, pairs) in enumerate(items):
-            inputs = pairs + (back,)
-            node = Estimate(name, space.sites[0], read_positions(space), inputs, steps,
-                            space=space)
-            blocks[i][0].append((col, lw.ir.add(node, inputs)))
-            if m.normalized:
-                blocks[i][1].append((col, lw.norm_refs(m, target, source)))
+        for k, (name, rules, steps) in enumerate(methods):
+            back = lw.backward(metric, wrt, rules)
+            for i, (space, pairs) in enumerate(items):
+                inputs = pairs + (back,)
+                node = Estimate(name, space.sites[0], read_positions(space), inputs, steps,
+                                space=space)
+                out[i, k, col] = lw.ir.add(node, inputs)
+                if m.normalized and col not in norm:
+                    norm[col] = lw.norm_refs(m, target, source)
+    return [space for space, _ in items], out, norm
+
+
+def lower_estimates(lw: Lowerer, op: A.Attribute, method: tuple[str, str, int]) -> None:
+    """`op` as one Estimate per (site item, measure) and its Table of SweepRows. `method`:
+    (Estimate method, Backward rules, ig steps), lower_ops._method's."""
+    lw.bake(op.target.value)
+    spaces = item_spaces(lw, op)
+    check_spaces(op, spaces)
+    items, est, norms = estimate_nodes(lw, op, spaces, [method])
+    if not items:
+        lw.table(op, [], tuple(dict.fromkeys(c for c, _ in lw.measures(op))))
+        return
     sweeps = []
-    for i, (space, _) in enumerate(items):
-        values, norm = blocks[i]
-        sweeps.append(SweepRows(values[0][1] if values else "", tuple(values), tuple(norm),
-                                count(space), space))
+    for i, space in enumerate(items):
+        values = tuple((col, est[i, 0, col]) for col, _ in lw.measures(op))
+        norm = tuple((col, norms[col]) for col, m in lw.measures(op) if m.normalized)
+        sweeps.append(SweepRows(values[0][1] if values else "", values, norm, count(space),
+                                space))
     columns: tuple[str, ...] = tuple(dict.fromkeys(
-        c for s, _ in items for c in bound_columns(s)))
+        c for s in items for c in bound_columns(s)))
     columns += tuple(dict.fromkeys(c for c, _ in lw.measures(op)))
     lw.table(op, [], columns, sweeps=tuple(sweeps))

@@ -17,6 +17,7 @@ from .errors import PlanError
 from .ir import ALL_POSITIONS, Estimate, Pair, Row, Site
 from .lowerer import Exp, Key, Lowerer, Target, check_where, keep
 from .edges import has_edges
+from .lower_compare import compare_form, compare_rows, lower_compare
 from .lower_edges import edge_rows, lower_edge_op
 from .lower_estimates import estimate_form, estimate_rows, lower_estimates
 from .lower_exprs import split_sweep
@@ -168,6 +169,8 @@ def rows_of(lw: Lowerer, op: A.Operation) -> int:
         return compact_rows(lw, op)
     if lw.compact and estimate_form(lw, op):
         return estimate_rows(lw, op)
+    if lw.compact and compare_form(lw, op):
+        return compare_rows(lw, op)
     exps = _exps(lw, op, op.target.value, bake=False)
     if isinstance(op, A.Steer):
         return len(exps) * len(split_sweep(op.by))
@@ -369,5 +372,7 @@ def lower_op(lw: Lowerer, op: A.Operation) -> None:
         lower_compact(lw, op)
     elif lw.compact and estimate_form(lw, op):
         lower_estimates(lw, op, _method(op.method))  # compiler/lower_estimates.py
+    elif lw.compact and compare_form(lw, op):
+        lower_compare(lw, op, [_method(m) for m in op.methods])  # compiler/lower_compare.py
     else:
         _LOWER[type(op)](lw, op)

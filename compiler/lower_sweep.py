@@ -21,7 +21,7 @@ members whose latents are inactive in both runs (runtime/sparse.py).
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Iterator
 
 from . import ast as A
 from .ir import ALL_POSITIONS, Forward
@@ -149,13 +149,9 @@ def _mode(op: Any) -> tuple[str, str | None]:
 
 def lower_compact(lw: Lowerer, op: Any) -> None:
     """`op` as sweep Forwards, one per run of consecutive sites of one layer, and its Table."""
-    target = op.target.value
-    baked = lw.bake(target)
     space = _space(lw, op)
     check_where(op.clauses.where, [tuple((c, None) for c in bound_columns(space))])
     mode, read_run = _mode(op)
-    variants = _variants(op)
-    seed = lw.options.seed if mode == "resample" else None
     # The normalization source: the swap's source run; an ablation's baseline has none.
     source = op.source.value if isinstance(op, (A.Swap, A.Trace)) else None
     if isinstance(op, A.Ablate) and op.how.kind != "zero":
@@ -163,6 +159,28 @@ def lower_compact(lw: Lowerer, op: Any) -> None:
     if isinstance(op, (A.Scale, A.Steer)):
         source = None
     blocks = []
+    for fid, part, n in sweep_forwards(lw, op, space, mode, read_run):
+        values, norm = [], []
+        for col, m in lw.measures(op):
+            values.append((col, lw.metric(fid, op.target.value, m.expr)))
+            if m.normalized:
+                norm.append((col, lw.norm_refs(m, op.target.value, source)))
+        blocks.append(SweepRows(fid, tuple(values), tuple(norm), n, part))
+    columns = bound_columns(space) + tuple(dict.fromkeys(c for c, _ in lw.measures(op)))
+    lw.table(op, [], columns, sweeps=tuple(blocks))
+
+
+def sweep_forwards(lw: Lowerer, op: Any, space: Space, mode: str, read_run: str | None
+                   ) -> Iterator[tuple[str, Space, int]]:
+    """`space` (of `op`'s target run) as sweep Forwards writing `mode` (from `read_run`'s
+    base Forward), one per run of consecutive sites of one layer that keeps a member:
+    yields (Forward id, its part of the space, its member count) each, before making the
+    next (the caller adds the Forward's Metrics in between: node ids stay in that order).
+    The parts' members are consecutive runs of the space's, in order."""
+    target = op.target.value
+    baked = lw.bake(target)
+    variants = _variants(op)
+    seed = lw.options.seed if mode == "resample" else None
     order = range(len(space.sites))
     for _, group in itertools.groupby(order, key=lambda i: space.sites[i].layer):
         ids = list(group)
@@ -196,11 +214,4 @@ def lower_compact(lw: Lowerer, op: Any) -> None:
                                 inputs=inputs, sparse=gates, same_as=same_as),
                         baked + inputs + gates + ((same_as,) if same_as else ()))
         lw.n_experiments += n
-        values, norm = [], []
-        for col, m in lw.measures(op):
-            values.append((col, lw.metric(fid, target, m.expr)))
-            if m.normalized:
-                norm.append((col, lw.norm_refs(m, target, source)))
-        blocks.append(SweepRows(fid, tuple(values), tuple(norm), n, part))
-    columns = bound_columns(space) + tuple(dict.fromkeys(c for c, _ in lw.measures(op)))
-    lw.table(op, [], columns, sweeps=tuple(blocks))
+        yield fid, part, n

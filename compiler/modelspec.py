@@ -16,6 +16,7 @@ from .errors import CheckError
 
 if TYPE_CHECKING:
     from .dictionaries import DictInfo
+from .paths import near, shown
 from .families import SINGLE_NORM, Family, lookup, normalize, why_unsupported
 
 
@@ -240,10 +241,14 @@ def load_config(model_id: str, revision: str | None = None, base_dir: str = ".")
     if os.path.isdir(path):
         config_path = os.path.join(path, "config.json")
         if not os.path.isfile(config_path):
-            raise CheckError("E212", f"model directory {path} has no config.json")
+            sae = os.path.isfile(os.path.join(path, "cfg.json"))  # SAELens' dictionary layout
+            raise CheckError("E212", f"model directory {shown(path)} has no config.json",
+                             hint="this folder is a dictionary (cfg.json): attach it to a "
+                             'model with `sae NAME = "FOLDER" at SITE`' if sae else None)
         return _read_json(config_path)
     if os.path.exists(path) or _looks_local(model_id):
-        raise CheckError("E212", f"no model directory at {path} (looked for {path}/config.json)")
+        raise CheckError("E212", f"no model directory at {shown(path)} (looked for "
+                         f"{shown(path)}/config.json)", hint=near(model_id, path, base_dir))
     # Lazy: huggingface_hub is only needed for hub ids, and `patchc check` must start fast.
     from .hub import fetch
 

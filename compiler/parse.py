@@ -25,6 +25,7 @@ from . import ast as A
 from .limits import MAX_NESTING
 from .errors import ParseError, Source, Span, SpecErrors
 from .build_ast import POSITION_FORMS, AstBuilder, span_of
+from .syntax_hints import glued_keyword, misspelled_before, unclosed_bracket
 
 
 @lru_cache(maxsize=1)
@@ -136,7 +137,8 @@ _TERMINAL_WORDS = {
     "CAPTURE": "a capture like $l", "_NL": "end of line", "LPAR": "'('", "RPAR": "')'",
     "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','",
     "EQUAL": "'='", "AT": "'@'", "STAR": "'*'", "MINUS": "'-'", "PLUS": "'+'", "SLASH": "'/'",
-    "COLON": "':'", "CMP": "a comparison", "NORMALIZED": "'normalized'", "$END": "end of file",
+    "COLON": "':'", "PERCENT": "'%'", "CMP": "a comparison", "NORMALIZED": "'normalized'",
+    "$END": "end of file",
 }
 
 
@@ -146,8 +148,25 @@ def _describe(terminal: str) -> str:
     return f"'{terminal.lower()}'" if terminal.isupper() else terminal
 
 
+@lru_cache(maxsize=1)
+def _keywords() -> frozenset[str]:
+    """Every word the grammar spells as a quoted string (`swap`, `from`, `zero`, ...)."""
+    from lark.lexer import PatternStr
+
+    return frozenset(t.pattern.value for t in _parser().terminals
+                     if isinstance(t.pattern, PatternStr) and t.pattern.value.isidentifier())
+
+
+@lru_cache(maxsize=1)
+def _anonymous() -> dict[str, str]:
+    """Lark's names for the grammar's unnamed literals (`__ANON_0` is `->`) -> `'->'`."""
+    return {t.name: repr(t.pattern.value) for t in _parser().terminals
+            if t.name.startswith("__ANON") and isinstance(t.pattern.value, str)}
+
+
 def _expected(names: set[str]) -> str:
-    words = sorted({_describe(n) for n in names if not n.startswith("__")})
+    words = sorted({_anonymous().get(n) or _describe(n) for n in names
+                    if not n.startswith("__") or n in _anonymous()})
     if len(words) > 8:
         words = words[:8] + ["..."]
     return ", ".join(words)
@@ -161,20 +180,24 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
         if ch == "'":
             msg += "; strings use double quotes"
         return ParseError("E101", msg, Span.point(line, col), source)
-    if isinstance(e, UnexpectedEOF):
+    accepts = set(getattr(e, "accepts", None) or e.expected)  # keywords included
+    if isinstance(e, UnexpectedEOF) or e.token.type == "$END":
         span = Span.point(*source.last_position())
         return ParseError("E104", f"unexpected end of file; expected {_expected(e.expected)}",
-                          span, source)
+                          span, source, unclosed_bracket(source.text, len(source.text), accepts))
     assert isinstance(e, UnexpectedToken)
     tok = e.token
-    if tok.type == "$END":
-        span = Span.point(*source.last_position())
-        return ParseError("E104", f"unexpected end of file; expected {_expected(e.expected)}",
-                          span, source)
+    glued = glued_keyword(source.text, tok.start_pos, _keywords()) if tok.type != "_NL" \
+        else None
+    if glued is not None:  # `with zeros`: the lexer read the keyword `zero`, then `s`
+        word, keyword, at = glued
+        line, col = tok.line, tok.column - (tok.start_pos - at)
+        return ParseError("E100", f"unexpected {word!r}", Span(line, col, line, col + len(word)),
+                          source, f"did you mean `{keyword}`?")
     width = max(1, len(str(tok)))
     span = Span(tok.line, tok.column, tok.line, tok.column + width)
     found = "end of line" if tok.type == "_NL" else repr(str(tok))
-    hint = None
+    hint = unclosed_bracket(source.text, tok.start_pos, accepts)
     if tok.type == "_NL":  # at the line's end (a comment may end in the \r of a CRLF)
         span = Span.point(tok.line, min(tok.column, len(source.line_text(tok.line)) + 1))
         if source.line_text(tok.line).startswith("measure") and "IN" in e.expected:
@@ -187,15 +210,28 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
             and not source.line_text(tok.line)[:tok.column - 1].strip():
         hint = (f"`{tok}` starts a statement, which begins in column 1; an indented line "
                 "continues the statement above it")
-    accepts = set(getattr(e, "accepts", None) or e.expected)  # keywords included
     before = source.line_text(tok.line)[:tok.column - 1]
     # Right after `@`, or inside a position set `@ {...`.
     if {"LAST", "EACH"} <= accepts or re.search(r"@\s*\{[^}@]*$", before):
         return ParseError("E100", f"unexpected {found} where a position belongs", span, source,
                           POSITION_FORMS)
+    if hint is None and accepts == {"STAR"} and re.search(r"\bby\s+[-\d.{][^*]*$", before):
+        # `steer SITE in RUN by 3`: a number or a set of them scales a vector, never alone
+        hint = ("`by` takes a vector: a number or a set of numbers multiplies one, as in "
+                "`by {1, 2, 4} * v` with `vector v = ...` declared above")
+    if hint is None and "AGAINST" in accepts and source.line_text(tok.line).startswith("compare"):
+        # `compare t1, t2`: compare runs estimators against the exact swap; it takes methods
+        hint = ("compare takes estimation methods and the exact swap they estimate: `compare "
+                "atp, relp against swap on SITES from A into B  measure M`")
     close = _close_keyword(str(tok), accepts) if tok.type == "PATH" else None
     if close:
         hint = f"did you mean `{close}`?"
+    # `intoo a`: the parser took `intoo` for a name and stopped at `a`; the misspelled word
+    # before is the mistake (more likely than `a` being a misspelled `as`).
+    misspelled = misspelled_before(source.text, tok.start_pos, _keywords()) \
+        if hint is None or close else None
+    if misspelled is not None:
+        hint = f"`{misspelled[0]}` is not a keyword: did you mean `{misspelled[1]}`?"
     return ParseError("E100", f"unexpected {found}; expected {expected}", span, source, hint)
 
 

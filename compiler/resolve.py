@@ -16,6 +16,7 @@ from .errors import CheckError, Span
 from .ir import Positions, Site
 from .modelspec import ModelSpec
 from .dictionaries import DeclarationFailed, DictInfo, err_kind, latent_kind
+from .module_names import site_of_module
 from .sites import SITE_KINDS
 
 # Default result column of an unnamed pattern, per axis (docs/language.md §5).
@@ -81,7 +82,11 @@ def expand_site(ref: A.SiteRef, model: ModelSpec) -> list[Match]:
         return latents
     kind = SITE_KINDS.get(ref.kind)
     if kind is None:
-        raise CheckError("E200", f"unknown site {ref.text!r}", ref.span, hint=_suggest(ref.kind))
+        module = site_of_module(ref.text)
+        hint = (f"patchc names an activation by what it holds, not by module: the output of "
+                f"{ref.text} is {module} (`patchc sites MODEL` lists every site)"
+                if module else _suggest(ref.kind, model))
+        raise CheckError("E200", f"unknown site {ref.text!r}", ref.span, hint=hint)
     if kind.layered and ref.layer is None:
         raise CheckError("E205", f"site {ref.kind} needs a layer, e.g. L0.{ref.kind}", ref.span)
     if not kind.layered and ref.layer is not None:
@@ -134,7 +139,8 @@ def _latent_sites(ref: A.SiteRef, model: ModelSpec) -> list[Match] | None:
             raise CheckError("E387", f"{ref.text}: {head} is a dictionary, whose sites are "
                              f"{head}[i], {head}[a:b], {head} and {head}.err; a latent is "
                              "one number per token, with no attention pattern, head or "
-                             f"other part (`.{part}`)", ref.span)
+                             f"other part (`.{part}`)", ref.span,
+                             hint=f"did you mean {head}.err?" if _close(part, ["err"]) else None)
         return None
     if not info.ok:
         raise DeclarationFailed("E381", f"{name} was not attached", ref.span)
@@ -255,10 +261,24 @@ def _pos_in_range(value: int, n_tokens: int | None, span: Span, shortest: bool =
     return resolved
 
 
-def _suggest(kind: str) -> str | None:
+def _close(word: str, choices: list[str]) -> str | None:
     import difflib
 
-    close = difflib.get_close_matches(kind, list(SITE_KINDS), n=1)
+    close = difflib.get_close_matches(word, choices, n=1)
+    return close[0] if close else None
+
+
+def _suggest(kind: str, model: ModelSpec) -> str | None:
+    """A close site kind; else, for a bare name (`s2` in `s2[6]`), the spec's dictionaries:
+    a short name is rarely close enough to match, and it is what the user was reaching for."""
+    names = [d.name for d in model.dictionaries]
+    close = _close(kind, list(SITE_KINDS) + names + [f"{n}.err" for n in names])
     if close:
-        return f"did you mean {close[0]}?"
+        return f"did you mean {close}?"
+    if "." not in kind and names:
+        return (f"no site or dictionary is called {kind}; the dictionaries declared are "
+                + ", ".join(names))
+    if "." not in kind:
+        return ("no site is called " + kind + "; a dictionary's latents are sites once it is "
+                "declared (`sae NAME = \"FOLDER\" at SITE`); sites are: " + ", ".join(SITE_KINDS))
     return "sites are: " + ", ".join(SITE_KINDS)

@@ -182,6 +182,28 @@ def _generates(ir: IRGraph, fid: str) -> bool:
     return generates(nodes, {fid: list(ir.g.successors(fid))}, fid)
 
 
+def _ig_member_flops(sz: C.GraphSizes, fid: str, node: Estimate) -> float:
+    """One interpolation step of every member of a compact ig estimate, forward and
+    backward counted once: each member's pass starts at its site's layer and unembeds only
+    B's metric positions (runtime/ig_sweeps.py)."""
+    from .ir_sweep import members, split
+
+    f = sz.fwd(fid)
+    positions = None if f.logit_positions is None else len(f.logit_positions)
+    sites, _, _ = split(node.space, members(node.space))
+    per_site: dict[int, int] = {}
+    for s in sites.tolist():
+        per_site[s] = per_site.get(s, 0) + 1
+    out = 0.0
+    for s, k in per_site.items():
+        layer = node.space.sites[s].layer
+        shape = C.ForwardShape(sz.rows(fid), sz.runs[f.run].width,
+                               start_layer=layer if layer is not None else 0,
+                               logit_positions=positions, vocab=sz.vocab(fid))
+        out += k * C.forward_flops(sz.model, shape)
+    return out
+
+
 def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: int | None,
           batch_size: int | None, dtype_bytes: int, weights: int, naive: bool
           ) -> tuple[list[ForwardStep | NodeStep], PlanSummary, list[int]]:
@@ -222,9 +244,11 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
             elif isinstance(node, Estimate) and node.method == "ig":
                 back = ir.node(node.inputs[-1])
                 fid = ir.node(back.metric).forward  # type: ignore[union-attr]
-                flops = 3 * (node.steps + 1) * sz.full_flops(fid)
-                if node.space is not None:  # compact: each member interpolates on its own
-                    flops *= count(node.space)
+                flops = 3 * (node.steps + 1) * (
+                    sz.full_flops(fid) if node.space is None else
+                    sz.full_flops(fid) * count(node.space) if naive else  # full passes each
+                    # (forward and a backward of input gradients only: about 2 forwards)
+                    2 / 3 * _ig_member_flops(sz, fid, node))
             steps.append(NodeStep(kind=kind, node=ids[0], flops=flops))  # type: ignore[arg-type]
             continue
         cap = None

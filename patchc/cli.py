@@ -41,8 +41,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     total = sum(counts.values())
     tables = ", ".join(f"{name} ({n} rows)" for name, n in counts.items()) or "no tables"
     n_warn = len(program.warnings)
-    warned = f", {n_warn} warning{'s' * (n_warn != 1)}" if n_warn else ""
-    print(f"{args.spec}: ok: {len(counts)} table(s), {total} experiment(s){warned}: {tables}")
+    # The warnings go with `ok`, not in front of the list of tables (`1 warning: op_6` read
+    # as if op_6 were the warning).
+    warned = f" ({n_warn} warning{'s' * (n_warn != 1)} above)" if n_warn else ""
+    print(f"{args.spec}: ok{warned}: {len(counts)} table(s), {total} experiment(s): {tables}")
     print(cost_line(program))
     return EXIT_OK
 
@@ -133,8 +135,15 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    import math
+
+    from patchc.manifest import read_manifest
     from patchc.verify import tolerance_line, verdict, verify_dir
 
+    for flag, value in (("--atol", args.atol), ("--rtol", args.rtol)):
+        if not (math.isfinite(value) and value >= 0):  # -1 or nan would match nothing
+            raise UsageError(f"patchc verify: error: {flag} must be a number >= 0, got {value}")
+    read_manifest(args.dir)  # a folder that is no result (E601, E604): before the report
     print(tolerance_line(args.atol, args.rtol), flush=True)
     result = verify_dir(args.dir, atol=args.atol, rtol=args.rtol, spec_dir=args.spec_dir,
                         echo=lambda line: print(line, flush=True))

@@ -163,6 +163,15 @@ def read_manifest(out_dir: "str | Path") -> dict[str, Any]:
     """DIR/manifest.json of a `patchc run --out DIR` folder: E601 if there is none, E604 if
     it is not a JSON object."""
     path = Path(out_dir) / "manifest.json"
+    if not Path(out_dir).exists():
+        from patchc.compiler.paths import near
+
+        raise PatchcError("E601", f"there is no folder {out_dir}",
+                          hint=near(str(out_dir), str(out_dir))
+                          or "name the folder `patchc run SPEC --out DIR` wrote")
+    if not Path(out_dir).is_dir():
+        raise PatchcError("E601", f"{out_dir} is a file, not a result folder",
+                          hint="name the folder `patchc run SPEC --out DIR` wrote")
     if not path.is_file():
         raise PatchcError("E601", f"{out_dir} has no manifest.json (is it a `patchc run "
                           "--out` folder?)")

@@ -36,7 +36,11 @@ def lens_figures(name: str, df: pd.DataFrame, keys: list[str],
 
     `tokens` are example 0's; `positions` is the manifest's `plot.positions`, present only
     when the run's prompts line up (one length; a `*` token varies across prompts). When a
-    caller passes `positions`, a position axis carries tokens only where it has them."""
+    caller passes `positions`, a position axis carries tokens only where it has them.
+    A one-row table with no sweep column (`lens embed`) is a single number: no figure, as
+    for any one-row table."""
+    if len(df) == 1 and not keys:
+        return []
     baselines = baselines or {}
     if positions is not None or tokens is None:
         tokens = (positions or {}).get("tokens") or []
@@ -78,12 +82,23 @@ def _lines(name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: di
     fig = new_figure(6.5, 3.8)
     ax = fig.subplots()
     groups = [("", df)] if "site" not in keys else list(df.groupby("site", sort=False))
+    # A one-row site without a layer (`embed`, a dictionary's latent or error term) stands
+    # left of layer 0, named on its tick; all of them in table order.
+    unlayered = [str(label) for label, part in groups if len(part) == 1 and
+                 ("layer" not in part or part["layer"].isna().all())]
+    # A sweep over latents (`s1[*]`, `s1[$i]`) has its own column in place of `layer`.
+    sweep = next((k for k in keys if k not in ("site", "layer")), None)
+    names: dict[int, str] = {}
     xs: set[int] = set()
+    x_name = "layer"
     for label, part in groups:
         if "layer" in part and part["layer"].notna().all():
             x = part["layer"]
-        elif "layer" in part and part["layer"].isna().all() and len(part) == 1:
-            x = pd.Series([-1])  # `embed`: before layer 0
+        elif str(label) in unlayered:
+            at = unlayered.index(str(label)) - len(unlayered)
+            x, names[at] = pd.Series([at]), _tick(str(label))
+        elif sweep is not None and part[sweep].notna().all():
+            x, x_name = part[sweep], sweep
         else:
             x = pd.Series(range(len(part)))
         se = part.get(f"{col}_se")
@@ -95,13 +110,20 @@ def _lines(name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: di
         ax.legend(fontsize=8)
     # Layers are whole numbers: a tick at each (thinned when many), never 0.5.
     ticks = sorted(xs)[::max(1, math.ceil(len(xs) / 40))]
-    ax.set_xticks(ticks, ["embed" if t == -1 else str(t) for t in ticks])
-    ax.set_xlabel("layer")
+    ax.set_xticks(ticks, [text(names.get(t, str(t))) for t in ticks])
+    if len(xs) == len(names):  # no layer at all: the axis names sites
+        x_name = "site"
+    ax.set_xlabel(x_name)
     ax.set_ylabel(text(col))
-    ax.set_title(_title(f"{name}: logit lens, {col} decoded at each layer (mean ± s.e.)", col,
+    ax.set_title(_title(f"{name}: logit lens, {col} decoded at each {x_name} (mean ± s.e.)", col,
                         baselines, fig.get_figwidth()), fontsize="medium")
     ax.grid(alpha=0.3)
     return fig
+
+
+def _tick(site: str) -> str:
+    """A one-row site's tick label: `embed`, `s1[3]`, `s1.err` (`@ POS` dropped)."""
+    return site.split(" @")[0]
 
 
 def _int_keys(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

@@ -26,7 +26,8 @@ import torch
 
 from patchc.compiler.errors import PatchcError
 from patchc.compiler.ir import IRGraph, Table
-from patchc.tables import (build_table, example_mean, normalized_value, per_example_table,
+from patchc.compiler.ir_sweep import members, split
+from patchc.tables import (build_table, compare_points, example_mean, per_example_table,
                            table_baselines, table_unpatched)
 
 
@@ -90,17 +91,28 @@ class Results:
         """A `compare` table's points: one row per (site, method[, metric]) with the estimate
         and the exact swap's value (normalized as the table is); empty for other tables."""
         table = self._table(name)
-        means = {nid: example_mean(v) for nid, v in self._values.items()}
-        records = []
-        for p in table.pairs:
-            est, exact = means[p.estimate], means[p.metric]
-            if p.normalize:
-                target, source = p.normalize
-                t, s = means[target], means[source] if source else None
-                est, exact = normalized_value(est, t, s), normalized_value(exact, t, s)
+        nids = [n for p in table.pairs for n in (p.estimate, p.metric) if p.members is None]
+        nids += [n for p in table.pairs for n in p.normalize or () if n]
+        means = {nid: example_mean(self._values[nid]) for nid in dict.fromkeys(nids)}
+        records, order = [], []
+        items: dict[int, int] = {}  # a compact pair's item (its estimate's space), in order
+        for p, est, exact in compare_points(table, self._values, means):
             node = self._ir.node(p.estimate)
-            site = str(node.site) + ("" if str(node.pos) == "*" else f" @ {node.pos}")
-            records.append({**dict(p.key), "site": site, "estimate": est, "exact": exact})
+            if p.members is None:
+                sites = [(node.site, node.pos)]  # type: ignore[union-attr]
+                order.append((len(order), 0))
+            else:  # a compact pair: its members' sites and positions
+                space = node.space  # type: ignore[union-attr]
+                s_idx, p_idx, _ = split(space, members(space)[p.members[0]:p.members[1]])
+                sites = [(space.sites[i], space.positions[j])
+                         for i, j in zip(s_idx.tolist(), p_idx.tolist())]
+                item = items.setdefault(id(space), len(items))
+                order += [(item, j) for j in range(*p.members)]
+            for (site, pos), e, x in zip(sites, est.tolist(), exact.tolist()):
+                label = str(site) + ("" if str(pos) == "*" else f" @ {pos}")
+                records.append({**dict(p.key), "site": label, "estimate": e, "exact": x})
+        # Experiment by experiment (then measure and method), as the per-experiment pairs are
+        records = [records[i] for i in sorted(range(len(records)), key=order.__getitem__)]
         return pd.DataFrame.from_records(records)
 
     def plot(self, name: str, column: str | None = None):

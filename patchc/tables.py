@@ -13,14 +13,14 @@ and a W470 names the table and both values.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
 from patchc.compiler.errors import PatchcError, Warning_
-from patchc.compiler.ir import IRGraph, Table
+from patchc.compiler.ir import IRGraph, Pair, Table
 
 from .circuit_tables import ranked, with_areas
 from .sweep_tables import (_joined, _mean_se, _member_rows, joined_arrays, sweep_blocks,
@@ -60,33 +60,29 @@ def normalized_value(m: float, target: float, source: float | None) -> float:
     return (m - target) / denom if denom != 0 else math.nan
 
 
-def _ranks(x: list[float]) -> list[float]:
-    order = sorted(range(len(x)), key=lambda i: x[i])
-    ranks = [0.0] * len(x)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2  # ties share their mean rank
-        i = j + 1
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """0-based ranks of x; ties share their mean rank."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    stops = np.r_[starts[1:], len(xs)]
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat((starts + stops - 1) / 2, stops - starts)
     return ranks
 
 
-def pearson(x: list[float], y: list[float]) -> float:
-    n = len(x)
-    if n < 2:
+def pearson(x: Any, y: Any) -> float:
+    """Pearson's r of two sequences (NaN below 2 points or for a constant one)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2:
         return math.nan
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
+    dx, dy = x - x.mean(), y - y.mean()
+    sxx, syy = float((dx * dx).sum()), float((dy * dy).sum())
+    return float((dx * dy).sum()) / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
 
 
-def spearman(x: list[float], y: list[float]) -> float:
-    return pearson(_ranks(x), _ranks(y))
+def spearman(x: Any, y: Any) -> float:
+    return pearson(_ranks(np.asarray(x, dtype=float)), _ranks(np.asarray(y, dtype=float)))
 
 
 class _ZeroGaps:
@@ -124,8 +120,8 @@ def build_table(table: Table, values: dict[str, Any],
     # The means of this table's own nodes only: every table averaging every value of the
     # run made result assembly quadratic in the number of tables.
     used = [nid for row in table.rows for _, nid in row.values]
-    used += [nid for p in table.pairs for nid in (p.estimate, p.metric, *(p.normalize or ()))
-             if nid]
+    used += [nid for p in table.pairs for nid in (p.estimate, p.metric) if p.members is None]
+    used += [nid for p in table.pairs for nid in p.normalize or () if nid]
     stats = _stats(dict.fromkeys(used), values)
     means = {nid: m for nid, (m, _) in stats.items()}
     gaps = _ZeroGaps()
@@ -133,7 +129,7 @@ def build_table(table: Table, values: dict[str, Any],
         # Only compact sweeps' rows (a whole statement's): no empty frame of rows to join.
         df = _sweep_table(table, values, gaps)
     else:
-        df = (_compare_table(table, means, gaps) if table.pairs
+        df = (_compare_table(table, values, means, gaps) if table.pairs
               else _rows_table(table, values, stats, gaps))
     if table.sweeps and (table.rows or table.pairs):  # compact sweeps' rows, as arrays
         sweep = sweep_frame(table, values, gaps.check)
@@ -273,21 +269,51 @@ def _read_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=list(table.columns))
 
 
-def _compare_table(table: Table, means: dict[str, float], gaps: _ZeroGaps) -> pd.DataFrame:
-    groups: dict[tuple, tuple[list[float], list[float]]] = {}
+def compare_points(table: Table, values: dict[str, Any], means: dict[str, float],
+                   zero_gap: Callable[[str, float, float | None], None] | None = None
+                   ) -> list[tuple[Pair, np.ndarray, np.ndarray]]:
+    """A `compare` table's points: per Pair, the estimates' and the exact swaps' means over
+    the examples (normalized as the measure is), one each, or one per member of a compact
+    pair (ir.Pair.members). `means` holds at least the normalizing metrics' and the scalar
+    pairs' means; `zero_gap(col, t, s)` is told each pair whose baselines coincide."""
+    out = []
     for p in table.pairs:
-        est, exact = means[p.estimate], means[p.metric]
+        if p.members is None:
+            est, exact = np.array([means[p.estimate]]), np.array([means[p.metric]])
+        else:  # [members, examples] values: each member's mean, NaN examples left out
+            lo, hi = p.members
+            est = _mean_se(values[p.estimate][lo:hi].double())[0]
+            exact = _mean_se(values[p.metric].double().reshape(hi - lo, -1))[0]
         if p.normalize:
             target, source = p.normalize
             t, s = means[target], means[source] if source else None
-            gaps.check("compare", t, s)
-            est, exact = normalized_value(est, t, s), normalized_value(exact, t, s)
+            gap = t if s is None else s - t
+            for _ in range(len(est) if zero_gap is not None and gap == 0 else 0):
+                zero_gap("compare", t, s)  # type: ignore[misc]  # (once a point, as per row)
+            est, exact = _normalized(est, t, s), _normalized(exact, t, s)
+        out.append((p, est, exact))
+    return out
+
+
+def _normalized(m: np.ndarray, target: float, source: float | None) -> np.ndarray:
+    """normalized_value of every entry of m."""
+    denom = target if source is None else source - target
+    if denom == 0:
+        return np.full(m.shape, math.nan)
+    return m / target if source is None else (m - target) / denom
+
+
+def _compare_table(table: Table, values: dict[str, Any], means: dict[str, float],
+                   gaps: _ZeroGaps) -> pd.DataFrame:
+    groups: dict[tuple, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for p, est, exact in compare_points(table, values, means, gaps.check):
         xs, ys = groups.setdefault(p.key, ([], []))
         xs.append(est)
         ys.append(exact)
     records = []
     for row in table.rows:
-        xs, ys = groups.get(row.key, ([], []))
+        parts = groups.get(row.key, ([], []))
+        xs, ys = (np.concatenate(v) if v else np.zeros(0) for v in parts)
         records.append({**dict(row.key), "n": len(xs), "pearson": pearson(xs, ys),
                         "spearman": spearman(xs, ys)})
     return pd.DataFrame.from_records(records)

@@ -10,9 +10,10 @@ their gradients; a member's slice is cut from them.
 Two evaluations, equal to float rounding:
   - `batched` (the plan interpreter): per whole site, one product (a_A - a_B) * g, summed over
     each position's tokens and each member's features as tensor operations;
-  - `one_by_one` (the reference interpreter, and `ig` everywhere): member by member, with the
-    per-experiment code's formula. Integrated gradients interpolates each member's own site
-    and positions, so its passes are per member (each batches its steps, estimates.py).
+  - `one_by_one` (the reference interpreter): member by member, with the per-experiment
+    code's formula; its integrated gradients interpolate each member's own site and
+    positions in passes of their own (each batches its steps, estimates.py). The plan
+    interpreter stacks several members' interpolations in one pass (ig_sweeps.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from patchc.compiler.ir import Estimate, IRGraph, Positions, Read, Site
 from patchc.compiler.ir_sweep import Space, members, split, whole_site
 
 from .estimates import integrated_gradients
+from .ig_sweeps import ig_batchable, ig_batched
 from .inputs import position_index, position_valid, positions_index, positions_valid
 from .writes import ReadValue, _features, gather
 
@@ -37,8 +39,11 @@ def run_compact(interp: "RunContext", ir: IRGraph, node: Estimate) -> torch.Tens
     *flat, bid = node.inputs
     pairs = {ir.node(rb).site: (ra, rb)  # type: ignore[union-attr]
              for ra, rb in zip(flat[0::2], flat[1::2])}
-    if node.method == "ig" or not getattr(interp, "batched_estimates", False):
+    if not getattr(interp, "batched_estimates", False):
         return one_by_one(interp, ir, node, pairs, bid)
+    if node.method == "ig":  # members' interpolations stacked in each pass (ig_sweeps.py)
+        return ig_batched(interp, ir, node, pairs, bid) if ig_batchable(ir, bid) \
+            else one_by_one(interp, ir, node, pairs, bid)
     return batched(interp, ir, node.space, pairs, bid)
 
 

@@ -116,7 +116,8 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
               rules: str = "grad", replace: dict[Site, Callable] | None = None,
               repeat: int = 1, forward_reads: bool = False,
               logits_out: Callable[[torch.Tensor], None] | None = None,
-              trim: Trim | None = None, nodes: dict[str, Read] | None = None
+              trim: Trim | None = None, nodes: dict[str, Read] | None = None,
+              around: Callable[[], contextlib.AbstractContextManager] | None = None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-example metric values [n] and d(metric)/d(site) at each Read's positions
     ([n, k, d] per read id), from one forward+backward of the metric's Forward.
@@ -130,6 +131,7 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
     backward's are then one (runtime/execute.py). `trim`: compute only the logits the
     metric reads (neither the forward nor the backward then pays for the unembedding).
     `nodes`: Reads not in the graph, by the ids `reads` names them (compact estimates).
+    `around()`: a context entered last around the model call (ig_sweeps' skip_layers).
     """
     nodes = nodes or {}
     metric: Metric = ir.node(metric_id)  # type: ignore[assignment]
@@ -167,7 +169,7 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
     with torch.enable_grad(), frozen(interp.model), lrp.rules_for(interp.adapter, rules), \
             interp.adapter.hooks(chained(hooks)), \
             trimmed_logits(head, *(trim.index, trim.tokens) if trim else (None, None)), \
-            interp.model_pass():
+            interp.model_pass(), around() if around else contextlib.nullcontext():
         logits = interp.model(**batch.to(interp.device).model_kwargs()).logits
         if logits_out is not None:
             logits_out(logits.detach())

@@ -179,14 +179,20 @@ def _why(e: BaseException) -> str:
 
 
 def _check_loaded(model_id: str, model: torch.nn.Module, tokenizer, info: dict) -> None:
-    """A checkpoint that lacks weights would run with random ones; a tokenizer with ids past
-    the embedding would crash in it: both are the model folder's mistakes (E411, E419)."""
+    """A checkpoint that lacks weights would run with random ones; an empty tokenizer would
+    tokenize every prompt to nothing, and one with ids past the embedding would crash in it:
+    all the model folder's mistakes (E411, E419)."""
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise RuntimeInterventionError(
             "E411", f"the weights of model {model_id!r} lack {len(missing)} tensor(s) "
             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); they would be "
             "random")
+    if len(tokenizer) <= 1:  # transformers builds an empty one from a folder without files
+        raise RuntimeInterventionError(
+            "E419", f"the tokenizer of model {model_id!r} is empty ({len(tokenizer)} "
+            "token(s)): every prompt would tokenize to nothing",
+            hint="save the tokenizer beside the weights (`tokenizer.save_pretrained(FOLDER)`)")
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise RuntimeInterventionError(

@@ -91,7 +91,8 @@ def remap_tables(tables: Iterable[Table], m: Mapping[str, str]) -> list[Table]:
                          tuple((c, (r(a), r(b))) for c, (a, b) in row.normalize))  # type: ignore[misc]
                      for row in t.rows)
         pairs = tuple(Pair(p.key, r(p.estimate), r(p.metric),  # type: ignore[arg-type]
-                           (r(p.normalize[0]), r(p.normalize[1])) if p.normalize else None)  # type: ignore[arg-type]
+                           (r(p.normalize[0]), r(p.normalize[1])) if p.normalize else None,  # type: ignore[arg-type]
+                           p.members)
                       for p in t.pairs)
         sweeps = tuple(dataclasses.replace(
             s, forward=r(s.forward), values=tuple((c, r(v)) for c, v in s.values),

@@ -55,3 +55,17 @@ def test_hint_avoids_names_in_use():
                               "ld_norm = ld, ld normalized, ld normalized\n")
     [e] = [e for e in info.value.errors if e.code == "E327"]
     assert "`ld_norm2 = ld normalized`" in (e.hint or "")
+
+
+@pytest.mark.parametrize("stmt", [
+    "swap L0.mlp.out from clean into corrupt measure ld normalized between corrupt and corrupt",
+    "lens L*.resid_post in clean measure ld normalized between clean and clean",
+    "measure ld normalized between corrupt and corrupt in clean",
+])
+def test_normalized_between_one_run_twice(stmt):
+    """It could only give NaN (0 and 1 are the same value): refused before running."""
+    with pytest.raises(PatchcError) as info:
+        patchc.compile(HEAD + stmt + "\n")
+    [e] = info.value.errors
+    assert e.code == "E471" and "cannot be both 0 and 1" in e.message
+    assert e.span.line == 6 and HEAD.count("\n") == 5

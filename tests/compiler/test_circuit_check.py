@@ -180,3 +180,14 @@ def test_edge_circuit_lowering(models: Models):
         for s, row in zip(w.senders, w.rows):
             assert index[str(s), receiver_text(w.site)] == row
     assert sum(len(w.rows) for w in gated) == edges.n_rows() == len(keys)
+
+
+def test_sizes_that_keep_nothing_or_repeat_warn(models: Models):
+    """1% of 16 rows keeps none (W474); 50% and 8 keep the same 8 rows (W475); located at
+    the size. Other sizes, and a size beyond the table (E530, test above), give none."""
+    checked = _check(models, "circuit c = top {1%, 50%, 8, 4} of heads\n")
+    got = [(w.code, w.span.line, w.span.col) for w in checked.warnings]
+    assert got == [("W474", 7, 18), ("W475", 7, 27)]
+    assert "keeps none of its 16 rows" in checked.warnings[0].message
+    assert "as `top 50%`" in checked.warnings[1].message
+    assert not _check(models, "circuit c = top {10%, 50%, 3} of heads\n").warnings

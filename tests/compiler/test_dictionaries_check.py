@@ -80,6 +80,8 @@ def _errors(models: Models, body: str) -> list[PatchcError]:
 CASES = [  # id, body, code, line, col, message fragment
     ("missing_folder", 'sae s1 = "saes/nope" at L1.resid_post', "E381", 6, 10,
      "no dictionary folder"),
+    ("folder_typo", 'sae s1 = "saes/relu46" at L1.resid_post', "E381", 6, 10,
+     "saes/relu46"),
     ("no_weights", 'sae s1 = "saes/noweights" at L1.resid_post', "E381", 6, 10,
      "sae_weights.safetensors or sae_weights.npz"),
     ("broken_json", 'sae s1 = "saes/broken" at L1.resid_post', "E382", 6, 10,
@@ -129,6 +131,8 @@ def test_located_errors(models, case):
     assert (code, line, col) in found, [e.render() for e in errors]
     err = next(e for e in errors if (e.code, e.line, e.col) == (code, line, col))
     assert fragment in err.message, err.render()
+    if _id == "folder_typo":  # a close name in the folder is proposed; the path is normal
+        assert "/./" not in err.message and err.hint and err.hint.endswith('saes/relu64"?')
     assert len(errors) == 1, [e.render() for e in errors]
 
 
@@ -235,3 +239,42 @@ def test_latents_of_a_shared_kv_head_warn(models):
     checked = check(spec)
     assert [w.code for w in checked.warnings] == ["W302"]
     assert checked.warnings[0].span.line == 7
+
+
+@pytest.mark.parametrize("site, hint", [
+    ("s2[6]", "no site or dictionary is called s2; the dictionaries declared are s1"),
+    ("s11[6]", "did you mean s1?"),
+    ("s1.error", "did you mean s1.err?"),
+    ("s1.er", "did you mean s1.err?"),
+    ("foo[3]", None),  # checked below: no dictionary declared in that spec
+])
+def test_dictionary_name_typos_are_hinted(models, site, hint):
+    """A new user's typo in a dictionary's name or its error term names the right one."""
+    if hint is None:
+        [e] = _errors(models, f"swap {site} from clean into corrupt  measure ld\n")
+        assert e.code == "E200" and "sae NAME" in (e.hint or ""), e.render()
+        return
+    [e] = _errors(models, 'sae s1 = "saes/relu64" at L1.resid_post\n'
+                  f"swap {site} from clean into corrupt  measure ld\n")
+    assert (e.line, e.col) == (7, 6)
+    assert e.hint == hint, e.render()
+
+
+@pytest.mark.parametrize("trained, warns", [
+    ("llama-gqa", True),
+    ("gpt2-small", False),  # SAELens names models the TransformerLens way
+    ("openai-community/gpt2", False),
+    (None, False),  # no model_name: nothing to compare
+])
+def test_dictionary_trained_on_another_model_warns(models, trained, warns):
+    cfg = {"architecture": "standard", "d_in": 64, "d_sae": 16}
+    if trained is not None:
+        cfg["metadata"] = {"model_name": trained}
+    folder = _folder(models.root, f"from_{str(trained).replace('/', '_')}", cfg)
+    checked = _check(models, f'sae s1 = "{folder}" at L1.resid_post\n')
+    found = [w for w in checked.warnings if w.code == "W473"]
+    assert bool(found) == warns, [w.render() for w in checked.warnings]
+    if warns:
+        assert found[0].message == (f"sae `s1` was trained on the model '{trained}', but the "
+                                    "spec's model is 'gpt2'")
+        assert (found[0].line, found[0].col) == (6, 10)

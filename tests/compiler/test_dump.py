@@ -196,9 +196,9 @@ def test_json_has_compare_pairs_and_every_node():
     cmp = {t["name"]: t for t in data["tables"]}["cmp"]
     assert cmp["pairs"] == [
         {"key": {"site_kind": "mlp.post", "method": "ig"}, "estimate": "e0", "metric": "m2",
-         "normalize": ["m1", "m0"]},
+         "normalize": ["m1", "m0"], "members": None},
         {"key": {"site_kind": "mlp.post"}, "estimate": "e0", "metric": "m2",
-         "normalize": None},
+         "normalize": None, "members": None},  # (a compact compare's: [start, stop])
     ]
     t = {t["name"]: t for t in data["tables"]}["t"]
     assert t["pairs"] == [] and t["rows"][1]["normalize"] == {"ld": ["m1", None]}

@@ -106,10 +106,9 @@ model "m"  # the model
 
 # about the data
 data d = [  # rows
-    {"a": "#not"},
+    {"a": "#not"},  # c1
     {"b": 2}
 ]
-    # c1
     # inside
     # c2
 
@@ -150,6 +149,24 @@ def test_a_moved_statement_keeps_its_table_name():
 def test_first_line_comment_of_a_statement_printed_on_several_lines():
     src = "swap L1.z from a into b measure m as t  # why\n"
     assert check_fmt(src) == "swap L1.z from a into b  # why\n    measure m\n    as t\n"
+
+
+def test_comments_that_end_clause_lines_stay_on_them():
+    src = ("swap L$l.z from a into b\n"
+           "  where $l > 0  # layers\n"
+           "  measure m   # 0 = b, 1 = a\n"
+           "  as t # the table\n")
+    assert check_fmt(src) == ("swap L$l.z from a into b\n"
+                              "    where $l > 0  # layers\n"
+                              "    measure m  # 0 = b, 1 = a\n"
+                              "    as t  # the table\n")
+
+
+def test_clause_comments_that_would_change_order_go_after_the_statement():
+    # `as` is printed after `measure`: the comments would swap places, so both go after
+    src = "swap L1.z from a into b as t  # first line\n  # own line\n  measure m  # m\n"
+    assert check_fmt(src) == ("swap L1.z from a into b  # first line\n    measure m\n"
+                              "    as t\n    # own line\n    # m\n")
 
 
 @pytest.mark.parametrize("src, expected", [

@@ -102,6 +102,8 @@ def test_check_prints_warnings_then_ok(capsys, tmp_path: Path):
     code, out, err = cli(capsys, "check", path)
     assert code == 0, err
     assert "warning[W300]" in err and "1 warning" in out and out.count("\n") == 2
+    # the count goes with `ok`, not in front of the tables (it read as if op_6 warned)
+    assert out.startswith(f"{path}: ok (1 warning above): 1 table(s), 12 experiment(s): ")
     assert out.splitlines()[1].startswith("cost: 12 experiment(s) in ")
 
 
@@ -160,7 +162,10 @@ def test_compile_json_of_compare_has_pairs(capsys):
                        "--emit", "json")
     assert code == 0
     (cmp,) = [t for t in json.loads(out)["tables"] if t["op"] == "compare"]
-    assert cmp["pairs"] and {"estimate", "metric", "key", "normalize"} == set(cmp["pairs"][0])
+    assert cmp["pairs"] and {"estimate", "metric", "key", "normalize", "members"} == \
+        set(cmp["pairs"][0])
+    # a compact compare: each pair names the estimate's members its metric measures
+    assert all(len(p["members"]) == 2 for p in cmp["pairs"])
 
 
 def test_compile_bad_spec(capsys, tmp_path: Path):
@@ -185,7 +190,8 @@ def test_fmt_rewrites_and_keeps_comments(capsys, tmp_path: Path):
     assert text == format_source(parse_file(path))
     assert [c.text for c in comments(text)] == before
     assert "swap L*.H*.z from clean into corrupt  # the table\n" not in text  # not its line
-    assert "# HF hub id or local directory" in text and "    # the table" in text
+    assert "# HF hub id or local directory" in text
+    assert "    measure ld normalized  # the table\n" in text  # on the line it ended
     assert stat.S_IMODE(path.stat().st_mode) == 0o640  # the rename kept the permissions
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.patch"]  # no temp file left
     assert cli(capsys, "fmt", "--check", path)[0] == 0

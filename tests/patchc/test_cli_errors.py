@@ -92,3 +92,52 @@ def test_check_notes_a_long_run(capsys, spec: Path, monkeypatch):
     assert code == 0 and len(lines) == 2, out
     assert lines[1].startswith("note: a long run: 1 experiment(s) in 2 model pass(es), ")
     assert "FLOPs: about" in lines[1] and "FLOP/s on cpu" in lines[1]
+
+
+def test_verify_of_no_result_folder_says_what_it_is(tmp_path: Path, spec: Path, capsys):
+    """A mistyped folder, a file, a folder of other things: E601 at once, naming which, and
+    no tolerance line of a report that never starts."""
+    (tmp_path / "out1").mkdir()
+    cases = [(tmp_path / "out11", "there is no folder", 'did you mean "'),
+             (tmp_path / "nothing_like_it", "there is no folder", "--out DIR` wrote"),
+             (spec, "is a file, not a result folder", "--out DIR` wrote"),
+             (tmp_path / "out1", "has no manifest.json", None)]
+    for path, message, hint in cases:
+        code, out, err = cli(capsys, "verify", path)
+        assert code == 1 and "tolerance" not in out, (out, err)
+        assert "error[E601]" in err and message in err, err
+        assert hint is None or hint in err, err
+
+
+@pytest.mark.parametrize("flag, value", [("--atol", "-1"), ("--rtol", "nan"),
+                                         ("--atol", "inf")])
+def test_verify_tolerance_must_be_a_number_at_least_0(tmp_path: Path, flag, value, capsys):
+    """A negative or NaN tolerance would match no value: refused as the flag it is."""
+    code, out, err = cli(capsys, "verify", tmp_path, flag, value)
+    assert code == 1 and not out
+    assert f"{flag} must be a number >= 0" in err
+
+
+def test_a_dictionary_folder_as_the_model_says_so(capsys):
+    folder = ROOT / "examples" / "saes" / "ioi-L1-resid_post"
+    code, out, err = cli(capsys, "sites", folder)
+    assert code == 1 and "has no config.json" in err
+    assert "this folder is a dictionary (cfg.json)" in err and "/./" not in err
+
+
+def test_a_model_folder_without_a_tokenizer_is_refused_by_check(tmp_path: Path, capsys):
+    """Weights but no tokenizer file: transformers would build an empty tokenizer and the
+    run fail on the first answer (E420, "tokenizes to no tokens"); check says what is
+    missing. A folder of config.json alone still checks, with W300 (test_cli.py)."""
+    import shutil
+
+    src = ROOT / "examples" / "models" / "tiny-gpt2"
+    (tmp_path / "m").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(src / name, tmp_path / "m" / name)
+    spec = tmp_path / "s.patch"
+    spec.write_text('model "m"\nrun a = ["the cat"]\nmeasure logit(" the") in a\n', "utf-8")
+    for command in ("check", "run"):
+        code, out, err = cli(capsys, command, spec)
+        assert code == 1 and "error[E472]" in err and "has no tokenizer" in err, err
+        assert "s.patch:1:1:" in err and "save_pretrained" in err

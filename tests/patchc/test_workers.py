@@ -51,7 +51,8 @@ attribute L*.H*.z from clean into corrupt using atp  measure ld  as atp
 attribute L{{1,3}}.mlp.out from clean into corrupt using ig(steps=3)  measure ld  as ig
 dla L*.H*.out @ last in clean  measure ld  as direct
 trace L$l.resid_post @ 2 from clean into noisy  measure ld  as traced
-compare atp, relp against swap on L*.mlp.out from clean into corrupt  measure ld  as agree
+compare atp, relp against swap on L*.mlp.out, L*.attn.out @ each from clean into corrupt
+    measure ld  as agree
 backpatch L$j.resid_post -> L$i.resid_post @ last in q  where $j > $i  measure solved  as hop
 circuit top_heads = top {{2, 50%}} of heads
 attribute * -> * from clean into corrupt using eap_ig(steps=2)  measure ld  as edges

@@ -132,3 +132,19 @@ def test_tokenizer_larger_than_the_embedding_at_load(tmp_path: Path):
     with pytest.raises(PatchcError) as info:
         load(str(tmp_path), None, Options())
     assert info.value.code == "E419" and "embeds only 50" in info.value.message
+
+
+def test_empty_tokenizer_at_load(tmp_path: Path):
+    """A folder whose tokenizer files are gone loads an empty tokenizer in transformers 5
+    (check says E472 first; the loader refuses it too, for callers that skip check)."""
+    from transformers import AutoModelForCausalLM
+
+    from patchc.compiler.checked import Options
+    from patchc.runtime.loading import load
+
+    AutoModelForCausalLM.from_pretrained(TINY).save_pretrained(tmp_path)
+    with pytest.raises(PatchcError) as info:
+        load(str(tmp_path), None, Options())
+    # (transformers 4 refuses to build the tokenizer at all: E419 "could not load")
+    msg = info.value.message
+    assert info.value.code == "E419" and ("empty" in msg or "could not load" in msg), msg

@@ -126,3 +126,25 @@ def test_plan_json_round_trip_and_text() -> None:
     text = dump_plan(plan)
     assert text.startswith(f"plan: {plan.optimized.forwards} model passes for ")
     assert "naive" in text and "steps:" in text
+
+
+def _ig_flops(body: str) -> float:
+    from patchc.compiler.ir import Estimate
+
+    opt = optimize(lowered(body, compact=True))
+    plan = schedule(opt, _model(), _runs(), None)
+    return sum(s.flops for s in plan.steps
+               if s.kind == "estimate" and isinstance(opt.node(s.node), Estimate))
+
+
+def test_a_compact_ig_is_costed_from_each_members_layer() -> None:
+    """runtime/ig_sweeps.py starts a member's passes at its site's layer and takes input
+    gradients only: the plan's FLOPs follow (a late layer costs less, and the whole is below
+    full passes of every layer)."""
+    ig = "attribute L{L}.mlp.out @ each from clean into corrupt using ig(steps=4)\n" \
+         "    measure ld\n    as t\n"
+    early, late = _ig_flops(ig.replace("{L}", "1")), _ig_flops(ig.replace("{L}", "10"))
+    assert 0 < late < early / 3
+    run = _runs()["corrupt"]
+    full = C.forward_flops(_model(), C.ForwardShape(run.n, run.width))
+    assert early < 2 * 5 * run.width * full  # 5 points per member, one member per position
