@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import platform
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -137,17 +138,43 @@ def hash_inputs(files: list[str], base_dir: str) -> dict[str, str]:
 def tokenizer_hash(tokenizer: Any) -> str:
     """sha256 of what the tokenizer does: its full serialized form for a fast tokenizer
     (vocabulary, merges, normalizer, templates), else its vocabulary; and its special
-    tokens."""
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        h.update(backend.to_str().encode("utf-8"))
-    else:
-        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-        h.update(json.dumps(sorted(vocab.items())).encode("utf-8"))
+    tokens. The serialized form of a GPT-2-sized tokenizer takes ~13 ms to write, so its
+    hash is kept per tokenizer object while the object's size and its small parts (the
+    normalizer, pre-tokenizer, post-processor, decoder, padding, truncation) are unchanged;
+    the special tokens are hashed anew every time."""
+    h = _backend_hash(tokenizer).copy()  # (the same digest as hashing it all at once)
     special = getattr(tokenizer, "special_tokens_map", {})
     h.update(json.dumps(special, sort_keys=True, default=str).encode("utf-8"))
     return h.hexdigest()
+
+
+_DIGESTS: "weakref.WeakKeyDictionary[Any, tuple[tuple, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _backend_hash(tokenizer: Any) -> Any:
+    """A sha256 object fed the tokenizer's serialized form (memoized; see tokenizer_hash)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    size = (len(tokenizer) if hasattr(tokenizer, "__len__") else -1,
+            *(repr(getattr(backend, part, None)) for part in (
+                "normalizer", "pre_tokenizer", "post_processor", "decoder", "padding",
+                "truncation")))
+    try:
+        kept = _DIGESTS.get(tokenizer)
+    except TypeError:  # not weakly referenceable: no memo
+        kept = None
+    if kept is not None and kept[0] == size:
+        return kept[1]
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+        text = json.dumps(sorted(vocab.items()))
+    h = hashlib.sha256(text.encode("utf-8"))
+    try:
+        _DIGESTS[tokenizer] = (size, h)
+    except TypeError:
+        pass
+    return h
 
 
 def check_file_name(name: str) -> None:

@@ -276,3 +276,33 @@ def test_every_file_the_spec_reads_is_hashed(tmp_path):
     (tmp_path / "d.jsonl").write_text("{}\n")
     hashes = hash_inputs(files, str(tmp_path))
     assert len(hashes["d.jsonl"]) == 64 and hashes["split.json"] == "missing"
+
+
+def test_tokenizer_hash_is_memoized_and_follows_changes() -> None:
+    """The memo gives the digest of hashing everything at once; adding a token, or changing
+    the post-processor or a special token, gives a new one."""
+    import hashlib
+    import json
+
+    import transformers as tf
+
+    from patchc.manifest import _DIGESTS, tokenizer_hash
+
+    def plain(tok) -> str:
+        h = hashlib.sha256(tok.backend_tokenizer.to_str().encode("utf-8"))
+        h.update(json.dumps(tok.special_tokens_map, sort_keys=True, default=str).encode())
+        return h.hexdigest()
+
+    tok = tf.AutoTokenizer.from_pretrained(ROOT / "examples" / "models" / "ioi-gpt2")
+    first = tokenizer_hash(tok)
+    assert tok in _DIGESTS  # the serialized form is written once, not per run
+    assert first == plain(tok) == tokenizer_hash(tok)
+    tok.pad_token = tok.eos_token or "<pad>"
+    assert tokenizer_hash(tok) == plain(tok)
+    tok.add_tokens(["zzzunseen"])
+    assert tokenizer_hash(tok) == plain(tok) != first
+    from tokenizers import processors
+
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A $A", special_tokens=[])
+    assert tokenizer_hash(tok) == plain(tok)
