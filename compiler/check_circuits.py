@@ -5,8 +5,9 @@ A circuit names rows of a result table made earlier in the spec by an operation 
 are components (nodes: sites, or edges `SENDER -> RECEIVER`) and whose first measured column
 says how much each one matters: `swap`, `trace`, `ablate` or `attribute`. Whether K fits the
 table (at most its row count) is known only once the table's sweep is expanded: lowering
-checks it (E530), and `patchc check` runs that count too; a size that keeps no row (W474)
-or the same rows as another size (W475) is warned about once the counts are known.
+checks it (E530), and `patchc check` runs that count too; a circuit of one size that keeps
+no row (W474), or two sizes that are the same point of the curve (W475), are warned about
+once the counts are known.
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ def check_evaluate(ctx: Context, op: A.Evaluate, circuits: dict[str, A.CircuitDe
 
 
 def warn_circuit_sizes(ctx: Context, checked) -> None:
-    """W474: a size keeps no row of its table (1% of 16 rows); W475: two sizes keep the
-    same number of rows (`{50%, 8}` of 16), so their evaluations repeat each other."""
+    """W474: a circuit of one size keeps no row of its table (1% of 16 rows; in a list of
+    sizes such a point is part of the curve, as in the MIB benchmark's grid); W475: two
+    sizes keep the same rows at the same place on the curve (`{50%, 8}` of 16), so their
+    evaluations repeat each other."""
     from .errors import PlanError
     from .lower import count_rows
     from .lower_circuits import size_of
@@ -110,20 +113,22 @@ def warn_circuit_sizes(ctx: Context, checked) -> None:
         if not isinstance(s, A.CircuitDecl) or s.table.value not in counts:
             continue
         n = counts[s.table.value]
-        kept: dict[int, A.CircuitSize] = {}
+        kept: dict[tuple[int, float], A.CircuitSize] = {}
         for k in s.sizes:
-            rows = size_of(k, n)[0]
-            shown = f"{k.value:g}{'%' if k.percent else ''}"
-            if rows == 0:
-                ctx.warn("W474", f"`top {shown}` of {s.table.value} keeps none of its {n} "
+            point = size_of(k, n)
+            if point[0] == 0 and not s.is_list and (k.percent or k.value):
+                ctx.warn("W474", f"`top {_size(k)}` of {s.table.value} keeps none of its {n} "
                          f"row{'s' * (n != 1)}", k.span,
                          hint=f"a percentage keeps floor(p x {n} / 100) rows: ask for at "
                          f"least {100 / n:.3g}% or a count" if n else None)
-            elif rows in kept:
-                first = kept[rows]
-                ctx.warn("W475", f"`top {shown}` keeps the same {rows} row"
-                         f"{'s' * (rows != 1)} of {s.table.value} as `top "
-                         f"{first.value:g}{'%' if first.percent else ''}`", k.span,
+            elif point in kept:
+                ctx.warn("W475", f"`top {_size(k)}` keeps the same {point[0]} row"
+                         f"{'s' * (point[0] != 1)} of {s.table.value} as `top "
+                         f"{_size(kept[point])}`", k.span,
                          hint="drop one: each size is evaluated and plotted")
             else:
-                kept[rows] = k
+                kept[point] = k
+
+
+def _size(k: A.CircuitSize) -> str:
+    return f"{k.value:g}{'%' if k.percent else ''}"

@@ -183,11 +183,15 @@ def test_edge_circuit_lowering(models: Models):
 
 
 def test_sizes_that_keep_nothing_or_repeat_warn(models: Models):
-    """1% of 16 rows keeps none (W474); 50% and 8 keep the same 8 rows (W475); located at
-    the size. Other sizes, and a size beyond the table (E530, test above), give none."""
-    checked = _check(models, "circuit c = top {1%, 50%, 8, 4} of heads\n")
-    got = [(w.code, w.span.line, w.span.col) for w in checked.warnings]
-    assert got == [("W474", 7, 18), ("W475", 7, 27)]
-    assert "keeps none of its 16 rows" in checked.warnings[0].message
-    assert "as `top 50%`" in checked.warnings[1].message
+    """A circuit of one size keeping none of 16 rows (1%) warns (W474); in a list of sizes
+    such a point belongs to the curve (MIB's grid) and does not. 50% and 8 of 16 rows are
+    the same point of the curve (W475); 1% and 2% keep the same 0 rows at two places of it
+    and do not warn. Located at the size."""
+    one = _check(models, "circuit c = top 1% of heads\n")
+    assert [(w.code, w.span.line, w.span.col) for w in one.warnings] == [("W474", 7, 17)]
+    assert "keeps none of its 16 rows" in one.warnings[0].message
+    many = _check(models, "circuit c = top {1%, 2%, 50%, 8, 4} of heads\n")
+    assert [(w.code, w.span.line, w.span.col) for w in many.warnings] == [("W475", 7, 31)]
+    assert "as `top 50%`" in many.warnings[0].message
     assert not _check(models, "circuit c = top {10%, 50%, 3} of heads\n").warnings
+    assert not _check(models, "circuit c = top 0 of heads\n").warnings  # the empty circuit
