@@ -154,13 +154,16 @@ _DIGESTS: "weakref.WeakKeyDictionary[Any, tuple[tuple, Any]]" = weakref.WeakKeyD
 def _backend_hash(tokenizer: Any) -> Any:
     """A sha256 object fed the tokenizer's serialized form (memoized; see tokenizer_hash)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    size = (len(tokenizer) if hasattr(tokenizer, "__len__") else -1,
-            *(repr(getattr(backend, part, None)) for part in (
+    try:
+        length = len(tokenizer)
+    except TypeError:  # (a wrapper that hands attributes on, but not len())
+        length = -1
+    size = (length, *(repr(getattr(backend, part, None)) for part in (
                 "normalizer", "pre_tokenizer", "post_processor", "decoder", "padding",
                 "truncation")))
-    try:
-        kept = _DIGESTS.get(tokenizer)
-    except TypeError:  # not weakly referenceable: no memo
+    try:  # (no memo for what has no size to compare, or cannot be weakly referenced)
+        kept = _DIGESTS.get(tokenizer) if length >= 0 else None
+    except TypeError:
         kept = None
     if kept is not None and kept[0] == size:
         return kept[1]
@@ -171,7 +174,8 @@ def _backend_hash(tokenizer: Any) -> Any:
         text = json.dumps(sorted(vocab.items()))
     h = hashlib.sha256(text.encode("utf-8"))
     try:
-        _DIGESTS[tokenizer] = (size, h)
+        if length >= 0:
+            _DIGESTS[tokenizer] = (size, h)
     except TypeError:
         pass
     return h
