@@ -157,13 +157,13 @@ class Executor(Interpreter):
         return results
 
     def token_ids(self, run: str, n: int):
-        ids = self._token_lookup(run, n)
+        ids = self.token_lookup(run, n)
         remap = self._remap
         if remap is None:
             return ids
         return lambda tok: remap[ids(tok)]
 
-    def _token_lookup(self, run: str, n: int) -> Callable[[A.Tok], torch.Tensor]:
+    def token_lookup(self, run: str, n: int) -> Callable[[A.Tok], torch.Tensor]:
         """The naive interpreter's token ids, each token's tensor made once per run: every
         step's logit plan and every metric ask for the same few (callers only read them)."""
         key = (run, n)
@@ -206,8 +206,8 @@ class Executor(Interpreter):
         self.values[bid] = gradients(self, ir, node.metric, list(node.wrt), node.rules,
                                      forward_reads=True, trim=trim,
                                      logits_out=lambda t: got.__setitem__("logits", t))
-        self.values[fid] = self._output(ir, fid, f, batch, columns, got["logits"], slots, 0,
-                                        remap)
+        self.values[fid] = self.forward_output(ir, fid, f, batch, columns, got["logits"],
+                                               slots, 0, remap)
 
     @torch.no_grad()
     def forward_step(self, ir: IRGraph, step: ForwardStep) -> None:
@@ -228,8 +228,8 @@ class Executor(Interpreter):
         logits = out.logits
         del out
         for rows, fid, f in zip(blocks, step.members, members):
-            self.values[fid] = self._output(ir, fid, f, batch, columns, logits[rows], slots,
-                                            p0, remap)
+            self.values[fid] = self.forward_output(ir, fid, f, batch, columns, logits[rows],
+                                                   slots, p0, remap)
 
     def member_hooks(self, ir: IRGraph, step: ForwardStep, batch: Batch, columns) -> list:
         """The hooks of a (batched) step: each member's writes and reads on its own block of
@@ -301,9 +301,12 @@ class Executor(Interpreter):
                 trimmed_logits(head, index, tokens), self.model_pass():
             return self.model(**kwargs), slots, remap
 
-    def _output(self, ir: IRGraph, fid: str, f: Forward, batch: Batch, columns,
-                logits: torch.Tensor, slots: dict[Positions, int] | None, p0: int,
-                remap: torch.Tensor | None) -> ForwardOutput:
+    def forward_output(self, ir: IRGraph, fid: str, f: Forward, batch: Batch, columns,
+                       logits: torch.Tensor, slots: dict[Positions, int] | None, p0: int,
+                       remap: torch.Tensor | None) -> ForwardOutput:
+        """Forward `fid`'s value: the logits its metrics (and kl metrics comparing with it)
+        read, taken from a pass's `logits` (its rows; slot per position, or padded
+        positions from p0), and the loss when a metric needs it."""
         out = ForwardOutput(batch, f.samples)
         out.valid = self.valid_rows(ir, f, batch)
         out.token_map = remap  # type: ignore[attr-defined]

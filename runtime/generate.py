@@ -99,7 +99,7 @@ def run_generating(ex, ir: IRGraph, step) -> None:
     hooks = ex.member_hooks(ir, step, batch, columns)
     slots, index = _logit_slots(ir, fids, batch, columns)
     out, kwargs = _prompt_of(ex, step, batch, k, hooks, index)
-    outs = [ex._output(ir, fid, f, batch, columns, out.logits[rows], slots, 0, None)
+    outs = [ex.forward_output(ir, fid, f, batch, columns, out.logits[rows], slots, 0, None)
             for fid, f, rows in zip(fids, members, blocks)]
     terms = {e for fid in fids for m in ir.g.successors(fid)
              if isinstance(node := ir.node(m), Metric) and node.forward == fid and

@@ -61,7 +61,7 @@ def logit_plan(ex: Any, ir: IRGraph, step: ForwardStep, members: list[Forward],
 
 def _token_columns(ex: Any, run: str, n: int, toks: tuple) -> tuple:
     """The token ids the metrics name (sorted) and the map from token id to column."""
-    lookup = ex._token_lookup(run, n)
+    lookup = ex.token_lookup(run, n)
     ids: set[int] = set()
     for tok in toks:
         ids |= set(lookup(tok).tolist())

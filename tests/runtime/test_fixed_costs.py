@@ -1,6 +1,6 @@
 """What a small run pays besides its model passes, made smaller without changing a number:
 prompts tokenized in one call (runtime/inputs.encode), each metric token's ids made once
-per run (Executor._token_lookup), a table of compact sweep rows alone assembled without an
+per run (Executor.token_lookup), a table of compact sweep rows alone assembled without an
 empty frame of rows to join (patchc/tables.build_table); each against what it replaced."""
 
 from __future__ import annotations
