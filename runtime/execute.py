@@ -272,15 +272,7 @@ class Executor(Interpreter):
         (the twin's start state), with `hooks`, unembedding only what the metrics need.
         Returns (the model's output, logit slot per position or None, token id remap)."""
         p0, k = step.p0, len(members)
-        feed = batch.to(self.device)
-        kwargs: dict[str, Any] = {
-            "input_ids": feed.input_ids[:, p0:].repeat(k, 1),
-            "attention_mask": feed.attention_mask.repeat(k, 1),
-            "position_ids": feed.position_ids[:, p0:].repeat(k, 1),
-            "use_cache": bool(p0) or step.keep_kv}
-        if p0:
-            kwargs = with_cache(self.model, kwargs, prefix_cache(self.kv[step.twin], p0, k,
-                                                                 step.start_layer))
+        kwargs = self.pass_inputs(step, batch, k, bool(p0) or step.keep_kv)
         state = None
         if step.start is not None:
             # Left where the twin read it: the start layer's own device (with a device map,
@@ -300,6 +292,23 @@ class Executor(Interpreter):
                 live_positions(*live_mlp(self.adapter, members, index, top)), \
                 trimmed_logits(head, index, tokens), self.model_pass():
             return self.model(**kwargs), slots, remap
+
+    def pass_inputs(self, step: ForwardStep, batch: Batch, k: int, use_cache: bool
+                    ) -> dict[str, Any]:
+        """The model kwargs of a pass of `step`: the run's batch once per member (k, rows
+        member-major) from position p0, the earlier positions' keys and values copied from
+        the twin's cache when p0 > 0 (the mask and position ids stay the whole prompt's)."""
+        p0 = step.p0
+        feed = batch.to(self.device)
+        kwargs: dict[str, Any] = {
+            "input_ids": feed.input_ids[:, p0:].repeat(k, 1),
+            "attention_mask": feed.attention_mask.repeat(k, 1),
+            "position_ids": feed.position_ids[:, p0:].repeat(k, 1),
+            "use_cache": use_cache}
+        if p0:
+            kwargs = with_cache(self.model, kwargs, prefix_cache(self.kv[step.twin], p0, k,
+                                                                 step.start_layer))
+        return kwargs
 
     def forward_output(self, ir: IRGraph, fid: str, f: Forward, batch: Batch, columns,
                        logits: torch.Tensor, slots: dict[Positions, int] | None, p0: int,

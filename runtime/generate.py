@@ -19,7 +19,7 @@ from patchc.compiler.ir import Forward, IRGraph, Metric
 
 from .compat import output_cache, with_cache
 from .inputs import Batch, position_index
-from .prefix import prefix_cache, trimmed_logits
+from .prefix import trimmed_logits
 
 
 def _prompt(interp, batch: Batch, hooks: list):
@@ -138,14 +138,8 @@ def _prompt_of(ex, step, batch: Batch, k: int, hooks: list, index: torch.Tensor 
     continue from: from position p0 when the step is narrowed (the earlier positions' keys
     and values the twin's), logits only at `index` ([n, K] padded positions; None: all).
     Returns (output, the model kwargs: the whole prompt's mask and position ids)."""
-    p0 = step.p0
-    feed = batch.to(ex.device)
-    kwargs = {"input_ids": feed.input_ids[:, p0:].repeat(k, 1),
-              "attention_mask": feed.attention_mask.repeat(k, 1),
-              "position_ids": feed.position_ids[:, p0:].repeat(k, 1), "use_cache": True}
-    if p0:
-        kwargs = with_cache(ex.model, kwargs, prefix_cache(ex.kv[step.twin], p0, k, 0))
-    keep = None if index is None else (index - p0).repeat(k, 1)
+    kwargs = ex.pass_inputs(step, batch, k, True)  # (a generating step starts at layer 0)
+    keep = None if index is None else (index - step.p0).repeat(k, 1)
     with ex.adapter.hooks(hooks), trimmed_logits(ex.model.get_output_embeddings(), keep, None), \
             ex.model_pass():
         return ex.model(**kwargs), kwargs
