@@ -103,7 +103,8 @@ def share_prefix(ir: IRGraph) -> IRGraph:
     cons = consumers(nodes)
     forwards = {nid: n for nid, n in nodes.items() if isinstance(n, Forward)}
     speaks = {nid for nid in forwards if generates(nodes, cons, nid)}
-    fixed = speaks | {nid for nid in forwards if differentiated(nodes, cons, nid)}
+    graded = {nid for nid in forwards if differentiated(nodes, cons, nid)}
+    fixed = speaks | graded
     # A forward only unpatched baselines measure is no existing twin: one is added where it
     # would be without them (and is found to be that forward); else drop_baselines drops it.
     lone = lone_baselines(nodes, ir.tables, cons)
@@ -118,7 +119,7 @@ def share_prefix(ir: IRGraph) -> IRGraph:
     chosen: dict[str, tuple[str, int]] = {}
     wanted: dict[tuple, list[str]] = {}
     for fid, f in forwards.items():
-        if fid in speaks and f.writes and not differentiated(nodes, cons, fid):
+        if fid in speaks and f.writes and fid not in graded:
             _narrow_twin(nodes, by_writes, fid, f, chosen, wanted)
             continue
         if fid in fixed:
