@@ -79,7 +79,9 @@ def _tables(family: str, method: str, tok) -> dict[str, patchc.Results]:
     return out
 
 
-def _same(a, b, what: str) -> None:
+def same_frames(a, b, what: str, rtol: float = 1e-5, atol: float = 1e-5) -> None:
+    """Equal columns and shape; text columns equal, numbers within the tolerances (NaN
+    where the other is NaN)."""
     assert list(a.columns) == list(b.columns) and a.shape == b.shape, what
     for col in a.columns:
         x, y = a[col].to_numpy(), b[col].to_numpy()
@@ -87,7 +89,7 @@ def _same(a, b, what: str) -> None:
             assert [str(v) for v in x] == [str(v) for v in y], (what, col)
             continue
         assert (np.isnan(x) == np.isnan(y)).all(), (what, col)
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, err_msg=f"{what}.{col}")
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=f"{what}.{col}")
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -100,8 +102,9 @@ def test_compact_equals_per_edge_and_naive(family: str, method: str, tokenizer) 
     spread = per["ld"].max() - per["ld"].min()
     assert spread > 0.1, spread  # the scores are not negligible next to the tolerance
     for name in ("compact", "optimized"):
-        _same(old["t"], res[name]["t"], f"{family} {method} {name}")
-        _same(old.per_example("t"), res[name].per_example("t"), f"{family} {method} {name}")
+        same_frames(old["t"], res[name]["t"], f"{family} {method} {name}")
+        same_frames(old.per_example("t"), res[name].per_example("t"),
+                    f"{family} {method} {name}")
 
 
 def test_a_member_equals_a_hand_computation(tokenizer) -> None:

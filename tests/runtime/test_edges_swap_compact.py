@@ -8,11 +8,11 @@ receivers are kv heads) and NeoX (parallel residual) tiny models: patterns, capt
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 from conftest import inline
 from test_edges import PRELUDE, _hand
+from test_edges_compact import same_frames
 
 import patchc
 import patchc.execution
@@ -48,14 +48,7 @@ def _per_edge(fam, body: str, monkeypatch) -> patchc.Results:
 
 
 def _same(a: pd.DataFrame, b: pd.DataFrame, what: str, tol: float = 1e-6) -> None:
-    assert list(a.columns) == list(b.columns) and a.shape == b.shape, what
-    for col in a.columns:
-        x, y = a[col].to_numpy(), b[col].to_numpy()
-        if x.dtype.kind != "f":
-            assert [str(v) for v in x] == [str(v) for v in y], (what, col)
-            continue
-        assert (np.isnan(x) == np.isnan(y)).all(), (what, col)
-        np.testing.assert_allclose(x, y, rtol=0, atol=tol, err_msg=f"{what}.{col}")
+    same_frames(a, b, what, rtol=0, atol=tol)
 
 
 def _sweeps(fam, body: str) -> list[Forward]:
