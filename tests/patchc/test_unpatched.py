@@ -9,7 +9,6 @@ import dataclasses
 import io
 import json
 import os
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -17,18 +16,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import patchc  # noqa: E402
+from test_plot_centre import CLEAN, CORRUPT, MODEL, ROOT  # noqa: E402
 from patchc.compiler.passes._graph import nodes_of, rebuild  # noqa: E402
 from patchc.compiler.pipeline import PASSES, optimize  # noqa: E402
 from patchc.compiler.schedule import run_shapes, schedule  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error")
 
-ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "examples" / "models" / "tiny-gpt2"
-CLEAN = ["When Mary and John went to the store , John gave a drink to",
-         "When Tom and Kate went to the park , Kate gave a book to"]
-CORRUPT = ["When Alice and Bob went to the park , Tom gave a drink to",
-           "When Anna and Paul went to the store , Mark gave a book to"]
 
 
 def _spec(ops: str) -> str:
