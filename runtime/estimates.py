@@ -21,7 +21,7 @@ from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Rea
 
 from . import dla, lrp
 from .inputs import position_index, position_valid
-from .prefix import trimmed_logits
+from .prefix import live_positions, trimmed_logits
 from .sparse import zero_path_gradients
 from .writes import ReadValue, _features, gather, position_major_for, scatter
 
@@ -54,12 +54,14 @@ def _metric_values(interp: "RunContext", ir: IRGraph, metric: Metric, logits: to
 class Trim:
     """Logits computed only where (and for the token ids that) the metrics read them:
     runtime/prefix.trimmed_logits's `index` and `tokens`, each metric position's slot, and
-    the token id -> column map (None: every id)."""
+    the token id -> column map (None: every id). `mlp`: the last block's MLP, computed only
+    at `index` (runtime/pass_plan.live_mlp; None: at every position)."""
 
     slots: dict
     index: torch.Tensor | None
     tokens: torch.Tensor | None
     remap: torch.Tensor | None
+    mlp: torch.nn.Module | None = None
 
 
 @contextlib.contextmanager
@@ -129,7 +131,8 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
     `forward_reads`: the pass also stores every Read of the Forward (as its own forward
     would), and `logits_out` receives its logits (detached): the Forward's pass and the
     backward's are then one (runtime/execute.py). `trim`: compute only the logits the
-    metric reads (neither the forward nor the backward then pays for the unembedding).
+    metric reads (neither the forward nor the backward then pays for the unembedding), and
+    the last MLP only at their positions when `trim.mlp` is set (dead_positions).
     `nodes`: Reads not in the graph, by the ids `reads` names them (compact estimates).
     `around()`: a context entered last around the model call (ig_sweeps' skip_layers).
     """
@@ -169,6 +172,7 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
     with torch.enable_grad(), frozen(interp.model), lrp.rules_for(interp.adapter, rules), \
             interp.adapter.hooks(chained(hooks)), \
             trimmed_logits(head, *(trim.index, trim.tokens) if trim else (None, None)), \
+            live_positions(*(trim.mlp, trim.index) if trim else (None, None)), \
             interp.model_pass(), around() if around else contextlib.nullcontext():
         logits = interp.model(**batch.to(interp.device).model_kwargs()).logits
         if logits_out is not None:

@@ -201,7 +201,8 @@ class Executor(Interpreter):
         batch = self.run_inputs(f.run).batch.repeat(f.samples)
         columns = self.columns_for(f.run)
         slots, index, tokens, remap = logit_plan(self, ir, step, [f], batch, columns)
-        trim = Trim(slots, index, tokens, remap) if slots is not None else None
+        mlp, _ = live_mlp(self.adapter, [f], index)  # dead_positions, as in a plain step
+        trim = Trim(slots, index, tokens, remap, mlp) if slots is not None else None
         got: dict[str, torch.Tensor] = {}
         self.values[bid] = gradients(self, ir, node.metric, list(node.wrt), node.rules,
                                      forward_reads=True, trim=trim,

@@ -217,7 +217,10 @@ def trimmed_logits(head: nn.Module, index: Tensor | None, tokens: Tensor | None
 @contextlib.contextmanager
 def live_positions(mlp: nn.Module | None, index: Tensor | None) -> Iterator[None]:
     """`mlp` (a block's MLP, called with the hidden states first) computes only at `index`
-    ([B, K] positions of its input); its output is zero elsewhere. None: as it is."""
+    ([B, K] positions of its input); its output is zero elsewhere. None: as it is.
+    Enter it after the site hooks: their pre-hooks on the MLP see its whole input before the
+    gather, and the output is widened before any of their hooks on it runs (a gradient-only
+    read of `mlp.out`, and its gradient leaf, see every position: dead_positions)."""
     if mlp is None or index is None:
         yield
         return
@@ -239,7 +242,8 @@ def live_positions(mlp: nn.Module | None, index: Tensor | None) -> Iterator[None
         return wide(out, width)
 
     widths: list[int] = []
-    handles = [mlp.register_forward_pre_hook(pre), mlp.register_forward_hook(post)]
+    handles = [mlp.register_forward_pre_hook(pre),
+               mlp.register_forward_hook(post, prepend=True)]
     try:
         yield
     finally:
