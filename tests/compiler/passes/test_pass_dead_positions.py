@@ -3,7 +3,7 @@ the MLP side of the top blocks, computes the last block's MLP there only."""
 
 from passcases import before_after, golden
 
-from patchc.compiler.ir import Forward, Site
+from patchc.compiler.ir import Forward, Read, Site
 from patchc.compiler.passes.dead_positions import dead_positions, touched_layer
 
 SPEC = """
@@ -53,3 +53,43 @@ def test_touched_layer() -> None:
     assert touched_layer(Site("k.in", 3, 1)) == 2
     assert touched_layer(Site("mlp.in", 3)) == 3
     assert touched_layer(Site("logits.in")) == float("inf")
+
+
+GRAD_SPEC = """
+run a = d.clean
+run b = d.corrupt
+run c = d.clean
+run e = d.corrupt
+run g = d.clean
+run h = d.corrupt
+metric at_p = logit(d.answer) - logit(d.distractor) @ d.p
+attribute L11.mlp.out @ 2, L11.resid_post @ last, L11.ln2.scale @ 1 from clean into corrupt
+    using atp measure ld as grads
+attribute L11.mlp.out @ 2 from a into b using relp measure ld as relp
+read L11.mlp.out @ 2 in b as kept
+attribute L11.mlp.post[0:4] @ last from c into e using ig(steps=2) measure ld as inside
+attribute L11.mlp.out @ 2 from g into h using atp measure at_p as column
+"""
+
+
+def test_dead_positions_gradient_only_reads_golden() -> None:
+    """Reads that only gradient estimates use, on the top block's MLP side, leave its MLP to
+    the metric positions; a table's read, a site inside the MLP, or a source run that cannot
+    be shown to hold the metric's positions keep it whole (the 12-layer tiny model: L11 is
+    its last block)."""
+    before, after = before_after(GRAD_SPEC, dead_positions)
+    golden("dead_positions_gradient_only", before, after)
+    live = {f.run: f.live_from for _, f in after.of_type(Forward)}
+    assert live == {
+        "clean": 0, "corrupt": 0,  # mlp.out, resid_post and ln2.scale: gradient-only
+        "a": 0,  # the source of relp: gradient-only too
+        "b": 12,  # its L11.mlp.out is also a `read` table's: every position stays
+        "c": 12, "e": 12,  # mlp.post sits inside the MLP: its hooks would see one position
+        "g": 12,  # a per-example column resolved in another run: not trusted
+        "h": 0,  # the differentiated run's own metric positions
+    }
+    # Counting every read, as before, each of them keeps its last MLP whole.
+    for fid, _ in after.of_type(Forward):
+        sites = [r.site for r in map(after.node, after.g.successors(fid))
+                 if isinstance(r, Read)]
+        assert max(touched_layer(s) for s in sites) + 1 == 12
