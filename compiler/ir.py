@@ -42,8 +42,9 @@ of the unoptimized graph, so the naive interpreter can still run an optimized gr
     every position; (): none at all), and when logit_tokens, only the token ids the metrics
     name (all metrics on the forward are `logit(...)` arithmetic).
   - `Forward.live_from`: dead_positions: the forward's own reads and writes all lie below this
-    layer, so at the top of the model only `logit_positions` are live: the runtime computes
-    the last block's MLP at those positions only (None: every position everywhere).
+    layer (but reads that only gradient estimates use, on a block's MLP side), so at the top
+    of the model only `logit_positions` are live: the runtime computes the last block's MLP
+    at those positions only (None: every position everywhere).
   - verify() (ir_verify.py) checks that `start` is a Read of `twin` and that a twin is a
     plain forward.
 """

@@ -74,7 +74,8 @@ def _token_columns(ex: Any, run: str, n: int, toks: tuple) -> tuple:
 def live_mlp(adapter: Any, members: list[Forward], index: torch.Tensor | None,
              top: int | None = None) -> tuple:
     """dead_positions: (the top block's MLP, the [B, K] positions it computes), when every
-    member reads and writes nothing from there on and only K logit positions are measured;
+    member reads and writes nothing from there on (reads only gradient estimates use aside:
+    their gradient is zero at the other positions) and only K logit positions are measured;
     else (None, None). `top`: the last block the pass computes (None: the model's last).
     Not for MLPs that add the residual themselves (Bloom, MPT), MLP parts sitting on the
     block (OPT), or mixtures of experts."""
