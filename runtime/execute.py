@@ -36,7 +36,7 @@ from .forward_values import ForwardOutput
 from .naive import Interpreter
 from .compat import blocks_return_tuples, output_cache, with_cache
 from .reading import collect_reads
-from .pass_plan import live_mlp, logit_plan, top_block
+from .pass_plan import live_mlp, logit_plan, top_block, unaligned_sources
 from .prefix import (live_positions, narrowable, prefix_cache, skip_above, skip_layers,
                      trimmed_logits, widen)
 from .edge_stack import Senders
@@ -101,6 +101,7 @@ class Executor(Interpreter):
             batch = self.run_inputs(name).batch
             cols = {k: tuple(v) for k, v in self.columns_for(name).items()}
             runs[name] = RunShape(tuple(batch.lengths), cols)
+        ir = unaligned_sources(ir, {name: r.lengths for name, r in runs.items()})
         param = next(self.model.parameters())
         weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
         options = self.checked.options

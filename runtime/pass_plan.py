@@ -3,6 +3,8 @@
 - `logit_plan`: trim_logits. Which positions are unembedded, and for which token ids.
 - `live_mlp`: dead_positions. Which MLP computes at those positions only (the top block's,
   when the step's own reads and writes all lie below its MLP).
+- `unaligned_sources`: dead_positions' gradient-only reads of a source run assume its
+  token lengths are the differentiated run's; where they are not, that run stays whole.
 - `top_block`: a pass that computes no logits at all (a run that only vectors or reads
   use) stops after the last block one of its reads or writes touches.
   The blocks above it are stubbed (runtime/prefix.skip_above): nothing reads them, so
@@ -11,12 +13,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from patchc.compiler import ast as A
-from patchc.compiler.ir import Forward, IRGraph, Metric, Read, Write
+from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Write
 from patchc.compiler.passes._graph import site_layer
 from patchc.compiler.schedule import ForwardStep
 
@@ -85,6 +88,34 @@ def live_mlp(adapter: Any, members: list[Forward], index: torch.Tensor | None,
             not all(f.live_from is not None and f.live_from <= last for f in members):
         return None, None
     return adapter.mlp(last), index
+
+
+def unaligned_sources(ir: IRGraph, lengths: dict[str, tuple[int, ...]]) -> IRGraph:
+    """`ir` with `live_from` cleared on each forward that a gradient estimate reads from a
+    run whose token lengths differ from the differentiated run's (`lengths`: per run and
+    example). dead_positions keeps a source run's last MLP at its metric positions only
+    because runs swapped between have equal lengths (`check`'s E322): that check needs the
+    tokenizer, so the runtime, which has the tokens, makes sure."""
+    bad: set[str] = set()
+    for _, est in ir.of_type(Estimate):
+        back = ir.node(est.inputs[-1])
+        if not isinstance(back, Backward):
+            continue
+        run = ir.node(ir.node(back.metric).forward).run  # type: ignore[union-attr]
+        for rid in est.inputs[:-1]:
+            read = ir.node(rid)
+            if not isinstance(read, Read):
+                continue
+            f: Forward = ir.node(read.forward)  # type: ignore[assignment]
+            if f.live_from is not None and lengths[f.run] != lengths[run]:
+                bad.add(read.forward)
+    if not bad:
+        return ir
+    out = ir.copy()
+    for fid in bad:
+        out.g.nodes[fid]["node"] = dataclasses.replace(ir.node(fid), live_from=None)
+    out.g.graph["tables"] = list(ir.tables)
+    return out
 
 
 def top_block(ir: IRGraph, step: ForwardStep, members: list[Forward], n_layers: int

@@ -18,6 +18,7 @@ from conftest import LAYERS, Fam
 from ops_common import CLEAN, CORRUPT, HEAD, T, ld_of
 from test_gradients import _hand_rules
 
+import patchc
 from patchc.compiler.passes import dead_positions as dp
 
 FAMILIES = ["gpt2", "llama", "neox"]
@@ -197,3 +198,23 @@ def test_hooks_on_the_narrowed_mlp_see_every_position() -> None:
     keep = torch.zeros(2, 5, dtype=torch.bool)
     keep[rows, index[:, 0]] = True
     assert (out[~keep] == 0).all()
+
+
+def test_a_source_run_of_other_token_lengths_stays_whole(any_family) -> None:
+    """The source run narrows because its metric positions are the differentiated run's
+    (equal token lengths, E322); where `check` could not see the tokens, the runtime keeps a
+    source run of other lengths whole."""
+    from patchc.compiler.ir import Forward
+    from patchc.runtime.pass_plan import unaligned_sources
+
+    fam: Fam = any_family("gpt2")
+    ir = patchc.compile(fam.spec(ATP)).optimized
+
+    def live(graph) -> dict:
+        return {f.run: f.live_from for _, f in graph.of_type(Forward)}
+
+    assert live(ir) == {"clean": 0, "corrupt": 0}  # every read is gradient-only
+    equal = {"clean": (T,) * 4, "corrupt": (T,) * 4}
+    assert unaligned_sources(ir, equal) is ir
+    ragged = {"clean": (T, T, T, T - 1), "corrupt": (T,) * 4}
+    assert live(unaligned_sources(ir, ragged)) == {"clean": None, "corrupt": 0}
