@@ -38,8 +38,10 @@ computed before the MLP and stay exact), its term is a zero, and the estimate is
 computation's (m_B where the site is dead). At the metric positions the values are exact,
 provided the metric's positions are live in this forward too: a source run A is read at
 the same padded index as the differentiated run B (runs swapped between have equal token
-lengths per example, E322), so a position of kind `last`/index/range/set names the same
-index in both; a per-example column is only trusted within one run. Sites inside the MLP
+lengths per example, E322; where `check` had no tokenizer the runtime keeps a source of
+other lengths whole, runtime/pass_plan.unaligned_sources), so a position of kind
+`last`/index/range/set names the same index in both; a per-example column is only trusted
+within one run. Sites inside the MLP
 (`mlp.pre`, `mlp.post`, expert sites, dictionary latents) and every other consumer keep
 today's rule. Only the model's last block is ever narrowed, and only in a pass that
 computes logits (these forwards do: their metric positions are live): lower layers stay
