@@ -46,6 +46,8 @@ dla L*.mlp.out in corrupt measure ld as mlp_dla
 """
 DENSE = """attribute L*.mlp.out @ last from clean into corrupt using relp measure ld as relp
 attribute L*.H*.z @ last from clean into corrupt using atp measure ld as atp
+attribute L*.mlp.out @ each, L*.resid_post @ each from clean into corrupt using atp
+    measure ld as top
 """
 SHARED = "dla L*.shared.out in corrupt measure ld as shared_dla\n"
 
