@@ -91,7 +91,9 @@ def touched_layer(site: Site) -> float:
 def dead_positions(ir: IRGraph) -> IRGraph:
     nodes = nodes_of(ir)
     cons = consumers(nodes)
-    tabled = table_refs(ir.tables)
+    # (what tables name is only asked of a read at a GRAD_SITES site: most graphs have none)
+    tabled = table_refs(ir.tables) if any(
+        isinstance(n, Read) and n.site.kind in GRAD_SITES for n in nodes.values()) else set()
     for fid, f in list(nodes.items()):
         if not isinstance(f, Forward) or f.logit_positions is None:
             continue
