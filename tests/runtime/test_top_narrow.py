@@ -24,7 +24,8 @@ from patchc.compiler.passes import dead_positions as dp
 FAMILIES = ["gpt2", "llama", "neox"]
 TOP = LAYERS - 1
 KINDS = ["mlp.out", "resid_post"]
-SITES = f"L*.mlp.out @ each, L*.resid_post @ each, L{TOP}.ln2.scale @ each"
+SITES = (f"L*.mlp.out @ each, L*.resid_post @ each, L{TOP}.ln2.scale @ each, "
+         f"L{TOP}.mlp.in @ each")
 IG_SITES = f"L{TOP}.mlp.out @ each, L{TOP}.resid_post @ each"
 SPEC = HEAD + (
     f"attribute {SITES} from clean into corrupt using atp measure ld as atp\n"
