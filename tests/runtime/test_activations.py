@@ -9,10 +9,10 @@ whose GELU is swapped (GPT-2, Phi: gelu_new) and on families where nothing is (N
 from __future__ import annotations
 
 import contextlib
+import importlib
 
 import pytest
 import torch
-import transformers as tf
 import transformers.activations as hf_act
 from adapter_models import no_hooks_left
 from conftest import Fam, family, make_tokenizer
@@ -21,7 +21,7 @@ from ops_common import CLEAN, CORRUPT, HEAD, ld_of
 
 from patchc.runtime.activations import approximation, fused_backwards
 
-BLOOM = getattr(getattr(tf.models, "bloom", None), "modeling_bloom", None)
+BLOOM = importlib.import_module("transformers.models.bloom.modeling_bloom")
 SWAPPED = [  # (module, gelu_backward's approximate)
     (lambda: hf_act.NewGELUActivation(), "tanh"),
     (lambda: hf_act.FastGELUActivation(), "tanh"),
