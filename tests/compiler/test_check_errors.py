@@ -241,6 +241,16 @@ CASES = [
      "E321", 8, 37, "kl(two) compares run `two` (2 examples)"),
     ("freeze_ln_unaligned", "ragged", "run c = r.clean with freeze ln from b",
      "E322", 6, 37, "runs need equal token lengths per example"),
+    ("mean_source_too_short", "ragged", "ablate L0.mlp.out in b with mean(a)  measure ld",
+     "E455", 6, 24, "mean(`a`) has no example with position 14"),
+    ("mean_source_too_short_edges", "ragged",
+     "ablate L0.mlp.out -> logits in b with mean(a)  measure ld",
+     "E455", 6, 34, "the longest prompt of `a` has 14 tokens"),
+    ("mean_source_too_short_baked", "ragged",
+     "run c = r.corrupt with ablate L0.mlp.out with mean(a)",
+     "E455", 6, 42, "`c` is written up to position 14"),
+    ("resample_no_other_length", "ragged", "ablate L0.mlp.out in b with resample(a)  measure ld",
+     "E456", 6, 24, "no other example with 15 tokens to give row 1 (line 2"),
 ]
 
 
@@ -349,3 +359,14 @@ def test_errors_after_a_bad_model_still_reported(models: Models):
     text = 'model "./nope"\nrun a = ["x"]\nablate L0.mlp.out in b  measure loss\n'
     got = [(e.code, e.line) for e in _errors(models, text)]
     assert got == [("E212", 1), ("E309", 3)]
+
+
+def test_ablation_sources_that_have_every_position(models: Models):
+    """mean(A)/resample(A) pass `check` when A can fill every position they write: A at
+    least as long (mean), another example of the same length (resample), `@ last`."""
+    for body in ("ablate L0.mlp.out in a with mean(b)  measure ld",
+                 "ablate L0.mlp.out @ 3 in b with mean(a)  measure ld",
+                 "ablate L0.mlp.out in a with resample(b)  measure ld",
+                 "ablate L0.mlp.out @ last in b with resample(a)  measure ld",
+                 "ablate L0.mlp.out @ each in a with resample(b)  measure ld"):
+        check(parse(HEADS["ragged"] + body + "\n", "case.patch", models.spec_dir()))
