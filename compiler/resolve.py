@@ -107,12 +107,15 @@ def expand_site(ref: A.SiteRef, model: ModelSpec) -> list[Match]:
     if ref.kind in ("pattern", "attn.pattern") and not model.exposes_pattern:
         raise CheckError("E208", "the model's fused attention kernel cannot expose the "
                          "attention pattern", ref.span)
-    layers = expand_index(ref.layer, model.n_layers, "layer", "layer") if kind.layered \
-        else [(None, None)]
-    axis, count = ("expert", model.n_experts) if kind.expert else ("head", model.n_heads)
-    heads = expand_index(ref.head, count, axis, axis) if kind.headed else [(None, None)]
-    width = model.dim_of(kind.dim) if kind.dim != "n_ctx" else model.n_ctx
-    feats = _expand_features(ref.features, width)
+    try:
+        layers = expand_index(ref.layer, model.n_layers, "layer", "layer") if kind.layered \
+            else [(None, None)]
+        axis, count = ("expert", model.n_experts) if kind.expert else ("head", model.n_heads)
+        heads = expand_index(ref.head, count, axis, axis) if kind.headed else [(None, None)]
+        width = model.dim_of(kind.dim) if kind.dim != "n_ctx" else model.n_ctx
+        feats = _expand_features(ref.features, width)
+    except CheckError as e:  # an index the model lacks: the error has the site's span
+        raise CheckError(e.code, e.message, ref.span, hint=e.hint) from None
     out = []
     for layer, lcol in layers:
         for head, hcol in heads:
