@@ -84,3 +84,44 @@ def test_stacked_estimates_decline_feature_slices_and_single_positions(models_di
         assert len(fast) == len(ref)
         torch.testing.assert_close(torch.tensor(fast["ld"].to_numpy()),
                                    torch.tensor(ref["ld"].to_numpy()), equal_nan=True)
+
+
+def test_block_statistics_together_equal_one_block_at_a_time() -> None:
+    """sweep_tables._block_stats: the blocks' means and errors from one stacked call, each
+    equal bit for bit to _mean_se of its own block (NaN examples, a block of one row)."""
+    from types import SimpleNamespace
+
+    from patchc.sweep_tables import _block_stats, _mean_se
+
+    g = torch.Generator().manual_seed(0)
+    values = {f"v{i}": torch.randn(m, 16, generator=g) * 10 ** i
+              for i, m in enumerate((12, 1, 60))}
+    values["v0"][3, [1, 5]] = float("nan")
+    values["v1"][0, :] = float("nan")
+    values["w"] = torch.randn(4, 7, dtype=torch.float64, generator=g)  # another length
+    blocks = [SimpleNamespace(values=(("ld", "v0"), ("acc", "w"))),
+              SimpleNamespace(values=(("ld", "v1"),)), SimpleNamespace(values=(("ld", "v2"),))]
+    got = _block_stats(SimpleNamespace(sweeps=blocks), values)
+    assert set(got) == set(values)
+    for nid, v in values.items():
+        want = _mean_se(v.double())
+        for a, b in zip(got[nid][:2], want[:2]):
+            assert a.tobytes() == b.tobytes()
+        assert torch.equal(got[nid][2], want[2])
+
+
+def test_sweep_tables_skip_the_key_conversion_only_when_it_has_nothing_to_do(
+        models_dir) -> None:
+    """A table of sweep rows alone comes out with its keys typed; _int_keys after it (what
+    build_table did before) changes nothing, also for float (`scale`) and text keys."""
+    from patchc.tables import _int_keys, build_table
+
+    fam = family("gpt2", models_dir)
+    res = fam.run(EACH + "scale L*.attn.out @ last in clean by {0, 1, 2.5} measure ld as s\n"
+                  "ablate L*.mlp.out in clean measure ld normalized as u\n", naive=False)
+    assert {t.name for t in res._ir.tables if t.sweeps and not t.rows} >= {"t", "s"}
+    for table in res._ir.tables:
+        new = build_table(table, res._values)
+        old = _int_keys(new.copy(), table)
+        pd.testing.assert_frame_equal(new, old, check_exact=True)
+        assert new.dtypes.tolist() == old.dtypes.tolist()
