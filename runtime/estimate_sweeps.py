@@ -18,7 +18,7 @@ Two evaluations, equal to float rounding:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -119,10 +119,6 @@ def batched(interp: "RunContext", ir: IRGraph, space: Space,
         of_whole.setdefault(whole_site(site), []).append(i)
     batch = None
     index: tuple | None = None  # A's and B's token indices, once for every whole site
-    stacked = _stacked(interp, ir, space, pairs, of_whole, grads)
-    if stacked is not None:  # every whole site in one product (the usual `@ each` sweep)
-        delta, batch = stacked
-        of_whole = {}
     for whole, idx in of_whole.items():
         ra, rb = pairs[whole]
         read: Read = ir.node(rb)  # type: ignore[assignment]
@@ -168,46 +164,3 @@ def batched(interp: "RunContext", ir: IRGraph, space: Space,
     est = torch.where(valid[None], m_b.float().cpu()[None, None] + delta, torch.nan)
     flat = torch.from_numpy(members(space).astype("int64"))
     return est.reshape(n_sites * n_pos, n)[flat]
-
-
-def _stacked(interp: "RunContext", ir: IRGraph, space: Space,
-             pairs: dict[Site, tuple[str, str]], of_whole: dict[Site, list[int]],
-             grads: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any] | None:
-    """`batched`'s delta [sites, P, n] for a space of whole sites (no feature slices) at
-    single token positions whose A and B values and gradients are each one shape on one
-    device, with A and B padded alike: the whole sites' products stacked into one
-    ((a_A - a_B) * g).sum(-1) [S, n, T] and one gather, instead of a few small operations
-    per site (each output element is the same sum over the same features, so the values
-    are those of the per-site loop). None when the space is not of that kind."""
-    if len(space.positions) == 1 and any(
-            space.positions[0] == ir.node(rb).pos for _, rb in pairs.values()):  # type: ignore[union-attr]
-        return None
-    if any(space.sites[i].features is not None for idx in of_whole.values() for i in idx):
-        return None
-    a_vals, b_vals, g_vals = [], [], []
-    for whole in of_whole:
-        ra, rb = pairs[whole]
-        a_vals.append(interp.values[ra])
-        b_vals.append(interp.values[rb])
-        g_vals.append(grads[rb])
-    shape, device = g_vals[0].shape, g_vals[0].device
-    if any(t.shape != shape or t.device != device
-           for t in [*(v.value for v in a_vals), *(v.value for v in b_vals), *g_vals]):
-        return None
-    ra, rb = pairs[next(iter(of_whole))]
-    ia, sizes = _indices(interp, ir, ra, a_vals[0], space)
-    ib, _ = _indices(interp, ir, rb, b_vals[0], space)
-    if any(k != 1 for k in sizes) or ia.shape != ib.shape or not torch.equal(ia, ib):
-        return None
-    if any(v.batch is not b_vals[0].batch for v in b_vals):
-        return None
-    av = torch.stack([v.value for v in a_vals]).float()
-    bv = torch.stack([v.value for v in b_vals]).float()
-    g = torch.stack(g_vals).float()
-    idx = ib.to(device)
-    got = ((av - bv) * g).sum(-1).gather(2, idx.expand(len(g_vals), -1, -1))  # [S, n, P]
-    order = [j for j, idx_ in enumerate(of_whole.values()) for _ in idx_]
-    rows = [i for idx_ in of_whole.values() for i in idx_]
-    delta = torch.zeros(len(space.sites), len(space.positions), got.shape[1])
-    delta[rows] = got.transpose(1, 2)[order].float().cpu()
-    return delta, b_vals[0].batch
