@@ -92,6 +92,7 @@ def make_reader(read: Read, batch: Batch, columns, store: Callable[[ReadValue], 
     """A read-only hook that stores the site's value at the Read's positions (or its std)."""
     idx = position_index(batch, read.pos, columns)
     slots = slot_mask(batch, read.pos, columns)
+    every = read.pos.kind == "all"  # idx is every position in order: gather's copy
 
     @position_major_for(read.site)
     def fn(act: torch.Tensor) -> None:
@@ -100,7 +101,8 @@ def make_reader(read: Read, batch: Batch, columns, store: Callable[[ReadValue], 
             mask = batch.attention_mask.to(a.device).bool()
             store(ReadValue(a[mask].float().std(), batch, read.pos))
         else:
-            store(ReadValue(gather(a, idx), batch, read.pos, slots))
+            same = every and a.shape[1] == idx.shape[1]
+            store(ReadValue(a.clone() if same else gather(a, idx), batch, read.pos, slots))
         return None
 
     return fn

@@ -84,3 +84,62 @@ def test_sweep_tables_skip_the_key_conversion_only_when_it_has_nothing_to_do(
         old = _int_keys(new.copy(), table)
         pd.testing.assert_frame_equal(new, old, check_exact=True)
         assert new.dtypes.tolist() == old.dtypes.tolist()
+
+
+def _hook_count(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_adapter_hooks_are_the_nested_hook_contexts(models_dir) -> None:
+    """Adapter.hooks installs in order and removes everything, also when a later site is
+    bad (E403 raised before the forward, no hook left behind), with the values that nested
+    `hook` contexts give (two writes on one site compose in order)."""
+    import contextlib
+
+    from patchc.compiler.errors import RuntimeInterventionError
+    from patchc.runtime.adapters import adapter_for
+
+    fam = family("gpt2", models_dir)
+    ad = adapter_for(fam.model)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    seen: dict = {}
+
+    def sites(tag: str) -> list:
+        return [("resid_pre", 1, None, lambda a: a * 2),
+                ("resid_pre", 1, None, lambda a: a + 1),
+                ("attn.out", 0, None, lambda a, t=tag: seen.__setitem__(t, a.clone())),
+                ("z", 1, 0, lambda a: a * 0)]
+
+    before = _hook_count(fam.model)
+    with torch.no_grad(), ad.hooks(sites("all")):
+        got = fam.model(ids).logits
+    assert _hook_count(fam.model) == before
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        for s in sites("nested"):
+            stack.enter_context(ad.hook(*s))
+        want = fam.model(ids).logits
+    assert torch.equal(got, want) and torch.equal(seen["all"], seen["nested"])
+    try:
+        with ad.hooks(sites("bad") + [("resid_pre", 99, None, lambda a: None)]):
+            raise AssertionError("a bad site must raise before the body")
+    except RuntimeInterventionError as e:
+        assert e.code == "E403"
+    assert _hook_count(fam.model) == before
+
+
+def test_a_read_of_every_position_is_a_copy_equal_to_the_gather() -> None:
+    """make_reader stores a read of all positions as a copy of the activation (what gather
+    gives for the in-order index), without comparing the index each call."""
+    from patchc.compiler.ir import Positions, Read, Site
+    from patchc.runtime.inputs import make_batch
+    from patchc.runtime.writes import gather, make_reader
+
+    batch = make_batch([[5, 6, 7, 8], [9, 10, 11, 12]], 0)
+    act = torch.randn(2, 4, 8)
+    got: list = []
+    for pos in (Positions("all"), Positions("last")):
+        fn = make_reader(Read("f0", Site("resid_pre", 0, None), pos), batch, {}, got.append)
+        assert fn(act) is None
+    every, last = got
+    assert torch.equal(every.value, act) and every.value.data_ptr() != act.data_ptr()
+    assert torch.equal(last.value, gather(act, torch.tensor([[3], [3]])))
