@@ -26,7 +26,7 @@ from patchc.compiler.ir import Backward, Forward, IRGraph
 from patchc.compiler.ir_sweep import bound_columns
 from patchc.compiler.lower import lower
 from patchc.manifest import Manifest, sha256_text, versions
-from patchc.observations import observe
+from patchc.observations import observe, observe_manifest
 from patchc.run_record import what_ran
 from patchc.results import Results
 
@@ -264,17 +264,18 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
              tokenizer: Any, device: Any, ir: IRGraph, plan: Any, values: dict[str, Any],
              seconds: dict[str, float], naive: bool, clock: Clock, group: Any = None,
              inputs: dict[str, str] | None = None, given: bool = False) -> Results:
-    from patchc.plotinfo import describe_tables
-
+    """The run's Results: its tables now, its manifest when first asked for. What pins
+    the run is taken now (the hashes of the weights and tokenizer, the paths, the timings:
+    the model or the working directory may change after the run); what only describes the
+    tables (plot info, baselines, unpatched values, the pydantic round trip) is assembled
+    from the run's own values when the manifest is first read (saving reads it)."""
     options = checked.options
     assembling = time.perf_counter()
-    plot = describe_tables(ir, checked, tokenizer, values)  # titles, scales, tokens
     tables = {t.name: {"rows": t.n_rows(), "columns": list(t.columns), "keys": _keys(t),
-                       "seconds": round(seconds.get(t.name, 0.0), 4), "plot": plot[t.name]}
-              for t in ir.tables}
+                       "seconds": round(seconds.get(t.name, 0.0), 4)} for t in ir.tables}
     hf_map = getattr(model, "hf_device_map", None)
     ran = what_ran(spec, decl, model, tokenizer, given)
-    manifest = Manifest(
+    pinned = dict(
         spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
         spec_file=ran.spec_file, spec_dir=ran.spec_dir, model_id=decl.model_id,
         model_path=ran.model_path, revision=decl.revision, weights_sha256=_weights_hash(model),
@@ -283,15 +284,27 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
         device_map={str(k): v for k, v in hf_map.items()} if hf_map else None,
         workers=group.world if group is not None else 1, threads=_threads(clock),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
-        options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan, clock.sparse),
+        options=options.model_dump(), plan=_pass_counts(ir, plan, clock.sparse),
         interpreter="naive" if naive else "optimized", total_seconds=0.0)
-    results = Results(ir, values, manifest.model_dump(),
-                      warnings=[*checked.warnings, *ran.warnings])
+    timings: dict[str, float] = {}
+
+    def manifest(results: Results) -> dict[str, Any]:
+        from patchc.plotinfo import describe_tables
+
+        plot = describe_tables(ir, checked, tokenizer, values)  # titles, scales, tokens
+        for name, info in tables.items():
+            info["plot"] = plot[name]
+        made = Manifest(**pinned, tables=tables).model_dump()
+        made["timings"] = timings
+        made["total_seconds"] = timings["total"]
+        observe_manifest(made, results, spec)
+        return made
+
+    results = Results(ir, values, manifest, warnings=[*checked.warnings, *ran.warnings])
     for w in results.warnings:  # the tables' own warnings point into the spec too
         w.with_source(spec.source)
     clock.seconds["assemble"] = time.perf_counter() - assembling
-    results.manifest["timings"] = timings = clock.timings()
-    results.manifest["total_seconds"] = timings["total"]
+    timings.update(clock.timings())
     return results
 
 

@@ -9,6 +9,7 @@ round): each change against what it replaced, on a tiny model.
 from __future__ import annotations
 
 import pandas as pd
+import patchc
 import torch
 from conftest import family
 from ops_common import HEAD
@@ -143,3 +144,38 @@ def test_a_read_of_every_position_is_a_copy_equal_to_the_gather() -> None:
     every, last = got
     assert torch.equal(every.value, act) and every.value.data_ptr() != act.data_ptr()
     assert torch.equal(last.value, gather(act, torch.tensor([[3], [3]])))
+
+
+def test_the_manifest_is_assembled_when_first_read_and_pins_the_run(models_dir,
+                                                                    monkeypatch) -> None:
+    """A run that never reads its manifest does not describe its tables for it; reading it
+    assembles it once, in the order and with the content of the eager assembly, while what
+    pins the run (the weights' hash, the timings) was taken at the end of the run."""
+    import copy
+
+    import patchc.plotinfo as plotinfo
+    from patchc.runtime.loading import weights_hash
+
+    fam = family("gpt2", models_dir)
+    model = copy.deepcopy(fam.model)
+    described: list[int] = []
+    real = plotinfo.describe_tables
+    monkeypatch.setattr(plotinfo, "describe_tables",
+                        lambda *a: described.append(1) or real(*a))
+    body = HEAD + "swap L*.resid_pre @ last from clean into corrupt measure ld normalized as t\n"
+    res = patchc.run(fam.spec(body), model=model, tokenizer=fam.tok)
+    assert described == []
+    before = weights_hash(model)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # changed after the run
+    manifest = res.manifest
+    assert described == [1] and res.manifest is manifest  # once
+    assert manifest["weights_sha256"] == before != weights_hash(model)
+    info = manifest["tables"]["t"]
+    assert list(info) == ["rows", "columns", "keys", "seconds", "plot", "op", "baselines",
+                          "unpatched"][:len(info)]
+    assert info["op"] == "swap" and info["baselines"] == res.baselines("t")
+    assert info["plot"] == real(res._ir, patchc.compile(fam.spec(body)).checked, fam.tok,
+                                res._values)["t"]
+    assert manifest["timings"]["total"] == manifest["total_seconds"] > 0
+    assert list(manifest)[-3:] == ["total_seconds", "timings", "files"]
