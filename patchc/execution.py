@@ -359,14 +359,25 @@ def _weights_hash(model: Any) -> str:
     fast sweep of a small model, and a notebook runs many specs on one loaded model."""
     from patchc.runtime.loading import weights_hash
 
-    stamp = tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape))
-                  for name, t in model.state_dict(keep_vars=True).items())
+    stamp = _stamp(model)
     cached = _HASHES.get(model)
     if cached is not None and cached[0] == stamp:
         return cached[1]
     digest = weights_hash(model)
     _HASHES[model] = (stamp, digest)
     return digest
+
+
+def _stamp(model: Any) -> tuple:
+    """Every parameter and buffer of the model (its state dict's tensors, and any
+    non-persistent buffers), module by module: name, storage, version counter, dtype and
+    shape. Any change to a tensor in place, or of which tensor a module holds, changes it.
+    Read from the modules' own tables (state_dict builds prefixed names through hooks: half
+    again as long)."""
+    return tuple((name, t.data_ptr(), t._version, t.dtype, t.shape)
+                 for module in model.modules()
+                 for table in (module._parameters, module._buffers)
+                 for name, t in table.items() if t is not None)
 
 
 def _pass_counts(ir: IRGraph, plan=None, sparse: dict[str, int] | None = None

@@ -179,3 +179,29 @@ def test_the_manifest_is_assembled_when_first_read_and_pins_the_run(models_dir,
                                 res._values)["t"]
     assert manifest["timings"]["total"] == manifest["total_seconds"] > 0
     assert list(manifest)[-3:] == ["total_seconds", "timings", "files"]
+
+
+def test_the_weights_hash_is_remembered_until_a_tensor_changes(models_dir) -> None:
+    """patchc/execution._weights_hash: the same digest as hashing the weights, recomputed
+    after an in-place change, a replaced parameter, a replaced module or a changed buffer."""
+    import copy
+
+    from patchc.execution import _weights_hash
+    from patchc.runtime.loading import weights_hash
+
+    model = copy.deepcopy(family("gpt2", models_dir).model)
+    first = _weights_hash(model)
+    assert first == weights_hash(model) == _weights_hash(model)
+    edits = [
+        lambda m: next(m.parameters()).mul_(2.0),  # (in place: its version counter moves)
+        lambda m: setattr(m.lm_head, "weight", torch.nn.Parameter(m.lm_head.weight * 1.5)),
+        lambda m: m.transformer.h.__setitem__(0, copy.deepcopy(m.transformer.h[1])),
+        lambda m: m.transformer.h[0].register_buffer("extra", torch.zeros(3)),
+    ]
+    seen = {first}
+    for edit in edits:
+        with torch.no_grad():
+            edit(model)
+        got = _weights_hash(model)
+        assert got == weights_hash(model) and got not in seen
+        seen.add(got)
