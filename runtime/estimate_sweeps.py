@@ -28,7 +28,7 @@ from patchc.compiler.ir_sweep import Space, members, split, whole_site
 from .estimates import integrated_gradients
 from .ig_sweeps import ig_batchable, ig_batched
 from .inputs import position_index, position_valid, positions_index, positions_valid
-from .writes import ReadValue, _features, gather
+from .writes import ReadValue, features_of, gather
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -53,7 +53,7 @@ def _at(value: torch.Tensor, read: Read, batch, pos: Positions, site: Site, colu
     (a Read at all positions is gathered at `pos`) and its features."""
     if pos != read.pos:
         value = gather(value, position_index(batch, pos, columns).to(value.device))
-    return value[..., _features(site, value)]
+    return features_of(site, value)
 
 
 def _run(ir: IRGraph, rid: str) -> str:

@@ -62,16 +62,21 @@ def memory_budget(memory: str | None, device: torch.device, weights: int, share:
 
 
 def _available_ram() -> int:
+    """The memory available now: Linux's MemAvailable (what psutil reports there, read
+    directly: psutil parses every field), else psutil's, else 4 GiB."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import psutil
 
         return int(psutil.virtual_memory().available)
     except ImportError:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    return 4 << 30
+        return 4 << 30
 
 
 class Executor(Interpreter):
@@ -102,7 +107,7 @@ class Executor(Interpreter):
             cols = {k: tuple(v) for k, v in self.columns_for(name).items()}
             runs[name] = RunShape(tuple(batch.lengths), cols)
         param = next(self.model.parameters())
-        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        weights = sum(p.nbytes for p in self.model.parameters())
         options = self.checked.options
         budget = memory_budget(options.memory, self.device, weights, share)
         plan = schedule(ir, self.checked.model, runs, budget, options.batch_size,

@@ -205,3 +205,39 @@ def test_the_weights_hash_is_remembered_until_a_tensor_changes(models_dir) -> No
         got = _weights_hash(model)
         assert got == weights_hash(model) and got not in seen
         seen.add(got)
+
+
+def test_available_ram_is_what_psutil_reports() -> None:
+    import pytest
+
+    psutil = pytest.importorskip("psutil")
+    from patchc.runtime.execute import _available_ram
+
+    got, want = _available_ram(), psutil.virtual_memory().available
+    assert abs(got - want) < max(want // 50, 64 << 20)  # (memory moves between the reads)
+
+
+def test_frozen_turns_every_flag_off_and_back_with_tied_weights(models_dir) -> None:
+    import copy
+
+    from patchc.runtime.estimates import frozen
+
+    model = copy.deepcopy(family("gpt2", models_dir).model)
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied: two modules hold it
+    model.transformer.h[0].mlp.c_fc.weight.requires_grad_(False)
+    before = {n: p.requires_grad for n, p in model.named_parameters(remove_duplicate=False)}
+    with frozen(model):
+        assert not any(p.requires_grad for p in model.parameters())
+    assert before == {n: p.requires_grad
+                      for n, p in model.named_parameters(remove_duplicate=False)}
+    assert before["transformer.h.0.mlp.c_fc.weight"] is False
+
+
+def test_features_of_a_whole_site_is_the_activation_itself() -> None:
+    from patchc.compiler.ir import Site
+    from patchc.runtime.writes import features_of
+
+    act = torch.randn(2, 3, 8)
+    assert features_of(Site("resid_pre", 0, None), act) is act
+    part = features_of(Site("mlp.post", 0, None, (2, 5)), act)
+    assert torch.equal(part, act[..., 2:5]) and part.data_ptr() == act[..., 2:].data_ptr()
