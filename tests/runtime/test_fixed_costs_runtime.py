@@ -241,3 +241,30 @@ def test_features_of_a_whole_site_is_the_activation_itself() -> None:
     assert features_of(Site("resid_pre", 0, None), act) is act
     part = features_of(Site("mlp.post", 0, None, (2, 5)), act)
     assert torch.equal(part, act[..., 2:5]) and part.data_ptr() == act[..., 2:].data_ptr()
+
+
+def test_binary_computes_only_its_operation(monkeypatch) -> None:
+    """metrics.binary: each operator's value, NaN kept out of comparisons, and the other
+    operations not computed (a table of all of them was built per call)."""
+    from patchc.runtime.metrics import binary
+
+    a = torch.tensor([1.0, 2.0, float("nan"), -3.0])
+    b = torch.tensor([1.0, 0.5, 1.0, 2.0])
+    want = {"+": a + b, "-": a - b, "*": a * b, "/": a / b}
+    for op, w in want.items():
+        assert torch.equal(binary(op, a, b).nan_to_num(7.0), w.nan_to_num(7.0))
+    cmp = {"==": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}
+    for op, hit in cmp.items():
+        got = binary(op, a, b)
+        assert torch.isnan(got[2]) and torch.equal(got[[0, 1, 3]], hit.float()[[0, 1, 3]])
+    calls: list[str] = []
+
+    class Probe(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            calls.append(getattr(func, "__name__", str(func)))
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    binary("-", a.as_subclass(Probe), b.as_subclass(Probe))
+    assert [c for c in calls if c in ("__add__", "__mul__", "__truediv__", "add", "mul",
+                                      "div")] == []
