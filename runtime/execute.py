@@ -305,11 +305,13 @@ class Executor(Interpreter):
         the twin's cache when p0 > 0 (the mask and position ids stay the whole prompt's)."""
         p0 = step.p0
         feed = batch.to(self.device)
-        kwargs: dict[str, Any] = {
-            "input_ids": feed.input_ids[:, p0:].repeat(k, 1),
-            "attention_mask": feed.attention_mask.repeat(k, 1),
-            "position_ids": feed.position_ids[:, p0:].repeat(k, 1),
-            "use_cache": use_cache}
+        if k == 1 and not p0:  # the run's own tensors (the model only reads them)
+            kwargs: dict[str, Any] = {**feed.model_kwargs(), "use_cache": use_cache}
+        else:
+            kwargs = {"input_ids": feed.input_ids[:, p0:].repeat(k, 1),
+                      "attention_mask": feed.attention_mask.repeat(k, 1),
+                      "position_ids": feed.position_ids[:, p0:].repeat(k, 1),
+                      "use_cache": use_cache}
         if p0:
             kwargs = with_cache(self.model, kwargs, prefix_cache(self.kv[step.twin], p0, k,
                                                                  step.start_layer))

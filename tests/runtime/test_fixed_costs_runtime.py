@@ -268,3 +268,54 @@ def test_binary_computes_only_its_operation(monkeypatch) -> None:
     binary("-", a.as_subclass(Probe), b.as_subclass(Probe))
     assert [c for c in calls if c in ("__add__", "__mul__", "__truediv__", "add", "mul",
                                       "div")] == []
+
+
+def test_a_single_full_pass_feeds_the_runs_own_tensors(models_dir) -> None:
+    """Executor.pass_inputs: one member from position 0 takes the batch as it is (the
+    model only reads it); several members or a narrowed pass get their repeated copies."""
+    from patchc.compiler.check import check
+    from patchc.compiler.parse import parse
+    from patchc.compiler.schedule import ForwardStep
+    from patchc.runtime.adapters import adapter_for
+    from patchc.runtime.execute import Executor
+
+    fam = family("gpt2", models_dir)
+    body = HEAD + "swap L1.resid_post @ last from clean into corrupt measure ld as t\n"
+    checked = check(parse(fam.spec(body), "<spec>", "."), adapter_for(fam.model).spec(),
+                    tokenizer=fam.tok)
+    ex = Executor(checked, fam.model, fam.tok, adapter_for(fam.model))
+    batch = ex.run_inputs("clean").batch
+    step = ForwardStep(members=["f0"], run="clean", rows=batch.n, width=batch.width)
+    one = ex.pass_inputs(step, batch, 1, False)
+    assert one["input_ids"] is batch.input_ids and one["use_cache"] is False
+    assert one["attention_mask"] is batch.attention_mask
+    assert one["position_ids"] is batch.position_ids
+    two = ex.pass_inputs(step, batch, 2, True)
+    assert torch.equal(two["input_ids"], batch.input_ids.repeat(2, 1))
+    assert torch.equal(two["position_ids"], batch.position_ids.repeat(2, 1))
+    assert two["input_ids"].data_ptr() != batch.input_ids.data_ptr()
+
+
+def test_what_ran_resolves_the_spec_model_once_when_it_is_the_one_passed(models_dir,
+                                                                        monkeypatch) -> None:
+    import os
+
+    import patchc.run_record as RR
+
+    fam = family("gpt2", models_dir)
+    calls: list[tuple] = []
+    real = RR._where
+    monkeypatch.setattr(RR, "_where", lambda *a: calls.append(a) or real(*a))
+    body = HEAD + "swap L1.resid_post @ last from clean into corrupt measure ld as t\n"
+    spec = patchc.api.load_spec(fam.spec(body))
+    decl = next(s for s in spec.statements if type(s).__name__ == "ModelDecl")
+    assert spec.source.base_dir == os.getcwd()
+    monkeypatch.setattr(fam.model, "name_or_path", decl.model_id)  # (from_pretrained(path))
+    ran = RR.what_ran(spec, decl, fam.model, fam.tok, given=True)
+    assert calls == [(decl.model_id, spec.source.base_dir)]
+    assert ran.model_path == real(decl.model_id, os.getcwd()) and not ran.warnings
+    monkeypatch.setattr(fam.model, "name_or_path", "elsewhere/model")  # its own lookup, W471
+    calls.clear()
+    ran = RR.what_ran(spec, decl, fam.model, fam.tok, given=True)
+    assert len(calls) == 2 and ran.model_path == "elsewhere/model"
+    assert [w.code for w in ran.warnings] == ["W471"]
