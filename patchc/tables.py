@@ -169,7 +169,8 @@ def _sweep_table(table: Table, values: dict[str, Any], gaps: "_ZeroGaps"
         if c in keys and isinstance(a, np.ndarray) and a.dtype.kind in "iu":
             a = pd.arrays.IntegerArray(a.astype("int64"), np.zeros(len(a), dtype=bool))
         elif c in keys:  # (text keys, the `site` column, stay as they are; others: _int_keys)
-            typed = typed and a.dtype == object and all(isinstance(v, str) for v in a)
+            typed = typed and a.dtype == object and \
+                pd.api.types.infer_dtype(a, skipna=False) in ("string", "empty")
         out[c] = a
     return pd.DataFrame(out), typed
 
