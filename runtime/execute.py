@@ -92,6 +92,7 @@ class Executor(Interpreter):
         self._remap: torch.Tensor | None = None
         self.batched_estimates = True  # compact estimates as tensor operations
         self._tokens: dict[tuple[str, int], Callable[[A.Tok], torch.Tensor]] = {}
+        self._remapped: dict[tuple, dict] = {}  # token_ids through a remap, per remap
 
     # ---- planning -----------------------------------------------------------------------
     def prepare(self, ir: IRGraph, naive_ir: IRGraph | None = None, share: int = 1
@@ -166,7 +167,19 @@ class Executor(Interpreter):
         remap = self._remap
         if remap is None:
             return ids
-        return lambda tok: remap[ids(tok)]
+        # Each token's columns made once per remap (kept with the remap itself: an id alone
+        # could be a freed tensor's).
+        key = (id(remap), run, n)
+        if key not in self._remapped or self._remapped[key][0] is not remap:
+            self._remapped[key] = (remap, {})
+        made = self._remapped[key][1]
+
+        def columns(tok: A.Tok) -> torch.Tensor:
+            if tok not in made:
+                made[tok] = remap[ids(tok)]
+            return made[tok]
+
+        return columns
 
     def token_lookup(self, run: str, n: int) -> Callable[[A.Tok], torch.Tensor]:
         """The naive interpreter's token ids, each token's tensor made once per run: every

@@ -319,3 +319,30 @@ def test_what_ran_resolves_the_spec_model_once_when_it_is_the_one_passed(models_
     ran = RR.what_ran(spec, decl, fam.model, fam.tok, given=True)
     assert len(calls) == 2 and ran.model_path == "elsewhere/model"
     assert [w.code for w in ran.warnings] == ["W471"]
+
+
+def test_token_columns_through_a_remap_are_made_once_per_remap(models_dir) -> None:
+    """Executor.token_ids under a logit remap: each token's columns computed once per
+    remap and run, equal to indexing the remap, and a new remap gets its own."""
+    from patchc.compiler import ast as A
+    from patchc.compiler.check import check
+    from patchc.compiler.errors import NO_SPAN
+    from patchc.compiler.parse import parse
+    from patchc.runtime.adapters import adapter_for
+    from patchc.runtime.execute import Executor
+
+    fam = family("gpt2", models_dir)
+    body = HEAD + "swap L1.resid_post @ last from clean into corrupt measure ld as t\n"
+    checked = check(parse(fam.spec(body), "<spec>", "."), adapter_for(fam.model).spec(),
+                    tokenizer=fam.tok)
+    ex = Executor(checked, fam.model, fam.tok, adapter_for(fam.model))
+    ids = ex.token_lookup("clean", 4)
+    toks = [A.ColumnRef("d", "answer", NO_SPAN), A.TokId(3, NO_SPAN)]
+    for remap in (torch.arange(200).flip(0), torch.arange(200) * 2):
+        ex._remap = remap
+        for t in toks:
+            first = ex.token_ids("clean", 4)(t)
+            assert torch.equal(first, remap[ids(t)])
+            assert ex.token_ids("clean", 4)(t) is first
+    ex._remap = None
+    assert ex.token_ids("clean", 4)(toks[0]) is ids(toks[0])
