@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from patchc.compiler import ast as A
 from patchc.compiler.check import AUTO, check
+from patchc.compiler.check_dicts import require_weights
 from patchc.compiler.checked import CheckedSpec, Options
 from patchc.compiler.errors import NO_SPAN, PatchcError, RuntimeInterventionError
 from patchc.compiler.ir import Backward, Forward, IRGraph
@@ -151,6 +152,7 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
     cfgs = {name: saelens_config(sae) for name, sae in (saes or {}).items()}
     checked = check(spec, model_spec, tokenizer=AUTO if tokenizer is None else tokenizer,
                     dictionaries=cfgs)
+    require_weights(spec, checked.model.dictionaries, set(cfgs))
     if group is not None:  # each worker on its own GPU, when there are GPUs
         overrides.update(group.placement(checked.options))
     checked = _options(checked, overrides)
