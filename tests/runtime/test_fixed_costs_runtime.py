@@ -301,13 +301,14 @@ def test_what_ran_resolves_the_spec_model_once_when_it_is_the_one_passed(models_
     import os
 
     import patchc.run_record as RR
+    from patchc.api import load_spec
 
     fam = family("gpt2", models_dir)
     calls: list[tuple] = []
     real = RR._where
     monkeypatch.setattr(RR, "_where", lambda *a: calls.append(a) or real(*a))
     body = HEAD + "swap L1.resid_post @ last from clean into corrupt measure ld as t\n"
-    spec = patchc.api.load_spec(fam.spec(body))
+    spec = load_spec(fam.spec(body))
     decl = next(s for s in spec.statements if type(s).__name__ == "ModelDecl")
     assert spec.source.base_dir == os.getcwd()
     monkeypatch.setattr(fam.model, "name_or_path", decl.model_id)  # (from_pretrained(path))
