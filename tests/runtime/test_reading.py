@@ -344,3 +344,14 @@ def test_read_each_position_past_a_short_prompt_is_nan(gpt2: Fam) -> None:
         else:
             assert torch.isnan(value[0]).all() and torch.isnan(pat[f"L1.H0.pattern @ {p}"][0]).all()
         assert not torch.isnan(pat[f"L1.H0.pattern @ {p}"][1, 0, : p + 1]).any()
+
+
+def test_read_keys_the_whole_site_by_its_bare_text(gpt2: Fam) -> None:
+    """One statement reading a site at a position and at every position: the bare text is
+    the whole site's tensor (whatever the order), the other carries its `@ POS`."""
+    res = gpt2.run('run r = "the cat sat"\n'
+                   "read L0.resid_pre @ 1, L0.resid_pre, L1.resid_pre @ 2 in r as acts\n")
+    acts = res.activations("acts")
+    assert list(acts) == ["L0.resid_pre @ 1", "L0.resid_pre", "L1.resid_pre"]
+    assert acts["L0.resid_pre"].shape == (1, 3, 32) and acts["L0.resid_pre @ 1"].shape == (1, 1, 32)
+    close(acts["L0.resid_pre @ 1"][0, 0], acts["L0.resid_pre"][0, 1])
