@@ -21,12 +21,13 @@ decoded together, token by token (runtime/generate.py).
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 from patchc.compiler import ast as A
 from patchc.compiler import printer
 from patchc.compiler.ir import Forward, IRGraph, Node
 
-from ._graph import consumers, forward_metrics, generates, nodes_of, rebuild, refs, topo
+from ._graph import consumers_of, forward_metrics, generates, nodes_of, rebuild, refs, topo
 
 
 def _depths(ir: IRGraph, nodes: dict[str, Node]) -> dict[str, int]:
@@ -38,7 +39,7 @@ def _depths(ir: IRGraph, nodes: dict[str, Node]) -> dict[str, int]:
     return depth
 
 
-def _leaves(ir: IRGraph, nodes: dict[str, Node], cons: dict[str, list[str]]) -> set[str]:
+def _leaves(ir: IRGraph, nodes: dict[str, Node], cons: Mapping[str, list[str]]) -> set[str]:
     """The forwards no forward depends on, directly or through other nodes."""
     feeds: dict[str, bool] = {}  # does some forward depend on this node?
     for nid in reversed(topo(ir)):
@@ -46,7 +47,7 @@ def _leaves(ir: IRGraph, nodes: dict[str, Node], cons: dict[str, list[str]]) -> 
     return {n for n, f in nodes.items() if isinstance(f, Forward) and not feeds[n]}
 
 
-def _continuations(nodes: dict[str, Node], cons: dict[str, list[str]], fid: str
+def _continuations(nodes: dict[str, Node], cons: Mapping[str, list[str]], fid: str
                    ) -> tuple[str, ...] | None:
     """The generating terms of the forward's metrics (None when it generates nothing)."""
     if not generates(nodes, cons, fid):
@@ -57,7 +58,7 @@ def _continuations(nodes: dict[str, Node], cons: dict[str, list[str]], fid: str
 
 def batch(ir: IRGraph) -> IRGraph:
     nodes = nodes_of(ir)
-    cons = consumers(nodes)
+    cons = consumers_of(ir)
     twins = {f.twin for f in nodes.values() if isinstance(f, Forward) and f.twin}
     depth = _depths(ir, nodes)
     # Leaves may all wait until the deepest forward is done: one depth (-1) for all of them
@@ -79,4 +80,4 @@ def batch(ir: IRGraph) -> IRGraph:
         for fid in members:
             nodes[fid] = dataclasses.replace(nodes[fid], group=n)  # type: ignore[arg-type]
         n += 1
-    return rebuild(nodes, list(ir.tables))
+    return rebuild(nodes, list(ir.tables), like=ir)

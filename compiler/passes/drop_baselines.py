@@ -55,4 +55,4 @@ def drop_baselines(ir: IRGraph) -> IRGraph:
         kept = tuple((c, (keep(a), keep(b))) for c, (a, b) in t.unpatched)
         tables.append(dataclasses.replace(t, unpatched=tuple(
             (c, pair) for c, pair in kept if pair != (None, None))))
-    return rebuild({nid: n for nid, n in nodes.items() if nid not in gone}, tables)
+    return rebuild({nid: n for nid, n in nodes.items() if nid not in gone}, tables, like=ir)

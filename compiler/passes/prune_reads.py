@@ -25,4 +25,5 @@ def prune_reads(ir: IRGraph) -> IRGraph:
         stack += [r for r in refs(nodes[nid]) if r not in live]
     if len(live) == len(nodes):
         return ir  # nothing dead: the input, unchanged (passes never mutate a graph)
-    return rebuild({nid: n for nid, n in nodes.items() if nid in live}, list(ir.tables))
+    return rebuild({nid: n for nid, n in nodes.items() if nid in live}, list(ir.tables),
+                   like=ir)
