@@ -222,6 +222,14 @@ def nodes_of(ir: IRGraph) -> dict[str, Node]:
     return {nid: data["node"] for nid, data in ir.g.nodes(data=True)}
 
 
+def refs_of(ir: IRGraph) -> Mapping[str, tuple[str, ...]]:
+    """`refs` of every node of the graph, by id (made once per graph a pass returns):
+    shared, so callers must not change it."""
+    if isinstance(ir, NodeGraph) and not ir.built():
+        return ir.refs_by_id()
+    return {nid: refs(n) for nid, n in nodes_of(ir).items()}
+
+
 def rebuild(nodes: Mapping[str, Node], tables: list[Table], like: IRGraph | None = None
             ) -> IRGraph:
     """A new graph holding `nodes` (ids kept) with the edges their references imply. `like`:

@@ -27,14 +27,16 @@ from patchc.compiler import ast as A
 from patchc.compiler import printer
 from patchc.compiler.ir import Forward, IRGraph, Node
 
-from ._graph import consumers_of, forward_metrics, generates, nodes_of, rebuild, refs, topo
+from ._graph import (consumers_of, forward_metrics, generates, nodes_of, rebuild, refs_of,
+                     topo)
 
 
 def _depths(ir: IRGraph, nodes: dict[str, Node]) -> dict[str, int]:
     """Per node, the most forwards on a dependency path ending at it (itself included)."""
     depth: dict[str, int] = {}
+    uses = refs_of(ir)
     for nid in topo(ir):
-        d = max((depth[p] for p in refs(nodes[nid])), default=0)
+        d = max((depth[p] for p in uses[nid]), default=0)
         depth[nid] = d + (1 if isinstance(nodes[nid], Forward) else 0)
     return depth
 

@@ -19,7 +19,7 @@ from patchc.compiler.errors import Span
 from patchc.compiler.ir import IRGraph
 from patchc.compiler.ir_verify import _acyclic
 from patchc.compiler.passes._graph import (NodeGraph, consumers, consumers_of, nodes_of, rebuild,
-                                           refs, topo)
+                                           refs, refs_of, topo)
 from patchc.compiler.passes.trim_logits import trim_logits
 from patchc.compiler.pipeline import PASSES
 
@@ -36,6 +36,7 @@ def test_what_a_pass_hands_on_equals_a_fresh_derivation(ir: IRGraph) -> None:
         if isinstance(out, NodeGraph) and not out.built():
             fresh = _fresh(out)
             assert out.refs_by_id() == {nid: refs(n) for nid, n in nodes_of(out).items()}
+            assert refs_of(out) is out.refs_by_id()
             assert topo(out) == topo(fresh)
             assert consumers_of(out) == consumers(nodes_of(out))
             assert list(consumers_of(out)) == list(consumers(nodes_of(out)))
