@@ -298,13 +298,22 @@ class Finder:
 
     def __init__(self, nodes: dict[str, Node], exclude: frozenset[str] = frozenset()) -> None:
         self.nodes = nodes
-        self.index: dict[Node, str] = {}
         self.next: dict[str, int] = {}
-        for nid, n in nodes.items():
-            # (Forward, Read, Write: the kinds passes add.)
-            if isinstance(n, (Forward, Read, Write)) and nid not in exclude:
-                self.index.setdefault(n, nid)
+        for nid in nodes:
             self.next[nid[0]] = max(self.next.get(nid[0], 0), int(nid[1:]) + 1)
+        # The index of the nodes as they are now, made on the first `find_or_add` (hashing
+        # every node is most of a pass that finds nothing to share).
+        self._index: dict[Node, str] | None = None
+        self._given = [(nid, n) for nid, n in nodes.items()
+                       if isinstance(n, (Forward, Read, Write)) and nid not in exclude]
+
+    @property
+    def index(self) -> dict[Node, str]:
+        if self._index is None:
+            self._index = {}
+            for nid, n in self._given:  # (Forward, Read, Write: the kinds passes add)
+                self._index.setdefault(n, nid)
+        return self._index
 
     def find_or_add(self, node: Node) -> str:
         nid = self.index.get(node)

@@ -18,7 +18,7 @@ from typing import Mapping
 
 from patchc.compiler.ir import Forward, IRGraph, Metric, Node, Table
 
-from ._graph import consumers, nodes_of, rebuild, table_refs
+from ._graph import consumers, consumers_of, nodes_of, rebuild, table_refs
 
 
 def lone_baselines(nodes: Mapping[str, Node], tables: list[Table],
@@ -41,7 +41,7 @@ def lone_baselines(nodes: Mapping[str, Node], tables: list[Table],
 
 def drop_baselines(ir: IRGraph) -> IRGraph:
     nodes = nodes_of(ir)
-    forwards = lone_baselines(nodes, ir.tables)
+    forwards = lone_baselines(nodes, ir.tables, consumers_of(ir))
     if not forwards:
         return ir
     gone = {nid for nid, n in nodes.items()

@@ -7,6 +7,7 @@ expression walk against the nested one it replaced."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import networkx as nx
@@ -16,10 +17,10 @@ from test_graph_order import BODY, _graphs, _old_rebuild, _same
 
 from patchc.compiler import ast as A
 from patchc.compiler.errors import Span
-from patchc.compiler.ir import IRGraph
+from patchc.compiler.ir import Forward, IRGraph, Read, Write
 from patchc.compiler.ir_verify import _acyclic
-from patchc.compiler.passes._graph import (NodeGraph, consumers, consumers_of, nodes_of, rebuild,
-                                           refs, refs_of, topo)
+from patchc.compiler.passes._graph import (Finder, NodeGraph, consumers, consumers_of, nodes_of,
+                                           rebuild, refs, refs_of, topo)
 from patchc.compiler.passes.trim_logits import trim_logits
 from patchc.compiler.pipeline import PASSES
 
@@ -110,3 +111,17 @@ def test_metric_nodes_walks_depth_first_left_to_right() -> None:
     for _ in range(200):
         e = expr(6)
         assert [id(x) for x in A.metric_nodes(e)] == [id(x) for x in _nested(e)]
+
+
+def test_a_finder_indexes_the_nodes_it_was_given_on_first_use() -> None:
+    nodes = nodes_of(PASSES[0](lowered(BODY)))
+    finder = Finder(nodes)
+    assert finder._index is None  # nothing hashed while nothing is looked for
+    expected: dict = {}
+    for nid, n in nodes.items():
+        if isinstance(n, (Forward, Read, Write)):
+            expected.setdefault(n, nid)
+    rid, read = next((k, n) for k, n in nodes.items() if isinstance(n, Read))
+    nodes[rid] = dataclasses.replace(read, stat="std")  # changed after the finder was made
+    assert finder.index == expected
+    assert finder.find_or_add(read) not in nodes or nodes[finder.find_or_add(read)] == read
