@@ -132,9 +132,10 @@ class Lowerer:
 
     # -- cached nodes ---------------------------------------------------------------------
     def _cached(self, key: tuple[Any, ...], make: Any) -> str:
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
+        got = self._cache.get(key)  # (one lookup: a key holds whole nodes, slow to hash)
+        if got is None:
+            got = self._cache[key] = make()
+        return got
 
     def read(self, forward: str, site: Site, pos: Positions, stat: str | None = None) -> str:
         node = Read(forward, site, pos, stat)
