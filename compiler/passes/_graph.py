@@ -249,7 +249,8 @@ def topo(ir: IRGraph) -> list[str]:
         if ir._order is None:
             ir._order = ordered(ir.refs_by_id())
         return list(ir._order)
-    return ordered({nid: tuple(p) for nid, p in ir.g.pred.items()})
+    # (networkx's own predecessor dicts: its views make an object per node)
+    return ordered({nid: tuple(p) for nid, p in ir.g._pred.items()})
 
 
 def ordered(preds: Mapping[Hashable, Iterable[Hashable]],
