@@ -20,6 +20,7 @@ from patchc.compiler.errors import RuntimeInterventionError
 from patchc.compiler.ir import Backward, Estimate, Forward, IRGraph, Metric, Read, Site
 
 from . import dla, lrp
+from .activations import fused_backwards
 from .inputs import position_index, position_valid
 from .prefix import trimmed_logits
 from .sparse import zero_path_gradients
@@ -166,7 +167,9 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
         hooks = by_site(hooks)
     # The rules go in first: writes and leaves then see the model's own (unchanged) values.
     head = interp.model.get_output_embeddings()
+    # GELUs in many elementwise ops get their one-kernel backward (RelP's rules bypass it)
     with torch.enable_grad(), frozen(interp.model), lrp.rules_for(interp.adapter, rules), \
+            fused_backwards(interp.model), \
             interp.adapter.hooks(chained(hooks)), \
             trimmed_logits(head, *(trim.index, trim.tokens) if trim else (None, None)), \
             interp.model_pass(), around() if around else contextlib.nullcontext():

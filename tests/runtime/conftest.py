@@ -87,6 +87,8 @@ def build_model(family: str) -> torch.nn.Module:
 _PATHS = {  # layers, attention, mlp, attention output projection, mlp output projection
     "gpt2": ("transformer.h", "attn", "mlp", "attn.c_proj", "mlp.c_proj"),
     "neox": ("gpt_neox.layers", "attention", "mlp", "attention.dense", "mlp.dense_4h_to_h"),
+    "phi": ("model.layers", "self_attn", "mlp", "self_attn.dense", "mlp.fc2"),
+    "gptj": ("transformer.h", "attn", "mlp", "attn.out_proj", "mlp.fc_out"),
 }
 _LLAMA_LIKE = ("model.layers", "self_attn", "mlp", "self_attn.o_proj", "mlp.down_proj")
 _SITE = re.compile(r"^(?:L(\d+)\.)?(?:H(\d+)\.)?([a-z_.]+?)(?:\[(\d+)\])?$")
