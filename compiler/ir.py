@@ -370,8 +370,8 @@ class IRGraph:
         self._counts[prefix] = n + 1
         nid = f"{prefix}{n}"
         self.g.add_node(nid, node=node)
-        if deps:
-            self.g.add_edges_from([(d, nid) for d in deps])  # (one call: as add_edge each)
+        for d in deps:
+            self.g.add_edge(d, nid)
         return nid
 
     def node(self, nid: str) -> Node:
