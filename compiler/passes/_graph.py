@@ -230,11 +230,15 @@ def refs_of(ir: IRGraph) -> Mapping[str, tuple[str, ...]]:
     return {nid: refs(n) for nid, n in nodes_of(ir).items()}
 
 
-def rebuild(nodes: Mapping[str, Node], tables: list[Table], like: IRGraph | None = None
-            ) -> IRGraph:
+def rebuild(nodes: Mapping[str, Node], tables: list[Table], like: IRGraph | None = None,
+            order: list[str] | None = None) -> IRGraph:
     """A new graph holding `nodes` (ids kept) with the edges their references imply. `like`:
-    the graph the nodes came from (what the new graph can reuse of it: NodeGraph)."""
-    return NodeGraph(dict(nodes), list(tables), like)
+    the graph the nodes came from (what the new graph can reuse of it: NodeGraph). `order`:
+    `topo` of a graph with these very nodes and edges, when the caller has it."""
+    out = NodeGraph(dict(nodes), list(tables), like)
+    if order is not None:
+        out._order = list(order)
+    return out
 
 
 def id_order(nid: str) -> tuple[int, int]:

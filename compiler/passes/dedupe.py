@@ -45,7 +45,8 @@ def dedupe(ir: IRGraph) -> IRGraph:
     seen: dict[Any, str] = {}
     kept: dict[str, Node] = {}
     printed: dict[int, str] = {}  # (ids of expressions the graph holds throughout)
-    for nid in topo(ir):
+    order = topo(ir)
+    for nid in order:
         node = ir.node(nid)
         if canon:
             node = remap(node, canon)
@@ -55,6 +56,6 @@ def dedupe(ir: IRGraph) -> IRGraph:
             continue
         seen[key] = nid
         kept[nid] = node
-    order = nodes_of(ir)  # keep the input's node order
-    return rebuild({nid: kept[nid] for nid in order if nid in kept},
-                   remap_tables(ir.tables, canon), like=ir)
+    # The input's node order; nothing merged, the same graph: its evaluation order too.
+    return rebuild({nid: kept[nid] for nid in nodes_of(ir) if nid in kept},
+                   remap_tables(ir.tables, canon), like=ir, order=None if canon else order)
