@@ -50,11 +50,10 @@ def dedupe(ir: IRGraph) -> IRGraph:
         node = ir.node(nid)
         if canon:
             node = remap(node, canon)
-        key = _key(node, printed)
-        if key in seen:
-            canon[nid] = seen[key]
+        first = seen.setdefault(_key(node, printed), nid)  # (one hash of the key)
+        if first != nid:
+            canon[nid] = first
             continue
-        seen[key] = nid
         kept[nid] = node
     # The input's node order; nothing merged, the same graph: its evaluation order too.
     return rebuild({nid: kept[nid] for nid in nodes_of(ir) if nid in kept},
