@@ -113,15 +113,17 @@ def expand_site(ref: A.SiteRef, model: ModelSpec) -> list[Match]:
     heads = expand_index(ref.head, count, axis, axis) if kind.headed else [(None, None)]
     width = model.dim_of(kind.dim) if kind.dim != "n_ctx" else model.n_ctx
     feats = _expand_features(ref.features, width)
+    # Each match's key: the (column, value) pairs of the indices a column names, in layer,
+    # head, feature order, built up a level at a time (a neuron sweep has ~37k matches).
+    whole = (ref.features.lo, ref.features.hi) if isinstance(ref.features, A.Slice) else None
     out = []
     for layer, lcol in layers:
+        lkey = ((lcol, layer),) if lcol is not None and layer is not None else ()
         for head, hcol in heads:
+            hkey = lkey + ((hcol, head),) if hcol is not None and head is not None else lkey
             for feat, fcol in feats:
-                key = tuple((c, v) for c, v in ((lcol, layer), (hcol, head), (fcol, feat))
-                            if c is not None and v is not None)
-                fsel = None if feat is None else (feat, feat + 1)
-                if isinstance(ref.features, A.Slice):
-                    fsel = (ref.features.lo, ref.features.hi)
+                key = hkey + ((fcol, feat),) if fcol is not None and feat is not None else hkey
+                fsel = whole if whole is not None else None if feat is None else (feat, feat + 1)
                 out.append(Match((Site(ref.kind, layer, head, fsel),), key))
     return out
 

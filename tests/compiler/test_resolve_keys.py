@@ -1,0 +1,50 @@
+"""resolve.expand_site: every match of a pattern, with its sweep-column key, equal to the
+expansion written plainly (one tuple of the index columns per site, as before it built keys
+a level at a time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from patchc.compiler import ast as A
+from patchc.compiler.ir import Site
+from patchc.compiler.modelspec import load_model_spec
+from patchc.compiler.parse import parse
+from patchc.compiler.resolve import Match, expand_index, expand_site
+
+ROOT = Path(__file__).resolve().parents[2]
+PATTERNS = ["L*.H*.z", "L{0,1}.mlp.post[*]", "L1.mlp.post[3:7]", "L*.mlp.post[0..5]", "embed",
+            "L*.resid_pre", "L0.H1.z", "L1.H{0,1}.q", "L$l.mlp.out"]
+
+
+def _plain(ref: A.SiteRef, model) -> list[Match]:
+    kinds = {"layer": (ref.layer, model.n_layers), "head": (ref.head, model.n_heads)}
+    layers = expand_index(*kinds["layer"], "layer", "layer") if ref.layer is not None \
+        else [(None, None)]
+    heads = expand_index(*kinds["head"], "head", "head") if ref.head is not None \
+        else [(None, None)]
+    width = model.d_mlp if ref.kind.startswith("mlp.") else model.d_model
+    feats = [(None, None)] if ref.features is None or isinstance(ref.features, A.Slice) \
+        else expand_index(ref.features, width, "features", "neuron")
+    out = []
+    for layer, lcol in layers:
+        for head, hcol in heads:
+            for feat, fcol in feats:
+                key = tuple((c, v) for c, v in ((lcol, layer), (hcol, head), (fcol, feat))
+                            if c is not None and v is not None)
+                fsel = None if feat is None else (feat, feat + 1)
+                if isinstance(ref.features, A.Slice):
+                    fsel = (ref.features.lo, ref.features.hi)
+                out.append(Match((Site(ref.kind, layer, head, fsel),), key))
+    return out
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_expand_site_equals_the_plain_expansion(pattern: str) -> None:
+    model = load_model_spec("examples/models/tiny-gpt2", base_dir=str(ROOT))
+    spec = parse(f"swap {pattern} @ last from a into b measure m\n")
+    ref = spec.statements[0].sites[0]
+    got = expand_site(ref, model)
+    assert got == _plain(ref, model) and len(got) >= 1
