@@ -200,14 +200,38 @@ def _expand_features(sel: A.FeatureSel | None, width: int) -> list[tuple[int | N
     return [(i, c) for i, c in expand_index(sel, width, "features", "neuron")]
 
 
-def expand_item(item: A.SiteItem, model: ModelSpec) -> list[Match]:
+class Expansions:
+    """The matches of the site patterns one compile expands, kept by pattern object and
+    model: check expands every pattern of the spec, and lowering asks again for the same
+    patterns against the same model (a neuron sweep's pattern has tens of thousands of
+    sites). The CheckedSpec hands check's to lowering; callers must not change a list."""
+
+    def __init__(self) -> None:
+        # id(pattern) -> (the pattern, the model, its matches); holding the pattern keeps
+        # its id from being reused while it is here.
+        self._got: dict[int, tuple[A.SiteRef, ModelSpec, list[Match]]] = {}
+
+    def expand(self, ref: A.SiteRef, model: ModelSpec) -> list[Match]:
+        """expand_site(ref, model), made once per (pattern, model) object pair."""
+        hit = self._got.get(id(ref))
+        if hit is not None and hit[0] is ref and hit[1] is model:
+            return hit[2]
+        out = expand_site(ref, model)
+        self._got[id(ref)] = (ref, model, out)
+        return out
+
+
+def expand_item(item: A.SiteItem, model: ModelSpec,
+                expansions: Expansions | None = None) -> list[Match]:
     """A sweep item: a site pattern (one Match per concrete site) or an `all(...)` group
-    (one Match holding every site of every member)."""
+    (one Match holding every site of every member). `expansions`: where to keep (and find)
+    a pattern's matches."""
+    expand = expand_site if expansions is None else expansions.expand
     if isinstance(item, A.SiteRef):
-        return expand_site(item, model)
+        return expand(item, model)
     sites: list[Site] = []
     for member in item.members:
-        for m in expand_site(member, model):
+        for m in expand(member, model):
             sites.extend(m.sites)
     return [Match(tuple(dict.fromkeys(sites)), ())]
 

@@ -48,3 +48,31 @@ def test_expand_site_equals_the_plain_expansion(pattern: str) -> None:
     ref = spec.statements[0].sites[0]
     got = expand_site(ref, model)
     assert got == _plain(ref, model) and len(got) >= 1
+
+
+def test_a_compile_expands_each_pattern_once(monkeypatch) -> None:
+    """check keeps each pattern's matches (CheckedSpec.sites); lowering reuses them for the
+    same pattern object and model, and expands anew for another model object."""
+    import patchc.compiler.resolve as resolve
+    from patchc.api import compile as compile_spec
+
+    calls: list[str] = []
+    real = resolve.expand_site
+    monkeypatch.setattr(resolve, "expand_site",
+                        lambda ref, model: calls.append(ref.text) or real(ref, model))
+    text = (f'model "{ROOT}/examples/models/tiny-gpt2"\n'
+            'data d = [{"clean": "When Mark and Lucy went to the station , Lucy gave", '
+            '"corrupt": "When James and Mary went to the station , David gave", '
+            '"answer": " Mark", "x": " Lucy"}]\n'
+            "run clean = d.clean\nrun corrupt = d.corrupt\n"
+            "metric ld = logit(d.answer) - logit(d.x)\n"
+            "swap L*.mlp.post[0..7] @ each from clean into corrupt measure ld as t\n"
+            "attribute L*.resid_pre @ each from clean into corrupt using atp measure ld as a\n")
+    prog = compile_spec(text)
+    assert sorted(calls) == ["L*.mlp.post", "L*.resid_pre"]
+    memo = prog.checked.sites
+    ref = prog.spec.statements[-1].sites[0]
+    assert memo.expand(ref, prog.checked.model) is memo.expand(ref, prog.checked.model)
+    other = load_model_spec("examples/models/tiny-gpt2", base_dir=str(ROOT))
+    assert memo.expand(ref, other) == real(ref, prog.checked.model)
+    assert calls.count("L*.resid_pre") == 2  # (another model object: expanded again)
