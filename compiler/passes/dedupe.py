@@ -46,8 +46,9 @@ def dedupe(ir: IRGraph) -> IRGraph:
     kept: dict[str, Node] = {}
     printed: dict[int, str] = {}  # (ids of expressions the graph holds throughout)
     order = topo(ir)
+    given = nodes_of(ir)
     for nid in order:
-        node = ir.node(nid)
+        node = given[nid]
         if canon:
             node = remap(node, canon)
         first = seen.setdefault(_key(node, printed), nid)  # (one hash of the key)
@@ -56,5 +57,5 @@ def dedupe(ir: IRGraph) -> IRGraph:
             continue
         kept[nid] = node
     # The input's node order; nothing merged, the same graph: its evaluation order too.
-    return rebuild({nid: kept[nid] for nid in nodes_of(ir) if nid in kept},
+    return rebuild({nid: kept[nid] for nid in given if nid in kept},
                    remap_tables(ir.tables, canon), like=ir, order=None if canon else order)
