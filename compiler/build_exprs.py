@@ -33,7 +33,13 @@ def _string(tok: Token) -> str:
         value = json.loads(tok)
     except json.JSONDecodeError as e:
         # The STRING terminal admits any backslash pair; JSON does not (`\q`, raw tabs).
-        raise ParseError("E101", f"invalid string literal: {e.msg}", _tspan(tok)) from None
+        # json's message ends in "at" (its position goes in a suffix): say what is there.
+        where = tok[e.pos] if 0 <= e.pos < len(tok) else ""
+        what = f"U+{ord(where):04X}" if where and not where.isprintable() else \
+            f"`{tok[e.pos:e.pos + 2]}`" if where == "\\" else f"`{where}`"
+        msg = e.msg.removesuffix(" at").removesuffix(":")
+        raise ParseError("E101", f"invalid string literal: {msg} {what} at character {e.pos} "
+                         "of the string", _tspan(tok)) from None
     bad = first_surrogate(value)
     if bad is not None:
         # JSON lets `"\ud800"` through; no tokenizer or file system takes half a character.

@@ -19,7 +19,7 @@ from . import ast as A
 from . import resolve
 from .check_context import Context
 from .check_sites import site_width
-from .dictionaries import DictInfo, dict_info, read_config, with_defaults
+from .dictionaries import WEIGHT_FILES, DictInfo, dict_info, read_config, with_defaults
 from .errors import CheckError, ParseError, Span
 from .families import lookup
 from .ir import Site
@@ -207,3 +207,17 @@ def _warn_hook(ctx: Context, d: A.DictDecl, info: DictInfo) -> None:
     if not same:
         ctx.warn("W381", f"{d.kind} `{info.name}` was trained on {hook}, but it is attached at "
                  f"{d.site.text}", d.site.span, hint="check the `at` site")
+
+
+def require_weights(spec: A.Spec, infos: tuple[DictInfo, ...], given: set[str]) -> None:
+    """E381 at a dictionary's path when its folder has no weight file: `check` reads only
+    cfg.json, a run needs the weights too (unless the caller passed the SAELens object,
+    `given` holds those names)."""
+    for info in infos:
+        if not info.ok or info.weights or info.name in given:
+            continue
+        decl = next(d for d in spec.statements
+                    if isinstance(d, A.DictDecl) and d.name.value == info.name)
+        raise CheckError("E381", f"the dictionary folder {info.path} has no "
+                         f"{' or '.join(WEIGHT_FILES)}: `check` needs only cfg.json, a run "
+                         "needs the weights too", _path_span(decl))

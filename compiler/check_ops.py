@@ -8,6 +8,7 @@ from . import ast as A
 from . import printer
 from .check_context import Context, did_you_mean
 from .check_edges import check_edge_method, check_edge_sites
+from .check_fill import check_fill_source
 from .check_metrics import check_measures, name_column_hint
 from .linear import NonLinear, linear_terms, nonlinear_message
 from .check_runs import check_vector_fits, no_subspace, require_aligned
@@ -63,6 +64,8 @@ def check_operation(ctx: Context, op: A.Operation, vectors: VectorChecker) -> No
     else:
         resolved, bound, columns = _sites(ctx, op, target)
         columns += _by(ctx, op, resolved, vectors)
+    if isinstance(op, A.Ablate) and op.how.run is not None:
+        check_fill_source(ctx, op.how, ctx.runs.get(op.how.run), target, op.sites)
     if isinstance(op, A.Attribute):
         (check_edge_method if edges else check_method)(ctx, op.method)
     elif isinstance(op, A.Compare):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from . import ast as A
 from .check_context import Context
+from .check_fill import check_fill_source
 from .check_sites import PATTERN_KINDS, check_items, check_pos, expand, no_vector_on_pattern, \
     row_where, site_width
 from .check_vectors import VectorChecker, one_site_width, vector_deps
@@ -122,7 +123,8 @@ def check_interventions(ctx: Context, decl: A.RunDecl, vectors: VectorChecker) -
         if isinstance(iv, A.ISwap):
             _source(ctx, iv.source, iv.span, run, "a baked swap copies activations")
         elif isinstance(iv, A.IAblate) and iv.how.run is not None:
-            ctx.has_run(iv.how.run, iv.how.span)
+            if ctx.has_run(iv.how.run, iv.how.span):
+                check_fill_source(ctx, iv.how, ctx.runs.get(iv.how.run), run, iv.sites)
         elif isinstance(iv, A.ISteer):
             dim = vectors.dim(iv.by, sweeps_allowed=0)
             check_vector_fits(ctx, dim, resolved, iv.by.span)

@@ -51,7 +51,7 @@ class DictInfo:
     name: str
     kind: str  # "sae" or "transcoder"
     path: str  # the folder
-    weights: str  # the weight file's name inside it
+    weights: str  # the weight file's name inside it ("": none found at check time)
     architecture: str
     d_in: int
     d_sae: int
@@ -148,7 +148,8 @@ def dictionary_files(written: str, base_dir: str) -> list[str]:
 def read_config(path: str, span: Span, written: str | None = None, base_dir: str | None = None
                 ) -> tuple[dict[str, Any], str]:
     """cfg.json of the folder `path` as SAELens would default it, and the weight file's
-    name. Raises CheckError E381 (missing or unreadable) or E382 (not a config). `written`
+    name ("" when the folder has none yet: `check` needs only cfg.json). Raises CheckError
+    E381 (folder or cfg.json missing) or E382 (not a config). `written`
     and `base_dir` (the path as the spec has it, the spec's folder) make a missing folder's
     hint name the path to write."""
     if not os.path.isdir(path):
@@ -159,10 +160,8 @@ def read_config(path: str, span: Span, written: str | None = None, base_dir: str
     cfg_path = os.path.join(path, CFG_FILE)
     if not os.path.isfile(cfg_path):
         raise CheckError("E381", f"the dictionary folder {path} has no {CFG_FILE}", span)
-    weights = next((w for w in WEIGHT_FILES if os.path.isfile(os.path.join(path, w))), None)
-    if weights is None:
-        raise CheckError("E381", f"the dictionary folder {path} has no "
-                         f"{' or '.join(WEIGHT_FILES)}", span)
+    # The weights are the run's business (check_dicts.require_weights): "" when absent.
+    weights = next((w for w in WEIGHT_FILES if os.path.isfile(os.path.join(path, w))), "")
     try:
         with open(cfg_path, encoding="utf-8") as f:
             cfg = json.load(f)

@@ -20,23 +20,28 @@ from .lower_exprs import metric_parts
 READ_SUMMARY = ("shape", "mean", "std", "norm", "min", "max")
 
 
-def _site_text(t, texts: dict[str, int], swept: bool) -> str:
+def _site_text(t, counts: dict[str, int], swept: bool) -> str:
     """The key of a site in results.activations: its text, with `@ POS` when an `@ each`
-    sweep or another item reads the same site elsewhere."""
+    sweep or another item of the statement reads the same site at other positions (a read
+    of every position keeps the bare text, so the bare text always means the whole site)."""
     text = str(t.site)
-    texts[text] = texts.get(text, 0) + 1
-    return text if texts[text] == 1 and not swept else f"{text} @ {t.pos}"
+    whole = t.pos.kind == "all" and not swept
+    return text if whole or (counts[text] == 1 and not swept) else f"{text} @ {t.pos}"
 
 
 def op_read(lw: Lowerer, op: A.ReadSites, exps) -> None:
     run = op.target.value
     fwd = lw.base(run)
-    rows, texts = [], {}
+    counts: dict[str, int] = {}
+    for e in exps:
+        text = str(e.targets[0].site)
+        counts[text] = counts.get(text, 0) + 1
+    rows = []
     for e in exps:
         (t,) = e.targets
         swept = any(c == "pos" for c, _ in e.key)
-        key = (("site", _site_text(t, texts, swept)),) + tuple(kv for kv in e.key
-                                                               if kv[0] != "site")
+        key = (("site", _site_text(t, counts, swept)),) + tuple(kv for kv in e.key
+                                                                if kv[0] != "site")
         rows.append(Row(key, (("value", lw.read(fwd, t.site, t.pos)),)))
     sweep = tuple(dict.fromkeys(c for r in rows for c, _ in r.key))
     lw.table(op, rows, sweep + READ_SUMMARY)

@@ -107,15 +107,18 @@ def expand_site(ref: A.SiteRef, model: ModelSpec) -> list[Match]:
     if ref.kind in ("pattern", "attn.pattern") and not model.exposes_pattern:
         raise CheckError("E208", "the model's fused attention kernel cannot expose the "
                          "attention pattern", ref.span)
-    layers = expand_index(ref.layer, model.n_layers, "layer", "layer") if kind.layered \
-        else [(None, None)]
-    axis, count = ("expert", model.n_experts) if kind.expert else ("head", model.n_heads)
-    heads = expand_index(ref.head, count, axis, axis) if kind.headed else [(None, None)]
-    width = model.dim_of(kind.dim) if kind.dim != "n_ctx" else model.n_ctx
-    feats = _expand_features(ref.features, width)
+    try:
+        layers = expand_index(ref.layer, model.n_layers, "layer", "layer") if kind.layered \
+            else [(None, None)]
+        axis, count = ("expert", model.n_experts) if kind.expert else ("head", model.n_heads)
+        heads = expand_index(ref.head, count, axis, axis) if kind.headed else [(None, None)]
+        width = model.dim_of(kind.dim) if kind.dim != "n_ctx" else model.n_ctx
+        feats = _expand_features(ref.features, width)
+    except CheckError as e:  # an index the model lacks: the error has the site's span
+        raise CheckError(e.code, e.message, ref.span, hint=e.hint) from None
     # Each match's key: the (column, value) pairs of the indices a column names, in layer,
     # head, feature order, built up a level at a time (a neuron sweep has ~37k matches).
-    whole = (ref.features.lo, ref.features.hi) if isinstance(ref.features, A.Slice) else None
+    whole = slice_bounds(ref.features, width) if isinstance(ref.features, A.Slice) else None
     out = []
     for layer, lcol in layers:
         lkey = ((lcol, layer),) if lcol is not None and layer is not None else ()
@@ -163,10 +166,11 @@ def _latent_matches(ref: A.SiteRef, info: DictInfo, err: bool) -> tuple[Match, .
     layer = 0 if info.host.kind == "embed" else info.host.layer
     sel = ref.features
     if isinstance(sel, A.Slice):
-        if not 0 <= sel.lo < sel.hi <= width:
+        lo, hi = slice_bounds(sel, width)
+        if not 0 <= lo < hi <= width:
             raise CheckError("E387", f"slice [{sel.lo}:{sel.hi}] is outside {ref.text}'s "
                              f"{width} {'features' if err else 'latents'}", sel.span)
-        return (Match((Site(kind, layer, features=(sel.lo, sel.hi)),), ()),)
+        return (Match((Site(kind, layer, features=(lo, hi)),), ()),)
     if sel is None:
         return (Match((Site(kind, layer),), ()),)
     out = []
@@ -188,11 +192,17 @@ def _latent_indices(sel: A.Index, width: int, text: str, err: bool
                          f"got {e.message.rsplit('got ', 1)[-1]}", e.span) from None
 
 
+def slice_bounds(sel: A.Slice, width: int) -> tuple[int, int]:
+    """A feature slice `[a:b]` as non-negative bounds: a negative bound counts from the end
+    (`[-4:-1]` of 512 features is [508:511]), as a negative index does."""
+    return tuple(b + width if b < 0 else b for b in (sel.lo, sel.hi))  # type: ignore[return-value]
+
+
 def _expand_features(sel: A.FeatureSel | None, width: int) -> list[tuple[int | None, str | None]]:
     if sel is None:
         return [(None, None)]
     if isinstance(sel, A.Slice):
-        lo, hi = sel.lo, sel.hi
+        lo, hi = slice_bounds(sel, width)
         if not (0 <= lo < hi <= width):
             raise CheckError("E203", f"feature slice [{lo}:{hi}] is outside the site's "
                              f"{width} features", sel.span)

@@ -20,13 +20,14 @@ from pydantic import ValidationError
 
 from patchc.compiler import ast as A
 from patchc.compiler.check import AUTO, check
+from patchc.compiler.check_dicts import require_weights
 from patchc.compiler.checked import CheckedSpec, Options
 from patchc.compiler.errors import NO_SPAN, PatchcError, RuntimeInterventionError
 from patchc.compiler.ir import Backward, Forward, IRGraph
 from patchc.compiler.ir_sweep import bound_columns
 from patchc.compiler.lower import lower
 from patchc.manifest import Manifest, sha256_text, versions
-from patchc.observations import observe
+from patchc.observations import observe, observe_manifest
 from patchc.run_record import what_ran
 from patchc.results import Results
 
@@ -151,6 +152,7 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
     cfgs = {name: saelens_config(sae) for name, sae in (saes or {}).items()}
     checked = check(spec, model_spec, tokenizer=AUTO if tokenizer is None else tokenizer,
                     dictionaries=cfgs)
+    require_weights(spec, checked.model.dictionaries, set(cfgs))
     if group is not None:  # each worker on its own GPU, when there are GPUs
         overrides.update(group.placement(checked.options))
     checked = _options(checked, overrides)
@@ -202,11 +204,9 @@ def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
 def _evaluate_on(checked: CheckedSpec, model: Any, tokenizer: Any, adapter: Any, naive: bool,
                  progress: Callable[[int, int], None] | None, group: Any, clock: Clock
                  ) -> tuple:
-    import torch
-
     from patchc.runtime.naive import Interpreter
 
-    torch.manual_seed(checked.options.seed)
+    seed_torch(checked.options.seed, model)
     with clock("plan"):
         ir = lower(checked)
     if naive:
@@ -238,6 +238,22 @@ def _evaluate_on(checked: CheckedSpec, model: Any, tokenizer: Any, adapter: Any,
     return values, _table_seconds(ir, node_seconds), ir, plan
 
 
+def seed_torch(seed: int, model: Any) -> None:
+    """Seed torch's generators for a run, as torch.manual_seed does. A model wholly on the
+    CPU (no device map, no accelerator started) draws only from the CPU generator, so only
+    that one is seeded: torch.manual_seed also queues the seed for every accelerator backend
+    that has not started, capturing a stack trace for each (~0.3 ms of a small run)."""
+    import torch
+
+    from patchc.runtime.loading import input_device, is_dispatched
+
+    on_cpu = input_device(model).type == "cpu" and not is_dispatched(model)
+    if on_cpu and not torch.cuda.is_initialized():
+        torch.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
+
+
 def _hash_inputs(spec: A.Spec, overrides: dict[str, Any] | None) -> dict[str, str]:
     """The sha256 of every file the spec reads, taken before they are read."""
     from patchc.manifest import hash_inputs, spec_files
@@ -250,17 +266,18 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
              tokenizer: Any, device: Any, ir: IRGraph, plan: Any, values: dict[str, Any],
              seconds: dict[str, float], naive: bool, clock: Clock, group: Any = None,
              inputs: dict[str, str] | None = None, given: bool = False) -> Results:
-    from patchc.plotinfo import describe_tables
-
+    """The run's Results: its tables now, its manifest when first asked for. What pins
+    the run is taken now (the hashes of the weights and tokenizer, the paths, the timings:
+    the model or the working directory may change after the run); what only describes the
+    tables (plot info, baselines, unpatched values, the pydantic round trip) is assembled
+    from the run's own values when the manifest is first read (saving reads it)."""
     options = checked.options
     assembling = time.perf_counter()
-    plot = describe_tables(ir, checked, tokenizer, values)  # titles, scales, tokens
     tables = {t.name: {"rows": t.n_rows(), "columns": list(t.columns), "keys": _keys(t),
-                       "seconds": round(seconds.get(t.name, 0.0), 4), "plot": plot[t.name]}
-              for t in ir.tables}
+                       "seconds": round(seconds.get(t.name, 0.0), 4)} for t in ir.tables}
     hf_map = getattr(model, "hf_device_map", None)
     ran = what_ran(spec, decl, model, tokenizer, given)
-    manifest = Manifest(
+    pinned = dict(
         spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
         spec_file=ran.spec_file, spec_dir=ran.spec_dir, model_id=decl.model_id,
         model_path=ran.model_path, revision=decl.revision, weights_sha256=_weights_hash(model),
@@ -269,15 +286,27 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
         device_map={str(k): v for k, v in hf_map.items()} if hf_map else None,
         workers=group.world if group is not None else 1, threads=_threads(clock),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
-        options=options.model_dump(), tables=tables, plan=_pass_counts(ir, plan, clock.sparse),
+        options=options.model_dump(), plan=_pass_counts(ir, plan, clock.sparse),
         interpreter="naive" if naive else "optimized", total_seconds=0.0)
-    results = Results(ir, values, manifest.model_dump(),
-                      warnings=[*checked.warnings, *ran.warnings])
+    timings: dict[str, float] = {}
+
+    def manifest(results: Results) -> dict[str, Any]:
+        from patchc.plotinfo import describe_tables
+
+        plot = describe_tables(ir, checked, tokenizer, values)  # titles, scales, tokens
+        for name, info in tables.items():
+            info["plot"] = plot[name]
+        made = Manifest(**pinned, tables=tables).model_dump()
+        made["timings"] = timings
+        made["total_seconds"] = timings["total"]
+        observe_manifest(made, results, spec)
+        return made
+
+    results = Results(ir, values, manifest, warnings=[*checked.warnings, *ran.warnings])
     for w in results.warnings:  # the tables' own warnings point into the spec too
         w.with_source(spec.source)
     clock.seconds["assemble"] = time.perf_counter() - assembling
-    results.manifest["timings"] = timings = clock.timings()
-    results.manifest["total_seconds"] = timings["total"]
+    timings.update(clock.timings())
     return results
 
 
@@ -332,14 +361,25 @@ def _weights_hash(model: Any) -> str:
     fast sweep of a small model, and a notebook runs many specs on one loaded model."""
     from patchc.runtime.loading import weights_hash
 
-    stamp = tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape))
-                  for name, t in model.state_dict(keep_vars=True).items())
+    stamp = _stamp(model)
     cached = _HASHES.get(model)
     if cached is not None and cached[0] == stamp:
         return cached[1]
     digest = weights_hash(model)
     _HASHES[model] = (stamp, digest)
     return digest
+
+
+def _stamp(model: Any) -> tuple:
+    """Every parameter and buffer of the model (its state dict's tensors, and any
+    non-persistent buffers), module by module: name, storage, version counter, dtype and
+    shape. Any change to a tensor in place, or of which tensor a module holds, changes it.
+    Read from the modules' own tables (state_dict builds prefixed names through hooks: half
+    again as long)."""
+    return tuple((name, t.data_ptr(), t._version, t.dtype, t.shape)
+                 for module in model.modules()
+                 for table in (module._parameters, module._buffers)
+                 for name, t in table.items() if t is not None)
 
 
 def _pass_counts(ir: IRGraph, plan=None, sparse: dict[str, int] | None = None

@@ -13,19 +13,36 @@ from patchc.results import Results
 
 
 def observe(results: Results, spec: A.Spec, checked: CheckedSpec, tokenizer: Any) -> None:
-    """What the statements of §11 add to Results and the manifest: each table's operation,
-    the baselines of its normalized columns (printed with it, labelled in its plot), the
-    unpatched values of its raw columns (printed; a plot centres on the target's), and
-    the tokens of the run a `read` or `lens` looked at (plot axes)."""
+    """The tokens of the run a `read` or `lens` looked at (plot axes) and the positions each
+    site of a `read` holds, on Results (their manifest entries: observe_manifest)."""
     from patchc.compiler.tokens import shared
 
     tokens = shared(checked.tokenizer, tokenizer)
-    for decl in spec.statements:  # a circuit's table: its drawings and files
-        if isinstance(decl, A.CircuitDecl) and decl.name.value in results.manifest["tables"]:
-            results.manifest["tables"][decl.name.value]["op"] = "circuit"
+    names = set(results.tables)
     for op in spec.operations():
         name = A.table_name(op)
-        info = results.manifest["tables"].get(name)
+        if name not in names:
+            continue
+        if isinstance(op, (A.ReadSites, A.Lens)):
+            texts = list(checked.runs[op.target.value].texts)
+            # Each token as text (a BPE tokenizer's "ĠMary" reads " Mary"): axis labels.
+            results._tokens[name] = [[tokenizer.decode([i]) for i in ids]
+                                     for ids in tokens.encode_many(texts)]
+        if isinstance(op, A.ReadSites):
+            results._positions[name] = read_positions(results, name, checked, op)
+
+
+def observe_manifest(manifest: dict[str, Any], results: Results, spec: A.Spec) -> None:
+    """What the statements of §11 add to the manifest: each table's operation, the
+    baselines of its normalized columns (printed with it, labelled in its plot), the
+    unpatched values of its raw columns (printed; a plot centres on the target's), and
+    the tokens of the run a `read` or `lens` looked at (observe put them on Results)."""
+    for decl in spec.statements:  # a circuit's table: its drawings and files
+        if isinstance(decl, A.CircuitDecl) and decl.name.value in manifest["tables"]:
+            manifest["tables"][decl.name.value]["op"] = "circuit"
+    for op in spec.operations():
+        name = A.table_name(op)
+        info = manifest["tables"].get(name)
         if info is None:
             continue
         info["op"] = A.op_keyword(op)
@@ -36,13 +53,7 @@ def observe(results: Results, spec: A.Spec, checked: CheckedSpec, tokenizer: Any
         if unpatched:
             info["unpatched"] = unpatched
         if isinstance(op, (A.ReadSites, A.Lens)):
-            texts = list(checked.runs[op.target.value].texts)
-            # Each token as text (a BPE tokenizer's "ĠMary" reads " Mary"): axis labels.
-            results._tokens[name] = [[tokenizer.decode([i]) for i in ids]
-                                     for ids in tokens.encode_many(texts)]
             info["tokens"] = results._tokens[name][0]  # plot labels (example 0)
-        if isinstance(op, A.ReadSites):
-            results._positions[name] = read_positions(results, name, checked, op)
 
 
 def read_positions(results: Results, name: str, checked: CheckedSpec, op: A.ReadSites

@@ -34,22 +34,37 @@ from patchc.tables import (build_table, compare_points, example_mean, per_exampl
 class Results:
     """Tables by name (`results["heads"]` is a DataFrame), per-example values, manifest."""
 
-    def __init__(self, ir: IRGraph, values: dict[str, Any], manifest: dict[str, Any],
+    def __init__(self, ir: IRGraph, values: dict[str, Any],
+                 manifest: "dict[str, Any] | Callable[[Results], dict[str, Any]]",
                  tokens: dict[str, list[list[str]]] | None = None,
                  warnings: list[PatchcError] | None = None) -> None:
+        """`manifest`: the manifest, or a function of these Results that makes it when it
+        is first asked for (a run's manifest: what a run that saves nothing and never looks
+        at it does not need to assemble; patchc/execution.py)."""
         # Warnings of the whole run: check's, the runner's, and the tables' own (W470).
         self.warnings: list[PatchcError] = list(warnings or [])
         self.tables: dict[str, pd.DataFrame] = {t.name: build_table(t, values, self.warnings)
                                                 for t in ir.tables}
         self._ir = ir
         self._values = values
-        self.manifest = manifest
+        self._manifest = manifest
         # Output files besides the tables' own: file name -> a function writing it at the
         # path it is given (e.g. `lambda p: save_file(tensors, str(p))`). They are staged
         # and moved into place with the rest, listed in the manifest, compared by verify.
         self.outputs: dict[str, Callable[[Path], None]] = {}
         self._tokens: dict[str, list[list[str]]] = dict(tokens or {})
         self._positions: dict[str, dict[str, list[int]]] = {}  # read -> site -> positions
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The run's manifest (a dict; saved as manifest.json)."""
+        if callable(self._manifest):
+            self._manifest = self._manifest(self)
+        return self._manifest
+
+    @manifest.setter
+    def manifest(self, value: dict[str, Any]) -> None:
+        self._manifest = value
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         if name not in self.tables:

@@ -53,7 +53,9 @@ def what_ran(spec: A.Spec, decl: A.ModelDecl, model: Any, tokenizer: Any, given:
         return ran
     name = _model_name(model)
     # HF keeps the path given to from_pretrained (relative to the cwd of that call).
-    passed = _where(name, os.getcwd()) if name else ""
+    cwd = os.getcwd()
+    passed = named if name == decl.model_id and cwd == src.base_dir else \
+        _where(name, cwd) if name else ""  # (the spec's own name and folder: found above)
     ran.model_path = passed or "(a model object without a name)"
     if passed and passed != named:
         ran.warnings.append(Warning_(

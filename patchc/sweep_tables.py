@@ -53,12 +53,12 @@ def sweep_blocks(table: Table, values: dict[str, Any],
     """The columns of each sweep block of `table` (arrays by name), as sweep_frame joins
     them."""
     blocks = []
+    stats = _block_stats(table, values)
     for block in table.sweeps:
         cols: dict[str, Any] = dict(key_columns(block.space))
         norm = dict(block.normalize)
         for col, nid in block.values:
-            v = values[nid].double()
-            mean, se, keep = _mean_se(v)
+            mean, se, keep = stats[nid]
             if col in norm:
                 target, source = norm[col]
                 t = _masked_mean(values[target].double(), keep)
@@ -79,6 +79,30 @@ def sweep_blocks(table: Table, values: dict[str, Any],
             cols[f"{col}_se"] = se.astype(float)
         blocks.append(cols)
     return blocks
+
+
+def _block_stats(table: Table, values: dict[str, Any]
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+    """_mean_se of every sweep block's measured values [members, n], by node id: the
+    blocks' values of one example count stacked into one call (each row's mean and error
+    are reductions over that row alone, so stacking changes no value; a call per block was
+    most of assembling an `@ each` table of a few blocks)."""
+    groups: dict[tuple, list[str]] = {}
+    for block in table.sweeps:
+        for _, nid in block.values:
+            v = values[nid]
+            groups.setdefault((v.shape[1], v.device), []).append(nid)
+    out = {}
+    for nids in groups.values():
+        nids = list(dict.fromkeys(nids))
+        parts = [values[nid].double() for nid in nids]
+        mean, se, keep = _mean_se(parts[0] if len(parts) == 1 else torch.cat(parts))
+        start = 0
+        for nid, part in zip(nids, parts):
+            stop = start + part.shape[0]
+            out[nid] = (mean[start:stop], se[start:stop], keep[start:stop])
+            start = stop
+    return out
 
 
 def _member_rows(table: Table) -> np.ndarray | None:

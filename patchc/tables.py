@@ -127,8 +127,9 @@ def build_table(table: Table, values: dict[str, Any],
     gaps = _ZeroGaps()
     if table.sweeps and not table.rows and not table.pairs:
         # Only compact sweeps' rows (a whole statement's): no empty frame of rows to join.
-        df = _sweep_table(table, values, gaps)
+        df, typed = _sweep_table(table, values, gaps)
     else:
+        typed = False
         df = (_compare_table(table, values, means, gaps) if table.pairs
               else _rows_table(table, values, stats, gaps))
     if table.sweeps and (table.rows or table.pairs):  # compact sweeps' rows, as arrays
@@ -142,28 +143,36 @@ def build_table(table: Table, values: dict[str, Any],
     w = gaps.warning(table)
     if w is not None and warnings is not None:
         warnings.append(w)
+    if typed and table.op not in ("circuit", "evaluate"):
+        return df  # (_sweep_table made its integer keys Int64 already)
     return _int_keys(df, table)
 
 
-def _sweep_table(table: Table, values: dict[str, Any], gaps: "_ZeroGaps") -> pd.DataFrame:
+def _sweep_table(table: Table, values: dict[str, Any], gaps: "_ZeroGaps"
+                 ) -> tuple[pd.DataFrame, bool]:
     """A table of compact sweep rows alone: sweep_frame in the table's columns, with its
     integer keys made Int64 as _int_keys makes them, in one DataFrame (no frame built,
-    reindexed and converted column by column after)."""
+    reindexed and converted column by column after). And whether the keys are Int64 already
+    (else _int_keys converts them)."""
     names = _row_columns(table, set())
     if _member_rows(table) is not None:  # (an edge sweep's members, put in row order)
-        return sweep_frame(table, values, gaps.check).reindex(columns=names)
+        return sweep_frame(table, values, gaps.check).reindex(columns=names), False
     blocks = sweep_blocks(table, values, gaps.check)
     arrays = joined_arrays(blocks)
     if arrays is None or not set(names) <= set(arrays):
-        return _joined(blocks).reindex(columns=names)
+        return _joined(blocks).reindex(columns=names), False
     keys = sweep_key_names(table)
     out = {}
+    typed = True
     for c in names:
         a = arrays[c]
         if c in keys and isinstance(a, np.ndarray) and a.dtype.kind in "iu":
             a = pd.arrays.IntegerArray(a.astype("int64"), np.zeros(len(a), dtype=bool))
+        elif c in keys:  # (text keys, the `site` column, stay as they are; others: _int_keys)
+            typed = typed and a.dtype == object and \
+                pd.api.types.infer_dtype(a, skipna=False) in ("string", "empty")
         out[c] = a
-    return pd.DataFrame(out)
+    return pd.DataFrame(out), typed
 
 
 def _int_keys(df: pd.DataFrame, table: Table) -> pd.DataFrame:

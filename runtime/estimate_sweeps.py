@@ -28,7 +28,7 @@ from patchc.compiler.ir_sweep import Space, members, split, whole_site
 from .estimates import integrated_gradients
 from .ig_sweeps import ig_batchable, ig_batched
 from .inputs import position_index, position_valid, positions_index, positions_valid
-from .writes import ReadValue, _features, gather
+from .writes import ReadValue, features_of, gather
 
 if TYPE_CHECKING:
     from .context import RunContext
@@ -53,7 +53,7 @@ def _at(value: torch.Tensor, read: Read, batch, pos: Positions, site: Site, colu
     (a Read at all positions is gathered at `pos`) and its features."""
     if pos != read.pos:
         value = gather(value, position_index(batch, pos, columns).to(value.device))
-    return value[..., _features(site, value)]
+    return features_of(site, value)
 
 
 def _run(ir: IRGraph, rid: str) -> str:
@@ -135,17 +135,21 @@ def batched(interp: "RunContext", ir: IRGraph, space: Space,
                 ia, sizes = _indices(interp, ir, ra, a, space)
                 ib, _ = _indices(interp, ir, rb, b, space)
                 ia, ib = ia.to(g.device), ib.to(g.device)
-                index = (ia, ib, sizes, ia.shape == ib.shape and bool(torch.equal(ia, ib)))
-            ia, ib, sizes, alike = index
+                index = (ia, ib, sizes, ia.shape == ib.shape and bool(torch.equal(ia, ib)),
+                         all(k == 1 for k in sizes))
+            ia, ib, sizes, alike, single = index
             if whole_features and av.shape == bv.shape and alike:
                 # A and B padded alike: sum the features first, gather [n, sum k] after
                 got = ((av - bv) * g).sum(-1, keepdim=True).gather(1, ib[..., None])
             else:  # each run's own token indices, every position's tokens in one gather
                 got = (gather(av, ia) - gather(bv, ib)) * gather(g, ib)  # [n, sum k, d]
-            if all(k == 1 for k in sizes):
+            if single:
                 per_pos = got.transpose(0, 1)
             else:
                 per_pos = torch.stack([part.sum(1) for part in got.split(sizes, 1)])
+        if whole_features and len(idx) == 1:  # (one site: a row, not a list, to set)
+            delta[idx[0]] = per_pos.sum(-1).float().cpu()
+            continue
         feats = [space.sites[i].features for i in idx]
         if whole_features:
             vals = per_pos.sum(-1).expand(len(idx), -1, -1)  # [sites, P, n]

@@ -24,7 +24,7 @@ from .activations import fused_backwards
 from .inputs import position_index, position_valid
 from .prefix import trimmed_logits
 from .sparse import zero_path_gradients
-from .writes import ReadValue, _features, gather, position_major_for, scatter
+from .writes import ReadValue, _features, features_of, gather, position_major_for, scatter
 
 IG_ROWS = 64  # rows (examples x steps) per batched ig pass unless `set batch_size` says
 
@@ -67,7 +67,9 @@ class Trim:
 def frozen(model: torch.nn.Module) -> Iterator[None]:
     """Parameters without requires_grad for the duration (restored after, also on error):
     the forward then records no weight-gradient paths and saves nothing for them."""
-    params = list(model.parameters())
+    # (each module's own table: parameters() builds names and drops tied duplicates, which
+    # cost more than setting a flag twice)
+    params = [p for m in model.modules() for p in m._parameters.values() if p is not None]
     flags = [p.requires_grad for p in params]
     try:
         for p in params:
@@ -199,7 +201,7 @@ def gradients(interp: "RunContext", ir: IRGraph, metric_id: str, reads: list[str
             read: Read = nodes[rid] if rid in nodes else ir.node(rid)  # type: ignore[no-redef]
             by_features.setdefault(read.site.features, []).append((rid, read))
         for items in by_features.values():
-            g = grad[..., _features(items[0][1].site, grad)]
+            g = features_of(items[0][1].site, grad)
             if len(items) == 1 and items[0][1].pos.kind == "all":  # every position: as is
                 out[items[0][0]] = g.detach()
                 continue

@@ -62,16 +62,21 @@ def memory_budget(memory: str | None, device: torch.device, weights: int, share:
 
 
 def _available_ram() -> int:
+    """The memory available now: Linux's MemAvailable (what psutil reports there, read
+    directly: psutil parses every field), else psutil's, else 4 GiB."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import psutil
 
         return int(psutil.virtual_memory().available)
     except ImportError:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    return 4 << 30
+        return 4 << 30
 
 
 class Executor(Interpreter):
@@ -87,6 +92,7 @@ class Executor(Interpreter):
         self._remap: torch.Tensor | None = None
         self.batched_estimates = True  # compact estimates as tensor operations
         self._tokens: dict[tuple[str, int], Callable[[A.Tok], torch.Tensor]] = {}
+        self._remapped: dict[tuple, dict] = {}  # token_ids through a remap, per remap
 
     # ---- planning -----------------------------------------------------------------------
     def prepare(self, ir: IRGraph, naive_ir: IRGraph | None = None, share: int = 1
@@ -102,7 +108,7 @@ class Executor(Interpreter):
             cols = {k: tuple(v) for k, v in self.columns_for(name).items()}
             runs[name] = RunShape(tuple(batch.lengths), cols)
         param = next(self.model.parameters())
-        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        weights = sum(p.nbytes for p in self.model.parameters())
         options = self.checked.options
         budget = memory_budget(options.memory, self.device, weights, share)
         plan = schedule(ir, self.checked.model, runs, budget, options.batch_size,
@@ -161,7 +167,19 @@ class Executor(Interpreter):
         remap = self._remap
         if remap is None:
             return ids
-        return lambda tok: remap[ids(tok)]
+        # Each token's columns made once per remap (kept with the remap itself: an id alone
+        # could be a freed tensor's).
+        key = (id(remap), run, n)
+        if key not in self._remapped or self._remapped[key][0] is not remap:
+            self._remapped[key] = (remap, {})
+        made = self._remapped[key][1]
+
+        def columns(tok: A.Tok) -> torch.Tensor:
+            if tok not in made:
+                made[tok] = remap[ids(tok)]
+            return made[tok]
+
+        return columns
 
     def token_lookup(self, run: str, n: int) -> Callable[[A.Tok], torch.Tensor]:
         """The naive interpreter's token ids, each token's tensor made once per run: every
@@ -300,11 +318,13 @@ class Executor(Interpreter):
         the twin's cache when p0 > 0 (the mask and position ids stay the whole prompt's)."""
         p0 = step.p0
         feed = batch.to(self.device)
-        kwargs: dict[str, Any] = {
-            "input_ids": feed.input_ids[:, p0:].repeat(k, 1),
-            "attention_mask": feed.attention_mask.repeat(k, 1),
-            "position_ids": feed.position_ids[:, p0:].repeat(k, 1),
-            "use_cache": use_cache}
+        if k == 1 and not p0:  # the run's own tensors (the model only reads them)
+            kwargs: dict[str, Any] = {**feed.model_kwargs(), "use_cache": use_cache}
+        else:
+            kwargs = {"input_ids": feed.input_ids[:, p0:].repeat(k, 1),
+                      "attention_mask": feed.attention_mask.repeat(k, 1),
+                      "position_ids": feed.position_ids[:, p0:].repeat(k, 1),
+                      "use_cache": use_cache}
         if p0:
             kwargs = with_cache(self.model, kwargs, prefix_cache(self.kv[step.twin], p0, k,
                                                                  step.start_layer))

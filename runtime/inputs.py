@@ -108,11 +108,11 @@ def position_index(batch: Batch, pos: Positions, columns: dict[tuple[str, str], 
 def _position_index(batch: Batch, pos: Positions, columns: dict[tuple[str, str], list[int]],
                     ) -> torch.Tensor:
     n, width = batch.n, batch.width
-    offsets = width - torch.tensor(batch.lengths, dtype=torch.long)  # batch.offset(i)
     if pos.kind == "all":
         return torch.arange(width).expand(n, width)
     if pos.kind == "last":
         return torch.full((n, 1), width - 1, dtype=torch.long)
+    offsets = width - torch.tensor(batch.lengths, dtype=torch.long)  # batch.offset(i)
     if pos.kind == "index":
         # A row shorter than the position (an `@ each` sweep over prompts of different
         # lengths) points at its last token; position_valid() marks it so nothing uses it.

@@ -6,6 +6,7 @@ dtype the model runs in, so that bf16 runs compare against fp32 ones on the same
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,13 +31,19 @@ class MetricContext:
     contains: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
+_OPS: dict[str, Callable] = {
+    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+    ">": operator.gt, ">=": operator.ge}
+
+
 def binary(op: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Arithmetic, or a comparison as 1.0/0.0 (NaN stays NaN: an invalid row stays out)."""
+    """Arithmetic, or a comparison as 1.0/0.0 (NaN stays NaN: an invalid row stays out).
+    Only `op` is computed (a table of every result computed them all)."""
     if op in A.COMPARISONS:
-        hit = {"==": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b,
-               ">=": a >= b}[op]
+        hit = _OPS[op](a, b)
         return torch.where(torch.isnan(a) | torch.isnan(b), torch.nan, hit.float())
-    return {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[op]
+    return _OPS[op](a, b)
 
 
 def evaluate(expr: A.MExpr, ctx: MetricContext) -> torch.Tensor:

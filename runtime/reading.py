@@ -7,7 +7,8 @@ consecutive). Positions are as the Read selected them, counted from each prompt'
 token: for every position (`read SITE in RUN`), the axis covers the longest prompt, and a
 shorter prompt's positions past its end are NaN (for a run of one prompt, or of prompts of
 one length, there is no padding at all); a per-example span shorter than the longest is
-NaN-filled after its end. Pattern key positions are likewise counted from the prompt's first
+NaN-filled after its end, and so is a single position (an `@ each` sweep's) past a short
+prompt's end. Pattern key positions are likewise counted from the prompt's first
 token.
 """
 
@@ -18,6 +19,7 @@ import torch
 from patchc.compiler.ir import IRGraph, Read, Site
 
 from .dictionaries import host_space
+from .inputs import position_valid
 from .writes import ReadValue
 
 
@@ -27,6 +29,10 @@ def read_tensor(rv: ReadValue, pattern: bool) -> torch.Tensor:
     batch = rv.batch
     if rv.mask is not None:
         value = torch.where(rv.mask[..., None], value, torch.nan)
+    if rv.pos.kind == "index":  # an `@ each` position past a short prompt's end
+        have = position_valid(batch, rv.pos)
+        if not bool(have.all()):
+            value = torch.where(have.view(-1, *[1] * (value.dim() - 1)), value, torch.nan)
     if rv.pos.kind == "all" and any(n != batch.width for n in batch.lengths):
         out = torch.full_like(value, torch.nan)
         for i, n in enumerate(batch.lengths):

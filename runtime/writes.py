@@ -48,6 +48,12 @@ def _features(site: Site, act: torch.Tensor) -> slice:
     return slice(lo, hi)
 
 
+def features_of(site: Site, act: torch.Tensor) -> torch.Tensor:
+    """`act`'s features of `site` (its last axis cut to the site's feature slice); `act`
+    itself for a whole site (no indexing: a hook calls this on every forward)."""
+    return act if site.features is None else act[..., _features(site, act)]
+
+
 def position_major(kind: str, fn: Callable[[torch.Tensor], torch.Tensor | None]
                    ) -> Callable[[torch.Tensor], torch.Tensor | None]:
     """A hook for position-major activations [N, T, ...] made fit for site `kind`: only
@@ -92,15 +98,17 @@ def make_reader(read: Read, batch: Batch, columns, store: Callable[[ReadValue], 
     """A read-only hook that stores the site's value at the Read's positions (or its std)."""
     idx = position_index(batch, read.pos, columns)
     slots = slot_mask(batch, read.pos, columns)
+    every = read.pos.kind == "all"  # idx is every position in order: gather's copy
 
     @position_major_for(read.site)
     def fn(act: torch.Tensor) -> None:
-        a = act[..., _features(read.site, act)].detach()
+        a = features_of(read.site, act).detach()
         if read.stat == "std":
             mask = batch.attention_mask.to(a.device).bool()
             store(ReadValue(a[mask].float().std(), batch, read.pos))
         else:
-            store(ReadValue(gather(a, idx), batch, read.pos, slots))
+            same = every and a.shape[1] == idx.shape[1]
+            store(ReadValue(a.clone() if same else gather(a, idx), batch, read.pos, slots))
         return None
 
     return fn
@@ -139,7 +147,7 @@ def _site_reader(items: list[tuple[str, Read]], batch: Batch, columns,
 
     @position_major_for(site)
     def fn(act: torch.Tensor) -> None:
-        a = act[..., _features(site, act)].detach()
+        a = features_of(site, act).detach()
         parts = gather(a, idx).split(widths, 1)
         for (rid, read), value, mask in zip(items, parts, slots):
             store(rid, ReadValue(value, batch, read.pos, mask))

@@ -104,11 +104,23 @@ class Adapter(Parts):
 
     @contextlib.contextmanager
     def hooks(self, sites: list[tuple[str, int | None, int | None, HookFn]]) -> Iterator["Adapter"]:
-        """Several hooks at once (entered in order)."""
-        with contextlib.ExitStack() as stack:
+        """Several hooks at once: entered in order, each checked as `hook` checks it, and
+        removed in the reverse order, as nested `hook` contexts would be. One list of
+        removers for all of them (a context per hook cost more than installing it)."""
+        removers: list = []
+        try:
             for kind, layer, head, fn in sites:
-                stack.enter_context(self.hook(kind, layer, head, fn))
+                if kind.startswith("dict:"):
+                    cm = dictionary.hooked(self, kind, fn)
+                    cm.__enter__()
+                    removers.append(lambda cm=cm: cm.__exit__(None, None, None))
+                    continue
+                layer, head = self._validate(kind, layer, head)
+                self._install(kind, layer, head, fn, removers)
             yield self
+        finally:
+            for r in reversed(removers):
+                r.remove() if hasattr(r, "remove") else r()
 
     def site_name(self, kind: str, layer: int | None, head: int | None) -> str:
         parts = [] if layer is None else [f"L{layer}"]

@@ -157,6 +157,24 @@ ablate L0.mlp.out in clean  measure at3, rank(" Mary")
 ''')
 
 
+def test_negative_slice_bounds_count_from_the_end(models: Models):
+    """`[-4:-1]` is the slice [width-4:width-1], as a negative index counts from the end;
+    the lowered sites equal those of the same slice written with positive bounds."""
+    from patchc.compiler.errors import PatchcError
+    from patchc.compiler.ir import Write
+    from patchc.compiler.lower import lower
+
+    def sites(text: str) -> set:
+        ir = lower(ok(models, IOI + text))
+        return {n.site for _, n in ir.of_type(Write)}
+    neg = sites("swap L0.mlp.post[-4:-1] @ last from clean into corrupt  measure ld\n")
+    pos = sites("swap L0.mlp.post[252:255] @ last from clean into corrupt  measure ld\n")
+    assert neg == pos and {s.features for s in neg} == {(252, 255)}
+    with pytest.raises(PatchcError) as info:
+        ok(models, IOI + "swap L0.mlp.post[-300:-1] from clean into corrupt  measure ld\n")
+    assert [e.code for e in info.value.errors] == ["E203"]
+
+
 def test_baked_interventions(models: Models):
     c = ok(models, IOI + '''
 vector v = load("vecs.safetensors", key="love")

@@ -46,15 +46,15 @@ CASES = [
      "swap L0.mlp.out from noisy into clean  measure ld",
      "E352", 7, 22, "run `noisy` is noised with 3 samples per example, `clean` with 1"),
     ("layer_out_of_range", "gpt2", "swap L12.H0.z from clean into corrupt  measure ld",
-     "E201", 6, 7, "model has 4 layers (L0..L3); got L12"),
+     "E201", 6, 6, "model has 4 layers (L0..L3); got L12"),
     ("head_out_of_range", "gpt2", "swap L1.H9.z from clean into corrupt  measure ld",
-     "E202", 6, 10, "model has 4 heads (H0..H3); got H9"),
+     "E202", 6, 6, "model has 4 heads (H0..H3); got H9"),
     ("negative_layer_out_of_range", "gpt2", "ablate L-5.mlp.out in clean  measure ld",
-     "E201", 6, 9, "got L-5"),
+     "E201", 6, 8, "got L-5"),
     ("feature_out_of_range", "gpt2", "ablate L0.mlp.post[300] in clean  measure ld",
-     "E203", 6, 20, "256"),
+     "E203", 6, 8, "256"),
     ("empty_layer_range", "gpt2", "ablate L3..1.mlp.out in clean  measure ld",
-     "E204", 6, 9, "empty range 3..1"),
+     "E204", 6, 8, "empty range 3..1"),
     ("site_needs_head", "gpt2", "ablate L0.z in clean  measure ld",
      "E205", 6, 8, "site z needs a head"),
     ("site_takes_no_layer", "gpt2", "ablate L0.embed in clean  measure ld",
@@ -241,6 +241,16 @@ CASES = [
      "E321", 8, 37, "kl(two) compares run `two` (2 examples)"),
     ("freeze_ln_unaligned", "ragged", "run c = r.clean with freeze ln from b",
      "E322", 6, 37, "runs need equal token lengths per example"),
+    ("mean_source_too_short", "ragged", "ablate L0.mlp.out in b with mean(a)  measure ld",
+     "E455", 6, 24, "mean(`a`) has no example with position 14"),
+    ("mean_source_too_short_edges", "ragged",
+     "ablate L0.mlp.out -> logits in b with mean(a)  measure ld",
+     "E455", 6, 34, "the longest prompt of `a` has 14 tokens"),
+    ("mean_source_too_short_baked", "ragged",
+     "run c = r.corrupt with ablate L0.mlp.out with mean(a)",
+     "E455", 6, 42, "`c` is written up to position 14"),
+    ("resample_no_other_length", "ragged", "ablate L0.mlp.out in b with resample(a)  measure ld",
+     "E456", 6, 24, "no other example with 15 tokens to give row 1 (line 2"),
 ]
 
 
@@ -349,3 +359,14 @@ def test_errors_after_a_bad_model_still_reported(models: Models):
     text = 'model "./nope"\nrun a = ["x"]\nablate L0.mlp.out in b  measure loss\n'
     got = [(e.code, e.line) for e in _errors(models, text)]
     assert got == [("E212", 1), ("E309", 3)]
+
+
+def test_ablation_sources_that_have_every_position(models: Models):
+    """mean(A)/resample(A) pass `check` when A can fill every position they write: A at
+    least as long (mean), another example of the same length (resample), `@ last`."""
+    for body in ("ablate L0.mlp.out in a with mean(b)  measure ld",
+                 "ablate L0.mlp.out @ 3 in b with mean(a)  measure ld",
+                 "ablate L0.mlp.out in a with resample(b)  measure ld",
+                 "ablate L0.mlp.out @ last in b with resample(a)  measure ld",
+                 "ablate L0.mlp.out @ each in a with resample(b)  measure ld"):
+        check(parse(HEADS["ragged"] + body + "\n", "case.patch", models.spec_dir()))

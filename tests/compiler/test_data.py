@@ -147,6 +147,21 @@ def test_inline_surrogate_is_a_syntax_error(tmp_path: Path):
     assert (info.value.span.line, info.value.span.col) == (1, 17)
 
 
+@pytest.mark.parametrize("text,fragment", [
+    ('run a = "I lo\x00ve"', "Invalid control character U+0000 at character 5 of the string"),
+    ('run a = "I lo\tve"', "Invalid control character U+0009 at character 5"),
+    ('run a = "I lo\\qve"', "Invalid \\escape `\\q` at character 5"),
+])
+def test_a_bad_string_says_what_is_wrong_where(text: str, fragment: str):
+    """A string JSON rejects names the character and where it is in the string (json's own
+    message stops at "at")."""
+    from patchc.compiler.errors import ParseError
+
+    with pytest.raises(ParseError) as info:
+        parse(text)
+    assert info.value.code == "E101" and fragment in info.value.message, info.value.message
+
+
 @pytest.mark.parametrize("name,content,fragment", [
     ("a.jsonl", '{"p": "a", "p": "b"}\n', "line 1 of a.jsonl names the key 'p' twice"),
     ("a.json", '[{"p": "a", "q": {"r": 1, "r": 2}}]', "a.json names the key 'r' twice"),

@@ -82,8 +82,6 @@ CASES = [  # id, body, code, line, col, message fragment
      "no dictionary folder"),
     ("folder_typo", 'sae s1 = "saes/relu46" at L1.resid_post', "E381", 6, 10,
      "saes/relu46"),
-    ("no_weights", 'sae s1 = "saes/noweights" at L1.resid_post', "E381", 6, 10,
-     "sae_weights.safetensors or sae_weights.npz"),
     ("broken_json", 'sae s1 = "saes/broken" at L1.resid_post', "E382", 6, 10,
      "not valid JSON"),
     ("unknown_architecture", 'sae s1 = "saes/gated" at L1.resid_post', "E383", 6, 10,
@@ -278,3 +276,21 @@ def test_dictionary_trained_on_another_model_warns(models, trained, warns):
         assert found[0].message == (f"sae `s1` was trained on the model '{trained}', but the "
                                     "spec's model is 'gpt2'")
         assert (found[0].line, found[0].col) == (6, 10)
+
+
+def test_check_reads_only_cfg_json_and_a_run_needs_the_weights(models: Models, tmp_path):
+    """A folder with cfg.json alone checks (check never reads the weights); running it
+    is E381 at the dictionary's path, before any model weight loads, unless the caller
+    passes the SAELens object for it."""
+    from patchc.compiler.check_dicts import require_weights
+
+    checked = _check(models, 'sae s1 = "saes/noweights" at L1.resid_post')
+    (info,) = checked.model.dictionaries
+    assert info.ok and info.weights == ""
+    spec = parse(HEAD + 'sae s1 = "saes/noweights" at L1.resid_post\n', "case.patch",
+                 models.spec_dir())
+    with pytest.raises(PatchcError) as got:
+        require_weights(spec, checked.model.dictionaries, set())
+    e = got.value
+    assert (e.code, e.line, e.col) == ("E381", 6, 10) and "a run needs the weights" in e.message
+    require_weights(spec, checked.model.dictionaries, {"s1"})  # the object stands in

@@ -65,7 +65,7 @@ CASES = [  # (head, body, code, col, message fragment); the body is line 6
      "unknown edge method `atp`"),
     ("gpt2", "swap all(L0.mlp.out, embed -> logits) from clean into corrupt  measure ld",
      "E113", 6, "sites or edges, not both"),
-    ("gpt2", "swap L9.H0.out -> logits from clean into corrupt  measure ld", "E201", 7,
+    ("gpt2", "swap L9.H0.out -> logits from clean into corrupt  measure ld", "E201", 6,
      "model has 4 layers"),
 ]
 

@@ -12,11 +12,12 @@ from patchc.compiler import ast as A
 from patchc.compiler.ir import Site
 from patchc.compiler.modelspec import load_model_spec
 from patchc.compiler.parse import parse
-from patchc.compiler.resolve import Match, expand_index, expand_site
+from patchc.compiler.resolve import Match, expand_index, expand_site, slice_bounds
 
 ROOT = Path(__file__).resolve().parents[2]
-PATTERNS = ["L*.H*.z", "L{0,1}.mlp.post[*]", "L1.mlp.post[3:7]", "L*.mlp.post[0..5]", "embed",
-            "L*.resid_pre", "L0.H1.z", "L1.H{0,1}.q", "L$l.mlp.out"]
+PATTERNS = ["L*.H*.z", "L{0,1}.mlp.post[*]", "L1.mlp.post[3:7]", "L0.mlp.post[-4:-1]",
+            "L*.mlp.post[0..5]", "embed", "L*.resid_pre", "L0.H1.z", "L1.H{0,1}.q",
+            "L$l.mlp.out"]
 
 
 def _plain(ref: A.SiteRef, model) -> list[Match]:
@@ -36,7 +37,7 @@ def _plain(ref: A.SiteRef, model) -> list[Match]:
                             if c is not None and v is not None)
                 fsel = None if feat is None else (feat, feat + 1)
                 if isinstance(ref.features, A.Slice):
-                    fsel = (ref.features.lo, ref.features.hi)
+                    fsel = slice_bounds(ref.features, width)
                 out.append(Match((Site(ref.kind, layer, head, fsel),), key))
     return out
 

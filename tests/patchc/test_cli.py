@@ -72,7 +72,7 @@ def test_check_bad_spec_is_located(capsys, tmp_path: Path):
     assert code == 1 and out == ""
     m = LOCATED.search(err)
     assert m, err
-    assert (m["file"], m["line"], m["col"], m["code"]) == (str(path), "6", "7", "E201")
+    assert (m["file"], m["line"], m["col"], m["code"]) == (str(path), "6", "6", "E201")
     assert " 6 | swap L12.H*.z from clean into corrupt" in err
     assert re.search(r"^ +\| +\^+$", err, re.MULTILINE), err  # the caret line
     assert "Traceback" not in err

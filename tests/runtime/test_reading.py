@@ -323,3 +323,35 @@ def test_read_of_a_padded_run_and_of_noise_samples(gpt2: Fam) -> None:
     clean = gpt2.read(["the cat sat"], "embed")["embed"][0]
     _same(noisy[:, 0], clean[None, 0].expand(3, -1))  # position 0 is not noised
     assert not torch.equal(noisy[0, 1], noisy[1, 1])  # each sample its own draw
+
+
+def test_read_each_position_past_a_short_prompt_is_nan(gpt2: Fam) -> None:
+    """`read SITE @ each` over prompts of different lengths: position p of a prompt shorter
+    than p + 1 tokens has nothing there (NaN, as for a read of every position), never a
+    copy of another position; the longer prompt's values are its own, bit for bit."""
+    texts = ["the cat sat", "a bird was on the tree"]
+    res = gpt2.run(f'run r = {inline(texts).replace("{", "").replace("}", "")}\n'
+                   "read L1.resid_post @ each in r as byposition\n"
+                   "read L1.H0.pattern @ each in r as pat\n")
+    each, pat = res.activations("byposition"), res.activations("pat")
+    alone = [gpt2.read([t], "L1.resid_post")["L1.resid_post"][0] for t in texts]
+    for p in range(6):
+        value = each[f"L1.resid_post @ {p}"]
+        assert value.shape == (2, 1, 32)
+        close(value[1, 0], alone[1][p])
+        if p < 3:
+            close(value[0, 0], alone[0][p])
+        else:
+            assert torch.isnan(value[0]).all() and torch.isnan(pat[f"L1.H0.pattern @ {p}"][0]).all()
+        assert not torch.isnan(pat[f"L1.H0.pattern @ {p}"][1, 0, : p + 1]).any()
+
+
+def test_read_keys_the_whole_site_by_its_bare_text(gpt2: Fam) -> None:
+    """One statement reading a site at a position and at every position: the bare text is
+    the whole site's tensor (whatever the order), the other carries its `@ POS`."""
+    res = gpt2.run('run r = "the cat sat"\n'
+                   "read L0.resid_pre @ 1, L0.resid_pre, L1.resid_pre @ 2 in r as acts\n")
+    acts = res.activations("acts")
+    assert list(acts) == ["L0.resid_pre @ 1", "L0.resid_pre", "L1.resid_pre"]
+    assert acts["L0.resid_pre"].shape == (1, 3, 32) and acts["L0.resid_pre @ 1"].shape == (1, 1, 32)
+    close(acts["L0.resid_pre @ 1"][0, 0], acts["L0.resid_pre"][0, 1])
