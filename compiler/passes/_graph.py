@@ -1,5 +1,5 @@
 """Helpers the optimization passes share: node references, rebuilding a graph from nodes,
-and the facts about sites and metrics the passes decide on.
+and (from _facts.py) the facts about sites and metrics the passes decide on.
 
 Every edge of an IR graph is a reference held in a node's fields (ir.verify checks that each
 reference has its edge, and lowering adds no other edges), so a pass works on a plain
@@ -19,7 +19,6 @@ from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, TypeVar
 
 import networkx as nx
 
-from patchc.compiler import ast as A
 from patchc.compiler.ir import (
     Backward,
     Estimate,
@@ -31,10 +30,21 @@ from patchc.compiler.ir import (
     Read,
     Row,
     Select,
-    Site,
     Table,
     Vector,
     Write,
+)
+
+# The facts about sites and metrics the passes decide on (re-exported: passes import them here).
+from ._facts import (  # noqa: F401
+    POST_SITES,
+    before_layer,
+    differentiated,
+    forward_metrics,
+    generates,
+    logits_only,
+    needs,
+    site_layer,
 )
 
 # The fields of each node kind that hold node ids (a str, None, or a tuple of str).
@@ -48,10 +58,6 @@ REF_FIELDS: dict[type, tuple[str, ...]] = {
     Estimate: ("inputs",),
     Select: ("rows", "reference", "normalize"),
 }
-
-# Site kinds computed after every decoder block: they belong to no layer a forward can skip.
-POST_SITES = frozenset({"ln_final.scale", "logits"})
-
 
 def refs(node: Node) -> tuple[str, ...]:
     """The ids `node` refers to, in field order (these are exactly its in-edges)."""
@@ -369,66 +375,3 @@ def table_refs(tables: Iterable[Table]) -> set[str]:
         out |= {t.select} if t.select else set()
         out |= {x for _, pair in t.unpatched for x in pair if x}
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Sites and metrics
-
-
-def site_layer(site: Site) -> int | None:
-    """The first decoder block whose computation a write at `site` changes: `embed` is 0;
-    the sites after the last block (final norm scale, logits) are None."""
-    if site.kind in POST_SITES:
-        return None
-    if site.kind == "embed":
-        return 0
-    return site.layer
-
-
-def before_layer(site: Site, layer: int) -> bool:
-    """Is everything at `site` computed before block `layer` starts (its input included)?"""
-    at = site_layer(site)
-    if at is None:
-        return False
-    if site.kind == "embed":
-        return layer >= 1
-    return at < layer
-
-
-def needs(expr: A.MExpr, kind: type | tuple[type, ...]) -> bool:
-    """Does the expression hold a node of `kind` (a class or a tuple of them)?"""
-    return any(isinstance(e, kind) for e in A.metric_nodes(expr))
-
-
-def logits_only(expr: A.MExpr) -> bool:
-    """Does the metric read nothing but `logit(TOK)` values (no softmax over the vocabulary)?"""
-    for e in A.metric_nodes(expr):
-        if isinstance(e, A.MCall) and e.fn != "logit":
-            return False
-        if isinstance(e, (A.MKL, A.MLoss, A.MRef) + A.GENERATING):
-            return False
-        if isinstance(e, A.MBin) and e.op in A.COMPARISONS:
-            continue
-    return True
-
-
-def forward_metrics(nodes: Mapping[str, Node], cons: Mapping[str, list[str]], fid: str
-                    ) -> list[Metric]:
-    """Metrics evaluated on forward `fid`'s logits (not those that only use it as a kl
-    reference, nor lens metrics, which decode a Read of it)."""
-    return [m for c in cons.get(fid, []) if isinstance(m := nodes[c], Metric)
-            and m.forward == fid and m.lens is None]
-
-
-def generates(nodes: Mapping[str, Node], cons: Mapping[str, list[str]], fid: str) -> bool:
-    """Does a metric on `fid` generate text (the forward then runs as the naive one does)?"""
-    return any(needs(m.expr, A.GENERATING) for m in forward_metrics(nodes, cons, fid))
-
-
-def differentiated(nodes: Mapping[str, Node], cons: Mapping[str, list[str]], fid: str) -> bool:
-    """Is a metric of `fid` differentiated by a Backward (its reads are then gradient sites)?"""
-    for m in cons.get(fid, []):
-        if isinstance(nodes[m], Metric) and any(isinstance(nodes[b], Backward)
-                                                for b in cons.get(m, [])):
-            return True
-    return False
