@@ -114,12 +114,14 @@ MExpr = Union[MNum, MRef, MCall, MKL, MLoss, MGenerate, MText, MSeqLogProb, MBin
 
 def metric_nodes(expr: MExpr) -> Iterator[MExpr]:
     """Every node of a metric expression, depth first (not following metric references)."""
-    yield expr
-    if isinstance(expr, MBin):
-        yield from metric_nodes(expr.left)
-        yield from metric_nodes(expr.right)
-    elif isinstance(expr, MNeg):
-        yield from metric_nodes(expr.operand)
+    stack = [expr]  # (a loop, not nested generators: passes ask this of every metric)
+    while stack:
+        e = stack.pop()
+        yield e
+        if isinstance(e, MBin):
+            stack += (e.right, e.left)  # the left operand first
+        elif isinstance(e, MNeg):
+            stack.append(e.operand)
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,7 +133,7 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
     assert ctx.model is not None  # a missing model is an error above
     checked = CheckedSpec(spec, ctx.model, options, dict(ctx.data), dict(ctx.runs),
                           dict(ctx.metrics), dict(ctx.vectors), tuple(ctx.warnings),
-                          dict(ctx.vector_dims), ctx.tokenizer)
+                          dict(ctx.vector_dims), ctx.tokenizer, ctx.sites)
     if circuits:  # a size that keeps no row, or the rows of another: known from the counts
         warn_circuit_sizes(ctx, checked)
         checked = dataclasses.replace(checked, warnings=tuple(ctx.warnings))

@@ -19,6 +19,7 @@ from .checked import DataTable, RunInfo
 from .dictionaries import DeclarationFailed
 from .errors import NO_SPAN, CheckError, PatchcError, Source, Span, Warning_
 from .modelspec import ModelSpec
+from .resolve import Expansions
 from .tokens import TokenizerLike
 
 # What each declaration kind is called in messages (`... cannot name a run`).
@@ -49,6 +50,8 @@ class Context:
     errors: list[PatchcError] = field(default_factory=list)
     warnings: list[PatchcError] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)  # keys of checks done once per spec
+    # The site patterns' matches as check expanded them (lowering reuses them).
+    sites: Expansions = field(default_factory=Expansions)
     _warned: set[str] = field(default_factory=set)
 
     @property

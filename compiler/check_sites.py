@@ -55,7 +55,7 @@ def expand(ctx: Context, item: A.SiteItem) -> list[Match] | None:
     if ctx.model is None:
         return None
     with ctx.catch():
-        return resolve.expand_item(item, ctx.model)
+        return resolve.expand_item(item, ctx.model, ctx.sites)
     return None
 
 

@@ -155,3 +155,6 @@ class CheckedSpec:
     # What check tokenized with (tokens.py), holding the ids it made: the runtime reuses
     # them when it runs with the same tokenizer (tokens.shared). None: no tokenizer.
     tokenizer: Any = field(default=None, compare=False, repr=False)
+    # The site patterns' matches as check expanded them (resolve.Expansions): lowering asks
+    # for the same patterns again. None: lowering expands them itself.
+    sites: Any = field(default=None, compare=False, repr=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .dictionaries import dict_width, is_dict_kind, split_kind
 from .ir import Backward, Estimate, Forward, IRGraph, Metric, Positions, Read, Site, Vector
@@ -43,8 +44,8 @@ class RunShape:
     lengths: tuple[int, ...]
     columns: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
 
-    @property
-    def width(self) -> int:
+    @cached_property
+    def width(self) -> int:  # (the schedule asks for it thousands of times on a big plan)
         return max(self.lengths)
 
     @property
@@ -66,11 +67,11 @@ def first_index(pos: Positions, shape: RunShape, samples: int = 1) -> int:
     """The smallest padded token index `pos` selects in any row (left padding: a row of
     length n starts at width - n). Mirrors runtime/inputs.position_index."""
     width = shape.width
-    offsets = [width - n for n in shape.lengths]
     if pos.kind == "all":
         return 0
     if pos.kind == "last":
         return width - 1
+    offsets = [width - n for n in shape.lengths]
     if pos.kind == "index":
         return min(o + min(pos.lo, n - 1) for o, n in zip(offsets, shape.lengths))
     if pos.kind == "range":
@@ -200,6 +201,7 @@ class GraphSizes:
         self.ir, self.model, self.runs, self.b, self.naive = ir, model, runs, dtype_bytes, naive
         self._bytes: dict[str, int] = {}  # value(): the schedule asks for each value often
         self._latents: dict[str, int] = {}
+        self._p0: dict[str, int] = {}  # p0(): asked per member, chunk and step
 
     def fwd(self, fid: str) -> Forward:
         return self.ir.node(fid)  # type: ignore[return-value]
@@ -259,6 +261,12 @@ class GraphSizes:
 
     def p0(self, fid: str) -> int:
         """The first position forward `fid` needs computed (0 unless narrowed)."""
+        got = self._p0.get(fid)
+        if got is None:
+            got = self._p0[fid] = self._first(fid)
+        return got
+
+    def _first(self, fid: str) -> int:
         f = self.fwd(fid)
         if self.naive or not f.narrow or f.twin is None:
             return 0

@@ -78,6 +78,10 @@ def path_span(decl: A.DataDecl, source: Source | None) -> Span:
     return Span(decl.span.line, start + 1, decl.span.line, min(end, len(line)) + 2)
 
 
+# Fewer brackets than this bound the nesting far below Python's recursion limit.
+_SHALLOW = 100
+
+
 class _DuplicateKey(ValueError):
     pass
 
@@ -104,6 +108,8 @@ def _loads(text: str, where: str, span: Span) -> Any:
         raise CheckError("E316", f"{where} is not valid JSON: {e.msg} ({at})", span) from None
     except RecursionError:
         raise CheckError("E316", f"{where} nests too deeply to read", span) from None
+    if "\\u" not in text and text.count("[") + text.count("{") < _SHALLOW:
+        return obj  # no escape, so no lone surrogate; too shallow for dumps to recurse deep
     try:
         json.dumps(obj, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as e:

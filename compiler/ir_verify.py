@@ -15,15 +15,16 @@ from .ir import ID_PREFIX, Backward, Estimate, Forward, IRGraph, Metric, Read, S
 def verify(ir: IRGraph) -> None:
     """Structural invariants every pass must keep. Raises PlanError naming the broken one."""
     g = ir.g
-    if not nx.is_directed_acyclic_graph(g):
+    if not _acyclic(g):
         cycle = nx.find_cycle(g)
         raise PlanError("E501", f"the plan has a cycle: {' -> '.join(a for a, _ in cycle)} "
                         "(a run reads its own later value)")
+    pred = g._pred  # (networkx's own dicts: its views make an object per lookup)
     for nid, data in g.nodes(data=True):
         node = data.get("node")
         if node is None or ID_PREFIX.get(type(node)) != nid[0]:
             raise PlanError("E502", f"IR node {nid} has no node object of its kind")
-        preds = set(g.predecessors(nid))
+        preds = pred[nid]
         refs: tuple[str, ...] = ()
         if isinstance(node, Forward):
             refs = node.writes + node.inputs + tuple(
@@ -60,6 +61,22 @@ def verify(ir: IRGraph) -> None:
         for ref in refs:
             if ref not in g:
                 raise PlanError("E505", f"table {table.name} refers to missing node {ref}")
+
+
+def _acyclic(g: nx.DiGraph) -> bool:
+    """Whether `g` has no cycle: Kahn's algorithm removes every node (as
+    nx.is_directed_acyclic_graph decides, in plain dicts: it ran on every plan)."""
+    waiting = {nid: len(p) for nid, p in g._pred.items()}
+    ready = [nid for nid, k in waiting.items() if k == 0]
+    succ = g._succ
+    done = 0
+    while ready:
+        done += 1
+        for s in succ[ready.pop()]:
+            waiting[s] -= 1
+            if waiting[s] == 0:
+                ready.append(s)
+    return done == len(waiting)
 
 
 def _verify_forward(ir: IRGraph, nid: str, node: Forward) -> None:

@@ -25,7 +25,6 @@ from .ir import ALL_POSITIONS, Estimate, Positions
 from .ir_sweep import Space, SweepRows, bound_columns, count, members, split, whole_site
 from .lower_sweep import COMPACT_KINDS, _POSITION_KINDS
 from .lowerer import Lowerer, check_where
-from .resolve import expand_site
 
 METHODS = ("atp", "relp", "ig")
 
@@ -50,7 +49,7 @@ def compact_items(lw: Lowerer, op: A.Attribute | A.Compare) -> bool:
     for item in op.sites:
         if not isinstance(item, A.SiteRef) or item.subspace or item.kind not in COMPACT_KINDS:
             return False
-        if any(len(m.sites) != 1 for m in expand_site(item, lw.model)):
+        if any(len(m.sites) != 1 for m in lw.sites.expand(item, lw.model)):
             return False
         kinds = {p.kind for p, _ in lw.positions(item.pos, op.target.value)}
         if not kinds <= _POSITION_KINDS:
@@ -63,7 +62,7 @@ def item_spaces(lw: Lowerer, op: A.Attribute | A.Compare) -> list[Space]:
     several items each binds `site` (the item as written), as the per-experiment rows do."""
     out = []
     for item in op.sites:
-        matches = expand_site(item, lw.model)
+        matches = lw.sites.expand(item, lw.model)
         poss = lw.positions(item.pos, op.target.value)
         prefix = (("site", printer.site_item(item)),) if len(op.sites) > 1 else ()
         space = Space(tuple(m.sites[0] for m in matches), tuple(m.key for m in matches),

@@ -30,7 +30,6 @@ from .ir_sweep import READ_MODES, Space, SweepRows, SweepSpec, bound_columns, co
 from .lower_exprs import metric_parts, split_sweep
 from .lower_latents import sweep_gate
 from .lowerer import Lowerer, check_where
-from .resolve import expand_site
 
 # Sites whose activation is [batch, positions, features]: a member edits one slice of it.
 COMPACT_KINDS = frozenset({
@@ -120,7 +119,7 @@ def _space(lw: Lowerer, op: Any) -> Space:
 
 def _expand_space(lw: Lowerer, op: Any) -> Space:
     item = op.sites[0]
-    matches = expand_site(item, lw.model)
+    matches = lw.sites.expand(item, lw.model)
     poss = lw.positions(item.pos, op.target.value)
     variants = _variants(op)
     return Space(tuple(m.sites[0] for m in matches), tuple(m.key for m in matches),

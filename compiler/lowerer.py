@@ -34,7 +34,7 @@ from .ir import (
 )
 from .lower_exprs import inline_vector, kl_runs, metric_parts, vmeans
 from .modelspec import ModelSpec
-from .resolve import expand_site, positions
+from .resolve import Expansions, positions
 from .sites import SITE_KINDS
 
 Key = tuple[tuple[str, Any], ...]
@@ -86,6 +86,8 @@ class Lowerer:
         self.row_tables: set[str] = set()  # tables lowered per experiment all the same
         self.circuits: dict[str, Any] = {}  # circuit name -> lower_circuits.Circuit
         self.spaces: dict[int, Any] = {}  # id(statement) -> (it, its ir_sweep.Space)
+        # The patterns' matches, as check expanded them when it did (resolve.Expansions).
+        self.sites: Expansions = checked.sites if checked.sites is not None else Expansions()
 
     # -- runs and forwards ----------------------------------------------------------------
     def base(self, run: str) -> str:
@@ -132,9 +134,10 @@ class Lowerer:
 
     # -- cached nodes ---------------------------------------------------------------------
     def _cached(self, key: tuple[Any, ...], make: Any) -> str:
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
+        got = self._cache.get(key)  # (one lookup: a key holds whole nodes, slow to hash)
+        if got is None:
+            got = self._cache[key] = make()
+        return got
 
     def read(self, forward: str, site: Site, pos: Positions, stat: str | None = None) -> str:
         node = Read(forward, site, pos, stat)
@@ -166,7 +169,7 @@ class Lowerer:
             reads = []
             for term in vmeans(body):
                 run = term.of.run
-                matches = expand_site(term.of.site, self.model)
+                matches = self.sites.expand(term.of.site, self.model)
                 if len(matches) != 1 or len(matches[0].sites) != 1:
                     raise PlanError("E517", "mean(...) of a vector needs one site, not a "
                                     "pattern", term.span)
@@ -225,7 +228,7 @@ class Lowerer:
         if isinstance(item, A.SiteRef):
             return [(m.key + ((("pos", i),) if i is not None else ()),
                      tuple(Target(s, p, item.subspace) for s in m.sites))
-                    for m in expand_site(item, self.model)
+                    for m in self.sites.expand(item, self.model)
                     for p, i in self.positions(item.pos, run)]
         # A group is one experiment; a group-level `@ each` still sweeps positions jointly.
         members = [(m, m.pos if m.pos is not None else item.pos) for m in item.members]
@@ -236,7 +239,7 @@ class Lowerer:
             for member, mpos in members:
                 p = p_each if isinstance(mpos, A.PosEach) else self.positions(mpos, run)[0][0]
                 targets += [Target(s, p, member.subspace)
-                            for m in expand_site(member, self.model) for s in m.sites]
+                            for m in self.sites.expand(member, self.model) for s in m.sites]
             out.append(((("pos", i),) if i is not None else (), tuple(dict.fromkeys(targets))))
         return out
 

@@ -11,6 +11,7 @@ import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from lark import Lark, Tree
 from lark.exceptions import (
@@ -118,14 +119,16 @@ def parse(text: str, filename: str = "<spec>", base_dir: str = ".") -> A.Spec:
 def _too_deep(tree: Tree) -> Span | None:
     """The span of the first subtree nested deeper than MAX_NESTING, or None (iterative).
     `-(-(-(...)))` nests, and so does a long sum (`a + b + ...`, one level per term)."""
-    stack: list[tuple[Tree, int, Span]] = [(tree, 0, Span.point(1, 1))]
+    # Each entry keeps the nearest located tree at or above it (its meta): the span is made
+    # only for the tree that is too deep.
+    stack: list[tuple[Tree, int, Any]] = [(tree, 0, None)]
     while stack:
-        node, depth, span = stack.pop()
+        node, depth, at = stack.pop()
         if not node.meta.empty:
-            span = Span.point(node.meta.line, node.meta.column)
+            at = node.meta
         if depth > MAX_NESTING:
-            return span
-        stack.extend((c, depth + 1, span) for c in node.children if isinstance(c, Tree))
+            return Span.point(1, 1) if at is None else Span.point(at.line, at.column)
+        stack.extend((c, depth + 1, at) for c in node.children if isinstance(c, Tree))
     return None
 
 

@@ -1,9 +1,9 @@
 """The optimizer pipeline: the ordered optimization passes over the IR (docs/architecture.md,
 "The optimizer"), each a pure function IRGraph -> IRGraph in compiler/passes/<name>.py.
 
-`optimize` verifies the graph before the passes and after them; a broken result (or a pass
-that fails on a graph an earlier pass broke) is traced to the pass that broke it, which the
-error names. `experiment_counts` gives the rows each result
+`optimize` verifies the graph the passes return; a broken result (or a pass that fails on a
+graph an earlier pass broke) is traced to the pass that broke it, which the error names, or
+to the input when that is broken already. `experiment_counts` gives the rows each result
 table will have, from the sweeps alone (no graph is built).
 """
 
@@ -36,18 +36,18 @@ PASSES: tuple[Pass, ...] = (dedupe, prune_reads, share_prefix, drop_baselines,
 
 
 def optimize(ir: IRGraph, passes: tuple[Pass, ...] | None = None) -> IRGraph:
-    """Run `passes` (default PASSES) in order, verifying the graph before the first and
-    after the last. Verifying is linear in the graph, as a pass is: after every pass it was
-    a large part of planning a small run. When the result is broken, the passes are run
-    again from the input, verifying after each, to name the pass that broke it."""
+    """Run `passes` (default PASSES) in order and verify the result. Verifying is linear
+    in the graph, as a pass is: after every pass (and before the first) it was a large part
+    of planning a small run. When the result is broken, or a pass fails, the input is
+    verified and the passes are run again from it, verifying after each, to name the pass
+    that broke the graph (or the lowering, when the input is broken already)."""
     chosen = PASSES if passes is None else passes
-    verify(ir)
     out = ir
     for k, p in enumerate(chosen):
         try:
             out = p(out)
         except Exception:
-            _find_broken_pass(ir, chosen[:k])  # an earlier pass's broken graph?
+            _find_broken_pass(ir, chosen[:k])  # a broken input, or an earlier pass's graph?
             raise
     try:
         verify(out)
@@ -58,8 +58,10 @@ def optimize(ir: IRGraph, passes: tuple[Pass, ...] | None = None) -> IRGraph:
 
 
 def _find_broken_pass(ir: IRGraph, passes: tuple[Pass, ...]) -> None:
-    """Raise the PlanError of the first pass whose output fails verify (passes are pure
-    functions, so a rerun breaks the graph where the first run did)."""
+    """Raise verify's PlanError for the input as it is, or the PlanError of the first pass
+    whose output fails verify (passes are pure functions, so a rerun breaks the graph where
+    the first run did)."""
+    verify(ir)
     for p in passes:
         ir = p(ir)
         try:

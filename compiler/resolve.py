@@ -116,15 +116,17 @@ def expand_site(ref: A.SiteRef, model: ModelSpec) -> list[Match]:
         feats = _expand_features(ref.features, width)
     except CheckError as e:  # an index the model lacks: the error has the site's span
         raise CheckError(e.code, e.message, ref.span, hint=e.hint) from None
+    # Each match's key: the (column, value) pairs of the indices a column names, in layer,
+    # head, feature order, built up a level at a time (a neuron sweep has ~37k matches).
+    whole = slice_bounds(ref.features, width) if isinstance(ref.features, A.Slice) else None
     out = []
     for layer, lcol in layers:
+        lkey = ((lcol, layer),) if lcol is not None and layer is not None else ()
         for head, hcol in heads:
+            hkey = lkey + ((hcol, head),) if hcol is not None and head is not None else lkey
             for feat, fcol in feats:
-                key = tuple((c, v) for c, v in ((lcol, layer), (hcol, head), (fcol, feat))
-                            if c is not None and v is not None)
-                fsel = None if feat is None else (feat, feat + 1)
-                if isinstance(ref.features, A.Slice):
-                    fsel = slice_bounds(ref.features, width)
+                key = hkey + ((fcol, feat),) if fcol is not None and feat is not None else hkey
+                fsel = whole if whole is not None else None if feat is None else (feat, feat + 1)
                 out.append(Match((Site(ref.kind, layer, head, fsel),), key))
     return out
 
@@ -208,14 +210,38 @@ def _expand_features(sel: A.FeatureSel | None, width: int) -> list[tuple[int | N
     return [(i, c) for i, c in expand_index(sel, width, "features", "neuron")]
 
 
-def expand_item(item: A.SiteItem, model: ModelSpec) -> list[Match]:
+class Expansions:
+    """The matches of the site patterns one compile expands, kept by pattern object and
+    model: check expands every pattern of the spec, and lowering asks again for the same
+    patterns against the same model (a neuron sweep's pattern has tens of thousands of
+    sites). The CheckedSpec hands check's to lowering; callers must not change a list."""
+
+    def __init__(self) -> None:
+        # id(pattern) -> (the pattern, the model, its matches); holding the pattern keeps
+        # its id from being reused while it is here.
+        self._got: dict[int, tuple[A.SiteRef, ModelSpec, list[Match]]] = {}
+
+    def expand(self, ref: A.SiteRef, model: ModelSpec) -> list[Match]:
+        """expand_site(ref, model), made once per (pattern, model) object pair."""
+        hit = self._got.get(id(ref))
+        if hit is not None and hit[0] is ref and hit[1] is model:
+            return hit[2]
+        out = expand_site(ref, model)
+        self._got[id(ref)] = (ref, model, out)
+        return out
+
+
+def expand_item(item: A.SiteItem, model: ModelSpec,
+                expansions: Expansions | None = None) -> list[Match]:
     """A sweep item: a site pattern (one Match per concrete site) or an `all(...)` group
-    (one Match holding every site of every member)."""
+    (one Match holding every site of every member). `expansions`: where to keep (and find)
+    a pattern's matches."""
+    expand = expand_site if expansions is None else expansions.expand
     if isinstance(item, A.SiteRef):
-        return expand_site(item, model)
+        return expand(item, model)
     sites: list[Site] = []
     for member in item.members:
-        for m in expand_site(member, model):
+        for m in expand(member, model):
             sites.extend(m.sites)
     return [Match(tuple(dict.fromkeys(sites)), ())]
 

@@ -87,9 +87,11 @@ def _units(ir: IRGraph, naive: bool) -> list[tuple[str, list[str]]]:
         preds.setdefault(unit[nid], set())
         if isinstance(ir.node(nid), Forward):
             members.setdefault(unit[nid], []).append(nid)
-    for u, v in ir.g.edges:
-        if unit[u] != unit[v]:
-            preds[unit[v]].add(unit[u])
+    for v, inputs in ir.g._pred.items():  # each edge u -> v (networkx's dict: no views)
+        uv = unit[v]
+        for u in inputs:
+            if unit[u] != uv:
+                preds[uv].add(unit[u])
 
     def first(u: tuple) -> tuple[int, int]:
         ids = members.get(u) or [u[1]]
@@ -282,8 +284,9 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
 
     peak, over = weights + C.RESERVE_BYTES, []
     live_bytes = 0
-    for k, (s, gone) in enumerate(zip(steps, frees(ir, steps, result_nodes(ir)))):
-        live_bytes += sum(sz.value(v) for v in step_produces(ir, s))
+    produced = [step_produces(ir, s) for s in steps]
+    for k, (s, gone) in enumerate(zip(steps, frees(ir, steps, results, produced))):
+        live_bytes += sum(sz.value(v) for v in produced[k])
         now = weights + C.RESERVE_BYTES + live_bytes + (s.bytes if isinstance(s, ForwardStep)
                                                           else 0)
         peak = max(peak, now)
@@ -355,10 +358,12 @@ def result_nodes(ir: IRGraph) -> set[str]:
         {n for n, _ in ir.of_type(Select)} | reads
 
 
-def frees(ir: IRGraph, steps: list, keep: set[str]) -> list[list[str]]:
+def frees(ir: IRGraph, steps: list, keep: set[str],
+          produced: list[list[str]] | None = None) -> list[list[str]]:
     """For each step, the values to release after it: each value after its last use among
     `steps` (right after it is made, when none of them uses it); `keep` never. Due lists
-    keep this linear: sweeps have thousands of steps."""
+    keep this linear: sweeps have thousands of steps. `produced`: each step's
+    `step_produces`, when the caller has them."""
     last: dict[str, int] = {}
     for k, s in enumerate(steps):
         for u in step_uses(ir, s):
@@ -366,7 +371,7 @@ def frees(ir: IRGraph, steps: list, keep: set[str]) -> list[list[str]]:
     due: dict[int, list[str]] = {}
     out = []
     for k, s in enumerate(steps):
-        for v in step_produces(ir, s):
+        for v in step_produces(ir, s) if produced is None else produced[k]:
             if v not in keep:
                 due.setdefault(max(k, last.get(v, k)), []).append(v)
         out.append(sorted(due.pop(k, ()), key=lambda v: (v[:3] == "kv:", v)))

@@ -93,8 +93,20 @@ def sweep_chunks(sz: C.GraphSizes, fid: str, cap_bytes: int | None, batch_size: 
     for _, c in buckets:
         starts.append(starts[-1] + c)
 
+    firsts_of: dict[tuple[int, int], int] = {}  # (a, b) -> min first position of a span
+
+    def first_of(a: int, b: int) -> int:
+        got = firsts_of.get((a, b))
+        if got is None:  # (the spans grow one bucket at a time: extend the shorter one's)
+            shorter = firsts_of.get((a, b - 1))
+            got = buckets[b - 1][0] if shorter is None and b - 1 == a else \
+                min(buckets[b - 1][0], shorter) if shorter is not None else \
+                min(p for p, _ in buckets[a:b])
+            firsts_of[a, b] = got
+        return got
+
     def cost(a: int, b: int) -> float:
-        p0 = min(p for p, _ in buckets[a:b])
+        p0 = first_of(a, b)
         if b - a > 1 and cap_bytes is not None and \
                 C.forward_bytes(sz.model, sweep_shape(sz, fid, 1, p0), sz.b) > cap_bytes:
             return math.inf  # merged, even one member would not fit from this position
@@ -105,7 +117,7 @@ def sweep_chunks(sz: C.GraphSizes, fid: str, cap_bytes: int | None, batch_size: 
     # Merging is only worth it between neighbouring variants: consider spans of up to 8.
     out = []
     for a, b in cheapest_spans(len(buckets), cost, window=8):
-        p0 = min(p for p, _ in buckets[a:b])
+        p0 = first_of(a, b)
         most = per_pass(p0)[0]
         out += [(lo, min(lo + most, starts[b]), p0) for lo in range(starts[a], starts[b], most)]
     return out

@@ -1,5 +1,5 @@
 """Helpers the optimization passes share: node references, rebuilding a graph from nodes,
-and the facts about sites and metrics the passes decide on.
+and (from _facts.py) the facts about sites and metrics the passes decide on.
 
 Every edge of an IR graph is a reference held in a node's fields (ir.verify checks that each
 reference has its edge, and lowering adds no other edges), so a pass works on a plain
@@ -19,7 +19,6 @@ from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, TypeVar
 
 import networkx as nx
 
-from patchc.compiler import ast as A
 from patchc.compiler.ir import (
     Backward,
     Estimate,
@@ -31,10 +30,21 @@ from patchc.compiler.ir import (
     Read,
     Row,
     Select,
-    Site,
     Table,
     Vector,
     Write,
+)
+
+# The facts about sites and metrics the passes decide on (re-exported: passes import them here).
+from ._facts import (  # noqa: F401
+    POST_SITES,
+    before_layer,
+    differentiated,
+    forward_metrics,
+    generates,
+    logits_only,
+    needs,
+    site_layer,
 )
 
 # The fields of each node kind that hold node ids (a str, None, or a tuple of str).
@@ -49,12 +59,10 @@ REF_FIELDS: dict[type, tuple[str, ...]] = {
     Select: ("rows", "reference", "normalize"),
 }
 
-# Site kinds computed after every decoder block: they belong to no layer a forward can skip.
-POST_SITES = frozenset({"ln_final.scale", "logits"})
-
-
 def refs(node: Node) -> tuple[str, ...]:
     """The ids `node` refers to, in field order (these are exactly its in-edges)."""
+    if type(node) is Read:  # (the most frequent kind: one reference)
+        return (node.forward,)
     out: list[str] = []
     for name in REF_FIELDS[type(node)]:
         v = getattr(node, name)
@@ -62,7 +70,7 @@ def refs(node: Node) -> tuple[str, ...]:
             out += v
         elif v is not None:
             out.append(v)
-    return tuple(dict.fromkeys(out))
+    return tuple(dict.fromkeys(out)) if len(out) > 1 else tuple(out)
 
 
 def remap(node: Node, m: Mapping[str, str]) -> Node:
@@ -82,6 +90,8 @@ def remap(node: Node, m: Mapping[str, str]) -> Node:
 
 
 def remap_tables(tables: Iterable[Table], m: Mapping[str, str]) -> list[Table]:
+    if not m:
+        return list(tables)  # (nothing renamed: the same tables)
     def r(x: str | None) -> str | None:
         return m.get(x, x) if x is not None else None
 
@@ -110,24 +120,49 @@ N = TypeVar("N")
 class NodeGraph(IRGraph):
     """An IRGraph held as a `{id: node}` dict and its tables (what `rebuild` makes). Its
     edges are the nodes' references; the networkx graph `g` holding them is built on first
-    use, after which `g` is the graph (whoever changes `g` changes this graph)."""
+    use, after which `g` is the graph (whoever changes `g` changes this graph).
 
-    def __init__(self, nodes: dict[str, Node], tables: list[Table]) -> None:
+    Until then the graph also keeps what the passes derive from its references (each node's
+    references, the evaluation order, the consumers), made on first use. A graph rebuilt
+    `like` another inherits them where its nodes are the same objects: a pass that only
+    changes nodes' fields (narrow, group, logit positions) leaves the edges, and so the
+    order and the consumers, as they were, and the next pass does not derive them again."""
+
+    def __init__(self, nodes: dict[str, Node], tables: list[Table],
+                 like: IRGraph | None = None) -> None:
         self._nodes = nodes
         self._tables = tables
         self._g: nx.DiGraph | None = None
         self._attrs: dict[str, dict[str, Any]] | None = None  # g's own node attributes
+        self._refs: dict[str, tuple[str, ...]] | None = None
+        self._order: list[str] | None = None
+        self._cons: dict[str, list[str]] | None = None
+        if isinstance(like, NodeGraph) and like._refs is not None and not like.built():
+            self._inherit(like)
+
+    def _inherit(self, like: "NodeGraph") -> None:
+        old, before = like._nodes, like._refs
+        assert before is not None
+        self._refs = {nid: before[nid] if old.get(nid) is n else refs(n)
+                      for nid, n in self._nodes.items()}
+        # The same ids in the same order with the same references: the same edges.
+        if self._refs == before and list(self._refs) == list(before):
+            self._order, self._cons = like._order, like._cons
+
+    def refs_by_id(self) -> dict[str, tuple[str, ...]]:
+        """Each node's references (`refs`), by id; shared: callers must not change it."""
+        if self._refs is None:
+            self._refs = {nid: refs(n) for nid, n in self._nodes.items()}
+        return self._refs
 
     @property
     def g(self) -> nx.DiGraph:  # type: ignore[override]
         if self._g is None:
-            g = nx.DiGraph(tables=self._tables)
-            g.add_nodes_from((nid, {"node": n}) for nid, n in self._nodes.items())
-            g.add_edges_from((r, nid) for nid, n in self._nodes.items() for r in refs(n))
-            self._g = g
-            IRGraph.__init__(self, g)  # (the id counters `add` continues from)
+            self._g = _digraph(self._nodes, self.refs_by_id(), self._tables)
+            IRGraph.__init__(self, self._g)  # (the id counters `add` continues from)
             # The attribute dicts g holds (not copies): `node` sees a node replaced in g.
-            self._attrs = dict(g.nodes(data=True))
+            self._attrs = dict(self._g.nodes(data=True))
+            self._refs = self._order = self._cons = None  # g may change from now on
         return self._g
 
     @g.setter
@@ -161,6 +196,31 @@ class NodeGraph(IRGraph):
         return self._tables if self._g is None else super().tables
 
 
+def _digraph(nodes: Mapping[str, Node], refs_of: Mapping[str, tuple[str, ...]],
+             tables: list[Table]) -> nx.DiGraph:
+    """The networkx graph of `nodes` and their references: what `add_nodes_from` (with a
+    `node` attribute each) and then `add_edges_from` (each node's references in order) make,
+    written into networkx's documented adjacency dicts directly (node, successor and
+    predecessor dicts; an edge's attribute dict shared by both sides). Through the public
+    calls this was most of building the graph. A reference to an id that is not a node
+    adds that id without attributes, as add_edges_from does (verify reports it)."""
+    g = nx.DiGraph(tables=tables)
+    attrs, succ, pred = g._node, g._succ, g._pred
+    for nid, n in nodes.items():
+        attrs[nid] = {"node": n}
+        succ[nid] = {}
+        pred[nid] = {}
+    for nid in nodes:
+        into = pred[nid]
+        for r in refs_of[nid]:
+            if r not in succ:
+                attrs[r], succ[r], pred[r] = {}, {}, {}
+            edge: dict[str, Any] = {}
+            succ[r][nid] = edge
+            into[r] = edge
+    return g
+
+
 def nodes_of(ir: IRGraph) -> dict[str, Node]:
     """The graph's nodes by id, in the graph's insertion order (a new dict)."""
     if isinstance(ir, NodeGraph) and not ir.built():
@@ -168,9 +228,23 @@ def nodes_of(ir: IRGraph) -> dict[str, Node]:
     return {nid: data["node"] for nid, data in ir.g.nodes(data=True)}
 
 
-def rebuild(nodes: Mapping[str, Node], tables: list[Table]) -> IRGraph:
-    """A new graph holding `nodes` (ids kept) with the edges their references imply."""
-    return NodeGraph(dict(nodes), list(tables))
+def refs_of(ir: IRGraph) -> Mapping[str, tuple[str, ...]]:
+    """`refs` of every node of the graph, by id (made once per graph a pass returns):
+    shared, so callers must not change it."""
+    if isinstance(ir, NodeGraph) and not ir.built():
+        return ir.refs_by_id()
+    return {nid: refs(n) for nid, n in nodes_of(ir).items()}
+
+
+def rebuild(nodes: Mapping[str, Node], tables: list[Table], like: IRGraph | None = None,
+            order: list[str] | None = None) -> IRGraph:
+    """A new graph holding `nodes` (ids kept) with the edges their references imply. `like`:
+    the graph the nodes came from (what the new graph can reuse of it: NodeGraph). `order`:
+    `topo` of a graph with these very nodes and edges, when the caller has it."""
+    out = NodeGraph(dict(nodes), list(tables), like)
+    if order is not None:
+        out._order = list(order)
+    return out
 
 
 def id_order(nid: str) -> tuple[int, int]:
@@ -182,10 +256,11 @@ def topo(ir: IRGraph) -> list[str]:
     """The node ids in dependency order, the smallest `id_order` first whenever several are
     ready (networkx's lexicographical_topological_sort with that key, without the graph)."""
     if isinstance(ir, NodeGraph) and not ir.built():
-        preds = {nid: refs(n) for nid, n in ir._nodes.items()}
-    else:
-        preds = {nid: tuple(p) for nid, p in ir.g.pred.items()}
-    return ordered(preds)
+        if ir._order is None:
+            ir._order = ordered(ir.refs_by_id())
+        return list(ir._order)
+    # (networkx's own predecessor dicts: its views make an object per node)
+    return ordered({nid: tuple(p) for nid, p in ir.g._pred.items()})
 
 
 def ordered(preds: Mapping[Hashable, Iterable[Hashable]],
@@ -234,13 +309,22 @@ class Finder:
 
     def __init__(self, nodes: dict[str, Node], exclude: frozenset[str] = frozenset()) -> None:
         self.nodes = nodes
-        self.index: dict[Node, str] = {}
         self.next: dict[str, int] = {}
-        for nid, n in nodes.items():
-            # (Forward, Read, Write: the kinds passes add.)
-            if isinstance(n, (Forward, Read, Write)) and nid not in exclude:
-                self.index.setdefault(n, nid)
+        for nid in nodes:
             self.next[nid[0]] = max(self.next.get(nid[0], 0), int(nid[1:]) + 1)
+        # The index of the nodes as they are now, made on the first `find_or_add` (hashing
+        # every node is most of a pass that finds nothing to share).
+        self._index: dict[Node, str] | None = None
+        self._given = [(nid, n) for nid, n in nodes.items()
+                       if isinstance(n, (Forward, Read, Write)) and nid not in exclude]
+
+    @property
+    def index(self) -> dict[Node, str]:
+        if self._index is None:
+            self._index = {}
+            for nid, n in self._given:  # (Forward, Read, Write: the kinds passes add)
+                self._index.setdefault(n, nid)
+        return self._index
 
     def find_or_add(self, node: Node) -> str:
         nid = self.index.get(node)
@@ -256,9 +340,23 @@ class Finder:
 
 def consumers(nodes: Mapping[str, Node]) -> dict[str, list[str]]:
     """id -> the ids of the nodes that refer to it."""
-    out: dict[str, list[str]] = {nid: [] for nid in nodes}
-    for nid, node in nodes.items():
-        for r in refs(node):
+    return _consumers({nid: refs(node) for nid, node in nodes.items()})
+
+
+def consumers_of(ir: IRGraph) -> Mapping[str, list[str]]:
+    """`consumers(nodes_of(ir))`, made once per graph a pass returns (and kept by a graph
+    rebuilt `like` it with the same edges): shared, so callers must not change it."""
+    if isinstance(ir, NodeGraph) and not ir.built():
+        if ir._cons is None:
+            ir._cons = _consumers(ir.refs_by_id())
+        return ir._cons
+    return consumers(nodes_of(ir))
+
+
+def _consumers(refs_of: Mapping[str, tuple[str, ...]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {nid: [] for nid in refs_of}
+    for nid, rs in refs_of.items():
+        for r in rs:
             out.setdefault(r, []).append(nid)
     return out
 
@@ -277,66 +375,3 @@ def table_refs(tables: Iterable[Table]) -> set[str]:
         out |= {t.select} if t.select else set()
         out |= {x for _, pair in t.unpatched for x in pair if x}
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Sites and metrics
-
-
-def site_layer(site: Site) -> int | None:
-    """The first decoder block whose computation a write at `site` changes: `embed` is 0;
-    the sites after the last block (final norm scale, logits) are None."""
-    if site.kind in POST_SITES:
-        return None
-    if site.kind == "embed":
-        return 0
-    return site.layer
-
-
-def before_layer(site: Site, layer: int) -> bool:
-    """Is everything at `site` computed before block `layer` starts (its input included)?"""
-    at = site_layer(site)
-    if at is None:
-        return False
-    if site.kind == "embed":
-        return layer >= 1
-    return at < layer
-
-
-def needs(expr: A.MExpr, kind: type) -> bool:
-    return any(isinstance(e, kind) for e in A.metric_nodes(expr))
-
-
-def logits_only(expr: A.MExpr) -> bool:
-    """Does the metric read nothing but `logit(TOK)` values (no softmax over the vocabulary)?"""
-    for e in A.metric_nodes(expr):
-        if isinstance(e, A.MCall) and e.fn != "logit":
-            return False
-        if isinstance(e, (A.MKL, A.MLoss, A.MRef) + A.GENERATING):
-            return False
-        if isinstance(e, A.MBin) and e.op in A.COMPARISONS:
-            continue
-    return True
-
-
-def forward_metrics(nodes: Mapping[str, Node], cons: Mapping[str, list[str]], fid: str
-                    ) -> list[Metric]:
-    """Metrics evaluated on forward `fid`'s logits (not those that only use it as a kl
-    reference, nor lens metrics, which decode a Read of it)."""
-    return [m for c in cons.get(fid, []) if isinstance(m := nodes[c], Metric)
-            and m.forward == fid and m.lens is None]
-
-
-def generates(nodes: Mapping[str, Node], cons: Mapping[str, list[str]], fid: str) -> bool:
-    """Does a metric on `fid` generate text (the forward then runs as the naive one does)?"""
-    return any(any(needs(m.expr, k) for k in A.GENERATING)
-               for m in forward_metrics(nodes, cons, fid))
-
-
-def differentiated(nodes: Mapping[str, Node], cons: Mapping[str, list[str]], fid: str) -> bool:
-    """Is a metric of `fid` differentiated by a Backward (its reads are then gradient sites)?"""
-    for m in cons.get(fid, []):
-        if isinstance(nodes[m], Metric) and any(isinstance(nodes[b], Backward)
-                                                for b in cons.get(m, [])):
-            return True
-    return False

@@ -21,24 +21,27 @@ decoded together, token by token (runtime/generate.py).
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 from patchc.compiler import ast as A
 from patchc.compiler import printer
 from patchc.compiler.ir import Forward, IRGraph, Node
 
-from ._graph import consumers, forward_metrics, generates, nodes_of, rebuild, refs, topo
+from ._graph import (consumers_of, forward_metrics, generates, nodes_of, rebuild, refs_of,
+                     topo)
 
 
 def _depths(ir: IRGraph, nodes: dict[str, Node]) -> dict[str, int]:
     """Per node, the most forwards on a dependency path ending at it (itself included)."""
     depth: dict[str, int] = {}
+    uses = refs_of(ir)
     for nid in topo(ir):
-        d = max((depth[p] for p in refs(nodes[nid])), default=0)
+        d = max((depth[p] for p in uses[nid]), default=0)
         depth[nid] = d + (1 if isinstance(nodes[nid], Forward) else 0)
     return depth
 
 
-def _leaves(ir: IRGraph, nodes: dict[str, Node], cons: dict[str, list[str]]) -> set[str]:
+def _leaves(ir: IRGraph, nodes: dict[str, Node], cons: Mapping[str, list[str]]) -> set[str]:
     """The forwards no forward depends on, directly or through other nodes."""
     feeds: dict[str, bool] = {}  # does some forward depend on this node?
     for nid in reversed(topo(ir)):
@@ -46,7 +49,7 @@ def _leaves(ir: IRGraph, nodes: dict[str, Node], cons: dict[str, list[str]]) -> 
     return {n for n, f in nodes.items() if isinstance(f, Forward) and not feeds[n]}
 
 
-def _continuations(nodes: dict[str, Node], cons: dict[str, list[str]], fid: str
+def _continuations(nodes: dict[str, Node], cons: Mapping[str, list[str]], fid: str
                    ) -> tuple[str, ...] | None:
     """The generating terms of the forward's metrics (None when it generates nothing)."""
     if not generates(nodes, cons, fid):
@@ -57,7 +60,7 @@ def _continuations(nodes: dict[str, Node], cons: dict[str, list[str]], fid: str
 
 def batch(ir: IRGraph) -> IRGraph:
     nodes = nodes_of(ir)
-    cons = consumers(nodes)
+    cons = consumers_of(ir)
     twins = {f.twin for f in nodes.values() if isinstance(f, Forward) and f.twin}
     depth = _depths(ir, nodes)
     # Leaves may all wait until the deepest forward is done: one depth (-1) for all of them
@@ -79,4 +82,4 @@ def batch(ir: IRGraph) -> IRGraph:
         for fid in members:
             nodes[fid] = dataclasses.replace(nodes[fid], group=n)  # type: ignore[arg-type]
         n += 1
-    return rebuild(nodes, list(ir.tables))
+    return rebuild(nodes, list(ir.tables), like=ir)

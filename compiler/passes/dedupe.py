@@ -10,6 +10,7 @@ equality propagates up the graph in one sweep; the earliest node of a class is k
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any, Hashable
 
 from patchc.compiler import printer
@@ -18,14 +19,22 @@ from patchc.compiler.ir import Forward, IRGraph, Metric, Node, Vector
 from ._graph import nodes_of, rebuild, remap, remap_tables, topo
 
 
-def _key(node: Node) -> Hashable:
+# A Forward's fields but `experiment`, which only says which operation made the forward (it
+# changes nothing run): two forwards are the same computation when these are equal.
+_SAME_RUN = operator.attrgetter(*(f.name for f in dataclasses.fields(Forward)
+                                  if f.compare and f.name != "experiment"))
+
+
+def _key(node: Node, printed: dict[int, str]) -> Hashable:
     if isinstance(node, Forward):
-        # `experiment` only says which operation made the forward; it changes nothing run.
-        return dataclasses.replace(node, experiment=None)
+        return (Forward, _SAME_RUN(node))
     if isinstance(node, Metric):
-        # AST expressions carry spans: compare their printed form, as lowering does.
-        return ("metric", node.forward, node.name, printer.mexpr(node.expr), node.pos,
-                node.reference, node.lens)
+        # AST expressions carry spans: compare their printed form, as lowering does (printed
+        # once per expression object: the experiments of a statement share theirs).
+        text = printed.get(id(node.expr))
+        if text is None:
+            text = printed[id(node.expr)] = printer.mexpr(node.expr)
+        return ("metric", node.forward, node.name, text, node.pos, node.reference, node.lens)
     if isinstance(node, Vector):
         return ("vector", node.name, printer.vexpr(node.expr), node.dim, node.inputs)
     return node
@@ -35,14 +44,18 @@ def dedupe(ir: IRGraph) -> IRGraph:
     canon: dict[str, str] = {}
     seen: dict[Any, str] = {}
     kept: dict[str, Node] = {}
-    for nid in topo(ir):
-        node = remap(ir.node(nid), canon)
-        key = _key(node)
-        if key in seen:
-            canon[nid] = seen[key]
+    printed: dict[int, str] = {}  # (ids of expressions the graph holds throughout)
+    order = topo(ir)
+    given = nodes_of(ir)
+    for nid in order:
+        node = given[nid]
+        if canon:
+            node = remap(node, canon)
+        first = seen.setdefault(_key(node, printed), nid)  # (one hash of the key)
+        if first != nid:
+            canon[nid] = first
             continue
-        seen[key] = nid
         kept[nid] = node
-    order = nodes_of(ir)  # keep the input's node order
-    return rebuild({nid: kept[nid] for nid in order if nid in kept},
-                   remap_tables(ir.tables, canon))
+    # The input's node order; nothing merged, the same graph: its evaluation order too.
+    return rebuild({nid: kept[nid] for nid in given if nid in kept},
+                   remap_tables(ir.tables, canon), like=ir, order=None if canon else order)

@@ -18,7 +18,7 @@ from typing import Mapping
 
 from patchc.compiler.ir import Forward, IRGraph, Metric, Node, Table
 
-from ._graph import consumers, nodes_of, rebuild, table_refs
+from ._graph import consumers, consumers_of, nodes_of, rebuild, table_refs
 
 
 def lone_baselines(nodes: Mapping[str, Node], tables: list[Table],
@@ -41,7 +41,7 @@ def lone_baselines(nodes: Mapping[str, Node], tables: list[Table],
 
 def drop_baselines(ir: IRGraph) -> IRGraph:
     nodes = nodes_of(ir)
-    forwards = lone_baselines(nodes, ir.tables)
+    forwards = lone_baselines(nodes, ir.tables, consumers_of(ir))
     if not forwards:
         return ir
     gone = {nid for nid, n in nodes.items()
@@ -55,4 +55,4 @@ def drop_baselines(ir: IRGraph) -> IRGraph:
         kept = tuple((c, (keep(a), keep(b))) for c, (a, b) in t.unpatched)
         tables.append(dataclasses.replace(t, unpatched=tuple(
             (c, pair) for c, pair in kept if pair != (None, None))))
-    return rebuild({nid: n for nid, n in nodes.items() if nid not in gone}, tables)
+    return rebuild({nid: n for nid, n in nodes.items() if nid not in gone}, tables, like=ir)

@@ -35,4 +35,4 @@ def fuse_attribution(ir: IRGraph) -> IRGraph:
     if not merged:
         return ir  # nothing to fuse: the input, unchanged (passes never mutate a graph)
     nodes = {nid: remap(n, merged) for nid, n in nodes.items()}
-    return rebuild(nodes, remap_tables(ir.tables, merged))
+    return rebuild(nodes, remap_tables(ir.tables, merged), like=ir)

@@ -21,12 +21,12 @@ import dataclasses
 from patchc.compiler import ast as A
 from patchc.compiler.ir import Forward, IRGraph, Metric, Read, Write
 
-from ._graph import consumers, needs, nodes_of, rebuild
+from ._graph import consumers_of, needs, nodes_of, rebuild
 
 
 def narrow_positions(ir: IRGraph) -> IRGraph:
     nodes = nodes_of(ir)
-    cons = consumers(nodes)
+    cons = consumers_of(ir)
     for fid, f in list(nodes.items()):
         if not isinstance(f, Forward) or f.twin is None:
             continue
@@ -46,4 +46,4 @@ def narrow_positions(ir: IRGraph) -> IRGraph:
         if any(isinstance(u, Metric) and needs(u.expr, A.MLoss) for u in users):
             continue
         nodes[fid] = dataclasses.replace(f, narrow=True)
-    return rebuild(nodes, list(ir.tables))
+    return rebuild(nodes, list(ir.tables), like=ir)

@@ -34,7 +34,7 @@ from .drop_baselines import lone_baselines
 from ._graph import (
     Finder,
     before_layer,
-    consumers,
+    consumers_of,
     differentiated,
     generates,
     nodes_of,
@@ -100,7 +100,7 @@ def _narrow_twin(nodes: dict[str, Node], by_writes: dict[tuple, str], fid: str, 
 
 def share_prefix(ir: IRGraph) -> IRGraph:
     nodes = nodes_of(ir)
-    cons = consumers(nodes)
+    cons = consumers_of(ir)
     forwards = {nid: n for nid, n in nodes.items() if isinstance(n, Forward)}
     speaks = {nid for nid in forwards if generates(nodes, cons, nid)}
     graded = {nid for nid in forwards if differentiated(nodes, cons, nid)}
@@ -186,4 +186,4 @@ def share_prefix(ir: IRGraph) -> IRGraph:
     for rid in moved:
         del nodes[rid]
     nodes = {nid: remap(n, moved) for nid, n in nodes.items()}
-    return rebuild(nodes, remap_tables(ir.tables, moved))
+    return rebuild(nodes, remap_tables(ir.tables, moved), like=ir)

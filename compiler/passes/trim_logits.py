@@ -20,12 +20,12 @@ import dataclasses
 from patchc.compiler import ast as A
 from patchc.compiler.ir import Forward, IRGraph, Metric, Positions, Read, Write
 
-from ._graph import consumers, logits_only, needs, nodes_of, rebuild
+from ._graph import consumers_of, logits_only, needs, nodes_of, rebuild
 
 
 def trim_logits(ir: IRGraph) -> IRGraph:
     nodes = nodes_of(ir)
-    cons = consumers(nodes)
+    cons = consumers_of(ir)
     for fid, f in list(nodes.items()):
         if not isinstance(f, Forward):
             continue
@@ -40,15 +40,16 @@ def trim_logits(ir: IRGraph) -> IRGraph:
                     for m in (nodes[c] for c in cons.get(g, []))
                     if isinstance(m, Metric) and m.forward == g and m.lens is None]
         metrics += borrowed
-        full = any(needs(m.expr, k) for m in own for k in (A.MLoss,) + A.GENERATING)
+        full = any(needs(m.expr, (A.MLoss,) + A.GENERATING) for m in own)
         full |= any(isinstance(u, Read) and u.site.kind == "logits" for u in users)
         full |= any(nodes[w].site.kind == "logits" for w in f.writes  # type: ignore[union-attr]
                     if isinstance(nodes[w], Write))
-        if full:
-            nodes[fid] = dataclasses.replace(f, logit_positions=None, logit_tokens=False)
-            continue
-        positions: tuple[Positions, ...] = tuple(dict.fromkeys(m.pos for m in metrics))
-        tokens = bool(own) and len(own) == len(metrics) and all(logits_only(m.expr)
-                                                                for m in own)  # (no borrowed)
-        nodes[fid] = dataclasses.replace(f, logit_positions=positions, logit_tokens=tokens)
-    return rebuild(nodes, list(ir.tables))
+        positions: tuple[Positions, ...] | None = None
+        tokens = False
+        if not full:
+            positions = tuple(dict.fromkeys(m.pos for m in metrics))
+            tokens = bool(own) and len(own) == len(metrics) and all(logits_only(m.expr)
+                                                                    for m in own)  # (no borrowed)
+        if (f.logit_positions, f.logit_tokens) != (positions, tokens):  # (else the same node)
+            nodes[fid] = dataclasses.replace(f, logit_positions=positions, logit_tokens=tokens)
+    return rebuild(nodes, list(ir.tables), like=ir)

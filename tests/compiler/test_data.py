@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 
 from patchc.compiler import ast as A  # noqa: E402
 from patchc.compiler.data import load_data, path_span  # noqa: E402
-from patchc.compiler.errors import CheckError  # noqa: E402
+from patchc.compiler.errors import CheckError, Span  # noqa: E402
 from patchc.compiler.parse import parse  # noqa: E402
 
 
@@ -180,3 +180,20 @@ def test_inline_duplicate_key_is_an_error():
         parse('data d = [{"p": "x", "q": 1, "p": "y"}]')
     assert info.value.code == "E107" and "names the key 'p' twice" in info.value.message
     assert (info.value.span.line, info.value.span.col) == (1, 11)
+
+
+def test_a_shallow_row_without_escapes_is_not_encoded_again(monkeypatch):
+    """The surrogate check (json.dumps of the row) runs only where a `\\u` escape could have
+    made one, or where the row nests deep enough for dumps to meet the recursion limit."""
+    from patchc.compiler import data
+
+    calls: list[object] = []
+    real = data.json.dumps
+    monkeypatch.setattr(data.json, "dumps", lambda obj, **kw: calls.append(obj) or real(obj, **kw))
+    span = Span(1, 1, 1, 2)
+    assert data._loads('{"p": "x", "q": [1, {"r": 2}]}', "line 1", span) == \
+        {"p": "x", "q": [1, {"r": 2}]}
+    assert calls == []
+    assert data._loads('{"p": "\\u00e9"}', "line 1", span) == {"p": "é"}
+    deep = "[" * 150 + "]" * 150
+    assert data._loads(deep, "line 1", span) is not None and len(calls) == 2

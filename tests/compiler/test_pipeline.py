@@ -1,5 +1,6 @@
-"""compiler/pipeline.optimize: the graph is verified before and after the passes, and a
-broken graph is traced to the pass that broke it, also when a later pass fails on it."""
+"""compiler/pipeline.optimize: the graph the passes return is verified, and a broken graph
+is traced to the pass that broke it, also when a later pass fails on it, or to the input
+when the lowering broke it."""
 
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ def test_a_pass_failing_by_itself_raises_its_own_error() -> None:
         optimize(lowered(BODY), (PASSES[0], fails))
 
 
-def test_a_good_graph_is_verified_twice(monkeypatch) -> None:
-    """Before the first pass and after the last, not after each (verify is linear in the
+def test_a_good_graph_is_verified_once(monkeypatch) -> None:
+    """After the last pass, not before the first nor after each (verify is linear in the
     graph, as a pass is)."""
     import patchc.compiler.pipeline as pipeline
 
@@ -55,4 +56,14 @@ def test_a_good_graph_is_verified_twice(monkeypatch) -> None:
     real = pipeline.verify
     monkeypatch.setattr(pipeline, "verify", lambda ir: calls.append(1) or real(ir))
     optimize(lowered(BODY))
-    assert len(calls) == 2
+    assert len(calls) == 1
+
+
+def test_a_broken_input_is_named_as_it_is_not_after_a_pass() -> None:
+    bad = broken(lowered(BODY))
+    with pytest.raises(PlanError) as e:
+        optimize(bad)
+    assert e.value.code == "E503" and "after pass" not in e.value.message
+    with pytest.raises(PlanError) as e:  # also when a pass fails on it first
+        optimize(bad, (crashes_on_missing_reads,))
+    assert e.value.code == "E503" and "after pass" not in e.value.message
