@@ -24,13 +24,15 @@ from .sites import SITE_KINDS
 
 SAFETY = 1.25  # activation estimates are multiplied by this
 # Seconds of overhead (lowering, passes, scheduling, hook installation, bookkeeping, result
-# assembly: everything but model passes) per node of the lowered graph and per model pass
-# (a chunk's hooks, cache copies and metrics), as measured on the project's shared 2-core
-# CPU (benchmarks/overhead.py, benchmarks/memory.py; docs/performance.md); and the FLOP rate
-# the share of a run is estimated at.
-OVERHEAD_PER_NODE = 1.0e-3
-OVERHEAD_PER_PASS = 0.04
-ASSUMED_FLOPS_PER_SECOND = 1e10
+# assembly: everything but model passes) per run, per node of the lowered graph and per model
+# pass, and the FLOP rate of the model passes: fitted to every bundled example spec on the
+# project's shared 2-core CPU (benchmarks/estimate_fit.py; docs/performance.md, "What check
+# estimates"). Per node is rounded up from the fit (0.13 ms): the largest graphs (sparse
+# latent sweeps, 33k nodes) took ~0.2 ms a node.
+OVERHEAD_PER_RUN = 5e-3
+OVERHEAD_PER_NODE = 2e-4
+OVERHEAD_PER_PASS = 2e-3
+ASSUMED_FLOPS_PER_SECOND = 3e10
 FLOAT32 = 4
 # Held back from every budget: allocator slack, Python objects, the run's small tensors.
 RESERVE_BYTES = 32 << 20
@@ -327,7 +329,7 @@ class GraphSizes:
 def overhead_seconds(lowered_nodes: int, passes: int = 0) -> float:
     """The estimated overhead of a run whose lowered (naive) graph has this many nodes and
     whose plan this many model passes."""
-    return OVERHEAD_PER_NODE * lowered_nodes + OVERHEAD_PER_PASS * passes
+    return OVERHEAD_PER_RUN + OVERHEAD_PER_NODE * lowered_nodes + OVERHEAD_PER_PASS * passes
 
 
 def overhead_share(overhead: float, flops: float) -> float:

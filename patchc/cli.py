@@ -59,17 +59,19 @@ def _check_budget(program) -> None:
     check_budget(checked, program.optimized, run_shapes(checked), dtype_bytes)
 
 
-# What a run's FLOPs are divided by to guess its time: a few CPU cores, one mid-range GPU.
-# Deliberately rough: it tells a one-minute run from a one-day run, no more.
-ASSUMED_FLOPS = {"cpu": 1e10, "gpu": 1e13}
+# What a run's FLOPs are divided by to guess its time: a CPU's rate as measured on a 2-core
+# machine (compiler/costs.py), one mid-range GPU's as assumed (not measured). Rough: it tells
+# a one-minute run from a one-day run, no more.
+ASSUMED_GPU_FLOPS_PER_SECOND = 1e13
 LONG_RUN_SECONDS = 60.0
 
 
 def cost_line(program, long_seconds: float | None = None) -> str:
     """One line for `check`: experiments, model passes (and the naive count), FLOPs and an
-    estimated time (compiler/costs.py through the schedule, plus the per-node overhead),
+    estimated time (compiler/costs.py through the schedule, plus the overhead per run, node
+    and model pass),
     starting `note: a long run:` when that is a minute or more."""
-    from patchc.compiler.costs import overhead_seconds
+    from patchc.compiler.costs import ASSUMED_FLOPS_PER_SECOND, overhead_seconds
     from patchc.compiler.pipeline import PASSES
     from patchc.compiler.schedule import run_shapes, schedule
 
@@ -80,12 +82,13 @@ def cost_line(program, long_seconds: float | None = None) -> str:
                     passes=tuple(p.__name__ for p in PASSES))
     o = plan.optimized
     where = "cpu" if checked.options.device == "cpu" else "gpu"
-    seconds = o.flops / ASSUMED_FLOPS[where] + overhead_seconds(program.ir.g.number_of_nodes())
+    rate = ASSUMED_FLOPS_PER_SECOND if where == "cpu" else ASSUMED_GPU_FLOPS_PER_SECOND
+    seconds = o.flops / rate + overhead_seconds(program.ir.g.number_of_nodes(), o.forwards)
     long = seconds >= (LONG_RUN_SECONDS if long_seconds is None else long_seconds)
     return (f"{'note: a long run' if long else 'cost'}: "
             f"{sum(program.experiments.values())} experiment(s) in {o.forwards} model "
             f"pass(es), {o.flops:.3g} FLOPs: about {_duration(seconds)} at "
-            f"{ASSUMED_FLOPS[where]:.0e} FLOP/s on {where} "
+            f"{rate:.0e} FLOP/s on {where} "
             "(`patchc compile --emit plan` shows the plan)")
 
 

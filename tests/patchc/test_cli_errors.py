@@ -85,7 +85,7 @@ def test_check_notes_a_long_run(capsys, spec: Path, monkeypatch):
     assert code == 0 and "long run" not in out and len(lines) == 2, out
     # Every check states the cost: experiments, model passes, FLOPs and a time.
     assert lines[1].startswith("cost: 1 experiment(s) in 2 model pass(es), "), out
-    assert "FLOPs: about" in lines[1] and " s at 1e+10 FLOP/s on cpu" in lines[1]
+    assert "FLOPs: about" in lines[1] and " s at 3e+10 FLOP/s on cpu" in lines[1]
     monkeypatch.setattr(patchc.cli, "LONG_RUN_SECONDS", 0.0)
     code, out, _ = cli(capsys, "check", spec)
     lines = out.splitlines()
