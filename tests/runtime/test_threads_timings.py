@@ -83,10 +83,12 @@ def test_table_seconds_charge_each_node_once():
 
 def test_emit_plan_estimates_the_overhead(models_dir):
     import patchc
+    from patchc.compiler.costs import ASSUMED_FLOPS_PER_SECOND
     from patchc.compiler.dump_plan import emit_plan
 
     fam = family("gpt2", models_dir)
     prog = patchc.compile(fam.spec(BODY))
     text = emit_plan(prog.checked, prog.ir, prog.optimized)
     assert "overhead: ~" in text and f"for {prog.ir.g.number_of_nodes()} graph nodes" in text
-    assert re.search(r"model passes .*: ~\d+\.\d% of the run at 1e\+10 FLOP/s", text), text
+    rate = re.escape(f"{ASSUMED_FLOPS_PER_SECOND:.0e}")
+    assert re.search(rf"model passes .*: ~\d+\.\d% of the run at {rate} FLOP/s", text), text
