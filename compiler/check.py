@@ -121,7 +121,7 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
             circuits.setdefault(s.name.value, s)
     for op in spec.operations():
         if isinstance(op, A.Evaluate):
-            check_evaluate(ctx, op, circuits)
+            check_evaluate(ctx, op, circuits, spec)
         else:
             check_operation(ctx, op, vectors)
     check_output_names(ctx, spec)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from . import ast as A
 from .check_context import Context, did_you_mean
 from .check_metrics import check_measures
+from .check_fill import check_fill_source
 from .check_runs import require_aligned
 from .errors import Span
 
@@ -63,10 +64,12 @@ def check_circuit(ctx: Context, decl: A.CircuitDecl, spec: A.Spec,
         seen[key] = k
 
 
-def check_evaluate(ctx: Context, op: A.Evaluate, circuits: dict[str, A.CircuitDecl]) -> None:
+def check_evaluate(ctx: Context, op: A.Evaluate, circuits: dict[str, A.CircuitDecl],
+                   spec: A.Spec | None = None) -> None:
     """The circuit is declared above (E373), the runs exist and align (ablate copies A's
-    values into B), the measures are plain metrics (E374: faithfulness is the
-    normalization), and something is measured (E337)."""
+    values into B), `mean(A)` can fill every position the ranked table's items write
+    (E455), the measures are plain metrics (E374: faithfulness is the normalization), and
+    something is measured (E337)."""
     decl = circuits.get(op.circuit.value)
     if decl is None:
         ctx.error("E373", f"unknown circuit `{op.circuit.value}`", op.circuit.span,
@@ -81,6 +84,9 @@ def check_evaluate(ctx: Context, op: A.Evaluate, circuits: dict[str, A.CircuitDe
     if op.how.kind == "ablate" and source is not None and target is not None:
         require_aligned(ctx, source, target, op.how.span,
                         f"`evaluate` patches `{source.name}`'s values into `{target.name}`")
+    ranked = table_ops(spec).get(decl.table.value) if spec and decl else None
+    if op.how.kind == "mean" and isinstance(ranked, NODE_TABLE_OPS):
+        check_fill_source(ctx, op.how, source, target, ranked.sites)
     if op.clauses.where:
         ctx.error("E374", "`evaluate` sweeps circuit sizes, not captures: it takes no "
                   "`where`", op.clauses.where[0].span)

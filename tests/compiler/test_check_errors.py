@@ -249,6 +249,10 @@ CASES = [
     ("mean_source_too_short_baked", "ragged",
      "run c = r.corrupt with ablate L0.mlp.out with mean(a)",
      "E455", 6, 42, "`c` is written up to position 14"),
+    ("mean_source_too_short_evaluate", "ragged",
+     "attribute * -> * from b into b using eap  measure ld  as edges\n"
+     "circuit c = top 5 of edges\nevaluate c in b with mean(a)  measure ld",
+     "E455", 8, 22, "mean(`a`) has no example with position 14"),
     ("resample_no_other_length", "ragged", "ablate L0.mlp.out in b with resample(a)  measure ld",
      "E456", 6, 24, "no other example with 15 tokens to give row 1 (line 2"),
 ]
