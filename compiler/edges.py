@@ -8,8 +8,9 @@ do not feed each other.
 
 A receiver becomes an IR site of its input (`q.in`, `k.in`, `v.in`, `mlp.in`, `logits.in`): the
 residual stream as that component alone reads it. On grouped-query models a `k`/`v` receiver is
-the kv head of its query head; it is named (and deduplicated) by the group's first query head,
-so `L1.H*.k` on a model with 8 query heads and 2 kv heads gives `L1.H0.k` and `L1.H4.k`.
+the kv head of its query head; a pattern names it (and deduplicates it) by the group's first
+query head, so `L1.H*.k` on a model with 8 query heads and 2 kv heads gives `L1.H0.k` and
+`L1.H4.k`, while one head or a capture keeps the query head as written (`receivers`).
 `logits.in` carries the layer count as its layer: it comes after every block (share_prefix then
 starts a forward patched there after the last block, so only the final norm and unembedding run).
 """
@@ -130,30 +131,39 @@ def senders(end: A.EdgeEnd, model: ModelSpec) -> list[tuple[Site, tuple]]:
     return [(m.sites[0], _captures(end, m.sites[0])) for m in expand_site(end, model)]
 
 
-def receivers(end: A.EdgeEnd, model: ModelSpec) -> list[tuple[Site, tuple]]:
-    """Concrete receiver inputs of one end (k/v deduplicated by kv head), with captures."""
+def receivers(end: A.EdgeEnd, model: ModelSpec) -> list[tuple[Site, tuple, str]]:
+    """Concrete receiver inputs of one end (k/v deduplicated by kv head), with captures and
+    the text the edge table shows. A k/v receiver of a grouped-query model written with one
+    head or a capture keeps the query head as written (`L1.H3.k`, the same input as
+    `L1.H2.k` when they share a kv head); a pattern without captures lists each kv head
+    once, by its group's first query head."""
     if isinstance(end, A.Every):
         out = []
         for layer in range(model.n_layers):
             for kind in ("q", "k", "v"):
-                out += [(s, ()) for s in _heads(kind, layer, range(model.n_heads), model)]
+                out += [(s, (), receiver_text(s))
+                        for s in _heads(kind, layer, range(model.n_heads), model)]
             if model.missing("mlp.in") is None:
-                out.append((Site("mlp.in", layer), ()))
-        return out + [(Site("logits.in", model.n_layers), ())]
+                mlp = Site("mlp.in", layer)
+                out.append((mlp, (), receiver_text(mlp)))
+        logits = Site("logits.in", model.n_layers)
+        return out + [(logits, (), receiver_text(logits))]
     if end.kind not in RECEIVER_KINDS:
         raise CheckError("E390", _not_an_end(end, model, "receiver"), end.span,
                          hint="receivers are Ll.Hh.q, Ll.Hh.k, Ll.Hh.v, Ll.mlp.in and logits")
     _no_extras(end)
-    out: list[tuple[Site, tuple]] = []
+    out: list[tuple[Site, tuple, str]] = []
     for m in expand_site(end, model):
         site = m.sites[0]
         if end.kind == "logits":
-            out.append((Site("logits.in", model.n_layers), ()))
+            out.append((Site("logits.in", model.n_layers), (), "logits"))
         elif end.kind == "mlp.in":
-            out.append((site, _captures(end, site)))
+            out.append((site, _captures(end, site), receiver_text(site)))
         else:
             (inp,) = _heads(end.kind, site.layer, [site.head], model)  # type: ignore[arg-type]
-            out.append((inp, _captures(end, site)))
+            caps = _captures(end, site)
+            text = str(site) if caps or _is_single(end) else receiver_text(inp)
+            out.append((inp, caps, text))
     return list(dict.fromkeys(out))
 
 
@@ -188,7 +198,7 @@ def iter_edge(edge: A.Edge, model: ModelSpec) -> Iterator[EdgeMatch]:
     (ir_edges.edge_set) never holds them all."""
     ss, rs = senders(edge.sender, model), receivers(edge.receiver, model)
     # Each end's place and text once (`* -> *` pairs every sender with every receiver).
-    rplaced = [(r, rc, _place(r, model), ("receiver", receiver_text(r))) for r, rc in rs]
+    rplaced = [(r, rc, _place(r, model), ("receiver", text)) for r, rc, text in rs]
     for s, sc in ss:
         sp, stext = _place(s, model), ("sender", sender_text(s))
         for r, rc, rp, rtext in rplaced:

@@ -112,6 +112,21 @@ def test_grouped_query_kv_receivers_dedupe(models: Models) -> None:
     assert [str(r) for r in block.space.receivers] == ["L1.H0.k.in", "L1.H4.k.in"]
 
 
+def test_grouped_query_kv_receiver_keeps_the_head_as_written(models: Models) -> None:
+    """`L1.H5.k` (kv head 1 of 2, 8 query heads) is shown as written; with a capture each
+    row shows its own query head, beside the capture's value; the input is the kv head's."""
+    checked = _checked(models, "llama", "swap embed -> L1.H5.k from a into b  measure m as e\n"
+                       "swap embed -> L1.H$h.v from a into b  measure m as c")
+    ir = lower(checked, compact=False)
+    one, caps = ir.tables
+    assert [dict(r.key)["receiver"] for r in one.rows] == ["L1.H5.k"]
+    keys = [dict(r.key) for r in caps.rows]
+    assert [(k["receiver"], k["h"]) for k in keys] == [(f"L1.H{h}.v", h) for h in range(8)]
+    writes = {ir.node(w).site for _, f in ir.of_type(Forward) if f.experiment is not None
+              for w in f.writes}
+    assert {str(s) for s in writes} == {"L1.H4.k.in", "L1.H0.v.in", "L1.H4.v.in"}
+
+
 def test_an_edge_sweep_starts_at_the_receivers_layer(models: Models) -> None:
     body = "swap L0.H1.out -> L2.H0.q, L1.mlp.out -> logits from clean into corrupt  measure ld"
     ir = optimize(lower(_checked(models, "gpt2", body)))
