@@ -24,7 +24,7 @@ import torch
 
 from patchc.compiler import ast as A
 from patchc.compiler.budget import budget_error, memory_span, smallest_budget
-from patchc.compiler.costs import RunShape, parse_bytes
+from patchc.compiler.costs import RunShape
 from patchc.compiler.ir import Backward, Forward, IRGraph, Metric, Positions, Read, Write
 from patchc.compiler.schedule import ForwardStep, Plan, schedule
 
@@ -46,37 +46,7 @@ from .sweeps import run_chunk
 from .adapters.dictionary import repeated_blocks
 from .sparse import Sparse, borrowed_metrics
 from .writes import make_readers, make_writer
-
-
-def memory_budget(memory: str | None, device: torch.device, weights: int, share: int = 1
-                  ) -> int:
-    """`set memory`, else weights + half of the memory free now (a conservative budget),
-    divided among the `share` worker processes that compute on this device."""
-    if memory is not None:
-        return parse_bytes(memory)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-    else:
-        free = _available_ram()
-    return weights + free // 2 // share
-
-
-def _available_ram() -> int:
-    """The memory available now: Linux's MemAvailable (what psutil reports there, read
-    directly: psutil parses every field), else psutil's, else 4 GiB."""
-    try:
-        with open("/proc/meminfo", "rb") as f:
-            for line in f:
-                if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        return 4 << 30
+from .memory import memory_budget
 
 
 class Executor(Interpreter):

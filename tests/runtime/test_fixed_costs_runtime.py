@@ -211,9 +211,9 @@ def test_available_ram_is_what_psutil_reports() -> None:
     import pytest
 
     psutil = pytest.importorskip("psutil")
-    from patchc.runtime.execute import _available_ram
+    from patchc.runtime.memory import available_ram
 
-    got, want = _available_ram(), psutil.virtual_memory().available
+    got, want = available_ram(), psutil.virtual_memory().available
     assert abs(got - want) < max(want // 50, 64 << 20)  # (memory moves between the reads)
 
 
