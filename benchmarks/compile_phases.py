@@ -14,14 +14,13 @@ under each, in turns (other processes on the machine move the figures by 10-30%)
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from peers import BODIES, Patchc, setup
+from peers import BODIES, Patchc, setup, write_data
 
 from patchc.api import load_spec
 from patchc.compiler.check import check
@@ -64,8 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp())
     task, path, tok, rows = setup(args.model, tmp, "cpu", torch.float32)
-    data = tmp / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = write_data(rows, tmp)
     bench = Patchc(task, path, tok, data, "float32")
     model_spec = adapter_for(task.model).spec()
     print(f"{args.model}, CPU ms per run, min / median of {args.repeats} (1 thread)")

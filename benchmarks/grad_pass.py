@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Callable
 
 import torch
 from peer_tools import KINDS, HookLoop
-from peers import Patchc, setup
+from peers import Patchc, setup, write_data
 
 import patchc
 from patchc.runtime import estimates, execute
@@ -62,8 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp())
     task, path, tok, rows = setup(args.model, tmp, "cpu", torch.float32)
-    data = tmp / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = write_data(rows, tmp)
     text = Patchc(task, path, tok, data, "float32").text("E5")
     loop = HookLoop(task)
     model = task.model

@@ -106,6 +106,13 @@ def setup(which: str, tmp: Path, device: str, dtype: torch.dtype):
     return task, path, tok, rows
 
 
+def write_data(rows: list[dict], folder: Path) -> Path:
+    """The task's rows as `folder/data.jsonl`, the data file every spec names."""
+    data = folder / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
 def spec_text(path: Path, data: Path, exp: str, dtype: str) -> str:
     dt = f'set dtype = "{dtype}"\n' if dtype != "float32" else ""
     return (f'model "{path}"\n{dt}data d = "{data}"\nrun clean = d.clean\n'
@@ -252,8 +259,7 @@ def bench(model: str, args: argparse.Namespace) -> tuple[str, dict, dict]:
     exps = args.only or list(EXPERIMENTS)
     with tempfile.TemporaryDirectory() as tmp:
         task, path, tok, rows = setup(model, Path(tmp), args.device, dtype)
-        data = Path(tmp) / "data.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        data = write_data(rows, Path(tmp))
         ts = tools(task, path, tok, data, set(args.tools), args.device, dtype)
         wall, cpu, values = measure(ts, exps, args.repeats)
         bounds = {e: ts["patchc"].flop_bound(e) for e in exps} if "patchc" in ts else {}
