@@ -6,13 +6,9 @@ Lark's positions and tokens into Spans and strings.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
-from types import MethodType
-from typing import Any, Callable
+from typing import Any
 
-from lark import Token, Transformer, Tree, v_args
-from lark.exceptions import GrammarError, VisitError
-from lark.visitors import Discard
+from lark import Token, Transformer, v_args
 
 from . import ast as A
 from .errors import ParseError, Span
@@ -60,37 +56,6 @@ class ExprBuilder(Transformer):
     build_sites.SiteBuilder) with the rest, and owns the `errors` they add to."""
 
     errors: list[ParseError]
-
-    def transform(self, tree: Tree) -> Any:
-        """Lark's Transformer.transform: bottom up, each rule's method called through its
-        v_args wrapper, an exception it raises wrapped in VisitError; tokens pass through
-        unless a method is named after their type. The methods are looked up once per class
-        (lark's lookup wraps the bound method anew at every node: a third of building the AST
-        of a short spec); a rule without one goes to lark's own dispatch (`__default__`)."""
-        rules, names = _methods(type(self))
-        generic = Transformer._call_userfunc
-
-        def walk(t: Tree) -> Any:
-            children = []
-            for c in t.children:
-                if isinstance(c, Tree):
-                    c = walk(c)
-                elif isinstance(c, Token) and c.type in names:
-                    c = self._call_userfunc_token(c)
-                if c is not Discard:
-                    children.append(c)
-            found = rules.get(t.data)
-            if found is None:
-                return generic(self, t, children)
-            fn, wrapper = found
-            try:
-                return wrapper(MethodType(fn, self), t.data, children, t.meta)
-            except GrammarError:
-                raise
-            except Exception as e:
-                raise VisitError(t.data, t, e) from e
-
-        return walk(tree)
 
     # -- metric expressions ----------------------------------------------------------------
     def m_num(self, meta, items):
@@ -193,19 +158,3 @@ class ExprBuilder(Transformer):
 
     def scalar_sweep(self, meta, items):
         return A.ScalarSweep(tuple(float(v) for v in items), span_of(meta))
-
-
-@lru_cache(maxsize=None)
-def _methods(cls: type) -> tuple[dict[str, tuple[Callable, Callable]], frozenset[str]]:
-    """A builder class's rule methods: name -> (the function, its v_args wrapper), for every
-    public method v_args wrapped; and every attribute name (a token type among them would
-    be called, as lark does)."""
-    rules: dict[str, tuple[Callable, Callable]] = {}
-    for klass in reversed(cls.__mro__):
-        for name, value in vars(klass).items():
-            wrapper = getattr(value, "visit_wrapper", None)
-            if not name.startswith("_") and wrapper is not None and hasattr(value, "base_func"):
-                rules[name] = (value.base_func, wrapper)
-            else:
-                rules.pop(name, None)  # (overridden by something lark would call as it is)
-    return rules, frozenset(dir(cls))
