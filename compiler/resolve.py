@@ -204,7 +204,7 @@ def _expand_features(sel: A.FeatureSel | None, width: int) -> list[tuple[int | N
     if isinstance(sel, A.Slice):
         lo, hi = slice_bounds(sel, width)
         if not (0 <= lo < hi <= width):
-            raise CheckError("E203", f"feature slice [{lo}:{hi}] is outside the site's "
+            raise CheckError("E203", f"feature slice [{sel.lo}:{sel.hi}] is outside the site's "
                              f"{width} features", sel.span)
         return [(None, None)]
     return [(i, c) for i, c in expand_index(sel, width, "features", "neuron")]
