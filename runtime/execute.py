@@ -36,7 +36,7 @@ from .forward_values import ForwardOutput
 from .naive import Interpreter
 from .compat import blocks_return_tuples, output_cache, with_cache
 from .reading import collect_reads
-from .pass_plan import live_mlp, logit_plan, top_block, unaligned_sources
+from .pass_plan import live_mlp, logit_plan, replaced, top_block, unaligned_sources
 from .prefix import (live_positions, narrowable, prefix_cache, skip_above, skip_layers,
                      trimmed_logits, widen)
 from .edge_stack import Senders
@@ -375,9 +375,5 @@ def _fused_backwards(ir: IRGraph, plan: Plan) -> dict[str, str]:
 
 
 def _without_narrowing(ir: IRGraph) -> IRGraph:
-    out = ir.copy()
-    for nid, f in list(out.of_type(Forward)):
-        if f.narrow:
-            out.g.nodes[nid]["node"] = dataclasses.replace(f, narrow=False)
-    out.g.graph["tables"] = list(ir.tables)
-    return out
+    return replaced(ir, {nid: dataclasses.replace(f, narrow=False)
+                         for nid, f in ir.of_type(Forward) if f.narrow})

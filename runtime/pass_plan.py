@@ -109,11 +109,18 @@ def unaligned_sources(ir: IRGraph, lengths: dict[str, tuple[int, ...]]) -> IRGra
             f: Forward = ir.node(read.forward)  # type: ignore[assignment]
             if f.live_from is not None and lengths[f.run] != lengths[run]:
                 bad.add(read.forward)
-    if not bad:
+    return replaced(ir, {fid: dataclasses.replace(ir.node(fid), live_from=None)
+                         for fid in bad})
+
+
+def replaced(ir: IRGraph, nodes: dict[str, Any]) -> IRGraph:
+    """`ir` with some nodes replaced by others of the same references (a copy; `ir` itself
+    when there are none): the runtime's late changes to what the passes decided."""
+    if not nodes:
         return ir
     out = ir.copy()
-    for fid in bad:
-        out.g.nodes[fid]["node"] = dataclasses.replace(ir.node(fid), live_from=None)
+    for nid, node in nodes.items():
+        out.g.nodes[nid]["node"] = node
     out.g.graph["tables"] = list(ir.tables)
     return out
 
