@@ -88,25 +88,18 @@ class Adapter(Parts):
         if kind.startswith("dict:"):
             return dictionary.hooked(self, kind, fn)
         layer, head = self._validate(kind, layer, head)
-        return self._hooked(kind, layer, head, fn)
+        return self._hooked([(kind, layer, head, fn)])
+
+    def hooks(self, sites: list[tuple[str, int | None, int | None, HookFn]]
+              ) -> contextlib.AbstractContextManager["Adapter"]:
+        """Several hooks at once: each checked as `hook` checks it, entered in order and
+        removed in the reverse order, as nested `hook` contexts would be (with one list of
+        removers: a context per hook cost more than installing it)."""
+        return self._hooked(sites, validate=True)
 
     @contextlib.contextmanager
-    def _hooked(
-        self, kind: str, layer: int | None, head: int | None, fn: HookFn
-    ) -> Iterator["Adapter"]:
-        removers: list = []
-        try:
-            self._install(kind, layer, head, fn, removers)
-            yield self
-        finally:
-            for r in reversed(removers):
-                r.remove() if hasattr(r, "remove") else r()
-
-    @contextlib.contextmanager
-    def hooks(self, sites: list[tuple[str, int | None, int | None, HookFn]]) -> Iterator["Adapter"]:
-        """Several hooks at once: entered in order, each checked as `hook` checks it, and
-        removed in the reverse order, as nested `hook` contexts would be. One list of
-        removers for all of them (a context per hook cost more than installing it)."""
+    def _hooked(self, sites: list[tuple[str, int | None, int | None, HookFn]],
+                validate: bool = False) -> Iterator["Adapter"]:
         removers: list = []
         try:
             for kind, layer, head, fn in sites:
@@ -115,7 +108,8 @@ class Adapter(Parts):
                     cm.__enter__()
                     removers.append(lambda cm=cm: cm.__exit__(None, None, None))
                     continue
-                layer, head = self._validate(kind, layer, head)
+                if validate:
+                    layer, head = self._validate(kind, layer, head)
                 self._install(kind, layer, head, fn, removers)
             yield self
         finally:

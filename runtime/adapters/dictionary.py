@@ -85,7 +85,7 @@ class Attachment:
                                           f"L{info.host.layer}.mlp input").remove)
         host = info.host
         layer, head = ad._validate(host.kind, host.layer, host.head)
-        stack.enter_context(ad._hooked(host.kind, layer, head, self._host))
+        stack.enter_context(ad._hooked([(host.kind, layer, head, self._host)]))
 
     def _take_input(self, x: torch.Tensor) -> None:
         self.x_in = x
