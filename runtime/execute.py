@@ -65,10 +65,16 @@ class Executor(Interpreter):
         self._remapped: dict[tuple, dict] = {}  # token_ids through a remap, per remap
 
     # ---- planning -----------------------------------------------------------------------
-    def prepare(self, ir: IRGraph, naive_ir: IRGraph | None = None, share: int = 1
-                ) -> tuple[IRGraph, Plan]:
-        """The graph as this model can run it, and its Plan for the real token counts;
-        `share`: how many worker processes compute on this device (they split its memory)."""
+    def budget(self, share: int = 1) -> int:
+        """The memory budget of this run's plan (runtime/memory.py); `share`: how many worker
+        processes compute on this device (they split its memory)."""
+        weights = sum(p.nbytes for p in self.model.parameters())
+        return memory_budget(self.checked.options.memory, self.device, weights, share)
+
+    def prepare(self, ir: IRGraph, naive_ir: IRGraph | None = None, share: int = 1,
+                budget: int | None = None) -> tuple[IRGraph, Plan]:
+        """The graph as this model can run it, and its Plan for the real token counts
+        under `budget` (None: self.budget(share))."""
         if any(f.narrow for _, f in ir.of_type(Forward)) and \
                 not narrowable(self.model.config):  # sliding-window caches cannot be cut
             ir = _without_narrowing(ir)
@@ -81,7 +87,7 @@ class Executor(Interpreter):
         param = next(self.model.parameters())
         weights = sum(p.nbytes for p in self.model.parameters())
         options = self.checked.options
-        budget = memory_budget(options.memory, self.device, weights, share)
+        budget = self.budget(share) if budget is None else budget
         plan = schedule(ir, self.checked.model, runs, budget, options.batch_size,
                         param.element_size(), weights, naive_ir)
         if plan.over_budget and options.memory is not None:

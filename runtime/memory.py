@@ -10,18 +10,24 @@ import torch
 
 from patchc.compiler.costs import parse_bytes
 
+QUANTUM = 64 << 20
+
 
 def memory_budget(memory: str | None, device: torch.device, weights: int, share: int = 1
                   ) -> int:
     """`set memory`, else weights + half of the memory free now (a conservative budget),
-    divided among the `share` worker processes that compute on this device."""
+    divided among the `share` worker processes that compute on this device and rounded
+    down to QUANTUM."""
     if memory is not None:
         return parse_bytes(memory)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
         free = available_ram()
-    return weights + free // 2 // share
+    half = free // 2 // share
+    # Rounded down to a QUANTUM: a budget that moved with every page freed elsewhere would
+    # make each run's plan a new one (patchc/compile_cache.py keeps plans per budget).
+    return weights + (half - half % QUANTUM if half > QUANTUM else half)
 
 
 def available_ram() -> int:

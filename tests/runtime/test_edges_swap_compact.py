@@ -15,6 +15,7 @@ from test_edges import PRELUDE, _hand
 from test_edges_compact import same_frames
 
 import patchc
+from patchc import compile_cache
 import patchc.execution
 from patchc.compiler.ir import Forward
 from patchc.compiler.lower import lower
@@ -44,7 +45,11 @@ def _per_edge(fam, body: str, monkeypatch) -> patchc.Results:
     """The same spec lowered one Forward per edge (`lower(..., compact=False)`)."""
     with monkeypatch.context() as mp:
         mp.setattr(patchc.execution, "lower", lambda checked: lower(checked, compact=False))
-        return fam.run(PRELUDE + body)
+        compile_cache.clear()  # (else a run of the spec before hands back its graphs)
+        try:
+            return fam.run(PRELUDE + body)
+        finally:
+            compile_cache.clear()
 
 
 def _same(a: pd.DataFrame, b: pd.DataFrame, what: str, tol: float = 1e-6) -> None:

@@ -19,6 +19,7 @@ from ops_common import CLEAN, CORRUPT, HEAD, T, ld_of
 from test_gradients import _hand_rules
 
 import patchc
+from patchc import compile_cache
 from patchc.compiler.passes import dead_positions as dp
 
 FAMILIES = ["gpt2", "llama", "neox"]
@@ -53,7 +54,11 @@ def top_mlp_widths(fam: Fam):
 def unnarrowed(fam: Fam, spec: str, monkeypatch) -> dict:
     with monkeypatch.context() as m:
         m.setattr(dp, "gradient_only", lambda *_a: False)
-        return fam.run(spec, naive=False).tables
+        compile_cache.clear()  # (else a run of the spec before hands back its graphs)
+        try:
+            return fam.run(spec, naive=False).tables
+        finally:
+            compile_cache.clear()
 
 
 def same_tables(a: dict, b: dict) -> None:

@@ -1,0 +1,163 @@
+"""patchc/compile_cache.py: a spec run again unchanged on the caller's model reuses its
+checked form, graphs and plan; anything compiling read that changed compiles anew, and the
+tables are those of a fresh compile either way. Runs the bundled tiny GPT-2."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import patchc  # noqa: E402
+from patchc import compile_cache  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "examples" / "models" / "tiny-gpt2"
+ROWS = [{"clean": "When Mary and John went to the store , John gave a drink to",
+         "corrupt": "When Alice and Bob went to the store , Tom gave a drink to",
+         "answer": " Mary", "distractor": " John"},
+        {"clean": "When Kate and Paul went to the park , Paul gave a ring to",
+         "corrupt": "When Anna and Mark went to the park , Lucy gave a ring to",
+         "answer": " Kate", "distractor": " Paul"}]
+BODY = """run clean = d.clean
+run corrupt = d.corrupt
+metric ld = logit(d.answer) - logit(d.distractor)
+swap L0..1.H*.z @ last from clean into corrupt measure ld as heads
+attribute L*.resid_pre @ each from clean into corrupt using atp measure ld as atp
+"""
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    import transformers as tf
+
+    return (tf.AutoModelForCausalLM.from_pretrained(MODEL).eval(),
+            tf.AutoTokenizer.from_pretrained(MODEL))
+
+
+@pytest.fixture()
+def data(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    compile_cache.clear()
+    yield path
+    compile_cache.clear()
+
+
+def spec(data: Path) -> str:
+    return f'model "{MODEL}"\ndata d = "{data}"\n' + BODY
+
+
+def reused(res) -> bool:
+    return res.manifest["timings"]["compile_reused"]
+
+
+def fresh(text: str, model, tok) -> dict[str, pd.DataFrame]:
+    """The tables of a run that compiles from scratch (nothing kept)."""
+    compile_cache.clear()
+    res = patchc.run(text, model=model, tokenizer=tok)
+    compile_cache.clear()
+    return {name: res[name] for name in res}
+
+
+def same_tables(res, expected: dict[str, pd.DataFrame]) -> None:
+    assert list(res) == list(expected)
+    for name, df in expected.items():
+        pd.testing.assert_frame_equal(res[name], df)
+
+
+def test_a_second_run_reuses_and_gives_the_same_tables(loaded, data):
+    model, tok = loaded
+    text = spec(data)
+    expected = fresh(text, model, tok)
+    first = patchc.run(text, model=model, tokenizer=tok)
+    second = patchc.run(text, model=model, tokenizer=tok)
+    assert not reused(first) and reused(second)
+    same_tables(first, expected)
+    same_tables(second, expected)
+    # the naive interpreter is kept apart, and agrees
+    naive = patchc.run(text, model=model, tokenizer=tok, naive=True)
+    assert not reused(naive)
+    assert reused(patchc.run(text, model=model, tokenizer=tok, naive=True))
+    for name in expected:
+        pd.testing.assert_frame_equal(naive[name], expected[name], atol=1e-5, rtol=1e-5)
+
+
+def test_an_edited_data_file_compiles_anew(loaded, data):
+    model, tok = loaded
+    text = spec(data)
+    patchc.run(text, model=model, tokenizer=tok)
+    rows = [dict(ROWS[0]), dict(ROWS[1], answer=" Paul", distractor=" Kate")]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    expected = fresh(text, model, tok)
+    patchc.run(text, model=model, tokenizer=tok)  # keeps the old file's entry out
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    patchc.run(text, model=model, tokenizer=tok)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = patchc.run(text, model=model, tokenizer=tok)
+    assert reused(res)  # the edited file's entry, kept from two runs before
+    same_tables(res, expected)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows[:1]))
+    one = patchc.run(text, model=model, tokenizer=tok)
+    assert not reused(one) and len(one["heads"]) == len(expected["heads"])
+
+
+def test_another_model_tokenizer_or_option_compiles_anew(loaded, data):
+    import transformers as tf
+
+    model, tok = loaded
+    text = spec(data)
+    patchc.run(text, model=model, tokenizer=tok)
+    other = tf.AutoModelForCausalLM.from_pretrained(MODEL).eval()
+    assert not reused(patchc.run(text, model=other, tokenizer=tok))
+    tok2 = tf.AutoTokenizer.from_pretrained(MODEL)
+    assert not reused(patchc.run(text, model=model, tokenizer=tok2))
+    assert not reused(patchc.run(text, model=model, tokenizer=tok, seed=7))
+    assert reused(patchc.run(text, model=model, tokenizer=tok, seed=7))
+    tok2.add_tokens(["zzqx"])  # a tokenizer edited in place: its size changed
+    assert not reused(patchc.run(text, model=model, tokenizer=tok2))
+    assert not reused(patchc.run(text + "\n", model=model, tokenizer=tok))
+
+
+def test_a_model_changed_in_place_runs_right(loaded, data):
+    model, tok = loaded
+    text = spec(data)
+    patchc.run(text, model=model, tokenizer=tok)
+    double = model.to(torch.float64)
+    try:
+        res = patchc.run(text, model=double, tokenizer=tok)
+        assert reused(res)  # same object and shape: checked form kept, plan made anew
+        assert res.manifest["dtype"] == "float64"
+        expected = fresh(text, double, tok)
+        same_tables(res, expected)
+    finally:
+        model.to(torch.float32)
+
+
+def test_entries_hold_models_weakly_and_are_bounded(data):
+    import transformers as tf
+
+    text = spec(data)
+    tok = tf.AutoTokenizer.from_pretrained(MODEL)
+    model = tf.AutoModelForCausalLM.from_pretrained(MODEL).eval()
+    patchc.run(text, model=model, tokenizer=tok)
+    entry = next(iter(compile_cache._ENTRIES.values()))
+    del model
+    gc.collect()
+    assert entry.model() is None
+    for seed in range(compile_cache.SIZE + 3):
+        m = tf.AutoModelForCausalLM.from_pretrained(MODEL).eval()
+        patchc.run(text, model=m, tokenizer=tok, seed=seed)
+    assert len(compile_cache._ENTRIES) == compile_cache.SIZE
+
+
+def test_a_run_that_loads_its_model_is_not_kept(data):
+    patchc.run(spec(data))
+    assert not compile_cache._ENTRIES
