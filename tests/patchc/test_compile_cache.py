@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -161,3 +162,25 @@ def test_entries_hold_models_weakly_and_are_bounded(data):
 def test_a_run_that_loads_its_model_is_not_kept(data):
     patchc.run(spec(data))
     assert not compile_cache._ENTRIES
+
+
+def test_file_digests_follow_every_write(tmp_path, monkeypatch):
+    import hashlib
+
+    from patchc import manifest
+
+    fresh = tmp_path / "g.txt"
+    fresh.write_text("new")  # written just now: hashed, not kept
+    assert manifest.sha256_file(fresh) == hashlib.sha256(b"new").hexdigest()
+    assert str(fresh) not in manifest._FILE_DIGESTS
+    monkeypatch.setattr(manifest, "SETTLED_SECONDS", -1.0)  # (every file counts as settled)
+    path = tmp_path / "f.txt"
+    path.write_text("one")
+    first = manifest.sha256_file(path)
+    assert manifest._FILE_DIGESTS[str(path)][1] == first
+    assert manifest.sha256_file(path) == first
+    stat = path.stat()
+    time.sleep(0.05)  # past a coarse clock's tick (what SETTLED_SECONDS guards against)
+    path.write_text("two")  # same size, new bytes
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the old modification time
+    assert manifest.sha256_file(path) == hashlib.sha256(b"two").hexdigest()
