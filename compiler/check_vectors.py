@@ -27,8 +27,10 @@ SAE_DECODER_KEY = "W_dec"
 
 
 @lru_cache(maxsize=32)
-def _shapes(path: str, mtime: float) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of every tensor in a safetensors file, from its header alone."""
+def _shapes(path: str, stamp: tuple) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of every tensor in a safetensors file, from its header alone; kept per
+    `stamp` (device, inode, size, modification and change times: every write moves the
+    change time, even a copy that keeps the modification time)."""
     from safetensors import safe_open
 
     with safe_open(path, framework="numpy") as f:
@@ -42,7 +44,9 @@ def tensor_shapes(ctx: Context, file: str, span: Span) -> dict[str, tuple[int, .
                          hint=near(file, path, ctx.base_dir)
                          or "relative paths resolve against the spec file's directory")
     try:
-        return _shapes(path, os.path.getmtime(path))
+        st = os.stat(path)
+        return _shapes(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                              st.st_ctime_ns))
     except Exception as e:  # safetensors raises its own error types for a bad header
         raise CheckError("E328", f"could not read {path} as safetensors: {e}", span) from None
 

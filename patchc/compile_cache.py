@@ -10,15 +10,18 @@ keyed by everything compiling read:
 - the sha256 of every file the spec reads (data, vectors, dictionary configs), which the
   run takes anyway for its manifest: an edited data file is a new key;
 - the model object, and its shape (the adapter's ModelSpec, compared on every hit);
-- the tokenizer object and its vocabulary size (tokens added since are a new key);
-- the SAELens objects passed with `saes=`, the option overrides, and `naive`.
+- the tokenizer object and what it does (the manifest's tokenizer hash: vocabulary,
+  normalizer, pre-tokenizer, post-processor, special tokens; a BOS switched on since, or a
+  token added, is a new key);
+- the configs of the SAELens objects passed with `saes=`, the option overrides, `naive`.
 
 A call that matches all of them reuses the checked spec, the lowered and optimized graphs
 (the AST, the IR and the checked spec are frozen; the runtime's late changes copy) and the
 plan made for the same memory budget, device and dtype (runtime/memory.py rounds the
-budget taken from the free memory, so that it does not move with every page). Models and
-tokenizers are held by weak reference, so an entry never keeps one alive; the last `SIZE`
-entries are kept.
+budget taken from the free memory, so that it does not move with every page). The model is
+held by weak reference, so an entry never keeps one alive; the checked spec holds the
+tokenizer it tokenized with (and the ids it made) until its entry is dropped: the last
+`SIZE` entries are kept, and `clear()` drops them all.
 Runs over worker processes and runs that load the model themselves compile every time.
 """
 
@@ -32,6 +35,7 @@ from typing import Any, Callable, Hashable
 from patchc.compiler import ast as A
 from patchc.compiler.checked import CheckedSpec
 from patchc.compiler.modelspec import ModelSpec
+from patchc.manifest import tokenizer_hash
 
 SIZE = 8
 
@@ -51,19 +55,17 @@ _ENTRIES: "OrderedDict[tuple, Entry]" = OrderedDict()
 
 
 def key(spec: A.Spec, model: Any, tokenizer: Any, inputs: dict[str, str],
-        saes: dict[str, Any] | None, overrides: dict[str, Any] | None, naive: bool
+        sae_configs: dict[str, Any], overrides: dict[str, Any] | None, naive: bool
         ) -> tuple | None:
-    """The key of a run, or None for a run that is not kept (no model object passed)."""
-    if model is None:
-        return None
-    try:
-        vocab = len(tokenizer) if tokenizer is not None else None
-    except TypeError:  # a tokenizer without a size: nothing tells an edit apart
+    """The key of a run, or None for a run that is not kept (no model object passed).
+    `sae_configs`: the configs of the SAE objects passed with `saes=` (what check reads of
+    them; their weights are loaded by every run)."""
+    if model is None or tokenizer is None:
         return None
     source = spec.source
     return (source.text, source.filename, source.base_dir, tuple(sorted(inputs.items())),
-            id(model), id(tokenizer), vocab, getattr(tokenizer, "padding_side", None),
-            tuple(sorted((k, id(v)) for k, v in (saes or {}).items())),
+            id(model), id(tokenizer), tokenizer_hash(tokenizer),
+            getattr(tokenizer, "padding_side", None), repr(sorted(sae_configs.items())),
             repr(sorted((overrides or {}).items())), naive)
 
 

@@ -158,7 +158,7 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
         adapter = _adapter(model)
     model_spec = adapter.spec() if model is not None else None
     cfgs = {name: saelens_config(sae) for name, sae in (saes or {}).items()}
-    key = compile_cache.key(spec, model, tokenizer, inputs, saes, overrides, naive) \
+    key = compile_cache.key(spec, model, tokenizer, inputs, cfgs, overrides, naive) \
         if group is None and inputs is not None else None
     checked = compile_cache.find(key, model, tokenizer, model_spec)
     if checked is not None:
@@ -303,7 +303,7 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
     tables = {t.name: {"rows": t.n_rows(), "columns": list(t.columns), "keys": _keys(t),
                        "seconds": round(seconds.get(t.name, 0.0), 4)} for t in ir.tables}
     hf_map = getattr(model, "hf_device_map", None)
-    ran = what_ran(spec, decl, model, tokenizer, given)
+    ran = what_ran(spec, decl, model, tokenizer, given, options.dtype)
     pinned = dict(
         spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
         spec_file=ran.spec_file, spec_dir=ran.spec_dir, model_id=decl.model_id,

@@ -41,8 +41,11 @@ def _model_name(model: Any) -> str:
     return str(name) if name else ""
 
 
-def what_ran(spec: A.Spec, decl: A.ModelDecl, model: Any, tokenizer: Any, given: bool
-             ) -> Ran:
+def what_ran(spec: A.Spec, decl: A.ModelDecl, model: Any, tokenizer: Any, given: bool,
+             dtype: str = "float32") -> Ran:
+    """What ran, and its warnings about the model passed in (`given`): another model than
+    the spec names (W471), or a dtype the spec or an option asked for that a passed-in model
+    does not have (W476: patchc never converts the caller's model; `dtype` is the option)."""
     src = spec.source
     spec_dir = str(Path(src.base_dir).resolve())
     spec_file = src.filename if src.filename.startswith("<") else \
@@ -57,6 +60,7 @@ def what_ran(spec: A.Spec, decl: A.ModelDecl, model: Any, tokenizer: Any, given:
     passed = named if name == decl.model_id and cwd == src.base_dir else \
         _where(name, cwd) if name else ""  # (the spec's own name and folder: found above)
     ran.model_path = passed or "(a model object without a name)"
+    _dtype_warning(ran, spec, model, dtype)
     if passed and passed != named:
         ran.warnings.append(Warning_(
             "W471", f"the spec names model {decl.model_id!r} but the model passed in is "
@@ -64,3 +68,21 @@ def what_ran(spec: A.Spec, decl: A.ModelDecl, model: Any, tokenizer: Any, given:
             decl.span, src, hint="a rerun of this spec (`patchc verify`) loads the spec's "
             "model: make the `model` line name the one you pass"))
     return ran
+
+
+def _dtype_warning(ran: Ran, spec: A.Spec, model: Any, dtype: str) -> None:
+    """W476 when `set dtype` (or an option other than the default) asked for a dtype the
+    model passed in does not have."""
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    if param is None:
+        return
+    has = str(param.dtype).removeprefix("torch.")
+    setting = next((s for s in spec.statements
+                    if isinstance(s, A.SetDecl) and s.name.value == "dtype"), None)
+    if has == dtype or (setting is None and dtype == "float32"):
+        return
+    ran.warnings.append(Warning_(
+        "W476", f"dtype {dtype} was asked for, but the model passed in is {has} and ran in "
+        f"{has} (patchc does not convert a model it is given); the manifest records {has}",
+        setting.span if setting is not None else None, spec.source,
+        hint=f"convert it before passing it (model.to(torch.{dtype})), or drop the setting"))

@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import patchc  # noqa: E402
+import patchc.api  # noqa: E402
 from patchc import compile_cache  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,3 +185,102 @@ def test_file_digests_follow_every_write(tmp_path, monkeypatch):
     path.write_text("two")  # same size, new bytes
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the old modification time
     assert manifest.sha256_file(path) == hashlib.sha256(b"two").hexdigest()
+
+
+IOI = ROOT / "examples" / "models" / "ioi-gpt2"
+SAE = ROOT / "examples" / "saes" / "ioi-L1-resid_post"
+
+
+class _SAE:
+    """What patchc reads of an SAELens SAE object: `cfg.to_dict()` and `state_dict()`."""
+
+    class _Cfg:
+        def __init__(self, d: dict) -> None:
+            self.d = d
+
+        def to_dict(self) -> dict:
+            return dict(self.d)
+
+    def __init__(self, cfg: dict, weights: dict) -> None:
+        self.cfg, self.weights = self._Cfg(cfg), weights
+
+    def state_dict(self) -> dict:
+        return dict(self.weights)
+
+
+def test_a_tokenizer_changed_in_place_compiles_anew(data):
+    import transformers as tf
+
+    model = tf.AutoModelForCausalLM.from_pretrained(IOI).eval()
+    tok = tf.AutoTokenizer.from_pretrained(IOI)
+    text = f'model "{IOI}"\ndata d = "{data}"\n' + BODY
+    before = patchc.run(text, model=model, tokenizer=tok)
+    # The same object, the same vocabulary size, another post-processor: a BOS in front.
+    from tokenizers import processors
+
+    eos = tok.eos_token
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{eos} $A", special_tokens=[(eos, tok.eos_token_id)])
+    after = patchc.run(text, model=model, tokenizer=tok)
+    assert not reused(after)
+    assert len(after["atp"]) == len(before["atp"]) + 4  # one more position, 4 layers
+    same_tables(after, fresh(text, model, tok))
+
+
+def test_an_sae_config_changed_in_place_compiles_anew(data):
+    import transformers as tf
+    from safetensors.torch import load_file
+
+    model = tf.AutoModelForCausalLM.from_pretrained(IOI).eval()
+    tok = tf.AutoTokenizer.from_pretrained(IOI)
+    cfg = json.loads((SAE / "cfg.json").read_text())
+    sae = _SAE(dict(cfg, architecture="topk", k=3), load_file(SAE / "sae_weights.safetensors"))
+    text = (f'model "{IOI}"\ndata d = "{data}"\nrun clean = d.clean\n'
+            'sae s1 = "elsewhere" at L1.resid_post\nread s1 @ last in clean as acts\n')
+
+    def active(res) -> set[int]:
+        (acts,) = res.activations("acts").values()
+        return {int((row != 0).sum()) for row in acts.reshape(-1, acts.shape[-1])}
+
+    first = patchc.run(text, model=model, tokenizer=tok, saes={"s1": sae})
+    sae.cfg.d["k"] = 10
+    second = patchc.run(text, model=model, tokenizer=tok, saes={"s1": sae})
+    assert not reused(second)
+    assert active(first) == {3} and active(second) == {10}
+
+
+def test_a_dtype_the_model_passed_in_lacks_is_warned_about(loaded, data):
+    model, tok = loaded
+    text = f'model "{MODEL}"\nset dtype = "bfloat16"\ndata d = "{data}"\n' + BODY
+    with pytest.warns(patchc.api.PatchcWarning, match="W476"):
+        res = patchc.run(text, model=model, tokenizer=tok)
+    (w,) = [w for w in res.warnings if w.code == "W476"]
+    assert w.span.line == 2 and "float32" in w.message and res.manifest["dtype"] == "float32"
+    with pytest.warns(patchc.api.PatchcWarning, match="W476"):  # an option asks the same
+        patchc.run(spec(data), model=model, tokenizer=tok, dtype="float16")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the model's own dtype, or nothing asked: silent
+        patchc.run(spec(data), model=model, tokenizer=tok)
+        patchc.run(text.replace("bfloat16", "float32"), model=model, tokenizer=tok)
+
+
+def test_a_vector_file_replaced_keeping_its_time_is_read_again(tmp_path):
+    from safetensors.torch import save_file
+
+    from patchc.compiler.check_vectors import _shapes, tensor_shapes
+
+    path = tmp_path / "v.safetensors"
+    save_file({"v": torch.zeros(64)}, str(path))
+    st = path.stat()
+
+    class Ctx:
+        base_dir = str(tmp_path)
+
+    assert tensor_shapes(Ctx(), "v.safetensors", None)["v"] == (64,)
+    time.sleep(0.05)
+    save_file({"v": torch.zeros(128)}, str(path))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # `cp -p`: the old time
+    assert tensor_shapes(Ctx(), "v.safetensors", None)["v"] == (128,)
+    _shapes.cache_clear()
