@@ -192,13 +192,20 @@ def measure(tools_: dict[str, object], exps: list[str], repeats: int
             for name, tool in tools_.items():
                 if not supports(tool, exp):
                     continue
+                _sync()
                 start, start_cpu = time.perf_counter(), time.process_time()
                 out = tool.run(exp)  # type: ignore[attr-defined]
+                _sync()  # (on a GPU: the tool's kernels done)
                 wall[exp][name].append(time.perf_counter() - start)
                 cpu[exp][name].append(time.process_time() - start_cpu)
                 # (each tool's own output; putting it in the loop's order is not timed)
                 values[exp][name] = tool.values(out, exp) if hasattr(tool, "values") else out
     return wall, cpu, values
+
+
+def _sync() -> None:
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def differences(values: dict) -> dict:
