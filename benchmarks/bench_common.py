@@ -101,3 +101,14 @@ class PeakRSS:
     @property
     def delta(self) -> int:
         return self.peak - self.base
+
+
+def first_run(text: str, **kw):
+    """`patchc.run(text, **kw)` as a spec's first run in the process: nothing kept from an
+    earlier run of it (patchc/compile_cache.py), so checking, lowering, the passes and the
+    schedule are inside the time."""
+    import patchc
+    from patchc import compile_cache
+
+    compile_cache.clear()
+    return patchc.run(text, **kw)

@@ -55,7 +55,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from bench_common import N_PROMPTS, N_TOKENS, build, prompts, spec  # noqa: E402
+from bench_common import N_PROMPTS, N_TOKENS, build, first_run, prompts, spec  # noqa: E402
 
 import patchc  # noqa: E402
 from patchc.compiler.edges import receiver_text  # noqa: E402
@@ -284,7 +284,7 @@ def _exact(args, model, tok, tmp, ms, edges, sample, loop_sample, loop) -> list:
         (got, want)
 
     # patchc has run once (the check above): no warm-up call for its cases.
-    p_t, p_spread, p_w = _time(lambda: patchc.run(exact_spec, model=model, tokenizer=tok),
+    p_t, p_spread, p_w = _time(lambda: first_run(exact_spec, model=model, tokenizer=tok),
                                args.repeats, warm=False)
     l_t, l_spread, l_w = _time(lambda: [loop.one(s, r) for s, r, _ in loop_sample],
                                args.repeats)
@@ -327,7 +327,7 @@ def _eap(args, model, tok, tmp, ms, ids_corrupt, ans: int, dis: int) -> list:
     fb_t, fb_spread, fb_w = _time(fwd_bwd, args.repeats)
     last: dict = {}
     e_t, e_spread, e_w = _time(lambda: last.__setitem__(
-        "r", patchc.run(eap_spec, model=model, tokenizer=tok)), args.repeats)
+        "r", first_run(eap_spec, model=model, tokenizer=tok)), args.repeats)
     stages = last["r"].manifest["timings"]
     n_senders = 1 + ms.n_layers * (ms.n_heads + 1)
     n_receivers = ms.n_layers * (3 * ms.n_heads + 1) + 1
@@ -396,7 +396,7 @@ def evaluate(model, tok, tmp: Path, repeats: int) -> None:
 
     def run() -> None:
         masked.append(0.0)  # this run's edge-masked forwards
-        last["r"] = patchc.run(text, model=model, tokenizer=tok)
+        last["r"] = first_run(text, model=model, tokenizer=tok)
 
     Executor.forward_step = timed  # type: ignore[method-assign]
     last: dict = {}

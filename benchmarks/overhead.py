@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import build, spec
+from bench_common import build, first_run, spec
 
-import patchc
 
 SWEEPS = {
     "swap": "swap L*.mlp.post[*] @ last from clean into corrupt\n    measure ld normalized\n"
@@ -49,7 +48,7 @@ def main() -> None:
             runs = []
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                res = patchc.run(text, model=model, tokenizer=tok)
+                res = first_run(text, model=model, tokenizer=tok)
                 wall = time.perf_counter() - start
                 runs.append((wall, res.manifest["timings"], len(res["t"])))
             rows = runs[0][2]

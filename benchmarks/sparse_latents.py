@@ -169,7 +169,8 @@ def main() -> None:
                          "scaled to all 16,384, every forward costing the same); 16384: all")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    import patchc
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_common import first_run
 
     model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(MODEL)
@@ -190,7 +191,7 @@ def main() -> None:
         res = got = None
         for r in range(args.repeats + 1):  # round 0 warms up; the two take turns
             t0 = time.perf_counter()
-            res = patchc.run(text, model=model, tokenizer=tok)
+            res = first_run(text, model=model, tokenizer=tok)
             t1 = time.perf_counter()
             got = dense(sample)
             t2 = time.perf_counter()

@@ -14,6 +14,7 @@ Expected file layouts:
 from __future__ import annotations
 
 import os
+import time
 from functools import lru_cache
 
 from . import ast as A
@@ -26,11 +27,23 @@ from .paths import near
 SAE_DECODER_KEY = "W_dec"
 
 
+SETTLED_SECONDS = 2.0  # a file changed this recently may change again within one tick
+
+
+def _shapes_now(path: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of every tensor in a safetensors file, from its header alone; kept per
+    file stamp (device, inode, size, modification and change times: every write moves the
+    change time, even a copy that keeps the modification time) once the file has settled
+    (two writes within one tick of a coarse filesystem clock leave the same times)."""
+    st = os.stat(path)
+    if time.time() - max(st.st_mtime, st.st_ctime) <= SETTLED_SECONDS:
+        return _shapes.__wrapped__(path, ())
+    return _shapes(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+
+
 @lru_cache(maxsize=32)
 def _shapes(path: str, stamp: tuple) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of every tensor in a safetensors file, from its header alone; kept per
-    `stamp` (device, inode, size, modification and change times: every write moves the
-    change time, even a copy that keeps the modification time)."""
+    """_shapes_now's reading, kept per (path, stamp)."""
     from safetensors import safe_open
 
     with safe_open(path, framework="numpy") as f:
@@ -44,9 +57,7 @@ def tensor_shapes(ctx: Context, file: str, span: Span) -> dict[str, tuple[int, .
                          hint=near(file, path, ctx.base_dir)
                          or "relative paths resolve against the spec file's directory")
     try:
-        st = os.stat(path)
-        return _shapes(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                              st.st_ctime_ns))
+        return _shapes_now(path)
     except Exception as e:  # safetensors raises its own error types for a bad header
         raise CheckError("E328", f"could not read {path} as safetensors: {e}", span) from None
 

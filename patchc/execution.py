@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import weakref
 from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
@@ -29,7 +28,7 @@ from patchc.compiler.ir_sweep import bound_columns
 from patchc.compiler.lower import lower
 from patchc.manifest import Manifest, sha256_text, versions
 from patchc.observations import observe, observe_manifest
-from patchc.run_record import what_ran
+from patchc.run_record import weights_hash, what_ran
 from patchc.results import Results
 
 
@@ -103,8 +102,8 @@ class Clock:
     (lower, optimize, schedule), `execute` (interpret the graph; `model` of it inside model
     passes), `assemble` (tables and manifest). The overhead is everything that is not a
     model pass or the load: planning, hook installation, bookkeeping, result assembly.
-    `compile_reused`: the spec ran before unchanged and its checked form and graphs were
-    reused (patchc/compile_cache.py), so `load` and `plan` hold no checking or passes."""
+    `reused`: the spec's checked form and graphs were kept from a run before
+    (patchc/compile_cache.py; the manifest's `compile_reused`)."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
@@ -130,7 +129,7 @@ class Clock:
         return {**{k: round(v, 4) for k, v in phases.items()}, "model": round(self.model, 4),
                 "overhead": round(overhead, 4),
                 "overhead_share": round(overhead / run, 4) if run > 0 else 0.0,
-                "total": round(total, 4), "compile_reused": self.reused}
+                "total": round(total, 4)}
 
 
 def _adapter(model: Any) -> Any:
@@ -149,30 +148,35 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
     `saes`: SAELens objects whose configs stand in for their folders' cfg.json; `adapter`:
     the caller's model's adapter, when one was made already. A spec run again unchanged on
     the caller's model reuses what it was checked to (patchc/compile_cache.py; `inputs`:
-    the hashes of the files it reads; `clock.reused` says so)."""
+    the hashes of the files it reads; `clock.reused` says so). A caller's tokenizer without
+    a pad token gets its EOS (or UNK) as one."""
     from patchc.runtime.dictionaries import saelens_config
     from patchc.runtime.loading import input_device, is_dispatched, load, resolve_device
 
-    overrides = dict(overrides or {})
+    given = dict(overrides or {})
+    overrides = dict(given)
     if model is not None and (adapter is None or adapter.model is not model):
         adapter = _adapter(model)
+    if model is not None and tokenizer is not None and tokenizer.pad_token_id is None:
+        # (before the compile key: the tokenizer's hash holds its special tokens)
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model_spec = adapter.spec() if model is not None else None
     cfgs = {name: saelens_config(sae) for name, sae in (saes or {}).items()}
-    key = compile_cache.key(spec, model, tokenizer, inputs, cfgs, overrides, naive) \
-        if group is None and inputs is not None else None
-    checked = compile_cache.find(key, model, tokenizer, model_spec)
-    if checked is not None:
-        require_weights(spec, checked.model.dictionaries, set(cfgs))
-        if clock is not None:
-            clock.reused = True
-    else:
-        checked = check(spec, model_spec, tokenizer=AUTO if tokenizer is None else tokenizer,
-                        dictionaries=cfgs)
-        require_weights(spec, checked.model.dictionaries, set(cfgs))
+
+    def make() -> CheckedSpec:
+        made = check(spec, model_spec, tokenizer=AUTO if tokenizer is None else tokenizer,
+                     dictionaries=cfgs)
         if group is not None:  # each worker on its own GPU, when there are GPUs
-            overrides.update(group.placement(checked.options))
-        checked = _options(checked, overrides)
-        compile_cache.keep(key, model, tokenizer, model_spec, checked)
+            overrides.update(group.placement(made.options))
+        return _options(made, overrides)
+
+    key = compile_cache.key(spec, model, tokenizer, inputs, cfgs, given, naive) \
+        if group is None and inputs is not None else None
+    checked, reused = compile_cache.checked_spec(key, model, tokenizer, model_spec, make,
+                                                 lambda: _hash_inputs(spec, given))
+    require_weights(spec, checked.model.dictionaries, set(cfgs))
+    if clock is not None:
+        clock.reused = reused
     options = checked.options
     if model is None:
         decl = _model_decl(spec)
@@ -191,8 +195,6 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
     if not is_dispatched(model) and (options.device != "cpu" or "device" in overrides):
         device = resolve_device(options.device)
         model = model.to(device)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return checked, model, tokenizer, device
 
 
@@ -245,10 +247,9 @@ def _evaluate_on(checked: CheckedSpec, model: Any, tokenizer: Any, adapter: Any,
     with clock("plan"):
         optimized = compile_cache.made(checked, "optimized", lambda: optimize(ir))
         budget = interp.budget(share)
-        dtype = next(model.parameters()).dtype
         ir, plan = compile_cache.made(
-            checked, ("plan", budget, share, str(interp.device), dtype),
-            lambda: interp.prepare(optimized, share=share, budget=budget))
+            checked, "plan", lambda: interp.prepare(optimized, share=share, budget=budget),
+            what=(budget, share, interp.plan_inputs()))
     if group is None:
         with clock("execute"):
             values = interp.run(ir, plan)
@@ -307,7 +308,7 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
     pinned = dict(
         spec_text=spec.source.text, spec_sha256=sha256_text(spec.source.text),
         spec_file=ran.spec_file, spec_dir=ran.spec_dir, model_id=decl.model_id,
-        model_path=ran.model_path, revision=decl.revision, weights_sha256=_weights_hash(model),
+        model_path=ran.model_path, revision=decl.revision, weights_sha256=weights_hash(model),
         tokenizer_sha256=ran.tokenizer_sha256, inputs=inputs or {},
         versions=versions(), device=str(device),
         device_map={str(k): v for k, v in hf_map.items()} if hf_map else None,
@@ -326,6 +327,7 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
         made = Manifest(**pinned, tables=tables).model_dump()
         made["timings"] = timings
         made["total_seconds"] = timings["total"]
+        made["compile_reused"] = clock.reused
         observe_manifest(made, results, spec)
         return made
 
@@ -377,36 +379,6 @@ def _keys(table) -> list[str]:
     for block in table.sweeps:  # compact sweeps: the columns their index sets bind
         keys += [k for k in bound_columns(block.space) if k not in keys]
     return keys
-
-
-_HASHES: "weakref.WeakKeyDictionary[Any, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
-
-
-def _weights_hash(model: Any) -> str:
-    """runtime.loading.weights_hash, remembered per model object while no tensor of it has
-    changed (same storage, same version counter): hashing every weight costs more than a
-    fast sweep of a small model, and a notebook runs many specs on one loaded model."""
-    from patchc.runtime.loading import weights_hash
-
-    stamp = _stamp(model)
-    cached = _HASHES.get(model)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    digest = weights_hash(model)
-    _HASHES[model] = (stamp, digest)
-    return digest
-
-
-def _stamp(model: Any) -> tuple:
-    """Every parameter and buffer of the model (its state dict's tensors, and any
-    non-persistent buffers), module by module: name, storage, version counter, dtype and
-    shape. Any change to a tensor in place, or of which tensor a module holds, changes it.
-    Read from the modules' own tables (state_dict builds prefixed names through hooks: half
-    again as long)."""
-    return tuple((name, t.data_ptr(), t._version, t.dtype, t.shape)
-                 for module in model.modules()
-                 for table in (module._parameters, module._buffers)
-                 for name, t in table.items() if t is not None)
 
 
 def _pass_counts(ir: IRGraph, plan=None, sparse: dict[str, int] | None = None

@@ -53,6 +53,10 @@ class Manifest(BaseModel):
     # Seconds per phase (load, plan, execute, assemble), in model passes (model), and the
     # overhead: everything but the load and the model passes (patchc/execution.py Clock).
     timings: dict[str, float] = {}
+    # The spec ran before in this process, unchanged, and its checked form, graphs and (for
+    # the same budget) plan were reused (patchc/compile_cache.py): `load` and `plan` above
+    # then hold no checking or passes.
+    compile_reused: bool = False
     files: list[str] = []  # every file of the result folder but manifest.json (outputs.py)
 
 

@@ -1,6 +1,6 @@
 """What a run actually ran, for its manifest: the spec's file and folder as absolute paths (so
-`patchc verify` works from any working directory), the model that computed the tables and
-its tokenizer's hash.
+`patchc verify` works from any working directory), the model that computed the tables, its
+weights' hash and its tokenizer's hash.
 
 A caller of `patchc.run(spec, model=m)` may pass another model than the spec's `model` line
 names: the manifest then records `m` (its name or path; the weights hash pins it exactly) and
@@ -10,6 +10,7 @@ the run warns (W471), since a rerun of the spec would load the other one.
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,41 @@ def _dtype_warning(ran: Ran, spec: A.Spec, model: Any, dtype: str) -> None:
                     if isinstance(s, A.SetDecl) and s.name.value == "dtype"), None)
     if has == dtype or (setting is None and dtype == "float32"):
         return
+    if setting is not None and str(setting.value) != dtype:
+        setting = None  # an option gave the dtype, not this statement: no place to point at
     ran.warnings.append(Warning_(
         "W476", f"dtype {dtype} was asked for, but the model passed in is {has} and ran in "
         f"{has} (patchc does not convert a model it is given); the manifest records {has}",
         setting.span if setting is not None else None, spec.source,
         hint=f"convert it before passing it (model.to(torch.{dtype})), or drop the setting"))
+
+
+_HASHES: "weakref.WeakKeyDictionary[Any, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def weights_hash(model: Any) -> str:
+    """runtime.loading.weights_hash, remembered per model object while no tensor of it has
+    changed (same storage, same version counter): hashing every weight costs more than a
+    fast sweep of a small model, and a notebook runs many specs on one loaded model. An
+    edit through `.data` or a NumPy view bypasses the version counter and is not seen."""
+    from patchc.runtime import loading
+
+    stamp = _stamp(model)
+    cached = _HASHES.get(model)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    digest = loading.weights_hash(model)
+    _HASHES[model] = (stamp, digest)
+    return digest
+
+
+def _stamp(model: Any) -> tuple:
+    """Every parameter and buffer of the model (its state dict's tensors, and any
+    non-persistent buffers), module by module: name, storage, version counter, dtype and
+    shape. Any change to a tensor in place, or of which tensor a module holds, changes it.
+    Read from the modules' own tables (state_dict builds prefixed names through hooks: half
+    again as long)."""
+    return tuple((name, t.data_ptr(), t._version, t.dtype, t.shape)
+                 for module in model.modules()
+                 for table in (module._parameters, module._buffers)
+                 for name, t in table.items() if t is not None)

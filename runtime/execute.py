@@ -71,6 +71,14 @@ class Executor(Interpreter):
         weights = sum(p.nbytes for p in self.model.parameters())
         return memory_budget(self.checked.options.memory, self.device, weights, share)
 
+    def plan_inputs(self) -> tuple:
+        """What `prepare` reads of the model besides the graph and the tokens (a kept plan
+        is reused only for the same): device, dtype, weights' bytes, whether its key/value
+        cache can be cut (narrowable)."""
+        params = list(self.model.parameters())
+        return (str(self.device), params[0].dtype, sum(p.nbytes for p in params),
+                narrowable(self.model.config))
+
     def prepare(self, ir: IRGraph, naive_ir: IRGraph | None = None, share: int = 1,
                 budget: int | None = None) -> tuple[IRGraph, Plan]:
         """The graph as this model can run it, and its Plan for the real token counts

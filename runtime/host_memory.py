@@ -6,21 +6,21 @@ threshold is released, and blocks above the mmap threshold are mapped and unmapp
 one. Both thresholds adapt, but a batched pass allocates and frees the same few megabytes of
 activations per module, so memory is released and faulted back in (zero-filled, page by page)
 over and over. On the bundled IOI model a forward of 48 prompts x 14 tokens ran 1.5x slower
-per row than one of 24 for that reason alone, and patchc's batched passes are exactly such
-forwards (docs/performance.md, "Host memory").
+per row than one of 32 for that reason alone, and patchc's batched passes are exactly such
+forwards (docs/performance.md, "The host allocator").
 
 So before its first CPU run patchc keeps freed memory in the process: blocks up to
 `MMAP_THRESHOLD` come from the heap, and up to `TRIM_THRESHOLD` of free memory at its top is
-kept for the next allocation. Peak memory is unchanged (it is what the run has live); the
-process's resident set stays up to TRIM_THRESHOLD above what it uses between runs. The
-setting is per process and made once; `PATCHC_SYSTEM_MALLOC=1` leaves the allocator as it is.
-Other C libraries (macOS, musl, Windows) are left alone.
+kept for the next allocation. The memory a run has live is the same; what the process holds
+can be more: up to TRIM_THRESHOLD of freed memory per malloc arena stays with it between
+runs, and blocks the heap now serves (up to 32 MiB) can leave gaps in it. The setting is per
+process and made once; `PATCHC_SYSTEM_MALLOC=1` leaves the allocator as it is. Other C
+libraries (macOS, musl, Windows) are left alone.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -29,24 +29,27 @@ TRIM_THRESHOLD = 256 << 20
 _M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
 
-_done = False
+_tried: bool | None = None  # None: not yet; else whether the thresholds were set
 
 
 def keep_freed_memory() -> bool:
-    """Set glibc's thresholds for this process, once. True when they are set (now or
-    before), False where the C library is not glibc or the user opted out."""
-    global _done
-    if _done:
-        return True
+    """Set glibc's thresholds for this process, once (the first call decides). True when
+    they are set, False where the C library is not glibc or the user opted out."""
+    global _tried
+    if _tried is None:
+        _tried = _set()
+    return _tried
+
+
+def _set() -> bool:
     if os.environ.get("PATCHC_SYSTEM_MALLOC", "") not in ("", "0"):
         return False
     mallopt = _mallopt()
     if mallopt is None:
         return False
     # Both together: setting either one turns glibc's own adaptation off for both.
-    _done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
         bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    return _done
 
 
 def _mallopt():
@@ -54,12 +57,12 @@ def _mallopt():
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        gnu = libc.gnu_get_libc_version  # only glibc has it (musl does not)
+        libc = ctypes.CDLL(None)  # the C library this process already runs on
+        if not hasattr(libc, "gnu_get_libc_version"):  # only glibc has it (musl does not)
+            return None
+        mallopt = libc.mallopt
     except (OSError, AttributeError):
         return None
-    gnu.restype = ctypes.c_char_p
-    mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return mallopt

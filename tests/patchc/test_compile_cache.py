@@ -19,6 +19,7 @@ import torch  # noqa: E402
 import patchc  # noqa: E402
 import patchc.api  # noqa: E402
 from patchc import compile_cache  # noqa: E402
+from patchc.compiler.errors import NO_SPAN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "examples" / "models" / "tiny-gpt2"
@@ -58,7 +59,7 @@ def spec(data: Path) -> str:
 
 
 def reused(res) -> bool:
-    return res.manifest["timings"]["compile_reused"]
+    return res.manifest["compile_reused"]
 
 
 def fresh(text: str, model, tok) -> dict[str, pd.DataFrame]:
@@ -258,6 +259,10 @@ def test_a_dtype_the_model_passed_in_lacks_is_warned_about(loaded, data):
     assert w.span.line == 2 and "float32" in w.message and res.manifest["dtype"] == "float32"
     with pytest.warns(patchc.api.PatchcWarning, match="W476"):  # an option asks the same
         patchc.run(spec(data), model=model, tokenizer=tok, dtype="float16")
+    with pytest.warns(patchc.api.PatchcWarning, match="W476"):  # the option, not the line
+        over = patchc.run(text, model=model, tokenizer=tok, dtype="float16")
+    (w,) = [w for w in over.warnings if w.code == "W476"]
+    assert "float16 was asked" in w.message and w.span == NO_SPAN
     import warnings
 
     with warnings.catch_warnings():
@@ -266,21 +271,94 @@ def test_a_dtype_the_model_passed_in_lacks_is_warned_about(loaded, data):
         patchc.run(text.replace("bfloat16", "float32"), model=model, tokenizer=tok)
 
 
-def test_a_vector_file_replaced_keeping_its_time_is_read_again(tmp_path):
+def test_a_vector_file_replaced_keeping_its_time_is_read_again(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
-    from patchc.compiler.check_vectors import _shapes, tensor_shapes
+    from patchc.compiler import check_vectors
+    from patchc.compiler.check_vectors import tensor_shapes
 
+    monkeypatch.setattr(check_vectors, "SETTLED_SECONDS", -1.0)  # (every file has settled)
     path = tmp_path / "v.safetensors"
-    save_file({"v": torch.zeros(64)}, str(path))
+    save_file({"v": torch.zeros(64, 128)}, str(path))
     st = path.stat()
 
     class Ctx:
         base_dir = str(tmp_path)
 
-    assert tensor_shapes(Ctx(), "v.safetensors", None)["v"] == (64,)
-    time.sleep(0.05)
-    save_file({"v": torch.zeros(128)}, str(path))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # `cp -p`: the old time
-    assert tensor_shapes(Ctx(), "v.safetensors", None)["v"] == (128,)
-    _shapes.cache_clear()
+    try:
+        assert tensor_shapes(Ctx(), "v.safetensors", None)["v"] == (64, 128)
+        assert tensor_shapes(Ctx(), "v.safetensors", None)["v"] == (64, 128)  # kept
+        time.sleep(0.05)
+        save_file({"v": torch.zeros(128, 64)}, str(path))  # same size, another shape
+        assert path.stat().st_size == st.st_size
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # `cp -p`: the old time
+        assert tensor_shapes(Ctx(), "v.safetensors", None)["v"] == (128, 64)
+    finally:
+        check_vectors._shapes.cache_clear()
+
+
+def test_a_tokenizer_without_a_pad_token_reuses_from_the_second_run(data):
+    import transformers as tf
+
+    model = tf.AutoModelForCausalLM.from_pretrained(MODEL).eval()
+    tok = tf.AutoTokenizer.from_pretrained(MODEL)
+    tok.pad_token = None  # (the hub's GPT-2: the run gives it EOS as its pad token)
+    runs = [reused(patchc.run(spec(data), model=model, tokenizer=tok)) for _ in range(3)]
+    assert runs == [False, True, True] and len(compile_cache._ENTRIES) == 1
+
+
+def test_a_file_edited_while_it_is_checked_is_not_kept(loaded, data, monkeypatch):
+    from patchc import execution
+
+    model, tok = loaded
+    real = execution.check
+
+    def check_then_edit(*a, **k):
+        out = real(*a, **k)
+        rows = [dict(ROWS[0], answer=" John", distractor=" Mary"), ROWS[1]]
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return out
+
+    monkeypatch.setattr(execution, "check", check_then_edit)
+    patchc.run(spec(data), model=model, tokenizer=tok)
+    assert not compile_cache._ENTRIES  # its rows are the old file's, its digest the new one
+
+
+def test_one_plan_is_kept_per_entry(loaded, data, monkeypatch):
+    from patchc.runtime.execute import Executor
+
+    model, tok = loaded
+    budgets = iter([1 << 30, 1 << 30, 2 << 30, 2 << 30])
+    monkeypatch.setattr(Executor, "budget", lambda self, share=1: next(budgets))
+    made = []
+    real = Executor.prepare
+    monkeypatch.setattr(Executor, "prepare",
+                        lambda self, *a, **k: made.append(k["budget"]) or real(self, *a, **k))
+    tables = [patchc.run(spec(data), model=model, tokenizer=tok) for _ in range(4)]
+    assert made == [1 << 30, 2 << 30]  # a budget seen last time reuses its plan
+    (entry,) = compile_cache._ENTRIES.values()
+    assert entry.made["plan"][0][0] == 2 << 30
+    for res in tables[1:]:
+        same_tables(res, {name: tables[0][name] for name in tables[0]})
+
+
+def test_parse_keeps_asts_and_not_errors():
+    from patchc.compiler.errors import PatchcError
+    from patchc.compiler.parse import parse
+
+    text = 'model "m"\nrun a = "x"\n'
+    assert parse(text) is parse(text)
+    for _ in range(2):  # an error is raised again, not kept
+        with pytest.raises(PatchcError):
+            parse('model "m"\nrun = "x"\n')
+
+
+def test_the_free_memory_budget_is_rounded_down(monkeypatch):
+    from patchc.runtime import memory
+
+    monkeypatch.setattr(memory, "available_ram", lambda: 2 * (memory.QUANTUM * 5 + 12345))
+    got = memory.memory_budget(None, torch.device("cpu"), weights=100)
+    assert got == 100 + 5 * memory.QUANTUM
+    monkeypatch.setattr(memory, "available_ram", lambda: memory.QUANTUM)  # under one quantum
+    assert memory.memory_budget(None, torch.device("cpu"), weights=0) == memory.QUANTUM // 2
+    assert memory.memory_budget("80MB", torch.device("cpu"), weights=7) == 80_000_000

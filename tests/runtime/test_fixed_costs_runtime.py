@@ -178,15 +178,15 @@ def test_the_manifest_is_assembled_when_first_read_and_pins_the_run(models_dir,
     assert info["plot"] == real(res._ir, patchc.compile(fam.spec(body)).checked, fam.tok,
                                 res._values)["t"]
     assert manifest["timings"]["total"] == manifest["total_seconds"] > 0
-    assert list(manifest)[-3:] == ["total_seconds", "timings", "files"]
+    assert list(manifest)[-4:] == ["total_seconds", "timings", "compile_reused", "files"]
 
 
 def test_the_weights_hash_is_remembered_until_a_tensor_changes(models_dir) -> None:
-    """patchc/execution._weights_hash: the same digest as hashing the weights, recomputed
+    """patchc/run_record.weights_hash: the same digest as hashing the weights, recomputed
     after an in-place change, a replaced parameter, a replaced module or a changed buffer."""
     import copy
 
-    from patchc.execution import _weights_hash
+    from patchc.run_record import weights_hash as _weights_hash
     from patchc.runtime.loading import weights_hash
 
     model = copy.deepcopy(family("gpt2", models_dir).model)

@@ -23,27 +23,29 @@ def _in_child(code: str, **env: str) -> str:
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_sets_once_per_process():
     code = ("from patchc.runtime import host_memory as h\n"
-            "print(h._done, h.keep_freed_memory(), h._done, h.keep_freed_memory())")
-    assert _in_child(code, PATCHC_SYSTEM_MALLOC="") == "False True True True"
+            "print(h._tried, h.keep_freed_memory(), h._tried, h.keep_freed_memory())")
+    assert _in_child(code, PATCHC_SYSTEM_MALLOC="") == "None True True True"
 
 
 def test_opt_out_leaves_the_allocator_alone():
     code = ("from patchc.runtime import host_memory as h\n"
-            "print(h.keep_freed_memory(), h._done)")
+            "print(h.keep_freed_memory(), h._tried)")
     assert _in_child(code, PATCHC_SYSTEM_MALLOC="1") == "False False"
 
 
-def test_not_glibc_is_left_alone(monkeypatch):
-    monkeypatch.setattr(host_memory, "_done", False)
-    monkeypatch.setattr(host_memory, "_mallopt", lambda: None)
+def test_not_glibc_is_left_alone_and_not_asked_again(monkeypatch):
+    asked = []
+    monkeypatch.setattr(host_memory, "_tried", None)
+    monkeypatch.setattr(host_memory, "_mallopt", lambda: asked.append(1))
     monkeypatch.delenv("PATCHC_SYSTEM_MALLOC", raising=False)
     assert host_memory.keep_freed_memory() is False
-    assert host_memory._done is False
+    assert host_memory.keep_freed_memory() is False
+    assert asked == [1]
 
 
 def test_both_thresholds_are_set_together(monkeypatch):
     calls = []
-    monkeypatch.setattr(host_memory, "_done", False)
+    monkeypatch.setattr(host_memory, "_tried", None)
     monkeypatch.setattr(host_memory, "_mallopt",
                         lambda: lambda param, value: calls.append((param, value)) or 1)
     monkeypatch.delenv("PATCHC_SYSTEM_MALLOC", raising=False)
@@ -61,5 +63,5 @@ def test_a_cpu_run_sets_them():
             'run a = "When Mary and John went to the store, John gave a drink to"\n'
             'metric m = logit(" Mary")\nread L0.attn.out in a as t\n')
     code = ("import patchc\nfrom patchc.runtime import host_memory as h\n"
-            f"before = h._done\npatchc.run({spec!r})\nprint(before, h._done)")
-    assert _in_child(code, PATCHC_SYSTEM_MALLOC="", HF_HUB_OFFLINE="1") == "False True"
+            f"before = h._tried\npatchc.run({spec!r})\nprint(before, h._tried)")
+    assert _in_child(code, PATCHC_SYSTEM_MALLOC="", HF_HUB_OFFLINE="1") == "None True"
