@@ -82,6 +82,17 @@ def build_model(family: str) -> torch.nn.Module:
     return model
 
 
+
+@pytest.fixture(autouse=True)
+def _nothing_compiled_before():
+    """Each test starts with nothing compiled before it (patchc/compile_cache.py): the
+    module-scoped models run the same specs in many tests, some under monkeypatches."""
+    from patchc import compile_cache
+
+    compile_cache.clear()
+    yield
+    compile_cache.clear()
+
 # ---- where each site lives, per family (independent of runtime/adapters) ----------------
 
 _PATHS = {  # layers, attention, mlp, attention output projection, mlp output projection
