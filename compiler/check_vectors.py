@@ -14,7 +14,6 @@ Expected file layouts:
 from __future__ import annotations
 
 import os
-import time
 from functools import lru_cache
 
 from . import ast as A
@@ -22,23 +21,17 @@ from . import resolve
 from .check_context import Context, did_you_mean
 from .check_sites import check_pos, no_vector_on_pattern, site_width
 from .errors import CheckError, Span
+from .file_stamps import settled_stamp
 from .paths import near
 
 SAE_DECODER_KEY = "W_dec"
 
 
-SETTLED_SECONDS = 2.0  # a file changed this recently may change again within one tick
-
-
 def _shapes_now(path: str) -> dict[str, tuple[int, ...]]:
     """Key -> shape of every tensor in a safetensors file, from its header alone; kept per
-    file stamp (device, inode, size, modification and change times: every write moves the
-    change time, even a copy that keeps the modification time) once the file has settled
-    (two writes within one tick of a coarse filesystem clock leave the same times)."""
-    st = os.stat(path)
-    if time.time() - max(st.st_mtime, st.st_ctime) <= SETTLED_SECONDS:
-        return _shapes.__wrapped__(path, ())
-    return _shapes(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    file stamp (compiler/file_stamps.py), read again while the file has none."""
+    stamp = settled_stamp(path)
+    return _shapes.__wrapped__(path, ()) if stamp is None else _shapes(path, stamp)
 
 
 @lru_cache(maxsize=32)

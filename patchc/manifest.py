@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import platform
-import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from patchc.compiler.errors import PatchcError
+from patchc.compiler.file_stamps import settled_stamp
 
 
 class Manifest(BaseModel):
@@ -82,28 +82,23 @@ def sha256_text(text: str) -> str:
 
 
 _FILE_DIGESTS: dict[str, tuple[tuple, str]] = {}
-SETTLED_SECONDS = 2.0  # a file changed this recently may change again within one timestamp
 
 
 def sha256_file(path: "str | Path") -> str:
-    """sha256 of a file's bytes. Kept per path while the file's device, inode, size,
-    modification and change times are those it was hashed at: every write sets the change
-    time, which no program can set back, so a kept digest is the file's (a dictionary's
-    weights, hundreds of MB, are hashed once per process, not once per run). Only a file
-    that had not changed for SETTLED_SECONDS when it was hashed is kept: two writes within
-    one tick of a coarse filesystem clock would leave the same times."""
-    st = os.stat(path)
-    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    """sha256 of a file's bytes, kept per path under the file's stamp
+    (compiler/file_stamps.py): a dictionary's weights, hundreds of MB, are hashed once per
+    process, not once per run."""
+    stamp = settled_stamp(path)
     key = os.path.abspath(path)
     kept = _FILE_DIGESTS.get(key)
-    if kept is not None and kept[0] == stamp:
+    if stamp is not None and kept is not None and kept[0] == stamp:
         return kept[1]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     digest = h.hexdigest()
-    if time.time() - max(st.st_mtime, st.st_ctime) > SETTLED_SECONDS:
+    if stamp is not None:
         if len(_FILE_DIGESTS) >= 4096:  # (result folders' files pass through here too)
             _FILE_DIGESTS.clear()
         _FILE_DIGESTS[key] = (stamp, digest)

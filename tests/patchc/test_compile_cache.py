@@ -19,6 +19,7 @@ import torch  # noqa: E402
 import patchc  # noqa: E402
 import patchc.api  # noqa: E402
 from patchc import compile_cache  # noqa: E402
+from patchc.compiler import file_stamps  # noqa: E402
 from patchc.compiler.errors import NO_SPAN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,7 +176,7 @@ def test_file_digests_follow_every_write(tmp_path, monkeypatch):
     fresh.write_text("new")  # written just now: hashed, not kept
     assert manifest.sha256_file(fresh) == hashlib.sha256(b"new").hexdigest()
     assert str(fresh) not in manifest._FILE_DIGESTS
-    monkeypatch.setattr(manifest, "SETTLED_SECONDS", -1.0)  # (every file counts as settled)
+    monkeypatch.setattr(file_stamps, "SETTLED_SECONDS", -1.0)  # (every file has settled)
     path = tmp_path / "f.txt"
     path.write_text("one")
     first = manifest.sha256_file(path)
@@ -277,7 +278,7 @@ def test_a_vector_file_replaced_keeping_its_time_is_read_again(tmp_path, monkeyp
     from patchc.compiler import check_vectors
     from patchc.compiler.check_vectors import tensor_shapes
 
-    monkeypatch.setattr(check_vectors, "SETTLED_SECONDS", -1.0)  # (every file has settled)
+    monkeypatch.setattr(file_stamps, "SETTLED_SECONDS", -1.0)  # (every file has settled)
     path = tmp_path / "v.safetensors"
     save_file({"v": torch.zeros(64, 128)}, str(path))
     st = path.stat()
