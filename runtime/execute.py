@@ -17,6 +17,7 @@ naive interpreter's code (runtime/estimates.py receives this interpreter as its 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable
 
@@ -65,18 +66,21 @@ class Executor(Interpreter):
         self._remapped: dict[tuple, dict] = {}  # token_ids through a remap, per remap
 
     # ---- planning -----------------------------------------------------------------------
+    @functools.cached_property
+    def weights(self) -> int:
+        """The bytes of the model's parameters (read once per run)."""
+        return sum(p.nbytes for p in self.model.parameters())
+
     def budget(self, share: int = 1) -> int:
         """The memory budget of this run's plan (runtime/memory.py); `share`: how many worker
         processes compute on this device (they split its memory)."""
-        weights = sum(p.nbytes for p in self.model.parameters())
-        return memory_budget(self.checked.options.memory, self.device, weights, share)
+        return memory_budget(self.checked.options.memory, self.device, self.weights, share)
 
     def plan_inputs(self) -> tuple:
         """What `prepare` reads of the model besides the graph and the tokens (a kept plan
         is reused only for the same): device, dtype, weights' bytes, whether its key/value
         cache can be cut (narrowable)."""
-        params = list(self.model.parameters())
-        return (str(self.device), params[0].dtype, sum(p.nbytes for p in params),
+        return (str(self.device), next(self.model.parameters()).dtype, self.weights,
                 narrowable(self.model.config))
 
     def prepare(self, ir: IRGraph, naive_ir: IRGraph | None = None, share: int = 1,
@@ -93,7 +97,7 @@ class Executor(Interpreter):
             runs[name] = RunShape(tuple(batch.lengths), cols)
         ir = unaligned_sources(ir, {name: r.lengths for name, r in runs.items()})
         param = next(self.model.parameters())
-        weights = sum(p.nbytes for p in self.model.parameters())
+        weights = self.weights
         options = self.checked.options
         budget = self.budget(share) if budget is None else budget
         plan = schedule(ir, self.checked.model, runs, budget, options.batch_size,
