@@ -193,23 +193,6 @@ IOI = ROOT / "examples" / "models" / "ioi-gpt2"
 SAE = ROOT / "examples" / "saes" / "ioi-L1-resid_post"
 
 
-class _SAE:
-    """What patchc reads of an SAELens SAE object: `cfg.to_dict()` and `state_dict()`."""
-
-    class _Cfg:
-        def __init__(self, d: dict) -> None:
-            self.d = d
-
-        def to_dict(self) -> dict:
-            return dict(self.d)
-
-    def __init__(self, cfg: dict, weights: dict) -> None:
-        self.cfg, self.weights = self._Cfg(cfg), weights
-
-    def state_dict(self) -> dict:
-        return dict(self.weights)
-
-
 def test_a_tokenizer_changed_in_place_compiles_anew(data):
     import transformers as tf
 
@@ -235,8 +218,13 @@ def test_an_sae_config_changed_in_place_compiles_anew(data):
 
     model = tf.AutoModelForCausalLM.from_pretrained(IOI).eval()
     tok = tf.AutoTokenizer.from_pretrained(IOI)
-    cfg = json.loads((SAE / "cfg.json").read_text())
-    sae = _SAE(dict(cfg, architecture="topk", k=3), load_file(SAE / "sae_weights.safetensors"))
+    from types import SimpleNamespace
+
+    # What patchc reads of an SAELens SAE object: `cfg.to_dict()` and `state_dict()`.
+    cfg = dict(json.loads((SAE / "cfg.json").read_text()), architecture="topk", k=3)
+    weights = load_file(SAE / "sae_weights.safetensors")
+    sae = SimpleNamespace(cfg=SimpleNamespace(to_dict=lambda: dict(cfg)),
+                          state_dict=lambda: dict(weights))
     text = (f'model "{IOI}"\ndata d = "{data}"\nrun clean = d.clean\n'
             'sae s1 = "elsewhere" at L1.resid_post\nread s1 @ last in clean as acts\n')
 
@@ -245,7 +233,7 @@ def test_an_sae_config_changed_in_place_compiles_anew(data):
         return {int((row != 0).sum()) for row in acts.reshape(-1, acts.shape[-1])}
 
     first = patchc.run(text, model=model, tokenizer=tok, saes={"s1": sae})
-    sae.cfg.d["k"] = 10
+    cfg["k"] = 10  # the object's config, changed in place
     second = patchc.run(text, model=model, tokenizer=tok, saes={"s1": sae})
     assert not reused(second)
     assert active(first) == {3} and active(second) == {10}
