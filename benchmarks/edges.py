@@ -17,9 +17,10 @@ times after a warm-up, the cases taking turns; the minimum is reported with the 
   on one CPU thread, so both sides are timed on uniform random samples of edges (seeded) and
   extrapolated to E by the edge count: patchc runs `swap e1, e2, ... from clean into corrupt`
   over `--sample` edges (check, lowering, passes, schedule and run, with the loaded model);
-  the plain loop (`HandLoop`: torch hooks on the HF modules, one full forward per edge,
-  written here) over `--loop-sample` edges. Both samples use the same edges' distribution, so
-  the ratio of the per-edge costs is the estimate of the full sweep's speed-up.
+  the plain loop (`HandLoop` of benchmarks/edge_loop.py: torch hooks on the HF modules, one
+  full forward per edge) over `--loop-sample` edges. Both samples use the same edges'
+  distribution, so the ratio of the per-edge costs is the estimate of the full sweep's
+  speed-up.
 - eap: `patchc.run` of `attribute * -> * from clean into corrupt using eap` (all E edges,
   compile included) against one forward + backward of the plain model (the metric's gradient
   with respect to the embedding output; no weight gradients).
@@ -45,7 +46,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import sys
 import tempfile
 import time
@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from bench_common import N_PROMPTS, N_TOKENS, build, first_run, prompts, spec  # noqa: E402
+from edge_loop import HandLoop  # noqa: E402
 
 import patchc  # noqa: E402
 from patchc.compiler.edges import receiver_text  # noqa: E402
@@ -116,75 +117,6 @@ def eap_flops(model_spec, n_edges_scored: tuple[int, int]) -> tuple[float, float
     ours = n * block + 2 * (n * block + extra) + 2 * N_PROMPTS * senders * receivers * \
         N_TOKENS * d
     return base, ours
-
-
-class HandLoop:
-    """The plain way: for each edge, one forward of the corrupt prompts with torch hooks that
-    add the sender's (clean - corrupt) difference to the receiver's own input."""
-
-    def __init__(self, model, ids_clean, ids_corrupt, answer: int, distractor: int) -> None:
-        self.m, self.a, self.b = model, ids_clean, ids_corrupt
-        self.ans, self.dis = answer, distractor
-        self.blocks = model.transformer.h
-        self.cache = {"clean": self._senders(ids_clean), "corrupt": self._senders(ids_corrupt)}
-
-    def _senders(self, ids) -> dict[str, torch.Tensor]:
-        got: dict[str, torch.Tensor] = {}
-        hs = [self.blocks[0].register_forward_pre_hook(
-            lambda m, a, k: got.__setitem__("embed", (a[0] if a else k["hidden_states"])),
-            with_kwargs=True)]
-        dh = self.m.config.n_embd // self.m.config.n_head
-        for i, blk in enumerate(self.blocks):
-            hs.append(blk.mlp.register_forward_hook(
-                lambda m, a, o, i=i: got.__setitem__(f"L{i}.mlp.out", o)))
-
-            def heads(m, a, i=i):
-                z = a[0]
-                for h in range(self.m.config.n_head):
-                    got[f"L{i}.H{h}.out"] = z[..., h * dh:(h + 1) * dh] @ \
-                        m.weight[h * dh:(h + 1) * dh]
-            hs.append(blk.attn.c_proj.register_forward_pre_hook(heads))
-        with torch.no_grad():
-            self.m(ids)
-        for h in hs:
-            h.remove()
-        return got
-
-    def one(self, sender: str, receiver: str) -> float:
-        delta = self.cache["clean"][sender] - self.cache["corrupt"][sender]
-        m = re.match(r"L(\d+)\.(?:H(\d+)\.)?(q|k|v|mlp\.in)$", receiver)
-        hs = []
-        if receiver == "logits":
-            hs.append(self.m.transformer.ln_f.register_forward_pre_hook(
-                lambda mod, a: (a[0] + delta,)))
-        else:
-            assert m
-            blk = self.blocks[int(m.group(1))]
-            box: dict = {}
-            if m.group(3) == "mlp.in":
-                hs.append(blk.ln_2.register_forward_pre_hook(
-                    lambda mod, a: box.__setitem__("x", a[0])))
-                hs.append(blk.mlp.register_forward_pre_hook(
-                    lambda mod, a: (blk.ln_2.forward(box["x"] + delta),)))
-            else:
-                d, h = self.m.config.n_embd, int(m.group(2))
-                dh = d // self.m.config.n_head
-                lo = "qkv".index(m.group(3)) * d + h * dh
-                hs.append(blk.ln_1.register_forward_pre_hook(
-                    lambda mod, a: box.__setitem__("x", a[0])))
-
-                def post(mod, a, out):
-                    full = mod.forward(blk.ln_1.forward(box["x"] + delta))
-                    out = out.clone()
-                    out[..., lo:lo + dh] = full[..., lo:lo + dh]
-                    return out
-                hs.append(blk.attn.c_attn.register_forward_hook(post))
-        with torch.no_grad():
-            logits = self.m(self.b).logits
-        for x in hs:
-            x.remove()
-        last = logits[:, -1]
-        return float((last[:, self.ans] - last[:, self.dis]).mean())
 
 
 GPU = False  # --device cuda: times are wall seconds after the device finished
