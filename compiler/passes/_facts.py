@@ -46,8 +46,6 @@ def logits_only(expr: A.MExpr) -> bool:
             return False
         if isinstance(e, (A.MKL, A.MLoss, A.MRef) + A.GENERATING):
             return False
-        if isinstance(e, A.MBin) and e.op in A.COMPARISONS:
-            continue
     return True
 
 
