@@ -248,7 +248,9 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
 def _close_keyword(word: str, expected: set[str]) -> str | None:
     """The keyword among the expected terminals that `word` misspells, if one is close."""
     words = [t.lower() for t in expected if t.isupper() and t.isidentifier()]
-    close = difflib.get_close_matches(word.lower(), words, n=1, cutoff=0.6)
+    # 0.7: keeps `sawp`, `reed`, `rn` (0.75-0.8) and drops look-alikes such as `clean` for
+    # `lens` (0.67)
+    close = difflib.get_close_matches(word.lower(), words, n=1, cutoff=0.7)
     return close[0] if close else None
 
 

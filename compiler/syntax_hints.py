@@ -15,7 +15,7 @@ import re
 
 _CLOSE = {"(": ")", "[": "]", "{": "}"}
 _CLOSER_TERMINALS = {"(": "RPAR", "[": "RSQB", "{": "RBRACE"}
-_WORD_END = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
+_WORD_END = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # (\Z: `$` would match before a newline)
 _WORD_START = re.compile(r"[A-Za-z0-9_]+")
 
 

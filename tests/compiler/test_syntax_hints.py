@@ -45,6 +45,17 @@ def test_word_glued_to_a_keyword():
     assert e.hint == "did you mean `zero`?"
 
 
+def test_a_word_on_the_line_above_is_not_glued():
+    # a comment ending in a keyword, then a stray word at the start of the next line: the
+    # error points at that word, not at a word made of both
+    e = _error("# and this is between\nclean the two\n")
+    assert e.message.startswith("unexpected 'clean'")
+    assert (e.span.line, e.span.col) == (6, 1)
+    assert e.hint != "did you mean `lens`?"  # (a look-alike, not a misspelling)
+    e = _error("swap L0.H0.z from a into b  measure m  # fromm\nfoo\n")
+    assert "fromm" not in (e.hint or "")
+
+
 @pytest.mark.parametrize("body, word, keyword, col", [
     ("swap L0.H0.z fromm a into b  measure m", "fromm", "from", 20),
     ("swap L0.H0.z from a intoo b  measure m", "intoo", "into", 27),
