@@ -138,7 +138,8 @@ def emit_plan(checked, ir: IRGraph, optimized: IRGraph, memory: str | None = Non
     seconds = overhead_seconds(nodes, plan.optimized.forwards)
     share = overhead_share(seconds, plan.optimized.flops)
     overhead = sparse_line(optimized, plan)
-    overhead += (f"overhead: ~{seconds:.1f} s estimated for {nodes} graph nodes and "
+    said = f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+    overhead += (f"overhead: ~{said} estimated for {nodes} graph nodes and "
                 f"{plan.optimized.forwards} model passes (planning, hooks, bookkeeping, "
                 f"results; not model passes): ~{share:.1%} of the run at "
                 f"{ASSUMED_FLOPS_PER_SECOND:.0e} FLOP/s\n")
