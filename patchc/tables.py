@@ -335,7 +335,11 @@ def per_example_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
     if table.op == "read":
         return pd.DataFrame()
     for row in table.rows:
-        cols = list(row.values)
+        # (a normalized column whose node a raw column gives, evaluate's `faithfulness`
+        # beside `ld`, would repeat the raw value under a normalized name)
+        normalized = {col for col, _ in row.normalize}
+        raw = {nid for col, nid in row.values if col not in normalized}
+        cols = [(col, nid) for col, nid in row.values if col not in normalized or nid not in raw]
         if not cols:
             continue
         n = len(values[cols[0][1]])

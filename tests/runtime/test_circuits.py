@@ -72,6 +72,8 @@ def test_evaluate_per_example_equals_hand(gpt2):
     res = gpt2.run(SPEC.replace("{how}", "ablate"))
     got = [f"L{r.layer}.H{r.head}.z" for r in res["c"].itertuples()]
     df = res.per_example("ev")
+    # raw values only: a per-example `faithfulness` would be the raw ld under another name
+    assert "faithfulness" not in df.columns and "ld" in df.columns
     mine = torch.tensor(df[df["nodes"] == 7].sort_values("example")["ld"].to_numpy())
     close(mine, hand_ld(gpt2, CLEAN, _patched(gpt2, set(got[:7]), "ablate")))
 
