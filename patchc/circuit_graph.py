@@ -12,7 +12,9 @@ rank; the circuit of size K is its first K rows. Components are named as EAP-IG 
   any other site             its own text (`L2.resid_pre`)
 
 A node table's `node` column holds each row's site (`L0.H3.z @ 5` for a position); an edge
-table's `sender` and `receiver` columns its two ends.
+table's `sender` and `receiver` columns its two ends. A row of an `all(...)` group (its
+`site` column the group's text, no single node or ends) stands for each of its members: they
+were patched together, so each is drawn and written with the group's rank and effect.
 """
 
 from __future__ import annotations
@@ -79,26 +81,65 @@ def _score(row: dict[str, Any], metric: str) -> float:
     return float(row["effect"] if "effect" in row else row[metric])
 
 
+def is_edge_table(df: pd.DataFrame) -> bool:
+    return ("sender" in df.columns and "receiver" in df.columns) or \
+        ("site" in df.columns and any("->" in str(s) for s in df["site"]))
+
+
+def _given(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and v is not pd.NA
+
+
+def _top_level(text: str) -> list[str]:
+    """`text` split at the commas outside brackets (`L0.H0.z @ {1, 2}` stays whole)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [p.strip() for p in parts + [text[start:]] if p.strip()]
+
+
+def row_members(row: dict[str, Any], edges: bool) -> list:
+    """The (sender, receiver) texts of an edge table's row, or the site texts of a node
+    table's: one for a single item, each member for an `all(...)` group."""
+    if edges and _given(row.get("sender")) and _given(row.get("receiver")):
+        return [(str(row["sender"]), str(row["receiver"]))]
+    if not edges and _given(row.get("node")):
+        return [str(row["node"])]
+    text = str(row.get("site", "")).strip()
+    if text.startswith("all(") and text.endswith(")"):
+        text = text[4:-1]
+    items = _top_level(text)
+    if not edges:
+        return items
+    return [tuple(x.strip() for x in item.split("->", 1)) for item in items if "->" in item]
+
+
 def circuit_graph(df: pd.DataFrame, size: int, metric: str, n_layers: int, n_heads: int
                   ) -> CircuitGraph:
     """The circuit of `size` rows of a ranked circuit table, scored by effect."""
     kept = df[df["rank"] <= size]
-    if "sender" in df.columns and "receiver" in df.columns:
+    if is_edge_table(df):
         g = CircuitGraph("edges", size, metric)
         for r in kept.itertuples(index=False):
             row = r._asdict()
-            s = component(str(row["sender"]), n_layers, n_heads)
-            t = component(str(row["receiver"]), n_layers, n_heads)
-            g.nodes.setdefault(s.name, s)
-            g.nodes.setdefault(t.name, t)
-            g.edges.append((s, t, _score(row, metric)))
+            for sender, receiver in row_members(row, edges=True):
+                s = component(sender, n_layers, n_heads)
+                t = component(receiver, n_layers, n_heads)
+                g.nodes.setdefault(s.name, s)
+                g.nodes.setdefault(t.name, t)
+                g.edges.append((s, t, _score(row, metric)))
         return g
     g = CircuitGraph("nodes", size, metric)
     for r in kept.itertuples(index=False):
         row = r._asdict()
-        c = component(str(row["node"]), n_layers, n_heads)
-        g.nodes.setdefault(c.name, c)
-        g.scores[c.name] = g.scores.get(c.name, 0.0) + _score(row, metric)
+        for text in row_members(row, edges=False):
+            c = component(text, n_layers, n_heads)
+            g.nodes.setdefault(c.name, c)
+            g.scores[c.name] = g.scores.get(c.name, 0.0) + _score(row, metric)
     return g
 
 
@@ -116,23 +157,27 @@ def to_json(df: pd.DataFrame, size: int, metric: str, cfg: dict[str, Any]) -> st
     n_layers, n_heads = cfg["n_layers"], cfg["n_heads"]
     nodes: dict[str, dict[str, Any]] = {}
     edges: dict[str, dict[str, Any]] = {}
-    is_edges = "sender" in df.columns and "receiver" in df.columns
-    for r in df.itertuples(index=False):
+    is_edges = is_edge_table(df)
+    for r in df.itertuples(index=False):  # (in rank order: a member keeps its best group's)
         row = r._asdict()
         inside = bool(row["rank"] <= size)
         score = _num(_score(row, metric))
         if is_edges:
-            s = component(str(row["sender"]), n_layers, n_heads)
-            t = component(str(row["receiver"]), n_layers, n_heads)
-            edges[edge_name(s, t)] = {"score": score, "in_graph": inside}
-            for c in (s, t):
-                entry = nodes.setdefault(c.name, {"in_graph": False})
-                entry["in_graph"] = entry["in_graph"] or inside
-        else:
-            c = component(str(row["node"]), n_layers, n_heads)
+            for sender, receiver in row_members(row, edges=True):
+                s = component(sender, n_layers, n_heads)
+                t = component(receiver, n_layers, n_heads)
+                edge = edges.setdefault(edge_name(s, t), {"score": score, "in_graph": False})
+                edge["in_graph"] = edge["in_graph"] or inside
+                for c in (s, t):
+                    entry = nodes.setdefault(c.name, {"in_graph": False})
+                    entry["in_graph"] = entry["in_graph"] or inside
+            continue
+        for text in row_members(row, edges=False):
+            c = component(text, n_layers, n_heads)
             entry = nodes.setdefault(c.name, {"in_graph": False, "score": 0.0})
             entry["in_graph"] = entry["in_graph"] or inside
-            entry["score"] = _num(entry["score"] + score) if score is not None else None
+            entry["score"] = _num(entry["score"] + score) \
+                if score is not None and entry["score"] is not None else None
     if is_edges:
         nodes.setdefault("logits", {"in_graph": True})["in_graph"] = True
     out = {"cfg": cfg, "nodes": nodes, "edges": edges, "size": size, "metric": metric}
@@ -173,11 +218,14 @@ def _esc(text: str) -> str:
 
 
 def _hex(v: float) -> str:
-    """A signed value in [-1, 1] as a colour: red for positive, blue for negative."""
+    """A signed value in [-1, 1] as a colour: red for positive, blue for negative, grey
+    for 0."""
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
 
     v = 0.0 if not math.isfinite(v) else max(-1.0, min(1.0, v))
+    if v == 0:
+        return "#9e9e9e"  # no effect: neither red nor blue (plot_circuit.ZERO)
     # as the PNG's colours: RdBu_r without its palest middle (plot_circuit.effect_colormap)
     return to_hex(colormaps["RdBu_r"](0.5 + math.copysign(0.18 + 0.32 * abs(v), v)))
 

@@ -5,12 +5,15 @@ The graph is drawn by graphviz `dot` when it is installed (from the DOT of
 circuit_graph.to_dot), else laid out here with matplotlib: components placed by layer,
 bottom (embed) to top (logits), a layer's heads side by side and its MLP above them; edges
 as arrows whose width follows |effect| and whose colour its sign (red raises the metric,
-blue lowers it, as in the heatmaps), solid, dashed or dotted where they enter a head's q, k
-or v. A node circuit is its components alone, coloured by effect.
+blue lowers it, as in the heatmaps; an effect of exactly 0 grey), solid, dashed or dotted
+where they enter a head's q, k or v (solid also into an MLP or the logits). A node circuit
+is its components alone, coloured by effect.
 
 The curve is faithfulness against the fraction of the table kept, one line per measured
-metric, with cpr and cmd in the legend, the sizes' counts at the points and the lines 0
-(empty circuit) and 1 (whole model) for reference.
+metric, with cpr and cmd in the legend, the sizes' counts at the points (once, over the
+first line) and the lines 0 (empty circuit) and 1 (whole model) for reference. Fractions
+spread over decades get a log axis; with an empty circuit (0) among them, one that is linear
+from 0 to the smallest other fraction, so that 0 is drawn too.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ import pandas as pd
 from patchc import plot_style as S
 from patchc.circuit_graph import CircuitGraph, Component, circuit_graph, to_dot
 
-STYLES = {"q": "-", "k": "--", "v": ":"}  # an edge into a head's query, key or value
+# An edge into a head's query, key or value. Dash patterns scale with the line's width, so
+# with round caps a thick `v` edge stays a row of dots and a `k` edge a row of dashes.
+STYLES = {"q": "-", "k": (0, (3.0, 2.0)), "v": (0, (0.1, 2.0))}
+ZERO = (0.62, 0.62, 0.62, 1.0)  # an effect of exactly 0: neither red nor blue
 MAX_DRAWN = 300  # more edges than this make an unreadable picture: the DOT and JSON have them
 
 
@@ -66,23 +72,27 @@ def layout_figure(g: CircuitGraph, title: str):
         ax.add_patch(FancyArrowPatch(
             (x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=10,
             connectionstyle=f"arc3,rad={bend}", shrinkA=14, shrinkB=14,
-            lw=0.6 + 4.4 * abs(score) / top, color=cmap(norm(score)), alpha=0.85,
-            linestyle=STYLES.get(t.qkv or "", "-"), zorder=1))
+            lw=0.6 + 4.4 * abs(score) / top, color=cmap(norm(score)) if score else ZERO,
+            alpha=0.85, linestyle=STYLES.get(t.qkv or "", "-"), capstyle="round", zorder=1,
+            clip_on=False))  # (a curved edge may bow beyond the outer heads)
     used = sorted({t.qkv for _, t, _ in g.edges if t.qkv}, key="qkv".index)
     if used:  # which input of a head an edge enters: its line style
         from matplotlib.lines import Line2D
 
-        ax.legend([Line2D([], [], color="dimgray", ls=STYLES[q]) for q in used],
-                  [f"into a head's {q}" for q in used], loc="upper left",
+        ax.legend([Line2D([], [], color="dimgray", ls=STYLES[q], lw=1.6,
+                          dash_capstyle="round") for q in used],
+                  [f"into a head's {q}" + (" (or an MLP, the logits)" if q == "q" else "")
+                   for q in used], loc="upper left",
                   bbox_to_anchor=(1.0, 1.0), fontsize="x-small", frameon=False)
     for c in comps:
-        fill = cmap(norm(g.scores[c.name])) if c.name in g.scores else (0.93, 0.93, 0.93, 1)
+        score = g.scores.get(c.name)
+        fill = (0.93, 0.93, 0.93, 1) if score is None else cmap(norm(score)) if score else ZERO
         dark = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2] < 0.5
         x, y = pos[c.name]
         ax.text(x, y, c.label, ha="center", va="center", fontsize="small", zorder=2,
                 color="white" if dark else "black",
                 bbox=dict(boxstyle="round,pad=0.35", fc=fill, ec="black", lw=0.8))
-    ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
+    ax.set_xlim(min(xs) - 1.2, max(xs) + 1.2)
     ax.set_ylim(-0.6, n_rows - 0.4)
     ax.set_axis_off()
     ax.set_title(S.text(title), fontsize="medium")
@@ -181,23 +191,26 @@ def curve_figure(name: str, df: pd.DataFrame, info: dict[str, Any]):
     fracs = d["fraction"].astype(float)
     positive = fracs[fracs > 0]
     log = len(positive) > 1 and positive.max() / positive.min() >= 50
-    for col in [c for c in df.columns if c.startswith("faithfulness") and not c.endswith("_se")]:
+    cols = [c for c in df.columns if c.startswith("faithfulness") and not c.endswith("_se")]
+    for i, col in enumerate(cols):
         suffix = col[len("faithfulness"):]
         cpr, cmd = float(d["cpr" + suffix].iloc[0]), float(d["cmd" + suffix].iloc[0])
         metric = suffix[1:] or info.get("metric", "")
         label = f"{metric}: cpr {_fmt(cpr)}, cmd {_fmt(cmd)}".strip(": ")
-        pts = d[fracs > 0] if log else d
-        ax.plot(pts["fraction"], pts[col], marker="o", label=S.text(label))
-        for x, y, k in zip(pts["fraction"], pts[col], pts[kind]):
+        ax.plot(d["fraction"], d[col], marker="o", label=S.text(label))
+        for x, y, k in zip(d["fraction"], d[col], d[kind]) if i == 0 else ():
             ax.annotate(str(int(k)), (x, y), textcoords="offset points", xytext=(0, 6),
                         ha="center", fontsize="x-small")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.axhline(0.0, color="grey", lw=0.8, ls=":")
-    if log:
+    if log and (fracs == 0).any():  # (linear from 0 to the smallest fraction, log above)
+        ax.set_xscale("symlog", linthresh=float(positive.min()))
+        ax.set_xlim(left=0)
+    elif log:
         ax.set_xscale("log")
     ax.set_xlabel(S.text(f"fraction of {kind} kept (numbers: {kind} kept)"))
     ax.set_ylabel("faithfulness (0 = empty circuit, 1 = model)")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
     ax.set_title(S.text(info.get("title") or f"evaluate ({name})"), fontsize="medium")
     return fig
 

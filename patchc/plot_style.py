@@ -28,6 +28,7 @@ its values would all lie on one side, one colour). A sequential scale whose data
 from __future__ import annotations
 
 import math
+import textwrap
 from functools import lru_cache
 from typing import Any, Iterable
 
@@ -127,6 +128,7 @@ def thin(n: int, limit: int = MAX_TICKS) -> list[int]:
 
 
 LINE_IN = 0.17  # the room one line of tick text needs across it, in inches
+LABEL_CHARS = 32  # longer tick labels are broken into lines of this many characters
 
 
 def set_ticks(ax, axis: str, labels: list[str]) -> None:
@@ -140,10 +142,14 @@ def set_ticks(ax, axis: str, labels: list[str]) -> None:
     n = len(labels)
     fits = n <= MAX_TOKEN_TICKS and n * LINE_IN <= along
     keep = list(range(n)) if fits else thin(n)
-    shown = [text(labels[i]) for i in keep]
+    # (long labels, an `all(...)` group's text, in lines: one line of 80 characters left
+    # the axes no room)
+    shown = [textwrap.fill(text(labels[i]), LABEL_CHARS, break_on_hyphens=False)
+             for i in keep]
     if axis == "x":
         slot_in = ax.get_position().width * ax.figure.get_figwidth() / max(1, len(keep))
-        need_in = (max((len(s) for s in shown), default=0) + 1) * 0.08  # ~0.08 in a char
+        longest = max((len(line) for s in shown for line in s.split("\n")), default=0)
+        need_in = (longest + 1) * 0.08  # ~0.08 in a char
         ax.set_xticks(keep, shown, rotation=90 if need_in > slot_in else 0)
     else:
         ax.set_yticks(keep, shown)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -296,7 +297,11 @@ def plot_table(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
     written = []
     for suffix, fig in figures(name, df, keys, info, pairs):
         path = Path(out_dir) / f"{name}{suffix}.png"
-        fig.savefig(path, dpi=130, bbox_inches="tight", pad_inches=0.1)  # no label cut off
+        with warnings.catch_warnings():
+            # a title of many lines (a long statement) leaves the constrained layout no
+            # room and it steps aside; the tight bounding box below still fits every label
+            warnings.filterwarnings("ignore", "constrained_layout not applied")
+            fig.savefig(path, dpi=130, bbox_inches="tight", pad_inches=0.1)  # no label cut off
         written.append(path)
     return written
 

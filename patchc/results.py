@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -210,7 +211,13 @@ class Results:
                 from patchc.circuit_graph import circuit_files
 
                 info = self.manifest.get("tables", {}).get(name, {}).get("plot", {})
-                for file, text in circuit_files(name, df, info).items():
+                try:
+                    files = circuit_files(name, df, info)
+                except Exception as e:  # noqa: BLE001 - a drawing must never cost the tables
+                    print(f"patchc: warning: no graph files for circuit {name}: "
+                          f"{type(e).__name__}: {e}", file=sys.stderr)
+                    files = {}
+                for file, text in files.items():
                     folder.write_text(file, text)
         for name, write in self.outputs.items():
             write(folder.path(name))

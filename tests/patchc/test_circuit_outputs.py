@@ -89,6 +89,39 @@ def test_edge_graph_drawing_and_dot():
     assert fig.axes
 
 
+def test_group_rows_stand_for_their_members():
+    """A circuit over `all(...)` rows (no single sender and receiver): each member edge is
+    drawn and written with its group's effect and rank; a single edge beside them as usual."""
+    import pandas as pd
+
+    from patchc.circuit_graph import to_json
+
+    df = pd.DataFrame({
+        "site": ["all(L0.H3.out -> L0.mlp.in, embed -> L0.H3.v)", "L0.mlp.out -> logits"],
+        "sender": [float("nan"), "L0.mlp.out"], "receiver": [float("nan"), "logits"],
+        "ld": [0.1, 0.5], "effect": [-7.0, -6.6], "rank": [1, 2]})
+    g = circuit_graph(df, 1, "ld", 4, 4)
+    assert [(s.name, t.name, t.qkv, e) for s, t, e in g.edges] == [
+        ("a0.h3", "m0", None, -7.0), ("input", "a0.h3", "v", -7.0)]
+    doc = json.loads(to_json(df, 1, "ld", {"n_layers": 4, "n_heads": 4}))
+    assert doc["edges"]["a0.h3->m0"] == {"score": -7.0, "in_graph": True}
+    assert doc["edges"]["m0->logits"]["in_graph"] is False
+    assert "nan" not in doc["nodes"]
+    # a table of groups alone (no sender/receiver columns at all) and a node group
+    only = df.drop(columns=["sender", "receiver"]).iloc[:1]
+    assert len(circuit_graph(only, 1, "ld", 4, 4).edges) == 2
+    nodes = pd.DataFrame({"site": ["all(L0.H0.z, L1.H2.z @ {1, 2})"], "ld": [1.0],
+                          "rank": [1]})
+    assert sorted(circuit_graph(nodes, 1, "ld", 4, 4).nodes) == ["a0.h0", "a1.h2"]
+
+
+def test_no_effect_is_grey():
+    from patchc.circuit_graph import _hex
+
+    assert _hex(0.0) == "#9e9e9e" and _hex(0.5) != _hex(-0.5)
+    assert _hex(1e-9) != "#9e9e9e"  # (a tiny effect keeps its sign's colour)
+
+
 def test_graphviz_dot_draws_when_installed(tmp_path, monkeypatch):
     """With `dot` on the PATH the PNG is graphviz's drawing of the DOT (a stand-in `dot`
     here records what it was given)."""
