@@ -243,6 +243,12 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
             flops = 0.0
             if isinstance(node, Backward):
                 flops = 3 * sz.full_flops(ir.node(node.metric).forward)  # type: ignore[union-attr]
+            elif isinstance(node, Estimate) and node.method == "eap_ig":
+                # `steps` forwards and backwards of B at interpolated inputs (batched at
+                # run time, runtime/edge_estimates.py), beside the Backward's own
+                back = ir.node(node.inputs[-1])
+                fid = ir.node(back.metric).forward  # type: ignore[union-attr]
+                flops = 3 * node.steps * sz.full_flops(fid)
             elif isinstance(node, Estimate) and node.method == "ig":
                 back = ir.node(node.inputs[-1])
                 fid = ir.node(back.metric).forward  # type: ignore[union-attr]
@@ -297,7 +303,10 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
     fsteps = [s for s in steps if isinstance(s, ForwardStep)]
     summary = PlanSummary(
         forwards=sum(s.passes for s in fsteps), experiments=sum(s.experiments() for s in fsteps),
-        backwards=sum(1 for s in steps if s.kind == "backward"),
+        # (an integrated-gradients estimate differentiates each of its interpolation steps)
+        backwards=sum(1 for s in steps if s.kind == "backward") + sum(
+            ir.node(s.node).steps for s in steps  # type: ignore[union-attr]
+            if s.kind == "estimate" and getattr(ir.node(s.node), "method", "") in ("ig", "eap_ig")),
         flops=sum(s.flops for s in steps), peak_bytes=peak)
     return steps, summary, over
 

@@ -108,3 +108,19 @@ def test_edge_set_members_and_keys() -> None:
     assert list(cols["sender"]) == ["embed", None, "L0.H1.out"]
     assert es.pos_keys == (None,)
     assert es.row_keys()[1] == (("site", "g"),) and es.n_edges == 4
+
+
+def test_eap_ig_costs_its_steps(models: Models) -> None:
+    """The plan counts eap_ig's interpolation steps: each a forward and backward of B (check's
+    time estimate and the manifest's counts come from it)."""
+    from patchc.compiler.schedule import run_shapes, schedule
+
+    def plan(method: str):
+        checked, ir = _lower(models, f"attribute * -> * from clean into corrupt using {method} "
+                                     "measure ld as e\n")
+        return schedule(optimize(ir), checked.model, run_shapes(checked), None).optimized
+
+    eap, ig = plan("eap"), plan("eap_ig(steps=20)")
+    assert ig.backwards == eap.backwards + 20
+    # 20 forward+backward passes of B (3 forwards' FLOPs each) against eap's ~5 forwards
+    assert ig.flops > 8 * eap.flops
