@@ -233,8 +233,12 @@ def check_edge(edge: A.Edge, model: ModelSpec) -> None:
 def _no_edge(edge: A.Edge, model: ModelSpec) -> None:
     if _is_single(edge.sender) and _is_single(edge.receiver):
         s, r = senders(edge.sender, model)[0][0], receivers(edge.receiver, model)[0][0]
+        own = "" if model.parallel_attn else " (and its own layer's MLP)"
         raise CheckError("E392", f"there is no edge {sender_text(s)} -> "
-                         f"{receiver_text(r)}: {_why_not(s, r, model)}", edge.span)
+                         f"{receiver_text(r)}: {_why_not(s, r, model)}", edge.span,
+                         hint=f"a head's output reaches later layers{own} and the logits, an "
+                              "MLP's output later layers and the logits, `embed` everything; "
+                              "`* -> RECEIVER` or `SENDER -> *` lists what there is")
     raise CheckError("E393", "the edge pattern matches no edge of the model", edge.span,
                      hint="a sender must come before its receiver")
 

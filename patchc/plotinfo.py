@@ -47,7 +47,7 @@ def describe_tables(ir: IRGraph, checked: CheckedSpec, tokenizer: Any,
 
 def describe(ir: IRGraph, table: Table, op: Any, checked: CheckedSpec, tokenizer: Any,
              values: dict[str, Any]) -> dict[str, Any]:
-    from patchc.tables import table_baselines, table_unpatched
+    from patchc.baselines import table_baselines, table_unpatched
 
     info: dict[str, Any] = {"title": _title(table, op), "columns": {}}
     base = table_baselines(ir, table, values)  # the values printed and in the manifest

@@ -28,8 +28,8 @@ import torch
 from patchc.compiler.errors import PatchcError
 from patchc.compiler.ir import IRGraph, Table
 from patchc.compiler.ir_sweep import members, split
-from patchc.tables import (build_table, compare_points, example_mean, per_example_table,
-                           table_baselines, table_unpatched)
+from patchc.baselines import table_baselines, table_unpatched
+from patchc.tables import build_table, compare_points, example_mean, per_example_table
 
 
 class Results:

@@ -2,9 +2,9 @@
 then for each measure the mean over examples (`normalized` applied to the means) and
 `<measure>_se`, the standard error of that mean (sample standard deviation / sqrt(n); for a
 normalized column, divided by |baseline 1 - baseline 0|, the baselines taken as fixed).
-Also the per-example table, the baselines a normalized column maps to 0 and 1, the unpatched
-values of a raw column's runs, and the correlations of a `compare` table. patchc/results.py
-wraps these in `Results`.
+Also the per-example table and the correlations of a `compare` table (what 0 and 1 mean in
+a normalized column, and a raw column's unpatched values: patchc/baselines.py).
+patchc/results.py wraps these in `Results`.
 
 `normalized` divides by the gap between two baselines; where they are equal the column is NaN
 and a W470 names the table and both values.
@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from patchc.compiler.errors import PatchcError, Warning_
-from patchc.compiler.ir import IRGraph, Pair, Table
+from patchc.compiler.ir import Pair, Table
 
 from .circuit_tables import ranked, with_areas
 from .sweep_tables import (_joined, _mean_se, _member_rows, joined_arrays, sweep_blocks,
@@ -104,11 +104,14 @@ class _ZeroGaps:
             t, s = cases[0]
             both = (f"the unpatched run's {col} is {t:g} (it divides)" if s is None else
                     f"both baselines are {t:g} (target run) and {s:g} (source run)")
-            parts.append(f"`{col} normalized` is NaN in {len(cases)} row(s): {both}")
+            what = col if table.op == "evaluate" else f"{col} normalized"
+            parts.append(f"`{what}` is NaN in {len(cases)} row(s): {both}")
+        same = "the runs being compared give the same value (identical runs, or an "
+        hint = same + ("ablation with the run's own mean): drop `normalized`"
+                       if table.op != "evaluate" else  # (faithfulness is always normalized)
+                       "ablation with the evaluated run itself): ablate with another run")
         return Warning_("W470", f"table `{table.name}`: " + "; ".join(parts) + ", so "
-                        "there is nothing to normalize by", table.span,
-                        hint="the runs being compared give the same value (identical runs, "
-                        "or an ablation with the run's own mean): drop `normalized`")
+                        "there is nothing to normalize by", table.span, hint=hint)
 
 
 def build_table(table: Table, values: dict[str, Any],
@@ -354,51 +357,3 @@ def per_example_table(table: Table, values: dict[str, Any]) -> pd.DataFrame:
         df = pd.concat([df, sweep_examples(table, values)], ignore_index=True) if records \
             else sweep_examples(table, values)
     return _int_keys(df, table)
-
-
-def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[str, Any]:
-    """For each normalized column: what 0 and 1 mean (`{"0": {"run": .., "value": ..},
-    "1": {...}}`), the means over every example of the runs' unpatched values. Without a
-    source run (`m / m_target`), 0 is the value 0 and 1 the target run's value."""
-    out: dict[str, Any] = {}
-    norms = [(col, ts) for row in table.rows for col, ts in row.normalize]
-    norms += [(col, ts) for block in table.sweeps for col, ts in block.normalize]
-    # compare: every pair of a normalized measure holds its (target, source) metrics; keyed
-    # by the measure's name (`ld`), as a row table's normalized column is
-    norms += [(dict(p.key).get("metric") or ir.node(p.metric).name,  # type: ignore[union-attr]
-               p.normalize) for p in table.pairs if p.normalize is not None]
-    for col, (target, source) in norms:
-        if col in out:
-            continue
-        t_run = ir.node(target).forward  # type: ignore[union-attr]
-        # evaluate: 0 is the target run with every component patched, the empty circuit
-        run0 = "empty circuit" if table.op == "evaluate" else ir.node(t_run).run  # type: ignore
-        zero = {"run": run0, "value": example_mean(values[target])}
-        if source is None:
-            out[col] = {"0": {"run": None, "value": 0.0}, "1": zero}
-            continue
-        s_run = ir.node(source).forward  # type: ignore[union-attr]
-        out[col] = {"0": zero, "1": {"run": ir.node(s_run).run,  # type: ignore
-                                     "value": example_mean(values[source])}}
-    return out
-
-
-def table_unpatched(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[str, Any]:
-    """For each raw column of an intervention (Table.unpatched): the metric on its runs as
-    they are, unpatched, `{"target": {"run": .., "value": ..}, "source": {...}}` (the mean
-    over every example; `source` only where the operation has a source run and the plan ran
-    it). The target's value is what "no effect" means for that column. A side the plan left
-    out (it would have cost a model pass) or whose mean is not a number is absent."""
-    out: dict[str, Any] = {}
-    for col, refs in table.unpatched:
-        sides = {}
-        for side, ref in zip(("target", "source"), refs):
-            if ref is None or ref not in values:
-                continue
-            value = example_mean(values[ref])
-            if math.isfinite(value):
-                run = ir.node(ir.node(ref).forward).run  # type: ignore[union-attr]
-                sides[side] = {"run": run, "value": value}
-        if sides:
-            out[col] = sides
-    return out

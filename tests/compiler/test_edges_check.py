@@ -83,6 +83,8 @@ def test_edge_errors_are_located(models: Models, case) -> None:
     assert (code, line, col) in found, [e.render() for e in errors]
     err = next(e for e in errors if (e.code, e.line, e.col) == (code, line, col))
     assert fragment in err.message, err.render()
+    if code == "E392":  # what a sender reaches: its own layer's MLP only when sequential
+        assert "later layers" in err.hint and ("own layer's MLP" in err.hint) == (head == "gpt2")
 
 
 def test_edges_print_back_as_written(models: Models) -> None:

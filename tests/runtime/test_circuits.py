@@ -168,3 +168,13 @@ evaluate n in clean with ablate(corrupt)  measure ld  as ev
         close(got, hand_ld(fam, CLEAN, writes))
     assert res["ev"]["faithfulness"].tolist()[0] == 0.0
     assert res["ev"]["faithfulness"].tolist()[-1] == 1.0
+
+
+def test_evaluate_against_its_own_run_warns_with_a_fix(gpt2):
+    """Ablating with the evaluated run itself leaves nothing to normalize by: W470 says to
+    ablate with another run (not to drop `normalized`, which evaluate does not take)."""
+    with pytest.warns(Warning, match="W470"):
+        res = gpt2.run(SPEC.replace("{how}(corrupt)", "ablate(clean)"))
+    (w,) = [w for w in res.warnings if w.code == "W470"]
+    assert "`faithfulness` is NaN" in w.message
+    assert "ablate with another run" in w.hint and "normalized`" not in w.hint
