@@ -89,7 +89,7 @@ def compare_frames(old: pd.DataFrame, new: pd.DataFrame, atol: float, rtol: floa
     if list(old.columns) != list(new.columns) or len(old) != len(new):
         return False, (f"shape differs: recorded {len(old)} rows {list(old.columns)}, "
                        f"rerun {len(new)} rows {list(new.columns)}")
-    worst, bad, first = 0.0, 0, ""
+    worst, bad, first, texts = 0.0, 0, "", 0
     for col in old.columns:
         a, b = old[col], new[col]
         numeric = pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b)
@@ -101,11 +101,16 @@ def compare_frames(old: pd.DataFrame, new: pd.DataFrame, atol: float, rtol: floa
                     worst = max(worst, abs(x - y))
             else:
                 ok = str(x) == str(y)
+                texts += not ok
             if not ok:
                 bad += 1
                 first = first or f"row {i} column {col}: recorded {x!r}, rerun {y!r}"
     if bad:
-        return False, f"{bad} cell(s) differ, first at {first}; max |diff| = {worst:.3g}"
+        # (a text cell has no |diff|: a recorded number edited into a word is one of these)
+        numbers = f"max |diff| = {worst:.3g}" if bad > texts else ""
+        words = f"{texts} of them text or not a number" if texts else ""
+        return False, f"{bad} cell(s) differ, first at {first}; " + \
+            "; ".join(x for x in (numbers, words) if x)
     return True, f"{len(old)} rows, max |diff| = {worst:.3g}"
 
 

@@ -248,6 +248,12 @@ def test_compare_frames_equates_inf_with_inf_and_nan_with_nan_only():
     assert compare_frames(old, pd.DataFrame({"k": [0, 1, 2], "v": [inf, nan, 1.1]}), 0.2, 0)[0]
 
 
+def test_a_word_where_a_number_was_is_not_called_a_zero_difference():
+    old = pd.DataFrame({"k": [0, 1], "v": [0.5, 1.0]})
+    ok, detail = compare_frames(old, pd.DataFrame({"k": [0, 1], "v": [0.5, "x"]}), 0, 0)
+    assert not ok and "1 of them text or not a number" in detail and "max |diff|" not in detail
+
+
 def test_plot_refuses_table_names_that_leave_the_folder(recorded, tmp_path, capsys):
     out, spec = copy(recorded, tmp_path)
     victim = tmp_path / "victim.csv"
