@@ -146,8 +146,27 @@ FAMILIES: dict[str, Family] = {
     "apertus": Family(**_PLAIN, note="xIELU MLP, QK-norm"),
     "jais2": Family(**_LN, **_PLAIN),
     "persimmon": Family(**_LN, **_PLAIN, qkv="grouped", note="fused grouped qkv, QK LayerNorm"),
+    "internlm3": Family(),
+    "exaone": Family(),
+    "iquestcoder": Family(),
+    "apertus1p5_text": Family(**_PLAIN, note="xIELU MLP, QK-norm"),
+    "nanochat": Family(**_PLAIN, note="relu^2 MLP, QK-norm, soft-capped logits"),
+    "diffllama": Family(unavailable=tuple(
+        (k, "differential attention: each head's output is the difference of two softmax "
+            "patterns, combined after the attention function, so no one pattern per head "
+            "exists") for k in _NO_PATTERN), note="differential attention"),
+    "granite_swa": Family(residual_multiplier=True, logit_div="logits_scaling", unavailable=tuple(
+        (k, "its attention sink rescales each head's output after the softmax, inside its own "
+            "attention function, so the pattern cannot be exposed exactly") for k in _NO_PATTERN),
+        note="multipliers, sliding/global layers, attention sinks"),
+    "hyperclovax": Family(residual_multiplier=True, logit_scale="logits_scaling",
+                          note="multipliers, optional norms after attention and MLP"),
     # -- learned positions, Conv1D or fused projections -----------------------------------
     "gpt2": Family(**_LN, **_PLAIN, positional="learned", names=_GPT2_NAMES, mlp_default_4x=True),
+    "gpt_neo": Family(**_LN, **_PLAIN, positional="learned", mlp_default_4x=True,
+                      names=(("n_layers", ("num_layers",)), ("n_heads", ("num_heads",))),
+                      unavailable=_no_pattern("GPTNeoSelfAttention"),
+                      note="local (sliding) and global layers, unscaled attention scores"),
     "gpt_bigcode": Family(**_LN, **_PLAIN, positional="learned", names=_GPT2_NAMES,
                           mlp_default_4x=True, kv="multi_query", note="multi-query attention"),
     "gptj": Family(**_LN, **_PLAIN, parallel=True, single_norm=True, names=_GPT2_NAMES,
@@ -182,6 +201,10 @@ FAMILIES: dict[str, Family] = {
     "qwen3_moe": Family(moe="softmax_topk", moe_names=("num_experts", "moe_intermediate_size")),
     "olmoe": Family(moe="softmax_topk", moe_names=("num_experts", "intermediate_size")),
     "gpt_oss": Family(moe="topk_softmax", note="attention sinks"),
+    "mellum": Family(moe="softmax_topk", moe_names=("num_local_experts",
+                                                     "moe_intermediate_size"),
+                     note="QK-norm, sliding/global layers"),
+    "minimax_m2": Family(moe="sigmoid_topk", note="sigmoid router with correction bias"),
 }
 
 # Why common model types that are not decoder-only transformers are refused.
