@@ -26,7 +26,8 @@ LN1 = ("input_layernorm", "ln_1", "ln_attn", "norm_1", "self_attn_layer_norm",
        "attention_layernorm")
 LN2 = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2", "ln_mlp", "norm_2",
        "final_layer_norm", "feedforward_layernorm")
-POST_ATTN = ("post_self_attn_layernorm", "post_norm1")  # (and post_attention_layernorm in post-norm families)
+# (and post_attention_layernorm in post-norm families; post_norm1/2: HyperCLOVA X peri-norms)
+POST_ATTN = ("post_self_attn_layernorm", "post_norm1")
 POST_MLP = ("post_feedforward_layernorm", "post_mlp_layernorm", "post_norm2")
 SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"),)
 FUSED_QKV = ("qkv_proj", "c_attn", "query_key_value", "Wqkv")
