@@ -272,6 +272,13 @@ UNSUPPORTED: dict[str, str] = {
                      "not projections of one position's residual",
     "inkling2_loop_text": "short convolutions over positions follow its k/v projections, so k/v "
                           "are not projections of one position's residual",
+    "llama4_text": "its experts read their input already multiplied by the routing score "
+                   "(rather than weighting their outputs), so an expert's output is not its "
+                   "contribution; its layers also interleave chunked and position-free global "
+                   "attention",
+    "gpt_neox_japanese": "its attention returns its output bias apart, and the block adds it "
+                         "with the residual, so the attention module's output is not what the "
+                         "block adds; its attention also computes scores itself",
     "cpmant": "its attention adds a learned segment-relative position bias inside its own "
               "attention code, and its blocks keep their norms in sub-modules patchc does not "
               "map",
@@ -292,10 +299,15 @@ _SEPARATE_EXPERTS = ("before transformers 5.0, each expert is a module of its ow
                      "router a plain linear layer, which patchc's expert and router sites do "
                      "not map; upgrade transformers")
 _ADDED_IN_5 = "this model type came with transformers 5.0; upgrade transformers"
+_VERIFIED_FROM_5_24 = ("this model type is not in transformers 4.x, and patchc has verified its "
+                       "module layout from transformers 5.24 on; upgrade transformers")
 SINCE: dict[str, tuple[tuple[int, int], str]] = {
     **{t: ((5, 0), _SEPARATE_EXPERTS) for t in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
                                                 "gpt_oss")},
     **{t: ((5, 0), _ADDED_IN_5) for t in ("ministral3", "cwm", "jais2")},
+    **{t: ((5, 24), _VERIFIED_FROM_5_24) for t in (
+        "internlm3", "exaone", "iquestcoder", "apertus1p5_text", "nanochat", "granite_swa",
+        "hyperclovax", "mellum", "minimax_m2")},
     "stablelm": ((5, 0), "before transformers 5.0, StableLM's attention classes compute "
                          "attention themselves, not through transformers' attention "
                          "functions, so its heads cannot be tapped; upgrade transformers"),
