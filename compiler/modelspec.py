@@ -145,6 +145,19 @@ def _moe(config: dict[str, Any], fam: Family, family: str) -> tuple[int, int, in
             _get(config, (width_key, "intermediate_size"), family))
 
 
+def _dense_layers(config: dict[str, Any]) -> str | None:
+    """The config field that makes some layers of a mixture of experts dense, if one does."""
+    if config.get("mlp_only_layers"):
+        return "mlp_only_layers"
+    if (config.get("decoder_sparse_step") or 1) != 1:
+        return "decoder_sparse_step"
+    if config.get("first_k_dense_replace"):
+        return "first_k_dense_replace"
+    if any(t != "sparse" for t in config.get("mlp_layer_types") or ()):
+        return "mlp_layer_types"
+    return None
+
+
 def spec_from_config(config: dict[str, Any]) -> ModelSpec:
     """The ModelSpec of an HF config dict; CheckError E210 (unsupported) or E211 (missing)."""
     raw_type = config.get("model_type")
@@ -154,10 +167,10 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
     fam = lookup(family)
     if fam is None:
         raise CheckError("E210", why_unsupported(raw_type, config))
-    if fam.moe and (config.get("mlp_only_layers") or (config.get("decoder_sparse_step") or 1) != 1):
+    if fam.moe and _dense_layers(config):
         raise CheckError("E210", f"{family} with dense MLP layers among the expert layers "
-                         "(mlp_only_layers / decoder_sparse_step) is not supported: patchc's "
-                         "sites assume every layer has the same MLP")
+                         f"({_dense_layers(config)}) is not supported: patchc's sites assume "
+                         "every layer has the same MLP")
     n_layers = _get(config, fam.names_for("n_layers"), family)
     n_heads = _get(config, fam.names_for("n_heads"), family)
     d_model = _get(config, fam.names_for("d_model"), family)

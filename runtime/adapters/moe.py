@@ -7,7 +7,8 @@ expert. The sites:
 - `router`: the router's logits, [batch, pos, experts]. A write re-routes: the weights and the
   chosen experts are recomputed from the written logits with the family's routing rule
   (`softmax_topk`: softmax, top-k, optional renormalization; `topk_softmax`: top-k logits,
-  softmax over them), so gradients flow from the metric into the router logits.
+  softmax over them; `sigmoid_topk`: sigmoid scores, top-k of score plus correction bias,
+  renormalized), so gradients flow from the metric into the router logits.
 - `expert.post` (Ll.Ee.post): expert e's neurons, [batch, pos, d_expert], zero at tokens not
   routed to e (a write there has no effect: the routing weight is zero).
 - `expert.out` (Ll.Ee.out): expert e's weighted contribution to mlp.out, [batch, pos, d_model],
@@ -70,15 +71,16 @@ def _router_hook(ad: "Adapter", router: nn.Module, fn: HookFn, what: str, lead) 
         new = taps._apply(logits, fn, None, lead, what)
         if new is None:
             return None
-        weights, index = reroute(router, scheme, new, out[1].dtype)
+        weights, index = reroute(router, scheme, new, out[1].dtype, args)
         return (router_first(scheme, new), weights, index, *out[3:])
 
     return post
 
 
 def reroute(router: nn.Module, scheme: str | None, logits: Tensor,
-            dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """The routing weights and chosen experts for `logits`, by the family's rule."""
+            dtype: torch.dtype, args: tuple = ()) -> tuple[Tensor, Tensor]:
+    """The routing weights and chosen experts for `logits`, by the family's rule (`args`: what
+    the router was called with; a sigmoid router's second argument is its correction bias)."""
     k = int(router.top_k)
     if scheme == "softmax_topk":
         probs = F.softmax(logits, dtype=torch.float, dim=-1)
@@ -89,6 +91,14 @@ def reroute(router: nn.Module, scheme: str | None, logits: Tensor,
     if scheme == "topk_softmax":
         top, index = torch.topk(logits, k, dim=-1)
         return F.softmax(top, dim=-1, dtype=top.dtype).to(dtype), index
+    if scheme == "sigmoid_topk":
+        # Experts are chosen by sigmoid score plus a per-expert correction bias (which only
+        # chooses), weighted by their sigmoid scores renormalized over the chosen ones.
+        scores = torch.sigmoid(logits.float())
+        _, index = torch.topk(scores + args[1], k, dim=-1, sorted=False)
+        top = scores.gather(1, index)
+        top /= top.sum(dim=-1, keepdim=True)
+        return top.to(dtype), index
     raise RuntimeInterventionError("E403", f"cannot re-route a '{scheme}' router")
 
 

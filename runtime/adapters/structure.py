@@ -20,14 +20,15 @@ from patchc.compiler.families import Family
 LAYER_LISTS = ("layers", "h", "blocks", "decoder.layers", "transformer.blocks")
 FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f", "layer_norm",
                "decoder.final_layer_norm")
-ATTN = ("self_attn", "attn", "attention", "self_attention")
+ATTN = ("self_attn", "attn.attention", "attn", "attention", "self_attention")  # GPT-Neo nests
 MLP = ("mlp", "feed_forward", "block_sparse_moe", "ffn")
 LN1 = ("input_layernorm", "ln_1", "ln_attn", "norm_1", "self_attn_layer_norm",
        "attention_layernorm")
 LN2 = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2", "ln_mlp", "norm_2",
        "final_layer_norm", "feedforward_layernorm")
-POST_ATTN = ("post_self_attn_layernorm",)  # (and post_attention_layernorm in post-norm families)
-POST_MLP = ("post_feedforward_layernorm", "post_mlp_layernorm")
+# (and post_attention_layernorm in post-norm families; post_norm1/2: HyperCLOVA X peri-norms)
+POST_ATTN = ("post_self_attn_layernorm", "post_norm1")
+POST_MLP = ("post_feedforward_layernorm", "post_mlp_layernorm", "post_norm2")
 SEPARATE_QKV = (("q_proj", "k_proj", "v_proj"),)
 FUSED_QKV = ("qkv_proj", "c_attn", "query_key_value", "Wqkv")
 O_PROJ = ("o_proj", "c_proj", "dense", "out_proj")

@@ -180,12 +180,17 @@ def test_models_doc_lists_every_family() -> None:
     assert "**failed" not in doc
 
 
-def test_moe_with_dense_layers_is_refused(newest) -> None:
+@pytest.mark.parametrize(("field", "value"), [
+    ("mlp_only_layers", [1]), ("first_k_dense_replace", 1),
+    ("mlp_layer_types", ["dense", "sparse"]),
+])
+def test_moe_with_dense_layers_is_refused(field: str, value, newest) -> None:
     cfg = T.Qwen2MoeConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
-                           num_key_value_heads=2, mlp_only_layers=[1]).to_dict()
+                           num_key_value_heads=2).to_dict()
     with pytest.raises(CheckError) as ei:
-        spec_from_config(cfg)
-    assert ei.value.code == "E210" and "mlp_only_layers" in ei.value.message
+        spec_from_config({**cfg, field: value})
+    assert ei.value.code == "E210" and field in ei.value.message
+    assert spec_from_config({**cfg, "mlp_layer_types": ["sparse", "sparse"]}).n_experts
 
 
 @pytest.mark.parametrize("family", sorted(SINCE))

@@ -48,6 +48,13 @@ EXTRA: dict[str, dict] = {
     "qwen2_moe": dict(decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True),
     "olmoe": dict(norm_topk_prob=False),
     "mpt": dict(expansion_ratio=2),
+    "gpt_neo": dict(attention_types=[[["global", "local"], 1]], window_size=4),
+    "nanochat": dict(final_logit_softcapping=3.0),
+    "granite_swa": dict(residual_multiplier=0.5, embedding_multiplier=2.0, logits_scaling=4.0,
+                        attention_multiplier=0.2,
+                        layer_types=["sliding_attention", "full_attention"]),
+    "hyperclovax": dict(residual_multiplier=0.5, embedding_multiplier=2.0, logits_scaling=4.0,
+                        attention_multiplier=0.2, use_post_norm=True),
 }
 # Other layouts of one family: name -> (model_type, settings over EXTRA's).
 VARIANTS: dict[str, tuple[str, dict]] = {

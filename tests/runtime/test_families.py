@@ -199,6 +199,23 @@ def test_router_write_reroutes(ad: Adapter, ids: torch.Tensor) -> None:
         assert bool(used.all()) == (e < k) and bool(used.any()) == (e < k), e
 
 
+def test_router_identity_write_with_correction_bias(ad: Adapter, ids: torch.Tensor) -> None:
+    """A router that chooses by score plus a correction bias (MiniMax-M2) re-routes a written
+    copy of its own logits exactly as it routed them, with a bias that changes the choice."""
+    mlp = ad.mlp(0) if ad.n_experts else None
+    bias = getattr(mlp, "e_score_correction_bias", None)
+    if bias is None:
+        pytest.skip("no router correction bias")
+    saved = bias.clone()
+    try:
+        bias.copy_(torch.randn_like(bias))
+        base = _plain(ad, ids)
+        logits, _ = run(ad, ids, writes=[("router", 0, None, lambda a: a.clone())])
+        assert torch.equal(logits, base)
+    finally:
+        bias.copy_(saved)
+
+
 def test_expert_write_and_gradient(ad: Adapter, ids: torch.Tensor) -> None:
     """Zeroing an expert's output equals zeroing its down-projection; gradients reach the
     router logits through the routing weights."""
