@@ -225,6 +225,12 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
     if {"LAST", "EACH"} <= accepts or re.search(r"@\s*\{[^}@]*$", before):
         return ParseError("E100", f"unexpected {found} where a position belongs", span, source,
                           POSITION_FORMS)
+    if hint is None and str(tok) == "@" and re.search(r"->\s*\*\s*$", before):
+        hint = ("a `*` receiver takes no position: name the receivers to patch at positions "
+                "(`* -> L*.H*.q @ each`, `* -> logits @ last`)")
+    if hint is None and re.search(r"->\s*(from|into|in|with|by)\s*$", before):
+        hint = ("`->` needs a receiver (`L1.H0.q`, `L1.mlp.in`, `logits`, or `*`) before "
+                f"`{before.split()[-1]}`")
     if hint is None and accepts == {"STAR"} and re.search(r"\bby\s+[-\d.{][^*]*$", before):
         # `steer SITE in RUN by 3`: a number or a set of them scales a vector, never alone
         hint = ("`by` takes a vector: a number or a set of numbers multiplies one, as in "

@@ -99,3 +99,14 @@ def test_compare_of_two_tables_shows_the_form():
     e = _error("swap L0.H0.z from a into b  measure m  as t1\ncompare t1, t2\n")
     assert e.message == "unexpected end of line; expected ',', 'against'"
     assert e.hint and "`compare atp, relp against swap on SITES from A into B" in e.hint
+
+
+def test_an_edge_without_a_receiver_names_it():
+    e = _error("swap L0.H0.out -> from a into b  measure m\n")
+    assert e.hint == ("`->` needs a receiver (`L1.H0.q`, `L1.mlp.in`, `logits`, or `*`) "
+                      "before `from`")
+
+
+def test_a_star_receiver_takes_no_position():
+    e = _error("swap * -> * @ each from a into b  measure m\n")
+    assert e.message.startswith("unexpected '@'") and "`* -> logits @ last`" in e.hint
