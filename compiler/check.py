@@ -38,7 +38,7 @@ from .check_runs import check_interventions, resolve_run, run_deps
 from .check_vectors import VectorChecker, vector_deps
 from .checked import CheckedSpec, Options
 from .data import load_data
-from .errors import CheckError, Span, SpecErrors
+from .errors import CheckError, Source, Span, SpecErrors
 from .modelspec import ModelSpec, load_model_spec
 from .tokens import LightTokenizer, as_tokenizer, load_tokenizer
 
@@ -69,7 +69,7 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
     stmts = spec.statements
     decl = _model_statement(ctx, stmts)
     if model is None and decl is not None:
-        with ctx.catch(decl.span):
+        with ctx.catch(_path_span(spec.source, decl.span)):  # (as a data file's errors point)
             model = load_model_spec(decl.model_id, decl.revision, ctx.base_dir)
     ctx.model = model
     ctx.model_id = decl.model_id if decl is not None else None
@@ -296,3 +296,14 @@ def _chain(names: list) -> str:
 
 
 __all__ = ["AUTO", "CheckError", "check"]
+
+
+def _path_span(source: Source, span: Span) -> Span:
+    """The quoted path of a `model "..."` statement at `span` (the whole statement if its
+    line holds no string)."""
+    text = source.line_text(span.line)
+    start = text.find('"', span.col - 1)
+    end = text.find('"', start + 1) if start >= 0 else -1
+    if start < 0 or end < 0:
+        return span
+    return Span(span.line, start + 1, span.line, end + 2)

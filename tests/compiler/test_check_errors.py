@@ -87,7 +87,7 @@ CASES = [
     ("two_models", "gpt2", 'model "./llama"',
      "E301", 6, 1, "exactly one `model` statement"),
     ("model_dir_missing", "none", 'model "./nope"\nrun a = ["I love this"]',
-     "E212", 1, 1, "no model directory"),
+     "E212", 1, 7, "no model directory"),
     ("missing_data_file", "gpt2", 'data d2 = "data/nope.jsonl"',
      "E314", 6, 11, "data file not found"),
     ("data_bad_extension", "gpt2", 'data d2 = "data/ioi.txt"',
