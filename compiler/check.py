@@ -69,7 +69,7 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
     stmts = spec.statements
     decl = _model_statement(ctx, stmts)
     if model is None and decl is not None:
-        with ctx.catch(_path_span(spec.source, decl.span)):  # (as a data file's errors point)
+        with ctx.catch(model_path_span(spec.source, decl)):  # (as a data file's errors point)
             model = load_model_spec(decl.model_id, decl.revision, ctx.base_dir)
     ctx.model = model
     ctx.model_id = decl.model_id if decl is not None else None
@@ -179,7 +179,8 @@ def _tokenizer_fits(ctx: Context, decl: A.ModelDecl, tokenizer: LightTokenizer |
     if tokenizer is None:
         path = os.path.join(ctx.base_dir, os.path.expanduser(decl.model_id), "tokenizer.json")
         if os.path.isfile(path):
-            ctx.error("E215", f"the model's tokenizer.json cannot be read: {path}", decl.span,
+            ctx.error("E215", f"the model's tokenizer.json cannot be read: {path}",
+                      model_path_span(ctx.source, decl),
                       hint="save the tokenizer again (tokenizer.save_pretrained)")
         return
     if ctx.model is None:
@@ -188,7 +189,7 @@ def _tokenizer_fits(ctx: Context, decl: A.ModelDecl, tokenizer: LightTokenizer |
     top = max(ids, default=-1)
     if top >= ctx.model.vocab_size:
         ctx.error("E215", f"the model's tokenizer has token ids up to {top}, but its config "
-                  f"has vocab_size {ctx.model.vocab_size}", decl.span,
+                  f"has vocab_size {ctx.model.vocab_size}", model_path_span(ctx.source, decl),
                   hint="use the tokenizer saved with these weights")
 
 
@@ -298,9 +299,10 @@ def _chain(names: list) -> str:
 __all__ = ["AUTO", "CheckError", "check"]
 
 
-def _path_span(source: Source, span: Span) -> Span:
-    """The quoted path of a `model "..."` statement at `span` (the whole statement if its
-    line holds no string)."""
+def model_path_span(source: Source, decl: A.ModelDecl) -> Span:
+    """The quoted path of a `model "..."` statement, where errors about the model's files
+    point (the whole statement if its line holds no string)."""
+    span = decl.span
     text = source.line_text(span.line)
     start = text.find('"', span.col - 1)
     end = text.find('"', start + 1) if start >= 0 else -1

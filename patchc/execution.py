@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from patchc import compile_cache
 from patchc.compiler import ast as A
-from patchc.compiler.check import AUTO, check
+from patchc.compiler.check import AUTO, check, model_path_span
 from patchc.compiler.check_dicts import require_weights
 from patchc.compiler.checked import CheckedSpec, Options
 from patchc.compiler.errors import NO_SPAN, PatchcError, RuntimeInterventionError
@@ -183,10 +183,10 @@ def prepare(spec: A.Spec, model: Any, tokenizer: Any, trust_remote_code: bool,
         try:
             loaded = load(decl.model_id, decl.revision, options, spec.source.base_dir,
                           trust_remote_code)
-        except PatchcError as e:  # a failed load points at the `model` statement
+        except PatchcError as e:  # a failed load points at the model's path
             if e.span == NO_SPAN:  # (no CUDA: at `set device`, unless an override asked)
                 e.span = set_span(spec, "device", overrides) if e.code == "E410" else \
-                    decl.span
+                    model_path_span(spec.source, decl)
             raise
         return checked, loaded.model, loaded.tokenizer, loaded.device
     if tokenizer is None:
