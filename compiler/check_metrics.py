@@ -185,7 +185,11 @@ def check_measures(ctx: Context, measures: tuple[A.Measure, ...], run: RunInfo |
                 if isinstance(ref, A.ColumnRef):
                     _rows_match(ctx, ref, run, m.span)
                 if isinstance(node, A.MGenerate):
-                    _fits_context(ctx, node, run, m.span)
+                    _fits_context(ctx, node.n, f"generate({node.n})", run, node.span)
+            elif isinstance(node, A.MText):
+                _fits_context(ctx, node.n, f"text({node.n})", run, node.span)
+            elif isinstance(node, A.MSeqLogProb):
+                _answer_fits(ctx, node, run)
             elif isinstance(node, A.MKL):
                 kl_runs.setdefault(node.run, node.span)
                 other = ctx.runs.get(node.run)
@@ -199,17 +203,29 @@ def check_measures(ctx: Context, measures: tuple[A.Measure, ...], run: RunInfo |
                       f"{', '.join(kl_runs)}", m.span)
 
 
-def _fits_context(ctx: Context, node: A.MGenerate, run: RunInfo, span: Span) -> None:
-    """generate(N) after the run's longest prompt stays within the model's positions (E340);
-    past them, the position embedding has no row for the next token."""
-    if ctx.model is None or run.max_tokens is None or node.n < 1:
+def _fits_context(ctx: Context, n: int, what: str, run: RunInfo, span: Span) -> None:
+    """`n` tokens generated (or teacher-forced) after the run's longest prompt stay within
+    the model's positions (E340); past them, the position embedding has no row for the next
+    token."""
+    if ctx.model is None or run.max_tokens is None or n < 1:
         return
-    need = run.max_tokens + node.n - 1  # the last generated token is never fed back
+    need = run.max_tokens + n - 1  # the last token is never fed back
     if need > ctx.model.n_ctx:
-        ctx.error("E340", f"generate({node.n}) after the {run.max_tokens}-token prompts of run "
+        ctx.error("E340", f"{what} after the {run.max_tokens}-token prompts of run "
                   f"`{run.name}` needs {need} positions; the model has {ctx.model.n_ctx}",
-                  node.span, hint=f"generate at most {ctx.model.n_ctx - run.max_tokens + 1} "
-                  "tokens")
+                  span, hint=f"at most {ctx.model.n_ctx - run.max_tokens + 1} tokens fit")
+
+
+def _answer_fits(ctx: Context, node: A.MSeqLogProb, run: RunInfo) -> None:
+    """seqlogprob's answer, teacher-forced after the prompt, fits the model (E340)."""
+    tok = node.tok
+    if ctx.tokenizer is None or isinstance(tok, A.TokId):
+        return
+    values = ctx.column(tok) if isinstance(tok, A.ColumnRef) else [tok.text]
+    if not values or not all(isinstance(v, str) for v in values):
+        return
+    longest = max(len(ids) for ids in plain_many(ctx.tokenizer, list(values)))
+    _fits_context(ctx, longest, f"seqlogprob of a {longest}-token answer", run, node.span)
 
 
 def _check_version1(ctx: Context, m: A.Measure, run: RunInfo | None) -> None:

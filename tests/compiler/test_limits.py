@@ -58,6 +58,10 @@ def where(body: str, fragment: str) -> tuple[int, int]:
     ('set memory = "2000000TB"\n', "E306", "set memory", "at most 1 EiB"),
     ("swap L0.mlp.out from clean into corrupt  measure generate(60) contains ioi.answer\n",
      "E340", "generate(60)", "needs 73 positions; the model has 64"),
+    ("swap L0.mlp.out from clean into corrupt  measure says = text(60)\n",
+     "E340", "text(60)", "needs 73 positions; the model has 64"),
+    ("measure s = seqlogprob(\"" + " Mary" * 52 + "\") in clean\n",
+     "E340", "seqlogprob(", "a 52-token answer after the 14-token prompts"),
 ])
 def test_limits_are_located_errors(body: str, code: str, at: str, fragment: str):
     e = one_error(body)
