@@ -119,7 +119,10 @@ class Interpreter:
             elif isinstance(tok, A.TokString):
                 out = [self._token(tok.text)] * max(1, len(rows))
             else:
-                texts = [str(r[tok.column]) for r in rows]
+                # the column's own table: a run of another table's (or inline) prompts pairs
+                # row i with its example i (check made sure the counts match, E348)
+                table = self.checked.data.get(tok.data)
+                texts = [str(r[tok.column]) for r in (table.rows if table else rows)]
                 self._fill_tokens(texts)
                 out = [self._token(t) for t in texts]
             t = torch.tensor(out, dtype=torch.long)
