@@ -151,6 +151,10 @@ def _report(results, args: argparse.Namespace, lock=None) -> None:
         print(w.render(), file=sys.stderr)
     for name, df in results.tables.items():
         seconds = results.manifest["tables"][name]["seconds"]
+        if df.columns.empty:  # its measures are all text(N): strings per example only
+            print(f"== {name}: text per example ({seconds:.2f} s)")
+            print(results.per_example(name).head(args.rows).to_string(index=False))
+            continue
         print(f"== {name}: {len(df)} rows ({seconds:.2f} s)")
         print(df.head(args.rows).to_string(index=False))
         if len(df) > args.rows:

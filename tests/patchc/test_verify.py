@@ -238,6 +238,17 @@ def test_a_result_holding_inf_and_nan_verifies(tmp_path, capsys):
     assert rc == 0, text
 
 
+def test_a_table_of_text_only_verifies(tmp_path, capsys):
+    # `text(N)` alone: its table has no columns (the strings are in NAME.examples.csv)
+    spec = write_spec(tmp_path / "spec", SPEC + "measure says = text(2) in clean as said\n")
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out), "--no-plots"]) == 0
+    assert "== said: text per example" in capsys.readouterr().out
+    assert "says" in pd.read_csv(out / "said.examples.csv").columns
+    rc, text = verify(out, spec.parent, capsys)
+    assert rc == 0, text
+
+
 def test_compare_frames_equates_inf_with_inf_and_nan_with_nan_only():
     inf, nan = math.inf, math.nan
     old = pd.DataFrame({"k": [0, 1, 2], "v": [inf, nan, 1.0]})
