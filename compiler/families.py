@@ -205,6 +205,12 @@ FAMILIES: dict[str, Family] = {
                                                      "moe_intermediate_size"),
                      note="QK-norm, sliding/global layers"),
     "minimax_m2": Family(moe="sigmoid_topk", note="sigmoid router with correction bias"),
+    "ernie4_5_moe": Family(moe="softmax_bias_topk", shared_expert=True,
+                           moe_names=("moe_num_experts", "moe_intermediate_size"),
+                           note="softmax router with correction bias, ungated shared experts"),
+    "hunyuan_v1_moe": Family(moe="softmax_topk", shared_expert=True,
+                             moe_names=("num_experts", "intermediate_size"),
+                             note="QK-norm, ungated shared MLP"),
 }
 
 # Why common model types that are not decoder-only transformers are refused.
@@ -284,6 +290,14 @@ UNSUPPORTED: dict[str, str] = {
               "map",
     "llama4": "a multimodal mixture of experts whose layers interleave chunked and global "
               "attention without position encoding; not in the family table",
+    **{t: "its blocks multiply the whole residual stream by a learned per-layer scalar "
+          "(layer_scalar) after their adds, so the stream does not decompose into sub-block "
+          "outputs; some configurations also add per-layer input embeddings to the stream "
+          "after the MLP, and let later layers reuse an earlier layer's keys and values"
+       for t in ("gemma4_text", "gemma4_unified_text")},
+    "dbrx": "its experts keep their weights in one flat GLU module (w1/v1/w2) and its router "
+            "returns bare logits that the MLP routes itself, which patchc's expert and router "
+            "sites do not map; its attention also clamps the fused qkv output",
     "codegen": "its fused qkv_proj interleaves heads in model-parallel groups",
     "phimoe": "its sparsemixer router (jittered top-2 selection) cannot be re-routed from logits",
 }
@@ -299,6 +313,10 @@ _SEPARATE_EXPERTS = ("before transformers 5.0, each expert is a module of its ow
                      "router a plain linear layer, which patchc's expert and router sites do "
                      "not map; upgrade transformers")
 _ADDED_IN_5 = "this model type came with transformers 5.0; upgrade transformers"
+_SEPARATE_EXPERTS_5_24 = ("in transformers 4.x, each expert is a module of its own and the MLP "
+                         "routes the router's logits itself, which patchc's expert and router "
+                         "sites do not map; patchc has verified its module layout from "
+                         "transformers 5.24 on; upgrade transformers")
 _VERIFIED_FROM_5_24 = ("this model type is not in transformers 4.x, and patchc has verified its "
                        "module layout from transformers 5.24 on; upgrade transformers")
 SINCE: dict[str, tuple[tuple[int, int], str]] = {
@@ -308,6 +326,7 @@ SINCE: dict[str, tuple[tuple[int, int], str]] = {
     **{t: ((5, 24), _VERIFIED_FROM_5_24) for t in (
         "internlm3", "exaone", "iquestcoder", "apertus1p5_text", "nanochat", "granite_swa",
         "hyperclovax", "mellum", "minimax_m2")},
+    **{t: ((5, 24), _SEPARATE_EXPERTS_5_24) for t in ("ernie4_5_moe", "hunyuan_v1_moe")},
     "stablelm": ((5, 0), "before transformers 5.0, StableLM's attention classes compute "
                          "attention themselves, not through transformers' attention "
                          "functions, so its heads cannot be tapped; upgrade transformers"),
