@@ -208,6 +208,10 @@ FAMILIES: dict[str, Family] = {
     "ernie4_5_moe": Family(moe="softmax_bias_topk", shared_expert=True,
                            moe_names=("moe_num_experts", "moe_intermediate_size"),
                            note="softmax router with correction bias, ungated shared experts"),
+    "flint": Family(moe="sigmoid_topk", shared_expert=True,
+                    moe_names=("num_experts", "moe_intermediate_size"),
+                    note="sigmoid router, ungated shared expert, attention sinks, QK-norm, "
+                         "rotary on sliding layers only"),
     "hunyuan_v1_moe": Family(moe="softmax_topk", shared_expert=True,
                              moe_names=("num_experts", "intermediate_size"),
                              note="QK-norm, ungated shared MLP"),
@@ -325,7 +329,7 @@ SINCE: dict[str, tuple[tuple[int, int], str]] = {
     **{t: ((5, 0), _ADDED_IN_5) for t in ("ministral3", "cwm", "jais2")},
     **{t: ((5, 24), _VERIFIED_FROM_5_24) for t in (
         "internlm3", "exaone", "iquestcoder", "apertus1p5_text", "nanochat", "granite_swa",
-        "hyperclovax", "mellum", "minimax_m2")},
+        "hyperclovax", "mellum", "minimax_m2", "flint")},
     **{t: ((5, 24), _SEPARATE_EXPERTS_5_24) for t in ("ernie4_5_moe", "hunyuan_v1_moe")},
     "stablelm": ((5, 0), "before transformers 5.0, StableLM's attention classes compute "
                          "attention themselves, not through transformers' attention "

@@ -7,9 +7,9 @@ expert. The sites:
 - `router`: the router's logits, [batch, pos, experts]. A write re-routes: the weights and the
   chosen experts are recomputed from the written logits with the family's routing rule
   (`softmax_topk`: softmax, top-k, optional renormalization; `topk_softmax`: top-k logits,
-  softmax over them; `sigmoid_topk`: sigmoid scores, top-k of score plus correction bias,
-  renormalized; `softmax_bias_topk`: softmax, top-k of probability plus correction bias,
-  renormalized), so gradients flow from the metric into the router logits.
+  softmax over them; `sigmoid_topk`: sigmoid scores, top-k of score plus correction bias
+  (where the router is given one), renormalized; `softmax_bias_topk`: softmax, top-k of
+  probability plus correction bias, renormalized), so gradients flow from the metric into the router logits.
 - `expert.post` (Ll.Ee.post): expert e's neurons, [batch, pos, d_expert], zero at tokens not
   routed to e (a write there has no effect: the routing weight is zero).
 - `expert.out` (Ll.Ee.out): expert e's weighted contribution to mlp.out, [batch, pos, d_model],
@@ -101,9 +101,13 @@ def reroute(router: nn.Module, scheme: str | None, logits: Tensor,
         # Experts are chosen by sigmoid score plus a per-expert correction bias (which only
         # chooses), weighted by their sigmoid scores renormalized over the chosen ones.
         scores = torch.sigmoid(logits.float())
-        _, index = torch.topk(scores + args[1], k, dim=-1, sorted=False)
-        top = scores.gather(1, index)
-        top /= top.sum(dim=-1, keepdim=True)
+        if len(args) < 2:  # no correction bias (Flint): the top scores themselves
+            top, index = torch.topk(scores, k, dim=-1)
+        else:
+            _, index = torch.topk(scores + args[1], k, dim=-1, sorted=False)
+            top = scores.gather(1, index)
+        if getattr(router, "norm_topk_prob", True):
+            top = top / top.sum(dim=-1, keepdim=True)
         return top.to(dtype), index
     if scheme == "softmax_bias_topk":
         # ERNIE 4.5: experts are chosen by probability plus the router's correction bias (which
