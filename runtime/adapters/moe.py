@@ -9,7 +9,8 @@ expert. The sites:
   (`softmax_topk`: softmax, top-k, optional renormalization; `topk_softmax`: top-k logits,
   softmax over them; `sigmoid_topk`: sigmoid scores, top-k of score plus correction bias
   (where the router is given one), renormalized; `softmax_bias_topk`: softmax, top-k of
-  probability plus correction bias, renormalized), so gradients flow from the metric into the router logits.
+  probability plus correction bias, renormalized), so gradients flow from the metric into the
+  router logits.
 - `expert.post` (Ll.Ee.post): expert e's neurons, [batch, pos, d_expert], zero at tokens not
   routed to e (a write there has no effect: the routing weight is zero).
 - `expert.out` (Ll.Ee.out): expert e's weighted contribution to mlp.out, [batch, pos, d_model],
