@@ -212,6 +212,10 @@ FAMILIES: dict[str, Family] = {
                     moe_names=("num_experts", "moe_intermediate_size"),
                     note="sigmoid router, ungated shared expert, attention sinks, QK-norm, "
                          "rotary on sliding layers only"),
+    "hy_v3": Family(moe="sigmoid_topk_scaled", shared_expert=True,
+                    moe_names=("num_experts", "moe_intermediate_size"),
+                    note="QK-norm, sigmoid router with correction bias and scaling factor, "
+                         "ungated shared experts"),
     "hunyuan_v1_moe": Family(moe="softmax_topk", shared_expert=True,
                              moe_names=("num_experts", "intermediate_size"),
                              note="QK-norm, ungated shared MLP"),
@@ -302,6 +306,9 @@ UNSUPPORTED: dict[str, str] = {
     "dbrx": "its experts keep their weights in one flat GLU module (w1/v1/w2) and its router "
             "returns bare logits that the MLP routes itself, which patchc's expert and router "
             "sites do not map; its attention also clamps the fused qkv output",
+    "laguna": "its attention output also depends on the block's input through a softplus gate "
+              "on each head (g_proj), a path no q/k/v site covers; its layers may also differ "
+              "in head count (num_attention_heads_per_layer)",
     "codegen": "its fused qkv_proj interleaves heads in model-parallel groups",
     "phimoe": "its sparsemixer router (jittered top-2 selection) cannot be re-routed from logits",
 }
@@ -329,7 +336,7 @@ SINCE: dict[str, tuple[tuple[int, int], str]] = {
     **{t: ((5, 0), _ADDED_IN_5) for t in ("ministral3", "cwm", "jais2")},
     **{t: ((5, 24), _VERIFIED_FROM_5_24) for t in (
         "internlm3", "exaone", "iquestcoder", "apertus1p5_text", "nanochat", "granite_swa",
-        "hyperclovax", "mellum", "minimax_m2", "flint")},
+        "hyperclovax", "mellum", "minimax_m2", "flint", "hy_v3")},
     **{t: ((5, 24), _SEPARATE_EXPERTS_5_24) for t in ("ernie4_5_moe", "hunyuan_v1_moe")},
     "stablelm": ((5, 0), "before transformers 5.0, StableLM's attention classes compute "
                          "attention themselves, not through transformers' attention "

@@ -8,7 +8,8 @@ expert. The sites:
   chosen experts are recomputed from the written logits with the family's routing rule
   (`softmax_topk`: softmax, top-k, optional renormalization; `topk_softmax`: top-k logits,
   softmax over them; `sigmoid_topk`: sigmoid scores, top-k of score plus correction bias
-  (where the router is given one), renormalized; `softmax_bias_topk`: softmax, top-k of
+  (where the router is given one), renormalized; `sigmoid_topk_scaled`: the same with a bias,
+  then scaled by the router's factor; `softmax_bias_topk`: softmax, top-k of
   probability plus correction bias, renormalized), so gradients flow from the metric into the
   router logits.
 - `expert.post` (Ll.Ee.post): expert e's neurons, [batch, pos, d_expert], zero at tokens not
@@ -110,6 +111,14 @@ def reroute(router: nn.Module, scheme: str | None, logits: Tensor,
         if getattr(router, "norm_topk_prob", True):
             top = top / top.sum(dim=-1, keepdim=True)
         return top.to(dtype), index
+    if scheme == "sigmoid_topk_scaled":
+        # Hunyuan V3: as sigmoid_topk with a bias, over the sum plus 1e-20, then times the
+        # router's scaling factor (inside the router, so the experts' outputs carry it).
+        scores = torch.sigmoid(logits.float())
+        _, index = torch.topk(scores + args[1], k, dim=-1, sorted=False)
+        top = scores.gather(1, index)
+        top = top / (top.sum(dim=-1, keepdim=True) + 1e-20)
+        return (top * router.router_scaling_factor).to(dtype), index
     if scheme == "softmax_bias_topk":
         # ERNIE 4.5: experts are chosen by probability plus the router's correction bias (which
         # only chooses), weighted by their probabilities over a clamped sum.

@@ -87,9 +87,11 @@ def test_moe_spec(newest) -> None:
 
 def _default_config(family: str) -> dict:
     """A family's default config, with every layer an expert layer where the default keeps
-    some dense (ERNIE 4.5 MoE's layer 0, Flint's first two: refused,
+    some dense (ERNIE 4.5 MoE's layer 0, Flint's first two, Hunyuan V3's first: refused,
     test_moe_with_dense_layers_is_refused)."""
     cfg = T.AutoConfig.for_model(family).to_dict()
+    if cfg.get("mlp_layer_types"):
+        cfg["mlp_layer_types"] = ["sparse"] * len(cfg["mlp_layer_types"])
     if cfg.get("moe_layer_start_index"):
         cfg["moe_layer_start_index"] = 0
     if cfg.get("mlp_only_layers"):
