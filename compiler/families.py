@@ -205,6 +205,9 @@ FAMILIES: dict[str, Family] = {
                                                      "moe_intermediate_size"),
                      note="QK-norm, sliding/global layers"),
     "minimax_m2": Family(moe="sigmoid_topk", note="sigmoid router with correction bias"),
+    "aria_text": Family(moe="topk_softmax", shared_expert=True,
+                        moe_names=("moe_num_experts", "intermediate_size"),
+                        note="ungated shared experts"),
     "ernie4_5_moe": Family(moe="softmax_bias_topk", shared_expert=True,
                            moe_names=("moe_num_experts", "moe_intermediate_size"),
                            note="softmax router with correction bias, ungated shared experts"),
@@ -338,6 +341,10 @@ SINCE: dict[str, tuple[tuple[int, int], str]] = {
         "internlm3", "exaone", "iquestcoder", "apertus1p5_text", "nanochat", "granite_swa",
         "hyperclovax", "mellum", "minimax_m2", "flint", "hy_v3")},
     **{t: ((5, 24), _SEPARATE_EXPERTS_5_24) for t in ("ernie4_5_moe", "hunyuan_v1_moe")},
+    "aria_text": ((5, 24), "in transformers 4.x, Aria's experts run as one grouped matrix "
+                           "product and its router is a plain linear layer, which patchc's "
+                           "expert and router sites do not map; patchc has verified its module "
+                           "layout from transformers 5.24 on; upgrade transformers"),
     "stablelm": ((5, 0), "before transformers 5.0, StableLM's attention classes compute "
                          "attention themselves, not through transformers' attention "
                          "functions, so its heads cannot be tapped; upgrade transformers"),

@@ -53,6 +53,7 @@ EXTRA: dict[str, dict] = {
     "granite_swa": dict(residual_multiplier=0.5, embedding_multiplier=2.0, logits_scaling=4.0,
                         attention_multiplier=0.2,
                         layer_types=["sliding_attention", "full_attention"]),
+    "aria_text": dict(moe_num_experts=4, moe_topk=2, moe_num_shared_experts=1),
     "ernie4_5_moe": dict(moe_num_experts=4, moe_k=2, moe_num_shared_experts=1,
                          moe_layer_start_index=0, moe_layer_end_index=-1, moe_layer_interval=1),
     "flint": dict(layer_types=["sliding_attention", "full_attention"], mlp_only_layers=[]),
