@@ -138,6 +138,9 @@ FAMILIES: dict[str, Family] = {
                      note="parallel block, one LayerNorm, scaled logits"),
     "cohere2": Family(**_LN, parallel=True, single_norm=True, logit_scale="logit_scale",
                       note="parallel block, sliding/global layers"),
+    "cohere_compass_text": Family(**_LN, parallel=True, single_norm=True,
+                                  logit_scale="logit_scale",
+                                  note="parallel block, one LayerNorm, sliding/global layers"),
     "stablelm": Family(**_LN, parallel_key="use_parallel_residual",
                        note="partial rotary, optional parallel block"),
     "starcoder2": Family(**_LN, **_PLAIN),
@@ -312,6 +315,26 @@ UNSUPPORTED: dict[str, str] = {
     "laguna": "its attention output also depends on the block's input through a softplus gate "
               "on each head (g_proj), a path no q/k/v site covers; its layers may also differ "
               "in head count (num_attention_heads_per_layer)",
+    "zaya": "its residual adds go through learned per-channel scale-and-bias modules "
+            "(ZayaResidualScaling) that rescale the residual stream too, so the stream does not "
+            "decompose into sub-block outputs; its router also reads state carried over from "
+            "the previous layer's router",
+    "dory": "each block replaces the residual stream by its normalized value and moves it "
+            "toward each sub-block's output (h + rate * (out - h)), so the stream does not "
+            "decompose into sub-block outputs",
+    "modernbert-decoder": "its embedding output is normalized before the first block (which "
+                          "has no pre-attention norm), and its unembedding runs a dense layer, "
+                          "an activation and a norm (a prediction head) after the final norm, "
+                          "layouts patchc's embed, ln1.scale and unembedding do not map",
+    "minimax_m3_vl_text": "sparse attention: an indexer chooses which blocks of earlier "
+                          "positions each query attends to, so a head's pattern is not a "
+                          "softmax over all earlier positions",
+    "dots3_note_text": "multi-head latent attention (compressed q/k/v) with a sparse-attention "
+                       "indexer has no per-head q/k/v sites",
+    "cohere2_moe": "its shared experts are averaged with the routed ones by default "
+                   "((experts + shared) / 2), so an expert's output is not what the block adds, "
+                   "and its sigmoid router (sigmoid of the top-k logits) has no re-routing rule "
+                   "in patchc",
     "codegen": "its fused qkv_proj interleaves heads in model-parallel groups",
     "phimoe": "its sparsemixer router (jittered top-2 selection) cannot be re-routed from logits",
 }
@@ -339,7 +362,7 @@ SINCE: dict[str, tuple[tuple[int, int], str]] = {
     **{t: ((5, 0), _ADDED_IN_5) for t in ("ministral3", "cwm", "jais2")},
     **{t: ((5, 24), _VERIFIED_FROM_5_24) for t in (
         "internlm3", "exaone", "iquestcoder", "apertus1p5_text", "nanochat", "granite_swa",
-        "hyperclovax", "mellum", "minimax_m2", "flint", "hy_v3")},
+        "hyperclovax", "mellum", "minimax_m2", "flint", "hy_v3", "cohere_compass_text")},
     **{t: ((5, 24), _SEPARATE_EXPERTS_5_24) for t in ("ernie4_5_moe", "hunyuan_v1_moe")},
     "aria_text": ((5, 24), "in transformers 4.x, Aria's experts run as one grouped matrix "
                            "product and its router is a plain linear layer, which patchc's "

@@ -30,6 +30,11 @@ EXTRA: dict[str, dict] = {
                    query_pre_attn_scalar=8),
     "gemma3_text": dict(final_logit_softcapping=3.0, query_pre_attn_scalar=8,
                         layer_types=["sliding_attention", "full_attention"]),
+    "cohere_compass_text": dict(logit_scale=0.5,
+                                layer_types=["sliding_attention", "full_attention"],
+                                rope_parameters={"sliding_attention": dict(
+                                    rope_type="default", rope_theta=10000.0),
+                                    "full_attention": None}),
     "cohere2": dict(layer_types=["sliding_attention", "full_attention"]),
     "olmo3": dict(layer_types=["sliding_attention", "full_attention"]),
     "gpt_neox": dict(rotary_pct=0.5, use_parallel_residual=True),
