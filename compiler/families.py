@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .family_refusals import UNSUPPORTED  # why other model types are refused
+
 # Config field names, in priority order (the first is the name an E211 error reports).
 NAMES: dict[str, tuple[str, ...]] = {
     "n_layers": ("num_hidden_layers", "n_layer", "n_layers", "num_layers"),
@@ -138,6 +140,9 @@ FAMILIES: dict[str, Family] = {
                      note="parallel block, one LayerNorm, scaled logits"),
     "cohere2": Family(**_LN, parallel=True, single_norm=True, logit_scale="logit_scale",
                       note="parallel block, sliding/global layers"),
+    "cohere_compass_text": Family(**_LN, parallel=True, single_norm=True,
+                                  logit_scale="logit_scale",
+                                  note="parallel block, one LayerNorm, sliding/global layers"),
     "stablelm": Family(**_LN, parallel_key="use_parallel_residual",
                        note="partial rotary, optional parallel block"),
     "starcoder2": Family(**_LN, **_PLAIN),
@@ -205,87 +210,23 @@ FAMILIES: dict[str, Family] = {
                                                      "moe_intermediate_size"),
                      note="QK-norm, sliding/global layers"),
     "minimax_m2": Family(moe="sigmoid_topk", note="sigmoid router with correction bias"),
-}
-
-# Why common model types that are not decoder-only transformers are refused.
-_ENCODERS = ("bert", "roberta", "camembert", "xlm-roberta", "electra", "data2vec-text",
-             "big_bird", "rembert", "roformer", "ernie", "megatron-bert", "modernbert",
-             "deberta", "deberta-v2", "distilbert", "albert", "xlm-roberta-xl", "xmod",
-             "bert-generation", "roberta-prelayernorm", "roc_bert", "xlm")
-_ENC_DEC = ("t5", "bart", "mbart", "marian", "pegasus", "blenderbot", "whisper", "mvp",
-            "plbart", "prophetnet", "mt5", "umt5", "led", "bigbird_pegasus",
-            "blenderbot-small", "trocr", "musicgen", "musicgen_melody")
-_STATE_SPACE = ("mamba", "mamba2", "falcon_mamba", "rwkv", "xlstm", "recurrent_gemma")
-_HYBRID = ("jamba", "zamba", "zamba2", "bamba", "falcon_h1", "nemotron_h", "granitemoehybrid",
-           "lfm2", "qwen3_next", "minimax", "qwen3_5_text", "qwen3_5_moe_text",
-           "qwen4_exp_text", "lara_mini", "kimi_linear", "olmo_hybrid", "bailing_hybrid",
-           "lfm2_moe", "lfm3")
-_MULTIMODAL = ("emu3", "fuyu", "git", "got_ocr2", "mllama", "phi4_multimodal", "gemma3n",
-               "gemma4", "gemma4_unified", "gemma4_assistant", "gemma4_unified_assistant",
-               "qwen3_5", "qwen3_5_moe", "qwen4_exp", "dots3_note", "moshi",
-               "moss_transcribe_diarize")
-_MLA = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_v4", "youtu", "minicpm3",
-        "glm4_moe_lite", "glm_moe_dsa", "axk1", "axk2", "hy_v4", "sarvam_mla", "longcat_flash")
-# Mixtures of experts whose router patchc cannot re-route from written logits.
-_GROUPED_SIGMOID = ("glm4_moe", "dots1", "exaone_moe", "solar_open", "mimo_v2_flash", "beam",
-                    "sarvam_moe")
-_POST_NORM_MOE = ("flex_olmo", "kolibri1", "afmoe")
-_RESIDUAL_MULTIPLIER_MOE = ("granitemoe", "granitemoeshared", "granitemoe_swa")
-UNSUPPORTED: dict[str, str] = {
-    **{t: "an encoder (bidirectional attention), not a decoder-only causal LM" for t in _ENCODERS},
-    **{t: "an encoder-decoder model, not a decoder-only causal LM" for t in _ENC_DEC},
-    **{t: "a state-space/recurrent model: it has no attention heads, q/k/v or pattern sites"
-       for t in _STATE_SPACE},
-    **{t: "a hybrid of attention and state-space/linear-attention layers, whose layers do not "
-          "all have attention heads" for t in _HYBRID},
-    **{t: "a multimodal model, not a text-only decoder; load its text model (a *_text "
-          "model_type) where one exists" for t in _MULTIMODAL},
-    **{t: "multi-head latent attention (compressed q/k/v) has no per-head q/k/v sites"
-       for t in _MLA},
-    **{t: "its router chooses experts from group-limited sigmoid scores with a correction bias "
-          "and scales their weights (DeepSeek-V3 routing), which patchc's router site cannot "
-          "re-route" for t in _GROUPED_SIGMOID},
-    **{t: "its MLP output is normalized after the experts are summed, so an expert's output is "
-          "not a part of what the block adds to the residual stream" for t in _POST_NORM_MOE},
-    **{t: "its residual multiplier scales the experts' sum after the experts run, so "
-          "expert contributions are not what the block adds" for t in _RESIDUAL_MULTIPLIER_MOE},
-    "gemma3": "a multimodal model: its text model (model_type gemma3_text) is supported",
-    "openai-gpt": "post-LayerNorm blocks (GPT-1): each block normalizes the residual stream "
-                  "after its adds, so the stream does not decompose into sub-block outputs",
-    "doge": "its blocks scale the residual by a learned per-channel vector before each add, "
-            "so the residual stream does not decompose into sub-block outputs",
-    "xlnet": "a permutation language model with two attention streams, not a decoder-only "
-             "causal LM",
-    "reformer": "LSH/chunked attention in reversible blocks: no per-head pattern over the whole "
-                "sequence and no single residual stream",
-    "blt": "a byte-level model whose local and global transformers work on different sequences "
-           "(bytes and patches), not one decoder stack",
-    "hrm_text": "a hierarchical recurrent model: two decoder stacks applied in loops, not one "
-                "pass through one stack of blocks",
-    "jetmoe": "its attention is a mixture of experts too (expert query/output projections "
-              "chosen per token), which patchc's per-head q/k/v sites do not map",
-    "gemma3n_text": "its blocks keep several residual streams (AltUp) and add per-layer inputs, "
-                    "so there is no single residual stream",
-    "inkling_text": "short convolutions over positions follow its k/v projections, so k/v are "
-                    "not projections of one position's residual",
-    "inkling2_text": "short convolutions over positions follow its k/v projections, so k/v are "
-                     "not projections of one position's residual",
-    "inkling2_loop_text": "short convolutions over positions follow its k/v projections, so k/v "
-                          "are not projections of one position's residual",
-    "llama4_text": "its experts read their input already multiplied by the routing score "
-                   "(rather than weighting their outputs), so an expert's output is not its "
-                   "contribution; its layers also interleave chunked and position-free global "
-                   "attention",
-    "gpt_neox_japanese": "its attention returns its output bias apart, and the block adds it "
-                         "with the residual, so the attention module's output is not what the "
-                         "block adds; its attention also computes scores itself",
-    "cpmant": "its attention adds a learned segment-relative position bias inside its own "
-              "attention code, and its blocks keep their norms in sub-modules patchc does not "
-              "map",
-    "llama4": "a multimodal mixture of experts whose layers interleave chunked and global "
-              "attention without position encoding; not in the family table",
-    "codegen": "its fused qkv_proj interleaves heads in model-parallel groups",
-    "phimoe": "its sparsemixer router (jittered top-2 selection) cannot be re-routed from logits",
+    "aria_text": Family(moe="topk_softmax", shared_expert=True,
+                        moe_names=("moe_num_experts", "intermediate_size"),
+                        note="ungated shared experts"),
+    "ernie4_5_moe": Family(moe="softmax_bias_topk", shared_expert=True,
+                           moe_names=("moe_num_experts", "moe_intermediate_size"),
+                           note="softmax router with correction bias, ungated shared experts"),
+    "flint": Family(moe="sigmoid_topk", shared_expert=True,
+                    moe_names=("num_experts", "moe_intermediate_size"),
+                    note="sigmoid router, ungated shared expert, attention sinks, QK-norm, "
+                         "rotary on sliding layers only"),
+    "hy_v3": Family(moe="sigmoid_topk_scaled", shared_expert=True,
+                    moe_names=("num_experts", "moe_intermediate_size"),
+                    note="QK-norm, sigmoid router with correction bias and scaling factor, "
+                         "ungated shared experts"),
+    "hunyuan_v1_moe": Family(moe="softmax_topk", shared_expert=True,
+                             moe_names=("num_experts", "intermediate_size"),
+                             note="QK-norm, ungated shared MLP"),
 }
 
 
@@ -299,6 +240,10 @@ _SEPARATE_EXPERTS = ("before transformers 5.0, each expert is a module of its ow
                      "router a plain linear layer, which patchc's expert and router sites do "
                      "not map; upgrade transformers")
 _ADDED_IN_5 = "this model type came with transformers 5.0; upgrade transformers"
+_SEPARATE_EXPERTS_5_24 = ("in transformers 4.x, each expert is a module of its own and the MLP "
+                         "routes the router's logits itself, which patchc's expert and router "
+                         "sites do not map; patchc has verified its module layout from "
+                         "transformers 5.24 on; upgrade transformers")
 _VERIFIED_FROM_5_24 = ("this model type is not in transformers 4.x, and patchc has verified its "
                        "module layout from transformers 5.24 on; upgrade transformers")
 SINCE: dict[str, tuple[tuple[int, int], str]] = {
@@ -307,7 +252,12 @@ SINCE: dict[str, tuple[tuple[int, int], str]] = {
     **{t: ((5, 0), _ADDED_IN_5) for t in ("ministral3", "cwm", "jais2")},
     **{t: ((5, 24), _VERIFIED_FROM_5_24) for t in (
         "internlm3", "exaone", "iquestcoder", "apertus1p5_text", "nanochat", "granite_swa",
-        "hyperclovax", "mellum", "minimax_m2")},
+        "hyperclovax", "mellum", "minimax_m2", "flint", "hy_v3", "cohere_compass_text")},
+    **{t: ((5, 24), _SEPARATE_EXPERTS_5_24) for t in ("ernie4_5_moe", "hunyuan_v1_moe")},
+    "aria_text": ((5, 24), "in transformers 4.x, Aria's experts run as one grouped matrix "
+                           "product and its router is a plain linear layer, which patchc's "
+                           "expert and router sites do not map; patchc has verified its module "
+                           "layout from transformers 5.24 on; upgrade transformers"),
     "stablelm": ((5, 0), "before transformers 5.0, StableLM's attention classes compute "
                          "attention themselves, not through transformers' attention "
                          "functions, so its heads cannot be tapped; upgrade transformers"),

@@ -141,8 +141,13 @@ def _moe(config: dict[str, Any], fam: Family, family: str) -> tuple[int, int, in
         return 0, 0, 0
     n_key, width_key = fam.moe_names
     return (_get(config, (n_key, "num_experts", "num_local_experts"), family),
-            _get(config, ("num_experts_per_tok", "top_k"), family),
+            _get(config, ("num_experts_per_tok", "moe_k", "moe_topk", "top_k"), family),
             _get(config, (width_key, "intermediate_size"), family))
+
+
+# Config fields that count a mixture of experts' shared experts (0: the family's optional one
+# is absent).
+_SHARED_COUNTS = ("moe_num_shared_experts", "num_shared_experts", "n_shared_experts")
 
 
 def _dense_layers(config: dict[str, Any]) -> str | None:
@@ -155,6 +160,14 @@ def _dense_layers(config: dict[str, Any]) -> str | None:
         return "first_k_dense_replace"
     if any(t != "sparse" for t in config.get("mlp_layer_types") or ()):
         return "mlp_layer_types"
+    # ERNIE 4.5: experts from moe_layer_start_index to moe_layer_end_index (-1: the last layer),
+    # every moe_layer_interval-th layer
+    if config.get("moe_layer_start_index") or (config.get("moe_layer_interval") or 1) != 1:
+        return "moe_layer_start_index" if config.get("moe_layer_start_index") else \
+            "moe_layer_interval"
+    end = config.get("moe_layer_end_index")
+    if end not in (None, -1) and end < (config.get("num_hidden_layers") or 0) - 1:
+        return "moe_layer_end_index"
     return None
 
 
@@ -194,6 +207,8 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
         n_ctx = _get(config, n_ctx_names, family)
     n_experts, top_k, d_expert = _moe(config, fam, family)
     missing = fam.missing()
+    if fam.shared_expert and any(config.get(k) == 0 for k in _SHARED_COUNTS):
+        missing.setdefault("shared.out", "the model has no shared expert (configured with 0)")
     if family == "falcon" and _parallel(config, fam) and not (
             config.get("new_decoder_architecture")
             and (config.get("num_ln_in_parallel_attn") or 2) == 2):

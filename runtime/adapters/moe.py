@@ -7,14 +7,18 @@ expert. The sites:
 - `router`: the router's logits, [batch, pos, experts]. A write re-routes: the weights and the
   chosen experts are recomputed from the written logits with the family's routing rule
   (`softmax_topk`: softmax, top-k, optional renormalization; `topk_softmax`: top-k logits,
-  softmax over them; `sigmoid_topk`: sigmoid scores, top-k of score plus correction bias,
-  renormalized), so gradients flow from the metric into the router logits.
+  softmax over them; `sigmoid_topk`: sigmoid scores, top-k of score plus correction bias
+  (where the router is given one), renormalized; `sigmoid_topk_scaled`: the same with a bias,
+  then scaled by the router's factor; `softmax_bias_topk`: softmax, top-k of
+  probability plus correction bias, renormalized), so gradients flow from the metric into the
+  router logits.
 - `expert.post` (Ll.Ee.post): expert e's neurons, [batch, pos, d_expert], zero at tokens not
   routed to e (a write there has no effect: the routing weight is zero).
 - `expert.out` (Ll.Ee.out): expert e's weighted contribution to mlp.out, [batch, pos, d_model],
   zero at tokens not routed to e; a write adds what it returns instead (so a swap from a run
   where e was chosen brings e's contribution along).
-- `shared.out`: the shared expert's gated contribution (Qwen2-MoE).
+- `shared.out`: the shared expert's contribution: gated (Qwen2-MoE), or its plain output where
+  the block adds it ungated (ERNIE 4.5 MoE, HunYuan MoE).
 
 While an expert site is hooked, that layer's experts run an explicit per-expert loop with the
 operations of transformers' eager experts function (bit-exact with `experts_implementation=
@@ -52,6 +56,10 @@ def install(ad: "Adapter", kind: str, layer: int, e: int | None, fn: HookFn, wha
     if kind == "router":
         router = ad._at(layer, ad.s.router)
         add(router.register_forward_hook(_router_hook(ad, router, fn, what, lead)))
+    elif kind == "shared.out" and ad.s.shared_gate is None:
+        # An ungated shared expert's output is what the block adds: tap it where it is made.
+        add(ad._at(layer, ad.s.shared).register_forward_hook(
+            lambda _m, _a, out: taps._apply(out, fn, None, lead, what)))
     elif kind == "shared.out":
         add(_hook_shared(mlp, fn, what, lead))
     else:
@@ -95,11 +103,37 @@ def reroute(router: nn.Module, scheme: str | None, logits: Tensor,
         # Experts are chosen by sigmoid score plus a per-expert correction bias (which only
         # chooses), weighted by their sigmoid scores renormalized over the chosen ones.
         scores = torch.sigmoid(logits.float())
+        if len(args) < 2:  # no correction bias (Flint): the top scores themselves
+            top, index = torch.topk(scores, k, dim=-1)
+        else:
+            _, index = torch.topk(scores + args[1], k, dim=-1, sorted=False)
+            top = scores.gather(1, index)
+        if getattr(router, "norm_topk_prob", True):
+            top = top / top.sum(dim=-1, keepdim=True)
+        return top.to(dtype), index
+    if scheme == "sigmoid_topk_scaled":
+        # Hunyuan V3: as sigmoid_topk with a bias, over the sum plus 1e-20, then times the
+        # router's scaling factor (inside the router, so the experts' outputs carry it).
+        scores = torch.sigmoid(logits.float())
         _, index = torch.topk(scores + args[1], k, dim=-1, sorted=False)
         top = scores.gather(1, index)
-        top /= top.sum(dim=-1, keepdim=True)
+        top = top / (top.sum(dim=-1, keepdim=True) + 1e-20)
+        return (top * router.router_scaling_factor).to(dtype), index
+    if scheme == "softmax_bias_topk":
+        # ERNIE 4.5: experts are chosen by probability plus the router's correction bias (which
+        # only chooses), weighted by their probabilities over a clamped sum.
+        probs = F.softmax(logits, dim=-1, dtype=torch.float)
+        _, index = torch.topk(probs + _correction_bias(router), k, dim=-1)
+        top = torch.gather(probs, dim=-1, index=index)
+        top = top / torch.clamp(top.sum(dim=-1, keepdim=True), min=router.norm_min)
         return top.to(dtype), index
     raise RuntimeInterventionError("E403", f"cannot re-route a '{scheme}' router")
+
+
+def _correction_bias(router: nn.Module) -> Tensor:
+    """The per-expert correction bias a router holds (in a sub-module of its own in ERNIE)."""
+    named = [*router.named_parameters(), *router.named_buffers()]
+    return next(t for n, t in named if n.endswith("e_score_correction_bias")).squeeze()
 
 
 # ---- experts -----------------------------------------------------------------------------------

@@ -197,11 +197,16 @@ class Parts:
 
     def logit_factor(self) -> float | None:
         """A constant the family multiplies its logits by (Cohere), or divides them by."""
-        if self.fam.logit_scale:
-            return float(getattr(self.config, self.fam.logit_scale))
+        if self._logit_scale() is not None:
+            return float(self._logit_scale())  # type: ignore[arg-type]
         if self.fam.logit_div:
             return 1.0 / float(getattr(self.config, self.fam.logit_div))
         return None
+
+    def _logit_scale(self) -> float | None:
+        """The family's logit multiplier from the config; None where it has none (a null value:
+        Cohere Compass then multiplies by 1, which changes nothing)."""
+        return getattr(self.config, self.fam.logit_scale) if self.fam.logit_scale else None
 
     def final_softcap(self) -> float | None:
         """A tanh soft-cap on the final logits (Gemma 2/3), which makes them nonlinear."""
@@ -218,8 +223,8 @@ class Parts:
         if proj is not None:
             x = proj(x)
         logits = self.model.get_output_embeddings()(x)
-        if self.fam.logit_scale:
-            logits = logits * getattr(self.config, self.fam.logit_scale)
+        if self._logit_scale() is not None:
+            logits = logits * self._logit_scale()
         if self.fam.logit_div:
             logits = logits / getattr(self.config, self.fam.logit_div)
         cap = self.final_softcap()

@@ -154,8 +154,10 @@ def _find_mlp(block: nn.Module, fam: Family, parts: dict, problems: dict) -> Non
         assert mlp is not None
         parts["router"] = _first(block, ROUTER, mlp)
         parts["experts"] = _first(block, ("experts",), mlp)
-        parts["shared"] = _first(block, ("shared_expert", "shared_experts"), mlp)
+        parts["shared"] = _first(block, ("shared_expert", "shared_experts", "shared_mlp"), mlp)
         parts["shared_gate"] = _first(block, ("shared_expert_gate",), mlp)
+        if fam.shared_expert and parts["shared"] is None:  # configured without one (ERNIE)
+            problems["shared.out"] = f"no shared expert in {type(get(block, mlp)).__name__}"
         return
     prefix = mlp or ""
     parts["down"] = _first(block, DOWN, prefix)

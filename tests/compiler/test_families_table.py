@@ -85,12 +85,43 @@ def test_moe_spec(newest) -> None:
     assert dense.n_experts == 0 and "no mixture-of-experts" in (dense.missing("router") or "")
 
 
+def _default_config(family: str) -> dict:
+    """A family's default config, with every layer an expert layer where the default keeps
+    some dense (ERNIE 4.5 MoE's layer 0, Flint's first two, Hunyuan V3's first: refused,
+    test_moe_with_dense_layers_is_refused)."""
+    cfg = T.AutoConfig.for_model(family).to_dict()
+    if cfg.get("mlp_layer_types"):
+        cfg["mlp_layer_types"] = ["sparse"] * len(cfg["mlp_layer_types"])
+    if cfg.get("moe_layer_start_index"):
+        cfg["moe_layer_start_index"] = 0
+    if cfg.get("mlp_only_layers"):
+        cfg["mlp_only_layers"] = []
+    return cfg
+
+
+def test_a_shared_expert_configured_away_is_unavailable(newest) -> None:
+    """ERNIE 4.5 MoE with no shared experts: check says so, and the runtime agrees."""
+    kw = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+              moe_num_experts=4, moe_k=2, moe_intermediate_size=16, moe_layer_start_index=0,
+              vocab_size=64)
+    with_shared = spec_from_config(T.Ernie4_5_MoeConfig(**kw, moe_num_shared_experts=1).to_dict())
+    assert with_shared.missing("shared.out") is None and with_shared.top_k == 2
+    cfg = T.Ernie4_5_MoeConfig(**kw, moe_num_shared_experts=0)
+    assert "no shared expert" in (spec_from_config(cfg.to_dict()).missing("shared.out") or "")
+    from patchc.runtime.adapters import adapter_for
+    from patchc.runtime.compat import VERSION
+
+    if VERSION < SINCE["ernie4_5_moe"][0]:  # the runtime maps the newer module layout only
+        return
+    assert "no shared expert" in (adapter_for(T.AutoModelForCausalLM.from_config(cfg))
+                                  .missing("shared.out") or "")
+
+
 def test_every_row_builds_a_spec_from_its_default_config() -> None:
     for family in FAMILIES:
         if lookup(family) is None:  # needs a newer transformers (SINCE); tested below
             continue
-        cfg = T.AutoConfig.for_model(family)
-        s = spec_from_config(cfg.to_dict())
+        s = spec_from_config(_default_config(family))
         assert s.family == family and s.n_layers > 0 and s.d_head > 0
 
 
@@ -182,7 +213,8 @@ def test_models_doc_lists_every_family() -> None:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("mlp_only_layers", [1]), ("first_k_dense_replace", 1),
-    ("mlp_layer_types", ["dense", "sparse"]),
+    ("mlp_layer_types", ["dense", "sparse"]), ("moe_layer_start_index", 1),
+    ("moe_layer_interval", 2), ("moe_layer_end_index", 0),
 ])
 def test_moe_with_dense_layers_is_refused(field: str, value, newest) -> None:
     cfg = T.Qwen2MoeConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
@@ -201,7 +233,7 @@ def test_each_since_row_is_refused_before_its_release(family: str, monkeypatch) 
 
     (major, minor), _ = F.SINCE[family]
     try:
-        config = T.AutoConfig.for_model(family).to_dict()
+        config = _default_config(family)
     except ValueError:  # a model type the installed transformers does not know
         config = None
     monkeypatch.setattr(F, "installed_transformers", lambda: (major, minor - 1))

@@ -112,9 +112,11 @@ def _check_router_gradient(model, tok, atp: pd.DataFrame) -> None:
         seen: dict = {}
         # the router's logits, by hand: its linear map of its input (before 5.6 transformers'
         # softmax-top-k routers returned their softmax, not the logits)
+        lin = router if getattr(router, "weight", None) is not None else next(
+            m for m in router.modules() if isinstance(m, torch.nn.Linear))  # HunYuan's gate.wg
         handle = router.register_forward_hook(
-            lambda m, a, out, seen=seen: seen.update(
-                r=torch.nn.functional.linear(a[0], m.weight, getattr(m, "bias", None))))
+            lambda m, a, out, seen=seen, lin=lin: seen.update(
+                r=torch.nn.functional.linear(a[0], lin.weight, getattr(lin, "bias", None))))
         try:
             with torch.no_grad():
                 model(ids("clean"))
