@@ -218,7 +218,8 @@ def _evaluate(checked: CheckedSpec, model: Any, tokenizer: Any, naive: bool,
         adapter = _adapter(model)
     if input_device(model).type == "cpu":  # batched CPU passes reuse freed host memory
         keep_freed_memory()
-    adapter.dictionaries = load_all(checked.model.dictionaries, saes)
+    adapter.dictionaries = load_all(checked.model.dictionaries, saes, {
+        s.name.value: s.span for s in checked.spec.statements if isinstance(s, A.DictDecl)})
     threads = checked.options.threads or default_threads(adapter.d_model)
     clock.threads = threads
     with using_threads(threads):

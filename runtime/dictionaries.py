@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file
 
 from patchc.compiler.dictionaries import DictInfo, is_dict_kind, split_kind
-from patchc.compiler.errors import RuntimeInterventionError
+from patchc.compiler.errors import NO_SPAN, PatchcError, RuntimeInterventionError, Span
 from patchc.compiler.ir import Site
 
 LN_EPS = 1e-5
@@ -223,18 +223,27 @@ def host_space(dictionaries: dict[str, "Dictionary"], site: Site, value: torch.T
     return d.contribution(value, lo, hi), None
 
 
-def load_all(infos: tuple[DictInfo, ...], given: dict[str, Any] | None = None
-             ) -> dict[str, Dictionary]:
+def load_all(infos: tuple[DictInfo, ...], given: dict[str, Any] | None = None,
+             spans: dict[str, Span] | None = None) -> dict[str, Dictionary]:
     """Every declared dictionary by name: the SAELens object the caller passed for it (the
-    API's `saes=`), else its folder's weights."""
+    API's `saes=`), else its folder's weights. `spans`: each declaration's place in the
+    spec, where an error about its weights points."""
     given = given or {}
     unknown = sorted(set(given) - {info.name for info in infos})
     if unknown:
         raise RuntimeInterventionError(
             "E484", f"saes= names {', '.join(unknown)}, which the spec does not declare",
             hint="declare it: sae NAME = \"PATH\" at SITE (the object stands in for PATH)")
-    return {info.name: Dictionary.from_saelens(given[info.name], info) if info.name in given
-            else Dictionary.load(info) for info in infos}
+    out = {}
+    for info in infos:
+        try:
+            out[info.name] = Dictionary.from_saelens(given[info.name], info) \
+                if info.name in given else Dictionary.load(info)
+        except PatchcError as e:
+            if e.span == NO_SPAN and spans and info.name in spans:
+                e.span = spans[info.name]
+            raise
+    return out
 
 
 def saelens_config(sae: Any) -> dict[str, Any]:

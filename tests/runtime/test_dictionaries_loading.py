@@ -97,8 +97,11 @@ def test_weights_that_do_not_fit_or_hold_pickles(gpt2: Fam, tmp_path):
     with pytest.raises(PatchcError) as e:
         gpt2.run(body.replace("SAE", str(tmp_path / "s1")))
     assert e.value.code == "E480" and "W_dec" in e.value.message
+    # at its `sae` statement
+    assert e.value.span.col == 1 and "| sae s1 = " in e.value.render(), e.value.render()
+    decl = e.value.span.line
     _save(tmp_path, "s2", "standard", {}, fmt="npz")
     np.savez(tmp_path / "s2" / "sae_weights.npz", W_enc=np.array([{"x": 1}], dtype=object))
     with pytest.raises(PatchcError) as e:
         gpt2.run(body.replace("SAE", str(tmp_path / "s2")))
-    assert e.value.code == "E481"
+    assert e.value.code == "E481" and e.value.span.line == decl
