@@ -43,8 +43,29 @@ def _shapes(path: str, stamp: tuple) -> dict[str, tuple[int, ...]]:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
+def _not_finite(path: str, key: str) -> int:
+    """How many values of 1-D tensor `key` of a safetensors file are NaN or infinite (read
+    again only when the file changes, as its shapes are)."""
+    stamp = settled_stamp(path)
+    return _count_not_finite.__wrapped__(path, key, ()) if stamp is None else \
+        _count_not_finite(path, key, stamp)
+
+
+@lru_cache(maxsize=256)
+def _count_not_finite(path: str, key: str, stamp: tuple) -> int:
+    import numpy as np
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        return int((~np.isfinite(f.get_tensor(key))).sum())
+
+
+def _full_path(ctx: Context, file: str) -> str:
+    return os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(file)))
+
+
 def tensor_shapes(ctx: Context, file: str, span: Span) -> dict[str, tuple[int, ...]]:
-    path = os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(file)))
+    path = _full_path(ctx, file)
     if not os.path.isfile(path):
         raise CheckError("E328", f"vector file not found: {path}", span,
                          hint=near(file, path, ctx.base_dir)
@@ -122,6 +143,10 @@ class VectorChecker:
             if len(shape) != 1:
                 raise CheckError("E330", f"tensor {e.key!r} of {e.path} has shape "
                                  f"{list(shape)}; a vector must be 1-D", e.span)
+            bad = _not_finite(_full_path(self.ctx, e.path), e.key)
+            if bad:  # (a NaN steers every later value to NaN, silently)
+                raise CheckError("E330", f"tensor {e.key!r} of {e.path} holds {bad} NaN or "
+                                 "infinite value(s); a vector must be finite", e.span)
             return shape[0]
         return None
 

@@ -116,5 +116,6 @@ def _save_vectors(root: Path) -> None:
     from safetensors.numpy import save_file
 
     save_file({"love": np.zeros(64, np.float32), "big": np.zeros(256, np.float32),
-               "mat": np.zeros((2, 64), np.float32)}, str(root / "vecs.safetensors"))
+               "mat": np.zeros((2, 64), np.float32),
+               "inf": np.full(64, np.inf, np.float32)}, str(root / "vecs.safetensors"))
     save_file({"W_dec": np.zeros((16, 64), np.float32)}, str(root / "sae.safetensors"))

@@ -150,6 +150,8 @@ CASES = [
      "E329", 6, 12, "has no tensor 'lov'"),
     ("vector_not_1d", "gpt2", 'vector v = load("vecs.safetensors", key="mat")',
      "E330", 6, 12, "a vector must be 1-D"),
+    ("vector_not_finite", "gpt2", 'vector v = load("vecs.safetensors", key="inf")',
+     "E330", 6, 12, "holds 64 NaN or infinite value(s)"),
     ("sae_feature_out_of_range", "gpt2", 'vector v = sae("sae.safetensors", feature=16)',
      "E331", 6, 12, "the SAE has 16 features (0..15); got feature=16"),
     ("mean_of_pattern", "gpt2", "vector v = mean(clean.L*.resid_post @ last)",
