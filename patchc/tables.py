@@ -13,6 +13,7 @@ and a W470 names the table and both values.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable
 
 import numpy as np
@@ -178,10 +179,30 @@ def _sweep_table(table: Table, values: dict[str, Any], gaps: "_ZeroGaps"
     return pd.DataFrame(out), typed
 
 
+_CONCRETE = {"layer": re.compile(r"^L(\d+)\."), "head": re.compile(r"^L\d+\.H(\d+)\.")}
+
+
+def _concrete_keys(df: pd.DataFrame) -> None:
+    """A concrete item beside a pattern (`L1.mlp.post` in `read L*.resid_post, L1.mlp.post`)
+    has no `layer` of its own to sweep; its site names one, so the row gets it (grouping by
+    layer would otherwise drop the row)."""
+    if "site" not in df.columns:
+        return
+    for col, pattern in _CONCRETE.items():
+        if col not in df.columns or not df[col].isna().any():
+            continue
+        found = [pattern.match(str(t)) if "->" not in str(t) else None for t in df["site"]]
+        fill = [bool(m) and pd.isna(v) for m, v in zip(found, df[col])]
+        if any(fill):
+            df[col] = df[col].astype(object)
+            df.loc[fill, col] = [int(m[1]) for m, f in zip(found, fill) if f]
+
+
 def _int_keys(df: pd.DataFrame, table: Table) -> pd.DataFrame:
     """Integer sweep columns (layer, head, pos, ...) as pandas nullable integers: a table
     mixing site items (`embed` has no layer) would otherwise turn them into floats, printed
     and written as 0.0 and NaN; Int64 prints and writes ints, and an empty cell for none."""
+    _concrete_keys(df)
     keys = {c for row in table.rows for c, _ in row.key} | sweep_key_names(table)
     for c in keys & set(df.columns):
         if isinstance(df[c].dtype, pd.Int64Dtype):

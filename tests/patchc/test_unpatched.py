@@ -165,3 +165,18 @@ def test_the_ir_says_them_in_every_form():
     assert f"  unpatched ld=({target}, {source})" in dump_ir(program.optimized).splitlines()
     (heads,) = json.loads(ir_to_json(program.optimized))["tables"]
     assert heads["unpatched"] == {"ld": [target, source]}
+
+
+def test_a_concrete_item_beside_a_pattern_has_its_layer():
+    """`L1.mlp.post` beside `L*.resid_post`: its row's layer is 1, not empty (and its head
+    beside `L*.H*.z`), so grouping by layer keeps it."""
+    res = patchc.run(_spec("read L*.resid_post, L1.mlp.post in clean as r\n"
+                           "swap L*.H*.z, L2.H1.z, L1.mlp.out from clean into corrupt  "
+                           "measure ld as s\n"))
+    r = res["r"].set_index("site")
+    assert r.loc["L1.mlp.post", "layer"] == 1 and r["layer"].notna().all()
+    s = res["s"]
+    row = s[s["site"] == "L2.H1.z"].iloc[0]
+    assert (row["layer"], row["head"]) == (2, 1)
+    assert s[s["site"] == "L1.mlp.out"]["head"].isna().all()
+    assert (res.per_example("s").groupby("site")["layer"].first()["L1.mlp.out"]) == 1
