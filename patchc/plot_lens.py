@@ -91,6 +91,8 @@ def _lines(name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: di
     names: dict[int, str] = {}
     xs: set[int] = set()
     x_name = "layer"
+    # hundreds of latents: small points and bare error bars (caps and markers hid the data)
+    dense = len(df) > 60
     for label, part in groups:
         if "layer" in part and part["layer"].notna().all():
             x = part["layer"]
@@ -103,14 +105,23 @@ def _lines(name: str, df: pd.DataFrame, keys: list[str], col: str, baselines: di
             x = pd.Series(range(len(part)))
         se = part.get(f"{col}_se")
         ax.errorbar(x.tolist(), part[col].astype(float).tolist(),
-                    yerr=None if se is None else se.fillna(0).tolist(), marker="o",
-                    capsize=3, label=text(site_name(label)) if str(label) else None)
+                    yerr=None if se is None else se.fillna(0).tolist(),
+                    marker="." if dense else "o", markersize=3 if dense else 6,
+                    capsize=0 if dense else 3, elinewidth=0.5 if dense else None,
+                    linewidth=0.8 if dense else None,
+                    label=text(site_name(label)) if str(label) else None)
         xs.update(int(v) for v in x)
     if "site" in keys:
         ax.legend(fontsize=8)
-    # Layers are whole numbers: a tick at each (thinned when many), never 0.5.
-    ticks = sorted(xs)[::max(1, math.ceil(len(xs) / 40))]
-    ax.set_xticks(ticks, [text(names.get(t, str(t))) for t in ticks])
+    # Layers are whole numbers: a tick at each (thinned when many), never 0.5; a long sweep
+    # of latents gets matplotlib's round numbers (every k-th of 512 ran together).
+    if len(xs) > 40 and not names:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))
+    else:
+        ticks = sorted(xs)[::max(1, math.ceil(len(xs) / 20))]
+        ax.set_xticks(ticks, [text(names.get(t, str(t))) for t in ticks])
     if len(xs) == len(names):  # no layer at all: the axis names sites
         x_name = "site"
     ax.set_xlabel(x_name)
