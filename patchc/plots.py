@@ -168,6 +168,9 @@ def _axes(two: list[str]) -> tuple[str, str]:
 def _heatmap(ax, df: pd.DataFrame, rows: str, cols: str, col: str, info: dict[str, Any],
              scale: tuple[float, float, str]):
     lo, hi, cmap = scale
+    for key in (rows, cols):  # a panel's item without that index (heads beside latents):
+        if df[key].isna().all():  # one unnamed row or column, not one named `nan`
+            df = df.assign(**{key: ""})
     grid = df.pivot_table(index=rows, columns=cols, values=col, aggfunc="mean", sort=True,
                           dropna=False)
     # An edge table's ends keep the model's order (the table's), not the alphabet's.
