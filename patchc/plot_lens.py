@@ -17,6 +17,9 @@ import pandas as pd
 from patchc.plot_style import baseline_label, new_figure, site_name, text, token_text, wrap
 
 SEQUENTIAL = ("prob", "rank", "==", "!=", "<", ">")
+# Metric scales (patchc/plotinfo.metric_scale) with no meaningful 0 to centre on: a
+# log-probability (never positive) or a logit, a probability, a rank, a divergence.
+ONE_SIDED = ("level", "probability", "rank", "nonneg")
 
 
 def _title(head: str, col: str, baselines: dict, width: float) -> str:
@@ -31,14 +34,16 @@ def _title(head: str, col: str, baselines: dict, width: float) -> str:
 
 def lens_figures(name: str, df: pd.DataFrame, keys: list[str],
                  tokens: list[str] | None = None, baselines: dict | None = None,
-                 positions: dict | None = None) -> list[tuple[str, str, object]]:
+                 positions: dict | None = None, scales: dict[str, str] | None = None
+                 ) -> list[tuple[str, str, object]]:
     """(measured column, file-name suffix, Figure) for each measured column of a lens table.
 
     `tokens` are example 0's; `positions` is the manifest's `plot.positions`, present only
     when the run's prompts line up (one length; a `*` token varies across prompts). When a
     caller passes `positions`, a position axis carries tokens only where it has them.
     A one-row table with no sweep column (`lens embed`) is a single number: no figure, as
-    for any one-row table."""
+    for any one-row table. `scales`: each column's colour scale from the manifest
+    (`plot.columns.COL.scale`): a log-probability or a logit (`level`) is one-sided."""
     if len(df) == 1 and not keys:
         return []
     baselines = baselines or {}
@@ -53,7 +58,8 @@ def lens_figures(name: str, df: pd.DataFrame, keys: list[str],
         try:
             if "layer" in keys and ("pos" in keys or "head" in keys):
                 across = "pos" if "pos" in keys else "head"
-                fig = _heatmap(name, df, col, across, tokens, baselines)
+                fig = _heatmap(name, df, col, across, tokens, baselines,
+                               (scales or {}).get(col))
             else:
                 fig = _lines(name, df, keys, col, baselines)
         except Exception as e:  # one figure that cannot be drawn must not cost the others
@@ -68,10 +74,11 @@ def lens_figures(name: str, df: pd.DataFrame, keys: list[str],
 
 def plot_lens(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
               tokens: list[str] | None = None, baselines: dict | None = None,
-              positions: dict | None = None) -> list[Path]:
+              positions: dict | None = None, scales: dict[str, str] | None = None
+              ) -> list[Path]:
     """Write NAME[_col].png for each measured column of a lens table."""
     written = []
-    for _, suffix, fig in lens_figures(name, df, keys, tokens, baselines, positions):
+    for _, suffix, fig in lens_figures(name, df, keys, tokens, baselines, positions, scales):
         path = out_dir / f"{name}{suffix}.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         written.append(path)
@@ -150,14 +157,14 @@ def _int_keys(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def _heatmap(name: str, df: pd.DataFrame, col: str, across: str, tokens: list[str],
-             baselines: dict):
+             baselines: dict, scale: str | None = None):
     # `embed` (no layer) is the row before layer 0; a row at no position/head has no cell.
     df = df.assign(layer=df["layer"].fillna(-1)).dropna(subset=[across])
     grid = df.pivot_table(index="layer", columns=across, values=col, aggfunc="mean")
     values = grid.to_numpy(dtype=float)
     finite = [abs(v) for v in values.flat if math.isfinite(v)]
     # Probabilities, ranks, accuracies: one-sided; a colormap centred at 0 would waste half.
-    sequential = any(s in col for s in SEQUENTIAL) or all(
+    sequential = scale in ONE_SIDED or any(s in col for s in SEQUENTIAL) or all(
         0 <= v <= 1 for v in values.flat if math.isfinite(v))
     lim = max(finite) if finite and max(finite) > 0 else 1.0
     kw = dict(cmap="viridis") if sequential else dict(cmap="RdBu_r", vmin=-lim, vmax=lim)
@@ -187,3 +194,9 @@ def _heatmap(name: str, df: pd.DataFrame, col: str, across: str, tokens: list[st
                  " have the position)")
     ax.set_title(_title(head, col, baselines, fig.get_figwidth()), fontsize="medium")
     return fig
+
+
+def lens_scales(plot: dict | None) -> dict[str, str]:
+    """Each column's colour scale from a manifest table's `plot` entry."""
+    return {c: i.get("scale") for c, i in ((plot or {}).get("columns") or {}).items()
+            if isinstance(i, dict) and i.get("scale")}

@@ -141,11 +141,12 @@ class Results:
         table = self._table(name)
         entry = self.manifest.get("tables", {}).get(name, {})
         if table.op == "lens":  # the lens figure `patchc run --out` writes
-            from patchc.plot_lens import lens_figures
+            from patchc.plot_lens import lens_figures, lens_scales
 
             figs = lens_figures(name, self.tables[name], list(entry.get("keys", [])),
                                 entry.get("tokens"), entry.get("baselines"),
-                                positions=(entry.get("plot") or {}).get("positions") or {})
+                                positions=(entry.get("plot") or {}).get("positions") or {},
+                                scales=lens_scales(entry.get("plot")))
             chosen = [f for col, _, f in figs if column in (None, col)]
             if not chosen:
                 raise KeyError(f"table {name!r} has no measured column {column!r}")
