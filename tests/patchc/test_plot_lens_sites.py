@@ -48,3 +48,17 @@ def test_a_latent_sweep_is_drawn_over_its_column():
 
 def test_one_row_without_sweep_draws_no_figure():
     assert lens_figures("emb", pd.DataFrame({"ld": [-0.37], "ld_se": [0.35]}), []) == []
+
+
+def test_a_log_probability_lens_is_one_sided():
+    """A lens of `logprob` (scale `level`) is drawn on a sequential colour map; a logit
+    difference (`signed`) on a diverging one centred at 0."""
+    import pandas as pd
+
+    from patchc.plot_lens import lens_figures
+
+    df = pd.DataFrame({"layer": [0, 0, 1, 1], "pos": [0, 1, 0, 1],
+                       "v": [-3.0, -1.0, -2.0, -0.5]})
+    for scale, cmap in (("level", "viridis"), ("signed", "RdBu_r")):
+        ((_, _, fig),) = lens_figures("t", df, ["layer", "pos"], scales={"v": scale})
+        assert fig.axes[0].images[0].get_cmap().name == cmap
