@@ -65,7 +65,10 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
     size = max(3.0, min(6.0, 0.28 * len(tokens) + 1.5))
     # A read at a few query positions gets short panels, not stretched cells.
     n_query = max(t.shape[1] for t in heads.values())
-    height = size if n_query >= len(tokens) else max(1.8, min(size, 0.3 * n_query + 1.6))
+    # (the rotated key tokens below take ~1.2 in of it: a one-query panel of 1.8 in was a
+    # sliver, its colour bar a few pixels)
+    short = n_query < len(tokens)
+    height = max(2.8, min(size, 0.3 * n_query + 2.4)) if short else size
     fig = new_figure(size * cols, height * rows)
     axes = fig.subplots(rows, cols, squeeze=False)
     image = None
@@ -90,7 +93,8 @@ def plot_patterns(name: str, patterns: dict[str, torch.Tensor], tokens: list[str
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     if image is not None:
-        fig.colorbar(image, ax=list(axes.flat), shrink=0.8, label="attention probability")
+        fig.colorbar(image, ax=list(axes.flat), shrink=0.8, aspect=8 if short else 20,
+                     label="attention probability")
     fig.suptitle(f"{name}: attention patterns (read), example {example}")
     path = out_dir / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
