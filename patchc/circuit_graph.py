@@ -40,9 +40,14 @@ class Component:
     qkv: str | None = None  # for an edge's receiver: the head input it enters
 
 
-def component(text: str, n_layers: int, n_heads: int) -> Component:
-    """The component a site's text names (see the module docstring)."""
+def component(text: str, n_layers: int, n_heads: int,
+              hosts: dict[str, float] | None = None) -> Component:
+    """The component a site's text names (see the module docstring); `hosts`: the drawing
+    level of each dictionary's latents (`s1[470]`, `s1.err`), its host site's."""
     site = text.split(" @ ")[0].strip()
+    name = re.split(r"[\[.]", site, maxsplit=1)[0]
+    if hosts and name in hosts:
+        return Component(site, site, hosts[name], (n_heads - 1) / 2)
     mid = (n_heads - 1) / 2
     if site == "embed":
         return Component("input", "embed", 0, mid)
@@ -118,8 +123,8 @@ def row_members(row: dict[str, Any], edges: bool) -> list:
     return [tuple(x.strip() for x in item.split("->", 1)) for item in items if "->" in item]
 
 
-def circuit_graph(df: pd.DataFrame, size: int, metric: str, n_layers: int, n_heads: int
-                  ) -> CircuitGraph:
+def circuit_graph(df: pd.DataFrame, size: int, metric: str, n_layers: int, n_heads: int,
+                  hosts: dict[str, float] | None = None) -> CircuitGraph:
     """The circuit of `size` rows of a ranked circuit table, scored by effect."""
     kept = df[df["rank"] <= size]
     if is_edge_table(df):
@@ -127,8 +132,8 @@ def circuit_graph(df: pd.DataFrame, size: int, metric: str, n_layers: int, n_hea
         for r in kept.itertuples(index=False):
             row = r._asdict()
             for sender, receiver in row_members(row, edges=True):
-                s = component(sender, n_layers, n_heads)
-                t = component(receiver, n_layers, n_heads)
+                s = component(sender, n_layers, n_heads, hosts)
+                t = component(receiver, n_layers, n_heads, hosts)
                 g.nodes.setdefault(s.name, s)
                 g.nodes.setdefault(t.name, t)
                 g.edges.append((s, t, _score(row, metric)))
@@ -137,7 +142,7 @@ def circuit_graph(df: pd.DataFrame, size: int, metric: str, n_layers: int, n_hea
     for r in kept.itertuples(index=False):
         row = r._asdict()
         for text in row_members(row, edges=False):
-            c = component(text, n_layers, n_heads)
+            c = component(text, n_layers, n_heads, hosts)
             g.nodes.setdefault(c.name, c)
             g.scores[c.name] = g.scores.get(c.name, 0.0) + _score(row, metric)
     return g
@@ -148,7 +153,8 @@ def edge_name(s: Component, t: Component) -> str:
     return f"{s.name}->{t.name}" + (f"<{t.qkv}>" if t.qkv else "")
 
 
-def to_json(df: pd.DataFrame, size: int, metric: str, cfg: dict[str, Any]) -> str:
+def to_json(df: pd.DataFrame, size: int, metric: str, cfg: dict[str, Any],
+            hosts: dict[str, float] | None = None) -> str:
     """EAP-IG's graph JSON: `cfg` (n_layers, n_heads, parallel_attn_mlp, d_model), `nodes`
     ({name: {in_graph[, score]}}) and `edges` ({name: {score, in_graph}}), for every row of
     the table, in_graph for the circuit's; a score is the row's effect (as EAP-IG's, the
@@ -164,8 +170,8 @@ def to_json(df: pd.DataFrame, size: int, metric: str, cfg: dict[str, Any]) -> st
         score = _num(_score(row, metric))
         if is_edges:
             for sender, receiver in row_members(row, edges=True):
-                s = component(sender, n_layers, n_heads)
-                t = component(receiver, n_layers, n_heads)
+                s = component(sender, n_layers, n_heads, hosts)
+                t = component(receiver, n_layers, n_heads, hosts)
                 edge = edges.setdefault(edge_name(s, t), {"score": score, "in_graph": False})
                 edge["in_graph"] = edge["in_graph"] or inside
                 for c in (s, t):
@@ -173,7 +179,7 @@ def to_json(df: pd.DataFrame, size: int, metric: str, cfg: dict[str, Any]) -> st
                     entry["in_graph"] = entry["in_graph"] or inside
             continue
         for text in row_members(row, edges=False):
-            c = component(text, n_layers, n_heads)
+            c = component(text, n_layers, n_heads, hosts)
             entry = nodes.setdefault(c.name, {"in_graph": False, "score": 0.0})
             entry["in_graph"] = entry["in_graph"] or inside
             entry["score"] = _num(entry["score"] + score) \
@@ -239,9 +245,10 @@ def circuit_files(name: str, df: pd.DataFrame, info: dict[str, Any]) -> dict[str
         return {}
     out = {}
     for size in info.get("sizes", []):
-        out[f"{name}_{size}.json"] = to_json(df, size, metric, cfg)
+        hosts = info.get("hosts")
+        out[f"{name}_{size}.json"] = to_json(df, size, metric, cfg, hosts)
         if size > 0:
-            g = circuit_graph(df, size, metric, cfg["n_layers"], cfg["n_heads"])
+            g = circuit_graph(df, size, metric, cfg["n_layers"], cfg["n_heads"], hosts)
             title = f"{info.get('title') or name}: top {size} by |{metric}|"
             out[f"{name}_{size}.dot"] = to_dot(g, title)
     return out

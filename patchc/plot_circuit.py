@@ -156,7 +156,8 @@ def plot_circuit(name: str, df: pd.DataFrame, info: dict[str, Any], out_dir: Pat
     for size in info.get("sizes", []):
         if size <= 0:
             continue
-        g = circuit_graph(df, size, metric, cfg["n_layers"], cfg["n_heads"])
+        g = circuit_graph(df, size, metric, cfg["n_layers"], cfg["n_heads"],
+                          info.get("hosts"))
         path = Path(out_dir) / f"{name}_{size}.png"
         if draw_graph(g, circuit_title(name, g, len(df), info), path):
             written.append(path)
@@ -173,7 +174,7 @@ def circuit_figure(name: str, df: pd.DataFrame, info: dict[str, Any], size: str 
         k = int(size)
     else:
         k = max([s for s in sizes if s <= MAX_DRAWN] or [min(len(df), MAX_DRAWN)])
-    g = circuit_graph(df, k, metric, cfg["n_layers"], cfg["n_heads"])
+    g = circuit_graph(df, k, metric, cfg["n_layers"], cfg["n_heads"], info.get("hosts"))
     return layout_figure(g, circuit_title(name, g, len(df), info))
 
 

@@ -110,7 +110,20 @@ def circuit_info(table: Table, op: Any, checked: CheckedSpec) -> dict[str, Any]:
     return {"metric": table.columns[-1],
             "sizes": [size_of(k, table.n_rows())[0] for k in op.sizes],
             "graph": {"n_layers": model.n_layers, "n_heads": model.n_heads,
-                      "parallel_attn_mlp": model.parallel_attn, "d_model": model.d_model}}
+                      "parallel_attn_mlp": model.parallel_attn, "d_model": model.d_model},
+            # where each dictionary's latents stand in a drawing: its host site's layer
+            "hosts": {d.name: host_level(d.host.kind, d.host.layer, model.n_layers)
+                      for d in model.dictionaries}}
+
+
+def host_level(kind: str, layer: int | None, n_layers: int) -> float:
+    """The drawing level (circuit_graph.Component.level) of latents hosted at a site: the
+    residual stream before, between or after a block's sub-blocks, or its MLP."""
+    if layer is None:
+        return 2 * n_layers + 0.5
+    offset = {"resid_pre": 0.5, "resid_mid": 1.5, "attn.out": 1.5}.get(
+        kind, 2.25 if kind.startswith("mlp") else 2.5)
+    return 2 * layer + offset
 
 
 def _measure_names(op: Any, checked: CheckedSpec) -> list[str]:

@@ -151,3 +151,18 @@ def test_results_plot_in_a_notebook():
     assert "top 3 of" in res.plot("c", "3").axes[0].get_title()
     curve = res.plot("ev")
     assert "cpr" in curve.axes[0].get_legend().get_texts()[0].get_text()
+
+
+def test_latents_stand_at_their_dictionary_layer():
+    """A node circuit of latents: each dictionary's latents (and its error term) at its host
+    site's level, so the drawing's rows are layers, not wrapped lines of one row."""
+    import pandas as pd
+
+    from patchc.plotinfo import host_level
+
+    hosts = {"t0": host_level("mlp", 0, 4), "s1": host_level("resid_post", 1, 4)}
+    df = pd.DataFrame({"node": ["s1[470]", "t0[101]", "t0.err", "L1.H2.z"],
+                       "ld": [1.0, 0.5, 0.2, 0.1], "rank": [1, 2, 3, 4]})
+    g = circuit_graph(df, 4, "ld", 4, 4, hosts)
+    level = {n: c.level for n, c in g.nodes.items()}
+    assert level["t0[101]"] == level["t0.err"] == 2.25 < level["a1.h2"] < level["s1[470]"] == 4.5
