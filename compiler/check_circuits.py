@@ -15,6 +15,7 @@ from __future__ import annotations
 from . import ast as A
 from .check_context import Context, did_you_mean
 from .check_metrics import check_measures
+from .check_ops import check_columns
 from .check_fill import check_fill_source
 from .check_runs import require_aligned
 from .errors import Span
@@ -100,6 +101,7 @@ def check_evaluate(ctx: Context, op: A.Evaluate, circuits: dict[str, A.CircuitDe
                       "normalization: measure the plain metric", m.span,
                       hint="drop `normalized`")
     check_measures(ctx, op.clauses.measures, target)
+    check_columns(ctx, [], op.clauses.measures)  # (a metric measured twice: two `ld` columns)
 
 
 def warn_circuit_sizes(ctx: Context, checked) -> None:

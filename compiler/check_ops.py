@@ -71,7 +71,7 @@ def check_operation(ctx: Context, op: A.Operation, vectors: VectorChecker) -> No
     elif isinstance(op, A.Compare):
         _check_methods(ctx, op)
     check_where(ctx, op.clauses.where, bound)
-    _check_columns(ctx, columns, op.clauses.measures)
+    check_columns(ctx, columns, op.clauses.measures)
     if not op.clauses.measures:
         ctx.error("E337", f"`{kw}` measures nothing", Span(op.span.line, op.span.col,
                   op.span.line, op.span.col + len(kw)), hint="add `measure METRIC`, e.g. "
@@ -170,7 +170,7 @@ def _check_backpatch_sizes(ctx: Context, op: A.Backpatch, resolved: Resolved) ->
                   "their sizes differ", op.span)
 
 
-def _check_columns(ctx: Context, columns: list[tuple[str, Span]],
+def check_columns(ctx: Context, columns: list[tuple[str, Span]],
                    measures: tuple[A.Measure, ...]) -> None:
     """A result table's columns must have distinct names: sweep columns vs measured ones."""
     sweep = {c for c, _ in columns}

@@ -78,6 +78,9 @@ CASES = [  # (id, body, code, line, col, message fragment)
     ("normalized", "circuit c = top 5 of heads\n"
      "evaluate c in clean with ablate(corrupt)  measure ld normalized", "E374", 8, 51,
      "faithfulness"),
+    ("measured_twice", "circuit c = top 5 of heads\n"
+     "evaluate c in clean with ablate(corrupt)  measure ld  measure ld", "E327", 8, 63,
+     "measured twice"),
     ("unknown_run", "circuit c = top 5 of heads\n"
      "evaluate c in clean with ablate(corupt)  measure ld", "E309", 8, 26,
      "unknown run `corupt`"),
