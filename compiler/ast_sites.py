@@ -159,9 +159,11 @@ class Group:
 
 @dataclass(frozen=True, slots=True)
 class Every:
-    """`*` alone at one end of an edge: every sender (at the finest grain) or every receiver."""
+    """`*` alone at one end of an edge: every sender (at the finest grain) or every receiver.
+    A receiver `*` takes `@ POS` like a named one (`* -> * @ last`)."""
 
     span: Span
+    pos: Pos | None = None
 
 
 EdgeEnd = Union[SiteRef, Every]
@@ -179,7 +181,7 @@ class Edge:
 
     @property
     def pos(self) -> Pos | None:
-        return self.receiver.pos if isinstance(self.receiver, SiteRef) else None
+        return self.receiver.pos
 
 
 @dataclass(frozen=True, slots=True)

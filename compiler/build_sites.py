@@ -45,14 +45,14 @@ class SiteBuilder(ExprBuilder):
 
     def edge(self, meta, items):
         sender, receiver = items
-        if isinstance(sender, A.SiteRef) and sender.pos is not None:
+        if sender.pos is not None:
             self.errors.append(ParseError(
                 "E113", "an edge's positions are written after its receiver "
                 "(`S -> R @ POS` applies to both ends)", sender.span))
         return A.Edge(sender, receiver, span_of(meta))
 
     def every(self, meta, items):
-        return A.Every(span_of(meta))
+        return A.Every(span_of(meta), items[0] if items else None)
 
     def site(self, meta, items):
         tok = items[0]

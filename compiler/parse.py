@@ -225,9 +225,6 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
     if {"LAST", "EACH"} <= accepts or re.search(r"@\s*\{[^}@]*$", before):
         return ParseError("E100", f"unexpected {found} where a position belongs", span, source,
                           POSITION_FORMS)
-    if hint is None and str(tok) == "@" and re.search(r"->\s*\*\s*$", before):
-        hint = ("a `*` receiver takes no position: name the receivers to patch at positions "
-                "(`* -> L*.H*.q @ each`, `* -> logits @ last`)")
     if hint is None and re.search(r"->\s*(from|into|in|with|by)\s*$", before):
         hint = ("`->` needs a receiver (`L1.H0.q`, `L1.mlp.in`, `logits`, or `*`) before "
                 f"`{before.split()[-1]}`")

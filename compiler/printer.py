@@ -122,7 +122,7 @@ def site(s: A.SiteRef, with_pos: bool = True, prefix: str = "") -> str:
 
 
 def edge_end(end: A.EdgeEnd) -> str:
-    return "*" if isinstance(end, A.Every) else site(end)
+    return "*" + _at(end.pos) if isinstance(end, A.Every) else site(end)
 
 
 def site_item(item: A.SiteItem) -> str:

@@ -107,6 +107,10 @@ def test_an_edge_without_a_receiver_names_it():
                       "before `from`")
 
 
-def test_a_star_receiver_takes_no_position():
-    e = _error("swap * -> * @ each from a into b  measure m\n")
-    assert e.message.startswith("unexpected '@'") and "`* -> logits @ last`" in e.hint
+def test_a_star_sender_takes_no_position():
+    from patchc.compiler.errors import SpecErrors
+
+    with pytest.raises(SpecErrors) as info:
+        parse(HEAD + "swap * @ last -> * from a into b  measure m\n", "case.patch")
+    (e,) = info.value.errors
+    assert e.code == "E113" and "after its receiver" in e.message
