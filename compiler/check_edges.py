@@ -60,8 +60,18 @@ def check_edge_sites(ctx: Context, op: A.Operation, target: RunInfo | None
     return resolved, bound, columns
 
 
+def relp_fits(ctx: Context, method: A.Method) -> None:
+    """RelP's rules replace the MLP activation's backward: a mixture of experts has none to
+    replace (E357)."""
+    if method.name == "relp" and ctx.model is not None and ctx.model.n_experts:
+        ctx.error("E357", f"relp on {ctx.model.family}: its MLP is a mixture of experts, "
+                  "whose activations RelP's rules do not cover", method.span,
+                  hint="use atp or ig (eap or eap_ig for edges), which take plain gradients")
+
+
 def check_edge_method(ctx: Context, method: A.Method) -> None:
     """An edge estimator: eap, eap_ig(steps=INT), relp, relp(ah=BOOL)."""
+    relp_fits(ctx, method)
     spec = EDGE_METHODS.get(method.name)
     if spec is None:
         hint = did_you_mean(method.name, EDGE_METHODS) or \

@@ -7,7 +7,7 @@ from __future__ import annotations
 from . import ast as A
 from . import printer
 from .check_context import Context, did_you_mean
-from .check_edges import check_edge_method, check_edge_sites
+from .check_edges import check_edge_method, check_edge_sites, relp_fits
 from .check_fill import check_fill_source
 from .check_metrics import check_measures, name_column_hint
 from .linear import NonLinear, linear_terms, nonlinear_message
@@ -195,6 +195,7 @@ def check_columns(ctx: Context, columns: list[tuple[str, Span]],
 
 def check_method(ctx: Context, method: A.Method) -> None:
     """An estimator of `attribute`/`compare`: atp, relp(ah=BOOL), ig(steps=INT)."""
+    relp_fits(ctx, method)
     spec = METHODS.get(method.name)
     if spec is None:
         hint = did_you_mean(method.name, METHODS) or f"methods are {', '.join(METHODS)}"

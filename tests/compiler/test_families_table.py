@@ -259,3 +259,28 @@ def test_a_family_newer_than_the_installed_transformers_is_refused_with_why(monk
     assert e.value.code == "E210" and "transformers 5.24" in str(e.value)
     monkeypatch.setattr(F, "installed_transformers", lambda: (5, 24))
     assert F.lookup("gptj") is not None
+
+
+@pytest.mark.parametrize("op", [
+    "attribute L*.E*.out from a into b using relp  measure m",
+    "attribute * -> logits from a into b using relp  measure m",
+    "compare atp, relp against swap on L*.mlp.out from a into b  measure m",
+])
+def test_relp_on_a_mixture_of_experts_is_a_check_error(op: str) -> None:
+    """RelP's rules replace the MLP activation's backward, which experts do not have: check
+    says so at the method (it used to pass check and fail at run, unlocated)."""
+    from patchc.compiler.check import check
+    from patchc.compiler.errors import SpecErrors
+    from patchc.compiler.parse import parse
+
+    moe = spec_from_config(T.MixtralConfig(num_hidden_layers=2, num_attention_heads=4,
+                                           num_key_value_heads=2, hidden_size=32,
+                                           intermediate_size=48, num_local_experts=4).to_dict())
+    text = ('model "m"\nrun a = ["x y"]\nrun b = ["x z"]\nmetric m = logit(id(1))\n' + op
+            + "\n")
+    with pytest.raises(SpecErrors) as info:
+        check(parse(text, "case.patch"), model=moe, tokenizer=None)
+    (e,) = [e for e in info.value.errors if e.code == "E357"]
+    assert e.line == 5 and text.splitlines()[4][e.col - 1:].startswith("relp")
+    plain = "eap" if "->" in op else "ig" if "compare" in op else "atp"
+    check(parse(text.replace("relp", plain), "case.patch"), model=moe, tokenizer=None)
