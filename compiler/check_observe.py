@@ -20,7 +20,8 @@ from .dictionaries import is_dict_kind, split_kind
 from .errors import Span
 
 # Sites whose value lives in the residual stream's space: what a logit lens can decode.
-LENS_KINDS = ("embed", "resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out", "out")
+LENS_KINDS = ("embed", "resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out", "out",
+              "expert.out", "shared.out")  # (an expert's contribution, as an MLP's)
 # Positions a lens decodes: one per example and row (`@ each` sweeps them).
 _ONE = (A.PosLast, A.PosIndex, A.PosEach, A.ColumnRef)
 

@@ -43,6 +43,7 @@ ablate L*.E*.out in corrupt with mean(clean) measure ld as expert_mean
 scale L0.router @ last in corrupt by 2 measure ld as router_scaled
 dla L*.E*.out in corrupt measure ld as expert_dla
 dla L*.mlp.out in corrupt measure ld as mlp_dla
+lens L*.E*.out @ last in corrupt measure ld as expert_lens
 """
 DENSE = """attribute L*.mlp.out @ last from clean into corrupt using relp measure ld as relp
 attribute L*.H*.z @ last from clean into corrupt using atp measure ld as atp
