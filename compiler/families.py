@@ -92,9 +92,10 @@ class Family:
         return out
 
 
-def _no_pattern(module: str) -> tuple[tuple[str, str], ...]:
-    why = (f"{module} computes attention itself (ALiBi or its own kernel), not through "
-           "transformers' attention functions, so the pattern cannot be exposed")
+def _no_pattern(module: str, how: str = "ALiBi or its own kernel"
+                ) -> tuple[tuple[str, str], ...]:
+    why = (f"{module} computes attention itself ({how}), not through transformers' attention "
+           "functions, so the pattern cannot be exposed")
     return tuple((k, why) for k in _NO_PATTERN)
 
 
@@ -170,7 +171,7 @@ FAMILIES: dict[str, Family] = {
     "gpt2": Family(**_LN, **_PLAIN, positional="learned", names=_GPT2_NAMES, mlp_default_4x=True),
     "gpt_neo": Family(**_LN, **_PLAIN, positional="learned", mlp_default_4x=True,
                       names=(("n_layers", ("num_layers",)), ("n_heads", ("num_heads",))),
-                      unavailable=_no_pattern("GPTNeoSelfAttention"),
+                      unavailable=_no_pattern("GPTNeoSelfAttention", "in its own `_attn`"),
                       note="local (sliding) and global layers, unscaled attention scores"),
     "gpt_bigcode": Family(**_LN, **_PLAIN, positional="learned", names=_GPT2_NAMES,
                           mlp_default_4x=True, kv="multi_query", note="multi-query attention"),
