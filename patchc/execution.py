@@ -22,7 +22,8 @@ from patchc.compiler import ast as A
 from patchc.compiler.check import AUTO, check, model_path_span
 from patchc.compiler.check_dicts import require_weights
 from patchc.compiler.checked import CheckedSpec, Options
-from patchc.compiler.errors import NO_SPAN, PatchcError, RuntimeInterventionError
+from patchc.compiler.errors import (NO_SPAN, CheckError, PatchcError, RuntimeInterventionError,
+                                    Span)
 from patchc.compiler.ir import Backward, Forward, IRGraph
 from patchc.compiler.ir_sweep import bound_columns
 from patchc.compiler.lower import lower
@@ -61,7 +62,10 @@ def set_span(spec: A.Spec, option: str, overrides: dict[str, Any]):
 def _model_decl(spec: A.Spec) -> A.ModelDecl:
     decl = next((s for s in spec.statements if isinstance(s, A.ModelDecl)), None)
     if decl is None:
-        raise RuntimeInterventionError("E300", "the spec has no model statement")
+        raise CheckError("E300", "the spec has no `model` statement", Span(1, 1, 1, 2),
+                         spec.source, hint='add one line, e.g. `model "gpt2"`; with `model=` '
+                         "passed too, the line names the model the manifest records and "
+                         "`patchc verify` reloads")
     return decl
 
 

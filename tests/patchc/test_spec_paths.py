@@ -57,3 +57,16 @@ def test_rule():
     assert not looks_like_path('model "x"')
     assert not looks_like_path("model \"x\"\nrun clean = d.clean\n")
     assert not looks_like_path("")
+
+
+def test_a_spec_without_a_model_line_says_why_it_needs_one():
+    """`patchc.run(spec, model=m, tokenizer=t)` still needs the `model` line: it names the
+    model the manifest records and `verify` reloads. The error says so, located."""
+    import patchc
+    from patchc.compiler.errors import PatchcError
+
+    with pytest.raises(PatchcError) as info:
+        patchc.run('run a = ["x y"]\nmeasure logit(" y") in a\n', model=object(),
+                   tokenizer=object())
+    e = info.value
+    assert (e.code, e.line, e.col) == ("E300", 1, 1) and "model=" in e.hint
