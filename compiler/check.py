@@ -129,7 +129,7 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
         check_chains(ctx, runs)
 
     if ctx.errors:
-        raise SpecErrors(ctx.errors).with_source(spec.source)
+        raise SpecErrors(ctx.errors, ctx.warnings).with_source(spec.source)
     assert ctx.model is not None  # a missing model is an error above
     checked = CheckedSpec(spec, ctx.model, options, dict(ctx.data), dict(ctx.runs),
                           dict(ctx.metrics), dict(ctx.vectors), tuple(ctx.warnings),

@@ -141,27 +141,32 @@ class Warning_(PatchcError):
 
 
 class SpecErrors(PatchcError):
-    """Several diagnostics collected from one spec; behaves like its first error."""
+    """Several diagnostics collected from one spec; behaves like its first error. The
+    warnings found beside them are rendered with them, in spec order (a warning fixed only
+    after the errors were would otherwise surface one round later)."""
 
-    def __init__(self, errors: Iterable[PatchcError]) -> None:
+    def __init__(self, errors: Iterable[PatchcError],
+                 warnings: Iterable[PatchcError] = ()) -> None:
         errs = sorted(errors, key=lambda e: (e.span.line, e.span.col))
         if not errs:
             raise ValueError("SpecErrors needs at least one error")
         first = errs[0]
         super().__init__(first.code, first.message, first.span, first.source, first.hint)
         self._errors = errs
+        self._warnings = list(warnings)
 
     @property
     def errors(self) -> list[PatchcError]:
         return list(self._errors)
 
     def with_source(self, source: Source) -> "PatchcError":
-        for e in self._errors:
+        for e in self._errors + self._warnings:
             e.with_source(source)
         return super().with_source(source)
 
     def render(self) -> str:
-        return "\n".join(e.render() for e in self._errors)
+        both = sorted(self._errors + self._warnings, key=lambda e: (e.span.line, e.span.col))
+        return "\n".join(e.render() for e in both)
 
 
 def render_diagnostic(

@@ -114,3 +114,23 @@ def test_a_star_sender_takes_no_position():
         parse(HEAD + "swap * @ last -> * from a into b  measure m\n", "case.patch")
     (e,) = info.value.errors
     assert e.code == "E113" and "after its receiver" in e.message
+
+
+def test_warnings_show_beside_errors():
+    """A spec with errors still shows its warnings, in spec order (a warning used to surface
+    only once the errors were fixed)."""
+    import transformers as T
+
+    from patchc.compiler.check import check
+    from patchc.compiler.errors import SpecErrors
+    from patchc.compiler.modelspec import spec_from_config
+
+    text = ('model "m"\nrun a = ["x y"]\nmetric m = logit(id(1))\n'
+            "swap L0.H0.z @ {1, 1} from a into a  measure m\n"
+            "swap L9.H0.z from a into a  measure m\n")
+    model = spec_from_config(T.GPT2Config(n_layer=2, n_head=2, n_embd=8).to_dict())
+    with pytest.raises(SpecErrors) as info:
+        check(parse(text, "case.patch"), model=model, tokenizer=None)
+    shown = info.value.render()
+    assert [e.code for e in info.value.errors] == ["E201"]
+    assert shown.index("warning[W303]") < shown.index("error[E201]")  # line 4 before 5
