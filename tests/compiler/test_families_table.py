@@ -268,7 +268,7 @@ def test_a_family_newer_than_the_installed_transformers_is_refused_with_why(monk
 ])
 def test_relp_on_a_mixture_of_experts_is_a_check_error(op: str) -> None:
     """RelP's rules replace the MLP activation's backward, which experts do not have: check
-    says so at the method (it used to pass check and fail at run, unlocated)."""
+    says so at the method, before any weight is loaded."""
     from patchc.compiler.check import check
     from patchc.compiler.errors import SpecErrors
     from patchc.compiler.parse import parse

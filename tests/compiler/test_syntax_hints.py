@@ -117,8 +117,7 @@ def test_a_star_sender_takes_no_position():
 
 
 def test_warnings_show_beside_errors():
-    """A spec with errors still shows its warnings, in spec order (a warning used to surface
-    only once the errors were fixed)."""
+    """A spec with errors still shows its warnings, in spec order."""
     import transformers as T
 
     from patchc.compiler.check import check
