@@ -13,11 +13,13 @@ once the counts are known.
 from __future__ import annotations
 
 from . import ast as A
+from . import printer
 from .check_context import Context, did_you_mean
 from .check_metrics import check_measures
 from .check_ops import check_columns
 from .check_fill import check_fill_source
 from .check_runs import require_aligned
+from .edges import iter_edge_item
 from .errors import Span
 
 # Operations whose tables are node or edge tables: one component (or a joint group of them)
@@ -54,6 +56,8 @@ def check_circuit(ctx: Context, decl: A.CircuitDecl, spec: A.Spec,
         ctx.error("E371", f"table `{name}` (made by `{A.op_keyword(op)}`) is not a node or "
                   "edge table", decl.table.span,
                   hint="a circuit ranks the rows of a swap, trace, ablate or attribute table")
+    else:
+        _repeated_edges(ctx, decl, op)
     seen: dict[tuple[float, bool], A.CircuitSize] = {}
     for k in decl.sizes:
         if k.percent and not 0 < k.value <= 100:
@@ -102,6 +106,30 @@ def check_evaluate(ctx: Context, op: A.Evaluate, circuits: dict[str, A.CircuitDe
                       hint="drop `normalized`")
     check_measures(ctx, op.clauses.measures, target)
     check_columns(ctx, [], op.clauses.measures)  # (a metric measured twice: two `ld` columns)
+
+
+def _repeated_edges(ctx: Context, decl: A.CircuitDecl, op: A.Operation) -> None:
+    """W304: rows of an edge table that patch the same edges (a capture over the k/v heads
+    of a grouped-query model keeps one row per query head; overlapping items). A circuit
+    counts rows, so keeping one keeps the others' edges too."""
+    items = getattr(op, "sites", ())
+    if ctx.model is None or not items or not all(
+            isinstance(i, (A.Edge, A.EdgeGroup)) for i in items):
+        return
+    seen: set[tuple] = set()
+    repeats = 0
+    with ctx.catch():  # (the statement's own check reports what does not resolve)
+        for item in items:
+            for m in iter_edge_item(item, ctx.model):
+                key = (m.edges, printer.site_item(item).rsplit(" @ ", 1)[-1])
+                repeats += key in seen
+                seen.add(key)
+    if repeats:
+        ctx.warn("W304", f"{repeats} row(s) of `{decl.table.value}` patch the same edges as "
+                 "another row (a capture over grouped kv heads, or items that overlap): a "
+                 "circuit counts rows, so keeping one keeps the other's edges too",
+                 decl.table.span, hint="rank a pattern (`L1.H*.k` lists each kv head once) "
+                 "to count edges")
 
 
 def warn_circuit_sizes(ctx: Context, checked) -> None:

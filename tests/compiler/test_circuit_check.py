@@ -198,3 +198,17 @@ def test_sizes_that_keep_nothing_or_repeat_warn(models: Models):
     assert "as `top 50%`" in many.warnings[0].message
     assert not _check(models, "circuit c = top {10%, 50%, 3} of heads\n").warnings
     assert not _check(models, "circuit c = top 0 of heads\n").warnings  # the empty circuit
+
+
+def test_rows_that_repeat_an_edge_warn(models: Models) -> None:
+    """A capture over the k heads of a grouped-query model keeps one row per query head, and
+    rows of one kv group patch one edge: W304 at the circuit. A pattern lists each kv head
+    once: no warning."""
+    head = HEAD.replace('"./gpt2"', '"./llama"').replace("L*.H*.z", "L0.mlp.out")
+    cap = check(parse(head + "swap L0.H0.out -> L1.H$h.k from clean into corrupt  measure ld  "
+                      "as cap\ncircuit c = top 2 of cap\n", "case.patch", models.spec_dir()))
+    (w,) = [w for w in cap.warnings if w.code == "W304"]
+    assert w.line == 8 and "6 row(s) of `cap`" in w.message
+    pat = check(parse(head + "swap L0.H0.out -> L1.H*.k from clean into corrupt  measure ld  "
+                      "as pat\ncircuit c = top 2 of pat\n", "case.patch", models.spec_dir()))
+    assert not [w for w in pat.warnings if w.code == "W304"]
