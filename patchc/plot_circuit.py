@@ -96,8 +96,9 @@ def layout_figure(g: CircuitGraph, title: str):
     ax.set_ylim(-0.6, n_rows - 0.4)
     ax.set_axis_off()
     ax.set_title(S.text(title), fontsize="medium")
+    zero = any(e[2] == 0 for e in g.edges) or any(v == 0 for v in g.scores.values())
     fig.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.6,
-                 label=S.text(f"effect on {g.metric}"))
+                 label=S.text(f"effect on {g.metric}" + (" (grey: exactly 0)" if zero else "")))
     return fig
 
 
