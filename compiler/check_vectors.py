@@ -21,38 +21,26 @@ from . import resolve
 from .check_context import Context, did_you_mean
 from .check_sites import check_pos, no_vector_on_pattern, site_width
 from .errors import CheckError, Span
-from .file_stamps import settled_stamp
+from .file_stamps import read_settled
 from .paths import near
 
 SAE_DECODER_KEY = "W_dec"
 
 
-def _shapes_now(path: str) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of every tensor in a safetensors file, from its header alone; kept per
-    file stamp (compiler/file_stamps.py), read again while the file has none."""
-    stamp = settled_stamp(path)
-    return _shapes.__wrapped__(path, ()) if stamp is None else _shapes(path, stamp)
-
-
 @lru_cache(maxsize=32)
 def _shapes(path: str, stamp: tuple) -> dict[str, tuple[int, ...]]:
-    """_shapes_now's reading, kept per (path, stamp)."""
+    """Key -> shape of every tensor in a safetensors file, from its header alone (kept per
+    file stamp: read_settled)."""
     from safetensors import safe_open
 
     with safe_open(path, framework="numpy") as f:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
-def _not_finite(path: str, key: str) -> int:
-    """How many values of 1-D tensor `key` of a safetensors file are NaN or infinite (read
-    again only when the file changes, as its shapes are)."""
-    stamp = settled_stamp(path)
-    return _count_not_finite.__wrapped__(path, key, ()) if stamp is None else \
-        _count_not_finite(path, key, stamp)
-
-
 @lru_cache(maxsize=256)
-def _count_not_finite(path: str, key: str, stamp: tuple) -> int:
+def _not_finite(path: str, key: str, stamp: tuple) -> int:
+    """How many values of tensor `key` of a safetensors file are NaN or infinite (kept per
+    file stamp: read_settled)."""
     import numpy as np
     from safetensors import safe_open
 
@@ -71,7 +59,7 @@ def tensor_shapes(ctx: Context, file: str, span: Span) -> dict[str, tuple[int, .
                          hint=near(file, path, ctx.base_dir)
                          or "relative paths resolve against the spec file's directory")
     try:
-        return _shapes_now(path)
+        return read_settled(_shapes, path)
     except Exception as e:  # safetensors raises its own error types for a bad header
         raise CheckError("E328", f"could not read {path} as safetensors: {e}", span) from None
 
@@ -143,7 +131,7 @@ class VectorChecker:
             if len(shape) != 1:
                 raise CheckError("E330", f"tensor {e.key!r} of {e.path} has shape "
                                  f"{list(shape)}; a vector must be 1-D", e.span)
-            bad = _not_finite(_full_path(self.ctx, e.path), e.key)
+            bad = read_settled(_not_finite, _full_path(self.ctx, e.path), e.key)
             if bad:  # (a NaN steers every later value to NaN, silently)
                 raise CheckError("E330", f"tensor {e.key!r} of {e.path} holds {bad} NaN or "
                                  "infinite value(s); a vector must be finite", e.span)

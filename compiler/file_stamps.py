@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any, Callable
 
 SETTLED_SECONDS = 2.0
 
@@ -21,3 +22,12 @@ def settled_stamp(path: str | os.PathLike[str]) -> tuple | None:
     if time.time() - max(st.st_mtime, st.st_ctime) <= SETTLED_SECONDS:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def read_settled(reader: Callable[..., Any], path: str, *args: Any) -> Any:
+    """`reader(path, *args, stamp)`, an lru_cache'd function of the file, kept per stamp;
+    called afresh (its cache bypassed) while the file has no stamp yet."""
+    stamp = settled_stamp(path)
+    if stamp is None:
+        return reader.__wrapped__(path, *args, ())
+    return reader(path, *args, stamp)
