@@ -120,8 +120,9 @@ def _repeated_edges(ctx: Context, decl: A.CircuitDecl, op: A.Operation) -> None:
     repeats = 0
     with ctx.catch():  # (the statement's own check reports what does not resolve)
         for item in items:
+            at = printer.pos(item.pos) if item.pos is not None else ""
             for m in iter_edge_item(item, ctx.model):
-                key = (m.edges, printer.site_item(item).rsplit(" @ ", 1)[-1])
+                key = (m.edges, at)
                 repeats += key in seen
                 seen.add(key)
     if repeats:

@@ -212,3 +212,12 @@ def test_rows_that_repeat_an_edge_warn(models: Models) -> None:
     pat = check(parse(head + "swap L0.H0.out -> L1.H*.k from clean into corrupt  measure ld  "
                       "as pat\ncircuit c = top 2 of pat\n", "case.patch", models.spec_dir()))
     assert not [w for w in pat.warnings if w.code == "W304"]
+
+
+def test_items_that_overlap_warn_at_one_position_only(models: Models) -> None:
+    """Two items naming one edge at the same positions repeat it (W304); the same edge at
+    another position is another row's own component."""
+    body = ("swap L0.H0.out -> L1.H0.q, L0.H*.out -> L1.H0.q, L0.H0.out -> L1.H0.q @ last "
+            "from clean into corrupt  measure ld  as t\ncircuit c = top 2 of t\n")
+    (w,) = [w for w in _check(models, body).warnings if w.code == "W304"]
+    assert "1 row(s) of `t`" in w.message
