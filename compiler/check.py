@@ -296,9 +296,6 @@ def _chain(names: list) -> str:
             + " -> ".join(map(str, names[-3:])))
 
 
-__all__ = ["AUTO", "CheckError", "check"]
-
-
 def model_path_span(source: Source, decl: A.ModelDecl) -> Span:
     """The quoted path of a `model "..."` statement, where errors about the model's files
     point (the whole statement if its line holds no string)."""
@@ -309,3 +306,6 @@ def model_path_span(source: Source, decl: A.ModelDecl) -> Span:
     if start < 0 or end < 0:
         return span
     return Span(span.line, start + 1, span.line, end + 2)
+
+
+__all__ = ["AUTO", "CheckError", "check", "model_path_span"]

@@ -142,8 +142,7 @@ class Warning_(PatchcError):
 
 class SpecErrors(PatchcError):
     """Several diagnostics collected from one spec; behaves like its first error. The
-    warnings found beside them are rendered with them, in spec order (a warning fixed only
-    after the errors were would otherwise surface one round later)."""
+    warnings found beside them are rendered with them, in spec order."""
 
     def __init__(self, errors: Iterable[PatchcError],
                  warnings: Iterable[PatchcError] = ()) -> None:
