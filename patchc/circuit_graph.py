@@ -45,10 +45,10 @@ def component(text: str, n_layers: int, n_heads: int,
     """The component a site's text names (see the module docstring); `hosts`: the drawing
     level of each dictionary's latents (`s1[470]`, `s1.err`), its host site's."""
     site = text.split(" @ ")[0].strip()
+    mid = (n_heads - 1) / 2
     name = re.split(r"[\[.]", site, maxsplit=1)[0]
     if hosts and name in hosts:
-        return Component(site, site, hosts[name], (n_heads - 1) / 2)
-    mid = (n_heads - 1) / 2
+        return Component(site, site, hosts[name], mid)
     if site == "embed":
         return Component("input", "embed", 0, mid)
     if site == "logits":
@@ -91,10 +91,6 @@ def is_edge_table(df: pd.DataFrame) -> bool:
         ("site" in df.columns and any("->" in str(s) for s in df["site"]))
 
 
-def _given(v: Any) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v)) and v is not pd.NA
-
-
 def _top_level(text: str) -> list[str]:
     """`text` split at the commas outside brackets (`L0.H0.z @ {1, 2}` stays whole)."""
     parts, depth, start = [], 0, 0
@@ -110,9 +106,9 @@ def _top_level(text: str) -> list[str]:
 def row_members(row: dict[str, Any], edges: bool) -> list:
     """The (sender, receiver) texts of an edge table's row, or the site texts of a node
     table's: one for a single item, each member for an `all(...)` group."""
-    if edges and _given(row.get("sender")) and _given(row.get("receiver")):
+    if edges and not pd.isna(row.get("sender")) and not pd.isna(row.get("receiver")):
         return [(str(row["sender"]), str(row["receiver"]))]
-    if not edges and _given(row.get("node")):
+    if not edges and not pd.isna(row.get("node")):
         return [str(row["node"])]
     text = str(row.get("site", "")).strip()
     if text.startswith("all(") and text.endswith(")"):
@@ -244,8 +240,8 @@ def circuit_files(name: str, df: pd.DataFrame, info: dict[str, Any]) -> dict[str
     if not cfg or not metric:
         return {}
     out = {}
+    hosts = info.get("hosts")
     for size in info.get("sizes", []):
-        hosts = info.get("hosts")
         out[f"{name}_{size}.json"] = to_json(df, size, metric, cfg, hosts)
         if size > 0:
             g = circuit_graph(df, size, metric, cfg["n_layers"], cfg["n_heads"], hosts)
