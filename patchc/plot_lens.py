@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from patchc.plot_style import baseline_label, new_figure, site_name, text, token_text, wrap
+from patchc.plot_style import (baseline_label, limits, new_figure, site_name, text, token_text,
+                               wrap)
 
 SEQUENTIAL = ("prob", "rank", "==", "!=", "<", ">")
-# Metric scales (patchc/plotinfo.metric_scale) with no meaningful 0 to centre on: a
-# log-probability (never positive) or a logit, a probability, a rank, a divergence.
-ONE_SIDED = ("level", "probability", "rank", "nonneg")
 
 
 def _title(head: str, col: str, baselines: dict, width: float) -> str:
@@ -43,7 +41,8 @@ def lens_figures(name: str, df: pd.DataFrame, keys: list[str],
     caller passes `positions`, a position axis carries tokens only where it has them.
     A one-row table with no sweep column (`lens embed`) is a single number: no figure, as
     for any one-row table. `scales`: each column's colour scale from the manifest
-    (`plot.columns.COL.scale`): a log-probability or a logit (`level`) is one-sided."""
+    (`plot.columns.COL.scale`, drawn by plot_style.limits: a log-probability or a logit,
+    `level`, is one-sided)."""
     if len(df) == 1 and not keys:
         return []
     baselines = baselines or {}
@@ -163,11 +162,15 @@ def _heatmap(name: str, df: pd.DataFrame, col: str, across: str, tokens: list[st
     grid = df.pivot_table(index="layer", columns=across, values=col, aggfunc="mean")
     values = grid.to_numpy(dtype=float)
     finite = [abs(v) for v in values.flat if math.isfinite(v)]
-    # Probabilities, ranks, accuracies: one-sided; a colormap centred at 0 would waste half.
-    sequential = scale in ONE_SIDED or any(s in col for s in SEQUENTIAL) or all(
-        0 <= v <= 1 for v in values.flat if math.isfinite(v))
-    lim = max(finite) if finite and max(finite) > 0 else 1.0
-    kw = dict(cmap="viridis") if sequential else dict(cmap="RdBu_r", vmin=-lim, vmax=lim)
+    if scale is not None:  # the metric's own scale, as every other figure draws it
+        _, lo, hi, cmap = limits(scale, values.flat)
+        kw: dict = dict(cmap=cmap, vmin=lo, vmax=hi)
+    else:  # (a folder without the manifest's scales: guessed from the name and the values)
+        # Probabilities, ranks, accuracies: one-sided; centred at 0 a colormap wastes half.
+        sequential = any(s in col for s in SEQUENTIAL) or all(
+            0 <= v <= 1 for v in values.flat if math.isfinite(v))
+        lim = max(finite) if finite and max(finite) > 0 else 1.0
+        kw = dict(cmap="viridis") if sequential else dict(cmap="RdBu_r", vmin=-lim, vmax=lim)
     fig = new_figure(max(5.0, min(16.0, 0.45 * grid.shape[1] + 3)),
                      max(3.0, min(10.0, 0.4 * grid.shape[0] + 1.5)))
     ax = fig.subplots()

@@ -351,13 +351,12 @@ def _plot_one(d: Path, name: str, info: dict[str, Any], csv: Path) -> list[Path]
         draw = plot_circuit if op == "circuit" else plot_curve
         return draw(name, pd.read_csv(csv), info.get("plot") or {}, d)
     if op == "lens":
-        from patchc.plot_lens import lens_scales as _scales
-        from patchc.plot_lens import plot_lens
+        from patchc.plot_lens import lens_scales, plot_lens
 
         return plot_lens(name, pd.read_csv(csv), list(info.get("keys", [])), d,
                          info.get("tokens"), info.get("baselines"),
                          positions=(info.get("plot") or {}).get("positions") or {},
-                         scales=_scales(info.get("plot")))
+                         scales=lens_scales(info.get("plot")))
     return plot_table(name, pd.read_csv(csv), list(info.get("keys", [])), d,
                       info.get("plot"), _pairs(d, name))
 
