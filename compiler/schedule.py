@@ -36,6 +36,8 @@ __all__ = ["ForwardStep", "NodeStep", "Plan", "PlanSummary", "Step", "schedule",
 
 # ---------------------------------------------------------------------------------------------
 
+IG_METHODS = ("ig", "eap_ig")  # estimates that differentiate `steps` interpolated passes
+
 def _write_inputs(ir: IRGraph, fid: str) -> list[str]:
     f: Forward = ir.node(fid)  # type: ignore[assignment]
     out = []
@@ -243,20 +245,19 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
             flops = 0.0
             if isinstance(node, Backward):
                 flops = 3 * sz.full_flops(ir.node(node.metric).forward)  # type: ignore[union-attr]
-            elif isinstance(node, Estimate) and node.method == "eap_ig":
-                # `steps` forwards and backwards of B at interpolated inputs (batched at
-                # run time, runtime/edge_estimates.py), beside the Backward's own
+            elif isinstance(node, Estimate) and node.method in IG_METHODS:
                 back = ir.node(node.inputs[-1])
                 fid = ir.node(back.metric).forward  # type: ignore[union-attr]
-                flops = 3 * node.steps * sz.full_flops(fid)
-            elif isinstance(node, Estimate) and node.method == "ig":
-                back = ir.node(node.inputs[-1])
-                fid = ir.node(back.metric).forward  # type: ignore[union-attr]
-                flops = 3 * (node.steps + 1) * (
-                    sz.full_flops(fid) if node.space is None else
-                    sz.full_flops(fid) * count(node.space) if naive else  # full passes each
-                    # (forward and a backward of input gradients only: about 2 forwards)
-                    2 / 3 * _ig_member_flops(sz, fid, node))
+                if node.method == "eap_ig":
+                    # `steps` forwards and backwards of B at interpolated inputs (batched at
+                    # run time, runtime/edge_estimates.py), beside the Backward's own
+                    flops = 3 * node.steps * sz.full_flops(fid)
+                else:
+                    flops = 3 * (node.steps + 1) * (
+                        sz.full_flops(fid) if node.space is None else
+                        sz.full_flops(fid) * count(node.space) if naive else  # full passes each
+                        # (forward and a backward of input gradients only: about 2 forwards)
+                        2 / 3 * _ig_member_flops(sz, fid, node))
             steps.append(NodeStep(kind=kind, node=ids[0], flops=flops))  # type: ignore[arg-type]
             continue
         cap = None
@@ -305,8 +306,8 @@ def _plan(ir: IRGraph, model: ModelSpec, runs: dict[str, C.RunShape], budget: in
         forwards=sum(s.passes for s in fsteps), experiments=sum(s.experiments() for s in fsteps),
         # (an integrated-gradients estimate differentiates each of its interpolation steps)
         backwards=sum(1 for s in steps if s.kind == "backward") + sum(
-            ir.node(s.node).steps for s in steps  # type: ignore[union-attr]
-            if s.kind == "estimate" and getattr(ir.node(s.node), "method", "") in ("ig", "eap_ig")),
+            n.steps for n in (ir.node(s.node) for s in steps if s.kind == "estimate")
+            if isinstance(n, Estimate) and n.method in IG_METHODS),
         flops=sum(s.flops for s in steps), peak_bytes=peak)
     return steps, summary, over
 
