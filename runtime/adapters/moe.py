@@ -106,17 +106,14 @@ def reroute(router: nn.Module, scheme: str | None, logits: Tensor,
         if len(args) < 2:  # no correction bias (Flint): the top scores themselves
             top, index = torch.topk(scores, k, dim=-1)
         else:
-            _, index = torch.topk(scores + args[1], k, dim=-1, sorted=False)
-            top = scores.gather(1, index)
+            top, index = _chosen_with_bias(scores, args[1], k)
         if getattr(router, "norm_topk_prob", True):
             top = top / top.sum(dim=-1, keepdim=True)
         return top.to(dtype), index
     if scheme == "sigmoid_topk_scaled":
         # Hunyuan V3: as sigmoid_topk with a bias, over the sum plus 1e-20, then times the
         # router's scaling factor (inside the router, so the experts' outputs carry it).
-        scores = torch.sigmoid(logits.float())
-        _, index = torch.topk(scores + args[1], k, dim=-1, sorted=False)
-        top = scores.gather(1, index)
+        top, index = _chosen_with_bias(torch.sigmoid(logits.float()), args[1], k)
         top = top / (top.sum(dim=-1, keepdim=True) + 1e-20)
         return (top * router.router_scaling_factor).to(dtype), index
     if scheme == "softmax_bias_topk":
@@ -128,6 +125,13 @@ def reroute(router: nn.Module, scheme: str | None, logits: Tensor,
         top = top / torch.clamp(top.sum(dim=-1, keepdim=True), min=router.norm_min)
         return top.to(dtype), index
     raise RuntimeInterventionError("E403", f"cannot re-route a '{scheme}' router")
+
+
+def _chosen_with_bias(scores: Tensor, bias: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k experts of highest score plus correction bias (the bias only chooses), with
+    their unbiased scores."""
+    _, index = torch.topk(scores + bias, k, dim=-1, sorted=False)
+    return scores.gather(1, index), index
 
 
 def _correction_bias(router: nn.Module) -> Tensor:
