@@ -73,6 +73,13 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
             model = load_model_spec(decl.model_id, decl.revision, ctx.base_dir)
     ctx.model = model
     ctx.model_id = decl.model_id if decl is not None else None
+    if model is not None and model.inferred and decl is not None:
+        ctx.warn("W210", f"model_type '{model.family}' is not in patchc's family table: its "
+                 f"layout is inferred from the config ({model.norm}, {model.positional} "
+                 f"positions, {'parallel' if model.parallel_attn else 'sequential'} blocks) "
+                 "and checked on the loaded weights before anything runs",
+                 model_path_span(spec.source, decl),
+                 hint="a layout that does not hold is refused then (E401), with what differs")
     if tokenizer is AUTO:
         tokenizer = None
         if decl is not None:

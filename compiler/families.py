@@ -67,6 +67,7 @@ class Family:
     shared_expert: bool = False
     unavailable: tuple[tuple[str, str], ...] = ()  # site kind -> why the model lacks it
     mlp_on_block: bool = False  # the MLP's layers sit on the block (no mlp.in receiver)
+    inferred: bool = False  # not a row of the table: read from the config (family_inference.py)
     note: str = ""
 
     def names_for(self, what: str) -> tuple[str, ...]:
@@ -300,10 +301,18 @@ def lookup(model_type: str) -> Family | None:
     return FAMILIES.get(normalize(model_type))
 
 
+def refused(model_type: str) -> str | None:
+    """Why the table refuses a model_type outright (None: it does not name it, or lists it)."""
+    raw = str(model_type)
+    return UNSUPPORTED.get(raw) or UNSUPPORTED.get(normalize(raw)) or _too_old(raw)
+
+
 def why_unsupported(model_type: str, config: dict | None = None) -> str:
     """The reason a model_type is refused, for E210/E401: one message for check and runtime."""
+    from .family_inference import why_not_inferred  # (it builds on this table)
+
     raw = str(model_type)
-    reason = UNSUPPORTED.get(raw) or UNSUPPORTED.get(normalize(raw)) or _too_old(raw)
+    reason = refused(raw)
     cfg = config or {}
     if reason is None and cfg.get("is_encoder_decoder"):
         reason = "an encoder-decoder model, not a decoder-only causal LM"
@@ -312,6 +321,9 @@ def why_unsupported(model_type: str, config: dict | None = None) -> str:
     what = f"model_type '{raw}' is not supported"
     if reason:
         what += f": {reason}"
+    elif config is not None and why_not_inferred(cfg):
+        what += f" (not in patchc's family table, and its layout cannot be inferred: " \
+                f"{why_not_inferred(cfg)})"
     else:
         what += " (not in patchc's family table: its module layout has not been verified)"
     here = sorted(f for f in FAMILIES if not _too_old(f))
@@ -319,4 +331,4 @@ def why_unsupported(model_type: str, config: dict | None = None) -> str:
 
 
 __all__ = ["FAMILIES", "NAMES", "SINCE", "UNSUPPORTED", "Family", "installed_transformers",
-           "lookup", "normalize", "why_unsupported"]
+           "lookup", "normalize", "refused", "why_unsupported"]

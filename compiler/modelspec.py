@@ -17,7 +17,8 @@ from .errors import CheckError
 if TYPE_CHECKING:
     from .dictionaries import DictInfo
 from .paths import near, shown
-from .families import SINGLE_NORM, Family, lookup, normalize, why_unsupported
+from .families import SINGLE_NORM, Family, normalize, why_unsupported
+from .family_inference import family_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class ModelSpec:
     n_experts: int = 0  # a mixture-of-experts MLP: its experts (d_mlp is one expert's width)
     top_k: int = 0  # experts per token
     unavailable: tuple[tuple[str, str], ...] = ()  # (site kind, why this model lacks it)
+    inferred: bool = False  # its family is not in the table: inferred from the config
     # Dictionaries a spec attaches (check_dicts.py adds them): their latents are sites.
     dictionaries: tuple["DictInfo", ...] = ()
 
@@ -171,13 +173,15 @@ def _dense_layers(config: dict[str, Any]) -> str | None:
     return None
 
 
-def spec_from_config(config: dict[str, Any]) -> ModelSpec:
-    """The ModelSpec of an HF config dict; CheckError E210 (unsupported) or E211 (missing)."""
+def spec_from_config(config: dict[str, Any], fam: Family | None = None) -> ModelSpec:
+    """The ModelSpec of an HF config dict; CheckError E210 (unsupported) or E211 (missing).
+    `fam`: the family row to read it with (default: the table's, or one inferred for a
+    model_type the table does not list: compiler/family_inference.py)."""
     raw_type = config.get("model_type")
     if not raw_type:
         raise CheckError("E211", "config has no 'model_type' field, which patchc needs")
     family = normalize(raw_type)
-    fam = lookup(family)
+    fam = fam or family_for(family, config)
     if fam is None:
         raise CheckError("E210", why_unsupported(raw_type, config))
     if fam.moe and _dense_layers(config):
@@ -234,6 +238,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
         n_experts=n_experts,
         top_k=top_k,
         unavailable=tuple(sorted(missing.items())),
+        inferred=fam.inferred,
     )
 
 

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from patchc.compiler.errors import RuntimeInterventionError
+from patchc.compiler.families import Family
 
 from . import attention, dictionary, moe, multiplier, receivers, taps
 from .parts import Parts
@@ -71,8 +72,8 @@ _FLAT_SITES = frozenset({"resid_mid", "ln2.scale", "mlp.pre", "mlp.post", "mlp.o
 class Adapter(Parts):
     """Canonical sites of one loaded HF causal LM, as hooks on its own modules."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
+    def __init__(self, model: nn.Module, fam: Family | None = None) -> None:
+        super().__init__(model, fam)
         self._chains: dict[str, tuple[list[HookFn], RemovableHandle | taps.Handles]] = {}
         # Dictionaries by name (runtime/dictionaries.Dictionary), set by whoever loads them;
         # their latent and error sites (`dict:NAME`, `dict:NAME.err`) are in dictionary.py.

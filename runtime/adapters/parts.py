@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from patchc.compiler.errors import CheckError, RuntimeInterventionError
-from patchc.compiler.families import Family, lookup, why_unsupported
+from patchc.compiler.families import Family, why_unsupported
+from patchc.compiler.family_inference import family_for
 from patchc.compiler.modelspec import ModelSpec, spec_from_config
 from patchc.runtime.compat import decoder_stack
 from patchc.runtime.offload import param
@@ -23,15 +24,20 @@ from .structure import Structure, find_structure, get
 from .taps import Cols
 
 
-def family_of(model: nn.Module) -> tuple[Family, ModelSpec]:
-    """The family row and ModelSpec of a loaded model (E401 if the table does not have it)."""
+def family_of(model: nn.Module, fam: Family | None = None) -> tuple[Family, ModelSpec]:
+    """The family row and ModelSpec of a loaded model (E401 if the table does not have it
+    and none can be inferred). `fam`: a row to read it with instead (an inferred variant)."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    fam = lookup(model_type) if isinstance(model_type, str) else None
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else {}  # type: ignore[union-attr]
+    if not as_dict.get("architectures"):  # (a config made in memory: the model says what it is)
+        as_dict["architectures"] = [type(model).__name__]
+    if fam is None and isinstance(model_type, str):
+        fam = family_for(model_type, as_dict)
     if fam is None:
-        raise RuntimeInterventionError("E401", why_unsupported(str(model_type)))
+        raise RuntimeInterventionError("E401", why_unsupported(str(model_type), as_dict))
     try:
-        spec = spec_from_config(config.to_dict())  # type: ignore[union-attr]
+        spec = spec_from_config(as_dict, fam)
     except CheckError as e:
         raise RuntimeInterventionError("E401", e.message) from None
     if model_type == "opt" and not getattr(config, "do_layer_norm_before", True):
@@ -44,10 +50,10 @@ def family_of(model: nn.Module) -> tuple[Family, ModelSpec]:
 class Parts:
     """Where each part of a model is; sizes come from the model's ModelSpec."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, fam: Family | None = None) -> None:
         self.model = model
         self.config = model.config
-        self.fam, spec = family_of(model)
+        self.fam, spec = family_of(model, fam)
         self._spec = spec
         self.family: str = spec.family
         self.norm: str = self.fam.norm

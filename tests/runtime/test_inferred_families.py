@@ -1,0 +1,143 @@
+"""A model_type the family table does not list: its row is inferred from the config and
+checked on the loaded weights (compiler/family_inference.py, runtime/adapters/inferred.py).
+
+Each case is a known family's tiny model re-registered with transformers under a new
+model_type, so patchc cannot look it up: what it infers must read every site exactly as the
+table's row does, run the same numbers (optimized and naive), or be refused with what
+differs. Layouts the config does not state are found on the weights: OLMo 2's norms after the
+sub-blocks, NeoX's parallel block and per-head fused q/k/v, Gemma's (1 + w) norm.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+import transformers as tf
+from adapter_models import KINDS, all_sites, no_hooks_left, run
+from conftest import make_tokenizer
+from family_configs import config as family_config
+
+import patchc
+from patchc.compiler.errors import PatchcError, RuntimeInterventionError
+from patchc.compiler.families import lookup
+from patchc.runtime.adapters import Adapter, adapter_for, receivers
+from patchc.runtime.adapters.base import EXPERT
+
+# (W210, expected here: each run says its layout was inferred; the tests read res.warnings)
+pytestmark = pytest.mark.filterwarnings("ignore::patchc.api.PatchcWarning")
+ACCEPTED = ["llama", "gpt2", "olmo2", "gpt_neox", "gemma2", "phi"]
+_MADE: dict[str, type] = {}
+
+
+def renamed(family: str) -> torch.nn.Module:
+    """`family`'s tiny random model as a model_type of its own (registered once)."""
+    base = family_config(family)
+    cfg_cls, model_cls = type(base), tf.AutoModelForCausalLM._model_mapping[type(base)]
+    name = f"patchc_test_{family}"
+    if name not in _MADE:
+        new_cfg = type(f"Test{cfg_cls.__name__}", (cfg_cls,), {"model_type": name})
+        new_model = type(f"Test{model_cls.__name__}", (model_cls,), {"config_class": new_cfg})
+        tf.AutoConfig.register(name, new_cfg)
+        tf.AutoModelForCausalLM.register(new_cfg, new_model)
+        _MADE[name] = new_model
+    kwargs = {k: v for k, v in base.to_dict().items()
+              if k not in ("model_type", "transformers_version", "architectures")}
+    cfg = _MADE[name].config_class(**kwargs)
+    torch.manual_seed(0)
+    model = _MADE[name](cfg).float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # norms not 1, biases not 0
+    return model
+
+
+def _sites(ad: Adapter) -> list:
+    kinds = KINDS - receivers.KINDS - EXPERT - {"router", "shared.out"}
+    return all_sites(ad, kinds)
+
+
+@pytest.mark.parametrize("family", ACCEPTED)
+def test_inferred_row_reads_every_site_as_the_table_row(family: str) -> None:
+    model = renamed(family)
+    ad = adapter_for(model)
+    assert ad.fam.inferred and ad.family == f"patchc_test_{family}"
+    table = Adapter(model, lookup(family))
+    ids = torch.randint(4, 60, (2, 6), generator=torch.Generator().manual_seed(1))
+    sites = _sites(table)
+    assert _sites(ad) == sites  # the same sites are available
+    want_logits, want = run(table, ids, reads=sites)
+    logits, got = run(ad, ids, reads=sites)
+    assert torch.equal(logits, want_logits)
+    assert set(got) == set(want)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+    assert no_hooks_left(model)
+
+
+def test_layouts_the_config_does_not_state_are_found_on_the_weights() -> None:
+    olmo2 = adapter_for(renamed("olmo2"))
+    assert olmo2.fam.post_norms and olmo2.missing("ln1.scale")
+    neox = adapter_for(renamed("gpt_neox"))
+    assert neox.parallel_attn and neox.fam.qkv == "grouped"
+    gemma2 = adapter_for(renamed("gemma2"))
+    assert gemma2.norm == "rmsnorm" and gemma2.rms_offset == 1.0 and gemma2.fam.post_norms
+
+
+SPEC = """
+data d = [
+  {"clean": "when Mary and John went to", "corrupt": "when Anna and Bob went to",
+   "answer": "Mary", "distractor": "John"},
+  {"clean": "the cat sat on the mat", "corrupt": "the dog sat on the tree",
+   "answer": "mat", "distractor": "tree"},
+]
+run clean = d.clean
+run corrupt = d.corrupt
+metric ld = logit(d.answer) - logit(d.distractor)
+swap L*.H*.z @ last from clean into corrupt measure ld as heads
+swap L*.resid_pre @ each from clean into corrupt measure ld as resid
+attribute L*.attn.out @ each, L*.mlp.out @ each from clean into corrupt using atp
+    measure ld as atp
+"""
+
+
+@pytest.mark.parametrize("family", ["llama", "olmo2", "gpt_neox"])
+def test_inferred_family_runs_as_the_table_row(family: str, tmp_path) -> None:
+    tok = make_tokenizer()
+    model = renamed(family)
+    known = tf.AutoModelForCausalLM.from_config(family_config(family)).float().eval()
+    known.load_state_dict(model.state_dict())
+    spec = f'model "{tmp_path}"\n' + SPEC
+    res = patchc.run(spec, model=model, tokenizer=tok)
+    assert any(w.code == "W210" for w in res.warnings)
+    naive = patchc.run(spec, model=model, tokenizer=tok, naive=True)
+    table = patchc.run(spec, model=known, tokenizer=tok)
+    for name in ("heads", "resid", "atp"):
+        pd.testing.assert_frame_equal(res[name], table[name])
+        pd.testing.assert_frame_equal(res[name], naive[name], check_exact=False,
+                                      atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family, what", [
+    ("cohere", "the logits are not the final norm and unembedding"),  # a logit scale
+    ("bloom", "resid_pre + attn.out + mlp.out is not the block's output"),  # residual inside
+    ("granite", "resid_pre + attn.out + mlp.out is not the block's output"),  # multipliers
+])
+def test_a_layout_that_does_not_hold_is_refused_with_what_differs(family: str, what: str
+                                                                   ) -> None:
+    if lookup(family) is None:
+        pytest.skip(f"{family} needs a newer transformers")
+    model = renamed(family)
+    with pytest.raises(RuntimeInterventionError) as e:
+        adapter_for(model)
+    assert e.value.code == "E401" and what in e.value.message
+    assert "nothing was run" in e.value.message
+    assert no_hooks_left(model)
+
+
+def test_a_mixture_of_experts_is_not_inferred() -> None:
+    if lookup("mixtral") is None:
+        pytest.skip("mixtral needs a newer transformers")
+    with pytest.raises(PatchcError) as e:
+        adapter_for(renamed("mixtral"))
+    assert e.value.code == "E401" and "routing rule" in e.value.message
