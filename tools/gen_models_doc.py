@@ -129,6 +129,7 @@ def render(results: dict[str, dict[str, str]] | None) -> str:
               "| model_type | from transformers | why |", "|---|---|---|"]
     for name, ((major, minor), why) in sorted(SINCE.items()):
         lines.append(f"| {name} | {major}.{minor} | {why} |")
+    lines += ["", "## Model types not in the table", "", _INFERRED]
     lines += ["", "## Adding a family", "",
               "A decoder-only model whose parts carry the usual transformers names needs one "
               "row in `FAMILIES` (compiler/families.py): an empty `Family()` for a Llama-like "
@@ -140,6 +141,32 @@ def render(results: dict[str, dict[str, str]] | None) -> str:
     for name, why in sorted(UNSUPPORTED.items()):
         lines.append(f"| {name} | {why} |")
     return "\n".join(lines) + "\n"
+
+
+_INFERRED = (
+    'A model_type that is neither in the table nor refused below (a model added to transforme'
+    'rs after this release of patchc) is not turned away. If its config names a `...ForCausal'
+    'LM` (or `...LMHeadModel`) architecture and it is not a mixture of experts, `check` reads'
+    " a row from the config (`compiler/family_inference.py`: the norm from its epsilon's name"
+    ', rotary or learned positions, a parallel-block flag) and warns W210 at the `model` line'
+    '. When the weights load, before anything runs, the runtime settles what the config canno'
+    't say by trying each layout on the model itself (`runtime/adapters/inferred.py`): sequen'
+    'tial or parallel block, norms before or after the sub-blocks, the head layout of a fused'
+    " q/k/v projection, and the norm's formula (LayerNorm or RMSNorm, weight w or 1 + w). A l"
+    'ayout is kept only if, in one small forward, reading every site leaves the logits bit fo'
+    "r bit, each block's output is resid_pre + attn.out + mlp.out, the MLP reads resid_pre + "
+    'attn.out (or resid_pre in a parallel block), attn.out is the output projection of attn.z'
+    ", each head's z at the first token is its kv head's value, ln1 computes the norm that `l"
+    "n1.scale` assumes, and the logits are the final norm and unembedding of the last block's"
+    ' output. If none holds, the run is refused (E401) with the identity that failed, e.g. "t'
+    'he logits are not the final norm and unembedding of the last block\'s output" for a model'
+    ' that scales its logits. Attention patterns are checked apart (pattern times values must'
+    ' give attn.z): where they do not hold, the pattern sites alone are unavailable, with tha'
+    't reason. Tested by re-registering known families under new names (tests/runtime/test_in'
+    'ferred_families.py): Llama, GPT-2, OLMo 2, GPT-NeoX, Gemma 2 and Phi read every site exa'
+    'ctly as their table rows do; Cohere (logit scale), Bloom (residual added inside) and Gra'
+    'nite (multipliers) are refused with what differs. Mixtures of experts are not inferred: '
+    'the routing rule decides what a router or expert site means.')
 
 
 def _declared_range() -> str:
