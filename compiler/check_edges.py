@@ -60,13 +60,32 @@ def check_edge_sites(ctx: Context, op: A.Operation, target: RunInfo | None
     return resolved, bound, columns
 
 
+# Families whose blocks RelP's rules would cover wrongly, and why.
+_RELP_MISFITS = {
+    "bitnet": "a norm sits between its MLP's gated product and the down projection, where "
+              "RelP's half-rule replaces the product",
+}
+
+
 def relp_fits(ctx: Context, method: A.Method) -> None:
     """RelP's rules replace the MLP activation's backward: a mixture of experts has none to
-    replace (E357)."""
-    if method.name == "relp" and ctx.model is not None and ctx.model.n_experts:
-        ctx.error("E357", f"relp on {ctx.model.family}: its MLP is a mixture of experts, "
-                  "whose activations RelP's rules do not cover", method.span,
-                  hint="use atp or ig (eap or eap_ig for edges), which take plain gradients")
+    replace, and a few blocks put something where a rule goes (E357); the AH-rule detaches
+    attention patterns, which some families do not expose."""
+    model = ctx.model
+    if method.name != "relp" or model is None:
+        return
+    hint = "use atp or ig (eap or eap_ig for edges), which take plain gradients"
+    if model.n_experts:
+        ctx.error("E357", f"relp on {model.family}: its MLP is a mixture of experts, "
+                  "whose activations RelP's rules do not cover", method.span, hint=hint)
+    elif model.family in _RELP_MISFITS:
+        ctx.error("E357", f"relp on {model.family}: {_RELP_MISFITS[model.family]}",
+                  method.span, hint=hint)
+    ah = any(k.name == "ah" and k.value is True for k in method.kwargs)
+    if ah and model.missing("attn.pattern"):
+        ctx.error("E357", f"relp(ah=true) detaches attention patterns, and {model.family} has "
+                  f"none to detach: {model.missing('attn.pattern')}", method.span,
+                  hint="use relp (the gradient through the softmax)")
 
 
 def check_edge_method(ctx: Context, method: A.Method) -> None:

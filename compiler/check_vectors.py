@@ -160,12 +160,19 @@ class VectorChecker:
         run = ctx.run(e.of.run, Span(e.of.span.line, e.of.span.col, e.of.span.line,
                                      e.of.span.col + len(e.of.run)))
         site = e.of.site
-        if site.pos is not None:
-            if isinstance(site.pos, A.PosEach):
-                ctx.error("E332", "mean(...) reads fixed positions; `@ each` sweeps",
-                          site.pos.span)
-            else:
-                check_pos(ctx, site.pos, run)
+        if site.pos is None:
+            # (a vector is one [d] direction: averaged at one position, it can be added at
+            # any; a per-position mean would silently mean another position elsewhere)
+            ctx.error("E332", "mean(...) makes one vector, so it averages at one position; "
+                      f"{site.text} names none", site.span,
+                      hint=f"e.g. mean({e.of.run}.{site.text} @ last)")
+        elif not isinstance(site.pos, (A.PosLast, A.PosIndex, A.ColumnRef)):
+            what = "`@ each` sweeps" if isinstance(site.pos, A.PosEach) else \
+                "a range or set is several"
+            ctx.error("E332", f"mean(...) averages at one position; {what}", site.pos.span,
+                      hint="write one position: @ last, @ 9, or a data column")
+        else:
+            check_pos(ctx, site.pos, run)
         return one_site_width(ctx, site, "mean(...)")
 
 

@@ -307,10 +307,10 @@ def refused(model_type: str) -> str | None:
     return UNSUPPORTED.get(raw) or UNSUPPORTED.get(normalize(raw)) or _too_old(raw)
 
 
-def why_unsupported(model_type: str, config: dict | None = None) -> str:
-    """The reason a model_type is refused, for E210/E401: one message for check and runtime."""
-    from .family_inference import why_not_inferred  # (it builds on this table)
-
+def why_unsupported(model_type: str, config: dict | None = None,
+                    not_inferred: str | None = None) -> str:
+    """The reason a model_type is refused, for E210/E401: one message for check and runtime.
+    `not_inferred`: why no row could be inferred from its config (family_inference.py)."""
     raw = str(model_type)
     reason = refused(raw)
     cfg = config or {}
@@ -321,9 +321,9 @@ def why_unsupported(model_type: str, config: dict | None = None) -> str:
     what = f"model_type '{raw}' is not supported"
     if reason:
         what += f": {reason}"
-    elif config is not None and why_not_inferred(cfg):
+    elif not_inferred:
         what += f" (not in patchc's family table, and its layout cannot be inferred: " \
-                f"{why_not_inferred(cfg)})"
+                f"{not_inferred})"
     else:
         what += " (not in patchc's family table: its module layout has not been verified)"
     here = sorted(f for f in FAMILIES if not _too_old(f))

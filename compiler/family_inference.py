@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .families import NAMES, Family, lookup, refused
+from .families import NAMES, Family, lookup, refused, why_unsupported
 
 # Config fields that mark a mixture of experts (any non-zero value).
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts",
@@ -74,4 +74,11 @@ def family_for(model_type: str, config: dict[str, Any] | None = None) -> Family 
     return infer_family(config)
 
 
-__all__ = ["MOE_KEYS", "NOTE", "causal_lm", "family_for", "infer_family", "why_not_inferred"]
+def why_refused(model_type: str, config: dict[str, Any] | None = None) -> str:
+    """why_unsupported, with why no row could be inferred from the config (if given)."""
+    return why_unsupported(model_type, config,
+                           why_not_inferred(config) if config is not None else None)
+
+
+__all__ = ["MOE_KEYS", "NOTE", "causal_lm", "family_for", "infer_family", "why_not_inferred",
+           "why_refused"]

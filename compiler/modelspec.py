@@ -17,8 +17,8 @@ from .errors import CheckError
 if TYPE_CHECKING:
     from .dictionaries import DictInfo
 from .paths import near, shown
-from .families import SINGLE_NORM, Family, normalize, why_unsupported
-from .family_inference import family_for
+from .families import SINGLE_NORM, Family, normalize
+from .family_inference import family_for, why_refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +183,7 @@ def spec_from_config(config: dict[str, Any], fam: Family | None = None) -> Model
     family = normalize(raw_type)
     fam = fam or family_for(family, config)
     if fam is None:
-        raise CheckError("E210", why_unsupported(raw_type, config))
+        raise CheckError("E210", why_refused(raw_type, config))
     if fam.moe and _dense_layers(config):
         raise CheckError("E210", f"{family} with dense MLP layers among the expert layers "
                          f"({_dense_layers(config)}) is not supported: patchc's sites assume "

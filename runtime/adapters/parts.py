@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from patchc.compiler.errors import CheckError, RuntimeInterventionError
-from patchc.compiler.families import Family, why_unsupported
-from patchc.compiler.family_inference import family_for
+from patchc.compiler.families import Family
+from patchc.compiler.family_inference import family_for, why_refused
 from patchc.compiler.modelspec import ModelSpec, spec_from_config
 from patchc.runtime.compat import decoder_stack
 from patchc.runtime.offload import param
@@ -35,7 +35,7 @@ def family_of(model: nn.Module, fam: Family | None = None) -> tuple[Family, Mode
     if fam is None and isinstance(model_type, str):
         fam = family_for(model_type, as_dict)
     if fam is None:
-        raise RuntimeInterventionError("E401", why_unsupported(str(model_type), as_dict))
+        raise RuntimeInterventionError("E401", why_refused(str(model_type), as_dict))
     try:
         spec = spec_from_config(as_dict, fam)
     except CheckError as e:
@@ -187,9 +187,14 @@ class Parts:
         return None
 
     def extra_norms(self) -> list[nn.Module]:
-        """Normalizers without a scale site (post-norms); RelP's LN-rule covers them."""
-        return [self._at(i, p) for i in range(self.n_layers)
+        """Normalizers without a scale site, which RelP's LN-rule covers too: post-norms, and
+        norms inside the attention (QK-norms, a differential head's norm). (An identity in a
+        post-norm's place, HyperCLOVA X without post-norms, normalizes nothing.)"""
+        post = [self._at(i, p) for i in range(self.n_layers)
                 for p in (self.s.post_attn, self.s.post_mlp) if p]
+        inner = [m for i in range(self.n_layers)
+                 for name, m in self.attn(i).named_modules() if name and _is_norm(m)]
+        return [m for m in post + inner if not isinstance(m, nn.Identity)]
 
     # ---- weights and the unembedding ----------------------------------------------------
     def w_out(self, layer: int, head: int) -> Tensor:
@@ -268,3 +273,13 @@ class Parts:
             return self.fam.eps
         name = type(module).__name__
         raise RuntimeInterventionError("E401", f"cannot find the epsilon of {name}")
+
+
+def _is_norm(module: nn.Module) -> bool:
+    """A LayerNorm or RMSNorm module (by torch's classes, or a family's `...Norm` class
+    with a weight over the last dimension)."""
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+        return True
+    name = type(module).__name__
+    return name.endswith("Norm") and "Group" not in name and \
+        isinstance(getattr(module, "weight", None), Tensor)

