@@ -94,7 +94,10 @@ class Context:
         if found is not None:
             hint = f"{name} is a {KIND_WORD[found]}, declared with `{found} {name} = ...`"
         else:
-            hint = did_you_mean(name, [n for n, k in self.declared.items() if k == kind])
+            known = [n for n, k in self.declared.items() if k == kind]
+            hint = did_you_mean(name, known) or (
+                f"declared {KIND_WORD[kind]}s: {', '.join(known)}" if known else
+                f"declare it first: `{kind} {name} = ...`")
         self.error(code, f"unknown {KIND_WORD[kind]} `{name}`", span, hint)
         return False
 

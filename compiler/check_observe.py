@@ -81,8 +81,10 @@ def _check_sites(ctx: Context, op: A.Operation, item: A.SiteItem, matches) -> No
     if not isinstance(item, A.SiteRef):
         return  # a group: reported (E363) above
     if item.kind == "attn.pattern":
-        ctx.error("E363", "read each head's pattern (`L1.H*.pattern`), not `attn.pattern`",
-                  item.span)
+        layer = str(item.layer.value) if isinstance(item.layer, A.Idx) else "*"
+        ctx.error("E363", f"read each head's pattern (`L{layer}.H*.pattern`), not "
+                  f"`{item.text}`", item.span,
+                  hint=f"read L{layer}.H*.pattern in RUN (one [query, key] pattern per head)")
     if not isinstance(op, A.Lens):
         return
     latents = [s for m in matches for s in m.sites if is_dict_kind(s.kind)]

@@ -232,6 +232,7 @@ def check_items(ctx: Context, items: tuple[A.SiteItem, ...], run: RunInfo | None
         refs = [item] if isinstance(item, A.SiteRef) else list(item.members)
         for ref in refs:
             check_captures(ctx, ref)
+            warn_tl_alias(ctx, ref)
         matches = expand(ctx, item)
         if matches is None:
             continue
@@ -241,6 +242,34 @@ def check_items(ctx: Context, items: tuple[A.SiteItem, ...], run: RunInfo | None
             warn_shared_kv(ctx, item, matches)
         out.append((item, matches))
     return out
+
+
+def warn_tl_alias(ctx: Context, ref: A.SiteRef) -> None:
+    """W305: a TransformerLens hook name whose value here is not what TransformerLens' own
+    hook holds: `hook_scale` (TL's σ; patchc's scale sites are 1/σ), and one index into the
+    heads' z/q/k/v (TL indexes heads in a dimension of their own; here the heads lie side by
+    side, so `hook_z[3]` is head 0's feature 3)."""
+    if "hook_" not in ref.text:
+        return
+    if ref.kind.endswith(".scale"):
+        ctx.warn("W305", f"{ref.text} is patchc's {ref.kind}, 1/σ per token; TransformerLens' "
+                 "hook_scale holds σ, so a value read or written here is the reciprocal of "
+                 "TransformerLens'", ref.span,
+                 hint=f"write {_canonical(ref)} to say you mean 1/σ")
+    elif ref.kind in ("attn.z", "attn.q", "attn.k", "attn.v") and \
+            isinstance(ref.features, A.Idx) and ctx.model is not None:
+        f, dh = ref.features.value, ctx.model.d_head
+        ctx.warn("W305", f"{ref.text}[{f}] is feature {f} of every head's {ref.kind[5:]} side by "
+                 f"side ({dh} per head): head {f // dh}'s feature {f % dh}, not head {f} as "
+                 "TransformerLens' head dimension would have it", ref.span,
+                 hint=f"one head's {ref.kind[5:]}: {_canonical(ref, head=f)}")
+
+
+def _canonical(ref: A.SiteRef, head: int | None = None) -> str:
+    layer = f"L{ref.layer.value}." if isinstance(ref.layer, A.Idx) else \
+        "L*." if ref.layer is not None else ""
+    kind = ref.kind if head is None else f"H{head}.{ref.kind[5:]}"
+    return layer + kind
 
 
 def _check_subspace(ctx: Context, ref: A.SiteRef) -> None:

@@ -8,6 +8,8 @@ experiments; `Program` uses it to count table rows.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -82,10 +84,11 @@ def expand_site(ref: A.SiteRef, model: ModelSpec) -> list[Match]:
         return latents
     kind = SITE_KINDS.get(ref.kind)
     if kind is None:
-        module = site_of_module(ref.text)
+        # (nnsight writes a module's output as `PATH.output`)
+        module = site_of_module(re.sub(r"\.output$", "", ref.text))
         hint = (f"patchc names an activation by what it holds, not by module: the output of "
                 f"{ref.text} is {module} (`patchc sites MODEL` lists every site)"
-                if module else _suggest(ref.kind, model))
+                if module else _suggest(ref.kind, model, ref.text))
         raise CheckError("E200", f"unknown site {ref.text!r}", ref.span, hint=hint)
     if kind.layered and ref.layer is None:
         raise CheckError("E205", f"site {ref.kind} needs a layer, e.g. L0.{ref.kind}", ref.span)
@@ -304,17 +307,25 @@ def _close(word: str, choices: list[str]) -> str | None:
     return close[0] if close else None
 
 
-def _suggest(kind: str, model: ModelSpec) -> str | None:
+def _suggest(kind: str, model: ModelSpec, text: str = "") -> str | None:
     """A close site kind; else, for a bare name (`s2` in `s2[6]`), the spec's dictionaries:
-    a short name is rarely close enough to match, and it is what the user was reaching for."""
+    a short name is rarely close enough to match, and it is what the user was reaching for.
+    A path that stops at its indices (`L0.H3`) is told the kinds a head or layer has."""
     names = [d.name for d in model.dictionaries]
     close = _close(kind, list(SITE_KINDS) + names + [f"{n}.err" for n in names])
     if close:
         return f"did you mean {close}?"
+    if re.fullmatch(r"H\d+", kind):
+        head = text or kind
+        return (f"a site ends in what it reads: {head}.z (the head's output before W_O), "
+                f"{head}.out (after it), {head}.pattern, {head}.q, {head}.k, {head}.v")
+    if re.fullmatch(r"L\d+", kind) or not kind:
+        return "a site ends in what it reads, e.g. L0.resid_post, L0.mlp.out, L0.H0.z"
+    here = ", ".join(k for k in SITE_KINDS if model.missing(k) is None)
     if "." not in kind and names:
         return (f"no site or dictionary is called {kind}; the dictionaries declared are "
                 + ", ".join(names))
     if "." not in kind:
         return ("no site is called " + kind + "; a dictionary's latents are sites once it is "
-                "declared (`sae NAME = \"FOLDER\" at SITE`); sites are: " + ", ".join(SITE_KINDS))
-    return "sites are: " + ", ".join(SITE_KINDS)
+                "declared (`sae NAME = \"FOLDER\" at SITE`); this model's sites are: " + here)
+    return "this model's sites are: " + here

@@ -69,3 +69,41 @@ def test_normalized_between_one_run_twice(stmt):
     [e] = info.value.errors
     assert e.code == "E471" and "cannot be both 0 and 1" in e.message
     assert e.span.line == 6 and HEAD.count("\n") == 5
+
+
+def _error(stmt: str, code: str) -> PatchcError:
+    with pytest.raises(PatchcError) as info:
+        patchc.compile(HEAD + stmt + "\n")
+    [e] = [e for e in info.value.errors if e.code == code]
+    return e
+
+
+@pytest.mark.parametrize(("stmt", "code", "hint"), [
+    # Habits from TransformerLens and nnsight, each met with the patchc way to write it.
+    ("read blocks.1.attn.hook_pattern in clean as p", "E363", "read L1.H*.pattern in RUN"),
+    ("read L0.H3 in clean as p", "E200", "L0.H3.z (the head's output before W_O)"),
+    ("read transformer.h.0.mlp.output in clean as p", "E200", "is L0.mlp.out"),
+    ("read L0.H3.z[:, -1] in clean as p", "E100", "positions are written after `@`"),
+    ("swap L0.mlp.out from clean into corrupt measure logit_diff", "E312",
+     "declared metrics: ld"),
+])
+def test_peer_habits_get_a_hint_in_patchc_terms(stmt: str, code: str, hint: str):
+    assert hint in (_error(stmt, code).hint or "")
+
+
+def test_site_list_names_only_this_models_sites():
+    e = _error("read L0.resid_poost2x in clean as p", "E200")
+    assert "router" not in (e.hint or "")  # (a dense model: no mixture-of-experts sites)
+
+
+@pytest.mark.parametrize(("site", "words"), [
+    ("blocks.0.ln1.hook_scale", "TransformerLens' hook_scale holds σ"),
+    ("ln_final.hook_scale", "reciprocal"),
+    ("blocks.1.attn.hook_z[3]", "not head 3"),
+])
+def test_transformerlens_names_that_mean_something_else_here_warn(site: str, words: str):
+    program = patchc.compile(HEAD + f"read {site} in clean as r\n")
+    [w] = [w for w in program.warnings if w.code == "W305"]
+    assert words in w.message and w.span.line == 6
+    canonical = patchc.compile(HEAD + "read L0.ln1.scale, L1.H3.z in clean as r\n")
+    assert not [w for w in canonical.warnings if w.code == "W305"]
