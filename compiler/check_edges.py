@@ -88,6 +88,30 @@ def relp_fits(ctx: Context, method: A.Method) -> None:
                   hint="use relp (the gradient through the softmax)")
 
 
+_QK = ("q", "k", "attn.q", "attn.k")
+
+
+def warn_detached_qk(ctx: Context, op: A.Operation, method: A.Method) -> None:
+    """W306: under relp(ah=true) the pattern is detached, so q and k get no relevance: their
+    rows (and edges into them, a `* -> *` receiver's among them) estimate exactly the target's
+    unpatched metric, and a circuit ranks them as ties at zero effect."""
+    if method.name != "relp" or not any(k.name == "ah" and k.value is True
+                                        for k in method.kwargs):
+        return
+    for item in op.sites:  # type: ignore[attr-defined]
+        edges = item.members if isinstance(item, A.EdgeGroup) else [item]
+        for e in edges:
+            end = e.receiver if isinstance(e, A.Edge) else e
+            if isinstance(end, A.Every) or (isinstance(end, A.SiteRef) and end.kind in _QK):
+                what = "its edges into q and k" if isinstance(e, A.Edge) else \
+                    f"the rows of {end.text}"
+                ctx.warn("W306", f"relp(ah=true) detaches attention patterns, so no relevance "
+                         f"reaches q or k: {what} estimate exactly the unpatched metric "
+                         "(zero effect)", item.span,
+                         hint="use relp (without ah) or eap/atp for q and k")
+                return
+
+
 def check_edge_method(ctx: Context, method: A.Method) -> None:
     """An edge estimator: eap, eap_ig(steps=INT), relp, relp(ah=BOOL)."""
     relp_fits(ctx, method)

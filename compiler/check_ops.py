@@ -7,7 +7,7 @@ from __future__ import annotations
 from . import ast as A
 from . import printer
 from .check_context import Context, did_you_mean
-from .check_edges import check_edge_method, check_edge_sites, relp_fits
+from .check_edges import check_edge_method, check_edge_sites, relp_fits, warn_detached_qk
 from .check_fill import check_fill_source
 from .check_metrics import check_measures, name_column_hint
 from .linear import NonLinear, linear_terms, nonlinear_message
@@ -68,6 +68,7 @@ def check_operation(ctx: Context, op: A.Operation, vectors: VectorChecker) -> No
         check_fill_source(ctx, op.how, ctx.runs.get(op.how.run), target, op.sites)
     if isinstance(op, A.Attribute):
         (check_edge_method if edges else check_method)(ctx, op.method)
+        warn_detached_qk(ctx, op, op.method)
     elif isinstance(op, A.Compare):
         _check_methods(ctx, op)
     check_where(ctx, op.clauses.where, bound)

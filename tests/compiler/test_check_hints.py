@@ -107,3 +107,20 @@ def test_transformerlens_names_that_mean_something_else_here_warn(site: str, wor
     assert words in w.message and w.span.line == 6
     canonical = patchc.compile(HEAD + "read L0.ln1.scale, L1.H3.z in clean as r\n")
     assert not [w for w in canonical.warnings if w.code == "W305"]
+
+
+@pytest.mark.parametrize(("stmt", "line"), [
+    ("attribute L*.H*.q @ last from clean into corrupt using relp(ah=true) measure ld", 6),
+    ("attribute * -> * from clean into corrupt using relp(ah=true) measure ld", 6),
+])
+def test_relp_ah_over_q_and_k_warns_that_they_get_nothing(stmt: str, line: int):
+    program = patchc.compile(HEAD + stmt + "\n")
+    [w] = [w for w in program.warnings if w.code == "W306"]
+    assert w.span.line == line and "no relevance reaches q or k" in w.message
+    plain = patchc.compile(HEAD + stmt.replace("relp(ah=true)", "relp") + "\n")
+    assert not [w for w in plain.warnings if w.code == "W306"]
+
+
+def test_empty_method_parentheses_get_a_hint():
+    e = _error("attribute L*.mlp.out from clean into corrupt using relp() measure ld", "E100")
+    assert e.hint == "write `relp` alone for its defaults (no empty parentheses)"
