@@ -108,7 +108,8 @@ def check(spec: A.Spec, model: ModelSpec | None = None, tokenizer: Any = AUTO,
                   "turned into tokens", decl.span,
                   hint="save the tokenizer beside the weights: "
                   "tokenizer.save_pretrained(FOLDER)")
-    elif ctx.tokenizer is None and runs and decl is not None:
+    elif ctx.tokenizer is None and runs and decl is not None and model is not None:
+        # (no model: its error says why, and the tokenizer's absence is part of it)
         ctx.warn("W300", "no tokenizer.json could be read for this model: token counts, "
                  "positions and answer tokens were not checked", decl.span,
                  hint="check a local model directory that holds tokenizer.json")
