@@ -9,20 +9,29 @@ tries it, and the variants the config cannot rule out (a parallel block, norms a
 sub-blocks), on the loaded model and keeps the first whose every site adds up
 (runtime/adapters/inferred.py); if none does, the run is refused before any value is computed.
 
-Not inferred (refused with a reason): mixtures of experts (the routing rule, which decides
-what a router write means, is family-specific), models whose config does not name a
-`...ForCausalLM` architecture, and the kinds `why_unsupported` already names.
+A mixture of experts gets the expert count and width from the config and a placeholder
+routing rule: the runtime keeps the rule (of those patchc knows, runtime/adapters/moe.py) that
+reproduces the router's own weights and choices from its logits, and refuses the model if
+none does. This needs transformers 5.6 or later, whose routers return their logits.
+
+Not inferred (refused with a reason): models whose config does not name a `...ForCausalLM`
+architecture, and the kinds `why_unsupported` already names.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .families import NAMES, Family, lookup, refused, why_unsupported
+from .families import NAMES, Family, installed_transformers, lookup, refused, why_unsupported
 
 # Config fields that mark a mixture of experts (any non-zero value).
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts",
             "num_experts_per_tok", "moe_intermediate_size", "moe_k", "moe_topk")
+_EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+_TOP_K = ("num_experts_per_tok", "moe_k", "moe_topk", "top_k")
+_SHARED = ("shared_expert_intermediate_size", "num_shared_experts", "n_shared_experts",
+           "moe_num_shared_experts", "num_shared_expert")
+_ROUTER_LOGITS = (5, 6)  # from this release on, every router returns its logits first
 _LAYERNORM_EPS = ("layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")
 _PARALLEL_KEYS = ("use_parallel_residual", "parallel_attn", "parallel_residual", "parallel_block")
 NOTE = "not in the family table: layout inferred from the config, verified on the weights"
@@ -41,8 +50,12 @@ def why_not_inferred(config: dict[str, Any]) -> str | None:
     if not causal_lm(config):
         return "its config names no `...ForCausalLM` architecture"
     if any(config.get(k) for k in MOE_KEYS):
-        return ("a mixture of experts that is not in the family table: its routing rule, which "
-                "decides what an expert or router site means, is not known")
+        if installed_transformers() < _ROUTER_LOGITS:
+            return ("a mixture of experts outside the family table is inferred from "
+                    "transformers 5.6 on (its routers return their logits)")
+        for what, keys in (("expert count", _EXPERT_COUNTS), ("experts per token", _TOP_K)):
+            if not any(config.get(k) for k in keys):
+                return f"a mixture of experts whose config gives no {what} ({', '.join(keys)})"
     for what in ("n_layers", "n_heads", "d_model"):
         if not any(config.get(k) for k in NAMES[what]):
             return f"its config has none of {', '.join(NAMES[what])}"
@@ -60,9 +73,16 @@ def infer_family(config: dict[str, Any]) -> Family | None:
     parallel = any(bool(config.get(k)) for k in _PARALLEL_KEYS)
     # (no maximum length: ALiBi-style positions; no prompt is then too long for `check`)
     n_ctx = 0 if any(config.get(k) for k in NAMES["n_ctx"]) else 1 << 20
+    moe: dict[str, Any] = {}
+    if any(config.get(k) for k in MOE_KEYS):  # (the rule is settled on the weights)
+        count = next(k for k in _EXPERT_COUNTS if config.get(k))
+        width = "moe_intermediate_size" if config.get("moe_intermediate_size") else \
+            "intermediate_size"
+        moe = dict(moe="softmax_topk", moe_names=(count, width),
+                   shared_expert=any(bool(config.get(k)) for k in _SHARED))
     return Family(norm=norm, positional="rotary" if rotary else "learned", parallel=parallel,
                   mlp_default_4x=not any(config.get(k) for k in NAMES["d_mlp"]),
-                  n_ctx_default=n_ctx, inferred=True, note=NOTE)
+                  n_ctx_default=n_ctx, inferred=True, note=NOTE, **moe)
 
 
 def family_for(model_type: str, config: dict[str, Any] | None = None) -> Family | None:

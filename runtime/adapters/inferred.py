@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from patchc.compiler.errors import RuntimeInterventionError
 from patchc.compiler.families import SINGLE_NORM, Family
 
+from . import moe
 from .base import Adapter
 
 _VERIFIED: "weakref.WeakKeyDictionary[nn.Module, tuple[Family, dict[str, str]]]" = \
@@ -56,6 +57,10 @@ def verified(model: nn.Module) -> Adapter:
 
 def _settle(model: nn.Module) -> tuple[Family, dict[str, str]]:
     first = Adapter(model)
+    if first.fam.moe:  # (a shared expert the config did not count is found in the tree)
+        first = Adapter(model, replace(first.fam, shared_expert=True))
+        with torch.no_grad():
+            first = Adapter(model, replace(first.fam, moe=_routing_rule(first)))
     failures: list[tuple[int, str]] = []
     for fam in _candidates(first):
         try:
@@ -97,6 +102,47 @@ def _candidates(ad: Adapter) -> list[Family]:
         for parallel in (fam.parallel, not fam.parallel):
             out += [replace(fam, post_norms=post, parallel=parallel, qkv=q) for q in layouts]
     return out
+
+
+def _routing_rule(ad: Adapter) -> str:
+    """The routing rule (moe.RULES) that gives every router's own weights and chosen experts
+    from its logits, in one forward; E401 if none does."""
+    calls: list[tuple[nn.Module, tuple, tuple]] = []
+    with contextlib.ExitStack() as stack:
+        for layer in range(ad.n_layers):
+            router = ad._at(layer, ad.s.router)
+            hook = router.register_forward_hook(
+                lambda m, args, out: calls.append((m, args, out)))  # noqa: B023
+            stack.callback(hook.remove)
+        ad.model(_ids(ad))
+    for exact in (True, False):  # (two rules can agree up to rounding: the exact one first)
+        for rule in moe.RULES:
+            if calls and all(_same_choice(rule, *call, exact=exact) for call in calls):
+                return rule
+    raise RuntimeInterventionError(
+        "E401", f"model_type '{ad.family}' is not in patchc's family table, and its experts are "
+                "not chosen by any routing rule patchc knows (" + ", ".join(moe.RULES) + "): a "
+                "router site could not be re-routed as the model routes, so nothing was run")
+
+
+def _same_choice(rule: str, router: nn.Module, args: tuple, out: Any, exact: bool) -> bool:
+    """Whether `rule` turns the router's logits into its own weights and experts (bit for
+    bit, or up to rounding)."""
+    if not isinstance(out, tuple) or len(out) < 3:
+        return False
+    logits, weights, index = out[0], out[1], out[2]
+    try:
+        w, i = moe.reroute(router, rule, logits, weights.dtype, args)
+    except Exception:  # noqa: BLE001 (a rule that needs what this router lacks)
+        return False
+    if i.shape != index.shape:
+        return False
+    # (the same experts, each with the same weight, in whatever order)
+    mine, theirs = i.sort(-1), index.sort(-1)
+    if not torch.equal(mine.values, theirs.values):
+        return False
+    w, weights = w.gather(-1, mine.indices), weights.gather(-1, theirs.indices)
+    return torch.equal(w, weights) if exact else _close(w, weights, weights.dtype)
 
 
 def _norm_kind(ad: Adapter) -> dict[str, Any]:
@@ -179,10 +225,35 @@ def _layout_fails(ad: Adapter) -> tuple[int, str] | None:
             if not _close(want, out, dtype):
                 return 7, (f"{where}, {ad.s.ln1} does not compute a {ad.norm} with its weight, "
                            "so ln1.scale would be wrong")
+    if ad.n_experts:
+        why = _experts_fail(ad, ids)
+        if why is not None:
+            return 8, why
     last = got["resid_post", ad.n_layers - 1]
     if not _close(ad.unembed(last), plain, dtype):
-        return 8, ("the logits are not the final norm and unembedding of the last block's "
+        return 9, ("the logits are not the final norm and unembedding of the last block's "
                    "output (a logit scale, soft-cap or extra layer the family table would name)")
+    return None
+
+
+def _experts_fail(ad: Adapter, ids: Tensor) -> str | None:
+    """Whether the experts' contributions (and the shared expert's) add up to mlp.out."""
+    got: dict[tuple, Tensor] = {}
+    kinds = [("expert.out", e) for e in range(ad.n_experts)]
+    if not ad.missing("shared.out"):
+        kinds.append(("shared.out", None))
+    sites = [(k, layer, e, _keep(got, (k, layer, e))) for k, e in kinds
+             for layer in range(ad.n_layers)]
+    sites += [("mlp.out", layer, None, _keep(got, ("mlp.out", layer, None)))
+              for layer in range(ad.n_layers)]
+    with ad.hooks(sites):
+        ad.model(ids)
+    for layer in range(ad.n_layers):
+        total = sum(got[k, layer, e].float() for k, e in kinds)
+        if not _close(total, got["mlp.out", layer, None], got["mlp.out", layer, None].dtype):
+            return (f"in block {layer}, the experts' contributions"
+                    f"{'' if ad.missing('shared.out') else ' and the shared expert'} do not "
+                    "add up to mlp.out")
     return None
 
 

@@ -85,6 +85,11 @@ def _router_hook(ad: "Adapter", router: nn.Module, fn: HookFn, what: str, lead) 
     return post
 
 
+# Every routing rule `reroute` knows (families.py names one per mixture-of-experts family).
+RULES = ("softmax_topk", "topk_softmax", "sigmoid_topk", "softmax_bias_topk",
+         "sigmoid_topk_scaled")
+
+
 def reroute(router: nn.Module, scheme: str | None, logits: Tensor,
             dtype: torch.dtype, args: tuple = ()) -> tuple[Tensor, Tensor]:
     """The routing weights and chosen experts for `logits`, by the family's rule (`args`: what

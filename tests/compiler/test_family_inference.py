@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from patchc.compiler import family_inference as families
 from patchc.compiler.check import check
 from patchc.compiler.errors import CheckError, SpecErrors
 from patchc.compiler.family_inference import family_for, infer_family
@@ -48,7 +49,7 @@ def test_a_listed_family_keeps_its_row() -> None:
 
 
 @pytest.mark.parametrize(("change", "words"), [
-    ({"num_local_experts": 8, "num_experts_per_tok": 2}, "routing rule"),
+    ({"num_local_experts": 8}, "gives no experts per token"),
     ({"architectures": ["BrandNewForSequenceClassification"]}, "names no `...ForCausalLM`"),
     ({"architectures": None}, "names no `...ForCausalLM`"),
     ({"num_attention_heads": None}, "none of num_attention_heads"),
@@ -77,7 +78,23 @@ def test_check_warns_at_the_model_line(tmp_path: Path) -> None:
     assert "rmsnorm, rotary positions, sequential blocks" in w[0].message
 
 
-def test_check_refuses_an_unknown_mixture_of_experts_at_the_model_line(tmp_path: Path) -> None:
+def test_a_new_mixture_of_experts_reads_its_experts_from_the_config(monkeypatch) -> None:
+    moe = {**LLAMA_LIKE, "num_experts": 8, "num_experts_per_tok": 2,
+           "moe_intermediate_size": 16, "shared_expert_intermediate_size": 32}
+    monkeypatch.setattr(families, "installed_transformers", lambda: (5, 6))
+    spec = spec_from_config(moe)
+    assert spec.inferred and (spec.n_experts, spec.top_k, spec.d_mlp) == (8, 2, 16)
+    assert not spec.missing("router") and not spec.missing("shared.out")
+    assert spec.missing("mlp.post")  # (experts have their own: Ll.Ee.post)
+    no_shared = {k: v for k, v in moe.items() if k != "shared_expert_intermediate_size"}
+    assert spec_from_config(no_shared).missing("shared.out")
+    monkeypatch.setattr(families, "installed_transformers", lambda: (5, 5))
+    with pytest.raises(CheckError) as e:  # (routers return their logits from 5.6 on)
+        spec_from_config(moe)
+    assert "from transformers 5.6 on" in e.value.message
+
+
+def test_check_refuses_what_cannot_be_inferred_at_the_model_line(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({**LLAMA_LIKE, "num_experts": 8}))
     text = f'model "{tmp_path}"\nrun r = ["a b c"]\nread L0.resid_pre in r as x\n'
     with pytest.raises(SpecErrors) as e:

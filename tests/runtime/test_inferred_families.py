@@ -19,14 +19,16 @@ from conftest import make_tokenizer
 from family_configs import config as family_config
 
 import patchc
-from patchc.compiler.errors import PatchcError, RuntimeInterventionError
-from patchc.compiler.families import lookup
-from patchc.runtime.adapters import Adapter, adapter_for, receivers
-from patchc.runtime.adapters.base import EXPERT
+from patchc.compiler.errors import RuntimeInterventionError
+from patchc.compiler.families import installed_transformers, lookup
+from patchc.runtime.adapters import Adapter, adapter_for, moe, receivers
 
 # (W210, expected here: each run says its layout was inferred; the tests read res.warnings)
 pytestmark = pytest.mark.filterwarnings("ignore::patchc.api.PatchcWarning")
-ACCEPTED = ["llama", "gpt2", "olmo2", "gpt_neox", "gemma2", "phi"]
+ACCEPTED = ["llama", "gpt2", "olmo2", "gpt_neox", "gemma2", "phi",
+            # mixtures of experts, one per routing rule (and shared experts, gated or not)
+            "mixtral", "qwen2_moe", "gpt_oss", "ernie4_5_moe", "minimax_m2", "hy_v3",
+            "hunyuan_v1_moe"]
 _MADE: dict[str, type] = {}
 
 
@@ -53,12 +55,19 @@ def renamed(family: str) -> torch.nn.Module:
 
 
 def _sites(ad: Adapter) -> list:
-    kinds = KINDS - receivers.KINDS - EXPERT - {"router", "shared.out"}
-    return all_sites(ad, kinds)
+    return all_sites(ad, KINDS - receivers.KINDS)
+
+
+def _skip_old(family: str) -> None:
+    if lookup(family) is None:
+        pytest.skip(f"{family} needs a newer transformers")
+    if lookup(family).moe and installed_transformers() < (5, 6):
+        pytest.skip("mixtures of experts are inferred from transformers 5.6 on")
 
 
 @pytest.mark.parametrize("family", ACCEPTED)
 def test_inferred_row_reads_every_site_as_the_table_row(family: str) -> None:
+    _skip_old(family)
     model = renamed(family)
     ad = adapter_for(model)
     assert ad.fam.inferred and ad.family == f"patchc_test_{family}"
@@ -72,6 +81,15 @@ def test_inferred_row_reads_every_site_as_the_table_row(family: str) -> None:
     assert set(got) == set(want)
     for key in want:
         assert torch.equal(got[key], want[key]), key
+    if table.fam.moe:  # the rule found re-routes as the table's: a router write alike
+        assert ad.fam.moe == table.fam.moe
+
+        def shift(logits: torch.Tensor) -> torch.Tensor:
+            g = torch.Generator().manual_seed(5)
+            return logits + torch.randn(logits.shape, generator=g).to(logits.dtype)
+        moved, _ = run(table, ids, writes=[("router", 0, None, shift)])
+        assert not torch.equal(moved, want_logits)
+        assert torch.equal(run(ad, ids, writes=[("router", 0, None, shift)])[0], moved)
     assert no_hooks_left(model)
 
 
@@ -101,8 +119,9 @@ attribute L*.attn.out @ each, L*.mlp.out @ each from clean into corrupt using at
 """
 
 
-@pytest.mark.parametrize("family", ["llama", "olmo2", "gpt_neox"])
+@pytest.mark.parametrize("family", ["llama", "olmo2", "gpt_neox", "qwen2_moe"])
 def test_inferred_family_runs_as_the_table_row(family: str, tmp_path) -> None:
+    _skip_old(family)
     tok = make_tokenizer()
     model = renamed(family)
     known = tf.AutoModelForCausalLM.from_config(family_config(family)).float().eval()
@@ -135,9 +154,11 @@ def test_a_layout_that_does_not_hold_is_refused_with_what_differs(family: str, w
     assert no_hooks_left(model)
 
 
-def test_a_mixture_of_experts_is_not_inferred() -> None:
-    if lookup("mixtral") is None:
-        pytest.skip("mixtral needs a newer transformers")
-    with pytest.raises(PatchcError) as e:
-        adapter_for(renamed("mixtral"))
-    assert e.value.code == "E401" and "routing rule" in e.value.message
+def test_experts_chosen_by_no_known_rule_are_refused(monkeypatch) -> None:
+    _skip_old("mixtral")
+    model = renamed("mixtral")
+    monkeypatch.setattr(moe, "RULES", ("sigmoid_topk",))  # (as if softmax were unknown)
+    with pytest.raises(RuntimeInterventionError) as e:
+        adapter_for(model)
+    assert e.value.code == "E401" and "not chosen by any routing rule" in e.value.message
+    assert no_hooks_left(model)
