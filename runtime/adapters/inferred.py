@@ -154,7 +154,10 @@ def _norm_kind(ad: Adapter) -> dict[str, Any]:
     x = torch.randn(3, ad.d_model, generator=torch.Generator().manual_seed(0))
     x = x.to(device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
-        want = _output(norm(x)).float()
+        try:
+            want = _output(norm(x)).float()
+        except Exception:  # noqa: BLE001 (offloaded weights, another input shape: as read)
+            return {}
         for kind in ("rmsnorm", "layernorm"):
             for offset in (0.0, 1.0):
                 got = _formula(x, kind, weight.float() + offset, getattr(norm, "bias", None),
