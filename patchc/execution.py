@@ -308,6 +308,8 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
     assembling = time.perf_counter()
     tables = {t.name: {"rows": t.n_rows(), "columns": list(t.columns), "keys": _keys(t),
                        "seconds": round(seconds.get(t.name, 0.0), 4)} for t in ir.tables}
+    from patchc.runtime.adapters.inferred import layout_of
+
     hf_map = getattr(model, "hf_device_map", None)
     ran = what_ran(spec, decl, model, tokenizer, given, options.dtype)
     pinned = dict(
@@ -320,7 +322,8 @@ def _results(spec: A.Spec, decl: A.ModelDecl, checked: CheckedSpec, model: Any,
         workers=group.world if group is not None else 1, threads=_threads(clock),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), seed=options.seed,
         options=options.model_dump(), plan=_pass_counts(ir, plan, clock.sparse),
-        interpreter="naive" if naive else "optimized", total_seconds=0.0)
+        interpreter="naive" if naive else "optimized", total_seconds=0.0,
+        layout=layout_of(model))
     timings: dict[str, float] = {}
 
     def manifest(results: Results) -> dict[str, Any]:

@@ -57,6 +57,9 @@ class Manifest(BaseModel):
     # the same budget) plan were reused (patchc/compile_cache.py): `load` and `plan` above
     # then hold no checking or passes.
     compile_reused: bool = False
+    # A model_type outside the family table: the layout inferred from its config and checked
+    # on its weights (runtime/adapters/inferred.py), as the run used it.
+    layout: dict[str, Any] | None = None
     files: list[str] = []  # every file of the result folder but manifest.json (outputs.py)
 
 

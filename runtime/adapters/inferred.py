@@ -55,6 +55,23 @@ def verified(model: nn.Module) -> Adapter:
     return ad
 
 
+def layout_of(model: nn.Module) -> dict[str, Any] | None:
+    """The layout settled for a model whose family was inferred (None: a table row, or not
+    settled in this process), for the manifest."""
+    got = _VERIFIED.get(model)
+    if got is None:
+        return None
+    fam, problems = got
+    out: dict[str, Any] = {"model_type": getattr(model.config, "model_type", None),
+                           "norm": fam.norm, "rms_offset": fam.rms_offset,
+                           "parallel": fam.parallel, "post_norms": fam.post_norms,
+                           "fused_qkv": fam.qkv}
+    if fam.moe:
+        out["routing"] = fam.moe
+    out["unavailable"] = dict(sorted(problems.items()))
+    return out
+
+
 def _settle(model: nn.Module) -> tuple[Family, dict[str, str]]:
     first = Adapter(model)
     if first.fam.moe:  # (a shared expert the config did not count is found in the tree)
@@ -348,4 +365,4 @@ def _close(got: Tensor, want: Tensor, dtype: torch.dtype) -> bool:
     return bool((got - want).abs().max() <= tol * (want.abs().max() + 1e-6))
 
 
-__all__ = ["verified"]
+__all__ = ["layout_of", "verified"]

@@ -129,8 +129,13 @@ def test_inferred_family_runs_as_the_table_row(family: str, tmp_path) -> None:
     spec = f'model "{tmp_path}"\n' + SPEC
     res = patchc.run(spec, model=model, tokenizer=tok)
     assert any(w.code == "W210" for w in res.warnings)
+    layout = res.manifest["layout"]
+    assert layout["model_type"] == f"patchc_test_{family}"
+    assert layout["post_norms"] == (family == "olmo2")
+    assert layout["parallel"] == (family == "gpt_neox")
     naive = patchc.run(spec, model=model, tokenizer=tok, naive=True)
     table = patchc.run(spec, model=known, tokenizer=tok)
+    assert table.manifest["layout"] is None
     for name in ("heads", "resid", "atp"):
         pd.testing.assert_frame_equal(res[name], table[name])
         pd.testing.assert_frame_equal(res[name], naive[name], check_exact=False,
