@@ -49,6 +49,9 @@ class Manifest(BaseModel):
     tables: dict[str, dict[str, Any]]  # name -> {rows, columns, seconds}
     plan: dict[str, Any]  # pass counts: forwards, backwards, ...
     interpreter: str  # "naive" or "optimized"
+    # A model_type outside the family table: the layout inferred from its config and checked
+    # on its weights (runtime/adapters/inferred.py), as the run used it.
+    layout: dict[str, Any] | None = None
     total_seconds: float
     # Seconds per phase (load, plan, execute, assemble), in model passes (model), and the
     # overhead: everything but the load and the model passes (patchc/execution.py Clock).
@@ -57,9 +60,6 @@ class Manifest(BaseModel):
     # the same budget) plan were reused (patchc/compile_cache.py): `load` and `plan` above
     # then hold no checking or passes.
     compile_reused: bool = False
-    # A model_type outside the family table: the layout inferred from its config and checked
-    # on its weights (runtime/adapters/inferred.py), as the run used it.
-    layout: dict[str, Any] | None = None
     files: list[str] = []  # every file of the result folder but manifest.json (outputs.py)
 
 

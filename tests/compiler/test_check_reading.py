@@ -37,7 +37,7 @@ CASES = [
     ("read_group", "read all(L0.mlp.out, L1.mlp.out) in clean",
      "E363", 8, 6, "takes sites, not a group"),
     ("read_attn_pattern", "read L0.attn.pattern in clean",
-     "E363", 8, 6, "not `attn.pattern`"),
+     "E363", 8, 6, "not `L0.attn.pattern`"),
     ("measure_bare_normalized", "measure ld normalized in clean",
      "E364", 8, 9, "bare `normalized` has nothing to map"),
     ("between_other_size", "swap L0.mlp.out from clean into corrupt\n"
