@@ -233,6 +233,7 @@ def check_items(ctx: Context, items: tuple[A.SiteItem, ...], run: RunInfo | None
         for ref in refs:
             check_captures(ctx, ref)
             warn_tl_alias(ctx, ref)
+            _warn_repeated_indices(ctx, ref)
         matches = expand(ctx, item)
         if matches is None:
             continue
@@ -242,6 +243,24 @@ def check_items(ctx: Context, items: tuple[A.SiteItem, ...], run: RunInfo | None
             warn_shared_kv(ctx, item, matches)
         out.append((item, matches))
     return out
+
+
+def _warn_repeated_indices(ctx: Context, ref: A.SiteRef) -> None:
+    """W303 for a layer or head named twice in a set (`L{1, -3}` on a 4-layer model): the
+    set counts it once (resolve.expand_index), as a position set does."""
+    model = ctx.model
+    if model is None:
+        return
+    for idx, size, letter in ((ref.layer, model.n_layers, "L"), (ref.head, model.n_heads, "H")):
+        if not isinstance(idx, A.IdxSet):
+            continue
+        seen = Counter(v + size if v < 0 else v for v in idx.values)
+        repeats = sorted(v for v, n in seen.items() if n > 1 and 0 <= v < size)
+        if repeats:
+            written = "{" + ", ".join(str(v) for v in idx.values) + "}"
+            ctx.warn("W303", f"{' and '.join(f'{letter}{v}' for v in repeats)} named twice in "
+                     f"{letter}{written}: each counts once", idx.span,
+                     hint="name each index once (or did you mean another?)")
 
 
 def warn_tl_alias(ctx: Context, ref: A.SiteRef) -> None:

@@ -54,8 +54,10 @@ def expand_index(
         if hi < lo:
             raise CheckError("E204", f"empty range {idx.lo}..{idx.hi}", idx.span)
         return [(i, col) for i in range(lo, hi + 1)]
-    if isinstance(idx, A.IdxSet):
-        return [(_in_range(v, size, what, idx.span), col) for v in idx.values]
+    if isinstance(idx, A.IdxSet):  # (each index once: `L{1, -3}` on 4 layers is one layer;
+        # check_sites warns, W303)
+        got = [_in_range(v, size, what, idx.span) for v in idx.values]
+        return [(i, col) for i in dict.fromkeys(got)]
     raise AssertionError(idx)
 
 

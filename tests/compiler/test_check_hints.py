@@ -124,3 +124,15 @@ def test_relp_ah_over_q_and_k_warns_that_they_get_nothing(stmt: str, line: int):
 def test_empty_method_parentheses_get_a_hint():
     e = _error("attribute L*.mlp.out from clean into corrupt using relp() measure ld", "E100")
     assert e.hint == "write `relp` alone for its defaults (no empty parentheses)"
+
+
+def test_a_layer_or_head_named_twice_counts_once():
+    """`L{1, -3}` on a 4-layer model is layer 1 twice: one row, not two equal ones (a
+    circuit over the table would keep a node through its own duplicate)."""
+    head = HEAD.replace("tiny-gpt2", "ioi-gpt2")
+    program = patchc.compile(head + "swap L{1, -3}.mlp.out, L0.H{0, 0}.z from clean into corrupt"
+                                    " measure ld\n")
+    got = sorted(w.message for w in program.warnings if w.code == "W303")
+    assert got == ["H0 named twice in H{0, 0}: each counts once",
+                   "L1 named twice in L{1, -3}: each counts once"]
+    assert program.experiments == {"op_6": 2}
