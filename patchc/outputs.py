@@ -15,6 +15,9 @@ DIR must be a folder that holds nothing but an earlier result (every entry accou
 its manifest.json), or be empty or absent. Any other folder is refused (E606) unless `force`:
 then the new files replace same-named ones one by one, the earlier result's other files are
 removed and the user's own files are kept (all-or-nothing holds only for folders patchc owns).
+The same file-by-file replacement serves a DIR that holds the working directory (`--out .`),
+which an exchange would leave deleted under the user's shell. A DIR the user cannot write to
+is refused (E605), although its parent could rename it away.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ def check_out(out: str | os.PathLike[str], force: bool = False) -> Path:
     if path.exists() and not path.is_dir():
         raise OutputError("E605", f"--out {out} is a file, not a folder",
                           hint="name a folder (it is created if it does not exist)")
+    if path.is_dir() and not os.access(path, os.W_OK):  # (its parent could still rename it)
+        raise OutputError("E605", f"--out {out} is a folder you cannot write to",
+                          hint="name another folder, or make this one writable")
     if path.is_dir() and not force:
         foreign = foreign_entries(path)
         if foreign:
@@ -229,6 +235,9 @@ class Staging(Folder):
                 check_out(out)
             _merge(self.dir, out)
             return
+        if out.is_dir() and _holds_cwd(out):  # (exchanged, it would leave the shell in a
+            _merge(self.dir, out)             # deleted folder: file by file instead)
+            return
         if not out.exists():
             os.rename(self.dir, out)
             return
@@ -239,6 +248,15 @@ class Staging(Folder):
             shutil.rmtree(old, ignore_errors=True)
             return
         shutil.rmtree(self.dir, ignore_errors=True)  # now holds the old result
+
+
+def _holds_cwd(out: Path) -> bool:
+    """Is the working directory DIR or inside it (`--out .`)?"""
+    try:
+        cwd = Path(os.getcwd()).resolve()
+    except OSError:
+        return False
+    return cwd == out or out in cwd.parents
 
 
 def _merge(staged: Path, out: Path) -> None:
@@ -336,17 +354,31 @@ def redraw_plots(out_dir: str | os.PathLike[str]) -> list[Path]:
 
     path = resolve_out(out_dir)
     manifest = read_manifest(path)  # E601/E604 before anything is locked or written
+    for table in manifest.get("tables") or {}:
+        if isinstance(table, str) and not (path / f"{table}.csv").is_file():
+            raise OutputError("E602", f"{path / f'{table}.csv'} is missing",
+                              hint="rerun the spec with --out, or restore the file")
+    failures: list[str] = []
     with OutputLock(path):
         staging = Staging(path)
-        try:
+        try:  # (the earlier figures too: one that cannot be redrawn stays as it was)
             for name in sorted(recorded_files(manifest)):
-                if not name.endswith(".png") and (path / name).is_file():
+                if (path / name).is_file():
                     shutil.copyfile(path / name, staging.path(name))
-            pngs = [staging.path(p.name) for p in plot_dir(staging.dir)]
+            pngs = [staging.path(p.name) for p in plot_dir(staging.dir, failures)]
             manifest["files"] = sorted(n for n in staging.names if n != MANIFEST)
             staging.write_text(MANIFEST, _json(manifest))
             staging.commit(force=True)  # the user's own files there, if any, are kept
         except BaseException:
             staging.discard()
             raise
+    kept = sorted(n for n in recorded_files(manifest)
+                  if n.endswith(".png") and n not in {p.name for p in pngs})
+    if failures or kept:
+        what = ", ".join(failures) if failures else ", ".join(kept)
+        raise OutputError("E609", f"no figure could be redrawn for {what}; the earlier "
+                          f"figure{'s were' if len(kept) != 1 else ' was'} kept"
+                          + (f" ({', '.join(kept)})" if kept and failures else ""),
+                          hint="check the table's CSV (`patchc verify DIR` compares it with a "
+                               "rerun)")
     return [path / p.name for p in pngs]

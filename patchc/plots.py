@@ -309,8 +309,9 @@ def plot_table(name: str, df: pd.DataFrame, keys: list[str], out_dir: Path,
     return written
 
 
-def plot_dir(out_dir: str | Path) -> list[Path]:
-    """Redraw every table of a result folder from its CSVs and manifest.json."""
+def plot_dir(out_dir: str | Path, failures: list[str] | None = None) -> list[Path]:
+    """Redraw every table of a result folder from its CSVs and manifest.json; the tables
+    whose figure failed are added to `failures`."""
     from patchc.compiler.errors import PatchcError
     from patchc.manifest import check_file_name, read_manifest
 
@@ -333,6 +334,8 @@ def plot_dir(out_dir: str | Path) -> list[Path]:
             # in patchc) is reported and left out.
             print(f"patchc: warning: no figure for table {name}: {type(e).__name__}: {e}",
                   file=sys.stderr)
+            if failures is not None:
+                failures.append(name)
     return written
 
 

@@ -85,6 +85,51 @@ def test_plot_redraws(out_dir: Path, capsys):
     assert (out_dir / "heads.png").is_file()
 
 
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_plot_keeps_a_figure_it_cannot_redraw(out_dir: Path, tmp_path: Path, capsys):
+    folder = _copy(out_dir, tmp_path / "r")
+    before = (folder / "heads.png").read_bytes()
+    text = (folder / "heads.csv").read_text().splitlines()
+    cells = text[1].split(",")
+    cells[2] = "oops"  # (the `ld` column: no number left to draw)
+    (folder / "heads.csv").write_text("\n".join([text[0], ",".join(cells), *text[2:]]))
+    assert main(["plot", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "E609" in err and "heads" in err
+    assert (folder / "heads.png").read_bytes() == before  # (it used to be deleted)
+    assert "heads.png" in json.loads((folder / "manifest.json").read_text())["files"]
+    assert (folder / "mlps.png").is_file()
+
+
+def test_plot_names_a_missing_csv_where_it_is_missing(out_dir: Path, tmp_path: Path, capsys):
+    folder = _copy(out_dir, tmp_path / "r")
+    (folder / "mlps.csv").unlink()
+    assert main(["plot", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "E602" in err and f"{folder / 'mlps.csv'} is missing" in err
+    assert "staging" not in err
+
+
+def test_run_into_the_working_directory_leaves_it_in_place(tmp_path: Path, monkeypatch):
+    """`--out .`: the folder the shell is in is written file by file, not swapped away."""
+    spec = tmp_path / "s.patch"
+    spec.write_text(SPEC, "utf-8")
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    inode = os.stat(".").st_ino
+    for _ in range(2):  # (the second time, over the first result)
+        assert main(["run", str(spec), "--out", ".", "--quiet"]) == 0
+        assert os.stat(here).st_ino == inode and (here / "heads.csv").is_file()
+    assert main(["verify", "."]) == 0
+
+
 def test_plot_of_a_folder_without_manifest_is_a_user_error(tmp_path: Path, capsys):
     assert main(["plot", str(tmp_path)]) == 1
     assert "E601" in capsys.readouterr().err
