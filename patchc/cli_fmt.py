@@ -15,9 +15,20 @@ from patchc.cli_common import EXIT_OK, EXIT_USER, UsageError
 
 def cmd_fmt(args: argparse.Namespace) -> int:
     """Format each spec named, and every `*.patch` under each folder named."""
+    from patchc.compiler.errors import PatchcError
+
     status = EXIT_OK
-    for path in _spec_files(args.spec):
-        status = max(status, _fmt_one(path, args.check, args.stdout))
+    paths = _spec_files(args.spec)
+    for path in paths:
+        try:
+            status = max(status, _fmt_one(path, args.check, args.stdout))
+        except PatchcError as e:
+            if len(paths) == 1:
+                raise
+            # (one spec that does not parse is left as it is; the others are still formatted)
+            print(e.render(), file=sys.stderr)
+            print(f"{path}: not formatted (the error above)", file=sys.stderr)
+            status = EXIT_USER
     return status
 
 

@@ -59,6 +59,18 @@ def test_a_folder_is_formatted_file_by_file(capsys, tmp_path: Path):
     assert cli(capsys, "fmt", "--check", tmp_path, clean)[0] == 0
 
 
+def test_a_spec_that_does_not_parse_does_not_stop_the_others(capsys, tmp_path: Path):
+    bad, messy = tmp_path / "a_bad.patch", tmp_path / "b.patch"
+    bad.write_text('model "m"\nswap L0.mlp.out fromm clean\n', "utf-8")
+    messy.write_text(MESSY, "utf-8")
+    code, out, err = cli(capsys, "fmt", tmp_path)
+    assert code == 1 and f"{messy}: formatted" in out
+    assert "error[E100]" in err and f"{bad}: not formatted" in err
+    assert bad.read_text("utf-8") == 'model "m"\nswap L0.mlp.out fromm clean\n'
+    code, _, err = cli(capsys, "fmt", bad)  # (one file: its error, as before)
+    assert code == 1 and "error[E100]" in err and "not formatted" not in err
+
+
 def test_a_folder_without_specs_is_a_user_error(capsys, tmp_path: Path):
     code, out, err = cli(capsys, "fmt", tmp_path)
     assert code == 1 and f"no .patch files under {tmp_path}" in err and "Traceback" not in err
