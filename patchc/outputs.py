@@ -329,6 +329,10 @@ def save_result(results: Any, out: str | os.PathLike[str], force: bool = False,
                 staging.path(p.name)
         names = sorted(n for n in staging.names if n != MANIFEST)
         manifest["files"] = names
+        beside = [e for e in (foreign_entries(path) if force and path.is_dir() else [])
+                  if e not in names and e != MANIFEST]
+        if beside:  # (the user's files the result is written beside: verify skips them)
+            manifest["beside"] = beside
         staging.write_text(MANIFEST, _json(manifest))
         results.manifest["files"] = names
         staging.commit(force)

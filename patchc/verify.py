@@ -240,7 +240,10 @@ def _compare_outputs(v: Verification, d: Path, m: Any, results: Any) -> None:
                    and not p.name.endswith(".png") and not p.name.startswith(".")}
         listed = _listed(m)
         for name in sorted(produced | present | listed):
-            if name not in produced:
+            if name in m.beside and name not in produced | listed:
+                v.add(name, True, "not part of the result: a file of yours it was written "
+                      "beside (--force)")
+            elif name not in produced:
                 v.add(name, False, "the rerun writes no such file")
             elif name not in present:
                 v.add(name, False, "listed in the manifest but missing" if name in listed

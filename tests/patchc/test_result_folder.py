@@ -97,6 +97,12 @@ def test_a_folder_of_other_files_is_refused_unless_force(tmp_path, capsys):
     assert sorted(os.listdir(out)) == files("heads", "mlps",
                                             extra=("manifest.json", "notes.txt"))
     assert leftovers(out) == []
+    # The user's file is recorded as beside the result, and verify leaves it alone.
+    assert json.loads((out / "manifest.json").read_text())["beside"] == ["notes.txt"]
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "notes.txt" in line]
+    assert len(said) == 1 and "not part of the result" in said[0]
 
 
 def test_a_rerun_replaces_the_earlier_result_and_its_stale_tables(tmp_path):
