@@ -40,6 +40,14 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeInterventionError("E410", f"device {name} was asked for, but no CUDA "
                                        "device is available", hint="use cpu (or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise RuntimeInterventionError("E410", f"device {name} was asked for, but this "
+                                       f"machine has {torch.cuda.device_count()} CUDA "
+                                       "device(s)", hint="use cuda:0 (or auto)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeInterventionError("E410", f"device {name} was asked for, but this torch "
+                                       "has no mps (Apple GPU) device available",
+                                       hint="use cpu (or auto)")
     return device
 
 

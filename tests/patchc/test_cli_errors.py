@@ -74,6 +74,16 @@ def test_no_cuda(capsys, spec: Path, tmp_path: Path):
     assert err.splitlines()[1].endswith('set device = "cuda"')
 
 
+@pytest.mark.skipif(__import__("torch").backends.mps.is_available(), reason="needs a machine "
+                    "without an Apple GPU")
+def test_no_mps(capsys, spec: Path, tmp_path: Path):
+    p = tmp_path / "mps.patch"
+    p.write_text(HEAD + "set device = mps\n" + BODY, "utf-8")
+    code, _, err = cli(capsys, "run", p, "--quiet")
+    assert code == 1 and f"{p}:6:1: error[E410]" in err and "no mps" in err, err
+    assert "internal error" not in err
+
+
 def test_unlocated_errors_print_no_line(capsys, spec: Path):
     code, _, err = cli(capsys, "run", spec, "--quiet", "--naive", "--workers", "2")
     assert code == 1 and err.startswith(f"{spec}: error[E416]: "), err
