@@ -20,6 +20,9 @@ from .limits import MAX_MEMORY_BYTES, SEED_RANGE
 from .modelspec import ModelSpec
 
 
+MAX_THREADS = 1024  # torch's intra-op threads: far past any machine's cores
+
+
 class Options(BaseModel):
     """The `set` options of a spec (docs/language.md §4), validated."""
 
@@ -83,8 +86,8 @@ class Options(BaseModel):
     @field_validator("threads")
     @classmethod
     def _threads(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError("threads must be at least 1")
+        if v is not None and not 1 <= v <= MAX_THREADS:  # (100000 crashed OpenMP)
+            raise ValueError(f"threads must be from 1 to {MAX_THREADS}")
         return v
 
     @field_validator("device_map")

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from patchc.compiler.checked import MAX_THREADS
 from patchc.cli_common import EXIT_OK, UsageError
 
 
@@ -77,9 +78,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.device_map:
         overrides["device_map"] = args.device_map
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"patchc run: error: --threads must be at least 1, got "
-                              f"{args.threads}")
+        if not 1 <= args.threads <= MAX_THREADS:
+            raise UsageError(f"patchc run: error: --threads must be from 1 to {MAX_THREADS}, "
+                             f"got {args.threads}")
         overrides["threads"] = args.threads
     dm = overrides.get("device_map")
     if isinstance(dm, str) and dm.endswith(".json"):  # named on the command line: from the cwd

@@ -8,12 +8,23 @@ runner.py -> workers.py -> execution.py.
 
 from __future__ import annotations
 
+import os
+
 from typing import Any, Callable
 
 from patchc.compiler import ast as A
 from patchc.compiler.errors import RuntimeInterventionError
 from patchc.execution import run_process
 from patchc.results import Results
+
+
+def max_workers() -> int:
+    """One worker per CPU core this process may use, or per GPU, whichever is more."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    return max(cores, torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
 def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool = False,
@@ -43,5 +54,11 @@ def execute(spec: A.Spec, model: Any = None, tokenizer: Any = None, naive: bool 
     if workers == "torchrun":
         return run_process(spec, model, tokenizer, False, trust_remote_code, progress,
                            overrides, group=W.join_torchrun())
+    most = max_workers()
+    if int(workers) > most:  # (each worker loads the model: more than the machine has only
+        raise RuntimeInterventionError(  # contends, and thousands exhaust the system)
+            "E416", f"--workers {workers}: this machine has room for {most} (one per CPU core "
+            "or GPU, whichever is more)", hint=f"--workers {most} or fewer"
+        ).with_source(spec.source)
     return W.spawn(spec, int(workers), model, tokenizer, trust_remote_code, progress,
                    overrides)

@@ -151,3 +151,15 @@ def test_a_model_folder_without_a_tokenizer_is_refused_by_check(tmp_path: Path, 
         code, out, err = cli(capsys, command, spec)
         assert code == 1 and "error[E472]" in err and "has no tokenizer" in err, err
         assert "s.patch:1:1:" in err and "save_pretrained" in err
+
+
+def test_threads_and_workers_past_the_machine_are_refused(capsys, spec: Path):
+    """`--threads 100000` crashed OpenMP; `--workers 99999` spawned processes until the
+    system ran out of files."""
+    from patchc.runner import max_workers
+
+    code, _, err = cli(capsys, "run", spec, "--quiet", "--threads", "100000")
+    assert code == 1 and "--threads must be from 1 to 1024" in err
+    too_many = max_workers() + 1
+    code, _, err = cli(capsys, "run", spec, "--quiet", "--workers", too_many)
+    assert code == 1 and f"error[E416]: --workers {too_many}: this machine has room" in err

@@ -158,7 +158,7 @@ def test_rank_0_killed_leaves_no_worker_and_no_folder(spec_file: Path, tmp_path:
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "patchc.cli", "run", str(spec_file),
-                             "--workers", "3", "--quiet", "--no-plots"], env=env,
+                             "--workers", "2", "--quiet", "--no-plots"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
