@@ -214,8 +214,45 @@ def verify_dir(out_dir: str | Path, atol: float = 0.0, rtol: float = 0.0,
             if rec != new:
                 v.add(f"table {name}", False, f"manifest entry {rec} differs from the "
                       f"rerun's {new}")
+                continue
+            # What the figures are drawn from (titles, scales, baselines): as the rerun's
+            where = _differs(m.tables[name], results.manifest["tables"][name], v.atol, v.rtol,
+                             skip=("seconds",))
+            if where:
+                v.add(f"table {name}", False, f"the manifest's description of it differs "
+                      f"from the rerun's at {where}")
+        elif name in results.tables:
+            v.add(f"table {name}", False, "the rerun makes this table; the manifest does not "
+                  "list it")
     _compare_outputs(v, d, m, results)
     return v
+
+
+def _differs(a: Any, b: Any, atol: float, rtol: float, skip: tuple[str, ...] = (),
+             at: str = "") -> str | None:
+    """Where two JSON values first differ (numbers within the tolerance; None: alike)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if k in skip:
+                continue
+            if k not in a or k not in b:
+                return f"{at}.{k}".lstrip(".")
+            got = _differs(a[k], b[k], atol, rtol, at=f"{at}.{k}")
+            if got:
+                return got
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return at.lstrip(".") or "(list length)"
+        return next((w for i, (x, y) in enumerate(zip(a, b))
+                     if (w := _differs(x, y, atol, rtol, at=f"{at}[{i}]"))), None)
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        if a == b or (a != a and b != b):  # (NaN alike)
+            return None
+        return None if abs(a - b) <= atol + rtol * abs(b) else at.lstrip(".")
+    return None if a == b else at.lstrip(".")
 
 
 def _rerun(execute: Any, spec: Any, overrides: dict, threads: int, run_kwargs: dict) -> Any:

@@ -130,6 +130,24 @@ def _drop_table(m: dict) -> None:
     m["files"].remove("mlps.examples.csv")
 
 
+def _plot_of(m: dict) -> dict:
+    return m["tables"]["heads"].setdefault("plot", {})
+
+
+def _edit_baseline(m: dict) -> None:
+    """A number somewhere in the heads table's description (a baseline, else any)."""
+    def first_number(d):
+        for k, v in (d.items() if isinstance(d, dict) else enumerate(d)):
+            if isinstance(v, float):
+                d[k] = v + 99.0
+                return True
+            if isinstance(v, (dict, list)) and first_number(v):
+                return True
+        return False
+    entry = m["tables"]["heads"]
+    assert first_number({k: v for k, v in entry.items() if k != "seconds"})
+
+
 TAMPERINGS = {
     "spec_sha256 zeroed": (_set("spec_sha256", "0" * 64), "spec"),
     "a comment added to spec_text": (
@@ -145,9 +163,13 @@ TAMPERINGS = {
     "weights hash edited": (_set("weights_sha256", "1" * 64), "weights"),
     "tokenizer hash edited": (_set("tokenizer_sha256", "2" * 64), "tokenizer"),
     "a table removed from the manifest, its CSV altered": (
-        _both(_json_edit(_drop_table), _csv_edit("mlps.csv", _nudge)), "mlps.csv"),
-    "tables emptied": (_both(_set("tables", {}), _set("files", [])), "heads.csv"),
+        _both(_json_edit(_drop_table), _csv_edit("mlps.csv", _nudge)), "table mlps"),
+    "tables emptied": (_both(_set("tables", {}), _set("files", [])), "table heads"),
     "a CSV value moved by 5e-6": (_csv_edit("mlps.csv", _nudge), "mlps.csv"),
+    # What the figures are drawn from is compared with the rerun's too.
+    "a plot title edited": (_json_edit(lambda m: _plot_of(m).__setitem__("title", "FAKE")),
+                            "table heads"),
+    "a baseline edited": (_json_edit(_edit_baseline), "table heads"),
     "a CSV deleted": (lambda out, spec: (out / "heads.csv").unlink(), "heads.csv"),
     "a CSV added": (lambda out, spec: (out / "extra.csv").write_text("a\n1\n"), "extra.csv"),
     "an empty CSV": (lambda out, spec: (out / "mlps.csv").write_text(""), "mlps.csv"),
