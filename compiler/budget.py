@@ -37,10 +37,15 @@ def budget_error(plan: Plan, need: int, span: Span) -> CheckError:
     budget = plan.budget_bytes or 0
     steps = len(plan.over_budget)
     return CheckError(
-        "E422", f"the plan cannot fit `set memory` = {budget / 1e6:.0f} MB: {steps} model "
+        "E422", f"the plan cannot fit `set memory` = {_size(budget)}: {steps} model "
         "pass(es) need more, even with one experiment per pass; the smallest budget that "
-        f"fits is {need / 1e6:.0f} MB", span,
-        hint=f'set memory = "{need // 1_000_000}MB" (or more), or fewer prompts per run')
+        f"fits is {_size(need)}", span,
+        hint=f'set memory = "{-(-need // 1_000_000)}MB" (or more), or fewer prompts per run')
+
+
+def _size(n: int) -> str:
+    """Bytes as people write them: MB from 1 MB up, else KB (or B)."""
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB" if n >= 1e3 else f"{n} B"
 
 
 def check_budget(checked, ir: IRGraph, runs, dtype_bytes: int,

@@ -124,11 +124,15 @@ def _column_pos(ctx: Context, pos: A.ColumnRef, run: RunInfo | None
     values = ctx.column(pos)
     if values is None:
         return None
-    for i, v in enumerate(values):
-        if not isinstance(v, int) or isinstance(v, bool):
-            ctx.error("E319", f"position column `{pos.data}.{pos.column}` must hold integers; "
-                      f"row {i} is {v!r}", pos.span)
-            return None
+    bad = [i for i, v in enumerate(values) if not isinstance(v, int) or isinstance(v, bool)]
+    if bad:
+        # (one text cell makes a CSV column text: name the cell that is not a number)
+        def whole(v: object) -> bool:
+            return isinstance(v, str) and v.strip().lstrip("+-").isdigit()
+        i = next((i for i in bad if not whole(values[i])), bad[0])
+        ctx.error("E319", f"position column `{pos.data}.{pos.column}` must hold integers; "
+                  f"row {i} is {values[i]!r}", pos.span)
+        return None
     if run is None:
         return None
     if len(values) != run.n_examples:

@@ -48,6 +48,14 @@ class Options(BaseModel):
             raise ValueError("device must be cpu, cuda, cuda:N, mps or auto")
         return v
 
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory_text(cls, v: object) -> object:
+        if v is not None and not isinstance(v, str):  # (`--set memory=512`: no unit)
+            raise ValueError(f'memory must be a size with its unit, such as "8GB" or '
+                             f'"512MiB"; got {v!r}')
+        return v
+
     @field_validator("memory")
     @classmethod
     def _memory(cls, v: str | None) -> str | None:

@@ -44,6 +44,10 @@ def load_data(decl: A.DataDecl, base_dir: str = ".", source: Source | None = Non
         raise CheckError("E315", f"data file {decl.path!r} has an unsupported type "
                          f"{ext or '(no extension)'!r}", span,
                          hint="use .jsonl (one JSON object per line), .csv or .json")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise CheckError("E314", f"data file {path} is "
+                         f"{'a folder' if os.path.isdir(path) else 'not a regular file'}",
+                         span, hint="name the .jsonl, .csv or .json file itself")
     if not os.path.isfile(path):
         raise CheckError("E314", f"data file not found: {path}", span,
                          hint=near(decl.path, path, base_dir)

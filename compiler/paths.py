@@ -33,7 +33,7 @@ def near(written: str, resolved: str, base_dir: str | None = None) -> str | None
     except OSError:
         return None
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
-    if not close:
+    if not close or close[0] == name:  # (the name is there: a folder, not a regular file)
         return None
     head = os.path.dirname(written.rstrip("/"))
     return f'did you mean "{os.path.join(head, close[0]) if head else close[0]}"?'

@@ -120,9 +120,14 @@ class OutputLock:
     def acquire(self) -> "OutputLock":
         import fcntl
 
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        while True:
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:  # (the result is written beside DIR, in its folder)
+            raise OutputError("E605", f"cannot write in {self.out.parent}, where --out "
+                              f"{self.out.name} is written: {e.strerror or e}",
+                              hint="choose an --out in a folder you can write to") from None
+        while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -140,6 +145,7 @@ class OutputLock:
             if same:
                 break
             os.close(fd)  # the file was removed by its releaser: lock the new one
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

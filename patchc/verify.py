@@ -89,7 +89,7 @@ def compare_frames(old: pd.DataFrame, new: pd.DataFrame, atol: float, rtol: floa
     if list(old.columns) != list(new.columns) or len(old) != len(new):
         return False, (f"shape differs: recorded {len(old)} rows {list(old.columns)}, "
                        f"rerun {len(new)} rows {list(new.columns)}")
-    worst, bad, first, texts = 0.0, 0, "", 0
+    worst, bad, first, texts, nans = 0.0, 0, "", 0, 0
     for col in old.columns:
         a, b = old[col], new[col]
         numeric = pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b)
@@ -99,6 +99,7 @@ def compare_frames(old: pd.DataFrame, new: pd.DataFrame, atol: float, rtol: floa
                 ok = _close(x, y, atol, rtol)
                 if not (math.isnan(x) or math.isnan(y)) and x != y:
                     worst = max(worst, abs(x - y))
+                nans += not ok and (math.isnan(x) != math.isnan(y))
             else:
                 ok = str(x) == str(y)
                 texts += not ok
@@ -107,10 +108,11 @@ def compare_frames(old: pd.DataFrame, new: pd.DataFrame, atol: float, rtol: floa
                 first = first or f"row {i} column {col}: recorded {x!r}, rerun {y!r}"
     if bad:
         # (a text cell has no |diff|: a recorded number edited into a word is one of these)
-        numbers = f"max |diff| = {worst:.3g}" if bad > texts else ""
+        numbers = f"max |diff| = {worst:.3g}" if bad > texts + nans else ""
         words = f"{texts} of them text or not a number" if texts else ""
+        missing = f"{nans} of them NaN on one side only" if nans else ""
         return False, f"{bad} cell(s) differ, first at {first}; " + \
-            "; ".join(x for x in (numbers, words) if x)
+            "; ".join(x for x in (numbers, words, missing) if x)
     return True, f"{len(old)} rows, max |diff| = {worst:.3g}"
 
 
@@ -182,9 +184,13 @@ def verify_dir(out_dir: str | Path, atol: float = 0.0, rtol: float = 0.0,
     v.add("spec", ok, "spec_text matches spec_sha256" if ok else
           "spec_text does not match spec_sha256: the recorded spec was edited")
     base = Path(spec_dir) if spec_dir else Path(m.spec_dir)
+    if not base.is_dir() and spec_dir:
+        raise PatchcError("E603", f"--spec-dir {base} is not a folder here",
+                          hint="pass the folder the spec was run from (its relative paths "
+                               "resolve against it)")
     if not base.is_dir():
         raise PatchcError("E603", f"the spec's folder {base} is not here; relative paths in "
-                          "the spec resolve against it", hint="pass --spec-dir")
+                          "the spec resolve against it", hint="pass --spec-dir FOLDER")
     spec = parse(m.spec_text, m.spec_file, str(base))
     model_line = next((s.model_id for s in spec.statements if hasattr(s, "model_id")), None)
     v.add("model", model_line == m.model_id, f"model_id {m.model_id!r}" if

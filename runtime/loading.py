@@ -129,9 +129,13 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
                 "E411", f"could not load the weights of model {model_id!r}: "
                 f"{_why(first)}") from None
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        local = os.path.isdir(where)
+        hint = ("the folder needs the weights beside config.json (model.safetensors, or "
+                "pytorch_model.bin): save them with model.save_pretrained(FOLDER)" if local
+                else "pass a local directory" if offline else None)
         raise RuntimeInterventionError(
             "E411", f"could not load model {model_id!r}: {e}".splitlines()[0],
-            hint="pass a local directory" if offline else None) from None
+            hint=hint) from None
     except Exception as e:  # a corrupt, truncated or hostile weights file, or wrong shapes
         raise RuntimeInterventionError(
             "E411", f"could not load the weights of model {model_id!r}: {_why(e)}") from None

@@ -163,3 +163,42 @@ def test_threads_and_workers_past_the_machine_are_refused(capsys, spec: Path):
     too_many = max_workers() + 1
     code, _, err = cli(capsys, "run", spec, "--quiet", "--workers", too_many)
     assert code == 1 and f"error[E416]: --workers {too_many}: this machine has room" in err
+
+
+def test_messages_say_what_is_wrong_where(capsys, tmp_path: Path):
+    """Found by a command-line trial: each message named the wrong thing."""
+    data = tmp_path / "d.jsonl"
+    data.mkdir()  # a folder where the data file should be
+    p = tmp_path / "s.patch"
+    p.write_text(HEAD.replace(str(ROOT / "examples" / "data" / "ioi.jsonl"), str(data)) + BODY)
+    code, _, err = cli(capsys, "check", p)
+    assert code == 1 and "error[E314]" in err and "is a folder" in err
+    assert "did you mean" not in err
+    csv = tmp_path / "pos.csv"  # one NaN makes the column text: row 1 is the culprit
+    csv.write_text("clean,corrupt,answer,distractor,pos\n" + "".join(
+        f'"a b c","a b d"," x"," y",{v}\n' for v in ("1", "NaN", "2")))
+    p.write_text(HEAD + f'data t = "{csv}"\nrun a = t.clean\n'
+                 "swap L0.mlp.out @ t.pos from a into a  measure logit(t.answer)\n")
+    code, _, err = cli(capsys, "check", p)
+    assert code == 1 and "row 1 is 'NaN'" in err
+    p.write_text(HEAD + 'set memory = "1KB"\n' + BODY)
+    code, _, err = cli(capsys, "check", p)
+    assert code == 1 and "`set memory` = 1 KB" in err
+    code, _, err = cli(capsys, "run", p, "--quiet", "--set", "memory=512")
+    assert code == 1 and "a size with its unit" in err
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    code, _, err = cli(capsys, "run", p.with_name("spec.patch").parent / "s.patch", "--quiet",
+                       "--out", blocked / "sub", "--set", "memory=1GB")
+    assert code == 1 and "error[E605]" in err and f"cannot write in {blocked}" in err
+
+
+def test_verify_names_a_nan_cell(capsys):
+    import numpy as np
+    import pandas as pd
+
+    from patchc.verify import compare_frames
+
+    ok, detail = compare_frames(pd.DataFrame({"x": [np.nan, 2.0]}),
+                                pd.DataFrame({"x": [1.0, 2.0]}), 0.0, 0.0)
+    assert not ok and "NaN on one side only" in detail and "max |diff|" not in detail
