@@ -200,6 +200,9 @@ def spec_from_config(config: dict[str, Any], fam: Family | None = None) -> Model
             f"{fam.names_for('n_heads')[0]}={n_heads}",
         )
     d_head = _opt_int(config, "head_dim", family) or d_model // n_heads
+    if not _opt_int(config, "head_dim", family) and d_model % n_heads:
+        raise CheckError("E214", f"{family} config: {fam.names_for('d_model')[0]}={d_model} "
+                         f"does not divide into {n_heads} heads (and no head_dim is given)")
     if d_head < 1:
         raise CheckError("E214", f"{family} config: {n_heads} heads of a {d_model}-wide model "
                          "leave no width per head")

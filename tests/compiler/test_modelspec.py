@@ -278,3 +278,14 @@ def test_import_does_not_load_torch() -> None:
     code = ("import patchc.compiler.modelspec, sys; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_width_that_heads_do_not_divide_is_refused() -> None:
+    """n_embd 130 over 4 heads read as d_head 32 (128 of the 130 features)."""
+    cfg = T.GPT2Config(n_layer=2, n_head=4, n_embd=130).to_dict()
+    with pytest.raises(CheckError) as e:
+        spec_from_config(cfg)
+    assert e.value.code == "E214" and "n_embd=130 does not divide into 4 heads" in e.value.message
+    with_dim = T.LlamaConfig(num_hidden_layers=2, hidden_size=130, num_attention_heads=4,
+                             head_dim=32).to_dict()
+    assert spec_from_config(with_dim).d_head == 32  # (an explicit head_dim says so)
