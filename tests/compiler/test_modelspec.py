@@ -286,6 +286,7 @@ def test_a_width_that_heads_do_not_divide_is_refused() -> None:
     with pytest.raises(CheckError) as e:
         spec_from_config(cfg)
     assert e.value.code == "E214" and "n_embd=130 does not divide into 4 heads" in e.value.message
-    with_dim = T.LlamaConfig(num_hidden_layers=2, hidden_size=130, num_attention_heads=4,
-                             head_dim=32).to_dict()
+    with_dim = {**T.LlamaConfig(num_hidden_layers=2, hidden_size=128,
+                                num_attention_heads=4).to_dict(), "hidden_size": 130,
+                "head_dim": 32}
     assert spec_from_config(with_dim).d_head == 32  # (an explicit head_dim says so)
