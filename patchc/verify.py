@@ -183,6 +183,15 @@ def verify_dir(out_dir: str | Path, atol: float = 0.0, rtol: float = 0.0,
     ok = sha256_text(m.spec_text) == m.spec_sha256
     v.add("spec", ok, "spec_text matches spec_sha256" if ok else
           "spec_text does not match spec_sha256: the recorded spec was edited")
+    on_disk = Path(m.spec_file)
+    if ok and on_disk.is_file():  # (what is rerun is the recorded text; say if they parted)
+        try:
+            edited = sha256_text(on_disk.read_text("utf-8")) != m.spec_sha256
+        except (OSError, UnicodeDecodeError):
+            edited = True
+        if edited:
+            v.add("spec file", True, f"{on_disk} has changed since the run; the recorded "
+                  "spec_text is what is rerun")
     base = Path(spec_dir) if spec_dir else Path(m.spec_dir)
     if not base.is_dir() and spec_dir:
         raise PatchcError("E603", f"--spec-dir {base} is not a folder here",

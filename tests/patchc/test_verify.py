@@ -345,3 +345,18 @@ def test_tokenizer_hash_is_memoized_and_follows_changes() -> None:
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single="$A $A", special_tokens=[])
     assert tokenizer_hash(tok) == plain(tok)
+
+
+def test_a_spec_file_edited_after_the_run_is_noted(recorded, tmp_path, capsys):
+    """The recorded spec_text is what verify reruns; it says when the file on disk parted
+    from it (the result still verifies)."""
+    out, spec = copy(recorded, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    spec_file = Path(manifest["spec_file"])
+    edited = tmp_path / "edited.patch"
+    edited.write_text(spec_file.read_text() + "# a later note\n")
+    manifest["spec_file"] = str(edited)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    rc, text = verify(out, spec, capsys)
+    assert rc == 0, text
+    assert f"ok   spec file: {edited} has changed since the run" in text
