@@ -91,6 +91,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.quiet = True  # one progress bar: rank 0's
     if workers != "torchrun" and workers < 1:
         raise UsageError(f"patchc run: error: --workers must be at least 1, got {workers}")
+    if args.rows < 0:
+        raise UsageError(f"patchc run: error: --rows must be 0 or more, got {args.rows}")
+    if args.out is not None and not args.out.strip():
+        raise UsageError("patchc run: error: --out needs a folder name")
     lock = None
     if args.out and os.environ.get("RANK", "0") == "0":  # only rank 0 writes
         from patchc.outputs import OutputLock, check_out
@@ -154,10 +158,12 @@ def _report(results, args: argparse.Namespace, lock=None) -> None:
         seconds = results.manifest["tables"][name]["seconds"]
         if df.columns.empty:  # its measures are all text(N): strings per example only
             print(f"== {name}: text per example ({seconds:.2f} s)")
-            print(results.per_example(name).head(args.rows).to_string(index=False))
+            if args.rows:
+                print(results.per_example(name).head(args.rows).to_string(index=False))
             continue
         print(f"== {name}: {len(df)} rows ({seconds:.2f} s)")
-        print(df.head(args.rows).to_string(index=False))
+        if args.rows:  # (--rows 0: the counts alone)
+            print(df.head(args.rows).to_string(index=False))
         if len(df) > args.rows:
             print(f"... {len(df) - args.rows} more rows")
         from patchc.plot_style import baseline_label, unpatched_label

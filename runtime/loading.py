@@ -8,12 +8,14 @@ argument). Weights load through transformers, which reads safetensors (or a pick
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -115,9 +117,10 @@ def load(model_id: str, revision: str | None, options: Options, base_dir: str = 
             "E419", f"could not load the tokenizer of model {model_id!r}: {_why(e)}",
             hint="check tokenizer.json / tokenizer_config.json of the model") from None
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            where, config=load_config(where, **kwargs), **{DTYPE_ARG: dtype},
-            output_loading_info=True, **kwargs, **placement)
+        with _quiet_transformers():  # (its load report: _check_loaded says what matters)
+            model, info = AutoModelForCausalLM.from_pretrained(
+                where, config=load_config(where, **kwargs), **{DTYPE_ARG: dtype},
+                output_loading_info=True, **kwargs, **placement)
     except OSError as e:
         if "Unable to load weights" in str(e) and e.__context__ is not None:
             # transformers 4.x wraps what went wrong in a weights file in an OSError (after
@@ -190,16 +193,33 @@ def _why(e: BaseException) -> str:
     return f"{kind}: {text[:200]}"
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' own warnings off (errors still shown) for the duration."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
 def _check_loaded(model_id: str, model: torch.nn.Module, tokenizer, info: dict) -> None:
     """A checkpoint that lacks weights would run with random ones; an empty tokenizer would
     tokenize every prompt to nothing, and one with ids past the embedding would crash in it:
     all the model folder's mistakes (E411, E419)."""
     missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(info.get("unexpected_keys") or [])
     if missing:
+        other = (f"; the file holds {len(unexpected)} tensor(s) this model does not have "
+                 f"({', '.join(unexpected[:2])}, ...): weights of another architecture?"
+                 if unexpected else "")
         raise RuntimeInterventionError(
             "E411", f"the weights of model {model_id!r} lack {len(missing)} tensor(s) "
             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); they would be "
-            "random")
+            f"random{other}")
     if len(tokenizer) <= 1:  # transformers builds an empty one from a folder without files
         raise RuntimeInterventionError(
             "E419", f"the tokenizer of model {model_id!r} is empty ({len(tokenizer)} "

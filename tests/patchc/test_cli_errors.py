@@ -202,3 +202,12 @@ def test_verify_names_a_nan_cell(capsys):
     ok, detail = compare_frames(pd.DataFrame({"x": [np.nan, 2.0]}),
                                 pd.DataFrame({"x": [1.0, 2.0]}), 0.0, 0.0)
     assert not ok and "NaN on one side only" in detail and "max |diff|" not in detail
+
+
+def test_rows_and_out_values_that_mean_nothing_are_usage_errors(capsys, spec: Path):
+    code, _, err = cli(capsys, "run", spec, "--quiet", "--rows", "-1")
+    assert code == 1 and "--rows must be 0 or more" in err
+    code, _, err = cli(capsys, "run", spec, "--quiet", "--out", "")
+    assert code == 1 and "--out needs a folder name" in err
+    code, out, _ = cli(capsys, "run", spec, "--quiet", "--rows", "0")
+    assert code == 0 and "== op_6: 1 rows" in out and "Empty DataFrame" not in out
