@@ -45,6 +45,9 @@ def looks_like_path(text: str) -> bool:
     return text.endswith(".patch") or not any(c.isspace() for c in text) or Path(text).exists()
 
 
+MAX_SPEC_BYTES = 64 * 10**6  # far past any spec; data belongs in data files
+
+
 def parse_file(path: str | Path) -> A.Spec:
     p = Path(path)
     if p.is_dir():
@@ -52,6 +55,12 @@ def parse_file(path: str | Path) -> A.Spec:
         hint = f"name a spec file in it, e.g. {p / inside[0]}" if inside else None
         raise ParseError("E001", "spec path is a directory, not a spec file", None,
                          Source("", str(p)), hint=hint)
+    if p.exists() and not p.is_file():  # (/dev/zero would be read forever)
+        raise ParseError("E001", "spec path is not a regular file", None, Source("", str(p)))
+    if p.is_file() and p.stat().st_size > MAX_SPEC_BYTES:
+        raise ParseError("E002", f"spec file is {p.stat().st_size / 1e6:.0f} MB: too large to "
+                         f"be a spec (at most {MAX_SPEC_BYTES // 10**6} MB)", None,
+                         Source("", str(p)), hint="put data in a data file (`data d = \"FILE\"`)")
     try:
         text = p.read_text("utf-8")
     except FileNotFoundError:

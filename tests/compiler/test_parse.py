@@ -230,3 +230,19 @@ def test_comment_lines_inside_a_statement():
     assert [m.expr.name for m in op.clauses.measures] == ["m"] and op.clauses.name.value == "t"
     spec = parse('model "m"\r\n# c\r\n\r\nrun r = d.x  # trailing\r\n')
     assert len(spec.statements) == 2
+
+
+def test_a_path_that_is_not_a_regular_file_is_refused_before_reading():
+    """/dev/zero used to be read forever."""
+    import os
+
+    import pytest
+
+    from patchc.compiler.errors import ParseError
+    from patchc.compiler.parse import parse_file
+
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero here")
+    with pytest.raises(ParseError) as e:
+        parse_file("/dev/zero")
+    assert e.value.code == "E001" and "not a regular file" in e.value.message
