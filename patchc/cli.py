@@ -106,7 +106,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         from patchc.api import load_spec
 
         if args.optimized:
-            raise UsageError("patchc compile: error: --optimized applies to --emit ir|json")
+            raise UsageError("patchc compile: error: --optimized applies to --emit ir, json "
+                             "or dot (a plan is always of the optimized graph)")
         print(dump.dump_ast(load_spec(args.spec)), end="")
         return EXIT_OK
     from patchc.api import compile as compile_spec
