@@ -180,8 +180,12 @@ def _report(results, args: argparse.Namespace, lock=None) -> None:
         print(f"sparse latent sweeps: {plan['sparse_skipped']} experiments on inactive latents "
               f"cost no forward; the active ones took {plan['sparse_passes']} pass(es)")
     if args.out:
-        from patchc.outputs import save_result
+        from patchc.outputs import earlier_spec, save_result
 
+        before = earlier_spec(args.out)
         written = save_result(results, args.out, force=args.force, plots=not args.no_plots,
                               lock=lock)
         print(f"wrote {', '.join(str(p) for p in written)}")
+        if before is not None and before != results.manifest.get("spec_file"):
+            print(f"patchc: note: this replaced the result of {before} that was in {args.out}",
+                  file=sys.stderr)

@@ -69,6 +69,16 @@ def check_out(out: str | os.PathLike[str], force: bool = False) -> Path:
     return path
 
 
+def earlier_spec(out: str | os.PathLike[str]) -> str | None:
+    """The spec file of the result already in `out`, if one is (to say it is replaced)."""
+    try:
+        manifest = json.loads((resolve_out(out) / MANIFEST).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    spec = manifest.get("spec_file") if isinstance(manifest, dict) else None
+    return spec if isinstance(spec, str) else None
+
+
 def recorded_files(manifest: dict[str, Any]) -> set[str]:
     """The files a result folder's manifest accounts for."""
     files = manifest.get("files")

@@ -287,3 +287,15 @@ def test_a_symlinked_out_folder_stays_a_link(tmp_path):
     assert (tmp_path / "link").is_symlink()
     assert sorted(os.listdir(tmp_path / "real")) == files("mlps", extra=("manifest.json",))
     assert leftovers(tmp_path / "real") == [] and leftovers(tmp_path / "link") == []
+
+
+def test_replacing_another_specs_result_is_said(tmp_path, capsys):
+    out = tmp_path / "out"
+    first = write(tmp_path / "a.patch", spec_text())
+    second = write(tmp_path / "b.patch", spec_text(heads=False))
+    assert main(["run", str(first), "--out", str(out), "--quiet", "--no-plots"]) == 0
+    assert "replaced" not in capsys.readouterr().err
+    assert main(["run", str(second), "--out", str(out), "--quiet", "--no-plots"]) == 0
+    assert f"note: this replaced the result of {first}" in capsys.readouterr().err
+    assert main(["run", str(second), "--out", str(out), "--quiet", "--no-plots"]) == 0
+    assert "replaced" not in capsys.readouterr().err  # (its own earlier result: no note)
