@@ -298,7 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (also for --help, --version and usage
     errors, so that tests can call it in-process)."""
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # (said by the command's own parser: its usage, not the top level's)
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     except UsageError as e:
         print(e, file=sys.stderr)
         return EXIT_USER

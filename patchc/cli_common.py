@@ -17,6 +17,8 @@ class UsageError(Exception):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        if message.endswith("arguments are required: command"):  # (`patchc -x`, `patchc`)
+            message = "name a command first: check, compile, run, verify, plot, sites or fmt"
         raise UsageError(f"{self.format_usage().rstrip()}\n{self.prog}: error: {message}")
 
 

@@ -211,3 +211,10 @@ def test_rows_and_out_values_that_mean_nothing_are_usage_errors(capsys, spec: Pa
     assert code == 1 and "--out needs a folder name" in err
     code, out, _ = cli(capsys, "run", spec, "--quiet", "--rows", "0")
     assert code == 0 and "== op_6: 1 rows" in out and "Empty DataFrame" not in out
+
+
+def test_an_unknown_flag_is_told_with_its_commands_usage(capsys, spec: Path):
+    code, _, err = cli(capsys, "check", "--bogus", spec)
+    assert code == 1 and err.startswith("usage: patchc check") and "--bogus" in err
+    code, _, err = cli(capsys)
+    assert code == 1 and "name a command first: check, compile, run" in err
