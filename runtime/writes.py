@@ -103,9 +103,14 @@ def make_reader(read: Read, batch: Batch, columns, store: Callable[[ReadValue], 
     @position_major_for(read.site)
     def fn(act: torch.Tensor) -> None:
         a = features_of(read.site, act).detach()
-        if read.stat == "std":
-            mask = batch.attention_mask.to(a.device).bool()
-            store(ReadValue(a[mask].float().std(), batch, read.pos))
+        if read.stat == "std":  # over the Read's positions of every row, and every feature
+            if every:
+                values = a[batch.attention_mask.to(a.device).bool()]
+            else:
+                got = gather(a, idx.to(a.device))
+                own = position_valid(batch, read.pos).to(a.device)[:, None].expand(got.shape[:2])
+                values = got[own if slots is None else own & slots.to(a.device)]
+            store(ReadValue(values.float().std(), batch, read.pos))
         else:
             same = every and a.shape[1] == idx.shape[1]
             store(ReadValue(a.clone() if same else gather(a, idx), batch, read.pos, slots))

@@ -92,6 +92,24 @@ trace L$l.resid_post @ each from clean into noisy measure prob(d.answer) as per_
     assert len(res["per_pos"]) == 3 * T
 
 
+def test_std_is_taken_at_its_positions(gpt2: Fam) -> None:
+    """std(SITE @ POS) is the std over those positions of every prompt (and every feature);
+    it used to take every token whatever the position said."""
+    res = gpt2.run(HEAD + """
+run a = d.clean with noise(embed @ 2, std=3*std(embed @ 1..2), samples=2, seed=4)
+run b = d.clean with noise(embed @ 2, std=3*std(L1.resid_post @ last), samples=2, seed=4)
+scale L2.mlp.out in a by 1 measure ld as a
+scale L2.mlp.out in b by 1 measure ld as b
+""")
+    emb = gpt2.read(CLEAN, "embed")["embed"]
+    resid = gpt2.read(CLEAN, "L1.resid_post")["L1.resid_post"]
+    close(per_example(res, "a", "ld"), _noised(gpt2, 4, 2, 3 * float(emb[:, 1:3].std()), 2),
+          atol=1e-4)
+    close(per_example(res, "b", "ld"), _noised(gpt2, 4, 2, 3 * float(resid[:, -1].std()), 2),
+          atol=1e-4)
+    assert float(emb[:, 1:3].std()) != float(emb.std())
+
+
 def test_baked_ablate_and_swap(gpt2: Fam) -> None:
     res = gpt2.run(HEAD + """
 run x = d.corrupt with ablate L0.mlp.out
