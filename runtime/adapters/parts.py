@@ -276,10 +276,11 @@ class Parts:
 
 
 def _is_norm(module: nn.Module) -> bool:
-    """A LayerNorm or RMSNorm module (by torch's classes, or a family's `...Norm` class
-    with a weight over the last dimension)."""
+    """A LayerNorm or RMSNorm module (by torch's classes, or a family's `...Norm` class with
+    a weight or an epsilon: NanoChat's QK-norms have no weight)."""
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
         return True
     name = type(module).__name__
+    has_eps = any(getattr(module, e, None) is not None for e in ("eps", "variance_epsilon"))
     return name.endswith("Norm") and "Group" not in name and \
-        isinstance(getattr(module, "weight", None), Tensor)
+        (isinstance(getattr(module, "weight", None), Tensor) or has_eps)

@@ -442,11 +442,11 @@ def test_attribution_is_two_forwards_and_one_backward(any_family) -> None:
         close(m_b + summed, want[site], atol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["qwen3", "olmo2", "gemma3_text", "hyperclovax"])
+@pytest.mark.parametrize("family", ["qwen3", "olmo2", "gemma3_text", "nanochat", "hyperclovax"])
 def test_the_ln_rule_covers_every_normalizer(family: str) -> None:
-    """QK-norms inside the attention are LN-ruled like the block's norms (checked against an
-    independent RelP with the LN-rule on every norm: 1.9e-6 on Qwen3, 3.8e-6 on OLMo 2); an
-    identity in a post-norm's place (HyperCLOVA X without post-norms) is not a norm."""
+    """QK-norms inside the attention are LN-ruled like the block's norms (on Qwen3, the
+    gradient equals one with the QK-norms ruled by hand); an identity in a post-norm's place
+    (HyperCLOVA X without post-norms) is not a norm."""
     from family_configs import build as build_family
 
     from patchc.compiler.families import lookup
@@ -459,6 +459,8 @@ def test_the_ln_rule_covers_every_normalizer(family: str) -> None:
           if n.endswith(("q_norm", "k_norm"))]
     assert set(map(id, qk)) <= ruled
     assert not any(isinstance(m, torch.nn.Identity) for m in ad.extra_norms())
+    if family == "qwen3":  # the gradient: as with a QK-norm ruled by hand
+        _qk_rule_by_hand(ad, qk)
     if family == "hyperclovax":
         cfg = build_family(family).config
         cfg.use_post_norm = False
@@ -468,3 +470,36 @@ def test_the_ln_rule_covers_every_normalizer(family: str) -> None:
             pass
     else:
         assert qk
+
+
+def _qk_rule_by_hand(ad, qk: list) -> None:
+    """patchc's rules give the gradient that its rules with the QK-norms left out, plus a
+    hook recomputing each QK-norm with its scale detached (x · s.detach() · w, RMSNorm) by
+    hand, give; and it differs from leaving the QK-norms without a rule."""
+    ids = torch.randint(3, 60, (2, 7), generator=torch.Generator().manual_seed(2))
+    inner = {id(m) for m in qk}
+    original = type(ad).extra_norms
+
+    def grad(rule_inner: bool, by_hand: bool) -> torch.Tensor:
+        leaf = torch.zeros(2, 7, ad.d_model, requires_grad=True)
+        with contextlib.ExitStack() as stack:
+            if not rule_inner:
+                type(ad).extra_norms = lambda self: [m for m in original(self)
+                                                     if id(m) not in inner]
+                stack.callback(setattr, type(ad), "extra_norms", original)
+            for norm in qk if by_hand else []:
+                def detached(m, args, out):
+                    x = args[0].float()
+                    s = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + ad.norm_eps(m)).detach()
+                    return (x * s * ad.norm_weight(m).float()).to(out.dtype)
+                stack.callback(norm.register_forward_hook(detached).remove)
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(lrp.rules_for(ad, "lrp"))
+            stack.enter_context(ad.hook("resid_pre", 0, None, lambda a: a + leaf))
+            ad.model(ids).logits[:, -1, 5].sum().backward()
+        return leaf.grad
+
+    ruled = grad(rule_inner=True, by_hand=False)
+    torch.testing.assert_close(ruled, grad(rule_inner=False, by_hand=True), atol=1e-5,
+                               rtol=1e-4)
+    assert (ruled - grad(rule_inner=False, by_hand=False)).abs().max() > 1e-4

@@ -32,8 +32,9 @@ ACCEPTED = ["llama", "gpt2", "olmo2", "gpt_neox", "gemma2", "phi",
 _MADE: dict[str, type] = {}
 
 
-def renamed(family: str) -> torch.nn.Module:
-    """`family`'s tiny random model as a model_type of its own (registered once)."""
+def renamed(family: str, **changes) -> torch.nn.Module:
+    """`family`'s tiny random model as a model_type of its own (registered once), with
+    `changes` to its config."""
     base = family_config(family)
     cfg_cls, model_cls = type(base), tf.AutoModelForCausalLM._model_mapping[type(base)]
     name = f"patchc_test_{family}"
@@ -44,7 +45,7 @@ def renamed(family: str) -> torch.nn.Module:
         tf.AutoModelForCausalLM.register(new_cfg, new_model)
         _MADE[name] = new_model
     kwargs = {k: v for k, v in base.to_dict().items()
-              if k not in ("model_type", "transformers_version", "architectures")}
+              if k not in ("model_type", "transformers_version", "architectures")} | changes
     cfg = _MADE[name].config_class(**kwargs)
     torch.manual_seed(0)
     model = _MADE[name](cfg).float().eval()
@@ -157,6 +158,27 @@ def test_a_layout_that_does_not_hold_is_refused_with_what_differs(family: str, w
     assert e.value.code == "E401" and what in e.value.message
     assert "nothing was run" in e.value.message
     assert no_hooks_left(model)
+
+
+def test_half_precision_neither_hides_a_layout_nor_blurs_a_norm() -> None:
+    """In bfloat16 the checks allow for rounding, element by element: a feature of huge
+    magnitude in every token (a "massive activation") must not hide Granite's residual
+    multiplier, and a wide LayerNorm must not pass for an RMSNorm."""
+    _skip_old("granite")
+    granite = renamed("granite").to(torch.bfloat16)
+    with torch.no_grad():
+        granite.get_input_embeddings().weight[:, 0] += 200.0
+    with pytest.raises(RuntimeInterventionError) as e:
+        adapter_for(granite)
+    assert "resid_pre + attn.out + mlp.out is not the block's output" in e.value.message
+    wide = renamed("gpt2", n_embd=1024, n_layer=1).to(torch.bfloat16)
+    ad = adapter_for(wide)
+    assert (ad.norm, ad.rms_offset) == ("layernorm", 0.0)
+
+
+def test_a_model_in_training_mode_is_settled_as_it_evaluates() -> None:
+    model = renamed("gpt2", resid_pdrop=0.5, attn_pdrop=0.5).train()  # (forwards differ)
+    assert adapter_for(model).fam.inferred and model.training
 
 
 def test_experts_chosen_by_no_known_rule_are_refused(monkeypatch) -> None:
