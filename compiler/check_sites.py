@@ -9,6 +9,7 @@ vectors, and the grouped-query warning for writes of a shared kv head.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 from . import ast as A
@@ -250,20 +251,31 @@ def check_items(ctx: Context, items: tuple[A.SiteItem, ...], run: RunInfo | None
 
 
 def _warn_repeated_indices(ctx: Context, ref: A.SiteRef) -> None:
-    """W303 for a layer or head named twice in a set (`L{1, -3}` on a 4-layer model): the
-    set counts it once (resolve.expand_index), as a position set does."""
+    """W303 for a layer, head, expert or feature named twice in a set (`L{1, -3}` on a
+    4-layer model): the set counts it once (resolve.expand_index), as a position set does."""
     model = ctx.model
     if model is None:
         return
-    for idx, size, letter in ((ref.layer, model.n_layers, "L"), (ref.head, model.n_heads, "H")):
-        if not isinstance(idx, A.IdxSet):
+    kind = SITE_KINDS.get(ref.kind)
+    second = (model.n_experts, "E") if kind is not None and kind.expert else (model.n_heads, "H")
+    width = 0
+    if isinstance(ref.features, A.IdxSet) and kind is not None:
+        try:  # (the site's own errors are reported where it is resolved)
+            whole = resolve.expand_site(dataclasses.replace(ref, features=None), model)
+            width = site_width(model, whole[0].sites[0])
+        except CheckError:
+            pass
+    for idx, size, letter in ((ref.layer, model.n_layers, "L"), (ref.head, *second),
+                              (ref.features, width, "")):
+        if not isinstance(idx, A.IdxSet) or not size:
             continue
         seen = Counter(v + size if v < 0 else v for v in idx.values)
         repeats = sorted(v for v, n in seen.items() if n > 1 and 0 <= v < size)
         if repeats:
             written = "{" + ", ".join(str(v) for v in idx.values) + "}"
-            ctx.warn("W303", f"{' and '.join(f'{letter}{v}' for v in repeats)} named twice in "
-                     f"{letter}{written}: each counts once", idx.span,
+            what = " and ".join(f"{letter}{v}" if letter else f"feature {v}" for v in repeats)
+            ctx.warn("W303", f"{what} named twice in {letter}{written}: each counts once",
+                     idx.span,
                      hint="name each index once (or did you mean another?)")
 
 

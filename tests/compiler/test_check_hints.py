@@ -136,3 +136,6 @@ def test_a_layer_or_head_named_twice_counts_once():
     assert got == ["H0 named twice in H{0, 0}: each counts once",
                    "L1 named twice in L{1, -3}: each counts once"]
     assert program.experiments == {"op_6": 2}
+    features = patchc.compile(head + "read L0.mlp.out[{3, 3, -125}] in clean as r\n")
+    [w] = [w for w in features.warnings if w.code == "W303"]
+    assert w.message == "feature 3 named twice in {3, 3, -125}: each counts once"
