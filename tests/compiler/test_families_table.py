@@ -172,6 +172,14 @@ def test_expert_site_errors(body: str, code: str, words: str, newest) -> None:
     assert any(e.code == code and words in e.message for e in ei.value.errors), ei.value
 
 
+def test_an_expert_named_twice_counts_once(newest) -> None:
+    """Expert sets count against the experts (4 here), not the heads."""
+    checked = _check("swap L0.E{1, -3}.out from A into B measure m as t\n"
+                     "swap L0.E{0, -4}.out from A into B measure m as u\n", MIXTRAL)
+    [w] = [w for w in checked.warnings if w.code == "W303"]
+    assert w.message == "E1 named twice in E{1, -3}: each counts once" and w.span.line == 6
+
+
 def test_dense_model_has_no_router() -> None:
     from patchc.compiler.errors import SpecErrors
 
