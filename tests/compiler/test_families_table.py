@@ -173,11 +173,12 @@ def test_expert_site_errors(body: str, code: str, words: str, newest) -> None:
 
 
 def test_an_expert_named_twice_counts_once(newest) -> None:
-    """Expert sets count against the experts (4 here), not the heads."""
-    checked = _check("swap L0.E{1, -3}.out from A into B measure m as t\n"
-                     "swap L0.E{0, -4}.out from A into B measure m as u\n", MIXTRAL)
+    """Expert sets count against the experts (8 here), not the heads (4)."""
+    eight = T.MixtralConfig(**{**MIXTRAL.to_dict(), "num_local_experts": 8})
+    checked = _check("swap L0.E{1, -7}.out from A into B measure m as t\n"
+                     "swap L0.E{0, -4}.out from A into B measure m as u\n", eight)
     [w] = [w for w in checked.warnings if w.code == "W303"]
-    assert w.message == "E1 named twice in E{1, -3}: each counts once" and w.span.line == 6
+    assert w.message == "E1 named twice in E{1, -7}: each counts once" and w.span.line == 6
 
 
 def test_dense_model_has_no_router() -> None:
