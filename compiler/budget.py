@@ -45,7 +45,8 @@ def budget_error(plan: Plan, need: int, span: Span) -> CheckError:
 
 def _size(n: int) -> str:
     """Bytes as people write them: MB from 1 MB up, else KB (or B)."""
-    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB" if n >= 1e3 else f"{n} B"
+    return f"{-(-n // 10**6)} MB" if n >= 10**6 else f"{-(-n // 10**3)} KB" if n >= 10**3 \
+        else f"{n} B"
 
 
 def check_budget(checked, ir: IRGraph, runs, dtype_bytes: int,

@@ -81,11 +81,17 @@ def relp_fits(ctx: Context, method: A.Method) -> None:
     elif model.family in _RELP_MISFITS:
         ctx.error("E357", f"relp on {model.family}: {_RELP_MISFITS[model.family]}",
                   method.span, hint=hint)
-    ah = any(k.name == "ah" and k.value is True for k in method.kwargs)
-    if ah and model.missing("attn.pattern"):
+    if _ah(method) and (model.missing("attn.pattern") or not model.exposes_pattern):
+        why = model.missing("attn.pattern") or "the config forces a fused attention kernel"
         ctx.error("E357", f"relp(ah=true) detaches attention patterns, and {model.family} has "
-                  f"none to detach: {model.missing('attn.pattern')}", method.span,
+                  f"none to detach: {why}", method.span,
                   hint="use relp (the gradient through the softmax)")
+
+
+def _ah(method: A.Method) -> bool:
+    """`relp(ah=true)`: the AH-rule, which detaches the attention patterns."""
+    return method.name == "relp" and any(k.name == "ah" and k.value is True
+                                         for k in method.kwargs)
 
 
 _QK = ("q", "k", "attn.q", "attn.k")
@@ -95,8 +101,7 @@ def warn_detached_qk(ctx: Context, op: A.Operation, method: A.Method) -> None:
     """W306: under relp(ah=true) the pattern is detached, so q and k get no relevance: their
     rows (and edges into them, a `* -> *` receiver's among them) estimate exactly the target's
     unpatched metric, and a circuit ranks them as ties at zero effect."""
-    if method.name != "relp" or not any(k.name == "ah" and k.value is True
-                                        for k in method.kwargs):
+    if not _ah(method):
         return
     for item in op.sites:  # type: ignore[attr-defined]
         edges = item.members if isinstance(item, A.EdgeGroup) else [item]

@@ -71,6 +71,8 @@ def check_operation(ctx: Context, op: A.Operation, vectors: VectorChecker) -> No
         warn_detached_qk(ctx, op, op.method)
     elif isinstance(op, A.Compare):
         _check_methods(ctx, op)
+        for m in op.methods:
+            warn_detached_qk(ctx, op, m)
     check_where(ctx, op.clauses.where, bound)
     check_columns(ctx, columns, op.clauses.measures)
     if not op.clauses.measures:

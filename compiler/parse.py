@@ -246,10 +246,12 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> ParseError:
         # `compare t1, t2`: compare runs estimators against the exact swap; it takes methods
         hint = ("compare takes estimation methods and the exact swap they estimate: `compare "
                 "atp, relp against swap on SITES from A into B  measure M`")
-    if hint is None and str(tok) == ")" and re.search(r"\b(\w+)\(\s*$", before):
-        name = re.search(r"\b(\w+)\(\s*$", before)[1]  # type: ignore[index]
-        hint = f"write `{name}` alone for its defaults (no empty parentheses)"
-    if hint is None and re.search(r"\[[^\]@]*$", before) and str(tok) in (":", ","):
+    method = re.search(r"\busing\s+(\w+)\(\s*$", before) or \
+        re.search(r"\bcompare\b.*\b(\w+)\(\s*$", before)
+    if hint is None and str(tok) == ")" and method:  # `using relp()`
+        hint = f"write `{method[1]}` alone for its defaults (no empty parentheses)"
+    if hint is None and re.search(r"[\w*\]]\.\w+\[[^\]@\"]*$", before) and \
+            str(tok) in (":", ","):  # (after a site path: `L0.H3.z[:, -1]`)
         # `L0.H3.z[:, -1]`: a Python/TransformerLens slice; positions are written with `@`
         hint = ("`[...]` selects features (`[0:64]`, `[3]`); positions are written after "
                 "`@`: `L0.H3.z @ last`, `@ -1`, `@ 2..5`")

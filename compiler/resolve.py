@@ -87,9 +87,10 @@ def expand_site(ref: A.SiteRef, model: ModelSpec) -> list[Match]:
     kind = SITE_KINDS.get(ref.kind)
     if kind is None:
         # (nnsight writes a module's output as `PATH.output`)
-        module = site_of_module(re.sub(r"\.output$", "", ref.text))
+        path = re.sub(r"\.output$", "", ref.text)
+        module = site_of_module(path)
         hint = (f"patchc names an activation by what it holds, not by module: the output of "
-                f"{ref.text} is {module} (`patchc sites MODEL` lists every site)"
+                f"{path} is {module} (`patchc sites MODEL` lists every site)"
                 if module else _suggest(ref.kind, model, ref.text))
         raise CheckError("E200", f"unknown site {ref.text!r}", ref.span, hint=hint)
     if kind.layered and ref.layer is None:

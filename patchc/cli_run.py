@@ -164,7 +164,7 @@ def _report(results, args: argparse.Namespace, lock=None) -> None:
         print(f"== {name}: {len(df)} rows ({seconds:.2f} s)")
         if args.rows:  # (--rows 0: the counts alone)
             print(df.head(args.rows).to_string(index=False))
-        if len(df) > args.rows:
+        if args.rows and len(df) > args.rows:
             print(f"... {len(df) - args.rows} more rows")
         from patchc.plot_style import baseline_label, unpatched_label
 

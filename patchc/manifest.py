@@ -60,10 +60,10 @@ class Manifest(BaseModel):
     # the same budget) plan were reused (patchc/compile_cache.py): `load` and `plan` above
     # then hold no checking or passes.
     compile_reused: bool = False
-    files: list[str] = []
+    files: list[str] = []  # every file of the result folder but manifest.json (outputs.py)
     # The user's own files in the folder when the result was written beside them (--force):
     # not part of the result, and `patchc verify` leaves them alone.
-    beside: list[str] = []  # every file of the result folder but manifest.json (outputs.py)
+    beside: list[str] = []
 
 
 def versions() -> dict[str, str]:

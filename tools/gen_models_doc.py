@@ -144,35 +144,38 @@ def render(results: dict[str, dict[str, str]] | None) -> str:
 
 
 _INFERRED = (
-    'A model_type that is neither in the table nor refused below (a model added to transforme'
-    'rs after this release of patchc) is not turned away. If its config names a `...ForCausal'
-    'LM` (or `...LMHeadModel`) architecture, `check` reads a row from the config (`compiler/f'
-    "amily_inference.py`: the norm from its epsilon's name, rotary or learned positions, a pa"
-    'rallel-block flag) and warns W210 at the `model` line. When the weights load, before any'
-    'thing runs, the runtime settles what the config cannot say by trying each layout on the '
-    'model itself (`runtime/adapters/inferred.py`): sequential or parallel block, norms befor'
-    "e or after the sub-blocks, the head layout of a fused q/k/v projection, and the norm's f"
-    'ormula (LayerNorm or RMSNorm, weight w or 1 + w). A layout is kept only if, in one small'
-    " forward, reading every site leaves the logits bit for bit, each block's output is resid"
-    '_pre + attn.out + mlp.out, the MLP reads resid_pre + attn.out (or resid_pre in a paralle'
-    "l block), attn.out is the output projection of attn.z, each head's z at the first token "
-    "is its kv head's value, ln1 computes the norm that `ln1.scale` assumes, and the logits a"
-    "re the final norm and unembedding of the last block's output. If none holds, the run is "
-    'refused (E401) with the identity that failed, e.g. "the logits are not the final norm an'
-    'd unembedding of the last block\'s output" for a model that scales its logits. Attention '
-    'patterns are checked apart (pattern times values must give attn.z): where they do not ho'
-    'ld, the pattern sites alone are unavailable, with that reason. A mixture of experts (tra'
-    'nsformers 5.6 on) takes its expert count, width and experts per token from the config; i'
-    "ts routing rule is the one of patchc's rules (softmax_topk, topk_softmax, sigmoid_topk, "
-    "softmax_bias_topk, sigmoid_topk_scaled) that turns every router's logits into the router"
-    "'s own weights and chosen experts, bit for bit if one does, and the experts' contributio"
-    "ns (with the shared expert's) must add up to mlp.out; a router whose choices no rule rep"
-    'roduces is refused (E401). Tested by re-registering known families under new names (test'
-    's/runtime/test_inferred_families.py): Llama, GPT-2, OLMo 2, GPT-NeoX, Gemma 2, Phi and s'
-    'even mixtures of experts (Mixtral, Qwen2-MoE, GPT-OSS, ERNIE 4.5 MoE, MiniMax-M2, Hunyua'
-    'n V3, HunYuan MoE: one per routing rule) read every site, router and experts included, e'
-    'xactly as their table rows do, and re-route a router write alike; Cohere (logit scale), '
-    'Bloom (residual added inside) and Granite (multipliers) are refused with what differs.')
+    'A model_type that is neither in the table nor refused below (a model added to '
+    'transformers after this release of patchc) is not turned away. If its config names a '
+    '`...ForCausalLM` (or `...LMHeadModel`) architecture, `check` reads a row from the '
+    "config (`compiler/family_inference.py`: the norm from its epsilon's name, rotary or "
+    'learned positions, a parallel-block flag) and warns W210 at the `model` line. When the'
+    ' weights load, before anything runs, the runtime settles what the config cannot say by'
+    ' trying each layout on the model itself (`runtime/adapters/inferred.py`): a plain or '
+    'gated MLP (from its modules), sequential or parallel block, norms before or after the '
+    "sub-blocks, the head layout of a fused q/k/v projection, and the norm's formula "
+    '(LayerNorm or RMSNorm, weight w or 1 + w). A layout is kept only if, in one small '
+    "forward, reading every site leaves the logits bit for bit, each block's output is "
+    'resid_pre + attn.out + mlp.out, the MLP reads resid_pre + attn.out (or resid_pre in a '
+    "parallel block), attn.out is the output projection of attn.z, each head's z at the "
+    "first token is its kv head's value, ln1 computes the norm that `ln1.scale` assumes, "
+    "and the logits are the final norm and unembedding of the last block's output. If none "
+    'holds, the run is refused (E401) with the identity that failed, e.g. "the logits are '
+    'not the final norm and unembedding of the last block\'s output" for a model that scales'
+    ' its logits. Attention patterns are checked apart (pattern times values must give '
+    'attn.z): where they do not hold, the pattern sites alone are unavailable, with that '
+    'reason. A mixture of experts (transformers 5.6 on) takes its expert count, width and '
+    "experts per token from the config; its routing rule is the one of patchc's rules "
+    '(softmax_topk, topk_softmax, sigmoid_topk, softmax_bias_topk, sigmoid_topk_scaled) '
+    "that turns every router's logits into the router's own weights and chosen experts, bit"
+    " for bit if one does, and the experts' contributions (with the shared expert's) must "
+    'add up to mlp.out; a router whose choices no rule reproduces is refused (E401). Tested'
+    ' by re-registering known families under new names '
+    '(tests/runtime/test_inferred_families.py): Llama, GPT-2, OLMo 2, GPT-NeoX, Gemma 2, '
+    'Phi and seven mixtures of experts (Mixtral, Qwen2-MoE, GPT-OSS, ERNIE 4.5 MoE, '
+    'MiniMax-M2, Hunyuan V3, HunYuan MoE: one per routing rule) read every site, router and'
+    ' experts included, exactly as their table rows do, and re-route a router write alike; '
+    'Cohere (logit scale), Bloom (residual added inside) and Granite (multipliers) are '
+    'refused with what differs.')
 
 
 def _declared_range() -> str:

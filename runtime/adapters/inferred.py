@@ -65,7 +65,7 @@ def layout_of(model: nn.Module) -> dict[str, Any] | None:
     out: dict[str, Any] = {"model_type": getattr(model.config, "model_type", None),
                            "norm": fam.norm, "rms_offset": fam.rms_offset,
                            "parallel": fam.parallel, "post_norms": fam.post_norms,
-                           "fused_qkv": fam.qkv}
+                           "gated_mlp": fam.gated, "fused_qkv": fam.qkv}
     if fam.moe:
         out["routing"] = fam.moe
     out["unavailable"] = dict(sorted(problems.items()))
@@ -115,7 +115,8 @@ def _candidates(ad: Adapter) -> list[Family]:
     rule out: norms after the sub-blocks (a `post_attention_layernorm` beside a
     `pre_feedforward_layernorm`, or no pre-attention norm), a parallel block, and the head
     layout of a fused q/k/v projection ([q | k | v], or per kv group)."""
-    fam = replace(ad.fam, **_norm_kind(ad))
+    gated = bool(ad.s.gate or ad.s.gate_up) if not ad.fam.moe else ad.fam.gated
+    fam = replace(ad.fam, gated=gated, **_norm_kind(ad))
     block = ad.layer(0)
     names = {n for n, _ in block.named_children()}
     post_first = "post_attention_layernorm" in names and (
