@@ -62,10 +62,14 @@ def normalized_value(m: float, target: float, source: float | None) -> float:
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
-    """0-based ranks of x; ties share their mean rank."""
+    """0-based ranks of x; ties share their mean rank. Values within float noise of each
+    other (1e-6 of the largest magnitude) tie: swaps that change nothing come out a few
+    units in the last place apart, and their order is noise, not agreement."""
     order = np.argsort(x, kind="stable")
     xs = x[order]
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    finite = np.abs(xs[np.isfinite(xs)])
+    tol = 1e-6 * float(finite.max()) if finite.size else 0.0
+    starts = np.flatnonzero(np.r_[True, ~(np.abs(xs[1:] - xs[:-1]) <= tol)])
     stops = np.r_[starts[1:], len(xs)]
     ranks = np.empty(len(x))
     ranks[order] = np.repeat((starts + stops - 1) / 2, stops - starts)

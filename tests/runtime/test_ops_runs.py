@@ -266,3 +266,14 @@ def test_freeze_ln(gpt2: Fam) -> None:
             h.remove()
     close(per_example(res, "c", "ld"), want, atol=1e-5)
     assert not torch.allclose(want, hand_ld(gpt2, CORRUPT), atol=1e-3)
+
+
+def test_spearman_ties_values_within_float_noise() -> None:
+    """Swaps that change nothing come out a few units in the last place apart; ranking them
+    by that noise moved compare's Spearman (0.996 for what is 1 up to rounding)."""
+    from patchc.tables import spearman
+
+    estimate = [0.0, 0.0, 0.0, 1.0, 2.0]
+    exact = [3e-8, -2e-8, 1e-8, 1.0, 2.0]  # (the first three: one value, up to noise)
+    assert spearman(estimate, exact) == pytest.approx(1.0)
+    assert spearman([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx(0.5)
