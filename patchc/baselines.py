@@ -39,6 +39,26 @@ def table_baselines(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[s
     return out
 
 
+def unpatched_left_out(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[str, str]:
+    """The raw columns of an intervention table whose unpatched target value the plan left
+    out (it would have cost a model pass of its own), each with its target run."""
+    run = _target_run(ir, table)
+    return {col: run for col, (target, _) in table.unpatched
+            if run is not None and (target is None or target not in values)}
+
+
+def _target_run(ir: IRGraph, table: Table) -> str | None:
+    """The run an intervention table's experiments patch: the run of the forward of any of
+    its measured values."""
+    refs = [nid for row in table.rows for _, nid in row.values] + \
+        [nid for block in table.sweeps for _, nid in block.values]
+    for nid in refs:
+        forward = getattr(ir.node(nid), "forward", None) if nid in ir.g else None
+        if forward is not None and hasattr(ir.node(forward), "run"):
+            return ir.node(forward).run  # type: ignore[union-attr]
+    return None
+
+
 def table_unpatched(ir: IRGraph, table: Table, values: dict[str, Any]) -> dict[str, Any]:
     """For each raw column of an intervention (Table.unpatched): the metric on its runs as
     they are, unpatched, `{"target": {"run": .., "value": ..}, "source": {...}}` (the mean

@@ -170,11 +170,15 @@ def _report(results, args: argparse.Namespace, lock=None) -> None:
 
         for col, b in results.baselines(name).items():
             print(f"   {col} normalized: {baseline_label(b)}")
-        for col, u in results.unpatched(name).items():
+        unpatched = results.unpatched(name)
+        for col, run in results.left_out(name).items():
             # (the plan leaves out a forward run for that value alone: docs/reading.md)
-            alone = "" if "target" in u else "; the target run's is left out (a model " \
-                f"pass of its own): `measure {col} in <target run>` adds it"
-            print(f"   {col} unpatched: {unpatched_label(col, u)}{alone}")
+            known = f"{unpatched_label(col, unpatched[col])}; " if col in unpatched else ""
+            print(f"   {col} unpatched: {known}the value on {run} as it is was left out (a "
+                  f"model pass of its own): `measure {col} in {run}` adds it")
+        for col, u in unpatched.items():
+            if col not in results.left_out(name):
+                print(f"   {col} unpatched: {unpatched_label(col, u)}")
     plan = results.manifest.get("plan", {})
     if "sparse_skipped" in plan:  # latent sweeps (runtime/sparse.py)
         print(f"sparse latent sweeps: {plan['sparse_skipped']} experiments on inactive latents "

@@ -28,7 +28,7 @@ import torch
 from patchc.compiler.errors import PatchcError
 from patchc.compiler.ir import IRGraph, Table
 from patchc.compiler.ir_sweep import members, split
-from patchc.baselines import table_baselines, table_unpatched
+from patchc.baselines import table_baselines, table_unpatched, unpatched_left_out
 from patchc.tables import build_table, compare_points, example_mean, per_example_table
 
 
@@ -180,6 +180,11 @@ class Results:
         source run) unpatched: `{"ld": {"target": {"run": "corrupt", "value": -0.68},
         "source": {"run": "clean", "value": 7.12}}}` (tables.table_unpatched)."""
         return table_unpatched(self._ir, self._table(name), self._values)
+
+    def left_out(self, name: str) -> dict[str, str]:
+        """The raw columns of intervention table `name` whose unpatched value on the target
+        run was left out (a model pass of its own), each with that run."""
+        return unpatched_left_out(self._ir, self._table(name), self._values)
 
     def activations(self, name: str) -> dict[str, torch.Tensor]:
         """The tensors of `read ... as NAME`, by concrete site (runtime/reading.py says

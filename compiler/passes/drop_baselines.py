@@ -50,9 +50,8 @@ def drop_baselines(ir: IRGraph) -> IRGraph:
     def keep(x: str | None) -> str | None:
         return None if x in gone else x
 
-    tables = []
-    for t in ir.tables:
-        kept = tuple((c, (keep(a), keep(b))) for c, (a, b) in t.unpatched)
-        tables.append(dataclasses.replace(t, unpatched=tuple(
-            (c, pair) for c, pair in kept if pair != (None, None))))
+    # (a column whose values are all left out stays, as (None, None): the run can say so)
+    tables = [dataclasses.replace(t, unpatched=tuple((c, (keep(a), keep(b)))
+                                                     for c, (a, b) in t.unpatched))
+              for t in ir.tables]
     return rebuild({nid: n for nid, n in nodes.items() if nid not in gone}, tables, like=ir)

@@ -180,3 +180,20 @@ def test_a_concrete_item_beside_a_pattern_has_its_layer():
     assert (row["layer"], row["head"]) == (2, 1)
     assert s[s["site"] == "L1.mlp.out"]["head"].isna().all()
     assert (res.per_example("s").groupby("site")["layer"].first()["L1.mlp.out"]) == 1
+
+
+def test_a_left_out_baseline_is_said_under_its_table(tmp_path, capsys):
+    """A steer that generates text has no plain forward of its target: its baseline would
+    cost a pass of its own, is left out, and `patchc run` says so with the statement that
+    adds it (the column used to vanish from the table's baselines without a word)."""
+    from patchc.cli import main
+
+    spec = tmp_path / "s.patch"
+    spec.write_text(_spec("steer L1.resid_post in corrupt by {1, 2} * v  measure ld, "
+                          "says = text(2)  as steered\n"), "utf-8")
+    assert main(["run", str(spec), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "ld unpatched: the value on corrupt as it is was left out" in out
+    assert "`measure ld in corrupt` adds it" in out
+    res = patchc.run(spec)
+    assert res.left_out("steered") == {"ld": "corrupt"} and res.unpatched("steered") == {}
