@@ -49,7 +49,7 @@ def why_not_inferred(config: dict[str, Any]) -> str | None:
     """Why a config outside the table cannot get an inferred row (None: it can)."""
     if not causal_lm(config):
         return "its config names no `...ForCausalLM` architecture"
-    if any(config.get(k) for k in MOE_KEYS):
+    if _moe(config):
         if installed_transformers() < _ROUTER_LOGITS:
             return ("a mixture of experts outside the family table is inferred from "
                     "transformers 5.6 on (its routers return their logits)")
@@ -74,7 +74,7 @@ def infer_family(config: dict[str, Any]) -> Family | None:
     # (no maximum length: ALiBi-style positions; no prompt is then too long for `check`)
     n_ctx = 0 if any(config.get(k) for k in NAMES["n_ctx"]) else 1 << 20
     moe: dict[str, Any] = {}
-    if any(config.get(k) for k in MOE_KEYS):  # (the rule is settled on the weights)
+    if _moe(config):  # (the rule is settled on the weights)
         count = next(k for k in _EXPERT_COUNTS if config.get(k))
         width = "moe_intermediate_size" if config.get("moe_intermediate_size") else \
             "intermediate_size"
@@ -83,6 +83,12 @@ def infer_family(config: dict[str, Any]) -> Family | None:
     return Family(norm=norm, positional="rotary" if rotary else "learned", parallel=parallel,
                   mlp_default_4x=not any(config.get(k) for k in NAMES["d_mlp"]),
                   n_ctx_default=n_ctx, inferred=True, note=NOTE, **moe)
+
+
+def _moe(config: dict[str, Any]) -> bool:
+    """A mixture of experts: an expert field set, unless the config switches experts off
+    (`is_moe: false` beside a default expert count)."""
+    return config.get("is_moe") is not False and any(config.get(k) for k in MOE_KEYS)
 
 
 def family_for(model_type: str, config: dict[str, Any] | None = None) -> Family | None:

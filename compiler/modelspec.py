@@ -160,6 +160,8 @@ def _dense_layers(config: dict[str, Any]) -> str | None:
         return "decoder_sparse_step"
     if config.get("first_k_dense_replace"):
         return "first_k_dense_replace"
+    if config.get("num_dense_layers"):
+        return "num_dense_layers"
     if any(t != "sparse" for t in config.get("mlp_layer_types") or ()):
         return "mlp_layer_types"
     # ERNIE 4.5: experts from moe_layer_start_index to moe_layer_end_index (-1: the last layer),

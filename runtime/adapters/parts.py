@@ -271,6 +271,12 @@ class Parts:
                 return float(getattr(module, name))
         if self.fam.eps is not None:
             return self.fam.eps
+        if self.fam.inferred:  # (the config's, else torch's default; inferred.py checks the
+            # norm's formula with it on the weights)
+            for key in ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon"):
+                if isinstance(getattr(self.config, key, None), float):
+                    return float(getattr(self.config, key))
+            return 1e-5
         name = type(module).__name__
         raise RuntimeInterventionError("E401", f"cannot find the epsilon of {name}")
 

@@ -181,6 +181,74 @@ def test_a_model_in_training_mode_is_settled_as_it_evaluates() -> None:
     assert adapter_for(model).fam.inferred and model.training
 
 
+class _Halved(torch.nn.Linear):
+    """A linear layer whose forward does something its weight does not say."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * super().forward(x)
+
+
+def _halve(linear: torch.nn.Linear) -> None:
+    linear.__class__ = _Halved
+
+
+def _layernorm_ln2(model: torch.nn.Module) -> None:
+    for layer in model.model.layers:  # (a LayerNorm where the config implies RMSNorm)
+        norm = torch.nn.LayerNorm(model.config.hidden_size)
+        with torch.no_grad():
+            norm.weight.add_(0.2)
+            norm.bias.add_(0.1)
+        layer.post_attention_layernorm = norm
+
+
+def _double_experts(model: torch.nn.Module) -> None:
+    for layer in model.model.layers:  # (an experts class whose forward is its own)
+        cls = type(layer.mlp.experts)
+        layer.mlp.experts.__class__ = type(
+            "Doubled", (cls,), {"forward": lambda self, *a, cls=cls, **k: 2 * cls.forward(
+                self, *a, **k)})
+
+
+@pytest.mark.parametrize(("family", "change", "what"), [
+    # What patchc computes from a module's weight, or runs in its place, is checked against
+    # what the module itself computes.
+    ("llama", lambda m: _halve(m.lm_head), "LM head (_Halved) is not a plain linear map"),
+    ("llama", lambda m: _halve(m.model.layers[0].self_attn.o_proj),
+     "the heads' out (z_h · W_O[h]) do not add up to attn.out"),
+    ("llama", lambda m: _halve(m.model.layers[1].self_attn.k_proj),
+     "self_attn.k_proj is not a plain linear map"),
+    ("llama", _layernorm_ln2, "post_attention_layernorm does not compute a rmsnorm"),
+    ("mixtral", _double_experts, "the MLP patchc runs for expert sites does not give"),
+])
+def test_a_module_that_computes_something_else_is_refused(family: str, change, what: str
+                                                          ) -> None:
+    _skip_old(family)
+    model = renamed(family)
+    change(model)
+    with pytest.raises(RuntimeInterventionError) as e:
+        adapter_for(model)
+    assert e.value.code == "E401" and what in e.value.message, e.value.message
+    assert no_hooks_left(model)
+
+
+def test_edges_into_an_attention_that_reads_its_input_elsewhere_are_unavailable() -> None:
+    model = renamed("llama")
+    for layer in model.model.layers:  # (a gate on the attention's input: no receiver of ours)
+        layer.self_attn.g_proj = torch.nn.Linear(model.config.hidden_size, 8)
+    ad = adapter_for(model)
+    assert "reads its input through g_proj" in ad.missing("q.in")
+    assert ad.missing("k.in") and ad.missing("v.in") and not ad.missing("attn.z")
+
+
+def test_a_config_that_switches_experts_off_is_dense() -> None:
+    from patchc.compiler.family_inference import infer_family
+
+    fam = infer_family({"architectures": ["XForCausalLM"], "num_hidden_layers": 2,
+                        "hidden_size": 32, "num_attention_heads": 4, "is_moe": False,
+                        "num_experts": 16384, "num_experts_per_tok": 2})
+    assert fam is not None and fam.moe is None
+
+
 def test_experts_chosen_by_no_known_rule_are_refused(monkeypatch) -> None:
     _skip_old("mixtral")
     model = renamed("mixtral")
