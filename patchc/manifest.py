@@ -52,6 +52,9 @@ class Manifest(BaseModel):
     # A model_type outside the family table: the layout inferred from its config and checked
     # on its weights (runtime/adapters/inferred.py), as the run used it.
     layout: dict[str, Any] | None = None
+    # The user's own files in the folder when the result was written beside them (--force):
+    # not part of the result, and `patchc verify` leaves them alone.
+    beside: list[str] = []
     total_seconds: float
     # Seconds per phase (load, plan, execute, assemble), in model passes (model), and the
     # overhead: everything but the load and the model passes (patchc/execution.py Clock).
@@ -61,9 +64,6 @@ class Manifest(BaseModel):
     # then hold no checking or passes.
     compile_reused: bool = False
     files: list[str] = []  # every file of the result folder but manifest.json (outputs.py)
-    # The user's own files in the folder when the result was written beside them (--force):
-    # not part of the result, and `patchc verify` leaves them alone.
-    beside: list[str] = []
 
 
 def versions() -> dict[str, str]:

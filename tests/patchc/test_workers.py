@@ -170,7 +170,13 @@ def test_rank_0_killed_leaves_no_worker_and_no_folder(spec_file: Path, tmp_path:
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed"
         family = psutil.Process(proc.pid).children(recursive=True)
-        workers = [p for p in family if "forkserver" not in " ".join(p.cmdline())]
+
+        def command(p: psutil.Process) -> str:
+            try:
+                return " ".join(p.cmdline())
+            except psutil.Error:  # (a child that has just exited: a zombie has no cmdline)
+                return ""
+        workers = [p for p in family if "forkserver" not in command(p)]
         assert workers
         proc.kill()
         proc.wait()

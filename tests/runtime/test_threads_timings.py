@@ -50,7 +50,7 @@ def test_the_default_is_recorded(models_dir):
 
 
 def test_threads_below_one_is_a_check_error(models_dir):
-    with pytest.raises(PatchcError, match="threads must be at least 1"):
+    with pytest.raises(PatchcError, match="threads must be from 1 to 1024"):
         family("gpt2", models_dir).run("set threads = 0\n" + BODY)
 
 
