@@ -1,10 +1,12 @@
 """Whether rank 0 of a spawned run is still there, and removing the run's temporary folder
-when it is not: a spawned worker's watch on its parent (patchc/workers.py)."""
+when it is not: a spawned worker's watch on its parent (patchc/workers.py), and the next
+run's sweep of folders whose rank 0 is gone."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,6 +27,25 @@ def watch_parent(parent: int, root: Path) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="patchc-parent-watch").start()
+
+
+OWNER = "owner"  # in a run's folder: rank 0's pid
+
+
+def new_root() -> Path:
+    """A run's temporary folder, holding rank 0's pid; the folders of earlier runs whose rank
+    0 is gone are removed first (killed after its workers had finished, a run leaves its
+    folder to nobody else)."""
+    for old in Path(tempfile.gettempdir()).glob("patchc-workers-*"):
+        try:
+            owner = int((old / OWNER).read_text())
+        except (OSError, ValueError):
+            continue  # (being made, or not ours to judge)
+        if owner != os.getpid() and not alive(owner):
+            remove(old)
+    root = Path(tempfile.mkdtemp(prefix="patchc-workers-"))
+    (root / OWNER).write_text(str(os.getpid()))
+    return root
 
 
 def remove(root: Path) -> None:

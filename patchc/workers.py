@@ -31,7 +31,6 @@ import hashlib
 import os
 import pickle
 import shutil
-import tempfile
 import threading
 import time
 import traceback
@@ -50,6 +49,7 @@ from patchc.compiler.ir import IRGraph
 from patchc.compiler.schedule import Plan
 from patchc.compiler.shard import Shard, rows_of, shard
 from patchc.worker_watch import alive as _alive
+from patchc.worker_watch import new_root as _new_root
 from patchc.worker_watch import remove as _remove
 from patchc.worker_watch import watch_parent as _watch_parent
 
@@ -285,7 +285,7 @@ def spawn(spec: Any, workers: int, model: Any, tokenizer: Any, trust_remote_code
             model.share_memory()
         # Made only now, with the workers that remove it should rank 0 be killed: planning
         # can take long, and a folder made before it would outlive a kill -9 during it.
-        root = group.root = Path(tempfile.mkdtemp(prefix="patchc-workers-"))
+        root = group.root = _new_root()
         procs = [ctx.Process(target=_worker, daemon=True,
                              args=(rank, workers, root, (digest, plan_json), threads,
                                    bytes(ForkingPickler.dumps((spec, model, tokenizer))),

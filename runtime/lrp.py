@@ -92,7 +92,9 @@ class _GateCapture:
         a, u, self.a, self.u = self.a, self.u, None, None
         p = args[0]
         if a is None or u is None or a.shape != p.shape or u.shape != p.shape:
-            raise RuntimeError("RelP half-rule: the gated MLP's factors were not seen")
+            raise RuntimeInterventionError(
+                "E403", "RelP's half-rule needs the gated MLP's activation and up projection, "
+                "and this model's MLP did not call them as modules (use atp, or ig)")
         return (half_rule(p, a, u), *args[1:])
 
     def remove(self) -> None:

@@ -5,10 +5,12 @@ check compares what patchc computes (its sites, read through the adapter itself,
 weights it multiplies directly) with what the model computes:
 
 - reading every site leaves the logits bit for bit;
-- each block's output is resid_pre + attn.out + mlp.out, and the next block's input;
+- each block's output is resid_pre + attn.out + mlp.out, and the next block's input; and
+  block 1 run from its cached input (as shared prefixes run it) gives the same logits;
 - the MLP side reads resid_pre + attn.out (a sequential block) or resid_pre (a parallel one);
 - the heads' `out` (z_h · W_O[h], from the weight) add up, with the output bias, to attn.out;
-- the q/k/v projections are plain linear maps of ln1's output (edges recompute them);
+- the q/k/v projections are plain linear maps of ln1's output, and the MLP reads ln2's
+  (edges recompute both);
 - the norms compute what the scale sites assume (ln1, ln2);
 - with experts: the experts' contributions (and the shared expert's) add up to mlp.out, and
   the MLP patchc runs while an expert site is hooked gives the model's own mlp.out;
@@ -54,6 +56,8 @@ def layout_fails(ad: Adapter) -> tuple[int, str] | None:
                 watch(stack, ad.resid_mid_module(layer), seen, ("mid", layer))
             for which in ("qkv",) if ad.s.qkv else ("q", "k", "v"):
                 watch(stack, ad._at(layer, getattr(ad.s, which)), seen, (which, layer))
+            if ad.s.mlp:
+                watch(stack, ad.mlp(layer), seen, ("mlp", layer))
         watch(stack, ad.model.get_output_embeddings(), seen, ("head",))
         logits = ad.model(ids).logits
     if not torch.equal(logits, plain):
@@ -63,6 +67,10 @@ def layout_fails(ad: Adapter) -> tuple[int, str] | None:
         why = _block_fails(ad, layer, got, seen, dtype)
         if why is not None:
             return why
+    if ad.n_layers > 1:
+        why = _skipped_prefix_fails(ad, ids, got["resid_pre", 1], plain)
+        if why is not None:
+            return 3, why
     if ad.n_experts:
         why = experts_fail(ad, ids)
         if why is not None:
@@ -107,10 +115,23 @@ def _block_fails(ad: Adapter, layer: int, got: dict, seen: dict, dtype: torch.dt
         if x is not None and not _plain_linear(module, x, out, dtype):
             return 6, (f"{where}, {getattr(ad.s, which)} is not a plain linear map, which "
                        "edges into q, k and v recompute from its weight")
-        if x is not None and ("ln1", layer) in seen and \
-                not close(x, seen["ln1", layer][1], dtype):
-            return 6, (f"{where}, the attention's projections do not read {ad.s.ln1}'s "
-                       "output, which edges into q, k and v assume")
+        reads = seen["ln1", layer][1] if ("ln1", layer) in seen else \
+            None if ad.s.ln1 else pre  # (no pre-attention norm: the residual itself)
+        if x is not None and reads is not None and not close(x, reads, dtype):
+            return 6, (f"{where}, the attention's projections do not read "
+                       f"{ad.s.ln1 or 'resid_pre'}'s output, which edges into q, k and v "
+                       "assume")
+    if ("mlp", layer) in seen:  # (edges into mlp.in recompute its input from this)
+        x = seen["mlp", layer][0]
+        if ad.s.ln2:  # (one norm for both: ln1's output)
+            norm = seen.get(("ln1" if ad.s.ln2 == ad.s.ln1 else "ln2", layer))
+            reads = norm[1] if norm is not None else None
+        else:
+            reads = pre if ad.parallel_attn else got["resid_mid", layer]
+        if reads is not None and not close(x, reads, dtype):
+            what = ad.s.ln2 or ("resid_pre" if ad.parallel_attn else "resid_mid")
+            return 6, (f"{where}, the MLP does not read {what}'s output, which edges into "
+                       "mlp.in assume")
     if ad.s.qkv and not close(first_values(ad, got["attn.v", layer]),
                               got["attn.z", layer][:, :1], dtype):
         return 6, (f"{where}, the first token's attention output is not its value: the "
@@ -125,6 +146,25 @@ def _block_fails(ad: Adapter, layer: int, got: dict, seen: dict, dtype: torch.dt
             if not close(want, out, dtype):
                 return 7, (f"{where}, {getattr(ad.s, name)} does not compute a {ad.norm} with "
                            f"its weight, so {name}.scale would be wrong")
+    return None
+
+
+def _skipped_prefix_fails(ad: Adapter, ids: Tensor, state: Tensor, plain: Tensor
+                          ) -> str | None:
+    """Whether the model computes the same logits when block 0 is skipped and block 1 starts
+    from its cached input, as the optimizer's shared prefixes run it (a block that keeps
+    state for later ones, a value residual, would leave it stale)."""
+    from patchc.runtime.compat import blocks_return_tuples
+    from patchc.runtime.prefix import skip_layers
+
+    as_tuple = blocks_return_tuples(ad.model, ad.layer(0))
+    ad.model(torch.flip(ids, dims=(1,)))  # (other tokens first: state left on a module is
+    with skip_layers(ad.layers(), 1, state, as_tuple):  # then another prompt's)
+        skipped = ad.model(ids).logits
+    if not close(skipped, plain, plain.dtype):
+        return ("its blocks pass something to later blocks besides the residual stream (a "
+                "value residual?): run from a later block, as patchc shares prefixes, the "
+                "logits differ")
     return None
 
 

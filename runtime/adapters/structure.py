@@ -23,9 +23,9 @@ FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f", 
 ATTN = ("self_attn", "attn.attention", "attn", "attention", "self_attention")  # GPT-Neo nests
 MLP = ("mlp", "feed_forward", "block_sparse_moe", "ffn")
 LN1 = ("input_layernorm", "ln_1", "ln_attn", "norm_1", "self_attn_layer_norm",
-       "attention_layernorm")
+       "attention_layernorm", "attention_norm")
 LN2 = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2", "ln_mlp", "norm_2",
-       "final_layer_norm", "feedforward_layernorm")
+       "final_layer_norm", "feedforward_layernorm", "ffn_norm", "pre_mlp_layernorm")
 # (and post_attention_layernorm in post-norm families; post_norm1/2: HyperCLOVA X peri-norms)
 POST_ATTN = ("post_self_attn_layernorm", "post_norm1")
 POST_MLP = ("post_feedforward_layernorm", "post_mlp_layernorm", "post_norm2")

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -182,6 +183,15 @@ def test_rank_0_killed_leaves_no_worker_and_no_folder(spec_file: Path, tmp_path:
         proc.wait()
         gone, alive = psutil.wait_procs(family, timeout=10)
         assert not alive, [p.cmdline() for p in alive]
+        # A worker still computing removes the folder when rank 0 dies; one that had already
+        # sent its results cannot: then the next run's start removes it (its owner is gone).
+        left = list(tmp_path.glob("patchc-workers-*"))
+        if left:
+            again = subprocess.run([sys.executable, "-m", "patchc.cli", "run", str(spec_file),
+                                    "--workers", "2", "--quiet", "--no-plots"], env=env,
+                                   capture_output=True, timeout=300)
+            assert again.returncode == 0, again.stderr
+            assert not any(p.exists() for p in left)
         assert not list(tmp_path.glob("patchc-workers-*"))
     finally:
         if proc.poll() is None:
@@ -212,3 +222,18 @@ def test_the_spec_spreads_a_sweep_over_the_workers(spec_file: Path) -> None:
         shards = shard(prog.optimized, plan, workers)
         spread = [m for sh in shards for m in sh.parts]
         assert spread and any(spread.count(m) > 1 for m in spread)
+
+
+def test_a_new_run_removes_the_folders_of_runs_whose_rank_0_is_gone(tmp_path, monkeypatch):
+    from patchc import worker_watch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, live = tmp_path / "patchc-workers-stale", tmp_path / "patchc-workers-live"
+    for folder, owner in ((stale, dead.pid), (live, os.getpid())):
+        folder.mkdir()
+        (folder / worker_watch.OWNER).write_text(str(owner))
+    root = worker_watch.new_root()
+    assert not stale.exists() and live.exists() and root.exists()
+    assert (root / worker_watch.OWNER).read_text() == str(os.getpid())

@@ -231,6 +231,53 @@ def test_a_module_that_computes_something_else_is_refused(family: str, change, w
     assert no_hooks_left(model)
 
 
+def _mlp_reads_scaled(model: torch.nn.Module) -> None:
+    for layer in model.model.layers:  # (the block scales the norm's output on the way in)
+        layer.mlp.register_forward_pre_hook(lambda m, args: (0.7 * args[0],))
+
+
+def _value_residual(model: torch.nn.Module) -> None:
+    """Block 1 adds a share of block 0's attention output, kept on a module between them."""
+    first, second = model.model.layers[0], model.model.layers[1]
+    first.self_attn.register_forward_hook(
+        lambda m, a, out: setattr(second, "kept", out[0].detach()))
+    second.mlp.register_forward_hook(lambda m, a, out: out + 0.5 * second.kept)
+
+
+@pytest.mark.parametrize(("change", "what"), [
+    (_mlp_reads_scaled, "the MLP does not read post_attention_layernorm's output"),
+    (_value_residual, "its blocks pass something to later blocks besides the residual"),
+])
+def test_what_edges_and_shared_prefixes_rely_on_is_checked(change, what: str) -> None:
+    model = renamed("llama")
+    change(model)
+    with pytest.raises(RuntimeInterventionError) as e:
+        adapter_for(model)
+    assert what in e.value.message, e.value.message
+
+
+def test_norms_under_meta_names_are_found() -> None:
+    """Meta's llama names (`attention_norm`, `ffn_norm`): a sequential block, not a parallel
+    one without norms."""
+    model = renamed("llama")
+    for layer in model.model.layers:
+        layer.attention_norm = layer.input_layernorm
+        layer.ffn_norm = layer.post_attention_layernorm
+        del layer.input_layernorm, layer.post_attention_layernorm
+        layer.forward = _meta_forward(layer)
+    ad = adapter_for(model)
+    assert (ad.s.ln1, ad.s.ln2, ad.parallel_attn) == ("attention_norm", "ffn_norm", False)
+
+
+def _meta_forward(layer: torch.nn.Module):
+    def forward(hidden_states, *args, **kwargs):
+        h = layer.attention_norm(hidden_states)
+        h, _ = layer.self_attn(h, *args, **kwargs)
+        hidden_states = hidden_states + h
+        return hidden_states + layer.mlp(layer.ffn_norm(hidden_states))
+    return forward
+
+
 def test_edges_into_an_attention_that_reads_its_input_elsewhere_are_unavailable() -> None:
     model = renamed("llama")
     for layer in model.model.layers:  # (a gate on the attention's input: no receiver of ours)
