@@ -158,28 +158,30 @@ _INFERRED = (
     "resid_pre + attn.out + mlp.out (feature by feature, up to rounding in the model's "
     'dtype), the MLP reads resid_pre + attn.out (or resid_pre in a parallel block), the '
     "heads' `out` (from the weight) add up to attn.out, the q/k/v projections are plain "
-    "linear maps of ln1's output, each head's z at the first token is its kv head's value, "
-    'ln1 and ln2 compute the norms the scale sites assume, the LM head is a plain linear '
-    "map and the logits are the final norm and unembedding of the last block's output; with"
-    " experts, the MLP patchc runs for expert sites gives the model's own mlp.out. An "
-    'attention that also reads its input through another projection (a gate) keeps its '
-    'sites but not edges into q, k and v. If none holds, the run is refused (E401) with the'
-    ' identity that failed, e.g. "the logits are not the final norm and unembedding of the '
-    'last block\'s output" for a model that scales its logits. Attention patterns are '
-    'checked apart (pattern times values must give attn.z): where they do not hold, the '
-    'pattern sites alone are unavailable, with that reason. A mixture of experts '
-    '(transformers 5.6 on) takes its expert count, width and experts per token from the '
-    "config; its routing rule is the one of patchc's rules (softmax_topk, topk_softmax, "
-    "sigmoid_topk, softmax_bias_topk, sigmoid_topk_scaled) that turns every router's logits"
-    " into the router's own weights and chosen experts, bit for bit if one does, and the "
-    "experts' contributions (with the shared expert's) must add up to mlp.out; a router "
-    'whose choices no rule reproduces is refused (E401). Tested by re-registering known '
-    'families under new names (tests/runtime/test_inferred_families.py): Llama, GPT-2, OLMo'
-    ' 2, GPT-NeoX, Gemma 2, Phi and seven mixtures of experts (Mixtral, Qwen2-MoE, GPT-OSS,'
-    ' ERNIE 4.5 MoE, MiniMax-M2, Hunyuan V3, HunYuan MoE: one per routing rule) read every '
-    'site, router and experts included, exactly as their table rows do, and re-route a '
-    'router write alike; Cohere (logit scale), Bloom (residual added inside) and Granite '
-    '(multipliers) are refused with what differs.')
+    "linear maps of ln1's output and the MLP reads ln2's, block 1 run from its cached input"
+    " (as shared prefixes run it) gives the same logits, each head's z at the first token "
+    "is its kv head's value, ln1 and ln2 compute the norms the scale sites assume, the LM "
+    'head is a plain linear map and the logits are the final norm and unembedding of the '
+    "last block's output; with experts, the MLP patchc runs for expert sites gives the "
+    "model's own mlp.out. An attention that also reads its input through another projection"
+    ' (a gate) keeps its sites but not edges into q, k and v. If none holds, the run is '
+    'refused (E401) with the identity that failed, e.g. "the logits are not the final norm '
+    'and unembedding of the last block\'s output" for a model that scales its logits. '
+    'Attention patterns are checked apart (pattern times values must give attn.z): where '
+    'they do not hold, the pattern sites alone are unavailable, with that reason. A mixture'
+    ' of experts (transformers 5.6 on) takes its expert count, width and experts per token '
+    "from the config; its routing rule is the one of patchc's rules (softmax_topk, "
+    'topk_softmax, sigmoid_topk, softmax_bias_topk, sigmoid_topk_scaled) that turns every '
+    "router's logits into the router's own weights and chosen experts, bit for bit if one "
+    "does, and the experts' contributions (with the shared expert's) must add up to "
+    'mlp.out; a router whose choices no rule reproduces is refused (E401). Tested by '
+    're-registering known families under new names '
+    '(tests/runtime/test_inferred_families.py): Llama, GPT-2, OLMo 2, GPT-NeoX, Gemma 2, '
+    'Phi and seven mixtures of experts (Mixtral, Qwen2-MoE, GPT-OSS, ERNIE 4.5 MoE, '
+    'MiniMax-M2, Hunyuan V3, HunYuan MoE: one per routing rule) read every site, router and'
+    ' experts included, exactly as their table rows do, and re-route a router write alike; '
+    'Cohere (logit scale), Bloom (residual added inside) and Granite (multipliers) are '
+    'refused with what differs.')
 
 
 def _declared_range() -> str:
