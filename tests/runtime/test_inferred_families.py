@@ -74,8 +74,12 @@ def test_inferred_row_reads_every_site_as_the_table_row(family: str) -> None:
     assert ad.fam.inferred and ad.family == f"patchc_test_{family}"
     table = Adapter(model, lookup(family))
     ids = torch.randint(4, 60, (2, 6), generator=torch.Generator().manual_seed(1))
-    sites = _sites(table)
-    assert _sites(ad) == sites  # the same sites are available
+    sites = _sites(ad)
+    # The same sites, but for patterns the check may find are not what the model uses (on
+    # transformers 4.57, Gemma-2 under sdpa skips the soft-cap its eager pattern applies).
+    lost = set(_sites(table)) - set(sites)
+    assert all(kind in ("pattern", "attn.pattern") for kind, _, _ in lost), lost
+    assert not set(sites) - set(_sites(table))
     want_logits, want = run(table, ids, reads=sites)
     logits, got = run(ad, ids, reads=sites)
     assert torch.equal(logits, want_logits)
