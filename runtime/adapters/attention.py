@@ -168,8 +168,34 @@ def patchc_attention(
     explicit = kwargs
     if args:  # the transformers convention passes everything after the mask by keyword
         explicit = {**dict(zip(("scaling", "dropout"), args)), **kwargs}
+    if explicit.get("softcap") is not None and _ignores_softcap(fallback):
+        # (the model's own function leaves the soft-cap out, as transformers 4.x's sdpa does
+        # for Gemma-2: the pattern it uses, read or written, is the one without it)
+        explicit = {k: v for k, v in explicit.items() if k != "softcap"}
     return explicit_attention(module, query, key, value, attention_mask, hooks, own=own,
                               **explicit)
+
+
+_SOFTCAP_IGNORED: dict[Callable, bool] = {}
+
+
+def _ignores_softcap(fn: Callable) -> bool:
+    """Whether an attention function computes the same with a soft-cap as without (asked
+    once per function, of a small random attention)."""
+    if fn not in _SOFTCAP_IGNORED:
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, 1, 3, 4, generator=g) * 4 for _ in range(3))
+        probe = nn.Module()
+        probe.is_causal = True
+        probe.training = False
+        try:
+            with torch.no_grad():
+                plain = fn(probe, q, k, v, None, scaling=1.0)[0]
+                capped = fn(probe, q, k, v, None, scaling=1.0, softcap=0.5)[0]
+            _SOFTCAP_IGNORED[fn] = bool(torch.equal(plain, capped))
+        except Exception:  # noqa: BLE001 (a function that needs more: assume it applies it)
+            _SOFTCAP_IGNORED[fn] = False
+    return _SOFTCAP_IGNORED[fn]
 
 
 def _register() -> None:

@@ -76,6 +76,29 @@ def plain(ad: Adapter, ids: torch.Tensor) -> torch.Tensor:
         return ad.model(ids).logits
 
 
+def eager_logits(ad: Adapter, ids: torch.Tensor) -> torch.Tensor:
+    """The logits of an eager copy of the model: what an identity pattern write must equal bit
+    for bit. Where the model's own attention leaves a soft-cap out (transformers 4.x's sdpa,
+    for Gemma-2), the copy leaves it out too, as patchc's exposed pattern does."""
+    import copy
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from patchc.runtime.adapters.attention import _ignores_softcap
+
+    eager = copy.deepcopy(ad.model)
+    own = ALL_ATTENTION_FUNCTIONS.get(ad.model.config._attn_implementation)
+    if getattr(eager.config, "attn_logit_softcapping", None) and own is not None and \
+            _ignores_softcap(own):
+        eager.config.attn_logit_softcapping = None
+        for module in eager.modules():
+            if getattr(module, "attn_logit_softcapping", None) is not None:
+                module.attn_logit_softcapping = None
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        return eager(ids).logits
+
+
 def run(ad: Adapter, ids: torch.Tensor, reads=(), writes=()) -> tuple[torch.Tensor, dict]:
     """One forward with write hooks (entered first) and read hooks; returns logits and reads."""
     got: dict = {}

@@ -75,8 +75,8 @@ def test_inferred_row_reads_every_site_as_the_table_row(family: str) -> None:
     table = Adapter(model, lookup(family))
     ids = torch.randint(4, 60, (2, 6), generator=torch.Generator().manual_seed(1))
     sites = _sites(ad)
-    # The same sites, but for patterns the check may find are not what the model uses (on
-    # transformers 4.57, Gemma-2 under sdpa skips the soft-cap its eager pattern applies).
+    # The same sites, but for patterns, which go when the check finds the exposed pattern is
+    # not the one the model uses (then the table row's would not be either).
     lost = set(_sites(table)) - set(sites)
     assert all(kind in ("pattern", "attn.pattern") for kind, _, _ in lost), lost
     assert not set(sites) - set(_sites(table))
