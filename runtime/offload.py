@@ -24,3 +24,11 @@ def param(module: nn.Module, name: str = "weight") -> Tensor | None:
         raise RuntimeError(f"{type(module).__name__}.{name} is on the meta device and no "
                            "accelerate hook holds its value")
     return weights[name].to(hook.execution_device)  # type: ignore[union-attr]
+
+
+def weight_io(module: nn.Module) -> Tensor:
+    """A linear layer's weight as [in, out], so that x @ it (+ bias) is the layer: nn.Linear
+    keeps [out, in], GPT-2's Conv1D [in, out]; loaded if offloaded."""
+    w = param(module)
+    assert w is not None, type(module).__name__
+    return w if type(module).__name__ == "Conv1D" else w.T

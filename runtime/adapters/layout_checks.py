@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
+
+from patchc.runtime.offload import weight_io
 
 from .base import Adapter
 
@@ -207,13 +208,9 @@ def _plain_linear(module: nn.Module, x: Tensor, out: Tensor, dtype: torch.dtype)
     w = getattr(module, "weight", None)
     if not isinstance(w, Tensor) or w.dim() != 2:
         return False
+    w = weight_io(module).float()
     b = getattr(module, "bias", None)
-    b = b.float() if isinstance(b, Tensor) else None
-    xf = x.float().to(w.device)
-    if type(module).__name__ == "Conv1D":
-        want = xf @ w.float() + (b if b is not None else 0.0)
-    else:
-        want = F.linear(xf, w.float(), b)
+    want = x.float().to(w.device) @ w + (b.float() if isinstance(b, Tensor) else 0.0)
     return want.shape == out.shape and close(want, out, dtype)
 
 

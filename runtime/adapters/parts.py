@@ -18,7 +18,7 @@ from patchc.compiler.families import Family
 from patchc.compiler.family_inference import family_for, why_refused
 from patchc.compiler.modelspec import ModelSpec, spec_from_config
 from patchc.runtime.compat import decoder_stack
-from patchc.runtime.offload import param
+from patchc.runtime.offload import param, weight_io
 
 from .structure import Structure, find_structure, get
 from .taps import Cols
@@ -199,12 +199,7 @@ class Parts:
     # ---- weights and the unembedding ----------------------------------------------------
     def w_out(self, layer: int, head: int) -> Tensor:
         """W_O[head] as [d_head, d_model], so that z_h @ W_O[head] is the head's output."""
-        proj = self.o_proj(layer)
-        w = param(proj)
-        cols = slice(head * self.d_head, (head + 1) * self.d_head)
-        if type(proj).__name__ == "Conv1D":  # x @ weight + bias, weight [in, out]
-            return w[cols]
-        return w[:, cols].T
+        return weight_io(self.o_proj(layer))[head * self.d_head:(head + 1) * self.d_head]
 
     def logit_factor(self) -> float | None:
         """A constant the family multiplies its logits by (Cohere), or divides them by."""

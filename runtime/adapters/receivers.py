@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from patchc.compiler.errors import RuntimeInterventionError
-from patchc.runtime.offload import param
+from patchc.runtime.offload import param, weight_io
 
 from . import taps
 from .taps import Cols, HookFn
@@ -173,9 +173,8 @@ def _add_rows(base: Tensor, rows: Tensor | None, value: Callable[[Tensor], Tenso
 
 def _slice(proj: nn.Module, cols: Cols | None, y: Tensor) -> Tensor:
     """The head's columns of the projection applied to y (P of the module docstring)."""
-    w = param(proj)
     b = param(proj, "bias") if getattr(proj, "bias", None) is not None else None
-    w_io = w if type(proj).__name__ == "Conv1D" else w.T  # [in, out]
+    w_io = weight_io(proj)
     if cols is not None:
         w_io = cols.read(w_io)
         b = cols.read(b) if b is not None else None
