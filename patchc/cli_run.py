@@ -170,14 +170,14 @@ def _report(results, args: argparse.Namespace, lock=None) -> None:
 
         for col, b in results.baselines(name).items():
             print(f"   {col} normalized: {baseline_label(b)}")
-        unpatched = results.unpatched(name)
-        for col, run in results.left_out(name).items():
+        unpatched, left_out = results.unpatched(name), results.left_out(name)
+        for col, run in left_out.items():
             # (the plan leaves out a forward run for that value alone: docs/reading.md)
             known = f"{unpatched_label(col, unpatched[col])}; " if col in unpatched else ""
             print(f"   {col} unpatched: {known}the value on {run} as it is was left out (a "
                   f"model pass of its own): `measure {col} in {run}` adds it")
         for col, u in unpatched.items():
-            if col not in results.left_out(name):
+            if col not in left_out:
                 print(f"   {col} unpatched: {unpatched_label(col, u)}")
     plan = results.manifest.get("plan", {})
     if "sparse_skipped" in plan:  # latent sweeps (runtime/sparse.py)

@@ -264,9 +264,7 @@ def _differs(a: Any, b: Any, atol: float, rtol: float, skip: tuple[str, ...] = (
     numbers = (int, float)
     if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) \
             and not isinstance(b, bool):
-        if a == b or (a != a and b != b):  # (NaN alike)
-            return None
-        return None if abs(a - b) <= atol + rtol * abs(b) else at.lstrip(".")
+        return None if _close(float(a), float(b), atol, rtol) else at.lstrip(".")
     return None if a == b else at.lstrip(".")
 
 
