@@ -30,7 +30,7 @@ from patchc.compiler.families import SINGLE_NORM, Family
 
 from . import moe
 from .base import Adapter
-from .layout_checks import close, formula, keep, layout_fails, output, probe_ids
+from .layout_checks import close, formula, head_values, keep, layout_fails, output, probe_ids
 
 _VERIFIED: "weakref.WeakKeyDictionary[nn.Module, tuple[Family, dict[str, str]]]" = \
     weakref.WeakKeyDictionary()
@@ -252,16 +252,14 @@ def _pattern_problems(ad: Adapter) -> dict[str, str]:
             ad.model(ids)
     except RuntimeInterventionError as e:
         return {k: e.message for k in _PATTERN_KINDS}
-    r = ad.n_heads // ad.n_kv_heads
     if any(("attn.pattern", layer) not in got for layer in range(ad.n_layers)):
         why = ("its attention does not go through transformers' attention functions, so the "
                "pattern cannot be exposed")
         return {k: why for k in _PATTERN_KINDS}
     for layer in range(ad.n_layers):
         p = got["attn.pattern", layer].float()  # [b, heads, q, k]
-        b, s = p.shape[0], p.shape[2]
-        v = got["attn.v", layer].float().view(b, s, ad.n_kv_heads, ad.d_head).transpose(1, 2)
-        z = (p @ v.repeat_interleave(r, dim=1)).transpose(1, 2).reshape(b, s, -1)
+        v = head_values(ad, got["attn.v", layer].float())
+        z = (p @ v).transpose(1, 2).reshape(p.shape[0], p.shape[2], -1)
         if not close(z, got["attn.z", layer], got["attn.z", layer].dtype):
             why = ("this model's attention output is not its pattern times its values (an "
                    "attention sink or a mechanism of its own), so the pattern it would expose "

@@ -223,13 +223,17 @@ def formula(x: Tensor, kind: str, w: Tensor, bias: Any, eps: float) -> Tensor:
     return out + bias.float() if isinstance(bias, Tensor) else out
 
 
+def head_values(ad: Adapter, v: Tensor) -> Tensor:
+    """attn.v [b, s, kv heads * d_head] as each query head reads it: [b, heads, s, d_head]."""
+    b, s = v.shape[:2]
+    per_kv = v.reshape(b, s, ad.n_kv_heads, ad.d_head).transpose(1, 2)
+    return per_kv.repeat_interleave(ad.n_heads // ad.n_kv_heads, dim=1)
+
+
 def first_values(ad: Adapter, v: Tensor) -> Tensor:
     """What each head's z is at the first position, where causal attention has one key:
     its kv head's value there, [b, 1, heads * d_head]."""
-    b = v.shape[0]
-    first = v[:, :1].reshape(b, 1, ad.n_kv_heads, ad.d_head)
-    r = ad.n_heads // ad.n_kv_heads
-    return first.repeat_interleave(r, dim=2).reshape(b, 1, -1)
+    return head_values(ad, v[:, :1]).transpose(1, 2).reshape(v.shape[0], 1, -1)
 
 
 def probe_ids(ad: Adapter, rows: int = 2, tokens: int = TOKENS) -> Tensor:
